@@ -1,0 +1,58 @@
+"""ivy: easy, yet flexible task execution through robust queues (a port of the Node.js ivy).
+
+::
+
+    import ivy
+
+    @ivy.register_task(name="testpackage.factorial", queue="testpackage")
+    def factorial(n: int) -> int: ...
+
+    call = ivy.delayed_call(factorial, 5)      # producer
+    call.result(timeout=10)
+
+    ivy.listen(queue="testpackage")            # worker
+
+The module-level functions use one default :class:`Ivy` instance (the original's global
+registry); tests and libraries can make their own.
+"""
+
+from __future__ import annotations
+
+from ivy.app import Ivy, MessageTooLarge
+from ivy.call import Call
+from ivy.config import mask_url
+from ivy.errors import (
+    ConfigurationError,
+    IvyError,
+    MessageError,
+    RemoteTaskError,
+    ResultTimeout,
+    SerializationError,
+    TaskNotRegistered,
+    TaskTimeout,
+)
+from ivy.message import PROTOCOL_VERSION, Message, Notification
+from ivy.task import Task
+from ivy.worker import Worker
+
+__version__ = "0.1.0"
+
+#: The default instance behind the module-level functions.
+default = Ivy()
+
+register_task = default.register_task
+delayed_call = default.delayed_call
+send_task = default.send_task
+setup_queue = default.setup_queue
+start_notification_consumer = default.start_notification_consumer
+start_notification_producer = default.start_notification_producer
+listen = default.listen
+close = default.close
+
+__all__ = [
+    "PROTOCOL_VERSION", "Call", "ConfigurationError", "Ivy", "IvyError", "Message",
+    "MessageError", "MessageTooLarge", "Notification", "RemoteTaskError", "ResultTimeout",
+    "SerializationError", "Task", "TaskNotRegistered", "TaskTimeout", "Worker", "close",
+    "default", "delayed_call", "listen", "mask_url", "register_task", "send_task",
+    "setup_queue", "start_notification_consumer", "start_notification_producer",
+]

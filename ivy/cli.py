@@ -1,0 +1,193 @@
+"""The command line: ``ivy worker``, ``ivy call`` and ``ivy inspect`` (also ``python -m ivy``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import ivy
+from ivy.config import NOTIFIER_ENV, QUEUE_ENV
+from ivy.errors import IvyError, RemoteTaskError, ResultTimeout
+
+log = logging.getLogger("ivy.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ivy", description="ivy task queue: run workers, send calls, inspect queues.")
+    parser.add_argument("--version", action="version", version=f"ivy {ivy.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def backends(p: argparse.ArgumentParser, notifier: bool = True) -> None:
+        p.add_argument("--queue-url", metavar="URL",
+                       help=f"queue backend URL (default: ${QUEUE_ENV} or sqlite:///ivy.db)")
+        if notifier:
+            p.add_argument("--notifier-url", metavar="URL",
+                           help=f"notifier URL (default: ${NOTIFIER_ENV} or sqlite:///ivy.db)")
+        p.add_argument("--log-level", default="INFO",
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+
+    w = sub.add_parser("worker", help="run a worker for the tasks of some modules",
+                       description="Import MODULEs (which register tasks) and run their tasks "
+                                   "until SIGTERM or SIGINT.")
+    w.add_argument("modules", nargs="+", metavar="MODULE", help="module to import, e.g. tasks")
+    w.add_argument("--queue", "-Q", action="append", metavar="NAME",
+                   help="queue name to consume; repeat for several (default: the queues of "
+                        "the registered tasks)")
+    w.add_argument("--concurrency", "-c", type=_positive_int, default=1, metavar="N",
+                   help="tasks run at once (threads; default 1)")
+    w.add_argument("--reserve-time", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a fetched message stays reserved before it extends (default 30)")
+    backends(w)
+
+    c = sub.add_parser("call", help="send one call, optionally wait for its result",
+                       description="Send a call of task NAME with JSON arguments.")
+    c.add_argument("name", metavar="NAME", help="task name, e.g. testpackage.factorial")
+    c.add_argument("args", nargs="*", metavar="JSON_ARG", help="positional argument, as JSON")
+    c.add_argument("--kwargs", metavar="JSON", help="keyword arguments, a JSON object")
+    c.add_argument("--queue", "-Q", metavar="NAME",
+                   help="queue name (default: the task's if --module registers it, else ivy)")
+    c.add_argument("--module", "-m", action="append", default=[], metavar="MODULE",
+                   help="module to import first, to use its task registration")
+    c.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    c.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="with --wait: how long to wait (default 60)")
+    backends(c)
+
+    i = sub.add_parser("inspect", help="show queue sizes and dead letters with their reasons")
+    i.add_argument("--queue", "-Q", action="append", metavar="NAME",
+                   help="queue name (default: every queue the backend knows)")
+    i.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="dead letters shown per queue (default 20)")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    backends(i, notifier=False)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a whole number >= 1")
+    return value
+
+
+def _import(modules: Sequence[str]) -> None:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `ivy worker tasks` finds ./tasks.py, as python -m would
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise IvyError(f"cannot import module {name!r}: {exc}. Run from the folder that "
+                           "holds it, or set PYTHONPATH") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "worker":
+            return _worker(args)
+        if args.command == "call":
+            return _call(args)
+        return _inspect(args)
+    except IvyError as exc:
+        print(f"ivy: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _worker(args: argparse.Namespace) -> int:
+    _import(args.modules)
+    app = ivy.default
+    if not len(app.registry):
+        raise IvyError(f"modules {', '.join(args.modules)} registered no task: decorate "
+                       "functions with @ivy.register_task(...)")
+    if args.queue_url:
+        app.setup_queue(args.queue_url)
+    app.start_notification_producer(args.notifier_url)
+    try:
+        app.listen(queue=args.queue, concurrency=args.concurrency,
+                   reserve_time=args.reserve_time, block=True)
+    finally:
+        app.close()
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    _import(args.module)
+    app = ivy.default
+    try:
+        call_args = [json.loads(a) for a in args.args]
+        kwargs = json.loads(args.kwargs) if args.kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise IvyError(f"an argument is not valid JSON ({exc}); quote strings as '\"text\"'"
+                       ) from None
+    if not isinstance(kwargs, dict):
+        raise IvyError(f"--kwargs must be a JSON object, got {args.kwargs}")
+    if args.queue_url:
+        app.setup_queue(args.queue_url)
+    try:
+        app.start_notification_consumer(args.notifier_url)
+        queue = args.queue or (None if app.registry.get(args.name) else "ivy")
+        call = app.send_task(args.name, call_args, kwargs, queue=queue)
+        if not args.wait:
+            print(call.id)
+            return 0
+        try:
+            result = call.result(args.timeout)
+        except RemoteTaskError as exc:
+            print(f"{exc.type}: {exc.message}", file=sys.stderr)
+            if exc.traceback:
+                print(exc.traceback, file=sys.stderr)
+            return 1
+        except ResultTimeout as exc:
+            print(f"ivy: {exc}", file=sys.stderr)
+            return 3
+        print(json.dumps(result))
+        return 0
+    finally:
+        app.close()
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    app = ivy.default
+    backend = app.setup_queue(args.queue_url) if args.queue_url else app.queue_backend
+    try:
+        names = args.queue or backend.queues()
+        report: list[dict[str, Any]] = []
+        for name in names:
+            dead = backend.dead_letters(name, args.limit)
+            report.append({
+                "queue": name, "size": backend.size(name), "dead_letters": [
+                    {"reason": d.reason, "time": d.time, "body": _preview(d.body)} for d in dead]})
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return 0
+        print(f"queue backend {backend.url}")
+        if not report:
+            print("  no queues yet")
+        for entry in report:
+            dead_letters = entry["dead_letters"]
+            print(f"  {entry['queue']}: {entry['size']} waiting or running, "
+                  f"{len(dead_letters)} dead letter(s) shown")
+            for d in dead_letters:
+                print(f"    - {d['reason']}\n      {d['body']}")
+        return 0
+    finally:
+        app.close()
+
+
+def _preview(body: bytes, limit: int = 200) -> str:
+    text = body.decode("utf-8", "backslashreplace")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Backend configuration: a URL or the original's dict form -> a queue backend or notifier.
+
+Backends are looked up by scheme (URL) or ``type`` (dict) in a table and imported lazily, so
+``import ivy`` needs no driver. With nothing configured, both default to the SQLite file
+``ivy.db`` in the working directory; ``IVY_QUEUE_URL`` and ``IVY_NOTIFIER_URL`` override.
+
+SQLite URLs follow SQLAlchemy's convention: ``sqlite:///ivy.db`` is relative to the working
+directory, ``sqlite:////var/lib/app/ivy.db`` (four slashes) is absolute.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+from ivy.errors import ConfigurationError
+from ivy.notifiers.base import Notifier
+from ivy.queues.base import QueueBackend
+
+DEFAULT_URL = "sqlite:///ivy.db"
+QUEUE_ENV = "IVY_QUEUE_URL"
+NOTIFIER_ENV = "IVY_NOTIFIER_URL"
+
+#: scheme -> (module, class, pip extra or None)
+QUEUE_BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("ivy.queues.memory", "MemoryQueueBackend", None),
+    "sqlite": ("ivy.queues.sqlite", "SQLiteQueueBackend", None),
+}
+NOTIFIERS: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("ivy.notifiers.memory", "MemoryNotifier", None),
+    "sqlite": ("ivy.notifiers.sqlite", "SQLiteNotifier", None),
+}
+
+Spec = str | Mapping[str, Any] | QueueBackend | Notifier | None
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL, for logs and reprs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _accepted(table: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name}://" for name in table)
+
+
+def parse_spec(spec: str | Mapping[str, Any], table: Mapping[str, Any], what: str
+               ) -> dict[str, Any]:
+    """Normalize a URL or dict into a dict with ``type`` plus backend options."""
+    if isinstance(spec, Mapping):
+        config = dict(spec)
+        kind = config.get("type")
+        if kind is None and isinstance(config.get("url"), str):
+            kind = urlsplit(config["url"]).scheme
+        if kind not in table:
+            raise ConfigurationError(
+                f"unknown {what} type {kind!r} in {_safe(config)}: accepted types are "
+                f"{', '.join(table)} (e.g. {{'type': 'sqlite', 'path': 'ivy.db'}})")
+        config["type"] = kind
+        if isinstance(config.get("url"), str):
+            config = {**_parse_url(config["url"], table, what), **config}
+        return config
+    if isinstance(spec, str):
+        return _parse_url(spec, table, what)
+    raise ConfigurationError(
+        f"{what} must be a URL string or a dict with a 'type', got {type(spec).__name__} "
+        f"{spec!r}")
+
+
+def _safe(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if k in ("auth", "password", "token") else v) for k, v in config.items()}
+
+
+def _parse_url(url: str, table: Mapping[str, Any], what: str) -> dict[str, Any]:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed {what} URL {mask_url(url)!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if not scheme or "://" not in url:
+        raise ConfigurationError(
+            f"malformed {what} URL {mask_url(url)!r}: expected scheme://..., one of "
+            f"{_accepted(table)} (e.g. {DEFAULT_URL})")
+    if scheme not in table:
+        raise ConfigurationError(
+            f"unknown {what} URL scheme {scheme!r} in {mask_url(url)!r}: accepted schemes are "
+            f"{_accepted(table)}")
+    config: dict[str, Any] = {"type": scheme, "url": url}
+    config.update(parse_qsl(parts.query))
+    if scheme == "memory":
+        config["name"] = parts.netloc or parts.path.strip("/") or "default"
+    elif scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
+            raise ConfigurationError(
+                f"malformed SQLite URL {url!r}: use sqlite:///relative/ivy.db or "
+                "sqlite:////absolute/path/ivy.db")
+        config["path"] = unquote(parts.path[1:])
+    return config
+
+
+def _load(table: Mapping[str, tuple[str, str, str | None]], kind: str) -> Any:
+    module_name, class_name, extra = table[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f": pip install 'ivy-queue[{extra}]'" if extra else ""
+        raise ConfigurationError(f"the {kind} backend needs a package that is missing "
+                                 f"({exc.name}){hint}") from exc
+    return getattr(module, class_name)
+
+
+def make_queue_backend(spec: Spec = None) -> QueueBackend:
+    """Build the queue backend for a URL, dict or object (None: IVY_QUEUE_URL or the default)."""
+    if isinstance(spec, QueueBackend):
+        return spec
+    if spec is None:
+        spec = os.environ.get(QUEUE_ENV) or DEFAULT_URL
+    if isinstance(spec, Notifier):
+        raise ConfigurationError(f"{spec!r} is a notifier, not a queue backend")
+    config = parse_spec(spec, QUEUE_BACKENDS, "queue backend")
+    backend: QueueBackend = _load(QUEUE_BACKENDS, config["type"]).from_config(config)
+    return backend
+
+
+def make_notifier(spec: Spec = None) -> Notifier:
+    """Build the notifier for a URL, dict or object (None: IVY_NOTIFIER_URL or the default)."""
+    if isinstance(spec, Notifier):
+        return spec
+    if spec is None:
+        spec = os.environ.get(NOTIFIER_ENV) or DEFAULT_URL
+    if isinstance(spec, QueueBackend):
+        raise ConfigurationError(f"{spec!r} is a queue backend, not a notifier")
+    config = parse_spec(spec, NOTIFIERS, "notifier")
+    notifier: Notifier = _load(NOTIFIERS, config["type"]).from_config(config)
+    return notifier

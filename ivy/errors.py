@@ -1,0 +1,84 @@
+"""The exception hierarchy: every error ivy raises on purpose is an :class:`IvyError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class IvyError(Exception):
+    """Base class of every error raised by ivy."""
+
+
+class ConfigurationError(IvyError, ValueError):
+    """A backend URL, dict or option is not one ivy understands; the message lists what is."""
+
+
+class TaskNotRegistered(IvyError, LookupError):
+    """A task name (or function) is not in the registry of this process."""
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SerializationError(IvyError, TypeError):
+    """A value cannot travel as JSON (or the configured serializer)."""
+
+
+class MessageError(IvyError, ValueError):
+    """A message or notification body is not valid protocol v1; ``reason`` says why.
+
+    ``fields`` holds what could still be read from the body (``id``, ``name``, ``reply_to``),
+    so the worker can send an ``errored`` notification for a message it cannot run.
+    """
+
+    def __init__(self, reason: str, fields: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fields: dict[str, Any] = fields or {}
+
+
+class ResultTimeout(IvyError, TimeoutError):
+    """Waiting for a call's result ran out of time; the call may still complete later."""
+
+
+class TaskTimeout(IvyError, TimeoutError):
+    """Raised inside a task that ran past its ``timeout`` (reported as ``TimeoutError``)."""
+
+
+class RemoteTaskError(IvyError):
+    """A task failed on a worker.
+
+    ``type``, ``message`` and ``traceback`` are plain strings copied from the notification: the
+    producer never imports or calls anything named on the wire.
+    """
+
+    def __init__(
+        self,
+        type: str,
+        message: str,
+        traceback: str = "",
+        *,
+        task: str | None = None,
+        call_id: str | None = None,
+    ) -> None:
+        super().__init__(f"{type}: {message}" if message else type)
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+        self.task = task
+        self.call_id = call_id
+
+    @classmethod
+    def from_wire(
+        cls, error: Any, *, task: str | None = None, call_id: str | None = None
+    ) -> RemoteTaskError:
+        """Build from a notification's ``error`` field, whatever shape it arrived in."""
+        if isinstance(error, dict):
+            return cls(
+                str(error.get("type") or "Error"),
+                str(error.get("message") or ""),
+                str(error.get("traceback") or ""),
+                task=task,
+                call_id=call_id,
+            )
+        return cls("Error", "" if error is None else str(error), task=task, call_id=call_id)

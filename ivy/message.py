@@ -1,0 +1,197 @@
+"""Wire protocol v1: :class:`Message` (producer -> worker) and :class:`Notification` (worker ->
+producer), encoded with a serializer and validated against the JSON Schemas in ``ivy/schemas``.
+
+A message of the Node.js ivy 0.2 form (``{"name": ..., "options": {}, "args": [...]}``, no ``ivy``
+field) decodes as a legacy message: it runs, and gets no notification since it has no
+``reply_to``. See PROTOCOL.md for the field-by-field description.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import fastjsonschema
+
+from ivy.errors import MessageError, SerializationError
+from ivy.serialization import Serializer
+
+PROTOCOL_VERSION = 1
+STATUSES = ("scheduled", "running", "successful", "errored")
+FINAL_STATUSES = frozenset({"successful", "errored"})
+Status = Literal["scheduled", "running", "successful", "errored", "done"]
+
+#: Default cap on an encoded message or notification; ``Ivy(max_message_bytes=...)`` changes it.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """Return a shipped schema: ``message-v1``, ``message-legacy`` or ``notification-v1``."""
+    text = resources.files("ivy").joinpath("schemas").joinpath(f"{name}.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator(name: str) -> Callable[[Any], Any]:
+    validate: Callable[[Any], Any] = fastjsonschema.compile(load_schema(name))
+    return validate
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class Message:
+    """One call of a task, as it travels through a queue."""
+
+    id: str
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    reply_to: str | None = None
+    attempt: int = 0
+    max_retries: int = 0
+    priority: int = 0
+    eta: int | None = None
+    created_ms: int | None = None
+    legacy: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.legacy:
+            return {"name": self.name, "options": self.options, "args": self.args}
+        data = dict(self.extra)
+        data.update(
+            ivy=PROTOCOL_VERSION, id=self.id, name=self.name, args=self.args,
+            kwargs=self.kwargs, options=self.options, queue=self.queue,
+            reply_to=self.reply_to, attempt=self.attempt, max_retries=self.max_retries,
+            priority=self.priority, eta=self.eta, created_ms=self.created_ms,
+        )
+        return data
+
+    def encode(self, serializer: Serializer) -> bytes:
+        return serializer.dumps(self.to_dict())
+
+
+_MESSAGE_KEYS = frozenset(
+    ("ivy", "id", "name", "args", "kwargs", "options", "queue", "reply_to", "attempt",
+     "max_retries", "priority", "eta", "created_ms")
+)
+
+
+def _readable_fields(data: Any) -> dict[str, Any]:
+    """What can be read from an invalid body to address an errored notification."""
+    if not isinstance(data, dict):
+        return {}
+    return {k: data[k] for k in ("id", "name", "reply_to") if isinstance(data.get(k), str)}
+
+
+def _loads(body: bytes, serializer: Serializer, max_bytes: int | None, what: str) -> Any:
+    if max_bytes is not None and len(body) > max_bytes:
+        raise MessageError(f"{what} of {len(body)} bytes is over the limit of {max_bytes} bytes")
+    try:
+        return serializer.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
+        raise MessageError(f"{what} is not valid {serializer.name}: {exc}") from None
+
+
+def _validate(schema: str, data: Any, what: str) -> None:
+    try:
+        _validator(schema)(data)
+    except fastjsonschema.JsonSchemaException as exc:
+        raise MessageError(f"{what} does not match {schema}: {exc}",
+                           _readable_fields(data)) from None
+    except RecursionError:
+        raise MessageError(f"{what} is nested too deeply", _readable_fields(data)) from None
+
+
+def decode_message(
+    body: bytes, serializer: Serializer, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES
+) -> Message:
+    """Decode and validate a message body; raise :class:`MessageError` with the reason."""
+    data = _loads(body, serializer, max_bytes, "message")
+    if not isinstance(data, dict):
+        raise MessageError(f"message is a JSON {type(data).__name__}, not an object")
+    if "ivy" not in data:
+        _validate("message-legacy", data, "legacy message")
+        return Message(id=new_id(), name=data["name"], args=data["args"],
+                       options=data.get("options", {}), legacy=True)
+    version = data["ivy"]
+    if version != PROTOCOL_VERSION:
+        raise MessageError(
+            f"unsupported protocol version {version!r}: this worker speaks version "
+            f"{PROTOCOL_VERSION}", _readable_fields(data),
+        )
+    _validate("message-v1", data, "message")
+    return Message(
+        id=data["id"], name=data["name"], args=data["args"], kwargs=data.get("kwargs", {}),
+        options=data.get("options", {}), queue=data.get("queue"), reply_to=data.get("reply_to"),
+        attempt=data.get("attempt", 0), max_retries=data.get("max_retries", 0),
+        priority=data.get("priority", 0), eta=data.get("eta"), created_ms=data.get("created_ms"),
+        extra={k: v for k, v in data.items() if k not in _MESSAGE_KEYS},
+    )
+
+
+@dataclass(slots=True)
+class Notification:
+    """A task status sent back to the producer; final when successful or errored."""
+
+    id: str
+    status: str
+    name: str | None = None
+    result: Any = None
+    error: dict[str, str] | None = None
+    attempt: int = 0
+    worker: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ivy": PROTOCOL_VERSION, "id": self.id, "name": self.name, "status": self.status,
+            "result": self.result, "error": self.error, "attempt": self.attempt,
+            "worker": self.worker,
+        }
+
+    def encode(self, serializer: Serializer) -> bytes:
+        try:
+            return serializer.dumps(self.to_dict())
+        except SerializationError as exc:
+            if self.status != "successful":
+                raise
+            raise SerializationError(
+                f"the result of task {self.name!r} cannot be sent as {serializer.name}: {exc}. "
+                "Return only JSON types (str, int, float, bool, None, list, dict)"
+            ) from None
+
+
+def decode_notification(
+    body: bytes, serializer: Serializer, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES
+) -> Notification:
+    """Decode and validate a notification body; raise :class:`MessageError` with the reason."""
+    data = _loads(body, serializer, max_bytes, "notification")
+    if not isinstance(data, dict):
+        raise MessageError(f"notification is a JSON {type(data).__name__}, not an object")
+    if data.get("ivy") != PROTOCOL_VERSION:
+        raise MessageError(f"unsupported notification protocol version {data.get('ivy')!r}")
+    _validate("notification-v1", data, "notification")
+    return Notification(
+        id=data["id"], status=data["status"], name=data.get("name"), result=data.get("result"),
+        error=data.get("error"), attempt=data.get("attempt", 0), worker=data.get("worker"),
+    )

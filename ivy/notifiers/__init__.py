@@ -1,0 +1,1 @@
+"""Notifiers: one module per backend, imported lazily by :mod:`ivy.config`."""

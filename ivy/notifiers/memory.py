@@ -1,0 +1,98 @@
+"""``memory://[name]``: an in-process notifier, shared by name like the memory queue backend."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection
+from typing import Any, Self
+
+from ivy.notifiers.base import Notifier, Subscription
+
+#: Stored final notifications kept per hub, oldest evicted first; the same cap bounds a channel.
+MAX_STORED = 100_000
+
+
+class _Hub:
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.channels: dict[str, deque[bytes]] = {}
+        self.stored: OrderedDict[str, bytes] = OrderedDict()
+
+    def channel(self, name: str) -> deque[bytes]:
+        buf = self.channels.get(name)
+        if buf is None:
+            buf = self.channels[name] = deque(maxlen=MAX_STORED)
+        return buf
+
+
+_hubs: dict[str, _Hub] = {}
+_hubs_lock = threading.Lock()
+
+
+def _get_hub(name: str) -> _Hub:
+    with _hubs_lock:
+        hub = _hubs.get(name)
+        if hub is None:
+            hub = _hubs[name] = _Hub()
+        return hub
+
+
+class MemorySubscription(Subscription):
+    def __init__(self, hub: _Hub, channel: str, pending: Callable[[], Collection[str]]) -> None:
+        self._hub = hub
+        self._channel = channel
+        self._pending = pending
+        self._caught_up = False
+        self._closed = False
+
+    def get(self, timeout: float) -> list[bytes]:
+        hub = self._hub
+        with hub.cond:
+            if not self._caught_up:
+                self._caught_up = True
+                stored = [hub.stored[i] for i in self._pending() if i in hub.stored]
+                if stored:
+                    return stored
+            buf = hub.channel(self._channel)
+            if not buf and not self._closed:
+                hub.cond.wait_for(lambda: bool(buf) or self._closed, timeout)
+            items = list(buf)
+            buf.clear()
+            return items
+
+    def close(self) -> None:
+        with self._hub.cond:
+            self._closed = True
+            self._hub.cond.notify_all()
+
+
+class MemoryNotifier(Notifier):
+    def __init__(self, name: str = "default") -> None:
+        self.name = name or "default"
+        self.url = f"memory://{self.name}"
+        self._hub = _get_hub(self.name)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        return cls(str(config.get("name") or "default"))
+
+    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
+        hub = self._hub
+        with hub.cond:
+            if final:
+                if call_id in hub.stored:
+                    return  # the first final notification wins
+                hub.stored[call_id] = body
+                if len(hub.stored) > MAX_STORED:
+                    hub.stored.popitem(last=False)
+            hub.channel(channel).append(body)
+            hub.cond.notify_all()
+
+    def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
+        return MemorySubscription(self._hub, channel, pending)
+
+    def stored(self, call_id: str) -> bytes | None:
+        with self._hub.cond:
+            return self._hub.stored.get(call_id)
+

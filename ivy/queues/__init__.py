@@ -1,0 +1,1 @@
+"""Queue backends: one module per backend, imported lazily by :mod:`ivy.config`."""

@@ -1,0 +1,91 @@
+"""The queue backend interface: what every backend implements and the contract suite checks."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that was set aside, and why."""
+
+    queue: str
+    body: bytes
+    reason: str
+    time: float
+
+
+class Delivery(ABC):
+    """One received message. Exactly one of ack, retry or dead_letter ends it; until then the
+    backend keeps it reserved for this consumer (extend() pushes the reservation out)."""
+
+    body: bytes
+    queue: str
+    #: 1 on first delivery, +1 each time the backend delivered it again (lease expiry, retry)
+    delivery_count: int = 1
+
+    @abstractmethod
+    def ack(self) -> None:
+        """Delete the message: its outcome is recorded."""
+
+    @abstractmethod
+    def retry(self, delay: float, body: bytes | None = None) -> None:
+        """Put the message back, to be delivered again after ``delay`` seconds, with ``body``
+        replacing the old body when given (backends that cannot replace it keep the old one)."""
+
+    @abstractmethod
+    def dead_letter(self, reason: str) -> None:
+        """Move the message to the queue's dead letters with ``reason``."""
+
+    @abstractmethod
+    def extend(self, seconds: float) -> None:
+        """Keep the message reserved for ``seconds`` from now."""
+
+    def release(self) -> None:
+        """Give back a delivery that was never started, to be delivered again at once."""
+        self.retry(0.0)
+
+
+class Consumer(ABC):
+    """Receives deliveries of one queue name. ``get`` returns None when ``timeout`` passes."""
+
+    @abstractmethod
+    def get(self, timeout: float) -> Delivery | None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop receiving and return prefetched, unstarted deliveries to the queue at once."""
+
+
+class QueueBackend(ABC):
+    """A queue backend: carries message bodies between producers and workers."""
+
+    #: URL with any password masked, for logs
+    url: str = ""
+    #: whether publish(priority=...) orders deliveries
+    supports_priority: bool = True
+
+    @abstractmethod
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+        """Enqueue ``body`` on queue name ``queue``; it is delivered no sooner than ``delay`` s."""
+
+    @abstractmethod
+    def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
+        """Start receiving; each delivery stays reserved ``reserve_time`` seconds unless
+        extended, then comes back to the queue (a worker that died loses nothing)."""
+
+    @abstractmethod
+    def size(self, queue: str) -> int:
+        """Messages waiting or reserved in ``queue`` (not dead letters)."""
+
+    @abstractmethod
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters of ``queue``, oldest first."""
+
+    def queues(self) -> list[str]:
+        """Queue names this backend knows of (empty when it cannot list them)."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the backend is not used afterwards."""

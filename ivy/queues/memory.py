@@ -1,0 +1,199 @@
+"""``memory://[name]``: an in-process queue backend. Producer and worker threads of one process
+that name the same broker share it. Nothing survives the process; use it for tests and for
+running tasks in the background of one program. Reservations expire like the durable backends'.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+
+
+@dataclass(order=True)
+class _Entry:
+    sort_key: tuple[int, int]
+    body: bytes = field(compare=False)
+    priority: int = field(compare=False)
+    count: int = field(compare=False, default=0)
+    token: int = field(compare=False, default=0)  # reservation; 0 when not reserved
+
+
+class _Queue:
+    def __init__(self) -> None:
+        self.ready: list[_Entry] = []
+        self.delayed: list[tuple[float, int, _Entry]] = []
+        self.reserved: dict[int, tuple[_Entry, float]] = {}
+        self.leases: list[tuple[float, int]] = []  # (deadline, token); stale rows are skipped
+        self.dead: deque[DeadLetter] = deque(maxlen=10_000)
+
+
+class MemoryBroker:
+    """The shared state behind every ``memory://name`` backend of a process."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.queues: dict[str, _Queue] = {}
+        self._seq = itertools.count(1)
+
+    def queue(self, name: str) -> _Queue:
+        q = self.queues.get(name)
+        if q is None:
+            q = self.queues[name] = _Queue()
+        return q
+
+    def put(self, name: str, body: bytes, priority: int, delay: float, count: int = 0) -> None:
+        with self.cond:
+            q = self.queue(name)
+            seq = next(self._seq)
+            entry = _Entry((-priority, seq), body, priority, count)
+            if delay > 0:
+                heapq.heappush(q.delayed, (time.monotonic() + delay, seq, entry))
+            else:
+                heapq.heappush(q.ready, entry)
+            self.cond.notify_all()
+
+    def _promote(self, q: _Queue, now: float) -> float | None:
+        """Move due delayed entries and expired reservations to ready; return the next due time."""
+        while q.delayed and q.delayed[0][0] <= now:
+            heapq.heappush(q.ready, heapq.heappop(q.delayed)[2])
+        while q.leases and q.leases[0][0] <= now:
+            _, token = heapq.heappop(q.leases)
+            held = q.reserved.get(token)
+            if held is not None and held[1] <= now:
+                del q.reserved[token]
+                held[0].token = 0
+                heapq.heappush(q.ready, held[0])
+        times = [t[0] for t in (q.delayed[:1] + q.leases[:1])]
+        return min(times) if times else None
+
+    def take(self, name: str, timeout: float, reserve: float) -> _Entry | None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            q = self.queue(name)
+            while True:
+                now = time.monotonic()
+                next_due = self._promote(q, now)
+                if q.ready:
+                    entry = heapq.heappop(q.ready)
+                    entry.count += 1
+                    entry.token = next(self._seq)
+                    q.reserved[entry.token] = (entry, now + reserve)
+                    heapq.heappush(q.leases, (now + reserve, entry.token))
+                    return entry
+                if now >= deadline:
+                    return None
+                wait = deadline - now
+                if next_due is not None:
+                    wait = min(wait, max(next_due - now, 0.0))
+                self.cond.wait(wait)
+
+    def finish(self, name: str, token: int) -> _Entry | None:
+        """End reservation ``token``; None if it had expired (the entry went back to the queue)."""
+        with self.cond:
+            held = self.queue(name).reserved.pop(token, None)
+            if held is None:
+                return None
+            held[0].token = 0
+            return held[0]
+
+    def extend(self, name: str, token: int, seconds: float) -> None:
+        with self.cond:
+            q = self.queue(name)
+            held = q.reserved.get(token)
+            if held is not None:
+                deadline = time.monotonic() + seconds
+                q.reserved[token] = (held[0], deadline)
+                heapq.heappush(q.leases, (deadline, token))
+
+
+_brokers: dict[str, MemoryBroker] = {}
+_brokers_lock = threading.Lock()
+
+
+def get_broker(name: str) -> MemoryBroker:
+    with _brokers_lock:
+        broker = _brokers.get(name)
+        if broker is None:
+            broker = _brokers[name] = MemoryBroker()
+        return broker
+
+
+class MemoryDelivery(Delivery):
+    def __init__(self, broker: MemoryBroker, queue: str, entry: _Entry) -> None:
+        self._broker = broker
+        self._entry = entry
+        self._token = entry.token
+        self.queue = queue
+        self.body = entry.body
+        self.delivery_count = entry.count
+
+    def ack(self) -> None:
+        self._broker.finish(self.queue, self._token)
+
+    def retry(self, delay: float, body: bytes | None = None) -> None:
+        if self._broker.finish(self.queue, self._token):
+            self._broker.put(self.queue, body if body is not None else self.body,
+                             self._entry.priority, delay, self._entry.count)
+
+    def dead_letter(self, reason: str) -> None:
+        if self._broker.finish(self.queue, self._token):
+            with self._broker.cond:
+                self._broker.queue(self.queue).dead.append(
+                    DeadLetter(self.queue, self.body, reason, time.time()))
+
+    def extend(self, seconds: float) -> None:
+        self._broker.extend(self.queue, self._token, seconds)
+
+
+class MemoryConsumer(Consumer):
+    def __init__(self, broker: MemoryBroker, queue: str, reserve_time: float) -> None:
+        self._broker = broker
+        self._queue = queue
+        self._reserve = reserve_time
+        self._closed = False
+
+    def get(self, timeout: float) -> Delivery | None:
+        if self._closed:
+            return None
+        entry = self._broker.take(self._queue, timeout, self._reserve)
+        return None if entry is None else MemoryDelivery(self._broker, self._queue, entry)
+
+    def close(self) -> None:
+        self._closed = True  # nothing is prefetched: a delivery is taken only when asked for
+
+
+class MemoryQueueBackend(QueueBackend):
+    def __init__(self, name: str = "default") -> None:
+        self.name = name or "default"
+        self.url = f"memory://{self.name}"
+        self.broker = get_broker(self.name)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        return cls(str(config.get("name") or "default"))
+
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+        self.broker.put(queue, body, priority, delay)
+
+    def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
+        return MemoryConsumer(self.broker, queue, reserve_time)
+
+    def size(self, queue: str) -> int:
+        with self.broker.cond:
+            q = self.broker.queue(queue)
+            return len(q.ready) + len(q.delayed) + len(q.reserved)
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        with self.broker.cond:
+            return list(self.broker.queue(queue).dead)[-limit:]
+
+    def queues(self) -> list[str]:
+        with self.broker.cond:
+            return sorted(self.broker.queues)

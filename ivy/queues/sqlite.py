@@ -1,0 +1,159 @@
+"""``sqlite:///path/ivy.db``: the embedded default queue backend, for several processes on one
+machine.
+
+Each message is a row. A consumer reserves rows by setting ``available_at`` to the end of its
+lease and a fresh ``token``; ack deletes the row only while the token still matches, so a worker
+whose lease ran out (it hung, or was SIGKILLed) cannot delete a message that another worker has
+taken since. A retry rewrites the row's body and ``available_at``; a dead letter moves the row to
+``ivy_dead_letters`` with its reason, in one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from typing import Any, Self
+
+from ivy._sqlite import POLL_INTERVAL, Database, WakeListener, WakeSender
+from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+
+
+class SQLiteDelivery(Delivery):
+    def __init__(self, backend: SQLiteQueueBackend, queue: str, row_id: int, body: bytes,
+                 token: str, deliveries: int) -> None:
+        self._backend = backend
+        self._id = row_id
+        self._token = token
+        self.queue = queue
+        self.body = body
+        self.delivery_count = deliveries
+
+    def ack(self) -> None:
+        self._backend.db.conn().execute(
+            "DELETE FROM ivy_messages WHERE id = ? AND token = ?", (self._id, self._token))
+
+    def retry(self, delay: float, body: bytes | None = None) -> None:
+        self._backend.db.conn().execute(
+            "UPDATE ivy_messages SET body = coalesce(?, body), available_at = ?, token = NULL "
+            "WHERE id = ? AND token = ?",
+            (body, time.time() + max(delay, 0.0), self._id, self._token))
+        self._backend.waker.wake()
+
+    def dead_letter(self, reason: str) -> None:
+        db = self._backend.db
+        with db.write() as conn:
+            moved = conn.execute(
+                "DELETE FROM ivy_messages WHERE id = ? AND token = ? RETURNING queue, body",
+                (self._id, self._token)).fetchone()
+            if moved is not None:
+                conn.execute(
+                    "INSERT INTO ivy_dead_letters (queue, body, reason, time) VALUES (?, ?, ?, ?)",
+                    (moved[0], moved[1], reason, time.time()))
+
+    def extend(self, seconds: float) -> None:
+        self._backend.db.conn().execute(
+            "UPDATE ivy_messages SET available_at = ? WHERE id = ? AND token = ?",
+            (time.time() + seconds, self._id, self._token))
+
+    def release(self) -> None:
+        """Give an unstarted delivery back at once, without counting it as a delivery."""
+        self._backend.db.conn().execute(
+            "UPDATE ivy_messages SET available_at = ?, token = NULL, deliveries = deliveries - 1 "
+            "WHERE id = ? AND token = ?", (time.time(), self._id, self._token))
+        self._backend.waker.wake()
+
+
+class SQLiteConsumer(Consumer):
+    def __init__(self, backend: SQLiteQueueBackend, queue: str, prefetch: int,
+                 reserve_time: float) -> None:
+        self._backend = backend
+        self._queue = queue
+        self._prefetch = max(1, prefetch)
+        self._reserve = reserve_time
+        self._buffer: deque[SQLiteDelivery] = deque()
+        self._listener = WakeListener(backend.db.wake_dir("q"))
+        self._closed = False
+
+    def _fetch(self) -> float | None:
+        """Reserve up to ``prefetch`` rows; return the time the next one falls due if none."""
+        now = time.time()
+        token = uuid.uuid4().hex
+        conn = self._backend.db.conn()
+        rows = conn.execute(
+            "UPDATE ivy_messages SET available_at = ?, token = ?, deliveries = deliveries + 1 "
+            "WHERE id IN (SELECT id FROM ivy_messages WHERE queue = ? AND available_at <= ? "
+            "ORDER BY priority DESC, id LIMIT ?) RETURNING id, body, deliveries, priority",
+            (now + self._reserve, token, self._queue, now, self._prefetch)).fetchall()
+        if rows:
+            rows.sort(key=lambda r: (-r[3], r[0]))
+            self._buffer.extend(
+                SQLiteDelivery(self._backend, self._queue, r[0], r[1], token, r[2]) for r in rows)
+            return None
+        due = conn.execute("SELECT min(available_at) FROM ivy_messages WHERE queue = ?",
+                           (self._queue,)).fetchone()[0]
+        return float(due) if due is not None else None
+
+    def get(self, timeout: float) -> Delivery | None:
+        deadline = time.monotonic() + timeout
+        while not self._closed:
+            if self._buffer:
+                return self._buffer.popleft()
+            due = self._fetch()
+            if self._buffer:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = min(remaining, POLL_INTERVAL)
+            if due is not None:
+                wait = min(wait, max(due - time.time(), 0.001))
+            self._listener.wait(wait)
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        while self._buffer:
+            self._buffer.popleft().release()
+        self._listener.close()
+
+
+class SQLiteQueueBackend(QueueBackend):
+    def __init__(self, path: str = "ivy.db") -> None:
+        self.db = Database(path)
+        self.url = f"sqlite:///{self.db.path}"
+        self.waker = WakeSender(self.db.wake_dir("q"))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        return cls(str(config.get("path") or "ivy.db"))
+
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+        now = time.time()
+        self.db.conn().execute(
+            "INSERT INTO ivy_messages (queue, body, priority, available_at, created) "
+            "VALUES (?, ?, ?, ?, ?)", (queue, body, priority, now + max(delay, 0.0), now))
+        self.waker.wake()
+
+    def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
+        return SQLiteConsumer(self, queue, prefetch, reserve_time)
+
+    def size(self, queue: str) -> int:
+        row = self.db.conn().execute(
+            "SELECT count(*) FROM ivy_messages WHERE queue = ?", (queue,)).fetchone()
+        return int(row[0])
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        rows = self.db.conn().execute(
+            "SELECT queue, body, reason, time FROM ivy_dead_letters WHERE queue = ? "
+            "ORDER BY id DESC LIMIT ?", (queue, limit)).fetchall()
+        return [DeadLetter(r[0], bytes(r[1]), r[2], r[3]) for r in reversed(rows)]
+
+    def queues(self) -> list[str]:
+        rows = self.db.conn().execute(
+            "SELECT queue FROM ivy_messages UNION SELECT queue FROM ivy_dead_letters").fetchall()
+        return sorted(r[0] for r in rows)
+
+    def close(self) -> None:
+        self.waker.close()
+        self.db.close()

@@ -1,0 +1,177 @@
+"""Tasks: registered functions with a unique dotted name, and the registry that maps names to them.
+
+Three calling styles (DESIGN.md): ``sync`` (return is the result, raise is the error), ``async``
+(a coroutine function, run on the worker's event loop) and ``callback`` (the original's style: the
+last parameter is an error-first ``callback(err, result)``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, Literal, ParamSpec, TypeVar
+
+from ivy.errors import ConfigurationError, TaskNotRegistered
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Style = Literal["sync", "async", "callback"]
+STYLES: tuple[str, ...] = ("sync", "async", "callback")
+CALLBACK_NAMES = ("callback", "cb")
+Finished = Callable[[Any], None]
+DEFAULT_MAX_RETRIES = 3
+
+
+def detect_style(func: Callable[..., Any]) -> Style:
+    """coroutine function -> async; last parameter named callback/cb -> callback; else sync."""
+    if inspect.iscoroutinefunction(func):
+        return "async"
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return "sync"
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if positional and positional[-1].name in CALLBACK_NAMES:
+        return "callback"
+    return "sync"
+
+
+class Task(Generic[P, R]):
+    """A registered function. Calling the task calls the function locally, in this process."""
+
+    def __init__(
+        self,
+        func: Callable[P, R],
+        *,
+        name: str,
+        queue: str = "ivy",
+        finished: Finished | None = None,
+        priority: int = 0,
+        retry: bool = False,
+        max_retries: int = 0,
+        reserve_time: float | None = None,
+        timeout: float | None = None,
+        style: Style | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise ConfigurationError(
+                f"task name {name!r} is not valid: use a non-empty dotted string of at most 200 "
+                "characters, such as 'package.module.function'"
+            )
+        if not isinstance(queue, str) or not queue:
+            raise ConfigurationError(
+                f"queue name {queue!r} for task {name!r} must be a non-empty string")
+        if style is not None and style not in STYLES:
+            raise ConfigurationError(f"style {style!r} for task {name!r} is not one of {STYLES}")
+        if not isinstance(priority, int) or not 0 <= priority <= 255:
+            raise ConfigurationError(
+                f"priority {priority!r} for task {name!r} must be an int from 0 to 255")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(
+                f"max_retries {max_retries!r} for task {name!r} must be an int >= 0")
+        for label, value in (("reserve_time", reserve_time), ("timeout", timeout)):
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigurationError(
+                    f"{label} {value!r} for task {name!r} must be a number of seconds > 0")
+        if finished is not None and not callable(finished):
+            raise ConfigurationError(f"finished {finished!r} for task {name!r} must be callable")
+        self.func = func
+        self.name = name
+        self.queue = queue
+        self.finished = finished
+        self.priority = priority
+        # max_retries > 0 implies retry; retry=True alone allows DEFAULT_MAX_RETRIES retries.
+        self.retry = bool(retry) or max_retries > 0
+        self.max_retries = max_retries or (DEFAULT_MAX_RETRIES if retry else 0)
+        self.reserve_time = reserve_time
+        self.timeout = timeout
+        self.style: Style = style or detect_style(func)
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):
+            self.signature = None
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue!r} style={self.style}>"
+
+    def check_arguments(self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError, as a direct call would, when the arguments don't fit the function."""
+        if self.signature is None:
+            return
+        if self.style == "callback":
+            self.signature.bind(*args, _noop_callback, **kwargs)
+        else:
+            self.signature.bind(*args, **kwargs)
+
+
+def _noop_callback(err: Any, result: Any = None) -> None:
+    """Placeholder used only to check a callback-style signature."""
+
+
+class Registry:
+    """Dotted task name -> Task. Thread-safe; one per :class:`ivy.Ivy`."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._by_func: dict[int, Task[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, task: Task[Any, Any]) -> None:
+        with self._lock:
+            old = self._tasks.get(task.name)
+            if old is not None and getattr(old.func, "__qualname__", None) != getattr(
+                task.func, "__qualname__", None
+            ):
+                raise ConfigurationError(
+                    f"task name {task.name!r} is already registered to {_describe(old.func)}; "
+                    f"names must be unique: give {_describe(task.func)} another name"
+                )
+            if old is not None:
+                self._by_func.pop(id(old.func), None)
+            self._tasks[task.name] = task
+            self._by_func[id(task.func)] = task
+
+    def get(self, name: str) -> Task[Any, Any] | None:
+        return self._tasks.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def resolve(self, ref: Any) -> Task[Any, Any]:
+        """Find the task for a Task, a registered function or a name."""
+        if isinstance(ref, Task):
+            return ref
+        if isinstance(ref, str):
+            task = self._tasks.get(ref)
+        elif callable(ref):
+            task = self._by_func.get(id(ref))
+        else:
+            raise TypeError(
+                f"expected a task, a registered function or a task name, got {ref!r}"
+            )
+        if task is None:
+            raise TaskNotRegistered(self.not_registered_message(ref))
+        return task
+
+    def not_registered_message(self, ref: Any, queue: str | None = None) -> str:
+        what = repr(ref) if isinstance(ref, str) else _describe(ref)
+        where = f" on queue {queue!r}" if queue else ""
+        known = ", ".join(self.names()) or "(none)"
+        return (
+            f"unknown task {what}{where}: registered here are {known}. Register it with "
+            "@ivy.register_task(name=...) in a module this process imports"
+        )
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+def _describe(func: Any) -> str:
+    module = getattr(func, "__module__", "?")
+    return f"{module}.{getattr(func, '__qualname__', repr(func))}"

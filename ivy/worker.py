@@ -1,0 +1,495 @@
+"""The worker: fetch -> execute -> record -> ack, with retries, dead letters and graceful stop.
+
+Threads: one fetcher per queue name hands deliveries to ``concurrency`` executor threads, and
+fetches only while an executor is free, so nothing waits in the worker unstarted; async tasks run
+on one event loop thread; a heartbeat thread extends the reservation of every message held and
+enforces task timeouts. A message is acknowledged only after its outcome is recorded (notified);
+if recording fails, the message goes back to the queue and the task runs again later.
+
+Timeouts: an async task is cancelled; a callback-style task stops being waited for; a plain
+function gets :class:`ivy.TaskTimeout` raised inside its thread (as Dramatiq does), which takes
+effect at the next Python bytecode, so a task blocked inside one C call ends when that call
+returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import queue as queue_mod
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ivy.errors import MessageError, SerializationError, TaskTimeout
+from ivy.message import Message, Notification, decode_message, now_ms
+from ivy.notifiers.base import Notifier
+from ivy.queues.base import Consumer, Delivery, QueueBackend
+from ivy.task import Task
+
+if TYPE_CHECKING:
+    from ivy.app import Ivy
+
+log = logging.getLogger("ivy.worker")
+
+FETCH_TIMEOUT = 0.5
+HEARTBEAT = 0.1
+RECORD_ATTEMPTS = 5
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Held:
+    """A delivery this worker holds, and when to extend its reservation next."""
+
+    delivery: Delivery
+    lease: float
+    next_extend: float
+
+
+@dataclass
+class _Deadline:
+    thread_id: int
+    at: float
+    fired: bool = False
+
+
+class _CallbackError(Exception):
+    """The error a callback-style task passed to its callback."""
+
+    def __init__(self, err: Any) -> None:
+        super().__init__(err)
+        self.err = err
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    """The wire form of an exception: plain strings only."""
+    if isinstance(exc, _CallbackError):
+        err = exc.err
+        if isinstance(err, BaseException):
+            exc = err
+        elif isinstance(err, dict):
+            return {"type": str(err.get("type") or "Error"),
+                    "message": str(err.get("message") or ""),
+                    "traceback": str(err.get("traceback") or "")}
+        else:
+            return {"type": "Error", "message": str(err), "traceback": ""}
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+
+
+class Worker:
+    """Consumes queue names of one queue backend and runs the app's registered tasks."""
+
+    def __init__(
+        self,
+        app: Ivy,
+        backend: QueueBackend,
+        notifier: Notifier | None,
+        queues: list[str],
+        *,
+        concurrency: int = 1,
+        reserve_time: float = 30.0,
+    ) -> None:
+        if not queues:
+            raise ValueError("a worker needs at least one queue name")
+        if concurrency < 1:
+            raise ValueError(f"concurrency {concurrency!r} must be at least 1")
+        self.app = app
+        self.backend = backend
+        self.notifier = notifier
+        self.queues = list(dict.fromkeys(queues))
+        self.concurrency = concurrency
+        self.reserve_time = reserve_time
+        self.name = worker_name()
+        self.processed = 0
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._slots = threading.Semaphore(concurrency)
+        self._work: queue_mod.SimpleQueue[Delivery | None] = queue_mod.SimpleQueue()
+        self._held: dict[int, _Held] = {}
+        self._deadlines: dict[int, _Deadline] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._consumers: list[Consumer] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} queues={self.queues} on {self.backend.url}>"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Worker:
+        log.info("worker %s: listening on %s at %s, concurrency %d, tasks: %s", self.name,
+                 ", ".join(self.queues), self.backend.url, self.concurrency,
+                 ", ".join(self.app.registry.names()) or "(none)")
+        for i in range(self.concurrency):
+            self._spawn(self._execute_loop, f"ivy-exec-{i}")
+        for q in self.queues:
+            consumer = self.backend.consume(q, prefetch=self.concurrency,
+                                            reserve_time=self.reserve_time)
+            self._consumers.append(consumer)
+            self._spawn(self._fetch_loop, f"ivy-fetch-{q}", consumer)
+        self._spawn(self._heartbeat_loop, "ivy-heartbeat")
+        return self
+
+    def _spawn(self, target: Any, name: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop fetching, give back what was fetched but not started, finish in-flight tasks."""
+        if self._stopping.is_set():
+            self.join(timeout)
+            return
+        log.info("worker %s: stopping; finishing in-flight tasks", self.name)
+        self._stopping.set()
+        fetchers = [t for t in self._threads if t.name.startswith("ivy-fetch-")]
+        for t in fetchers:
+            t.join(timeout)
+        for consumer in self._consumers:
+            with _logged("closing consumer"):
+                consumer.close()
+        for _ in range(self.concurrency):
+            self._work.put(None)
+        self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to stop; True if it did within ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            if t.name == "ivy-heartbeat":
+                continue
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if all(not t.is_alive() for t in self._threads if t.name != "ivy-heartbeat"):
+            self._stopped.set()
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            log.info("worker %s: stopped after %d messages", self.name, self.processed)
+            return True
+        return False
+
+    @property
+    def running(self) -> bool:
+        return not self._stopping.is_set()
+
+    def run_forever(self) -> None:
+        """Block until SIGTERM or SIGINT (first: graceful stop; second: exit at once)."""
+        stop = threading.Event()
+        previous: dict[signal.Signals, Any] = {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if stop.is_set():
+                log.warning("worker %s: second signal, exiting now; unfinished messages come "
+                            "back when their reservation expires", self.name)
+                os._exit(1)
+            log.info("worker %s: received %s", self.name, signal.Signals(signum).name)
+            stop.set()
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            while not stop.wait(0.2) and not self._stopping.is_set():
+                pass
+            self.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def _fetch_loop(self, consumer: Consumer) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            if not self._slots.acquire(timeout=FETCH_TIMEOUT):
+                continue
+            try:
+                delivery = consumer.get(FETCH_TIMEOUT)
+                backoff = 0.1
+            except Exception:
+                self._slots.release()
+                log.exception("worker %s: fetching from %s failed; retrying in %.1f s",
+                              self.name, self.backend.url, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if delivery is None:
+                self._slots.release()
+                continue
+            if self._stopping.is_set():
+                with _logged("giving back a delivery"):
+                    delivery.release()
+                self._slots.release()
+                break
+            self._hold(delivery, self.reserve_time)
+            self._work.put(delivery)
+
+    def _execute_loop(self) -> None:
+        while True:
+            delivery = self._work.get()
+            if delivery is None:
+                return
+            try:
+                self.process(delivery)
+            finally:
+                self._unhold(delivery)
+                self._slots.release()
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopped.wait(HEARTBEAT):
+            now = time.monotonic()
+            with self._lock:
+                due = [h for h in self._held.values() if h.next_extend <= now]
+                for h in due:
+                    h.next_extend = now + h.lease / 3
+                for d in self._deadlines.values():
+                    if not d.fired and d.at <= now:
+                        d.fired = True
+                        _raise_in_thread(d.thread_id, TaskTimeout)
+            for h in due:
+                with _logged("extending a reservation"):
+                    h.delivery.extend(h.lease)
+
+    def _hold(self, delivery: Delivery, lease: float) -> None:
+        with self._lock:
+            self._held[id(delivery)] = _Held(delivery, lease, time.monotonic() + lease / 3)
+
+    def _unhold(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._held.pop(id(delivery), None)
+
+    # -- one message -----------------------------------------------------------------------
+
+    def process(self, delivery: Delivery) -> None:
+        """Run one delivery to its end: ack, retry or dead letter. Never raises."""
+        message: Message | None = None
+        try:
+            try:
+                message = decode_message(delivery.body, self.app.serializer,
+                                         max_bytes=self.app.max_message_bytes)
+            except MessageError as exc:
+                self._reject(delivery, exc.reason, exc.fields)
+                return
+            task = self.app.registry.get(message.name)
+            if task is None:
+                reason = self.app.registry.not_registered_message(message.name, delivery.queue)
+                self._reject(delivery, reason, _fields(message))
+                return
+            try:
+                task.check_arguments(message.args, message.kwargs)
+            except TypeError as exc:
+                self._reject(delivery, f"wrong arguments for task {task.name!r}: {exc}",
+                             _fields(message))
+                return
+            if message.eta is not None and message.eta > now_ms() + 5:
+                delivery.retry((message.eta - now_ms()) / 1000)
+                return
+            self._run(delivery, task, message)
+        except Exception:
+            log.exception("worker %s: internal error on a message of %s; returning it to the "
+                          "queue", self.name, delivery.queue)
+            with _logged("returning a message after an internal error"):
+                delivery.retry(self.app.backoff(0))
+        finally:
+            self.processed += 1
+
+    def _run(self, delivery: Delivery, task: Task[Any, Any], message: Message) -> None:
+        if task.reserve_time is not None:
+            self._hold(delivery, task.reserve_time)
+            delivery.extend(task.reserve_time)
+        self._notify(message, Notification(message.id, "running", message.name,
+                                           attempt=message.attempt, worker=self.name))
+        ok, value = self._execute(task, message)
+        if ok:
+            note = Notification(message.id, "successful", message.name, result=value,
+                                attempt=message.attempt, worker=self.name)
+            try:
+                self._record(message, note)
+            except SerializationError as exc:
+                self._record(message, self._errored(message, {
+                    "type": "SerializationError", "message": str(exc), "traceback": ""}))
+            delivery.ack()
+            log.debug("task %s [%s] succeeded", message.name, message.id)
+            return
+        retries = task.max_retries if message.legacy else message.max_retries
+        if message.attempt < retries:
+            delay = self.app.backoff(message.attempt)
+            log.warning("task %s [%s] failed (attempt %d of %d): %s: %s; retrying in %.2f s",
+                        message.name, message.id, message.attempt + 1, retries + 1,
+                        value["type"], value["message"], delay)
+            message.attempt += 1
+            delivery.retry(delay, message.encode(self.app.serializer))
+            return
+        self._record(message, self._errored(message, value))
+        if retries:
+            delivery.dead_letter(
+                f"task {message.name!r} failed {message.attempt + 1} times; last error "
+                f"{value['type']}: {value['message']}")
+            log.error("task %s [%s] failed after %d attempts; dead-lettered: %s: %s",
+                      message.name, message.id, message.attempt + 1, value["type"],
+                      value["message"])
+        else:
+            delivery.ack()
+            log.info("task %s [%s] failed: %s: %s", message.name, message.id, value["type"],
+                     value["message"])
+
+    def _execute(self, task: Task[Any, Any], message: Message) -> tuple[bool, Any]:
+        try:
+            if task.style == "async":
+                return True, self._run_async(task, message)
+            if task.style == "callback":
+                return True, self._run_callback(task, message)
+            with self._deadline(task.timeout):
+                value = task.func(*message.args, **message.kwargs)
+            return True, value
+        except TaskTimeout:
+            self._clear_deadline()
+            return False, {"type": "TimeoutError", "traceback": "",
+                           "message": f"task {task.name!r} ran past its timeout of "
+                                      f"{task.timeout} s"}
+        except (Exception, SystemExit) as exc:
+            return False, error_info(exc)
+
+    @contextlib.contextmanager
+    def _deadline(self, timeout: float | None) -> Iterator[None]:
+        if timeout is None:
+            yield
+            return
+        tid = threading.get_ident()
+        with self._lock:
+            self._deadlines[tid] = _Deadline(tid, time.monotonic() + timeout)
+        try:
+            yield
+        finally:
+            self._clear_deadline()
+
+    def _clear_deadline(self) -> None:
+        tid = threading.get_ident()
+        with self._lock:
+            d = self._deadlines.pop(tid, None)
+            if d is not None and d.fired:
+                _raise_in_thread(tid, None)  # cancel a TaskTimeout not yet delivered
+
+    def _run_async(self, task: Task[Any, Any], message: Message) -> Any:
+        loop = self._event_loop()
+        timeout = task.timeout
+
+        async def run() -> Any:
+            if timeout is None:
+                return await task.func(*message.args, **message.kwargs)
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    return await task.func(*message.args, **message.kwargs)
+            except TimeoutError:
+                if scope.expired():
+                    raise TaskTimeout() from None
+                raise
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="ivy-asyncio",
+                                          daemon=True)
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    def _run_callback(self, task: Task[Any, Any], message: Message) -> Any:
+        done = threading.Event()
+        box: list[tuple[Any, Any]] = []
+
+        def callback(err: Any = None, result: Any = None) -> None:
+            if done.is_set():
+                log.warning("task %s [%s] called its callback more than once; ignored",
+                            message.name, message.id)
+                return
+            box.append((err, result))
+            done.set()
+
+        task.func(*message.args, callback, **message.kwargs)
+        if not done.wait(task.timeout):
+            raise TaskTimeout()
+        err, result = box[0]
+        if err:
+            raise _CallbackError(err)
+        return result
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _errored(self, message: Message, error: dict[str, str]) -> Notification:
+        return Notification(message.id, "errored", message.name, error=error,
+                            attempt=message.attempt, worker=self.name)
+
+    def _notify(self, message: Message, note: Notification) -> None:
+        """Best effort, for statuses that are not final."""
+        if message.reply_to and self.notifier is not None:
+            with _logged(f"publishing status {note.status!r} of {message.id}"):
+                self.notifier.publish(message.reply_to, message.id,
+                                      note.encode(self.app.serializer), final=False)
+
+    def _record(self, message: Message, note: Notification) -> None:
+        """Publish a final notification, retrying a few times; raise if it cannot be done."""
+        if not message.reply_to:
+            return
+        if self.notifier is None:
+            raise RuntimeError("no notifier: call start_notification_producer() before listen()")
+        body = note.encode(self.app.serializer)
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                self.notifier.publish(message.reply_to, message.id, body, final=True)
+                return
+            except Exception:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                log.warning("publishing the outcome of %s failed; trying again", message.id,
+                            exc_info=True)
+                time.sleep(min(0.1 * 2 ** attempt, 2.0))
+
+    def _reject(self, delivery: Delivery, reason: str, fields: dict[str, Any]) -> None:
+        """Dead-letter a message that cannot run, and tell its producer when we can."""
+        log.error("worker %s: dead-lettering a message from %s: %s", self.name, delivery.queue,
+                  reason)
+        reply_to, call_id = fields.get("reply_to"), fields.get("id")
+        if self.notifier is not None and isinstance(reply_to, str) and isinstance(call_id, str):
+            note = Notification(call_id, "errored", fields.get("name"), worker=self.name,
+                                error={"type": "MessageRejected", "message": reason,
+                                       "traceback": ""})
+            with _logged(f"notifying the producer of rejected message {call_id}"):
+                self.notifier.publish(reply_to, call_id, note.encode(self.app.serializer),
+                                      final=True)
+        delivery.dead_letter(reason)
+
+
+def _fields(message: Message) -> dict[str, Any]:
+    return {"id": message.id, "name": message.name, "reply_to": message.reply_to}
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
+
+
+@contextlib.contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """Log and swallow an exception: for steps whose failure must not stop the worker."""
+    try:
+        yield
+    except Exception:
+        log.exception("worker: %s failed", what)

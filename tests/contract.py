@@ -1,0 +1,261 @@
+"""The contract suites: every queue backend and every notifier must pass these.
+
+A backend's test module subclasses :class:`QueueBackendContract` / :class:`NotifierContract`
+and provides a ``backend`` / ``notifier`` fixture (huey's StorageTests idea)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from ivy.notifiers.base import Notifier
+from ivy.queues.base import QueueBackend
+
+#: A delay or lease short enough for tests and long enough to observe; backends whose smallest
+#: unit is larger (SQS: seconds) override it.
+SHORT = 0.3
+
+
+def qname() -> str:
+    return f"q{uuid.uuid4().hex[:10]}"
+
+
+class QueueBackendContract:
+    short = SHORT
+
+    def test_publish_then_consume_and_ack(self, backend: QueueBackend) -> None:
+        # Given a message on a queue
+        q = qname()
+        backend.publish(q, b'{"n": 1}')
+        # When a consumer gets and acks it
+        consumer = backend.consume(q)
+        delivery = consumer.get(5)
+        assert delivery is not None
+        assert delivery.body == b'{"n": 1}'
+        assert delivery.delivery_count == 1
+        delivery.ack()
+        # Then it is gone
+        assert consumer.get(self.short) is None
+        assert backend.size(q) == 0
+        consumer.close()
+
+    def test_get_times_out_on_an_empty_queue(self, backend: QueueBackend) -> None:
+        consumer = backend.consume(qname())
+        started = time.monotonic()
+        assert consumer.get(self.short) is None
+        assert time.monotonic() - started >= self.short * 0.9
+        consumer.close()
+
+    def test_fifo_within_one_priority(self, backend: QueueBackend) -> None:
+        q = qname()
+        for i in range(5):
+            backend.publish(q, str(i).encode())
+        consumer = backend.consume(q)
+        got = []
+        for _ in range(5):
+            d = consumer.get(5)
+            assert d is not None
+            got.append(d.body)
+            d.ack()
+        assert got == [b"0", b"1", b"2", b"3", b"4"]
+        consumer.close()
+
+    def test_higher_priority_first(self, backend: QueueBackend) -> None:
+        if not backend.supports_priority:
+            return
+        q = qname()
+        backend.publish(q, b"low", priority=0)
+        backend.publish(q, b"high", priority=9)
+        consumer = backend.consume(q)
+        first = consumer.get(5)
+        assert first is not None and first.body == b"high"
+        first.ack()
+        second = consumer.get(5)
+        assert second is not None and second.body == b"low"
+        second.ack()
+        consumer.close()
+
+    def test_queues_are_separate(self, backend: QueueBackend) -> None:
+        a, b = qname(), qname()
+        backend.publish(a, b"for a")
+        consumer = backend.consume(b)
+        assert consumer.get(self.short) is None
+        consumer.close()
+        assert backend.size(a) == 1
+
+    def test_bodies_are_bytes_exactly(self, backend: QueueBackend) -> None:
+        q = qname()
+        body = bytes(range(256))
+        backend.publish(q, body)
+        consumer = backend.consume(q)
+        d = consumer.get(5)
+        assert d is not None and d.body == body
+        d.ack()
+        consumer.close()
+
+    def test_delayed_publish_waits(self, backend: QueueBackend) -> None:
+        q = qname()
+        backend.publish(q, b"later", delay=self.short * 3)
+        consumer = backend.consume(q)
+        assert consumer.get(self.short) is None
+        d = consumer.get(self.short * 10)
+        assert d is not None and d.body == b"later"
+        d.ack()
+        consumer.close()
+
+    def test_retry_redelivers_with_new_body_after_delay(self, backend: QueueBackend) -> None:
+        q = qname()
+        backend.publish(q, b"first")
+        consumer = backend.consume(q)
+        d = consumer.get(5)
+        assert d is not None
+        started = time.monotonic()
+        d.retry(self.short * 2, b"second")
+        again = consumer.get(self.short * 20)
+        assert again is not None
+        assert time.monotonic() - started >= self.short * 2 * 0.9
+        assert again.body == b"second"
+        assert again.delivery_count == 2
+        again.ack()
+        consumer.close()
+
+    def test_dead_letter_keeps_reason_and_stops_delivery(self, backend: QueueBackend) -> None:
+        q = qname()
+        backend.publish(q, b"poison")
+        consumer = backend.consume(q)
+        d = consumer.get(5)
+        assert d is not None
+        d.dead_letter("not JSON")
+        assert consumer.get(self.short) is None
+        assert backend.size(q) == 0
+        dead = backend.dead_letters(q)
+        assert [(x.body, x.reason) for x in dead] == [(b"poison", "not JSON")]
+        consumer.close()
+
+    def test_unacked_message_comes_back_after_reservation(self, backend: QueueBackend) -> None:
+        # Given a consumer that takes a message and dies without acking
+        q = qname()
+        backend.publish(q, b"job")
+        lost = backend.consume(q, reserve_time=self.short)
+        first = lost.get(5)
+        assert first is not None
+        # When its reservation runs out
+        other = backend.consume(q, reserve_time=30)
+        again = other.get(self.short * 20)
+        # Then another consumer gets the message again
+        assert again is not None and again.body == b"job"
+        assert again.delivery_count == 2
+        # and the first holder's late ack does not delete the new delivery
+        first.ack()
+        assert backend.size(q) == 1
+        again.ack()
+        assert backend.size(q) == 0
+        other.close()
+
+    def test_extend_keeps_the_reservation(self, backend: QueueBackend) -> None:
+        q = qname()
+        backend.publish(q, b"long task")
+        holder = backend.consume(q, reserve_time=self.short)
+        d = holder.get(5)
+        assert d is not None
+        other = backend.consume(q)
+        for _ in range(4):
+            d.extend(self.short * 3)
+            assert other.get(self.short) is None
+        d.ack()
+        assert backend.size(q) == 0
+        other.close()
+
+    def test_close_returns_prefetched_messages_at_once(self, backend: QueueBackend) -> None:
+        q = qname()
+        for i in range(4):
+            backend.publish(q, str(i).encode())
+        first = backend.consume(q, prefetch=4, reserve_time=60)
+        d = first.get(5)
+        assert d is not None and d.body == b"0"
+        first.close()  # the 3 prefetched, unstarted ones go back now, not in 60 s
+        second = backend.consume(q, prefetch=4)
+        got = []
+        for _ in range(3):
+            x = second.get(5)
+            assert x is not None
+            got.append(x.body)
+            x.ack()
+        assert sorted(got) == [b"1", b"2", b"3"]
+        d.ack()
+        second.close()
+
+    def test_concurrent_consumers_share_without_duplicates(self, backend: QueueBackend) -> None:
+        q = qname()
+        n = 200
+        for i in range(n):
+            backend.publish(q, str(i).encode())
+        seen: list[bytes] = []
+        lock = threading.Lock()
+
+        def consume() -> None:
+            consumer = backend.consume(q, prefetch=5)
+            while True:
+                d = consumer.get(self.short)
+                if d is None:
+                    break
+                with lock:
+                    seen.append(d.body)
+                d.ack()
+            consumer.close()
+
+        threads = [threading.Thread(target=consume) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(seen) == sorted(str(i).encode() for i in range(n))
+
+
+class NotifierContract:
+    def test_subscriber_receives_published(self, notifier: Notifier) -> None:
+        channel = f"ivy:notify:{uuid.uuid4().hex}"
+        sub = notifier.subscribe(channel, lambda: [])
+        sub.get(0.05)  # establish the subscription
+        notifier.publish(channel, "c1", b"running", final=False)
+        notifier.publish(channel, "c1", b"done", final=True)
+        got: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            got.extend(sub.get(0.5))
+        assert got == [b"running", b"done"]
+        sub.close()
+
+    def test_late_subscriber_gets_stored_final_of_pending_calls(self, notifier: Notifier) -> None:
+        # Given a result published while nobody listened
+        channel = f"ivy:notify:{uuid.uuid4().hex}"
+        notifier.publish(channel, "late", b"result", final=True)
+        # When the producer subscribes with that call pending
+        sub = notifier.subscribe(channel, lambda: ["late", "other"])
+        got: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            got.extend(sub.get(0.5))
+        # Then it receives it
+        assert b"result" in got
+        sub.close()
+
+    def test_first_final_notification_wins(self, notifier: Notifier) -> None:
+        channel = f"ivy:notify:{uuid.uuid4().hex}"
+        notifier.publish(channel, "dup", b"first", final=True)
+        notifier.publish(channel, "dup", b"second", final=True)
+        assert notifier.stored("dup") == b"first"
+
+    def test_running_status_is_not_stored(self, notifier: Notifier) -> None:
+        call_id = uuid.uuid4().hex
+        notifier.publish(f"ivy:notify:{uuid.uuid4().hex}", call_id, b"running", final=False)
+        assert notifier.stored(call_id) is None
+
+    def test_channels_are_separate(self, notifier: Notifier) -> None:
+        mine, other = (f"ivy:notify:{uuid.uuid4().hex}" for _ in range(2))
+        sub = notifier.subscribe(mine, lambda: [])
+        sub.get(0.05)
+        notifier.publish(other, uuid.uuid4().hex, b"not mine", final=True)
+        assert sub.get(0.3) == []
+        sub.close()
