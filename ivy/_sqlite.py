@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,12 +72,30 @@ class Database:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._init_schema(busy_timeout)
+
+    def _init_schema(self, timeout: float) -> None:
+        """Switch to WAL and create the tables. Switching the journal mode can report 'locked'
+        without waiting while another process creates the same file, so retry for a while."""
         conn = self.conn()
-        conn.execute("PRAGMA journal_mode=WAL")
-        with self.write(conn):
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                with self.write(conn):
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -137,14 +156,23 @@ class WakeListener:
         """Return on a wake-up or after ``timeout`` seconds, and drain pending wake-ups."""
         if timeout <= 0:
             return
-        if self._sock is None:
-            threading.Event().wait(timeout)
+        sock = self._sock
+        if sock is None:
+            threading.Event().wait(min(timeout, 0.1))
             return
-        readable, _, _ = select.select([self._sock], [], [], timeout)
+        readable, _, _ = select.select([sock], [], [], timeout)
         if readable:
-            with contextlib.suppress(BlockingIOError):
+            with contextlib.suppress(OSError):
                 while True:
-                    self._sock.recv(64)
+                    sock.recv(64)
+
+    def interrupt(self) -> None:
+        """Wake a wait() in progress at once (from another thread)."""
+        if self._sock is not None:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(
+                    OSError):
+                s.setblocking(False)  # a full buffer means a wake-up is pending already
+                s.sendto(b"!", self.path)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -73,6 +73,7 @@ class Ivy:
         self._calls_lock = threading.Lock()
         self._lock = threading.RLock()
         self._consumer_thread: threading.Thread | None = None
+        self._subscription: Subscription | None = None
         self._closing = threading.Event()
         self._workers: list[Worker] = []
 
@@ -219,6 +220,7 @@ class Ivy:
             except TypeError as exc:
                 raise TypeError(f"wrong arguments for task {name!r}: {exc}") from None
         target_queue = queue or (registered.queue if registered else "ivy")
+        created = now_ms()
         message = Message(
             id=new_id(), name=name, args=list(args), kwargs=kwargs, queue=target_queue,
             reply_to=self.channel,
@@ -226,7 +228,7 @@ class Ivy:
                 registered.max_retries if registered else 0),
             priority=priority if priority is not None else (
                 registered.priority if registered else 0),
-            eta=now_ms() + int(delay * 1000) if delay else None, created_ms=now_ms())
+            eta=created + int(delay * 1000) if delay else None, created_ms=created)
         try:
             body = message.encode(self.serializer)
         except SerializationError:
@@ -242,7 +244,8 @@ class Ivy:
             call.add_done_callback(result_callback_adapter(callback))
         if registered is not None and registered.finished is not None:
             call.add_done_callback(_finished_adapter(registered.finished))
-        self.start_notification_consumer()
+        if self._consumer_thread is None:
+            self.start_notification_consumer()
         with self._calls_lock:
             self._calls[call.id] = call
         try:
@@ -266,6 +269,7 @@ class Ivy:
             try:
                 if subscription is None:
                     subscription = notifier.subscribe(self.channel, self.pending_calls)
+                    self._subscription = subscription
                 bodies = subscription.get(0.5)
                 backoff = 0.1
             except Exception:
@@ -276,7 +280,7 @@ class Ivy:
                         subscription.close()
                     except Exception:
                         log.debug("closing a failed subscription raised", exc_info=True)
-                subscription = None
+                subscription = self._subscription = None
                 self._closing.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
@@ -339,6 +343,9 @@ class Ivy:
         for worker in self._workers:
             worker.stop()
         self._closing.set()
+        subscription = self._subscription
+        if subscription is not None:
+            subscription.close()  # interrupts a get() in progress
         if self._consumer_thread is not None:
             self._consumer_thread.join(5)
         for thing in reversed(self._owned):

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import importlib
+import io
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import ivy
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV
 from ivy.errors import IvyError, RemoteTaskError, ResultTimeout
+from ivy.worker import install_signal_handlers
 
 log = logging.getLogger("ivy.cli")
 
@@ -104,20 +110,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    _import(args.modules)
-    app = ivy.default
-    if not len(app.registry):
-        raise IvyError(f"modules {', '.join(args.modules)} registered no task: decorate "
-                       "functions with @ivy.register_task(...)")
-    if args.queue_url:
-        app.setup_queue(args.queue_url)
-    app.start_notification_producer(args.notifier_url)
+    # A signal that arrives while the modules import still means "stop gracefully".
+    early_stop = threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    install_signal_handlers(lambda signum, frame: early_stop.set(), previous)
     try:
-        app.listen(queue=args.queue, concurrency=args.concurrency,
-                   reserve_time=args.reserve_time, block=True)
+        if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack
+            with contextlib.suppress(ValueError, OSError, io.UnsupportedOperation):
+                faulthandler.register(signal.SIGUSR1, all_threads=True)
+        _import(args.modules)
+        app = ivy.default
+        if not len(app.registry):
+            raise IvyError(f"modules {', '.join(args.modules)} registered no task: decorate "
+                           "functions with @ivy.register_task(...)")
+        if args.queue_url:
+            app.setup_queue(args.queue_url)
+        app.start_notification_producer(args.notifier_url)
+        try:
+            worker = app.listen(queue=args.queue, concurrency=args.concurrency,
+                                reserve_time=args.reserve_time, block=False)
+            worker.run_forever(early_stop)
+        finally:
+            app.close()
+        return 0
     finally:
-        app.close()
-    return 0
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _call(args: argparse.Namespace) -> int:

@@ -76,7 +76,7 @@ def parse_spec(spec: str | Mapping[str, Any], table: Mapping[str, Any], what: st
         return _parse_url(spec, table, what)
     raise ConfigurationError(
         f"{what} must be a URL string or a dict with a 'type', got {type(spec).__name__} "
-        f"{spec!r}")
+        f"{spec!r}: accepted schemes are {_accepted(table)} (e.g. {DEFAULT_URL})")
 
 
 def _safe(config: Mapping[str, Any]) -> dict[str, Any]:

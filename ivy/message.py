@@ -9,8 +9,8 @@ field) decodes as a legacy message: it runs, and gets no notification since it h
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -45,7 +45,8 @@ def _validator(name: str) -> Callable[[Any], Any]:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A call id: 128 random bits as 32 hex digits."""
+    return os.urandom(16).hex()
 
 
 def now_ms() -> int:

@@ -1,9 +1,12 @@
 """Serializers for message and notification bodies. JSON by default; never pickle.
 
-Encoding always uses the standard library's :mod:`json` in its strict form (no NaN or Infinity,
-string keys only, nothing but JSON types), so what a producer accepts does not depend on what is
-installed. Decoding uses orjson when it is installed (several times faster, equally strict) and
-the standard library otherwise. ``msgpack`` is available as an optional extra.
+JSON goes through the standard library's :mod:`json` in a strict form: no NaN or Infinity,
+string keys only, nothing but JSON types. orjson is deliberately not used even when installed:
+it turns integers beyond 64 bits into floats on decoding, silently (25852016738884976640000
+became 2.585201673888498e+22 in our tests), and it encodes types (datetime, UUID) that the
+stdlib refuses, so what a producer accepts would depend on what happens to be installed. The
+stdlib costs a few microseconds per message, far below any backend's round trip.
+``msgpack`` is available as an optional extra.
 """
 
 from __future__ import annotations
@@ -12,12 +15,6 @@ import json
 from typing import Any, Protocol, runtime_checkable
 
 from ivy.errors import ConfigurationError, SerializationError
-
-_orjson: Any
-try:  # optional speed-up for decoding
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised when orjson is absent
-    _orjson = None
 
 
 @runtime_checkable
@@ -42,15 +39,18 @@ _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _check_keys(value: Any) -> None:
-    """The stdlib turns int keys into strings silently; refuse them instead (orjson would)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"dict key {key!r} is not a string")
-            _check_keys(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_keys(item)
+    """The stdlib turns int keys into strings silently; refuse them instead."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"dict key {key!r} is not a string")
+                if isinstance(inner, (dict, list, tuple)):
+                    stack.append(inner)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(x for x in item if isinstance(x, (dict, list, tuple)))
 
 
 class JSONSerializer:
@@ -67,8 +67,6 @@ class JSONSerializer:
             raise SerializationError(str(exc)) from exc
 
     def loads(self, data: bytes) -> Any:
-        if _orjson is not None:
-            return _orjson.loads(data)
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
         return _decoder.decode(text)
 

@@ -92,6 +92,13 @@ class Task(Generic[P, R]):
             self.signature: inspect.Signature | None = inspect.signature(func)
         except (TypeError, ValueError):
             self.signature = None
+        # Fast path of check_arguments: a function of plain required positional parameters.
+        self._arity: int | None = None
+        if self.signature is not None and all(
+            p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+            for p in self.signature.parameters.values()
+        ):
+            self._arity = len(self.signature.parameters) - (self.style == "callback")
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -102,7 +109,7 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise TypeError, as a direct call would, when the arguments don't fit the function."""
-        if self.signature is None:
+        if self.signature is None or (self._arity == len(args) and not kwargs):
             return
         if self.style == "callback":
             self.signature.bind(*args, _noop_callback, **kwargs)

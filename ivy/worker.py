@@ -41,7 +41,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("ivy.worker")
 
 FETCH_TIMEOUT = 0.5
-HEARTBEAT = 0.1
+HEARTBEAT = 0.05
+#: A task that has run this long gets its ``running`` status published (by the heartbeat);
+#: quicker tasks go from scheduled to their outcome without it, which saves a notification per
+#: call (Celery publishes no STARTED state at all by default).
+RUNNING_AFTER = 0.05
 RECORD_ATTEMPTS = 5
 
 
@@ -51,11 +55,15 @@ def worker_name() -> str:
 
 @dataclass
 class _Held:
-    """A delivery this worker holds, and when to extend its reservation next."""
+    """A delivery this worker holds, when to extend its reservation next, and the message
+    once it is running."""
 
     delivery: Delivery
     lease: float
     next_extend: float
+    message: Message | None = None
+    started: float = 0.0
+    running_sent: bool = False
 
 
 @dataclass
@@ -135,13 +143,17 @@ class Worker:
         log.info("worker %s: listening on %s at %s, concurrency %d, tasks: %s", self.name,
                  ", ".join(self.queues), self.backend.url, self.concurrency,
                  ", ".join(self.app.registry.names()) or "(none)")
+        self._consumers = [
+            self.backend.consume(q, prefetch=self.concurrency, reserve_time=self.reserve_time)
+            for q in self.queues]
+        # One queue: executors fetch for themselves (no hand-off between threads). Several:
+        # a fetcher per queue hands deliveries over, fetching only while an executor is free.
+        direct = self._consumers[0] if len(self._consumers) == 1 else None
         for i in range(self.concurrency):
-            self._spawn(self._execute_loop, f"ivy-exec-{i}")
-        for q in self.queues:
-            consumer = self.backend.consume(q, prefetch=self.concurrency,
-                                            reserve_time=self.reserve_time)
-            self._consumers.append(consumer)
-            self._spawn(self._fetch_loop, f"ivy-fetch-{q}", consumer)
+            self._spawn(self._execute_loop, f"ivy-exec-{i}", direct)
+        if direct is None:
+            for q, consumer in zip(self.queues, self._consumers, strict=True):
+                self._spawn(self._fetch_loop, f"ivy-fetch-{q}", consumer)
         self._spawn(self._heartbeat_loop, "ivy-heartbeat")
         return self
 
@@ -157,12 +169,12 @@ class Worker:
             return
         log.info("worker %s: stopping; finishing in-flight tasks", self.name)
         self._stopping.set()
-        fetchers = [t for t in self._threads if t.name.startswith("ivy-fetch-")]
-        for t in fetchers:
-            t.join(timeout)
-        for consumer in self._consumers:
+        for consumer in self._consumers:  # interrupts waiting gets; returns unstarted ones
             with _logged("closing consumer"):
                 consumer.close()
+        for t in self._threads:
+            if t.name.startswith("ivy-fetch-"):
+                t.join(timeout)
         for _ in range(self.concurrency):
             self._work.put(None)
         self.join(timeout)
@@ -186,9 +198,10 @@ class Worker:
     def running(self) -> bool:
         return not self._stopping.is_set()
 
-    def run_forever(self) -> None:
-        """Block until SIGTERM or SIGINT (first: graceful stop; second: exit at once)."""
-        stop = threading.Event()
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Block until SIGTERM or SIGINT (first: graceful stop; second: exit at once) or until
+        ``stop`` is set."""
+        stop = stop or threading.Event()
         previous: dict[signal.Signals, Any] = {}
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -199,9 +212,7 @@ class Worker:
             log.info("worker %s: received %s", self.name, signal.Signals(signum).name)
             stop.set()
 
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, on_signal)
+        install_signal_handlers(on_signal, previous)
         try:
             while not stop.wait(0.2) and not self._stopping.is_set():
                 pass
@@ -238,16 +249,38 @@ class Worker:
             self._hold(delivery, self.reserve_time)
             self._work.put(delivery)
 
-    def _execute_loop(self) -> None:
+    def _execute_loop(self, consumer: Consumer | None) -> None:
+        backoff = 0.1
         while True:
-            delivery = self._work.get()
-            if delivery is None:
-                return
+            if consumer is None:
+                delivery = self._work.get()
+                if delivery is None:
+                    return
+            else:
+                if self._stopping.is_set():
+                    return
+                try:
+                    delivery = consumer.get(FETCH_TIMEOUT)
+                    backoff = 0.1
+                except Exception:
+                    log.exception("worker %s: fetching from %s failed; retrying in %.1f s",
+                                  self.name, self.backend.url, backoff)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                if delivery is None:
+                    continue
+                if self._stopping.is_set():
+                    with _logged("giving back a delivery"):
+                        delivery.release()
+                    return
+                self._hold(delivery, self.reserve_time)
             try:
                 self.process(delivery)
             finally:
                 self._unhold(delivery)
-                self._slots.release()
+                if consumer is None:
+                    self._slots.release()
 
     def _heartbeat_loop(self) -> None:
         while not self._stopped.wait(HEARTBEAT):
@@ -256,6 +289,10 @@ class Worker:
                 due = [h for h in self._held.values() if h.next_extend <= now]
                 for h in due:
                     h.next_extend = now + h.lease / 3
+                running = [h for h in self._held.values() if h.message is not None
+                           and not h.running_sent and now - h.started >= RUNNING_AFTER]
+                for h in running:
+                    h.running_sent = True
                 for d in self._deadlines.values():
                     if not d.fired and d.at <= now:
                         d.fired = True
@@ -263,6 +300,11 @@ class Worker:
             for h in due:
                 with _logged("extending a reservation"):
                     h.delivery.extend(h.lease)
+            for h in running:
+                if h.message is not None:
+                    self._notify(h.message, Notification(
+                        h.message.id, "running", h.message.name, attempt=h.message.attempt,
+                        worker=self.name))
 
     def _hold(self, delivery: Delivery, lease: float) -> None:
         with self._lock:
@@ -308,11 +350,15 @@ class Worker:
             self.processed += 1
 
     def _run(self, delivery: Delivery, task: Task[Any, Any], message: Message) -> None:
+        now = time.monotonic()
+        with self._lock:
+            held = self._held.get(id(delivery))
+            if held is not None:
+                held.message, held.started = message, now
+                if task.reserve_time is not None:
+                    held.lease, held.next_extend = task.reserve_time, now + task.reserve_time / 3
         if task.reserve_time is not None:
-            self._hold(delivery, task.reserve_time)
             delivery.extend(task.reserve_time)
-        self._notify(message, Notification(message.id, "running", message.name,
-                                           attempt=message.attempt, worker=self.name))
         ok, value = self._execute(task, message)
         if ok:
             note = Notification(message.id, "successful", message.name, result=value,
@@ -438,11 +484,14 @@ class Worker:
                             attempt=message.attempt, worker=self.name)
 
     def _notify(self, message: Message, note: Notification) -> None:
-        """Best effort, for statuses that are not final."""
+        """Best effort, for the ``running`` status (not final, not stored)."""
         if message.reply_to and self.notifier is not None:
-            with _logged(f"publishing status {note.status!r} of {message.id}"):
+            try:
                 self.notifier.publish(message.reply_to, message.id,
                                       note.encode(self.app.serializer), final=False)
+            except Exception:
+                log.warning("publishing status %r of %s failed", note.status, message.id,
+                            exc_info=True)
 
     def _record(self, message: Message, note: Notification) -> None:
         """Publish a final notification, retrying a few times; raise if it cannot be done."""
@@ -475,6 +524,16 @@ class Worker:
                 self.notifier.publish(reply_to, call_id, note.encode(self.app.serializer),
                                       final=True)
         delivery.dead_letter(reason)
+
+
+def install_signal_handlers(handler: Any, previous: dict[signal.Signals, Any] | None = None
+                            ) -> None:
+    """Route SIGTERM and SIGINT to ``handler`` (main thread only, as Python requires)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old = signal.signal(sig, handler)
+            if previous is not None:
+                previous[sig] = old
 
 
 def _fields(message: Message) -> dict[str, Any]:

@@ -13,7 +13,8 @@ class Subscription(ABC):
     def get(self, timeout: float) -> list[bytes]: ...
 
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop; may be called from another thread, and interrupts a get() in progress."""
 
 
 class Notifier(ABC):

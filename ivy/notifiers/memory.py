@@ -87,7 +87,7 @@ class MemoryNotifier(Notifier):
                 if len(hub.stored) > MAX_STORED:
                     hub.stored.popitem(last=False)
             hub.channel(channel).append(body)
-            hub.cond.notify_all()
+            hub.cond.notify_all()  # subscribers of other channels wake and wait again
 
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         return MemorySubscription(self._hub, channel, pending)

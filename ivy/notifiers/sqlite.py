@@ -60,11 +60,13 @@ class SQLiteSubscription(Subscription):
             if remaining <= 0:
                 break
             self._listener.wait(min(remaining, POLL_INTERVAL))
+        if self._closed:
+            self._listener.close()
         return []
 
     def close(self) -> None:
         self._closed = True
-        self._listener.close()
+        self._listener.interrupt()
 
 
 class SQLiteNotifier(Notifier):

@@ -48,14 +48,16 @@ class Delivery(ABC):
 
 
 class Consumer(ABC):
-    """Receives deliveries of one queue name. ``get`` returns None when ``timeout`` passes."""
+    """Receives deliveries of one queue name. ``get`` returns None when ``timeout`` passes;
+    several threads may call it at once (a worker's executors share one consumer)."""
 
     @abstractmethod
     def get(self, timeout: float) -> Delivery | None: ...
 
     @abstractmethod
     def close(self) -> None:
-        """Stop receiving and return prefetched, unstarted deliveries to the queue at once."""
+        """Stop receiving and return prefetched, unstarted deliveries to the queue at once.
+        May be called from another thread: a get() in progress returns None soon."""
 
 
 class QueueBackend(ABC):

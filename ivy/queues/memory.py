@@ -10,24 +10,24 @@ import itertools
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Self
 
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
 
 
-@dataclass(order=True)
+@dataclass(slots=True)
 class _Entry:
-    sort_key: tuple[int, int]
-    body: bytes = field(compare=False)
-    priority: int = field(compare=False)
-    count: int = field(compare=False, default=0)
-    token: int = field(compare=False, default=0)  # reservation; 0 when not reserved
+    body: bytes
+    priority: int
+    count: int = 0
+    token: int = 0  # reservation; 0 when not reserved
 
 
 class _Queue:
     def __init__(self) -> None:
-        self.ready: list[_Entry] = []
+        self.ready: list[tuple[int, int, _Entry]] = []  # (-priority, seq, entry): a heap
         self.delayed: list[tuple[float, int, _Entry]] = []
         self.reserved: dict[int, tuple[_Entry, float]] = {}
         self.leases: list[tuple[float, int]] = []  # (deadline, token); stale rows are skipped
@@ -52,36 +52,40 @@ class MemoryBroker:
         with self.cond:
             q = self.queue(name)
             seq = next(self._seq)
-            entry = _Entry((-priority, seq), body, priority, count)
+            entry = _Entry(body, priority, count)
             if delay > 0:
                 heapq.heappush(q.delayed, (time.monotonic() + delay, seq, entry))
+                self.cond.notify_all()  # a waiter may need to shorten its wait
             else:
-                heapq.heappush(q.ready, entry)
-            self.cond.notify_all()
+                heapq.heappush(q.ready, (-priority, seq, entry))
+                self.cond.notify()
 
     def _promote(self, q: _Queue, now: float) -> float | None:
         """Move due delayed entries and expired reservations to ready; return the next due time."""
         while q.delayed and q.delayed[0][0] <= now:
-            heapq.heappush(q.ready, heapq.heappop(q.delayed)[2])
+            _, seq, entry = heapq.heappop(q.delayed)
+            heapq.heappush(q.ready, (-entry.priority, seq, entry))
         while q.leases and q.leases[0][0] <= now:
             _, token = heapq.heappop(q.leases)
             held = q.reserved.get(token)
             if held is not None and held[1] <= now:
                 del q.reserved[token]
                 held[0].token = 0
-                heapq.heappush(q.ready, held[0])
+                heapq.heappush(q.ready, (-held[0].priority, next(self._seq), held[0]))
+                self.cond.notify()
         times = [t[0] for t in (q.delayed[:1] + q.leases[:1])]
         return min(times) if times else None
 
-    def take(self, name: str, timeout: float, reserve: float) -> _Entry | None:
+    def take(self, name: str, timeout: float, reserve: float,
+             closed: Callable[[], bool]) -> _Entry | None:
         deadline = time.monotonic() + timeout
         with self.cond:
             q = self.queue(name)
-            while True:
+            while not closed():
                 now = time.monotonic()
                 next_due = self._promote(q, now)
                 if q.ready:
-                    entry = heapq.heappop(q.ready)
+                    entry = heapq.heappop(q.ready)[2]
                     entry.count += 1
                     entry.token = next(self._seq)
                     q.reserved[entry.token] = (entry, now + reserve)
@@ -93,6 +97,7 @@ class MemoryBroker:
                 if next_due is not None:
                     wait = min(wait, max(next_due - now, 0.0))
                 self.cond.wait(wait)
+            return None
 
     def finish(self, name: str, token: int) -> _Entry | None:
         """End reservation ``token``; None if it had expired (the entry went back to the queue)."""
@@ -162,11 +167,14 @@ class MemoryConsumer(Consumer):
     def get(self, timeout: float) -> Delivery | None:
         if self._closed:
             return None
-        entry = self._broker.take(self._queue, timeout, self._reserve)
+        entry = self._broker.take(self._queue, timeout, self._reserve, lambda: self._closed)
         return None if entry is None else MemoryDelivery(self._broker, self._queue, entry)
 
     def close(self) -> None:
-        self._closed = True  # nothing is prefetched: a delivery is taken only when asked for
+        # nothing is prefetched: a delivery is taken only when asked for
+        with self._broker.cond:
+            self._closed = True
+            self._broker.cond.notify_all()
 
 
 class MemoryQueueBackend(QueueBackend):

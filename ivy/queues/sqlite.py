@@ -10,6 +10,7 @@ taken since. A retry rewrites the row's body and ``available_at``; a dead letter
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import deque
@@ -74,6 +75,7 @@ class SQLiteConsumer(Consumer):
         self._buffer: deque[SQLiteDelivery] = deque()
         self._listener = WakeListener(backend.db.wake_dir("q"))
         self._closed = False
+        self._lock = threading.Lock()  # several executor threads share one consumer
 
     def _fetch(self) -> float | None:
         """Reserve up to ``prefetch`` rows; return the time the next one falls due if none."""
@@ -96,6 +98,14 @@ class SQLiteConsumer(Consumer):
 
     def get(self, timeout: float) -> Delivery | None:
         deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=timeout):
+            return None
+        try:
+            return self._get(deadline)
+        finally:
+            self._lock.release()
+
+    def _get(self, deadline: float) -> Delivery | None:
         while not self._closed:
             if self._buffer:
                 return self._buffer.popleft()
@@ -113,9 +123,11 @@ class SQLiteConsumer(Consumer):
 
     def close(self) -> None:
         self._closed = True
-        while self._buffer:
-            self._buffer.popleft().release()
-        self._listener.close()
+        self._listener.interrupt()
+        with self._lock:  # a get() in progress returns at once
+            while self._buffer:
+                self._buffer.popleft().release()
+            self._listener.close()
 
 
 class SQLiteQueueBackend(QueueBackend):

@@ -1,0 +1,88 @@
+"""The command line, run as a user would: ``python -m ivy`` in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+import ivy
+from ivy.cli import main
+from ivy.queues.sqlite import SQLiteQueueBackend
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run(*args: str, cwd: Path = TESTS, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ivy", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_worker_call_wait_and_inspect(sqlite_url: str) -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ivy", "worker", "tasks_for_workers", "--queue", "proc",
+         "--queue-url", sqlite_url, "--notifier-url", sqlite_url, "--concurrency", "2"],
+        cwd=TESTS, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # ivy call NAME JSON_ARG --wait prints the result as JSON
+        out = run("call", "proc.factorial", "10", "--queue", "proc", "--wait",
+                  "--queue-url", sqlite_url, "--notifier-url", sqlite_url)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == 3628800
+        # with --module the task's own queue is used; a task error exits 1 with the error
+        out = run("call", "proc.factorial", '"x"', "--module", "tasks_for_workers", "--wait",
+                  "--queue-url", sqlite_url, "--notifier-url", sqlite_url)
+        assert out.returncode == 1
+        assert "TypeError" in out.stderr
+        # without --wait it prints the call id
+        out = run("call", "proc.unknown", "--queue", "proc", "--queue-url", sqlite_url,
+                  "--notifier-url", sqlite_url)
+        assert out.returncode == 0 and len(out.stdout.strip()) == 32
+        backend = SQLiteQueueBackend(sqlite_url.removeprefix("sqlite:///"))
+        wait_for(lambda: backend.dead_letters("proc"), message="the unknown task's dead letter")
+        backend.close()
+        # ivy inspect shows sizes and dead letters with their reasons
+        out = run("inspect", "--queue-url", sqlite_url)
+        assert out.returncode == 0, out.stderr
+        assert "proc: 0 waiting or running, 1 dead letter(s) shown" in out.stdout
+        assert "unknown task 'proc.unknown' on queue 'proc'" in out.stdout
+        out = run("inspect", "--queue-url", sqlite_url, "--json")
+        [entry] = json.loads(out.stdout)
+        assert entry["queue"] == "proc" and entry["size"] == 0
+        assert "proc.unknown" in entry["dead_letters"][0]["body"]
+    finally:
+        worker.send_signal(signal.SIGINT)
+        assert worker.wait(20) == 0
+    assert "stopped after" in (worker.stderr.read() if worker.stderr else "")
+
+
+def test_call_wait_times_out_with_exit_3(sqlite_url: str) -> None:
+    out = run("call", "nobody.listens", "--queue", "empty", "--wait", "--timeout", "0.2",
+              "--queue-url", sqlite_url, "--notifier-url", sqlite_url)
+    assert out.returncode == 3
+    assert "no result for call" in out.stderr
+
+
+def test_bad_inputs_are_clear_errors(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker", "no_such_module_here"]) == 2
+    assert "cannot import module 'no_such_module_here'" in capsys.readouterr().err
+    assert main(["inspect", "--queue-url", "kafka://localhost"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown queue backend URL scheme 'kafka'" in err and "sqlite://" in err
+    assert main(["call", "x.y", "not-json", "--queue-url", sqlite_url]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["worker", "tasks_for_workers", "--concurrency", "0"])
+
+
+def test_version_and_help() -> None:
+    out = run("--version")
+    assert out.stdout.strip() == f"ivy {ivy.__version__}"
+    out = run("worker", "--help")
+    assert "--queue" in out.stdout and "--concurrency" in out.stdout

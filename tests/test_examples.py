@@ -1,0 +1,22 @@
+"""The README's demo runs as a user runs it, in a fresh folder, and exits 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_factorial_demo(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "factorial.py")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "factorial(10) = 3628800" in out.stdout
+    assert "200 results, all correct" in out.stdout
+    assert "200/200" in out.stderr  # the progress bar reached the end
+    assert (tmp_path / "ivy.db").exists()  # the embedded SQLite default

@@ -1,0 +1,128 @@
+"""Wire protocol v1: encoding, decoding, the shipped JSON Schemas, the Node.js ivy 0.2 form."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ivy
+from ivy.message import (
+    Message,
+    Notification,
+    decode_message,
+    decode_notification,
+    load_schema,
+)
+from ivy.serialization import JSONSerializer, MsgpackSerializer
+
+JSON = JSONSerializer()
+
+DESIGN_MESSAGE = {
+    "ivy": 1, "id": "3f2b", "name": "testpackage.factorial", "args": [5], "kwargs": {},
+    "options": {}, "queue": "testpackage", "reply_to": "ivy:notify:abc", "attempt": 0,
+    "max_retries": 5, "priority": 0, "eta": None, "created_ms": 1764262800000,
+}
+DESIGN_NOTIFICATION = {
+    "ivy": 1, "id": "3f2b", "name": "testpackage.factorial", "status": "successful",
+    "result": 120, "error": None, "attempt": 0, "worker": "host:1234",
+}
+
+
+@pytest.mark.parametrize("name", ["message-v1", "message-legacy", "notification-v1"])
+def test_shipped_schemas_are_valid_json_schema(name: str) -> None:
+    schema = load_schema(name)
+    jsonschema.Draft7Validator.check_schema(schema)
+
+
+def test_design_examples_validate_with_the_reference_validator() -> None:
+    jsonschema.validate(DESIGN_MESSAGE, load_schema("message-v1"))
+    jsonschema.validate(DESIGN_NOTIFICATION, load_schema("notification-v1"))
+    jsonschema.validate({"name": "factorial", "options": {}, "args": [5]},
+                        load_schema("message-legacy"))
+
+
+def test_message_round_trip_keeps_every_field() -> None:
+    message = decode_message(json.dumps(DESIGN_MESSAGE).encode(), JSON)
+    assert message.to_dict() == DESIGN_MESSAGE
+    assert decode_message(message.encode(JSON), JSON) == message
+
+
+def test_unknown_fields_survive_a_retry_re_encoding() -> None:
+    body = json.dumps({**DESIGN_MESSAGE, "trace_id": "t-1"}).encode()
+    message = decode_message(body, JSON)
+    message.attempt += 1
+    assert json.loads(message.encode(JSON))["trace_id"] == "t-1"
+
+
+def test_node_ivy_02_message() -> None:
+    message = decode_message(b'{"name":"factorial","options":{},"args":[5]}', JSON)
+    assert (message.name, message.args, message.reply_to, message.legacy) == (
+        "factorial", [5], None, True)
+    # and what a Python producer sends keeps the fields a Node.js ivy 0.2 worker reads
+    sent = json.loads(Message(id="x", name="factorial", args=[5]).encode(JSON))
+    assert {"name": "factorial", "options": {}, "args": [5]}.items() <= sent.items()
+
+
+def test_notification_round_trip_and_error_shape() -> None:
+    note = decode_notification(json.dumps(DESIGN_NOTIFICATION).encode(), JSON)
+    assert note == Notification("3f2b", "successful", "testpackage.factorial", result=120,
+                                worker="host:1234")
+    bad = {**DESIGN_NOTIFICATION, "status": "errored", "error": {"type": 1, "message": "m"}}
+    with pytest.raises(ivy.MessageError, match="error"):
+        decode_notification(json.dumps(bad).encode(), JSON)
+
+
+def test_remote_error_is_data_only() -> None:
+    # an error naming a callable is never imported or called: it stays three strings
+    err = ivy.RemoteTaskError.from_wire({"type": "os.system", "message": "rm -rf /"})
+    assert (err.type, err.message, err.traceback) == ("os.system", "rm -rf /", "")
+    assert isinstance(ivy.RemoteTaskError.from_wire("just text").message, str)
+
+
+def test_big_integers_and_unicode_survive() -> None:
+    body = Message(id="x", name="t", args=[25852016738884976640000, "žluťoučký 🐍"]).encode(JSON)
+    assert decode_message(body, JSON).args == [25852016738884976640000, "žluťoučký 🐍"]
+
+
+def test_size_limit_on_decoding() -> None:
+    body = Message(id="x", name="t", args=["x" * 100]).encode(JSON)
+    with pytest.raises(ivy.MessageError, match="over the limit of 50 bytes"):
+        decode_message(body, JSON, max_bytes=50)
+
+
+def test_msgpack_round_trip() -> None:
+    pack = MsgpackSerializer()
+    message = Message(id="x", name="t", args=[1, "a", None, [2.5]])
+    assert decode_message(message.encode(pack), pack) == message
+    with pytest.raises(ivy.SerializationError):
+        pack.dumps({1: "int key"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_decode_or_fail_with_a_reason(body: bytes) -> None:
+    try:
+        decode_message(body, JSON)
+    except ivy.MessageError as exc:
+        assert exc.reason
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from([*sorted(DESIGN_MESSAGE), "x"]), json_values))
+def test_arbitrary_json_objects_decode_or_fail_with_a_reason(data: dict[str, object]) -> None:
+    try:
+        message = decode_message(json.dumps(data).encode(), JSON)
+    except ivy.MessageError as exc:
+        assert exc.reason
+    else:
+        assert isinstance(message.name, str) and isinstance(message.args, list)
