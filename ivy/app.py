@@ -273,6 +273,8 @@ class Ivy:
                 bodies = subscription.get(0.5)
                 backoff = 0.1
             except Exception:
+                if self._closing.is_set():
+                    break
                 log.exception("notification consumer: %s failed; resubscribing in %.1f s",
                               notifier.url, backoff)
                 if subscription is not None:

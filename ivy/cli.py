@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     try:
         if args.command == "worker":
             return _worker(args)

@@ -28,10 +28,14 @@ NOTIFIER_ENV = "IVY_NOTIFIER_URL"
 QUEUE_BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("ivy.queues.memory", "MemoryQueueBackend", None),
     "sqlite": ("ivy.queues.sqlite", "SQLiteQueueBackend", None),
+    "amqp": ("ivy.queues.amqp", "AMQPQueueBackend", "amqp"),
+    "amqps": ("ivy.queues.amqp", "AMQPQueueBackend", "amqp"),
 }
 NOTIFIERS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("ivy.notifiers.memory", "MemoryNotifier", None),
     "sqlite": ("ivy.notifiers.sqlite", "SQLiteNotifier", None),
+    "redis": ("ivy.notifiers.redis", "RedisNotifier", "redis"),
+    "rediss": ("ivy.notifiers.redis", "RedisNotifier", "redis"),
 }
 
 Spec = str | Mapping[str, Any] | QueueBackend | Notifier | None

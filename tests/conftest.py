@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 import ivy
 
 ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -47,17 +50,63 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ivy.db'}"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return f"memory://test-{uuid.uuid4().hex[:8]}"
-    return f"sqlite:///{tmp_path / 'ivy.db'}"
+AMQP_URL = os.environ.get("IVY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+REDIS_URL = os.environ.get("IVY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: queue names the shared-broker tests use; emptied before and after each test
+TEST_QUEUES = ("q", "qa", "qb", "unserved", "proc", "bench")
+
+
+def port_open(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port),
+                                 timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture
-def app(backend_url: str) -> Iterator[ivy.Ivy]:
-    """An Ivy instance (producer and worker in one process) on each embedded backend, with fast
+def amqp_url() -> Iterator[str]:
+    require_service("RabbitMQ", port_open(AMQP_URL, 5672), f"nothing answers at {AMQP_URL}")
+    pytest.importorskip("pika", reason="pip install 'ivy-queue[amqp]'")
+    delete_test_queues()
+    yield AMQP_URL
+    delete_test_queues()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_service("Redis", port_open(REDIS_URL, 6379), f"nothing answers at {REDIS_URL}")
+    pytest.importorskip("redis", reason="pip install 'ivy-queue[redis]'")
+    return REDIS_URL
+
+
+def delete_test_queues() -> None:
+    from ivy.queues.amqp import AMQPQueueBackend
+
+    backend = AMQPQueueBackend(AMQP_URL)
+    backend.delete_queues([n for q in TEST_QUEUES for n in (q, f"{q}.dead")])
+    backend.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "amqp+redis"])
+def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(queue URL, notifier URL) for each backend pairing: the embedded ones, and RabbitMQ with
+    Redis."""
+    if request.param == "memory":
+        url = f"memory://test-{uuid.uuid4().hex[:8]}"
+        return url, url
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ivy.db'}"
+        return url, url
+    return request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def app(urls: tuple[str, str]) -> Iterator[ivy.Ivy]:
+    """An Ivy instance (producer and worker in one process) on each backend pairing, with fast
     retries."""
-    instance = ivy.Ivy(backend_url, backend_url, retry_base_delay=0.01, retry_max_delay=0.05)
+    instance = ivy.Ivy(*urls, retry_base_delay=0.01, retry_max_delay=0.05)
     yield instance
     instance.close()

@@ -218,8 +218,9 @@ class NotifierContract:
         channel = f"ivy:notify:{uuid.uuid4().hex}"
         sub = notifier.subscribe(channel, lambda: [])
         sub.get(0.05)  # establish the subscription
-        notifier.publish(channel, "c1", b"running", final=False)
-        notifier.publish(channel, "c1", b"done", final=True)
+        call_id = uuid.uuid4().hex
+        notifier.publish(channel, call_id, b"running", final=False)
+        notifier.publish(channel, call_id, b"done", final=True)
         got: list[bytes] = []
         deadline = time.monotonic() + 5
         while len(got) < 2 and time.monotonic() < deadline:
@@ -230,9 +231,10 @@ class NotifierContract:
     def test_late_subscriber_gets_stored_final_of_pending_calls(self, notifier: Notifier) -> None:
         # Given a result published while nobody listened
         channel = f"ivy:notify:{uuid.uuid4().hex}"
-        notifier.publish(channel, "late", b"result", final=True)
+        late = uuid.uuid4().hex
+        notifier.publish(channel, late, b"result", final=True)
         # When the producer subscribes with that call pending
-        sub = notifier.subscribe(channel, lambda: ["late", "other"])
+        sub = notifier.subscribe(channel, lambda: [late, "other"])
         got: list[bytes] = []
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
@@ -243,9 +245,10 @@ class NotifierContract:
 
     def test_first_final_notification_wins(self, notifier: Notifier) -> None:
         channel = f"ivy:notify:{uuid.uuid4().hex}"
-        notifier.publish(channel, "dup", b"first", final=True)
-        notifier.publish(channel, "dup", b"second", final=True)
-        assert notifier.stored("dup") == b"first"
+        call_id = uuid.uuid4().hex
+        notifier.publish(channel, call_id, b"first", final=True)
+        notifier.publish(channel, call_id, b"second", final=True)
+        assert notifier.stored(call_id) == b"first"
 
     def test_running_status_is_not_stored(self, notifier: Notifier) -> None:
         call_id = uuid.uuid4().hex

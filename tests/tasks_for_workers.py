@@ -32,3 +32,9 @@ def slow(seconds: float, started: str) -> str:
     Path(started).write_text(str(os.getpid()))
     time.sleep(seconds)
     return "finished"
+
+
+@ivy.register_task(name="proc.pause", queue="proc")
+def pause(seconds: float, value: int) -> int:
+    time.sleep(seconds)
+    return value

@@ -203,8 +203,8 @@ def test_unknown_task_lists_registered_ones(app: ivy.Ivy) -> None:
     assert "'pkg.fact'" in str(exc.value) and "pkg.factorial" in str(exc.value)
 
 
-def test_oversized_call_is_refused(backend_url: str) -> None:
-    with ivy.Ivy(backend_url, backend_url, max_message_bytes=1000) as app:
+def test_oversized_call_is_refused(urls: tuple[str, str]) -> None:
+    with ivy.Ivy(*urls, max_message_bytes=1000) as app:
         @app.register_task(name="t.big", queue="q")
         def big(data: str) -> None: ...
 
@@ -396,8 +396,8 @@ def test_first_result_wins_and_callbacks_run_once() -> None:
     assert seen == [1]
 
 
-def test_msgpack_serializer(backend_url: str) -> None:
-    with ivy.Ivy(backend_url, backend_url, serializer="msgpack") as app:
+def test_msgpack_serializer(urls: tuple[str, str]) -> None:
+    with ivy.Ivy(*urls, serializer="msgpack") as app:
         @app.register_task(name="t.echo", queue="q")
         def echo(x: Any) -> Any:
             return x

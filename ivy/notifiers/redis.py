@@ -1,0 +1,117 @@
+"""``redis://`` / ``rediss://``: the Redis notifier (``pip install 'ivy-queue[redis]'``).
+
+Redis pub/sub alone loses what a disconnected producer misses, so a final notification is also
+stored under ``ivy:result:<call id>`` with a TTL (``?result_ttl=`` seconds, default one day):
+one Lua script sets the key only if it is absent and, if it was, publishes the notification, so
+the first result wins and a duplicate is never sent. ``running`` statuses are published only.
+
+A subscription reads the stored notifications of every pending call each time Redis confirms
+its (re)subscription, so a Redis restart or a dropped connection delays a result but never loses
+it (given that Redis keeps its data across the restart: use AOF persistence in production).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import redis
+import redis.exceptions
+
+from ivy.config import mask_url
+from ivy.notifiers.base import Notifier, Subscription
+
+log = logging.getLogger("ivy.redis")
+
+KEY_PREFIX = "ivy:result:"
+OPTIONS = ("result_ttl",)
+# KEYS[1] result key; ARGV[1] body, ARGV[2] ttl seconds, ARGV[3] channel
+STORE_AND_PUBLISH = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+    redis.call('PUBLISH', ARGV[3], ARGV[1])
+    return 1
+end
+return 0
+"""
+
+
+class RedisSubscription(Subscription):
+    def __init__(self, notifier: RedisNotifier, channel: str,
+                 pending: Callable[[], Collection[str]]) -> None:
+        self._notifier = notifier
+        self._pending = pending
+        self._closed = threading.Event()
+        self._pubsub = notifier.client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub.subscribe(channel)
+
+    def get(self, timeout: float) -> list[bytes]:
+        found: list[bytes] = []
+        wait = timeout
+        while not self._closed.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=wait)
+            except (redis.exceptions.ConnectionError, ValueError, AttributeError):
+                if self._closed.is_set():
+                    return found
+                raise
+            if message is None:
+                return found
+            kind = message.get("type")
+            if kind == "subscribe":  # first subscription or a reconnect: catch up
+                found.extend(self._notifier.stored_many(list(self._pending())))
+            elif kind == "message":
+                found.append(message["data"])
+            wait = 0.0  # take what is already there, then return
+        return found
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self._pubsub.close()
+        except Exception:
+            log.debug("closing a Redis subscription raised", exc_info=True)
+
+
+class RedisNotifier(Notifier):
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *,
+                 result_ttl: int = 86400) -> None:
+        parts = urlsplit(url)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in OPTIONS]
+        clean = urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query)))
+        self.url = mask_url(url)
+        self.result_ttl = int(result_ttl)
+        self.client: redis.Redis = redis.Redis.from_url(
+            clean, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
+        self._store = self.client.register_script(STORE_AND_PUBLISH)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        url = str(config.get("url") or "redis://127.0.0.1:6379/0")
+        return cls(url, result_ttl=int(config.get("result_ttl", 86400)))
+
+    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
+        if final:
+            self._store(keys=[KEY_PREFIX + call_id], args=[body, self.result_ttl, channel])
+        else:
+            self.client.publish(channel, body)
+
+    def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
+        return RedisSubscription(self, channel, pending)
+
+    def stored(self, call_id: str) -> bytes | None:
+        value = self.client.get(KEY_PREFIX + call_id)
+        return value if isinstance(value, bytes) else None
+
+    def stored_many(self, call_ids: list[str]) -> list[bytes]:
+        found: list[bytes] = []
+        for start in range(0, len(call_ids), 500):
+            chunk = call_ids[start:start + 500]
+            values = self.client.mget([KEY_PREFIX + i for i in chunk])
+            found.extend(v for v in values if isinstance(v, bytes))
+        return found
+
+    def close(self) -> None:
+        self.client.close()

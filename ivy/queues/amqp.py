@@ -1,0 +1,610 @@
+"""``amqp://`` / ``amqps://``: RabbitMQ (or any AMQP 0-9-1 broker) through pika.
+
+Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
+
+* queue name Q is the durable queue ``Q``, published to through the default exchange with
+  routing key Q, persistent messages, content type ``application/json``. Queues that ivy
+  declares get ``x-max-priority`` (``?max_priority=10`` by default, 0 turns it off); a queue
+  that already exists with other arguments is used as it is, without priorities.
+* retries and delayed calls go to ``Q.delay.<ms>``: a queue whose ``x-message-ttl`` is the delay
+  and whose dead-letter target is Q, so the broker does the waiting and no worker sleeps. Delays
+  are rounded to two significant digits to bound the number of such queues, which expire when
+  unused.
+* dead letters go to ``Q.dead`` with the reason in the header ``x-ivy-reason``.
+
+pika is not thread-safe: every connection lives on its own I/O thread (:class:`_Link`, a
+``SelectConnection`` that reconnects with backoff) and other threads hand it work through
+``add_callback_threadsafe``. Publishing uses publisher confirms, pipelined: many threads can have
+publishes in flight on one channel, and each ``publish`` returns when the broker confirmed it.
+A consumer's deliveries are acknowledged after the worker recorded the outcome; a delivery from a
+connection that has since been lost is not acknowledged (the broker redelivers it).
+
+Reservations: AMQP has none to extend. An unacknowledged message stays with its consumer until
+the connection closes (RabbitMQ's ``consumer_timeout``, 30 minutes by default, bounds a task).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import pika
+import pika.exceptions
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from ivy.config import mask_url
+from ivy.errors import IvyError
+from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+
+log = logging.getLogger("ivy.amqp")
+
+REASON_HEADER = "x-ivy-reason"
+DELIVERY_HEADER = "x-ivy-delivery"
+#: ivy's own query parameters, removed before the URL goes to pika
+OPTIONS = ("max_priority", "publish_timeout", "content_type")
+
+
+class PublishError(IvyError):
+    """The broker refused a message, or did not confirm it in time."""
+
+
+def delay_bucket(seconds: float) -> int:
+    """Milliseconds, rounded up to two significant digits (1234 ms -> 1300 ms)."""
+    ms = max(1, math.ceil(seconds * 1000))
+    if ms < 100:
+        return ms
+    scale = 10 ** (len(str(ms)) - 2)
+    return int(math.ceil(ms / scale) * scale)
+
+
+class _Link:
+    """One pika SelectConnection with one channel, on its own thread, reconnecting forever."""
+
+    def __init__(self, params: pika.URLParameters, label: str, *, confirms: bool,
+                 on_channel: Callable[[Channel], None],
+                 on_confirm: Callable[[Any], None] | None = None,
+                 on_lost: Callable[[], None] | None = None) -> None:
+        self.params = params
+        self.label = label
+        self.confirms = confirms
+        self._on_channel = on_channel
+        self._on_confirm = on_confirm
+        self._on_lost = on_lost
+        self.generation = 0
+        self.channel: Channel | None = None
+        self.last_error: str = ""
+        self.last_reason: BaseException | None = None
+        self._conn: pika.SelectConnection | None = None
+        self._ops: deque[Callable[[Channel], None]] = deque()
+        self._stopping = threading.Event()
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ivy-amqp-{label}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            opened_at = time.monotonic()
+            try:
+                conn = pika.SelectConnection(
+                    self.params, on_open_callback=self._opened,
+                    on_open_error_callback=self._open_failed, on_close_callback=self._closed)
+                self._conn = conn
+                conn.ioloop.start()
+            except Exception as exc:  # pragma: no cover - pika raises little here
+                self.last_error = repr(exc)
+                log.exception("amqp %s: I/O loop failed", self.label)
+            self.ready.clear()
+            self.channel = None
+            if self._on_lost is not None:
+                self._on_lost()
+            if self._stopping.is_set():
+                break
+            if time.monotonic() - opened_at > 10:
+                backoff = 0.1
+            log.warning("amqp %s: connection to %s lost (%s); reconnecting in %.1f s",
+                        self.label, mask_url(self.params_url), self.last_error, backoff)
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    @property
+    def params_url(self) -> str:
+        p = self.params
+        return f"amqp://{p.host}:{p.port}/{p.virtual_host}"
+
+    def _opened(self, conn: Any) -> None:
+        conn.channel(on_open_callback=self._channel_opened)
+
+    def _open_failed(self, conn: Any, error: BaseException) -> None:
+        self.last_error = repr(error)
+        conn.ioloop.stop()
+
+    def _closed(self, conn: Any, reason: BaseException) -> None:
+        self.last_error = repr(reason)
+        conn.ioloop.stop()
+
+    def _channel_opened(self, channel: Channel) -> None:
+        channel.add_on_close_callback(self._channel_closed)
+        if self.confirms and self._on_confirm is not None:
+            channel.confirm_delivery(self._on_confirm, callback=lambda _: self._ready(channel))
+        else:
+            self._ready(channel)
+
+    def _ready(self, channel: Channel) -> None:
+        self.generation += 1
+        self.channel = channel
+        self._on_channel(channel)
+        self.ready.set()
+        self._drain()
+
+    def _channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        self.last_error = repr(reason)
+        self.last_reason = reason
+        self.ready.clear()
+        self.channel = None
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            if not self._stopping.is_set():
+                log.warning("amqp %s: channel closed (%s); reconnecting", self.label, reason)
+            conn.close()
+
+    def call(self, op: Callable[[Channel], None]) -> None:
+        """Run ``op(channel)`` on the I/O thread once a channel is open."""
+        self._ops.append(op)
+        self.kick()
+
+    def kick(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.ioloop.add_callback_threadsafe(self._drain)
+            except Exception:  # the loop is shutting down; the next connection drains
+                log.debug("amqp %s: could not schedule work", self.label, exc_info=True)
+
+    def _drain(self) -> None:
+        channel = self.channel
+        while channel is not None and channel.is_open and self._ops:
+            op = self._ops.popleft()
+            try:
+                op(channel)
+            except Exception:
+                log.exception("amqp %s: operation failed", self.label)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.ioloop.add_callback_threadsafe(lambda: _close(conn))
+            except Exception:
+                log.debug("amqp %s: close scheduling failed", self.label, exc_info=True)
+        self._thread.join(timeout)
+
+
+def _close(conn: Any) -> None:
+    if conn.is_closed:
+        conn.ioloop.stop()
+    elif not conn.is_closing:
+        conn.close()
+
+
+@dataclass
+class _Pending:
+    """One publish waiting for its confirm."""
+
+    queue: str
+    routing_key: str
+    body: bytes
+    properties: BasicProperties
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+    cancelled: bool = False
+    attempts: int = 0
+
+
+class _Declarer:
+    """Declares ivy's queues once per channel, on the I/O thread, queueing work until done."""
+
+    def __init__(self, max_priority: int, seen: set[str] | None = None) -> None:
+        self.max_priority = max_priority
+        self.plain: set[str] = set()  # queues found to exist with other arguments
+        self.seen: set[str] = seen if seen is not None else set()  # every name ever declared
+        self._declared: set[str] = set()
+        self._waiting: dict[str, list[Callable[[], None]]] = {}
+
+    def reset(self) -> None:
+        self._declared.clear()
+        self._waiting.clear()
+
+    def arguments(self, name: str) -> dict[str, Any] | None:
+        """What to declare ``name`` with; None = passive (use the queue as it is)."""
+        if ".delay." in name:
+            target, _, ms_text = name.rpartition(".delay.")
+            ms = int(ms_text)
+            return {"x-message-ttl": ms, "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": target, "x-expires": ms + 60_000}
+        if name.endswith(".dead"):
+            return {}
+        if name in self.plain:
+            return None
+        return {"x-max-priority": self.max_priority} if self.max_priority else {}
+
+    def then(self, channel: Channel, name: str, fn: Callable[[], None]) -> None:
+        if name in self._declared:
+            fn()
+            return
+        waiting = self._waiting.get(name)
+        if waiting is not None:
+            waiting.append(fn)
+            return
+        self._waiting[name] = [fn]
+        args = self.arguments(name)
+
+        def declared(_: Any) -> None:
+            self._declared.add(name)
+            self.seen.add(name)
+            for f in self._waiting.pop(name, []):
+                f()
+
+        if args is None:
+            channel.queue_declare(name, passive=True, callback=declared)
+        else:
+            channel.queue_declare(name, durable=True, arguments=args, callback=declared)
+
+    def failed(self, reason: BaseException | None) -> None:
+        """A channel closed; if a declaration met a queue with other arguments, use it plain."""
+        text = str(getattr(reason, "reply_text", ""))
+        match = re.search(r"for queue '(.*?)' in vhost", text)
+        name = match.group(1) if match else None
+        if (getattr(reason, "reply_code", None) == 406 and name is not None
+                and ".delay." not in name and not name.endswith(".dead")):
+            log.warning("amqp: queue %r exists with other arguments; using it as it is, "
+                        "without priorities (%s)", name, reason)
+            self.plain.add(name)
+
+
+class AMQPQueueBackend(QueueBackend):
+    """A queue backend on RabbitMQ. ``url`` is an AMQP URL, plus ivy's options
+    ``max_priority`` (default 10), ``publish_timeout`` (seconds, default 15)."""
+
+    def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
+                 max_priority: int = 10, publish_timeout: float = 15.0,
+                 content_type: str = "application/json") -> None:
+        parts = urlsplit(url)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in OPTIONS]
+        if not any(k == "heartbeat" for k, _ in query):
+            query.append(("heartbeat", "30"))
+        if not any(k == "socket_timeout" for k, _ in query):
+            query.append(("socket_timeout", "10"))
+        clean = urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query)))
+        self.params = pika.URLParameters(clean)
+        self.url = mask_url(url)
+        self.max_priority = max_priority
+        self.publish_timeout = publish_timeout
+        self.content_type = content_type
+        self._declarer = _Declarer(max_priority)
+        self._pending: dict[int, _Pending] = {}
+        self._tag = 0
+        self._lock = threading.Lock()
+        self._consumers: list[AMQPConsumer] = []
+        self._publisher: _Link | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        url = str(config.get("url") or "amqp://guest:guest@127.0.0.1:5672/%2F")
+        return cls(url, max_priority=int(config.get("max_priority", 10)),
+                   publish_timeout=float(config.get("publish_timeout", 15.0)),
+                   content_type=str(config.get("content_type", "application/json")))
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _link(self) -> _Link:
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = _Link(self.params, "publish", confirms=True,
+                                        on_channel=self._publisher_ready,
+                                        on_confirm=self._confirmed, on_lost=self._publisher_lost)
+            return self._publisher
+
+    def _publisher_ready(self, channel: Channel) -> None:
+        self._tag = 0
+        self._declarer.reset()
+
+    def _publisher_lost(self) -> None:
+        """Unconfirmed publishes are sent again on the next connection (at least once)."""
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        link = self._publisher
+        if link is None:
+            return
+        self._declarer.failed(link.last_reason)
+        link.last_reason = None
+        for p in pending:
+            if not p.cancelled and not p.done.is_set():
+                link._ops.append(self._sender(p))
+
+    def _sender(self, p: _Pending) -> Callable[[Channel], None]:
+        def send(channel: Channel) -> None:
+            if p.cancelled:
+                return
+
+            def now() -> None:
+                if p.cancelled or not channel.is_open:
+                    return
+                p.attempts += 1
+                self._tag += 1
+                with self._lock:
+                    self._pending[self._tag] = p
+                channel.basic_publish("", p.routing_key, p.body, p.properties)
+
+            if p.routing_key == p.queue:
+                self._declarer.then(channel, p.queue, now)
+            else:  # a delay queue dead-letters into the queue, which must exist first
+                self._declarer.then(channel, p.queue, lambda: self._declarer.then(
+                    channel, p.routing_key, now))
+
+        return send
+
+    def _confirmed(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, Basic.Ack)
+        with self._lock:
+            tags = ([t for t in self._pending if t <= method.delivery_tag] if method.multiple
+                    else [method.delivery_tag])
+            settled = [self._pending.pop(t) for t in tags if t in self._pending]
+        for p in settled:
+            if not ok:
+                p.error = f"the broker refused (nack) the message for queue {p.queue!r}"
+            p.done.set()
+
+    def send(self, routing_key: str, body: bytes, *, queue: str, priority: int = 0,
+             headers: dict[str, Any] | None = None) -> None:
+        """Publish with a confirm; raise PublishError if refused or not confirmed in time."""
+        props = BasicProperties(delivery_mode=2, content_type=self.content_type,
+                                priority=priority or None, headers=headers or None)
+        p = _Pending(queue, routing_key, body, props)
+        link = self._link()
+        link.call(self._sender(p))
+        if not p.done.wait(self.publish_timeout):
+            p.cancelled = True
+            raise PublishError(
+                f"no confirm from {self.url} for a message to queue {queue!r} within "
+                f"{self.publish_timeout} s (last connection error: {link.last_error or 'none'}); "
+                "is RabbitMQ running and reachable? The message may or may not have been queued")
+        if p.error is not None:
+            raise PublishError(p.error)
+
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+        if delay > 0:
+            self.send(f"{queue}.delay.{delay_bucket(delay)}", body, queue=queue,
+                      priority=priority)
+        else:
+            self.send(queue, body, queue=queue, priority=priority)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
+        consumer = AMQPConsumer(self, queue, prefetch)
+        with self._lock:
+            self._consumers.append(consumer)
+        return consumer
+
+    # -- management (short-lived blocking connections; rare) ----------------------------------
+
+    def _blocking(self) -> pika.BlockingConnection:
+        return pika.BlockingConnection(self.params)
+
+    def size(self, queue: str) -> int:
+        conn = self._blocking()
+        try:
+            channel = conn.channel()
+            try:
+                frame = channel.queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return 0
+                raise
+            return int(frame.method.message_count)
+        finally:
+            conn.close()
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Peek at ``Q.dead``: read up to ``limit`` and put them all back."""
+        conn = self._blocking()
+        found: list[DeadLetter] = []
+        try:
+            channel = conn.channel()
+            try:
+                channel.queue_declare(f"{queue}.dead", passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                return []
+            for _ in range(limit):
+                method, props, body = channel.basic_get(f"{queue}.dead", auto_ack=False)
+                if method is None:
+                    break
+                headers = props.headers or {}
+                reason = headers.get(REASON_HEADER, "")
+                if isinstance(reason, bytes):
+                    reason = reason.decode("utf-8", "replace")
+                stamp = headers.get("x-ivy-dead-at", 0)
+                found.append(DeadLetter(queue, body, str(reason),
+                                        float(stamp) if isinstance(stamp, int) else 0.0))
+            channel.close()  # every unacked message goes back, in order
+        finally:
+            conn.close()
+        return found
+
+    def queues(self) -> list[str]:
+        """The main queues this process declared (AMQP cannot list queues without the
+        management plugin)."""
+        return sorted(n for n in self._declarer.seen if ".delay." not in n
+                      and not n.endswith(".dead"))
+
+    def delete_queues(self, names: list[str]) -> None:
+        """Delete queues (with their messages); for tests and tools."""
+        conn = self._blocking()
+        try:
+            channel = conn.channel()
+            for name in names:
+                channel.queue_delete(name)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            consumers, self._consumers = self._consumers, []
+            publisher, self._publisher = self._publisher, None
+        for c in consumers:
+            c.shutdown()
+        if publisher is not None:
+            publisher.close()
+
+
+class AMQPDelivery(Delivery):
+    def __init__(self, consumer: AMQPConsumer, generation: int, tag: int, body: bytes,
+                 headers: dict[str, Any], redelivered: bool) -> None:
+        self._consumer = consumer
+        self._generation = generation
+        self._tag = tag
+        self.queue = consumer.queue
+        self.body = body
+        earlier = headers.get(DELIVERY_HEADER, 0)
+        self.delivery_count = (earlier if isinstance(earlier, int) else 0) + 1 + int(redelivered)
+        self._done = False
+
+    def _settle(self, op: Callable[[Channel], None]) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._consumer._settle(self._generation, op)
+
+    def ack(self) -> None:
+        tag = self._tag
+        self._settle(lambda ch: ch.basic_ack(tag))
+
+    def release(self) -> None:
+        tag = self._tag
+        self._settle(lambda ch: ch.basic_nack(tag, requeue=True))
+
+    def retry(self, delay: float, body: bytes | None = None) -> None:
+        backend = self._consumer.backend
+        headers = {DELIVERY_HEADER: self.delivery_count}
+        target = (f"{self.queue}.delay.{delay_bucket(delay)}" if delay > 0 else self.queue)
+        backend.send(target, body if body is not None else self.body, queue=self.queue,
+                     headers=headers)
+        self.ack()
+
+    def dead_letter(self, reason: str) -> None:
+        backend = self._consumer.backend
+        backend.send(f"{self.queue}.dead", self.body, queue=self.queue,
+                     headers={REASON_HEADER: reason[:4000], DELIVERY_HEADER: self.delivery_count,
+                              "x-ivy-dead-at": int(time.time())})
+        self.ack()
+
+    def extend(self, seconds: float) -> None:
+        """Nothing to do: an unacknowledged AMQP message stays reserved while we are connected."""
+
+
+class AMQPConsumer(Consumer):
+    def __init__(self, backend: AMQPQueueBackend, queue: str, prefetch: int) -> None:
+        self.backend = backend
+        self.queue = queue
+        self.prefetch = max(1, prefetch)
+        self._buffer: deque[AMQPDelivery] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._outstanding = 0
+        self._tag: str | None = None
+        self._declarer = _Declarer(backend.max_priority, backend._declarer.seen)
+        self._declarer.plain = backend._declarer.plain
+        self._link = _Link(backend.params, f"consume-{queue}", confirms=False,
+                           on_channel=self._start, on_lost=self._lost)
+
+    def _start(self, channel: Channel) -> None:
+        self._declarer.reset()
+        if self._closed:
+            return
+        generation = self._link.generation
+
+        def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
+            delivery = AMQPDelivery(self, generation, method.delivery_tag, body,
+                                    props.headers or {}, bool(method.redelivered))
+            with self._cond:
+                if self._closed:
+                    ch.basic_nack(method.delivery_tag, requeue=True)
+                    return
+                self._buffer.append(delivery)
+                self._cond.notify()
+
+        def consume() -> None:
+            channel.basic_qos(prefetch_count=self.prefetch)
+            self._tag = channel.basic_consume(self.queue, on_message)
+
+        self._declarer.then(channel, self.queue, consume)
+
+    def _lost(self) -> None:
+        """Deliveries of a lost connection come back from the broker; drop our copies."""
+        self._declarer.failed(self._link.last_reason)
+        self._link.last_reason = None
+        with self._cond:
+            self._buffer.clear()
+
+    def get(self, timeout: float) -> Delivery | None:
+        with self._cond:
+            if not self._buffer and not self._closed:
+                self._cond.wait_for(lambda: bool(self._buffer) or self._closed, timeout)
+            if self._closed or not self._buffer:
+                return None
+            self._outstanding += 1
+            return self._buffer.popleft()
+
+    def _settle(self, generation: int, op: Callable[[Channel], None]) -> None:
+        def run(channel: Channel) -> None:
+            if self._link.generation == generation:
+                op(channel)
+
+        self._link.call(run)
+        with self._cond:
+            self._outstanding -= 1
+            finished = self._closed and self._outstanding <= 0
+        if finished:
+            self._link.call(lambda ch: threading.Thread(target=self.shutdown, daemon=True).start())
+
+    def close(self) -> None:
+        """Stop consuming and give back unstarted deliveries now; the connection stays open
+        until the deliveries in progress are settled."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            unstarted, self._buffer = list(self._buffer), deque()
+            idle = self._outstanding <= 0
+            self._cond.notify_all()
+        tag = self._tag
+
+        def cancel(channel: Channel) -> None:
+            if tag is not None:
+                channel.basic_cancel(tag)
+            for d in unstarted:
+                if d._generation == self._link.generation:
+                    channel.basic_nack(d._tag, requeue=True)
+
+        self._link.call(cancel)
+        if idle:
+            self._link.call(lambda ch: threading.Thread(target=self.shutdown, daemon=True).start())
+
+    def shutdown(self) -> None:
+        """Close the connection (what is still unacknowledged goes back to the queue)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._link.close()

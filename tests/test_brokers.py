@@ -1,0 +1,293 @@
+"""RabbitMQ (queue) and Redis (notifier), for real: the contract suites, and what a production
+pairing must survive: a SIGKILLed worker, a Redis restart, connections closed by the broker,
+raw messages from other AMQP clients."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TESTS_DIR, wait_for
+from contract import NotifierContract, QueueBackendContract, qname
+
+import ivy
+from ivy.notifiers.base import Notifier
+from ivy.queues.base import QueueBackend
+
+pika = pytest.importorskip("pika")
+
+
+class TestAMQPQueue(QueueBackendContract):
+    @pytest.fixture
+    def backend(self, amqp_url: str) -> Iterator[QueueBackend]:
+        from ivy.queues.amqp import AMQPQueueBackend
+
+        b = AMQPQueueBackend(amqp_url)
+        yield b
+        b.delete_queues([n for n in b._declarer.seen])
+        b.close()
+
+    def test_unacked_message_comes_back_after_reservation(self, backend: QueueBackend) -> None:
+        # AMQP has no reservation timer: an unacked message comes back when its consumer's
+        # connection is lost (the worker died).
+        from ivy.queues.amqp import AMQPConsumer
+
+        q = qname()
+        backend.publish(q, b"job")
+        lost = backend.consume(q)
+        first = lost.get(5)
+        assert first is not None and first.delivery_count == 1
+        assert isinstance(lost, AMQPConsumer)
+        lost.shutdown()  # the connection drops without an ack
+        other = backend.consume(q)
+        again = other.get(10)
+        assert again is not None and again.body == b"job"
+        assert again.delivery_count == 2  # the broker marks it redelivered
+        first.ack()  # a late ack from the dead connection does nothing
+        again.ack()
+        other.close()
+        wait_for(lambda: backend.size(q) == 0, message="the ack")
+
+
+class TestRedisNotifier(NotifierContract):
+    @pytest.fixture
+    def notifier(self, redis_url: str) -> Iterator[Notifier]:
+        from ivy.notifiers.redis import RedisNotifier
+
+        n = RedisNotifier(redis_url, result_ttl=60)
+        yield n
+        n.close()
+
+    def test_stored_result_has_a_ttl(self, notifier: Notifier) -> None:
+        from ivy.notifiers.redis import KEY_PREFIX, RedisNotifier
+
+        assert isinstance(notifier, RedisNotifier)
+        call_id = uuid.uuid4().hex
+        notifier.publish("ivy:notify:ttl", call_id, b"x", final=True)
+        assert 0 < notifier.client.ttl(KEY_PREFIX + call_id) <= 60
+
+
+def worker_process(queue_url: str, notifier_url: str, *extra: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ivy", "worker", "tasks_for_workers", "--queue", "proc",
+         "--queue-url", queue_url, "--notifier-url", notifier_url, *extra],
+        cwd=TESTS_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    seen = b""
+    for line in process.stdout:
+        seen += line
+        if b"listening on" in line:
+            threading.Thread(target=_drain, args=(process,), daemon=True).start()
+            return process
+    raise AssertionError(f"worker exited with {process.wait()}: {seen.decode()}")
+
+
+def _drain(process: subprocess.Popen[bytes]) -> None:
+    """Keep reading the worker's output so that it never blocks on a full pipe."""
+    assert process.stdout is not None
+    for _ in process.stdout:
+        pass
+
+
+def producer(queue_url: str, notifier_url: str) -> ivy.Ivy:
+    import tasks_for_workers  # noqa: F401 - registers the proc.* tasks on ivy.default
+
+    app = ivy.Ivy(queue_url, notifier_url)
+    for name in ivy.default.registry.names():
+        task = ivy.default.registry.get(name)
+        if task is not None and name.startswith("proc."):
+            app.registry.add(task)
+    return app
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_message_is_redelivered_and_callback_runs_once(
+    amqp_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    callbacks: list[tuple[Any, Any]] = []
+    app = producer(amqp_url, redis_url)
+    first = worker_process(amqp_url, redis_url)
+    second = None
+    try:
+        call = app.delayed_call("proc.hang_first", str(log),
+                                callback=lambda err, result: callbacks.append((err, result)))
+        wait_for(lambda: log.exists() and log.read_text().strip(), timeout=20,
+                 message="the task to start on the first worker")
+        first.kill()
+        first.wait(10)
+        second = worker_process(amqp_url, redis_url)
+        assert call.result(30) == 2
+        assert callbacks == [(None, 2)]
+        assert log.read_text().split() == [str(first.pid), str(second.pid)]
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(20)
+        app.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, with AOF so that a restart keeps the data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.dir = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _answers(self.port), message="redis-server to start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(20)
+            self.process = None
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_redis_restart_with_200_calls_in_flight_loses_no_result(
+    amqp_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not on PATH")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    app = producer(amqp_url, server.url)
+    worker = worker_process(amqp_url, server.url, "--concurrency", "4")
+    try:
+        # Given 200 calls in flight, each task taking 20 ms
+        calls = [app.delayed_call("proc.pause", 0.02, i) for i in range(200)]
+        wait_for(lambda: sum(c.done() for c in calls) >= 20, timeout=30,
+                 message="some results before the restart")
+        # When Redis restarts in the middle
+        server.stop()
+        time.sleep(0.5)  # Redis stays down for a while: the fault under test, not a sync
+        server.start()
+        # Then every result still arrives, once
+        results = [c.result(60) for c in calls]
+        assert results == list(range(200))
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+        app.close()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_worker_reconnects_after_the_broker_closes_its_connection(
+    amqp_url: str, redis_url: str
+) -> None:
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        pytest.fail("rabbitmqctl is not on PATH")
+    app = producer(amqp_url, redis_url)
+    worker = worker_process(amqp_url, redis_url)
+    try:
+        assert app.delayed_call("proc.factorial", 5).result(20) == 120
+        # When the broker closes every connection (producer's and worker's)
+        out = subprocess.run([rabbitmqctl, "close_all_connections", "ivy test"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        # Then both reconnect and the next calls complete
+        assert [app.delayed_call("proc.factorial", n).result(30) for n in (3, 4, 6)] == [
+            6, 24, 720]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        app.close()
+
+
+def test_raw_messages_from_another_amqp_client(amqp_url: str, redis_url: str) -> None:
+    # Given a worker serving queue Q, and messages published to Q by plain pika
+    app = producer(amqp_url, redis_url)
+    runs: list[int] = []
+
+    @app.register_task(name="factorial", queue="proc")  # the Node.js example's task name
+    def factorial(n: int) -> int:
+        runs.append(n)
+        return n
+
+    app.listen(queue="proc", block=False)
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = conn.channel()
+    # a client that follows PROTOCOL.md declares the queue as ivy does (publishing to a queue
+    # that does not exist yet would drop the message)
+    channel.queue_declare("proc", durable=True, arguments={"x-max-priority": 10})
+    bad = {
+        b"not json at all": "is not valid json",
+        json.dumps({"ivy": 1, "id": "x", "name": "factorial", "args": "5"}).encode():
+            "data.args must be array",
+        json.dumps({"ivy": 1, "id": "y", "name": "nope.task", "args": []}).encode():
+            "unknown task 'nope.task'",
+    }
+    for body in [*bad, b'{"name":"factorial","options":{},"args":[7]}']:
+        channel.basic_publish("", "proc", body,
+                              pika.BasicProperties(delivery_mode=2,
+                                                   content_type="application/json"))
+    # Then the legacy message runs and each bad one lands in proc.dead with its reason
+    wait_for(lambda: runs == [7], message="the Node.js ivy 0.2 message to run")
+    reasons: dict[bytes, str] = {}
+
+    def read_dead() -> bool:
+        while True:
+            method, props, body = channel.basic_get("proc.dead", auto_ack=True)
+            if method is None:
+                return len(reasons) == len(bad)
+            reasons[body] = (props.headers or {}).get("x-ivy-reason", "")
+
+    wait_for(read_dead, message="three dead letters")
+    for body, reason in bad.items():
+        assert reason in reasons[body]
+    conn.close()
+    # and the worker keeps serving
+    assert app.delayed_call(factorial, 3).result(10) == 3
+    app.close()
+
+
+def test_publish_to_an_unreachable_broker_fails_clearly() -> None:
+    from ivy.queues.amqp import AMQPQueueBackend, PublishError
+
+    backend = AMQPQueueBackend(f"amqp://guest:secret@127.0.0.1:{free_port()}/%2F",
+                               publish_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(PublishError) as exc:
+        backend.publish("q", b"{}")
+    assert time.monotonic() - started < 5
+    assert "no confirm" in str(exc.value) and "secret" not in str(exc.value)
+    backend.close()
+
