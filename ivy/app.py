@@ -7,6 +7,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ivy.call import Call, ResultCallback, result_callback_adapter
@@ -31,6 +32,15 @@ R = TypeVar("R")
 T = TypeVar("T", QueueBackend, Notifier)
 
 CHANNEL_PREFIX = "ivy:notify:"
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    call: Call[Any]
+    queue: str
+    body: bytes
+    priority: int
+    delay: float
 
 
 class MessageTooLarge(SerializationError, ValueError):
@@ -202,7 +212,50 @@ class Ivy:
         max_retries: int | None = None, callback: ResultCallback | None = None,
     ) -> Call[Any]:
         """The full form of :meth:`delayed_call`, with per-call options. ``task`` may name a
-        task that this process does not register when ``queue`` is given (the worker must)."""
+        task that this process does not register when ``queue`` is given (the worker must).
+        Returns once the queue backend has the message (RabbitMQ: confirmed)."""
+        out = self._prepare(task, args, kwargs, queue=queue, priority=priority, delay=delay,
+                            max_retries=max_retries, callback=callback)
+        try:
+            self.queue_backend.publish(out.queue, out.body, priority=out.priority,
+                                       delay=out.delay)
+        except BaseException:
+            self._forget([out.call])
+            raise
+        return out.call
+
+    def delayed_calls(
+        self, task: Any, arg_lists: Iterable[Iterable[Any]], *,
+        callback: ResultCallback | None = None, delay: float | None = None,
+    ) -> list[Call[Any]]:
+        """Call ``task`` once per argument list, sending the whole batch at once: on RabbitMQ
+        the publishes are pipelined and this returns when all were confirmed; on SQLite they
+        are one transaction. ``callback`` runs for each call."""
+        batch: list[_Outgoing] = []
+        try:
+            for args in arg_lists:
+                batch.append(self._prepare(task, args, None, delay=delay, callback=callback))
+        except BaseException:
+            self._forget([o.call for o in batch])  # nothing was sent
+            raise
+        groups: dict[tuple[str, int], list[_Outgoing]] = {}
+        for out in batch:
+            groups.setdefault((out.queue, out.priority), []).append(out)
+        try:
+            for (queue, priority), outs in groups.items():
+                self.queue_backend.publish_many(queue, [o.body for o in outs],
+                                                priority=priority, delay=delay or 0.0)
+        except BaseException:
+            self._forget([o.call for o in batch])
+            raise
+        return [o.call for o in batch]
+
+    def _prepare(
+        self, task: Any, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,
+        queue: str | None = None, priority: int | None = None, delay: float | None = None,
+        max_retries: int | None = None, callback: ResultCallback | None = None,
+    ) -> _Outgoing:
+        """Check and encode one call, and register it as pending."""
         args, kwargs = tuple(args), dict(kwargs or {})
         if callback is not None and not callable(callback):
             raise TypeError(f"callback {callback!r} is not callable: pass a function "
@@ -248,14 +301,12 @@ class Ivy:
             self.start_notification_consumer()
         with self._calls_lock:
             self._calls[call.id] = call
-        try:
-            self.queue_backend.publish(target_queue, body, priority=message.priority,
-                                       delay=delay or 0.0)
-        except BaseException:
-            with self._calls_lock:
+        return _Outgoing(call, target_queue, body, message.priority, delay or 0.0)
+
+    def _forget(self, calls: list[Call[Any]]) -> None:
+        with self._calls_lock:
+            for call in calls:
                 self._calls.pop(call.id, None)
-            raise
-        return call
 
     def pending_calls(self) -> list[str]:
         """Ids of calls sent by this process and not settled yet."""

@@ -405,3 +405,20 @@ def test_msgpack_serializer(urls: tuple[str, str]) -> None:
         start(app)
         assert app.delayed_call(echo, {"a": [1, 2.5, "three", None]}).result(10) == {
             "a": [1, 2.5, "three", None]}
+
+
+def test_delayed_calls_sends_a_batch(app: ivy.Ivy) -> None:
+    got: list[Any] = []
+
+    @app.register_task(name="t.inc", queue="q")
+    def inc(n: int) -> int:
+        return n + 1
+
+    start(app)
+    calls = app.delayed_calls(inc, [(i,) for i in range(50)],
+                              callback=lambda err, result: got.append(result))
+    assert [c.result(20) for c in calls] == list(range(1, 51))
+    assert sorted(got) == list(range(1, 51))
+    with pytest.raises(TypeError, match="wrong arguments"):
+        app.delayed_calls(inc, [(1,), (1, 2)])
+    assert app.pending_calls() == []  # a batch with a bad call sends nothing

@@ -366,29 +366,43 @@ class AMQPQueueBackend(QueueBackend):
                 p.error = f"the broker refused (nack) the message for queue {p.queue!r}"
             p.done.set()
 
-    def send(self, routing_key: str, body: bytes, *, queue: str, priority: int = 0,
+    def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
              headers: dict[str, Any] | None = None) -> None:
-        """Publish with a confirm; raise PublishError if refused or not confirmed in time."""
+        """Publish with confirms, all bodies pipelined; return when every one was confirmed,
+        raise PublishError if one was refused or not confirmed in time."""
         props = BasicProperties(delivery_mode=2, content_type=self.content_type,
                                 priority=priority or None, headers=headers or None)
-        p = _Pending(queue, routing_key, body, props)
+        batch = [_Pending(queue, routing_key, body, props) for body in bodies]
         link = self._link()
-        link.call(self._sender(p))
-        if not p.done.wait(self.publish_timeout):
-            p.cancelled = True
-            raise PublishError(
-                f"no confirm from {self.url} for a message to queue {queue!r} within "
-                f"{self.publish_timeout} s (last connection error: {link.last_error or 'none'}); "
-                "is RabbitMQ running and reachable? The message may or may not have been queued")
-        if p.error is not None:
-            raise PublishError(p.error)
+        senders = [self._sender(p) for p in batch]
+
+        def send_all(channel: Channel) -> None:
+            for send in senders:
+                send(channel)
+
+        link.call(send_all)
+        deadline = time.monotonic() + self.publish_timeout
+        for p in batch:
+            if not p.done.wait(max(0.0, deadline - time.monotonic())):
+                for q in batch:
+                    q.cancelled = True
+                unconfirmed = sum(not q.done.is_set() for q in batch)
+                raise PublishError(
+                    f"no confirm from {self.url} for {unconfirmed} of {len(batch)} message(s) "
+                    f"to queue {queue!r} within {self.publish_timeout} s (last connection "
+                    f"error: {link.last_error or 'none'}); is RabbitMQ running and reachable? "
+                    "Unconfirmed messages may or may not have been queued")
+        refused = [p.error for p in batch if p.error is not None]
+        if refused:
+            raise PublishError(f"{len(refused)} of {len(batch)} message(s): {refused[0]}")
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
-        if delay > 0:
-            self.send(f"{queue}.delay.{delay_bucket(delay)}", body, queue=queue,
-                      priority=priority)
-        else:
-            self.send(queue, body, queue=queue, priority=priority)
+        self.publish_many(queue, [body], priority=priority, delay=delay)
+
+    def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                     delay: float = 0.0) -> None:
+        target = f"{queue}.delay.{delay_bucket(delay)}" if delay > 0 else queue
+        self.send(target, bodies, queue=queue, priority=priority)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -499,13 +513,13 @@ class AMQPDelivery(Delivery):
         backend = self._consumer.backend
         headers = {DELIVERY_HEADER: self.delivery_count}
         target = (f"{self.queue}.delay.{delay_bucket(delay)}" if delay > 0 else self.queue)
-        backend.send(target, body if body is not None else self.body, queue=self.queue,
+        backend.send(target, [body if body is not None else self.body], queue=self.queue,
                      headers=headers)
         self.ack()
 
     def dead_letter(self, reason: str) -> None:
         backend = self._consumer.backend
-        backend.send(f"{self.queue}.dead", self.body, queue=self.queue,
+        backend.send(f"{self.queue}.dead", [self.body], queue=self.queue,
                      headers={REASON_HEADER: reason[:4000], DELIVERY_HEADER: self.delivery_count,
                               "x-ivy-dead-at": int(time.time())})
         self.ack()

@@ -72,6 +72,13 @@ class QueueBackend(ABC):
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
         """Enqueue ``body`` on queue name ``queue``; it is delivered no sooner than ``delay`` s."""
 
+    def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                     delay: float = 0.0) -> None:
+        """Enqueue several bodies; backends that can batch (one round trip, one transaction)
+        override this."""
+        for body in bodies:
+            self.publish(queue, body, priority=priority, delay=delay)
+
     @abstractmethod
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
         """Start receiving; each delivery stays reserved ``reserve_time`` seconds unless

@@ -147,6 +147,16 @@ class SQLiteQueueBackend(QueueBackend):
             "VALUES (?, ?, ?, ?, ?)", (queue, body, priority, now + max(delay, 0.0), now))
         self.waker.wake()
 
+    def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                     delay: float = 0.0) -> None:
+        now = time.time()
+        with self.db.write() as conn:
+            conn.executemany(
+                "INSERT INTO ivy_messages (queue, body, priority, available_at, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(queue, body, priority, now + max(delay, 0.0), now) for body in bodies])
+        self.waker.wake()
+
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
         return SQLiteConsumer(self, queue, prefetch, reserve_time)
 
