@@ -85,6 +85,8 @@ class _Link:
         self.last_reason: BaseException | None = None
         self._conn: pika.SelectConnection | None = None
         self._ops: deque[Callable[[Channel], None]] = deque()
+        self._kick_lock = threading.Lock()
+        self._kick_pending = False
         self._stopping = threading.Event()
         self.ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ivy-amqp-{label}", daemon=True)
@@ -158,8 +160,13 @@ class _Link:
             conn.close()
 
     def call(self, op: Callable[[Channel], None]) -> None:
-        """Run ``op(channel)`` on the I/O thread once a channel is open."""
-        self._ops.append(op)
+        """Run ``op(channel)`` on the I/O thread once a channel is open. Wake-ups of the I/O
+        loop are coalesced: one is pending at a time, and its drain runs every queued op."""
+        with self._kick_lock:
+            self._ops.append(op)
+            if self._kick_pending:
+                return
+            self._kick_pending = True
         self.kick()
 
     def kick(self) -> None:
@@ -167,10 +174,15 @@ class _Link:
         if conn is not None:
             try:
                 conn.ioloop.add_callback_threadsafe(self._drain)
+                return
             except Exception:  # the loop is shutting down; the next connection drains
                 log.debug("amqp %s: could not schedule work", self.label, exc_info=True)
+        with self._kick_lock:
+            self._kick_pending = False
 
     def _drain(self) -> None:
+        with self._kick_lock:
+            self._kick_pending = False
         channel = self.channel
         while channel is not None and channel.is_open and self._ops:
             op = self._ops.popleft()

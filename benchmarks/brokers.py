@@ -1,0 +1,287 @@
+"""Round-trip benchmark on RabbitMQ + Redis: ivy beside a bare pika/redis-py floor, Celery 5 and
+Dramatiq, each with one worker process of 4 threads (run by hand; results in
+docs/benchmarks.md).
+
+For each: N trivial tasks sent as fast as possible, every result awaited (tasks/s from the first
+send to the last result); M sequential round trips (p50/p99 latency); the worker's peak RSS
+(VmHWM of its process tree). ivy is measured twice: calls sent one by one with
+``delayed_call`` (each returns once RabbitMQ confirmed it), and the same batch sent with
+``delayed_calls`` (confirms pipelined).
+
+    pip install -e '.[bench]'
+    python benchmarks/brokers.py [--n 5000] [--latency-n 500] [--chart docs/benchmarks-brokers.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+REDIS = "redis://127.0.0.1:6379/11"
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+
+
+@dataclass
+class Result:
+    name: str
+    throughput: float
+    p50: float
+    p99: float
+    rss_mb: float
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    """Sum of VmHWM (peak resident set) over a process and its descendants (Linux)."""
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pids.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return total / 1024
+
+
+def purge(*queues: str) -> None:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    channel = conn.channel()
+    for q in queues:
+        channel.queue_delete(q)
+    conn.close()
+
+
+def start(cmd: list[str], ready: str | None = None) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(cmd, cwd=HERE, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    if ready is not None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if ready.encode() in line:
+                break
+        else:
+            raise RuntimeError(f"{cmd[0]} exited: {process.wait()}")
+    threading.Thread(target=lambda: process.stdout and process.stdout.read(),
+                     daemon=True).start()
+    return process
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    process.send_signal(sig)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def measure(name: str, send: Callable[[int], Any], wait: Callable[[Any], Any], n: int,
+            latency_n: int, worker: subprocess.Popen[bytes],
+            send_batch: Callable[[int], list[Any]] | None = None) -> Result:
+    for i in range(20):  # warm-up: worker ready, connections open, imports done
+        assert wait(send(i)) == i
+    started = time.perf_counter()
+    handles = send_batch(n) if send_batch else [send(i) for i in range(n)]
+    for i, h in enumerate(handles):
+        assert wait(h) == i
+    throughput = n / (time.perf_counter() - started)
+    latencies = []
+    for i in range(latency_n):
+        t = time.perf_counter()
+        wait(send(i))
+        latencies.append((time.perf_counter() - t) * 1000)
+    latencies.sort()
+    return Result(name, throughput, statistics.median(latencies),
+                  latencies[max(0, int(len(latencies) * 0.99) - 1)],
+                  tree_peak_rss_mb(worker.pid))
+
+
+def bench_ivy(n: int, latency_n: int, batch: bool) -> Result:
+    import bench_tasks
+
+    import ivy
+
+    purge("bench", "bench.dead")
+    worker = start([sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench",
+                    "--queue-url", AMQP, "--notifier-url", REDIS, "--concurrency", "4",
+                    "--log-level", "WARNING"])
+    app = ivy.Ivy(AMQP, REDIS)
+    app.registry.add(bench_tasks.noop)
+    try:
+        return measure(
+            "ivy (delayed_calls)" if batch else "ivy (delayed_call)",
+            lambda i: app.delayed_call(bench_tasks.noop, i), lambda c: c.result(120), n,
+            latency_n, worker,
+            (lambda k: app.delayed_calls(bench_tasks.noop, [(i,) for i in range(k)]))
+            if batch else None)
+    finally:
+        stop(worker)
+        app.close()
+
+
+def bench_floor(n: int, latency_n: int) -> Result:
+    import pika
+    import redis
+
+    purge("bench_floor")
+    worker = start([sys.executable, str(HERE / "floor_worker.py")], ready="ready")
+    channel_name = f"floor:{uuid.uuid4().hex}"
+    events: dict[str, threading.Event] = {}
+    values: dict[str, Any] = {}
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/12")
+    pubsub = r.pubsub()
+    pubsub.subscribe(channel_name)
+    pubsub.get_message(timeout=5)
+    stopping = threading.Event()
+
+    def listen() -> None:
+        while not stopping.is_set():
+            message = pubsub.get_message(timeout=0.5)
+            if message and message["type"] == "message":
+                data = json.loads(message["data"])
+                values[data["id"]] = data["result"]
+                events.setdefault(data["id"], threading.Event()).set()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    channel = conn.channel()
+    channel.queue_declare("bench_floor", durable=True)
+    channel.confirm_delivery()
+    props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+
+    def send(i: int) -> str:
+        call_id = uuid.uuid4().hex
+        events.setdefault(call_id, threading.Event())
+        channel.basic_publish("", "bench_floor", json.dumps(
+            {"id": call_id, "reply_to": channel_name, "args": [i]}).encode(), props)
+        return call_id
+
+    def wait(call_id: str) -> Any:
+        events[call_id].wait(120)
+        return values[call_id]
+
+    try:
+        return measure("floor (pika + redis-py)", send, wait, n, latency_n, worker)
+    finally:
+        stopping.set()
+        listener.join(2)
+        conn.close()
+        stop(worker, signal.SIGINT)
+
+
+def bench_celery(n: int, latency_n: int) -> Result:
+    import bench_celery_app
+
+    purge("bench_celery")
+    worker = start(["celery", "-A", "bench_celery_app", "worker", "--pool", "threads",
+                    "--concurrency", "4", "-Q", "bench_celery", "--without-gossip",
+                    "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"])
+    try:
+        return measure("Celery 5", lambda i: bench_celery_app.noop.delay(i),
+                       lambda r: r.get(timeout=120), n, latency_n, worker)
+    finally:
+        stop(worker)
+
+
+def bench_dramatiq(n: int, latency_n: int) -> Result:
+    import bench_dramatiq_app
+
+    purge("bench_dramatiq", "bench_dramatiq.DQ", "bench_dramatiq.XQ")
+    worker = start(["dramatiq", "bench_dramatiq_app", "--processes", "1", "--threads", "4",
+                    "--queues", "bench_dramatiq"])
+    try:
+        return measure("Dramatiq", lambda i: bench_dramatiq_app.noop.send(i),
+                       lambda m: m.get_result(block=True, timeout=120_000), n, latency_n,
+                       worker)
+    finally:
+        stop(worker)
+
+
+def chart(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.name for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for ax, values, title in (
+        (axes[0], [r.throughput for r in results], "throughput, tasks/s (higher is better)"),
+        (axes[1], [r.p50 for r in results], "sequential round trip p50, ms (lower is better)"),
+        (axes[2], [r.rss_mb for r in results], "worker peak RSS, MB (lower is better)"),
+    ):
+        bars = ax.barh(names, values, color=["#2a7" if "ivy" in n else "#888" for n in names])
+        ax.bar_label(bars, fmt="%.0f" if values[0] > 20 else "%.2f", padding=3)
+        ax.set_title(title, fontsize=10)
+        ax.invert_yaxis()
+        ax.margins(x=0.25)
+    for ax in axes[1:]:
+        ax.set_yticklabels([])
+    fig.suptitle("RabbitMQ broker + Redis results, one worker process with 4 threads, "
+                 "trivial tasks", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--latency-n", type=int, default=500)
+    parser.add_argument("--chart", type=Path, help="write a PNG chart here")
+    parser.add_argument("--only", action="append",
+                        choices=["ivy", "ivy-batch", "floor", "celery", "dramatiq"])
+    args = parser.parse_args()
+    runs: dict[str, Callable[[], Result]] = {
+        "ivy": lambda: bench_ivy(args.n, args.latency_n, batch=False),
+        "ivy-batch": lambda: bench_ivy(args.n, args.latency_n, batch=True),
+        "floor": lambda: bench_floor(args.n, args.latency_n),
+        "celery": lambda: bench_celery(args.n, args.latency_n),
+        "dramatiq": lambda: bench_dramatiq(args.n, args.latency_n),
+    }
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; n={args.n}, "
+          f"sequential n={args.latency_n}")
+    print(f"| {'system':<24} | {'tasks/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'RSS MB':>6} |")
+    print(f"| {'-' * 24} | {'-' * 8}: | {'-' * 6}: | {'-' * 6}: | {'-' * 5}: |")
+    results = []
+    for key in args.only or list(runs):
+        r = runs[key]()
+        results.append(r)
+        print(f"| {r.name:<24} | {r.throughput:>8.0f} | {r.p50:>7.2f} | {r.p99:>7.2f} | "
+              f"{r.rss_mb:>6.1f} |", flush=True)
+    by = {r.name: r for r in results}
+    ivy_runs = [r for r in results if r.name.startswith("ivy")]
+    for ivy_r in ivy_runs:
+        for other in ("floor (pika + redis-py)", "Dramatiq", "Celery 5"):
+            if other in by:
+                o = by[other]
+                print(f"{ivy_r.name} / {other}: throughput x{ivy_r.throughput / o.throughput:.2f}, "
+                      f"p50 x{ivy_r.p50 / o.p50:.2f}")
+    if args.chart:
+        chart(results, args.chart)
+        print(f"chart: {args.chart}")
+
+
+if __name__ == "__main__":
+    main()
