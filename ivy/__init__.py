@@ -18,13 +18,14 @@ registry); tests and libraries can make their own.
 
 from __future__ import annotations
 
-from ivy.app import Ivy, MessageTooLarge
+from ivy.app import Ivy
 from ivy.call import Call
 from ivy.config import mask_url
 from ivy.errors import (
     ConfigurationError,
     IvyError,
     MessageError,
+    MessageTooLarge,
     RemoteTaskError,
     ResultTimeout,
     SerializationError,

@@ -12,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from ivy.call import Call, ResultCallback, result_callback_adapter
 from ivy.config import Spec, make_notifier, make_queue_backend
-from ivy.errors import ConfigurationError, MessageError, SerializationError
+from ivy.errors import ConfigurationError, MessageError, MessageTooLarge, SerializationError
 from ivy.message import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Message,
@@ -41,10 +41,6 @@ class _Outgoing:
     body: bytes
     priority: int
     delay: float
-
-
-class MessageTooLarge(SerializationError, ValueError):
-    """An encoded call is over the size the queue backend (or ``max_message_bytes``) allows."""
 
 
 class Ivy:

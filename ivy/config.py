@@ -30,6 +30,7 @@ QUEUE_BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("ivy.queues.sqlite", "SQLiteQueueBackend", None),
     "amqp": ("ivy.queues.amqp", "AMQPQueueBackend", "amqp"),
     "amqps": ("ivy.queues.amqp", "AMQPQueueBackend", "amqp"),
+    "sqs": ("ivy.queues.sqs", "SQSQueueBackend", "sqs"),
 }
 NOTIFIERS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("ivy.notifiers.memory", "MemoryNotifier", None),

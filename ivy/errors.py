@@ -24,6 +24,10 @@ class SerializationError(IvyError, TypeError):
     """A value cannot travel as JSON (or the configured serializer)."""
 
 
+class MessageTooLarge(SerializationError, ValueError):
+    """An encoded call is over the size the queue backend (or ``max_message_bytes``) allows."""
+
+
 class MessageError(IvyError, ValueError):
     """A message or notification body is not valid protocol v1; ``reason`` says why.
 

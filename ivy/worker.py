@@ -330,6 +330,9 @@ class Worker:
             except MessageError as exc:
                 self._reject(delivery, exc.reason, exc.fields)
                 return
+            # Backends that retry by redelivering the same body (SQS) count attempts for us;
+            # a redelivery after a crash counts as an attempt too (poison-message protection).
+            message.attempt = max(message.attempt, delivery.delivery_count - 1)
             task = self.app.registry.get(message.name)
             if task is None:
                 reason = self.app.registry.not_registered_message(message.name, delivery.queue)

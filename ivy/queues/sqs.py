@@ -1,0 +1,316 @@
+"""``sqs://``: Amazon SQS (or an SQS-compatible service) through boto3
+(``pip install 'ivy-queue[sqs]'``).
+
+* Queue name Q is the SQS queue ``Q`` (created if missing; its URL is cached). ``Q.fifo`` is a
+  FIFO queue (content-based deduplication; the message group id is the backend's
+  ``message_group_id``, default ``ivy``). Dead letters go to ``Q-dead`` (``Q-dead.fifo``), SQS
+  names allowing no dots, with the reason in the message attribute ``ivy-reason``.
+* Long polling (``WaitTimeSeconds`` up to 20 s, HTTP read timeout above it); receive and
+  delete in batches of up to 10. The visibility timeout is the reservation: set at receive time
+  and extended with ChangeMessageVisibility while a task runs. A retry changes the visibility of
+  the received message to the backoff delay, so the body (and its ``attempt``) stays the same:
+  the worker counts attempts from ``ApproximateReceiveCount``.
+* SQS takes text only: a body that is not valid UTF-8 (msgpack) travels base64-encoded with the
+  attribute ``ivy-encoding: base64``. A message over the queue's maximum size (256 KiB unless
+  configured) is refused with :class:`ivy.MessageTooLarge` before any request is sent.
+* Credentials come from the configuration (``auth``), else boto3's usual chain; region and
+  endpoint likewise (``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_SQS``, profiles), so a bare
+  ``sqs://`` works. SQS has no message priorities: ``priority`` is ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import threading
+import time
+from collections import deque
+from typing import Any, Self
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from ivy.errors import ConfigurationError, MessageTooLarge
+from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+
+MAX_MESSAGE_BYTES = 262_144
+MAX_DELAY = 900  # SQS's longest DelaySeconds
+MAX_VISIBILITY = 43_200  # 12 hours
+REASON = "ivy-reason"
+ENCODING = "ivy-encoding"
+LONG_POLL = 20
+
+
+def _text(body: bytes) -> tuple[str, dict[str, Any]]:
+    """SQS bodies are text: send UTF-8 as it is, anything else base64-encoded."""
+    try:
+        text = body.decode("utf-8")
+        if all(ch >= " " or ch in "\t\n\r" for ch in text) and "\ufffe" not in text:
+            return text, {}
+    except UnicodeDecodeError:
+        pass
+    return base64.b64encode(body).decode(), {
+        ENCODING: {"DataType": "String", "StringValue": "base64"}}
+
+
+def _bytes(message: dict[str, Any]) -> bytes:
+    attrs = message.get("MessageAttributes") or {}
+    if attrs.get(ENCODING, {}).get("StringValue") == "base64":
+        return base64.b64decode(message["Body"])
+    body: str = message["Body"]
+    return body.encode("utf-8")
+
+
+def dead_name(queue: str) -> str:
+    return f"{queue.removesuffix('.fifo')}-dead.fifo" if queue.endswith(".fifo") else (
+        f"{queue}-dead")
+
+
+class SQSQueueBackend(QueueBackend):
+    supports_priority = False
+
+    def __init__(self, *, region: str | None = None, endpoint_url: str | None = None,
+                 auth: dict[str, str] | None = None, message_group_id: str = "ivy",
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        session = boto3.session.Session(**(auth or {}), region_name=region)
+        self.client = session.client(
+            "sqs", endpoint_url=endpoint_url, config=botocore.config.Config(
+                connect_timeout=5, read_timeout=LONG_POLL + 10, max_pool_connections=50,
+                retries={"max_attempts": 4, "mode": "standard"}))
+        self.url = f"sqs://{endpoint_url or self.client.meta.endpoint_url}"
+        self.message_group_id = message_group_id
+        self.max_message_bytes = max_message_bytes
+        self._urls: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        auth = config.get("auth")
+        if auth is not None and not isinstance(auth, dict):
+            raise ConfigurationError("SQS 'auth' must be a dict with aws_access_key_id and "
+                                     "aws_secret_access_key")
+        return cls(region=config.get("region"), endpoint_url=config.get("endpoint_url"),
+                   auth=auth, message_group_id=str(config.get("message_group_id", "ivy")))
+
+    def queue_url(self, queue: str) -> str:
+        url = self._urls.get(queue)
+        if url is not None:
+            return url
+        with self._lock:
+            try:
+                url = str(self.client.get_queue_url(QueueName=queue)["QueueUrl"])
+            except self.client.exceptions.QueueDoesNotExist:
+                attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true"} if (
+                    queue.endswith(".fifo")) else {}
+                url = str(self.client.create_queue(QueueName=queue, Attributes=attributes)[
+                    "QueueUrl"])
+            self._urls[queue] = url
+            return url
+
+    def _entry(self, queue: str, body: bytes, delay: float) -> dict[str, Any]:
+        text, attributes = _text(body)
+        size = len(text.encode("utf-8")) + sum(
+            len(k) + len(v["DataType"]) + len(v["StringValue"]) for k, v in attributes.items())
+        if size > self.max_message_bytes:
+            raise MessageTooLarge(
+                f"a message of {size} bytes is over SQS's limit of {self.max_message_bytes} "
+                f"bytes for queue {queue!r}: pass a reference (an S3 key, a URL) instead of the "
+                "data")
+        entry: dict[str, Any] = {"MessageBody": text}
+        if attributes:
+            entry["MessageAttributes"] = attributes
+        if queue.endswith(".fifo"):
+            entry["MessageGroupId"] = self.message_group_id
+        elif delay > 0:
+            entry["DelaySeconds"] = min(MAX_DELAY, math.ceil(delay))
+        return entry
+
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+        entry = self._entry(queue, body, delay)
+        self.client.send_message(QueueUrl=self.queue_url(queue), **entry)
+
+    def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                     delay: float = 0.0) -> None:
+        entries = [self._entry(queue, body, delay) for body in bodies]
+        url = self.queue_url(queue)
+        for start in range(0, len(entries), 10):
+            batch = [{"Id": str(i), **e} for i, e in enumerate(entries[start:start + 10])]
+            result = self.client.send_message_batch(QueueUrl=url, Entries=batch)
+            failed = result.get("Failed") or []
+            if failed:
+                raise RuntimeError(f"SQS refused {len(failed)} message(s) for queue {queue!r}: "
+                                   f"{failed[0].get('Message')}")
+
+    def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
+        return SQSConsumer(self, queue, prefetch, reserve_time)
+
+    def size(self, queue: str) -> int:
+        attrs = self.client.get_queue_attributes(
+            QueueUrl=self.queue_url(queue), AttributeNames=[
+                "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+        return sum(int(v) for v in attrs.values())
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Peek at ``Q-dead`` (received with visibility 0, so nothing is hidden)."""
+        url = self.queue_url(dead_name(queue))
+        found: dict[str, DeadLetter] = {}
+        for _ in range(max(1, math.ceil(limit / 10)) * 2):
+            messages = self.client.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0,
+                MessageAttributeNames=["All"], MessageSystemAttributeNames=["SentTimestamp"],
+            ).get("Messages") or []
+            if not messages:
+                break
+            for m in messages:
+                reason = (m.get("MessageAttributes") or {}).get(REASON, {}).get(
+                    "StringValue", "")
+                sent = int((m.get("Attributes") or {}).get("SentTimestamp", "0")) / 1000
+                found.setdefault(m["MessageId"], DeadLetter(queue, _bytes(m), reason, sent))
+            if len(found) >= limit:
+                break
+        return sorted(found.values(), key=lambda d: d.time)[:limit]
+
+    def queues(self) -> list[str]:
+        names = []
+        for url in self.client.list_queues().get("QueueUrls") or []:
+            name = url.rsplit("/", 1)[-1]
+            if not name.removesuffix(".fifo").endswith("-dead"):
+                names.append(name)
+        return sorted(names)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+class SQSDelivery(Delivery):
+    def __init__(self, consumer: SQSConsumer, message: dict[str, Any]) -> None:
+        self._consumer = consumer
+        self._backend = consumer.backend
+        self._receipt: str = message["ReceiptHandle"]
+        self.queue = consumer.queue
+        self.body = _bytes(message)
+        self.delivery_count = int((message.get("Attributes") or {}).get(
+            "ApproximateReceiveCount", "1"))
+
+    def _url(self) -> str:
+        return self._backend.queue_url(self.queue)
+
+    def ack(self) -> None:
+        self._consumer.delete(self._receipt)
+
+    def retry(self, delay: float, body: bytes | None = None) -> None:
+        """Make the message visible again after ``delay`` (the body cannot change on SQS)."""
+        self._visibility(delay)
+
+    def release(self) -> None:
+        self._visibility(0)
+
+    def _visibility(self, seconds: float) -> None:
+        self._backend.client.change_message_visibility(
+            QueueUrl=self._url(), ReceiptHandle=self._receipt,
+            VisibilityTimeout=min(MAX_VISIBILITY, max(0, math.ceil(seconds))))
+
+    def extend(self, seconds: float) -> None:
+        self._visibility(seconds)
+
+    def dead_letter(self, reason: str) -> None:
+        text, attributes = _text(self.body)
+        attributes = {**attributes, REASON: {"DataType": "String",
+                                             "StringValue": reason[:4000] or "-"}}
+        dead = dead_name(self.queue)
+        extra = {"MessageGroupId": self._backend.message_group_id} if dead.endswith(
+            ".fifo") else {}
+        self._backend.client.send_message(QueueUrl=self._backend.queue_url(dead),
+                                          MessageBody=text, MessageAttributes=attributes,
+                                          **extra)
+        self.ack()
+
+
+class SQSConsumer(Consumer):
+    def __init__(self, backend: SQSQueueBackend, queue: str, prefetch: int,
+                 reserve_time: float) -> None:
+        self.backend = backend
+        self.queue = queue
+        self._prefetch = min(10, max(1, prefetch))
+        self._visibility = min(MAX_VISIBILITY, max(1, math.ceil(reserve_time)))
+        self._buffer: deque[SQSDelivery] = deque()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, threading.Event, list[str]]] = []
+        self._pending_cond = threading.Condition()
+        self._deleter: threading.Thread | None = None
+        self._closed = False
+
+    def get(self, timeout: float) -> Delivery | None:
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=max(timeout, 0.001)):
+            return None
+        try:
+            while not self._closed:
+                if self._buffer:
+                    return self._buffer.popleft()
+                remaining = deadline - time.monotonic()
+                wait = max(0, min(LONG_POLL, math.floor(remaining)))
+                messages = self.backend.client.receive_message(
+                    QueueUrl=self.backend.queue_url(self.queue),
+                    MaxNumberOfMessages=self._prefetch, WaitTimeSeconds=wait,
+                    VisibilityTimeout=self._visibility, MessageAttributeNames=["All"],
+                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                ).get("Messages") or []
+                self._buffer.extend(SQSDelivery(self, m) for m in messages)
+                if not self._buffer and time.monotonic() >= deadline - 0.05:
+                    return None
+            return None
+        finally:
+            self._lock.release()
+
+    def delete(self, receipt: str) -> None:
+        """Delete one message, in a batch with whatever other executors delete at the same
+        moment (up to 10 a request); returns once SQS confirmed this one."""
+        done = threading.Event()
+        errors: list[str] = []
+        with self._pending_cond:
+            self._pending.append((receipt, done, errors))
+            self._pending_cond.notify()
+            if self._deleter is None:
+                self._deleter = threading.Thread(target=self._delete_loop,
+                                                 name=f"ivy-sqs-delete-{self.queue}",
+                                                 daemon=True)
+                self._deleter.start()
+        if not done.wait(60):
+            raise TimeoutError(f"SQS did not confirm a delete on queue {self.queue!r} in 60 s")
+        if errors:
+            raise RuntimeError(f"SQS refused to delete a message of {self.queue!r}: "
+                               f"{errors[0]}")
+
+    def _delete_loop(self) -> None:
+        while True:
+            with self._pending_cond:
+                while not self._pending:
+                    if self._closed:
+                        return
+                    self._pending_cond.wait(1.0)
+                batch, self._pending = self._pending[:10], self._pending[10:]
+            try:
+                result = self.backend.client.delete_message_batch(
+                    QueueUrl=self.backend.queue_url(self.queue),
+                    Entries=[{"Id": str(i), "ReceiptHandle": r}
+                             for i, (r, _, _) in enumerate(batch)])
+                failed = {f["Id"]: f.get("Message", "") for f in result.get("Failed") or []}
+            except Exception as exc:
+                failed = {str(i): repr(exc) for i in range(len(batch))}
+            for i, (_, done, errors) in enumerate(batch):
+                if str(i) in failed:
+                    errors.append(failed[str(i)])
+                done.set()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            while self._buffer:
+                self._buffer.popleft().release()
+        with self._pending_cond:
+            self._pending_cond.notify_all()  # the deleter finishes what is pending, then ends
