@@ -31,6 +31,7 @@ QUEUE_BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "amqp": ("ivy.queues.amqp", "AMQPQueueBackend", "amqp"),
     "amqps": ("ivy.queues.amqp", "AMQPQueueBackend", "amqp"),
     "sqs": ("ivy.queues.sqs", "SQSQueueBackend", "sqs"),
+    "ironmq": ("ivy.queues.ironmq", "IronMQQueueBackend", "ironmq"),
 }
 NOTIFIERS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("ivy.notifiers.memory", "MemoryNotifier", None),

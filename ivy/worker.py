@@ -132,7 +132,10 @@ class Worker:
         self._held: dict[int, _Held] = {}
         self._deadlines: dict[int, _Deadline] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
+        #: how long one consumer.get() may wait: long polls on cloud queues, short elsewhere
+        self.poll: float = backend.poll_seconds
         self._consumers: list[Consumer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -172,25 +175,24 @@ class Worker:
             self.join(timeout)
             return
         log.info("worker %s: stopping; finishing in-flight tasks", self.name)
-        self._stopping.set()
+        with self._lock:  # from now on no delivery is admitted (see _hold)
+            self._stopping.set()
         for consumer in self._consumers:  # interrupts waiting gets; returns unstarted ones
             with _logged("closing consumer"):
                 consumer.close()
-        for t in self._threads:
-            if t.name.startswith("ivy-fetch-"):
-                t.join(timeout)
         for _ in range(self.concurrency):
             self._work.put(None)
         self.join(timeout)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the worker to stop; True if it did within ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for t in self._threads:
-            if t.name == "ivy-heartbeat":
-                continue
-            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if all(not t.is_alive() for t in self._threads if t.name != "ivy-heartbeat"):
+        """Wait until the worker stopped and holds no message; True if so within ``timeout``.
+        Threads still waiting in a long poll (SQS, IronMQ) are not waited for: whatever they
+        receive after the stop goes straight back to the queue."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._stopping.is_set() and not self._held,
+                                       timeout):
+                return False
+        if not self._stopped.is_set():
             self._stopped.set()
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._loop.stop)
@@ -233,10 +235,12 @@ class Worker:
             if not self._slots.acquire(timeout=FETCH_TIMEOUT):
                 continue
             try:
-                delivery = consumer.get(FETCH_TIMEOUT)
+                delivery = consumer.get(self.poll)
                 backoff = 0.1
             except Exception:
                 self._slots.release()
+                if self._stopping.is_set():
+                    return
                 log.exception("worker %s: fetching from %s failed; retrying in %.1f s",
                               self.name, self.backend.url, backoff)
                 self._stopping.wait(backoff)
@@ -245,12 +249,11 @@ class Worker:
             if delivery is None:
                 self._slots.release()
                 continue
-            if self._stopping.is_set():
+            if not self._hold(delivery, self.reserve_time):
                 with _logged("giving back a delivery"):
                     delivery.release()
                 self._slots.release()
                 break
-            self._hold(delivery, self.reserve_time)
             self._work.put(delivery)
 
     def _execute_loop(self, consumer: Consumer | None) -> None:
@@ -264,9 +267,11 @@ class Worker:
                 if self._stopping.is_set():
                     return
                 try:
-                    delivery = consumer.get(FETCH_TIMEOUT)
+                    delivery = consumer.get(self.poll)
                     backoff = 0.1
                 except Exception:
+                    if self._stopping.is_set():
+                        return
                     log.exception("worker %s: fetching from %s failed; retrying in %.1f s",
                                   self.name, self.backend.url, backoff)
                     self._stopping.wait(backoff)
@@ -274,11 +279,10 @@ class Worker:
                     continue
                 if delivery is None:
                     continue
-                if self._stopping.is_set():
+                if not self._hold(delivery, self.reserve_time):
                     with _logged("giving back a delivery"):
                         delivery.release()
                     return
-                self._hold(delivery, self.reserve_time)
             try:
                 self.process(delivery)
             finally:
@@ -310,13 +314,19 @@ class Worker:
                         h.message.id, "running", h.message.name, attempt=h.message.attempt,
                         worker=self.name))
 
-    def _hold(self, delivery: Delivery, lease: float) -> None:
+    def _hold(self, delivery: Delivery, lease: float) -> bool:
+        """Admit a delivery for processing; False once the worker is stopping."""
         with self._lock:
+            if self._stopping.is_set():
+                return False
             self._held[id(delivery)] = _Held(delivery, lease, time.monotonic() + lease / 3)
+            return True
 
     def _unhold(self, delivery: Delivery) -> None:
         with self._lock:
             self._held.pop(id(delivery), None)
+            if not self._held:
+                self._idle.notify_all()
 
     # -- one message -----------------------------------------------------------------------
 

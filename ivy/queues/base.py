@@ -67,6 +67,9 @@ class QueueBackend(ABC):
     url: str = ""
     #: whether publish(priority=...) orders deliveries
     supports_priority: bool = True
+    #: how long a worker's consumer.get() waits at a time (a long poll on cloud queues, where
+    #: each empty request costs)
+    poll_seconds: float = 0.5
 
     @abstractmethod
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:

@@ -70,6 +70,7 @@ def dead_name(queue: str) -> str:
 
 class SQSQueueBackend(QueueBackend):
     supports_priority = False
+    poll_seconds = float(LONG_POLL)
 
     def __init__(self, *, region: str | None = None, endpoint_url: str | None = None,
                  auth: dict[str, str] | None = None, message_group_id: str = "ivy",
@@ -253,7 +254,10 @@ class SQSConsumer(Consumer):
                 if self._buffer:
                     return self._buffer.popleft()
                 remaining = deadline - time.monotonic()
-                wait = max(0, min(LONG_POLL, math.floor(remaining)))
+                if remaining <= 0:
+                    return None
+                # whole seconds, rounded up: one request waits at least the time left
+                wait = min(LONG_POLL, math.ceil(remaining))
                 messages = self.backend.client.receive_message(
                     QueueUrl=self.backend.queue_url(self.queue),
                     MaxNumberOfMessages=self._prefetch, WaitTimeSeconds=wait,
@@ -261,8 +265,8 @@ class SQSConsumer(Consumer):
                     MessageSystemAttributeNames=["ApproximateReceiveCount"],
                 ).get("Messages") or []
                 self._buffer.extend(SQSDelivery(self, m) for m in messages)
-                if not self._buffer and time.monotonic() >= deadline - 0.05:
-                    return None
+            while self._buffer:  # closed during the long poll
+                self._buffer.popleft().release()
             return None
         finally:
             self._lock.release()
@@ -308,9 +312,14 @@ class SQSConsumer(Consumer):
                 done.set()
 
     def close(self) -> None:
+        """Give back what was received and not started. A get() in a long poll is not waited
+        for: it gives back what it receives once it sees the consumer closed."""
         self._closed = True
-        with self._lock:
-            while self._buffer:
-                self._buffer.popleft().release()
+        if self._lock.acquire(blocking=False):
+            try:
+                while self._buffer:
+                    self._buffer.popleft().release()
+            finally:
+                self._lock.release()
         with self._pending_cond:
             self._pending_cond.notify_all()  # the deleter finishes what is pending, then ends

@@ -1,0 +1,286 @@
+"""``ironmq://``: IronMQ v3 through the iron-mq client (``pip install 'ivy-queue[ironmq]'``),
+the original project's own backend.
+
+* Queue name Q is the IronMQ queue ``Q``. Post; reserve with a long-poll ``wait``; delete with
+  the reservation id; touch to keep a reservation while a task runs; release with a delay for
+  retries (the body stays the same: the worker counts attempts from ``reserved_count``); dead
+  letters are posted to ``Q.dead`` as ``{"reason": ..., "queue": ..., "time": ..., "body": <the
+  original body as a string>}`` (IronMQ messages have no headers).
+* Configuration: ``{"type": "ironmq", "auth": {"token": ..., "project_id": ...}, "host": ...,
+  "port": ..., "protocol": ...}``, or ``ironmq://project_id:token@host:port?protocol=https``;
+  what is not given comes from iron.json and the ``IRON_*`` / ``IRON_MQ_*`` environment
+  variables as the iron-mq client reads them, so a bare ``ironmq://`` works.
+* IronMQ's smallest reservation is 30 s; ``min_reserve`` (default 30) keeps requests valid,
+  tests against the fake server set it to 0.
+
+The iron-mq client (0.9) on Python 3 makes a new connection per request, has no timeouts, and
+raises KeyError on a response without a content type. This module keeps the client's request
+API but swaps its HTTP layer: the client object's class becomes :class:`_BoundedIronClient`, a
+subclass of ``iron_core.IronClient`` whose ``request`` uses one ``requests.Session`` per thread
+(connections are reused) with a connect and read timeout on every call, reads the content type
+with a default, and retries 503/504 a bounded number of times. ``IronMQ.queues()`` is not used.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any, Self
+from urllib.parse import unquote
+
+import iron_core
+import iron_mq
+import requests
+
+from ivy.errors import ConfigurationError
+from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+
+log = logging.getLogger("ivy.ironmq")
+LONG_POLL = 30  # IronMQ's longest wait
+BASE64_PREFIX = "ivy-base64:"
+CONNECT_TIMEOUT = 5.0
+
+
+class _BoundedIronClient(iron_core.IronClient):  # type: ignore[misc]
+    """iron_core's client with timeouts, per-thread connection reuse and lenient parsing."""
+
+    #: seconds a request may take beyond the long-poll wait it asks for
+    request_timeout: float = 15.0
+    _local: threading.local
+
+    def request(self, url: str, method: str, body: str = "", headers: dict[str, str] | None = None,
+                retry: bool = True) -> dict[str, Any]:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        all_headers = {**self.headers, **(headers or {})}
+        all_headers["Authorization"] = f"OAuth {self.token_provider.getToken()}"
+        wait = 0.0
+        if body and '"wait"' in body:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                wait = float(json.loads(body).get("wait") or 0)
+        delay = 0.5
+        for attempt in range(4):
+            response = session.request(method, self.base_url + url, data=body or None,
+                                       headers=all_headers,
+                                       timeout=(CONNECT_TIMEOUT, wait + self.request_timeout))
+            if response.status_code not in (503, 504) or not retry or attempt == 3:
+                break
+            time.sleep(delay)
+            delay *= 2
+        response.raise_for_status()
+        content_type = (response.headers.get("Content-Type") or "text/plain").split(";")[0]
+        result: dict[str, Any] = {"status": response.status_code, "resp": response,
+                                  "content-type": content_type, "body": response.text}
+        if content_type.lower() == "application/json":
+            with contextlib.suppress(ValueError):
+                result["body"] = response.json()
+        return result
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return BASE64_PREFIX + base64.b64encode(body).decode()
+
+
+def _bytes(text: str) -> bytes:
+    if text.startswith(BASE64_PREFIX):
+        return base64.b64decode(text[len(BASE64_PREFIX):])
+    return text.encode("utf-8")
+
+
+class IronMQQueueBackend(QueueBackend):
+    supports_priority = False
+    poll_seconds = 20.0
+
+    def __init__(self, *, token: str | None = None, project_id: str | None = None,
+                 host: str | None = None, port: int | None = None,
+                 protocol: str | None = None, min_reserve: float = 30.0,
+                 request_timeout: float = 15.0) -> None:
+        try:
+            self.mq = iron_mq.IronMQ(token=token, project_id=project_id, host=host, port=port,
+                                     protocol=protocol)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"IronMQ is not configured: {exc}. Give auth.token and auth.project_id, or "
+                "set IRON_TOKEN and IRON_PROJECT_ID, or write an iron.json") from None
+        client = self.mq.client
+        client.__class__ = _BoundedIronClient
+        client._local = threading.local()
+        client.request_timeout = request_timeout
+        self.url = f"ironmq://{client.host}:{client.port}/{client.project_id}"
+        self.min_reserve = min_reserve
+        self._queues: dict[str, iron_mq.Queue] = {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        auth = dict(config.get("auth") or {})
+        url = config.get("url")
+        host, port = config.get("host"), config.get("port")
+        if isinstance(url, str):
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            if parts.username:
+                auth.setdefault("project_id", unquote(parts.username))
+            if parts.password:
+                auth.setdefault("token", unquote(parts.password))
+            host = host or parts.hostname
+            port = port or parts.port
+        return cls(token=auth.get("token"), project_id=auth.get("project_id"), host=host,
+                   port=int(port) if port else None, protocol=config.get("protocol"),
+                   min_reserve=float(config.get("min_reserve", 30.0)),
+                   request_timeout=float(config.get("request_timeout", 15.0)))
+
+    def queue(self, name: str) -> iron_mq.Queue:
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = iron_mq.Queue(self.mq, name)
+        return q
+
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+        self.publish_many(queue, [body], delay=delay)
+
+    def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                     delay: float = 0.0) -> None:
+        messages = [{"body": _text(b), **({"delay": math.ceil(delay)} if delay > 0 else {})}
+                    for b in bodies]
+        for start in range(0, len(messages), 100):
+            self.queue(queue).post(*messages[start:start + 100])
+
+    def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
+        return IronMQConsumer(self, queue, prefetch, max(reserve_time, self.min_reserve))
+
+    def size(self, queue: str) -> int:
+        try:
+            return int(self.queue(queue).size())
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 404:
+                return 0
+            raise
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        try:
+            peeked = self.queue(f"{queue}.dead").peek(max=min(limit, 100))
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 404:
+                return []
+            raise
+        found = []
+        for m in peeked.get("messages") or []:
+            try:
+                envelope = json.loads(m["body"])
+                found.append(DeadLetter(queue, _bytes(envelope["body"]),
+                                        str(envelope.get("reason", "")),
+                                        float(envelope.get("time", 0))))
+            except (ValueError, KeyError, TypeError):
+                found.append(DeadLetter(queue, _bytes(m["body"]), "", 0.0))
+        return found
+
+
+class IronMQDelivery(Delivery):
+    def __init__(self, backend: IronMQQueueBackend, queue: str, message: dict[str, Any],
+                 ) -> None:
+        self._backend = backend
+        self.queue = queue
+        self._id: str = message["id"]
+        self._reservation: str = message["reservation_id"]
+        self.body = _bytes(message["body"])
+        self._text: str = message["body"]
+        self.delivery_count = int(message.get("reserved_count") or 1)
+
+    def _q(self) -> iron_mq.Queue:
+        return self._backend.queue(self.queue)
+
+    @contextlib.contextmanager
+    def _reserved(self, what: str) -> Iterator[None]:
+        """A reservation that ran out is answered with 403/404: the message is (or will be)
+        delivered again, so there is nothing left to do with this copy."""
+        try:
+            yield
+        except requests.HTTPError as exc:
+            if exc.response is None or exc.response.status_code not in (403, 404):
+                raise
+            log.warning("ironmq: could not %s message %s of %s: its reservation ran out",
+                        what, self._id, self.queue)
+
+    def ack(self) -> None:
+        with self._reserved("delete"):
+            self._q().delete(self._id, reservation_id=self._reservation)
+
+    def retry(self, delay: float, body: bytes | None = None) -> None:
+        """Release the message to come back after ``delay`` (the body cannot change)."""
+        with self._reserved("release"):
+            self._q().release(self._id, self._reservation, delay=math.ceil(delay))
+
+    def release(self) -> None:
+        with self._reserved("release"):
+            self._q().release(self._id, self._reservation)
+
+    def extend(self, seconds: float) -> None:
+        with self._reserved("touch"):
+            result = self._q().touch(self._id, self._reservation,
+                                     timeout=max(seconds, self._backend.min_reserve))
+            if isinstance(result, dict) and result.get("reservation_id"):
+                self._reservation = result["reservation_id"]
+
+    def dead_letter(self, reason: str) -> None:
+        envelope = json.dumps({"reason": reason, "queue": self.queue, "time": time.time(),
+                               "body": self._text})
+        self._backend.queue(f"{self.queue}.dead").post({"body": envelope})
+        self.ack()
+
+
+class IronMQConsumer(Consumer):
+    def __init__(self, backend: IronMQQueueBackend, queue: str, prefetch: int,
+                 reserve_time: float) -> None:
+        self._backend = backend
+        self._queue = queue
+        self._prefetch = min(100, max(1, prefetch))
+        self._reserve = reserve_time
+        self._buffer: deque[IronMQDelivery] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self, timeout: float) -> Delivery | None:
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=max(timeout, 0.001)):
+            return None
+        try:
+            while not self._closed:
+                if self._buffer:
+                    return self._buffer.popleft()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                # whole seconds, rounded up: one request waits at least the time left
+                wait = min(LONG_POLL, math.ceil(remaining))
+                result = self._backend.queue(self._queue).reserve(
+                    max=self._prefetch, timeout=self._reserve, wait=wait)
+                self._buffer.extend(IronMQDelivery(self._backend, self._queue, m)
+                                    for m in (result.get("messages") or []))
+            while self._buffer:  # closed during the long poll
+                self._buffer.popleft().release()
+            return None
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Give back what was received and not started. A get() in a long poll is not waited
+        for: it gives back what it receives once it sees the consumer closed."""
+        self._closed = True
+        if self._lock.acquire(blocking=False):
+            try:
+                while self._buffer:
+                    self._buffer.popleft().release()
+            finally:
+                self._lock.release()

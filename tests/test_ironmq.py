@@ -1,0 +1,210 @@
+"""IronMQ through the real iron-mq client against the fake IronMQ v3 server in
+tests/fake_ironmq.py: the contract suite, timeouts and connection reuse of the wrapped client,
+a killed worker whose reservation expires, raw bad messages, the Node.js ivy 0.2 form."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TESTS_DIR, wait_for
+from contract import QueueBackendContract
+from fake_ironmq import FakeIronMQ
+
+import ivy
+from ivy.queues.base import QueueBackend
+
+pytest.importorskip("iron_mq")
+
+
+@pytest.fixture(autouse=True)
+def isolated_iron_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The iron client reads ~/.iron.json, ./iron.json and IRON_* variables: keep them out."""
+    for key in list(os.environ):
+        if key.startswith("IRON_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeIronMQ]:
+    server = FakeIronMQ().start()
+    yield server
+    server.stop()
+
+
+def config(fake: FakeIronMQ, **extra: Any) -> dict[str, Any]:
+    return {"type": "ironmq", "auth": {"token": fake.token, "project_id": fake.project_id},
+            "host": fake.host, "port": fake.port, "protocol": "http", "min_reserve": 0,
+            **extra}
+
+
+def make_backend(fake: FakeIronMQ, **extra: Any) -> Any:
+    from ivy.config import make_queue_backend
+
+    return make_queue_backend(config(fake, **extra))
+
+
+class TestIronMQQueue(QueueBackendContract):
+    short = 1.0  # IronMQ counts delays in whole seconds
+
+    @pytest.fixture
+    def backend(self, fake: FakeIronMQ) -> Iterator[QueueBackend]:
+        b = make_backend(fake)
+        yield b
+        b.close()
+
+    def test_retry_redelivers_with_new_body_after_delay(self, backend: QueueBackend) -> None:
+        # IronMQ retries by releasing the reserved message with a delay: the body stays, and
+        # reserved_count tells the worker which attempt it is.
+        q = f"q{uuid.uuid4().hex[:8]}"
+        backend.publish(q, b"first")
+        consumer = backend.consume(q)
+        d = consumer.get(5)
+        assert d is not None
+        started = time.monotonic()
+        d.retry(1.0, b"ignored on IronMQ")
+        again = consumer.get(10)
+        assert again is not None and again.body == b"first"
+        assert time.monotonic() - started >= 0.9
+        assert again.delivery_count == 2
+        again.ack()
+        consumer.close()
+
+
+def test_wrong_token_is_refused(fake: FakeIronMQ) -> None:
+    import requests
+
+    backend = make_backend(fake, auth={"token": "wrong", "project_id": fake.project_id})
+    with pytest.raises(requests.HTTPError, match="401"):
+        backend.publish("q", b"{}")
+
+
+def test_every_request_has_a_timeout() -> None:
+    # Given a server that accepts connections and never answers
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    from ivy.queues.ironmq import IronMQQueueBackend
+
+    backend = IronMQQueueBackend(token="t", project_id="p", host="127.0.0.1", port=port,
+                                 protocol="http", request_timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"timed out|Timeout"):
+        backend.publish("q", b"{}")
+    assert time.monotonic() - started < 5
+    silent.close()
+
+
+def test_connections_are_reused(fake: FakeIronMQ) -> None:
+    connections: list[int] = []
+    handler = fake.server.RequestHandlerClass
+    original = handler.setup
+
+    def counting_setup(self: Any) -> None:
+        connections.append(1)
+        original(self)
+
+    handler.setup = counting_setup  # type: ignore[method-assign]
+    try:
+        backend = make_backend(fake)
+        for i in range(20):
+            backend.publish("reuse", f'{{"i":{i}}}'.encode())
+        assert backend.size("reuse") == 20
+        assert len(connections) <= 2
+    finally:
+        handler.setup = original  # type: ignore[method-assign]
+
+
+def test_api_bad_messages_and_node_ivy_message(fake: FakeIronMQ) -> None:
+    backend = make_backend(fake)
+    q = f"q{uuid.uuid4().hex[:8]}"
+    app = ivy.Ivy(backend, f"memory://{uuid.uuid4().hex}", retry_base_delay=0.3)
+    runs: list[int] = []
+
+    @app.register_task(name="factorial", queue=q)  # the original example's name
+    def factorial(n: int) -> int:
+        runs.append(n)
+        return 1 if n <= 1 else n * factorial.func(n - 1)
+
+    app.listen(queue=q, block=False, concurrency=2)
+    assert app.delayed_call(factorial, 5).result(20) == 120
+    # raw messages posted with the iron-mq client itself
+    client_queue = backend.queue(q)
+    bad = {"{not json": "is not valid json",
+           json.dumps({"ivy": 1, "id": "a", "name": "nope", "args": []}): "unknown task 'nope'",
+           json.dumps({"ivy": 1, "id": "b", "name": "factorial", "args": [1, 2]}):
+               "wrong arguments for task 'factorial'"}
+    for body in bad:
+        client_queue.post({"body": body})
+    client_queue.post({"body": '{"name":"factorial","options":{},"args":[3]}'})  # Node.js ivy
+    wait_for(lambda: len(backend.dead_letters(q)) == 3, timeout=20, message="3 dead letters")
+    reasons = {d.body.decode(): d.reason for d in backend.dead_letters(q)}
+    for body, reason in bad.items():
+        assert reason in reasons[body]
+    wait_for(lambda: 3 in runs, message="the Node.js ivy 0.2 message to run")
+    assert app.delayed_call(factorial, 4).result(20) == 24
+    app.close()
+
+
+@pytest.mark.slow
+def test_killed_worker_reservation_expires_and_task_completes_once(
+    fake: FakeIronMQ, tmp_path: Path
+) -> None:
+    # A bare ironmq:// reads the IRON_* variables, as the iron-mq client does.
+    env = {**os.environ, "IRON_TOKEN": fake.token, "IRON_PROJECT_ID": fake.project_id,
+           "IRON_MQ_HOST": fake.host, "IRON_MQ_PORT": str(fake.port),
+           "IRON_MQ_PROTOCOL": "http"}
+    notifier = f"sqlite:///{tmp_path / 'n.db'}"
+
+    def worker() -> subprocess.Popen[bytes]:
+        p = subprocess.Popen([sys.executable, "-m", "ivy", "worker", "tasks_for_workers",
+                              "--queue", "proc", "--queue-url", "ironmq://?min_reserve=0",
+                              "--notifier-url", notifier], cwd=TESTS_DIR, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert p.stdout is not None
+        for line in p.stdout:
+            if b"listening on" in line:
+                threading.Thread(target=lambda: [None for _ in p.stdout or []],
+                                 daemon=True).start()
+                return p
+        raise AssertionError(f"worker exited with {p.wait()}")
+
+    backend = make_backend(fake)
+    app = ivy.Ivy(backend, notifier)
+    import tasks_for_workers
+
+    app.registry.add(tasks_for_workers.hang_first)
+    log = tmp_path / "runs.log"
+    callbacks: list[Any] = []
+    first = worker()
+    second = None
+    try:
+        call = app.delayed_call("proc.hang_first", str(log),
+                                callback=lambda err, result: callbacks.append((err, result)))
+        wait_for(lambda: log.exists() and log.read_text().strip(), timeout=30,
+                 message="the task to start")
+        first.kill()
+        first.wait(10)
+        second = worker()
+        assert call.result(60) == 2
+        assert callbacks == [(None, 2)]
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
+        app.close()
