@@ -14,15 +14,17 @@ from ivy.call import Call, ResultCallback, result_callback_adapter
 from ivy.config import Spec, make_notifier, make_queue_backend
 from ivy.errors import ConfigurationError, MessageError, MessageTooLarge, SerializationError
 from ivy.message import (
+    DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_MESSAGE_BYTES,
     Message,
     decode_notification,
+    depth,
     new_id,
     now_ms,
 )
 from ivy.notifiers.base import Notifier, Subscription
 from ivy.queues.base import QueueBackend
-from ivy.serialization import Serializer, check_arguments, get_serializer
+from ivy.serialization import Serializer, check_arguments, get_serializer, signer_from
 from ivy.task import Finished, Registry, Style, Task
 from ivy.worker import Worker
 
@@ -60,8 +62,13 @@ class Ivy:
         retry_base_delay: float = 1.0,
         retry_max_delay: float = 300.0,
         reserve_time: float = 30.0,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        signing_key: str | bytes | list[str | bytes] | None = None,
     ) -> None:
         self.registry = Registry()
+        self.max_depth = max_depth
+        #: HMAC signer from ``signing_key`` or IVY_SIGNING_KEY; None: messages are not signed
+        self.signer = signer_from(signing_key)
         self.serializer = get_serializer(serializer)
         self.max_message_bytes = max_message_bytes
         self.retry_base_delay = retry_base_delay
@@ -283,6 +290,10 @@ class Ivy:
         except SerializationError:
             check_arguments(self.serializer, args, kwargs, name)
             raise
+        if depth(message.args) > self.max_depth or depth(message.kwargs) > self.max_depth:
+            raise SerializationError(
+                f"the arguments of the call to {name!r} nest deeper than {self.max_depth} "
+                "levels: flatten them, or raise Ivy(max_depth=...)")
         if len(body) > self.max_message_bytes:
             raise MessageTooLarge(
                 f"the call to {name!r} is {len(body)} bytes once encoded, over the limit of "
@@ -297,7 +308,11 @@ class Ivy:
             self.start_notification_consumer()
         with self._calls_lock:
             self._calls[call.id] = call
-        return _Outgoing(call, target_queue, body, message.priority, delay or 0.0)
+        return _Outgoing(call, target_queue, self.seal(body), message.priority, delay or 0.0)
+
+    def seal(self, body: bytes) -> bytes:
+        """Sign an encoded message or notification when a signing key is configured."""
+        return body if self.signer is None else self.signer.sign(body)
 
     def _forget(self, calls: list[Call[Any]]) -> None:
         with self._calls_lock:
@@ -340,7 +355,8 @@ class Ivy:
 
     def _dispatch(self, body: bytes) -> None:
         try:
-            note = decode_notification(body, self.serializer, max_bytes=self.max_message_bytes)
+            note = decode_notification(body, self.serializer, max_bytes=self.max_message_bytes,
+                                       max_depth=self.max_depth, signer=self.signer)
         except MessageError as exc:
             log.warning("notification consumer: ignoring a bad notification: %s", exc.reason)
             return

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import fastjsonschema
 
 from ivy.errors import MessageError, SerializationError
-from ivy.serialization import Serializer
+from ivy.serialization import Serializer, Signer, unwrap
 
 PROTOCOL_VERSION = 1
 STATUSES = ("scheduled", "running", "successful", "errored")
@@ -29,6 +29,8 @@ Status = Literal["scheduled", "running", "successful", "errored", "done"]
 
 #: Default cap on an encoded message or notification; ``Ivy(max_message_bytes=...)`` changes it.
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+#: Default cap on how deeply arguments and results may nest; ``Ivy(max_depth=...)``.
+DEFAULT_MAX_DEPTH = 64
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -101,13 +103,39 @@ def _readable_fields(data: Any) -> dict[str, Any]:
     return {k: data[k] for k in ("id", "name", "reply_to") if isinstance(data.get(k), str)}
 
 
-def _loads(body: bytes, serializer: Serializer, max_bytes: int | None, what: str) -> Any:
+def depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
+def _loads(body: bytes, serializer: Serializer, max_bytes: int | None, what: str,
+           signer: Signer | None, max_depth: int | None) -> Any:
+    if max_bytes is not None and len(body) > max_bytes * 2 + 1024:  # room for a signature
+        raise MessageError(f"{what} of {len(body)} bytes is over the limit of {max_bytes} bytes")
+    try:
+        body = unwrap(body, signer)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise MessageError(f"{what} refused: {exc}") from None
     if max_bytes is not None and len(body) > max_bytes:
         raise MessageError(f"{what} of {len(body)} bytes is over the limit of {max_bytes} bytes")
     try:
-        return serializer.loads(body)
+        data = serializer.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
         raise MessageError(f"{what} is not valid {serializer.name}: {exc}") from None
+    if max_depth is not None and depth(data) > max_depth + 2:  # the envelope adds 2 levels
+        raise MessageError(f"{what} nests deeper than the limit of {max_depth} levels",
+                           _readable_fields(data))
+    return data
 
 
 def _validate(schema: str, data: Any, what: str) -> None:
@@ -121,10 +149,12 @@ def _validate(schema: str, data: Any, what: str) -> None:
 
 
 def decode_message(
-    body: bytes, serializer: Serializer, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES
+    body: bytes, serializer: Serializer, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+    max_depth: int | None = DEFAULT_MAX_DEPTH, signer: Signer | None = None,
 ) -> Message:
-    """Decode and validate a message body; raise :class:`MessageError` with the reason."""
-    data = _loads(body, serializer, max_bytes, "message")
+    """Decode, verify (with a signer) and validate a message body; raise
+    :class:`MessageError` with the reason."""
+    data = _loads(body, serializer, max_bytes, "message", signer, max_depth)
     if not isinstance(data, dict):
         raise MessageError(f"message is a JSON {type(data).__name__}, not an object")
     if "ivy" not in data:
@@ -183,10 +213,12 @@ class Notification:
 
 
 def decode_notification(
-    body: bytes, serializer: Serializer, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES
+    body: bytes, serializer: Serializer, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+    max_depth: int | None = DEFAULT_MAX_DEPTH, signer: Signer | None = None,
 ) -> Notification:
-    """Decode and validate a notification body; raise :class:`MessageError` with the reason."""
-    data = _loads(body, serializer, max_bytes, "notification")
+    """Decode, verify (with a signer) and validate a notification body; raise
+    :class:`MessageError` with the reason."""
+    data = _loads(body, serializer, max_bytes, "notification", signer, max_depth)
     if not isinstance(data, dict):
         raise MessageError(f"notification is a JSON {type(data).__name__}, not an object")
     if data.get("ivy") != PROTOCOL_VERSION:

@@ -11,7 +11,12 @@ stdlib costs a few microseconds per message, far below any backend's round trip.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import json
+import os
 from typing import Any, Protocol, runtime_checkable
 
 from ivy.errors import ConfigurationError, SerializationError
@@ -138,3 +143,82 @@ def _check_one(serializer: Serializer, value: Any, what: str, task: str) -> None
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Signer:
+    """HMAC-SHA256 signatures over the exact bytes of a message or notification.
+
+    A signed body is a JSON object (PROTOCOL.md)::
+
+        {"ivy_signed": 1, "alg": "HMAC-SHA256", "key_id": "<8 hex>", "signature": "<64 hex>",
+         "body": "<base64 of the exact signed bytes>"}
+
+    The first key signs; every key verifies, so keys rotate by putting the new one first and
+    keeping the old one until nothing signed with it is left in the queues. ``key_id`` is the
+    first 8 hex digits of SHA-256 of the key: it names the key without revealing it.
+    """
+
+    ALG = "HMAC-SHA256"
+
+    def __init__(self, keys: str | bytes | list[str | bytes]) -> None:
+        raw = [keys] if isinstance(keys, (str, bytes)) else list(keys)
+        self.keys = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in raw]
+        if not self.keys or any(not k for k in self.keys):
+            raise ConfigurationError("a signing key must be a non-empty string or bytes")
+        self._by_id = {self.key_id(k): k for k in self.keys}
+
+    @staticmethod
+    def key_id(key: bytes) -> str:
+        return hashlib.sha256(key).hexdigest()[:8]
+
+    def sign(self, body: bytes) -> bytes:
+        key = self.keys[0]
+        envelope = {"ivy_signed": 1, "alg": self.ALG, "key_id": self.key_id(key),
+                    "signature": hmac.new(key, body, hashlib.sha256).hexdigest(),
+                    "body": base64.b64encode(body).decode("ascii")}
+        return _encoder.encode(envelope).encode("utf-8")
+
+    def verify(self, envelope: dict[str, Any]) -> bytes:
+        """Return the signed bytes; raise ValueError saying why they cannot be trusted."""
+        if envelope.get("alg") != self.ALG:
+            raise ValueError(f"signature algorithm {envelope.get('alg')!r} is not {self.ALG}")
+        key = self._by_id.get(str(envelope.get("key_id")))
+        if key is None:
+            raise ValueError(f"signed with unknown key {envelope.get('key_id')!r}")
+        try:
+            body = base64.b64decode(str(envelope.get("body")), validate=True)
+        except (ValueError, binascii.Error):
+            raise ValueError("signed body is not valid base64") from None
+        expected = hmac.new(key, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, str(envelope.get("signature"))):
+            raise ValueError("signature does not match: the message was altered or signed "
+                             "with another key")
+        return body
+
+
+def unwrap(body: bytes, signer: Signer | None) -> bytes:
+    """Verify and strip a signature envelope. With a signer, unsigned bodies are refused;
+    without one, a signed body is unwrapped unverified. Raises ValueError with the reason."""
+    signed = body[:200].lstrip().startswith(b'{"ivy_signed"')
+    if signed:
+        envelope = _decoder.decode(body.decode("utf-8"))
+        if not isinstance(envelope, dict) or envelope.get("ivy_signed") != 1:
+            raise ValueError("malformed signature envelope")
+        if signer is None:
+            return base64.b64decode(str(envelope.get("body")), validate=True)
+        return signer.verify(envelope)
+    if signer is not None:
+        raise ValueError("unsigned: this side requires HMAC-SHA256 signatures (signing_key / "
+                         "IVY_SIGNING_KEY)")
+    return body
+
+
+def signer_from(keys: str | bytes | list[str | bytes] | None) -> Signer | None:
+    """``signing_key=`` or, when not given, ``IVY_SIGNING_KEY`` (comma-separated for
+    rotation: the first signs)."""
+    if keys is None:
+        env = os.environ.get("IVY_SIGNING_KEY")
+        if not env:
+            return None
+        keys = [k for k in env.split(",") if k]
+    return Signer(keys)

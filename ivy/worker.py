@@ -336,7 +336,8 @@ class Worker:
         try:
             try:
                 message = decode_message(delivery.body, self.app.serializer,
-                                         max_bytes=self.app.max_message_bytes)
+                                         max_bytes=self.app.max_message_bytes,
+                                         max_depth=self.app.max_depth, signer=self.app.signer)
             except MessageError as exc:
                 self._reject(delivery, exc.reason, exc.fields)
                 return
@@ -395,7 +396,7 @@ class Worker:
                         message.name, message.id, message.attempt + 1, retries + 1,
                         value["type"], value["message"], delay)
             message.attempt += 1
-            delivery.retry(delay, message.encode(self.app.serializer))
+            delivery.retry(delay, self.app.seal(message.encode(self.app.serializer)))
             return
         self._record(message, self._errored(message, value))
         if retries:
@@ -505,7 +506,8 @@ class Worker:
         if message.reply_to and self.notifier is not None:
             try:
                 self.notifier.publish(message.reply_to, message.id,
-                                      note.encode(self.app.serializer), final=False)
+                                      self.app.seal(note.encode(self.app.serializer)),
+                                      final=False)
             except Exception:
                 log.warning("publishing status %r of %s failed", note.status, message.id,
                             exc_info=True)
@@ -516,7 +518,7 @@ class Worker:
             return
         if self.notifier is None:
             raise RuntimeError("no notifier: call start_notification_producer() before listen()")
-        body = note.encode(self.app.serializer)
+        body = self.app.seal(note.encode(self.app.serializer))
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 self.notifier.publish(message.reply_to, message.id, body, final=True)
@@ -538,7 +540,8 @@ class Worker:
                                 error={"type": "MessageRejected", "message": reason,
                                        "traceback": ""})
             with _logged(f"notifying the producer of rejected message {call_id}"):
-                self.notifier.publish(reply_to, call_id, note.encode(self.app.serializer),
+                self.notifier.publish(reply_to, call_id,
+                                      self.app.seal(note.encode(self.app.serializer)),
                                       final=True)
         delivery.dead_letter(reason)
 

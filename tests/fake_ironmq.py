@@ -219,3 +219,12 @@ class FakeIronMQ:
             self.cond.notify_all()
             return 200, {"msg": "Released"}
         return 405, {"msg": "Method not allowed"}
+
+
+if __name__ == "__main__":  # run on its own (the cloud benchmark starts it this way)
+    import sys
+
+    server = FakeIronMQ(token=sys.argv[1] if len(sys.argv) > 1 else "fake-token",
+                        project_id=sys.argv[2] if len(sys.argv) > 2 else "testpackage")
+    print(server.port, flush=True)
+    server.server.serve_forever()
