@@ -1,0 +1,33 @@
+"""The short form of the chaos soak (benchmarks/chaos.py): a few hundred calls while a worker
+is SIGKILLed, Redis restarts and RabbitMQ restarts, on private servers. Nothing may be lost and
+no callback may run twice."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import require_service
+from servers import PrivateRabbit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+pytest.importorskip("pika")
+pytest.importorskip("redis")
+
+
+@pytest.mark.slow
+def test_short_chaos_soak_loses_nothing() -> None:
+    why = PrivateRabbit.available()
+    require_service("a private RabbitMQ node", why is None, why or "")
+    import chaos
+
+    lines: list[str] = []
+    summary = chaos.run(n=300, kills=1, redis_restarts=1, rabbit_restarts=1, batch=25,
+                        log=lines.append)
+    print(summary.line())
+    assert (summary.kills, summary.redis_restarts, summary.rabbit_restarts) == (1, 1, 1)
+    assert summary.sent == 300
+    assert summary.lost == 0, "\n".join(lines)
+    assert summary.double_callbacks == 0
