@@ -76,6 +76,20 @@ class _Deadline:
     fired: bool = False
 
 
+class _Backoff:
+    """Exponential backoff after a failure: 0.1 s doubling to 10 s, reset on success."""
+
+    def __init__(self) -> None:
+        self.delay = 0.1
+
+    def reset(self) -> None:
+        self.delay = 0.1
+
+    def wait(self, stop: threading.Event) -> None:
+        stop.wait(self.delay)
+        self.delay = min(self.delay * 2, 10.0)
+
+
 class _CallbackError(Exception):
     """The error a callback-style task passed to its callback."""
 
@@ -229,60 +243,48 @@ class Worker:
 
     # -- threads ---------------------------------------------------------------------------
 
+    def _fetch(self, consumer: Consumer, backoff: _Backoff) -> Delivery | None:
+        """One get(): a delivery admitted for processing, or None (nothing came, the worker
+        is stopping, or the backend failed: logged, and waited off with backoff)."""
+        try:
+            delivery = consumer.get(self.poll)
+            backoff.reset()
+        except Exception:
+            if not self._stopping.is_set():
+                log.exception("worker %s: fetching from %s failed; retrying in %.1f s",
+                              self.name, self.backend.url, backoff.delay)
+                backoff.wait(self._stopping)
+            return None
+        if delivery is not None and not self._hold(delivery, self.reserve_time):
+            with _logged("giving back a delivery"):
+                delivery.release()  # the worker is stopping: it goes back unstarted
+            return None
+        return delivery
+
     def _fetch_loop(self, consumer: Consumer) -> None:
-        backoff = 0.1
+        backoff = _Backoff()
         while not self._stopping.is_set():
             if not self._slots.acquire(timeout=FETCH_TIMEOUT):
                 continue
-            try:
-                delivery = consumer.get(self.poll)
-                backoff = 0.1
-            except Exception:
-                self._slots.release()
-                if self._stopping.is_set():
-                    return
-                log.exception("worker %s: fetching from %s failed; retrying in %.1f s",
-                              self.name, self.backend.url, backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
+            delivery = self._fetch(consumer, backoff)
             if delivery is None:
                 self._slots.release()
-                continue
-            if not self._hold(delivery, self.reserve_time):
-                with _logged("giving back a delivery"):
-                    delivery.release()
-                self._slots.release()
-                break
-            self._work.put(delivery)
+            else:
+                self._work.put(delivery)
 
     def _execute_loop(self, consumer: Consumer | None) -> None:
-        backoff = 0.1
+        backoff = _Backoff()
         while True:
             if consumer is None:
                 delivery = self._work.get()
                 if delivery is None:
                     return
+            elif self._stopping.is_set():
+                return
             else:
-                if self._stopping.is_set():
-                    return
-                try:
-                    delivery = consumer.get(self.poll)
-                    backoff = 0.1
-                except Exception:
-                    if self._stopping.is_set():
-                        return
-                    log.exception("worker %s: fetching from %s failed; retrying in %.1f s",
-                                  self.name, self.backend.url, backoff)
-                    self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
-                    continue
+                delivery = self._fetch(consumer, backoff)
                 if delivery is None:
                     continue
-                if not self._hold(delivery, self.reserve_time):
-                    with _logged("giving back a delivery"):
-                        delivery.release()
-                    return
             try:
                 self.process(delivery)
             finally:

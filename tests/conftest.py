@@ -12,12 +12,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import strategies as st
 
 import ivy
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=25)
+"""Hypothesis: any JSON value."""
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.01,

@@ -23,6 +23,9 @@ def qname() -> str:
 
 class QueueBackendContract:
     short = SHORT
+    #: False where a retry redelivers the received message as it was (SQS changes its
+    #: visibility, IronMQ releases it): the delivery count then tells the attempt
+    retry_replaces_body = True
 
     def test_publish_then_consume_and_ack(self, backend: QueueBackend) -> None:
         # Given a message on a queue
@@ -104,7 +107,7 @@ class QueueBackendContract:
         d.ack()
         consumer.close()
 
-    def test_retry_redelivers_with_new_body_after_delay(self, backend: QueueBackend) -> None:
+    def test_retry_redelivers_after_delay(self, backend: QueueBackend) -> None:
         q = qname()
         backend.publish(q, b"first")
         consumer = backend.consume(q)
@@ -115,7 +118,7 @@ class QueueBackendContract:
         again = consumer.get(self.short * 20)
         assert again is not None
         assert time.monotonic() - started >= self.short * 2 * 0.9
-        assert again.body == b"second"
+        assert again.body == (b"second" if self.retry_replaces_body else b"first")
         assert again.delivery_count == 2
         again.ack()
         consumer.close()

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, wait_for
+from conftest import wait_for
 from contract import NotifierContract, QueueBackendContract, qname
 from servers import PrivateRedis, free_port
+from workers import killed_worker_task_completes_once, start_worker, stop_worker
 
 import ivy
 from ivy.notifiers.base import Notifier
@@ -78,28 +75,6 @@ class TestRedisNotifier(NotifierContract):
         assert 0 < notifier.client.ttl(KEY_PREFIX + call_id) <= 60
 
 
-def worker_process(queue_url: str, notifier_url: str, *extra: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ivy", "worker", "tasks_for_workers", "--queue", "proc",
-         "--queue-url", queue_url, "--notifier-url", notifier_url, *extra],
-        cwd=TESTS_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert process.stdout is not None
-    seen = b""
-    for line in process.stdout:
-        seen += line
-        if b"listening on" in line:
-            threading.Thread(target=_drain, args=(process,), daemon=True).start()
-            return process
-    raise AssertionError(f"worker exited with {process.wait()}: {seen.decode()}")
-
-
-def _drain(process: subprocess.Popen[bytes]) -> None:
-    """Keep reading the worker's output so that it never blocks on a full pipe."""
-    assert process.stdout is not None
-    for _ in process.stdout:
-        pass
-
-
 def producer(queue_url: str, notifier_url: str) -> ivy.Ivy:
     import tasks_for_workers  # noqa: F401 - registers the proc.* tasks on ivy.default
 
@@ -115,27 +90,11 @@ def producer(queue_url: str, notifier_url: str) -> ivy.Ivy:
 def test_sigkilled_worker_message_is_redelivered_and_callback_runs_once(
     amqp_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    log = tmp_path / "runs.log"
-    callbacks: list[tuple[Any, Any]] = []
     app = producer(amqp_url, redis_url)
-    first = worker_process(amqp_url, redis_url)
-    second = None
     try:
-        call = app.delayed_call("proc.hang_first", str(log),
-                                callback=lambda err, result: callbacks.append((err, result)))
-        wait_for(lambda: log.exists() and log.read_text().strip(), timeout=20,
-                 message="the task to start on the first worker")
-        first.kill()
-        first.wait(10)
-        second = worker_process(amqp_url, redis_url)
-        assert call.result(30) == 2
-        assert callbacks == [(None, 2)]
-        assert log.read_text().split() == [str(first.pid), str(second.pid)]
+        killed_worker_task_completes_once(app, lambda: start_worker(amqp_url, redis_url),
+                                          tmp_path)
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(20)
         app.close()
 
 
@@ -148,7 +107,7 @@ def test_redis_restart_with_200_calls_in_flight_loses_no_result(
     server = PrivateRedis(tmp_path)
     server.start()
     app = producer(amqp_url, server.url)
-    worker = worker_process(amqp_url, server.url, "--concurrency", "4")
+    worker = start_worker(amqp_url, server.url, "--concurrency", "4")
     try:
         # Given 200 calls in flight, each task taking 20 ms
         calls = [app.delayed_call("proc.pause", 0.02, i) for i in range(200)]
@@ -162,8 +121,7 @@ def test_redis_restart_with_200_calls_in_flight_loses_no_result(
         results = [c.result(60) for c in calls]
         assert results == list(range(200))
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
+        stop_worker(worker)
         app.close()
         server.stop()
 
@@ -176,7 +134,7 @@ def test_worker_reconnects_after_the_broker_closes_its_connection(
     if rabbitmqctl is None:
         pytest.fail("rabbitmqctl is not on PATH")
     app = producer(amqp_url, redis_url)
-    worker = worker_process(amqp_url, redis_url)
+    worker = start_worker(amqp_url, redis_url)
     try:
         assert app.delayed_call("proc.factorial", 5).result(20) == 120
         # When the broker closes every connection (producer's and worker's)
@@ -187,8 +145,7 @@ def test_worker_reconnects_after_the_broker_closes_its_connection(
         assert [app.delayed_call("proc.factorial", n).result(30) for n in (3, 4, 6)] == [
             6, 24, 720]
     finally:
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0
+        stop_worker(worker)
         app.close()
 
 

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, wait_for
+from conftest import wait_for
 from contract import QueueBackendContract
 from fake_ironmq import FakeIronMQ
+from workers import killed_worker_task_completes_once, start_worker
 
 import ivy
 from ivy.queues.base import QueueBackend
@@ -59,6 +56,7 @@ def make_backend(fake: FakeIronMQ, **extra: Any) -> Any:
 
 class TestIronMQQueue(QueueBackendContract):
     short = 1.0  # IronMQ counts delays in whole seconds
+    retry_replaces_body = False  # a retry releases the reserved message with a delay
 
     @pytest.fixture
     def backend(self, fake: FakeIronMQ) -> Iterator[QueueBackend]:
@@ -66,22 +64,6 @@ class TestIronMQQueue(QueueBackendContract):
         yield b
         b.close()
 
-    def test_retry_redelivers_with_new_body_after_delay(self, backend: QueueBackend) -> None:
-        # IronMQ retries by releasing the reserved message with a delay: the body stays, and
-        # reserved_count tells the worker which attempt it is.
-        q = f"q{uuid.uuid4().hex[:8]}"
-        backend.publish(q, b"first")
-        consumer = backend.consume(q)
-        d = consumer.get(5)
-        assert d is not None
-        started = time.monotonic()
-        d.retry(1.0, b"ignored on IronMQ")
-        again = consumer.get(10)
-        assert again is not None and again.body == b"first"
-        assert time.monotonic() - started >= 0.9
-        assert again.delivery_count == 2
-        again.ack()
-        consumer.close()
 
 
 def test_wrong_token_is_refused(fake: FakeIronMQ) -> None:
@@ -170,41 +152,10 @@ def test_killed_worker_reservation_expires_and_task_completes_once(
            "IRON_MQ_PROTOCOL": "http"}
     notifier = f"sqlite:///{tmp_path / 'n.db'}"
 
-    def worker() -> subprocess.Popen[bytes]:
-        p = subprocess.Popen([sys.executable, "-m", "ivy", "worker", "tasks_for_workers",
-                              "--queue", "proc", "--queue-url", "ironmq://?min_reserve=0",
-                              "--notifier-url", notifier], cwd=TESTS_DIR, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert p.stdout is not None
-        for line in p.stdout:
-            if b"listening on" in line:
-                threading.Thread(target=lambda: [None for _ in p.stdout or []],
-                                 daemon=True).start()
-                return p
-        raise AssertionError(f"worker exited with {p.wait()}")
-
     backend = make_backend(fake)
     app = ivy.Ivy(backend, notifier)
-    import tasks_for_workers
-
-    app.registry.add(tasks_for_workers.hang_first)
-    log = tmp_path / "runs.log"
-    callbacks: list[Any] = []
-    first = worker()
-    second = None
     try:
-        call = app.delayed_call("proc.hang_first", str(log),
-                                callback=lambda err, result: callbacks.append((err, result)))
-        wait_for(lambda: log.exists() and log.read_text().strip(), timeout=30,
-                 message="the task to start")
-        first.kill()
-        first.wait(10)
-        second = worker()
-        assert call.result(60) == 2
-        assert callbacks == [(None, 2)]
+        killed_worker_task_completes_once(
+            app, lambda: start_worker("ironmq://?min_reserve=0", notifier, env=env), tmp_path)
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(30)
         app.close()

@@ -7,52 +7,26 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import TESTS_DIR, wait_for
+from workers import (
+    WorkerProcess,
+    killed_worker_task_completes_once,
+    start_worker,
+    stop_worker,
+)
 
 import ivy
 
-TESTS = Path(__file__).resolve().parent
+TESTS = TESTS_DIR
 pytestmark = pytest.mark.slow
 
 
-def worker_process(url: str, *extra: str) -> subprocess.Popen[bytes]:
-    """Start ``ivy worker`` and return once it listens."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ivy", "worker", "tasks_for_workers", "--queue", "proc",
-         "--queue-url", url, "--notifier-url", url, *extra],
-        cwd=TESTS, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert process.stdout is not None
-    seen = b""
-    for line in process.stdout:  # ends at EOF if the worker dies
-        seen += line
-        if b"listening on" in line:
-            return process
-    raise AssertionError(f"worker exited with {process.wait()}: {seen.decode()}")
-
-
-def stop_worker(process: subprocess.Popen[bytes], timeout: float = 20) -> str:
-    """SIGTERM a worker, expect exit 0 and return its output; on a hang, fail with every
-    thread's stack (the worker dumps them on SIGUSR1)."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        code = process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGUSR1)
-        try:
-            process.wait(2)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        output = process.stdout.read().decode() if process.stdout else ""
-        pytest.fail(f"worker did not stop within {timeout} s:\n{output[-8000:]}")
-    output = process.stdout.read().decode() if process.stdout else ""
-    assert code == 0, output
-    return output
+def worker_process(url: str, *extra: str) -> WorkerProcess:
+    return start_worker(url, url, *extra)
 
 
 @pytest.fixture
@@ -72,39 +46,8 @@ def producer(sqlite_url: str) -> Iterator[ivy.Ivy]:
 def test_sigkilled_worker_loses_nothing_and_callback_runs_once(
     producer: ivy.Ivy, sqlite_url: str, tmp_path: Path
 ) -> None:
-    log = tmp_path / "runs.log"
-    callbacks: list[tuple[Any, Any]] = []
-    lock = threading.Lock()
-
-    def callback(err: Any, result: Any) -> None:
-        with lock:
-            callbacks.append((err, result))
-
-    first = worker_process(sqlite_url)
-    second: subprocess.Popen[bytes] | None = None
-    try:
-        # Given a call whose task is running on the first worker
-        call = producer.delayed_call("proc.hang_first", str(log), callback=callback)
-        wait_for(lambda: log.exists() and log.read_text().strip(), timeout=20,
-                 message="the task to start on the first worker")
-        assert call.status in ("scheduled", "running")
-        # When that worker is SIGKILLed mid-task and a second worker starts
-        first.kill()
-        first.wait(10)
-        second = worker_process(sqlite_url)
-        # Then the task completes on the second worker once its reservation expires
-        assert call.result(30) == 2
-        pids = log.read_text().split()
-        assert pids[0] == str(first.pid) and pids[1] == str(second.pid)
-        # and the producer's callback ran exactly once
-        assert callbacks == [(None, 2)]
-        wait_for(lambda: producer.queue_backend.size("proc") == 0, message="the ack")
-        assert producer.pending_calls() == []
-    finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait(10)
+    killed_worker_task_completes_once(producer, lambda: worker_process(sqlite_url), tmp_path)
+    wait_for(lambda: producer.queue_backend.size("proc") == 0, message="the ack")
 
 
 def test_sigterm_finishes_the_task_in_flight_and_exits_0(

@@ -6,6 +6,7 @@ import json
 
 import jsonschema
 import pytest
+from conftest import json_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,10 +112,6 @@ def test_arbitrary_bytes_decode_or_fail_with_a_reason(body: bytes) -> None:
         assert exc.reason
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=20)
 
 
 @settings(max_examples=300, deadline=None)

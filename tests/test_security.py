@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import json_values, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,10 +34,6 @@ def test_notification_decoder_takes_arbitrary_bytes(body: bytes) -> None:
         assert exc.reason
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=25)
 note_keys = ["ivy", "id", "name", "status", "result", "error", "attempt", "worker", "x"]
 
 

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, wait_for
+from conftest import wait_for
 from contract import QueueBackendContract, qname
+from workers import killed_worker_task_completes_once, start_worker
 
 import ivy
 from ivy.queues.base import QueueBackend
@@ -46,29 +42,13 @@ def make_backend(endpoint: str) -> Any:
 
 class TestSQSQueue(QueueBackendContract):
     short = 1.0  # SQS counts delays and visibility in whole seconds
+    retry_replaces_body = False  # a retry changes the received message's visibility
 
     @pytest.fixture
     def backend(self, sqs_endpoint: str) -> Iterator[QueueBackend]:
         b = make_backend(sqs_endpoint)
         yield b
         b.close()
-
-    def test_retry_redelivers_with_new_body_after_delay(self, backend: QueueBackend) -> None:
-        # SQS retries by changing the visibility of the received message: the body stays,
-        # and the receive count tells the worker which attempt it is.
-        q = qname()
-        backend.publish(q, b"first")
-        consumer = backend.consume(q)
-        d = consumer.get(5)
-        assert d is not None
-        started = time.monotonic()
-        d.retry(1.0, b"ignored on SQS")
-        again = consumer.get(10)
-        assert again is not None and again.body == b"first"
-        assert time.monotonic() - started >= 0.9
-        assert again.delivery_count == 2
-        again.ack()
-        consumer.close()
 
     def test_unacked_message_comes_back_after_reservation(self, backend: QueueBackend) -> None:
         # SQS lets a stale receipt handle delete a message received again since ("the request
@@ -175,42 +155,11 @@ def test_killed_worker_message_reappears_after_visibility_timeout(
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     notifier = f"sqlite:///{tmp_path / 'n.db'}"
 
-    def worker() -> subprocess.Popen[bytes]:
-        p = subprocess.Popen([sys.executable, "-m", "ivy", "worker", "tasks_for_workers",
-                              "--queue", "proc", "--queue-url", "sqs://", "--notifier-url",
-                              notifier], cwd=TESTS_DIR, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
-        assert p.stdout is not None
-        for line in p.stdout:
-            if b"listening on" in line:
-                threading.Thread(target=lambda: [None for _ in p.stdout or []],
-                                 daemon=True).start()
-                return p
-        raise AssertionError(f"worker exited with {p.wait()}")
-
     backend = make_backend(sqs_endpoint)
     app = ivy.Ivy(backend, notifier)
-    import tasks_for_workers
-
-    app.registry.add(tasks_for_workers.hang_first)
-    log = tmp_path / "runs.log"
-    callbacks: list[Any] = []
-    first = worker()
-    second = None
     try:
-        call = app.delayed_call("proc.hang_first", str(log),
-                                callback=lambda err, result: callbacks.append((err, result)))
-        wait_for(lambda: log.exists() and log.read_text().strip(), timeout=30,
-                 message="the task to start")
-        first.kill()
-        first.wait(10)
-        second = worker()
-        assert call.result(60) == 2
-        assert callbacks == [(None, 2)]
+        killed_worker_task_completes_once(
+            app, lambda: start_worker("sqs://", notifier, env=env), tmp_path)
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(30)
         app.close()
         backend.close()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -58,6 +62,54 @@ class Consumer(ABC):
     def close(self) -> None:
         """Stop receiving and return prefetched, unstarted deliveries to the queue at once.
         May be called from another thread: a get() in progress returns None soon."""
+
+
+class LongPollConsumer(Consumer):
+    """A consumer of an HTTP queue service (SQS, IronMQ): one request waits up to
+    ``long_poll`` whole seconds for up to ``prefetch`` messages, which are handed out one per
+    get(). Executor threads share it; one of them polls at a time."""
+
+    long_poll = 20
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self._buffer: deque[Delivery] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @abstractmethod
+    def _receive(self, wait: int) -> list[Delivery]:
+        """One request, waiting up to ``wait`` seconds for messages."""
+
+    def get(self, timeout: float) -> Delivery | None:
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=max(timeout, 0.001)):
+            return None
+        try:
+            while not self._closed:
+                if self._buffer:
+                    return self._buffer.popleft()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                # whole seconds, rounded up: one request waits at least the time left
+                self._buffer.extend(self._receive(min(self.long_poll, math.ceil(remaining))))
+            while self._buffer:  # closed during the long poll
+                self._buffer.popleft().release()
+            return None
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Give back what was received and not started. A get() in a long poll is not waited
+        for: it gives back what it receives once it sees the consumer closed."""
+        self._closed = True
+        if self._lock.acquire(blocking=False):
+            try:
+                while self._buffer:
+                    self._buffer.popleft().release()
+            finally:
+                self._lock.release()
 
 
 class QueueBackend(ABC):

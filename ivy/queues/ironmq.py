@@ -30,7 +30,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from typing import Any, Self
 from urllib.parse import unquote
@@ -40,7 +39,7 @@ import iron_mq
 import requests
 
 from ivy.errors import ConfigurationError
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+from ivy.queues.base import Consumer, DeadLetter, Delivery, LongPollConsumer, QueueBackend
 
 log = logging.getLogger("ivy.ironmq")
 LONG_POLL = 30  # IronMQ's longest wait
@@ -240,47 +239,18 @@ class IronMQDelivery(Delivery):
         self.ack()
 
 
-class IronMQConsumer(Consumer):
+class IronMQConsumer(LongPollConsumer):
+    long_poll = LONG_POLL
+
     def __init__(self, backend: IronMQQueueBackend, queue: str, prefetch: int,
                  reserve_time: float) -> None:
+        super().__init__(queue)
         self._backend = backend
-        self._queue = queue
         self._prefetch = min(100, max(1, prefetch))
         self._reserve = reserve_time
-        self._buffer: deque[IronMQDelivery] = deque()
-        self._lock = threading.Lock()
-        self._closed = False
 
-    def get(self, timeout: float) -> Delivery | None:
-        deadline = time.monotonic() + timeout
-        if not self._lock.acquire(timeout=max(timeout, 0.001)):
-            return None
-        try:
-            while not self._closed:
-                if self._buffer:
-                    return self._buffer.popleft()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                # whole seconds, rounded up: one request waits at least the time left
-                wait = min(LONG_POLL, math.ceil(remaining))
-                result = self._backend.queue(self._queue).reserve(
-                    max=self._prefetch, timeout=self._reserve, wait=wait)
-                self._buffer.extend(IronMQDelivery(self._backend, self._queue, m)
-                                    for m in (result.get("messages") or []))
-            while self._buffer:  # closed during the long poll
-                self._buffer.popleft().release()
-            return None
-        finally:
-            self._lock.release()
-
-    def close(self) -> None:
-        """Give back what was received and not started. A get() in a long poll is not waited
-        for: it gives back what it receives once it sees the consumer closed."""
-        self._closed = True
-        if self._lock.acquire(blocking=False):
-            try:
-                while self._buffer:
-                    self._buffer.popleft().release()
-            finally:
-                self._lock.release()
+    def _receive(self, wait: int) -> list[Delivery]:
+        result = self._backend.queue(self.queue).reserve(max=self._prefetch,
+                                                        timeout=self._reserve, wait=wait)
+        return [IronMQDelivery(self._backend, self.queue, m)
+                for m in (result.get("messages") or [])]

@@ -24,8 +24,6 @@ import base64
 import contextlib
 import math
 import threading
-import time
-from collections import deque
 from typing import Any, Self
 
 import boto3
@@ -33,7 +31,7 @@ import botocore.config
 import botocore.exceptions
 
 from ivy.errors import ConfigurationError, MessageTooLarge
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+from ivy.queues.base import Consumer, DeadLetter, Delivery, LongPollConsumer, QueueBackend
 
 MAX_MESSAGE_BYTES = 262_144
 MAX_DELAY = 900  # SQS's longest DelaySeconds
@@ -231,45 +229,26 @@ class SQSDelivery(Delivery):
         self.ack()
 
 
-class SQSConsumer(Consumer):
+class SQSConsumer(LongPollConsumer):
+    long_poll = LONG_POLL
+
     def __init__(self, backend: SQSQueueBackend, queue: str, prefetch: int,
                  reserve_time: float) -> None:
+        super().__init__(queue)
         self.backend = backend
-        self.queue = queue
         self._prefetch = min(10, max(1, prefetch))
         self._visibility = min(MAX_VISIBILITY, max(1, math.ceil(reserve_time)))
-        self._buffer: deque[SQSDelivery] = deque()
-        self._lock = threading.Lock()
         self._pending: list[tuple[str, threading.Event, list[str]]] = []
         self._pending_cond = threading.Condition()
         self._deleter: threading.Thread | None = None
-        self._closed = False
 
-    def get(self, timeout: float) -> Delivery | None:
-        deadline = time.monotonic() + timeout
-        if not self._lock.acquire(timeout=max(timeout, 0.001)):
-            return None
-        try:
-            while not self._closed:
-                if self._buffer:
-                    return self._buffer.popleft()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                # whole seconds, rounded up: one request waits at least the time left
-                wait = min(LONG_POLL, math.ceil(remaining))
-                messages = self.backend.client.receive_message(
-                    QueueUrl=self.backend.queue_url(self.queue),
-                    MaxNumberOfMessages=self._prefetch, WaitTimeSeconds=wait,
-                    VisibilityTimeout=self._visibility, MessageAttributeNames=["All"],
-                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
-                ).get("Messages") or []
-                self._buffer.extend(SQSDelivery(self, m) for m in messages)
-            while self._buffer:  # closed during the long poll
-                self._buffer.popleft().release()
-            return None
-        finally:
-            self._lock.release()
+    def _receive(self, wait: int) -> list[Delivery]:
+        messages = self.backend.client.receive_message(
+            QueueUrl=self.backend.queue_url(self.queue), MaxNumberOfMessages=self._prefetch,
+            WaitTimeSeconds=wait, VisibilityTimeout=self._visibility,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount"]).get("Messages") or []
+        return [SQSDelivery(self, m) for m in messages]
 
     def delete(self, receipt: str) -> None:
         """Delete one message, in a batch with whatever other executors delete at the same
@@ -312,14 +291,6 @@ class SQSConsumer(Consumer):
                 done.set()
 
     def close(self) -> None:
-        """Give back what was received and not started. A get() in a long poll is not waited
-        for: it gives back what it receives once it sees the consumer closed."""
-        self._closed = True
-        if self._lock.acquire(blocking=False):
-            try:
-                while self._buffer:
-                    self._buffer.popleft().release()
-            finally:
-                self._lock.release()
+        super().close()
         with self._pending_cond:
             self._pending_cond.notify_all()  # the deleter finishes what is pending, then ends

@@ -1,0 +1,104 @@
+"""Worker processes for the multi-process tests: start one, stop one, and the killed-worker
+scenario that every durable backend must pass."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TESTS_DIR, wait_for
+
+import ivy
+
+
+class WorkerProcess(subprocess.Popen[bytes]):
+    """``python -m ivy worker tasks_for_workers``; its output is collected in ``lines``."""
+
+    lines: list[str]
+
+
+def start_worker(queue_url: str, notifier_url: str, *extra: str,
+                 env: dict[str, str] | None = None) -> WorkerProcess:
+    """Start a worker on queue ``proc`` and return once it listens."""
+    process = WorkerProcess(
+        [sys.executable, "-m", "ivy", "worker", "tasks_for_workers", "--queue", "proc",
+         "--queue-url", queue_url, "--notifier-url", notifier_url, *extra],
+        cwd=TESTS_DIR, env=env or dict(os.environ), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    process.lines = []
+    listening = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:  # keep reading: a full pipe would block the worker
+            line = raw.decode(errors="replace")
+            process.lines.append(line)
+            if "listening on" in line:
+                listening.set()
+        listening.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    listening.wait(60)
+    if process.poll() is not None:
+        raise AssertionError(f"worker exited with {process.returncode}: "
+                             f"{''.join(process.lines)}")
+    return process
+
+
+def stop_worker(process: WorkerProcess, timeout: float = 30) -> str:
+    """SIGTERM a worker, expect exit 0, return its output; on a hang, fail with every
+    thread's stack (the worker dumps them on SIGUSR1)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        try:
+            process.wait(2)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        pytest.fail(f"worker did not stop within {timeout} s:\n{''.join(process.lines)[-8000:]}")
+    output = "".join(process.lines)
+    assert code == 0, output
+    return output
+
+
+def killed_worker_task_completes_once(app: ivy.Ivy, start: Callable[[], WorkerProcess],
+                                      tmp_path: Path) -> None:
+    """A worker is SIGKILLed mid-task; the message comes back to a second worker, the task
+    completes, and the producer's callback runs exactly once."""
+    import tasks_for_workers
+
+    app.registry.add(tasks_for_workers.hang_first)
+    log = tmp_path / "runs.log"
+    callbacks: list[tuple[Any, Any]] = []
+    lock = threading.Lock()
+
+    def callback(err: Any, result: Any) -> None:
+        with lock:
+            callbacks.append((err, result))
+
+    first = start()
+    second: WorkerProcess | None = None
+    try:
+        call = app.delayed_call("proc.hang_first", str(log), callback=callback)
+        wait_for(lambda: log.exists() and log.read_text().strip(), timeout=30,
+                 message="the task to start on the first worker")
+        first.kill()
+        first.wait(10)
+        second = start()
+        assert call.result(60) == 2
+        assert log.read_text().split() == [str(first.pid), str(second.pid)]
+        assert callbacks == [(None, 2)]
+        assert app.pending_calls() == []
+    finally:
+        if second is not None:
+            stop_worker(second)
