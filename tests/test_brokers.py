@@ -17,8 +17,8 @@ from conftest import wait_for
 from contract import NotifierContract, QueueBackendContract, qname
 from servers import PrivateRedis, free_port
 from workers import killed_worker_task_completes_once, start_worker, stop_worker
+from workers import producer_app as producer
 
-import ivy
 from ivy.notifiers.base import Notifier
 from ivy.queues.base import QueueBackend
 
@@ -73,17 +73,6 @@ class TestRedisNotifier(NotifierContract):
         call_id = uuid.uuid4().hex
         notifier.publish("ivy:notify:ttl", call_id, b"x", final=True)
         assert 0 < notifier.client.ttl(KEY_PREFIX + call_id) <= 60
-
-
-def producer(queue_url: str, notifier_url: str) -> ivy.Ivy:
-    import tasks_for_workers  # noqa: F401 - registers the proc.* tasks on ivy.default
-
-    app = ivy.Ivy(queue_url, notifier_url)
-    for name in ivy.default.registry.names():
-        task = ivy.default.registry.get(name)
-        if task is not None and name.startswith("proc."):
-            app.registry.add(task)
-    return app
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from conftest import TESTS_DIR, wait_for
 from workers import (
     WorkerProcess,
     killed_worker_task_completes_once,
+    producer_app,
     start_worker,
     stop_worker,
 )
@@ -31,14 +32,7 @@ def worker_process(url: str, *extra: str) -> WorkerProcess:
 
 @pytest.fixture
 def producer(sqlite_url: str) -> Iterator[ivy.Ivy]:
-    app = ivy.Ivy(sqlite_url, sqlite_url)
-    import tasks_for_workers
-
-    for name in ("proc.factorial", "proc.hang_first", "proc.slow"):
-        task = ivy.default.registry.get(name)
-        assert task is not None
-        app.registry.add(task)
-    _ = tasks_for_workers
+    app = producer_app(sqlite_url, sqlite_url)
     yield app
     app.close()
 

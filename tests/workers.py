@@ -71,6 +71,18 @@ def stop_worker(process: WorkerProcess, timeout: float = 30) -> str:
     return output
 
 
+def producer_app(queue_url: str, notifier_url: str) -> ivy.Ivy:
+    """A producer that registers the proc.* tasks the worker processes run."""
+    import tasks_for_workers  # noqa: F401 - registers the proc.* tasks on ivy.default
+
+    app = ivy.Ivy(queue_url, notifier_url)
+    for name in ivy.default.registry.names():
+        task = ivy.default.registry.get(name)
+        if task is not None and name.startswith("proc."):
+            app.registry.add(task)
+    return app
+
+
 def killed_worker_task_completes_once(app: ivy.Ivy, start: Callable[[], WorkerProcess],
                                       tmp_path: Path) -> None:
     """A worker is SIGKILLed mid-task; the message comes back to a second worker, the task
