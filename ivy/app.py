@@ -290,7 +290,8 @@ class Ivy:
         except SerializationError:
             check_arguments(self.serializer, args, kwargs, name)
             raise
-        if depth(message.args) > self.max_depth or depth(message.kwargs) > self.max_depth:
+        if body.count(b"[") + body.count(b"{") > self.max_depth and (
+                depth(message.args) > self.max_depth or depth(message.kwargs) > self.max_depth):
             raise SerializationError(
                 f"the arguments of the call to {name!r} nest deeper than {self.max_depth} "
                 "levels: flatten them, or raise Ivy(max_depth=...)")

@@ -132,7 +132,9 @@ def _loads(body: bytes, serializer: Serializer, max_bytes: int | None, what: str
         data = serializer.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
         raise MessageError(f"{what} is not valid {serializer.name}: {exc}") from None
-    if max_depth is not None and depth(data) > max_depth + 2:  # the envelope adds 2 levels
+    # Fewer brackets than the limit cannot nest past it: skip the walk (the common case).
+    if (max_depth is not None and body.count(b"[") + body.count(b"{") > max_depth
+            and depth(data) > max_depth + 2):  # the envelope adds 2 levels
         raise MessageError(f"{what} nests deeper than the limit of {max_depth} levels",
                            _readable_fields(data))
     return data
