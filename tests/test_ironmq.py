@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -159,3 +160,46 @@ def test_killed_worker_reservation_expires_and_task_completes_once(
             app, lambda: start_worker("ironmq://?min_reserve=0", notifier, env=env), tmp_path)
     finally:
         app.close()
+
+
+def test_bare_url_reads_iron_json(fake: FakeIronMQ, tmp_path: Path) -> None:
+    # the fixture made tmp_path the working directory, where the client looks for iron.json
+    (tmp_path / "iron.json").write_text(json.dumps({
+        "token": fake.token, "project_id": fake.project_id, "host": fake.host,
+        "port": fake.port, "protocol": "http"}))
+    from ivy.config import make_queue_backend
+
+    backend = make_queue_backend("ironmq://?min_reserve=0")
+    backend.publish("from-iron-json", b"{}")
+    assert backend.size("from-iron-json") == 1
+
+
+def test_missing_configuration_is_a_clear_error() -> None:
+    from ivy.config import make_queue_backend
+
+    with pytest.raises(ivy.ConfigurationError, match="IRON_TOKEN and IRON_PROJECT_ID"):
+        make_queue_backend("ironmq://")
+
+
+def test_response_without_content_type_is_read() -> None:
+    # iron_core raises KeyError on such a response; the wrapped client reads it as text
+    import http.server
+
+    class NoType(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoType)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    from ivy.queues.ironmq import IronMQQueueBackend
+
+    backend = IronMQQueueBackend(token="t", project_id="p", host="127.0.0.1",
+                                 port=server.server_address[1], protocol="http")
+    assert backend.mq.client.get("queues/x")["body"] == "ok"
+    server.shutdown()
