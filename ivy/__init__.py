@@ -43,6 +43,7 @@ default = Ivy()
 
 register_task = default.register_task
 delayed_call = default.delayed_call
+delayed_calls = default.delayed_calls
 send_task = default.send_task
 setup_queue = default.setup_queue
 start_notification_consumer = default.start_notification_consumer
@@ -54,6 +55,6 @@ __all__ = [
     "PROTOCOL_VERSION", "Call", "ConfigurationError", "Ivy", "IvyError", "Message",
     "MessageError", "MessageTooLarge", "Notification", "RemoteTaskError", "ResultTimeout",
     "SerializationError", "Task", "TaskNotRegistered", "TaskTimeout", "Worker", "close",
-    "default", "delayed_call", "listen", "mask_url", "register_task", "send_task",
+    "default", "delayed_call", "delayed_calls", "listen", "mask_url", "register_task", "send_task",
     "setup_queue", "start_notification_consumer", "start_notification_producer",
 ]

@@ -191,7 +191,8 @@ def _inspect(args: argparse.Namespace) -> int:
             return 0
         print(f"queue backend {backend.url}")
         if not report:
-            print("  no queues yet")
+            print("  no queues known to this backend (RabbitMQ cannot list them): name them "
+                  "with --queue NAME")
         for entry in report:
             dead_letters = entry["dead_letters"]
             print(f"  {entry['queue']}: {entry['size']} waiting or running, "
