@@ -369,10 +369,16 @@ class AMQPQueueBackend(QueueBackend):
     def _confirmed(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
+        settled: list[_Pending] = []
         with self._lock:
-            tags = ([t for t in self._pending if t <= method.delivery_tag] if method.multiple
-                    else [method.delivery_tag])
-            settled = [self._pending.pop(t) for t in tags if t in self._pending]
+            if method.multiple:  # tags are inserted in increasing order: settle from the front
+                while self._pending:
+                    tag = next(iter(self._pending))
+                    if tag > method.delivery_tag:
+                        break
+                    settled.append(self._pending.pop(tag))
+            elif method.delivery_tag in self._pending:
+                settled.append(self._pending.pop(method.delivery_tag))
         for p in settled:
             if not ok:
                 p.error = f"the broker refused (nack) the message for queue {p.queue!r}"
