@@ -211,8 +211,7 @@ class Worker:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._loop.stop)
             log.info("worker %s: stopped after %d messages", self.name, self.processed)
-            return True
-        return False
+        return True
 
     @property
     def running(self) -> bool:
@@ -367,7 +366,8 @@ class Worker:
             with _logged("returning a message after an internal error"):
                 delivery.retry(self.app.backoff(0))
         finally:
-            self.processed += 1
+            with self._lock:
+                self.processed += 1
 
     def _run(self, delivery: Delivery, task: Task[Any, Any], message: Message) -> None:
         now = time.monotonic()
