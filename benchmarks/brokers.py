@@ -32,6 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+IVY_AMQP = os.environ.get("BENCH_IVY_AMQP_URL", AMQP)
 REDIS = "redis://127.0.0.1:6379/11"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
 
@@ -124,9 +125,9 @@ def bench_ivy(n: int, latency_n: int, batch: bool) -> Result:
 
     purge("bench", "bench.dead")
     worker = start([sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench",
-                    "--queue-url", AMQP, "--notifier-url", REDIS, "--concurrency", "4",
+                    "--queue-url", IVY_AMQP, "--notifier-url", REDIS, "--concurrency", "4",
                     "--log-level", "WARNING"])
-    app = ivy.Ivy(AMQP, REDIS)
+    app = ivy.Ivy(IVY_AMQP, REDIS)
     app.registry.add(bench_tasks.noop)
     try:
         return measure(

@@ -189,7 +189,14 @@ class Ivy:
 
     def _own(self, thing: T) -> T:
         self._owned.append(thing)
+        if isinstance(thing, QueueBackend):
+            thing.priority_hint = self.queue_uses_priority  # type: ignore[method-assign]
         return thing
+
+    def queue_uses_priority(self, queue: str) -> bool:
+        """Whether a task registered here for ``queue`` has a priority above 0."""
+        return any(t is not None and t.queue == queue and t.priority > 0
+                   for t in map(self.registry.get, self.registry.names()))
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retry ``attempt + 1``: exponential, capped, with jitter (50-100%)."""

@@ -19,6 +19,7 @@ from servers import PrivateRedis, free_port
 from workers import killed_worker_task_completes_once, start_worker, stop_worker
 from workers import producer_app as producer
 
+import ivy
 from ivy.notifiers.base import Notifier
 from ivy.queues.base import QueueBackend
 
@@ -30,7 +31,7 @@ class TestAMQPQueue(QueueBackendContract):
     def backend(self, amqp_url: str) -> Iterator[QueueBackend]:
         from ivy.queues.amqp import AMQPQueueBackend
 
-        b = AMQPQueueBackend(amqp_url)
+        b = AMQPQueueBackend(amqp_url, max_priority=10)  # the contract checks priorities
         yield b
         b.delete_queues([n for n in b._declarer.seen])
         b.close()
@@ -152,8 +153,9 @@ def test_raw_messages_from_another_amqp_client(amqp_url: str, redis_url: str) ->
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     channel = conn.channel()
     # a client that follows PROTOCOL.md declares the queue as ivy does (publishing to a queue
-    # that does not exist yet would drop the message)
-    channel.queue_declare("proc", durable=True, arguments={"x-max-priority": 10})
+    # that does not exist yet would drop the message): durable, plain, since no task of this
+    # queue uses priorities
+    channel.queue_declare("proc", durable=True)
     bad = {
         b"not json at all": "is not valid json",
         json.dumps({"ivy": 1, "id": "x", "name": "factorial", "args": "5"}).encode():
@@ -197,3 +199,36 @@ def test_publish_to_an_unreachable_broker_fails_clearly() -> None:
     assert "no confirm" in str(exc.value) and "secret" not in str(exc.value)
     backend.close()
 
+
+
+def test_priority_queue_only_where_tasks_use_priorities(amqp_url: str, redis_url: str) -> None:
+    # Given tasks with priorities on queue "qa" and none on "qb"
+    app = ivy.Ivy(amqp_url, redis_url)
+    order: list[str] = []
+
+    @app.register_task(name="t.low", queue="qa", priority=1)
+    def low() -> None:
+        order.append("low")
+
+    @app.register_task(name="t.high", queue="qa", priority=9)
+    def high() -> None:
+        order.append("high")
+
+    @app.register_task(name="t.plain", queue="qb")
+    def plain() -> None: ...
+
+    # When calls wait in the queues before a worker starts
+    calls = [app.delayed_call(low) for _ in range(3)] + [app.delayed_call(high)]
+    app.delayed_call(plain)
+    # Then "qa" is a priority queue and "qb" a plain one
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = conn.channel()
+    channel.queue_declare("qa", durable=True, arguments={"x-max-priority": 10}, passive=False)
+    channel.queue_declare("qb", durable=True)  # would fail (406) if declared otherwise
+    conn.close()
+    # and the high-priority call runs first
+    app.listen(queue="qa", block=False)
+    for call in calls:
+        call.result(20)
+    assert order[0] == "high"
+    app.close()

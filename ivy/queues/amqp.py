@@ -4,7 +4,9 @@ Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
 
 * queue name Q is the durable queue ``Q``, published to through the default exchange with
   routing key Q, persistent messages, content type ``application/json``. Queues that ivy
-  declares get ``x-max-priority`` (``?max_priority=10`` by default, 0 turns it off); a queue
+  declares get ``x-max-priority`` 10 when a task registered for Q uses a priority
+  (``?max_priority=N`` forces N for every queue, 0 none): RabbitMQ's priority queues cost about
+  a fifth of the throughput, so queues without priorities are plain; a queue
   that already exists with other arguments is used as it is, without priorities.
 * retries and delayed calls go to ``Q.delay.<ms>``: a queue whose ``x-message-ttl`` is the delay
   and whose dead-letter target is Q, so the broker does the waiting and no worker sleeps. Delays
@@ -51,6 +53,7 @@ REASON_HEADER = "x-ivy-reason"
 DELIVERY_HEADER = "x-ivy-delivery"
 #: ivy's own query parameters, removed before the URL goes to pika
 OPTIONS = ("max_priority", "publish_timeout", "content_type")
+DEFAULT_PRIORITIES = 10
 
 
 class PublishError(IvyError):
@@ -226,8 +229,10 @@ class _Pending:
 class _Declarer:
     """Declares ivy's queues once per channel, on the I/O thread, queueing work until done."""
 
-    def __init__(self, max_priority: int, seen: set[str] | None = None) -> None:
+    def __init__(self, max_priority: int | None, hint: Callable[[str], bool],
+                 seen: set[str] | None = None) -> None:
         self.max_priority = max_priority
+        self.hint = hint
         self.plain: set[str] = set()  # queues found to exist with other arguments
         self.seen: set[str] = seen if seen is not None else set()  # every name ever declared
         self._declared: set[str] = set()
@@ -248,7 +253,10 @@ class _Declarer:
             return {}
         if name in self.plain:
             return None
-        return {"x-max-priority": self.max_priority} if self.max_priority else {}
+        levels = self.max_priority
+        if levels is None:
+            levels = DEFAULT_PRIORITIES if self.hint(name) else 0
+        return {"x-max-priority": levels} if levels else {}
 
     def then(self, channel: Channel, name: str, fn: Callable[[], None]) -> None:
         if name in self._declared:
@@ -286,10 +294,11 @@ class _Declarer:
 
 class AMQPQueueBackend(QueueBackend):
     """A queue backend on RabbitMQ. ``url`` is an AMQP URL, plus ivy's options
-    ``max_priority`` (default 10), ``publish_timeout`` (seconds, default 15)."""
+    ``max_priority`` (default: 10 for queues whose tasks use priorities, none for the others),
+    ``publish_timeout`` (seconds, default 15)."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
-                 max_priority: int = 10, publish_timeout: float = 15.0,
+                 max_priority: int | None = None, publish_timeout: float = 15.0,
                  content_type: str = "application/json") -> None:
         parts = urlsplit(url)
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in OPTIONS]
@@ -303,7 +312,7 @@ class AMQPQueueBackend(QueueBackend):
         self.max_priority = max_priority
         self.publish_timeout = publish_timeout
         self.content_type = content_type
-        self._declarer = _Declarer(max_priority)
+        self._declarer = _Declarer(max_priority, lambda q: self.priority_hint(q))
         self._pending: dict[int, _Pending] = {}
         self._tag = 0
         self._lock = threading.Lock()
@@ -313,7 +322,8 @@ class AMQPQueueBackend(QueueBackend):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
         url = str(config.get("url") or "amqp://guest:guest@127.0.0.1:5672/%2F")
-        return cls(url, max_priority=int(config.get("max_priority", 10)),
+        levels = config.get("max_priority")
+        return cls(url, max_priority=None if levels in (None, "") else int(levels),
                    publish_timeout=float(config.get("publish_timeout", 15.0)),
                    content_type=str(config.get("content_type", "application/json")))
 
@@ -556,7 +566,8 @@ class AMQPConsumer(Consumer):
         self._closed = False
         self._outstanding = 0
         self._tag: str | None = None
-        self._declarer = _Declarer(backend.max_priority, backend._declarer.seen)
+        self._declarer = _Declarer(backend.max_priority, backend._declarer.hint,
+                                   backend._declarer.seen)
         self._declarer.plain = backend._declarer.plain
         self._link = _Link(backend.params, f"consume-{queue}", confirms=False,
                            on_channel=self._start, on_lost=self._lost)

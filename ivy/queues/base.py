@@ -123,6 +123,12 @@ class QueueBackend(ABC):
     #: each empty request costs)
     poll_seconds: float = 0.5
 
+    def priority_hint(self, queue: str) -> bool:
+        """Whether tasks sent to ``queue`` use priorities (the app that owns the backend
+        replaces this with a look at its registry); backends whose queues must be declared
+        for priorities (RabbitMQ) ask it."""
+        return False
+
     @abstractmethod
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
         """Enqueue ``body`` on queue name ``queue``; it is delivered no sooner than ``delay`` s."""
