@@ -339,10 +339,10 @@ def test_long_task_keeps_its_message(app: ivy.Ivy) -> None:
     # Given a task whose run is longer than its reservation, and a second worker waiting
     runs: list[int] = []
 
-    @app.register_task(name="t.long", queue="q", reserve_time=0.3)
+    @app.register_task(name="t.long", queue="q", reserve_time=0.6)
     def long() -> int:
         runs.append(1)
-        time.sleep(1.2)
+        time.sleep(1.5)
         return len(runs)
 
     start(app, concurrency=1)
