@@ -61,7 +61,7 @@ def sqlite_url(tmp_path: Path) -> str:
 AMQP_URL = os.environ.get("IVY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 REDIS_URL = os.environ.get("IVY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 #: queue names the shared-broker tests use; emptied before and after each test
-TEST_QUEUES = ("q", "qa", "qb", "unserved", "proc", "bench")
+TEST_QUEUES = ("q", "qa", "qb", "unserved", "proc", "bench", "testpackage")
 
 
 def port_open(url: str, default_port: int) -> bool:

@@ -20,3 +20,22 @@ def test_factorial_demo(tmp_path: Path) -> None:
     assert "200 results, all correct" in out.stdout
     assert "200/200" in out.stderr  # the progress bar reached the end
     assert (tmp_path / "ivy.db").exists()  # the embedded SQLite default
+
+
+@pytest.mark.slow
+def test_production_example(amqp_url: str, redis_url: str, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    env = {**os.environ, "IVY_QUEUE_URL": amqp_url, "IVY_NOTIFIER_URL": redis_url}
+    example = str(ROOT / "examples" / "production.py")
+    worker = subprocess.Popen([sys.executable, example, "worker"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = subprocess.run([sys.executable, example, "producer"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "factorial(19) = 121645100408832000" in out.stdout
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
