@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ivy.errors import ConfigurationError
 from ivy.notifiers.base import Notifier
@@ -56,6 +56,16 @@ def mask_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def driver_url(url: str, ivy_options: Iterable[str],
+               defaults: Mapping[str, str] | None = None) -> str:
+    """The URL to hand a driver: ivy's own query options removed, driver defaults added where
+    the URL does not set them."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ivy_options]
+    query += [(k, v) for k, v in (defaults or {}).items() if all(k != key for key, _ in query)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _accepted(table: Mapping[str, Any]) -> str:

@@ -16,12 +16,11 @@ import logging
 import threading
 from collections.abc import Callable, Collection
 from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 import redis.exceptions
 
-from ivy.config import mask_url
+from ivy.config import driver_url, mask_url
 from ivy.notifiers.base import Notifier, Subscription
 
 log = logging.getLogger("ivy.redis")
@@ -78,9 +77,7 @@ class RedisSubscription(Subscription):
 class RedisNotifier(Notifier):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *,
                  result_ttl: int = 86400) -> None:
-        parts = urlsplit(url)
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in OPTIONS]
-        clean = urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query)))
+        clean = driver_url(url, OPTIONS)
         self.url = mask_url(url)
         self.result_ttl = int(result_ttl)
         self.client: redis.Redis = redis.Redis.from_url(

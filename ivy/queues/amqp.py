@@ -36,14 +36,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from ivy.config import mask_url
+from ivy.config import driver_url, mask_url
 from ivy.errors import IvyError
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
 
@@ -300,14 +299,8 @@ class AMQPQueueBackend(QueueBackend):
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
                  max_priority: int | None = None, publish_timeout: float = 15.0,
                  content_type: str = "application/json") -> None:
-        parts = urlsplit(url)
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in OPTIONS]
-        if not any(k == "heartbeat" for k, _ in query):
-            query.append(("heartbeat", "30"))
-        if not any(k == "socket_timeout" for k, _ in query):
-            query.append(("socket_timeout", "10"))
-        clean = urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query)))
-        self.params = pika.URLParameters(clean)
+        self.params = pika.URLParameters(
+            driver_url(url, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"}))
         self.url = mask_url(url)
         self.max_priority = max_priority
         self.publish_timeout = publish_timeout
