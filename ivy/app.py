@@ -18,7 +18,7 @@ from ivy.message import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Message,
     decode_notification,
-    depth,
+    deeper_than,
     new_id,
     now_ms,
 )
@@ -297,8 +297,8 @@ class Ivy:
         except SerializationError:
             check_arguments(self.serializer, args, kwargs, name)
             raise
-        if body.count(b"[") + body.count(b"{") > self.max_depth and (
-                depth(message.args) > self.max_depth or depth(message.kwargs) > self.max_depth):
+        # [args, kwargs] adds one level, which the envelope's own bracket in body covers
+        if deeper_than(body, [message.args, message.kwargs], self.max_depth + 1):
             raise SerializationError(
                 f"the arguments of the call to {name!r} nest deeper than {self.max_depth} "
                 "levels: flatten them, or raise Ivy(max_depth=...)")

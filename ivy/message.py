@@ -118,6 +118,13 @@ def depth(value: Any) -> int:
     return deepest
 
 
+def deeper_than(body: bytes, value: Any, limit: int) -> bool:
+    """Whether ``value``, whose containers all appear as brackets in its encoding ``body``,
+    nests deeper than ``limit``. A body with no more brackets than the limit cannot, so the
+    walk is skipped (the common case: counting bytes runs in C)."""
+    return body.count(b"[") + body.count(b"{") > limit and depth(value) > limit
+
+
 def _loads(body: bytes, serializer: Serializer, max_bytes: int | None, what: str,
            signer: Signer | None, max_depth: int | None) -> Any:
     if max_bytes is not None and len(body) > max_bytes * 2 + 1024:  # room for a signature
@@ -132,9 +139,7 @@ def _loads(body: bytes, serializer: Serializer, max_bytes: int | None, what: str
         data = serializer.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
         raise MessageError(f"{what} is not valid {serializer.name}: {exc}") from None
-    # Fewer brackets than the limit cannot nest past it: skip the walk (the common case).
-    if (max_depth is not None and body.count(b"[") + body.count(b"{") > max_depth
-            and depth(data) > max_depth + 2):  # the envelope adds 2 levels
+    if max_depth is not None and deeper_than(body, data, max_depth + 2):  # +2: the envelope
         raise MessageError(f"{what} nests deeper than the limit of {max_depth} levels",
                            _readable_fields(data))
     return data
