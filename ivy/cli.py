@@ -19,7 +19,7 @@ from typing import Any
 import ivy
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV
 from ivy.errors import IvyError, RemoteTaskError, ResultTimeout
-from ivy.worker import install_signal_handlers
+from ivy.worker import signal_handlers
 
 log = logging.getLogger("ivy.cli")
 
@@ -113,9 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worker(args: argparse.Namespace) -> int:
     # A signal that arrives while the modules import still means "stop gracefully".
     early_stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-    install_signal_handlers(lambda signum, frame: early_stop.set(), previous)
-    try:
+    with signal_handlers(lambda signum, frame: early_stop.set()):
         if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack
             with contextlib.suppress(ValueError, OSError, io.UnsupportedOperation):
                 faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -133,10 +131,7 @@ def _worker(args: argparse.Namespace) -> int:
             worker.run_forever(early_stop)
         finally:
             app.close()
-        return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return 0
 
 
 def _call(args: argparse.Namespace) -> int:

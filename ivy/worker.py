@@ -221,7 +221,6 @@ class Worker:
         """Block until SIGTERM or SIGINT (first: graceful stop; second: exit at once) or until
         ``stop`` is set."""
         stop = stop or threading.Event()
-        previous: dict[signal.Signals, Any] = {}
 
         def on_signal(signum: int, frame: Any) -> None:
             if stop.is_set():
@@ -231,14 +230,10 @@ class Worker:
             log.info("worker %s: received %s", self.name, signal.Signals(signum).name)
             stop.set()
 
-        install_signal_handlers(on_signal, previous)
-        try:
+        with signal_handlers(on_signal):
             while not stop.wait(0.2) and not self._stopping.is_set():
                 pass
             self.stop()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -398,7 +393,7 @@ class Worker:
                         message.name, message.id, message.attempt + 1, retries + 1,
                         value["type"], value["message"], delay)
             message.attempt += 1
-            delivery.retry(delay, self.app.seal(message.encode(self.app.serializer)))
+            delivery.retry(delay, self._body(message))
             return
         self._record(message, self._errored(message, value))
         if retries:
@@ -503,12 +498,16 @@ class Worker:
         return Notification(message.id, "errored", message.name, error=error,
                             attempt=message.attempt, worker=self.name)
 
+    def _body(self, item: Message | Notification) -> bytes:
+        """Encode a message or notification for the wire, signed when a key is configured."""
+        return self.app.seal(item.encode(self.app.serializer))
+
     def _notify(self, message: Message, note: Notification) -> None:
         """Best effort, for the ``running`` status (not final, not stored)."""
         if message.reply_to and self.notifier is not None:
             try:
                 self.notifier.publish(message.reply_to, message.id,
-                                      self.app.seal(note.encode(self.app.serializer)),
+                                      self._body(note),
                                       final=False)
             except Exception:
                 log.warning("publishing status %r of %s failed", note.status, message.id,
@@ -520,7 +519,7 @@ class Worker:
             return
         if self.notifier is None:
             raise RuntimeError("no notifier: call start_notification_producer() before listen()")
-        body = self.app.seal(note.encode(self.app.serializer))
+        body = self._body(note)
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 self.notifier.publish(message.reply_to, message.id, body, final=True)
@@ -543,19 +542,24 @@ class Worker:
                                        "traceback": ""})
             with _logged(f"notifying the producer of rejected message {call_id}"):
                 self.notifier.publish(reply_to, call_id,
-                                      self.app.seal(note.encode(self.app.serializer)),
+                                      self._body(note),
                                       final=True)
         delivery.dead_letter(reason)
 
 
-def install_signal_handlers(handler: Any, previous: dict[signal.Signals, Any] | None = None
-                            ) -> None:
-    """Route SIGTERM and SIGINT to ``handler`` (main thread only, as Python requires)."""
+@contextlib.contextmanager
+def signal_handlers(handler: Any) -> Iterator[None]:
+    """Route SIGTERM and SIGINT to ``handler`` inside the block (main thread only, as Python
+    requires), and put the previous handlers back after it."""
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            old = signal.signal(sig, handler)
-            if previous is not None:
-                previous[sig] = old
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _fields(message: Message) -> dict[str, Any]:
