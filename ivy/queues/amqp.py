@@ -71,13 +71,12 @@ def delay_bucket(seconds: float) -> int:
 class _Link:
     """One pika SelectConnection with one channel, on its own thread, reconnecting forever."""
 
-    def __init__(self, params: pika.URLParameters, label: str, *, confirms: bool,
+    def __init__(self, params: pika.URLParameters, label: str, *,
                  on_channel: Callable[[Channel], None],
                  on_confirm: Callable[[Any], None] | None = None,
                  on_lost: Callable[[], None] | None = None) -> None:
         self.params = params
         self.label = label
-        self.confirms = confirms
         self._on_channel = on_channel
         self._on_confirm = on_confirm
         self._on_lost = on_lost
@@ -90,7 +89,6 @@ class _Link:
         self._kick_lock = threading.Lock()
         self._kick_pending = False
         self._stopping = threading.Event()
-        self.ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ivy-amqp-{label}", daemon=True)
         self._thread.start()
 
@@ -107,7 +105,6 @@ class _Link:
             except Exception as exc:  # pragma: no cover - pika raises little here
                 self.last_error = repr(exc)
                 log.exception("amqp %s: I/O loop failed", self.label)
-            self.ready.clear()
             self.channel = None
             if self._on_lost is not None:
                 self._on_lost()
@@ -116,12 +113,13 @@ class _Link:
             if time.monotonic() - opened_at > 10:
                 backoff = 0.1
             log.warning("amqp %s: connection to %s lost (%s); reconnecting in %.1f s",
-                        self.label, mask_url(self.params_url), self.last_error, backoff)
+                        self.label, self.params_url, self.last_error, backoff)
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, 10.0)
 
     @property
     def params_url(self) -> str:
+        """Where the link connects, without credentials, for logs."""
         p = self.params
         return f"amqp://{p.host}:{p.port}/{p.virtual_host}"
 
@@ -138,7 +136,7 @@ class _Link:
 
     def _channel_opened(self, channel: Channel) -> None:
         channel.add_on_close_callback(self._channel_closed)
-        if self.confirms and self._on_confirm is not None:
+        if self._on_confirm is not None:  # publisher confirms on
             channel.confirm_delivery(self._on_confirm, callback=lambda _: self._ready(channel))
         else:
             self._ready(channel)
@@ -147,13 +145,11 @@ class _Link:
         self.generation += 1
         self.channel = channel
         self._on_channel(channel)
-        self.ready.set()
         self._drain()
 
     def _channel_closed(self, channel: Channel, reason: BaseException) -> None:
         self.last_error = repr(reason)
         self.last_reason = reason
-        self.ready.clear()
         self.channel = None
         conn = self._conn
         if conn is not None and conn.is_open:
@@ -222,7 +218,6 @@ class _Pending:
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
     cancelled: bool = False
-    attempts: int = 0
 
 
 class _Declarer:
@@ -325,8 +320,7 @@ class AMQPQueueBackend(QueueBackend):
     def _link(self) -> _Link:
         with self._lock:
             if self._publisher is None:
-                self._publisher = _Link(self.params, "publish", confirms=True,
-                                        on_channel=self._publisher_ready,
+                self._publisher = _Link(self.params, "publish", on_channel=self._publisher_ready,
                                         on_confirm=self._confirmed, on_lost=self._publisher_lost)
             return self._publisher
 
@@ -355,7 +349,6 @@ class AMQPQueueBackend(QueueBackend):
             def now() -> None:
                 if p.cancelled or not channel.is_open:
                     return
-                p.attempts += 1
                 self._tag += 1
                 with self._lock:
                     self._pending[self._tag] = p
@@ -562,7 +555,7 @@ class AMQPConsumer(Consumer):
         self._declarer = _Declarer(backend.max_priority, backend._declarer.hint,
                                    backend._declarer.seen)
         self._declarer.plain = backend._declarer.plain
-        self._link = _Link(backend.params, f"consume-{queue}", confirms=False,
+        self._link = _Link(backend.params, f"consume-{queue}",
                            on_channel=self._start, on_lost=self._lost)
 
     def _start(self, channel: Channel) -> None:
