@@ -103,15 +103,7 @@ def test_msgpack_round_trip() -> None:
         pack.dumps({1: "int key"})
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300))
-def test_arbitrary_bytes_decode_or_fail_with_a_reason(body: bytes) -> None:
-    try:
-        decode_message(body, JSON)
-    except ivy.MessageError as exc:
-        assert exc.reason
-
-
+# arbitrary bytes for both decoders: tests/test_security.py
 
 
 @settings(max_examples=300, deadline=None)

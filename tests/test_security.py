@@ -25,11 +25,12 @@ JSON = JSONSerializer()
 # -- decoders never let anything else escape ------------------------------------------------
 
 
+@pytest.mark.parametrize("decode", [decode_message, decode_notification])
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=400))
-def test_notification_decoder_takes_arbitrary_bytes(body: bytes) -> None:
+@given(body=st.binary(max_size=400))
+def test_decoders_take_arbitrary_bytes(decode: Any, body: bytes) -> None:
     try:
-        decode_notification(body, JSON)
+        decode(body, JSON)
     except ivy.MessageError as exc:
         assert exc.reason
 
