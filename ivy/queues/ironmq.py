@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Self
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import iron_core
 import iron_mq
@@ -126,8 +126,6 @@ class IronMQQueueBackend(QueueBackend):
         url = config.get("url")
         host, port = config.get("host"), config.get("port")
         if isinstance(url, str):
-            from urllib.parse import urlsplit
-
             parts = urlsplit(url)
             if parts.username:
                 auth.setdefault("project_id", unquote(parts.username))
