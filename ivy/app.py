@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
-from ivy.call import Call, ResultCallback, result_callback_adapter
+from ivy.call import Call, ResultCallback, finished_adapter, result_callback_adapter
 from ivy.config import Spec, make_notifier, make_queue_backend
 from ivy.errors import ConfigurationError, MessageError, MessageTooLarge, SerializationError
 from ivy.message import (
@@ -311,7 +311,7 @@ class Ivy:
         if callback is not None:
             call.add_done_callback(result_callback_adapter(callback))
         if registered is not None and registered.finished is not None:
-            call.add_done_callback(_finished_adapter(registered.finished))
+            call.add_done_callback(finished_adapter(registered.finished))
         if self._consumer_thread is None:
             self.start_notification_consumer()
         with self._calls_lock:
@@ -427,12 +427,4 @@ class Ivy:
             except Exception:
                 log.debug("closing %r raised", thing, exc_info=True)
         self._owned.clear()
-
-
-def _finished_adapter(finished: Finished) -> Callable[[Call[Any]], None]:
-    def run(call: Call[Any]) -> None:
-        if call._error is None:
-            finished(call._value)
-
-    return run
 

@@ -148,3 +148,13 @@ def result_callback_adapter(callback: ResultCallback) -> Callable[[Call[Any]], N
         callback(error, None if error is not None else call._value)
 
     return run
+
+
+def finished_adapter(finished: Callable[[Any], None]) -> Callable[[Call[Any]], None]:
+    """Wrap a task's ``finished(result)`` as a done-callback that runs on success only."""
+
+    def run(call: Call[Any]) -> None:
+        if call._error is None:
+            finished(call._value)
+
+    return run
