@@ -57,6 +57,45 @@ class TestAMQPQueue(QueueBackendContract):
         other.close()
         wait_for(lambda: backend.size(q) == 0, message="the ack")
 
+    def test_bodies_larger_than_the_socket_buffer_arrive_whole(
+            self, backend: QueueBackend) -> None:
+        # frames leave with an eager send(); what the socket does not take is left to pika's
+        # buffering, which must keep the order of everything sent after it
+        q = qname()
+        bodies = [bytes([i]) * (6 << 20) if i % 2 == 0 else b"small-%d" % i for i in range(6)]
+        backend.publish_many(q, bodies)
+        consumer = backend.consume(q, prefetch=10)
+        got = []
+        for _ in bodies:
+            d = consumer.get(20)
+            assert d is not None
+            got.append(d.body)
+            d.ack()
+        consumer.close()
+        assert got == bodies
+
+
+def test_amqp_batch_frames_are_joined_into_one_write(amqp_url: str) -> None:
+    from ivy.queues.amqp import AMQPQueueBackend
+
+    backend = AMQPQueueBackend(amqp_url)
+    q = qname()
+    try:
+        backend.publish(q, b"first")  # connection and queue declared
+        conn = backend._link()._conn
+        assert conn is not None
+        transport = conn._transport
+        writes: list[int] = []
+        write = transport.write
+        transport.write = lambda data: (writes.append(len(data)), write(data))[1]
+        backend.publish_many(q, [b"m%d" % i for i in range(50)])
+        # 50 publishes are 150 frames; queued together they leave in a write or a few
+        assert 1 <= len(writes) <= 5, writes
+        assert backend.size(q) == 51
+    finally:
+        backend.delete_queues([q])
+        backend.close()
+
 
 class TestRedisNotifier(NotifierContract):
     @pytest.fixture
@@ -74,6 +113,21 @@ class TestRedisNotifier(NotifierContract):
         call_id = uuid.uuid4().hex
         notifier.publish("ivy:notify:ttl", call_id, b"x", final=True)
         assert 0 < notifier.client.ttl(KEY_PREFIX + call_id) <= 60
+
+    def test_store_survives_a_flushed_script_cache_and_a_killed_connection(
+            self, notifier: Notifier) -> None:
+        from ivy.notifiers.redis import KEY_PREFIX, RedisNotifier
+
+        assert isinstance(notifier, RedisNotifier)
+        first, second, third = (uuid.uuid4().hex for _ in range(3))
+        notifier.publish("ivy:notify:x", first, b"1", final=True)
+        notifier.client.script_flush()  # as after a restart without persistence
+        notifier.publish("ivy:notify:x", second, b"2", final=True)
+        # the server drops the worker's own connection (a restart, a proxy, a timeout)
+        notifier.client.client_kill_filter(_type="normal", skipme=True)
+        notifier.publish("ivy:notify:x", third, b"3", final=True)
+        assert [notifier.client.get(KEY_PREFIX + i) for i in (first, second, third)] == [
+            b"1", b"2", b"3"]
 
 
 @pytest.mark.slow

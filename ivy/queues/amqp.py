@@ -33,7 +33,8 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -124,6 +125,7 @@ class _Link:
         return f"amqp://{p.host}:{p.port}/{p.virtual_host}"
 
     def _opened(self, conn: Any) -> None:
+        _send_eagerly(conn)
         conn.channel(on_open_callback=self._channel_opened)
 
     def _open_failed(self, conn: Any, error: BaseException) -> None:
@@ -182,12 +184,15 @@ class _Link:
         with self._kick_lock:
             self._kick_pending = False
         channel = self.channel
-        while channel is not None and channel.is_open and self._ops:
-            op = self._ops.popleft()
-            try:
-                op(channel)
-            except Exception:
-                log.exception("amqp %s: operation failed", self.label)
+        if channel is None or not channel.is_open or not self._ops:
+            return
+        with _corked(self._conn):
+            while channel.is_open and self._ops:
+                op = self._ops.popleft()
+                try:
+                    op(channel)
+                except Exception:
+                    log.exception("amqp %s: operation failed", self.label)
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -198,6 +203,73 @@ class _Link:
             except Exception:
                 log.debug("amqp %s: close scheduling failed", self.label, exc_info=True)
         self._thread.join(timeout)
+
+
+def _send_eagerly(conn: Any) -> None:
+    """Make a connection's frames leave at once. pika buffers every frame and sends it from the
+    next turn of the I/O loop, one ``send`` per frame after switching write-readiness
+    polling on and off (two ``epoll_ctl`` calls); a publish is three frames. Here the transport
+    tries ``send`` first and leaves pika's buffering to what the socket did not take, and
+    :func:`_corked` joins the frames of a batch of operations into one write."""
+    transport = getattr(conn, "_transport", None)
+    sock = getattr(transport, "_sock", None)
+    buffered = getattr(transport, "write", None)
+    if transport is None or sock is None or buffered is None or hasattr(sock, "do_handshake"):
+        return  # not pika's plain TCP transport (TLS keeps pika's own path)
+    active = transport._STATE_ACTIVE
+
+    def write(data: bytes) -> None:
+        if transport._tx_buffers or transport._state != active:
+            buffered(data)
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # pika's own path meets the error again and closes the connection
+            buffered(data)
+            return
+        if sent < len(data):
+            buffered(data[sent:])
+
+    transport.write = write
+    emit = conn._adapter_emit_data
+    cork: list[bytes] | None = None
+
+    def emit_corked(data: bytes) -> None:
+        if cork is not None:
+            cork.append(data)
+        else:
+            emit(data)
+
+    def flush() -> None:
+        nonlocal cork
+        frames, cork = cork, None
+        if frames:
+            emit(b"".join(frames))
+
+    def start() -> None:
+        nonlocal cork
+        if cork is None:
+            cork = []
+
+    conn._adapter_emit_data = emit_corked
+    conn._ivy_cork = (start, flush)
+
+
+@contextmanager
+def _corked(conn: Any) -> Iterator[None]:
+    """Join the frames sent inside the block into one write (see :func:`_send_eagerly`)."""
+    cork = getattr(conn, "_ivy_cork", None)
+    if cork is None:
+        yield
+        return
+    start, flush = cork
+    start()
+    try:
+        yield
+    finally:
+        flush()
 
 
 def _close(conn: Any) -> None:
