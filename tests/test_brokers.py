@@ -75,6 +75,52 @@ class TestAMQPQueue(QueueBackendContract):
         assert got == bodies
 
 
+def test_amqp_ops_run_in_the_calling_thread_when_the_loop_is_idle(amqp_url: str) -> None:
+    import threading
+
+    from ivy.queues.amqp import AMQPQueueBackend
+
+    backend = AMQPQueueBackend(amqp_url)
+    q = qname()
+    try:
+        backend.publish(q, b"first")
+        link = backend._link()
+        ran_in: list[int] = []
+        wait_for(lambda: link._io_lock.acquire(timeout=0.01) and not link._io_lock.release(),
+                 message="an idle I/O loop")
+        link.call(lambda ch: ran_in.append(threading.get_ident()))
+        assert ran_in == [threading.get_ident()]
+        # while the loop is busy (its lock held), the op goes to the I/O thread instead
+        with link._io_lock:
+            link.call(lambda ch: ran_in.append(threading.get_ident()))
+            assert len(ran_in) == 1
+        wait_for(lambda: len(ran_in) == 2, message="the queued op")
+        assert ran_in[1] == link._thread.ident
+
+        # many threads publishing at once, each either on its own or through the loop
+        def publish(k: int) -> None:
+            for i in range(200):
+                backend.publish(q, b"%d-%d" % (k, i))
+
+        threads = [threading.Thread(target=publish, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        consumer = backend.consume(q, prefetch=100)
+        got = set()
+        for _ in range(1601):
+            d = consumer.get(10)
+            assert d is not None
+            got.add(d.body)
+            d.ack()
+        consumer.close()
+        assert got == {b"first"} | {b"%d-%d" % (k, i) for k in range(8) for i in range(200)}
+    finally:
+        backend.delete_queues([q])
+        backend.close()
+
+
 def test_amqp_batch_frames_are_joined_into_one_write(amqp_url: str) -> None:
     from ivy.queues.amqp import AMQPQueueBackend
 

@@ -40,6 +40,7 @@ from typing import Any, Self
 
 import pika
 import pika.exceptions
+from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
@@ -89,6 +90,9 @@ class _Link:
         self._ops: deque[Callable[[Channel], None]] = deque()
         self._kick_lock = threading.Lock()
         self._kick_pending = False
+        #: held by the I/O thread except while it waits in poll(): whoever holds it may use
+        #: the connection, so another thread can run an op itself instead of waking the loop
+        self._io_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ivy-amqp-{label}", daemon=True)
         self._thread.start()
@@ -98,15 +102,21 @@ class _Link:
         while not self._stopping.is_set():
             opened_at = time.monotonic()
             try:
-                conn = pika.SelectConnection(
-                    self.params, on_open_callback=self._opened,
-                    on_open_error_callback=self._open_failed, on_close_callback=self._closed)
-                self._conn = conn
-                conn.ioloop.start()
+                ioloop = IOLoop()
+                _unlock_while_polling(ioloop, self._io_lock)
+                with self._io_lock:
+                    conn = pika.SelectConnection(
+                        self.params, on_open_callback=self._opened,
+                        on_open_error_callback=self._open_failed, on_close_callback=self._closed,
+                        custom_ioloop=ioloop)
+                    self._conn = conn
+                    try:
+                        conn.ioloop.start()
+                    finally:
+                        self.channel = None
             except Exception as exc:  # pragma: no cover - pika raises little here
                 self.last_error = repr(exc)
                 log.exception("amqp %s: I/O loop failed", self.label)
-            self.channel = None
             if self._on_lost is not None:
                 self._on_lost()
             if self._stopping.is_set():
@@ -160,8 +170,22 @@ class _Link:
             conn.close()
 
     def call(self, op: Callable[[Channel], None]) -> None:
-        """Run ``op(channel)`` on the I/O thread once a channel is open. Wake-ups of the I/O
-        loop are coalesced: one is pending at a time, and its drain runs every queued op."""
+        """Run ``op(channel)`` once a channel is open: at once in this thread when the I/O
+        thread is idle in its poll and nothing is queued before ``op`` (see ``_io_lock``),
+        else on the I/O thread. Wake-ups of the I/O loop are coalesced: one is pending at a
+        time, and its drain runs every queued op."""
+        if self.channel is not None and not self._ops and self._io_lock.acquire(blocking=False):
+            try:
+                channel = self.channel  # read again: the I/O thread may have replaced it
+                if channel is not None and channel.is_open and not self._ops:
+                    with _corked(self._conn):
+                        op(channel)
+                    return
+            except Exception:
+                log.exception("amqp %s: operation failed", self.label)
+                return
+            finally:
+                self._io_lock.release()
         with self._kick_lock:
             self._ops.append(op)
             if self._kick_pending:
@@ -203,6 +227,36 @@ class _Link:
             except Exception:
                 log.debug("amqp %s: close scheduling failed", self.label, exc_info=True)
         self._thread.join(timeout)
+
+
+class _UnlockedPoll:
+    """The I/O loop's poller object, releasing the link's ``_io_lock`` while it waits."""
+
+    def __init__(self, poller: Any, lock: threading.Lock) -> None:
+        self._poller = poller
+        self._lock = lock
+
+    def poll(self, *args: Any) -> Any:
+        self._lock.release()
+        try:
+            return self._poller.poll(*args)
+        finally:
+            self._lock.acquire()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._poller, name)
+
+
+def _unlock_while_polling(ioloop: IOLoop, lock: threading.Lock) -> None:
+    """Make ``ioloop`` hold ``lock`` except inside its poll system call. pika is not
+    thread-safe, so the connection is only ever used by the thread holding the lock: its own
+    I/O thread while it runs callbacks, or a thread that found the loop idle and runs a publish
+    or an ack itself, which spares two thread switches (wake the loop, wait for it)."""
+    poller = getattr(ioloop, "_poller", None)
+    create = getattr(poller, "_create_poller", None)
+    if poller is None or create is None:  # pragma: no cover - another pika layout
+        return
+    poller._create_poller = lambda: _UnlockedPoll(create(), lock)
 
 
 def _send_eagerly(conn: Any) -> None:
