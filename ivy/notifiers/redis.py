@@ -16,6 +16,7 @@ import hashlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Collection
 from typing import Any, Self
 
@@ -49,24 +50,31 @@ class RedisSubscription(Subscription):
         self._pubsub.subscribe(channel)
 
     def get(self, timeout: float) -> list[bytes]:
-        found: list[bytes] = []
+        """Wait up to ``timeout`` seconds; return a notification as soon as one arrives (a
+        round trip's result should not wait for another look at the socket), or the stored
+        ones of pending calls after a (re)subscription."""
+        deadline = time.monotonic() + timeout
         wait = timeout
         while not self._closed.is_set():
             try:
                 message = self._pubsub.get_message(timeout=wait)
             except (redis.exceptions.ConnectionError, ValueError, AttributeError):
                 if self._closed.is_set():
-                    return found
+                    return []
                 raise
             if message is None:
-                return found
+                return []
             kind = message.get("type")
+            if kind == "message":
+                return [message["data"]]
             if kind == "subscribe":  # first subscription or a reconnect: catch up
-                found.extend(self._notifier.stored_many(list(self._pending())))
-            elif kind == "message":
-                found.append(message["data"])
-            wait = 0.0  # take what is already there, then return
-        return found
+                found = self._notifier.stored_many(list(self._pending()))
+                if found:
+                    return found
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                return []
+        return []
 
     def close(self) -> None:
         self._closed.set()
