@@ -43,19 +43,22 @@ _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _check_keys(value: Any) -> None:
     """The stdlib turns int keys into strings silently; refuse them instead."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            for key, inner in item.items():
-                if not isinstance(key, str):
+            for key in item:
+                if type(key) is not str and not isinstance(key, str):
                     raise TypeError(f"dict key {key!r} is not a string")
-                if isinstance(inner, (dict, list, tuple)):
-                    stack.append(inner)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(x for x in item if isinstance(x, (dict, list, tuple)))
+            values = item.values()
+        else:
+            values = item
+        stack.extend(x for x in values if isinstance(x, _CONTAINERS))
 
 
 class JSONSerializer:
