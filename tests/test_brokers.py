@@ -160,6 +160,21 @@ class TestRedisNotifier(NotifierContract):
         notifier.publish("ivy:notify:ttl", call_id, b"x", final=True)
         assert 0 < notifier.client.ttl(KEY_PREFIX + call_id) <= 60
 
+    def test_subscription_reads_past_its_health_check_pongs(self, notifier: Notifier) -> None:
+        from ivy.notifiers.redis import RedisSubscription
+
+        channel = f"ivy:notify:{uuid.uuid4().hex}"
+        sub = notifier.subscribe(channel, lambda: [])
+        assert isinstance(sub, RedisSubscription)
+        try:
+            assert sub.get(1) == []  # the subscription's confirmation, nothing stored
+            sub._pubsub.connection.next_health_check = 0  # a PING is due now
+            assert sub.get(0.3) == []  # its pong is read and passed over
+            notifier.publish(channel, uuid.uuid4().hex, b"after", final=True)
+            assert sub.get(2) == [b"after"]
+        finally:
+            sub.close()
+
     def test_store_survives_a_flushed_script_cache_and_a_killed_connection(
             self, notifier: Notifier) -> None:
         from ivy.notifiers.redis import KEY_PREFIX, RedisNotifier
