@@ -8,6 +8,10 @@ send to the last result); M sequential round trips (p50/p99 latency); the worker
 ``delayed_call`` (each returns once RabbitMQ confirmed it), and the same batch sent with
 ``delayed_calls`` (confirms pipelined).
 
+All the workers run side by side for the whole run, and the measurements take the systems in
+turn (throughput in ``--rounds`` rounds, round trips in blocks of ``--block`` calls), so that
+the machine's drift over seconds is shared by all of them (see :func:`run`).
+
     pip install -e '.[bench]'
     python benchmarks/brokers.py [--n 5000] [--latency-n 500] [--chart docs/benchmarks-brokers.png]
 """
@@ -25,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,28 +101,43 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         process.wait()
 
 
-def measure(name: str, send: Callable[[int], Any], wait: Callable[[Any], Any], n: int,
-            latency_n: int, worker: subprocess.Popen[bytes],
-            send_batch: Callable[[int], list[Any]] | None = None) -> Result:
-    for i in range(20):  # warm-up: worker ready, connections open, imports done
-        assert wait(send(i)) == i
-    started = time.perf_counter()
-    handles = send_batch(n) if send_batch else [send(i) for i in range(n)]
-    for i, h in enumerate(handles):
-        assert wait(h) == i
-    throughput = n / (time.perf_counter() - started)
-    latencies = []
-    for i in range(latency_n):
-        t = time.perf_counter()
-        wait(send(i))
-        latencies.append((time.perf_counter() - t) * 1000)
-    latencies.sort()
-    return Result(name, throughput, statistics.median(latencies),
-                  latencies[max(0, int(len(latencies) * 0.99) - 1)],
-                  tree_peak_rss_mb(worker.pid))
+@dataclass
+class System:
+    """One system under test, its worker running: how to send a call and wait for it."""
+
+    name: str
+    send: Callable[[int], Any]
+    wait: Callable[[Any], Any]
+    worker: subprocess.Popen[bytes]
+    send_batch: Callable[[int], list[Any]] | None = None
+    close: Callable[[], None] = lambda: None
+    sent: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    def throughput_round(self, n: int) -> None:
+        started = time.perf_counter()
+        handles = self.send_batch(n) if self.send_batch else [self.send(i) for i in range(n)]
+        for i, h in enumerate(handles):
+            assert self.wait(h) == i
+        self.seconds += time.perf_counter() - started
+        self.sent += n
+
+    def latency_round(self, n: int) -> None:
+        for i in range(n):
+            t = time.perf_counter()
+            assert self.wait(self.send(i)) == i
+            self.latencies.append((time.perf_counter() - t) * 1000)
+
+    def result(self) -> Result:
+        lat = sorted(self.latencies)
+        return Result(self.name, self.sent / self.seconds, statistics.median(lat),
+                      lat[max(0, int(len(lat) * 0.99) - 1)], tree_peak_rss_mb(self.worker.pid))
 
 
-def bench_ivy(n: int, latency_n: int, batch: bool) -> Result:
+def start_ivy() -> list[System]:
+    """ivy twice on one worker: calls one by one (``delayed_call``), and batches
+    (``delayed_calls``); their sequential round trips are the same code."""
     import bench_tasks
 
     import ivy
@@ -129,19 +148,24 @@ def bench_ivy(n: int, latency_n: int, batch: bool) -> Result:
                     "--log-level", "WARNING"])
     app = ivy.Ivy(IVY_AMQP, REDIS)
     app.registry.add(bench_tasks.noop)
-    try:
-        return measure(
-            "ivy (delayed_calls)" if batch else "ivy (delayed_call)",
-            lambda i: app.delayed_call(bench_tasks.noop, i), lambda c: c.result(120), n,
-            latency_n, worker,
-            (lambda k: app.delayed_calls(bench_tasks.noop, [(i,) for i in range(k)]))
-            if batch else None)
-    finally:
+
+    def close() -> None:
         stop(worker)
         app.close()
 
+    def send(i: int) -> Any:
+        return app.delayed_call(bench_tasks.noop, i)
 
-def bench_floor(n: int, latency_n: int) -> Result:
+    def wait(call: Any) -> Any:
+        return call.result(120)
+
+    return [System("ivy (delayed_call)", send, wait, worker),
+            System("ivy (delayed_calls)", send, wait, worker,
+                   lambda k: app.delayed_calls(bench_tasks.noop, [(i,) for i in range(k)]),
+                   close)]
+
+
+def start_floor() -> list[System]:
     import pika
     import redis
 
@@ -181,43 +205,55 @@ def bench_floor(n: int, latency_n: int) -> Result:
 
     def wait(call_id: str) -> Any:
         events[call_id].wait(120)
-        return values[call_id]
+        return values.pop(call_id)
 
-    try:
-        return measure("floor (pika + redis-py)", send, wait, n, latency_n, worker)
-    finally:
+    def close() -> None:  # also keeps r alive: a collected client closes its connections
         stopping.set()
         listener.join(2)
+        pubsub.close()
+        r.close()
         conn.close()
         stop(worker, signal.SIGINT)
 
+    return [System("floor (pika + redis-py)", send, wait, worker, None, close)]
 
-def bench_celery(n: int, latency_n: int) -> Result:
+
+def start_celery() -> list[System]:
     import bench_celery_app
 
     purge("bench_celery")
     worker = start(["celery", "-A", "bench_celery_app", "worker", "--pool", "threads",
                     "--concurrency", "4", "-Q", "bench_celery", "--without-gossip",
                     "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"])
-    try:
-        return measure("Celery 5", lambda i: bench_celery_app.noop.delay(i),
-                       lambda r: r.get(timeout=120), n, latency_n, worker)
-    finally:
-        stop(worker)
+    return [System("Celery 5", lambda i: bench_celery_app.noop.delay(i),
+                   lambda r: r.get(timeout=120), worker, None, lambda: stop(worker))]
 
 
-def bench_dramatiq(n: int, latency_n: int) -> Result:
+def start_dramatiq() -> list[System]:
     import bench_dramatiq_app
 
     purge("bench_dramatiq", "bench_dramatiq.DQ", "bench_dramatiq.XQ")
     worker = start(["dramatiq", "bench_dramatiq_app", "--processes", "1", "--threads", "4",
                     "--queues", "bench_dramatiq"])
-    try:
-        return measure("Dramatiq", lambda i: bench_dramatiq_app.noop.send(i),
-                       lambda m: m.get_result(block=True, timeout=120_000), n, latency_n,
-                       worker)
-    finally:
-        stop(worker)
+    return [System("Dramatiq", lambda i: bench_dramatiq_app.noop.send(i),
+                   lambda m: m.get_result(block=True, timeout=120_000), worker, None,
+                   lambda: stop(worker))]
+
+
+def run(systems: list[System], n: int, latency_n: int, rounds: int, block: int) -> None:
+    """Every system's worker runs from start to end; the measurements go round the systems in
+    turn (``rounds`` throughput rounds of n/rounds tasks, then sequential blocks of ``block``
+    calls), so that a machine whose speed drifts over seconds (this one does, by 10-20%)
+    weighs on every system alike instead of on whichever ran during a slow minute."""
+    for s in systems:  # warm-up: worker ready, connections open, imports done
+        s.latency_round(20)
+        s.latencies.clear()
+    for _ in range(rounds):
+        for s in systems:
+            s.throughput_round(n // rounds)
+    for _ in range(max(1, latency_n // block)):
+        for s in systems:
+            s.latency_round(block)
 
 
 def chart(results: list[Result], path: Path) -> None:
@@ -252,23 +288,33 @@ def main() -> None:
     parser.add_argument("--latency-n", type=int, default=500)
     parser.add_argument("--chart", type=Path, help="write a PNG chart here")
     parser.add_argument("--only", action="append",
-                        choices=["ivy", "ivy-batch", "floor", "celery", "dramatiq"])
+                        choices=["ivy", "floor", "celery", "dramatiq"])
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="throughput rounds per system, taken in turn (default 5)")
+    parser.add_argument("--block", type=int, default=25,
+                        help="sequential calls per system per turn (default 25)")
     args = parser.parse_args()
-    runs: dict[str, Callable[[], Result]] = {
-        "ivy": lambda: bench_ivy(args.n, args.latency_n, batch=False),
-        "ivy-batch": lambda: bench_ivy(args.n, args.latency_n, batch=True),
-        "floor": lambda: bench_floor(args.n, args.latency_n),
-        "celery": lambda: bench_celery(args.n, args.latency_n),
-        "dramatiq": lambda: bench_dramatiq(args.n, args.latency_n),
+    starters: dict[str, Callable[[], list[System]]] = {
+        "ivy": start_ivy,
+        "floor": start_floor,
+        "celery": start_celery,
+        "dramatiq": start_dramatiq,
     }
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; n={args.n}, "
-          f"sequential n={args.latency_n}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; n={args.n} in "
+          f"{args.rounds} rounds, sequential n={args.latency_n} in blocks of {args.block}, "
+          "systems taken in turn")
+    systems: list[System] = []
+    try:
+        for key in args.only or list(starters):
+            systems.extend(starters[key]())
+        run(systems, args.n, args.latency_n, args.rounds, args.block)
+        results = [s.result() for s in systems]
+    finally:
+        for s in systems:
+            s.close()
     print(f"| {'system':<24} | {'tasks/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'RSS MB':>6} |")
     print(f"| {'-' * 24} | {'-' * 8}: | {'-' * 6}: | {'-' * 6}: | {'-' * 5}: |")
-    results = []
-    for key in args.only or list(runs):
-        r = runs[key]()
-        results.append(r)
+    for r in results:
         print(f"| {r.name:<24} | {r.throughput:>8.0f} | {r.p50:>7.2f} | {r.p99:>7.2f} | "
               f"{r.rss_mb:>6.1f} |", flush=True)
     by = {r.name: r for r in results}
