@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -123,11 +124,12 @@ class System:
         self.seconds += time.perf_counter() - started
         self.sent += n
 
-    def latency_round(self, n: int) -> None:
-        for i in range(n):
+    def latency_round(self, n: int, warm: int = 0) -> None:
+        for i in range(warm + n):
             t = time.perf_counter()
             assert self.wait(self.send(i)) == i
-            self.latencies.append((time.perf_counter() - t) * 1000)
+            if i >= warm:
+                self.latencies.append((time.perf_counter() - t) * 1000)
 
     def result(self) -> Result:
         lat = sorted(self.latencies)
@@ -244,16 +246,21 @@ def run(systems: list[System], n: int, latency_n: int, rounds: int, block: int) 
     """Every system's worker runs from start to end; the measurements go round the systems in
     turn (``rounds`` throughput rounds of n/rounds tasks, then sequential blocks of ``block``
     calls), so that a machine whose speed drifts over seconds (this one does, by 10-20%)
-    weighs on every system alike instead of on whichever ran during a slow minute."""
+    weighs on every system alike instead of on whichever ran during a slow minute. Each turn
+    takes the systems in a new order (seeded, so runs compare), and each block of round
+    trips starts with 5 calls left out of the figures: the first calls after another system
+    ran are slower (its threads slept, caches went cold), which would otherwise favour a
+    system measured right after itself (the two ivy rows share a worker)."""
+    order = random.Random(7)
     for s in systems:  # warm-up: worker ready, connections open, imports done
         s.latency_round(20)
         s.latencies.clear()
     for _ in range(rounds):
-        for s in systems:
+        for s in order.sample(systems, len(systems)):
             s.throughput_round(n // rounds)
     for _ in range(max(1, latency_n // block)):
-        for s in systems:
-            s.latency_round(block)
+        for s in order.sample(systems, len(systems)):
+            s.latency_round(block, warm=5)
 
 
 def chart(results: list[Result], path: Path) -> None:
