@@ -15,9 +15,13 @@ Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
 * dead letters go to ``Q.dead`` with the reason in the header ``x-ivy-reason``.
 
 pika is not thread-safe: every connection lives on its own I/O thread (:class:`_Link`, a
-``SelectConnection`` that reconnects with backoff) and other threads hand it work through
-``add_callback_threadsafe``. Publishing uses publisher confirms, pipelined: many threads can have
-publishes in flight on one channel, and each ``publish`` returns when the broker confirmed it.
+``SelectConnection`` that reconnects with backoff), which holds the link's lock except while it
+waits in its poll system call. Another thread with work for the connection (a publish, an ack)
+runs it itself if it can take that lock at once (the loop is idle), and otherwise hands it over
+through ``add_callback_threadsafe``: either way one thread at a time uses the connection.
+Frames leave at once, those of one batch of operations in one write. Publishing uses publisher
+confirms, pipelined: many threads can have publishes in flight on one channel, and each
+``publish`` returns when the broker confirmed it.
 A consumer's deliveries are acknowledged after the worker recorded the outcome; a delivery from a
 connection that has since been lost is not acknowledged (the broker redelivers it).
 
