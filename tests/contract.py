@@ -10,7 +10,7 @@ import time
 import uuid
 
 from ivy.notifiers.base import Notifier
-from ivy.queues.base import QueueBackend
+from ivy.queues.base import Consumer, QueueBackend
 
 #: A delay or lease short enough for tests and long enough to observe; backends whose smallest
 #: unit is larger (SQS: seconds) override it.
@@ -19,6 +19,18 @@ SHORT = 0.3
 
 def qname() -> str:
     return f"q{uuid.uuid4().hex[:10]}"
+
+
+def take(consumer: Consumer, n: int, timeout: float = 5.0) -> list[bytes]:
+    """Get ``n`` deliveries (each must come within ``timeout``), ack them, return their bodies
+    in the order received."""
+    got = []
+    for _ in range(n):
+        d = consumer.get(timeout)
+        assert d is not None, f"delivery {len(got) + 1} of {n} did not come in {timeout} s"
+        got.append(d.body)
+        d.ack()
+    return got
 
 
 class QueueBackendContract:
@@ -55,13 +67,7 @@ class QueueBackendContract:
         for i in range(5):
             backend.publish(q, str(i).encode())
         consumer = backend.consume(q)
-        got = []
-        for _ in range(5):
-            d = consumer.get(5)
-            assert d is not None
-            got.append(d.body)
-            d.ack()
-        assert got == [b"0", b"1", b"2", b"3", b"4"]
+        assert take(consumer, 5) == [b"0", b"1", b"2", b"3", b"4"]
         consumer.close()
 
     def test_higher_priority_first(self, backend: QueueBackend) -> None:
@@ -179,13 +185,7 @@ class QueueBackendContract:
         assert d is not None and d.body == b"0"
         first.close()  # the 3 prefetched, unstarted ones go back now, not in 60 s
         second = backend.consume(q, prefetch=4)
-        got = []
-        for _ in range(3):
-            x = second.get(5)
-            assert x is not None
-            got.append(x.body)
-            x.ack()
-        assert sorted(got) == [b"1", b"2", b"3"]
+        assert sorted(take(second, 3)) == [b"1", b"2", b"3"]
         d.ack()
         second.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
-from contract import NotifierContract, QueueBackendContract, qname
+from contract import NotifierContract, QueueBackendContract, qname, take
 from servers import PrivateRedis, free_port
 from workers import killed_worker_task_completes_once, start_worker, stop_worker
 from workers import producer_app as producer
@@ -65,12 +65,7 @@ class TestAMQPQueue(QueueBackendContract):
         bodies = [bytes([i]) * (6 << 20) if i % 2 == 0 else b"small-%d" % i for i in range(6)]
         backend.publish_many(q, bodies)
         consumer = backend.consume(q, prefetch=10)
-        got = []
-        for _ in bodies:
-            d = consumer.get(20)
-            assert d is not None
-            got.append(d.body)
-            d.ack()
+        got = take(consumer, len(bodies), timeout=20)
         consumer.close()
         assert got == bodies
 
@@ -108,12 +103,7 @@ def test_amqp_ops_run_in_the_calling_thread_when_the_loop_is_idle(amqp_url: str)
         for t in threads:
             t.join(60)
         consumer = backend.consume(q, prefetch=100)
-        got = set()
-        for _ in range(1601):
-            d = consumer.get(10)
-            assert d is not None
-            got.add(d.body)
-            d.ack()
+        got = set(take(consumer, 1601, timeout=10))
         consumer.close()
         assert got == {b"first"} | {b"%d-%d" % (k, i) for k in range(8) for i in range(200)}
     finally:

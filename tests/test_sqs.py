@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from contract import QueueBackendContract, qname
+from contract import QueueBackendContract, qname, take
 from workers import killed_worker_task_completes_once, start_worker
 
 import ivy
@@ -72,13 +72,7 @@ class TestSQSQueue(QueueBackendContract):
         for i in range(3):
             backend.publish(q, f"m{i}".encode())
         consumer = backend.consume(q, prefetch=10)
-        got = []
-        for _ in range(3):
-            d = consumer.get(5)
-            assert d is not None
-            got.append(d.body)
-            d.ack()
-        assert got == [b"m0", b"m1", b"m2"]
+        assert take(consumer, 3) == [b"m0", b"m1", b"m2"]
         consumer.close()
 
 
