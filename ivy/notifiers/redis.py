@@ -122,13 +122,13 @@ class RedisNotifier(Notifier):
 
     def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
         if final:
+            store = ("EVALSHA", self._sha, 1, KEY_PREFIX + call_id, body, self.result_ttl,
+                     channel)
             try:
-                self._command("EVALSHA", self._sha, 1, KEY_PREFIX + call_id, body,
-                              self.result_ttl, channel)
+                self._command(*store)
             except redis.exceptions.NoScriptError:  # a new or flushed server
                 self.client.script_load(STORE_AND_PUBLISH)
-                self._command("EVALSHA", self._sha, 1, KEY_PREFIX + call_id, body,
-                              self.result_ttl, channel)
+                self._command(*store)
         else:
             self._command("PUBLISH", channel, body)
 

@@ -183,11 +183,8 @@ class _Link:
                 channel = self.channel  # read again: the I/O thread may have replaced it
                 if channel is not None and channel.is_open and not self._ops:
                     with _corked(self._conn):
-                        op(channel)
+                        self._apply(op, channel)
                     return
-            except Exception:
-                log.exception("amqp %s: operation failed", self.label)
-                return
             finally:
                 self._io_lock.release()
         with self._kick_lock:
@@ -216,11 +213,14 @@ class _Link:
             return
         with _corked(self._conn):
             while channel.is_open and self._ops:
-                op = self._ops.popleft()
-                try:
-                    op(channel)
-                except Exception:
-                    log.exception("amqp %s: operation failed", self.label)
+                self._apply(self._ops.popleft(), channel)
+
+    def _apply(self, op: Callable[[Channel], None], channel: Channel) -> None:
+        """Run one op; a failing op is logged and does not stop the others."""
+        try:
+            op(channel)
+        except Exception:
+            log.exception("amqp %s: operation failed", self.label)
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping.set()
