@@ -540,11 +540,12 @@ class AMQPQueueBackend(QueueBackend):
         if refused:
             raise PublishError(f"{len(refused)} of {len(batch)} message(s): {refused[0]}")
 
-    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
+                route: str | None = None) -> None:
         self.publish_many(queue, [body], priority=priority, delay=delay)
 
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
-                     delay: float = 0.0) -> None:
+                     delay: float = 0.0, route: str | None = None) -> None:
         target = f"{queue}.delay.{delay_bucket(delay)}" if delay > 0 else queue
         self.send(target, bodies, queue=queue, priority=priority)
 
@@ -630,6 +631,7 @@ class AMQPQueueBackend(QueueBackend):
 class AMQPDelivery(Delivery):
     def __init__(self, consumer: AMQPConsumer, generation: int, tag: int, body: bytes,
                  headers: dict[str, Any], redelivered: bool) -> None:
+        super().__init__()
         self._consumer = consumer
         self._generation = generation
         self._tag = tag
@@ -645,30 +647,30 @@ class AMQPDelivery(Delivery):
         self._done = True
         self._consumer._settle(self._generation, op)
 
-    def ack(self) -> None:
+    def _ack(self) -> None:
         tag = self._tag
         self._settle(lambda ch: ch.basic_ack(tag))
 
-    def release(self) -> None:
+    def _release(self) -> None:
         tag = self._tag
         self._settle(lambda ch: ch.basic_nack(tag, requeue=True))
 
-    def retry(self, delay: float, body: bytes | None = None) -> None:
+    def _retry(self, delay: float, body: bytes | None) -> None:
         backend = self._consumer.backend
         headers = {DELIVERY_HEADER: self.delivery_count}
         target = (f"{self.queue}.delay.{delay_bucket(delay)}" if delay > 0 else self.queue)
         backend.send(target, [body if body is not None else self.body], queue=self.queue,
                      headers=headers)
-        self.ack()
+        self._ack()
 
-    def dead_letter(self, reason: str) -> None:
+    def _dead_letter(self, reason: str) -> None:
         backend = self._consumer.backend
         backend.send(f"{self.queue}.dead", [self.body], queue=self.queue,
                      headers={REASON_HEADER: reason[:4000], DELIVERY_HEADER: self.delivery_count,
                               "x-ivy-dead-at": int(time.time())})
-        self.ack()
+        self._ack()
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         """Nothing to do: an unacknowledged AMQP message stays reserved while we are connected."""
 
 

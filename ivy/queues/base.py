@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger("ivy.queue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,34 +25,91 @@ class DeadLetter:
 
 
 class Delivery(ABC):
-    """One received message. Exactly one of ack, retry or dead_letter ends it; until then the
-    backend keeps it reserved for this consumer (extend() pushes the reservation out)."""
+    """One received message. Exactly one of ack, retry, defer, dead_letter or release ends it;
+    until then the backend keeps it reserved for this consumer (extend() pushes the reservation
+    out).
+
+    Operations on one delivery are serialized: the heartbeat's extend() and an executor's ack()
+    never overlap (IronMQ's touch hands out a new reservation id that the delete must use).
+    Once an ending operation succeeded, later ones do nothing: an extend() that loses the race
+    against an ack() is skipped, a second ack() is logged and ignored. Backends implement the
+    underscored methods; this class does the locking.
+    """
 
     body: bytes
     queue: str
     #: 1 on first delivery, +1 each time the backend delivered it again (lease expiry, retry)
     delivery_count: int = 1
 
-    @abstractmethod
+    def __init__(self) -> None:
+        self._op_lock = threading.Lock()
+        #: the name of the operation that ended this delivery, or None while it is held
+        self.ended: str | None = None
+
+    def _end(self, what: str, op: Callable[[], None]) -> None:
+        with self._op_lock:
+            if self.ended is not None:
+                log.warning("%s of a message of %s ignored: it was settled by %s already", what,
+                            self.queue, self.ended)
+                return
+            op()
+            self.ended = what
+
     def ack(self) -> None:
         """Delete the message: its outcome is recorded."""
+        self._end("ack", self._ack)
 
-    @abstractmethod
     def retry(self, delay: float, body: bytes | None = None) -> None:
         """Put the message back, to be delivered again after ``delay`` seconds, with ``body``
-        replacing the old body when given (backends that cannot replace it keep the old one)."""
+        replacing the old body when given (backends that cannot replace it keep the old one).
+        The next delivery counts as another attempt."""
+        self._end("retry", lambda: self._retry(delay, body))
 
-    @abstractmethod
+    def defer(self, delay: float) -> None:
+        """Put the message back unchanged until ``delay`` seconds from now (a call whose
+        ``eta`` is later), without counting this delivery as an attempt."""
+        self._end("defer", lambda: self._defer(delay))
+
     def dead_letter(self, reason: str) -> None:
         """Move the message to the queue's dead letters with ``reason``."""
-
-    @abstractmethod
-    def extend(self, seconds: float) -> None:
-        """Keep the message reserved for ``seconds`` from now."""
+        self._end("dead_letter", lambda: self._dead_letter(reason))
 
     def release(self) -> None:
         """Give back a delivery that was never started, to be delivered again at once."""
-        self.retry(0.0)
+        self._end("release", self._release)
+
+    def extend(self, seconds: float, *, wait: bool = True) -> bool:
+        """Keep the message reserved for ``seconds`` from now; nothing once it has ended.
+        With ``wait=False`` (the heartbeat) it gives up at once while another operation on
+        this delivery is in progress. True if the reservation was extended."""
+        if not self._op_lock.acquire(blocking=wait):
+            return False
+        try:
+            if self.ended is not None:
+                return False
+            self._extend(seconds)
+            return True
+        finally:
+            self._op_lock.release()
+
+    @abstractmethod
+    def _ack(self) -> None: ...
+
+    @abstractmethod
+    def _retry(self, delay: float, body: bytes | None) -> None: ...
+
+    @abstractmethod
+    def _dead_letter(self, reason: str) -> None: ...
+
+    @abstractmethod
+    def _extend(self, seconds: float) -> None: ...
+
+    def _release(self) -> None:
+        self._retry(0.0, None)
+
+    def _defer(self, delay: float) -> None:
+        """Backends whose next delivery would count as an attempt override this."""
+        self._retry(delay, None)
 
 
 class Consumer(ABC):
@@ -57,6 +118,13 @@ class Consumer(ABC):
 
     @abstractmethod
     def get(self, timeout: float) -> Delivery | None: ...
+
+    def buffered(self) -> list[Delivery]:
+        """Deliveries received (and so reserved) but not handed out by get() yet. A worker's
+        heartbeat extends their reservations too, so that none lapses while it waits in a
+        prefetch buffer. Consumers without a buffer, or whose broker keeps no lease (AMQP),
+        return []."""
+        return []
 
     @abstractmethod
     def close(self) -> None:
@@ -80,6 +148,9 @@ class LongPollConsumer(Consumer):
     @abstractmethod
     def _receive(self, wait: int) -> list[Delivery]:
         """One request, waiting up to ``wait`` seconds for messages."""
+
+    def buffered(self) -> list[Delivery]:
+        return list(tuple(self._buffer))  # a tuple of a deque is taken whole, under the GIL
 
     def get(self, timeout: float) -> Delivery | None:
         deadline = time.monotonic() + timeout
@@ -129,16 +200,25 @@ class QueueBackend(ABC):
         for priorities (RabbitMQ) ask it."""
         return False
 
+    def routes_hint(self, queue: str) -> list[str]:
+        """The routes (the original's ``route`` option) of the tasks registered for ``queue``;
+        the app that owns the backend replaces this like :meth:`priority_hint`. Only AMQP with
+        an exchange uses routes (to bind the queue); other backends ignore them."""
+        return []
+
     @abstractmethod
-    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
-        """Enqueue ``body`` on queue name ``queue``; it is delivered no sooner than ``delay`` s."""
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
+                route: str | None = None) -> None:
+        """Enqueue ``body`` on queue name ``queue``; it is delivered no sooner than ``delay`` s.
+        ``route`` is the task's route (AMQP with an exchange: the routing key); other backends
+        ignore it."""
 
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
-                     delay: float = 0.0) -> None:
+                     delay: float = 0.0, route: str | None = None) -> None:
         """Enqueue several bodies; backends that can batch (one round trip, one transaction)
         override this."""
         for body in bodies:
-            self.publish(queue, body, priority=priority, delay=delay)
+            self.publish(queue, body, priority=priority, delay=delay, route=route)
 
     @abstractmethod
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:

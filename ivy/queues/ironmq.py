@@ -144,11 +144,12 @@ class IronMQQueueBackend(QueueBackend):
             q = self._queues[name] = iron_mq.Queue(self.mq, name)
         return q
 
-    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
+                route: str | None = None) -> None:
         self.publish_many(queue, [body], delay=delay)
 
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
-                     delay: float = 0.0) -> None:
+                     delay: float = 0.0, route: str | None = None) -> None:
         messages = [{"body": _text(b), **({"delay": math.ceil(delay)} if delay > 0 else {})}
                     for b in bodies]
         for start in range(0, len(messages), 100):
@@ -187,6 +188,7 @@ class IronMQQueueBackend(QueueBackend):
 class IronMQDelivery(Delivery):
     def __init__(self, backend: IronMQQueueBackend, queue: str, message: dict[str, Any],
                  ) -> None:
+        super().__init__()
         self._backend = backend
         self.queue = queue
         self._id: str = message["id"]
@@ -210,31 +212,31 @@ class IronMQDelivery(Delivery):
             log.warning("ironmq: could not %s message %s of %s: its reservation ran out",
                         what, self._id, self.queue)
 
-    def ack(self) -> None:
+    def _ack(self) -> None:
         with self._reserved("delete"):
             self._q().delete(self._id, reservation_id=self._reservation)
 
-    def retry(self, delay: float, body: bytes | None = None) -> None:
+    def _retry(self, delay: float, body: bytes | None) -> None:
         """Release the message to come back after ``delay`` (the body cannot change)."""
         with self._reserved("release"):
             self._q().release(self._id, self._reservation, delay=math.ceil(delay))
 
-    def release(self) -> None:
+    def _release(self) -> None:
         with self._reserved("release"):
             self._q().release(self._id, self._reservation)
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         with self._reserved("touch"):
             result = self._q().touch(self._id, self._reservation,
                                      timeout=max(seconds, self._backend.min_reserve))
             if isinstance(result, dict) and result.get("reservation_id"):
                 self._reservation = result["reservation_id"]
 
-    def dead_letter(self, reason: str) -> None:
+    def _dead_letter(self, reason: str) -> None:
         envelope = json.dumps({"reason": reason, "queue": self.queue, "time": time.time(),
                                "body": self._text})
         self._backend.queue(f"{self.queue}.dead").post({"body": envelope})
-        self.ack()
+        self._ack()
 
 
 class IronMQConsumer(LongPollConsumer):

@@ -132,6 +132,7 @@ def get_broker(name: str) -> MemoryBroker:
 
 class MemoryDelivery(Delivery):
     def __init__(self, broker: MemoryBroker, queue: str, entry: _Entry) -> None:
+        super().__init__()
         self._broker = broker
         self._entry = entry
         self._token = entry.token
@@ -139,21 +140,21 @@ class MemoryDelivery(Delivery):
         self.body = entry.body
         self.delivery_count = entry.count
 
-    def ack(self) -> None:
+    def _ack(self) -> None:
         self._broker.finish(self.queue, self._token)
 
-    def retry(self, delay: float, body: bytes | None = None) -> None:
+    def _retry(self, delay: float, body: bytes | None) -> None:
         if self._broker.finish(self.queue, self._token):
             self._broker.put(self.queue, body if body is not None else self.body,
                              self._entry.priority, delay, self._entry.count)
 
-    def dead_letter(self, reason: str) -> None:
+    def _dead_letter(self, reason: str) -> None:
         if self._broker.finish(self.queue, self._token):
             with self._broker.cond:
                 self._broker.queue(self.queue).dead.append(
                     DeadLetter(self.queue, self.body, reason, time.time()))
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         self._broker.extend(self.queue, self._token, seconds)
 
 
@@ -187,7 +188,8 @@ class MemoryQueueBackend(QueueBackend):
     def from_config(cls, config: dict[str, Any]) -> Self:
         return cls(str(config.get("name") or "default"))
 
-    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
+                route: str | None = None) -> None:
         self.broker.put(queue, body, priority, delay)
 
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:

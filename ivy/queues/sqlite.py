@@ -23,6 +23,7 @@ from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
 class SQLiteDelivery(Delivery):
     def __init__(self, backend: SQLiteQueueBackend, queue: str, row_id: int, body: bytes,
                  token: str, deliveries: int) -> None:
+        super().__init__()
         self._backend = backend
         self._id = row_id
         self._token = token
@@ -30,18 +31,18 @@ class SQLiteDelivery(Delivery):
         self.body = body
         self.delivery_count = deliveries
 
-    def ack(self) -> None:
+    def _ack(self) -> None:
         self._backend.db.conn().execute(
             "DELETE FROM ivy_messages WHERE id = ? AND token = ?", (self._id, self._token))
 
-    def retry(self, delay: float, body: bytes | None = None) -> None:
+    def _retry(self, delay: float, body: bytes | None) -> None:
         self._backend.db.conn().execute(
             "UPDATE ivy_messages SET body = coalesce(?, body), available_at = ?, token = NULL "
             "WHERE id = ? AND token = ?",
             (body, time.time() + max(delay, 0.0), self._id, self._token))
         self._backend.waker.wake()
 
-    def dead_letter(self, reason: str) -> None:
+    def _dead_letter(self, reason: str) -> None:
         db = self._backend.db
         with db.write() as conn:
             moved = conn.execute(
@@ -52,12 +53,12 @@ class SQLiteDelivery(Delivery):
                     "INSERT INTO ivy_dead_letters (queue, body, reason, time) VALUES (?, ?, ?, ?)",
                     (moved[0], moved[1], reason, time.time()))
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         self._backend.db.conn().execute(
             "UPDATE ivy_messages SET available_at = ? WHERE id = ? AND token = ?",
             (time.time() + seconds, self._id, self._token))
 
-    def release(self) -> None:
+    def _release(self) -> None:
         """Give an unstarted delivery back at once, without counting it as a delivery."""
         self._backend.db.conn().execute(
             "UPDATE ivy_messages SET available_at = ?, token = NULL, deliveries = deliveries - 1 "
@@ -140,7 +141,8 @@ class SQLiteQueueBackend(QueueBackend):
     def from_config(cls, config: dict[str, Any]) -> Self:
         return cls(str(config.get("path") or "ivy.db"))
 
-    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
+                route: str | None = None) -> None:
         now = time.time()
         self.db.conn().execute(
             "INSERT INTO ivy_messages (queue, body, priority, available_at, created) "
@@ -148,7 +150,7 @@ class SQLiteQueueBackend(QueueBackend):
         self.waker.wake()
 
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
-                     delay: float = 0.0) -> None:
+                     delay: float = 0.0, route: str | None = None) -> None:
         now = time.time()
         with self.db.write() as conn:
             conn.executemany(

@@ -126,12 +126,13 @@ class SQSQueueBackend(QueueBackend):
             entry["DelaySeconds"] = min(MAX_DELAY, math.ceil(delay))
         return entry
 
-    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
+                route: str | None = None) -> None:
         entry = self._entry(queue, body, delay)
         self.client.send_message(QueueUrl=self.queue_url(queue), **entry)
 
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
-                     delay: float = 0.0) -> None:
+                     delay: float = 0.0, route: str | None = None) -> None:
         entries = [self._entry(queue, body, delay) for body in bodies]
         url = self.queue_url(queue)
         for start in range(0, len(entries), 10):
@@ -187,6 +188,7 @@ class SQSQueueBackend(QueueBackend):
 
 class SQSDelivery(Delivery):
     def __init__(self, consumer: SQSConsumer, message: dict[str, Any]) -> None:
+        super().__init__()
         self._consumer = consumer
         self._backend = consumer.backend
         self._receipt: str = message["ReceiptHandle"]
@@ -198,14 +200,14 @@ class SQSDelivery(Delivery):
     def _url(self) -> str:
         return self._backend.queue_url(self.queue)
 
-    def ack(self) -> None:
+    def _ack(self) -> None:
         self._consumer.delete(self._receipt)
 
-    def retry(self, delay: float, body: bytes | None = None) -> None:
+    def _retry(self, delay: float, body: bytes | None) -> None:
         """Make the message visible again after ``delay`` (the body cannot change on SQS)."""
         self._visibility(delay)
 
-    def release(self) -> None:
+    def _release(self) -> None:
         self._visibility(0)
 
     def _visibility(self, seconds: float) -> None:
@@ -213,10 +215,10 @@ class SQSDelivery(Delivery):
             QueueUrl=self._url(), ReceiptHandle=self._receipt,
             VisibilityTimeout=min(MAX_VISIBILITY, max(0, math.ceil(seconds))))
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         self._visibility(seconds)
 
-    def dead_letter(self, reason: str) -> None:
+    def _dead_letter(self, reason: str) -> None:
         text, attributes = _text(self.body)
         attributes = {**attributes, REASON: {"DataType": "String",
                                              "StringValue": reason[:4000] or "-"}}
@@ -226,7 +228,7 @@ class SQSDelivery(Delivery):
         self._backend.client.send_message(QueueUrl=self._backend.queue_url(dead),
                                           MessageBody=text, MessageAttributes=attributes,
                                           **extra)
-        self.ack()
+        self._ack()
 
 
 class SQSConsumer(LongPollConsumer):
