@@ -18,6 +18,8 @@ registry); tests and libraries can make their own.
 
 from __future__ import annotations
 
+import atexit
+
 from ivy.app import Ivy
 from ivy.call import Call
 from ivy.config import mask_url
@@ -40,6 +42,9 @@ __version__ = "0.1.0"
 
 #: The default instance behind the module-level functions.
 default = Ivy()
+# As a Node.js process stays up while a callback is due, a script's exit waits (up to
+# default.exit_timeout seconds) for the calls whose callbacks have not run yet.
+atexit.register(lambda: default.wait_for_callbacks(default.exit_timeout))
 
 register_task = default.register_task
 delayed_call = default.delayed_call

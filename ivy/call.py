@@ -1,11 +1,21 @@
-"""Call: the producer's handle on one delayed call (status, result, callbacks, ``await``)."""
+"""Call: the producer's handle on one delayed call (status, result, callbacks, ``await``).
+
+User code never runs on the thread that reads notifications: callbacks (the per-call one, the
+task's ``finished``, ``add_done_callback`` functions) run on a small pool of daemon callback
+threads, each wrapped so that an exception is logged and dropped. A callback that blocks holds
+one of those threads; the others go on (up to :data:`CALLBACK_THREADS` blocked at once), and
+results keep arriving whatever callbacks do. An ``await`` that was cancelled, or whose event loop
+closed, leaves nothing behind that could fail later.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Generator
+from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
 from ivy.errors import RemoteTaskError, ResultTimeout
@@ -15,7 +25,55 @@ log = logging.getLogger("ivy.call")
 R = TypeVar("R")
 ResultCallback = Callable[[RemoteTaskError | None, Any], None]
 
+#: Most callback threads at once; a call's callbacks wait in line once this many are busy.
+CALLBACK_THREADS = 16
+
 _PENDING = object()
+
+
+class _CallbackPool:
+    """Daemon threads that run callbacks, started on demand and kept once started. Daemon
+    threads, unlike ``concurrent.futures``' workers, never hold up the interpreter's exit."""
+
+    def __init__(self, max_threads: int) -> None:
+        self._jobs: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+        self._max = max_threads
+        self.local = threading.local()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1  # that idle thread takes this job
+                start = False
+            else:
+                start = self._threads < self._max
+                if start:
+                    self._threads += 1
+        self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._loop, name=f"ivy-callback-{self._threads}",
+                             daemon=True).start()
+
+    def _loop(self) -> None:
+        self.local.inside = True
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException:  # a job guards itself; this keeps the thread alive regardless
+                log.exception("a callback job raised")
+            with self._lock:
+                self._idle += 1
+
+    def inside(self) -> bool:
+        """Whether the current thread is one of the callback threads."""
+        return getattr(self.local, "inside", False)
+
+
+_callbacks = _CallbackPool(CALLBACK_THREADS)
 
 
 class Call(Generic[R]):
@@ -23,7 +81,9 @@ class Call(Generic[R]):
     call becomes ``done`` once its callbacks (the per-call one and the task's ``finished``) ran.
 
     The first final notification wins: a redelivered task that runs twice settles the call once,
-    and every callback runs exactly once.
+    and every callback runs exactly once. :meth:`result` returns once the callbacks ran, so what
+    they did is visible to the caller; called from inside a callback it returns as soon as the
+    result is known (a callback may wait for another call's result).
     """
 
     def __init__(self, call_id: str, task: str, queue: str) -> None:
@@ -35,33 +95,48 @@ class Call(Generic[R]):
         self.worker: str | None = None
         self._value: Any = _PENDING
         self._error: RemoteTaskError | None = None
-        self._event = threading.Event()
+        self._settled = threading.Event()
+        self._done = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[Call[R]], None]] = []
-        self._waiters: list[Callable[[Call[R]], None]] = []
-        self._settling_thread: int | None = None
+        self._waiters: list[Callable[[], None]] = []
+        #: why notifications for this call were turned away (bad signature, bad schema)
+        self.rejected: list[str] = []
 
     def __repr__(self) -> str:
         return f"<Call {self.id} {self.task} {self.status}>"
 
     def done(self) -> bool:
         """True once the call succeeded or errored and its callbacks ran."""
-        return self._event.is_set()
+        return self._done.is_set()
 
     def result(self, timeout: float | None = None) -> R:
         """Block until the result arrives and the callbacks ran. Raises RemoteTaskError if the
         task failed, and :class:`ivy.ResultTimeout` (a ``TimeoutError``) when ``timeout``
         seconds pass first."""
-        waits = not self._event.is_set() and threading.get_ident() != self._settling_thread
-        if waits and not self._event.wait(timeout):
-            raise ResultTimeout(
-                f"no result for call {self.id} of {self.task!r} within {timeout} s (status "
-                f"{self.status!r}); is a worker listening on queue {self.queue!r}? The call "
-                "may still complete: wait again, or raise the timeout")
+        event = self._settled if _callbacks.inside() else self._done
+        if not event.wait(timeout):
+            raise ResultTimeout(self._timeout_message(timeout))
         if self._error is not None:
             raise self._error
         value: R = self._value
         return value
+
+    def _timeout_message(self, timeout: float | None) -> str:
+        message = (f"no result for call {self.id} of {self.task!r} within {timeout} s (status "
+                   f"{self.status!r}); ")
+        rejected = list(self.rejected)
+        if rejected:
+            reasons = "; ".join(dict.fromkeys(rejected))
+            message += (f"{len(rejected)} notification{'s' if len(rejected) > 1 else ''} for "
+                        f"this call {'were' if len(rejected) > 1 else 'was'} rejected: {reasons}. ")
+        return message + (f"Is a worker listening on queue {self.queue!r}? The call may still "
+                          "complete: wait again, or raise the timeout")
+
+    @property
+    def has_callbacks(self) -> bool:
+        """Whether callbacks are waiting for this call to settle."""
+        return bool(self._callbacks)
 
     def exception(self, timeout: float | None = None) -> RemoteTaskError | None:
         """Wait like :meth:`result`, then return the error (or None) instead of raising it."""
@@ -72,43 +147,50 @@ class Call(Generic[R]):
         return None
 
     def add_done_callback(self, fn: Callable[[Call[R]], None]) -> None:
-        """Run ``fn(call)`` when the call settles (at once if it already did)."""
+        """Run ``fn(call)`` when the call settles, on a callback thread; at once, in this
+        thread, if it settled already. An exception from ``fn`` is logged."""
         with self._lock:
-            if self._settling_thread is None:
+            if not self._settled.is_set():
                 self._callbacks.append(fn)
                 return
-        fn(self)
+        self._run_callback(fn)
 
     def __await__(self) -> Generator[Any, None, R]:
-        if not self._event.is_set():
+        if not self._done.is_set():
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
 
-            def wake(_: Call[R]) -> None:
-                loop.call_soon_threadsafe(_resolve, future)
+            def wake() -> None:
+                with contextlib.suppress(RuntimeError):  # closed loop: nobody awaits any more
+                    loop.call_soon_threadsafe(_resolve, future)
 
             with self._lock:
-                if not self._event.is_set():
+                waiting = not self._done.is_set()
+                if waiting:
                     self._waiters.append(wake)
-                else:
-                    _resolve(future)
-            yield from future.__await__()
+            if waiting:
+                try:
+                    yield from future.__await__()
+                finally:  # cancelled (asyncio.wait_for timed out) or woken: forget the waiter
+                    with self._lock:
+                        if wake in self._waiters:
+                            self._waiters.remove(wake)
         return self.result(0)
 
     # -- driven by the notification consumer ------------------------------------------------
 
     def _running(self, notification: Notification) -> None:
-        if not self._event.is_set():
+        if not self._settled.is_set():
             self.status = "running"
             self.attempt = notification.attempt
             self.worker = notification.worker
 
     def _settle(self, notification: Notification) -> bool:
-        """Record a final notification; False if the call had settled already."""
+        """Record a final notification; False if the call had settled already. The callbacks
+        run on a callback thread; the call is done once they ran."""
         with self._lock:
-            if self._settling_thread is not None:
+            if self._settled.is_set():
                 return False
-            self._settling_thread = threading.get_ident()
             self.attempt = notification.attempt
             self.worker = notification.worker
             if notification.status == "successful":
@@ -120,19 +202,29 @@ class Call(Generic[R]):
                 )
                 self.status = "errored"
             callbacks, self._callbacks = self._callbacks, []
+            self._settled.set()
+        if callbacks:
+            _callbacks.submit(lambda: self._finish(callbacks))
+        else:
+            self._finish(())
+        return True
+
+    def _run_callback(self, fn: Callable[[Call[R]], None]) -> None:
+        try:
+            fn(self)
+        except BaseException:  # even SystemExit: the call must still become done
+            log.exception("callback of call %s (%s) raised", self.id, self.task)
+
+    def _finish(self, callbacks: list[Callable[[Call[R]], None]] | tuple[()]) -> None:
         for fn in callbacks:
-            try:
-                fn(self)
-            except Exception:
-                log.exception("callback of call %s (%s) raised", self.id, self.task)
+            self._run_callback(fn)
         with self._lock:
             if self._error is None:
                 self.status = "done"
-            self._event.set()
+            self._done.set()
             waiters, self._waiters = self._waiters, []
-        for fn in waiters:
-            fn(self)
-        return True
+        for wake in waiters:
+            wake()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -235,3 +235,17 @@ def decode_notification(
         id=data["id"], status=data["status"], name=data.get("name"), result=data.get("result"),
         error=data.get("error"), attempt=data.get("attempt", 0), worker=data.get("worker"),
     )
+
+
+def peek_id(body: bytes, serializer: Serializer, max_bytes: int) -> str | None:
+    """The ``id`` of a body that failed to decode, read without verifying anything (a signed
+    body's inner bytes are read unchecked), or None. For diagnostics only: the producer notes
+    why a notification for one of its calls was turned away, and trusts nothing else in it."""
+    if len(body) > max_bytes * 2 + 1024:
+        return None
+    try:
+        data = serializer.loads(unwrap(body, None))
+    except (ValueError, UnicodeDecodeError, RecursionError, TypeError):
+        return None
+    call_id = data.get("id") if isinstance(data, dict) else None
+    return call_id if isinstance(call_id, str) else None

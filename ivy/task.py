@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
 from ivy.errors import ConfigurationError, TaskNotRegistered
@@ -54,6 +54,7 @@ class Task(Generic[P, R]):
         reserve_time: float | None = None,
         timeout: float | None = None,
         style: Style | None = None,
+        route: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name or len(name) > 200:
             raise ConfigurationError(
@@ -75,6 +76,10 @@ class Task(Generic[P, R]):
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):
                 raise ConfigurationError(
                     f"{label} {value!r} for task {name!r} must be a number of seconds > 0")
+        if route is not None and (not isinstance(route, str) or not route):
+            raise ConfigurationError(
+                f"route {route!r} for task {name!r} must be a non-empty string (an AMQP "
+                "routing key such as 'testpackage.route1') or None")
         if finished is not None and not callable(finished):
             raise ConfigurationError(f"finished {finished!r} for task {name!r} must be callable")
         self.func = func
@@ -87,6 +92,9 @@ class Task(Generic[P, R]):
         self.max_retries = max_retries or (DEFAULT_MAX_RETRIES if retry else 0)
         self.reserve_time = reserve_time
         self.timeout = timeout
+        #: the original's route: the AMQP routing key where the queue URL names an exchange;
+        #: other backends ignore it
+        self.route = route
         self.style: Style = style or detect_style(func)
         try:
             self.signature: inspect.Signature | None = inspect.signature(func)
@@ -115,6 +123,46 @@ class Task(Generic[P, R]):
             self.signature.bind(*args, _noop_callback, **kwargs)
         else:
             self.signature.bind(*args, **kwargs)
+
+
+#: The original's option names (ivy for Node.js: camelCase) and ours, -> register_task keyword.
+OPTION_NAMES: dict[str, str] = {
+    "name": "name", "queue": "queue", "priority": "priority", "retry": "retry",
+    "maxRetries": "max_retries", "max_retries": "max_retries", "route": "route",
+    "reserveTime": "reserve_time", "reserve_time": "reserve_time", "timeout": "timeout",
+    "style": "style",
+}
+
+
+def merge_options(options: Any, keywords: dict[str, Any]) -> dict[str, Any]:
+    """The original's options dict (``{"name": ..., "maxRetries": 10, ...}``) merged with the
+    keywords given beside it (None: not given). A key that is unknown, or that says something
+    else than a keyword or another spelling of the same option, is refused."""
+    if options is None:
+        return keywords
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"register_task options must be a dict such as {{'name': 'pkg.task', 'queue': "
+            f"'pkg'}}, got {type(options).__name__} {options!r}")
+    merged = dict(keywords)
+    spelled: dict[str, str] = {}
+    for key, value in options.items():
+        keyword = OPTION_NAMES.get(key) if isinstance(key, str) else None
+        if keyword is None:
+            raise ConfigurationError(
+                f"unknown task option {key!r}: accepted are {', '.join(OPTION_NAMES)}")
+        if keyword in spelled and merged[keyword] != value:
+            raise ConfigurationError(
+                f"task options {spelled[keyword]!r} and {key!r} contradict each other "
+                f"({merged[keyword]!r} vs {value!r}): give one of them")
+        if keyword not in spelled and merged.get(keyword) is not None and (
+                merged[keyword] != value):
+            raise ConfigurationError(
+                f"task option {key!r}={value!r} contradicts the keyword {keyword}="
+                f"{merged[keyword]!r}: give it once")
+        merged[keyword] = value
+        spelled[keyword] = key
+    return merged
 
 
 def _noop_callback(err: Any, result: Any = None) -> None:

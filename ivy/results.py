@@ -1,0 +1,207 @@
+"""The producer's side of the result path: a :class:`ResultConsumer` reads one notifier's
+notifications for this producer's channel and settles its pending calls.
+
+Rules (README, "Semantics"):
+
+* A call waits in the table of the consumer that was current when it was sent. Switching the
+  notifier (``start_notification_consumer`` with another backend) starts a new consumer for new
+  calls; the old one keeps reading until every call it holds has settled or expired, then stops
+  and closes its notifier if ivy created it.
+* A call pending longer than ``pending_ttl`` seconds (default: one day, the time a Redis
+  notifier keeps a stored result) can no longer get a result through the store, and is settled
+  with a ``ResultExpired`` error: its callbacks run, ``result()`` raises, and its table entry is
+  gone. This bounds the table whatever happens to results.
+* A notification this producer refuses (bad signature, bad schema, too large) is logged, and
+  when its call id can be read, the reason is kept on the call and named in the
+  :class:`ivy.ResultTimeout` raised by ``result()``.
+* Nothing user code does runs on the consumer's thread (see :mod:`ivy.call`), so nothing user
+  code does can stop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ivy.call import Call
+from ivy.errors import MessageError
+from ivy.message import Notification
+from ivy.notifiers.base import Notifier, Subscription
+
+log = logging.getLogger("ivy.results")
+
+#: Longest a call waits for its result before it is settled with ``ResultExpired``.
+DEFAULT_PENDING_TTL = 86_400.0
+#: How often the consumer looks for expired calls.
+SWEEP_SECONDS = 1.0
+
+
+class ResultConsumer:
+    """Receives the notifications of ``channel`` from ``notifier`` on its own thread."""
+
+    def __init__(
+        self, notifier: Notifier, channel: str, *,
+        decode: Callable[[bytes], Notification],
+        peek_id: Callable[[bytes], str | None],
+        pending_ttl: float = DEFAULT_PENDING_TTL,
+        on_stopped: Callable[[ResultConsumer], None] | None = None,
+    ) -> None:
+        self.notifier = notifier
+        self.channel = channel
+        self.pending_ttl = pending_ttl
+        self._decode = decode
+        self._on_stopped = on_stopped
+        self._peek_id = peek_id
+        self._calls: dict[str, tuple[Call[Any], float]] = {}
+        self._lock = threading.Lock()
+        self._retiring = False
+        self._closing = threading.Event()
+        self._subscription: Subscription | None = None
+        self._thread = threading.Thread(target=self._run, name="ivy-notifications",
+                                        daemon=True)
+        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+
+    def __repr__(self) -> str:
+        return f"<ResultConsumer {self.notifier.url} pending={len(self._calls)}>"
+
+    def start(self) -> ResultConsumer:
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the table of pending calls -----------------------------------------------------------
+
+    def add(self, call: Call[Any]) -> None:
+        with self._lock:
+            self._calls[call.id] = (call, time.monotonic() + self.pending_ttl)
+
+    def forget(self, calls: list[Call[Any]]) -> None:
+        with self._lock:
+            for call in calls:
+                self._calls.pop(call.id, None)
+
+    def pending_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._calls)
+
+    def pending(self) -> list[Call[Any]]:
+        with self._lock:
+            return [call for call, _ in self._calls.values()]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def retire(self) -> None:
+        """Take no new calls; stop once the calls held have settled or expired."""
+        self._retiring = True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop now: pending calls get nothing more from this consumer. The notifier stays
+        open (its owner closes it)."""
+        self._closing.set()
+        subscription = self._subscription
+        if subscription is not None:
+            subscription.close()  # interrupts a get() in progress
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        subscription: Subscription | None = None
+        while not self._closing.is_set():
+            if self._retiring and not self._calls:
+                break
+            try:
+                if subscription is None:
+                    subscription = self.notifier.subscribe(self.channel, self.pending_ids)
+                    self._subscription = subscription
+                bodies = subscription.get(0.5)
+                backoff = 0.1
+            except Exception:
+                if self._closing.is_set():
+                    break
+                log.exception("notification consumer: %s failed; resubscribing in %.1f s",
+                              self.notifier.url, backoff)
+                if subscription is not None:
+                    try:
+                        subscription.close()
+                    except Exception:
+                        log.debug("closing a failed subscription raised", exc_info=True)
+                subscription = self._subscription = None
+                self._closing.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            for body in bodies:
+                try:
+                    self.dispatch(body)
+                except Exception:  # a bug here must not end result delivery
+                    log.exception("notification consumer: dispatching a notification failed")
+            if time.monotonic() >= self._next_sweep:
+                self._sweep()
+        if subscription is not None:
+            subscription.close()
+        if self._retiring and not self._closing.is_set():
+            log.info("notification consumer on %s: every call it held has settled; stopping",
+                     self.notifier.url)
+            if self._on_stopped is not None:
+                try:
+                    self._on_stopped(self)
+                except Exception:
+                    log.exception("notification consumer: closing a retired notifier failed")
+
+    def dispatch(self, body: bytes) -> None:
+        """Settle (or mark running) the call a notification body is about."""
+        try:
+            note = self._decode(body)
+        except MessageError as exc:
+            call_id = exc.fields.get("id") or self._peek_id(body)
+            with self._lock:
+                entry = self._calls.get(call_id) if isinstance(call_id, str) else None
+            if entry is not None:
+                entry[0].rejected.append(exc.reason)
+            log.warning("notification consumer: ignoring a bad notification%s: %s",
+                        f" for call {call_id}" if entry is not None else "", exc.reason)
+            return
+        with self._lock:
+            entry = self._calls.get(note.id)
+            if entry is not None and note.final:
+                del self._calls[note.id]
+        if entry is None:
+            return
+        if note.final:
+            entry[0]._settle(note)
+        else:
+            entry[0]._running(note)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        self._next_sweep = now + SWEEP_SECONDS
+        with self._lock:
+            expired = [call for call, deadline in self._calls.values() if deadline <= now]
+            for call in expired:
+                del self._calls[call.id]
+        for call in expired:
+            log.warning("call %s of %r: no result within %s s; it is forgotten (settled with "
+                        "ResultExpired)", call.id, call.task, self.pending_ttl)
+            call._settle(Notification(call.id, "errored", call.task, error={
+                "type": "ResultExpired", "traceback": "",
+                "message": f"no result for call {call.id} of {call.task!r} within "
+                           f"{self.pending_ttl} s (pending_ttl): the producer stopped waiting. "
+                           "The task may still run; raise Ivy(pending_ttl=...) for longer "
+                           "calls"}))
+
+    def fail_pending(self, error_type: str, message: str) -> None:
+        """Settle every pending call with a local error (the producer is closing)."""
+        with self._lock:
+            calls = [call for call, _ in self._calls.values()]
+            self._calls.clear()
+        for call in calls:
+            call._settle(Notification(call.id, "errored", call.task, error={
+                "type": error_type, "message": message, "traceback": ""}))
