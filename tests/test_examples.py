@@ -39,3 +39,36 @@ def test_production_example(amqp_url: str, redis_url: str, tmp_path: Path) -> No
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
+
+
+@pytest.mark.slow
+def test_the_originals_readme_example(redis_url: str, tmp_path: Path) -> None:
+    """The original's README example, transcribed with only the syntax changed, runs: a worker
+    on IronMQ (the fake v3 server) and a producer whose callback and finished both print 42."""
+    import os
+    import signal
+
+    pytest.importorskip("iron_mq")
+    from fake_ironmq import FakeIronMQ
+
+    fake = FakeIronMQ(token="dummy", project_id="testpackage").start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IRON", "IVY_"))}
+    env.update(HOME=str(tmp_path), REDIS_URL=redis_url, IRON_HOST=fake.host,
+               IRON_PORT=str(fake.port), IRON_PROTOCOL="http")
+    example = str(ROOT / "examples" / "original.py")
+    worker = subprocess.Popen([sys.executable, example], cwd=tmp_path,
+                              env={**env, "NODE_ENV": "worker"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out = subprocess.run(
+            [sys.executable, example], cwd=tmp_path, capture_output=True, text=True,
+            timeout=120, env={**env, "NODE_ENV": "producer", "IRON_TOKEN": "dummy",
+                              "IRON_PROJECT_ID": "testpackage", "IVY_QUEUE_URL": "ironmq://"})
+        assert out.returncode == 0, out.stderr
+        assert "Factorial result is 42" in out.stdout
+        assert "result is 42" in out.stdout.replace("Factorial result is 42", "")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+        fake.stop()
+    assert worker.returncode == 0, err
