@@ -72,3 +72,66 @@ def test_tested_pika_uses_the_shortcuts(backend: AMQPQueueBackend) -> None:
     backend.publish(q, b"x")
     link = backend._link()
     assert link.shortcuts and link._conn is not None and hasattr(link._conn, "_ivy_cork")
+
+
+@pytest.fixture
+def priorities(amqp_url: str) -> Iterator[AMQPQueueBackend]:
+    """A backend whose queues are priority queues."""
+    b = AMQPQueueBackend(amqp_url, max_priority=10)
+    yield b
+    b.close()
+    b.delete_queues(sorted(b._declarer.seen))
+
+
+def test_a_retried_message_keeps_its_priority(priorities: AMQPQueueBackend) -> None:
+    from ivy.queues.amqp import AMQPDelivery
+
+    # Given a message of priority 5 being worked on, and three of priority 1 waiting
+    q = qname()
+    priorities.publish(q, b"high", priority=5)
+    consumer = priorities.consume(q, prefetch=1)
+    high = consumer.get(10)
+    assert high is not None and high.body == b"high"
+    priorities.publish_many(q, [b"low"] * 3, priority=1)
+    # When it is retried at once
+    high.retry(0)
+    # Then it comes back before the others (the retry is confirmed before the ack frees the
+    # consumer's one prefetch slot, so the broker chooses among all four)
+    again = consumer.get(10)
+    assert again is not None and again.body == b"high"
+    assert isinstance(again, AMQPDelivery) and again.priority == 5
+    # and through a delay queue too
+    again.retry(0.05)
+    got: list[AMQPDelivery] = []
+    for _ in range(4):
+        d = consumer.get(10)
+        assert isinstance(d, AMQPDelivery)
+        got.append(d)
+        d.ack()
+    consumer.close()
+    [later] = [d for d in got if d.body == b"high"]
+    assert later.priority == 5 and later.delivery_count == 3
+
+
+def test_a_deferred_message_is_not_counted_as_an_attempt(
+        priorities: AMQPQueueBackend) -> None:
+    from ivy.queues.amqp import AMQPDelivery
+
+    q = qname()
+    priorities.publish(q, b"job", priority=5)
+    consumer = priorities.consume(q)
+    counts: list[int] = []
+    # When the message is deferred, retried, deferred again (at once and through a delay queue)
+    for step in ("defer", "retry", "defer", "defer", "ack"):
+        d = consumer.get(10)
+        assert isinstance(d, AMQPDelivery) and d.body == b"job" and d.priority == 5
+        counts.append(d.delivery_count)
+        if step == "defer":
+            d.defer(0.05 if len(counts) % 2 else 0)
+        elif step == "retry":
+            d.retry(0)
+        else:
+            d.ack()
+    consumer.close()
+    # Then only the retry counted
+    assert counts == [1, 1, 2, 2, 2]

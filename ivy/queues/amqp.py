@@ -290,15 +290,21 @@ class AMQPQueueBackend(QueueBackend):
 
 
 class AMQPDelivery(Delivery):
+    """A message received by an :class:`AMQPConsumer`. ``delivery_count`` is the count carried
+    in the ``x-ivy-delivery`` header by a message that ivy put back, plus one, plus one more if
+    the broker marks it redelivered (its consumer's connection was lost)."""
+
     def __init__(self, consumer: AMQPConsumer, generation: int, tag: int, body: bytes,
-                 headers: dict[str, Any], redelivered: bool) -> None:
+                 props: BasicProperties, redelivered: bool) -> None:
         super().__init__()
         self._consumer = consumer
         self._generation = generation
         self._tag = tag
         self.queue = consumer.queue
         self.body = body
-        earlier = headers.get(DELIVERY_HEADER, 0)
+        #: the message's AMQP priority (0 when it has none), kept when it is put back
+        self.priority: int = props.priority or 0
+        earlier = (props.headers or {}).get(DELIVERY_HEADER, 0)
         self.delivery_count = (earlier if isinstance(earlier, int) else 0) + 1 + int(redelivered)
         self._done = False
 
@@ -317,16 +323,24 @@ class AMQPDelivery(Delivery):
         self._settle(lambda ch: ch.basic_nack(tag, requeue=True))
 
     def _retry(self, delay: float, body: bytes | None) -> None:
-        backend = self._consumer.backend
-        headers = {DELIVERY_HEADER: self.delivery_count}
+        self._put_back(delay, body if body is not None else self.body, self.delivery_count)
+
+    def _defer(self, delay: float) -> None:
+        """Put back with the count of the deliveries before this one: the next delivery has
+        this one's ``delivery_count``."""
+        self._put_back(delay, self.body, self.delivery_count - 1)
+
+    def _put_back(self, delay: float, body: bytes, delivered: int) -> None:
+        """Publish a copy with its priority, straight to the queue or through a delay queue
+        (the default exchange, never the routes of an exchange), then ack this one."""
         target = delay_queue(self.queue, delay) if delay > 0 else self.queue
-        backend.send(target, [body if body is not None else self.body], queue=self.queue,
-                     headers=headers)
+        self._consumer.backend.send(target, [body], queue=self.queue, priority=self.priority,
+                                    headers={DELIVERY_HEADER: delivered})
         self._ack()
 
     def _dead_letter(self, reason: str) -> None:
         backend = self._consumer.backend
-        backend.send(dead_queue(self.queue), [self.body], queue=self.queue,
+        backend.send(dead_queue(self.queue), [self.body], queue=self.queue, priority=self.priority,
                      headers={REASON_HEADER: reason[:4000], DELIVERY_HEADER: self.delivery_count,
                               "x-ivy-dead-at": int(time.time())})
         self._ack()
@@ -358,8 +372,8 @@ class AMQPConsumer(Consumer):
         generation = self._link.generation
 
         def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
-            delivery = AMQPDelivery(self, generation, method.delivery_tag, body,
-                                    props.headers or {}, bool(method.redelivered))
+            delivery = AMQPDelivery(self, generation, method.delivery_tag, body, props,
+                                    bool(method.redelivered))
             with self._cond:
                 if self._closed:
                     ch.basic_nack(method.delivery_tag, requeue=True)
