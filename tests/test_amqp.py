@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -135,3 +136,118 @@ def test_a_deferred_message_is_not_counted_as_an_attempt(
     consumer.close()
     # Then only the retry counted
     assert counts == [1, 1, 2, 2, 2]
+
+
+def with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+@pytest.fixture
+def exchange(amqp_url: str) -> Iterator[str]:
+    """A fresh exchange name, deleted after the test."""
+    name = f"ivy-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    conn.channel().exchange_delete(name)
+    conn.close()
+
+
+def test_exchange_options_from_the_url_and_the_dict_form(amqp_url: str) -> None:
+    from ivy.config import make_queue_backend
+    from ivy.errors import ConfigurationError
+
+    by_url = make_queue_backend(with_query(amqp_url, "exchange=ivy&exchange_type=topic"))
+    by_dict = make_queue_backend({"type": "amqp", "url": amqp_url, "exchange": "ivy"})
+    plain = make_queue_backend(amqp_url)
+    assert isinstance(by_url, AMQPQueueBackend) and isinstance(by_dict, AMQPQueueBackend)
+    assert isinstance(plain, AMQPQueueBackend)
+    assert (by_url.exchange, by_url.exchange_type) == ("ivy", "topic")
+    assert (by_dict.exchange, by_dict.exchange_type) == ("ivy", "direct")
+    assert plain.exchange == ""
+    with pytest.raises(ConfigurationError, match=r"exchange_type 'fanout'.*direct, topic"):
+        make_queue_backend(with_query(amqp_url, "exchange=ivy&exchange_type=fanout"))
+
+
+def test_a_route_published_to_the_exchange_reaches_the_consumer(
+        amqp_url: str, exchange: str) -> None:
+    # Given a backend whose queue URL names an exchange, and a consumer of q, whose tasks have
+    # the route testpackage.route1 (the app's registry answers routes_hint)
+    backend = AMQPQueueBackend(amqp_url, exchange=exchange)
+    backend.routes_hint = lambda queue: ["testpackage.route1"]  # type: ignore[method-assign]
+    q = qname()
+    consumer = backend.consume(q)
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = conn.channel()
+    try:
+        # When another AMQP client publishes to the exchange with the route as routing key
+        # (mandatory: the broker returns it until the consumer has bound its queue)
+        channel.exchange_declare(exchange, "direct", durable=True)
+        channel.confirm_delivery()
+
+        def routed() -> bool:
+            try:
+                channel.basic_publish(
+                    exchange, "testpackage.route1",
+                    b'{"name":"testpackage.factorial","options":{},"args":[7]}',
+                    pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+                    mandatory=True)
+            except pika.exceptions.UnroutableError:
+                return False
+            return True
+
+        wait_for(routed, message="the consumer's binding of the route")
+        # Then the ivy consumer of q receives it
+        assert take(consumer, 1, timeout=10) == [
+            b'{"name":"testpackage.factorial","options":{},"args":[7]}']
+        # and q is bound with its own name too: the exchange's other keys are not
+        channel.basic_publish(exchange, q, b"by name", mandatory=True)
+        with pytest.raises(pika.exceptions.UnroutableError):
+            channel.basic_publish(exchange, "testpackage.route2", b"other", mandatory=True)
+        assert take(consumer, 1, timeout=10) == [b"by name"]
+    finally:
+        conn.close()
+        consumer.close()
+        backend.close()
+        backend.delete_queues(sorted(backend._declarer.seen))
+
+
+def test_publish_with_a_route_goes_through_the_exchange_and_retries_do_not(
+        amqp_url: str, exchange: str) -> None:
+    # Given a topic exchange, and another client's queue listening to orders.#
+    backend = AMQPQueueBackend(amqp_url, exchange=exchange, exchange_type="topic")
+    q, spy = qname(), qname()
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = conn.channel()
+    channel.exchange_declare(exchange, "topic", durable=True)
+    channel.queue_declare(spy)
+    channel.queue_bind(spy, exchange, routing_key="orders.#")
+    try:
+        # When ivy publishes to q with a route, and without one
+        backend.publish(q, b"routed", route="orders.created")
+        backend.publish(q, b"plain")
+        # Then both reach q, and the routed one also the other client's queue
+        consumer = backend.consume(q, prefetch=1)
+        first = consumer.get(10)
+        assert first is not None and first.body == b"routed"
+        # and a retry goes straight to q, not through the exchange
+        first.retry(0)
+        assert take(consumer, 2, timeout=10) == [b"plain", b"routed"]
+        consumer.close()
+        spied = []
+        while (got := channel.basic_get(spy, auto_ack=True))[0] is not None:
+            spied.append(got[2])
+        assert spied == [b"routed"]
+    finally:
+        channel.queue_delete(spy)
+        conn.close()
+        backend.close()
+        backend.delete_queues(sorted(backend._declarer.seen))
+
+
+def test_without_an_exchange_the_route_is_ignored(backend: AMQPQueueBackend) -> None:
+    q = qname()
+    backend.publish(q, b"a", route="somewhere.else")
+    backend.publish_many(q, [b"b"], route="somewhere.else")
+    consumer = backend.consume(q)
+    assert take(consumer, 2) == [b"a", b"b"]
+    consumer.close()

@@ -86,6 +86,26 @@ class TestAMQPQueueOnPikasOwnPaths(TestAMQPQueue):
         b.close()
 
 
+class TestAMQPQueueThroughAnExchange(TestAMQPQueue):
+    """The same suite with the queue URL naming an exchange: publishes go through it."""
+
+    @pytest.fixture
+    def backend(self, amqp_url: str) -> Iterator[QueueBackend]:
+        from ivy.config import make_queue_backend
+        from ivy.queues.amqp import AMQPQueueBackend
+
+        name = f"ivy-test-{uuid.uuid4().hex[:8]}"
+        b = make_queue_backend({"type": "amqp", "url": amqp_url, "max_priority": 10,
+                                "exchange": name, "exchange_type": "topic"})
+        assert isinstance(b, AMQPQueueBackend) and b.exchange == name
+        yield b
+        b.delete_queues([n for n in b._declarer.seen])
+        b.close()
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        conn.channel().exchange_delete(name)
+        conn.close()
+
+
 def test_amqp_ops_run_in_the_calling_thread_when_the_loop_is_idle(amqp_url: str) -> None:
     import threading
 

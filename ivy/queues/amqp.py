@@ -13,6 +13,20 @@ Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
   are rounded to two significant digits to bound the number of such queues, which expire when
   unused.
 * dead letters go to ``Q.dead`` with the reason in the header ``x-ivy-reason``.
+* a message put back (a retry, or a call deferred to its ``eta``) keeps its AMQP priority and
+  carries in the header ``x-ivy-delivery`` how many deliveries count as attempts so far.
+* routes (the original's ``route`` option of a task) are used only where the queue URL names an
+  exchange: ``amqp://host/vhost?exchange=ivy&exchange_type=direct`` or the dict form
+  ``{"type": "amqp", "url": ..., "exchange": "ivy", "exchange_type": "topic"}``
+  (``exchange_type`` ``direct``, the default, or ``topic``). Then a call of a task of queue Q
+  is published to that exchange (declared durable) with its route as routing key, or Q when
+  the task has none; a worker of Q, and a producer before its first publish to Q, declare the
+  exchange and bind Q to it with the routing key Q and the route of each task registered for Q
+  (and the producer with the route it publishes with), so another AMQP client can publish to
+  the exchange with a route and reach the worker. Delayed calls, retries and dead letters
+  always go through the default exchange, straight to ``Q.delay.<ms>``, Q or ``Q.dead``, so
+  that they never depend on bindings. Without an exchange, messages go through the default
+  exchange with routing key Q, and routes are ignored.
 
 Three modules: this one is ivy's queue semantics (backend, consumer, delivery);
 :mod:`ivy.queues._amqp_topology` what is declared on the broker; :mod:`ivy.queues._amqp_link`
@@ -45,7 +59,7 @@ from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from ivy.config import driver_url, mask_url
-from ivy.errors import IvyError
+from ivy.errors import ConfigurationError, IvyError
 from ivy.queues._amqp_link import Link
 from ivy.queues._amqp_topology import Declarer, dead_queue, delay_bucket, delay_queue
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
@@ -57,7 +71,8 @@ log = logging.getLogger("ivy.amqp")
 REASON_HEADER = "x-ivy-reason"
 DELIVERY_HEADER = "x-ivy-delivery"
 #: ivy's own query parameters, removed before the URL goes to pika
-OPTIONS = ("max_priority", "publish_timeout", "content_type")
+OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type")
+EXCHANGE_TYPES = ("direct", "topic")
 
 
 class PublishError(IvyError):
@@ -72,6 +87,7 @@ class _Pending:
     routing_key: str
     body: bytes
     properties: BasicProperties
+    exchange: str
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
     cancelled: bool = False
@@ -80,18 +96,30 @@ class _Pending:
 class AMQPQueueBackend(QueueBackend):
     """A queue backend on RabbitMQ. ``url`` is an AMQP URL, plus ivy's options
     ``max_priority`` (default: 10 for queues whose tasks use priorities, none for the others),
-    ``publish_timeout`` (seconds, default 15)."""
+    ``publish_timeout`` (seconds, default 15), ``exchange`` (default none: the default exchange)
+    and ``exchange_type`` (``direct``, the default, or ``topic``)."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
                  max_priority: int | None = None, publish_timeout: float = 15.0,
-                 content_type: str = "application/json") -> None:
+                 content_type: str = "application/json", exchange: str | None = None,
+                 exchange_type: str = "direct") -> None:
+        if exchange_type not in EXCHANGE_TYPES:
+            raise ConfigurationError(
+                f"exchange_type {exchange_type!r} for the AMQP queue backend {mask_url(url)} "
+                f"is not supported: use one of {', '.join(EXCHANGE_TYPES)} "
+                "(e.g. ?exchange=ivy&exchange_type=topic)")
         self.params = pika.URLParameters(
             driver_url(url, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"}))
         self.url = mask_url(url)
         self.max_priority = max_priority
         self.publish_timeout = publish_timeout
         self.content_type = content_type
-        self._declarer = Declarer(max_priority, lambda q: self.priority_hint(q))
+        #: the exchange that publishes go through ("" = the default exchange, routes ignored)
+        self.exchange = exchange or ""
+        self.exchange_type = exchange_type
+        self._declarer = Declarer(max_priority, lambda q: self.priority_hint(q),
+                                  exchange=self.exchange, exchange_type=exchange_type,
+                                  routes=lambda q: self.routes_hint(q))
         self._pending: dict[int, _Pending] = {}
         self._tag = 0
         self._lock = threading.Lock()
@@ -104,7 +132,9 @@ class AMQPQueueBackend(QueueBackend):
         levels = config.get("max_priority")
         return cls(url, max_priority=None if levels in (None, "") else int(levels),
                    publish_timeout=float(config.get("publish_timeout", 15.0)),
-                   content_type=str(config.get("content_type", "application/json")))
+                   content_type=str(config.get("content_type", "application/json")),
+                   exchange=str(config.get("exchange") or "") or None,
+                   exchange_type=str(config.get("exchange_type") or "direct"))
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -143,9 +173,11 @@ class AMQPQueueBackend(QueueBackend):
                 self._tag += 1
                 with self._lock:
                     self._pending[self._tag] = p
-                channel.basic_publish("", p.routing_key, p.body, p.properties)
+                channel.basic_publish(p.exchange, p.routing_key, p.body, p.properties)
 
-            if p.routing_key == p.queue:
+            if p.exchange:  # the exchange, and the queue bound to it with this routing key
+                self._declarer.routed(channel, p.queue, p.routing_key, now)
+            elif p.routing_key == p.queue:
                 self._declarer.then(channel, p.queue, now)
             else:  # a delay queue dead-letters into the queue, which must exist first
                 self._declarer.then(channel, p.queue, lambda: self._declarer.then(
@@ -172,12 +204,13 @@ class AMQPQueueBackend(QueueBackend):
             p.done.set()
 
     def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
-             headers: dict[str, Any] | None = None) -> None:
-        """Publish with confirms, all bodies pipelined; return when every one was confirmed,
-        raise PublishError if one was refused or not confirmed in time."""
+             headers: dict[str, Any] | None = None, exchange: str = "") -> None:
+        """Publish to ``exchange`` (default: the default exchange, straight to the queue named
+        ``routing_key``) with confirms, all bodies pipelined; return when every one was
+        confirmed, raise PublishError if one was refused or not confirmed in time."""
         props = BasicProperties(delivery_mode=2, content_type=self.content_type,
                                 priority=priority or None, headers=headers or None)
-        batch = [_Pending(queue, routing_key, body, props) for body in bodies]
+        batch = [_Pending(queue, routing_key, body, props, exchange) for body in bodies]
         link = self._link()
         senders = [self._sender(p) for p in batch]
 
@@ -203,12 +236,19 @@ class AMQPQueueBackend(QueueBackend):
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
-        self.publish_many(queue, [body], priority=priority, delay=delay)
+        self.publish_many(queue, [body], priority=priority, delay=delay, route=route)
 
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
                      delay: float = 0.0, route: str | None = None) -> None:
-        target = delay_queue(queue, delay) if delay > 0 else queue
-        self.send(target, bodies, queue=queue, priority=priority)
+        """With an exchange, to the exchange with routing key ``route`` or ``queue``; else (and
+        for a delay, whose queue dead-letters straight into ``queue``) to the queue itself."""
+        if delay > 0:
+            self.send(delay_queue(queue, delay), bodies, queue=queue, priority=priority)
+        elif self.exchange:
+            self.send(route or queue, bodies, queue=queue, priority=priority,
+                      exchange=self.exchange)
+        else:
+            self.send(queue, bodies, queue=queue, priority=priority)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -359,9 +399,7 @@ class AMQPConsumer(Consumer):
         self._closed = False
         self._outstanding = 0
         self._tag: str | None = None
-        self._declarer = Declarer(backend.max_priority, backend._declarer.hint,
-                                   backend._declarer.seen)
-        self._declarer.plain = backend._declarer.plain
+        self._declarer = backend._declarer.copy()
         self._link = Link(backend.params, f"consume-{queue}",
                            on_channel=self._start, on_lost=self._lost)
 
@@ -385,7 +423,10 @@ class AMQPConsumer(Consumer):
             channel.basic_qos(prefetch_count=self.prefetch)
             self._tag = channel.basic_consume(self.queue, on_message)
 
-        self._declarer.then(channel, self.queue, consume)
+        if self._declarer.exchange:  # bound with its name and its tasks' routes
+            self._declarer.routed(channel, self.queue, self.queue, consume)
+        else:
+            self._declarer.then(channel, self.queue, consume)
 
     def _lost(self) -> None:
         """Deliveries of a lost connection come back from the broker; drop our copies."""
