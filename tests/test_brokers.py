@@ -70,6 +70,42 @@ class TestAMQPQueue(QueueBackendContract):
         assert got == bodies
 
 
+class TestAMQPQueueOnPikasOwnPaths(TestAMQPQueue):
+    """The same suite with a pika outside the versions ivy's shortcuts were tested with."""
+
+    @pytest.fixture
+    def backend(self, amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[QueueBackend]:
+        from ivy.queues import _pika_patches
+        from ivy.queues.amqp import AMQPQueueBackend
+
+        monkeypatch.setattr(_pika_patches, "PIKA_VERSION", (1, 9, 0))
+        b = AMQPQueueBackend(amqp_url, max_priority=10)
+        yield b
+        assert not b._link().shortcuts
+        b.delete_queues([n for n in b._declarer.seen])
+        b.close()
+
+
+class TestAMQPQueueThroughAnExchange(TestAMQPQueue):
+    """The same suite with the queue URL naming an exchange: publishes go through it."""
+
+    @pytest.fixture
+    def backend(self, amqp_url: str) -> Iterator[QueueBackend]:
+        from ivy.config import make_queue_backend
+        from ivy.queues.amqp import AMQPQueueBackend
+
+        name = f"ivy-test-{uuid.uuid4().hex[:8]}"
+        b = make_queue_backend({"type": "amqp", "url": amqp_url, "max_priority": 10,
+                                "exchange": name, "exchange_type": "topic"})
+        assert isinstance(b, AMQPQueueBackend) and b.exchange == name
+        yield b
+        b.delete_queues([n for n in b._declarer.seen])
+        b.close()
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        conn.channel().exchange_delete(name)
+        conn.close()
+
+
 def test_amqp_ops_run_in_the_calling_thread_when_the_loop_is_idle(amqp_url: str) -> None:
     import threading
 
@@ -179,6 +215,47 @@ class TestRedisNotifier(NotifierContract):
         notifier.publish("ivy:notify:x", third, b"3", final=True)
         assert [notifier.client.get(KEY_PREFIX + i) for i in (first, second, third)] == [
             b"1", b"2", b"3"]
+
+
+class TestRedisNotifierOnThePublicAPI(TestRedisNotifier):
+    """The same suite with a redis-py outside the versions ivy's shortcuts were tested with."""
+
+    @pytest.fixture
+    def notifier(self, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Notifier]:
+        from ivy.notifiers import _redis_direct
+        from ivy.notifiers.redis import RedisNotifier
+
+        monkeypatch.setattr(_redis_direct, "REDIS_VERSION", (99, 0, 0))
+        n = RedisNotifier(redis_url, result_ttl=60)
+        yield n
+        n.close()
+
+    def test_commands_and_reads_go_through_the_public_api(
+            self, notifier: Notifier, monkeypatch: pytest.MonkeyPatch) -> None:
+        from ivy.notifiers.redis import RedisNotifier, RedisSubscription
+
+        assert isinstance(notifier, RedisNotifier)
+        channel = f"ivy:notify:{uuid.uuid4().hex}"
+        sub = notifier.subscribe(channel, lambda: [])
+        assert isinstance(sub, RedisSubscription)
+        reads: list[float] = []
+        get_message = sub._pubsub.get_message
+
+        def spy(timeout: float) -> object:
+            reads.append(timeout)
+            return get_message(timeout=timeout)
+
+        monkeypatch.setattr(sub._pubsub, "get_message", spy)
+        try:
+            notifier.publish(channel, uuid.uuid4().hex, b"final", final=True)
+            notifier.publish(channel, uuid.uuid4().hex, b"running", final=False)
+            got: list[bytes] = []
+            wait_for(lambda: got.extend(sub.get(0.2)) or len(got) == 2, message="2 notifications")
+            assert got == [b"final", b"running"]
+            assert reads  # the subscription used PubSub.get_message
+            assert notifier._commands.idle.empty()  # no connection of ivy's own was opened
+        finally:
+            sub.close()
 
 
 @pytest.mark.slow

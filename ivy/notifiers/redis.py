@@ -8,13 +8,16 @@ the first result wins and a duplicate is never sent. ``running`` statuses are pu
 A subscription reads the stored notifications of every pending call each time Redis confirms
 its (re)subscription, so a Redis restart or a dropped connection delays a result but never loses
 it (given that Redis keeps its data across the restart: use AOF persistence in production).
+
+The worker's commands and the subscription's reads skip parts of redis-py for speed; that code
+is in :mod:`ivy.notifiers._redis_direct`, used only with the redis-py versions it was tested
+with (the public API otherwise).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -24,6 +27,7 @@ import redis
 import redis.exceptions
 
 from ivy.config import driver_url, mask_url
+from ivy.notifiers._redis_direct import Commands, read_pubsub
 from ivy.notifiers.base import Notifier, Subscription
 
 log = logging.getLogger("ivy.redis")
@@ -47,6 +51,7 @@ class RedisSubscription(Subscription):
         self._pending = pending
         self._closed = threading.Event()
         self._pubsub = notifier.client.pubsub()  # type: ignore[no-untyped-call]
+        self._direct = notifier._commands.direct
         self._pubsub.subscribe(channel)
 
     def get(self, timeout: float) -> list[bytes]:
@@ -57,17 +62,17 @@ class RedisSubscription(Subscription):
         wait = timeout
         while not self._closed.is_set():
             try:
-                reply = self._read(wait)
+                reply = read_pubsub(self._pubsub, wait, direct=self._direct)
             except (redis.exceptions.ConnectionError, ValueError, AttributeError, OSError):
                 if self._closed.is_set():
                     return []
                 raise
             if reply is None:
                 return []
-            kind = reply[0] if reply else None
-            if kind == b"message":
-                return [reply[2]]
-            if kind == b"subscribe":  # first subscription or a reconnect: catch up
+            kind, data = reply
+            if kind == "message":
+                return [data]
+            if kind == "subscribe":  # first subscription or a reconnect: catch up
                 found = self._notifier.stored_many(list(self._pending()))
                 if found:
                     return found
@@ -75,24 +80,6 @@ class RedisSubscription(Subscription):
             if wait <= 0:
                 return []
         return []
-
-    def _read(self, wait: float) -> list[Any] | None:
-        """The next pub/sub reply on the subscription's connection ([] for another kind of
-        reply), or None after ``wait`` seconds.
-        It is read from the connection itself: redis-py's get_message wraps each read in
-        retry and reconnect machinery (a quarter of the subscriber's CPU per notification,
-        20-40 us of a round trip here), and reconnecting is ours to do anyway: the app opens a
-        new subscription, whose confirmation starts a catch-up."""
-        pubsub = self._pubsub
-        conn = pubsub.connection
-        if conn is None:
-            raise redis.exceptions.ConnectionError("the subscription has no connection")
-        pubsub.check_health()  # a PING now and then, so that a dead peer is found
-        if not conn.can_read(timeout=wait):
-            return None
-        reply = conn.read_response(push_request=True)  # RESP3 sends messages as pushes
-        # anything else is a command's reply (the health check's PING): passed over
-        return reply if isinstance(reply, list) else []
 
     def close(self) -> None:
         self._closed.set()
@@ -112,8 +99,8 @@ class RedisNotifier(Notifier):
             clean, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
         # the name Redis gives the script (EVALSHA), not a security use of SHA-1
         self._sha = hashlib.sha1(STORE_AND_PUBLISH.encode(), usedforsecurity=False).hexdigest()
-        # redis-py connections (their methods are untyped)
-        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # a worker sends a command or two per task: on connections of its own (_redis_direct)
+        self._commands = Commands(self.client)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -125,46 +112,12 @@ class RedisNotifier(Notifier):
             store = ("EVALSHA", self._sha, 1, KEY_PREFIX + call_id, body, self.result_ttl,
                      channel)
             try:
-                self._command(*store)
+                self._commands(*store)
             except redis.exceptions.NoScriptError:  # a new or flushed server
                 self.client.script_load(STORE_AND_PUBLISH)
-                self._command(*store)
+                self._commands(*store)
         else:
-            self._command("PUBLISH", channel, body)
-
-    def _command(self, *args: Any) -> Any:
-        """One command on a connection of our own. A worker sends a command or two per task,
-        and redis-py's client path (pool, retry wrapper, argument filtering) costs twice the
-        CPU of the command itself, so the worker's commands skip it: an idle connection is
-        taken, used and put back. A broken connection is reconnected once; a second failure
-        raises (the worker retries its record with a backoff)."""
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            pool = self.client.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-        clean = False  # the connection is idle again: no reply left half-read
-        try:
-            for attempt in (0, 1):
-                try:
-                    conn.send_command(*args)
-                    reply = conn.read_response()
-                except redis.exceptions.ResponseError:
-                    clean = True
-                    raise
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                        OSError):
-                    conn.disconnect()
-                    if attempt:
-                        raise
-                    continue
-                clean = True
-                return reply
-        finally:
-            if not clean:
-                conn.disconnect()
-            self._idle.put(conn)
-        return None  # pragma: no cover - the loop returns or raises
+            self._commands("PUBLISH", channel, body)
 
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         return RedisSubscription(self, channel, pending)
@@ -182,9 +135,5 @@ class RedisNotifier(Notifier):
         return found
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().disconnect()
-            except queue.Empty:
-                break
+        self._commands.close()
         self.client.close()

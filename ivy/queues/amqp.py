@@ -13,13 +13,27 @@ Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
   are rounded to two significant digits to bound the number of such queues, which expire when
   unused.
 * dead letters go to ``Q.dead`` with the reason in the header ``x-ivy-reason``.
+* a message put back (a retry, or a call deferred to its ``eta``) keeps its AMQP priority and
+  carries in the header ``x-ivy-delivery`` how many deliveries count as attempts so far.
+* routes (the original's ``route`` option of a task) are used only where the queue URL names an
+  exchange: ``amqp://host/vhost?exchange=ivy&exchange_type=direct`` or the dict form
+  ``{"type": "amqp", "url": ..., "exchange": "ivy", "exchange_type": "topic"}``
+  (``exchange_type`` ``direct``, the default, or ``topic``). Then a call of a task of queue Q
+  is published to that exchange (declared durable) with its route as routing key, or Q when
+  the task has none; a worker of Q, and a producer before its first publish to Q, declare the
+  exchange and bind Q to it with the routing key Q and the route of each task registered for Q
+  (and the producer with the route it publishes with), so another AMQP client can publish to
+  the exchange with a route and reach the worker. Delayed calls, retries and dead letters
+  always go through the default exchange, straight to ``Q.delay.<ms>``, Q or ``Q.dead``, so
+  that they never depend on bindings. Without an exchange, messages go through the default
+  exchange with routing key Q, and routes are ignored.
 
-pika is not thread-safe: every connection lives on its own I/O thread (:class:`_Link`, a
-``SelectConnection`` that reconnects with backoff), which holds the link's lock except while it
-waits in its poll system call. Another thread with work for the connection (a publish, an ack)
-runs it itself if it can take that lock at once (the loop is idle), and otherwise hands it over
-through ``add_callback_threadsafe``: either way one thread at a time uses the connection.
-Frames leave at once, those of one batch of operations in one write. Publishing uses publisher
+Three modules: this one is ivy's queue semantics (backend, consumer, delivery);
+:mod:`ivy.queues._amqp_topology` what is declared on the broker; :mod:`ivy.queues._amqp_link`
+the pika transport: every connection lives on its own I/O thread, and another thread with work
+for it (a publish, an ack) runs it itself while the loop is idle, or hands it over. The
+shortcuts that need pika's private API are in :mod:`ivy.queues._pika_patches`, applied only to
+the pika versions they were tested with. Publishing uses publisher
 confirms, pipelined: many threads can have publishes in flight on one channel, and each
 ``publish`` returns when the broker confirmed it.
 A consumer's deliveries are acknowledged after the worker recorded the outcome; a delivery from a
@@ -32,309 +46,37 @@ the connection closes (RabbitMQ's ``consumer_timeout``, 30 minutes by default, b
 from __future__ import annotations
 
 import logging
-import math
-import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 import pika
 import pika.exceptions
-from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from ivy.config import driver_url, mask_url
-from ivy.errors import IvyError
+from ivy.errors import ConfigurationError, IvyError
+from ivy.queues._amqp_link import Link
+from ivy.queues._amqp_topology import Declarer, dead_queue, delay_bucket, delay_queue
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+
+__all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "delay_bucket"]
 
 log = logging.getLogger("ivy.amqp")
 
 REASON_HEADER = "x-ivy-reason"
 DELIVERY_HEADER = "x-ivy-delivery"
 #: ivy's own query parameters, removed before the URL goes to pika
-OPTIONS = ("max_priority", "publish_timeout", "content_type")
-DEFAULT_PRIORITIES = 10
+OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type")
+EXCHANGE_TYPES = ("direct", "topic")
 
 
 class PublishError(IvyError):
     """The broker refused a message, or did not confirm it in time."""
-
-
-def delay_bucket(seconds: float) -> int:
-    """Milliseconds, rounded up to two significant digits (1234 ms -> 1300 ms)."""
-    ms = max(1, math.ceil(seconds * 1000))
-    if ms < 100:
-        return ms
-    scale = 10 ** (len(str(ms)) - 2)
-    return int(math.ceil(ms / scale) * scale)
-
-
-class _Link:
-    """One pika SelectConnection with one channel, on its own thread, reconnecting forever."""
-
-    def __init__(self, params: pika.URLParameters, label: str, *,
-                 on_channel: Callable[[Channel], None],
-                 on_confirm: Callable[[Any], None] | None = None,
-                 on_lost: Callable[[], None] | None = None) -> None:
-        self.params = params
-        self.label = label
-        self._on_channel = on_channel
-        self._on_confirm = on_confirm
-        self._on_lost = on_lost
-        self.generation = 0
-        self.channel: Channel | None = None
-        self.last_error: str = ""
-        self.last_reason: BaseException | None = None
-        self._conn: pika.SelectConnection | None = None
-        self._ops: deque[Callable[[Channel], None]] = deque()
-        self._kick_lock = threading.Lock()
-        self._kick_pending = False
-        #: held by the I/O thread except while it waits in poll(): whoever holds it may use
-        #: the connection, so another thread can run an op itself instead of waking the loop
-        self._io_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"ivy-amqp-{label}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        backoff = 0.1
-        while not self._stopping.is_set():
-            opened_at = time.monotonic()
-            try:
-                ioloop = IOLoop()
-                _unlock_while_polling(ioloop, self._io_lock)
-                with self._io_lock:
-                    conn = pika.SelectConnection(
-                        self.params, on_open_callback=self._opened,
-                        on_open_error_callback=self._open_failed, on_close_callback=self._closed,
-                        custom_ioloop=ioloop)
-                    self._conn = conn
-                    try:
-                        conn.ioloop.start()
-                    finally:
-                        self.channel = None
-            except Exception as exc:  # pragma: no cover - pika raises little here
-                self.last_error = repr(exc)
-                log.exception("amqp %s: I/O loop failed", self.label)
-            if self._on_lost is not None:
-                self._on_lost()
-            if self._stopping.is_set():
-                break
-            if time.monotonic() - opened_at > 10:
-                backoff = 0.1
-            log.warning("amqp %s: connection to %s lost (%s); reconnecting in %.1f s",
-                        self.label, self.params_url, self.last_error, backoff)
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 10.0)
-
-    @property
-    def params_url(self) -> str:
-        """Where the link connects, without credentials, for logs."""
-        p = self.params
-        return f"amqp://{p.host}:{p.port}/{p.virtual_host}"
-
-    def _opened(self, conn: Any) -> None:
-        _send_eagerly(conn)
-        conn.channel(on_open_callback=self._channel_opened)
-
-    def _open_failed(self, conn: Any, error: BaseException) -> None:
-        self.last_error = repr(error)
-        conn.ioloop.stop()
-
-    def _closed(self, conn: Any, reason: BaseException) -> None:
-        self.last_error = repr(reason)
-        conn.ioloop.stop()
-
-    def _channel_opened(self, channel: Channel) -> None:
-        channel.add_on_close_callback(self._channel_closed)
-        if self._on_confirm is not None:  # publisher confirms on
-            channel.confirm_delivery(self._on_confirm, callback=lambda _: self._ready(channel))
-        else:
-            self._ready(channel)
-
-    def _ready(self, channel: Channel) -> None:
-        self.generation += 1
-        self.channel = channel
-        self._on_channel(channel)
-        self._drain()
-
-    def _channel_closed(self, channel: Channel, reason: BaseException) -> None:
-        self.last_error = repr(reason)
-        self.last_reason = reason
-        self.channel = None
-        conn = self._conn
-        if conn is not None and conn.is_open:
-            if not self._stopping.is_set():
-                log.warning("amqp %s: channel closed (%s); reconnecting", self.label, reason)
-            conn.close()
-
-    def call(self, op: Callable[[Channel], None]) -> None:
-        """Run ``op(channel)`` once a channel is open: at once in this thread when the I/O
-        thread is idle in its poll and nothing is queued before ``op`` (see ``_io_lock``),
-        else on the I/O thread. Wake-ups of the I/O loop are coalesced: one is pending at a
-        time, and its drain runs every queued op."""
-        if self.channel is not None and not self._ops and self._io_lock.acquire(blocking=False):
-            try:
-                channel = self.channel  # read again: the I/O thread may have replaced it
-                if channel is not None and channel.is_open and not self._ops:
-                    with _corked(self._conn):
-                        self._apply(op, channel)
-                    return
-            finally:
-                self._io_lock.release()
-        with self._kick_lock:
-            self._ops.append(op)
-            if self._kick_pending:
-                return
-            self._kick_pending = True
-        self.kick()
-
-    def kick(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.ioloop.add_callback_threadsafe(self._drain)
-                return
-            except Exception:  # the loop is shutting down; the next connection drains
-                log.debug("amqp %s: could not schedule work", self.label, exc_info=True)
-        with self._kick_lock:
-            self._kick_pending = False
-
-    def _drain(self) -> None:
-        with self._kick_lock:
-            self._kick_pending = False
-        channel = self.channel
-        if channel is None or not channel.is_open or not self._ops:
-            return
-        with _corked(self._conn):
-            while channel.is_open and self._ops:
-                self._apply(self._ops.popleft(), channel)
-
-    def _apply(self, op: Callable[[Channel], None], channel: Channel) -> None:
-        """Run one op; a failing op is logged and does not stop the others."""
-        try:
-            op(channel)
-        except Exception:
-            log.exception("amqp %s: operation failed", self.label)
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.ioloop.add_callback_threadsafe(lambda: _close(conn))
-            except Exception:
-                log.debug("amqp %s: close scheduling failed", self.label, exc_info=True)
-        self._thread.join(timeout)
-
-
-class _UnlockedPoll:
-    """The I/O loop's poller object, releasing the link's ``_io_lock`` while it waits."""
-
-    def __init__(self, poller: Any, lock: threading.Lock) -> None:
-        self._poller = poller
-        self._lock = lock
-
-    def poll(self, *args: Any) -> Any:
-        self._lock.release()
-        try:
-            return self._poller.poll(*args)
-        finally:
-            self._lock.acquire()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._poller, name)
-
-
-def _unlock_while_polling(ioloop: IOLoop, lock: threading.Lock) -> None:
-    """Make ``ioloop`` hold ``lock`` except inside its poll system call. pika is not
-    thread-safe, so the connection is only ever used by the thread holding the lock: its own
-    I/O thread while it runs callbacks, or a thread that found the loop idle and runs a publish
-    or an ack itself, which spares two thread switches (wake the loop, wait for it)."""
-    poller = getattr(ioloop, "_poller", None)
-    create = getattr(poller, "_create_poller", None)
-    if poller is None or create is None:  # pragma: no cover - another pika layout
-        return
-    poller._create_poller = lambda: _UnlockedPoll(create(), lock)
-
-
-def _send_eagerly(conn: Any) -> None:
-    """Make a connection's frames leave at once. pika buffers every frame and sends it from the
-    next turn of the I/O loop, one ``send`` per frame after switching write-readiness
-    polling on and off (two ``epoll_ctl`` calls); a publish is three frames. Here the transport
-    tries ``send`` first and leaves pika's buffering to what the socket did not take, and
-    :func:`_corked` joins the frames of a batch of operations into one write."""
-    transport = getattr(conn, "_transport", None)
-    sock = getattr(transport, "_sock", None)
-    buffered = getattr(transport, "write", None)
-    if transport is None or sock is None or buffered is None or hasattr(sock, "do_handshake"):
-        return  # not pika's plain TCP transport (TLS keeps pika's own path)
-    active = transport._STATE_ACTIVE
-
-    def write(data: bytes) -> None:
-        if transport._tx_buffers or transport._state != active:
-            buffered(data)
-            return
-        try:
-            sent = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:  # pika's own path meets the error again and closes the connection
-            buffered(data)
-            return
-        if sent < len(data):
-            buffered(data[sent:])
-
-    transport.write = write
-    emit = conn._adapter_emit_data
-    cork: list[bytes] | None = None
-
-    def emit_corked(data: bytes) -> None:
-        if cork is not None:
-            cork.append(data)
-        else:
-            emit(data)
-
-    def flush() -> None:
-        nonlocal cork
-        frames, cork = cork, None
-        if frames:
-            emit(b"".join(frames))
-
-    def start() -> None:
-        nonlocal cork
-        if cork is None:
-            cork = []
-
-    conn._adapter_emit_data = emit_corked
-    conn._ivy_cork = (start, flush)
-
-
-@contextmanager
-def _corked(conn: Any) -> Iterator[None]:
-    """Join the frames sent inside the block into one write (see :func:`_send_eagerly`)."""
-    cork = getattr(conn, "_ivy_cork", None)
-    if cork is None:
-        yield
-        return
-    start, flush = cork
-    start()
-    try:
-        yield
-    finally:
-        flush()
-
-
-def _close(conn: Any) -> None:
-    if conn.is_closed:
-        conn.ioloop.stop()
-    elif not conn.is_closing:
-        conn.close()
 
 
 @dataclass
@@ -345,97 +87,44 @@ class _Pending:
     routing_key: str
     body: bytes
     properties: BasicProperties
+    exchange: str
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
     cancelled: bool = False
 
 
-class _Declarer:
-    """Declares ivy's queues once per channel, on the I/O thread, queueing work until done."""
-
-    def __init__(self, max_priority: int | None, hint: Callable[[str], bool],
-                 seen: set[str] | None = None) -> None:
-        self.max_priority = max_priority
-        self.hint = hint
-        self.plain: set[str] = set()  # queues found to exist with other arguments
-        self.seen: set[str] = seen if seen is not None else set()  # every name ever declared
-        self._declared: set[str] = set()
-        self._waiting: dict[str, list[Callable[[], None]]] = {}
-
-    def reset(self) -> None:
-        self._declared.clear()
-        self._waiting.clear()
-
-    def arguments(self, name: str) -> dict[str, Any] | None:
-        """What to declare ``name`` with; None = passive (use the queue as it is)."""
-        if ".delay." in name:
-            target, _, ms_text = name.rpartition(".delay.")
-            ms = int(ms_text)
-            return {"x-message-ttl": ms, "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": target, "x-expires": ms + 60_000}
-        if name.endswith(".dead"):
-            return {}
-        if name in self.plain:
-            return None
-        levels = self.max_priority
-        if levels is None:
-            levels = DEFAULT_PRIORITIES if self.hint(name) else 0
-        return {"x-max-priority": levels} if levels else {}
-
-    def then(self, channel: Channel, name: str, fn: Callable[[], None]) -> None:
-        if name in self._declared:
-            fn()
-            return
-        waiting = self._waiting.get(name)
-        if waiting is not None:
-            waiting.append(fn)
-            return
-        self._waiting[name] = [fn]
-        args = self.arguments(name)
-
-        def declared(_: Any) -> None:
-            self._declared.add(name)
-            self.seen.add(name)
-            for f in self._waiting.pop(name, []):
-                f()
-
-        if args is None:
-            channel.queue_declare(name, passive=True, callback=declared)
-        else:
-            channel.queue_declare(name, durable=True, arguments=args, callback=declared)
-
-    def failed(self, reason: BaseException | None) -> None:
-        """A channel closed; if a declaration met a queue with other arguments, use it plain."""
-        text = str(getattr(reason, "reply_text", ""))
-        match = re.search(r"for queue '(.*?)' in vhost", text)
-        name = match.group(1) if match else None
-        if (getattr(reason, "reply_code", None) == 406 and name is not None
-                and ".delay." not in name and not name.endswith(".dead")):
-            log.warning("amqp: queue %r exists with other arguments; using it as it is, "
-                        "without priorities (%s)", name, reason)
-            self.plain.add(name)
-
-
 class AMQPQueueBackend(QueueBackend):
     """A queue backend on RabbitMQ. ``url`` is an AMQP URL, plus ivy's options
     ``max_priority`` (default: 10 for queues whose tasks use priorities, none for the others),
-    ``publish_timeout`` (seconds, default 15)."""
+    ``publish_timeout`` (seconds, default 15), ``exchange`` (default none: the default exchange)
+    and ``exchange_type`` (``direct``, the default, or ``topic``)."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
                  max_priority: int | None = None, publish_timeout: float = 15.0,
-                 content_type: str = "application/json") -> None:
+                 content_type: str = "application/json", exchange: str | None = None,
+                 exchange_type: str = "direct") -> None:
+        if exchange_type not in EXCHANGE_TYPES:
+            raise ConfigurationError(
+                f"exchange_type {exchange_type!r} for the AMQP queue backend {mask_url(url)} "
+                f"is not supported: use one of {', '.join(EXCHANGE_TYPES)} "
+                "(e.g. ?exchange=ivy&exchange_type=topic)")
         self.params = pika.URLParameters(
             driver_url(url, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"}))
         self.url = mask_url(url)
         self.max_priority = max_priority
         self.publish_timeout = publish_timeout
         self.content_type = content_type
-        self._declarer = _Declarer(max_priority, lambda q: self.priority_hint(q))
+        #: the exchange that publishes go through ("" = the default exchange, routes ignored)
+        self.exchange = exchange or ""
+        self.exchange_type = exchange_type
+        self._declarer = Declarer(max_priority, lambda q: self.priority_hint(q),
+                                  exchange=self.exchange, exchange_type=exchange_type,
+                                  routes=lambda q: self.routes_hint(q))
         self._pending: dict[int, _Pending] = {}
         self._tag = 0
         self._lock = threading.Lock()
         self._consumers: list[AMQPConsumer] = []
-        self._publisher: _Link | None = None
+        self._publisher: Link | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -443,14 +132,16 @@ class AMQPQueueBackend(QueueBackend):
         levels = config.get("max_priority")
         return cls(url, max_priority=None if levels in (None, "") else int(levels),
                    publish_timeout=float(config.get("publish_timeout", 15.0)),
-                   content_type=str(config.get("content_type", "application/json")))
+                   content_type=str(config.get("content_type", "application/json")),
+                   exchange=str(config.get("exchange") or "") or None,
+                   exchange_type=str(config.get("exchange_type") or "direct"))
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def _link(self) -> _Link:
+    def _link(self) -> Link:
         with self._lock:
             if self._publisher is None:
-                self._publisher = _Link(self.params, "publish", on_channel=self._publisher_ready,
+                self._publisher = Link(self.params, "publish", on_channel=self._publisher_ready,
                                         on_confirm=self._confirmed, on_lost=self._publisher_lost)
             return self._publisher
 
@@ -482,9 +173,11 @@ class AMQPQueueBackend(QueueBackend):
                 self._tag += 1
                 with self._lock:
                     self._pending[self._tag] = p
-                channel.basic_publish("", p.routing_key, p.body, p.properties)
+                channel.basic_publish(p.exchange, p.routing_key, p.body, p.properties)
 
-            if p.routing_key == p.queue:
+            if p.exchange:  # the exchange, and the queue bound to it with this routing key
+                self._declarer.routed(channel, p.queue, p.routing_key, now)
+            elif p.routing_key == p.queue:
                 self._declarer.then(channel, p.queue, now)
             else:  # a delay queue dead-letters into the queue, which must exist first
                 self._declarer.then(channel, p.queue, lambda: self._declarer.then(
@@ -511,12 +204,13 @@ class AMQPQueueBackend(QueueBackend):
             p.done.set()
 
     def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
-             headers: dict[str, Any] | None = None) -> None:
-        """Publish with confirms, all bodies pipelined; return when every one was confirmed,
-        raise PublishError if one was refused or not confirmed in time."""
+             headers: dict[str, Any] | None = None, exchange: str = "") -> None:
+        """Publish to ``exchange`` (default: the default exchange, straight to the queue named
+        ``routing_key``) with confirms, all bodies pipelined; return when every one was
+        confirmed, raise PublishError if one was refused or not confirmed in time."""
         props = BasicProperties(delivery_mode=2, content_type=self.content_type,
                                 priority=priority or None, headers=headers or None)
-        batch = [_Pending(queue, routing_key, body, props) for body in bodies]
+        batch = [_Pending(queue, routing_key, body, props, exchange) for body in bodies]
         link = self._link()
         senders = [self._sender(p) for p in batch]
 
@@ -542,12 +236,19 @@ class AMQPQueueBackend(QueueBackend):
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
-        self.publish_many(queue, [body], priority=priority, delay=delay)
+        self.publish_many(queue, [body], priority=priority, delay=delay, route=route)
 
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
                      delay: float = 0.0, route: str | None = None) -> None:
-        target = f"{queue}.delay.{delay_bucket(delay)}" if delay > 0 else queue
-        self.send(target, bodies, queue=queue, priority=priority)
+        """With an exchange, to the exchange with routing key ``route`` or ``queue``; else (and
+        for a delay, whose queue dead-letters straight into ``queue``) to the queue itself."""
+        if delay > 0:
+            self.send(delay_queue(queue, delay), bodies, queue=queue, priority=priority)
+        elif self.exchange:
+            self.send(route or queue, bodies, queue=queue, priority=priority,
+                      exchange=self.exchange)
+        else:
+            self.send(queue, bodies, queue=queue, priority=priority)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -583,11 +284,11 @@ class AMQPQueueBackend(QueueBackend):
         try:
             channel = conn.channel()
             try:
-                channel.queue_declare(f"{queue}.dead", passive=True)
+                channel.queue_declare(dead_queue(queue), passive=True)
             except pika.exceptions.ChannelClosedByBroker:
                 return []
             for _ in range(limit):
-                method, props, body = channel.basic_get(f"{queue}.dead", auto_ack=False)
+                method, props, body = channel.basic_get(dead_queue(queue), auto_ack=False)
                 if method is None:
                     break
                 headers = props.headers or {}
@@ -629,15 +330,21 @@ class AMQPQueueBackend(QueueBackend):
 
 
 class AMQPDelivery(Delivery):
+    """A message received by an :class:`AMQPConsumer`. ``delivery_count`` is the count carried
+    in the ``x-ivy-delivery`` header by a message that ivy put back, plus one, plus one more if
+    the broker marks it redelivered (its consumer's connection was lost)."""
+
     def __init__(self, consumer: AMQPConsumer, generation: int, tag: int, body: bytes,
-                 headers: dict[str, Any], redelivered: bool) -> None:
+                 props: BasicProperties, redelivered: bool) -> None:
         super().__init__()
         self._consumer = consumer
         self._generation = generation
         self._tag = tag
         self.queue = consumer.queue
         self.body = body
-        earlier = headers.get(DELIVERY_HEADER, 0)
+        #: the message's AMQP priority (0 when it has none), kept when it is put back
+        self.priority: int = props.priority or 0
+        earlier = (props.headers or {}).get(DELIVERY_HEADER, 0)
         self.delivery_count = (earlier if isinstance(earlier, int) else 0) + 1 + int(redelivered)
         self._done = False
 
@@ -656,16 +363,24 @@ class AMQPDelivery(Delivery):
         self._settle(lambda ch: ch.basic_nack(tag, requeue=True))
 
     def _retry(self, delay: float, body: bytes | None) -> None:
-        backend = self._consumer.backend
-        headers = {DELIVERY_HEADER: self.delivery_count}
-        target = (f"{self.queue}.delay.{delay_bucket(delay)}" if delay > 0 else self.queue)
-        backend.send(target, [body if body is not None else self.body], queue=self.queue,
-                     headers=headers)
+        self._put_back(delay, body if body is not None else self.body, self.delivery_count)
+
+    def _defer(self, delay: float) -> None:
+        """Put back with the count of the deliveries before this one: the next delivery has
+        this one's ``delivery_count``."""
+        self._put_back(delay, self.body, self.delivery_count - 1)
+
+    def _put_back(self, delay: float, body: bytes, delivered: int) -> None:
+        """Publish a copy with its priority, straight to the queue or through a delay queue
+        (the default exchange, never the routes of an exchange), then ack this one."""
+        target = delay_queue(self.queue, delay) if delay > 0 else self.queue
+        self._consumer.backend.send(target, [body], queue=self.queue, priority=self.priority,
+                                    headers={DELIVERY_HEADER: delivered})
         self._ack()
 
     def _dead_letter(self, reason: str) -> None:
         backend = self._consumer.backend
-        backend.send(f"{self.queue}.dead", [self.body], queue=self.queue,
+        backend.send(dead_queue(self.queue), [self.body], queue=self.queue, priority=self.priority,
                      headers={REASON_HEADER: reason[:4000], DELIVERY_HEADER: self.delivery_count,
                               "x-ivy-dead-at": int(time.time())})
         self._ack()
@@ -684,10 +399,8 @@ class AMQPConsumer(Consumer):
         self._closed = False
         self._outstanding = 0
         self._tag: str | None = None
-        self._declarer = _Declarer(backend.max_priority, backend._declarer.hint,
-                                   backend._declarer.seen)
-        self._declarer.plain = backend._declarer.plain
-        self._link = _Link(backend.params, f"consume-{queue}",
+        self._declarer = backend._declarer.copy()
+        self._link = Link(backend.params, f"consume-{queue}",
                            on_channel=self._start, on_lost=self._lost)
 
     def _start(self, channel: Channel) -> None:
@@ -697,8 +410,8 @@ class AMQPConsumer(Consumer):
         generation = self._link.generation
 
         def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
-            delivery = AMQPDelivery(self, generation, method.delivery_tag, body,
-                                    props.headers or {}, bool(method.redelivered))
+            delivery = AMQPDelivery(self, generation, method.delivery_tag, body, props,
+                                    bool(method.redelivered))
             with self._cond:
                 if self._closed:
                     ch.basic_nack(method.delivery_tag, requeue=True)
@@ -710,7 +423,10 @@ class AMQPConsumer(Consumer):
             channel.basic_qos(prefetch_count=self.prefetch)
             self._tag = channel.basic_consume(self.queue, on_message)
 
-        self._declarer.then(channel, self.queue, consume)
+        if self._declarer.exchange:  # bound with its name and its tasks' routes
+            self._declarer.routed(channel, self.queue, self.queue, consume)
+        else:
+            self._declarer.then(channel, self.queue, consume)
 
     def _lost(self) -> None:
         """Deliveries of a lost connection come back from the broker; drop our copies."""

@@ -1,0 +1,197 @@
+"""The pika transport of the AMQP backend: one ``SelectConnection`` with one channel on its own
+I/O thread, reconnecting with backoff, and a way for other threads to use it.
+
+pika is not thread-safe. The I/O thread holds the link's lock except while it waits in its
+poll system call (see :mod:`ivy.queues._pika_patches`). Another thread with work for the
+connection (a publish, an ack) runs it itself if it can take that lock at once (the loop is
+idle), and otherwise hands it over through ``add_callback_threadsafe``: either way one thread at
+a time uses the connection. With a pika outside the tested versions the lock is held
+throughout, so every operation goes through the I/O thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pika
+from pika.adapters.select_connection import IOLoop
+from pika.channel import Channel
+
+from ivy.queues._pika_patches import corked, send_eagerly, unlock_while_polling
+
+log = logging.getLogger("ivy.amqp")
+
+
+class Link:
+    """One pika SelectConnection with one channel, on its own thread, reconnecting forever."""
+
+    def __init__(self, params: pika.URLParameters, label: str, *,
+                 on_channel: Callable[[Channel], None],
+                 on_confirm: Callable[[Any], None] | None = None,
+                 on_lost: Callable[[], None] | None = None) -> None:
+        self.params = params
+        self.label = label
+        self._on_channel = on_channel
+        self._on_confirm = on_confirm
+        self._on_lost = on_lost
+        self.generation = 0
+        self.channel: Channel | None = None
+        self.last_error: str = ""
+        self.last_reason: BaseException | None = None
+        self._conn: pika.SelectConnection | None = None
+        self._ops: deque[Callable[[Channel], None]] = deque()
+        self._kick_lock = threading.Lock()
+        self._kick_pending = False
+        #: held by the I/O thread except while it waits in poll(): whoever holds it may use
+        #: the connection, so another thread can run an op itself instead of waking the loop
+        self._io_lock = threading.Lock()
+        #: whether the I/O loop lets go of ``_io_lock`` while it polls (a tested pika)
+        self.shortcuts = False
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ivy-amqp-{label}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            opened_at = time.monotonic()
+            try:
+                ioloop = IOLoop()
+                self.shortcuts = unlock_while_polling(ioloop, self._io_lock)
+                with self._io_lock:
+                    conn = pika.SelectConnection(
+                        self.params, on_open_callback=self._opened,
+                        on_open_error_callback=self._open_failed, on_close_callback=self._closed,
+                        custom_ioloop=ioloop)
+                    self._conn = conn
+                    try:
+                        conn.ioloop.start()
+                    finally:
+                        self.channel = None
+            except Exception as exc:  # pragma: no cover - pika raises little here
+                self.last_error = repr(exc)
+                log.exception("amqp %s: I/O loop failed", self.label)
+            if self._on_lost is not None:
+                self._on_lost()
+            if self._stopping.is_set():
+                break
+            if time.monotonic() - opened_at > 10:
+                backoff = 0.1
+            log.warning("amqp %s: connection to %s lost (%s); reconnecting in %.1f s",
+                        self.label, self.params_url, self.last_error, backoff)
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    @property
+    def params_url(self) -> str:
+        """Where the link connects, without credentials, for logs."""
+        p = self.params
+        return f"amqp://{p.host}:{p.port}/{p.virtual_host}"
+
+    def _opened(self, conn: Any) -> None:
+        send_eagerly(conn)
+        conn.channel(on_open_callback=self._channel_opened)
+
+    def _open_failed(self, conn: Any, error: BaseException) -> None:
+        self.last_error = repr(error)
+        conn.ioloop.stop()
+
+    def _closed(self, conn: Any, reason: BaseException) -> None:
+        self.last_error = repr(reason)
+        conn.ioloop.stop()
+
+    def _channel_opened(self, channel: Channel) -> None:
+        channel.add_on_close_callback(self._channel_closed)
+        if self._on_confirm is not None:  # publisher confirms on
+            channel.confirm_delivery(self._on_confirm, callback=lambda _: self._ready(channel))
+        else:
+            self._ready(channel)
+
+    def _ready(self, channel: Channel) -> None:
+        self.generation += 1
+        self.channel = channel
+        self._on_channel(channel)
+        self._drain()
+
+    def _channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        self.last_error = repr(reason)
+        self.last_reason = reason
+        self.channel = None
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            if not self._stopping.is_set():
+                log.warning("amqp %s: channel closed (%s); reconnecting", self.label, reason)
+            conn.close()
+
+    def call(self, op: Callable[[Channel], None]) -> None:
+        """Run ``op(channel)`` once a channel is open: at once in this thread when the I/O
+        thread is idle in its poll and nothing is queued before ``op`` (see ``_io_lock``),
+        else on the I/O thread. Wake-ups of the I/O loop are coalesced: one is pending at a
+        time, and its drain runs every queued op."""
+        if (self.shortcuts and self.channel is not None and not self._ops
+                and self._io_lock.acquire(blocking=False)):
+            try:
+                channel = self.channel  # read again: the I/O thread may have replaced it
+                if channel is not None and channel.is_open and not self._ops:
+                    with corked(self._conn):
+                        self._apply(op, channel)
+                    return
+            finally:
+                self._io_lock.release()
+        with self._kick_lock:
+            self._ops.append(op)
+            if self._kick_pending:
+                return
+            self._kick_pending = True
+        self.kick()
+
+    def kick(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.ioloop.add_callback_threadsafe(self._drain)
+                return
+            except Exception:  # the loop is shutting down; the next connection drains
+                log.debug("amqp %s: could not schedule work", self.label, exc_info=True)
+        with self._kick_lock:
+            self._kick_pending = False
+
+    def _drain(self) -> None:
+        with self._kick_lock:
+            self._kick_pending = False
+        channel = self.channel
+        if channel is None or not channel.is_open or not self._ops:
+            return
+        with corked(self._conn):
+            while channel.is_open and self._ops:
+                self._apply(self._ops.popleft(), channel)
+
+    def _apply(self, op: Callable[[Channel], None], channel: Channel) -> None:
+        """Run one op; a failing op is logged and does not stop the others."""
+        try:
+            op(channel)
+        except Exception:
+            log.exception("amqp %s: operation failed", self.label)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.ioloop.add_callback_threadsafe(lambda: close_connection(conn))
+            except Exception:
+                log.debug("amqp %s: close scheduling failed", self.label, exc_info=True)
+        self._thread.join(timeout)
+
+
+def close_connection(conn: Any) -> None:
+    """Close ``conn`` from its I/O thread, or stop its loop if it is closed already."""
+    if conn.is_closed:
+        conn.ioloop.stop()
+    elif not conn.is_closing:
+        conn.close()

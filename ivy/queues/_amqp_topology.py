@@ -1,0 +1,173 @@
+"""Queue topology of the AMQP backend: what ivy declares on the broker, and with which
+arguments (the layout is described in :mod:`ivy.queues.amqp`).
+
+* queue Q: durable, ``x-max-priority`` when its tasks use priorities;
+* ``Q.delay.<ms>``: messages wait there for their TTL, then are dead-lettered into Q;
+* ``Q.dead``: plain and durable;
+* with an exchange: the exchange (durable, ``direct`` or ``topic``), and Q bound to it with the
+  routing keys Q, the routes of Q's tasks, and any route a message for Q is published with.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from pika.channel import Channel
+
+log = logging.getLogger("ivy.amqp")
+
+DEFAULT_PRIORITIES = 10
+
+
+def delay_queue(queue: str, delay: float) -> str:
+    """The queue whose messages are dead-lettered into ``queue`` after ``delay`` seconds."""
+    return f"{queue}.delay.{delay_bucket(delay)}"
+
+
+def dead_queue(queue: str) -> str:
+    """Where ``queue``'s dead letters go."""
+    return f"{queue}.dead"
+
+
+def delay_bucket(seconds: float) -> int:
+    """Milliseconds, rounded up to two significant digits (1234 ms -> 1300 ms)."""
+    ms = max(1, math.ceil(seconds * 1000))
+    if ms < 100:
+        return ms
+    scale = 10 ** (len(str(ms)) - 2)
+    return int(math.ceil(ms / scale) * scale)
+
+
+class Declarer:
+    """Declares ivy's queues (and, where the backend names one, its exchange and the bindings
+    of its queues) once per channel, on the I/O thread, queueing work until done."""
+
+    def __init__(self, max_priority: int | None, hint: Callable[[str], bool],
+                 seen: set[str] | None = None, *, exchange: str = "",
+                 exchange_type: str = "direct",
+                 routes: Callable[[str], list[str]] = lambda queue: []) -> None:
+        self.max_priority = max_priority
+        self.hint = hint
+        self.exchange = exchange
+        self.exchange_type = exchange_type
+        self.routes = routes
+        self.plain: set[str] = set()  # queues found to exist with other arguments
+        self.seen: set[str] = seen if seen is not None else set()  # every name ever declared
+        # queue names, and ("exchange",), ("bind", queue, key), ("routed", queue, key)
+        self._declared: set[str | tuple[str, ...]] = set()
+        self._waiting: dict[str | tuple[str, ...], list[Callable[[], None]]] = {}
+
+    def copy(self) -> Declarer:
+        """A declarer for another channel, with the same options, sharing what was learned
+        about existing queues."""
+        other = Declarer(self.max_priority, self.hint, self.seen, exchange=self.exchange,
+                         exchange_type=self.exchange_type, routes=self.routes)
+        other.plain = self.plain
+        return other
+
+    def reset(self) -> None:
+        self._declared.clear()
+        self._waiting.clear()
+
+    def arguments(self, name: str) -> dict[str, Any] | None:
+        """What to declare ``name`` with; None = passive (use the queue as it is)."""
+        if ".delay." in name:
+            target, _, ms_text = name.rpartition(".delay.")
+            ms = int(ms_text)
+            return {"x-message-ttl": ms, "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": target, "x-expires": ms + 60_000}
+        if name.endswith(".dead"):
+            return {}
+        if name in self.plain:
+            return None
+        levels = self.max_priority
+        if levels is None:
+            levels = DEFAULT_PRIORITIES if self.hint(name) else 0
+        return {"x-max-priority": levels} if levels else {}
+
+    def _once(self, key: str | tuple[str, ...], fn: Callable[[], None],
+              start: Callable[[Callable[[Any], None]], None]) -> None:
+        """Run ``fn`` once the declaration ``key`` is done; ``start(done)`` sends it, the
+        first time it is asked for on this channel."""
+        if key in self._declared:
+            fn()
+            return
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(fn)
+            return
+        self._waiting[key] = [fn]
+
+        def done(_: Any) -> None:
+            self._declared.add(key)
+            for f in self._waiting.pop(key, []):
+                f()
+
+        start(done)
+
+    def then(self, channel: Channel, name: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the queue ``name`` was declared on ``channel``."""
+        if name in self._declared:
+            fn()
+            return
+        args = self.arguments(name)
+
+        def start(done: Callable[[Any], None]) -> None:
+            def declared(frame: Any) -> None:
+                self.seen.add(name)
+                done(frame)
+
+            if args is None:
+                channel.queue_declare(name, passive=True, callback=declared)
+            else:
+                channel.queue_declare(name, durable=True, arguments=args, callback=declared)
+
+        self._once(name, fn, start)
+
+    def routed(self, channel: Channel, queue: str, key: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once ``queue`` and the exchange were declared and ``queue`` is bound to
+        the exchange with its own name, the routes of its tasks and ``key``, so that what is
+        published to the exchange with ``key`` lands in ``queue``."""
+        ready = ("routed", queue, key)
+        if ready in self._declared:
+            fn()
+            return
+        exchange = self.exchange
+        keys = sorted({queue, key, *self.routes(queue)})
+
+        def bind_all() -> None:
+            left = len(keys)
+
+            def bound() -> None:
+                nonlocal left
+                left -= 1
+                if left == 0:
+                    self._declared.add(ready)
+                    fn()
+
+            for k in keys:
+                self._once(("bind", queue, k), bound, binder(k))
+
+        def binder(k: str) -> Callable[[Callable[[Any], None]], None]:
+            return lambda done: channel.queue_bind(queue, exchange, routing_key=k, callback=done)
+
+        def declare_exchange(done: Callable[[Any], None]) -> None:
+            channel.exchange_declare(exchange, exchange_type=self.exchange_type, durable=True,
+                                     callback=done)
+
+        self.then(channel, queue, lambda: self._once(("exchange",), bind_all, declare_exchange))
+
+    def failed(self, reason: BaseException | None) -> None:
+        """A channel closed; if a declaration met a queue with other arguments, use it plain."""
+        text = str(getattr(reason, "reply_text", ""))
+        match = re.search(r"for queue '(.*?)' in vhost", text)
+        name = match.group(1) if match else None
+        if (getattr(reason, "reply_code", None) == 406 and name is not None
+                and ".delay." not in name and not name.endswith(".dead")):
+            log.warning("amqp: queue %r exists with other arguments; using it as it is, "
+                        "without priorities (%s)", name, reason)
+            self.plain.add(name)
