@@ -251,3 +251,37 @@ def test_without_an_exchange_the_route_is_ignored(backend: AMQPQueueBackend) -> 
     consumer = backend.consume(q)
     assert take(consumer, 2) == [b"a", b"b"]
     consumer.close()
+
+
+def test_a_tasks_route_from_the_originals_options_binds_the_workers_queue(
+        amqp_url: str, redis_url: str, exchange: str) -> None:
+    import ivy
+
+    # Given a task registered in the original's form, with a route, on a queue URL that names
+    # an exchange
+    url = with_query(amqp_url, f"exchange={exchange}")
+    app = ivy.Ivy(url, redis_url)
+
+    def factorial(number: int, callback: object) -> None:
+        callback(None, 42)  # type: ignore[operator]
+
+    app.register_task(factorial, None, {"name": "testpackage.factorial", "queue": "testpackage",
+                                        "route": "testpackage.route1"})
+    assert app.queue_routes("testpackage") == ["testpackage.route1"]
+    try:
+        app.listen(queue="testpackage", block=False)
+        # When ivy sends a call, it goes through the exchange with the route and completes
+        assert app.delayed_call("testpackage.factorial", 5).result(20) == 42
+        # and another client publishing to the exchange with the route reaches the worker
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        channel = conn.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(exchange, "testpackage.route1",
+                              b'{"name":"testpackage.factorial","options":{},"args":[7]}',
+                              pika.BasicProperties(delivery_mode=2), mandatory=True)
+        conn.close()
+        wait_for(lambda: app._workers[0].processed >= 2, timeout=20,
+                 message="the worker to run the routed message")
+        assert app.queue_backend.dead_letters("testpackage") == []
+    finally:
+        app.close()
