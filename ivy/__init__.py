@@ -28,6 +28,8 @@ from ivy.errors import (
     IvyError,
     MessageError,
     MessageTooLarge,
+    PublishError,
+    PublishTimeout,
     RemoteTaskError,
     ResultTimeout,
     SerializationError,
@@ -42,13 +44,19 @@ __version__ = "0.1.0"
 
 #: The default instance behind the module-level functions.
 default = Ivy()
-# As a Node.js process stays up while a callback is due, a script's exit waits (up to
-# default.exit_timeout seconds) for the calls whose callbacks have not run yet.
-atexit.register(lambda: default.wait_for_callbacks(default.exit_timeout))
+
+@atexit.register
+def _at_exit() -> None:
+    """At interpreter exit, the default instance flushes what it sent (unconfirmed messages
+    are logged), then, as a Node.js process stays up while a callback is due, waits for the
+    calls whose callbacks have not run yet; each step bounded by ``default.exit_timeout``."""
+    default._flush_quietly(default.exit_timeout)
+    default.wait_for_callbacks(default.exit_timeout)
 
 register_task = default.register_task
 delayed_call = default.delayed_call
 delayed_calls = default.delayed_calls
+flush = default.flush
 send_task = default.send_task
 setup_queue = default.setup_queue
 start_notification_consumer = default.start_notification_consumer
@@ -58,8 +66,9 @@ close = default.close
 
 __all__ = [
     "PROTOCOL_VERSION", "Call", "ConfigurationError", "Ivy", "IvyError", "Message",
-    "MessageError", "MessageTooLarge", "Notification", "RemoteTaskError", "ResultTimeout",
-    "SerializationError", "Task", "TaskNotRegistered", "TaskTimeout", "Worker", "close",
-    "default", "delayed_call", "delayed_calls", "listen", "mask_url", "register_task", "send_task",
-    "setup_queue", "start_notification_consumer", "start_notification_producer",
+    "MessageError", "MessageTooLarge", "Notification", "PublishError", "PublishTimeout",
+    "RemoteTaskError", "ResultTimeout", "SerializationError", "Task", "TaskNotRegistered",
+    "TaskTimeout", "Worker", "close", "default", "delayed_call", "delayed_calls", "flush",
+    "listen", "mask_url", "register_task", "send_task", "setup_queue",
+    "start_notification_consumer", "start_notification_producer",
 ]

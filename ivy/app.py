@@ -13,7 +13,13 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from ivy.call import Call, ResultCallback, finished_adapter, result_callback_adapter
 from ivy.config import Spec, make_notifier, make_queue_backend
-from ivy.errors import ConfigurationError, IvyError, MessageTooLarge, SerializationError
+from ivy.errors import (
+    ConfigurationError,
+    IvyError,
+    MessageTooLarge,
+    PublishError,
+    SerializationError,
+)
 from ivy.message import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -26,6 +32,7 @@ from ivy.message import (
     peek_id,
 )
 from ivy.notifiers.base import Notifier
+from ivy.outbox import Outbox
 from ivy.queues.base import QueueBackend
 from ivy.results import DEFAULT_PENDING_TTL, ResultConsumer
 from ivy.serialization import Serializer, Signer, check_arguments, get_serializer, signer_from
@@ -117,6 +124,7 @@ class Ivy:
         self._retired: list[ResultConsumer] = []
         self._closed = False
         self._workers: list[Worker] = []
+        self._outbox = Outbox(self._send_failed)
 
     def __repr__(self) -> str:
         return f"<Ivy {self.producer_id}{' closed' if self._closed else ''}>"
@@ -347,27 +355,62 @@ class Ivy:
         self, task: Any, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
         queue: str | None = None, priority: int | None = None, delay: float | None = None,
         max_retries: int | None = None, callback: ResultCallback | None = None,
+        confirm: bool = False,
     ) -> Call[Any]:
         """The full form of :meth:`delayed_call`, with per-call options. ``task`` may name a
         task that this process does not register when ``queue`` is given (the worker must).
-        Returns once the queue backend has the message (RabbitMQ: confirmed)."""
+
+        Returns once the message is handed to the queue backend; on RabbitMQ its publisher
+        confirm is tracked, not waited for (see :mod:`ivy.outbox`): a refusal fails the call
+        with :class:`ivy.PublishError`. ``confirm=True`` waits for the confirm and raises
+        :class:`ivy.PublishError` instead, as ``call.sent()`` does."""
         out = self._prepare(task, args, kwargs, queue=queue, priority=priority, delay=delay,
                             max_retries=max_retries, callback=callback)
-        try:
-            self.queue_backend.publish(out.queue, out.body, priority=out.priority,
-                                       delay=out.delay, route=out.route)
-        except BaseException:
-            self._forget([out.call])
-            raise
+        self._send([out], out.queue, out.priority, out.delay, out.route)
+        if confirm:
+            out.call.sent()
         return out.call
+
+    def _send(self, outs: list[_Outgoing], queue: str, priority: int, delay: float,
+              route: str | None) -> None:
+        """Hand messages to the backend and track their confirms. What the backend refuses at
+        once (a synchronous backend's error, an oversized SQS message) raises here, and those
+        calls are forgotten: nothing was sent for them."""
+        try:
+            futures = self.queue_backend.send_many(queue, [o.body for o in outs],
+                                                   priority=priority, delay=delay, route=route)
+        except BaseException:
+            self._forget([o.call for o in outs])
+            raise
+        failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            self._forget([o.call for o, f in zip(outs, futures, strict=True)
+                          if f.done() and f.exception() is not None])
+            error = failed[0]
+            assert error is not None
+            raise error
+        for out, future in zip(outs, futures, strict=True):
+            self._outbox.track(out.call, future)
+
+    def _send_failed(self, call: Call[Any], error: BaseException) -> None:
+        """A message was not taken: the call fails with PublishError, and waits no more."""
+        self._forget([call])
+        call._fail(error if isinstance(error, PublishError) else PublishError(
+            f"the message of call {call.id} of {call.task!r} was not taken: {error}"))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every message sent so far is confirmed by the queue backend; raise
+        :class:`ivy.PublishError` if some were refused since the last flush (their calls
+        failed with it too), :class:`ivy.PublishTimeout` if ``timeout`` passes first."""
+        self._outbox.flush(timeout)
 
     def delayed_calls(
         self, task: Any, arg_lists: Iterable[Iterable[Any]], *,
         callback: ResultCallback | None = None, delay: float | None = None,
     ) -> list[Call[Any]]:
         """Call ``task`` once per argument list, sending the whole batch at once: on RabbitMQ
-        the publishes are pipelined and this returns when all were confirmed; on SQLite they
-        are one transaction. ``callback`` runs for each call."""
+        the publishes are pipelined (their confirms tracked as for :meth:`send_task`); on
+        SQLite they are one transaction. ``callback`` runs for each call."""
         batch: list[_Outgoing] = []
         try:
             for args in arg_lists:
@@ -380,9 +423,7 @@ class Ivy:
             groups.setdefault((out.queue, out.priority, out.route), []).append(out)
         try:
             for (queue, priority, route), outs in groups.items():
-                self.queue_backend.publish_many(queue, [o.body for o in outs],
-                                                priority=priority, delay=delay or 0.0,
-                                                route=route)
+                self._send(outs, queue, priority, delay or 0.0, route)
         except BaseException:
             self._forget([o.call for o in batch])
             raise
@@ -478,6 +519,13 @@ class Ivy:
                         ", ".join(c.id for c in left[:5]))
         return left
 
+    def _flush_quietly(self, timeout: float) -> None:
+        """Flush before closing or exiting: log, never raise."""
+        try:
+            self._outbox.flush(timeout)
+        except PublishError as exc:
+            log.error("closing: %s", exc)
+
     def _consumers(self) -> list[ResultConsumer]:
         with self._lock:
             return [*self._retired, *([self._results] if self._results is not None else [])]
@@ -564,11 +612,12 @@ class Ivy:
             reserve_times[name] = float(value)
         return reserve_times
 
-    def close(self) -> None:
-        """Stop workers and the notification consumers; close the backends this object built
-        (not the backend objects handed in: their owner closes them). Calls still waiting are
-        settled with an ``IvyClosed`` error, so no ``result()`` hangs; using the object after
-        this raises :class:`ivy.IvyError`."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait up to ``timeout`` seconds for unconfirmed messages (logging what stays
+        unconfirmed), stop workers and the notification consumers, and close the backends this
+        object built (not the backend objects handed in: their owner closes them). Calls still
+        waiting are settled with an ``IvyClosed`` error, so no ``result()`` hangs; using the
+        object after this raises :class:`ivy.IvyError`."""
         with self._lock:
             if self._closed:
                 return
@@ -576,6 +625,7 @@ class Ivy:
             workers, self._workers = self._workers, []
             consumers = self._consumers()
             self._results, self._retired = None, []
+        self._flush_quietly(timeout)
         for worker in workers:
             worker.stop()
         for consumer in consumers:

@@ -15,15 +15,18 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Generator
+from concurrent.futures import Future
 from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
-from ivy.errors import RemoteTaskError, ResultTimeout
+from ivy.errors import PublishError, PublishTimeout, RemoteTaskError, ResultTimeout
 from ivy.message import Notification, Status
 
 log = logging.getLogger("ivy.call")
 R = TypeVar("R")
-ResultCallback = Callable[[RemoteTaskError | None, Any], None]
+#: ``callback(err, result)``: ``err`` is None, a RemoteTaskError (the task failed, or the call
+#: expired or its producer closed) or a PublishError (the message was not taken)
+ResultCallback = Callable[[RemoteTaskError | PublishError | None, Any], None]
 
 #: Most callback threads at once; a call's callbacks wait in line once this many are busy.
 CALLBACK_THREADS = 16
@@ -94,7 +97,8 @@ class Call(Generic[R]):
         self.attempt = 0
         self.worker: str | None = None
         self._value: Any = _PENDING
-        self._error: RemoteTaskError | None = None
+        self._error: RemoteTaskError | PublishError | None = None
+        self._send: Future[None] | None = None
         self._settled = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -138,13 +142,33 @@ class Call(Generic[R]):
         """Whether callbacks are waiting for this call to settle."""
         return bool(self._callbacks)
 
-    def exception(self, timeout: float | None = None) -> RemoteTaskError | None:
+    def exception(self, timeout: float | None = None) -> RemoteTaskError | PublishError | None:
         """Wait like :meth:`result`, then return the error (or None) instead of raising it."""
         try:
             self.result(timeout)
-        except RemoteTaskError as exc:
+        except (RemoteTaskError, PublishError) as exc:
             return exc
         return None
+
+    def sent(self, timeout: float | None = None) -> None:
+        """Block until the queue backend has this call's message (RabbitMQ: confirmed). Raise
+        :class:`ivy.PublishError` if it was refused or never confirmed, and
+        :class:`ivy.PublishTimeout` if ``timeout`` seconds pass first (it may still be)."""
+        future = self._send
+        if future is None:
+            return
+        try:
+            error = future.exception(timeout)
+        except TimeoutError:
+            raise PublishTimeout(
+                f"the message of call {self.id} of {self.task!r} was not confirmed within "
+                f"{timeout} s; it may still be: wait again, or check the broker") from None
+        if error is not None:
+            raise error if isinstance(error, PublishError) else PublishError(
+                f"the message of call {self.id} of {self.task!r} was not taken: {error}")
+
+    def _sending(self, future: Future[None]) -> None:
+        self._send = future
 
     def add_done_callback(self, fn: Callable[[Call[R]], None]) -> None:
         """Run ``fn(call)`` when the call settles, on a callback thread; at once, in this
@@ -188,18 +212,27 @@ class Call(Generic[R]):
     def _settle(self, notification: Notification) -> bool:
         """Record a final notification; False if the call had settled already. The callbacks
         run on a callback thread; the call is done once they ran."""
+        error = None if notification.status == "successful" else RemoteTaskError.from_wire(
+            notification.error, task=self.task, call_id=self.id)
+        return self._complete(notification.result, error, notification.attempt,
+                              notification.worker)
+
+    def _fail(self, error: PublishError | RemoteTaskError) -> bool:
+        """Settle with an error raised here rather than reported by a worker."""
+        return self._complete(None, error, self.attempt, self.worker)
+
+    def _complete(self, value: Any, error: RemoteTaskError | PublishError | None, attempt: int,
+                  worker: str | None) -> bool:
         with self._lock:
             if self._settled.is_set():
                 return False
-            self.attempt = notification.attempt
-            self.worker = notification.worker
-            if notification.status == "successful":
-                self._value = notification.result
+            self.attempt = attempt
+            self.worker = worker
+            if error is None:
+                self._value = value
                 self.status = "successful"
             else:
-                self._error = RemoteTaskError.from_wire(
-                    notification.error, task=self.task, call_id=self.id
-                )
+                self._error = error
                 self.status = "errored"
             callbacks, self._callbacks = self._callbacks, []
             self._settled.set()

@@ -86,3 +86,14 @@ class RemoteTaskError(IvyError):
                 call_id=call_id,
             )
         return cls("Error", "" if error is None else str(error), task=task, call_id=call_id)
+
+
+class PublishError(IvyError):
+    """The queue backend did not take a message: the broker refused it, did not confirm it in
+    time, or the send failed. A call whose message was not taken fails with this error (its
+    callbacks get it as ``err``; ``result()`` and ``sent()`` raise it)."""
+
+
+class PublishTimeout(PublishError, TimeoutError):
+    """``call.sent(timeout)`` or ``ivy.flush(timeout)`` ran out of time: the message may still
+    be confirmed later."""

@@ -50,6 +50,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -59,10 +60,10 @@ from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from ivy.config import driver_url, mask_url
-from ivy.errors import ConfigurationError, IvyError
+from ivy.errors import ConfigurationError, PublishError
 from ivy.queues._amqp_link import Link
 from ivy.queues._amqp_topology import Declarer, dead_queue, delay_bucket, delay_queue
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, complete
 
 __all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "delay_bucket"]
 
@@ -75,22 +76,20 @@ OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "excha
 EXCHANGE_TYPES = ("direct", "topic")
 
 
-class PublishError(IvyError):
-    """The broker refused a message, or did not confirm it in time."""
-
-
 @dataclass
 class _Pending:
-    """One publish waiting for its confirm."""
+    """One publish waiting for its confirm; ``future`` completes with it."""
 
     queue: str
     routing_key: str
     body: bytes
     properties: BasicProperties
     exchange: str
-    done: threading.Event = field(default_factory=threading.Event)
-    error: str | None = None
+    deadline: float
+    future: Future[None] = field(default_factory=Future)
     cancelled: bool = False
+    #: True once its op ran on a channel (it is published, or waits for a declaration there)
+    handed: bool = False
 
 
 class AMQPQueueBackend(QueueBackend):
@@ -125,6 +124,9 @@ class AMQPQueueBackend(QueueBackend):
         self._lock = threading.Lock()
         self._consumers: list[AMQPConsumer] = []
         self._publisher: Link | None = None
+        #: publishes not confirmed yet, oldest first, for the timeout watchdog
+        self._unconfirmed: deque[_Pending] = deque()
+        self._watchdog: threading.Thread | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -150,25 +152,30 @@ class AMQPQueueBackend(QueueBackend):
         self._declarer.reset()
 
     def _publisher_lost(self) -> None:
-        """Unconfirmed publishes are sent again on the next connection (at least once)."""
+        """Publishes that reached the lost channel and were not confirmed (including those
+        still waiting there for their queue's declaration) are sent again on the next
+        connection: at least once. Those not handed to a channel yet are still queued."""
         with self._lock:
-            pending, self._pending = list(self._pending.values()), {}
+            self._pending = {}
+            resend = [p for p in self._unconfirmed
+                      if p.handed and not p.cancelled and not p.future.done()]
         link = self._publisher
         if link is None:
             return
         self._declarer.failed(link.last_reason)
         link.last_reason = None
-        for p in pending:
-            if not p.cancelled and not p.done.is_set():
-                link._ops.append(self._sender(p))
+        for p in resend:
+            p.handed = False
+            link._ops.append(self._sender(p))
 
     def _sender(self, p: _Pending) -> Callable[[Channel], None]:
         def send(channel: Channel) -> None:
-            if p.cancelled:
+            if p.cancelled or p.future.done():
                 return
+            p.handed = True
 
             def now() -> None:
-                if p.cancelled or not channel.is_open:
+                if p.cancelled or p.future.done() or not channel.is_open:
                     return
                 self._tag += 1
                 with self._lock:
@@ -199,19 +206,54 @@ class AMQPQueueBackend(QueueBackend):
             elif method.delivery_tag in self._pending:
                 settled.append(self._pending.pop(method.delivery_tag))
         for p in settled:
-            if not ok:
-                p.error = f"the broker refused (nack) the message for queue {p.queue!r}"
-            p.done.set()
+            if ok:
+                complete(p.future, None)
+            else:
+                complete(p.future, PublishError(
+                    f"the broker {self.url} refused (nack) the message for queue {p.queue!r}"))
 
-    def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
-             headers: dict[str, Any] | None = None, exchange: str = "") -> None:
-        """Publish to ``exchange`` (default: the default exchange, straight to the queue named
-        ``routing_key``) with confirms, all bodies pipelined; return when every one was
-        confirmed, raise PublishError if one was refused or not confirmed in time."""
+    def _watch(self) -> None:
+        """Fail publishes left unconfirmed past ``publish_timeout``; ends when none is left."""
+        while True:
+            with self._lock:
+                while self._unconfirmed and self._unconfirmed[0].future.done():
+                    self._unconfirmed.popleft()
+                if not self._unconfirmed:
+                    self._watchdog = None
+                    return
+                oldest = self._unconfirmed[0]
+            wait = oldest.deadline - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, 0.25))
+                continue
+            oldest.cancelled = True  # not sent again after a reconnect
+            link = self._publisher
+            complete(oldest.future, PublishError(
+                f"no confirm from {self.url} for a message to queue {oldest.queue!r} within "
+                f"{self.publish_timeout} s (last connection error: "
+                f"{(link.last_error if link else None) or 'none'}); is RabbitMQ running and "
+                "reachable? It may or may not have been queued"))
+
+    def send_async(self, routing_key: str, bodies: list[bytes], *, queue: str,
+                   priority: int = 0, headers: dict[str, Any] | None = None,
+                   exchange: str = "") -> list[Future[None]]:
+        """Hand bodies to the publishing connection for ``exchange`` (default: the default
+        exchange, straight to the queue named ``routing_key``) and return at once, a future per
+        body: it completes when the broker confirmed the message, or fails with PublishError
+        (refused, or no confirm within ``publish_timeout``). A connection lost before the
+        confirm sends the message again on the next one: at least once."""
         props = BasicProperties(delivery_mode=2, content_type=self.content_type,
                                 priority=priority or None, headers=headers or None)
-        batch = [_Pending(queue, routing_key, body, props, exchange) for body in bodies]
+        deadline = time.monotonic() + self.publish_timeout
+        batch = [_Pending(queue, routing_key, body, props, exchange, deadline)
+                 for body in bodies]
         link = self._link()
+        with self._lock:
+            self._unconfirmed.extend(batch)
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                                  name="ivy-amqp-confirms")
+                self._watchdog.start()
         senders = [self._sender(p) for p in batch]
 
         def send_all(channel: Channel) -> None:
@@ -219,20 +261,27 @@ class AMQPQueueBackend(QueueBackend):
                 send(channel)
 
         link.call(send_all)
-        deadline = time.monotonic() + self.publish_timeout
-        for p in batch:
-            if not p.done.wait(max(0.0, deadline - time.monotonic())):
-                for q in batch:
-                    q.cancelled = True
-                unconfirmed = sum(not q.done.is_set() for q in batch)
-                raise PublishError(
-                    f"no confirm from {self.url} for {unconfirmed} of {len(batch)} message(s) "
-                    f"to queue {queue!r} within {self.publish_timeout} s (last connection "
-                    f"error: {link.last_error or 'none'}); is RabbitMQ running and reachable? "
-                    "Unconfirmed messages may or may not have been queued")
-        refused = [p.error for p in batch if p.error is not None]
-        if refused:
-            raise PublishError(f"{len(refused)} of {len(batch)} message(s): {refused[0]}")
+        return [p.future for p in batch]
+
+    def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
+             headers: dict[str, Any] | None = None, exchange: str = "") -> None:
+        """:meth:`send_async`, then wait: return when every body was confirmed, raise
+        PublishError if one was refused or not confirmed in time."""
+        futures = self.send_async(routing_key, bodies, queue=queue, priority=priority,
+                                  headers=headers, exchange=exchange)
+        errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
+        if errors:
+            raise PublishError(f"{len(errors)} of {len(futures)} message(s): {errors[0]}")
+
+    def _route(self, queue: str, delay: float, route: str | None) -> tuple[str, str]:
+        """(exchange, routing key): with an exchange, the exchange with routing key ``route``
+        or ``queue``; else (and for a delay, whose queue dead-letters straight into ``queue``)
+        the queue itself through the default exchange."""
+        if delay > 0:
+            return "", delay_queue(queue, delay)
+        if self.exchange:
+            return self.exchange, route or queue
+        return "", queue
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
@@ -240,15 +289,14 @@ class AMQPQueueBackend(QueueBackend):
 
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
                      delay: float = 0.0, route: str | None = None) -> None:
-        """With an exchange, to the exchange with routing key ``route`` or ``queue``; else (and
-        for a delay, whose queue dead-letters straight into ``queue``) to the queue itself."""
-        if delay > 0:
-            self.send(delay_queue(queue, delay), bodies, queue=queue, priority=priority)
-        elif self.exchange:
-            self.send(route or queue, bodies, queue=queue, priority=priority,
-                      exchange=self.exchange)
-        else:
-            self.send(queue, bodies, queue=queue, priority=priority)
+        exchange, key = self._route(queue, delay, route)
+        self.send(key, bodies, queue=queue, priority=priority, exchange=exchange)
+
+    def send_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                  delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
+        """Asynchronous publishes: confirms are tracked, not waited for."""
+        exchange, key = self._route(queue, delay, route)
+        return self.send_async(key, bodies, queue=queue, priority=priority, exchange=exchange)
 
     # -- consuming -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -9,9 +10,19 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 log = logging.getLogger("ivy.queue")
+
+
+def complete(future: Future[None], error: BaseException | None) -> None:
+    """Complete ``future`` with ``error`` (or success) unless it completed already."""
+    with contextlib.suppress(InvalidStateError):
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +230,23 @@ class QueueBackend(ABC):
         override this."""
         for body in bodies:
             self.publish(queue, body, priority=priority, delay=delay, route=route)
+
+    def send_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                  delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
+        """Hand bodies over and return a future per body that completes once the backend has
+        the message, or fails with the reason (:class:`ivy.PublishError` for a refusal or a
+        missing confirm). Backends that confirm asynchronously (RabbitMQ) return before the
+        broker answered; this default publishes first, so its futures are already complete."""
+        futures: list[Future[None]] = [Future() for _ in bodies]
+        try:
+            self.publish_many(queue, bodies, priority=priority, delay=delay, route=route)
+        except Exception as exc:
+            for future in futures:
+                future.set_exception(exc)
+        else:
+            for future in futures:
+                future.set_result(None)
+        return futures
 
     @abstractmethod
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
