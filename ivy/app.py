@@ -26,7 +26,7 @@ from ivy.notifiers.base import Notifier, Subscription
 from ivy.queues.base import QueueBackend
 from ivy.serialization import Serializer, check_arguments, get_serializer, signer_from
 from ivy.task import Finished, Registry, Style, Task
-from ivy.worker import Worker
+from ivy.worker import Worker, WorkerContext
 
 log = logging.getLogger("ivy")
 P = ParamSpec("P")
@@ -403,13 +403,22 @@ class Ivy:
             names = [queue]
         else:
             names = list(queue)
-        worker = Worker(self, backend, self._producer_notifier, names, concurrency=concurrency,
-                        reserve_time=reserve_time or self.reserve_time)
+        worker = Worker(self.worker_context(), backend, self._producer_notifier, names,
+                        concurrency=concurrency, reserve_time=reserve_time or self.reserve_time)
         self._workers.append(worker)
         worker.start()
         if block:
             worker.run_forever()
         return worker
+
+    def worker_context(self, reserve_times: Mapping[str, float] | None = None) -> WorkerContext:
+        """What a worker of this app needs: its registry, serializer, limits, signer (read
+        now) and backoff, with ``reserve_times`` (task name -> lease in seconds) overriding the
+        tasks' own ``reserve_time``."""
+        return WorkerContext(
+            registry=self.registry, serializer=self.serializer, backoff=self.backoff,
+            max_message_bytes=self.max_message_bytes, max_depth=self.max_depth,
+            signer=self.signer, reserve_times=reserve_times or {})
 
     def close(self) -> None:
         """Stop workers and the notification consumer; close the backends this object built."""
