@@ -1,10 +1,25 @@
 """The worker: fetch -> execute -> record -> ack, with retries, dead letters and graceful stop.
 
 Threads: one fetcher per queue name hands deliveries to ``concurrency`` executor threads, and
-fetches only while an executor is free, so nothing waits in the worker unstarted; async tasks run
-on one event loop thread; a heartbeat thread extends the reservation of every message held and
-enforces task timeouts. A message is acknowledged only after its outcome is recorded (notified);
-if recording fails, the message goes back to the queue and the task runs again later.
+fetches only while an executor is free; async tasks run on one event loop thread (closed when the
+worker stops); a heartbeat thread extends reservations and enforces task timeouts. A message is
+acknowledged only after its outcome is recorded (notified); if recording fails, the message goes
+back to the queue and the task runs again later.
+
+Leases: no message that a live worker holds lets its reservation lapse, whether it runs or waits
+in a consumer's prefetch buffer (up to ``concurrency x PREFETCH_MULTIPLIER`` messages, reserved
+the moment they are fetched). The heartbeat extends a running message a third of the way through
+its lease (``WorkerContext.reserve_times[name]``, else ``Task.reserve_time``, else the worker's
+``reserve_time``), and sweeps every consumer's buffered deliveries each third of the worker's
+``reserve_time``. Its extends never wait for another operation on the same delivery (an ack in
+progress): one that meets it is tried again on the next tick. A task body still runs twice when
+its worker dies or hangs past the lease: delivery is at least once.
+
+Results: a final notification must pass the producer's own limits (``max_message_bytes``,
+``max_depth``); a result that would not is replaced by an ``errored`` notification of type
+``ResultTooLarge`` / ``ResultTooDeep`` (the message is acknowledged, not retried), and an error
+too large to travel is shortened. A call whose ``eta`` is later than its delivery is deferred,
+which does not count as an attempt.
 
 Timeouts: an async task is cancelled; a callback-style task stops being waited for; a plain
 function gets :class:`ivy.TaskTimeout` raised inside its thread (as Dramatiq does), which takes

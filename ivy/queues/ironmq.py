@@ -11,9 +11,9 @@ the original project's own backend.
   what is not given comes from iron.json and the ``IRON_*`` / ``IRON_MQ_*`` environment
   variables as the iron-mq client reads them, so a bare ``ironmq://`` works.
 * A defer (a call whose ``eta`` is later than its delivery) must not count as an attempt, and
-  IronMQ cannot take back a ``reserved_count``: the backend posts a fresh copy delayed until the eta (at
-  most IronMQ's 7 days; a later eta is deferred again), then deletes the reserved message; a
-  failure in between can only leave a duplicate, never lose the call.
+  IronMQ cannot take back a ``reserved_count``: the backend posts a fresh copy delayed until
+  the eta (at most IronMQ's 7 days; a later eta is deferred again), then deletes the reserved
+  message; a failure in between can only leave a duplicate, never lose the call.
 * Operations on one delivery never overlap (``Delivery`` serializes them): a touch hands out a
   new reservation id, which the next delete or release must use.
 * IronMQ's smallest reservation is 30 s; ``min_reserve`` (default 30) keeps requests valid,
