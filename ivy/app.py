@@ -37,7 +37,7 @@ from ivy.queues.base import QueueBackend
 from ivy.results import DEFAULT_PENDING_TTL, ResultConsumer
 from ivy.serialization import Serializer, Signer, check_arguments, get_serializer, signer_from
 from ivy.task import Finished, Registry, Style, Task, merge_options
-from ivy.worker import Worker
+from ivy.worker import Worker, WorkerContext
 
 log = logging.getLogger("ivy")
 P = ParamSpec("P")
@@ -564,8 +564,7 @@ class Ivy:
             queue_url = dict(queue_url)
             if "queue" in queue_url:
                 queue = queue or queue_url.pop("queue")
-            reserve_times = self._message_options(  # noqa: F841 - worker context: next step
-                queue_url.pop("messages", None))
+            reserve_times = self._message_options(queue_url.pop("messages", None))
         backend = self._own(queue_url, make_queue_backend) if queue_url is not None else (
             self.queue_backend)
         if notifier is not None or self._producer_notifier is None:
@@ -577,8 +576,8 @@ class Ivy:
             names = [queue]
         else:
             names = list(queue)
-        worker = Worker(self, backend, self._producer_notifier, names, concurrency=concurrency,
-                        reserve_time=reserve_time or self.reserve_time)
+        worker = Worker(self.worker_context(reserve_times), backend, self._producer_notifier, names,
+                        concurrency=concurrency, reserve_time=reserve_time or self.reserve_time)
         self._workers.append(worker)
         worker.start()
         if block:
@@ -611,6 +610,15 @@ class Ivy:
                             "(registered: %s)", name, ", ".join(self.registry.names()))
             reserve_times[name] = float(value)
         return reserve_times
+
+    def worker_context(self, reserve_times: Mapping[str, float] | None = None) -> WorkerContext:
+        """What a worker of this app needs: its registry, serializer, limits, signer (read
+        now) and backoff, with ``reserve_times`` (task name -> lease in seconds) overriding the
+        tasks' own ``reserve_time``."""
+        return WorkerContext(
+            registry=self.registry, serializer=self.serializer, backoff=self.backoff,
+            max_message_bytes=self.max_message_bytes, max_depth=self.max_depth,
+            signer=self.signer, reserve_times=reserve_times or {})
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait up to ``timeout`` seconds for unconfirmed messages (logging what stays

@@ -1,10 +1,25 @@
 """The worker: fetch -> execute -> record -> ack, with retries, dead letters and graceful stop.
 
 Threads: one fetcher per queue name hands deliveries to ``concurrency`` executor threads, and
-fetches only while an executor is free, so nothing waits in the worker unstarted; async tasks run
-on one event loop thread; a heartbeat thread extends the reservation of every message held and
-enforces task timeouts. A message is acknowledged only after its outcome is recorded (notified);
-if recording fails, the message goes back to the queue and the task runs again later.
+fetches only while an executor is free; async tasks run on one event loop thread (closed when the
+worker stops); a heartbeat thread extends reservations and enforces task timeouts. A message is
+acknowledged only after its outcome is recorded (notified); if recording fails, the message goes
+back to the queue and the task runs again later.
+
+Leases: no message that a live worker holds lets its reservation lapse, whether it runs or waits
+in a consumer's prefetch buffer (up to ``concurrency x PREFETCH_MULTIPLIER`` messages, reserved
+the moment they are fetched). The heartbeat extends a running message a third of the way through
+its lease (``WorkerContext.reserve_times[name]``, else ``Task.reserve_time``, else the worker's
+``reserve_time``), and sweeps every consumer's buffered deliveries each third of the worker's
+``reserve_time``. Its extends never wait for another operation on the same delivery (an ack in
+progress): one that meets it is tried again on the next tick. A task body still runs twice when
+its worker dies or hangs past the lease: delivery is at least once.
+
+Results: a final notification must pass the producer's own limits (``max_message_bytes``,
+``max_depth``); a result that would not is replaced by an ``errored`` notification of type
+``ResultTooLarge`` / ``ResultTooDeep`` (the message is acknowledged, not retried), and an error
+too large to travel is shortened. A call whose ``eta`` is later than its delivery is deferred,
+which does not count as an attempt.
 
 Timeouts: an async task is cancelled; a callback-style task stops being waited for; a plain
 function gets :class:`ivy.TaskTimeout` raised inside its thread (as Dramatiq does), which takes
@@ -25,18 +40,17 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from ivy.errors import MessageError, SerializationError, TaskTimeout
-from ivy.message import Message, Notification, decode_message, now_ms
+from ivy.message import Message, Notification, decode_message, deeper_than, now_ms
 from ivy.notifiers.base import Notifier
 from ivy.queues.base import Consumer, Delivery, QueueBackend
-from ivy.task import Task
-
-if TYPE_CHECKING:
-    from ivy.app import Ivy
+from ivy.serialization import Serializer, Signer
+from ivy.task import Registry, Task
 
 log = logging.getLogger("ivy.worker")
 
@@ -53,6 +67,38 @@ RECORD_ATTEMPTS = 5
 #: here (2,200 vs 1,900 tasks/s), 8 only ~3% more than 4. A graceful stop gives the unstarted
 #: ones back at once.
 PREFETCH_MULTIPLIER = 4
+#: Longest a stopping worker waits for its event loop thread to close the loop.
+LOOP_CLOSE_TIMEOUT = 10.0
+#: An error whose notification would be over ``max_message_bytes`` travels with its message
+#: and traceback shortened to these many characters.
+ERROR_MESSAGE_CHARS = 8_000
+ERROR_TRACEBACK_CHARS = 16_000
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a worker needs from its app, and nothing more: the tasks it may run, how bodies
+    are encoded, checked and signed, the retry backoff, and per-task reservations.
+
+    ``reserve_times`` maps a task name to the lease its running messages get; it overrides
+    ``Task.reserve_time``, which overrides the worker's own ``reserve_time``.
+    ``Ivy.worker_context()`` builds one from an app."""
+
+    registry: Registry
+    serializer: Serializer
+    backoff: Callable[[int], float]
+    max_message_bytes: int
+    max_depth: int
+    signer: Signer | None = None
+    reserve_times: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a private read-only copy: the caller's dict changing later does not reach the worker
+        object.__setattr__(self, "reserve_times", MappingProxyType(dict(self.reserve_times)))
+
+    def seal(self, body: bytes) -> bytes:
+        """Sign an encoded message or notification when a signing key is configured."""
+        return body if self.signer is None else self.signer.sign(body)
 
 
 def worker_name() -> str:
@@ -122,7 +168,7 @@ class Worker:
 
     def __init__(
         self,
-        app: Ivy,
+        context: WorkerContext,
         backend: QueueBackend,
         notifier: Notifier | None,
         queues: list[str],
@@ -134,7 +180,7 @@ class Worker:
             raise ValueError("a worker needs at least one queue name")
         if concurrency < 1:
             raise ValueError(f"concurrency {concurrency!r} must be at least 1")
-        self.app = app
+        self.context = context
         self.backend = backend
         self.notifier = notifier
         self.queues = list(dict.fromkeys(queues))
@@ -165,7 +211,7 @@ class Worker:
     def start(self) -> Worker:
         log.info("worker %s: listening on %s at %s, concurrency %d, tasks: %s", self.name,
                  ", ".join(self.queues), self.backend.url, self.concurrency,
-                 ", ".join(self.app.registry.names()) or "(none)")
+                 ", ".join(self.context.registry.names()) or "(none)")
         self._consumers = [
             self.backend.consume(q, prefetch=self.concurrency * PREFETCH_MULTIPLIER,
                                reserve_time=self.reserve_time)
@@ -211,8 +257,7 @@ class Worker:
                 return False
         if not self._stopped.is_set():
             self._stopped.set()
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._close_loop()
             log.info("worker %s: stopped after %d messages", self.name, self.processed)
         return True
 
@@ -290,6 +335,12 @@ class Worker:
                     self._slots.release()
 
     def _heartbeat_loop(self) -> None:
+        """Every ``HEARTBEAT`` s: extend the leases that are a third of the way through, send
+        ``running`` statuses, fire task timeouts. Deliveries waiting in a consumer's prefetch
+        buffer are swept every third of the worker's ``reserve_time`` (one list per consumer,
+        nothing per message in between)."""
+        sweep_at = time.monotonic() + self.reserve_time / 3
+        waiting: list[Delivery] = []  # buffered ones whose extend met an op in progress
         while not self._stopped.wait(HEARTBEAT):
             now = time.monotonic()
             with self._lock:
@@ -305,13 +356,33 @@ class Worker:
                         d.fired = True
                         _raise_in_thread(d.thread_id, TaskTimeout)
             for h in due:
-                with _logged("extending a reservation"):
-                    h.delivery.extend(h.lease)
+                if not self._extend(h.delivery, h.lease):
+                    with self._lock:
+                        h.next_extend = now  # again on the next tick
+            if now >= sweep_at:
+                sweep_at = now + self.reserve_time / 3
+                for consumer in self._consumers:
+                    with _logged("listing prefetched deliveries"):
+                        waiting.extend(consumer.buffered())
+            if waiting:
+                waiting = [d for d in waiting if not self._extend(d, self.reserve_time)]
             for h in running:
                 if h.message is not None:
                     self._notify(h.message, Notification(
                         h.message.id, "running", h.message.name, attempt=h.message.attempt,
                         worker=self.name))
+
+    @staticmethod
+    def _extend(delivery: Delivery, lease: float) -> bool:
+        """The heartbeat's extend: never waits for an operation in progress on the delivery.
+        False if it should be tried again on the next tick (that operation was in progress
+        and did not end the delivery)."""
+        try:
+            return delivery.extend(lease, wait=False) or delivery.ended is not None
+        except Exception:
+            log.exception("worker: extending the reservation of a message of %s failed",
+                          delivery.queue)
+            return True  # a failing backend is not hammered every tick: next third
 
     def _hold(self, delivery: Delivery, lease: float) -> bool:
         """Admit a delivery for processing; False once the worker is stopping."""
@@ -334,18 +405,19 @@ class Worker:
         message: Message | None = None
         try:
             try:
-                message = decode_message(delivery.body, self.app.serializer,
-                                         max_bytes=self.app.max_message_bytes,
-                                         max_depth=self.app.max_depth, signer=self.app.signer)
+                ctx = self.context
+                message = decode_message(delivery.body, ctx.serializer,
+                                         max_bytes=ctx.max_message_bytes,
+                                         max_depth=ctx.max_depth, signer=ctx.signer)
             except MessageError as exc:
                 self._reject(delivery, exc.reason, exc.fields)
                 return
             # Backends that retry by redelivering the same body (SQS) count attempts for us;
             # a redelivery after a crash counts as an attempt too (poison-message protection).
             message.attempt = max(message.attempt, delivery.delivery_count - 1)
-            task = self.app.registry.get(message.name)
+            task = self.context.registry.get(message.name)
             if task is None:
-                reason = self.app.registry.not_registered_message(message.name, delivery.queue)
+                reason = self.context.registry.not_registered_message(message.name, delivery.queue)
                 self._reject(delivery, reason, _fields(message))
                 return
             try:
@@ -355,43 +427,48 @@ class Worker:
                              _fields(message))
                 return
             if message.eta is not None and message.eta > now_ms() + 5:
-                delivery.retry((message.eta - now_ms()) / 1000)
+                delivery.defer((message.eta - now_ms()) / 1000)  # not an attempt
                 return
             self._run(delivery, task, message)
         except Exception:
             log.exception("worker %s: internal error on a message of %s; returning it to the "
                           "queue", self.name, delivery.queue)
             with _logged("returning a message after an internal error"):
-                delivery.retry(self.app.backoff(0))
+                delivery.retry(self.context.backoff(0))
         finally:
             with self._lock:
                 self.processed += 1
 
+    def lease(self, task: Task[Any, Any]) -> float:
+        """How long a running message of ``task`` stays reserved between extends: the
+        context's ``reserve_times`` entry, else the task's ``reserve_time``, else the worker's."""
+        lease = self.context.reserve_times.get(task.name)
+        if lease is None:
+            lease = task.reserve_time
+        return self.reserve_time if lease is None else float(lease)
+
     def _run(self, delivery: Delivery, task: Task[Any, Any], message: Message) -> None:
         now = time.monotonic()
+        lease = self.lease(task)
         with self._lock:
             held = self._held.get(id(delivery))
             if held is not None:
                 held.message, held.started = message, now
-                if task.reserve_time is not None:
-                    held.lease, held.next_extend = task.reserve_time, now + task.reserve_time / 3
-        if task.reserve_time is not None:
-            delivery.extend(task.reserve_time)
+                if lease != held.lease:
+                    held.lease, held.next_extend = lease, now + lease / 3
+        if lease != self.reserve_time:
+            delivery.extend(lease)
         ok, value = self._execute(task, message)
         if ok:
-            note = Notification(message.id, "successful", message.name, result=value,
-                                attempt=message.attempt, worker=self.name)
-            try:
-                self._record(message, note)
-            except SerializationError as exc:
-                self._record(message, self._errored(message, {
-                    "type": "SerializationError", "message": str(exc), "traceback": ""}))
+            self._record(message, Notification(message.id, "successful", message.name,
+                                               result=value, attempt=message.attempt,
+                                               worker=self.name))
             delivery.ack()
             log.debug("task %s [%s] succeeded", message.name, message.id)
             return
         retries = task.max_retries if message.legacy else message.max_retries
         if message.attempt < retries:
-            delay = self.app.backoff(message.attempt)
+            delay = self.context.backoff(message.attempt)
             log.warning("task %s [%s] failed (attempt %d of %d): %s: %s; retrying in %.2f s",
                         message.name, message.id, message.attempt + 1, retries + 1,
                         value["type"], value["message"], delay)
@@ -467,13 +544,31 @@ class Worker:
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
+            if self._stopped.is_set():
+                raise RuntimeError(f"worker {self.name} is stopped: its event loop is closed")
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="ivy-asyncio",
+                thread = threading.Thread(target=_run_loop, args=(loop,), name="ivy-asyncio",
                                           daemon=True)
                 thread.start()
                 self._loop, self._loop_thread = loop, thread
             return self._loop
+
+    def _close_loop(self) -> None:
+        """Stop the event loop of async tasks and wait (a little) for its thread to close it:
+        no task is running any more when this is called."""
+        with self._lock:
+            loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # closed already
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is threading.current_thread():  # stop() called from an async task
+            return
+        thread.join(LOOP_CLOSE_TIMEOUT)
+        if thread.is_alive():
+            log.warning("worker %s: the event loop did not stop within %.0f s; left open",
+                        self.name, LOOP_CLOSE_TIMEOUT)
 
     def _run_callback(self, task: Task[Any, Any], message: Message) -> Any:
         done = threading.Event()
@@ -503,7 +598,7 @@ class Worker:
 
     def _body(self, item: Message | Notification) -> bytes:
         """Encode a message or notification for the wire, signed when a key is configured."""
-        return self.app.seal(item.encode(self.app.serializer))
+        return self.context.seal(item.encode(self.context.serializer))
 
     def _notify(self, message: Message, note: Notification) -> None:
         """Best effort, for the ``running`` status (not final, not stored)."""
@@ -516,13 +611,51 @@ class Worker:
                 log.warning("publishing status %r of %s failed", note.status, message.id,
                             exc_info=True)
 
+    def _final_body(self, message: Message, note: Notification) -> bytes:
+        """Encode a final notification within the limits its producer applies when decoding
+        (``max_message_bytes``, ``max_depth``): a producer drops a notification over them, and
+        the call would wait for its timeout. A result that cannot travel is replaced by an
+        ``errored`` notification that says why; an error too large to travel is shortened."""
+        ctx = self.context
+        try:
+            encoded = note.encode(ctx.serializer)
+        except SerializationError as exc:
+            note = self._errored(message, {"type": "SerializationError", "message": str(exc),
+                                           "traceback": ""})
+            encoded = note.encode(ctx.serializer)
+        if note.status == "successful":
+            error: dict[str, str] | None = None
+            if len(encoded) > ctx.max_message_bytes:
+                error = {"type": "ResultTooLarge", "traceback": "", "message": (
+                    f"the result of task {message.name!r} is {len(encoded)} bytes once encoded, "
+                    f"over the limit of {ctx.max_message_bytes} bytes: store the data elsewhere "
+                    "and return a reference to it (a URL, a key), or raise "
+                    "Ivy(max_message_bytes=...) on the producer and the worker")}
+            # [result] adds the level that the notification's own bracket adds in encoded
+            elif deeper_than(encoded, [note.result], ctx.max_depth + 1):
+                error = {"type": "ResultTooDeep", "traceback": "", "message": (
+                    f"the result of task {message.name!r} nests deeper than {ctx.max_depth} "
+                    "levels: flatten it, or raise Ivy(max_depth=...) on the producer and the "
+                    "worker")}
+            if error is not None:
+                log.error("task %s [%s]: %s", message.name, message.id, error["message"])
+                note = self._errored(message, error)
+                encoded = note.encode(ctx.serializer)
+        if len(encoded) > ctx.max_message_bytes and note.error is not None:
+            error = {k: str(v) for k, v in note.error.items()}
+            error["message"] = _shorten(error.get("message", ""), ERROR_MESSAGE_CHARS)
+            error["traceback"] = _shorten(error.get("traceback", ""), ERROR_TRACEBACK_CHARS)
+            note = self._errored(message, error)
+            encoded = note.encode(ctx.serializer)
+        return ctx.seal(encoded)
+
     def _record(self, message: Message, note: Notification) -> None:
         """Publish a final notification, retrying a few times; raise if it cannot be done."""
         if not message.reply_to:
             return
         if self.notifier is None:
             raise RuntimeError("no notifier: call start_notification_producer() before listen()")
-        body = self._body(note)
+        body = self._final_body(message, note)
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 self.notifier.publish(message.reply_to, message.id, body, final=True)
@@ -563,6 +696,34 @@ def signal_handlers(handler: Any) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The event loop thread: run until stopped, then cancel what async tasks left behind
+    (background tasks they started), finish async generators and close the loop."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        try:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its start and its end (where a
+    traceback names the failing line)."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... ({len(text) - 2 * half} characters left out) ...\n{text[-half:]}"
 
 
 def _fields(message: Message) -> dict[str, Any]:

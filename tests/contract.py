@@ -8,7 +8,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
+from typing import Any
 
+import pytest
+from conftest import wait_for
+
+import ivy
 from ivy.notifiers.base import Notifier
 from ivy.queues.base import Consumer, QueueBackend
 
@@ -31,6 +37,22 @@ def take(consumer: Consumer, n: int, timeout: float = 5.0) -> list[bytes]:
         got.append(d.body)
         d.ack()
     return got
+
+
+def worker_apps(backend: QueueBackend, n: int = 1) -> list[ivy.Ivy]:
+    """``n`` apps (a producer, workers) on ``backend`` sharing one in-process notifier, with
+    quick retries."""
+    notifier = f"memory://contract-{uuid.uuid4().hex[:8]}"
+    return [ivy.Ivy(backend, notifier, retry_base_delay=0.05, retry_max_delay=0.1)
+            for _ in range(n)]
+
+
+def close_all(apps: list[ivy.Ivy], workers: list[ivy.Worker]) -> None:
+    """Stop every worker (each finishes what it runs), then close the apps."""
+    for worker in workers:
+        worker.stop(30)
+    for app in apps:
+        app.close()
 
 
 class QueueBackendContract:
@@ -214,6 +236,137 @@ class QueueBackendContract:
         for t in threads:
             t.join(60)
         assert sorted(seen) == sorted(str(i).encode() for i in range(n))
+
+
+    # -- a worker on this backend ---------------------------------------------------------
+
+    def test_worker_keeps_prefetched_messages_reserved(self, backend: QueueBackend) -> None:
+        # Given worker A that fetched 4 tasks at once (its prefetch) and runs them one by one,
+        # so the last waits in its buffer for longer than the reservation; on backends without
+        # a prefetch buffer (memory) each message is taken only when an executor is free
+        q = qname()
+        lease = max(1.0, self.short * 2)
+        runs: list[tuple[str, int]] = []
+        lock = threading.Lock()
+        apps = worker_apps(backend, 2)
+        for tag, app in zip("ab", apps, strict=True):
+            def work(i: int, tag: str = tag) -> int:
+                with lock:
+                    runs.append((tag, i))
+                time.sleep(lease * 0.6)
+                return i
+
+            app.register_task(work, name="contract.work", queue=q)
+        workers: list[ivy.Worker] = []
+        try:
+            calls = [apps[0].delayed_call("contract.work", i) for i in range(4)]
+            workers.append(apps[0].listen(queue=q, concurrency=1, reserve_time=lease,
+                                          block=False))
+            wait_for(lambda: runs, timeout=30, message="worker A to start a task")
+            # When worker B competes on the same queue all that time
+            workers.append(apps[1].listen(queue=q, concurrency=1, reserve_time=lease,
+                                          block=False))
+            # Then each call runs exactly once: no lease lapsed while a message waited
+            assert sorted(c.result(60) for c in calls) == [0, 1, 2, 3]
+        finally:
+            close_all(apps, workers)  # whatever ran twice has started by then
+        assert Counter(i for _, i in runs) == {0: 1, 1: 1, 2: 1, 3: 1}, runs
+
+    def test_graceful_stop_with_tasks_in_flight(self, backend: QueueBackend) -> None:
+        # Given a worker with concurrency 2 that has acknowledged a call already (SQS: its
+        # deleter thread runs), and then runs 2 of 5 queued tasks
+        q = qname()
+        [app] = worker_apps(backend)
+        go_on = threading.Event()
+        runs: list[int] = []
+        lock = threading.Lock()
+
+        @app.register_task(name="contract.slow", queue=q)
+        def slow(i: int) -> int:
+            with lock:
+                runs.append(i)
+            go_on.wait(60)
+            return i
+
+        @app.register_task(name="contract.quick", queue=q)
+        def quick() -> str:
+            return "quick"
+
+        workers: list[ivy.Worker] = []
+        try:
+            first = app.listen(queue=q, concurrency=2, block=False)
+            workers.append(first)
+            assert app.delayed_call(quick).result(30) == "quick"
+            wait_for(lambda: backend.size(q) == 0, timeout=30, message="the first ack")
+            calls = [app.delayed_call(slow, i) for i in range(5)]
+            wait_for(lambda: len(runs) == 2, timeout=30, message="2 tasks to start")
+            # When it is stopped while they run
+            stopper = threading.Thread(target=first.stop)
+            stopper.start()
+            wait_for(lambda: not first.running, message="the worker to begin stopping")
+            go_on.set()
+            # Then the 2 finish, are acknowledged, and their calls get results
+            assert first.join(30), "the stopping worker still holds messages after 30 s"
+            in_flight = sorted(runs)
+            assert [calls[i].result(10) for i in in_flight] == in_flight
+            # and the 3 unstarted ones come back: a second worker runs each once
+            workers.append(app.listen(queue=q, concurrency=2, block=False))
+            assert sorted(c.result(60) for c in calls) == [0, 1, 2, 3, 4]
+            wait_for(lambda: backend.size(q) == 0, timeout=60, message="every ack")
+            assert backend.dead_letters(q) == []
+            stopper.join(10)
+        finally:
+            go_on.set()
+            close_all([app], workers)
+        assert sorted(runs) == [0, 1, 2, 3, 4]
+
+    def test_deferred_call_is_not_an_attempt(self, backend: QueueBackend,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+        # Given calls whose eta is later than their delivery (the backend is made to ignore
+        # the delay, as SQS does past 900 s), so the worker defers each once
+        q = qname()
+        [app] = worker_apps(backend)
+        delays: list[float] = []
+
+        def early(publish: Any) -> Any:
+            def without_delay(queue: str, body: Any, **options: Any) -> Any:
+                delays.append(options.pop("delay", 0.0))
+                return publish(queue, body, **options)
+            return without_delay
+
+        monkeypatch.setattr(backend, "publish", early(backend.publish))
+        monkeypatch.setattr(backend, "publish_many", early(backend.publish_many))
+        monkeypatch.setattr(backend, "send_many", early(backend.send_many))
+        runs: list[str] = []
+
+        @app.register_task(name="contract.once", queue=q)
+        def once() -> str:
+            runs.append("once")
+            return "ran"
+
+        @app.register_task(name="contract.flaky", queue=q, retry=True, max_retries=2)
+        def flaky() -> None:
+            runs.append("flaky")
+            raise ValueError("always")
+
+        try:
+            app.listen(queue=q, concurrency=2, block=False)
+            delay = self.short * 2
+            sent = time.time()
+            plain = app.send_task(once, delay=delay)
+            retried = app.send_task(flaky, delay=delay)
+            assert any(d > 0 for d in delays), "the calls were not sent with a delay"
+            # Then the deferred delivery counts as no attempt
+            assert plain.result(60) == "ran"
+            assert time.time() >= sent + delay * 0.9
+            assert plain.attempt == 0
+            # and a task with retries still gets all of them
+            with pytest.raises(ivy.RemoteTaskError, match="always"):
+                retried.result(60)
+            assert retried.attempt == 2
+            assert runs.count("flaky") == 3 and runs.count("once") == 1
+        finally:
+            app.close()
 
 
 class NotifierContract:

@@ -203,3 +203,85 @@ def test_response_without_content_type_is_read() -> None:
                                  port=server.server_address[1], protocol="http")
     assert backend.mq.client.get("queues/x")["body"] == "ok"
     server.shutdown()
+
+
+@pytest.fixture
+def slow_touch() -> Iterator[FakeIronMQ]:
+    """A fake of its own whose touch answers 0.3 s after it handed out the new reservation id,
+    the window in which a delete with the old id would be refused."""
+    server = FakeIronMQ()
+    route = server.route
+
+    def delayed(method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        answer = route(method, path, body)
+        if path.split("?")[0].endswith("/touch"):
+            time.sleep(0.3)
+        return answer
+
+    server.route = delayed  # type: ignore[method-assign]
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_ack_during_a_touch_uses_the_new_reservation(
+    slow_touch: FakeIronMQ, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given tasks that end while the heartbeat's touch of their message is on its way back
+    backend = make_backend(slow_touch)
+    q = f"q{uuid.uuid4().hex[:8]}"
+    app = ivy.Ivy(backend, f"memory://{uuid.uuid4().hex}")
+    runs: list[int] = []
+
+    @app.register_task(name="t.touched", queue=q)
+    def touched(i: int) -> int:
+        runs.append(i)
+        time.sleep(0.3)  # the first touch goes out 0.2 s in, and answers at 0.5 s
+        return i
+
+    worker = app.listen(queue=q, block=False, concurrency=1, reserve_time=0.6)
+    try:
+        # When each is acknowledged
+        assert [app.delayed_call(touched, i).result(20) for i in range(3)] == [0, 1, 2]
+        # Then the delete used the touch's new reservation: nothing is left to run again
+        wait_for(lambda: backend.size(q) == 0, timeout=10, message="every delete")
+        assert runs == [0, 1, 2]
+        assert "reservation ran out" not in caplog.text
+    finally:
+        worker.stop(10)
+        app.close()
+
+
+def test_close_ends_every_thread_session() -> None:
+    # Given a fake of its own that counts open connections
+    server = FakeIronMQ()
+    handler = server.server.RequestHandlerClass
+    open_connections: list[int] = []
+    setup, finish = handler.setup, handler.finish
+
+    def counting_setup(self: Any) -> None:
+        open_connections.append(1)
+        setup(self)
+
+    def counting_finish(self: Any) -> None:
+        finish(self)
+        open_connections.pop()
+
+    handler.setup = counting_setup  # type: ignore[method-assign]
+    handler.finish = counting_finish  # type: ignore[method-assign]
+    server.start()
+    try:
+        # and a backend that used it from 3 threads (3 sessions, 3 kept-alive connections)
+        backend = make_backend(server)
+        threads = [threading.Thread(target=backend.publish, args=("s", b"{}")) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert backend.size("s") == 3
+        wait_for(lambda: len(open_connections) == 4, message="4 open connections")
+        # When the backend is closed, Then every connection is closed
+        backend.close()
+        wait_for(lambda: not open_connections, timeout=10, message="the connections to close")
+    finally:
+        server.stop()

@@ -10,6 +10,12 @@ the original project's own backend.
   "port": ..., "protocol": ...}``, or ``ironmq://project_id:token@host:port?protocol=https``;
   what is not given comes from iron.json and the ``IRON_*`` / ``IRON_MQ_*`` environment
   variables as the iron-mq client reads them, so a bare ``ironmq://`` works.
+* A defer (a call whose ``eta`` is later than its delivery) must not count as an attempt, and
+  IronMQ cannot take back a ``reserved_count``: the backend posts a fresh copy delayed until
+  the eta (at most IronMQ's 7 days; a later eta is deferred again), then deletes the reserved
+  message; a failure in between can only leave a duplicate, never lose the call.
+* Operations on one delivery never overlap (``Delivery`` serializes them): a touch hands out a
+  new reservation id, which the next delete or release must use.
 * IronMQ's smallest reservation is 30 s; ``min_reserve`` (default 30) keeps requests valid,
   tests against the fake server set it to 0.
 
@@ -19,6 +25,7 @@ API but swaps its HTTP layer: the client object's class becomes :class:`_Bounded
 subclass of ``iron_core.IronClient`` whose ``request`` uses one ``requests.Session`` per thread
 (connections are reused) with a connect and read timeout on every call, reads the content type
 with a default, and retries 503/504 a bounded number of times. ``IronMQ.queues()`` is not used.
+:meth:`IronMQQueueBackend.close` closes every thread's session.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ log = logging.getLogger("ivy.ironmq")
 LONG_POLL = 30  # IronMQ's longest wait
 BASE64_PREFIX = "ivy-base64:"
 CONNECT_TIMEOUT = 5.0
+MAX_DELAY = 604_800  # IronMQ's longest message delay: 7 days
 
 
 class _BoundedIronClient(iron_core.IronClient):  # type: ignore[misc]
@@ -53,12 +61,32 @@ class _BoundedIronClient(iron_core.IronClient):  # type: ignore[misc]
     #: seconds a request may take beyond the long-poll wait it asks for
     request_timeout: float = 15.0
     _local: threading.local
+    _sessions: list[requests.Session]
+    _sessions_lock: threading.Lock
+
+    def adopt(self, request_timeout: float) -> None:
+        """Set up the state this class adds, on a client object whose class was swapped."""
+        self._local = threading.local()
+        self._sessions = []
+        self._sessions_lock = threading.Lock()
+        self.request_timeout = request_timeout
+
+    def close_sessions(self) -> None:
+        """Close every thread's session and its pooled connections."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+            self._local = threading.local()  # a thread using it again gets a new session
+        for session in sessions:
+            session.close()
 
     def request(self, url: str, method: str, body: str = "", headers: dict[str, str] | None = None,
                 retry: bool = True) -> dict[str, Any]:
-        session: requests.Session | None = getattr(self._local, "session", None)
+        local = self._local
+        session: requests.Session | None = getattr(local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = local.session = requests.Session()
+            with self._sessions_lock:
+                self._sessions.append(session)
         all_headers = {**self.headers, **(headers or {})}
         all_headers["Authorization"] = f"OAuth {self.token_provider.getToken()}"
         wait = 0.0
@@ -114,8 +142,8 @@ class IronMQQueueBackend(QueueBackend):
                 "set IRON_TOKEN and IRON_PROJECT_ID, or write an iron.json") from None
         client = self.mq.client
         client.__class__ = _BoundedIronClient
-        client._local = threading.local()
-        client.request_timeout = request_timeout
+        client.adopt(request_timeout)
+        self._client: _BoundedIronClient = client
         self.url = f"ironmq://{client.host}:{client.port}/{client.project_id}"
         self.min_reserve = min_reserve
         self._queues: dict[str, iron_mq.Queue] = {}
@@ -185,6 +213,11 @@ class IronMQQueueBackend(QueueBackend):
         return found
 
 
+    def close(self) -> None:
+        """Close the HTTP sessions (one per thread that made a request) and their connections."""
+        self._client.close_sessions()
+
+
 class IronMQDelivery(Delivery):
     def __init__(self, backend: IronMQQueueBackend, queue: str, message: dict[str, Any],
                  ) -> None:
@@ -224,6 +257,11 @@ class IronMQDelivery(Delivery):
     def _release(self) -> None:
         with self._reserved("release"):
             self._q().release(self._id, self._reservation)
+
+    def _defer(self, delay: float) -> None:
+        """A fresh copy due in ``delay`` s, then the reserved one deleted (module doc)."""
+        self._q().post({"body": self._text, "delay": min(MAX_DELAY, max(0, math.ceil(delay)))})
+        self._ack()
 
     def _extend(self, seconds: float) -> None:
         with self._reserved("touch"):

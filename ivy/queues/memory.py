@@ -1,6 +1,8 @@
 """``memory://[name]``: an in-process queue backend. Producer and worker threads of one process
 that name the same broker share it. Nothing survives the process; use it for tests and for
 running tasks in the background of one program. Reservations expire like the durable backends'.
+A consumer takes one message per get() (no prefetch buffer); a release or a defer puts the message
+back without counting the delivery as an attempt.
 """
 
 from __future__ import annotations
@@ -147,6 +149,15 @@ class MemoryDelivery(Delivery):
         if self._broker.finish(self.queue, self._token):
             self._broker.put(self.queue, body if body is not None else self.body,
                              self._entry.priority, delay, self._entry.count)
+
+    def _release(self) -> None:
+        self._defer(0.0)
+
+    def _defer(self, delay: float) -> None:
+        """Back to the queue for ``delay`` s, this delivery uncounted (not an attempt)."""
+        if self._broker.finish(self.queue, self._token):
+            self._broker.put(self.queue, self.body, self._entry.priority, delay,
+                             self._entry.count - 1)
 
     def _dead_letter(self, reason: str) -> None:
         if self._broker.finish(self.queue, self._token):

@@ -5,7 +5,12 @@ Each message is a row. A consumer reserves rows by setting ``available_at`` to t
 lease and a fresh ``token``; ack deletes the row only while the token still matches, so a worker
 whose lease ran out (it hung, or was SIGKILLed) cannot delete a message that another worker has
 taken since. A retry rewrites the row's body and ``available_at``; a dead letter moves the row to
-``ivy_dead_letters`` with its reason, in one transaction.
+``ivy_dead_letters`` with its reason, in one transaction. A release (an unstarted delivery given
+back) and a defer (a call whose ``eta`` is later) put the row back and take back the count of
+this delivery, so neither counts as an attempt.
+
+A consumer reserves up to ``prefetch`` rows per query; rows waiting in its buffer are leased
+like running ones, and a worker's heartbeat extends them (:meth:`SQLiteConsumer.buffered`).
 """
 
 from __future__ import annotations
@@ -60,9 +65,13 @@ class SQLiteDelivery(Delivery):
 
     def _release(self) -> None:
         """Give an unstarted delivery back at once, without counting it as a delivery."""
+        self._defer(0.0)
+
+    def _defer(self, delay: float) -> None:
+        """Put the row back, due ``delay`` s from now, without counting this delivery."""
         self._backend.db.conn().execute(
             "UPDATE ivy_messages SET available_at = ?, token = NULL, deliveries = deliveries - 1 "
-            "WHERE id = ? AND token = ?", (time.time(), self._id, self._token))
+            "WHERE id = ? AND token = ?", (time.time() + max(delay, 0.0), self._id, self._token))
         self._backend.waker.wake()
 
 
@@ -96,6 +105,9 @@ class SQLiteConsumer(Consumer):
         due = conn.execute("SELECT min(available_at) FROM ivy_messages WHERE queue = ?",
                            (self._queue,)).fetchone()[0]
         return float(due) if due is not None else None
+
+    def buffered(self) -> list[Delivery]:
+        return list(tuple(self._buffer))  # a tuple of a deque is taken whole, under the GIL
 
     def get(self, timeout: float) -> Delivery | None:
         deadline = time.monotonic() + timeout

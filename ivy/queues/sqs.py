@@ -10,6 +10,15 @@
   and extended with ChangeMessageVisibility while a task runs. A retry changes the visibility of
   the received message to the backoff delay, so the body (and its ``attempt``) stays the same:
   the worker counts attempts from ``ApproximateReceiveCount``.
+* A defer (a call whose ``eta`` is later than its delivery) must not count as an attempt, and
+  SQS cannot take back a receive count: on a standard queue the backend sends a fresh copy
+  delayed until the eta (at most 900 s: a later eta is simply deferred again when the copy
+  arrives), then deletes the received message; a failure in between can only leave a
+  duplicate, never lose the call. A FIFO queue has no per-message delay, and a copy would jump
+  its group's order, so there a defer changes the visibility and counts as a receive.
+* Deletes (acks) go out in batches from a deleter thread that ends when idle and starts again
+  on demand, so an in-flight task acknowledged after its consumer was closed (a graceful stop)
+  is still deleted.
 * SQS takes text only: a body that is not valid UTF-8 (msgpack) travels base64-encoded with the
   attribute ``ivy-encoding: base64``. A message over the queue's maximum size (256 KiB unless
   configured) is refused with :class:`ivy.MessageTooLarge` before any request is sent.
@@ -39,6 +48,10 @@ MAX_VISIBILITY = 43_200  # 12 hours
 REASON = "ivy-reason"
 ENCODING = "ivy-encoding"
 LONG_POLL = 20
+#: How long an ack waits for SQS to confirm its delete.
+DELETE_TIMEOUT = 60.0
+#: A deleter thread with nothing to send for this long ends (the next delete starts another).
+DELETER_IDLE = 5.0
 
 
 def _text(body: bytes) -> tuple[str, dict[str, Any]]:
@@ -210,6 +223,15 @@ class SQSDelivery(Delivery):
     def _release(self) -> None:
         self._visibility(0)
 
+    def _defer(self, delay: float) -> None:
+        """Back until ``delay`` s from now without counting a receive (see the module doc)."""
+        if self.queue.endswith(".fifo"):
+            self._visibility(delay)
+            return
+        self._backend.client.send_message(QueueUrl=self._url(),
+                                          **self._backend._entry(self.queue, self.body, delay))
+        self._ack()
+
     def _visibility(self, seconds: float) -> None:
         self._backend.client.change_message_visibility(
             QueueUrl=self._url(), ReceiptHandle=self._receipt,
@@ -254,7 +276,8 @@ class SQSConsumer(LongPollConsumer):
 
     def delete(self, receipt: str) -> None:
         """Delete one message, in a batch with whatever other executors delete at the same
-        moment (up to 10 a request); returns once SQS confirmed this one."""
+        moment (up to 10 a request); returns once SQS confirmed this one. Works after close()
+        too: an in-flight task finishing during a graceful stop acknowledges through it."""
         done = threading.Event()
         errors: list[str] = []
         with self._pending_cond:
@@ -265,19 +288,23 @@ class SQSConsumer(LongPollConsumer):
                                                  name=f"ivy-sqs-delete-{self.queue}",
                                                  daemon=True)
                 self._deleter.start()
-        if not done.wait(60):
-            raise TimeoutError(f"SQS did not confirm a delete on queue {self.queue!r} in 60 s")
+        if not done.wait(DELETE_TIMEOUT):
+            raise TimeoutError(f"SQS did not confirm a delete on queue {self.queue!r} in "
+                               f"{DELETE_TIMEOUT:.0f} s")
         if errors:
             raise RuntimeError(f"SQS refused to delete a message of {self.queue!r}: "
                                f"{errors[0]}")
 
     def _delete_loop(self) -> None:
+        """Send what is pending; end once nothing came for ``DELETER_IDLE`` s (at once when
+        the consumer is closed). delete() starts a new thread when none runs."""
         while True:
             with self._pending_cond:
-                while not self._pending:
-                    if self._closed:
-                        return
-                    self._pending_cond.wait(1.0)
+                if not self._pending and not self._closed:
+                    self._pending_cond.wait(DELETER_IDLE)
+                if not self._pending:
+                    self._deleter = None  # under the condition: delete() sees it
+                    return
                 batch, self._pending = self._pending[:10], self._pending[10:]
             try:
                 result = self.backend.client.delete_message_batch(
@@ -295,4 +322,4 @@ class SQSConsumer(LongPollConsumer):
     def close(self) -> None:
         super().close()
         with self._pending_cond:
-            self._pending_cond.notify_all()  # the deleter finishes what is pending, then ends
+            self._pending_cond.notify_all()  # an idle deleter ends now

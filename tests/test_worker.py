@@ -1,0 +1,207 @@
+"""The worker on its own: results that cannot travel, the event loop's end, per-task leases from
+its context, and what worker.py may import. The contract suite (tests/contract.py) holds the
+worker tests that run on every queue backend."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, wait_for
+
+import ivy
+from ivy.queues.sqlite import SQLiteQueueBackend
+from ivy.worker import Worker, WorkerContext
+
+
+def start(app: ivy.Ivy, queue: str = "q", concurrency: int = 2) -> ivy.Worker:
+    return app.listen(queue=queue, concurrency=concurrency, block=False)
+
+
+# -- results the producer would drop ------------------------------------------------------------
+
+
+def test_oversized_result_fails_the_call_at_once(app: ivy.Ivy) -> None:
+    # Given a task returning 3 MiB, over max_message_bytes (1 MiB), with retries
+    runs: list[int] = []
+
+    @app.register_task(name="t.big", queue="q", retry=True, max_retries=2)
+    def big() -> str:
+        runs.append(1)
+        return "x" * (3 << 20)
+
+    start(app)
+    # When it is called, Then the call fails with ResultTooLarge instead of waiting for its
+    # timeout
+    with pytest.raises(ivy.RemoteTaskError) as exc:
+        app.delayed_call(big).result(30)
+    assert exc.value.type == "ResultTooLarge"
+    assert "'t.big'" in exc.value.message
+    assert "over the limit of 1048576 bytes" in exc.value.message
+    assert "return a reference" in exc.value.message
+    # and the message was acknowledged, not retried
+    wait_for(lambda: app.queue_backend.size("q") == 0, message="the ack")
+    assert runs == [1]
+    assert app.queue_backend.dead_letters("q") == []
+
+
+def test_result_nested_too_deeply_fails_the_call(app: ivy.Ivy) -> None:
+    @app.register_task(name="t.deep", queue="q")
+    def deep(levels: int) -> list[object]:
+        value: list[object] = []
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
+    start(app)
+    # a result at the limit travels; one level more does not
+    limit = app.max_depth
+    assert app.delayed_call(deep, limit).result(30) is not None
+    with pytest.raises(ivy.RemoteTaskError) as exc:
+        app.delayed_call(deep, limit + 1).result(30)
+    assert exc.value.type == "ResultTooDeep"
+    assert f"deeper than {limit} levels" in exc.value.message
+
+
+def test_oversized_error_is_shortened_to_travel(app: ivy.Ivy) -> None:
+    @app.register_task(name="t.loud", queue="q")
+    def loud() -> None:
+        raise ValueError("start " + "x" * (3 << 20) + " end")
+
+    start(app)
+    with pytest.raises(ivy.RemoteTaskError) as exc:
+        app.delayed_call(loud).result(30)
+    assert exc.value.type == "ValueError"
+    assert exc.value.message.startswith("start x") and exc.value.message.endswith("x end")
+    assert "characters left out" in exc.value.message
+    assert len(exc.value.message) < 10_000
+
+
+# -- the event loop of async tasks ----------------------------------------------------------
+
+
+def test_event_loop_is_closed_when_the_worker_stops(memory_url: str) -> None:
+    # Given a worker that ran an async task, which left a background task running
+    app = ivy.Ivy(memory_url, memory_url)
+    loops: list[asyncio.AbstractEventLoop] = []
+    background_ended = threading.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            background_ended.set()
+
+    keep: list[asyncio.Task[None]] = []
+
+    @app.register_task(name="t.loop", queue="q")
+    async def uses_loop() -> str:
+        loops.append(asyncio.get_running_loop())
+        keep.append(asyncio.get_running_loop().create_task(forever()))
+        return "ok"
+
+    worker = start(app)
+    assert app.delayed_call(uses_loop).result(10) == "ok"
+    # When the worker stops
+    worker.stop(10)
+    # Then its loop is closed, the background task was cancelled first
+    assert loops[0].is_closed()
+    assert background_ended.is_set()
+    app.close()
+
+
+# -- the worker's context ---------------------------------------------------------------------
+
+
+def test_reserve_times_override_the_task_and_the_worker(tmp_path: Path) -> None:
+    # Given a worker whose own reservation is 1 s, a task that asks for 2 s, and a context that
+    # gives that task 60 s (the original's listen({"messages": {name: {"reserveTime": ...}}}))
+    url = f"sqlite:///{tmp_path / 'ivy.db'}"
+    app = ivy.Ivy(url, url)
+    started, go_on = threading.Event(), threading.Event()
+
+    @app.register_task(name="t.long", queue="q", reserve_time=2.0)
+    def long() -> str:
+        started.set()
+        go_on.wait(30)
+        return "done"
+
+    backend = app.queue_backend
+    assert isinstance(backend, SQLiteQueueBackend)
+    context = app.worker_context({"t.long": 60.0})
+    assert context.reserve_times == {"t.long": 60.0}
+    worker = Worker(context, backend, app.start_notification_producer(), ["q"],
+                    reserve_time=1.0).start()
+    try:
+        call = app.delayed_call(long)
+        assert started.wait(10)
+        # When it runs, Then its message is reserved for the context's 60 s
+        wait_for(lambda: lease_left(backend) > 30, message="a lease of the context's 60 s")
+        assert worker.lease(app.registry.resolve("t.long")) == 60.0
+        go_on.set()
+        assert call.result(10) == "done"
+    finally:
+        go_on.set()
+        worker.stop(10)
+        app.close()
+
+
+def lease_left(backend: SQLiteQueueBackend) -> float:
+    """Seconds until the reservation of the one message in queue ``q`` runs out."""
+    row = backend.db.conn().execute(
+        "SELECT available_at FROM ivy_messages WHERE queue = 'q'").fetchone()
+    return 0.0 if row is None else float(row[0]) - time.time()
+
+
+def test_worker_context_is_frozen_and_copies_reserve_times() -> None:
+    app = ivy.Ivy("memory://ctx", "memory://ctx")
+    times = {"a.b": 5.0}
+    context = app.worker_context(times)
+    times["a.b"] = 1.0
+    assert context.reserve_times["a.b"] == 5.0
+    assert context.registry is app.registry
+    with pytest.raises(AttributeError):
+        context.max_depth = 3  # type: ignore[misc]
+    assert isinstance(context, WorkerContext)
+    app.close()
+
+
+def test_worker_module_does_not_import_the_app() -> None:
+    tree = ast.parse((ROOT / "ivy" / "worker.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert "ivy.app" not in imported and "ivy" not in imported
+
+
+def test_listen_honours_the_originals_messages_reserve_time(tmp_path: Path) -> None:
+    # Given the original's listen dict with a per-task reserveTime of an hour
+    url = f"sqlite:///{tmp_path / 'ivy.db'}"
+    app = ivy.Ivy(url, url)
+    started, go_on = threading.Event(), threading.Event()
+
+    @app.register_task(name="testpackage.long", queue="q")
+    def long() -> str:
+        started.set()
+        go_on.wait(30)
+        return "done"
+
+    worker = app.listen({"type": "sqlite", "path": str(tmp_path / "ivy.db"), "queue": "q",
+                         "messages": {"testpackage.long": {"reserveTime": 60 * 60}}},
+                        reserve_time=1.0, block=False)
+    try:
+        call = app.delayed_call(long)
+        assert started.wait(10)
+        # Then while it runs its message is reserved for the hour, not the worker's 1 s
+        backend = worker.backend
+        assert isinstance(backend, SQLiteQueueBackend)
+        wait_for(lambda: lease_left(backend) > 1800, message="a lease of reserveTime")
+        go_on.set()
+        assert call.result(10) == "done"
+    finally:
+        go_on.set()
+        app.close()
