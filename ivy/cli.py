@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="worker processes, each with --concurrency threads and its own "
                         "connections, restarted if they die (default 1: this process)")
     w.add_argument("--max-tasks-per-child", type=_positive_int, metavar="N",
-                   help="replace a worker process after it processed N messages (for tasks "
-                        "that leak memory); works with --processes 1 too")
+                   help="replace a worker process once it processed N messages (it finishes "
+                        "the up to --concurrency it started by then): for tasks that leak "
+                        "memory; works with --processes 1 too")
     w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
     backends(w)
 

@@ -332,8 +332,10 @@ class ChildLink:
 
 def recycle_after(worker: Worker, limit: int) -> threading.Event:
     """Stop ``worker`` gracefully once it has processed ``limit`` messages; the returned event
-    is set if that happened. Tasks already running then still finish, so a worker may process
-    up to its concurrency more than ``limit`` (more only with tasks shorter than QUOTA_POLL)."""
+    is set if that happened. The tasks it has started by then still finish (it starts the next
+    message the moment one ends), so a worker runs up to ``limit`` + its concurrency messages;
+    more only when tasks take less than QUOTA_POLL. It watches ``Worker.processed`` from a
+    thread because the worker has no hook to refuse a message once the quota is reached."""
     reached = threading.Event()
 
     def watch() -> None:
