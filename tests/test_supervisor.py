@@ -82,13 +82,16 @@ def producer(sqlite_url: str) -> Iterator[ivy.Ivy]:
     app.close()
 
 
-def supervise(folder: Path, url: str, *extra: str, module: str = "sup_tasks") -> WorkerProcess:
-    """Start ``ivy worker MODULE ...extra`` in ``folder``; its output is collected in
-    ``lines`` (children write to the same stdout and stderr)."""
+def supervise(folder: Path, url: str, *extra: str, module: str = "sup_tasks",
+              new_group: bool = False) -> WorkerProcess:
+    """Start ``ivy worker MODULE ...extra`` in ``folder`` (in a process group of its own with
+    ``new_group``); its output is collected in ``lines`` (children write to the same stdout
+    and stderr)."""
     process = WorkerProcess(
         [sys.executable, "-m", "ivy", "worker", module, "--queue-url", url,
          "--notifier-url", url, *extra],
-        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=new_group)
     process.lines = []
 
     def read() -> None:
@@ -192,6 +195,53 @@ def test_sigterm_lets_in_flight_tasks_finish_and_leaves_no_child(
         # the others were given back unstarted, and no child is left
         assert producer.queue_backend.size("sup") == len(calls) - 2
         assert not [pid for pid in children if alive(pid)]
+    finally:
+        kill_all(sup, children)
+
+
+def test_ctrl_c_to_the_whole_group_is_one_graceful_stop(
+    folder: Path, sqlite_url: str, producer: ivy.Ivy
+) -> None:
+    # Given a supervisor and its children in a process group, as in a terminal
+    sup = supervise(folder, sqlite_url, "--processes", "2", new_group=True)
+    children: list[int] = []
+    try:
+        children = wait_listening(sup, 2)
+        started = folder / "started"
+        started.mkdir()
+        call = send(producer, "sup.slow", 1.0, str(started))
+        wait_for(lambda: any(started.iterdir()), timeout=30, message="the task to start")
+        # When Ctrl-C signals every process of the group: each child gets SIGINT from the
+        # terminal and the stop request of the parent, which must not count as a second signal
+        os.killpg(sup.pid, signal.SIGINT)
+        assert sup.wait(30) == 0, "".join(sup.lines)
+        # Then the task in flight finished, and every child exited on its own, gracefully
+        assert call.result(10) in children
+        assert "".join(sup.lines).count("stopped after") == 2
+        assert "second signal" not in "".join(sup.lines)
+    finally:
+        kill_all(sup, children)
+
+
+def test_a_second_signal_kills_the_children_and_exits_1(
+    folder: Path, sqlite_url: str, producer: ivy.Ivy
+) -> None:
+    sup = supervise(folder, sqlite_url, "--processes", "2")
+    children: list[int] = []
+    try:
+        children = wait_listening(sup, 2)
+        started = folder / "started"
+        started.mkdir()
+        send(producer, "sup.slow", 600, str(started))
+        wait_for(lambda: any(started.iterdir()), timeout=30, message="the task to start")
+        # When SIGTERM comes twice while a task runs
+        sup.send_signal(signal.SIGTERM)
+        wait_for(lambda: "received SIGTERM" in "".join(sup.lines), message="the first signal")
+        sup.send_signal(signal.SIGTERM)
+        # Then the parent kills the children instead of waiting for the task, and exits 1
+        assert sup.wait(30) == 1
+        assert "second signal (SIGTERM); killing worker processes" in "".join(sup.lines)
+        wait_for(lambda: not any(alive(pid) for pid in children), message="no child left")
     finally:
         kill_all(sup, children)
 
