@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import functools
 import importlib
 import io
 import json
@@ -19,7 +20,8 @@ from typing import Any
 import ivy
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV
 from ivy.errors import IvyError, RemoteTaskError, ResultTimeout
-from ivy.worker import signal_handlers
+from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command, recycle_after
+from ivy.worker import Worker, signal_handlers
 
 log = logging.getLogger("ivy.cli")
 
@@ -50,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="tasks run at once (threads; default 1)")
     w.add_argument("--reserve-time", type=float, default=30.0, metavar="SECONDS",
                    help="how long a fetched message stays reserved before it extends (default 30)")
+    w.add_argument("--processes", type=_positive_int, default=1, metavar="N",
+                   help="worker processes, each with --concurrency threads and its own "
+                        "connections, restarted if they die (default 1: this process)")
+    w.add_argument("--max-tasks-per-child", type=_positive_int, metavar="N",
+                   help="replace a worker process once it processed N messages (it finishes "
+                        "the up to --concurrency it started by then): for tasks that leak "
+                        "memory; works with --processes 1 too")
+    w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
     backends(w)
 
     c = sub.add_parser("call", help="send one call, optionally wait for its result",
@@ -95,13 +105,14 @@ def _import(modules: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     try:
         if args.command == "worker":
-            return _worker(args)
+            return _worker(args, argv)
         if args.command == "call":
             return _call(args)
         return _inspect(args)
@@ -110,13 +121,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _worker(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.supervisor_fd is None and (args.processes > 1 or args.max_tasks_per_child):
+        # The parent imports no task module: its children do (see ivy.supervisor).
+        command = functools.partial(child_command, sys.executable, argv)
+        return Supervisor(command, args.processes).run()
     # A signal that arrives while the modules import still means "stop gracefully".
     early_stop = threading.Event()
+    worker: Worker | None = None
+    recycled: threading.Event | None = None
+
+    def stop_requested() -> None:  # by the supervisor, or because it is gone
+        if worker is None:
+            early_stop.set()
+        else:  # not early_stop: a SIGTERM from the process group must not count as a second
+            worker.stop()
+
     with signal_handlers(lambda signum, frame: early_stop.set()):
         if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack
             with contextlib.suppress(ValueError, OSError, io.UnsupportedOperation):
                 faulthandler.register(signal.SIGUSR1, all_threads=True)
+        link = None
+        if args.supervisor_fd is not None:  # watch the parent from before the imports on
+            link = ChildLink(args.supervisor_fd, stop_requested)
         _import(args.modules)
         app = ivy.default
         if not len(app.registry):
@@ -128,10 +155,14 @@ def _worker(args: argparse.Namespace) -> int:
         try:
             worker = app.listen(queue=args.queue, concurrency=args.concurrency,
                                 reserve_time=args.reserve_time, block=False)
+            if args.max_tasks_per_child:
+                recycled = recycle_after(worker, args.max_tasks_per_child)
+            if link is not None:
+                link.ready()
             worker.run_forever(early_stop)
         finally:
             app.close()
-    return 0
+    return EXIT_RECYCLE if recycled is not None and recycled.is_set() else 0
 
 
 def _call(args: argparse.Namespace) -> int:

@@ -86,3 +86,5 @@ def test_version_and_help() -> None:
     assert out.stdout.strip() == f"ivy {ivy.__version__}"
     out = run("worker", "--help")
     assert "--queue" in out.stdout and "--concurrency" in out.stdout
+    assert "--processes" in out.stdout and "--max-tasks-per-child" in out.stdout
+    assert "--supervisor-fd" not in out.stdout  # internal: how a supervisor's children start
