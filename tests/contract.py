@@ -218,13 +218,16 @@ class QueueBackendContract:
             backend.publish(q, str(i).encode())
         seen: list[bytes] = []
         lock = threading.Lock()
+        deadline = time.monotonic() + 60
 
         def consume() -> None:
             consumer = backend.consume(q, prefetch=5)
             while True:
                 d = consumer.get(self.short)
-                if d is None:
-                    break
+                if d is None:  # an empty get ends a consumer once all came (or time is up)
+                    if len(seen) >= n or time.monotonic() > deadline:
+                        break
+                    continue
                 with lock:
                     seen.append(d.body)
                 d.ack()

@@ -402,6 +402,7 @@ def test_priority_queue_only_where_tasks_use_priorities(amqp_url: str, redis_url
     # When calls wait in the queues before a worker starts
     calls = [app.delayed_call(low) for _ in range(3)] + [app.delayed_call(high)]
     app.delayed_call(plain)
+    app.flush(20)  # all of them are in the broker
     # Then "qa" is a priority queue and "qb" a plain one
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     channel = conn.channel()

@@ -38,6 +38,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
@@ -46,6 +47,7 @@ import iron_mq
 import requests
 
 from ivy.errors import ConfigurationError
+from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import Consumer, DeadLetter, Delivery, LongPollConsumer, QueueBackend
 
 log = logging.getLogger("ivy.ironmq")
@@ -146,6 +148,7 @@ class IronMQQueueBackend(QueueBackend):
         self._client: _BoundedIronClient = client
         self.url = f"ironmq://{client.host}:{client.port}/{client.project_id}"
         self.min_reserve = min_reserve
+        self._sender = BatchSender(self._write, max_batch=100, name="ivy-ironmq-send")
         self._queues: dict[str, iron_mq.Queue] = {}
 
     @classmethod
@@ -183,6 +186,30 @@ class IronMQQueueBackend(QueueBackend):
         for start in range(0, len(messages), 100):
             self.queue(queue).post(*messages[start:start + 100])
 
+    def send_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                  delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
+        """Asynchronous sends through a background thread that joins what producers hand it
+        meanwhile into posts of up to 100 messages."""
+        items = [Outgoing(queue, body, priority, delay, route) for body in bodies]
+        self._sender.submit(items)
+        return [item.future for item in items]
+
+    def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
+        errors: list[BaseException | None] = [None] * len(batch)
+        by_queue: dict[str, list[int]] = {}
+        for index, item in enumerate(batch):
+            by_queue.setdefault(item.queue, []).append(index)
+        for queue, indexes in by_queue.items():
+            try:
+                self.queue(queue).post(*[
+                    {"body": _text(batch[i].body),
+                     **({"delay": math.ceil(batch[i].delay)} if batch[i].delay > 0 else {})}
+                    for i in indexes])
+            except Exception as exc:
+                for i in indexes:
+                    errors[i] = exc
+        return errors
+
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
         return IronMQConsumer(self, queue, prefetch, max(reserve_time, self.min_reserve))
 
@@ -214,7 +241,9 @@ class IronMQQueueBackend(QueueBackend):
 
 
     def close(self) -> None:
-        """Close the HTTP sessions (one per thread that made a request) and their connections."""
+        """Send what is queued, then close the HTTP sessions (one per thread that made a
+        request) and their connections."""
+        self._sender.close()
         self._client.close_sessions()
 
 

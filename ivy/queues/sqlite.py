@@ -19,9 +19,11 @@ import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import Future
 from typing import Any, Self
 
 from ivy._sqlite import POLL_INTERVAL, Database, WakeListener, WakeSender
+from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
 
 
@@ -148,6 +150,7 @@ class SQLiteQueueBackend(QueueBackend):
         self.db = Database(path)
         self.url = f"sqlite:///{self.db.path}"
         self.waker = WakeSender(self.db.wake_dir("q"))
+        self._sender = BatchSender(self._write, max_batch=1000, name="ivy-sqlite-send")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -171,6 +174,24 @@ class SQLiteQueueBackend(QueueBackend):
                 [(queue, body, priority, now + max(delay, 0.0), now) for body in bodies])
         self.waker.wake()
 
+    def send_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                  delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
+        """Asynchronous sends: a background thread writes what producers hand it meanwhile in
+        one transaction; each future completes once its row is committed."""
+        items = [Outgoing(queue, body, priority, delay, route) for body in bodies]
+        self._sender.submit(items)
+        return [item.future for item in items]
+
+    def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
+        now = time.time()
+        with self.db.write() as conn:
+            conn.executemany(
+                "INSERT INTO ivy_messages (queue, body, priority, available_at, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(i.queue, i.body, i.priority, now + max(i.delay, 0.0), now) for i in batch])
+        self.waker.wake()
+        return [None] * len(batch)
+
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
         return SQLiteConsumer(self, queue, prefetch, reserve_time)
 
@@ -191,5 +212,6 @@ class SQLiteQueueBackend(QueueBackend):
         return sorted(r[0] for r in rows)
 
     def close(self) -> None:
+        self._sender.close()
         self.waker.close()
         self.db.close()

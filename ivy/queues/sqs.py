@@ -33,13 +33,15 @@ import base64
 import contextlib
 import math
 import threading
+from concurrent.futures import Future
 from typing import Any, Self
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from ivy.errors import ConfigurationError, MessageTooLarge
+from ivy.errors import ConfigurationError, MessageTooLarge, PublishError
+from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import Consumer, DeadLetter, Delivery, LongPollConsumer, QueueBackend
 
 MAX_MESSAGE_BYTES = 262_144
@@ -96,6 +98,7 @@ class SQSQueueBackend(QueueBackend):
         self.max_message_bytes = max_message_bytes
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._sender = BatchSender(self._write, max_batch=10, name="ivy-sqs-send")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -156,6 +159,39 @@ class SQSQueueBackend(QueueBackend):
                 raise RuntimeError(f"SQS refused {len(failed)} message(s) for queue {queue!r}: "
                                    f"{failed[0].get('Message')}")
 
+    def send_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                  delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
+        """Asynchronous sends through a background thread that joins what producers hand it
+        meanwhile into SendMessageBatch requests of up to 10. A message over the size limit is
+        refused here, at once, with :class:`ivy.MessageTooLarge`."""
+        for body in bodies:
+            self._entry(queue, body, delay)  # the size check, before anything is queued
+        items = [Outgoing(queue, body, priority, delay, route) for body in bodies]
+        self._sender.submit(items)
+        return [item.future for item in items]
+
+    def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
+        errors: list[BaseException | None] = [None] * len(batch)
+        by_queue: dict[str, list[int]] = {}
+        for index, item in enumerate(batch):
+            by_queue.setdefault(item.queue, []).append(index)
+        for queue, indexes in by_queue.items():
+            try:
+                url = self.queue_url(queue)
+                for start in range(0, len(indexes), 10):
+                    chunk = indexes[start:start + 10]
+                    result = self.client.send_message_batch(QueueUrl=url, Entries=[
+                        {"Id": str(i), **self._entry(queue, batch[i].body, batch[i].delay)}
+                        for i in chunk])
+                    for failure in result.get("Failed") or []:
+                        errors[int(failure["Id"])] = PublishError(
+                            f"SQS refused a message for queue {queue!r}: "
+                            f"{failure.get('Code')}: {failure.get('Message')}")
+            except Exception as exc:
+                for i in indexes:
+                    errors[i] = errors[i] or exc
+        return errors
+
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
         return SQSConsumer(self, queue, prefetch, reserve_time)
 
@@ -195,6 +231,7 @@ class SQSQueueBackend(QueueBackend):
         return sorted(names)
 
     def close(self) -> None:
+        self._sender.close()
         with contextlib.suppress(Exception):
             self.client.close()
 

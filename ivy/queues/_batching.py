@@ -1,0 +1,92 @@
+"""A background sender that joins the messages handed to it while it was busy into one write
+(one SQLite transaction, one SQS SendMessageBatch, one IronMQ post), so that a producer calling
+``delayed_call`` one call at a time returns at once and still gets batched writes.
+
+Each message gets a future, completed once its batch was written (or failed with the reason).
+While the writer is idle a message is written at once, alone: batching costs no latency; it
+only forms while a write is in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+log = logging.getLogger("ivy.queue")
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One message waiting to be written."""
+
+    queue: str
+    body: bytes
+    priority: int
+    delay: float
+    route: str | None
+    future: Future[None] = field(default_factory=Future)
+
+
+#: write(batch) -> one error per message (None: written); raising fails the whole batch
+Writer = Callable[[list[Outgoing]], list[BaseException | None]]
+
+
+class BatchSender:
+    """Writes what :meth:`submit` hands it on one daemon thread, up to ``max_batch`` messages
+    per write. The thread starts with the first message and ends after ``idle`` seconds with
+    nothing to do."""
+
+    def __init__(self, write: Writer, *, max_batch: int, name: str, idle: float = 5.0) -> None:
+        self._write = write
+        self._max = max_batch
+        self._name = name
+        self._idle = idle
+        self._items: list[Outgoing] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, items: list[Outgoing]) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"{self._name}: the queue backend is closed")
+            self._items.extend(items)
+            self._cond.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._items and not self._closed:
+                    self._cond.wait(self._idle)
+                if not self._items:
+                    self._thread = None
+                    return
+                batch, self._items = self._items[:self._max], self._items[self._max:]
+            try:
+                errors = self._write(batch)
+            except BaseException as exc:
+                errors = [exc] * len(batch)
+            for item, error in zip(batch, errors, strict=True):
+                if error is None:
+                    item.future.set_result(None)
+                else:
+                    item.future.set_exception(error)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued (within ``timeout``), then refuse new messages."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cond:
+            left, self._items = self._items, []
+        for item in left:
+            item.future.set_exception(RuntimeError(f"{self._name}: closed before it was sent"))
