@@ -170,12 +170,32 @@ def test_worker_context_is_frozen_and_copies_reserve_times() -> None:
     app.close()
 
 
-def test_worker_module_does_not_import_the_app() -> None:
-    tree = ast.parse((ROOT / "ivy" / "worker.py").read_text())
+def imports(module: str) -> set[str | None]:
+    tree = ast.parse((ROOT / "ivy" / f"{module}.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names}
+    return imported | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                       for alias in node.names}
+
+
+def test_worker_module_does_not_import_the_app() -> None:
+    imported = imports("worker")
     assert "ivy.app" not in imported and "ivy" not in imported
+
+
+@pytest.mark.parametrize("module", ["execution", "outcomes"])
+def test_the_workers_parts_do_not_import_the_layers_above(module: str) -> None:
+    # execution and outcomes sit below the worker, which sits below the app
+    assert not imports(module) & {"ivy", "ivy.app", "ivy.worker"}
+
+
+def test_names_moved_out_of_the_worker_module_are_still_importable_from_it() -> None:
+    from ivy import execution, outcomes, worker
+
+    assert worker.error_info is execution.error_info
+    assert worker.LOOP_CLOSE_TIMEOUT == execution.LOOP_CLOSE_TIMEOUT
+    assert worker.RECORD_ATTEMPTS == outcomes.RECORD_ATTEMPTS
+    assert worker.ERROR_MESSAGE_CHARS == outcomes.ERROR_MESSAGE_CHARS
+    assert worker.ERROR_TRACEBACK_CHARS == outcomes.ERROR_TRACEBACK_CHARS
 
 
 def test_listen_honours_the_originals_messages_reserve_time(tmp_path: Path) -> None:
