@@ -195,13 +195,16 @@ class Worker:
         self._threads.append(thread)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop fetching, give back what was fetched but not started, finish in-flight tasks."""
-        if self._stopping.is_set():
+        """Stop fetching, give back what was fetched but not started, finish in-flight tasks.
+        Any thread may call it, several at once: the first one stops the worker, and each
+        waits for the stop as :meth:`join` does."""
+        with self._lock:  # one step: from now on no delivery is admitted (see _hold)
+            first = not self._stopping.is_set()
+            self._stopping.set()
+        if not first:
             self.join(timeout)
             return
         log.info("worker %s: stopping; finishing in-flight tasks", self.name)
-        with self._lock:  # from now on no delivery is admitted (see _hold)
-            self._stopping.set()
         for consumer in self._consumers:  # interrupts waiting gets; returns unstarted ones
             with _logged("closing consumer"):
                 consumer.close()

@@ -225,3 +225,65 @@ def test_listen_honours_the_originals_messages_reserve_time(tmp_path: Path) -> N
     finally:
         go_on.set()
         app.close()
+
+
+# -- stopping ---------------------------------------------------------------------------------
+
+
+class WatchedLock:
+    """A lock that records the name of each thread that asks for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.asked: list[str] = []
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.asked.append(threading.current_thread().name)
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_two_threads_stopping_at_once_close_the_consumers_once(memory_url: str) -> None:
+    # Given a running worker whose consumer counts its closes, with a lock the test can hold
+    app = ivy.Ivy(memory_url, memory_url)
+    worker = Worker(app.worker_context(), app.queue_backend, app.start_notification_producer(),
+                    ["q"])
+    lock = WatchedLock()
+    worker._lock, worker._idle = lock, threading.Condition(lock)  # type: ignore[assignment]
+    worker.start()
+    consumer = worker._consumers[0]
+    closes: list[str] = []
+    close = consumer.close
+
+    def counting_close() -> None:
+        closes.append(threading.current_thread().name)
+        close()
+
+    consumer.close = counting_close  # type: ignore[method-assign]
+    try:
+        # When two threads call stop() at once: both reach the worker's lock before either
+        # gets it
+        stoppers = [threading.Thread(target=worker.stop, args=(10,), name=f"stopper-{i}")
+                    for i in (1, 2)]
+        with lock:
+            for thread in stoppers:
+                thread.start()
+            wait_for(lambda: {"stopper-1", "stopper-2"} <= set(lock.asked),
+                     message="both stop() calls to wait for the lock")
+        for thread in stoppers:
+            thread.join(10)
+        # Then one of them closed the consumer, once, and both returned with the worker stopped
+        assert len(closes) == 1, closes
+        assert not any(thread.is_alive() for thread in stoppers)
+        assert not worker.running and worker.join(0)
+    finally:
+        worker.stop(10)
+        app.close()
