@@ -15,6 +15,11 @@ its lease (``WorkerContext.reserve_times[name]``, else ``Task.reserve_time``, el
 progress): one that meets it is tried again on the next tick. A task body still runs twice when
 its worker dies or hangs past the lease: delivery is at least once.
 
+``max_messages``: a worker admits that many deliveries (each one fetched and kept, whatever
+becomes of it), gives back unstarted any it fetches after them (``release()``: not an attempt),
+and stops gracefully once the ones it admitted have ended; ``ivy worker --max-tasks-per-child``
+replaces its process then.
+
 Outcomes: a task body runs in :mod:`ivy.execution` (styles, timeouts), its outcome is
 published by :mod:`ivy.outcomes` (within the producer's limits); this module decides what
 becomes of the delivery. A call whose ``eta`` is later than its delivery is deferred, which does
@@ -124,7 +129,8 @@ class _Backoff:
 
 
 class Worker:
-    """Consumes queue names of one queue backend and runs the app's registered tasks."""
+    """Consumes queue names of one queue backend and runs the app's registered tasks; after
+    ``max_messages`` deliveries (None: no limit) it admits no more and stops once they ended."""
 
     def __init__(
         self,
@@ -135,11 +141,15 @@ class Worker:
         *,
         concurrency: int = 1,
         reserve_time: float = 30.0,
+        max_messages: int | None = None,
     ) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue name")
         if concurrency < 1:
             raise ValueError(f"concurrency {concurrency!r} must be at least 1")
+        if max_messages is not None and max_messages < 1:
+            raise ValueError(f"max_messages {max_messages!r} must be at least 1, or None for "
+                             "no limit")
         self.context = context
         self.backend = backend
         self.notifier = notifier
@@ -147,8 +157,13 @@ class Worker:
         self.concurrency = concurrency
         self.reserve_time = reserve_time
         self.name = worker_name()
+        self.max_messages = max_messages
+        #: deliveries admitted for processing so far (see ``max_messages``)
+        self.admitted = 0
         self.processed = 0
         self._stopping = threading.Event()
+        #: set once no more deliveries are admitted: the worker is stopping or is full
+        self._refusing = threading.Event()
         self._stopped = threading.Event()
         self._slots = threading.Semaphore(concurrency)
         self._work: queue_mod.SimpleQueue[Delivery | None] = queue_mod.SimpleQueue()
@@ -201,6 +216,7 @@ class Worker:
         with self._lock:  # one step: from now on no delivery is admitted (see _hold)
             first = not self._stopping.is_set()
             self._stopping.set()
+            self._refusing.set()
         if not first:
             self.join(timeout)
             return
@@ -230,6 +246,12 @@ class Worker:
     def running(self) -> bool:
         return not self._stopping.is_set()
 
+    @property
+    def full(self) -> bool:
+        """Whether the worker admitted its ``max_messages``, and so stops (or stopped) once
+        they ended."""
+        return self.max_messages is not None and self.admitted >= self.max_messages
+
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Block until SIGTERM or SIGINT (first: graceful stop; second: exit at once) or until
         ``stop`` is set."""
@@ -257,10 +279,10 @@ class Worker:
             delivery = consumer.get(self.poll)
             backoff.reset()
         except Exception:
-            if not self._stopping.is_set():
+            if not self._refusing.is_set():
                 log.exception("worker %s: fetching from %s failed; retrying in %.1f s",
                               self.name, self.backend.url, backoff.delay)
-                backoff.wait(self._stopping)
+                backoff.wait(self._refusing)
             return None
         if delivery is not None and not self._hold(delivery, self.reserve_time):
             with _logged("giving back a delivery"):
@@ -270,7 +292,7 @@ class Worker:
 
     def _fetch_loop(self, consumer: Consumer) -> None:
         backoff = _Backoff()
-        while not self._stopping.is_set():
+        while not self._refusing.is_set():
             if not self._slots.acquire(timeout=FETCH_TIMEOUT):
                 continue
             delivery = self._fetch(consumer, backoff)
@@ -286,7 +308,7 @@ class Worker:
                 delivery = self._work.get()
                 if delivery is None:
                     return
-            elif self._stopping.is_set():
+            elif self._refusing.is_set():
                 return
             else:
                 delivery = self._fetch(consumer, backoff)
@@ -295,9 +317,11 @@ class Worker:
             try:
                 self.process(delivery)
             finally:
-                self._unhold(delivery)
+                last = self._unhold(delivery)
                 if consumer is None:
                     self._slots.release()
+            if last:
+                self.stop()
 
     def _heartbeat_loop(self) -> None:
         """Every ``HEARTBEAT`` s: extend the leases that are a third of the way through, send
@@ -345,18 +369,27 @@ class Worker:
             return True  # a failing backend is not hammered every tick: next third
 
     def _hold(self, delivery: Delivery, lease: float) -> bool:
-        """Admit a delivery for processing; False once the worker is stopping."""
+        """Admit a delivery for processing; False once the worker is stopping or full."""
         with self._lock:
-            if self._stopping.is_set():
+            if self._refusing.is_set():
                 return False
             self._held[id(delivery)] = _Held(delivery, lease, time.monotonic() + lease / 3)
+            self.admitted += 1
+            if self.full:
+                self._refusing.set()
+                log.info("worker %s: admitted its %d messages (max_messages); stopping once "
+                         "they end", self.name, self.admitted)
             return True
 
-    def _unhold(self, delivery: Delivery) -> None:
+    def _unhold(self, delivery: Delivery) -> bool:
+        """Forget a delivery that ended; True if the worker is full, not yet stopping, and
+        this was the last delivery it held: the caller stops it."""
         with self._lock:
             self._held.pop(id(delivery), None)
-            if not self._held:
-                self._idle.notify_all()
+            if self._held:
+                return False
+            self._idle.notify_all()
+            return self.full and not self._stopping.is_set()
 
     # -- one message -----------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The worker on its own: results that cannot travel, the event loop's end, per-task leases from
-its context, and what worker.py may import. The contract suite (tests/contract.py) holds the
-worker tests that run on every queue backend."""
+its context, what worker.py and its parts may import, max_messages and stopping. The contract
+suite (tests/contract.py) holds the worker tests that run on every queue backend."""
 
 from __future__ import annotations
 
@@ -227,7 +227,52 @@ def test_listen_honours_the_originals_messages_reserve_time(tmp_path: Path) -> N
         app.close()
 
 
-# -- stopping ---------------------------------------------------------------------------------
+# -- max_messages, stopping -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_max_messages_runs_that_many_then_stops(sqlite_url: str, concurrency: int) -> None:
+    # Given 5 calls waiting in a queue
+    app = ivy.Ivy(sqlite_url, sqlite_url)
+    runs: list[int] = []
+
+    @app.register_task(name="t.count", queue="q")
+    def count(n: int) -> int:
+        runs.append(n)
+        return n
+
+    calls = [app.delayed_call(count, n) for n in range(5)]
+    app.flush(10)
+    backend = app.queue_backend
+    assert backend.size("q") == 5
+    # When a worker that may run 2 messages starts (with 3 threads, the third one's fetch is
+    # refused and given back)
+    worker = Worker(app.worker_context(), backend, app.start_notification_producer(), ["q"],
+                    concurrency=concurrency, max_messages=2).start()
+    second = None
+    try:
+        # Then it stops by itself once it ran exactly 2
+        assert worker.join(10), "the worker did not stop after its 2 messages"
+        assert len(runs) == 2 and worker.admitted == 2 and worker.full
+        assert not worker.running
+        # and the other 3 are back in the queue, unstarted: a second worker runs each once
+        assert backend.size("q") == 3
+        second = app.listen(queue="q", block=False)
+        assert sorted(call.result(10) for call in calls) == [0, 1, 2, 3, 4]
+        assert sorted(runs) == [0, 1, 2, 3, 4]
+        assert backend.dead_letters("q") == []
+    finally:
+        worker.stop(10)
+        if second is not None:
+            second.stop(10)
+        app.close()
+
+
+def test_max_messages_must_be_positive(memory_url: str) -> None:
+    app = ivy.Ivy(memory_url, memory_url)
+    with pytest.raises(ValueError, match="max_messages 0 must be at least 1"):
+        Worker(app.worker_context(), app.queue_backend, None, ["q"], max_messages=0)
+    app.close()
 
 
 class WatchedLock:
