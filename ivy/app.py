@@ -548,11 +548,12 @@ class Ivy:
     def listen(
         self, queue_url: Spec = None, *, queue: str | Iterable[str] | None = None,
         concurrency: int = 1, block: bool = True, reserve_time: float | None = None,
-        notifier: Spec = None,
+        notifier: Spec = None, max_messages: int | None = None,
     ) -> Worker:
         """Run a worker on ``queue`` (a name or several; default: the queues of the registered
         tasks). Blocks until SIGTERM/SIGINT; ``block=False`` returns the running worker, whose
-        ``stop()`` ends it gracefully.
+        ``stop()`` ends it gracefully. With ``max_messages`` it stops by itself after that
+        many messages (see :class:`ivy.Worker`).
 
         The original's dict form works: ``queue`` inside it names the queue, and
         ``messages: {"pkg.task": {"reserveTime": 3600}}`` sets a task's reservation (seconds
@@ -577,7 +578,8 @@ class Ivy:
         else:
             names = list(queue)
         worker = Worker(self.worker_context(reserve_times), backend, self._producer_notifier, names,
-                        concurrency=concurrency, reserve_time=reserve_time or self.reserve_time)
+                        concurrency=concurrency, reserve_time=reserve_time or self.reserve_time,
+                        max_messages=max_messages)
         self._workers.append(worker)
         worker.start()
         if block:

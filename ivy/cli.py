@@ -20,7 +20,7 @@ from typing import Any
 import ivy
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV
 from ivy.errors import IvyError, RemoteTaskError, ResultTimeout
-from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command, recycle_after
+from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
 from ivy.worker import Worker, signal_handlers
 
 log = logging.getLogger("ivy.cli")
@@ -56,9 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="worker processes, each with --concurrency threads and its own "
                         "connections, restarted if they die (default 1: this process)")
     w.add_argument("--max-tasks-per-child", type=_positive_int, metavar="N",
-                   help="replace a worker process once it processed N messages (it finishes "
-                        "the up to --concurrency it started by then): for tasks that leak "
-                        "memory; works with --processes 1 too")
+                   help="replace a worker process once it processed N messages (it starts no "
+                        "more and gives back those it fetched): for tasks that leak memory; "
+                        "works with --processes 1 too")
     w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
     backends(w)
 
@@ -129,7 +129,6 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
     # A signal that arrives while the modules import still means "stop gracefully".
     early_stop = threading.Event()
     worker: Worker | None = None
-    recycled: threading.Event | None = None
 
     def stop_requested() -> None:  # by the supervisor, or because it is gone
         if worker is None:
@@ -154,15 +153,14 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
         app.start_notification_producer(args.notifier_url)
         try:
             worker = app.listen(queue=args.queue, concurrency=args.concurrency,
-                                reserve_time=args.reserve_time, block=False)
-            if args.max_tasks_per_child:
-                recycled = recycle_after(worker, args.max_tasks_per_child)
+                                reserve_time=args.reserve_time, block=False,
+                                max_messages=args.max_tasks_per_child)
             if link is not None:
                 link.ready()
             worker.run_forever(early_stop)
         finally:
             app.close()
-    return EXIT_RECYCLE if recycled is not None and recycled.is_set() else 0
+    return EXIT_RECYCLE if worker is not None and worker.full else 0
 
 
 def _call(args: argparse.Namespace) -> int:

@@ -24,7 +24,9 @@ The control channel is a socket pair per child, the child's end passed as that f
 
 Exits:
 
-- :data:`EXIT_RECYCLE` after ``--max-tasks-per-child``: a planned exit, replaced at once.
+- :data:`EXIT_RECYCLE` after ``--max-tasks-per-child``: a planned exit, replaced at once. The
+  child's worker counts the messages itself (``Worker(max_messages=N)``): it starts no more
+  than N, gives back the ones it fetched beyond them, and stops once its N have ended.
 - the first child fails before it listens (a module that does not import, an unknown URL
   scheme): a retry would fail the same way, so the parent starts no other and exits with that
   child's code, 2 for a usage error as ``ivy worker`` alone, having printed its message once.
@@ -53,10 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ivy.worker import Worker
+from typing import Any
 
 log = logging.getLogger("ivy.supervisor")
 
@@ -71,8 +70,6 @@ BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 #: How often the parent looks at its children and at signals received.
 POLL = 0.1
-#: How often a child compares its processed count with ``--max-tasks-per-child``.
-QUOTA_POLL = 0.01
 
 _STOP = b"s"
 _READY = b"r"
@@ -328,28 +325,6 @@ class ChildLink:
         """Tell the parent that the worker listens."""
         with contextlib.suppress(OSError):
             self._sock.sendall(_READY)
-
-
-def recycle_after(worker: Worker, limit: int) -> threading.Event:
-    """Stop ``worker`` gracefully once it has processed ``limit`` messages; the returned event
-    is set if that happened. The tasks it has started by then still finish (it starts the next
-    message the moment one ends), so a worker runs up to ``limit`` + its concurrency messages;
-    more only when tasks take less than QUOTA_POLL. It watches ``Worker.processed`` from a
-    thread because the worker has no hook to refuse a message once the quota is reached."""
-    reached = threading.Event()
-
-    def watch() -> None:
-        while worker.running:
-            if worker.processed >= limit:
-                log.info("worker %s: processed %d messages (--max-tasks-per-child %d); "
-                         "stopping to be replaced", worker.name, worker.processed, limit)
-                reached.set()
-                worker.stop()
-                return
-            time.sleep(QUOTA_POLL)
-
-    threading.Thread(target=watch, name="ivy-max-tasks", daemon=True).start()
-    return reached
 
 
 def child_command(python: str, argv: Sequence[str], fd: int) -> list[str]:

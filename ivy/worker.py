@@ -15,23 +15,20 @@ its lease (``WorkerContext.reserve_times[name]``, else ``Task.reserve_time``, el
 progress): one that meets it is tried again on the next tick. A task body still runs twice when
 its worker dies or hangs past the lease: delivery is at least once.
 
-Results: a final notification must pass the producer's own limits (``max_message_bytes``,
-``max_depth``); a result that would not is replaced by an ``errored`` notification of type
-``ResultTooLarge`` / ``ResultTooDeep`` (the message is acknowledged, not retried), and an error
-too large to travel is shortened. A call whose ``eta`` is later than its delivery is deferred,
-which does not count as an attempt.
+``max_messages``: a worker admits that many deliveries (each one fetched and kept, whatever
+becomes of it), gives back unstarted any it fetches after them (``release()``: not an attempt),
+and stops gracefully once the ones it admitted have ended; ``ivy worker --max-tasks-per-child``
+replaces its process then.
 
-Timeouts: an async task is cancelled; a callback-style task stops being waited for; a plain
-function gets :class:`ivy.TaskTimeout` raised inside its thread (as Dramatiq does), which takes
-effect at the next Python bytecode, so a task blocked inside one C call ends when that call
-returns.
+Outcomes: a task body runs in :mod:`ivy.execution` (styles, timeouts), its outcome is
+published by :mod:`ivy.outcomes` (within the producer's limits); this module decides what
+becomes of the delivery. A call whose ``eta`` is later than its delivery is deferred, which does
+not count as an attempt.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import queue as queue_mod
@@ -39,15 +36,21 @@ import signal
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ivy.errors import MessageError, SerializationError, TaskTimeout
-from ivy.message import Message, Notification, decode_message, deeper_than, now_ms
+from ivy.errors import MessageError
+from ivy.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
+from ivy.execution import Executor
+from ivy.execution import error_info as error_info
+from ivy.message import Message, Notification, decode_message, now_ms
 from ivy.notifiers.base import Notifier
+from ivy.outcomes import ERROR_MESSAGE_CHARS as ERROR_MESSAGE_CHARS
+from ivy.outcomes import ERROR_TRACEBACK_CHARS as ERROR_TRACEBACK_CHARS
+from ivy.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
+from ivy.outcomes import Recorder
 from ivy.queues.base import Consumer, Delivery, QueueBackend
 from ivy.serialization import Serializer, Signer
 from ivy.task import Registry, Task
@@ -60,19 +63,12 @@ HEARTBEAT = 0.05
 #: quicker tasks go from scheduled to their outcome without it, which saves a notification per
 #: call (Celery publishes no STARTED state at all by default).
 RUNNING_AFTER = 0.05
-RECORD_ATTEMPTS = 5
 #: Messages a consumer may hold per executor thread: the next ones are fetched while the first
 #: runs, which hides the broker round trip and lets one socket read bring several (Celery's
 #: default is 4 as well). On RabbitMQ, 4 drained ~15% more trivial tasks per second than 2
 #: here (2,200 vs 1,900 tasks/s), 8 only ~3% more than 4. A graceful stop gives the unstarted
 #: ones back at once.
 PREFETCH_MULTIPLIER = 4
-#: Longest a stopping worker waits for its event loop thread to close the loop.
-LOOP_CLOSE_TIMEOUT = 10.0
-#: An error whose notification would be over ``max_message_bytes`` travels with its message
-#: and traceback shortened to these many characters.
-ERROR_MESSAGE_CHARS = 8_000
-ERROR_TRACEBACK_CHARS = 16_000
 
 
 @dataclass(frozen=True)
@@ -118,13 +114,6 @@ class _Held:
     running_sent: bool = False
 
 
-@dataclass
-class _Deadline:
-    thread_id: int
-    at: float
-    fired: bool = False
-
-
 class _Backoff:
     """Exponential backoff after a failure: 0.1 s doubling to 10 s, reset on success."""
 
@@ -139,32 +128,9 @@ class _Backoff:
         self.delay = min(self.delay * 2, 10.0)
 
 
-class _CallbackError(Exception):
-    """The error a callback-style task passed to its callback."""
-
-    def __init__(self, err: Any) -> None:
-        super().__init__(err)
-        self.err = err
-
-
-def error_info(exc: BaseException) -> dict[str, str]:
-    """The wire form of an exception: plain strings only."""
-    if isinstance(exc, _CallbackError):
-        err = exc.err
-        if isinstance(err, BaseException):
-            exc = err
-        elif isinstance(err, dict):
-            return {"type": str(err.get("type") or "Error"),
-                    "message": str(err.get("message") or ""),
-                    "traceback": str(err.get("traceback") or "")}
-        else:
-            return {"type": "Error", "message": str(err), "traceback": ""}
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
-
-
 class Worker:
-    """Consumes queue names of one queue backend and runs the app's registered tasks."""
+    """Consumes queue names of one queue backend and runs the app's registered tasks; after
+    ``max_messages`` deliveries (None: no limit) it admits no more and stops once they ended."""
 
     def __init__(
         self,
@@ -175,11 +141,15 @@ class Worker:
         *,
         concurrency: int = 1,
         reserve_time: float = 30.0,
+        max_messages: int | None = None,
     ) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue name")
         if concurrency < 1:
             raise ValueError(f"concurrency {concurrency!r} must be at least 1")
+        if max_messages is not None and max_messages < 1:
+            raise ValueError(f"max_messages {max_messages!r} must be at least 1, or None for "
+                             "no limit")
         self.context = context
         self.backend = backend
         self.notifier = notifier
@@ -187,21 +157,28 @@ class Worker:
         self.concurrency = concurrency
         self.reserve_time = reserve_time
         self.name = worker_name()
+        self.max_messages = max_messages
+        #: deliveries admitted for processing so far (see ``max_messages``)
+        self.admitted = 0
         self.processed = 0
         self._stopping = threading.Event()
+        #: set once no more deliveries are admitted: the worker is stopping or is full
+        self._refusing = threading.Event()
         self._stopped = threading.Event()
         self._slots = threading.Semaphore(concurrency)
         self._work: queue_mod.SimpleQueue[Delivery | None] = queue_mod.SimpleQueue()
         self._held: dict[int, _Held] = {}
-        self._deadlines: dict[int, _Deadline] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
         #: how long one consumer.get() may wait: long polls on cloud queues, short elsewhere
         self.poll: float = backend.poll_seconds
         self._consumers: list[Consumer] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        self._executor = Executor(self.name)
+        self._recorder = Recorder(notifier, self.name, serializer=context.serializer,
+                                  signer=context.signer,
+                                  max_message_bytes=context.max_message_bytes,
+                                  max_depth=context.max_depth)
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} on {self.backend.url}>"
@@ -233,13 +210,17 @@ class Worker:
         self._threads.append(thread)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop fetching, give back what was fetched but not started, finish in-flight tasks."""
-        if self._stopping.is_set():
+        """Stop fetching, give back what was fetched but not started, finish in-flight tasks.
+        Any thread may call it, several at once: the first one stops the worker, and each
+        waits for the stop as :meth:`join` does."""
+        with self._lock:  # one step: from now on no delivery is admitted (see _hold)
+            first = not self._stopping.is_set()
+            self._stopping.set()
+            self._refusing.set()
+        if not first:
             self.join(timeout)
             return
         log.info("worker %s: stopping; finishing in-flight tasks", self.name)
-        with self._lock:  # from now on no delivery is admitted (see _hold)
-            self._stopping.set()
         for consumer in self._consumers:  # interrupts waiting gets; returns unstarted ones
             with _logged("closing consumer"):
                 consumer.close()
@@ -257,13 +238,19 @@ class Worker:
                 return False
         if not self._stopped.is_set():
             self._stopped.set()
-            self._close_loop()
+            self._executor.close()
             log.info("worker %s: stopped after %d messages", self.name, self.processed)
         return True
 
     @property
     def running(self) -> bool:
         return not self._stopping.is_set()
+
+    @property
+    def full(self) -> bool:
+        """Whether the worker admitted its ``max_messages``, and so stops (or stopped) once
+        they ended."""
+        return self.max_messages is not None and self.admitted >= self.max_messages
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Block until SIGTERM or SIGINT (first: graceful stop; second: exit at once) or until
@@ -292,10 +279,10 @@ class Worker:
             delivery = consumer.get(self.poll)
             backoff.reset()
         except Exception:
-            if not self._stopping.is_set():
+            if not self._refusing.is_set():
                 log.exception("worker %s: fetching from %s failed; retrying in %.1f s",
                               self.name, self.backend.url, backoff.delay)
-                backoff.wait(self._stopping)
+                backoff.wait(self._refusing)
             return None
         if delivery is not None and not self._hold(delivery, self.reserve_time):
             with _logged("giving back a delivery"):
@@ -305,7 +292,7 @@ class Worker:
 
     def _fetch_loop(self, consumer: Consumer) -> None:
         backoff = _Backoff()
-        while not self._stopping.is_set():
+        while not self._refusing.is_set():
             if not self._slots.acquire(timeout=FETCH_TIMEOUT):
                 continue
             delivery = self._fetch(consumer, backoff)
@@ -321,7 +308,7 @@ class Worker:
                 delivery = self._work.get()
                 if delivery is None:
                     return
-            elif self._stopping.is_set():
+            elif self._refusing.is_set():
                 return
             else:
                 delivery = self._fetch(consumer, backoff)
@@ -330,9 +317,11 @@ class Worker:
             try:
                 self.process(delivery)
             finally:
-                self._unhold(delivery)
+                last = self._unhold(delivery)
                 if consumer is None:
                     self._slots.release()
+            if last:
+                self.stop()
 
     def _heartbeat_loop(self) -> None:
         """Every ``HEARTBEAT`` s: extend the leases that are a third of the way through, send
@@ -351,10 +340,7 @@ class Worker:
                            and not h.running_sent and now - h.started >= RUNNING_AFTER]
                 for h in running:
                     h.running_sent = True
-                for d in self._deadlines.values():
-                    if not d.fired and d.at <= now:
-                        d.fired = True
-                        _raise_in_thread(d.thread_id, TaskTimeout)
+            self._executor.fire_timeouts(now)
             for h in due:
                 if not self._extend(h.delivery, h.lease):
                     with self._lock:
@@ -368,9 +354,7 @@ class Worker:
                 waiting = [d for d in waiting if not self._extend(d, self.reserve_time)]
             for h in running:
                 if h.message is not None:
-                    self._notify(h.message, Notification(
-                        h.message.id, "running", h.message.name, attempt=h.message.attempt,
-                        worker=self.name))
+                    self._recorder.running(h.message)
 
     @staticmethod
     def _extend(delivery: Delivery, lease: float) -> bool:
@@ -385,18 +369,27 @@ class Worker:
             return True  # a failing backend is not hammered every tick: next third
 
     def _hold(self, delivery: Delivery, lease: float) -> bool:
-        """Admit a delivery for processing; False once the worker is stopping."""
+        """Admit a delivery for processing; False once the worker is stopping or full."""
         with self._lock:
-            if self._stopping.is_set():
+            if self._refusing.is_set():
                 return False
             self._held[id(delivery)] = _Held(delivery, lease, time.monotonic() + lease / 3)
+            self.admitted += 1
+            if self.full:
+                self._refusing.set()
+                log.info("worker %s: admitted its %d messages (max_messages); stopping once "
+                         "they end", self.name, self.admitted)
             return True
 
-    def _unhold(self, delivery: Delivery) -> None:
+    def _unhold(self, delivery: Delivery) -> bool:
+        """Forget a delivery that ended; True if the worker is full, not yet stopping, and
+        this was the last delivery it held: the caller stops it."""
         with self._lock:
             self._held.pop(id(delivery), None)
-            if not self._held:
-                self._idle.notify_all()
+            if self._held:
+                return False
+            self._idle.notify_all()
+            return self.full and not self._stopping.is_set()
 
     # -- one message -----------------------------------------------------------------------
 
@@ -458,11 +451,11 @@ class Worker:
                     held.lease, held.next_extend = lease, now + lease / 3
         if lease != self.reserve_time:
             delivery.extend(lease)
-        ok, value = self._execute(task, message)
+        ok, value = self._executor.run(task, message)
         if ok:
-            self._record(message, Notification(message.id, "successful", message.name,
-                                               result=value, attempt=message.attempt,
-                                               worker=self.name))
+            self._recorder.record(message, Notification(
+                message.id, "successful", message.name, result=value, attempt=message.attempt,
+                worker=self.name))
             delivery.ack()
             log.debug("task %s [%s] succeeded", message.name, message.id)
             return
@@ -473,9 +466,9 @@ class Worker:
                         message.name, message.id, message.attempt + 1, retries + 1,
                         value["type"], value["message"], delay)
             message.attempt += 1
-            delivery.retry(delay, self._body(message))
+            delivery.retry(delay, self._recorder.body(message))
             return
-        self._record(message, self._errored(message, value))
+        self._recorder.record(message, self._recorder.errored(message, value))
         if retries:
             delivery.dead_letter(
                 f"task {message.name!r} failed {message.attempt + 1} times; last error "
@@ -488,198 +481,11 @@ class Worker:
             log.info("task %s [%s] failed: %s: %s", message.name, message.id, value["type"],
                      value["message"])
 
-    def _execute(self, task: Task[Any, Any], message: Message) -> tuple[bool, Any]:
-        try:
-            if task.style == "async":
-                return True, self._run_async(task, message)
-            if task.style == "callback":
-                return True, self._run_callback(task, message)
-            with self._deadline(task.timeout):
-                value = task.func(*message.args, **message.kwargs)
-            return True, value
-        except TaskTimeout:
-            self._clear_deadline()
-            return False, {"type": "TimeoutError", "traceback": "",
-                           "message": f"task {task.name!r} ran past its timeout of "
-                                      f"{task.timeout} s"}
-        except (Exception, SystemExit) as exc:
-            return False, error_info(exc)
-
-    @contextlib.contextmanager
-    def _deadline(self, timeout: float | None) -> Iterator[None]:
-        if timeout is None:
-            yield
-            return
-        tid = threading.get_ident()
-        with self._lock:
-            self._deadlines[tid] = _Deadline(tid, time.monotonic() + timeout)
-        try:
-            yield
-        finally:
-            self._clear_deadline()
-
-    def _clear_deadline(self) -> None:
-        tid = threading.get_ident()
-        with self._lock:
-            d = self._deadlines.pop(tid, None)
-            if d is not None and d.fired:
-                _raise_in_thread(tid, None)  # cancel a TaskTimeout not yet delivered
-
-    def _run_async(self, task: Task[Any, Any], message: Message) -> Any:
-        loop = self._event_loop()
-        timeout = task.timeout
-
-        async def run() -> Any:
-            if timeout is None:
-                return await task.func(*message.args, **message.kwargs)
-            try:
-                async with asyncio.timeout(timeout) as scope:
-                    return await task.func(*message.args, **message.kwargs)
-            except TimeoutError:
-                if scope.expired():
-                    raise TaskTimeout() from None
-                raise
-
-        return asyncio.run_coroutine_threadsafe(run(), loop).result()
-
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._stopped.is_set():
-                raise RuntimeError(f"worker {self.name} is stopped: its event loop is closed")
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=_run_loop, args=(loop,), name="ivy-asyncio",
-                                          daemon=True)
-                thread.start()
-                self._loop, self._loop_thread = loop, thread
-            return self._loop
-
-    def _close_loop(self) -> None:
-        """Stop the event loop of async tasks and wait (a little) for its thread to close it:
-        no task is running any more when this is called."""
-        with self._lock:
-            loop, thread = self._loop, self._loop_thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(RuntimeError):  # closed already
-            loop.call_soon_threadsafe(loop.stop)
-        if thread is threading.current_thread():  # stop() called from an async task
-            return
-        thread.join(LOOP_CLOSE_TIMEOUT)
-        if thread.is_alive():
-            log.warning("worker %s: the event loop did not stop within %.0f s; left open",
-                        self.name, LOOP_CLOSE_TIMEOUT)
-
-    def _run_callback(self, task: Task[Any, Any], message: Message) -> Any:
-        done = threading.Event()
-        box: list[tuple[Any, Any]] = []
-
-        def callback(err: Any = None, result: Any = None) -> None:
-            if done.is_set():
-                log.warning("task %s [%s] called its callback more than once; ignored",
-                            message.name, message.id)
-                return
-            box.append((err, result))
-            done.set()
-
-        task.func(*message.args, callback, **message.kwargs)
-        if not done.wait(task.timeout):
-            raise TaskTimeout()
-        err, result = box[0]
-        if err:
-            raise _CallbackError(err)
-        return result
-
-    # -- outcomes --------------------------------------------------------------------------
-
-    def _errored(self, message: Message, error: dict[str, str]) -> Notification:
-        return Notification(message.id, "errored", message.name, error=error,
-                            attempt=message.attempt, worker=self.name)
-
-    def _body(self, item: Message | Notification) -> bytes:
-        """Encode a message or notification for the wire, signed when a key is configured."""
-        return self.context.seal(item.encode(self.context.serializer))
-
-    def _notify(self, message: Message, note: Notification) -> None:
-        """Best effort, for the ``running`` status (not final, not stored)."""
-        if message.reply_to and self.notifier is not None:
-            try:
-                self.notifier.publish(message.reply_to, message.id,
-                                      self._body(note),
-                                      final=False)
-            except Exception:
-                log.warning("publishing status %r of %s failed", note.status, message.id,
-                            exc_info=True)
-
-    def _final_body(self, message: Message, note: Notification) -> bytes:
-        """Encode a final notification within the limits its producer applies when decoding
-        (``max_message_bytes``, ``max_depth``): a producer drops a notification over them, and
-        the call would wait for its timeout. A result that cannot travel is replaced by an
-        ``errored`` notification that says why; an error too large to travel is shortened."""
-        ctx = self.context
-        try:
-            encoded = note.encode(ctx.serializer)
-        except SerializationError as exc:
-            note = self._errored(message, {"type": "SerializationError", "message": str(exc),
-                                           "traceback": ""})
-            encoded = note.encode(ctx.serializer)
-        if note.status == "successful":
-            error: dict[str, str] | None = None
-            if len(encoded) > ctx.max_message_bytes:
-                error = {"type": "ResultTooLarge", "traceback": "", "message": (
-                    f"the result of task {message.name!r} is {len(encoded)} bytes once encoded, "
-                    f"over the limit of {ctx.max_message_bytes} bytes: store the data elsewhere "
-                    "and return a reference to it (a URL, a key), or raise "
-                    "Ivy(max_message_bytes=...) on the producer and the worker")}
-            # [result] adds the level that the notification's own bracket adds in encoded
-            elif deeper_than(encoded, [note.result], ctx.max_depth + 1):
-                error = {"type": "ResultTooDeep", "traceback": "", "message": (
-                    f"the result of task {message.name!r} nests deeper than {ctx.max_depth} "
-                    "levels: flatten it, or raise Ivy(max_depth=...) on the producer and the "
-                    "worker")}
-            if error is not None:
-                log.error("task %s [%s]: %s", message.name, message.id, error["message"])
-                note = self._errored(message, error)
-                encoded = note.encode(ctx.serializer)
-        if len(encoded) > ctx.max_message_bytes and note.error is not None:
-            error = {k: str(v) for k, v in note.error.items()}
-            error["message"] = _shorten(error.get("message", ""), ERROR_MESSAGE_CHARS)
-            error["traceback"] = _shorten(error.get("traceback", ""), ERROR_TRACEBACK_CHARS)
-            note = self._errored(message, error)
-            encoded = note.encode(ctx.serializer)
-        return ctx.seal(encoded)
-
-    def _record(self, message: Message, note: Notification) -> None:
-        """Publish a final notification, retrying a few times; raise if it cannot be done."""
-        if not message.reply_to:
-            return
-        if self.notifier is None:
-            raise RuntimeError("no notifier: call start_notification_producer() before listen()")
-        body = self._final_body(message, note)
-        for attempt in range(RECORD_ATTEMPTS):
-            try:
-                self.notifier.publish(message.reply_to, message.id, body, final=True)
-                return
-            except Exception:
-                if attempt == RECORD_ATTEMPTS - 1:
-                    raise
-                log.warning("publishing the outcome of %s failed; trying again", message.id,
-                            exc_info=True)
-                time.sleep(min(0.1 * 2 ** attempt, 2.0))
-
     def _reject(self, delivery: Delivery, reason: str, fields: dict[str, Any]) -> None:
         """Dead-letter a message that cannot run, and tell its producer when we can."""
         log.error("worker %s: dead-lettering a message from %s: %s", self.name, delivery.queue,
                   reason)
-        reply_to, call_id = fields.get("reply_to"), fields.get("id")
-        if self.notifier is not None and isinstance(reply_to, str) and isinstance(call_id, str):
-            note = Notification(call_id, "errored", fields.get("name"), worker=self.name,
-                                error={"type": "MessageRejected", "message": reason,
-                                       "traceback": ""})
-            with _logged(f"notifying the producer of rejected message {call_id}"):
-                self.notifier.publish(reply_to, call_id,
-                                      self._body(note),
-                                      final=True)
+        self._recorder.rejected(reason, fields)
         delivery.dead_letter(reason)
 
 
@@ -698,41 +504,8 @@ def signal_handlers(handler: Any) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """The event loop thread: run until stopped, then cancel what async tasks left behind
-    (background tasks they started), finish async generators and close the loop."""
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        try:
-            leftovers = asyncio.all_tasks(loop)
-            for task in leftovers:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
-def _shorten(text: str, limit: int) -> str:
-    """``text`` cut to about ``limit`` characters, keeping its start and its end (where a
-    traceback names the failing line)."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n... ({len(text) - 2 * half} characters left out) ...\n{text[-half:]}"
-
-
 def _fields(message: Message) -> dict[str, Any]:
     return {"id": message.id, "name": message.name, "reply_to": message.reply_to}
-
-
-def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
 
 
 @contextlib.contextmanager

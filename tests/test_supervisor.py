@@ -281,14 +281,13 @@ def test_max_tasks_per_child_recycles_children(
         results = [c.result(60) for c in calls]
         runs = [int(line) for line in log.read_text().split()]
         assert sorted(runs) == sorted(results) and len(runs) == 10
-        # in several children: each ran its 3, plus at most the one (--concurrency 1) it had
-        # already started when it reached them (in practice: always, as it fetches the next
-        # message the moment the third ends)
+        # in four children: each ran exactly its 3 (a message fetched after them went back to
+        # the queue unstarted), the last one the 1 left
         per_child = Counter(runs)
         children = list(per_child)
-        assert len(per_child) >= 3
-        assert all(3 <= n <= 4 for pid, n in per_child.items() if pid != runs[-1])
-        assert per_child[runs[-1]] <= 4
+        assert all(n == 3 for pid, n in per_child.items() if pid != runs[-1]), per_child
+        assert per_child[runs[-1]] == 1, per_child
+        assert len(per_child) == 4
         assert "reached --max-tasks-per-child; starting a fresh one" in "".join(sup.lines)
         assert "restarting it in" not in "".join(sup.lines)  # no backoff for a recycle
         stop_worker(sup)

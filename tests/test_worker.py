@@ -1,6 +1,6 @@
 """The worker on its own: results that cannot travel, the event loop's end, per-task leases from
-its context, and what worker.py may import. The contract suite (tests/contract.py) holds the
-worker tests that run on every queue backend."""
+its context, what worker.py and its parts may import, max_messages and stopping. The contract
+suite (tests/contract.py) holds the worker tests that run on every queue backend."""
 
 from __future__ import annotations
 
@@ -170,12 +170,32 @@ def test_worker_context_is_frozen_and_copies_reserve_times() -> None:
     app.close()
 
 
-def test_worker_module_does_not_import_the_app() -> None:
-    tree = ast.parse((ROOT / "ivy" / "worker.py").read_text())
+def imports(module: str) -> set[str | None]:
+    tree = ast.parse((ROOT / "ivy" / f"{module}.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names}
+    return imported | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                       for alias in node.names}
+
+
+def test_worker_module_does_not_import_the_app() -> None:
+    imported = imports("worker")
     assert "ivy.app" not in imported and "ivy" not in imported
+
+
+@pytest.mark.parametrize("module", ["execution", "outcomes"])
+def test_the_workers_parts_do_not_import_the_layers_above(module: str) -> None:
+    # execution and outcomes sit below the worker, which sits below the app
+    assert not imports(module) & {"ivy", "ivy.app", "ivy.worker"}
+
+
+def test_names_moved_out_of_the_worker_module_are_still_importable_from_it() -> None:
+    from ivy import execution, outcomes, worker
+
+    assert worker.error_info is execution.error_info
+    assert worker.LOOP_CLOSE_TIMEOUT == execution.LOOP_CLOSE_TIMEOUT
+    assert worker.RECORD_ATTEMPTS == outcomes.RECORD_ATTEMPTS
+    assert worker.ERROR_MESSAGE_CHARS == outcomes.ERROR_MESSAGE_CHARS
+    assert worker.ERROR_TRACEBACK_CHARS == outcomes.ERROR_TRACEBACK_CHARS
 
 
 def test_listen_honours_the_originals_messages_reserve_time(tmp_path: Path) -> None:
@@ -204,4 +224,111 @@ def test_listen_honours_the_originals_messages_reserve_time(tmp_path: Path) -> N
         assert call.result(10) == "done"
     finally:
         go_on.set()
+        app.close()
+
+
+# -- max_messages, stopping -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_max_messages_runs_that_many_then_stops(sqlite_url: str, concurrency: int) -> None:
+    # Given 5 calls waiting in a queue
+    app = ivy.Ivy(sqlite_url, sqlite_url)
+    runs: list[int] = []
+
+    @app.register_task(name="t.count", queue="q")
+    def count(n: int) -> int:
+        runs.append(n)
+        return n
+
+    calls = [app.delayed_call(count, n) for n in range(5)]
+    app.flush(10)
+    backend = app.queue_backend
+    assert backend.size("q") == 5
+    # When a worker that may run 2 messages starts (with 3 threads, the third one's fetch is
+    # refused and given back)
+    worker = Worker(app.worker_context(), backend, app.start_notification_producer(), ["q"],
+                    concurrency=concurrency, max_messages=2).start()
+    second = None
+    try:
+        # Then it stops by itself once it ran exactly 2
+        assert worker.join(10), "the worker did not stop after its 2 messages"
+        assert len(runs) == 2 and worker.admitted == 2 and worker.full
+        assert not worker.running
+        # and the other 3 are back in the queue, unstarted: a second worker runs each once
+        assert backend.size("q") == 3
+        second = app.listen(queue="q", block=False)
+        assert sorted(call.result(10) for call in calls) == [0, 1, 2, 3, 4]
+        assert sorted(runs) == [0, 1, 2, 3, 4]
+        assert backend.dead_letters("q") == []
+    finally:
+        worker.stop(10)
+        if second is not None:
+            second.stop(10)
+        app.close()
+
+
+def test_max_messages_must_be_positive(memory_url: str) -> None:
+    app = ivy.Ivy(memory_url, memory_url)
+    with pytest.raises(ValueError, match="max_messages 0 must be at least 1"):
+        Worker(app.worker_context(), app.queue_backend, None, ["q"], max_messages=0)
+    app.close()
+
+
+class WatchedLock:
+    """A lock that records the name of each thread that asks for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.asked: list[str] = []
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.asked.append(threading.current_thread().name)
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_two_threads_stopping_at_once_close_the_consumers_once(memory_url: str) -> None:
+    # Given a running worker whose consumer counts its closes, with a lock the test can hold
+    app = ivy.Ivy(memory_url, memory_url)
+    worker = Worker(app.worker_context(), app.queue_backend, app.start_notification_producer(),
+                    ["q"])
+    lock = WatchedLock()
+    worker._lock, worker._idle = lock, threading.Condition(lock)  # type: ignore[assignment]
+    worker.start()
+    consumer = worker._consumers[0]
+    closes: list[str] = []
+    close = consumer.close
+
+    def counting_close() -> None:
+        closes.append(threading.current_thread().name)
+        close()
+
+    consumer.close = counting_close  # type: ignore[method-assign]
+    try:
+        # When two threads call stop() at once: both reach the worker's lock before either
+        # gets it
+        stoppers = [threading.Thread(target=worker.stop, args=(10,), name=f"stopper-{i}")
+                    for i in (1, 2)]
+        with lock:
+            for thread in stoppers:
+                thread.start()
+            wait_for(lambda: {"stopper-1", "stopper-2"} <= set(lock.asked),
+                     message="both stop() calls to wait for the lock")
+        for thread in stoppers:
+            thread.join(10)
+        # Then one of them closed the consumer, once, and both returned with the worker stopped
+        assert len(closes) == 1, closes
+        assert not any(thread.is_alive() for thread in stoppers)
+        assert not worker.running and worker.join(0)
+    finally:
+        worker.stop(10)
         app.close()

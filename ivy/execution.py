@@ -1,0 +1,225 @@
+"""Running one task body in its style, within its timeout: the worker's executor threads call
+:meth:`Executor.run` and get back ``(True, value)`` or ``(False, error)``, the error in its wire
+form (:func:`error_info`).
+
+Styles: a plain function runs in the calling thread; a coroutine function runs on one event loop
+thread shared by the worker's executors (started on first use, closed by :meth:`Executor.close`);
+a callback-style task runs in the calling thread, which then waits for its callback.
+
+Timeouts: an async task is cancelled; a callback-style task stops being waited for; a plain
+function gets :class:`ivy.TaskTimeout` raised inside its thread (as Dramatiq does) when the
+worker's heartbeat calls :meth:`Executor.fire_timeouts` past its deadline. That takes effect at
+the next Python bytecode, so a task blocked inside one C call ends when that call returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ivy.errors import TaskTimeout
+from ivy.message import Message
+from ivy.task import Task
+
+log = logging.getLogger("ivy.worker")
+
+#: Longest a stopping worker waits for its event loop thread to close the loop.
+LOOP_CLOSE_TIMEOUT = 10.0
+
+
+class _CallbackError(Exception):
+    """The error a callback-style task passed to its callback."""
+
+    def __init__(self, err: Any) -> None:
+        super().__init__(err)
+        self.err = err
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    """The wire form of an exception: plain strings only."""
+    if isinstance(exc, _CallbackError):
+        err = exc.err
+        if isinstance(err, BaseException):
+            exc = err
+        elif isinstance(err, dict):
+            return {"type": str(err.get("type") or "Error"),
+                    "message": str(err.get("message") or ""),
+                    "traceback": str(err.get("traceback") or "")}
+        else:
+            return {"type": "Error", "message": str(err), "traceback": ""}
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+
+
+@dataclass
+class _Deadline:
+    thread_id: int
+    at: float
+    fired: bool = False
+
+
+class Executor:
+    """Runs task bodies for one worker (``owner`` names it in log lines): the deadlines of the
+    plain functions running now, and the event loop of the async ones."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._lock = threading.Lock()
+        self._deadlines: dict[int, _Deadline] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._closed = False
+
+    def run(self, task: Task[Any, Any], message: Message) -> tuple[bool, Any]:
+        """Run ``task`` with the arguments of ``message``: ``(True, value)`` if it returned,
+        ``(False, error_info)`` if it raised or ran past its timeout."""
+        try:
+            if task.style == "async":
+                return True, self._run_async(task, message)
+            if task.style == "callback":
+                return True, self._run_callback(task, message)
+            with self._deadline(task.timeout):
+                value = task.func(*message.args, **message.kwargs)
+            return True, value
+        except TaskTimeout:
+            self._clear_deadline()
+            return False, {"type": "TimeoutError", "traceback": "",
+                           "message": f"task {task.name!r} ran past its timeout of "
+                                      f"{task.timeout} s"}
+        except (Exception, SystemExit) as exc:
+            return False, error_info(exc)
+
+    def fire_timeouts(self, now: float) -> None:
+        """Raise :class:`ivy.TaskTimeout` in each thread whose plain function is past its
+        deadline at ``now`` (a ``time.monotonic()`` reading); once per deadline."""
+        with self._lock:
+            for d in self._deadlines.values():
+                if not d.fired and d.at <= now:
+                    d.fired = True
+                    _raise_in_thread(d.thread_id, TaskTimeout)
+
+    def close(self) -> None:
+        """Stop the event loop of async tasks and wait (a little) for its thread to close it:
+        no task is running any more when this is called. Async tasks cannot run after it."""
+        with self._lock:
+            self._closed = True
+            loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # closed already
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is threading.current_thread():  # stop() called from an async task
+            return
+        thread.join(LOOP_CLOSE_TIMEOUT)
+        if thread.is_alive():
+            log.warning("worker %s: the event loop did not stop within %.0f s; left open",
+                        self.owner, LOOP_CLOSE_TIMEOUT)
+
+    # -- plain functions ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _deadline(self, timeout: float | None) -> Iterator[None]:
+        if timeout is None:
+            yield
+            return
+        tid = threading.get_ident()
+        with self._lock:
+            self._deadlines[tid] = _Deadline(tid, time.monotonic() + timeout)
+        try:
+            yield
+        finally:
+            self._clear_deadline()
+
+    def _clear_deadline(self) -> None:
+        tid = threading.get_ident()
+        with self._lock:
+            d = self._deadlines.pop(tid, None)
+            if d is not None and d.fired:
+                _raise_in_thread(tid, None)  # cancel a TaskTimeout not yet delivered
+
+    # -- coroutine functions -----------------------------------------------------------------
+
+    def _run_async(self, task: Task[Any, Any], message: Message) -> Any:
+        loop = self._event_loop()
+        timeout = task.timeout
+
+        async def run() -> Any:
+            if timeout is None:
+                return await task.func(*message.args, **message.kwargs)
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    return await task.func(*message.args, **message.kwargs)
+            except TimeoutError:
+                if scope.expired():
+                    raise TaskTimeout() from None
+                raise
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"worker {self.owner} is stopped: its event loop is closed")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=_run_loop, args=(loop,), name="ivy-asyncio",
+                                          daemon=True)
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    # -- callback style ----------------------------------------------------------------------
+
+    def _run_callback(self, task: Task[Any, Any], message: Message) -> Any:
+        done = threading.Event()
+        box: list[tuple[Any, Any]] = []
+
+        def callback(err: Any = None, result: Any = None) -> None:
+            if done.is_set():
+                log.warning("task %s [%s] called its callback more than once; ignored",
+                            message.name, message.id)
+                return
+            box.append((err, result))
+            done.set()
+
+        task.func(*message.args, callback, **message.kwargs)
+        if not done.wait(task.timeout):
+            raise TaskTimeout()
+        err, result = box[0]
+        if err:
+            raise _CallbackError(err)
+        return result
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The event loop thread: run until stopped, then cancel what async tasks left behind
+    (background tasks they started), finish async generators and close the loop."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        try:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Schedule ``exc`` to be raised in thread ``thread_id`` at its next bytecode (None
+    cancels one scheduled and not yet raised): CPython's PyThreadState_SetAsyncExc."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)

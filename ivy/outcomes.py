@@ -1,0 +1,143 @@
+"""What a worker tells a producer: ``running`` statuses (best effort) and final outcomes
+(retried a few times, raising if they cannot be published, so that the message is not
+acknowledged), on the producer's notification channel.
+
+A final notification must pass the producer's own limits (``max_message_bytes``,
+``max_depth``): a producer drops a notification over them, and its call would wait for its
+timeout. A result that would not pass is replaced by an ``errored`` notification of type
+``ResultTooLarge`` / ``ResultTooDeep`` (the worker acknowledges the message: a retry would fail
+the same way), and an error too large to travel is shortened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ivy.errors import SerializationError
+from ivy.message import Message, Notification, deeper_than
+from ivy.notifiers.base import Notifier
+from ivy.serialization import Serializer, Signer
+
+log = logging.getLogger("ivy.worker")
+
+RECORD_ATTEMPTS = 5
+#: An error whose notification would be over ``max_message_bytes`` travels with its message
+#: and traceback shortened to these many characters.
+ERROR_MESSAGE_CHARS = 8_000
+ERROR_TRACEBACK_CHARS = 16_000
+
+
+class Recorder:
+    """Encodes and publishes the notifications of one worker (named ``worker`` in them)."""
+
+    def __init__(self, notifier: Notifier | None, worker: str, *, serializer: Serializer,
+                 signer: Signer | None, max_message_bytes: int, max_depth: int) -> None:
+        self.notifier = notifier
+        self.worker = worker
+        self.serializer = serializer
+        self.signer = signer
+        self.max_message_bytes = max_message_bytes
+        self.max_depth = max_depth
+
+    def body(self, item: Message | Notification) -> bytes:
+        """Encode a message or notification for the wire, signed when a key is configured."""
+        return self._seal(item.encode(self.serializer))
+
+    def errored(self, message: Message, error: dict[str, str]) -> Notification:
+        return Notification(message.id, "errored", message.name, error=error,
+                            attempt=message.attempt, worker=self.worker)
+
+    def running(self, message: Message) -> None:
+        """Publish the ``running`` status of ``message``: best effort (not final, not
+        stored), a failure is logged."""
+        if message.reply_to and self.notifier is not None:
+            note = Notification(message.id, "running", message.name, attempt=message.attempt,
+                                worker=self.worker)
+            try:
+                self.notifier.publish(message.reply_to, message.id, self.body(note),
+                                      final=False)
+            except Exception:
+                log.warning("publishing status %r of %s failed", note.status, message.id,
+                            exc_info=True)
+
+    def record(self, message: Message, note: Notification) -> None:
+        """Publish a final notification, retrying a few times; raise if it cannot be done."""
+        if not message.reply_to:
+            return
+        if self.notifier is None:
+            raise RuntimeError("no notifier: call start_notification_producer() before listen()")
+        body = self.final_body(message, note)
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                self.notifier.publish(message.reply_to, message.id, body, final=True)
+                return
+            except Exception:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                log.warning("publishing the outcome of %s failed; trying again", message.id,
+                            exc_info=True)
+                time.sleep(min(0.1 * 2 ** attempt, 2.0))
+
+    def rejected(self, reason: str, fields: dict[str, Any]) -> None:
+        """Tell the producer of a dead-lettered message why, when its ``reply_to`` and ``id``
+        could be read (``fields``); a failure is logged."""
+        reply_to, call_id = fields.get("reply_to"), fields.get("id")
+        if self.notifier is None or not isinstance(reply_to, str) or not isinstance(call_id, str):
+            return
+        note = Notification(call_id, "errored", fields.get("name"), worker=self.worker,
+                            error={"type": "MessageRejected", "message": reason, "traceback": ""})
+        try:
+            self.notifier.publish(reply_to, call_id, self.body(note), final=True)
+        except Exception:
+            log.exception("worker: notifying the producer of rejected message %s failed",
+                          call_id)
+
+    def final_body(self, message: Message, note: Notification) -> bytes:
+        """Encode a final notification within the limits its producer applies when decoding
+        (see the module docstring)."""
+        try:
+            encoded = note.encode(self.serializer)
+        except SerializationError as exc:
+            note = self.errored(message, {"type": "SerializationError", "message": str(exc),
+                                          "traceback": ""})
+            encoded = note.encode(self.serializer)
+        limit = self.max_message_bytes
+        if note.status == "successful":
+            error: dict[str, str] | None = None
+            if len(encoded) > limit:
+                error = {"type": "ResultTooLarge", "traceback": "", "message": (
+                    f"the result of task {message.name!r} is {len(encoded)} bytes once encoded, "
+                    f"over the limit of {limit} bytes: store the data elsewhere "
+                    "and return a reference to it (a URL, a key), or raise "
+                    "Ivy(max_message_bytes=...) on the producer and the worker")}
+            # [result] adds the level that the notification's own bracket adds in encoded
+            elif deeper_than(encoded, [note.result], self.max_depth + 1):
+                error = {"type": "ResultTooDeep", "traceback": "", "message": (
+                    f"the result of task {message.name!r} nests deeper than {self.max_depth} "
+                    "levels: flatten it, or raise Ivy(max_depth=...) on the producer and the "
+                    "worker")}
+            if error is not None:
+                log.error("task %s [%s]: %s", message.name, message.id, error["message"])
+                note = self.errored(message, error)
+                encoded = note.encode(self.serializer)
+        if len(encoded) > limit and note.error is not None:
+            error = {k: str(v) for k, v in note.error.items()}
+            error["message"] = _shorten(error.get("message", ""), ERROR_MESSAGE_CHARS)
+            error["traceback"] = _shorten(error.get("traceback", ""), ERROR_TRACEBACK_CHARS)
+            note = self.errored(message, error)
+            encoded = note.encode(self.serializer)
+        return self._seal(encoded)
+
+    def _seal(self, body: bytes) -> bytes:
+        return body if self.signer is None else self.signer.sign(body)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its start and its end (where a
+    traceback names the failing line)."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... ({len(text) - 2 * half} characters left out) ...\n{text[-half:]}"
