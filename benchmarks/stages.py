@@ -108,7 +108,9 @@ def producer_main(n: int) -> None:
                     "--notifier-url", REDIS, "--concurrency", "4", "--log-level", "WARNING"])
     app = ivy.Ivy(IVY_AMQP, REDIS)
     app.registry.add(bench_tasks.noop)
-    wrap(app, "_dispatch", before="notified", after="settled", stamp=stamp)
+    from ivy.results import ResultConsumer
+
+    wrap(ResultConsumer, "dispatch", before="notified", after="settled", stamp=stamp)
     try:
         for i in range(50):
             app.delayed_call(bench_tasks.noop, i).result(10)

@@ -6,27 +6,20 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ivy.call import Call, ResultCallback, finished_adapter, result_callback_adapter
-from ivy.config import Spec, make_notifier, make_queue_backend
-from ivy.errors import (
-    ConfigurationError,
-    IvyError,
-    MessageTooLarge,
-    PublishError,
-    SerializationError,
-)
+from ivy.config import Spec, make_notifier, make_queue_backend, parse_reserve_times
+from ivy.errors import ConfigurationError, IvyError, PublishError
 from ivy.message import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_MESSAGE_BYTES,
     Message,
     Notification,
     decode_notification,
-    deeper_than,
+    encode_call,
     new_id,
     now_ms,
     peek_id,
@@ -34,9 +27,9 @@ from ivy.message import (
 from ivy.notifiers.base import Notifier
 from ivy.outbox import Outbox
 from ivy.queues.base import QueueBackend
-from ivy.results import DEFAULT_PENDING_TTL, ResultConsumer
-from ivy.serialization import Serializer, Signer, check_arguments, get_serializer, signer_from
-from ivy.task import Finished, Registry, Style, Task, merge_options
+from ivy.results import DEFAULT_PENDING_TTL, Results
+from ivy.serialization import Serializer, Signer, get_serializer, signer_from
+from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
 from ivy.worker import Worker, WorkerContext
 
 log = logging.getLogger("ivy")
@@ -45,16 +38,6 @@ R = TypeVar("R")
 T = TypeVar("T", QueueBackend, Notifier)
 
 CHANNEL_PREFIX = "ivy:notify:"
-
-
-def merge_dicts(first: Mapping[str, Any] | None, second: Mapping[str, Any]) -> dict[str, Any]:
-    """Two options dicts given in two places; the same key twice is refused."""
-    if first is None:
-        return dict(second)
-    both = set(first) & set(second)
-    if both:
-        raise ConfigurationError(f"task options {sorted(both)} given twice: give them once")
-    return {**first, **second}
 
 
 @dataclass(slots=True)
@@ -118,10 +101,10 @@ class Ivy:
         self._producer_spec: Spec = None
         self._owned: list[QueueBackend | Notifier] = []
         self._lock = threading.RLock()
-        #: the consumer new calls wait on, and older ones still delivering calls sent before a
-        #: switch of notifier
-        self._results: ResultConsumer | None = None
-        self._retired: list[ResultConsumer] = []
+        self._results = Results(
+            self.channel, decode=self._decode_notification,
+            peek_id=lambda body: peek_id(body, self.serializer, self.max_message_bytes),
+            pending_ttl=self.pending_ttl, on_retired=self._notifier_retired)
         self._closed = False
         self._workers: list[Worker] = []
         self._outbox = Outbox(self._send_failed)
@@ -202,19 +185,7 @@ class Ivy:
         finished_fn: Finished | None = finished
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            if isinstance(f, Task):
-                f = f.func
-            if not callable(f):
-                raise ConfigurationError(f"register_task needs a function, got {f!r}")
-            task: Task[Any, Any] = Task(
-                f, name=given["name"] or f"{f.__module__}.{f.__qualname__}",
-                queue=given["queue"] if given["queue"] is not None else "ivy",
-                finished=finished_fn,
-                priority=given["priority"] if given["priority"] is not None else 0,
-                retry=bool(given["retry"]),
-                max_retries=given["max_retries"] if given["max_retries"] is not None else 0,
-                reserve_time=given["reserve_time"], timeout=given["timeout"],
-                style=given["style"], route=given["route"])
+            task = build_task(f, finished_fn, given)
             self.registry.add(task)
             return task
 
@@ -250,37 +221,25 @@ class Ivy:
         all settled (README, "Semantics")."""
         with self._lock:
             self._check_open()
-            current = self._results
-            if current is not None and (spec is None or spec is current.notifier
+            current = self._results.notifier
+            if current is not None and (spec is None or spec is current
                                         or spec == self._consumer_spec):
                 return
             notifier = self._notifier_for(spec)
-            if current is not None:
-                if notifier is current.notifier:
-                    return
-                log.info("notification consumer: switching from %s to %s; calls sent so far "
-                         "are still delivered through the old one", current.notifier.url,
-                         notifier.url)
-                current.retire()
-                self._retired.append(current)
+            if notifier is current:
+                return
             self._consumer_notifier = notifier
             self._consumer_spec = spec
-            self._results = ResultConsumer(
-                notifier, self.channel, decode=self._decode_notification,
-                peek_id=lambda body: peek_id(body, self.serializer, self.max_message_bytes),
-                pending_ttl=self.pending_ttl, on_stopped=self._consumer_stopped).start()
+            self._results.start(notifier)
 
     def _decode_notification(self, body: bytes) -> Notification:
         return decode_notification(body, self.serializer, max_bytes=self.max_message_bytes,
                                    max_depth=self.max_depth, signer=self.signer)
 
-    def _consumer_stopped(self, consumer: ResultConsumer) -> None:
+    def _notifier_retired(self, notifier: Notifier) -> None:
         """A retired consumer has settled every call it held: close its notifier unless it is
         still in use here, or was handed in by the caller."""
         with self._lock:
-            if consumer in self._retired:
-                self._retired.remove(consumer)
-            notifier = consumer.notifier
             in_use = notifier is self._producer_notifier or notifier is self._consumer_notifier
             if in_use or not any(thing is notifier for thing in self._owned):
                 return
@@ -462,21 +421,8 @@ class Ivy:
             priority=priority if priority is not None else (
                 registered.priority if registered else 0),
             eta=created + int(delay * 1000) if delay else None, created_ms=created)
-        try:
-            body = message.encode(self.serializer)
-        except SerializationError:
-            check_arguments(self.serializer, args, kwargs, name)
-            raise
-        # [args, kwargs] adds one level, which the envelope's own bracket in body covers
-        if deeper_than(body, [message.args, message.kwargs], self.max_depth + 1):
-            raise SerializationError(
-                f"the arguments of the call to {name!r} nest deeper than {self.max_depth} "
-                "levels: flatten them, or raise Ivy(max_depth=...)")
-        if len(body) > self.max_message_bytes:
-            raise MessageTooLarge(
-                f"the call to {name!r} is {len(body)} bytes once encoded, over the limit of "
-                f"{self.max_message_bytes} bytes: pass a reference (a URL, a key) instead of "
-                "the data, or raise Ivy(max_message_bytes=...)")
+        body = encode_call(message, self.serializer, max_depth=self.max_depth,
+                           max_bytes=self.max_message_bytes)
         call: Call[Any] = Call(message.id, name, target_queue)
         if callback is not None:
             call.add_done_callback(result_callback_adapter(callback))
@@ -490,34 +436,18 @@ class Ivy:
         """Sign an encoded message or notification when a signing key is configured."""
         return body if self.signer is None else self.signer.sign(body)
 
-    def _current_results(self) -> ResultConsumer:
-        """The consumer that new calls wait on (started with the default notifier if none)."""
-        results = self._results
-        if results is None:
+    def _current_results(self) -> Results:
+        """The consumers, one of which new calls wait on (the default notifier's if none)."""
+        if self._results.current is None:
             self.start_notification_consumer()
-            results = self._results
-            assert results is not None
-        return results
+        return self._results
 
     def wait_for_callbacks(self, timeout: float) -> list[Call[Any]]:
         """Wait up to ``timeout`` seconds for the pending calls that have a callback (or a
         task's ``finished``) to complete; return those still pending. The default instance
         does this at interpreter exit, bounded by ``exit_timeout``: a script that sends a call
         with a callback and ends, as the original's example does, sees its callback run."""
-        deadline = time.monotonic() + timeout
-        waiting = [c for consumer in self._consumers() for c in consumer.pending()
-                   if c.has_callbacks]
-        if waiting:
-            log.info("waiting up to %.0f s for %d call(s) whose callbacks have not run yet",
-                     timeout, len(waiting))
-        for call in waiting:
-            call._done.wait(max(0.0, deadline - time.monotonic()))
-        left = [c for c in waiting if not c.done()]
-        if left:
-            log.warning("%d call(s) still had no result after %.0f s; their callbacks will not "
-                        "run in this process: %s", len(left), timeout,
-                        ", ".join(c.id for c in left[:5]))
-        return left
+        return self._results.wait_for_callbacks(timeout)
 
     def _flush_quietly(self, timeout: float) -> None:
         """Flush before closing or exiting: log, never raise."""
@@ -526,22 +456,16 @@ class Ivy:
         except PublishError as exc:
             log.error("closing: %s", exc)
 
-    def _consumers(self) -> list[ResultConsumer]:
-        with self._lock:
-            return [*self._retired, *([self._results] if self._results is not None else [])]
-
     def _forget(self, calls: list[Call[Any]]) -> None:
-        for consumer in self._consumers():
-            consumer.forget(calls)
+        self._results.forget(calls)
 
     def pending_calls(self) -> list[str]:
         """Ids of calls sent by this process and not settled yet."""
-        return [i for consumer in self._consumers() for i in consumer.pending_ids()]
+        return self._results.pending_ids()
 
     def _dispatch(self, body: bytes) -> None:
         """Hand one notification body to the consumers (as if it had arrived)."""
-        for consumer in self._consumers():
-            consumer.dispatch(body)
+        self._results.dispatch(body)
 
     # -- worker ------------------------------------------------------------------------------
 
@@ -588,29 +512,11 @@ class Ivy:
 
     def _message_options(self, messages: Any) -> dict[str, float]:
         """``listen({"messages": {name: {"reserveTime": s}}})`` -> {name: s}."""
-        if messages is None:
-            return {}
-        if not isinstance(messages, Mapping):
-            raise ConfigurationError(
-                f"listen's 'messages' must map task names to options, such as "
-                f"{{'pkg.task': {{'reserveTime': 3600}}}}, got {messages!r}")
-        reserve_times: dict[str, float] = {}
-        for name, options in messages.items():
-            if not isinstance(options, Mapping) or not set(options) <= {
-                    "reserveTime", "reserve_time"}:
-                raise ConfigurationError(
-                    f"listen's messages[{name!r}] = {options!r}: the one option per task is "
-                    "'reserveTime' (seconds), as in {'reserveTime': 3600}")
-            values = set(options.values())
-            value = next(iter(values)) if len(values) == 1 else None
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ConfigurationError(
-                    f"listen's messages[{name!r}] reserveTime {options!r} must be one number "
-                    "of seconds > 0")
+        reserve_times = parse_reserve_times(messages)
+        for name in reserve_times:
             if self.registry.get(name) is None:
                 log.warning("listen: messages names task %r, which is not registered here "
                             "(registered: %s)", name, ", ".join(self.registry.names()))
-            reserve_times[name] = float(value)
         return reserve_times
 
     def worker_context(self, reserve_times: Mapping[str, float] | None = None) -> WorkerContext:
@@ -633,15 +539,11 @@ class Ivy:
                 return
             self._closed = True
             workers, self._workers = self._workers, []
-            consumers = self._consumers()
-            self._results, self._retired = None, []
         self._flush_quietly(timeout)
         for worker in workers:
             worker.stop()
-        for consumer in consumers:
-            consumer.close()
-            consumer.fail_pending("IvyClosed", f"{self!r} was closed before the result of "
-                                  "this call arrived; the task may still run")
+        self._results.close("IvyClosed", f"{self!r} was closed before the result of this "
+                            "call arrived; the task may still run")
         for thing in reversed(self._owned):
             try:
                 thing.close()

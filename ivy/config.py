@@ -161,3 +161,29 @@ def make_notifier(spec: Spec = None) -> Notifier:
     config = parse_spec(spec, NOTIFIERS, "notifier")
     notifier: Notifier = _load(NOTIFIERS, config["type"]).from_config(config)
     return notifier
+
+
+def parse_reserve_times(messages: Any) -> dict[str, float]:
+    """The original's listen option ``messages: {"pkg.task": {"reserveTime": 3600}}`` ->
+    ``{"pkg.task": 3600.0}``; anything else is refused with what is accepted."""
+    if messages is None:
+        return {}
+    if not isinstance(messages, Mapping):
+        raise ConfigurationError(
+            f"listen's 'messages' must map task names to options, such as "
+            f"{{'pkg.task': {{'reserveTime': 3600}}}}, got {messages!r}")
+    reserve_times: dict[str, float] = {}
+    for name, options in messages.items():
+        if not isinstance(options, Mapping) or not set(options) <= {
+                "reserveTime", "reserve_time"}:
+            raise ConfigurationError(
+                f"listen's messages[{name!r}] = {options!r}: the one option per task is "
+                "'reserveTime' (seconds), as in {'reserveTime': 3600}")
+        values = set(options.values())
+        value = next(iter(values)) if len(values) == 1 else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ConfigurationError(
+                f"listen's messages[{name!r}] reserveTime {options!r} must be one number "
+                "of seconds > 0")
+        reserve_times[name] = float(value)
+    return reserve_times

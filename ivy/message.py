@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import fastjsonschema
 
-from ivy.errors import MessageError, SerializationError
-from ivy.serialization import Serializer, Signer, unwrap
+from ivy.errors import MessageError, MessageTooLarge, SerializationError
+from ivy.serialization import Serializer, Signer, check_arguments, unwrap
 
 PROTOCOL_VERSION = 1
 STATUSES = ("scheduled", "running", "successful", "errored")
@@ -249,3 +249,26 @@ def peek_id(body: bytes, serializer: Serializer, max_bytes: int) -> str | None:
         return None
     call_id = data.get("id") if isinstance(data, dict) else None
     return call_id if isinstance(call_id, str) else None
+
+
+def encode_call(message: Message, serializer: Serializer, *, max_depth: int,
+                max_bytes: int) -> bytes:
+    """Encode a call for the wire, refusing what no worker would take: arguments that are not
+    JSON (the error names the argument), nesting deeper than ``max_depth``, a body over
+    ``max_bytes``."""
+    try:
+        body = message.encode(serializer)
+    except SerializationError:
+        check_arguments(serializer, tuple(message.args), message.kwargs, message.name)
+        raise
+    # [args, kwargs] adds one level, which the envelope's own bracket in body covers
+    if deeper_than(body, [message.args, message.kwargs], max_depth + 1):
+        raise SerializationError(
+            f"the arguments of the call to {message.name!r} nest deeper than {max_depth} "
+            "levels: flatten them, or raise Ivy(max_depth=...)")
+    if len(body) > max_bytes:
+        raise MessageTooLarge(
+            f"the call to {message.name!r} is {len(body)} bytes once encoded, over the limit "
+            f"of {max_bytes} bytes: pass a reference (a URL, a key) instead of the data, or "
+            "raise Ivy(max_message_bytes=...)")
+    return body

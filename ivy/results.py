@@ -205,3 +205,96 @@ class ResultConsumer:
         for call in calls:
             call._settle(Notification(call.id, "errored", call.task, error={
                 "type": error_type, "message": message, "traceback": ""}))
+
+
+class Results:
+    """The producer's notification consumers: the current one, which new calls wait on, and
+    those retired by a switch of notifier, still delivering the calls sent before it. A retired
+    consumer that settled every call it held stops, and ``on_retired(notifier)`` lets the app
+    close that notifier if nothing else uses it."""
+
+    def __init__(self, channel: str, *, decode: Callable[[bytes], Notification],
+                 peek_id: Callable[[bytes], str | None], pending_ttl: float,
+                 on_retired: Callable[[Notifier], None]) -> None:
+        self.channel = channel
+        self._decode = decode
+        self._peek_id = peek_id
+        self._pending_ttl = pending_ttl
+        self._on_retired = on_retired
+        self._lock = threading.Lock()
+        self.current: ResultConsumer | None = None
+        self.retired: list[ResultConsumer] = []
+
+    @property
+    def notifier(self) -> Notifier | None:
+        current = self.current
+        return None if current is None else current.notifier
+
+    def start(self, notifier: Notifier) -> None:
+        """Receive through ``notifier`` from now on; the current consumer, if any, retires."""
+        consumer = ResultConsumer(notifier, self.channel, decode=self._decode,
+                                  peek_id=self._peek_id, pending_ttl=self._pending_ttl,
+                                  on_stopped=self._stopped)
+        with self._lock:
+            old, self.current = self.current, consumer
+            if old is not None:
+                log.info("notification consumer: switching from %s to %s; calls sent so far "
+                         "are still delivered through the old one", old.notifier.url,
+                         notifier.url)
+                old.retire()
+                self.retired.append(old)
+        consumer.start()
+
+    def _stopped(self, consumer: ResultConsumer) -> None:
+        with self._lock:
+            if consumer in self.retired:
+                self.retired.remove(consumer)
+        self._on_retired(consumer.notifier)
+
+    def consumers(self) -> list[ResultConsumer]:
+        with self._lock:
+            return [*self.retired, *([self.current] if self.current is not None else [])]
+
+    def add(self, call: Call[Any]) -> None:
+        current = self.current
+        if current is None:
+            raise RuntimeError("no notification consumer started")
+        current.add(call)
+
+    def forget(self, calls: list[Call[Any]]) -> None:
+        for consumer in self.consumers():
+            consumer.forget(calls)
+
+    def pending_ids(self) -> list[str]:
+        return [i for consumer in self.consumers() for i in consumer.pending_ids()]
+
+    def dispatch(self, body: bytes) -> None:
+        for consumer in self.consumers():
+            consumer.dispatch(body)
+
+    def wait_for_callbacks(self, timeout: float) -> list[Call[Any]]:
+        """Wait up to ``timeout`` seconds for the pending calls that have callbacks to
+        complete; return (and log) those still pending."""
+        deadline = time.monotonic() + timeout
+        waiting = [c for consumer in self.consumers() for c in consumer.pending()
+                   if c.has_callbacks]
+        if waiting:
+            log.info("waiting up to %.0f s for %d call(s) whose callbacks have not run yet",
+                     timeout, len(waiting))
+        for call in waiting:
+            call._done.wait(max(0.0, deadline - time.monotonic()))
+        left = [c for c in waiting if not c.done()]
+        if left:
+            log.warning("%d call(s) still had no result after %.0f s; their callbacks will not "
+                        "run in this process: %s", len(left), timeout,
+                        ", ".join(c.id for c in left[:5]))
+        return left
+
+    def close(self, error_type: str, message: str) -> None:
+        """Stop every consumer and settle the calls still waiting with a local error."""
+        with self._lock:
+            consumers = [*self.retired, *([self.current] if self.current is not None else [])]
+            self.current, self.retired = None, []
+        for consumer in consumers:
+            consumer.close()
+            consumer.fail_pending(error_type, message)

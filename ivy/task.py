@@ -165,6 +165,33 @@ def merge_options(options: Any, keywords: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def merge_dicts(first: Mapping[str, Any] | None, second: Mapping[str, Any]) -> dict[str, Any]:
+    """Two options dicts given in two places; the same key twice is refused."""
+    if first is None:
+        return dict(second)
+    both = set(first) & set(second)
+    if both:
+        raise ConfigurationError(f"task options {sorted(both)} given twice: give them once")
+    return {**first, **second}
+
+
+def build_task(func: Callable[..., Any], finished: Finished | None,
+               given: Mapping[str, Any]) -> Task[Any, Any]:
+    """A Task for ``func`` from merged options (None: not given, the default applies)."""
+    if isinstance(func, Task):
+        func = func.func
+    if not callable(func):
+        raise ConfigurationError(f"register_task needs a function, got {func!r}")
+    return Task(
+        func, name=given["name"] or f"{func.__module__}.{func.__qualname__}",
+        queue=given["queue"] if given["queue"] is not None else "ivy", finished=finished,
+        priority=given["priority"] if given["priority"] is not None else 0,
+        retry=bool(given["retry"]),
+        max_retries=given["max_retries"] if given["max_retries"] is not None else 0,
+        reserve_time=given["reserve_time"], timeout=given["timeout"], style=given["style"],
+        route=given["route"])
+
+
 def _noop_callback(err: Any, result: Any = None) -> None:
     """Placeholder used only to check a callback-style signature."""
 

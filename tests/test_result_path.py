@@ -165,9 +165,9 @@ def test_switching_the_notifier_delivers_old_and_new_calls() -> None:
         # When a call is pending on notifier A and the producer switches to B
         producer.start_notification_consumer(note_a)
         old = producer.delayed_call("t.gated.qa", "old")
-        old_consumer = producer._results
+        old_consumer = producer._results.current
         producer.start_notification_consumer(note_b)
-        assert producer._results is not old_consumer
+        assert producer._results.current is not old_consumer
         new = producer.delayed_call("t.gated.qb", "new")
         gates[worker_b, "qb"].set()
         # Then the new call completes through B, and the old one still through A
@@ -176,13 +176,13 @@ def test_switching_the_notifier_delivers_old_and_new_calls() -> None:
         gates[worker_a, "qa"].set()
         assert old.result(20) == "old"
         # and the old consumer stops and its notifier is closed once nothing waits on it
-        wait_for(lambda: not old_consumer.alive and not producer._retired, timeout=10,
+        wait_for(lambda: not old_consumer.alive and not producer._results.retired, timeout=10,
                  message="the retired consumer to stop")
         assert all(thing is not old_consumer.notifier for thing in producer._owned)
         # Calling again with the current notifier changes nothing
-        current = producer._results
+        current = producer._results.current
         producer.start_notification_consumer(note_b)
-        assert producer._results is current
+        assert producer._results.current is current
     finally:
         for app in (worker_a, worker_b, producer):
             for queue in ("qa", "qb"):
