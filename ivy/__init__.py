@@ -37,6 +37,7 @@ from ivy.errors import (
     TaskTimeout,
 )
 from ivy.message import PROTOCOL_VERSION, Message, Notification
+from ivy.middleware import Middleware
 from ivy.task import Task
 from ivy.worker import Worker
 
@@ -66,9 +67,9 @@ close = default.close
 
 __all__ = [
     "PROTOCOL_VERSION", "Call", "ConfigurationError", "Ivy", "IvyError", "Message",
-    "MessageError", "MessageTooLarge", "Notification", "PublishError", "PublishTimeout",
-    "RemoteTaskError", "ResultTimeout", "SerializationError", "Task", "TaskNotRegistered",
-    "TaskTimeout", "Worker", "close", "default", "delayed_call", "delayed_calls", "flush",
-    "listen", "mask_url", "register_task", "send_task", "setup_queue",
+    "MessageError", "MessageTooLarge", "Middleware", "Notification", "PublishError",
+    "PublishTimeout", "RemoteTaskError", "ResultTimeout", "SerializationError", "Task",
+    "TaskNotRegistered", "TaskTimeout", "Worker", "close", "default", "delayed_call",
+    "delayed_calls", "flush", "listen", "mask_url", "register_task", "send_task", "setup_queue",
     "start_notification_consumer", "start_notification_producer",
 ]

@@ -24,6 +24,7 @@ from ivy.message import (
     now_ms,
     peek_id,
 )
+from ivy.middleware import Middleware, Pipeline
 from ivy.notifiers.base import Notifier
 from ivy.outbox import Outbox
 from ivy.queues.base import QueueBackend
@@ -43,6 +44,7 @@ CHANNEL_PREFIX = "ivy:notify:"
 @dataclass(slots=True)
 class _Outgoing:
     call: Call[Any]
+    message: Message
     queue: str
     body: bytes
     priority: int
@@ -71,8 +73,11 @@ class Ivy:
         signing_key: str | bytes | list[str | bytes] | None = None,
         pending_ttl: float = DEFAULT_PENDING_TTL,
         exit_timeout: float = 30.0,
+        middleware: Iterable[Middleware] = (),
     ) -> None:
         self.registry = Registry()
+        #: the middleware, in order (see :mod:`ivy.middleware`)
+        self.middleware = Pipeline(middleware)
         self.max_depth = max_depth
         # An explicit key is checked now; IVY_SIGNING_KEY on first use, so that `import ivy`
         # (which builds the default instance) never fails on a bad environment.
@@ -108,6 +113,11 @@ class Ivy:
         self._closed = False
         self._workers: list[Worker] = []
         self._outbox = Outbox(self._send_failed)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add ``middleware`` after those already there. Workers started before this do not
+        see it."""
+        self.middleware.add(middleware)
 
     def __repr__(self) -> str:
         return f"<Ivy {self.producer_id}{' closed' if self._closed else ''}>"
@@ -350,6 +360,8 @@ class Ivy:
             raise error
         for out, future in zip(outs, futures, strict=True):
             self._outbox.track(out.call, future)
+            if self.middleware:
+                self.middleware.after_publish(out.message)
 
     def _send_failed(self, call: Call[Any], error: BaseException) -> None:
         """A message was not taken: the call fails with PublishError, and waits no more."""
@@ -421,6 +433,8 @@ class Ivy:
             priority=priority if priority is not None else (
                 registered.priority if registered else 0),
             eta=created + int(delay * 1000) if delay else None, created_ms=created)
+        if self.middleware:
+            self.middleware.before_publish(message)
         body = encode_call(message, self.serializer, max_depth=self.max_depth,
                            max_bytes=self.max_message_bytes)
         call: Call[Any] = Call(message.id, name, target_queue)
@@ -429,8 +443,8 @@ class Ivy:
         if registered is not None and registered.finished is not None:
             call.add_done_callback(finished_adapter(registered.finished))
         self._current_results().add(call)
-        return _Outgoing(call, target_queue, self.seal(body), message.priority, delay or 0.0,
-                         registered.route if registered is not None else None)
+        return _Outgoing(call, message, target_queue, self.seal(body), message.priority,
+                         delay or 0.0, registered.route if registered is not None else None)
 
     def seal(self, body: bytes) -> bytes:
         """Sign an encoded message or notification when a signing key is configured."""
@@ -526,7 +540,7 @@ class Ivy:
         return WorkerContext(
             registry=self.registry, serializer=self.serializer, backoff=self.backoff,
             max_message_bytes=self.max_message_bytes, max_depth=self.max_depth,
-            signer=self.signer, reserve_times=reserve_times or {})
+            signer=self.signer, reserve_times=reserve_times or {}, middleware=self.middleware)
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait up to ``timeout`` seconds for unconfirmed messages (logging what stays

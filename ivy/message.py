@@ -72,6 +72,9 @@ class Message:
     eta: int | None = None
     created_ms: int | None = None
     legacy: bool = False
+    #: context that travels with the call (W3C ``traceparent`` / ``tracestate`` from the
+    #: OpenTelemetry middleware, or a middleware's own); string values; kept across retries
+    headers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +87,8 @@ class Message:
             reply_to=self.reply_to, attempt=self.attempt, max_retries=self.max_retries,
             priority=self.priority, eta=self.eta, created_ms=self.created_ms,
         )
+        if self.headers:
+            data["headers"] = self.headers
         return data
 
     def encode(self, serializer: Serializer) -> bytes:
@@ -92,7 +97,7 @@ class Message:
 
 _MESSAGE_KEYS = frozenset(
     ("ivy", "id", "name", "args", "kwargs", "options", "queue", "reply_to", "attempt",
-     "max_retries", "priority", "eta", "created_ms")
+     "max_retries", "priority", "eta", "created_ms", "headers")
 )
 
 
@@ -180,6 +185,7 @@ def decode_message(
         options=data.get("options", {}), queue=data.get("queue"), reply_to=data.get("reply_to"),
         attempt=data.get("attempt", 0), max_retries=data.get("max_retries", 0),
         priority=data.get("priority", 0), eta=data.get("eta"), created_ms=data.get("created_ms"),
+        headers=data.get("headers") or {},
         extra={k: v for k, v in data.items() if k not in _MESSAGE_KEYS},
     )
 

@@ -46,6 +46,7 @@ from ivy.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
 from ivy.execution import Executor
 from ivy.execution import error_info as error_info
 from ivy.message import Message, Notification, decode_message, now_ms
+from ivy.middleware import Pipeline
 from ivy.notifiers.base import Notifier
 from ivy.outcomes import ERROR_MESSAGE_CHARS as ERROR_MESSAGE_CHARS
 from ivy.outcomes import ERROR_TRACEBACK_CHARS as ERROR_TRACEBACK_CHARS
@@ -87,6 +88,8 @@ class WorkerContext:
     max_depth: int
     signer: Signer | None = None
     reserve_times: Mapping[str, float] = field(default_factory=dict)
+    #: the app's middleware; the worker calls its task, retry and dead-letter hooks
+    middleware: Pipeline = field(default_factory=Pipeline)
 
     def __post_init__(self) -> None:
         # a private read-only copy: the caller's dict changing later does not reach the worker
@@ -411,13 +414,13 @@ class Worker:
             task = self.context.registry.get(message.name)
             if task is None:
                 reason = self.context.registry.not_registered_message(message.name, delivery.queue)
-                self._reject(delivery, reason, _fields(message))
+                self._reject(delivery, reason, _fields(message), message)
                 return
             try:
                 task.check_arguments(message.args, message.kwargs)
             except TypeError as exc:
                 self._reject(delivery, f"wrong arguments for task {task.name!r}: {exc}",
-                             _fields(message))
+                             _fields(message), message)
                 return
             if message.eta is not None and message.eta > now_ms() + 5:
                 delivery.defer((message.eta - now_ms()) / 1000)  # not an attempt
@@ -451,7 +454,12 @@ class Worker:
                     held.lease, held.next_extend = lease, now + lease / 3
         if lease != self.reserve_time:
             delivery.extend(lease)
+        middleware = self.context.middleware
+        if middleware:
+            middleware.before_task(message)
         ok, value = self._executor.run(task, message)
+        if middleware:
+            middleware.after_task(message, value if ok else None, None if ok else value)
         if ok:
             self._recorder.record(message, Notification(
                 message.id, "successful", message.name, result=value, attempt=message.attempt,
@@ -465,14 +473,18 @@ class Worker:
             log.warning("task %s [%s] failed (attempt %d of %d): %s: %s; retrying in %.2f s",
                         message.name, message.id, message.attempt + 1, retries + 1,
                         value["type"], value["message"], delay)
+            if middleware:
+                middleware.on_retry(message, value, delay)
             message.attempt += 1
             delivery.retry(delay, self._recorder.body(message))
             return
         self._recorder.record(message, self._recorder.errored(message, value))
         if retries:
-            delivery.dead_letter(
-                f"task {message.name!r} failed {message.attempt + 1} times; last error "
-                f"{value['type']}: {value['message']}")
+            reason = (f"task {message.name!r} failed {message.attempt + 1} times; last error "
+                      f"{value['type']}: {value['message']}")
+            delivery.dead_letter(reason)
+            if middleware:
+                middleware.on_dead_letter(message, reason)
             log.error("task %s [%s] failed after %d attempts; dead-lettered: %s: %s",
                       message.name, message.id, message.attempt + 1, value["type"],
                       value["message"])
@@ -481,12 +493,15 @@ class Worker:
             log.info("task %s [%s] failed: %s: %s", message.name, message.id, value["type"],
                      value["message"])
 
-    def _reject(self, delivery: Delivery, reason: str, fields: dict[str, Any]) -> None:
+    def _reject(self, delivery: Delivery, reason: str, fields: dict[str, Any],
+                message: Message | None = None) -> None:
         """Dead-letter a message that cannot run, and tell its producer when we can."""
         log.error("worker %s: dead-lettering a message from %s: %s", self.name, delivery.queue,
                   reason)
         self._recorder.rejected(reason, fields)
         delivery.dead_letter(reason)
+        if self.context.middleware:
+            self.context.middleware.on_dead_letter(message, reason)
 
 
 @contextlib.contextmanager
