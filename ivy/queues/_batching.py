@@ -49,6 +49,13 @@ class BatchSender:
         self._thread: threading.Thread | None = None
         self._closed = False
 
+    def send(self, queue: str, bodies: list[bytes], *, priority: int = 0, delay: float = 0.0,
+             route: str | None = None) -> list[Future[None]]:
+        """Queue bodies for writing: the futures that a backend's ``send_many`` returns."""
+        items = [Outgoing(queue, body, priority, delay, route) for body in bodies]
+        self.submit(items)
+        return [item.future for item in items]
+
     def submit(self, items: list[Outgoing]) -> None:
         with self._cond:
             if self._closed:
@@ -90,3 +97,11 @@ class BatchSender:
             left, self._items = self._items, []
         for item in left:
             item.future.set_exception(RuntimeError(f"{self._name}: closed before it was sent"))
+
+
+def by_queue(batch: list[Outgoing]) -> dict[str, list[int]]:
+    """The positions in ``batch`` of each queue's messages, for writers that send per queue."""
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(batch):
+        groups.setdefault(item.queue, []).append(index)
+    return groups

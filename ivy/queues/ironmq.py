@@ -47,7 +47,7 @@ import iron_mq
 import requests
 
 from ivy.errors import ConfigurationError
-from ivy.queues._batching import BatchSender, Outgoing
+from ivy.queues._batching import BatchSender, Outgoing, by_queue
 from ivy.queues.base import Consumer, DeadLetter, Delivery, LongPollConsumer, QueueBackend
 
 log = logging.getLogger("ivy.ironmq")
@@ -190,16 +190,11 @@ class IronMQQueueBackend(QueueBackend):
                   delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
         """Asynchronous sends through a background thread that joins what producers hand it
         meanwhile into posts of up to 100 messages."""
-        items = [Outgoing(queue, body, priority, delay, route) for body in bodies]
-        self._sender.submit(items)
-        return [item.future for item in items]
+        return self._sender.send(queue, bodies, priority=priority, delay=delay, route=route)
 
     def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
         errors: list[BaseException | None] = [None] * len(batch)
-        by_queue: dict[str, list[int]] = {}
-        for index, item in enumerate(batch):
-            by_queue.setdefault(item.queue, []).append(index)
-        for queue, indexes in by_queue.items():
+        for queue, indexes in by_queue(batch).items():
             try:
                 self.queue(queue).post(*[
                     {"body": _text(batch[i].body),

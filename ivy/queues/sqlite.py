@@ -178,9 +178,7 @@ class SQLiteQueueBackend(QueueBackend):
                   delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
         """Asynchronous sends: a background thread writes what producers hand it meanwhile in
         one transaction; each future completes once its row is committed."""
-        items = [Outgoing(queue, body, priority, delay, route) for body in bodies]
-        self._sender.submit(items)
-        return [item.future for item in items]
+        return self._sender.send(queue, bodies, priority=priority, delay=delay, route=route)
 
     def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
         now = time.time()

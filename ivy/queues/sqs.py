@@ -41,7 +41,7 @@ import botocore.config
 import botocore.exceptions
 
 from ivy.errors import ConfigurationError, MessageTooLarge, PublishError
-from ivy.queues._batching import BatchSender, Outgoing
+from ivy.queues._batching import BatchSender, Outgoing, by_queue
 from ivy.queues.base import Consumer, DeadLetter, Delivery, LongPollConsumer, QueueBackend
 
 MAX_MESSAGE_BYTES = 262_144
@@ -166,16 +166,11 @@ class SQSQueueBackend(QueueBackend):
         refused here, at once, with :class:`ivy.MessageTooLarge`."""
         for body in bodies:
             self._entry(queue, body, delay)  # the size check, before anything is queued
-        items = [Outgoing(queue, body, priority, delay, route) for body in bodies]
-        self._sender.submit(items)
-        return [item.future for item in items]
+        return self._sender.send(queue, bodies, priority=priority, delay=delay, route=route)
 
     def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
         errors: list[BaseException | None] = [None] * len(batch)
-        by_queue: dict[str, list[int]] = {}
-        for index, item in enumerate(batch):
-            by_queue.setdefault(item.queue, []).append(index)
-        for queue, indexes in by_queue.items():
+        for queue, indexes in by_queue(batch).items():
             try:
                 url = self.queue_url(queue)
                 for start in range(0, len(indexes), 10):
