@@ -184,7 +184,11 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
             """Send calls as fast as one thread can while another closes the producer's
             connections from the broker's side, and 0.3 s beyond. The burst's calls are extra
             (numbered from n + 1,000,000 on), so the plan of the other faults stands."""
+            deadline = time.monotonic() + 60
             pids = producer_connections(rabbit)
+            while not pids and time.monotonic() < deadline:  # still reconnecting after a
+                time.sleep(0.5)  # restart (its backoff grows while the node is down)
+                pids = producer_connections(rabbit)
             losses = len(unconfirmed_at_loss)
             closer = threading.Thread(target=close_connections, args=(rabbit, pids))
             j = n + 1_000_000 * (1 + done_faults["close"])
