@@ -2,11 +2,14 @@
 Dramatiq, each with one worker process of 4 threads (run by hand; results in
 docs/benchmarks.md).
 
-For each: N trivial tasks sent as fast as possible, every result awaited (tasks/s from the first
-send to the last result); M sequential round trips (p50/p99 latency); the worker's peak RSS
-(VmHWM of its process tree). ivy is measured twice: calls sent one by one with
-``delayed_call`` (each returns once RabbitMQ confirmed it), and the same batch sent with
-``delayed_calls`` (confirms pipelined).
+For each: N trivial tasks sent as fast as possible, every result awaited, twice: sent one at a
+time by one producer thread, and by 4 producer threads sending N/4 each. Two rates come of it:
+the enqueue rate (calls/s from the first send until the last ``delayed_call``, ``send`` or
+``delay`` returned) and the end-to-end rate (tasks/s from the first send to the last result).
+For ivy, whose ``delayed_call`` returns once the message is handed over, the rate including
+``flush()`` (every publisher confirm back) is reported too: the enqueue rate is not "stored".
+Then M sequential round trips (p50/p99 latency) and the worker's peak RSS (VmHWM of its process
+tree). ivy's one-thread mode has a second row: the same batch sent with ``delayed_calls``.
 
 All the workers run side by side for the whole run, and the measurements take the systems in
 turn (throughput in ``--rounds`` rounds, round trips in blocks of ``--block`` calls), so that
@@ -14,13 +17,19 @@ the machine's drift over seconds is shared by all of them (see :func:`run`).
 
     pip install -e '.[bench]'
     python benchmarks/brokers.py [--n 5000] [--latency-n 500] [--chart docs/benchmarks-brokers.png]
+
+The shared machine's services are used with a vhost and a Redis DB of the benchmark's own:
+``BENCH_AMQP_URL`` (default the ``/`` vhost) and ``BENCH_REDIS_URL`` (default DB 10; every
+system keeps its results there, under keys of its own).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import queue as queue_module
 import random
 import signal
 import statistics
@@ -30,6 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,17 +48,76 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 IVY_AMQP = os.environ.get("BENCH_IVY_AMQP_URL", AMQP)
-REDIS = "redis://127.0.0.1:6379/11"
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+for _var in ("BENCH_FLOOR_REDIS", "BENCH_CELERY_REDIS", "BENCH_DRAMATIQ_REDIS"):
+    os.environ.setdefault(_var, REDIS)  # read by the peers' apps here and in their workers
+THREADS = 4
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+
+
+@dataclass
+class Rate:
+    """Seconds spent over the throughput rounds of one producer mode (1 or 4 threads)."""
+
+    sent: int = 0
+    enqueue: float = 0.0  # first send -> the last send returned
+    flushed: float = 0.0  # first send -> flush() returned (ivy only)
+    e2e: float = 0.0  # first send -> the last result in hand
 
 
 @dataclass
 class Result:
     name: str
-    throughput: float
+    rates: dict[int, Rate]
     p50: float
     p99: float
     rss_mb: float
+
+    def e2e(self, threads: int) -> float | None:
+        r = self.rates.get(threads)
+        return r.sent / r.e2e if r and r.sent else None
+
+    def enqueue(self, threads: int) -> float | None:
+        r = self.rates.get(threads)
+        return r.sent / r.enqueue if r and r.sent else None
+
+    def flushed(self, threads: int) -> float | None:
+        r = self.rates.get(threads)
+        return r.sent / r.flushed if r and r.sent and r.flushed else None
+
+
+class Producers:
+    """Producer threads that live for the whole run (clients that keep a connection per thread
+    keep it), each running the jobs handed to it."""
+
+    def __init__(self, count: int) -> None:
+        self.inboxes: list[queue_module.SimpleQueue[Any]] = []
+        for k in range(count):
+            inbox: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
+            self.inboxes.append(inbox)
+            threading.Thread(target=self._serve, args=(inbox,), daemon=True,
+                             name=f"producer-{k}").start()
+
+    @staticmethod
+    def _serve(inbox: queue_module.SimpleQueue[Any]) -> None:
+        while True:
+            job, future = inbox.get()
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # handed to the caller
+                future.set_exception(exc)
+
+    def map(self, jobs: list[Callable[[], Any]]) -> list[Any]:
+        """Run job k on thread k, all at once; return their results in order."""
+        futures: list[Future[Any]] = []
+        for inbox, job in zip(self.inboxes, jobs, strict=True):
+            future: Future[Any] = Future()
+            inbox.put((job, future))
+            futures.append(future)
+        return [f.result() for f in futures]
+
+
+PRODUCERS = Producers(THREADS)
 
 
 def tree_peak_rss_mb(pid: int) -> float:
@@ -112,17 +181,37 @@ class System:
     worker: subprocess.Popen[bytes]
     send_batch: Callable[[int], list[Any]] | None = None
     close: Callable[[], None] = lambda: None
-    sent: int = 0
-    seconds: float = 0.0
+    flush: Callable[[], None] | None = None
+    modes: tuple[int, ...] = (1, THREADS)
+    rates: dict[int, Rate] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
 
-    def throughput_round(self, n: int) -> None:
-        started = time.perf_counter()
-        handles = self.send_batch(n) if self.send_batch else [self.send(i) for i in range(n)]
+    def throughput_round(self, n: int, threads: int) -> None:
+        """n calls sent by ``threads`` producer threads (n/threads each, one at a time), then
+        every result awaited."""
+        send = self.send
+        if threads == 1:
+            started = time.perf_counter()
+            handles = self.send_batch(n) if self.send_batch else [send(i) for i in range(n)]
+        else:
+            share = n // threads
+            n = share * threads
+            jobs = [lambda k=k: [send(i) for i in range(k * share, (k + 1) * share)]
+                    for k in range(threads)]
+            started = time.perf_counter()
+            handles = [h for part in PRODUCERS.map(jobs) for h in part]
+        enqueued = time.perf_counter()
+        if self.flush is not None:
+            self.flush()
+        flushed = time.perf_counter()
         for i, h in enumerate(handles):
             assert self.wait(h) == i
-        self.seconds += time.perf_counter() - started
-        self.sent += n
+        ended = time.perf_counter()
+        rate = self.rates.setdefault(threads, Rate())
+        rate.sent += n
+        rate.enqueue += enqueued - started
+        rate.flushed += (flushed - started) if self.flush is not None else 0.0
+        rate.e2e += ended - started
 
     def latency_round(self, n: int, warm: int = 0) -> None:
         for i in range(warm + n):
@@ -133,13 +222,14 @@ class System:
 
     def result(self) -> Result:
         lat = sorted(self.latencies)
-        return Result(self.name, self.sent / self.seconds, statistics.median(lat),
+        return Result(self.name, self.rates, statistics.median(lat),
                       lat[max(0, int(len(lat) * 0.99) - 1)], tree_peak_rss_mb(self.worker.pid))
 
 
 def start_ivy() -> list[System]:
     """ivy twice on one worker: calls one by one (``delayed_call``), and batches
-    (``delayed_calls``); their sequential round trips are the same code."""
+    (``delayed_calls``, one producer thread only); their sequential round trips are the same
+    code. Each round ends with ``flush()``, timed apart."""
     import bench_tasks
 
     import ivy
@@ -161,10 +251,13 @@ def start_ivy() -> list[System]:
     def wait(call: Any) -> Any:
         return call.result(120)
 
-    return [System("ivy (delayed_call)", send, wait, worker),
+    def flush() -> None:
+        app.flush(120)
+
+    return [System("ivy (delayed_call)", send, wait, worker, flush=flush),
             System("ivy (delayed_calls)", send, wait, worker,
                    lambda k: app.delayed_calls(bench_tasks.noop, [(i,) for i in range(k)]),
-                   close)]
+                   close, flush=flush, modes=(1,))]
 
 
 def start_floor() -> list[System]:
@@ -176,7 +269,7 @@ def start_floor() -> list[System]:
     channel_name = f"floor:{uuid.uuid4().hex}"
     events: dict[str, threading.Event] = {}
     values: dict[str, Any] = {}
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/12")
+    r = redis.Redis.from_url(REDIS)
     pubsub = r.pubsub()
     pubsub.subscribe(channel_name)
     pubsub.get_message(timeout=5)
@@ -192,16 +285,24 @@ def start_floor() -> list[System]:
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-    channel = conn.channel()
-    channel.queue_declare("bench_floor", durable=True)
-    channel.confirm_delivery()
+    local = threading.local()  # a BlockingConnection is used by one thread: one per producer
+    conns: list[Any] = []
+
+    def channel() -> Any:
+        if not hasattr(local, "channel"):
+            conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+            conns.append(conn)
+            local.channel = conn.channel()
+            local.channel.queue_declare("bench_floor", durable=True)
+            local.channel.confirm_delivery()
+        return local.channel
+
     props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
     def send(i: int) -> str:
         call_id = uuid.uuid4().hex
         events.setdefault(call_id, threading.Event())
-        channel.basic_publish("", "bench_floor", json.dumps(
+        channel().basic_publish("", "bench_floor", json.dumps(
             {"id": call_id, "reply_to": channel_name, "args": [i]}).encode(), props)
         return call_id
 
@@ -214,7 +315,9 @@ def start_floor() -> list[System]:
         listener.join(2)
         pubsub.close()
         r.close()
-        conn.close()
+        for conn in conns:  # some are other threads' connections: the run is over
+            with contextlib.suppress(Exception):
+                conn.close()
         stop(worker, signal.SIGINT)
 
     return [System("floor (pika + redis-py)", send, wait, worker, None, close)]
@@ -244,20 +347,26 @@ def start_dramatiq() -> list[System]:
 
 def run(systems: list[System], n: int, latency_n: int, rounds: int, block: int) -> None:
     """Every system's worker runs from start to end; the measurements go round the systems in
-    turn (``rounds`` throughput rounds of n/rounds tasks, then sequential blocks of ``block``
-    calls), so that a machine whose speed drifts over seconds (this one does, by 10-20%)
-    weighs on every system alike instead of on whichever ran during a slow minute. Each turn
-    takes the systems in a new order (seeded, so runs compare), and each block of round
-    trips starts with 5 calls left out of the figures: the first calls after another system
-    ran are slower (its threads slept, caches went cold), which would otherwise favour a
-    system measured right after itself (the two ivy rows share a worker)."""
+    turn (``rounds`` throughput rounds of n/rounds tasks, each round in both producer modes,
+    then sequential blocks of ``block`` calls), so that a machine whose speed drifts over
+    seconds (this one does, by 10-20%) weighs on every system alike instead of on whichever
+    ran during a slow minute. Each turn takes the systems in a new order (seeded, so runs
+    compare), and each block of round trips starts with 5 calls left out of the figures: the
+    first calls after another system ran are slower (its threads slept, caches went cold),
+    which would otherwise favour a system measured right after itself (the two ivy rows share
+    a worker)."""
     order = random.Random(7)
-    for s in systems:  # warm-up: worker ready, connections open, imports done
+    for s in systems:  # warm-up: worker ready, connections open (one per thread), imports done
         s.latency_round(20)
         s.latencies.clear()
+        for threads in s.modes:
+            s.throughput_round(40, threads)
+        s.rates.clear()
     for _ in range(rounds):
-        for s in order.sample(systems, len(systems)):
-            s.throughput_round(n // rounds)
+        for threads in (1, THREADS):
+            for s in order.sample(systems, len(systems)):
+                if threads in s.modes:
+                    s.throughput_round(n // rounds, threads)
     for _ in range(max(1, latency_n // block)):
         for s in order.sample(systems, len(systems)):
             s.latency_round(block, warm=5)
@@ -270,23 +379,69 @@ def chart(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [r.name for r in results]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    colors = ["#2a7" if "ivy" in n else "#888" for n in names]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.6))
+    height = 0.38
+    ys = list(range(len(names)))
+    for ax, metric, title in ((axes[0], Result.e2e, "end-to-end, tasks/s"),
+                              (axes[1], Result.enqueue, "enqueue rate, calls/s")):
+        for k, (threads, shade) in enumerate(((1, 1.0), (THREADS, 0.55))):
+            values = [metric(r, threads) or 0.0 for r in results]
+            bars = ax.barh([y + (k - 0.5) * height for y in ys], values, height,
+                           color=colors, alpha=shade,
+                           label=f"{threads} producer thread{'s' if threads > 1 else ''}")
+            ax.bar_label(bars, labels=[f"{v:,.0f}" if v else "" for v in values], padding=3,
+                         fontsize=8)
+        ax.set_title(f"{title} (higher is better)", fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
     for ax, values, title in (
-        (axes[0], [r.throughput for r in results], "throughput, tasks/s (higher is better)"),
-        (axes[1], [r.p50 for r in results], "sequential round trip p50, ms (lower is better)"),
-        (axes[2], [r.rss_mb for r in results], "worker peak RSS, MB (lower is better)"),
+        (axes[2], [r.p50 for r in results], "sequential round trip p50, ms (lower is better)"),
+        (axes[3], [r.rss_mb for r in results], "worker peak RSS, MB (lower is better)"),
     ):
-        bars = ax.barh(names, values, color=["#2a7" if "ivy" in n else "#888" for n in names])
+        bars = ax.barh(ys, values, color=colors)
         ax.bar_label(bars, fmt="%.0f" if values[0] > 20 else "%.2f", padding=3)
         ax.set_title(title, fontsize=10)
+    for ax in axes:
+        ax.set_yticks(ys)
+        ax.set_yticklabels(names if ax is axes[0] else [])
         ax.invert_yaxis()
-        ax.margins(x=0.25)
-    for ax in axes[1:]:
-        ax.set_yticklabels([])
+        ax.margins(x=0.3)
     fig.suptitle("RabbitMQ broker + Redis results, one worker process with 4 threads, "
-                 "trivial tasks", fontsize=11)
+                 "trivial tasks; n calls sent one at a time by 1 or 4 producer threads",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def fmt(value: float | None) -> str:
+    return f"{value:,.0f}" if value else "-"
+
+
+def report(results: list[Result]) -> None:
+    print(f"| {'system':<24} | producers | {'enqueue/s':>9} | {'+flush/s':>9} | "
+          f"{'tasks/s':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'RSS MB':>6} |")
+    print(f"| {'-' * 24} | --------: | {'-' * 8}: | {'-' * 8}: | {'-' * 7}: | {'-' * 5}: | "
+          f"{'-' * 5}: | {'-' * 5}: |")
+    for r in results:
+        for threads in sorted(r.rates):
+            print(f"| {r.name:<24} | {threads:>9} | {fmt(r.enqueue(threads)):>9} | "
+                  f"{fmt(r.flushed(threads)):>9} | {fmt(r.e2e(threads)):>8} | {r.p50:>6.2f} | "
+                  f"{r.p99:>6.2f} | {r.rss_mb:>6.1f} |", flush=True)
+    by = {r.name: r for r in results}
+    for ivy_r in (r for r in results if r.name.startswith("ivy")):
+        for other in ("floor (pika + redis-py)", "Dramatiq", "Celery 5"):
+            if other not in by:
+                continue
+            o = by[other]
+            parts = []
+            for threads in sorted(ivy_r.rates):
+                e2e, o_e2e = ivy_r.e2e(threads), o.e2e(threads)
+                enq, o_enq = ivy_r.enqueue(threads), o.enqueue(threads)
+                if e2e and o_e2e and enq and o_enq:
+                    parts.append(f"{threads} thread(s): end-to-end x{e2e / o_e2e:.2f}, "
+                                 f"enqueue x{enq / o_enq:.2f}")
+            print(f"{ivy_r.name} / {other}: {'; '.join(parts)}; p50 x{ivy_r.p50 / o.p50:.2f}, "
+                  f"RSS x{ivy_r.rss_mb / o.rss_mb:.2f}")
 
 
 def main() -> None:
@@ -297,7 +452,7 @@ def main() -> None:
     parser.add_argument("--only", action="append",
                         choices=["ivy", "floor", "celery", "dramatiq"])
     parser.add_argument("--rounds", type=int, default=5,
-                        help="throughput rounds per system, taken in turn (default 5)")
+                        help="throughput rounds per system and mode, taken in turn (default 5)")
     parser.add_argument("--block", type=int, default=25,
                         help="sequential calls per system per turn (default 25)")
     args = parser.parse_args()
@@ -307,9 +462,10 @@ def main() -> None:
         "celery": start_celery,
         "dramatiq": start_dramatiq,
     }
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; n={args.n} in "
-          f"{args.rounds} rounds, sequential n={args.latency_n} in blocks of {args.block}, "
-          "systems taken in turn")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load "
+          f"{os.getloadavg()[0]:.2f}; n={args.n} in {args.rounds} rounds, by 1 and by "
+          f"{THREADS} producer threads, sequential n={args.latency_n} in blocks of "
+          f"{args.block}, systems taken in turn")
     systems: list[System] = []
     try:
         for key in args.only or list(starters):
@@ -319,19 +475,8 @@ def main() -> None:
     finally:
         for s in systems:
             s.close()
-    print(f"| {'system':<24} | {'tasks/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'RSS MB':>6} |")
-    print(f"| {'-' * 24} | {'-' * 8}: | {'-' * 6}: | {'-' * 6}: | {'-' * 5}: |")
-    for r in results:
-        print(f"| {r.name:<24} | {r.throughput:>8.0f} | {r.p50:>7.2f} | {r.p99:>7.2f} | "
-              f"{r.rss_mb:>6.1f} |", flush=True)
-    by = {r.name: r for r in results}
-    ivy_runs = [r for r in results if r.name.startswith("ivy")]
-    for ivy_r in ivy_runs:
-        for other in ("floor (pika + redis-py)", "Dramatiq", "Celery 5"):
-            if other in by:
-                o = by[other]
-                print(f"{ivy_r.name} / {other}: throughput x{ivy_r.throughput / o.throughput:.2f}, "
-                      f"p50 x{ivy_r.p50 / o.p50:.2f}")
+    report(results)
+    print(f"load at the end {os.getloadavg()[0]:.2f}")
     if args.chart:
         chart(results, args.chart)
         print(f"chart: {args.chart}")

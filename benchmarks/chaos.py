@@ -1,14 +1,22 @@
 """Chaos soak: N calls through RabbitMQ + Redis with two worker processes while workers are
-SIGKILLed (and restarted), Redis restarts and RabbitMQ restarts. Prints one summary line:
-calls sent, results received, results lost (must be 0), calls whose callback ran more than once
-(must be 0), task bodies executed more than once (allowed: delivery is at least once), and the
-wall time.
+SIGKILLed (and restarted), Redis restarts, RabbitMQ restarts, and the producer's RabbitMQ
+connection is closed by the broker while calls are unconfirmed. Prints one summary line: calls
+sent, results received, calls failed loudly (PublishError), calls silently lost (neither: must
+be 0), calls whose callback ran more than once (must be 0), task bodies executed more than once
+(allowed: delivery is at least once), and the wall time.
+
+The connection-close fault: while a burst of calls is being sent (one ``send_task`` after
+another, confirms asynchronous), ``rabbitmqctl close_connection`` closes every connection of
+this process on the node. For the calls of that burst the line shows how many completed, failed
+loudly or were lost, and how many messages were unconfirmed when the connection went
+(``unconfirmed_at_close``: the ones ivy must send again on the next connection).
 
 It starts its own redis-server (AOF, fsync always) and its own RabbitMQ node (own
 RABBITMQ_NODENAME, ports, config and data folder, 127.0.0.1 only) on free ports, so the
 machine's services are never touched. Needs root (RabbitMQ runs as the rabbitmq user).
 
     python benchmarks/chaos.py [--n 10000] [--kills 5] [--redis-restarts 1] [--rabbit-restarts 1]
+                               [--connection-closes 1]
 
 tests/test_chaos.py runs a short form.
 """
@@ -51,18 +59,73 @@ class Summary:
     rabbit_restarts: int
     send_retries: int
     wall: float
+    failed_loudly: int = 0
+    connection_closes: int = 0
+    close_burst: int = 0  # calls sent in the bursts during which the connection was closed
+    close_completed: int = 0
+    close_failed_loudly: int = 0
+    close_lost: int = 0
+    unconfirmed_at_close: int = 0
 
     def line(self) -> str:
-        return (f"chaos: sent={self.sent} received={self.received} lost={self.lost} "
+        return (f"chaos: sent={self.sent} received={self.received} "
+                f"failed_loudly={self.failed_loudly} lost={self.lost} "
                 f"double_callbacks={self.double_callbacks} "
                 f"executed_more_than_once={self.executed_more_than_once} "
                 f"kills={self.kills} redis_restarts={self.redis_restarts} "
-                f"rabbit_restarts={self.rabbit_restarts} send_retries={self.send_retries} "
-                f"wall={self.wall:.1f}s")
+                f"rabbit_restarts={self.rabbit_restarts} "
+                f"connection_closes={self.connection_closes} "
+                f"[burst={self.close_burst} unconfirmed_at_close={self.unconfirmed_at_close} "
+                f"completed={self.close_completed} failed_loudly={self.close_failed_loudly} "
+                f"lost={self.close_lost}] "
+                f"send_retries={self.send_retries} wall={self.wall:.1f}s")
+
+
+def own_amqp_ports(server_port: int) -> set[int]:
+    """Local ports of this process's TCP connections to ``server_port`` (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            if (state == "01" and inode in inodes
+                    and int(remote.rsplit(":", 1)[1], 16) == server_port):
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def producer_connections(rabbit: PrivateRabbit) -> list[str]:
+    """The broker's ids (Erlang pids) of every connection of this process to ``rabbit``."""
+    ports = own_amqp_ports(rabbit.port)
+    listed = subprocess.run(
+        ["rabbitmqctl", "-n", rabbit.node, "list_connections", "pid", "peer_port", "--quiet",
+         "--no-table-headers"], env=rabbit.env, capture_output=True, text=True, timeout=60)
+    return [parts[0] for parts in map(str.split, listed.stdout.splitlines())
+            if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) in ports]
+
+
+def close_connections(rabbit: PrivateRabbit, pids: list[str]) -> None:
+    """Close connections from the broker's side, as an operator or a broker failover does."""
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-n", rabbit.node, "close_connection", pid,
+                        "chaos: the producer's connection closed by the broker"],
+                       env=rabbit.env, capture_output=True, timeout=60)
 
 
 def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restarts: int = 1,
-        batch: int = 50, log: Any = print) -> Summary:
+        batch: int = 50, log: Any = print, connection_closes: int = 0) -> Summary:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ivy-chaos-") as tmp:
         base = Path(tmp)
@@ -98,7 +161,59 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
 
             return done
 
-        faults = ["kill"] * kills + ["redis"] * redis_restarts + ["rabbit"] * rabbit_restarts
+        # how many messages were unconfirmed (handed to the lost channel) when a connection of
+        # the publisher went: read from the backend just before its own handler runs
+        backend: Any = app.queue_backend
+        unconfirmed_at_loss: list[int] = []
+        original_lost = backend._publisher_lost
+
+        def publisher_lost() -> None:
+            with backend._lock:
+                unconfirmed_at_loss.append(sum(
+                    1 for p in backend._unconfirmed if p.handed and not p.future.done()))
+            original_lost()
+
+        backend._publisher_lost = publisher_lost
+        burst_calls: list[ivy.Call[Any]] = []
+        unconfirmed_at_close: list[int] = []
+
+        def send(j: int) -> ivy.Call[Any]:
+            return app.send_task(chaos_tasks.work, (j, uuid.uuid4().hex), callback=callback(j))
+
+        def close_during_burst() -> None:
+            """Send calls as fast as one thread can while another closes the producer's
+            connections from the broker's side, and 0.3 s beyond. The burst's calls are extra
+            (numbered from n + 1,000,000 on), so the plan of the other faults stands."""
+            deadline = time.monotonic() + 60
+            pids = producer_connections(rabbit)
+            while not pids and time.monotonic() < deadline:  # still reconnecting after a
+                time.sleep(0.5)  # restart (its backoff grows while the node is down)
+                pids = producer_connections(rabbit)
+            losses = len(unconfirmed_at_loss)
+            closer = threading.Thread(target=close_connections, args=(rabbit, pids))
+            j = n + 1_000_000 * (1 + done_faults["close"])
+            closer.start()
+            until = None
+            while until is None or time.monotonic() < until:
+                if until is None and not closer.is_alive():
+                    until = time.monotonic() + 0.3
+                try:
+                    sent = [send(k) for k in range(j, j + batch)]
+                except ivy.IvyError as exc:  # refused at once: loud, and a user would retry
+                    log(f"chaos: send failed during the close ({exc}); retrying")
+                    time.sleep(0.05)
+                    continue
+                calls.extend(sent)
+                burst_calls.extend(sent)
+                j += batch
+            closer.join()
+            unconfirmed_at_close.append(sum(unconfirmed_at_loss[losses:]))
+            log(f"chaos: closed {len(pids)} producer connection(s) during a burst of "
+                f"{len(burst_calls)} calls; {unconfirmed_at_close[-1]} message(s) were "
+                "unconfirmed at the loss")
+
+        faults = (["kill"] * kills + ["redis"] * redis_restarts + ["rabbit"] * rabbit_restarts
+                  + ["close"] * connection_closes)
         random.shuffle(faults)
         plan = [(int(n * (0.1 + 0.7 * k / max(1, len(faults)))), f)
                 for k, f in enumerate(faults)]
@@ -118,6 +233,8 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                     elif fault == "redis":
                         redis.stop()
                         redis.start()
+                    elif fault == "close":
+                        close_during_burst()
                     else:
                         rabbit.stop()
                         rabbit.start()
@@ -125,8 +242,7 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                     log(f"chaos: {fault} at call {i}")
                 size = min(batch, n - i)
                 try:
-                    sent = [app.send_task(chaos_tasks.work, (j, uuid.uuid4().hex),
-                                          callback=callback(j)) for j in range(i, i + size)]
+                    sent = [send(j) for j in range(i, i + size)]
                 except ivy.IvyError as exc:  # the broker is away: a user would retry
                     send_retries += 1
                     log(f"chaos: send failed ({exc}); retrying")
@@ -134,7 +250,7 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                     continue
                 calls.extend(sent)
                 i += size
-            deadline = time.monotonic() + 120 + n / 50
+            deadline = time.monotonic() + 120 + len(calls) / 50
             for call in calls:
                 try:
                     call.result(max(0.0, deadline - time.monotonic()))
@@ -142,6 +258,8 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                     break
                 except ivy.RemoteTaskError as exc:
                     log(f"chaos: call {call.id} errored: {exc}")
+                except ivy.PublishError as exc:
+                    log(f"chaos: call {call.id} failed loudly: {exc}")
         finally:
             for w in workers:
                 w.send_signal(signal.SIGTERM)
@@ -153,15 +271,24 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
             app.close()
             rabbit.stop()
             redis.stop()
-        received = sum(1 for c in calls if c.done())
+        def outcome(c: ivy.Call[Any]) -> str:
+            if not c.done():
+                return "lost"
+            return "failed" if isinstance(c.exception(0), ivy.PublishError) else "received"
+
+        outcomes = Counter(map(outcome, calls))
+        burst = Counter(map(outcome, burst_calls))
         runs = Counter(line for f in execs.iterdir() for line in f.read_text().split())
         return Summary(
-            sent=len(calls), received=received, lost=len(calls) - received,
+            sent=len(calls), received=outcomes["received"], lost=outcomes["lost"],
             double_callbacks=sum(1 for c in counts.values() if c > 1),
             executed_more_than_once=sum(1 for c in runs.values() if c > 1),
             kills=done_faults["kill"], redis_restarts=done_faults["redis"],
             rabbit_restarts=done_faults["rabbit"], send_retries=send_retries,
-            wall=time.monotonic() - started)
+            wall=time.monotonic() - started, failed_loudly=outcomes["failed"],
+            connection_closes=done_faults["close"], close_burst=len(burst_calls),
+            close_completed=burst["received"], close_failed_loudly=burst["failed"],
+            close_lost=burst["lost"], unconfirmed_at_close=sum(unconfirmed_at_close))
 
 
 def main() -> None:
@@ -170,13 +297,16 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--redis-restarts", type=int, default=1)
     parser.add_argument("--rabbit-restarts", type=int, default=1)
+    parser.add_argument("--connection-closes", type=int, default=1,
+                        help="closes of the producer's RabbitMQ connection during a burst")
     parser.add_argument("--quiet", action="store_true", help="print the summary line only")
     args = parser.parse_args()
     why = PrivateRabbit.available()
     if why is not None:
         sys.exit(f"chaos: cannot run: {why}")
     summary = run(args.n, args.kills, args.redis_restarts, args.rabbit_restarts,
-                  log=(lambda *a: None) if args.quiet else print)
+                  log=(lambda *a: None) if args.quiet else print,
+                  connection_closes=args.connection_closes)
     print(summary.line())
     sys.exit(0 if summary.lost == 0 and summary.double_callbacks == 0 else 1)
 
