@@ -36,14 +36,15 @@ from ivy.middleware import otel
 class Traced:
     """An app with the OpenTelemetry middleware on its own provider, and what it exported."""
 
-    def __init__(self, urls: tuple[str, str]) -> None:
+    def __init__(self, urls: tuple[str, str], *before: ivy.Middleware) -> None:
         self.exporter = InMemorySpanExporter()
         self.provider = TracerProvider()
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.tracer = self.provider.get_tracer("test")
         self.headers: list[tuple[str, int, dict[str, str]]] = []
         self.app = ivy.Ivy(*urls, retry_base_delay=0.01, retry_max_delay=0.05, middleware=[
-            ivy.middleware.OpenTelemetry(tracer_provider=self.provider), HeaderRecorder(self)])
+            *before, ivy.middleware.OpenTelemetry(tracer_provider=self.provider),
+            HeaderRecorder(self)])
 
     def spans(self, name: str | None = None, task: str | None = None) -> list[ReadableSpan]:
         return [s for s in self.exporter.get_finished_spans()
@@ -168,6 +169,58 @@ def test_spans_the_task_opens_are_children_of_its_process_span(traced: Traced) -
                         if s.parent and [s.parent.span_id] == ids([outer_process])]
     assert [s for s in traced.spans("process q", "t.sync")
             if s.parent and [s.parent.span_id] == ids([nested_publish])]
+
+
+def test_concurrent_tasks_each_run_in_their_own_span(traced: Traced) -> None:
+    app, tracer = traced.app, traced.tracer
+    together = threading.Barrier(4, timeout=15)  # four tasks at once, or the test fails
+
+    @app.register_task(name="t.square", queue="q")
+    def square(n: int) -> int:
+        together.wait()
+        with tracer.start_as_current_span("inner t.square", attributes={"n": n}):
+            return n * n
+
+    app.listen(queue="q", block=False, concurrency=4)
+    calls: dict[int, tuple[ivy.Call[Any], int]] = {}  # n -> (call, its request's trace id)
+    for n in range(8):
+        with tracer.start_as_current_span(f"request {n}") as request:
+            calls[n] = (app.delayed_call(square, n), request.get_span_context().trace_id)
+    assert [call.result(30) for call, _ in calls.values()] == [n * n for n in range(8)]
+    wait_for(lambda: len(traced.spans("process q")) == 8, message="eight process spans")
+    process_by_id = {(s.attributes or {})["messaging.message.id"]: s
+                     for s in traced.spans("process q")}
+    for inner in traced.spans("inner t.square"):
+        call, trace_id = calls[int((inner.attributes or {})["n"])]  # type: ignore[arg-type]
+        process = process_by_id[call.id]
+        assert process.context is not None and inner.parent is not None
+        assert process.context.trace_id == trace_id
+        assert inner.parent.span_id == process.context.span_id
+
+
+def test_a_context_set_by_an_earlier_middleware_is_kept(memory_url: str) -> None:
+    made_up = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    class Custom(ivy.Middleware):
+        def before_publish(self, message: Message) -> None:
+            message.headers["traceparent"] = made_up
+
+    traced = Traced((memory_url, memory_url), Custom())
+
+    @traced.app.register_task(name="t.echo", queue="q")
+    def echo(value: int) -> int:
+        return value
+
+    try:
+        traced.app.listen(queue="q", block=False)
+        assert traced.app.delayed_call(echo, 1).result(20) == 1
+        wait_for(lambda: traced.spans("process q"), message="the process span")
+        assert traced.headers == [("t.echo", 0, {"traceparent": made_up})]
+        publish, process = traced.one("publish q"), traced.one("process q")
+        assert [f"{link.context.span_id:016x}" for link in publish.links] == ["00f067aa0ba902b7"]
+        assert process.parent is not None and f"{process.parent.span_id:016x}" == "00f067aa0ba902b7"
+    finally:
+        traced.app.close()
 
 
 def test_a_failing_task_has_an_error_span_per_attempt(traced: Traced) -> None:
