@@ -9,10 +9,10 @@ configured propagators (W3C ``traceparent`` / ``tracestate`` and ``baggage`` by 
 span ends in ``after_publish``, once the message was handed to the backend. It is not made the
 current span: no hook follows a publish that failed (an argument that is not JSON, a refused
 send), so a context attached in ``before_publish`` could stay on the caller's thread for good,
-and the hand-over itself runs on the backend's sender thread anyway. A span whose
-``after_publish`` never came is ended with status ERROR once it is :data:`PUBLISH_SPAN_TIMEOUT`
-old. A message whose headers already carry a context (set by an earlier middleware) keeps it,
-and the span links to it instead, as the conventions ask.
+and every backend but memory hands messages over on a sender thread of its own anyway. A span
+whose ``after_publish`` never came is ended with status ERROR once it is
+:data:`PUBLISH_SPAN_TIMEOUT` old. A message whose headers already carry a context (set by an
+earlier middleware) keeps it, and the span links to it instead, as the conventions ask.
 
 Worker: ``before_task`` starts a ``process <queue>`` span (kind CONSUMER) whose parent is the
 context extracted from the message's headers (the producer's span, also added as a link), and
