@@ -240,6 +240,79 @@ class QueueBackendContract:
             t.join(60)
         assert sorted(seen) == sorted(str(i).encode() for i in range(n))
 
+    # -- dead-letter tools ------------------------------------------------------------------
+
+    def dead_letter_all(self, backend: QueueBackend, q: str, bodies: list[bytes]) -> None:
+        """Publish ``bodies`` to ``q`` and dead-letter each (the first after one retry, so
+        that its delivery count is 2), in order."""
+        consumer = backend.consume(q)
+        for i, body in enumerate(bodies):
+            backend.publish(q, body)
+            d = consumer.get(10)
+            assert d is not None and d.body == body
+            if i == 0:
+                d.retry(0)
+                d = consumer.get(self.short * 20)
+                assert d is not None and d.delivery_count == 2
+            d.dead_letter(f"reason {i}")
+        consumer.close()
+        wait_for(lambda: len(backend.dead_letters(q)) == len(bodies), timeout=20,
+                 message=f"{len(bodies)} dead letters")
+
+    def test_dead_letter_ids_are_stable_and_listing_keeps_them(
+            self, backend: QueueBackend) -> None:
+        # Given three dead letters
+        q = qname()
+        self.dead_letter_all(backend, q, [b"a", b"b", b"c"])
+        # When they are listed twice
+        first, second = backend.dead_letters(q), backend.dead_letters(q)
+        # Then each has its own id, the same in both listings, and none was lost
+        assert [d.body for d in first] == [b"a", b"b", b"c"]
+        assert [d.reason for d in first] == ["reason 0", "reason 1", "reason 2"]
+        assert len({d.id for d in first}) == 3 and all(d.id for d in first)
+        assert [d.id for d in second] == [d.id for d in first]
+        assert backend.size(q) == 0
+
+    def test_requeue_dead_by_id_then_all(self, backend: QueueBackend) -> None:
+        # Given three dead letters, the first delivered twice before it died
+        q = qname()
+        self.dead_letter_all(backend, q, [b"a", b"b", b"c"])
+        a, b, c = backend.dead_letters(q)
+        # When one is requeued by its id (with an id that is not there)
+        assert backend.requeue_dead(q, [b.id, "no-such-id"]) == 1
+        # Then it is a fresh message on the queue, and the others stay dead
+        consumer = backend.consume(q)
+        got = consumer.get(10)
+        assert got is not None and got.body == b"b" and got.delivery_count == 1
+        got.ack()
+        assert [d.id for d in backend.dead_letters(q)] == [a.id, c.id]
+        # When the rest are requeued, through a rewrite
+        assert backend.requeue_dead(q, rewrite=lambda body: (body + b"!", None)) == 2
+        # Then they come back rewritten, counted from 1 again, and no dead letter is left
+        again = []
+        for _ in range(2):
+            d = consumer.get(10)
+            assert d is not None, f"only {len(again)} of 2 requeued messages came"
+            again.append((d.body, d.delivery_count))
+            d.ack()
+        assert sorted(again) == [(b"a!", 1), (b"c!", 1)]
+        assert backend.dead_letters(q) == []
+        assert backend.requeue_dead(q) == 0
+        consumer.close()
+
+    def test_purge_dead_counts_and_empties(self, backend: QueueBackend) -> None:
+        q = qname()
+        self.dead_letter_all(backend, q, [b"x", b"y"])
+        backend.publish(q, b"alive")
+        assert backend.purge_dead(q) == 2
+        assert backend.dead_letters(q) == []
+        assert backend.purge_dead(q) == 0
+        assert backend.size(q) == 1  # the queue itself is untouched
+        # a queue that never had dead letters
+        other = qname()
+        assert backend.purge_dead(other) == 0
+        assert backend.requeue_dead(other) == 0
+
 
     # -- a worker on this backend ---------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 Standard library only, 127.0.0.1 only, an OAuth token check, and reservations that expire on
 time, sub-second ones included. It covers what ivy and the iron-mq client use: queue info and
-create/delete, post, reserve (with long-poll ``wait``), delete with a reservation id, touch,
-release with a delay, and peek.
+create/delete, post, reserve (with long-poll ``wait``), delete with a reservation id (one, or
+several by id), clear, touch, release with a delay, and peek.
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ class FakeIronMQ:
                     {"id": msg.id, "body": msg.body, "reserved_count": msg.reserved_count}
                     for msg in sorted(self.queues.get(name, {}).values(),
                                       key=lambda x: x.seq)[:n]]}
+            if message_id is None and method == "DELETE" and body.get("ids"):
+                return self._delete_many(name, body["ids"])
             if message_id is None and method == "DELETE":
                 self.queues.get(name, {}).clear()
                 return 200, {"msg": "Cleared"}
@@ -162,6 +164,15 @@ class FakeIronMQ:
             ids.append(message_id)
         self.cond.notify_all()
         return 200, {"ids": ids, "msg": "Messages put on queue."}
+
+    def _delete_many(self, name: str, items: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+        """Delete messages by id (reserved ones only with their reservation id)."""
+        queue = self.queues.get(name, {})
+        for item in items:
+            msg = queue.get(str(item.get("id")))
+            if msg is not None and msg.reservation_id in (None, item.get("reservation_id")):
+                del queue[msg.id]
+        return 200, {"msg": "Deleted"}
 
     def _expire(self, now: float) -> None:
         for queue in self.queues.values():

@@ -12,7 +12,15 @@ Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
   and whose dead-letter target is Q, so the broker does the waiting and no worker sleeps. Delays
   are rounded to two significant digits to bound the number of such queues, which expire when
   unused.
-* dead letters go to ``Q.dead`` with the reason in the header ``x-ivy-reason``.
+* dead letters go to ``Q.dead`` with the reason in the header ``x-ivy-reason``, the time in
+  ``x-ivy-dead-at`` (Unix seconds) and a random id in ``x-ivy-dead-id`` (the dead letter's id
+  for :meth:`AMQPQueueBackend.requeue_dead`; a message without one, put there by another
+  client, is named by its ``message_id``, else by a hash of its body, reason and time).
+  AMQP cannot peek: listing takes the messages with ``basic_get`` and gives them all back by
+  closing its channel, so a second listing at that very moment misses them, nothing is lost.
+  Requeueing publishes a fresh copy to Q (confirmed) and then acknowledges the dead one: at
+  least once (a crash in between leaves the message in both). Purging is ``queue.purge``
+  (messages held at that moment by a listing come back afterwards).
 * a message put back (a retry, or a call deferred to its ``eta``) keeps its AMQP priority and
   carries in the header ``x-ivy-delivery`` how many deliveries count as attempts so far.
 * routes (the original's ``route`` option of a task) are used only where the queue URL names an
@@ -45,17 +53,20 @@ the connection closes (RabbitMQ's ``consumer_timeout``, 30 minutes by default, b
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
@@ -63,13 +74,15 @@ from ivy.config import driver_url, mask_url
 from ivy.errors import ConfigurationError, PublishError
 from ivy.queues._amqp_link import Link
 from ivy.queues._amqp_topology import Declarer, dead_queue, delay_bucket, delay_queue
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, complete
+from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite, complete
 
 __all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "delay_bucket"]
 
 log = logging.getLogger("ivy.amqp")
 
 REASON_HEADER = "x-ivy-reason"
+DEAD_AT_HEADER = "x-ivy-dead-at"
+DEAD_ID_HEADER = "x-ivy-dead-id"
 DELIVERY_HEADER = "x-ivy-delivery"
 #: ivy's own query parameters, removed before the URL goes to pika
 OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type")
@@ -325,31 +338,88 @@ class AMQPQueueBackend(QueueBackend):
         finally:
             conn.close()
 
+    def _open_dead(self, conn: pika.BlockingConnection,
+                   queue: str) -> tuple[BlockingChannel, int] | None:
+        """A channel and the message count of ``Q.dead``; None when it does not exist."""
+        channel = conn.channel()
+        try:
+            frame = channel.queue_declare(dead_queue(queue), passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return None
+            raise
+        return channel, int(frame.method.message_count)
+
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Peek at ``Q.dead``: read up to ``limit`` and put them all back."""
         conn = self._blocking()
         found: list[DeadLetter] = []
         try:
-            channel = conn.channel()
-            try:
-                channel.queue_declare(dead_queue(queue), passive=True)
-            except pika.exceptions.ChannelClosedByBroker:
+            opened = self._open_dead(conn, queue)
+            if opened is None:
                 return []
+            channel, _ = opened
             for _ in range(limit):
                 method, props, body = channel.basic_get(dead_queue(queue), auto_ack=False)
                 if method is None:
                     break
-                headers = props.headers or {}
-                reason = headers.get(REASON_HEADER, "")
-                if isinstance(reason, bytes):
-                    reason = reason.decode("utf-8", "replace")
-                stamp = headers.get("x-ivy-dead-at", 0)
-                found.append(DeadLetter(queue, body, str(reason),
-                                        float(stamp) if isinstance(stamp, int) else 0.0))
+                found.append(_dead_letter(queue, props, body))
             channel.close()  # every unacked message goes back, in order
         finally:
             conn.close()
         return found
+
+    def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
+                     rewrite: Rewrite | None = None) -> int:
+        """Publish each chosen dead letter to ``queue`` (default exchange, its priority kept,
+        no delivery count), then acknowledge it in ``Q.dead`` once the broker confirmed the
+        copy: at least once. Looks at no more messages than ``Q.dead`` held at the start, so
+        letters dead again meanwhile are not requeued twice."""
+        wanted = None if ids is None else set(ids)
+        conn = self._blocking()
+        moved = 0
+        try:
+            opened = self._open_dead(conn, queue)
+            if opened is None:
+                return 0
+            channel, count = opened
+            sent: list[tuple[int, Future[None]]] = []
+            for _ in range(count):
+                if wanted is not None and not wanted:
+                    break
+                method, props, body = channel.basic_get(dead_queue(queue), auto_ack=False)
+                if method is None:
+                    break
+                letter = _dead_letter(queue, props, body)
+                if wanted is not None:
+                    if letter.id not in wanted:
+                        continue  # unacked: back in Q.dead when the channel closes
+                    wanted.discard(letter.id)
+                new_body, priority = rewrite(body) if rewrite else (body, None)
+                [future] = self.send_async(queue, [new_body], queue=queue, priority=(
+                    props.priority or 0) if priority is None else priority)
+                sent.append((method.delivery_tag, future))
+                if len(sent) >= 100:
+                    moved += _ack_confirmed(channel, sent)
+            moved += _ack_confirmed(channel, sent)
+            channel.close()
+        finally:
+            conn.close()
+        return moved
+
+    def purge_dead(self, queue: str) -> int:
+        conn = self._blocking()
+        try:
+            channel = conn.channel()
+            try:
+                frame = channel.queue_purge(dead_queue(queue))
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return 0
+                raise
+            return int(frame.method.message_count)
+        finally:
+            conn.close()
 
     def queues(self) -> list[str]:
         """The main queues this process declared (AMQP cannot list queues without the
@@ -375,6 +445,37 @@ class AMQPQueueBackend(QueueBackend):
             c.shutdown()
         if publisher is not None:
             publisher.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _dead_letter(queue: str, props: BasicProperties, body: bytes) -> DeadLetter:
+    """A message of ``Q.dead`` as a DeadLetter, with a stable id (see the module doc)."""
+    headers = props.headers or {}
+    reason = _text(headers.get(REASON_HEADER, ""))
+    stamp = headers.get(DEAD_AT_HEADER, 0)
+    when = float(stamp) if isinstance(stamp, (int, float)) else 0.0
+    ident = headers.get(DEAD_ID_HEADER) or props.message_id
+    if not ident:
+        digest = hashlib.sha256(body + b"\0" + reason.encode() + b"\0" + str(when).encode())
+        ident = "sha256-" + digest.hexdigest()[:24]
+    return DeadLetter(queue, body, reason, when, _text(ident))
+
+
+def _ack_confirmed(channel: BlockingChannel, sent: list[tuple[int, Future[None]]]) -> int:
+    """Acknowledge the dead letters whose copies the broker confirmed, in order; raise the
+    first PublishError (the rest stay in ``Q.dead``). Empties ``sent``."""
+    acked = 0
+    try:
+        for tag, future in sent:
+            future.result()
+            channel.basic_ack(tag)
+            acked += 1
+    finally:
+        sent.clear()
+    return acked
 
 
 class AMQPDelivery(Delivery):
@@ -430,7 +531,8 @@ class AMQPDelivery(Delivery):
         backend = self._consumer.backend
         backend.send(dead_queue(self.queue), [self.body], queue=self.queue, priority=self.priority,
                      headers={REASON_HEADER: reason[:4000], DELIVERY_HEADER: self.delivery_count,
-                              "x-ivy-dead-at": int(time.time())})
+                              DEAD_AT_HEADER: int(time.time()),
+                              DEAD_ID_HEADER: uuid.uuid4().hex})
         self._ack()
 
     def _extend(self, seconds: float) -> None:

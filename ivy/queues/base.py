@@ -9,7 +9,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
@@ -27,12 +27,20 @@ def complete(future: Future[None], error: BaseException | None) -> None:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message that was set aside, and why."""
+    """A message that was set aside, and why. ``id`` is the backend's own handle for it (a
+    row id, a broker message id), the same in every listing, which
+    :meth:`QueueBackend.requeue_dead` takes; it is not the call id in the body."""
 
     queue: str
     body: bytes
     reason: str
     time: float
+    id: str
+
+
+#: What :meth:`QueueBackend.requeue_dead` does to each body on its way back: it returns the
+#: body to send and the priority to send it with (None: the one the backend kept, else 0).
+Rewrite = Callable[[bytes], tuple[bytes, int | None]]
 
 
 class Delivery(ABC):
@@ -260,6 +268,21 @@ class QueueBackend(ABC):
     @abstractmethod
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters of ``queue``, oldest first."""
+
+    def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
+                     rewrite: Rewrite | None = None) -> int:
+        """Put the dead letters of ``queue`` named by ``ids`` (all when None) back on
+        ``queue`` as fresh messages (their delivery count starts again), each body passed
+        through ``rewrite`` first; return how many went back. Ids that are not there are
+        skipped. Each backend says what is atomic; none loses a message (at worst one is in
+        both places after a crash)."""
+        raise NotImplementedError(f"the queue backend {type(self).__name__} ({self.url}) "
+                                  "cannot requeue dead letters: implement requeue_dead()")
+
+    def purge_dead(self, queue: str) -> int:
+        """Delete every dead letter of ``queue``; return how many were deleted."""
+        raise NotImplementedError(f"the queue backend {type(self).__name__} ({self.url}) "
+                                  "cannot purge dead letters: implement purge_dead()")
 
     def queues(self) -> list[str]:
         """Queue names this backend knows of (empty when it cannot list them)."""

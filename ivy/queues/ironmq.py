@@ -5,7 +5,11 @@ the original project's own backend.
   the reservation id; touch to keep a reservation while a task runs; release with a delay for
   retries (the body stays the same: the worker counts attempts from ``reserved_count``); dead
   letters are posted to ``Q.dead`` as ``{"reason": ..., "queue": ..., "time": ..., "body": <the
-  original body as a string>}`` (IronMQ messages have no headers).
+  original body as a string>}`` (IronMQ messages have no headers). A dead letter's id is its
+  IronMQ message id in ``Q.dead``; listing peeks (at most 100). Requeueing reserves batches of
+  ``Q.dead`` (for ``DEAD_HOLD`` s), posts the original body of each chosen one to Q, then
+  deletes it: at least once (a crash in between leaves it in both); the others are released
+  at the end. Purging reserves and deletes in batches, so that it can count.
 * Configuration: ``{"type": "ironmq", "auth": {"token": ..., "project_id": ...}, "host": ...,
   "port": ..., "protocol": ...}``, or ``ironmq://project_id:token@host:port?protocol=https``;
   what is not given comes from iron.json and the ``IRON_*`` / ``IRON_MQ_*`` environment
@@ -37,7 +41,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future
 from typing import Any, Self
 from urllib.parse import unquote, urlsplit
@@ -48,13 +52,22 @@ import requests
 
 from ivy.errors import ConfigurationError
 from ivy.queues._batching import BatchSender, Outgoing, by_queue
-from ivy.queues.base import Consumer, DeadLetter, Delivery, LongPollConsumer, QueueBackend
+from ivy.queues.base import (
+    Consumer,
+    DeadLetter,
+    Delivery,
+    LongPollConsumer,
+    QueueBackend,
+    Rewrite,
+)
 
 log = logging.getLogger("ivy.ironmq")
 LONG_POLL = 30  # IronMQ's longest wait
 BASE64_PREFIX = "ivy-base64:"
 CONNECT_TIMEOUT = 5.0
 MAX_DELAY = 604_800  # IronMQ's longest message delay: 7 days
+#: Seconds that requeue_dead and purge_dead keep the dead letters they reserved.
+DEAD_HOLD = 60
 
 
 class _BoundedIronClient(iron_core.IronClient):  # type: ignore[misc]
@@ -225,21 +238,80 @@ class IronMQQueueBackend(QueueBackend):
             raise
         found = []
         for m in peeked.get("messages") or []:
-            try:
-                envelope = json.loads(m["body"])
-                found.append(DeadLetter(queue, _bytes(envelope["body"]),
-                                        str(envelope.get("reason", "")),
-                                        float(envelope.get("time", 0))))
-            except (ValueError, KeyError, TypeError):
-                found.append(DeadLetter(queue, _bytes(m["body"]), "", 0.0))
+            text, reason, when = _unwrap_dead(m["body"])
+            found.append(DeadLetter(queue, _bytes(text), reason, when, str(m["id"])))
         return found
 
+    def _drain_dead(self, queue: str) -> Iterator[list[dict[str, Any]]]:
+        """Batches of reserved ``Q.dead`` messages until a reserve finds none, or only ones
+        seen before."""
+        seen: set[str] = set()
+        while True:
+            try:
+                result = self.queue(f"{queue}.dead").reserve(
+                    max=100, timeout=max(DEAD_HOLD, self.min_reserve), wait=0)
+            except requests.HTTPError as exc:
+                if exc.response is not None and exc.response.status_code == 404:
+                    return
+                raise
+            fresh = [m for m in result.get("messages") or [] if m["id"] not in seen]
+            if not fresh:
+                return
+            seen.update(m["id"] for m in fresh)
+            yield fresh
+
+    def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
+                     rewrite: Rewrite | None = None) -> int:
+        """Post to ``queue``, then delete from ``Q.dead``: at least once (module doc)."""
+        wanted = None if ids is None else set(ids)
+        dead, target = self.queue(f"{queue}.dead"), self.queue(queue)
+        held: list[dict[str, Any]] = []  # reserved and not chosen: released at the end
+        moved = 0
+        try:
+            for batch in self._drain_dead(queue):
+                for m in batch:
+                    if wanted is not None and m["id"] not in wanted:
+                        held.append(m)
+                        continue
+                    text, _, _ = _unwrap_dead(m["body"])
+                    if rewrite is not None:
+                        text = _text(rewrite(_bytes(text))[0])
+                    target.post({"body": text})
+                    dead.delete(m["id"], reservation_id=m["reservation_id"])
+                    moved += 1
+                    if wanted is not None:
+                        wanted.discard(m["id"])
+                if wanted is not None and not wanted:
+                    break
+        finally:
+            for m in held:
+                with contextlib.suppress(requests.HTTPError):
+                    dead.release(m["id"], m["reservation_id"])
+        return moved
+
+    def purge_dead(self, queue: str) -> int:
+        deleted = 0
+        for batch in self._drain_dead(queue):
+            self.queue(f"{queue}.dead").delete_multiple(messages={"messages": batch})
+            deleted += len(batch)
+        return deleted
 
     def close(self) -> None:
         """Send what is queued, then close the HTTP sessions (one per thread that made a
         request) and their connections."""
         self._sender.close()
         self._client.close_sessions()
+
+
+def _unwrap_dead(text: str) -> tuple[str, str, float]:
+    """(original body text, reason, time) of a ``Q.dead`` message; a message that is not
+    ivy's envelope is its own body, with no reason."""
+    try:
+        envelope = json.loads(text)
+        return str(envelope["body"]), str(envelope.get("reason", "")), float(
+            envelope.get("time", 0))
+    except (ValueError, KeyError, TypeError):
+        return text, "", 0.0
 
 
 class IronMQDelivery(Delivery):

@@ -2,7 +2,8 @@
 that name the same broker share it. Nothing survives the process; use it for tests and for
 running tasks in the background of one program. Reservations expire like the durable backends'.
 A consumer takes one message per get() (no prefetch buffer); a release or a defer puts the message
-back without counting the delivery as an attempt.
+back without counting the delivery as an attempt. Dead letters (the last 10,000 per queue) keep
+their priority; requeueing and purging them is atomic (one lock).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Self
 
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
 
 
 @dataclass(slots=True)
@@ -33,7 +34,7 @@ class _Queue:
         self.delayed: list[tuple[float, int, _Entry]] = []
         self.reserved: dict[int, tuple[_Entry, float]] = {}
         self.leases: list[tuple[float, int]] = []  # (deadline, token); stale rows are skipped
-        self.dead: deque[DeadLetter] = deque(maxlen=10_000)
+        self.dead: deque[tuple[DeadLetter, int]] = deque(maxlen=10_000)  # with priorities
 
 
 class MemoryBroker:
@@ -162,8 +163,9 @@ class MemoryDelivery(Delivery):
     def _dead_letter(self, reason: str) -> None:
         if self._broker.finish(self.queue, self._token):
             with self._broker.cond:
-                self._broker.queue(self.queue).dead.append(
-                    DeadLetter(self.queue, self.body, reason, time.time()))
+                letter = DeadLetter(self.queue, self.body, reason, time.time(),
+                                    str(next(self._broker._seq)))
+                self._broker.queue(self.queue).dead.append((letter, self._entry.priority))
 
     def _extend(self, seconds: float) -> None:
         self._broker.extend(self.queue, self._token, seconds)
@@ -213,7 +215,28 @@ class MemoryQueueBackend(QueueBackend):
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         with self.broker.cond:
-            return list(self.broker.queue(queue).dead)[-limit:]
+            return [letter for letter, _ in self.broker.queue(queue).dead][-limit:]
+
+    def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
+                     rewrite: Rewrite | None = None) -> int:
+        """Atomic: the dead letters leave and the messages arrive under one lock."""
+        wanted = None if ids is None else set(ids)
+        with self.broker.cond:
+            q = self.broker.queue(queue)
+            chosen = [(d, p) for d, p in q.dead if wanted is None or d.id in wanted]
+            back = [rewrite(d.body) if rewrite else (d.body, None) for d, _ in chosen]
+            q.dead = deque(((d, p) for d, p in q.dead if wanted is not None
+                            and d.id not in wanted), maxlen=q.dead.maxlen)
+            for (_, priority), (body, given) in zip(chosen, back, strict=True):
+                self.broker.put(queue, body, priority if given is None else given, 0.0)
+            return len(chosen)
+
+    def purge_dead(self, queue: str) -> int:
+        with self.broker.cond:
+            q = self.broker.queue(queue)
+            count = len(q.dead)
+            q.dead.clear()
+            return count
 
     def queues(self) -> list[str]:
         with self.broker.cond:

@@ -9,22 +9,29 @@ taken since. A retry rewrites the row's body and ``available_at``; a dead letter
 back) and a defer (a call whose ``eta`` is later) put the row back and take back the count of
 this delivery, so neither counts as an attempt.
 
+Dead letters are ``ivy_dead_letters`` rows; their id is the row id. Requeueing moves rows back
+to ``ivy_messages`` (as fresh messages, delivery count 0) in one transaction, and purging
+deletes them in one statement: both are atomic. Dead letters keep no priority: a requeued
+message gets the one its body names (``rewrite``), else 0.
+
 A consumer reserves up to ``prefetch`` rows per query; rows waiting in its buffer are leased
 like running ones, and a worker's heartbeat extends them (:meth:`SQLiteConsumer.buffered`).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Collection
 from concurrent.futures import Future
 from typing import Any, Self
 
 from ivy._sqlite import POLL_INTERVAL, Database, WakeListener, WakeSender
 from ivy.queues._batching import BatchSender, Outgoing
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend
+from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
 
 
 class SQLiteDelivery(Delivery):
@@ -200,9 +207,39 @@ class SQLiteQueueBackend(QueueBackend):
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         rows = self.db.conn().execute(
-            "SELECT queue, body, reason, time FROM ivy_dead_letters WHERE queue = ? "
+            "SELECT queue, body, reason, time, id FROM ivy_dead_letters WHERE queue = ? "
             "ORDER BY id DESC LIMIT ?", (queue, limit)).fetchall()
-        return [DeadLetter(r[0], bytes(r[1]), r[2], r[3]) for r in reversed(rows)]
+        return [DeadLetter(r[0], bytes(r[1]), r[2], r[3], str(r[4])) for r in reversed(rows)]
+
+    def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
+                     rewrite: Rewrite | None = None) -> int:
+        """Atomic: one transaction deletes the dead letters and inserts the messages."""
+        with self.db.write() as conn:
+            if ids is None:
+                rows = conn.execute("DELETE FROM ivy_dead_letters WHERE queue = ? "
+                                    "RETURNING id, body", (queue,)).fetchall()
+            else:
+                row_ids = sorted({int(i) for i in ids if i.isdigit()})
+                rows = conn.execute(
+                    "DELETE FROM ivy_dead_letters WHERE queue = ? AND id IN "
+                    "(SELECT value FROM json_each(?)) RETURNING id, body",
+                    (queue, json.dumps(row_ids))).fetchall()
+            now = time.time()
+            back = []
+            for _, body in sorted(rows):  # RETURNING has no order: oldest first
+                body, priority = rewrite(bytes(body)) if rewrite else (bytes(body), None)
+                back.append((queue, body, priority or 0, now, now))
+            conn.executemany(
+                "INSERT INTO ivy_messages (queue, body, priority, available_at, created) "
+                "VALUES (?, ?, ?, ?, ?)", back)
+        if back:
+            self.waker.wake()
+        return len(back)
+
+    def purge_dead(self, queue: str) -> int:
+        with self.db.write() as conn:
+            return conn.execute("DELETE FROM ivy_dead_letters WHERE queue = ?",
+                                (queue,)).rowcount
 
     def queues(self) -> list[str]:
         rows = self.db.conn().execute(

@@ -4,7 +4,13 @@
 * Queue name Q is the SQS queue ``Q`` (created if missing; its URL is cached). ``Q.fifo`` is a
   FIFO queue (content-based deduplication; the message group id is the backend's
   ``message_group_id``, default ``ivy``). Dead letters go to ``Q-dead`` (``Q-dead.fifo``), SQS
-  names allowing no dots, with the reason in the message attribute ``ivy-reason``.
+  names allowing no dots, with the reason in the message attribute ``ivy-reason``. A dead
+  letter's id is its SQS MessageId. Listing receives with visibility 0 (nothing is hidden).
+  Requeueing receives a batch (hidden for ``DEAD_HOLD`` seconds), sends each chosen message to
+  Q as a fresh message, then deletes it from ``Q-dead``: at least once (a crash in between
+  leaves it in both); the others are made visible again at the end. Purging receives and
+  deletes in batches, so that it can count (SQS's PurgeQueue cannot, and allows one call a
+  minute).
 * Long polling (``WaitTimeSeconds`` up to 20 s, HTTP read timeout above it); receive and
   delete in batches of up to 10. The visibility timeout is the reservation: set at receive time
   and extended with ChangeMessageVisibility while a task runs. A retry changes the visibility of
@@ -33,6 +39,8 @@ import base64
 import contextlib
 import math
 import threading
+import uuid
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future
 from typing import Any, Self
 
@@ -42,7 +50,14 @@ import botocore.exceptions
 
 from ivy.errors import ConfigurationError, MessageTooLarge, PublishError
 from ivy.queues._batching import BatchSender, Outgoing, by_queue
-from ivy.queues.base import Consumer, DeadLetter, Delivery, LongPollConsumer, QueueBackend
+from ivy.queues.base import (
+    Consumer,
+    DeadLetter,
+    Delivery,
+    LongPollConsumer,
+    QueueBackend,
+    Rewrite,
+)
 
 MAX_MESSAGE_BYTES = 262_144
 MAX_DELAY = 900  # SQS's longest DelaySeconds
@@ -54,6 +69,8 @@ LONG_POLL = 20
 DELETE_TIMEOUT = 60.0
 #: A deleter thread with nothing to send for this long ends (the next delete starts another).
 DELETER_IDLE = 5.0
+#: Seconds that requeue_dead and purge_dead keep the dead letters they received hidden.
+DEAD_HOLD = 60
 
 
 def _text(body: bytes) -> tuple[str, dict[str, Any]]:
@@ -212,10 +229,70 @@ class SQSQueueBackend(QueueBackend):
                 reason = (m.get("MessageAttributes") or {}).get(REASON, {}).get(
                     "StringValue", "")
                 sent = int((m.get("Attributes") or {}).get("SentTimestamp", "0")) / 1000
-                found.setdefault(m["MessageId"], DeadLetter(queue, _bytes(m), reason, sent))
+                found.setdefault(m["MessageId"], DeadLetter(queue, _bytes(m), reason, sent,
+                                                            m["MessageId"]))
             if len(found) >= limit:
                 break
         return sorted(found.values(), key=lambda d: d.time)[:limit]
+
+    def _drain_dead(self, queue: str) -> Iterator[list[dict[str, Any]]]:
+        """Batches of ``Q-dead`` messages, each hidden for ``DEAD_HOLD`` s, until a receive
+        finds none (a 1 s long poll, which asks every SQS server) or repeats one seen."""
+        url = self.queue_url(dead_name(queue))
+        seen: set[str] = set()
+        while True:
+            messages = self.client.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=DEAD_HOLD,
+                WaitTimeSeconds=1, MessageAttributeNames=["All"]).get("Messages") or []
+            fresh = [m for m in messages if m["MessageId"] not in seen]
+            if not fresh:
+                return
+            seen.update(m["MessageId"] for m in fresh)
+            yield fresh
+
+    def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
+                     rewrite: Rewrite | None = None) -> int:
+        """Send to ``queue``, then delete from ``Q-dead``: at least once (module doc). On a
+        FIFO queue each copy gets a fresh deduplication id, so that content-based
+        deduplication does not drop it."""
+        wanted = None if ids is None else set(ids)
+        dead_url = self.queue_url(dead_name(queue))
+        held: list[str] = []  # receipts of letters not chosen: visible again at the end
+        moved = 0
+        try:
+            for batch in self._drain_dead(queue):
+                for m in batch:
+                    if wanted is not None and m["MessageId"] not in wanted:
+                        held.append(m["ReceiptHandle"])
+                        continue
+                    body, _ = rewrite(_bytes(m)) if rewrite else (_bytes(m), None)
+                    entry = self._entry(queue, body, 0.0)
+                    if queue.endswith(".fifo"):
+                        entry["MessageDeduplicationId"] = uuid.uuid4().hex
+                    self.client.send_message(QueueUrl=self.queue_url(queue), **entry)
+                    self.client.delete_message(QueueUrl=dead_url,
+                                               ReceiptHandle=m["ReceiptHandle"])
+                    moved += 1
+                    if wanted is not None:
+                        wanted.discard(m["MessageId"])
+                if wanted is not None and not wanted:
+                    break
+        finally:
+            for start in range(0, len(held), 10):
+                with contextlib.suppress(botocore.exceptions.ClientError):
+                    self.client.change_message_visibility_batch(QueueUrl=dead_url, Entries=[
+                        {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0}
+                        for i, r in enumerate(held[start:start + 10])])
+        return moved
+
+    def purge_dead(self, queue: str) -> int:
+        dead_url = self.queue_url(dead_name(queue))
+        deleted = 0
+        for batch in self._drain_dead(queue):
+            result = self.client.delete_message_batch(QueueUrl=dead_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
+            deleted += len(result.get("Successful") or [])
+        return deleted
 
     def queues(self) -> list[str]:
         names = []
