@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ivy.call import Call, ResultCallback, finished_adapter, result_callback_adapter
 from ivy.config import Spec, make_notifier, make_queue_backend, parse_reserve_times
@@ -32,6 +32,9 @@ from ivy.results import DEFAULT_PENDING_TTL, Results
 from ivy.serialization import Serializer, Signer, get_serializer, signer_from
 from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
 from ivy.worker import Worker, WorkerContext
+
+if TYPE_CHECKING:
+    from ivy.deadletters import DeadLetterInfo
 
 log = logging.getLogger("ivy")
 P = ParamSpec("P")
@@ -480,6 +483,29 @@ class Ivy:
     def _dispatch(self, body: bytes) -> None:
         """Hand one notification body to the consumers (as if it had arrived)."""
         self._results.dispatch(body)
+
+    # -- dead letters (ivy/deadletters.py) ----------------------------------------------------
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetterInfo]:
+        """The ``limit`` most recent dead letters of ``queue``, oldest first, each with its
+        ``id`` and what could be read from its body (call id, task name, arguments)."""
+        from ivy import deadletters
+
+        return deadletters.dead_letters(self, queue, limit)
+
+    def requeue_dead(self, queue: str, ids: Collection[str] | None = None) -> int:
+        """Put the dead letters of ``queue`` named by ``ids`` (dead-letter ids or call ids;
+        all when None) back on it, with their attempts reset; return how many. At least
+        once on the network backends: see :mod:`ivy.deadletters`."""
+        from ivy import deadletters
+
+        return deadletters.requeue_dead(self, queue, ids)
+
+    def purge_dead(self, queue: str) -> int:
+        """Delete every dead letter of ``queue``; return how many."""
+        from ivy import deadletters
+
+        return deadletters.purge_dead(self, queue)
 
     # -- worker ------------------------------------------------------------------------------
 

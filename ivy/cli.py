@@ -1,4 +1,5 @@
-"""The command line: ``ivy worker``, ``ivy call`` and ``ivy inspect`` (also ``python -m ivy``)."""
+"""The command line: ``ivy worker``, ``ivy call``, ``ivy inspect`` and ``ivy dead`` (also
+``python -m ivy``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ivy
+from ivy import deadletters
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV
 from ivy.errors import IvyError, RemoteTaskError, ResultTimeout
 from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="dead letters shown per queue (default 20)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     backends(i, notifier=False)
+    deadletters.add_parser(sub, backends)
     return parser
 
 
@@ -115,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(args, argv)
         if args.command == "call":
             return _call(args)
+        if args.command == "dead":
+            return deadletters.run(args)
         return _inspect(args)
     except IvyError as exc:
         print(f"ivy: error: {exc}", file=sys.stderr)
