@@ -9,10 +9,10 @@ the backend's handle (a row id, a broker message id), or by the call id in its b
 what a producer knows (``call.id``, the output of ``ivy call``): the tools take either.
 
 Requeueing puts the original message back with its attempts reset: a valid v1 body is
-re-encoded with ``attempt`` 0 and signed again with the app's signing key when it was signed;
-a body that cannot be read, or whose signature the app cannot check or make (no key, another
-key, unsigned while the app signs), goes back byte for byte, so the tools never sign what
-they could not verify. The backends make a fresh message, so a delivery count starts again
+re-encoded with ``attempt`` 0, and signed again with the app's signing key when it was signed.
+A body that cannot be read, or that was signed and that the app cannot verify and sign again
+(no key, another key), goes back byte for byte: the tools never sign what they did not
+verify, nor a body that was not signed. The backends make a fresh message, so a delivery count starts again
 too. A requeued call keeps its id: if its producer already got a final notification (the
 task failed all its attempts, or the message was rejected with ``MessageRejected``), the
 notifier keeps that first one and the new outcome reaches nobody; the task still runs.

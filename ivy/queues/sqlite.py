@@ -9,10 +9,11 @@ taken since. A retry rewrites the row's body and ``available_at``; a dead letter
 back) and a defer (a call whose ``eta`` is later) put the row back and take back the count of
 this delivery, so neither counts as an attempt.
 
-Dead letters are ``ivy_dead_letters`` rows; their id is the row id. Requeueing moves rows back
-to ``ivy_messages`` (as fresh messages, delivery count 0) in one transaction, and purging
-deletes them in one statement: both are atomic. Dead letters keep no priority: a requeued
-message gets the one its body names (``rewrite``), else 0.
+Dead letters are ``ivy_dead_letters`` rows; their id is ``<row id>-<time in microseconds>``
+(SQLite reuses the row id of a deleted last row, so the row id alone is not enough).
+Requeueing moves rows back to ``ivy_messages`` (as fresh messages, delivery count 0) in one
+transaction, and purging deletes them in one statement: both are atomic. Dead letters keep
+no priority: a requeued message gets the one its body names (``rewrite``), else 0.
 
 A consumer reserves up to ``prefetch`` rows per query; rows waiting in its buffer are leased
 like running ones, and a worker's heartbeat extends them (:meth:`SQLiteConsumer.buffered`).
@@ -32,6 +33,17 @@ from typing import Any, Self
 from ivy._sqlite import POLL_INTERVAL, Database, WakeListener, WakeSender
 from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
+
+
+def _micros(stamp: float) -> int:
+    return int(stamp * 1_000_000)
+
+
+def _parse_dead_id(text: str) -> tuple[int, int] | None:
+    """``<row id>-<time in microseconds>``: a dead letter's id. SQLite gives the row id of a
+    deleted last row to the next one, so the row id alone could name another letter later."""
+    row, _, micros = text.partition("-")
+    return (int(row), int(micros)) if row.isdigit() and micros.isdigit() else None
 
 
 class SQLiteDelivery(Delivery):
@@ -209,7 +221,8 @@ class SQLiteQueueBackend(QueueBackend):
         rows = self.db.conn().execute(
             "SELECT queue, body, reason, time, id FROM ivy_dead_letters WHERE queue = ? "
             "ORDER BY id DESC LIMIT ?", (queue, limit)).fetchall()
-        return [DeadLetter(r[0], bytes(r[1]), r[2], r[3], str(r[4])) for r in reversed(rows)]
+        return [DeadLetter(r[0], bytes(r[1]), r[2], r[3], f"{r[4]}-{_micros(r[3])}")
+                for r in reversed(rows)]
 
     def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
                      rewrite: Rewrite | None = None) -> int:
@@ -219,11 +232,15 @@ class SQLiteQueueBackend(QueueBackend):
                 rows = conn.execute("DELETE FROM ivy_dead_letters WHERE queue = ? "
                                     "RETURNING id, body", (queue,)).fetchall()
             else:
-                row_ids = sorted({int(i) for i in ids if i.isdigit()})
+                wanted = {_parse_dead_id(i) for i in ids} - {None}
+                candidates = conn.execute(
+                    "SELECT id, time FROM ivy_dead_letters WHERE queue = ? AND id IN "
+                    "(SELECT value FROM json_each(?))",
+                    (queue, json.dumps(sorted({w[0] for w in wanted if w})))).fetchall()
+                chosen = [r[0] for r in candidates if (r[0], _micros(r[1])) in wanted]
                 rows = conn.execute(
-                    "DELETE FROM ivy_dead_letters WHERE queue = ? AND id IN "
-                    "(SELECT value FROM json_each(?)) RETURNING id, body",
-                    (queue, json.dumps(row_ids))).fetchall()
+                    "DELETE FROM ivy_dead_letters WHERE id IN (SELECT value FROM json_each(?)) "
+                    "RETURNING id, body", (json.dumps(chosen),)).fetchall()
             now = time.time()
             back = []
             for _, body in sorted(rows):  # RETURNING has no order: oldest first
