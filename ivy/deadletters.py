@@ -12,10 +12,11 @@ Requeueing puts the original message back with its attempts reset: a valid v1 bo
 re-encoded with ``attempt`` 0, and signed again with the app's signing key when it was signed.
 A body that cannot be read, or that was signed and that the app cannot verify and sign again
 (no key, another key), goes back byte for byte: the tools never sign what they did not
-verify, nor a body that was not signed. The backends make a fresh message, so a delivery count starts again
-too. A requeued call keeps its id: if its producer already got a final notification (the
-task failed all its attempts, or the message was rejected with ``MessageRejected``), the
-notifier keeps that first one and the new outcome reaches nobody; the task still runs.
+verify, nor a body that was not signed. The backends make a fresh message, so a delivery
+count starts again too. A requeued call keeps its id: if its producer already got a final
+notification (the task failed all its attempts, or the message was rejected with
+``MessageRejected``), the notifier keeps that first one and the new outcome reaches nobody;
+the task still runs.
 """
 
 from __future__ import annotations
