@@ -11,11 +11,13 @@ heartbeats live in the notifier's store (see :meth:`ivy.notifiers.base.Notifier.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from ivy.notifiers.base import Notifier, Subscription
-from ivy.worker import Worker
+from ivy.worker import Worker, signal_handlers
 
 log = logging.getLogger("ivy.monitor")
 
@@ -223,3 +225,31 @@ def _print_event(body: bytes, out: TextIO, as_json: bool) -> None:
         return
     out.write((json.dumps(event) if as_json else format_event(event)) + "\n")
     out.flush()
+
+
+def events_command(notifier: Notifier, *, as_json: bool) -> int:
+    """``ivy events``: print task events as they come until SIGINT or SIGTERM; exit 0."""
+    stop = threading.Event()
+
+    def ready() -> None:
+        print(f"ivy events: listening on {notifier.url} (Ctrl-C to stop); workers publish "
+              "events when started with --events", file=sys.stderr, flush=True)
+
+    with signal_handlers(lambda signum, frame: stop.set()):
+        try:
+            tail_events(notifier, sys.stdout, as_json=as_json, stop=stop, ready=ready)
+        except BrokenPipeError:  # `ivy events | head`: the reader is gone
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more is written
+    return 0
+
+
+def workers_report(notifier: Notifier) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """``ivy inspect``'s workers: (the heartbeats, None), or (None, why they are missing)."""
+    try:
+        return notifier.workers(), None
+    except NotImplementedError as exc:
+        return None, str(exc)
+    except Exception as exc:
+        return None, f"reading worker heartbeats from {notifier.url} failed: " \
+                     f"{type(exc).__name__}: {exc}"

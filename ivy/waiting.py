@@ -104,3 +104,49 @@ def print_outcomes(calls: list[Call[Any]], outcomes: list[Any], out: TextIO) -> 
         out.write(json.dumps(line) + "\n")
     out.flush()
     return errored
+
+
+def read_each(lines: Iterable[str]) -> list[list[Any]]:
+    """``ivy call --each FILE``: the argument lists, one per non-blank line, each a JSON array
+    of positional arguments; a line that is not one is an error naming it."""
+    from ivy.errors import IvyError
+
+    arg_lists: list[list[Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            args = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise IvyError(f"--each: line {number} is not valid JSON ({exc}): {line.strip()[:80]}"
+                           ) from None
+        if not isinstance(args, list):
+            raise IvyError(f"--each: line {number} must be a JSON array of positional "
+                           f"arguments, like [5] or [\"a\", 2]; got {line.strip()[:80]}")
+        arg_lists.append(args)
+    return arg_lists
+
+
+def call_each(app: Any, name: str, arg_lists: list[list[Any]], *, kwargs: dict[str, Any],
+              queue: str | None, wait_for_results: bool, timeout: float, out: TextIO) -> int:
+    """``ivy call NAME --each FILE``: one call per argument list (``kwargs`` for all). Prints
+    the call ids, or with ``wait_for_results`` one outcome line per call
+    (:func:`print_outcomes`) after a progress bar on stderr (when tqdm is installed). Exit
+    status: 0, 1 if a call errored, 3 on timeout."""
+    calls = [app.send_task(name, args, kwargs, queue=queue) for args in arg_lists]
+    if not wait_for_results:
+        for call in calls:
+            out.write(call.id + "\n")
+        out.flush()
+        return 0
+    try:
+        import tqdm  # noqa: F401 - only whether the bar can be drawn
+        progress = True
+    except ImportError:
+        progress = False
+    try:
+        outcomes = wait(calls, timeout, progress, return_exceptions=True)
+    except ResultTimeout as exc:
+        print(f"ivy: {exc}", file=sys.stderr)
+        return 3
+    return 1 if print_outcomes(calls, outcomes, out) else 0
