@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -278,3 +279,9 @@ def test_wait_same_call_twice_and_from_threads(app: ivy.Ivy) -> None:
     assert app.wait([call, call], timeout=30) == ["x", "x"]
     waiter.join(30)
     assert results == [["x"]]
+
+
+def test_wait_progress_without_tqdm_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if it were not installed
+    with pytest.raises(ivy.ConfigurationError, match=r"pip install 'ivy-queue\[progress\]'"):
+        ivy.wait([], progress=True)
