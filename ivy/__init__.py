@@ -63,6 +63,7 @@ setup_queue = default.setup_queue
 start_notification_consumer = default.start_notification_consumer
 start_notification_producer = default.start_notification_producer
 listen = default.listen
+wait = default.wait
 close = default.close
 
 __all__ = [
@@ -71,5 +72,5 @@ __all__ = [
     "PublishTimeout", "RemoteTaskError", "ResultTimeout", "SerializationError", "Task",
     "TaskNotRegistered", "TaskTimeout", "Worker", "close", "default", "delayed_call",
     "delayed_calls", "flush", "listen", "mask_url", "register_task", "send_task", "setup_queue",
-    "start_notification_consumer", "start_notification_producer",
+    "start_notification_consumer", "start_notification_producer", "wait",
 ]

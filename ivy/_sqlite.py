@@ -55,6 +55,16 @@ CREATE INDEX IF NOT EXISTS ivy_notifications_channel ON ivy_notifications (chann
 CREATE UNIQUE INDEX IF NOT EXISTS ivy_notifications_final
     ON ivy_notifications (call_id) WHERE final = 1;
 CREATE INDEX IF NOT EXISTS ivy_notifications_created ON ivy_notifications (created);
+CREATE TABLE IF NOT EXISTS ivy_workers (
+    name TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ivy_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    body BLOB NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 #: Longest a waiter sleeps without a wake-up before it looks again.

@@ -7,7 +7,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ivy.call import Call, ResultCallback, finished_adapter, result_callback_adapter
@@ -25,6 +25,7 @@ from ivy.message import (
     peek_id,
 )
 from ivy.middleware import Middleware, Pipeline
+from ivy.monitor import HEARTBEAT_INTERVAL, Heartbeat
 from ivy.notifiers.base import Notifier
 from ivy.outbox import Outbox
 from ivy.queues.base import QueueBackend
@@ -115,6 +116,7 @@ class Ivy:
             pending_ttl=self.pending_ttl, on_retired=self._notifier_retired)
         self._closed = False
         self._workers: list[Worker] = []
+        self._heartbeats: list[Heartbeat] = []
         self._outbox = Outbox(self._send_failed)
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -512,7 +514,8 @@ class Ivy:
     def listen(
         self, queue_url: Spec = None, *, queue: str | Iterable[str] | None = None,
         concurrency: int = 1, block: bool = True, reserve_time: float | None = None,
-        notifier: Spec = None, max_messages: int | None = None,
+        notifier: Spec = None, max_messages: int | None = None, events: bool = False,
+        heartbeat: float | None = HEARTBEAT_INTERVAL,
     ) -> Worker:
         """Run a worker on ``queue`` (a name or several; default: the queues of the registered
         tasks). Blocks until SIGTERM/SIGINT; ``block=False`` returns the running worker, whose
@@ -522,7 +525,11 @@ class Ivy:
         The original's dict form works: ``queue`` inside it names the queue, and
         ``messages: {"pkg.task": {"reserveTime": 3600}}`` sets a task's reservation (seconds
         its message stays reserved, extended while it runs), over the task's own
-        ``reserve_time`` and the worker's ``reserve_time``."""
+        ``reserve_time`` and the worker's ``reserve_time``.
+
+        The worker writes a heartbeat to the notifier every ``heartbeat`` seconds (None: none)
+        for ``ivy inspect``; ``events=True`` publishes its task events for ``ivy events``
+        (see :mod:`ivy.monitor` and :mod:`ivy.middleware.events`)."""
         self._check_open()
         reserve_times: dict[str, float] = {}
         if isinstance(queue_url, Mapping):
@@ -541,11 +548,16 @@ class Ivy:
             names = [queue]
         else:
             names = list(queue)
-        worker = Worker(self.worker_context(reserve_times), backend, self._producer_notifier, names,
+        context = self.worker_context(reserve_times)
+        if events:
+            context = self._with_events(context)
+        worker = Worker(context, backend, self._producer_notifier, names,
                         concurrency=concurrency, reserve_time=reserve_time or self.reserve_time,
                         max_messages=max_messages)
         self._workers.append(worker)
         worker.start()
+        if heartbeat is not None:
+            self._start_heartbeat(worker, heartbeat, events)
         if block:
             worker.run_forever()
         return worker
@@ -568,6 +580,36 @@ class Ivy:
             max_message_bytes=self.max_message_bytes, max_depth=self.max_depth,
             signer=self.signer, reserve_times=reserve_times or {}, middleware=self.middleware)
 
+    # -- live workers, events and waiting (operations issue) ---------------------------------
+
+    def _with_events(self, context: WorkerContext) -> WorkerContext:
+        """``context`` with the events middleware after the app's own: for one worker."""
+        from ivy.middleware.events import Events
+
+        assert self._producer_notifier is not None
+        events = Events(self._producer_notifier)
+        return replace(context, middleware=Pipeline([*self.middleware.middleware, events]))
+
+    def _start_heartbeat(self, worker: Worker, interval: float, events: bool) -> None:
+        assert self._producer_notifier is not None
+        beat = Heartbeat(worker, self._producer_notifier, interval=interval, events=events)
+        with self._lock:
+            self._heartbeats.append(beat)
+        beat.start()
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The heartbeats of the workers alive on this app's notifier (see
+        :mod:`ivy.monitor`), ordered by name."""
+        return self._notifier_for(None).workers()
+
+    def wait(self, calls: Iterable[Call[Any]], timeout: float | None = None,
+             progress: bool = False, *, return_exceptions: bool = False) -> list[Any]:
+        """Wait for ``calls``; their results in the order given, within one ``timeout`` for
+        all, with a tqdm bar on stderr if ``progress`` (see :func:`ivy.waiting.wait`)."""
+        from ivy.waiting import wait
+
+        return wait(calls, timeout, progress, return_exceptions=return_exceptions)
+
     def close(self, timeout: float = 10.0) -> None:
         """Wait up to ``timeout`` seconds for unconfirmed messages (logging what stays
         unconfirmed), stop workers and the notification consumers, and close the backends this
@@ -579,9 +621,12 @@ class Ivy:
                 return
             self._closed = True
             workers, self._workers = self._workers, []
+            heartbeats, self._heartbeats = self._heartbeats, []
         self._flush_quietly(timeout)
         for worker in workers:
             worker.stop()
+        for beat in heartbeats:  # their entries go before the notifiers close
+            beat.stop()
         self._results.close("IvyClosed", f"{self!r} was closed before the result of this "
                             "call arrived; the task may still run")
         for thing in reversed(self._owned):

@@ -1,5 +1,5 @@
-"""The command line: ``ivy worker``, ``ivy call``, ``ivy inspect`` and ``ivy dead`` (also
-``python -m ivy``)."""
+"""The command line: ``ivy worker``, ``ivy call``, ``ivy inspect``, ``ivy events`` and
+``ivy dead`` (also ``python -m ivy``)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from typing import Any
 
 import ivy
 from ivy import deadletters
-from ivy.config import NOTIFIER_ENV, QUEUE_ENV
+from ivy.config import NOTIFIER_ENV, QUEUE_ENV, make_notifier
 from ivy.errors import IvyError, RemoteTaskError, ResultTimeout
+from ivy.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR, events_command, worker_lines, workers_report
 from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
 from ivy.worker import Worker, signal_handlers
 
@@ -61,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="replace a worker process once it processed N messages (it starts no "
                         "more and gives back those it fetched): for tasks that leak memory; "
                         "works with --processes 1 too")
+    w.add_argument("--events", action="store_true",
+                   help="publish task events through the notifier, for `ivy events`")
+    w.add_argument("--heartbeat", type=float, default=HEARTBEAT_INTERVAL, metavar="SECONDS",
+                   help="seconds between heartbeats, which `ivy inspect` shows; a killed "
+                        f"worker drops out after {TTL_FACTOR} (default {HEARTBEAT_INTERVAL:g})")
     w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
     backends(w)
 
@@ -73,18 +79,33 @@ def _parser() -> argparse.ArgumentParser:
                    help="queue name (default: the task's if --module registers it, else ivy)")
     c.add_argument("--module", "-m", action="append", default=[], metavar="MODULE",
                    help="module to import first, to use its task registration")
+    c.add_argument("--each", metavar="FILE", type=argparse.FileType("r"),
+                   help="one call per line of FILE ('-': stdin), each a JSON array of "
+                        "positional arguments; with --wait, a progress bar on stderr and one "
+                        "JSON line per call on stdout")
     c.add_argument("--wait", action="store_true", help="wait for the result and print it")
     c.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="with --wait: how long to wait (default 60)")
     backends(c)
 
-    i = sub.add_parser("inspect", help="show queue sizes and dead letters with their reasons")
+    i = sub.add_parser("inspect", help="show queue sizes, dead letters with their reasons, and "
+                                       "the workers alive")
     i.add_argument("--queue", "-Q", action="append", metavar="NAME",
                    help="queue name (default: every queue the backend knows)")
     i.add_argument("--limit", type=int, default=20, metavar="N",
                    help="dead letters shown per queue (default 20)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
-    backends(i, notifier=False)
+    backends(i)
+
+    e = sub.add_parser("events", help="print task events as workers publish them",
+                       description="Print the task events of workers started with --events "
+                                   "(received, started, succeeded, failed, retried, "
+                                   "dead_lettered) as they come, until Ctrl-C.")
+    e.add_argument("--json", action="store_true", help="one JSON object per line")
+    e.add_argument("--notifier-url", metavar="URL",
+                   help=f"notifier URL (default: ${NOTIFIER_ENV} or sqlite:///ivy.db)")
+    e.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default: INFO")
     deadletters.add_parser(sub, backends)
     return parser
 
@@ -120,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _call(args)
         if args.command == "dead":
             return deadletters.run(args)
+        if args.command == "events":
+            notifier = make_notifier(args.notifier_url)
+            try:
+                return events_command(notifier, as_json=args.json)
+            finally:
+                notifier.close()
         return _inspect(args)
     except IvyError as exc:
         print(f"ivy: error: {exc}", file=sys.stderr)
@@ -159,7 +186,8 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
         try:
             worker = app.listen(queue=args.queue, concurrency=args.concurrency,
                                 reserve_time=args.reserve_time, block=False,
-                                max_messages=args.max_tasks_per_child)
+                                max_messages=args.max_tasks_per_child, events=args.events,
+                                heartbeat=args.heartbeat)
             if link is not None:
                 link.ready()
             worker.run_forever(early_stop)
@@ -179,11 +207,23 @@ def _call(args: argparse.Namespace) -> int:
                        ) from None
     if not isinstance(kwargs, dict):
         raise IvyError(f"--kwargs must be a JSON object, got {args.kwargs}")
+    each = None
+    if args.each is not None:
+        if call_args:
+            raise IvyError("give the arguments either as JSON_ARGs or as lines of --each "
+                           "FILE, not both")
+        from ivy.waiting import call_each, read_each
+
+        with args.each:
+            each = read_each(args.each)
     if args.queue_url:
         app.setup_queue(args.queue_url)
     try:
         app.start_notification_consumer(args.notifier_url)
         queue = args.queue or (None if app.registry.get(args.name) else "ivy")
+        if each is not None:
+            return call_each(app, args.name, each, kwargs=kwargs, queue=queue,
+                             wait_for_results=args.wait, timeout=args.timeout, out=sys.stdout)
         call = app.send_task(args.name, call_args, kwargs, queue=queue)
         if not args.wait:
             print(call.id)
@@ -215,9 +255,21 @@ def _inspect(args: argparse.Namespace) -> int:
             report.append({
                 "queue": name, "size": backend.size(name), "dead_letters": [
                     {"reason": d.reason, "time": d.time, "body": _preview(d.body)} for d in dead]})
+        notifier = make_notifier(args.notifier_url)
+        try:
+            workers, workers_error = workers_report(notifier)
+        finally:
+            notifier.close()
         if args.json:
-            print(json.dumps(report, indent=2))
+            print(json.dumps({"queue_backend": backend.url, "queues": report,
+                              "notifier": notifier.url, "workers": workers,
+                              "workers_error": workers_error}, indent=2))
             return 0
+        print(f"notifier {notifier.url}: " + (
+            f"workers unknown: {workers_error}" if workers is None else
+            f"{len(workers)} worker(s) alive"))
+        for line in worker_lines(workers or []):
+            print(line)
         print(f"queue backend {backend.url}")
         if not report:
             print("  no queues known to this backend (RabbitMQ cannot list them): name them "

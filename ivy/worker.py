@@ -164,6 +164,8 @@ class Worker:
         #: deliveries admitted for processing so far (see ``max_messages``)
         self.admitted = 0
         self.processed = 0
+        #: task runs that raised or timed out, and messages dead-lettered as unrunnable
+        self.failed = 0
         self._stopping = threading.Event()
         #: set once no more deliveries are admitted: the worker is stopping or is full
         self._refusing = threading.Event()
@@ -248,6 +250,17 @@ class Worker:
     @property
     def running(self) -> bool:
         return not self._stopping.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries held now: running, or fetched and waiting for an executor."""
+        with self._lock:
+            return len(self._held)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has stopped (``stop()`` or ``join()`` saw it end); True if it
+        did within ``timeout``. For threads that live as long as the worker (its heartbeat)."""
+        return self._stopped.wait(timeout)
 
     @property
     def full(self) -> bool:
@@ -460,6 +473,9 @@ class Worker:
         ok, value = self._executor.run(task, message)
         if middleware:
             middleware.after_task(message, value if ok else None, None if ok else value)
+        if not ok:
+            with self._lock:
+                self.failed += 1
         if ok:
             self._recorder.record(message, Notification(
                 message.id, "successful", message.name, result=value, attempt=message.attempt,
@@ -498,6 +514,8 @@ class Worker:
         """Dead-letter a message that cannot run, and tell its producer when we can."""
         log.error("worker %s: dead-lettering a message from %s: %s", self.name, delivery.queue,
                   reason)
+        with self._lock:
+            self.failed += 1
         self._recorder.rejected(reason, fields)
         delivery.dead_letter(reason)
         if self.context.middleware:

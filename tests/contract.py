@@ -494,3 +494,69 @@ class NotifierContract:
         notifier.publish(other, uuid.uuid4().hex, b"not mine", final=True)
         assert sub.get(0.3) == []
         sub.close()
+
+    # -- live workers and task events ----------------------------------------------------
+
+    def test_worker_heartbeat_is_listed_refreshed_and_removed(self, notifier: Notifier) -> None:
+        # Given two workers that wrote their heartbeats (names sort in reverse of writing)
+        tag = uuid.uuid4().hex[:8]
+        b, a = f"{tag}-b", f"{tag}-a"
+        notifier.put_worker(b, {"name": b, "processed": 0, "queues": ["q"]}, 30)
+        notifier.put_worker(a, {"name": a, "processed": 0, "queues": ["q"]}, 30)
+        # When one writes again
+        notifier.put_worker(b, {"name": b, "processed": 7, "queues": ["q"]}, 30)
+        # Then each is listed once, ordered by name, with its latest heartbeat
+        mine = [w for w in notifier.workers() if w["name"].startswith(tag)]
+        assert mine == [{"name": a, "processed": 0, "queues": ["q"]},
+                        {"name": b, "processed": 7, "queues": ["q"]}]
+        # and a removed worker is gone at once, the other stays
+        notifier.remove_worker(b)
+        assert [w["name"] for w in notifier.workers() if w["name"].startswith(tag)] == [a]
+        notifier.remove_worker(a)
+
+    def test_worker_heartbeat_expires_after_its_ttl(self, notifier: Notifier) -> None:
+        # Given a worker whose last heartbeat had a short TTL (it was killed), and one alive
+        tag = uuid.uuid4().hex[:8]
+        killed, alive = f"{tag}-killed", f"{tag}-alive"
+        notifier.put_worker(killed, {"name": killed}, 0.3)
+        notifier.put_worker(alive, {"name": alive}, 30)
+        assert {w["name"] for w in notifier.workers()} >= {killed, alive}
+        # Then the killed one disappears by itself; the live one stays
+        wait_for(lambda: killed not in {w["name"] for w in notifier.workers()}, timeout=5,
+                 message="the expired heartbeat to disappear")
+        assert alive in {w["name"] for w in notifier.workers()}
+        # and a later heartbeat of another worker does not bring it back
+        notifier.put_worker(alive, {"name": alive}, 30)
+        assert killed not in {w["name"] for w in notifier.workers()}
+        notifier.remove_worker(alive)
+
+    def test_events_reach_every_subscription_in_order(self, notifier: Notifier) -> None:
+        # Given an event published before anyone subscribed, and two subscriptions
+        tag = uuid.uuid4().hex.encode()
+        notifier.publish_event(b'{"before": "%s"}' % tag)
+        subs = [notifier.subscribe_events() for _ in range(2)]
+        try:
+            # When three events are published
+            sent = [b'{"n": %d, "tag": "%s"}' % (i, tag) for i in range(3)]
+            for body in sent:
+                notifier.publish_event(body)
+            # Then each subscription gets the three, in order, and not the earlier one
+            for sub in subs:
+                got: list[bytes] = []
+                deadline = time.monotonic() + 5
+                while len(got) < 3 and time.monotonic() < deadline:
+                    got.extend(b for b in sub.get(0.5) if tag in b)
+                assert got == sent
+                assert [b for b in sub.get(0.2) if tag in b] == []
+        finally:
+            for sub in subs:
+                sub.close()
+
+    def test_closing_an_events_subscription_interrupts_its_get(self, notifier: Notifier) -> None:
+        sub = notifier.subscribe_events()
+        closer = threading.Timer(0.2, sub.close)
+        started = time.monotonic()
+        closer.start()
+        assert sub.get(10) == []
+        assert time.monotonic() - started < 5
+        closer.join()

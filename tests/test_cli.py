@@ -6,10 +6,13 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import wait_for
+from workers import WorkerProcess, producer_app, start_worker, stop_worker
 
 import ivy
 from ivy.cli import main
@@ -52,8 +55,8 @@ def test_worker_call_wait_and_inspect(sqlite_url: str) -> None:
         assert out.returncode == 0, out.stderr
         assert "proc: 0 waiting or running, 1 dead letter(s) shown" in out.stdout
         assert "unknown task 'proc.unknown' on queue 'proc'" in out.stdout
-        out = run("inspect", "--queue-url", sqlite_url, "--json")
-        [entry] = json.loads(out.stdout)
+        out = run("inspect", "--queue-url", sqlite_url, "--notifier-url", sqlite_url, "--json")
+        [entry] = json.loads(out.stdout)["queues"]
         assert entry["queue"] == "proc" and entry["size"] == 0
         assert "proc.unknown" in entry["dead_letters"][0]["body"]
     finally:
@@ -151,3 +154,169 @@ def test_dead_list_show_requeue_purge(dead_url: str, tmp_path: Path) -> None:
         backend.close()
     out = run("dead", "list", "--queue", "q", "--json", *url)
     assert json.loads(out.stdout) == []
+# -- live workers, events, several calls -----------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "amqp+redis"])
+def process_urls(request: pytest.FixtureRequest, sqlite_url: str) -> tuple[str, str]:
+    """(queue URL, notifier URL) that several processes share."""
+    if request.param == "sqlite":
+        return sqlite_url, sqlite_url
+    return request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
+
+
+class Lines:
+    """A subprocess whose stdout and stderr lines are read by threads, to wait on with a
+    deadline."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "ivy", *args], cwd=TESTS,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, into in ((self.process.stdout, self.out), (self.process.stderr, self.err)):
+            threading.Thread(target=self._read, args=(stream, into), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def wait_for_err(self, text: str, timeout: float = 30) -> None:
+        wait_for(lambda: any(text in line for line in self.err) or self.process.poll(),
+                 timeout=timeout, message=f"{text!r} on stderr")
+        assert self.process.poll() is None, "\n".join(self.err)
+
+    def interrupt(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(20)
+
+
+def inspect_json(queue_url: str, notifier_url: str) -> dict[str, Any]:
+    out = run("inspect", "--json", "--queue", "proc", "--queue-url", queue_url,
+              "--notifier-url", notifier_url)
+    assert out.returncode == 0, out.stderr
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
+
+
+def beats(report: dict[str, Any], pid: int) -> list[dict[str, Any]]:
+    return [w for w in report["workers"] if w["pid"] == pid]
+
+
+@pytest.mark.slow
+def test_events_and_inspect_follow_worker_processes(process_urls: tuple[str, str]) -> None:
+    queue_url, notifier_url = process_urls
+    # Given a worker with --events that beats every 0.3 s, and two `ivy events` watching
+    first = start_worker(queue_url, notifier_url, "--events", "--heartbeat", "0.3")
+    second: WorkerProcess | None = None
+    watchers = [Lines("events", "--json", "--notifier-url", notifier_url),
+                Lines("events", "--notifier-url", notifier_url)]
+    producer = producer_app(queue_url, notifier_url)
+    try:
+        for watcher in watchers:
+            watcher.wait_for_err("listening on")
+        # When it runs a call that succeeds and one that fails
+        ok = producer.delayed_call("proc.factorial", 5)
+        bad = producer.delayed_call("proc.factorial", "x")
+        assert ok.result(30) == 120
+        with pytest.raises(ivy.RemoteTaskError):
+            bad.result(30)
+        # Then `ivy events --json` prints their events as JSON lines, in order
+        as_json, as_text = watchers
+
+        def events_of(call: ivy.Call[Any]) -> list[str]:
+            return [e["event"] for e in map(json.loads, list(as_json.out)) if e["id"] == call.id]
+
+        wait_for(lambda: events_of(bad)[-1:] == ["failed"], timeout=30,
+                 message="the failed event of the bad call")
+        assert events_of(ok) == ["received", "started", "succeeded"]
+        assert events_of(bad) == ["received", "started", "failed"]
+        # and `ivy events` as text lines naming the event, the task and the call
+        wait_for(lambda: any("failed" in line and bad.id in line for line in as_text.out),
+                 timeout=30, message="the text line of the failed call")
+        [line] = [line for line in as_text.out if "succeeded" in line]
+        assert f"proc.factorial [{ok.id}] queue proc on" in line and " in " in line
+        assert "TypeError" in next(line for line in as_text.out if "failed" in line)
+        # and `ivy inspect` shows the worker with its counts
+        wait_for(lambda: [(w["processed"], w["failed"], w["events"]) for w in beats(
+            inspect_json(queue_url, notifier_url), first.pid)] == [(2, 1, True)],
+            timeout=30, interval=0.2, message="a heartbeat with 2 processed, 1 failed")
+        report = inspect_json(queue_url, notifier_url)
+        assert report["queues"][0]["queue"] == "proc" and report["workers_error"] is None
+        [beat] = beats(report, first.pid)
+        assert beat["queues"] == ["proc"] and beat["concurrency"] == 1
+        text = run("inspect", "--queue", "proc", "--queue-url", queue_url, "--notifier-url",
+                   notifier_url).stdout
+        assert f":{first.pid}: queues proc; 0 of 1 busy; 2 processed, 1 failed" in text
+        # When a second worker (heartbeat every 5 s, so kept 15 s) starts and is stopped
+        second = start_worker(queue_url, notifier_url)
+        assert len(beats(inspect_json(queue_url, notifier_url), second.pid)) == 1
+        stop_worker(second)
+        # Then its heartbeat is gone at once
+        report = inspect_json(queue_url, notifier_url)
+        assert beats(report, second.pid) == [] and len(beats(report, first.pid)) == 1
+        second = None
+        # When the first one is killed, its heartbeat expires (after 3 x 0.3 s)
+        first.kill()
+        first.wait(10)
+        wait_for(lambda: beats(inspect_json(queue_url, notifier_url), first.pid) == [],
+                 timeout=20, interval=0.2, message="the killed worker's heartbeat to expire")
+        # and Ctrl-C ends `ivy events` with status 0
+        for watcher in watchers:
+            assert watcher.interrupt() == 0, "\n".join(watcher.err)
+    finally:
+        producer.close()
+        for watcher in watchers:
+            if watcher.process.poll() is None:
+                watcher.process.kill()
+        if first.poll() is None:
+            stop_worker(first)
+        if second is not None:
+            stop_worker(second)
+
+
+@pytest.mark.slow
+def test_call_each_with_wait_prints_one_line_per_call(process_urls: tuple[str, str],
+                                                      tmp_path: Path) -> None:
+    queue_url, notifier_url = process_urls
+    urls = ("--queue-url", queue_url, "--notifier-url", notifier_url)
+    worker = start_worker(queue_url, notifier_url, "--concurrency", "2")
+    try:
+        # Given a file of argument lists, a blank line and one the task rejects
+        each = tmp_path / "args.jsonl"
+        each.write_text('[5]\n[3]\n\n["x"]\n')
+        # When ivy call --each --wait runs them
+        out = run("call", "proc.factorial", "--queue", "proc", "--each", str(each), "--wait",
+                  *urls)
+        # Then stdout has one JSON line per call in file order, stderr a finished bar, and
+        # the exit status says a call errored
+        assert out.returncode == 1, out.stderr
+        lines = [json.loads(line) for line in out.stdout.splitlines()]
+        assert [(x["status"], x.get("result")) for x in lines] == [
+            ("successful", 120), ("successful", 6), ("errored", None)]
+        assert lines[2]["error"]["type"] == "TypeError"
+        assert len({x["id"] for x in lines}) == 3
+        assert "3/3" in out.stderr
+        # and without --wait it prints the call ids, from stdin as well
+        out = subprocess.run([sys.executable, "-m", "ivy", "call", "proc.factorial", "--queue",
+                              "proc", "--each", "-", *urls], cwd=TESTS, input="[1]\n[2]\n",
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert [len(line) for line in out.stdout.split()] == [32, 32]
+    finally:
+        stop_worker(worker)
+
+
+def test_call_each_rejects_bad_lines(sqlite_url: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    each = tmp_path / "args.jsonl"
+    each.write_text('[1]\n{"n": 1}\n')
+    assert main(["call", "x.y", "--each", str(each), "--queue-url", sqlite_url,
+                 "--notifier-url", sqlite_url]) == 2
+    assert "line 2 must be a JSON array" in capsys.readouterr().err
+    each.write_text("[1]\n[2\n")
+    assert main(["call", "x.y", "--each", str(each), "--queue-url", sqlite_url,
+                 "--notifier-url", sqlite_url]) == 2
+    assert "line 2 is not valid JSON" in capsys.readouterr().err
+    assert main(["call", "x.y", "1", "--each", str(each), "--queue-url", sqlite_url]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -32,6 +32,7 @@ __all__ = ["Middleware", "Pipeline"]
 _SHIPPED = {
     "Prometheus": ("ivy.middleware.prometheus", "Prometheus"),
     "OpenTelemetry": ("ivy.middleware.otel", "OpenTelemetry"),
+    "Events": ("ivy.middleware.events", "Events"),
 }
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 
 class Subscription(ABC):
@@ -38,3 +39,35 @@ class Notifier(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the notifier is not used afterwards."""
+
+    # -- live workers and task events (``ivy inspect``, ``ivy events``) ----------------------
+    # Shared state that several processes read lives in the notifier's store, so it works the
+    # same on memory, SQLite and Redis. The defaults raise: a notifier of your own opts in.
+
+    def put_worker(self, name: str, info: Mapping[str, Any], ttl: float) -> None:
+        """Write (or refresh) the heartbeat of worker ``name``: ``info`` is a JSON object,
+        kept for ``ttl`` seconds unless written again (a killed worker's entry expires)."""
+        raise NotImplementedError(self._unsupported("keep worker heartbeats"))
+
+    def remove_worker(self, name: str) -> None:
+        """Forget worker ``name`` at once (it stopped)."""
+        raise NotImplementedError(self._unsupported("keep worker heartbeats"))
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The heartbeats of the workers alive (not expired), ordered by name."""
+        raise NotImplementedError(self._unsupported("keep worker heartbeats"))
+
+    def publish_event(self, body: bytes) -> None:
+        """Send a task event (a JSON object) to every events subscription open now; an event
+        nobody listens to is gone (a live stream, not a log)."""
+        raise NotImplementedError(self._unsupported("carry task events"))
+
+    def subscribe_events(self) -> Subscription:
+        """Receive the task events published from now on: once this returns, nothing
+        published afterwards is missed while the subscription stays open."""
+        raise NotImplementedError(self._unsupported("carry task events"))
+
+    def _unsupported(self, what: str) -> str:
+        return (f"notifier {type(self).__name__} ({self.url or 'no URL'}) cannot {what}: use a "
+                "memory://, sqlite:// or redis:// notifier, or implement put_worker, "
+                "remove_worker, workers, publish_event and subscribe_events")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Self
 
 from ivy.notifiers.base import Notifier, Subscription
@@ -18,6 +20,10 @@ class _Hub:
         self.cond = threading.Condition()
         self.channels: dict[str, deque[bytes]] = {}
         self.stored: OrderedDict[str, bytes] = OrderedDict()
+        #: worker name -> (expiry on the monotonic clock, heartbeat as JSON)
+        self.workers: dict[str, tuple[float, str]] = {}
+        #: one buffer per open events subscription: an event goes to each
+        self.event_buffers: list[deque[bytes]] = []
 
     def channel(self, name: str) -> deque[bytes]:
         buf = self.channels.get(name)
@@ -67,6 +73,33 @@ class MemorySubscription(Subscription):
             self._hub.cond.notify_all()
 
 
+class MemoryEventSubscription(Subscription):
+    """The task events published while it is open, from a buffer of its own."""
+
+    def __init__(self, hub: _Hub) -> None:
+        self._hub = hub
+        self._buf: deque[bytes] = deque(maxlen=MAX_STORED)
+        self._closed = False
+        with hub.cond:
+            hub.event_buffers.append(self._buf)
+
+    def get(self, timeout: float) -> list[bytes]:
+        hub, buf = self._hub, self._buf
+        with hub.cond:
+            if not buf and not self._closed:
+                hub.cond.wait_for(lambda: bool(buf) or self._closed, timeout)
+            items = list(buf)
+            buf.clear()
+            return items
+
+    def close(self) -> None:
+        with self._hub.cond:
+            self._closed = True
+            if self._buf in self._hub.event_buffers:
+                self._hub.event_buffers.remove(self._buf)
+            self._hub.cond.notify_all()
+
+
 class MemoryNotifier(Notifier):
     def __init__(self, name: str = "default") -> None:
         self.name = name or "default"
@@ -96,3 +129,31 @@ class MemoryNotifier(Notifier):
         with self._hub.cond:
             return self._hub.stored.get(call_id)
 
+
+    def put_worker(self, name: str, info: Mapping[str, Any], ttl: float) -> None:
+        text = json.dumps(dict(info))
+        with self._hub.cond:
+            self._hub.workers[name] = (time.monotonic() + ttl, text)
+
+    def remove_worker(self, name: str) -> None:
+        with self._hub.cond:
+            self._hub.workers.pop(name, None)
+
+    def workers(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        with self._hub.cond:
+            table = self._hub.workers
+            for name in [n for n, (expires, _) in table.items() if expires <= now]:
+                del table[name]
+            return [json.loads(table[name][1]) for name in sorted(table)]
+
+    def publish_event(self, body: bytes) -> None:
+        hub = self._hub
+        with hub.cond:
+            if hub.event_buffers:
+                for buf in hub.event_buffers:
+                    buf.append(body)
+                hub.cond.notify_all()
+
+    def subscribe_events(self) -> Subscription:
+        return MemoryEventSubscription(self._hub)

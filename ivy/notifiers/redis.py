@@ -12,15 +12,23 @@ it (given that Redis keeps its data across the restart: use AOF persistence in p
 The worker's commands and the subscription's reads skip parts of redis-py for speed; that code
 is in :mod:`ivy.notifiers._redis_direct`, used only with the redis-py versions it was tested
 with (the public API otherwise).
+
+Worker heartbeats live in a sorted set ``ivy:workers`` (name -> expiry, from the Redis server's
+clock, so hosts whose clocks disagree still agree on who is alive) beside a hash
+``ivy:workers:info`` (name -> heartbeat JSON); each write drops the expired entries. Task events
+are published on the channel ``ivy:events`` (pub/sub: only subscribers connected now get them);
+on a database other than 0 the channel is ``ivy:events@<db>``, since Redis pub/sub ignores the
+database number and two apps on one server would otherwise see each other's events.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Self
 
 import redis
@@ -41,6 +49,40 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
     return 1
 end
 return 0
+"""
+
+
+WORKERS_KEY = "ivy:workers"
+WORKERS_INFO_KEY = "ivy:workers:info"
+EVENTS_CHANNEL = "ivy:events"
+# KEYS[1] zset name -> expiry ms, KEYS[2] hash name -> info; ARGV[1] name, ARGV[2] info,
+# ARGV[3] ttl ms. Redis's own clock (TIME) decides expiry for every host alike.
+PUT_WORKER = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+if #expired > 0 then
+    redis.call('ZREM', KEYS[1], unpack(expired))
+    redis.call('HDEL', KEYS[2], unpack(expired))
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+# KEYS as above; returns {name, info, name, info, ...} of the entries not expired
+LIVE_WORKERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local out = {}
+for _, name in ipairs(names) do
+    local info = redis.call('HGET', KEYS[2], name)
+    if info then
+        out[#out + 1] = name
+        out[#out + 1] = info
+    end
+end
+return out
 """
 
 
@@ -89,6 +131,53 @@ class RedisSubscription(Subscription):
             log.debug("closing a Redis subscription raised", exc_info=True)
 
 
+class RedisEventSubscription(Subscription):
+    """The ``ivy:events`` channel; the constructor returns once Redis confirmed the
+    subscription, so nothing published afterwards is missed."""
+
+    def __init__(self, notifier: RedisNotifier, confirm_timeout: float = 10.0) -> None:
+        self._closed = threading.Event()
+        self._direct = notifier._commands.direct
+        self._pubsub = notifier.client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub.subscribe(notifier.events_channel)
+        deadline = time.monotonic() + confirm_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.close()
+                raise redis.exceptions.TimeoutError(
+                    f"Redis at {notifier.url} did not confirm the subscription to "
+                    f"{notifier.events_channel!r} within {confirm_timeout} s")
+            reply = read_pubsub(self._pubsub, remaining, direct=self._direct)
+            if reply is not None and reply[0] == "subscribe":
+                break
+
+    def get(self, timeout: float) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        while not self._closed.is_set():
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                return []
+            try:
+                reply = read_pubsub(self._pubsub, wait, direct=self._direct)
+            except Exception:
+                if self._closed.is_set():  # closed from another thread mid-read: any error
+                    return []
+                raise
+            if reply is None:
+                return []
+            if reply[0] == "message":
+                return [reply[1]]
+        return []
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self._pubsub.close()
+        except Exception:
+            log.debug("closing a Redis subscription raised", exc_info=True)
+
+
 class RedisNotifier(Notifier):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *,
                  result_ttl: int = 86400) -> None:
@@ -101,6 +190,11 @@ class RedisNotifier(Notifier):
         self._sha = hashlib.sha1(STORE_AND_PUBLISH.encode(), usedforsecurity=False).hexdigest()
         # a worker sends a command or two per task: on connections of its own (_redis_direct)
         self._commands = Commands(self.client)
+        db = int(self.client.connection_pool.connection_kwargs.get("db") or 0)
+        #: the pub/sub channel of task events (``ivy:events``; ``ivy:events@<db>`` off db 0)
+        self.events_channel = EVENTS_CHANNEL if db == 0 else f"{EVENTS_CHANNEL}@{db}"
+        self._put_worker = self.client.register_script(PUT_WORKER)
+        self._live_workers = self.client.register_script(LIVE_WORKERS)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -133,6 +227,27 @@ class RedisNotifier(Notifier):
             values = self.client.mget([KEY_PREFIX + i for i in chunk])
             found.extend(v for v in values if isinstance(v, bytes))
         return found
+
+    def put_worker(self, name: str, info: Mapping[str, Any], ttl: float) -> None:
+        self._put_worker(keys=[WORKERS_KEY, WORKERS_INFO_KEY],
+                         args=[name, json.dumps(dict(info)), max(1, int(ttl * 1000))])
+
+    def remove_worker(self, name: str) -> None:
+        pipe = self.client.pipeline()
+        pipe.zrem(WORKERS_KEY, name)
+        pipe.hdel(WORKERS_INFO_KEY, name)
+        pipe.execute()
+
+    def workers(self) -> list[dict[str, Any]]:
+        flat = self._live_workers(keys=[WORKERS_KEY, WORKERS_INFO_KEY])
+        pairs = sorted(zip(flat[::2], flat[1::2], strict=True))
+        return [json.loads(info) for _, info in pairs]
+
+    def publish_event(self, body: bytes) -> None:
+        self._commands("PUBLISH", self.events_channel, body)
+
+    def subscribe_events(self) -> Subscription:
+        return RedisEventSubscription(self)
 
     def close(self) -> None:
         self._commands.close()

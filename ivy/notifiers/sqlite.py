@@ -4,18 +4,25 @@ Every notification is a row; a subscription reads its channel's new rows in orde
 the stored final rows of its pending call ids, so a producer that starts waiting late still gets
 its result. A unique index keeps only the first final notification of a call. Rows older than
 ``ttl`` seconds (default one day) are pruned by publishers now and then.
+
+Worker heartbeats are rows of ``ivy_workers`` with an expiry time (this machine's clock: every
+process on one SQLite file shares it). Task events are rows of ``ivy_events``, read by each
+events subscription from the moment it opened, and pruned after :data:`EVENTS_TTL` seconds.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Self
 
 from ivy._sqlite import POLL_INTERVAL, Database, WakeListener, WakeSender
 from ivy.notifiers.base import Notifier, Subscription
 
 PRUNE_EVERY = 60.0
+#: Seconds an event row is kept: long enough for any open subscription to read it.
+EVENTS_TTL = 60.0
 
 
 class SQLiteSubscription(Subscription):
@@ -69,13 +76,47 @@ class SQLiteSubscription(Subscription):
         self._listener.interrupt()
 
 
+class SQLiteEventSubscription(Subscription):
+    """Reads the ``ivy_events`` rows added after it opened, in order."""
+
+    def __init__(self, notifier: SQLiteNotifier) -> None:
+        self._notifier = notifier
+        self._listener = WakeListener(notifier.db.wake_dir("e"))
+        self._cursor: int = notifier.db.conn().execute(
+            "SELECT coalesce(max(seq), 0) FROM ivy_events").fetchone()[0]
+        self._closed = False
+
+    def get(self, timeout: float) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        conn = self._notifier.db.conn()
+        while not self._closed:
+            rows = conn.execute("SELECT seq, body FROM ivy_events WHERE seq > ? ORDER BY seq "
+                                "LIMIT 1000", (self._cursor,)).fetchall()
+            if rows:
+                self._cursor = rows[-1][0]
+                return [bytes(r[1]) for r in rows]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._listener.wait(min(remaining, POLL_INTERVAL))
+        if self._closed:
+            self._listener.close()
+        return []
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.interrupt()
+
+
 class SQLiteNotifier(Notifier):
     def __init__(self, path: str = "ivy.db", *, ttl: float = 86400.0) -> None:
         self.db = Database(path)
         self.url = f"sqlite:///{self.db.path}"
         self.ttl = ttl
         self.waker = WakeSender(self.db.wake_dir("n"))
+        self._event_waker = WakeSender(self.db.wake_dir("e"))
         self._last_prune = 0.0
+        self._last_event_prune = 0.0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -101,6 +142,34 @@ class SQLiteNotifier(Notifier):
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def put_worker(self, name: str, info: Mapping[str, Any], ttl: float) -> None:
+        now = time.time()
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM ivy_workers WHERE expires <= ?", (now,))
+            conn.execute("INSERT OR REPLACE INTO ivy_workers (name, info, expires) "
+                         "VALUES (?, ?, ?)", (name, json.dumps(dict(info)), now + ttl))
+
+    def remove_worker(self, name: str) -> None:
+        self.db.conn().execute("DELETE FROM ivy_workers WHERE name = ?", (name,))
+
+    def workers(self) -> list[dict[str, Any]]:
+        rows = self.db.conn().execute(
+            "SELECT info FROM ivy_workers WHERE expires > ? ORDER BY name", (time.time(),))
+        return [json.loads(r[0]) for r in rows]
+
+    def publish_event(self, body: bytes) -> None:
+        now = time.time()
+        conn = self.db.conn()
+        conn.execute("INSERT INTO ivy_events (body, created) VALUES (?, ?)", (body, now))
+        self._event_waker.wake()
+        if now - self._last_event_prune > EVENTS_TTL / 4:
+            self._last_event_prune = now
+            conn.execute("DELETE FROM ivy_events WHERE created < ?", (now - EVENTS_TTL,))
+
+    def subscribe_events(self) -> Subscription:
+        return SQLiteEventSubscription(self)
+
     def close(self) -> None:
         self.waker.close()
+        self._event_waker.close()
         self.db.close()
