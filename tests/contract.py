@@ -60,6 +60,9 @@ class QueueBackendContract:
     #: False where a retry redelivers the received message as it was (SQS changes its
     #: visibility, IronMQ releases it): the delivery count then tells the attempt
     retry_replaces_body = True
+    #: False where two consumers receiving at once may both get a message (SQS standard
+    #: queues deliver "at least once"; moto's server shows it too, raw boto3 included)
+    concurrent_receives_are_exclusive = True
 
     def test_publish_then_consume_and_ack(self, backend: QueueBackend) -> None:
         # Given a message on a queue
@@ -238,7 +241,12 @@ class QueueBackendContract:
             t.start()
         for t in threads:
             t.join(60)
-        assert sorted(seen) == sorted(str(i).encode() for i in range(n))
+        expected = sorted(str(i).encode() for i in range(n))
+        report = f"{len(seen)} deliveries of {len(set(seen))} distinct messages, {n} sent"
+        if self.concurrent_receives_are_exclusive:
+            assert sorted(seen) == expected, report
+        else:  # nothing lost; a copy now and then is the backend's at-least-once
+            assert sorted(set(seen)) == expected, report
 
     # -- dead-letter tools ------------------------------------------------------------------
 
