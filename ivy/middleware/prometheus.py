@@ -200,7 +200,7 @@ class Prometheus(Middleware):
                     if queue not in self._failing:
                         self._failing.add(queue)
                         log.warning("prometheus: cannot read the size of queue %r on %s (%s: "
-                                    "%s); ivy_queue_messages{queue=%r} is left out until it "
+                                    "%s); ivy_queue_messages{queue=\"%s\"} is left out until it "
                                     "can", queue, backend.url, type(exc).__name__, exc, queue)
                     self._remove_depth(queue)
                     continue
