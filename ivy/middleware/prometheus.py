@@ -96,6 +96,26 @@ class _Metrics:
             found = self.children[key] = metric.labels(*labels)
         return found
 
+    def series(self, name: str, queue: str) -> _Series:
+        """What a run of task ``name`` from ``queue`` touches, looked up once per run."""
+        key = ("s", name, queue)
+        found: _Series | None = self.children.get(key)
+        if found is None:
+            found = self.children[key] = _Series(
+                name, queue, self.child(self.running, "r", queue),
+                self.child(self.duration, "d", name, queue))
+        return found
+
+
+@dataclass(slots=True)
+class _Series:
+    name: str
+    queue: str
+    running: Any
+    duration: Any
+    #: made on the first success: an outcome that never happened has no series
+    successful: Any = None
+
 
 _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = (
     weakref.WeakKeyDictionary())
@@ -214,19 +234,26 @@ class Prometheus(Middleware):
     # -- hooks -----------------------------------------------------------------------------
 
     def before_task(self, message: Message) -> None:
-        self._local.start = time.perf_counter()
-        self._m.child(self._m.running, "r", message.queue or "").inc()
+        series = self._m.series(message.name, message.queue or "")
+        series.running.inc()
+        # the executor thread runs the task and both hooks: its start is kept per thread
+        self._local.run = (series, time.perf_counter())
 
     def after_task(self, message: Message, result: Any, error: dict[str, str] | None) -> None:
-        elapsed = time.perf_counter() - getattr(self._local, "start", time.perf_counter())
-        m = self._m
-        queue = message.queue or ""
-        m.child(m.running, "r", queue).dec()
-        m.child(m.duration, "d", message.name, queue).observe(elapsed)
+        now = time.perf_counter()
+        run = getattr(self._local, "run", None)
+        series, started = run if run is not None else (
+            self._m.series(message.name, message.queue or ""), now)
+        self._local.run = None
+        series.running.dec()
+        series.duration.observe(now - started)
         if error is None:
-            m.child(m.tasks, "t", message.name, queue, "successful").inc()
+            if series.successful is None:
+                series.successful = self._m.child(self._m.tasks, "t", series.name,
+                                                  series.queue, "successful")
+            series.successful.inc()
         elif not self._retries_follow(message):
-            m.child(m.tasks, "t", message.name, queue, "errored").inc()
+            self._m.child(self._m.tasks, "t", series.name, series.queue, "errored").inc()
 
     def on_retry(self, message: Message, error: dict[str, str], delay: float) -> None:
         self._m.child(self._m.tasks, "t", message.name, message.queue or "", "retried").inc()
