@@ -208,6 +208,48 @@ def test_a_queue_whose_size_fails_loses_its_series(sqlite_url: str,
         app.close()
 
 
+MULTIPROCESS_SAMPLE = """
+import sys, time
+import ivy
+from prometheus_client import REGISTRY
+from ivy.middleware.prometheus import Prometheus
+
+url = sys.argv[1]
+app = ivy.Ivy(url, url)
+app.send_task("t.x", [], queue="a")
+app.flush(10)
+prom = Prometheus().bind(app.queue_backend, ["a"], every=3600)  # first sample now
+deadline = time.monotonic() + 20
+while REGISTRY.get_sample_value("ivy_queue_messages", {"queue": "a"}) != 1.0:
+    assert time.monotonic() < deadline, "no sample"
+    time.sleep(0.01)
+app.queue_backend.db.conn().execute("DROP TABLE ivy_messages")
+prom.sample()
+prom.close()
+app.close()
+"""
+
+
+def test_in_multiprocess_mode_a_failed_sample_is_nan(tmp_path: Path, sqlite_url: str) -> None:
+    import math
+
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    # Given a worker process writing its metrics for a parent to sum (files cannot drop a
+    # series, and prometheus-client warns on a removal there: -W error makes that fail)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", MULTIPROCESS_SAMPLE, sqlite_url],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # When its queue's size could be read, then could not: Then the depth is NaN, "unknown"
+    depths = [s.value for family in MultiProcessCollector(None, path=str(metrics_dir)).collect()
+              for s in family.samples if s.name == "ivy_queue_messages"]
+    assert len(depths) == 1 and math.isnan(depths[0]), depths
+
+
 def test_a_scrape_does_not_wait_for_a_hung_backend() -> None:
     pytest.importorskip("pika")
     from ivy.queues.amqp import AMQPQueueBackend

@@ -9,15 +9,17 @@ Metrics, under these names only:
 - ``ivy_queue_messages{queue}``: the depth of the bound queues (see :meth:`Prometheus.bind`),
   sampled from ``backend.size(queue)`` by a background thread every few seconds, so a scrape
   never waits on a backend: a broken one only stops the sampling, and a failed sample removes
-  its series rather than leave a stale depth;
+  its series rather than leave a stale depth (sets it to NaN in multiprocess mode, whose files
+  cannot drop a series);
 - ``ivy_messages_published_total{task,queue}``: messages a producer handed to its backend.
 
 Outcomes: each run of a task counts once, as ``successful``, ``errored`` (it failed and runs no
 more: the call's final status is errored) or ``retried`` (it failed and runs again, counted from
 ``on_retry``). ``dead_lettered`` counts messages put in dead letters: after their last failed
-run (which also counted as ``errored``) or rejected before they ran (an unknown task, wrong
-arguments; labels ``task=""`` and ``queue=""`` when undecodable). So ``successful + errored +
-retried`` is the runs, ``successful + errored`` the calls that ended.
+run (which also counted as ``errored``) or rejected before they ran (undecodable: labels
+``task=""`` and ``queue=""``; an unknown task: ``task=""`` once a registry is bound, so that bad
+input cannot grow the series; wrong arguments). So ``successful + errored + retried`` is the
+runs, ``successful + errored`` the calls that ended.
 
 A failed run is known to be the last in ``after_task`` by the worker's own rule (``attempt >=
 max_retries``); a Node.js ivy 0.2 message carries no ``max_retries``, so for those the rule
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -47,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client import start_http_server as _start_http_server
+    from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("ivy.middleware.Prometheus needs prometheus-client: pip install "
@@ -75,18 +79,42 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
                     300.0, float("inf"))
 #: the environment variable prometheus-client's multiprocess mode reads in each process
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RUNNING_HELP = "Task runs in progress"
+
+
+class _Running:
+    """``ivy_tasks_running`` in one process, counted at scrape time from the runs in progress
+    (one per executor thread at most) rather than by a gauge's increment and decrement: those
+    two cost a trivial task's worker a few percent of its throughput."""
+
+    def __init__(self) -> None:
+        #: thread id -> the run it is in: set and popped whole, atomic for the readers
+        self.runs: dict[int, tuple[_Series, float]] = {}
+        self.queues: set[str] = set()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = dict.fromkeys(sorted(self.queues), 0)
+        for series, _ in self.runs.copy().values():
+            counts[series.queue] = counts.get(series.queue, 0) + 1
+        family = GaugeMetricFamily("ivy_tasks_running", RUNNING_HELP, labels=["queue"])
+        for queue, count in counts.items():
+            family.add_metric([queue], count)
+        yield family
 
 
 @dataclass
 class _Metrics:
     """The five metrics in one registry, and their labelled children (labels() is a lock and a
-    dict look-up: caching them keeps the per-task cost to the increments themselves)."""
+    dict look-up: caching them keeps the per-task cost to the increments themselves). Runs in
+    progress are a :class:`_Running` in one process, a ``livesum`` gauge in multiprocess mode
+    (where each process writes its values to files)."""
 
     tasks: Counter
     duration: Histogram
-    running: Gauge
+    running: Gauge | None
     depth: Gauge
     published: Counter
+    runs: _Running
     children: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     def child(self, metric: Counter | Histogram | Gauge, kind: str, *labels: str) -> Any:
@@ -101,8 +129,10 @@ class _Metrics:
         key = ("s", name, queue)
         found: _Series | None = self.children.get(key)
         if found is None:
+            self.runs.queues.add(queue)
             found = self.children[key] = _Series(
-                name, queue, self.child(self.running, "r", queue),
+                name, queue,
+                None if self.running is None else self.child(self.running, "r", queue),
                 self.child(self.duration, "d", name, queue))
         return found
 
@@ -128,6 +158,13 @@ def _metrics(registry: CollectorRegistry) -> _Metrics:
     with _by_registry_lock:
         found = _by_registry.get(registry)
         if found is None:
+            runs = _Running()
+            if os.environ.get(MULTIPROC_ENV):
+                running: Gauge | None = Gauge("ivy_tasks_running", RUNNING_HELP, ["queue"],
+                                              registry=registry, multiprocess_mode="livesum")
+            else:
+                running = None
+                registry.register(runs)
             found = _by_registry[registry] = _Metrics(
                 tasks=Counter("ivy_tasks", "Task runs by outcome (successful, errored, retried) "
                               "and messages dead-lettered", ["task", "queue", "outcome"],
@@ -135,13 +172,13 @@ def _metrics(registry: CollectorRegistry) -> _Metrics:
                 duration=Histogram("ivy_task_duration_seconds", "Time a task run took",
                                    ["task", "queue"], buckets=DURATION_BUCKETS,
                                    registry=registry),
-                running=Gauge("ivy_tasks_running", "Task runs in progress", ["queue"],
-                              registry=registry, multiprocess_mode="livesum"),
+                running=running,
                 depth=Gauge("ivy_queue_messages", "Messages in the queue, as its backend "
                             "counts them, sampled every few seconds", ["queue"],
                             registry=registry, multiprocess_mode="livemostrecent"),
                 published=Counter("ivy_messages_published", "Messages handed to the queue "
-                                  "backend by producers", ["task", "queue"], registry=registry))
+                                  "backend by producers", ["task", "queue"], registry=registry),
+                runs=runs)
         return found
 
 
@@ -154,7 +191,6 @@ class Prometheus(Middleware):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = REGISTRY if registry is None else registry
         self._m = _metrics(self.registry)
-        self._local = threading.local()
         self._bound: list[tuple[QueueBackend, list[str]]] = []
         self._tasks: Registry | None = None
         self._sample_every = SAMPLE_EVERY
@@ -228,6 +264,9 @@ class Prometheus(Middleware):
                 self._m.depth.labels(queue).set(size)
 
     def _remove_depth(self, queue: str) -> None:
+        if os.environ.get(MULTIPROC_ENV):  # the files cannot drop a series: NaN, "unknown"
+            self._m.depth.labels(queue).set(float("nan"))
+            return
         with contextlib.suppress(KeyError):
             self._m.depth.remove(queue)
 
@@ -235,17 +274,18 @@ class Prometheus(Middleware):
 
     def before_task(self, message: Message) -> None:
         series = self._m.series(message.name, message.queue or "")
-        series.running.inc()
-        # the executor thread runs the task and both hooks: its start is kept per thread
-        self._local.run = (series, time.perf_counter())
+        if series.running is not None:
+            series.running.inc()
+        # one executor thread runs the task and calls both hooks: its run is kept by thread
+        self._m.runs.runs[threading.get_ident()] = (series, time.perf_counter())
 
     def after_task(self, message: Message, result: Any, error: dict[str, str] | None) -> None:
         now = time.perf_counter()
-        run = getattr(self._local, "run", None)
+        run = self._m.runs.runs.pop(threading.get_ident(), None)
         series, started = run if run is not None else (
             self._m.series(message.name, message.queue or ""), now)
-        self._local.run = None
-        series.running.dec()
+        if series.running is not None:
+            series.running.dec()
         series.duration.observe(now - started)
         if error is None:
             if series.successful is None:
