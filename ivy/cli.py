@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--heartbeat", type=float, default=HEARTBEAT_INTERVAL, metavar="SECONDS",
                    help="seconds between heartbeats, which `ivy inspect` shows; a killed "
                         f"worker drops out after {TTL_FACTOR} (default {HEARTBEAT_INTERVAL:g})")
+    w.add_argument("--metrics-port", type=_port, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (needs "
+                        "ivy-queue[metrics]); with --processes, the parent serves them all")
+    w.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address --metrics-port listens on (default 127.0.0.1; 0.0.0.0: all)")
     w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
     backends(w)
 
@@ -117,6 +122,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1 to 65535)")
+    return value
+
+
 def _import(modules: Sequence[str]) -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `ivy worker tasks` finds ./tasks.py, as python -m would
@@ -157,7 +169,11 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
     if args.supervisor_fd is None and (args.processes > 1 or args.max_tasks_per_child):
         # The parent imports no task module: its children do (see ivy.supervisor).
         command = functools.partial(child_command, sys.executable, argv)
-        return Supervisor(command, args.processes).run()
+        if args.metrics_port is None:
+            return Supervisor(command, args.processes).run()
+        with _prometheus().MultiProcessMetrics(args.metrics_port, args.metrics_host) as metrics:
+            return Supervisor(command, args.processes, env=metrics.env,
+                              on_exit=metrics.process_exited).run()
     # A signal that arrives while the modules import still means "stop gracefully".
     early_stop = threading.Event()
     worker: Worker | None = None
@@ -183,17 +199,33 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
         if args.queue_url:
             app.setup_queue(args.queue_url)
         app.start_notification_producer(args.notifier_url)
-        try:
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(app.close)
+            metrics = None
+            if args.metrics_port is not None:  # served here, or by this child's supervisor
+                metrics = cleanup.enter_context(_prometheus().worker_metrics(
+                    app, args.metrics_port, args.metrics_host,
+                    http=args.supervisor_fd is None))
             worker = app.listen(queue=args.queue, concurrency=args.concurrency,
                                 reserve_time=args.reserve_time, block=False,
                                 max_messages=args.max_tasks_per_child, events=args.events,
                                 heartbeat=args.heartbeat)
+            if metrics is not None:
+                metrics.bind(worker.backend, worker.queues, registry=app.registry)
             if link is not None:
                 link.ready()
             worker.run_forever(early_stop)
-        finally:
-            app.close()
     return EXIT_RECYCLE if worker is not None and worker.full else 0
+
+
+def _prometheus() -> Any:
+    """ivy.middleware.prometheus, or a usage error naming the extra to install."""
+    try:
+        from ivy.middleware import prometheus
+    except ImportError as exc:
+        raise IvyError(f"--metrics-port needs prometheus-client ({exc}): pip install "
+                       "'ivy-queue[metrics]'") from None
+    return prometheus
 
 
 def _call(args: argparse.Namespace) -> int:

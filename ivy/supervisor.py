@@ -40,6 +40,10 @@ in-flight tasks and gives back what it fetched but did not start, and the parent
 all have (1 if one of them did not stop cleanly). A second one SIGKILLs every child and exits 1;
 their unfinished messages come back when their reservations expire, as for one worker killed.
 SIGUSR1 is passed on to every child, each of which prints its threads' stacks.
+
+Metrics (``--metrics-port``): the parent serves ``/metrics``, summing what the children write
+to a directory it made for them (prometheus-client's multiprocess mode, see
+:mod:`ivy.middleware.prometheus`); the children bind no port.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,12 +100,17 @@ class _Slot:
 class Supervisor:
     """Runs ``processes`` children built by ``command(fd)`` (the argv of a child whose end of
     the control channel is ``fd``) until a signal or a fatal start-up error; see the module
-    docstring for the rules."""
+    docstring for the rules. ``env`` is added to the children's environment, and
+    ``on_exit(pid)`` is called for each child that exited (the metrics' bookkeeping)."""
 
-    def __init__(self, command: Callable[[int], list[str]], processes: int) -> None:
+    def __init__(self, command: Callable[[int], list[str]], processes: int, *,
+                 env: Mapping[str, str] | None = None,
+                 on_exit: Callable[[int], None] | None = None) -> None:
         if processes < 1:
             raise ValueError(f"processes {processes!r} must be at least 1")
         self.command = command
+        self.env = None if env is None else {**os.environ, **env}
+        self.on_exit = on_exit
         self.slots = [_Slot(i) for i in range(processes)]
         self._selector = selectors.DefaultSelector()
         self._signals: list[int] = []
@@ -140,6 +149,8 @@ class Supervisor:
             if child is not None and child.process.poll() is not None:
                 self._read(child)  # a "ready" sent just before exiting counts
                 self._forget(slot)
+                if self.on_exit is not None:
+                    self.on_exit(child.process.pid)
                 self._exited(slot, child)
         if self._stopping:
             return
@@ -163,7 +174,7 @@ class Supervisor:
         parent_end, child_end = socket.socketpair()
         try:
             process = subprocess.Popen(self.command(child_end.fileno()),
-                                       pass_fds=(child_end.fileno(),))
+                                       pass_fds=(child_end.fileno(),), env=self.env)
         except BaseException:
             parent_end.close()
             raise

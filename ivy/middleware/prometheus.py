@@ -1,0 +1,403 @@
+"""Prometheus metrics: ``ivy.middleware.Prometheus`` (extra ``ivy-queue[metrics]``).
+
+Metrics, under these names only:
+
+- ``ivy_tasks_total{task,queue,outcome}``: task runs and dead letters, by outcome (below);
+- ``ivy_task_duration_seconds{task,queue}``: a histogram of run times, ``before_task`` to
+  ``after_task``;
+- ``ivy_tasks_running{queue}``: runs in progress;
+- ``ivy_queue_messages{queue}``: the depth of the bound queues (see :meth:`Prometheus.bind`),
+  sampled from ``backend.size(queue)`` by a background thread every few seconds, so a scrape
+  never waits on a backend: a broken one only stops the sampling, and a failed sample removes
+  its series rather than leave a stale depth (sets it to NaN in multiprocess mode, whose files
+  cannot drop a series);
+- ``ivy_messages_published_total{task,queue}``: messages a producer handed to its backend.
+
+Outcomes: each run of a task counts once, as ``successful``, ``errored`` (it failed and runs no
+more: the call's final status is errored) or ``retried`` (it failed and runs again, counted from
+``on_retry``). ``dead_lettered`` counts messages put in dead letters: after their last failed
+run (which also counted as ``errored``) or rejected before they ran (undecodable: labels
+``task=""`` and ``queue=""``; an unknown task: ``task=""`` once a registry is bound, so that bad
+input cannot grow the series; wrong arguments). So ``successful + errored + retried`` is the
+runs, ``successful + errored`` the calls that ended.
+
+A failed run is known to be the last in ``after_task`` by the worker's own rule (``attempt >=
+max_retries``); a Node.js ivy 0.2 message carries no ``max_retries``, so for those the rule
+needs the task's, from the registry given to :meth:`Prometheus.bind` (without it they count as
+``errored``, and ``retried`` too when the worker retries them).
+
+Several worker processes (``ivy worker --processes N --metrics-port P``) use
+prometheus-client's multiprocess mode: :class:`MultiProcessMetrics` in the parent makes a fresh
+``PROMETHEUS_MULTIPROC_DIR`` for its children and serves their sum; a child that exits keeps
+its counts and loses its gauges. The gauges are declared for that mode: running as
+``livesum``, queue depth as ``livemostrecent``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client import start_http_server as _start_http_server
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError("ivy.middleware.Prometheus needs prometheus-client: pip install "
+                      "'ivy-queue[metrics]'") from exc
+
+from ivy.errors import ConfigurationError
+from ivy.message import Message
+from ivy.middleware import Middleware
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from ivy.app import Ivy
+    from ivy.queues.base import QueueBackend
+    from ivy.task import Registry
+
+log = logging.getLogger("ivy.middleware.prometheus")
+
+__all__ = ["MULTIPROC_ENV", "MetricsServer", "MultiProcessMetrics", "Prometheus", "serve",
+           "worker_metrics"]
+
+#: seconds between two samples of the queue depth
+SAMPLE_EVERY = 5.0
+#: task durations from 5 ms to 5 min: trivial tasks and batch jobs both fall in a bucket
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    300.0, float("inf"))
+#: the environment variable prometheus-client's multiprocess mode reads in each process
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RUNNING_HELP = "Task runs in progress"
+
+
+class _Running:
+    """``ivy_tasks_running`` in one process, counted at scrape time from the runs in progress
+    (one per executor thread at most) rather than by a gauge's increment and decrement: those
+    two cost a trivial task's worker a few percent of its throughput."""
+
+    def __init__(self) -> None:
+        #: thread id -> the run it is in: set and popped whole, atomic for the readers
+        self.runs: dict[int, tuple[_Series, float]] = {}
+        self.queues: set[str] = set()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = dict.fromkeys(sorted(self.queues), 0)
+        for series, _ in self.runs.copy().values():
+            counts[series.queue] = counts.get(series.queue, 0) + 1
+        family = GaugeMetricFamily("ivy_tasks_running", RUNNING_HELP, labels=["queue"])
+        for queue, count in counts.items():
+            family.add_metric([queue], count)
+        yield family
+
+
+@dataclass
+class _Metrics:
+    """The five metrics in one registry, and their labelled children (labels() is a lock and a
+    dict look-up: caching them keeps the per-task cost to the increments themselves). Runs in
+    progress are a :class:`_Running` in one process, a ``livesum`` gauge in multiprocess mode
+    (where each process writes its values to files)."""
+
+    tasks: Counter
+    duration: Histogram
+    running: Gauge | None
+    depth: Gauge
+    published: Counter
+    runs: _Running
+    children: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+    def child(self, metric: Counter | Histogram | Gauge, kind: str, *labels: str) -> Any:
+        key = (kind, *labels)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*labels)
+        return found
+
+    def series(self, name: str, queue: str) -> _Series:
+        """What a run of task ``name`` from ``queue`` touches, looked up once per run."""
+        key = ("s", name, queue)
+        found: _Series | None = self.children.get(key)
+        if found is None:
+            self.runs.queues.add(queue)
+            found = self.children[key] = _Series(
+                name, queue,
+                None if self.running is None else self.child(self.running, "r", queue),
+                self.child(self.duration, "d", name, queue))
+        return found
+
+
+@dataclass(slots=True)
+class _Series:
+    name: str
+    queue: str
+    running: Any
+    duration: Any
+    #: made on the first success: an outcome that never happened has no series
+    successful: Any = None
+
+
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = (
+    weakref.WeakKeyDictionary())
+_by_registry_lock = threading.Lock()
+
+
+def _metrics(registry: CollectorRegistry) -> _Metrics:
+    """The metrics of ``registry``, registered there on first use: several ``Prometheus``
+    objects on one registry share them (a second registration would be refused)."""
+    with _by_registry_lock:
+        found = _by_registry.get(registry)
+        if found is None:
+            runs = _Running()
+            if os.environ.get(MULTIPROC_ENV):
+                running: Gauge | None = Gauge("ivy_tasks_running", RUNNING_HELP, ["queue"],
+                                              registry=registry, multiprocess_mode="livesum")
+            else:
+                running = None
+                registry.register(runs)
+            found = _by_registry[registry] = _Metrics(
+                tasks=Counter("ivy_tasks", "Task runs by outcome (successful, errored, retried) "
+                              "and messages dead-lettered", ["task", "queue", "outcome"],
+                              registry=registry),
+                duration=Histogram("ivy_task_duration_seconds", "Time a task run took",
+                                   ["task", "queue"], buckets=DURATION_BUCKETS,
+                                   registry=registry),
+                running=running,
+                depth=Gauge("ivy_queue_messages", "Messages in the queue, as its backend "
+                            "counts them, sampled every few seconds", ["queue"],
+                            registry=registry, multiprocess_mode="livemostrecent"),
+                published=Counter("ivy_messages_published", "Messages handed to the queue "
+                                  "backend by producers", ["task", "queue"], registry=registry),
+                runs=runs)
+        return found
+
+
+class Prometheus(Middleware):
+    """Counts task runs, their outcomes and durations, runs in progress and publishes, in
+    ``registry`` (default: prometheus-client's global one, which ``ivy worker
+    --metrics-port`` serves). A producer in a web application passes the registry its
+    ``/metrics`` endpoint serves. Call :meth:`bind` to sample queue depths as well."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = REGISTRY if registry is None else registry
+        self._m = _metrics(self.registry)
+        self._bound: list[tuple[QueueBackend, list[str]]] = []
+        self._tasks: Registry | None = None
+        self._sample_every = SAMPLE_EVERY
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._failing: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        queues = [q for _, names in self._bound for q in names]
+        return f"<Prometheus queues={queues}>"
+
+    # -- binding to a worker's backend -----------------------------------------------------
+
+    def bind(self, backend: QueueBackend, queues: Iterable[str], *,
+             registry: Registry | None = None, every: float = SAMPLE_EVERY) -> Prometheus:
+        """Sample the depth of ``queues`` on ``backend`` every ``every`` seconds (first now) in
+        a background thread, until :meth:`close`; ``registry`` (the worker's tasks) gives the
+        retry limit of Node.js ivy 0.2 messages. ``ivy worker --metrics-port`` binds the
+        worker's backend, queues and registry; in code, ``prom.bind(worker.backend,
+        worker.queues, registry=app.registry)``. Binding again adds queues."""
+        if every <= 0:
+            raise ValueError(f"every={every!r}: the sampling interval must be > 0 seconds")
+        with self._lock:
+            self._bound.append((backend, list(dict.fromkeys(queues))))
+            if registry is not None:
+                self._tasks = registry
+            self._sample_every = min(self._sample_every, every) if self._sampler else every
+            if self._sampler is None:
+                self._stop.clear()
+                self._sampler = threading.Thread(target=self._sample_loop, daemon=True,
+                                                 name="ivy-prometheus-sampler")
+                self._sampler.start()
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop sampling (the metrics stay). A sample in progress on a hung backend is not
+        waited for beyond ``timeout``: the thread is a daemon."""
+        with self._lock:
+            sampler, self._sampler = self._sampler, None
+            self._stop.set()
+        if sampler is not None and sampler is not threading.current_thread():
+            sampler.join(timeout)
+
+    def _sample_loop(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self._sample_every):
+                return
+
+    def sample(self) -> None:
+        """Set ``ivy_queue_messages`` for every bound queue now. A queue whose size cannot be
+        read loses its series (logged once until it can be read again)."""
+        with self._lock:
+            bound = list(self._bound)
+        for backend, queues in bound:
+            for queue in queues:
+                if self._stop.is_set():
+                    return
+                try:
+                    size = backend.size(queue)
+                except Exception as exc:
+                    if queue not in self._failing:
+                        self._failing.add(queue)
+                        log.warning("prometheus: cannot read the size of queue %r on %s (%s: "
+                                    "%s); ivy_queue_messages{queue=\"%s\"} is left out until it "
+                                    "can", queue, backend.url, type(exc).__name__, exc, queue)
+                    self._remove_depth(queue)
+                    continue
+                self._failing.discard(queue)
+                self._m.depth.labels(queue).set(size)
+
+    def _remove_depth(self, queue: str) -> None:
+        if os.environ.get(MULTIPROC_ENV):  # the files cannot drop a series: NaN, "unknown"
+            self._m.depth.labels(queue).set(float("nan"))
+            return
+        with contextlib.suppress(KeyError):
+            self._m.depth.remove(queue)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def before_task(self, message: Message) -> None:
+        series = self._m.series(message.name, message.queue or "")
+        if series.running is not None:
+            series.running.inc()
+        # one executor thread runs the task and calls both hooks: its run is kept by thread
+        self._m.runs.runs[threading.get_ident()] = (series, time.perf_counter())
+
+    def after_task(self, message: Message, result: Any, error: dict[str, str] | None) -> None:
+        now = time.perf_counter()
+        run = self._m.runs.runs.pop(threading.get_ident(), None)
+        series, started = run if run is not None else (
+            self._m.series(message.name, message.queue or ""), now)
+        if series.running is not None:
+            series.running.dec()
+        series.duration.observe(now - started)
+        if error is None:
+            if series.successful is None:
+                series.successful = self._m.child(self._m.tasks, "t", series.name,
+                                                  series.queue, "successful")
+            series.successful.inc()
+        elif not self._retries_follow(message):
+            self._m.child(self._m.tasks, "t", series.name, series.queue, "errored").inc()
+
+    def on_retry(self, message: Message, error: dict[str, str], delay: float) -> None:
+        self._m.child(self._m.tasks, "t", message.name, message.queue or "", "retried").inc()
+
+    def on_dead_letter(self, message: Message | None, reason: str) -> None:
+        if message is None:
+            name, queue = "", ""
+        else:  # a name nobody registered is not a label: bad input must not grow the series
+            unknown = self._tasks is not None and self._tasks.get(message.name) is None
+            name, queue = ("" if unknown else message.name), message.queue or ""
+        self._m.child(self._m.tasks, "t", name, queue, "dead_lettered").inc()
+
+    def after_publish(self, message: Message) -> None:
+        self._m.child(self._m.published, "p", message.name, message.queue or "").inc()
+
+    def _retries_follow(self, message: Message) -> bool:
+        """The worker's rule: a failed run is retried while ``attempt < max_retries``."""
+        retries = message.max_retries
+        if message.legacy and self._tasks is not None:
+            task = self._tasks.get(message.name)
+            retries = task.max_retries if task is not None else 0
+        return message.attempt < retries
+
+
+# -- serving /metrics ----------------------------------------------------------------------
+
+
+class MetricsServer:
+    """prometheus-client's HTTP server for ``/metrics`` on a daemon thread; :meth:`close`
+    stops it and frees the port."""
+
+    def __init__(self, port: int, host: str, registry: CollectorRegistry) -> None:
+        try:
+            self._server: WSGIServer
+            self._server, self._thread = _start_http_server(port, host, registry=registry)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot serve metrics on {host}:{port}: "
+                                     f"{exc.strerror or exc}; choose a free port") from exc
+        self.port = int(self._server.server_address[1])
+        self.host = host
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def serve(port: int, host: str = "127.0.0.1",
+          registry: CollectorRegistry | None = None) -> MetricsServer:
+    """Serve ``registry`` (default: the global one) at ``http://host:port/metrics``."""
+    return MetricsServer(port, host, REGISTRY if registry is None else registry)
+
+
+class MultiProcessMetrics:
+    """The parent of several worker processes: a fresh ``PROMETHEUS_MULTIPROC_DIR`` for the
+    children (:attr:`env`), their sum served at ``http://host:port/metrics``, and the
+    bookkeeping when one exits (:meth:`process_exited`). The children do not bind the port."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.path = tempfile.mkdtemp(prefix="ivy-metrics-")
+        try:
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry, path=self.path)  # type: ignore[no-untyped-call]
+            self.server = MetricsServer(port, host, self.registry)
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        #: what the children's environment adds
+        self.env = {MULTIPROC_ENV: self.path}
+
+    def __enter__(self) -> MultiProcessMetrics:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def process_exited(self, pid: int) -> None:
+        """A child exited: drop its gauges (runs in progress, sampled depths); its counters
+        and histograms stay in the sum."""
+        try:
+            mark_process_dead(pid, self.path)  # type: ignore[no-untyped-call]
+        except OSError:
+            log.exception("prometheus: forgetting the gauges of process %d failed", pid)
+
+    def close(self) -> None:
+        """Stop serving and remove the directory."""
+        try:
+            self.server.close()
+        finally:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+
+@contextlib.contextmanager
+def worker_metrics(app: Ivy, port: int, host: str, *, http: bool) -> Iterator[Prometheus]:
+    """``ivy worker --metrics-port``: add a :class:`Prometheus` to ``app`` and, unless a
+    supervisor serves the metrics (``http=False``), serve the global registry on
+    ``host:port`` for the block. The caller binds it to the worker it starts."""
+    prometheus = Prometheus()
+    server = serve(port, host) if http else None
+    try:
+        app.add_middleware(prometheus)
+        yield prometheus
+    finally:
+        prometheus.close()
+        if server is not None:
+            server.close()
