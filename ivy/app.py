@@ -120,8 +120,9 @@ class Ivy:
         self._outbox = Outbox(self._send_failed)
 
     def add_middleware(self, middleware: Middleware) -> None:
-        """Add ``middleware`` after those already there. Workers started before this do not
-        see it."""
+        """Add ``middleware`` after those already there. Producers and running workers of
+        this app call it from then on (a worker started with ``events=True`` keeps the list it
+        started with)."""
         self.middleware.add(middleware)
 
     def __repr__(self) -> str:
