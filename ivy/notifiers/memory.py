@@ -60,12 +60,16 @@ class MemorySubscription(Subscription):
                 stored = [hub.stored[i] for i in self._pending() if i in hub.stored]
                 if stored:
                     return stored
-            buf = hub.channel(self._channel)
-            if not buf and not self._closed:
-                hub.cond.wait_for(lambda: bool(buf) or self._closed, timeout)
-            items = list(buf)
-            buf.clear()
-            return items
+            return self._drain(hub.channel(self._channel), timeout)
+
+    def _drain(self, buf: deque[bytes], timeout: float) -> list[bytes]:
+        """Wait (holding the hub's condition) until ``buf`` has items or ``timeout``, then
+        take them all."""
+        if not buf and not self._closed:
+            self._hub.cond.wait_for(lambda: bool(buf) or self._closed, timeout)
+        items = list(buf)
+        buf.clear()
+        return items
 
     def close(self) -> None:
         with self._hub.cond:
@@ -73,7 +77,7 @@ class MemorySubscription(Subscription):
             self._hub.cond.notify_all()
 
 
-class MemoryEventSubscription(Subscription):
+class MemoryEventSubscription(MemorySubscription):
     """The task events published while it is open, from a buffer of its own."""
 
     def __init__(self, hub: _Hub) -> None:
@@ -84,13 +88,8 @@ class MemoryEventSubscription(Subscription):
             hub.event_buffers.append(self._buf)
 
     def get(self, timeout: float) -> list[bytes]:
-        hub, buf = self._hub, self._buf
-        with hub.cond:
-            if not buf and not self._closed:
-                hub.cond.wait_for(lambda: bool(buf) or self._closed, timeout)
-            items = list(buf)
-            buf.clear()
-            return items
+        with self._hub.cond:
+            return self._drain(self._buf, timeout)
 
     def close(self) -> None:
         with self._hub.cond:

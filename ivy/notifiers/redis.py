@@ -124,11 +124,16 @@ class RedisSubscription(Subscription):
         return []
 
     def close(self) -> None:
-        self._closed.set()
-        try:
-            self._pubsub.close()
-        except Exception:
-            log.debug("closing a Redis subscription raised", exc_info=True)
+        _close_pubsub(self._closed, self._pubsub)
+
+
+def _close_pubsub(closed: threading.Event, pubsub: Any) -> None:
+    """Mark a subscription closed and close its connection (a read in progress ends)."""
+    closed.set()
+    try:
+        pubsub.close()
+    except Exception:
+        log.debug("closing a Redis subscription raised", exc_info=True)
 
 
 class RedisEventSubscription(Subscription):
@@ -171,11 +176,7 @@ class RedisEventSubscription(Subscription):
         return []
 
     def close(self) -> None:
-        self._closed.set()
-        try:
-            self._pubsub.close()
-        except Exception:
-            log.debug("closing a Redis subscription raised", exc_info=True)
+        _close_pubsub(self._closed, self._pubsub)
 
 
 class RedisNotifier(Notifier):

@@ -25,15 +25,54 @@ PRUNE_EVERY = 60.0
 EVENTS_TTL = 60.0
 
 
-class SQLiteSubscription(Subscription):
-    def __init__(self, notifier: SQLiteNotifier, channel: str,
-                 pending: Callable[[], Collection[str]]) -> None:
+class _RowReader(Subscription):
+    """Reads the rows of one query past a cursor, in order, waiting on wake-ups between polls
+    (what notification and event subscriptions share)."""
+
+    _query = ""
+
+    def __init__(self, notifier: SQLiteNotifier, wake: str) -> None:
         self._notifier = notifier
-        self._channel = channel
-        self._pending = pending
-        self._listener = WakeListener(notifier.db.wake_dir("n"))
+        self._listener = WakeListener(notifier.db.wake_dir(wake))
         self._cursor: int | None = None
         self._closed = False
+
+    def _params(self) -> tuple[Any, ...]:
+        return (self._cursor,)
+
+    def _read(self, timeout: float) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        conn = self._notifier.db.conn()
+        while not self._closed:
+            rows = conn.execute(self._query, self._params()).fetchall()
+            if rows:
+                self._cursor = rows[-1][0]
+                return [bytes(r[1]) for r in rows]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._listener.wait(min(remaining, POLL_INTERVAL))
+        if self._closed:
+            self._listener.close()
+        return []
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.interrupt()
+
+
+class SQLiteSubscription(_RowReader):
+    _query = ("SELECT seq, body FROM ivy_notifications WHERE channel = ? AND seq > ? "
+              "ORDER BY seq LIMIT 1000")
+
+    def __init__(self, notifier: SQLiteNotifier, channel: str,
+                 pending: Callable[[], Collection[str]]) -> None:
+        super().__init__(notifier, "n")
+        self._channel = channel
+        self._pending = pending
+
+    def _params(self) -> tuple[Any, ...]:
+        return (self._channel, self._cursor)
 
     def _catch_up(self) -> list[bytes]:
         conn = self._notifier.db.conn()
@@ -54,58 +93,21 @@ class SQLiteSubscription(Subscription):
             found = self._catch_up()
             if found:
                 return found
-        deadline = time.monotonic() + timeout
-        conn = self._notifier.db.conn()
-        while not self._closed:
-            rows = conn.execute(
-                "SELECT seq, body FROM ivy_notifications WHERE channel = ? AND seq > ? "
-                "ORDER BY seq LIMIT 1000", (self._channel, self._cursor)).fetchall()
-            if rows:
-                self._cursor = rows[-1][0]
-                return [bytes(r[1]) for r in rows]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._listener.wait(min(remaining, POLL_INTERVAL))
-        if self._closed:
-            self._listener.close()
-        return []
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.interrupt()
+        return self._read(timeout)
 
 
-class SQLiteEventSubscription(Subscription):
+class SQLiteEventSubscription(_RowReader):
     """Reads the ``ivy_events`` rows added after it opened, in order."""
 
+    _query = "SELECT seq, body FROM ivy_events WHERE seq > ? ORDER BY seq LIMIT 1000"
+
     def __init__(self, notifier: SQLiteNotifier) -> None:
-        self._notifier = notifier
-        self._listener = WakeListener(notifier.db.wake_dir("e"))
-        self._cursor: int = notifier.db.conn().execute(
+        super().__init__(notifier, "e")
+        self._cursor = notifier.db.conn().execute(
             "SELECT coalesce(max(seq), 0) FROM ivy_events").fetchone()[0]
-        self._closed = False
 
     def get(self, timeout: float) -> list[bytes]:
-        deadline = time.monotonic() + timeout
-        conn = self._notifier.db.conn()
-        while not self._closed:
-            rows = conn.execute("SELECT seq, body FROM ivy_events WHERE seq > ? ORDER BY seq "
-                                "LIMIT 1000", (self._cursor,)).fetchall()
-            if rows:
-                self._cursor = rows[-1][0]
-                return [bytes(r[1]) for r in rows]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._listener.wait(min(remaining, POLL_INTERVAL))
-        if self._closed:
-            self._listener.close()
-        return []
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.interrupt()
+        return self._read(timeout)
 
 
 class SQLiteNotifier(Notifier):
