@@ -21,6 +21,11 @@ from pika.channel import Channel
 log = logging.getLogger("ivy.amqp")
 
 DEFAULT_PRIORITIES = 10
+#: headers ivy puts on messages it moves (PROTOCOL.md)
+REASON_HEADER = "x-ivy-reason"
+DEAD_AT_HEADER = "x-ivy-dead-at"
+DEAD_ID_HEADER = "x-ivy-dead-id"
+DELIVERY_HEADER = "x-ivy-delivery"
 
 
 def delay_queue(queue: str, delay: float) -> str:

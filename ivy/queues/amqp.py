@@ -53,7 +53,6 @@ the connection closes (RabbitMQ's ``consumer_timeout``, 30 minutes by default, b
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -66,24 +65,29 @@ from typing import Any, Self
 
 import pika
 import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from ivy.config import driver_url, mask_url
 from ivy.errors import ConfigurationError, PublishError
+from ivy.queues import _amqp_admin
 from ivy.queues._amqp_link import Link
-from ivy.queues._amqp_topology import Declarer, dead_queue, delay_bucket, delay_queue
+from ivy.queues._amqp_topology import (
+    DEAD_AT_HEADER,
+    DEAD_ID_HEADER,
+    DELIVERY_HEADER,
+    REASON_HEADER,
+    Declarer,
+    dead_queue,
+    delay_bucket,
+    delay_queue,
+)
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite, complete
 
 __all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "delay_bucket"]
 
 log = logging.getLogger("ivy.amqp")
 
-REASON_HEADER = "x-ivy-reason"
-DEAD_AT_HEADER = "x-ivy-dead-at"
-DEAD_ID_HEADER = "x-ivy-dead-id"
-DELIVERY_HEADER = "x-ivy-delivery"
 #: ivy's own query parameters, removed before the URL goes to pika
 OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type")
 EXCHANGE_TYPES = ("direct", "topic")
@@ -319,55 +323,14 @@ class AMQPQueueBackend(QueueBackend):
             self._consumers.append(consumer)
         return consumer
 
-    # -- management (short-lived blocking connections; rare) ----------------------------------
-
-    def _blocking(self) -> pika.BlockingConnection:
-        return pika.BlockingConnection(self.params)
+    # -- management: short-lived blocking connections, in ivy.queues._amqp_admin --------------
 
     def size(self, queue: str) -> int:
-        conn = self._blocking()
-        try:
-            channel = conn.channel()
-            try:
-                frame = channel.queue_declare(queue, passive=True)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == 404:
-                    return 0
-                raise
-            return int(frame.method.message_count)
-        finally:
-            conn.close()
-
-    def _open_dead(self, conn: pika.BlockingConnection,
-                   queue: str) -> tuple[BlockingChannel, int] | None:
-        """A channel and the message count of ``Q.dead``; None when it does not exist."""
-        channel = conn.channel()
-        try:
-            frame = channel.queue_declare(dead_queue(queue), passive=True)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:
-                return None
-            raise
-        return channel, int(frame.method.message_count)
+        return _amqp_admin.size(self.params, queue)
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Peek at ``Q.dead``: read up to ``limit`` and put them all back."""
-        conn = self._blocking()
-        found: list[DeadLetter] = []
-        try:
-            opened = self._open_dead(conn, queue)
-            if opened is None:
-                return []
-            channel, _ = opened
-            for _ in range(limit):
-                method, props, body = channel.basic_get(dead_queue(queue), auto_ack=False)
-                if method is None:
-                    break
-                found.append(_dead_letter(queue, props, body))
-            channel.close()  # every unacked message goes back, in order
-        finally:
-            conn.close()
-        return found
+        return _amqp_admin.dead_letters(self.params, queue, limit)
 
     def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
                      rewrite: Rewrite | None = None) -> int:
@@ -375,51 +338,15 @@ class AMQPQueueBackend(QueueBackend):
         no delivery count), then acknowledge it in ``Q.dead`` once the broker confirmed the
         copy: at least once. Looks at no more messages than ``Q.dead`` held at the start, so
         letters dead again meanwhile are not requeued twice."""
-        wanted = None if ids is None else set(ids)
-        conn = self._blocking()
-        moved = 0
-        try:
-            opened = self._open_dead(conn, queue)
-            if opened is None:
-                return 0
-            channel, count = opened
-            sent: list[tuple[int, Future[None]]] = []
-            for _ in range(count):
-                if wanted is not None and not wanted:
-                    break
-                method, props, body = channel.basic_get(dead_queue(queue), auto_ack=False)
-                if method is None:
-                    break
-                letter = _dead_letter(queue, props, body)
-                if wanted is not None:
-                    if letter.id not in wanted:
-                        continue  # unacked: back in Q.dead when the channel closes
-                    wanted.discard(letter.id)
-                new_body, priority = rewrite(body) if rewrite else (body, None)
-                [future] = self.send_async(queue, [new_body], queue=queue, priority=(
-                    props.priority or 0) if priority is None else priority)
-                sent.append((method.delivery_tag, future))
-                if len(sent) >= 100:
-                    moved += _ack_confirmed(channel, sent)
-            moved += _ack_confirmed(channel, sent)
-            channel.close()
-        finally:
-            conn.close()
-        return moved
+
+        def send(body: bytes, priority: int) -> Future[None]:
+            [future] = self.send_async(queue, [body], queue=queue, priority=priority)
+            return future
+
+        return _amqp_admin.requeue_dead(self.params, queue, ids, rewrite, send)
 
     def purge_dead(self, queue: str) -> int:
-        conn = self._blocking()
-        try:
-            channel = conn.channel()
-            try:
-                frame = channel.queue_purge(dead_queue(queue))
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == 404:
-                    return 0
-                raise
-            return int(frame.method.message_count)
-        finally:
-            conn.close()
+        return _amqp_admin.purge_dead(self.params, queue)
 
     def queues(self) -> list[str]:
         """The main queues this process declared (AMQP cannot list queues without the
@@ -429,13 +356,7 @@ class AMQPQueueBackend(QueueBackend):
 
     def delete_queues(self, names: list[str]) -> None:
         """Delete queues (with their messages); for tests and tools."""
-        conn = self._blocking()
-        try:
-            channel = conn.channel()
-            for name in names:
-                channel.queue_delete(name)
-        finally:
-            conn.close()
+        _amqp_admin.delete_queues(self.params, names)
 
     def close(self) -> None:
         with self._lock:
@@ -445,37 +366,6 @@ class AMQPQueueBackend(QueueBackend):
             c.shutdown()
         if publisher is not None:
             publisher.close()
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _dead_letter(queue: str, props: BasicProperties, body: bytes) -> DeadLetter:
-    """A message of ``Q.dead`` as a DeadLetter, with a stable id (see the module doc)."""
-    headers = props.headers or {}
-    reason = _text(headers.get(REASON_HEADER, ""))
-    stamp = headers.get(DEAD_AT_HEADER, 0)
-    when = float(stamp) if isinstance(stamp, (int, float)) else 0.0
-    ident = headers.get(DEAD_ID_HEADER) or props.message_id
-    if not ident:
-        digest = hashlib.sha256(body + b"\0" + reason.encode() + b"\0" + str(when).encode())
-        ident = "sha256-" + digest.hexdigest()[:24]
-    return DeadLetter(queue, body, reason, when, _text(ident))
-
-
-def _ack_confirmed(channel: BlockingChannel, sent: list[tuple[int, Future[None]]]) -> int:
-    """Acknowledge the dead letters whose copies the broker confirmed, in order; raise the
-    first PublishError (the rest stay in ``Q.dead``). Empties ``sent``."""
-    acked = 0
-    try:
-        for tag, future in sent:
-            future.result()
-            channel.basic_ack(tag)
-            acked += 1
-    finally:
-        sent.clear()
-    return acked
 
 
 class AMQPDelivery(Delivery):

@@ -1,0 +1,168 @@
+"""RabbitMQ management for the AMQP backend, on short-lived blocking connections: queue sizes,
+the dead-letter tools (list, requeue, purge) and deleting queues. These are rare operations,
+kept apart from the long-lived publishing and consuming connections of :mod:`ivy.queues.amqp`.
+
+Dead letters are the messages of ``Q.dead``. Listing reads them with ``basic_get`` and gives
+them all back when its channel closes (a listing running at the same moment may miss them
+briefly). Requeueing publishes a copy to Q and acknowledges the dead letter once the broker
+confirmed the copy: at least once, a crash in between leaves one in both, never none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Collection
+from concurrent.futures import Future
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import BasicProperties
+
+from ivy.queues._amqp_topology import DEAD_AT_HEADER, DEAD_ID_HEADER, REASON_HEADER, dead_queue
+from ivy.queues.base import DeadLetter, Rewrite
+
+
+def size(params: pika.URLParameters, queue: str) -> int:
+    """Messages ready in ``queue`` (0 when it does not exist)."""
+    conn = pika.BlockingConnection(params)
+    try:
+        channel = conn.channel()
+        try:
+            frame = channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return 0
+            raise
+        return int(frame.method.message_count)
+    finally:
+        conn.close()
+
+
+def _open_dead(conn: pika.BlockingConnection, queue: str) -> tuple[BlockingChannel, int] | None:
+    """A channel and the message count of ``Q.dead``; None when it does not exist."""
+    channel = conn.channel()
+    try:
+        frame = channel.queue_declare(dead_queue(queue), passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return None
+        raise
+    return channel, int(frame.method.message_count)
+
+
+def dead_letters(params: pika.URLParameters, queue: str, limit: int) -> list[DeadLetter]:
+    """Peek at ``Q.dead``: read up to ``limit`` and put them all back."""
+    conn = pika.BlockingConnection(params)
+    found: list[DeadLetter] = []
+    try:
+        opened = _open_dead(conn, queue)
+        if opened is None:
+            return []
+        channel, _ = opened
+        for _ in range(limit):
+            method, props, body = channel.basic_get(dead_queue(queue), auto_ack=False)
+            if method is None:
+                break
+            found.append(_dead_letter(queue, props, body))
+        channel.close()  # every unacked message goes back, in order
+    finally:
+        conn.close()
+    return found
+
+
+def requeue_dead(params: pika.URLParameters, queue: str, ids: Collection[str] | None,
+                 rewrite: Rewrite | None,
+                 send: Callable[[bytes, int], Future[None]]) -> int:
+    """Send each chosen dead letter with ``send(body, priority)`` (the backend's confirmed
+    publish to ``queue``), then acknowledge it in ``Q.dead`` once its copy is confirmed.
+    Looks at no more messages than ``Q.dead`` held at the start."""
+    wanted = None if ids is None else set(ids)
+    conn = pika.BlockingConnection(params)
+    moved = 0
+    try:
+        opened = _open_dead(conn, queue)
+        if opened is None:
+            return 0
+        channel, count = opened
+        sent: list[tuple[int, Future[None]]] = []
+        for _ in range(count):
+            if wanted is not None and not wanted:
+                break
+            method, props, body = channel.basic_get(dead_queue(queue), auto_ack=False)
+            if method is None:
+                break
+            letter = _dead_letter(queue, props, body)
+            if wanted is not None:
+                if letter.id not in wanted:
+                    continue  # unacked: back in Q.dead when the channel closes
+                wanted.discard(letter.id)
+            new_body, priority = rewrite(body) if rewrite else (body, None)
+            sent.append((method.delivery_tag, send(
+                new_body, (props.priority or 0) if priority is None else priority)))
+            if len(sent) >= 100:
+                moved += _ack_confirmed(channel, sent)
+        moved += _ack_confirmed(channel, sent)
+        channel.close()
+    finally:
+        conn.close()
+    return moved
+
+
+def purge_dead(params: pika.URLParameters, queue: str) -> int:
+    """Delete the messages of ``Q.dead``; return how many."""
+    conn = pika.BlockingConnection(params)
+    try:
+        channel = conn.channel()
+        try:
+            frame = channel.queue_purge(dead_queue(queue))
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return 0
+            raise
+        return int(frame.method.message_count)
+    finally:
+        conn.close()
+
+
+def delete_queues(params: pika.URLParameters, names: list[str]) -> None:
+    """Delete queues (with their messages); for tests and tools."""
+    conn = pika.BlockingConnection(params)
+    try:
+        channel = conn.channel()
+        for name in names:
+            channel.queue_delete(name)
+    finally:
+        conn.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _dead_letter(queue: str, props: BasicProperties, body: bytes) -> DeadLetter:
+    """A message of ``Q.dead`` as a DeadLetter, with a stable id (see the module doc)."""
+    headers = props.headers or {}
+    reason = _text(headers.get(REASON_HEADER, ""))
+    stamp = headers.get(DEAD_AT_HEADER, 0)
+    when = float(stamp) if isinstance(stamp, (int, float)) else 0.0
+    ident = headers.get(DEAD_ID_HEADER) or props.message_id
+    if not ident:
+        digest = hashlib.sha256(body + b"\0" + reason.encode() + b"\0" + str(when).encode())
+        ident = "sha256-" + digest.hexdigest()[:24]
+    return DeadLetter(queue, body, reason, when, _text(ident))
+
+
+def _ack_confirmed(channel: BlockingChannel, sent: list[tuple[int, Future[None]]]) -> int:
+    """Acknowledge the dead letters whose copies the broker confirmed, in order; raise the
+    first PublishError (the rest stay in ``Q.dead``). Empties ``sent``."""
+    acked = 0
+    try:
+        for tag, future in sent:
+            future.result()
+            channel.basic_ack(tag)
+            acked += 1
+    finally:
+        sent.clear()
+    return acked
