@@ -24,13 +24,12 @@ from ivy.queues._amqp_topology import DEAD_AT_HEADER, DEAD_ID_HEADER, REASON_HEA
 from ivy.queues.base import DeadLetter, Rewrite
 
 
-def size(params: pika.URLParameters, queue: str) -> int:
-    """Messages ready in ``queue`` (0 when it does not exist)."""
+def _count(params: pika.URLParameters, op: Callable[[BlockingChannel], Any]) -> int:
+    """The message count a queue operation answers with; 0 when the queue does not exist."""
     conn = pika.BlockingConnection(params)
     try:
-        channel = conn.channel()
         try:
-            frame = channel.queue_declare(queue, passive=True)
+            frame = op(conn.channel())
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code == 404:
                 return 0
@@ -38,6 +37,11 @@ def size(params: pika.URLParameters, queue: str) -> int:
         return int(frame.method.message_count)
     finally:
         conn.close()
+
+
+def size(params: pika.URLParameters, queue: str) -> int:
+    """Messages ready in ``queue`` (0 when it does not exist)."""
+    return _count(params, lambda channel: channel.queue_declare(queue, passive=True))
 
 
 def _open_dead(conn: pika.BlockingConnection, queue: str) -> tuple[BlockingChannel, int] | None:
@@ -112,18 +116,7 @@ def requeue_dead(params: pika.URLParameters, queue: str, ids: Collection[str] | 
 
 def purge_dead(params: pika.URLParameters, queue: str) -> int:
     """Delete the messages of ``Q.dead``; return how many."""
-    conn = pika.BlockingConnection(params)
-    try:
-        channel = conn.channel()
-        try:
-            frame = channel.queue_purge(dead_queue(queue))
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:
-                return 0
-            raise
-        return int(frame.method.message_count)
-    finally:
-        conn.close()
+    return _count(params, lambda channel: channel.queue_purge(dead_queue(queue)))
 
 
 def delete_queues(params: pika.URLParameters, names: list[str]) -> None:
