@@ -21,6 +21,7 @@ Rules (README, "Semantics"):
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,10 @@ from ivy.message import Notification
 from ivy.notifiers.base import Notifier, Subscription
 
 log = logging.getLogger("ivy.results")
+
+
+def _describe(exc: BaseException | None) -> str:
+    return "unknown error" if exc is None else f"{type(exc).__name__}: {exc}"
 
 #: Longest a call waits for its result before it is settled with ``ResultExpired``.
 DEFAULT_PENDING_TTL = 86_400.0
@@ -127,8 +132,10 @@ class ResultConsumer:
             except Exception:
                 if self._closing.is_set():
                     break
-                log.exception("notification consumer: %s failed; resubscribing in %.1f s",
-                              self.notifier.url, backoff)
+                # a lost connection is expected now and then: one line, the traceback at debug
+                log.warning("notification consumer: %s failed (%s); resubscribing in %.1f s",
+                            self.notifier.url, _describe(sys.exc_info()[1]), backoff)
+                log.debug("notification consumer failure", exc_info=True)
                 if subscription is not None:
                     try:
                         subscription.close()

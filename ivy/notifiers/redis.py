@@ -105,9 +105,10 @@ class RedisSubscription(Subscription):
         while not self._closed.is_set():
             try:
                 reply = read_pubsub(self._pubsub, wait, direct=self._direct)
-            except (redis.exceptions.ConnectionError, ValueError, AttributeError, OSError):
-                if self._closed.is_set():
-                    return []
+            except (redis.exceptions.ConnectionError, ValueError, AttributeError, TypeError,
+                    OSError):
+                if self._closed.is_set():  # closed from another thread mid-read (hiredis
+                    return []               # then raises TypeError): not an error
                 raise
             if reply is None:
                 return []
