@@ -357,13 +357,11 @@ class Ivy:
         except BaseException:
             self._forget([o.call for o in outs])
             raise
-        failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
-        if failed:
-            self._forget([o.call for o, f in zip(outs, futures, strict=True)
-                          if f.done() and f.exception() is not None])
-            error = failed[0]
-            assert error is not None
-            raise error
+        refused = [(out, error) for out, f in zip(outs, futures, strict=True)
+                   if f.done() and (error := f.exception()) is not None]
+        if refused:
+            self._forget([out.call for out, _ in refused])
+            raise refused[0][1]
         for out, future in zip(outs, futures, strict=True):
             self._outbox.track(out.call, future)
             if self.middleware:
