@@ -178,6 +178,54 @@ def test_metrics_of_one_registry_are_shared_and_a_second_registry_is_separate() 
                                 {"task": "t.x", "queue": "q"}) == 1.0
 
 
+def test_runs_counted_from_many_threads_at_once_add_up_exactly() -> None:
+    # Given one middleware whose hooks run on 8 threads at once (each thread counts into its own
+    # tallies, without locks), while another thread scrapes all along
+    registry = CollectorRegistry()
+    prom = Prometheus(registry)
+    messages = [ivy.Message(id=str(i), name=f"t.{i % 2}", args=[], queue="q") for i in range(2)]
+    error = {"type": "ValueError", "message": "x", "traceback": ""}
+    start, done = threading.Barrier(9), threading.Event()
+    scrapes: list[float] = []
+
+    def runs() -> None:
+        start.wait()
+        for i in range(5_000):
+            message = messages[i % 2]
+            prom.before_task(message)
+            prom.after_task(message, None, error if i % 5 == 0 else None)
+
+    def scraper() -> None:
+        start.wait()
+        while not done.is_set():
+            scrapes.append(registry.get_sample_value(
+                "ivy_task_duration_seconds_count", {"task": "t.0", "queue": "q"}) or 0.0)
+
+    threads = [threading.Thread(target=runs) for _ in range(8)]
+    watcher = threading.Thread(target=scraper)
+    for thread in [*threads, watcher]:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    done.set()
+    watcher.join(10)
+
+    # Then every run counted once, by outcome, and scrapes only ever saw the counts grow
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    for task in ("t.0", "t.1"):
+        assert value("ivy_task_duration_seconds_count", task=task, queue="q") == 20_000
+        assert value("ivy_task_duration_seconds_bucket", task=task, queue="q",
+                     le="+Inf") == 20_000
+        # one run in ten fails (i % 5 == 0 falls on each task every tenth run)
+        assert value("ivy_tasks_total", task=task, queue="q", outcome="errored") == 4_000
+        assert value("ivy_tasks_total", task=task, queue="q", outcome="successful") == 16_000
+        assert value("ivy_tasks_total", task=task, queue="q", outcome="retried") is None
+    assert value("ivy_tasks_running", queue="q") == 0
+    assert scrapes == sorted(scrapes) and len(scrapes) > 1
+
+
 def test_a_queue_whose_size_fails_loses_its_series(sqlite_url: str,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     app = ivy.Ivy(sqlite_url, sqlite_url)

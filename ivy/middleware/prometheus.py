@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client import start_http_server as _start_http_server
-    from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("ivy.middleware.Prometheus needs prometheus-client: pip install "
@@ -59,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 from ivy.errors import ConfigurationError
 from ivy.message import Message
 from ivy.middleware import Middleware
+from ivy.middleware._local_metrics import LocalCollector
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -82,39 +82,20 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RUNNING_HELP = "Task runs in progress"
 
 
-class _Running:
-    """``ivy_tasks_running`` in one process, counted at scrape time from the runs in progress
-    (one per executor thread at most) rather than by a gauge's increment and decrement: those
-    two cost a trivial task's worker a few percent of its throughput."""
-
-    def __init__(self) -> None:
-        #: thread id -> the run it is in: set and popped whole, atomic for the readers
-        self.runs: dict[int, tuple[_Series, float]] = {}
-        self.queues: set[str] = set()
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = dict.fromkeys(sorted(self.queues), 0)
-        for series, _ in self.runs.copy().values():
-            counts[series.queue] = counts.get(series.queue, 0) + 1
-        family = GaugeMetricFamily("ivy_tasks_running", RUNNING_HELP, labels=["queue"])
-        for queue, count in counts.items():
-            family.add_metric([queue], count)
-        yield family
-
-
 @dataclass
 class _Metrics:
-    """The five metrics in one registry, and their labelled children (labels() is a lock and a
-    dict look-up: caching them keeps the per-task cost to the increments themselves). Runs in
-    progress are a :class:`_Running` in one process, a ``livesum`` gauge in multiprocess mode
-    (where each process writes its values to files)."""
+    """The five metrics in one registry. In one process, task runs are counted by a
+    :class:`LocalCollector` (per-thread tallies summed at scrape time, no lock per run). In
+    prometheus-client's multiprocess mode (each process writes its values to files) they are
+    its metric classes, whose labelled children are cached here (labels() is a lock and a dict
+    look-up: caching keeps the per-task cost to the increments themselves)."""
 
-    tasks: Counter
-    duration: Histogram
-    running: Gauge | None
     depth: Gauge
     published: Counter
-    runs: _Running
+    local: LocalCollector | None = None
+    tasks: Counter | None = None
+    duration: Histogram | None = None
+    running: Gauge | None = None
     children: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     def child(self, metric: Counter | Histogram | Gauge, kind: str, *labels: str) -> Any:
@@ -125,16 +106,23 @@ class _Metrics:
         return found
 
     def series(self, name: str, queue: str) -> _Series:
-        """What a run of task ``name`` from ``queue`` touches, looked up once per run."""
+        """Multiprocess mode: what a run of task ``name`` from ``queue`` touches."""
         key = ("s", name, queue)
         found: _Series | None = self.children.get(key)
         if found is None:
-            self.runs.queues.add(queue)
+            assert self.running is not None and self.duration is not None
             found = self.children[key] = _Series(
-                name, queue,
-                None if self.running is None else self.child(self.running, "r", queue),
+                name, queue, self.child(self.running, "r", queue),
                 self.child(self.duration, "d", name, queue))
         return found
+
+    def count(self, name: str, queue: str, outcome: str) -> None:
+        if self.local is not None:
+            tally = self.local.series(name, queue).tally(threading.get_ident())
+            setattr(tally, outcome, getattr(tally, outcome) + 1)
+        else:
+            assert self.tasks is not None
+            self.child(self.tasks, "t", name, queue, outcome).inc()
 
 
 @dataclass(slots=True)
@@ -158,27 +146,24 @@ def _metrics(registry: CollectorRegistry) -> _Metrics:
     with _by_registry_lock:
         found = _by_registry.get(registry)
         if found is None:
-            runs = _Running()
-            if os.environ.get(MULTIPROC_ENV):
-                running: Gauge | None = Gauge("ivy_tasks_running", RUNNING_HELP, ["queue"],
-                                              registry=registry, multiprocess_mode="livesum")
-            else:
-                running = None
-                registry.register(runs)
             found = _by_registry[registry] = _Metrics(
-                tasks=Counter("ivy_tasks", "Task runs by outcome (successful, errored, retried) "
-                              "and messages dead-lettered", ["task", "queue", "outcome"],
-                              registry=registry),
-                duration=Histogram("ivy_task_duration_seconds", "Time a task run took",
-                                   ["task", "queue"], buckets=DURATION_BUCKETS,
-                                   registry=registry),
-                running=running,
                 depth=Gauge("ivy_queue_messages", "Messages in the queue, as its backend "
                             "counts them, sampled every few seconds", ["queue"],
                             registry=registry, multiprocess_mode="livemostrecent"),
                 published=Counter("ivy_messages_published", "Messages handed to the queue "
-                                  "backend by producers", ["task", "queue"], registry=registry),
-                runs=runs)
+                                  "backend by producers", ["task", "queue"], registry=registry))
+            if os.environ.get(MULTIPROC_ENV):
+                found.tasks = Counter("ivy_tasks", "Task runs by outcome (successful, errored, "
+                                      "retried) and messages dead-lettered",
+                                      ["task", "queue", "outcome"], registry=registry)
+                found.duration = Histogram("ivy_task_duration_seconds", "Time a task run took",
+                                           ["task", "queue"], buckets=DURATION_BUCKETS,
+                                           registry=registry)
+                found.running = Gauge("ivy_tasks_running", RUNNING_HELP, ["queue"],
+                                      registry=registry, multiprocess_mode="livesum")
+            else:
+                found.local = LocalCollector(DURATION_BUCKETS, RUNNING_HELP)
+                registry.register(found.local)
         return found
 
 
@@ -198,6 +183,8 @@ class Prometheus(Middleware):
         self._stop = threading.Event()
         self._failing: set[str] = set()
         self._lock = threading.Lock()
+        #: multiprocess mode: thread id -> the run it is in
+        self._started: dict[int, tuple[_Series, float]] = {}
 
     def __repr__(self) -> str:
         queues = [q for _, names in self._bound for q in names]
@@ -273,30 +260,47 @@ class Prometheus(Middleware):
     # -- hooks -----------------------------------------------------------------------------
 
     def before_task(self, message: Message) -> None:
-        series = self._m.series(message.name, message.queue or "")
-        if series.running is not None:
-            series.running.inc()
         # one executor thread runs the task and calls both hooks: its run is kept by thread
-        self._m.runs.runs[threading.get_ident()] = (series, time.perf_counter())
+        local = self._m.local
+        if local is not None:
+            local.runs[threading.get_ident()] = (local.series(message.name, message.queue or ""),
+                                                 time.perf_counter())
+            return
+        series = self._m.series(message.name, message.queue or "")
+        series.running.inc()
+        self._started[threading.get_ident()] = (series, time.perf_counter())
 
     def after_task(self, message: Message, result: Any, error: dict[str, str] | None) -> None:
         now = time.perf_counter()
-        run = self._m.runs.runs.pop(threading.get_ident(), None)
-        series, started = run if run is not None else (
+        thread = threading.get_ident()
+        local = self._m.local
+        if local is not None:
+            run = local.runs.pop(thread, None)
+            series, started = run if run is not None else (
+                local.series(message.name, message.queue or ""), now)
+            tally = series.tally(thread)
+            local.observe(tally, now - started)
+            if error is None:
+                tally.successful += 1
+            elif not self._retries_follow(message):
+                tally.errored += 1
+            return
+        found = self._started.pop(thread, None)
+        mp, began = found if found is not None else (
             self._m.series(message.name, message.queue or ""), now)
-        if series.running is not None:
-            series.running.dec()
-        series.duration.observe(now - started)
+        mp.running.dec()
+        mp.duration.observe(now - began)
         if error is None:
-            if series.successful is None:
-                series.successful = self._m.child(self._m.tasks, "t", series.name,
-                                                  series.queue, "successful")
-            series.successful.inc()
+            if mp.successful is None:
+                assert self._m.tasks is not None
+                mp.successful = self._m.child(self._m.tasks, "t", mp.name, mp.queue,
+                                              "successful")
+            mp.successful.inc()
         elif not self._retries_follow(message):
-            self._m.child(self._m.tasks, "t", series.name, series.queue, "errored").inc()
+            self._m.count(mp.name, mp.queue, "errored")
 
     def on_retry(self, message: Message, error: dict[str, str], delay: float) -> None:
-        self._m.child(self._m.tasks, "t", message.name, message.queue or "", "retried").inc()
+        self._m.count(message.name, message.queue or "", "retried")
 
     def on_dead_letter(self, message: Message | None, reason: str) -> None:
         if message is None:
@@ -304,7 +308,7 @@ class Prometheus(Middleware):
         else:  # a name nobody registered is not a label: bad input must not grow the series
             unknown = self._tasks is not None and self._tasks.get(message.name) is None
             name, queue = ("" if unknown else message.name), message.queue or ""
-        self._m.child(self._m.tasks, "t", name, queue, "dead_lettered").inc()
+        self._m.count(name, queue, "dead_lettered")
 
     def after_publish(self, message: Message) -> None:
         self._m.child(self._m.published, "p", message.name, message.queue or "").inc()
