@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS ivy_dead_letters (
 );
 CREATE INDEX IF NOT EXISTS ivy_dead_letters_queue ON ivy_dead_letters (queue, id);
 CREATE TABLE IF NOT EXISTS ivy_notifications (
-    seq INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     channel TEXT NOT NULL,
     call_id TEXT NOT NULL,
     body BLOB NOT NULL,
@@ -71,6 +71,23 @@ CREATE TABLE IF NOT EXISTS ivy_events (
 POLL_INTERVAL = 1.0
 
 
+def _autoincrement_notifications(conn: sqlite3.Connection) -> None:
+    """Files made by earlier ivy versions number notifications with a plain INTEGER key, which
+    SQLite reuses once every row is pruned: a subscription whose cursor is past the new numbers
+    would miss them. Copy such a table into the AUTOINCREMENT one (in the caller's transaction)."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
+                       "name = 'ivy_notifications'").fetchone()
+    if row is None or "AUTOINCREMENT" in row[0].upper():
+        return
+    conn.execute("ALTER TABLE ivy_notifications RENAME TO ivy_notifications_before")
+    for index in ("channel", "final", "created"):
+        conn.execute(f"DROP INDEX IF EXISTS ivy_notifications_{index}")
+    conn.execute(SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS ivy_notifications"):
+                        SCHEMA.index(");", SCHEMA.index("ivy_notifications (")) + 1])
+    conn.execute("INSERT INTO ivy_notifications SELECT * FROM ivy_notifications_before")
+    conn.execute("DROP TABLE ivy_notifications_before")
+
+
 class Database:
     """One SQLite file; a connection per thread, created on first use."""
 
@@ -95,6 +112,7 @@ class Database:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
                 with self.write(conn):
+                    _autoincrement_notifications(conn)
                     for statement in SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,3 +61,59 @@ def test_sqlite_queue_is_shared_by_two_backend_objects(tmp_path: Path) -> None:
     consumer.close()
     producer.close()
     worker.close()
+
+
+def test_sqlite_notifications_after_a_full_prune_still_arrive(tmp_path: Path) -> None:
+    # Given a subscription that has read notifications up to some sequence number
+    notifier = SQLiteNotifier(str(tmp_path / "n.db"))
+    sub = notifier.subscribe("ch", lambda: [])
+    try:
+        assert sub.get(0.01) == []
+        for i in range(3):
+            notifier.publish("ch", f"c{i}", b"old %d" % i, final=True)
+        got: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += sub.get(0.5)
+        assert got == [b"old 0", b"old 1", b"old 2"]
+        # When every stored notification is pruned (a quiet day), and a new one is published
+        notifier.db.conn().execute("DELETE FROM ivy_notifications")
+        notifier.publish("ch", "c-new", b"new", final=True)
+        # Then the subscription gets it: a sequence number is never given out twice
+        deadline = time.monotonic() + 10
+        while not got[3:] and time.monotonic() < deadline:
+            got += sub.get(0.5)
+        assert got[3:] == [b"new"]
+    finally:
+        sub.close()
+        notifier.close()
+
+
+def test_a_notifier_file_from_an_earlier_version_is_migrated(tmp_path: Path) -> None:
+    # Given a file whose notification table has a plain INTEGER key (earlier ivy versions)
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE ivy_notifications (seq INTEGER PRIMARY KEY, channel TEXT NOT NULL,
+            call_id TEXT NOT NULL, body BLOB NOT NULL, final INTEGER NOT NULL,
+            created REAL NOT NULL);
+        CREATE UNIQUE INDEX ivy_notifications_final ON ivy_notifications (call_id)
+            WHERE final = 1;
+        INSERT INTO ivy_notifications VALUES (7, 'ch', 'c1', x'6f6c64', 1, 1e12);
+    """)
+    conn.close()
+    # When ivy opens it
+    notifier = SQLiteNotifier(str(path))
+    try:
+        # Then the table numbers with AUTOINCREMENT, and what it held is kept
+        sql = notifier.db.conn().execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'ivy_notifications'").fetchone()[0]
+        assert "AUTOINCREMENT" in sql
+        assert notifier.stored("c1") == b"old"
+        notifier.publish("ch", "c2", b"new", final=True)
+        assert notifier.db.conn().execute(
+            "SELECT max(seq) FROM ivy_notifications").fetchone()[0] == 8
+    finally:
+        notifier.close()
