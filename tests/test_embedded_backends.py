@@ -117,3 +117,31 @@ def test_a_notifier_file_from_an_earlier_version_is_migrated(tmp_path: Path) -> 
             "SELECT max(seq) FROM ivy_notifications").fetchone()[0] == 8
     finally:
         notifier.close()
+
+
+@pytest.mark.parametrize("settle", [0.0, 0.05])
+def test_a_listener_that_joins_between_two_wakes_is_woken(tmp_path: Path, settle: float) -> None:
+    # Given a sender that keeps its listing of the listeners between wakes
+    import select
+
+    from ivy._sqlite import WakeListener, WakeSender
+
+    directory = str(tmp_path / "wake")
+    first = WakeListener(directory)
+    sender = WakeSender(directory)
+    sender.SETTLE = settle
+    listeners = [first]
+    try:
+        for _ in range(20):
+            # When it pokes, a listener joins at once, and it pokes again
+            sender.wake()
+            listeners.append(WakeListener(directory))
+            sender.wake()
+            # Then the newcomer was poked (its socket is readable)
+            sock = listeners[-1]._sock
+            assert sock is not None
+            assert select.select([sock], [], [], 5)[0] == [sock]
+    finally:
+        sender.close()
+        for listener in listeners:
+            listener.close()
