@@ -20,6 +20,7 @@ ratios beat a few long ones; the hook cost against a task's time is the steadier
 is printed last.
 
     python benchmarks/middleware.py [--rounds 16] [--memory-n 5000] [--sqlite-n 2000]
+    python benchmarks/middleware.py --middleware events    # task events instead
 """
 
 from __future__ import annotations
@@ -64,10 +65,15 @@ def hook_cost(n: int = 100_000) -> float:
     return best
 
 
+#: which middleware the rounds turn on: "prometheus" or "events" (``--middleware``)
+KIND = "prometheus"
+
+
 def drain(url: str, n: int, metrics: bool) -> tuple[float, float]:
     """Fill ``url``'s queue with ``n`` calls, then time one worker draining it: tasks/s, and
-    CPU microseconds per task."""
-    prom = Prometheus(CollectorRegistry()) if metrics else None
+    CPU microseconds per task. ``metrics``: with the middleware (:data:`KIND`) on."""
+    events = metrics and KIND == "events"
+    prom = Prometheus(CollectorRegistry()) if metrics and not events else None
     app = ivy.Ivy(url, url, middleware=[prom] if prom else [])
     app.registry.add(bench_tasks.noop)
     try:
@@ -78,7 +84,7 @@ def drain(url: str, n: int, metrics: bool) -> tuple[float, float]:
         if prom is not None:  # as `ivy worker --metrics-port` does: depth sampled every 5 s
             prom.bind(app.queue_backend, [QUEUE], registry=app.registry)
         started, cpu = time.perf_counter(), time.process_time()
-        worker = app.listen(queue=QUEUE, block=False, concurrency=1)
+        worker = app.listen(queue=QUEUE, block=False, concurrency=1, events=events)
         while worker.processed < n:
             time.sleep(0.005)
         elapsed = time.perf_counter() - started
@@ -117,10 +123,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--memory-n", type=int, default=5000)
     parser.add_argument("--sqlite-n", type=int, default=2000)
+    parser.add_argument("--middleware", choices=["prometheus", "events"], default="prometheus",
+                        help="what the 'with' rounds turn on: the Prometheus middleware, or "
+                        "task events (`ivy worker --events`) published through the notifier")
     parser.add_argument("--hooks-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hooks_only:
         print(f"{hook_cost():.2f}")
+        return
+    global KIND
+    KIND = args.middleware
+    if KIND == "events":
+        for name, make_url, n in (
+                ("memory", lambda: f"memory://bench-{uuid.uuid4().hex[:8]}", args.memory_n),
+                ("sqlite", lambda: f"sqlite:///{tempfile.mkdtemp()}/e.db", args.sqlite_n)):
+            bench(f"{name} events", make_url, n, args.rounds)
         return
     hooks = hook_cost()
     print(f"hooks: {hooks:.2f} us per task in one process", flush=True)

@@ -18,15 +18,24 @@ Each event is a JSON object ``{"ivy": 1, "event", "id", "name", "queue", "worker
 arguments; ``id``, ``name`` and ``queue`` are null when it could not even be decoded).
 
 Events are a live stream, best effort: publishing one never delays or fails a task; a failure
-is logged (at most once a minute, with how many were lost).
+is logged (at most once a minute, with how many were lost). The task's thread only encodes an
+event and queues it; one publisher thread per :class:`Events` sends what has queued in one
+batch (:meth:`ivy.notifiers.base.Notifier.publish_events`: one transaction on SQLite, one
+round trip on Redis), so a worker's events keep their order and cost its tasks little. At most
+:data:`MAX_PENDING` events wait (more are dropped and counted as lost, if the notifier cannot
+keep up); :meth:`Events.flush` waits for the queued ones, and so does the interpreter's exit,
+for up to :data:`EXIT_FLUSH` seconds.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import threading
 import time
+import weakref
 from typing import Any
 
 from ivy.message import Message
@@ -39,6 +48,16 @@ log = logging.getLogger("ivy.events")
 EVENTS = ("received", "started", "succeeded", "failed", "retried", "dead_lettered")
 #: seconds between two log lines about events that could not be published
 LOG_EVERY = 60.0
+#: events queued for the publisher thread at most; more are dropped (and counted as lost)
+MAX_PENDING = 10_000
+#: seconds the interpreter's exit waits for the queued events
+EXIT_FLUSH = 2.0
+#: events sent in one batch at most
+BATCH = 500
+
+#: an event waiting for the publisher: name, the message's (id, name, queue, attempt) or
+#: None, time, extra fields
+_Pending = tuple[str, tuple[str, str, str | None, int] | None, float, dict[str, Any] | None]
 
 
 class Events(Middleware):
@@ -53,56 +72,138 @@ class Events(Middleware):
         self.notifier = notifier
         self.worker = worker
         self._lock = threading.Lock()
-        self._started: dict[int, float] = {}  # id(message) -> monotonic start of its run
+        #: id(message) -> monotonic start of its run (set and popped whole: no lock needed)
+        self._started: dict[int, float] = {}
         self._lost = 0
         self._last_log = 0.0
+        #: events for the publisher thread, encoded there: (event, message, time, extra)
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._sending = 0  # events taken by the publisher, not yet sent
+        self._publisher: threading.Thread | None = None
 
     def before_task(self, message: Message) -> None:
-        with self._lock:
-            self._started[id(message)] = time.monotonic()
+        self._started[id(message)] = time.monotonic()
+        now = time.time()
         sent = message.created_ms / 1000 if message.created_ms else None
-        self._emit("received", message, sent=sent)
-        self._emit("started", message)
+        self._emit("received", message, now, {"sent": sent})
+        self._emit("started", message, now, None)
 
     def after_task(self, message: Message, result: Any, error: dict[str, str] | None) -> None:
-        with self._lock:
-            started = self._started.pop(id(message), None)
+        started = self._started.pop(id(message), None)
         runtime = None if started is None else round(time.monotonic() - started, 6)
         if error is None:
-            self._emit("succeeded", message, runtime=runtime)
+            self._emit("succeeded", message, time.time(), {"runtime": runtime})
         else:
-            self._emit("failed", message, runtime=runtime, error=_short(error))
+            self._emit("failed", message, time.time(),
+                       {"runtime": runtime, "error": _short(error)})
 
     def on_retry(self, message: Message, error: dict[str, str], delay: float) -> None:
-        self._emit("retried", message, delay=round(delay, 3), error=_short(error))
+        self._emit("retried", message, time.time(),
+                   {"delay": round(delay, 3), "error": _short(error)})
 
     def on_dead_letter(self, message: Message | None, reason: str) -> None:
-        self._emit("dead_lettered", message, reason=reason)
+        self._emit("dead_lettered", message, time.time(), {"reason": reason})
 
-    def _emit(self, event: str, message: Message | None, **extra: Any) -> None:
-        body: dict[str, Any] = {
-            "ivy": 1, "event": event,
-            "id": message.id if message else None,
-            "name": message.name if message else None,
-            "queue": message.queue if message else None,
-            "worker": self.worker, "time": time.time(),
-            "attempt": message.attempt if message else None}
-        body.update(extra)
-        try:
-            self.notifier.publish_event(json.dumps(body).encode())
-        except Exception as exc:
-            self._failed(event, exc)
+    def _emit(self, event: str, message: Message | None, now: float,
+              extra: dict[str, Any] | None) -> None:
+        """Queue an event for the publisher thread, which encodes and sends it: the task's
+        thread only copies the message's fields (the worker raises its attempt afterwards)."""
+        if self._queue.qsize() >= MAX_PENDING:
+            self._failed(event, OverflowError(f"{MAX_PENDING} events wait already"))
+            return
+        fields = (None if message is None else
+                  (message.id, message.name, message.queue, message.attempt))
+        self._queue.put((event, fields, now, extra))
+        if self._publisher is None:
+            self._start()
 
-    def _failed(self, event: str, exc: Exception) -> None:
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the events queued so far are published (or given up on); False if
+        ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._queue.empty() or self._sending:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._publisher is not None:
+                return
+            self._publisher = threading.Thread(
+                target=_publish_loop, args=(weakref.ref(self), self._queue), daemon=True,
+                name="ivy-events")
+            self._publisher.start()
+        _live.add(self)
+
+    def _encode(self, pending: _Pending) -> bytes:
+        event, fields, now, extra = pending
+        ident, name, queue_name, attempt = fields if fields is not None else (None,) * 4
+        body: dict[str, Any] = {"ivy": 1, "event": event, "id": ident, "name": name,
+                                "queue": queue_name, "worker": self.worker, "time": now,
+                                "attempt": attempt}
+        if extra:
+            body.update(extra)
+        return json.dumps(body).encode()
+
+    def _publish(self, first: _Pending) -> None:
+        """The publisher thread: send ``first`` and whatever queued behind it, in order, in
+        batches."""
+        batch = [first]
+        while True:
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._sending = len(batch)
+            try:
+                self.notifier.publish_events([self._encode(p) for p in batch])
+            except Exception as exc:
+                self._failed(batch[0][0] if len(batch) == 1 else "", exc, len(batch))
+            finally:
+                self._sending = 0
+            if len(batch) < BATCH:
+                return
+            batch = []
+
+    def _failed(self, event: str, exc: Exception, count: int = 1) -> None:
         now = time.monotonic()
         with self._lock:
-            self._lost += 1
+            self._lost += count
             if now - self._last_log < LOG_EVERY and self._last_log:
                 return
             self._last_log, lost, self._lost = now, self._lost, 0
-        log.warning("events: publishing %r events on %s failed (%s: %s); %d event(s) lost "
-                    "since the last report", event, self.notifier.url, type(exc).__name__,
-                    exc, lost)
+        log.warning("events: publishing %sevents on %s failed (%s: %s); %d event(s) lost "
+                    "since the last report", f"{event!r} " if event else "", self.notifier.url,
+                    type(exc).__name__, exc, lost)
+
+
+#: the Events objects whose publisher runs: flushed when the interpreter exits
+_live: weakref.WeakSet[Events] = weakref.WeakSet()
+
+
+def _publish_loop(ref: weakref.ref[Events], pending: queue.SimpleQueue[_Pending]) -> None:
+    while True:
+        try:
+            first = pending.get(timeout=1.0)
+        except queue.Empty:
+            if ref() is None:  # an Events nobody holds any more ends its thread
+                return
+            continue
+        events = ref()
+        if events is None:
+            return
+        events._publish(first)
+        del events
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for events in list(_live):
+        if not events.flush(EXIT_FLUSH):
+            log.warning("events: %d event(s) not published at exit", events._queue.qsize())
 
 
 def _short(error: dict[str, str]) -> dict[str, str]:

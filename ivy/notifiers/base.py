@@ -62,6 +62,12 @@ class Notifier(ABC):
         nobody listens to is gone (a live stream, not a log)."""
         raise NotImplementedError(self._unsupported("carry task events"))
 
+    def publish_events(self, bodies: list[bytes]) -> None:
+        """Send several task events, in order (a worker's events middleware batches them).
+        The default publishes them one by one; a notifier may send them in one go."""
+        for body in bodies:
+            self.publish_event(body)
+
     def subscribe_events(self) -> Subscription:
         """Receive the task events published from now on: once this returns, nothing
         published afterwards is missed while the subscription stays open."""

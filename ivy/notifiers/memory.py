@@ -147,11 +147,14 @@ class MemoryNotifier(Notifier):
             return [json.loads(table[name][1]) for name in sorted(table)]
 
     def publish_event(self, body: bytes) -> None:
+        self.publish_events([body])
+
+    def publish_events(self, bodies: list[bytes]) -> None:
         hub = self._hub
         with hub.cond:
             if hub.event_buffers:
                 for buf in hub.event_buffers:
-                    buf.append(body)
+                    buf.extend(bodies)
                 hub.cond.notify_all()
 
     def subscribe_events(self) -> Subscription:

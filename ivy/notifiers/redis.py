@@ -248,6 +248,15 @@ class RedisNotifier(Notifier):
     def publish_event(self, body: bytes) -> None:
         self._commands("PUBLISH", self.events_channel, body)
 
+    def publish_events(self, bodies: list[bytes]) -> None:
+        if len(bodies) == 1:
+            self._commands("PUBLISH", self.events_channel, bodies[0])
+            return
+        with self.client.pipeline(transaction=False) as pipe:  # one round trip, in order
+            for body in bodies:
+                pipe.publish(self.events_channel, body)
+            pipe.execute()
+
     def subscribe_events(self) -> Subscription:
         return RedisEventSubscription(self)
 

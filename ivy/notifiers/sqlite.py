@@ -160,9 +160,16 @@ class SQLiteNotifier(Notifier):
         return [json.loads(r[0]) for r in rows]
 
     def publish_event(self, body: bytes) -> None:
+        self.publish_events([body])
+
+    def publish_events(self, bodies: list[bytes]) -> None:
+        if not bodies:
+            return
         now = time.time()
         conn = self.db.conn()
-        conn.execute("INSERT INTO ivy_events (body, created) VALUES (?, ?)", (body, now))
+        with self.db.write(conn):  # one commit for the batch
+            conn.executemany("INSERT INTO ivy_events (body, created) VALUES (?, ?)",
+                             [(body, now) for body in bodies])
         self._event_waker.wake()
         if now - self._last_event_prune > EVENTS_TTL / 4:
             self._last_event_prune = now
