@@ -1,0 +1,145 @@
+"""The dashboard's pages and actions (Starlette endpoints). Pages that read the backends are
+plain functions, which Starlette runs in its thread pool; the live stream is asynchronous."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.templating import Jinja2Templates
+
+from .security import Access, checked_form, safe_next
+from .state import DEAD_PAGE_LIMIT, Dashboard
+
+#: seconds between two updates of the live stream
+TICK = 1.0
+
+
+def _dashboard(request: Request) -> Dashboard:
+    dashboard: Dashboard = request.app.state.dashboard
+    return dashboard
+
+
+def _templates(request: Request) -> Jinja2Templates:
+    templates: Jinja2Templates = request.app.state.templates
+    return templates
+
+
+def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+    dashboard = _dashboard(request)
+    context.update(queue_url=dashboard.queue_url, notifier_url=dashboard.notifier.url,
+                   root=str(request.scope.get("root_path", "")).rstrip("/"),
+                   token_set=request.app.state.access.token is not None)
+    return _templates(request).TemplateResponse(request, name, context,
+                                                status_code=status_code)
+
+
+def _back(request: Request, path: str, **query: Any) -> RedirectResponse:
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    return RedirectResponse(f"{root}{path}?{urlencode(query)}", status_code=303)
+
+
+def overview(request: Request) -> Response:
+    dashboard = _dashboard(request)
+    data = dashboard.overview()
+    collector = dashboard.collector
+    return _page(request, "overview.html", queues=data["queues"], workers=data["workers"],
+                 workers_error=data["workers_error"], events_seen=collector.events_seen,
+                 events_error=collector.error,
+                 series=json.dumps(collector.series()), window=collector.window)
+
+
+def live_json(request: Request) -> Response:
+    return JSONResponse(_dashboard(request).live())
+
+
+async def stream(request: Request) -> Response:
+    """Server-sent events: the overview's data every :data:`TICK` seconds."""
+    dashboard = _dashboard(request)
+    stopping: asyncio.Event = request.app.state.stopping
+
+    async def events() -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        while not stopping.is_set():
+            data = await run_in_threadpool(dashboard.live)
+            yield f"event: live\ndata: {json.dumps(data)}\n\n"
+            if await request.is_disconnected():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), TICK)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"X-Accel-Buffering": "no"})
+
+
+def dead(request: Request) -> Response:
+    queue = request.query_params.get("queue", "")
+    if not queue:
+        return _page(request, "message.html", title="Dead letters", status_code=400,
+                     message="name the queue: /dead?queue=NAME (see the overview)")
+    dashboard = _dashboard(request)
+    error = None
+    try:
+        letters = dashboard.dead_letters(queue)
+    except Exception as exc:
+        letters, error = [], f"{type(exc).__name__}: {exc}"
+    return _page(request, "dead.html", queue=queue, letters=letters, error=error,
+                 limit=DEAD_PAGE_LIMIT, notice=request.query_params.get("notice"))
+
+
+async def requeue(request: Request) -> Response:
+    form = await checked_form(request)
+    queue = str(form.get("queue") or "")
+    ids = None if form.get("all") else [str(i) for i in form.getlist("id")]
+    count = await run_in_threadpool(_dashboard(request).requeue, queue, ids)
+    notice = f"requeued {count} dead letter(s) to queue {queue!r}"
+    if ids is not None and count < len(ids):
+        notice += f"; {len(ids) - count} of those named were not found (already requeued?)"
+    return _back(request, "/dead", queue=queue, notice=notice)
+
+
+async def purge(request: Request) -> Response:
+    form = await checked_form(request)
+    queue = str(form.get("queue") or "")
+    if form.get("confirm") != "yes":
+        letters = await run_in_threadpool(_dashboard(request).dead_letters, queue)
+        return _page(request, "purge.html", queue=queue, count=len(letters),
+                     limit=DEAD_PAGE_LIMIT)
+    count = await run_in_threadpool(_dashboard(request).purge, queue)
+    return _back(request, "/dead", queue=queue,
+                 notice=f"purged {count} dead letter(s) of queue {queue!r}")
+
+
+def failures(request: Request) -> Response:
+    dashboard = _dashboard(request)
+    return _page(request, "failures.html", failures=dashboard.failures(),
+                 events_seen=dashboard.collector.events_seen,
+                 events_error=dashboard.collector.error)
+
+
+def call(request: Request) -> Response:
+    call_id = request.query_params.get("id", "").strip()
+    found = _dashboard(request).lookup(call_id) if call_id else None
+    return _page(request, "call.html", call_id=call_id, found=found)
+
+
+async def login(request: Request) -> Response:
+    access: Access = request.app.state.access
+    target = safe_next(request.query_params.get("next"))
+    if request.method == "POST":
+        form = await request.form()
+        given = str(form.get("token") or "")
+        target = safe_next(str(form.get("next") or "/"))
+        if access.matches(given):
+            response = RedirectResponse(target, status_code=303)
+            access.set_session(response, request)
+            return response
+        return _page(request, "login.html", next=target, failed=True, status_code=401)
+    return _page(request, "login.html", next=target, failed=False)
