@@ -323,3 +323,26 @@ def test_live_stream_from_a_real_server(memory_url: str) -> None:
     finally:
         view.close()
         app.close()
+
+
+def test_a_broker_that_is_down_shows_as_errors_not_crashes(memory_url: str) -> None:
+    # Given a dashboard whose RabbitMQ does not answer (nothing listens on port 1)
+    pytest.importorskip("pika", reason="pip install 'ivy-queue[amqp]'")
+    view = ivy.Ivy("amqp://guest:guest@127.0.0.1:1/%2F", memory_url)
+    dashboard = Dashboard(view, view.start_notification_producer(), [Q], refresh=0)
+    try:
+        with TestClient(create_app(dashboard), base_url="http://127.0.0.1") as client:
+            # Then the overview names the error for the queue
+            page = client.get("/")
+            assert page.status_code == 200 and "dead letters" not in page.text
+            [row] = client.get("/api/live").json()["queues"]
+            assert row["size"] is None and row["error"]
+            assert client.get(f"/dead?queue={Q}").status_code == 200
+            # and an action says it failed, and changed nothing
+            failed = post(client, "/dead/requeue", queue=Q, all="1")
+            assert failed.status_code == 502 and "Requeueing on queue &#39;q&#39;" in failed.text
+            assert post(client, "/dead/purge", queue=Q, confirm="yes").status_code == 502
+            assert post(client, "/dead/purge").status_code == 400  # no queue named
+            assert client.get("/login", follow_redirects=False).status_code == 303
+    finally:
+        view.close()

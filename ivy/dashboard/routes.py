@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.templating import Jinja2Templates
@@ -35,15 +36,18 @@ def _templates(request: Request) -> Jinja2Templates:
 def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
     dashboard = _dashboard(request)
     context.update(queue_url=dashboard.queue_url, notifier_url=dashboard.notifier.url,
-                   root=str(request.scope.get("root_path", "")).rstrip("/"),
+                   root=_root(request),
                    token_set=request.app.state.access.token is not None)
     return _templates(request).TemplateResponse(request, name, context,
                                                 status_code=status_code)
 
 
+def _root(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 def _back(request: Request, path: str, **query: Any) -> RedirectResponse:
-    root = str(request.scope.get("root_path", "")).rstrip("/")
-    return RedirectResponse(f"{root}{path}?{urlencode(query)}", status_code=303)
+    return RedirectResponse(f"{_root(request)}{path}?{urlencode(query)}", status_code=303)
 
 
 def overview(request: Request) -> Response:
@@ -94,11 +98,27 @@ def dead(request: Request) -> Response:
                  limit=DEAD_PAGE_LIMIT, notice=request.query_params.get("notice"))
 
 
-async def requeue(request: Request) -> Response:
+async def _queue_of(request: Request) -> tuple[Any, str]:
     form = await checked_form(request)
     queue = str(form.get("queue") or "")
+    if not queue:
+        raise HTTPException(400, "the form names no queue: submit it from a dead-letters page")
+    return form, queue
+
+
+def _failed(request: Request, what: str, queue: str, exc: Exception) -> Response:
+    return _page(request, "message.html", status_code=502, title=f"{what} failed",
+                 message=f"{what} on queue {queue!r} of {_dashboard(request).queue_url} "
+                         f"failed: {type(exc).__name__}: {exc}. Nothing was lost; try again.")
+
+
+async def requeue(request: Request) -> Response:
+    form, queue = await _queue_of(request)
     ids = None if form.get("all") else [str(i) for i in form.getlist("id")]
-    count = await run_in_threadpool(_dashboard(request).requeue, queue, ids)
+    try:
+        count = await run_in_threadpool(_dashboard(request).requeue, queue, ids)
+    except Exception as exc:
+        return _failed(request, "Requeueing", queue, exc)
     notice = f"requeued {count} dead letter(s) to queue {queue!r}"
     if ids is not None and count < len(ids):
         notice += f"; {len(ids) - count} of those named were not found (already requeued?)"
@@ -106,13 +126,15 @@ async def requeue(request: Request) -> Response:
 
 
 async def purge(request: Request) -> Response:
-    form = await checked_form(request)
-    queue = str(form.get("queue") or "")
-    if form.get("confirm") != "yes":
-        letters = await run_in_threadpool(_dashboard(request).dead_letters, queue)
-        return _page(request, "purge.html", queue=queue, count=len(letters),
-                     limit=DEAD_PAGE_LIMIT)
-    count = await run_in_threadpool(_dashboard(request).purge, queue)
+    form, queue = await _queue_of(request)
+    try:
+        if form.get("confirm") != "yes":
+            letters = await run_in_threadpool(_dashboard(request).dead_letters, queue)
+            return _page(request, "purge.html", queue=queue, count=len(letters),
+                         limit=DEAD_PAGE_LIMIT)
+        count = await run_in_threadpool(_dashboard(request).purge, queue)
+    except Exception as exc:
+        return _failed(request, "Purging", queue, exc)
     return _back(request, "/dead", queue=queue,
                  notice=f"purged {count} dead letter(s) of queue {queue!r}")
 
@@ -132,6 +154,8 @@ def call(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     access: Access = request.app.state.access
+    if access.token is None:  # nothing to log in to
+        return RedirectResponse(_root(request) + "/", status_code=303)
     target = safe_next(request.query_params.get("next"))
     if request.method == "POST":
         form = await request.form()
