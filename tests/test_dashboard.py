@@ -346,3 +346,19 @@ def test_a_broker_that_is_down_shows_as_errors_not_crashes(memory_url: str) -> N
             assert client.get("/login", follow_redirects=False).status_code == 303
     finally:
         view.close()
+
+
+def test_templates_and_static_files_are_package_data() -> None:
+    # Every file the dashboard serves or renders matches pyproject's package-data patterns
+    # (so the wheel has them: nothing comes from elsewhere at run time)
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["ivy"]
+    files = [p for d in ("templates", "static") for p in (ROOT / "ivy/dashboard" / d).iterdir()]
+    assert len(files) >= 10
+    for path in files:
+        relative = path.relative_to(ROOT / "ivy").as_posix()
+        assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
+    assert "http" not in (ROOT / "ivy/dashboard/templates/base.html").read_text()
