@@ -7,6 +7,9 @@ in test_dashboard_browser.py."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +22,7 @@ from conftest import ROOT, wait_for
 from starlette.testclient import TestClient
 
 import ivy
+from ivy.dashboard.collector import Collector
 from ivy.dashboard.security import SESSION_COOKIE, check_bind
 from ivy.dashboard.server import GRACEFUL_SHUTDOWN, Server
 from ivy.dashboard.state import Dashboard
@@ -362,3 +366,81 @@ def test_templates_and_static_files_are_package_data() -> None:
         relative = path.relative_to(ROOT / "ivy").as_posix()
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
     assert "http" not in (ROOT / "ivy/dashboard/templates/base.html").read_text()
+
+
+def test_collector_counts_per_second_in_its_window() -> None:
+    # Given a collector on a clock the test moves, and events arriving
+    now = [1000.5]
+    collector = Collector(ivy.Ivy("memory://collector").start_notification_producer(),
+                          window=3, max_failures=2, clock=lambda: now[0])
+
+    def event(kind: str, call_id: str) -> None:
+        collector.add(json.dumps({"event": kind, "id": call_id, "name": "t"}).encode())
+
+    for kind in ("succeeded", "succeeded", "failed", "received"):
+        event(kind, "a")
+    now[0] = 1001.2
+    event("succeeded", "b")
+    for call_id in ("c", "d", "e"):
+        event("dead_lettered", call_id)
+    collector.add(b"not json")
+    collector.add(b"[1]")
+    # Then the finished seconds are counted, the current one not yet, the oldest dropped
+    now[0] = 1002.0
+    assert collector.series() == {"end": 1001, "succeeded": [0, 2, 1], "failed": [0, 1, 0]}
+    now[0] = 1005.0
+    assert collector.series()["succeeded"] == [0, 0, 0]
+    # and the failures are the newest few, newest first; each call's last event is kept
+    assert [f["id"] for f in collector.failures()] == ["e", "d"]
+    assert (collector.last_event_of("a") or {})["event"] == "received"
+    assert collector.events_seen == 8
+
+
+def test_ivy_dashboard_serves_until_sigterm(tmp_path: Any) -> None:
+    # Given `ivy dashboard` on a free port, with its token in the environment
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"sqlite:///{tmp_path / 'ivy.db'}"
+    env = {**os.environ, "IVY_DASHBOARD_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ivy", "dashboard", "--queue-url", url, "--notifier-url", url,
+         "--queue", Q, "--port", str(port), "--log-level", "WARNING"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return httpx.get(base + "/api/live", timeout=2).status_code == 401
+            except httpx.TransportError:
+                return process.poll() is not None
+        wait_for(answers, timeout=30, interval=0.1, message="the dashboard to answer")
+        assert process.poll() is None
+        # Then it needs the token, and serves with it
+        live = httpx.get(base + "/api/live", headers={"authorization": f"Bearer {TOKEN}"})
+        assert live.json()["queues"][0]["name"] == Q
+        # When it gets SIGTERM, it stops at once and exits 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stdout is not None
+    output = process.stdout.read().decode()
+    assert f"http://127.0.0.1:{port}/" in output and TOKEN not in output
+
+
+def test_ivy_dashboard_on_a_port_in_use_says_so(tmp_path: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ivy", "dashboard", "--queue-url", "memory://x",
+             "--notifier-url", "memory://x", "--port", str(port)], capture_output=True,
+            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"could not listen on 127.0.0.1:{port}" in result.stderr
+    assert "address already in use" in result.stderr

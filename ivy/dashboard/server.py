@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from ivy.errors import IvyError
+from ivy.worker import signal_handlers
 
 from .security import check_bind
 
@@ -30,7 +32,11 @@ def serve(app: Any, host: str, port: int, *, token: str | None,
     loopback without ``token``)."""
     check_bind(host, token)
     server = uvicorn.Server(_config(app, host, port, log_level))
-    server.run()
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the
+    # handlers it found: these ignore it, so the command ends with exit 0 like the others.
+    # A failed bind makes uvicorn log why and raise SystemExit: the IvyError below says it.
+    with signal_handlers(lambda signum, frame: None), contextlib.suppress(SystemExit):
+        server.run()
     if not server.started:
         raise IvyError(f"the dashboard could not listen on {host}:{port} (see the error "
                        "above; is the port in use? choose another with --port)")
