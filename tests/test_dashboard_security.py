@@ -179,3 +179,14 @@ def test_ivy_dashboard_on_a_port_in_use_says_so(tmp_path: Any) -> None:
     assert result.returncode == 2
     assert f"could not listen on 127.0.0.1:{port}" in result.stderr
     assert "address already in use" in result.stderr
+
+
+def test_a_link_cannot_put_text_of_its_own_on_a_page(memory_dashboard: Dashboard) -> None:
+    with TestClient(create_app(memory_dashboard), base_url="http://127.0.0.1") as client:
+        page = client.get("/dead", params={"queue": Q, "notice": "call 555-EVIL",
+                                           "requeued": "1; go to evil.example"})
+        assert page.status_code == 200
+        assert "EVIL" not in page.text and "evil.example" not in page.text
+        assert 'role="status"' not in page.text
+        done = client.get("/dead", params={"queue": Q, "requeued": "2", "missing": "1"})
+        assert "requeued 2 dead letter(s) to queue &#39;q&#39;; 1 of those named" in done.text

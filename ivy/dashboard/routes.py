@@ -95,7 +95,25 @@ def dead(request: Request) -> Response:
     except Exception as exc:
         letters, error = [], f"{type(exc).__name__}: {exc}"
     return _page(request, "dead.html", queue=queue, letters=letters, error=error,
-                 limit=DEAD_PAGE_LIMIT, notice=request.query_params.get("notice"))
+                 limit=DEAD_PAGE_LIMIT, notice=_notice(request, queue))
+
+
+def _notice(request: Request, queue: str) -> str | None:
+    """What the last action did, from the numbers in the address it redirected to (only
+    numbers: a link cannot put text of its own on the page)."""
+    def number(key: str) -> int | None:
+        value = request.query_params.get(key, "")
+        return int(value) if value.isdigit() else None
+
+    requeued, missing, purged = number("requeued"), number("missing"), number("purged")
+    if purged is not None:
+        return f"purged {purged} dead letter(s) of queue {queue!r}"
+    if requeued is None:
+        return None
+    notice = f"requeued {requeued} dead letter(s) to queue {queue!r}"
+    if missing:
+        notice += f"; {missing} of those named were not found (already requeued?)"
+    return notice
 
 
 async def _queue_of(request: Request) -> tuple[Any, str]:
@@ -119,10 +137,8 @@ async def requeue(request: Request) -> Response:
         count = await run_in_threadpool(_dashboard(request).requeue, queue, ids)
     except Exception as exc:
         return _failed(request, "Requeueing", queue, exc)
-    notice = f"requeued {count} dead letter(s) to queue {queue!r}"
-    if ids is not None and count < len(ids):
-        notice += f"; {len(ids) - count} of those named were not found (already requeued?)"
-    return _back(request, "/dead", queue=queue, notice=notice)
+    missing = len(ids) - count if ids is not None and count < len(ids) else 0
+    return _back(request, "/dead", queue=queue, requeued=count, missing=missing)
 
 
 async def purge(request: Request) -> Response:
@@ -135,8 +151,7 @@ async def purge(request: Request) -> Response:
         count = await run_in_threadpool(_dashboard(request).purge, queue)
     except Exception as exc:
         return _failed(request, "Purging", queue, exc)
-    return _back(request, "/dead", queue=queue,
-                 notice=f"purged {count} dead letter(s) of queue {queue!r}")
+    return _back(request, "/dead", queue=queue, purged=count)
 
 
 def failures(request: Request) -> Response:
