@@ -1,5 +1,5 @@
-"""The command line: ``ivy worker``, ``ivy call``, ``ivy inspect``, ``ivy events`` and
-``ivy dead`` (also ``python -m ivy``)."""
+"""The command line: ``ivy worker``, ``ivy call``, ``ivy inspect``, ``ivy events``,
+``ivy dead`` and ``ivy dashboard`` (also ``python -m ivy``)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Any
 import ivy
 from ivy import deadletters
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV, make_notifier
+from ivy.dashboard import command as dashboard
 from ivy.errors import IvyError, RemoteTaskError, ResultTimeout
 from ivy.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR, events_command, worker_lines, workers_report
 from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="default: INFO")
     deadletters.add_parser(sub, backends)
+    dashboard.add_parser(sub, _port)
     return parser
 
 
@@ -153,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _call(args)
         if args.command == "dead":
             return deadletters.run(args)
+        if args.command == "dashboard":
+            return dashboard.run(args)
         if args.command == "events":
             notifier = make_notifier(args.notifier_url)
             try:

@@ -1,0 +1,202 @@
+"""What the dashboard pages show, read through ivy's public pieces: queue sizes and dead
+letters from the queue backend (``app.dead_letters``, ``app.requeue_dead``,
+``app.purge_dead``), live workers and stored notifications from the notifier, and the live
+statistics of a :class:`~ivy.dashboard.collector.Collector`.
+
+Backend and notifier calls made for requests run one at a time (one lock): the backends are
+shared by every request thread, and a dashboard has few users. The overview is cached for
+``refresh`` seconds, so many open pages cost the backends no more than one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ivy.app import Ivy
+from ivy.deadletters import DeadLetterInfo
+from ivy.errors import MessageError
+from ivy.message import decode_notification
+from ivy.monitor import workers_report
+from ivy.notifiers.base import Notifier
+
+from .collector import Collector
+
+#: dead letters counted per queue on the overview; more show as "100+"
+DEAD_COUNT_LIMIT = 100
+#: dead letters listed on a queue's page
+DEAD_PAGE_LIMIT = 500
+#: seconds the overview (queue sizes, dead-letter counts, workers) is cached
+REFRESH = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One queue of the overview; ``error`` says why its numbers are missing."""
+
+    name: str
+    size: int | None
+    dead: int | None
+    error: str | None = None
+
+    @property
+    def dead_text(self) -> str:
+        if self.dead is None:
+            return "?"
+        return f"{self.dead}+" if self.dead >= DEAD_COUNT_LIMIT else str(self.dead)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Dashboard:
+    """The dashboard's view of one queue backend (``app``'s) and one notifier."""
+
+    def __init__(self, app: Ivy, notifier: Notifier, queues: Sequence[str] = (), *,
+                 collector: Collector | None = None, refresh: float = REFRESH) -> None:
+        self.app = app
+        self.notifier = notifier
+        self.queues = list(dict.fromkeys(queues))
+        self.collector = collector or Collector(notifier)
+        self.refresh = refresh
+        self._io = threading.Lock()
+        self._cache: tuple[float, dict[str, Any]] | None = None
+        self._cache_lock = threading.Lock()
+        self._tracebacks: dict[str, dict[str, Any]] = {}
+
+    @property
+    def queue_url(self) -> str:
+        return self.app.queue_backend.url
+
+    def start(self) -> Dashboard:
+        self.collector.start()
+        return self
+
+    def close(self) -> None:
+        self.collector.stop()
+
+    # -- overview ------------------------------------------------------------------------------
+
+    def queue_names(self, workers: list[dict[str, Any]] | None = None) -> list[str]:
+        """The queues named with ``--queue``; else those the backend knows, with those the
+        live workers of this backend consume (RabbitMQ cannot list its queues)."""
+        if self.queues:
+            return list(self.queues)
+        backend = self.app.queue_backend
+        with self._io:
+            names = set(backend.queues())
+        for w in workers or []:
+            if w.get("queue_url") in (None, backend.url):
+                names.update(q for q in w.get("queues") or [] if isinstance(q, str))
+        return sorted(names)
+
+    def overview(self) -> dict[str, Any]:
+        """Queues (size, dead-letter count), live workers and the events stream's state,
+        at most ``refresh`` seconds old."""
+        with self._cache_lock:
+            if self._cache is not None and time.monotonic() - self._cache[0] < self.refresh:
+                return self._cache[1]
+            data = self._read_overview()
+            self._cache = (time.monotonic(), data)
+            return data
+
+    def _read_overview(self) -> dict[str, Any]:
+        with self._io:
+            workers, workers_error = workers_report(self.notifier)
+        rows = []
+        backend = self.app.queue_backend
+        for name in self.queue_names(workers):
+            try:
+                with self._io:
+                    size = backend.size(name)
+                    dead = len(backend.dead_letters(name, DEAD_COUNT_LIMIT))
+                rows.append(QueueRow(name, size, dead))
+            except Exception as exc:
+                rows.append(QueueRow(name, None, None, _error(exc)))
+        return {"queues": rows, "workers": workers or [], "workers_error": workers_error}
+
+    def live(self) -> dict[str, Any]:
+        """What the overview page's stream sends every second, as JSON-ready data."""
+        data = self.overview()
+        c = self.collector
+        return {
+            "queues": [{"name": q.name, "size": q.size, "dead": q.dead_text, "error": q.error}
+                       for q in data["queues"]],
+            "workers": data["workers"], "workers_error": data["workers_error"],
+            "series": c.series(), "events_seen": c.events_seen, "events_error": c.error}
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    def dead_letters(self, queue: str, limit: int = DEAD_PAGE_LIMIT) -> list[DeadLetterInfo]:
+        with self._io:
+            return self.app.dead_letters(queue, limit)
+
+    def requeue(self, queue: str, ids: Collection[str] | None) -> int:
+        with self._io:
+            count = self.app.requeue_dead(queue, ids)
+        self._cache = None
+        return count
+
+    def purge(self, queue: str) -> int:
+        with self._io:
+            count = self.app.purge_dead(queue)
+        self._cache = None
+        return count
+
+    # -- failures and calls --------------------------------------------------------------------
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The recent failures, newest first, each with ``traceback`` (or None) and
+        ``final`` (the call's final status, None while it may run again) from the call's
+        stored notification."""
+        out = []
+        for event in self.collector.failures():
+            call_id = event.get("id")
+            final = self._final(call_id) if isinstance(call_id, str) else {}
+            error = final.get("error") or {}
+            out.append({**event, "final": final.get("status"),
+                        "traceback": error.get("traceback") or None})
+        return out
+
+    def _final(self, call_id: str) -> dict[str, Any]:
+        known = self._tracebacks.get(call_id)
+        if known is not None:
+            return known
+        found = self.lookup(call_id)
+        result = {"status": found["status"], "error": found["error"]} if found["stored"] else {}
+        if result:
+            if len(self._tracebacks) > 2 * self.collector.max_failures:
+                self._tracebacks.clear()
+            self._tracebacks[call_id] = result
+        return result
+
+    def lookup(self, call_id: str) -> dict[str, Any]:
+        """What is known of call ``call_id``: ``stored`` (a final notification is stored),
+        ``status``, ``result``, ``error`` and ``worker`` from it, ``problem`` (why it could
+        not be read) and ``last_event`` (the last task event this dashboard saw of it)."""
+        found: dict[str, Any] = {
+            "id": call_id, "stored": False, "status": None, "result": None, "error": None,
+            "worker": None, "name": None, "problem": None,
+            "last_event": self.collector.last_event_of(call_id)}
+        try:
+            with self._io:
+                body = self.notifier.stored(call_id)
+        except Exception as exc:
+            found["problem"] = f"reading the notifier {self.notifier.url} failed: {_error(exc)}"
+            return found
+        if body is None:
+            return found
+        found["stored"] = True
+        try:
+            note = decode_notification(body, self.app.serializer, max_bytes=None,
+                                       max_depth=self.app.max_depth, signer=self.app.signer)
+        except MessageError as exc:
+            found["problem"] = f"the stored notification could not be read: {exc}"
+            return found
+        found.update(status=note.status, result=note.result, error=note.error,
+                     worker=note.worker, name=note.name)
+        return found

@@ -1,0 +1,192 @@
+"""The dashboard's security model: loopback Host names without a token, the token (header,
+parameter, login form and its cookie), CSRF tokens on actions, binding beyond loopback, and the
+``ivy dashboard`` command itself (refusal, token from the environment, SIGTERM, port in use)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from conftest import ROOT, wait_for
+from dashboard_support import TOKEN, Q, make_dashboard
+from starlette.testclient import TestClient
+
+import ivy
+from ivy.dashboard.security import SESSION_COOKIE, check_bind
+from ivy.dashboard.state import Dashboard
+from ivy.dashboard.web import create_app
+from ivy.errors import IvyError
+
+
+@pytest.fixture
+def memory_dashboard(memory_url: str) -> Iterator[Dashboard]:
+    view, dashboard = make_dashboard((memory_url, memory_url))
+    yield dashboard
+    view.close()
+
+
+def test_without_a_token_only_loopback_host_names_are_served(
+        memory_dashboard: Dashboard) -> None:
+    app = create_app(memory_dashboard)
+    for base in ("http://127.0.0.1:8080", "http://localhost", "http://[::1]:8080"):
+        with TestClient(app, base_url=base) as client:
+            assert client.get("/").status_code == 200, base
+    # a page on another site that rebinds its name to 127.0.0.1 is refused
+    with TestClient(app, base_url="http://evil.example") as client:
+        refused = client.get("/")
+        assert refused.status_code == 403 and "not host 'evil.example'" in refused.text
+
+
+def test_actions_need_the_csrf_token(memory_url: str, memory_dashboard: Dashboard) -> None:
+    app = ivy.Ivy(memory_url, memory_url)
+    app.listen(queue=Q, block=False)
+    app.send_task("t.nobody", [1], queue=Q)
+    wait_for(lambda: app.dead_letters(Q), timeout=20, message="the dead letter")
+    with TestClient(create_app(memory_dashboard), base_url="http://127.0.0.1") as client:
+        page = client.get(f"/dead?queue={Q}")
+        csrf = client.cookies.get("ivy_csrf")
+        assert csrf and f'value="{csrf}"' in page.text
+        headers = page.headers
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+        for data in ({"queue": Q}, {"queue": Q, "csrf": "forged"}):
+            refused = client.post("/dead/purge", data={**data, "confirm": "yes"})
+            assert refused.status_code == 403 and "CSRF" in refused.text
+        # a form from another site has no cookie: the token alone is refused too
+        fresh = TestClient(create_app(memory_dashboard), base_url="http://127.0.0.1")
+        assert fresh.post("/dead/purge", data={"queue": Q, "csrf": csrf,
+                                               "confirm": "yes"}).status_code == 403
+        assert client.get("/dead/purge").status_code == 405  # actions are POSTs only
+    assert len(app.dead_letters(Q)) == 1
+    app.close()
+
+
+def test_with_a_token_every_request_needs_it(memory_dashboard: Dashboard) -> None:
+    app = create_app(memory_dashboard, token=TOKEN)
+    # Given a client without the token, on any host name
+    with TestClient(app, base_url="http://dashboard.example", follow_redirects=False) as c:
+        # Then a page sends it to the login form, and anything else is refused
+        page = c.get("/dead?queue=q", headers={"accept": "text/html"})
+        assert page.status_code == 303
+        assert page.headers["location"] == "/login?next=/dead%3Fqueue%3Dq"
+        for path in ("/api/live", "/static/dashboard.js", "/stream", "/call?id=x"):
+            assert c.get(path).status_code == 401, path
+        assert c.post("/dead/purge", data={"queue": Q, "confirm": "yes"}).status_code == 401
+        # and the login page shows nothing of the backends
+        login = c.get("/login?next=/failures")
+        assert login.status_code == 200 and memory_dashboard.queue_url not in login.text
+        # When a wrong token is given: refused
+        assert c.post("/login", data={"token": "wrong", "next": "/"}).status_code == 401
+        assert c.get("/api/live", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/live?token=wrong").status_code == 401
+        # When the right one is sent as a header: served
+        assert c.get("/api/live", headers={"authorization": f"Bearer {TOKEN}"}).is_success
+        # When it is a parameter: redirected to the same address without it, logged in
+        moved = c.get(f"/call?id=abc&token={TOKEN}")
+        assert moved.status_code == 303 and moved.headers["location"] == "/call?id=abc"
+        cookie = c.cookies.get(SESSION_COOKIE)
+        assert cookie and TOKEN not in cookie  # the cookie is an HMAC, not the token
+        assert c.get("/call?id=abc").status_code == 200
+    # When the login form is used: the cookie, and back to the page asked for (local only)
+    with TestClient(app, base_url="http://dashboard.example", follow_redirects=False) as c:
+        done = c.post("/login", data={"token": TOKEN, "next": "//evil.example/"})
+        assert done.status_code == 303 and done.headers["location"] == "/"
+        assert c.get("/").status_code == 200 and c.get("/failures").status_code == 200
+
+
+def test_binding_beyond_loopback_needs_a_token() -> None:
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        check_bind(host, None)
+    for host in ("0.0.0.0", "::", "192.168.1.10", "dashboard.example"):
+        with pytest.raises(IvyError, match="without a token"):
+            check_bind(host, None)
+        check_bind(host, TOKEN)
+    with pytest.raises(IvyError, match="at least 16"):
+        check_bind("127.0.0.1", "short")
+    with pytest.raises(IvyError, match="at least 16"):
+        create_app(Dashboard(ivy.Ivy("memory://x", "memory://x"),
+                             ivy.Ivy("memory://x").start_notification_producer()),
+                   token="short")
+
+
+def test_ivy_dashboard_refuses_a_public_address_without_a_token(tmp_path: Any) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "ivy", "dashboard", "--host", "0.0.0.0", "--queue-url",
+         f"sqlite:///{tmp_path / 'ivy.db'}"], capture_output=True, text=True, timeout=60,
+        env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "refusing to serve the dashboard on '0.0.0.0' without a token" in result.stderr
+    assert "IVY_DASHBOARD_TOKEN" in result.stderr
+    assert not (tmp_path / "ivy.db").exists()  # refused before connecting to anything
+    helped = subprocess.run([sys.executable, "-m", "ivy", "dashboard", "--help"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert "--token" in helped.stdout and "--queue" in helped.stdout
+
+
+def test_ivy_dashboard_serves_until_sigterm(tmp_path: Any) -> None:
+    # Given `ivy dashboard` on a free port, with its token in the environment
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"sqlite:///{tmp_path / 'ivy.db'}"
+    env = {**os.environ, "IVY_DASHBOARD_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ivy", "dashboard", "--queue-url", url, "--notifier-url", url,
+         "--queue", Q, "--port", str(port), "--log-level", "WARNING"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return httpx.get(base + "/api/live", timeout=2).status_code == 401
+            except httpx.TransportError:
+                return process.poll() is not None
+        wait_for(answers, timeout=30, interval=0.1, message="the dashboard to answer")
+        assert process.poll() is None
+        # Then it needs the token, and serves with it
+        live = httpx.get(base + "/api/live", headers={"authorization": f"Bearer {TOKEN}"})
+        assert live.json()["queues"][0]["name"] == Q
+        # When it gets SIGTERM, it stops at once and exits 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stdout is not None
+    output = process.stdout.read().decode()
+    assert f"http://127.0.0.1:{port}/" in output and TOKEN not in output
+
+
+def test_ivy_dashboard_on_a_port_in_use_says_so(tmp_path: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ivy", "dashboard", "--queue-url", "memory://x",
+             "--notifier-url", "memory://x", "--port", str(port)], capture_output=True,
+            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"could not listen on 127.0.0.1:{port}" in result.stderr
+    assert "address already in use" in result.stderr
+
+
+def test_a_link_cannot_put_text_of_its_own_on_a_page(memory_dashboard: Dashboard) -> None:
+    with TestClient(create_app(memory_dashboard), base_url="http://127.0.0.1") as client:
+        page = client.get("/dead", params={"queue": Q, "notice": "call 555-EVIL",
+                                           "requeued": "1; go to evil.example"})
+        assert page.status_code == 200
+        assert "EVIL" not in page.text and "evil.example" not in page.text
+        assert 'role="status"' not in page.text
+        done = client.get("/dead", params={"queue": Q, "requeued": "2", "missing": "1"})
+        assert "requeued 2 dead letter(s) to queue &#39;q&#39;; 1 of those named" in done.text
