@@ -542,3 +542,25 @@ def test_worker_killed_after_sending_the_chord_callback_gives_one_final_result(
     assert replays.count("wf.add") == 1 and replays.count("wf.logged_total") == 1, replays
     assert len(log.read_text().split()) == 1
     assert producer.callbacks == [(None, 380)]
+
+
+def test_signed_workflow_steps_are_signed_by_the_worker(memory_url: str) -> None:
+    """With a signing key, the steps a worker sends are signed too (a worker with the key
+    would dead-letter an unsigned one); the original's callback style works for workflows."""
+    app = make_app(memory_url, memory_url)
+    app_key = ivy.Ivy(memory_url, memory_url, signing_key="k1")
+    app_key.registry = app.registry
+    worker = app_key.listen(queue=["qa", "qb"], block=False, heartbeat=None)
+    try:
+        add, mul = task(app_key, "t.add"), task(app_key, "t.mul")
+        got: list[Any] = []
+        call = app_key.delayed_call(ivy.chain(add.s(1, 2), mul.s(10), add.s(1)),
+                                    lambda err, result: got.append((err, result)))
+        call.sent(5)
+        assert call.result(20) == 31
+        assert got == [(None, 31)]
+        assert app_key.dead_letters("qa") == [] and app_key.dead_letters("qb") == []
+    finally:
+        worker.stop()
+        app_key.close()
+        app.close()
