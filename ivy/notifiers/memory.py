@@ -171,10 +171,12 @@ class MemoryNotifier(Notifier):
         now = time.monotonic()
         with self._hub.cond:
             store = self._workflow_store()
-            if len(store) > MAX_STORED:  # bounded like the stored results: drop expired ones
+            if len(store) >= MAX_STORED:  # bounded like the stored results: expired ones go,
                 for old in [k for k, (expires, _) in store.items() if expires <= now]:
                     del store[old]
-            expires, members = store.get(key, (0.0, {}))
+                while len(store) > MAX_STORED * 9 // 10:  # then the least recently used
+                    del store[next(iter(store))]
+            expires, members = store.pop(key, (0.0, {}))
             if expires <= now:
                 members = {}
             inserted = index not in members

@@ -41,9 +41,12 @@ from ivy.workflows.nodes import Cont, describe, start
 
 log = logging.getLogger("ivy.workflows")
 
-#: Seconds the store keeps a step's result and a group's member results (a week: longer than
-#: any workflow should take; a producer stops waiting after its ``pending_ttl``, a day).
+#: Seconds the store keeps a group's member results: a week, longer than any group should
+#: take (a producer stops waiting after its ``pending_ttl``, a day by default).
 WORKFLOW_TTL = 7 * 86400.0
+#: Seconds the store keeps a step's result: a day, as Redis keeps a call's final result; it
+#: only has to outlive the redeliveries and duplicates of the step and of the next one.
+STEP_TTL = 86400.0
 #: Store key prefixes: a step's result (member 0) and a group's member results.
 STEP_KEY = "step:"
 GROUP_KEY = "group:"
@@ -126,7 +129,7 @@ class WorkflowRecorder(Recorder):
             self._fail(message, flow, {"type": "SerializationError", "traceback": "",
                                        "message": f"the result cannot be passed on: {exc}"})
             return
-        inserted, _ = store.workflow_record(STEP_KEY + message.id, 0, encoded, WORKFLOW_TTL)
+        inserted, _ = store.workflow_record(STEP_KEY + message.id, 0, encoded, STEP_TTL)
         if not inserted:  # a copy of this step finished first: its result goes on
             value = self._loads(store.workflow_members(STEP_KEY + message.id)[0])
         cont: Cont = {"next": flow.get("next") or [], "join": flow.get("join")}
