@@ -217,6 +217,25 @@ def test_chain_passes_each_result_on_and_notifies_only_the_final_one(flows: ivy.
         assert notifier.workflow_members(f"{STEP_KEY}{call.id}.{step}") != {}
 
 
+def test_the_call_stays_scheduled_until_the_final_result(flows: ivy.Ivy) -> None:
+    worked, checked = threading.Event(), threading.Event()
+
+    @flows.register_task(name="t.slow", queue="qb")
+    def slow(value: int) -> int:
+        time.sleep(0.3)  # the work: long enough for a plain call's running status
+        worked.set()
+        checked.wait(10)
+        return value
+
+    add = task(flows, "t.add")
+    call = flows.delayed_call(ivy.chain(add.s(1, 2), slow.s(), add.s(1)))
+    assert worked.wait(20)
+    assert call.status == "scheduled" and not call.done()
+    checked.set()
+    assert call.result(20) == 4
+    assert call.status == "done"
+
+
 def test_group_result_is_in_member_order(flows: ivy.Ivy) -> None:
     @flows.register_task(name="t.later", queue="qa")
     def later(seconds: float, value: int) -> int:
