@@ -236,6 +236,20 @@ def test_the_call_stays_scheduled_until_the_final_result(flows: ivy.Ivy) -> None
     assert call.status == "done"
 
 
+def test_async_and_callback_style_tasks_are_steps_too(flows: ivy.Ivy) -> None:
+    @flows.register_task(name="t.async_double", queue="qa")
+    async def double(value: int) -> int:
+        return value * 2
+
+    def legacy(value: int, callback: Any) -> None:
+        callback(None, value + 100)
+
+    flows.register_task(legacy, name="t.legacy", queue="qb")
+    add = task(flows, "t.add")
+    flow = ivy.chain(add.s(1, 2), double.s(), ivy.signature("t.legacy"))
+    assert flows.delayed_call(flow).result(20) == 106
+
+
 def test_group_result_is_in_member_order(flows: ivy.Ivy) -> None:
     @flows.register_task(name="t.later", queue="qa")
     def later(seconds: float, value: int) -> int:
