@@ -556,6 +556,21 @@ def test_worker_killed_mid_group_gives_one_final_result(producer: Producer) -> N
 
 
 @pytest.mark.slow
+def test_worker_killed_mid_chord_member_gives_one_final_result(producer: Producer) -> None:
+    add, hang = producer.task("wf.add"), producer.task("wf.hang_first")
+    total = producer.task("wf.logged_total")
+    log, total_log = producer.tmp_path / "hang.log", producer.tmp_path / "total.log"
+    workers = [producer.start(), producer.start()]
+    call = producer.send(ivy.chord([add.s(1, 1), hang.s(5, str(log)), add.s(2, 2)],
+                                   total.s(str(total_log))))
+    (pid,) = wait_for_runs(log, 1)
+    kill(next(w for w in workers if str(w.pid) == pid))
+    assert call.result(60) == 11
+    assert producer.callbacks == [(None, 11)]
+    assert len(total_log.read_text().split()) == 1
+
+
+@pytest.mark.slow
 def test_worker_killed_after_sending_the_chord_callback_gives_one_final_result(
     producer: Producer,
 ) -> None:
