@@ -40,6 +40,7 @@ from ivy.message import PROTOCOL_VERSION, Message, Notification
 from ivy.middleware import Middleware
 from ivy.task import Task
 from ivy.worker import Worker
+from ivy.workflows import Signature, chain, chord, group, signature
 
 __version__ = "0.1.0"
 
@@ -69,8 +70,9 @@ close = default.close
 __all__ = [
     "PROTOCOL_VERSION", "Call", "ConfigurationError", "Ivy", "IvyError", "Message",
     "MessageError", "MessageTooLarge", "Middleware", "Notification", "PublishError",
-    "PublishTimeout", "RemoteTaskError", "ResultTimeout", "SerializationError", "Task",
-    "TaskNotRegistered", "TaskTimeout", "Worker", "close", "default", "delayed_call",
-    "delayed_calls", "flush", "listen", "mask_url", "register_task", "send_task", "setup_queue",
-    "start_notification_consumer", "start_notification_producer", "wait",
+    "PublishTimeout", "RemoteTaskError", "ResultTimeout", "SerializationError", "Signature",
+    "Task", "TaskNotRegistered", "TaskTimeout", "Worker", "chain", "chord", "close", "default",
+    "delayed_call", "delayed_calls", "flush", "group", "listen", "mask_url", "register_task",
+    "send_task", "setup_queue", "signature", "start_notification_consumer",
+    "start_notification_producer", "wait",
 ]

@@ -33,6 +33,7 @@ from ivy.results import DEFAULT_PENDING_TTL, Results
 from ivy.serialization import Serializer, Signer, get_serializer, signer_from
 from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
 from ivy.worker import Worker, WorkerContext
+from ivy.workflows.canvas import Canvas
 
 if TYPE_CHECKING:
     from ivy.deadletters import DeadLetterInfo
@@ -338,7 +339,16 @@ class Ivy:
         Returns once the message is handed to the queue backend; on RabbitMQ its publisher
         confirm is tracked, not waited for (see :mod:`ivy.outbox`): a refusal fails the call
         with :class:`ivy.PublishError`. ``confirm=True`` waits for the confirm and raises
-        :class:`ivy.PublishError` instead, as ``call.sent()`` does."""
+        :class:`ivy.PublishError` instead, as ``call.sent()`` does.
+
+        ``task`` may also be a signature or a workflow (``ivy.chain``, ``ivy.group``,
+        ``ivy.chord``): see :mod:`ivy.workflows`."""
+        if isinstance(task, Canvas):
+            from ivy.workflows.sending import send_workflow
+
+            return send_workflow(self, task, args, kwargs, queue=queue, priority=priority,
+                                 delay=delay, max_retries=max_retries, callback=callback,
+                                 confirm=confirm)
         out = self._prepare(task, args, kwargs, queue=queue, priority=priority, delay=delay,
                             max_retries=max_retries, callback=callback)
         self._send([out], out.queue, out.priority, out.delay, out.route)

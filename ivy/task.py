@@ -11,9 +11,12 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from ivy.errors import ConfigurationError, TaskNotRegistered
+
+if TYPE_CHECKING:
+    from ivy.workflows.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -114,6 +117,13 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue!r} style={self.style}>"
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these arguments, for workflows:
+        ``ivy.chain(add.s(1, 2), mul.s(10))`` (see :mod:`ivy.workflows`)."""
+        from ivy.workflows.canvas import Signature
+
+        return Signature(self.name, args, kwargs)
 
     def check_arguments(self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise TypeError, as a direct call would, when the arguments don't fit the function."""

@@ -51,10 +51,10 @@ from ivy.notifiers.base import Notifier
 from ivy.outcomes import ERROR_MESSAGE_CHARS as ERROR_MESSAGE_CHARS
 from ivy.outcomes import ERROR_TRACEBACK_CHARS as ERROR_TRACEBACK_CHARS
 from ivy.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
-from ivy.outcomes import Recorder
 from ivy.queues.base import Consumer, Delivery, QueueBackend
 from ivy.serialization import Serializer, Signer
 from ivy.task import Registry, Task
+from ivy.workflows.continuation import WorkflowRecorder
 
 log = logging.getLogger("ivy.worker")
 
@@ -180,10 +180,11 @@ class Worker:
         self.poll: float = backend.poll_seconds
         self._consumers: list[Consumer] = []
         self._executor = Executor(self.name)
-        self._recorder = Recorder(notifier, self.name, serializer=context.serializer,
-                                  signer=context.signer,
-                                  max_message_bytes=context.max_message_bytes,
-                                  max_depth=context.max_depth)
+        # continues workflow steps (chains, groups, chords); records plain calls as Recorder
+        self._recorder = WorkflowRecorder(
+            notifier, self.name, backend=backend, middleware=context.middleware,
+            serializer=context.serializer, signer=context.signer,
+            max_message_bytes=context.max_message_bytes, max_depth=context.max_depth)
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} on {self.backend.url}>"
@@ -470,7 +471,9 @@ class Worker:
         middleware = self.context.middleware
         if middleware:
             middleware.before_task(message)
-        ok, value = self._executor.run(task, message)
+        # a workflow step that ran to its end before a crash is not run again
+        replayed = self._recorder.replay(message) if message.extra else None
+        ok, value = replayed or self._executor.run(task, message)
         if middleware:
             middleware.after_task(message, value if ok else None, None if ok else value)
         if not ok:
@@ -538,7 +541,10 @@ def signal_handlers(handler: Any) -> Iterator[None]:
 
 
 def _fields(message: Message) -> dict[str, Any]:
-    return {"id": message.id, "name": message.name, "reply_to": message.reply_to}
+    fields = {"id": message.id, "name": message.name, "reply_to": message.reply_to}
+    if "workflow" in message.extra:  # a workflow step: its workflow fails (ivy.workflows)
+        fields["workflow"] = message.extra["workflow"]
+    return fields
 
 
 @contextlib.contextmanager

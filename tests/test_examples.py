@@ -72,3 +72,15 @@ def test_the_originals_readme_example(redis_url: str, tmp_path: Path) -> None:
         _, err = worker.communicate(timeout=30)
         fake.stop()
     assert worker.returncode == 0, err
+
+
+@pytest.mark.slow
+def test_workflows_example(tmp_path: Path) -> None:
+    """examples/workflows.py: chains, groups and chords over two worker processes on SQLite."""
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "workflows.py")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "chain: 30", "group: [2, 4]", "chord: 6", "chain with a group: 15",
+        "chord of 200 members: 2686700",
+        "failed: ValueError: in task 'workflows.check': 501 is over the limit of 100"]

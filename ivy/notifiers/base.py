@@ -77,3 +77,24 @@ class Notifier(ABC):
         return (f"notifier {type(self).__name__} ({self.url or 'no URL'}) cannot {what}: use a "
                 "memory://, sqlite:// or redis:// notifier, or implement put_worker, "
                 "remove_worker, workers, publish_event and subscribe_events")
+
+    # -- workflow store (groups/chords) --
+    # Groups and chords collect their members' results here, one atomic record per member, so
+    # that a member re-run after a crash does not count twice (ivy.workflows.continuation).
+
+    def workflow_record(self, key: str, index: int, value: bytes,
+                        ttl: float) -> tuple[bool, int]:
+        """Store ``value`` as member ``index`` of ``key`` unless that member is stored already
+        (the first wins), and count the members of ``key``, in one atomic step: return
+        (whether this call stored it, how many members ``key`` has now). ``key`` is kept for
+        ``ttl`` seconds after its last record."""
+        raise NotImplementedError(self._unsupported_workflows())
+
+    def workflow_members(self, key: str) -> dict[int, bytes]:
+        """The members stored under ``key``: index -> value (empty when none, or expired)."""
+        raise NotImplementedError(self._unsupported_workflows())
+
+    def _unsupported_workflows(self) -> str:
+        return (f"notifier {type(self).__name__} ({self.url or 'no URL'}) cannot keep "
+                "workflow state: use a memory://, sqlite:// or redis:// notifier, or implement "
+                "workflow_record and workflow_members")

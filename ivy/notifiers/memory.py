@@ -159,3 +159,36 @@ class MemoryNotifier(Notifier):
 
     def subscribe_events(self) -> Subscription:
         return MemoryEventSubscription(self._hub)
+
+    # -- workflow store (groups/chords) --
+
+    def _workflow_store(self) -> dict[str, tuple[float, dict[int, bytes]]]:
+        """key -> (expiry on the monotonic clock, members); kept on the hub, so every notifier
+        of one name shares it. Call with the hub's condition held."""
+        store: dict[str, tuple[float, dict[int, bytes]]] = self._hub.__dict__.setdefault(
+            "workflow_store", {})
+        return store
+
+    def workflow_record(self, key: str, index: int, value: bytes,
+                        ttl: float) -> tuple[bool, int]:
+        now = time.monotonic()
+        with self._hub.cond:
+            store = self._workflow_store()
+            if len(store) >= MAX_STORED:  # bounded like the stored results: expired ones go,
+                for old in [k for k, (expires, _) in store.items() if expires <= now]:
+                    del store[old]
+                while len(store) > MAX_STORED * 9 // 10:  # then the least recently used
+                    del store[next(iter(store))]
+            expires, members = store.pop(key, (0.0, {}))
+            if expires <= now:
+                members = {}
+            inserted = index not in members
+            if inserted:
+                members[index] = value
+            store[key] = (now + ttl, members)
+            return inserted, len(members)
+
+    def workflow_members(self, key: str) -> dict[int, bytes]:
+        with self._hub.cond:
+            expires, members = self._workflow_store().get(key, (0.0, {}))
+            return dict(members) if expires > time.monotonic() else {}

@@ -263,3 +263,30 @@ class RedisNotifier(Notifier):
     def close(self) -> None:
         self._commands.close()
         self.client.close()
+
+    # -- workflow store (groups/chords) --
+    # A hash ivy:workflow:<key> (member index -> value); one Lua script does HSETNX, EXPIRE and
+    # HLEN, so the first record of a member wins and the count includes it atomically.
+
+    def workflow_record(self, key: str, index: int, value: bytes,
+                        ttl: float) -> tuple[bool, int]:
+        script = getattr(self, "_workflow_script", None)
+        if script is None:
+            script = self._workflow_script = self.client.register_script(WORKFLOW_RECORD)
+        inserted, count = script(keys=[WORKFLOW_KEY_PREFIX + key],
+                                 args=[index, value, max(1, int(ttl))])
+        return bool(inserted), int(count)
+
+    def workflow_members(self, key: str) -> dict[int, bytes]:
+        found = self.client.hgetall(WORKFLOW_KEY_PREFIX + key)
+        return {int(i): v if isinstance(v, bytes) else str(v).encode()
+                for i, v in found.items()}
+
+
+WORKFLOW_KEY_PREFIX = "ivy:workflow:"
+# KEYS[1] the hash; ARGV[1] member index, ARGV[2] value, ARGV[3] ttl seconds
+WORKFLOW_RECORD = """
+local added = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {added, redis.call('HLEN', KEYS[1])}
+"""

@@ -182,3 +182,40 @@ class SQLiteNotifier(Notifier):
         self.waker.close()
         self._event_waker.close()
         self.db.close()
+
+    # -- workflow store (groups/chords) --
+    # Table ivy_workflow_members(key, idx, value, expires), created on first use: INSERT OR
+    # IGNORE and COUNT in one write transaction, so the first record of a member wins and the
+    # count includes it, whichever process asks.
+
+    _WORKFLOW_SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS ivy_workflow_members (key TEXT NOT NULL, idx INTEGER NOT "
+        "NULL, value BLOB NOT NULL, expires REAL NOT NULL, PRIMARY KEY (key, idx))")
+
+    def _workflow_table(self) -> None:
+        if not getattr(self, "_workflow_ready", False):
+            with self.db.write() as conn:
+                conn.execute(self._WORKFLOW_SCHEMA)
+            self._workflow_ready = True
+
+    def workflow_record(self, key: str, index: int, value: bytes,
+                        ttl: float) -> tuple[bool, int]:
+        self._workflow_table()
+        now = time.time()
+        with self.db.write() as conn:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO ivy_workflow_members (key, idx, value, expires) "
+                "VALUES (?, ?, ?, ?)", (key, index, value, now + ttl)).rowcount == 1
+            count = conn.execute("SELECT count(*) FROM ivy_workflow_members WHERE key = ? "
+                                 "AND expires > ?", (key, now)).fetchone()[0]
+            if now - getattr(self, "_workflow_pruned", 0.0) > PRUNE_EVERY:
+                self._workflow_pruned = now
+                conn.execute("DELETE FROM ivy_workflow_members WHERE expires <= ?", (now,))
+        return inserted, int(count)
+
+    def workflow_members(self, key: str) -> dict[int, bytes]:
+        self._workflow_table()
+        rows = self.db.conn().execute(
+            "SELECT idx, value FROM ivy_workflow_members WHERE key = ? AND expires > ?",
+            (key, time.time()))
+        return {int(i): bytes(v) for i, v in rows}

@@ -1,0 +1,15 @@
+"""Workflows: chains, groups and chords of task signatures (``ivy.chain``, ``ivy.group``,
+``ivy.chord``, ``Task.s``, ``ivy.signature``).
+
+* :mod:`ivy.workflows.canvas`: the objects users build;
+* :mod:`ivy.workflows.nodes`: their wire form and which messages start a node;
+* :mod:`ivy.workflows.sending`: the producer's side;
+* :mod:`ivy.workflows.continuation`: the worker's side (results passed on, groups joined in
+  the notifier's store, the final result).
+"""
+
+from __future__ import annotations
+
+from ivy.workflows.canvas import Canvas, Chain, Group, Signature, chain, chord, group, signature
+
+__all__ = ["Canvas", "Chain", "Group", "Signature", "chain", "chord", "group", "signature"]

@@ -1,0 +1,223 @@
+"""The canvas: :class:`Signature` (one task with its arguments, not sent yet), and the
+workflows built from signatures: :func:`chain`, :func:`group` and :func:`chord`.
+
+A workflow is sent like a task, ``ivy.delayed_call(ivy.chain(add.s(1, 2), mul.s(10)))``, and
+gives one :class:`ivy.Call` whose result is the workflow's final result. The producer turns it
+into *nodes* (plain JSON, see :func:`Canvas.node` and PROTOCOL.md, "Workflows") that travel in
+the messages' ``workflow`` field; workers continue the workflow from there
+(:mod:`ivy.workflows.continuation`).
+
+Decisions where the issue is silent:
+
+* a chord is a group followed by its callback: ``chord(header, body)`` is
+  ``chain(group(*header), body)`` and behaves exactly so;
+* a chain nested in a chain is flattened; a chain inside a group is one member whose result is
+  the chain's last result; groups nest;
+* the result passed on to a step becomes its first positional argument, before the signature's
+  own arguments (Celery's partial); a group receives it in every member;
+* arguments given when sending (``delayed_call(chain(...), 5)``) go first to the first step, or
+  to every member of a leading group;
+* a group or chord without members is refused when built: there would be nothing to wait for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ivy.errors import ConfigurationError
+
+#: One node of a workflow as it travels (PROTOCOL.md, "Workflows").
+Node = dict[str, Any]
+#: What a node builder asks of the app: the task's defaults (queue, max_retries, priority)
+#: for a name, or None when this process does not register it.
+TaskDefaults = Callable[[str], Mapping[str, Any] | None]
+#: Checks a signature's arguments as its worker will call it (``given`` extra leading
+#: positional arguments come from the step before); raises TypeError.
+ArgumentCheck = Callable[[str, list[Any], dict[str, Any]], None]
+
+
+class Canvas:
+    """Base class of what ``delayed_call`` accepts besides a task: a signature or a workflow."""
+
+    def node(self, new_id: Callable[[], str], defaults: TaskDefaults,
+             check: ArgumentCheck | None = None, given: int = 0) -> Node:
+        """This workflow as a JSON node tree, each node with an id from ``new_id`` (the ids
+        are message ids, so that a step sent twice after a crash is the same message).
+        ``given`` is how many positional arguments each first step receives from before."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short text naming the tasks: the workflow's ``Call.task``."""
+        raise NotImplementedError
+
+    def __or__(self, other: Canvas) -> Chain:
+        """``a | b`` is ``chain(a, b)``."""
+        return chain(self, other)
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+@dataclass(eq=True, repr=False)
+class Signature(Canvas):
+    """A task name with arguments and options, to be sent later (alone or in a workflow).
+
+    ``queue``, ``priority`` and ``max_retries`` left as None take the registered task's values
+    when the workflow is sent (``ivy`` and 0 for a task this process does not register)."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    priority: int | None = None
+    max_retries: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or len(self.name) > 200:
+            raise ConfigurationError(
+                f"signature task name {self.name!r} is not valid: use the registered task's "
+                "dotted name, such as 'package.module.function'")
+        if self.queue is not None and (not isinstance(self.queue, str) or not self.queue):
+            raise ConfigurationError(
+                f"queue {self.queue!r} of signature {self.name!r} must be a non-empty string")
+        self.args = tuple(self.args)
+        self.kwargs = dict(self.kwargs)
+
+    def set(self, *, queue: str | None = None, priority: int | None = None,
+            max_retries: int | None = None) -> Signature:
+        """A copy with other options: ``add.s(1, 2).set(queue="fast")``."""
+        return Signature(
+            self.name, self.args, self.kwargs,
+            queue=queue if queue is not None else self.queue,
+            priority=priority if priority is not None else self.priority,
+            max_retries=max_retries if max_retries is not None else self.max_retries)
+
+    def node(self, new_id: Callable[[], str], defaults: TaskDefaults,
+             check: ArgumentCheck | None = None, given: int = 0) -> Node:
+        known = defaults(self.name) or {}
+        queue = self.queue or known.get("queue")
+        if queue is None:
+            raise ConfigurationError(
+                f"signature {self.name!r} names a task this process does not register and "
+                f"gives no queue: use ivy.signature({self.name!r}, ..., queue='name'), or "
+                "register the task here")
+        args = list(self.args)
+        if check is not None:
+            try:
+                check(self.name, [None] * given + args, self.kwargs)
+            except TypeError as exc:
+                what = (f" (it receives the previous result as its first argument, then "
+                        f"{args!r})") if given else ""
+                raise TypeError(f"wrong arguments for task {self.name!r} in a workflow"
+                                f"{what}: {exc}") from None
+        node: Node = {"id": new_id(), "task": self.name, "args": args, "kwargs": self.kwargs,
+                      "queue": queue}
+        priority = self.priority if self.priority is not None else known.get("priority", 0)
+        retries = self.max_retries if self.max_retries is not None else known.get(
+            "max_retries", 0)
+        if priority:
+            node["priority"] = priority
+        if retries:
+            node["max_retries"] = retries
+        return node
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclass(eq=True, repr=False)
+class Chain(Canvas):
+    """Steps run one after the other; each step's result is the next one's first argument."""
+
+    steps: tuple[Canvas, ...]
+
+    def node(self, new_id: Callable[[], str], defaults: TaskDefaults,
+             check: ArgumentCheck | None = None, given: int = 0) -> Node:
+        nodes = []
+        for i, step in enumerate(self.steps):
+            nodes.append(step.node(new_id, defaults, check, given if i == 0 else 1))
+        return {"chain": nodes}
+
+    def describe(self) -> str:
+        return f"chain({', '.join(s.describe() for s in self.steps)})"
+
+
+@dataclass(eq=True, repr=False)
+class Group(Canvas):
+    """Members run in parallel; the result is the list of their results, in member order."""
+
+    members: tuple[Canvas, ...]
+
+    def node(self, new_id: Callable[[], str], defaults: TaskDefaults,
+             check: ArgumentCheck | None = None, given: int = 0) -> Node:
+        group_id = new_id()
+        return {"id": group_id,
+                "group": [m.node(new_id, defaults, check, given) for m in self.members]}
+
+    def describe(self) -> str:
+        if len(self.members) > 3:
+            return (f"group({', '.join(m.describe() for m in self.members[:3])}, ... "
+                    f"{len(self.members)} members)")
+        return f"group({', '.join(m.describe() for m in self.members)})"
+
+
+def _canvases(items: Iterable[Any], what: str) -> list[Canvas]:
+    found = []
+    for item in items:
+        if not isinstance(item, Canvas):
+            raise TypeError(f"{what} takes signatures (task.s(...), ivy.signature(...)), "
+                            f"chains, groups and chords; got {item!r}")
+        found.append(item)
+    return found
+
+
+def _spread(items: tuple[Any, ...]) -> Iterable[Any]:
+    """``group(a, b)`` and ``group([a, b])`` alike (a generator too)."""
+    if len(items) == 1 and not isinstance(items[0], Canvas) and isinstance(items[0], Iterable):
+        return list(items[0])
+    return items
+
+
+def signature(name: str, *args: Any, queue: str | None = None, priority: int | None = None,
+              max_retries: int | None = None, **kwargs: Any) -> Signature:
+    """A signature of a task by name, which this process need not register (then ``queue`` is
+    needed): ``ivy.signature("other.service.task", 1, queue="other")``."""
+    return Signature(name, args, kwargs, queue=queue, priority=priority,
+                     max_retries=max_retries)
+
+
+def chain(*steps: Any) -> Chain:
+    """``chain(add.s(1, 2), mul.s(10))``: ``mul(add(1, 2), 10)``. Nested chains flatten."""
+    flat: list[Canvas] = []
+    for step in _canvases(_spread(steps), "chain()"):
+        flat.extend(step.steps if isinstance(step, Chain) else [step])
+    if not flat:
+        raise ValueError("chain() needs at least one step, such as chain(add.s(1, 2), "
+                         "mul.s(10))")
+    return Chain(tuple(flat))
+
+
+def group(*members: Any) -> Group:
+    """``group(add.s(1, 1), add.s(2, 2))``: ``[2, 4]``, in member order (also
+    ``group(generator)``)."""
+    found = _canvases(_spread(members), "group()")
+    if not found:
+        raise ValueError("group() needs at least one member: with none there is nothing to "
+                         "wait for")
+    return Group(tuple(found))
+
+
+def chord(header: Iterable[Any], body: Canvas) -> Chain:
+    """``chord([add.s(1, 1), add.s(2, 2)], total.s())``: ``total([2, 4])``. The callback
+    ``body`` runs once every member succeeded; it never runs if one failed (the workflow's
+    call fails instead)."""
+    if isinstance(header, Canvas) and not isinstance(header, Group):
+        raise TypeError(f"chord() takes a list of signatures or a group as its header, got "
+                        f"{header!r}")
+    members = header if isinstance(header, Group) else group(*header)
+    if not isinstance(body, Canvas):
+        raise TypeError(f"the callback of chord() must be a signature such as total.s(), got "
+                        f"{body!r}")
+    return chain(members, body)

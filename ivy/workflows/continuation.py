@@ -1,0 +1,205 @@
+"""The worker's side of workflows: what happens when a step's task has ended.
+
+A step's message carries a ``workflow`` field (PROTOCOL.md, "Workflows") and no ``reply_to``:
+its outcome is not notified. Instead, once the task succeeded, the worker
+
+1. records the step's result in the notifier's store under the step's message id (the first
+   record wins: a step re-run after a crash continues with the first run's result);
+2. sends the next step with that result as its first argument, or records it as member ``i``
+   of its group (an atomic per-member record: a re-run member does not count twice) and, if
+   the group is then complete, continues with the list of the members' results, in order;
+3. when nothing follows, publishes the final result under the workflow's call id on the
+   producer's channel;
+
+and only then is the step's message acknowledged. A step that failed (after its retries), or
+could not run (unknown task, wrong arguments), publishes an ``errored`` final notification for
+the whole workflow naming the failing task: later steps never run, a chord's callback never
+runs (its group cannot complete), and nothing is left waiting.
+
+At least once, made idempotent: a worker killed after running a step but before acknowledging
+it runs the message again; the stored step result is found (:meth:`replay`: the task body is
+not run again) and the next step is sent again, *with the same message id* (ids are fixed when
+the producer builds the workflow), whose own stored result then keeps its task from running
+twice when the copies arrive one after the other. Two copies running at the same moment may
+both run the task (delivery stays at least once), but the final notification is stored first
+wins under the workflow's id, so each workflow gives exactly one final result.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ivy.errors import SerializationError
+from ivy.message import Message, Notification, encode_call
+from ivy.middleware import Pipeline
+from ivy.notifiers.base import Notifier
+from ivy.outcomes import Recorder
+from ivy.queues.base import QueueBackend
+from ivy.serialization import Serializer, Signer
+from ivy.workflows.nodes import Cont, describe, start
+
+log = logging.getLogger("ivy.workflows")
+
+#: Seconds the store keeps a group's member results: a week, longer than any group should
+#: take (a producer stops waiting after its ``pending_ttl``, a day by default).
+WORKFLOW_TTL = 7 * 86400.0
+#: Seconds the store keeps a step's result: a day, as Redis keeps a call's final result; it
+#: only has to outlive the redeliveries and duplicates of the step and of the next one.
+STEP_TTL = 86400.0
+#: Store key prefixes: a step's result (member 0) and a group's member results.
+STEP_KEY = "step:"
+GROUP_KEY = "group:"
+
+
+def workflow_of(message: Message) -> dict[str, Any] | None:
+    """The ``workflow`` field of a message, or None for a plain call."""
+    flow = message.extra.get("workflow") if message.extra else None
+    return flow if isinstance(flow, dict) else None
+
+
+class WorkflowRecorder(Recorder):
+    """A :class:`ivy.outcomes.Recorder` that continues workflows: plain calls are recorded as
+    before; the outcome of a workflow step goes on to the next step (see the module)."""
+
+    def __init__(self, notifier: Notifier | None, worker: str, *, backend: QueueBackend,
+                 middleware: Pipeline, serializer: Serializer, signer: Signer | None,
+                 max_message_bytes: int, max_depth: int) -> None:
+        super().__init__(notifier, worker, serializer=serializer, signer=signer,
+                         max_message_bytes=max_message_bytes, max_depth=max_depth)
+        self.backend = backend
+        self.middleware = middleware
+
+    def _store(self) -> Notifier:
+        if self.notifier is None:
+            raise RuntimeError("no notifier: workflows keep their state in the notifier; call "
+                               "start_notification_producer() before listen()")
+        return self.notifier
+
+    def replay(self, message: Message) -> tuple[bool, Any] | None:
+        """``(True, result)`` when this workflow step ran to its end before (its result is
+        stored: the message came again after a crash), so its task is not run again; None
+        otherwise (also for plain calls)."""
+        if workflow_of(message) is None:
+            return None
+        stored = self._store().workflow_members(STEP_KEY + message.id)
+        if 0 not in stored:
+            return None
+        log.info("workflow step %s [%s] ran before; continuing with its stored result",
+                 message.name, message.id)
+        return True, self._loads(stored[0])
+
+    def record(self, message: Message, note: Notification) -> None:
+        flow = workflow_of(message)
+        if flow is None:
+            super().record(message, note)
+        elif note.status == "successful":
+            self._step_succeeded(message, flow, note.result)
+        else:
+            self._fail(message, flow, note.error or {"type": "Error", "message": "",
+                                                     "traceback": ""})
+
+    def rejected(self, reason: str, fields: dict[str, Any]) -> None:
+        flow = fields.get("workflow")
+        if not isinstance(flow, dict):
+            super().rejected(reason, fields)
+            return
+        step = Message(id=str(fields.get("id")), name=str(fields.get("name")), args=[])
+        try:
+            self._fail(step, flow, {"type": "MessageRejected", "message": reason,
+                                    "traceback": ""})
+        except Exception:
+            log.exception("worker: failing workflow %s after a rejected step failed",
+                          flow.get("id"))
+
+    # -- continuing ---------------------------------------------------------------------------
+
+    def _dumps(self, value: Any) -> bytes:
+        """A stored result: the value in a one-item list (the serializers take containers)."""
+        return self.serializer.dumps([value])
+
+    def _loads(self, stored: bytes) -> Any:
+        return self.serializer.loads(stored)[0]
+
+    def _step_succeeded(self, message: Message, flow: dict[str, Any], value: Any) -> None:
+        store = self._store()
+        try:
+            encoded = self._dumps(value)
+        except SerializationError as exc:
+            self._fail(message, flow, {"type": "SerializationError", "traceback": "",
+                                       "message": f"the result cannot be passed on: {exc}"})
+            return
+        inserted, _ = store.workflow_record(STEP_KEY + message.id, 0, encoded, STEP_TTL)
+        if not inserted:  # a copy of this step finished first: its result goes on
+            value = self._loads(store.workflow_members(STEP_KEY + message.id)[0])
+        cont: Cont = {"next": flow.get("next") or [], "join": flow.get("join")}
+        while True:
+            if cont["next"]:
+                rest = {"next": cont["next"][1:], "join": cont["join"]}
+                self._send(message, flow, start(cont["next"][0], [value], rest, flow))
+                return
+            join = cont["join"]
+            if join is None:
+                self._final(message, flow, Notification(
+                    flow["id"], "successful", message.name, result=value,
+                    attempt=message.attempt, worker=self.worker))
+                return
+            key = GROUP_KEY + str(join["group"])
+            _, count = store.workflow_record(key, int(join["index"]),
+                                             self._dumps(value), WORKFLOW_TTL)
+            size = int(join["size"])
+            if count < size:
+                return
+            # complete: this worker goes on (a re-run of any member may go on again: the
+            # next messages keep their ids, and the final result is stored first wins)
+            members = store.workflow_members(key)
+            value = [self._loads(members[i]) for i in range(size)]
+            cont = {"next": join.get("next") or [], "join": join.get("join")}
+            log.debug("workflow %s: group %s complete (%d members); next: %s", flow["id"],
+                      join["group"], size, describe(cont))
+
+    def _send(self, message: Message, flow: dict[str, Any], messages: list[Message]) -> None:
+        """Publish the next messages (grouped by queue and priority) before the current one
+        is acknowledged; a next message that breaks the limits fails the workflow."""
+        batches: dict[tuple[str, int], list[bytes]] = {}
+        middleware = self.middleware
+        for step in messages:
+            step.headers = dict(message.headers)
+            if middleware:
+                middleware.before_publish(step)
+            try:
+                body = encode_call(step, self.serializer, max_depth=self.max_depth,
+                                   max_bytes=self.max_message_bytes)
+            except SerializationError as exc:
+                self._fail(message, flow, {"type": type(exc).__name__, "traceback": "",
+                                           "message": f"the next step {step.name!r} cannot be "
+                                                      f"sent: {exc}"})
+                return
+            batches.setdefault((step.queue or "ivy", step.priority), []).append(
+                self.body_from(body))
+        for (queue, priority), bodies in batches.items():
+            self.backend.publish_many(queue, bodies, priority=priority)
+        if middleware:
+            for step in messages:
+                middleware.after_publish(step)
+
+    def body_from(self, encoded: bytes) -> bytes:
+        return encoded if self.signer is None else self.signer.sign(encoded)
+
+    def _final(self, message: Message, flow: dict[str, Any], note: Notification) -> None:
+        reply_to = flow.get("reply_to")
+        if not isinstance(reply_to, str) or not reply_to:
+            return  # sent without a reply channel: nobody waits for the result
+        whole = Message(id=str(flow["id"]), name=message.name, args=[], reply_to=reply_to,
+                        attempt=message.attempt)
+        super().record(whole, note)
+
+    def _fail(self, message: Message, flow: dict[str, Any], error: dict[str, str]) -> None:
+        """The workflow's call fails with ``error``, named after the failing task."""
+        error = dict(error)
+        error["message"] = f"in task {message.name!r}: {error.get('message', '')}"
+        log.info("workflow %s failed at step %s [%s]: %s: %s", flow.get("id"), message.name,
+                 message.id, error.get("type"), error["message"])
+        self._final(message, flow, Notification(
+            str(flow["id"]), "errored", message.name, error=error, attempt=message.attempt,
+            worker=self.worker))

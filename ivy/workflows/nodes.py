@@ -1,0 +1,63 @@
+"""Starting workflow nodes: which messages to send for a node, given the result that flows
+into it and what follows it. Used by the producer (the first messages) and by workers (the
+next ones). Pure functions over the JSON forms of PROTOCOL.md, "Workflows":
+
+* a *node* is ``{"id", "task", "args", "kwargs", "queue", ...}`` (one task),
+  ``{"id", "group": [node, ...]}`` or ``{"chain": [node, ...]}``;
+* a *continuation* (``cont``) is ``{"next": [node, ...], "join": join | null}``: the nodes to
+  run after this one, in chain order, and then where its result goes;
+* a *join* is ``{"group": id, "index": i, "size": n, "next": [...], "join": ...}``: the result
+  is member ``i`` of group ``id``; once all ``n`` are in, their list continues with the join's
+  own ``next`` and ``join``; no join: the result is the workflow's final result.
+
+A task node's id is the id of its message, fixed when the producer built the workflow, so a
+step that a re-run sends again is the same message (the worker then finds its stored result).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ivy.message import Message, now_ms
+
+Node = dict[str, Any]
+Cont = dict[str, Any]
+
+#: The end of a workflow: the result is the final result.
+FINAL: Cont = {"next": [], "join": None}
+
+
+def start(node: Node, prefix: list[Any], cont: Cont, flow: dict[str, Any], *,
+          eta: int | None = None) -> list[Message]:
+    """The messages that start ``node``: its task's, or its first step's, or each group
+    member's. ``prefix`` goes before the task's own arguments (the previous result);
+    ``flow`` holds the workflow's ``id`` and ``reply_to``."""
+    if "task" in node:
+        workflow = {"id": flow["id"], "reply_to": flow.get("reply_to"),
+                    "next": cont["next"], "join": cont["join"]}
+        return [Message(
+            id=node["id"], name=node["task"], args=[*prefix, *node.get("args", [])],
+            kwargs=dict(node.get("kwargs") or {}), queue=node["queue"], reply_to=None,
+            max_retries=int(node.get("max_retries", 0)), priority=int(node.get("priority", 0)),
+            eta=eta, created_ms=now_ms(), extra={"workflow": workflow})]
+    if "chain" in node:
+        steps = node["chain"]
+        rest = {"next": [*steps[1:], *cont["next"]], "join": cont["join"]}
+        return start(steps[0], prefix, rest, flow, eta=eta)
+    members = node["group"]
+    messages: list[Message] = []
+    for index, member in enumerate(members):
+        join = {"group": node["id"], "index": index, "size": len(members),
+                "next": cont["next"], "join": cont["join"]}
+        messages.extend(start(member, prefix, {"next": [], "join": join}, flow, eta=eta))
+    return messages
+
+
+def describe(cont: Cont) -> str:
+    """What comes next, for log lines."""
+    if cont["next"]:
+        first = cont["next"][0]
+        return str(first.get("task") or ("group" if "group" in first else "chain"))
+    if cont["join"] is not None:
+        return f"group {cont['join']['group']}"
+    return "final result"
