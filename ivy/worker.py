@@ -308,15 +308,31 @@ class Worker:
         return delivery
 
     def _fetch_loop(self, consumer: Consumer) -> None:
+        """Several queues: fetch one delivery, then wait for a free executor to hand it to.
+        A fetcher takes no executor slot while it waits on its queue (that starved the other
+        queues' fetchers when slots were fewer than queues); it holds at most one delivery
+        beyond the consumer's prefetch, leased like those (the heartbeat extends it)."""
         backoff = _Backoff()
         while not self._refusing.is_set():
-            if not self._slots.acquire(timeout=FETCH_TIMEOUT):
-                continue
             delivery = self._fetch(consumer, backoff)
-            if delivery is None:
-                self._slots.release()
-            else:
-                self._work.put(delivery)
+            if delivery is not None:
+                self._hand_over(delivery)
+
+    def _hand_over(self, delivery: Delivery) -> None:
+        """Give an admitted delivery to an executor once one is free; give it back to the
+        queue if the worker stops first."""
+        while not self._slots.acquire(timeout=FETCH_TIMEOUT):
+            if self._stopping.is_set():
+                break
+        else:
+            with self._lock:  # stop() puts its None markers after setting _stopping
+                if not self._stopping.is_set():
+                    self._work.put(delivery)
+                    return
+            self._slots.release()
+        with _logged("giving back a delivery"):
+            delivery.release()  # the worker is stopping: it goes back unstarted
+        self._unhold(delivery)
 
     def _execute_loop(self, consumer: Consumer | None) -> None:
         backoff = _Backoff()

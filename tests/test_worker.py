@@ -332,3 +332,21 @@ def test_two_threads_stopping_at_once_close_the_consumers_once(memory_url: str) 
     finally:
         worker.stop(10)
         app.close()
+
+
+def test_fewer_executors_than_queues_serve_every_queue(app: ivy.Ivy) -> None:
+    # Given a worker with one executor thread on two queues, one of them always empty
+    @app.register_task(name="wq.add", queue="qb")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = app.listen(queue=["qa", "qb"], concurrency=1, block=False)
+    assert worker.running
+    # When calls arrive on the other queue
+    calls = [app.delayed_call(add, i, 1) for i in range(10)]
+    # Then they all run promptly: the fetcher waiting on the empty queue holds no executor
+    # (it did, and 1 call in 10 ran in 20 s)
+    assert app.wait(calls, timeout=15) == [i + 1 for i in range(10)]
+    # and a graceful stop gives back what a fetcher still held, losing nothing
+    worker.stop(10)
+    assert worker.wait_stopped(10)
