@@ -124,13 +124,17 @@ def test_message_whose_lease_runs_out_again_and_again_is_dead_lettered(redis_url
         assert counts == [1, 2, 3]
         # When its lease runs out a third time
         other = backend.consume(q)
-        assert other.get(1.0) is None
-        # Then it is a dead letter saying why, and not delivered again
+        d = other.get(5)
+        # Then it is handed out marked exhausted, with the reason for the dead letter
+        assert d is not None and d.delivery_count == 4
+        assert d.exhausted is not None
+        assert "delivered 3 times, and each time its reservation ran out" in d.exhausted
+        assert "max_deliveries is 3" in d.exhausted
+        d.dead_letter(d.exhausted)
         [dead] = backend.dead_letters(q)
-        assert dead.body == b"poison"
-        assert "delivered 3 times, and each time its reservation ran out" in dead.reason
-        assert "max_deliveries is 3" in dead.reason
+        assert dead.body == b"poison" and dead.reason == d.exhausted
         assert backend.size(q) == 0
+        assert other.get(0.3) is None
         other.close()
     finally:
         cleanup(backend)
@@ -205,7 +209,10 @@ def test_task_that_kills_its_worker_every_time_ends_dead_lettered(redis_url: str
         assert "delivered 2 times, and each time its reservation ran out" in dead.reason
         assert backend.size("proc") == 0
         assert last.poll() is None  # the worker lives
-        assert call.status == "scheduled"  # nobody could tell the producer: no outcome
+        # and the producer is told why
+        with pytest.raises(ivy.RemoteTaskError, match="delivered 2 times") as exc:
+            call.result(10)
+        assert exc.value.type == "MessageRejected"
     finally:
         if last is not None:
             stop_worker(last)

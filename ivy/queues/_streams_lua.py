@@ -38,13 +38,12 @@ local function field(fields, name)
 end
 """
 
-#: KEYS stream, leases, delayed, dead. ARGV group, consumer, count, lease ms, max deliveries,
+#: KEYS stream, leases, delayed, dead. ARGV group, consumer, count, lease ms,
 #: look for orphans (0/1), orphan idle ms, forget idle consumers after ms.
 #: Returns {ms until the next due message or lease end (-1: none), id, body, n, pel, ...}.
 FETCH = _NOW + _OWNED + """
 local S, L, D, X = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, me, count, lease = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local limit = tonumber(ARGV[5])
 -- delayed messages and retries that are due move into the stream
 local due = redis.call('ZRANGEBYSCORE', D, '-inf', now, 'LIMIT', 0, 1000)
 for _, m in ipairs(due) do
@@ -55,15 +54,15 @@ end
 local out = {-1}
 -- entries whose reservation ended are claimed for this consumer
 local ids = redis.call('ZRANGEBYSCORE', L, '-inf', now, 'LIMIT', 0, count)
-if ARGV[6] == '1' then
+if ARGV[5] == '1' then
     -- pending entries without a lease (their consumer died between reading and leasing)
-    for _, p in ipairs(redis.call('XPENDING', S, group, 'IDLE', ARGV[7], '-', '+', 100)) do
+    for _, p in ipairs(redis.call('XPENDING', S, group, 'IDLE', ARGV[6], '-', '+', 100)) do
         if #ids < count and not redis.call('ZSCORE', L, p[1]) then table.insert(ids, p[1]) end
     end
     -- consumers that hold nothing and were idle for long (SIGKILLed workers) are forgotten
     for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', S, group)) do
         local name, pending, idle = field(c, 'name'), field(c, 'pending'), field(c, 'idle')
-        if pending == 0 and idle > tonumber(ARGV[8]) and name ~= me then
+        if pending == 0 and idle > tonumber(ARGV[7]) and name ~= me then
             redis.call('XGROUP', 'DELCONSUMER', S, group, name)
         end
     end
@@ -77,12 +76,9 @@ for _, id in ipairs(ids) do
     else
         local body, n = field(entry[2], 'b'), tonumber(field(entry[2], 'n') or '0')
         local pel = tonumber(redis.call('XPENDING', S, group, id, id, 1)[1][4])
-        if pel > limit or not body then
-            local reason = 'delivered ' .. (pel - 1) .. ' times, and each time its reservation ' ..
-                'ran out without an outcome (its worker died, was killed or hung); ' ..
-                'max_deliveries is ' .. limit
-            if not body then reason = 'a stream entry without a body field' end
-            redis.call('XADD', X, '*', 'b', body or '', 'r', reason, 't', now, 'n', n + pel - 1)
+        if not body then
+            redis.call('XADD', X, '*', 'b', '', 'r', 'a stream entry without a body field',
+                       't', now, 'n', n + pel - 1)
             redis.call('XACK', S, group, id)
             redis.call('XDEL', S, id)
         else

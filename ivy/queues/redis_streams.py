@@ -19,9 +19,10 @@
   Ack, retry and dead letter check in the script that the entry is still this delivery's (same
   consumer, same delivery counter), so a late ack from a holder whose lease ran out does not
   delete a message another worker runs now.
-* Poison messages: a message delivered more than ``max_deliveries`` times (default 10; URL
-  option ``?max_deliveries=N``) whose lease ran out each time (it kills or hangs its worker) is
-  moved to the dead letters with a reason instead of being delivered again.
+* Poison messages: a message whose lease ran out ``max_deliveries`` times (default 10; URL
+  option ``?max_deliveries=N``: it kills or hangs every worker that takes it) is handed out
+  once more marked :attr:`~ivy.queues.base.Delivery.exhausted`, and the worker dead-letters it
+  with the reason (and tells its producer) instead of running it.
 * Attempts: ``delivery_count`` = the deliveries of earlier entries of the message (field ``n``:
   a retry or a delayed message is a new entry) + the entry's own delivery counter in the
   pending entries list. A defer and a release (a call whose ``eta`` is later, an unstarted
@@ -119,6 +120,11 @@ class StreamsDelivery(Delivery):
         self.queue = consumer.queue
         self.body = body
         self.delivery_count = before + pel
+        limit = consumer.backend.max_deliveries
+        if pel > limit:
+            self.exhausted = (f"delivered {pel - 1} times, and each time its reservation ran out "
+                              "without an outcome (its worker died, was killed or hung); "
+                              f"max_deliveries is {limit}")
 
     def _settle(self, action: str, arg: str | int, deliveries: int,
                 body: bytes | None = None) -> None:
@@ -220,8 +226,8 @@ class StreamsConsumer(Consumer):
         orphans = now >= self._next_orphan_check
         if orphans:
             self._next_orphan_check = now + ORPHAN_CHECK_SECONDS
-        args = [GROUP, self.name, self._prefetch, self._lease, self.backend.max_deliveries,
-                int(orphans), max(self._lease, 1000), FORGET_IDLE_MS]
+        args = [GROUP, self.name, self._prefetch, self._lease, int(orphans),
+                max(self._lease, 1000), FORGET_IDLE_MS]
         try:
             out = self.backend.script("fetch")(keys=self.keys.all, args=args)
         except redis.exceptions.ResponseError as exc:
