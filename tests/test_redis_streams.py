@@ -161,6 +161,29 @@ def test_a_blocking_get_does_not_hold_up_other_threads(redis_url: str) -> None:
         cleanup(backend)
 
 
+def test_consumer_recreates_a_group_that_redis_lost(redis_url: str) -> None:
+    # Given a consumer, and a Redis that lost the stream and its group (a restart without
+    # persistence, a FLUSHDB)
+    from ivy.queues.redis_streams import Keys
+
+    backend = streams(redis_url)
+    q = qname()
+    try:
+        consumer = backend.consume(q)
+        assert consumer.get(0.1) is None
+        backend.client.delete(Keys(q).stream)  # type: ignore[attr-defined]
+        # When a message is published again
+        backend.publish(q, b"after")
+        # Then the consumer makes the group again and gets it
+        d = consumer.get(5)
+        assert d is not None and d.body == b"after"
+        d.ack()
+        assert backend.size(q) == 0
+        consumer.close()
+    finally:
+        cleanup(backend)
+
+
 @pytest.mark.slow
 def test_killed_worker_task_completes_once(redis_url: str, tmp_path: Path) -> None:
     backend = streams(redis_url)
