@@ -161,6 +161,19 @@ def test_a_blocking_get_does_not_hold_up_other_threads(redis_url: str) -> None:
         cleanup(backend)
 
 
+def test_a_send_that_redis_never_takes_fails_loudly() -> None:
+    from servers import free_port
+
+    backend = streams(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        [future] = backend.send_many("q", [b"x"])
+        with pytest.raises(ivy.PublishError,
+                           match="did not take a message for queue 'q': ConnectionError"):
+            future.result(30)
+    finally:
+        backend.close()
+
+
 def test_consumer_recreates_a_group_that_redis_lost(redis_url: str) -> None:
     # Given a consumer, and a Redis that lost the stream and its group (a restart without
     # persistence, a FLUSHDB)

@@ -62,7 +62,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ivy.config import driver_url, mask_url
-from ivy.errors import ConfigurationError
+from ivy.errors import ConfigurationError, PublishError
 from ivy.queues import _streams_lua as lua
 from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
@@ -375,15 +375,20 @@ class RedisStreamsQueueBackend(QueueBackend):
         return self._sender.send(queue, bodies, priority=priority, delay=delay, route=route)
 
     def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
-        pipe = self.client.pipeline(transaction=False)
-        for item in batch:
-            self._remember(item.queue)
-            self._publish(pipe, item.queue, [item.body], item.delay)
-        results = pipe.execute(raise_on_error=False)
-        errors: list[BaseException | None] = []
-        for result in results:
-            errors.append(result if isinstance(result, BaseException) else None)
-        return errors
+        """One pipeline for the batch; a failure becomes :class:`ivy.PublishError` naming
+        the queue and the server."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for item in batch:
+                self._remember(item.queue)
+                self._publish(pipe, item.queue, [item.body], item.delay)
+            results = pipe.execute(raise_on_error=False)
+        except redis.exceptions.RedisError as exc:
+            results = [exc] * len(batch)
+        return [PublishError(f"the Redis Streams queue {self.url} did not take a message for "
+                             f"queue {item.queue!r}: {type(result).__name__}: {result}")
+                if isinstance(result, BaseException) else None
+                for item, result in zip(batch, results, strict=True)]
 
     # -- consuming and managing ----------------------------------------------------------------
 
