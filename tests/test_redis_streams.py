@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import TESTS_DIR, wait_for
-from contract import QueueBackendContract, qname
+from contract import QueueBackendContract, qname, take
 from workers import killed_worker_task_completes_once, start_worker, stop_worker
 from workers import producer_app as producer
 
@@ -65,22 +64,47 @@ def test_queue_url_selects_streams_and_notifier_url_the_notifier(redis_url: str)
         make_queue_backend({"type": "redis", "url": redis_url, "max_deliveries": 0})
 
 
-def test_priorities_are_refused_at_publish(redis_url: str) -> None:
+def test_priorities_hold_through_prefetch_retry_delay_and_requeue(redis_url: str) -> None:
+    from ivy.queues.redis_streams import StreamsDelivery
+
     backend = streams(redis_url)
-    app = ivy.Ivy(backend, f"memory://{uuid.uuid4().hex}")
     q = qname()
-
-    @app.register_task(name="t.urgent", queue=q, priority=5)
-    def urgent() -> None: ...
-
     try:
-        with pytest.raises(ivy.ConfigurationError,
-                           match=f"no message priorities: a message for queue '{q}' has "
-                                 "priority 5; register its task with priority=0"):
-            app.delayed_call(urgent).result(5)
+        # Given messages of three priorities, FIFO within each
+        for body, priority in ((b"p0-a", 0), (b"p3-a", 3), (b"p9", 9), (b"p0-b", 0),
+                               (b"p3-b", 3)):
+            backend.publish(q, body, priority=priority)
+        consumer = backend.consume(q, prefetch=10)
+        # Then one prefetch hands them out highest first
+        assert take(consumer, 5) == [b"p9", b"p3-a", b"p3-b", b"p0-a", b"p0-b"]
+        # and a retried message keeps its priority
+        backend.publish(q, b"high", priority=5)
+        d = consumer.get(5)
+        assert d is not None and d.body == b"high"
+        backend.publish(q, b"low")
+        d.retry(0)
+        assert take(consumer, 2) == [b"high", b"low"]
+        # and so does a delayed one, and a dead letter requeued
+        backend.publish(q, b"later", priority=7, delay=0.2)
+        d = consumer.get(5)
+        assert isinstance(d, StreamsDelivery) and d.body == b"later" and d.priority == "7"
+        d.dead_letter("for the test")
+        backend.publish(q, b"low again")
+        assert backend.requeue_dead(q) == 1
+        assert take(consumer, 2) == [b"later", b"low again"]
+        # unless the rewrite gives another
+        backend.publish(q, b"p1", priority=1)
+        d = consumer.get(5)
+        assert d is not None
+        d.dead_letter("again")
+        assert backend.requeue_dead(q, rewrite=lambda body: (b"now p2", 2)) == 1
+        backend.publish(q, b"p1 again", priority=1)
+        assert take(consumer, 2) == [b"now p2", b"p1 again"]
         assert backend.size(q) == 0
+        consumer.close()
+        with pytest.raises(ivy.ConfigurationError, match="priorities are whole numbers from 0"):
+            backend.publish(q, b"x", priority=256)
     finally:
-        app.close()
         cleanup(backend)
 
 

@@ -2,8 +2,8 @@
 (``pip install 'ivy-queue[redis]'``). The same URL as a notifier URL is the Redis notifier
 (:mod:`ivy.notifiers.redis`); the two are independent and may share one server.
 
-* Queue name Q is the stream ``ivy:{Q}`` with one consumer group, ``ivy``; each consumer (one
-  per worker and queue) reads as its own group member. Keys are listed in
+* Queue name Q is the stream ``ivy:{Q}`` (and one per priority above 0) with one consumer
+  group, ``ivy``; each consumer (one per worker and queue) reads as its own group member. Keys are listed in
   :mod:`ivy.queues._streams_lua`; every read-then-write is one Lua script, so there is no lock.
 * Ack = ``XACK`` then ``XDEL`` in one script: the stream holds only messages waiting or
   reserved, never a growing log of finished ones (taskiq-redis #114), and nothing is trimmed
@@ -32,8 +32,11 @@
   separate mover process exists or can die. A released message goes to the end of the stream.
 * Dead letters: the stream ``ivy:{Q}.dead`` (body, reason, time, deliveries); a dead letter's id
   is its entry id. Requeueing (by id or all) and purging are single scripts: atomic.
-* Priorities: not supported. Publishing with a priority other than 0 raises
-  :class:`ivy.ConfigurationError` naming the queue and the backends that have priorities.
+* Priorities (0-255): one stream per priority in use (``ivy:{Q}`` for 0, ``ivy:{Q}:p<P>``
+  above), each with the group; a consumer reads them highest first, FIFO within one, and a
+  message keeps its priority through a retry, a delay and a dead letter (requeueing restores
+  it unless ``rewrite`` gives another). A consumer that waits in a blocking read learns of a
+  priority used for the first time meanwhile on its next poll (within ``BLOCK_SECONDS``).
 * Blocking reads (``XREADGROUP ... BLOCK``) wait at most ``BLOCK_SECONDS`` at a time, on a
   connection of their own from the pool, so other threads' commands never wait behind them and
   ``close()`` is seen within that time. Connection errors are retried by redis-py with backoff
@@ -71,6 +74,8 @@ log = logging.getLogger("ivy.redis_streams")
 
 OPTIONS = ("max_deliveries",)
 GROUP = "ivy"
+#: the highest priority (the wire protocol's)
+MAX_PRIORITY = 255
 #: the longest one blocking read waits
 BLOCK_SECONDS = 0.5
 #: how often a consumer looks for pending entries that have no lease
@@ -88,10 +93,15 @@ class Keys:
         self.leases = f"{self.stream}:leases"
         self.delayed = f"{self.stream}:delayed"
         self.dead = f"{self.stream}.dead"
+        self.levels = f"{self.stream}:levels"
+
+    def level(self, priority: str | int) -> str:
+        """The stream of ``priority``."""
+        return self.stream if str(priority) == "0" else f"{self.stream}:p{priority}"
 
     @property
     def all(self) -> list[str]:
-        return [self.stream, self.leases, self.delayed, self.dead]
+        return [self.stream, self.leases, self.delayed, self.dead, self.levels]
 
 
 Entry = tuple[str, dict[bytes, bytes]]
@@ -112,11 +122,12 @@ def _ms(seconds: float) -> int:
 
 class StreamsDelivery(Delivery):
     def __init__(self, consumer: StreamsConsumer, entry_id: str, body: bytes, before: int,
-                 pel: int) -> None:
+                 pel: int, priority: str) -> None:
         super().__init__()
         self._consumer = consumer
         self._id = entry_id
         self._pel = pel
+        self.priority = priority
         self.queue = consumer.queue
         self.body = body
         self.delivery_count = before + pel
@@ -129,10 +140,12 @@ class StreamsDelivery(Delivery):
     def _settle(self, action: str, arg: str | int, deliveries: int,
                 body: bytes | None = None) -> None:
         c = self._consumer
-        args: list[Any] = [GROUP, c.name, self._id, self._pel, action, arg, deliveries, _tag()]
+        args: list[Any] = [GROUP, c.name, self._id, self._pel, action, arg, deliveries, _tag(),
+                           self.priority]
         if body is not None:
             args.append(body)
-        if not c.backend.script("settle")(keys=c.keys.all, args=args):
+        keys = [c.keys.level(self.priority), c.keys.leases, c.keys.delayed, c.keys.dead]
+        if not c.backend.script("settle")(keys=keys, args=args):
             log.warning("%s of a message of %s (entry %s) skipped: its reservation ran out and "
                         "another delivery of it is under way", action, self.queue, self._id)
 
@@ -153,9 +166,9 @@ class StreamsDelivery(Delivery):
 
     def _extend(self, seconds: float) -> None:
         c = self._consumer
-        if not c.backend.script("extend")(keys=[c.keys.stream, c.keys.leases],
+        if not c.backend.script("extend")(keys=[c.keys.level(self.priority), c.keys.leases],
                                           args=[GROUP, c.name, self._id, self._pel,
-                                                _ms(seconds)]):
+                                                _ms(seconds), self.priority]):
             log.warning("the reservation of a message of %s (entry %s) ran out before it was "
                         "extended; another worker may run it too", self.queue, self._id)
 
@@ -174,6 +187,7 @@ class StreamsConsumer(Consumer):
         self._closed = threading.Event()
         self._next_orphan_check = 0.0
         self._failing = False
+        self._levels: list[str] = ["0"]  # the priorities with a stream, highest first
         backend.ensure_group(queue)
 
     def buffered(self) -> list[Delivery]:
@@ -235,33 +249,40 @@ class StreamsConsumer(Consumer):
                 raise
             self.backend.ensure_group(self.queue, again=True)  # Redis lost its data
             out = self.backend.script("fetch")(keys=self.keys.all, args=args)
-        for i in range(1, len(out), 4):
-            self._buffer.append(StreamsDelivery(self, out[i].decode(), out[i + 1],
-                                                int(out[i + 2]), int(out[i + 3])))
-        return int(out[0])
+        wake, levels, entries = out
+        self._levels = [p.decode() for p in levels]
+        for i in range(0, len(entries), 5):
+            self._buffer.append(StreamsDelivery(self, entries[i].decode(), entries[i + 1],
+                                                int(entries[i + 2]), int(entries[i + 3]),
+                                                entries[i + 4].decode()))
+        return int(wake)
 
     def _block(self, seconds: float) -> None:
-        """One blocking read of new entries, which are then leased."""
+        """One blocking read of new entries of every priority's stream, which are then
+        leased (a priority whose first message comes during the read is seen by the next)."""
+        streams = {self.keys.level(p): p for p in self._levels}
         try:
             read: Any = self.backend.client.xreadgroup(
-                GROUP, self.name, {self.keys.stream: ">"}, count=self._prefetch,
+                GROUP, self.name, dict.fromkeys(streams, ">"), count=self._prefetch,
                 block=max(_ms(seconds), 1))
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self.backend.ensure_group(self.queue, again=True)
             return
-        entries = [e for _, batch in read or [] for e in _entries(batch)]
+        entries = [(streams[name.decode()], *e) for name, batch in read or []
+                   for e in _entries(batch)]
         if not entries:
             return
+        entries.sort(key=lambda e: -int(e[0]))  # the highest priority first, FIFO within one
         self.backend.script("lease")(keys=[self.keys.leases],
-                                     args=[self._lease, *(i for i, _ in entries)])
-        for entry_id, fields in entries:
+                                     args=[self._lease, *(f"{p}:{i}" for p, i, _ in entries)])
+        for priority, entry_id, fields in entries:
             body = fields.get(b"b")
             if body is None:  # not ivy's: the next fetch claims it once its lease ends
                 continue
             self._buffer.append(StreamsDelivery(self, entry_id, body,
-                                                int(fields.get(b"n", 0)), 1))
+                                                int(fields.get(b"n", 0)), 1, priority))
 
     def close(self) -> None:
         self._closed.set()
@@ -274,11 +295,11 @@ class StreamsConsumer(Consumer):
                     log.warning("consumer of %s: a prefetched message could not be given back; "
                                 "it comes back when its reservation ends", self.queue)
             with contextlib.suppress(redis.exceptions.RedisError):
-                self.backend.script("forget")(keys=[self.keys.stream], args=[GROUP, self.name])
+                self.backend.script("forget")(keys=[self.keys.stream, self.keys.levels],
+                                              args=[GROUP, self.name])
 
 
 class RedisStreamsQueueBackend(QueueBackend):
-    supports_priority = False
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, max_deliveries: int = 10
                  ) -> None:
@@ -294,8 +315,8 @@ class RedisStreamsQueueBackend(QueueBackend):
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
         self._scripts = {name: self.client.register_script(getattr(lua, name.upper()))
-                         for name in ("fetch", "lease", "settle", "extend", "publish_delayed",
-                                      "requeue", "purge", "forget")}
+                         for name in ("fetch", "lease", "settle", "extend", "publish_level",
+                                      "publish_delayed", "requeue", "purge", "forget", "size")}
         self._groups: set[str] = set()
         self._known: set[str] = set()
         self._lock = threading.Lock()
@@ -322,11 +343,17 @@ class RedisStreamsQueueBackend(QueueBackend):
         messages published before the first worker are delivered)."""
         if queue in self._groups and not again:
             return
-        try:
-            self.client.xgroup_create(Keys(queue).stream, GROUP, id="0", mkstream=True)
-        except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        keys = Keys(queue)
+        streams = [keys.stream]
+        if again:  # after a loss of data: every priority's stream
+            members: Any = self.client.smembers(keys.levels)
+            streams += [keys.level(p.decode()) for p in members]
+        for stream in streams:
+            try:
+                self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
         self._remember(queue)
         self._groups.add(queue)
 
@@ -338,12 +365,10 @@ class RedisStreamsQueueBackend(QueueBackend):
     # -- publishing ----------------------------------------------------------------------------
 
     def _check(self, queue: str, priority: int) -> None:
-        if priority:
+        if not 0 <= priority <= MAX_PRIORITY:
             raise ConfigurationError(
-                f"the Redis Streams queue backend ({self.url}) has no message priorities: a "
-                f"message for queue {queue!r} has priority {priority}; register its task with "
-                "priority=0, or use a queue backend with priorities (amqp:// with "
-                "max_priority, sqlite://, memory://)")
+                f"priority {priority!r} for a message of queue {queue!r} on the Redis Streams "
+                f"queue ({self.url}): priorities are whole numbers from 0 to {MAX_PRIORITY}")
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
@@ -353,19 +378,25 @@ class RedisStreamsQueueBackend(QueueBackend):
                      delay: float = 0.0, route: str | None = None) -> None:
         self._check(queue, priority)
         self._remember(queue)
-        self._publish(self.client.pipeline(transaction=False), queue, bodies, delay).execute()
+        pipe = self.client.pipeline(transaction=False)
+        self._publish(pipe, queue, bodies, priority, delay)
+        pipe.execute()
 
-    def _publish(self, pipe: Any, queue: str, bodies: list[bytes], delay: float) -> Any:
+    def _publish(self, pipe: Any, queue: str, bodies: list[bytes], priority: int,
+                 delay: float) -> None:
+        """Add the commands that publish ``bodies`` to ``pipe``: one for a single body."""
         keys = Keys(queue)
         if delay > 0:
-            args: list[Any] = [_ms(delay)]
+            args: list[Any] = [_ms(delay), priority]
             for body in bodies:
                 args += [_tag(), body]
             self.script("publish_delayed")(keys=[keys.delayed], args=args, client=pipe)
+        elif priority:
+            self.script("publish_level")(keys=[keys.stream, keys.levels],
+                                         args=[GROUP, priority, *bodies], client=pipe)
         else:
             for body in bodies:
                 pipe.xadd(keys.stream, {"b": body})
-        return pipe
 
     def send_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
                   delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
@@ -381,7 +412,7 @@ class RedisStreamsQueueBackend(QueueBackend):
             pipe = self.client.pipeline(transaction=False)
             for item in batch:
                 self._remember(item.queue)
-                self._publish(pipe, item.queue, [item.body], item.delay)
+                self._publish(pipe, item.queue, [item.body], item.priority, item.delay)
             results = pipe.execute(raise_on_error=False)
         except redis.exceptions.RedisError as exc:
             results = [exc] * len(batch)
@@ -397,10 +428,7 @@ class RedisStreamsQueueBackend(QueueBackend):
 
     def size(self, queue: str) -> int:
         keys = Keys(queue)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xlen(keys.stream)
-        pipe.zcard(keys.delayed)
-        return sum(int(n) for n in pipe.execute())
+        return int(self.script("size")(keys=[keys.stream, keys.levels, keys.delayed]))
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         entries = _entries(self.client.xrevrange(Keys(queue).dead, count=limit))
@@ -411,7 +439,8 @@ class RedisStreamsQueueBackend(QueueBackend):
     def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
                      rewrite: Rewrite | None = None) -> int:
         """Atomic per call: one script deletes each chosen dead letter that is still there
-        and adds its (rewritten) body to the stream. Priorities are not kept (there are none)."""
+        and adds its (rewritten) body to the stream of its priority: the one ``rewrite`` gives,
+        else the one it had."""
         keys = Keys(queue)
         if ids is None:
             entries = _entries(self.client.xrange(keys.dead))
@@ -422,16 +451,19 @@ class RedisStreamsQueueBackend(QueueBackend):
             for entry_id in wanted:
                 pipe.xrange(keys.dead, entry_id, entry_id)
             entries = [e for found in pipe.execute() for e in _entries(found)]
-        args: list[Any] = []
+        args: list[Any] = [GROUP]
         for entry_id, fields in entries:
-            body = fields.get(b"b", b"")
+            body, priority = fields.get(b"b", b""), int(fields.get(b"p", 0))
             if rewrite is not None:
-                body, _ = rewrite(body)
-            args += [entry_id, body]
-        if not args:
+                body, new = rewrite(body)
+                priority = priority if new is None else new
+            self._check(queue, priority)
+            args += [entry_id, body, priority]
+        if len(args) == 1:
             return 0
         self._remember(queue)
-        return int(self.script("requeue")(keys=[keys.dead, keys.stream], args=args))
+        return int(self.script("requeue")(keys=[keys.dead, keys.stream, keys.levels],
+                                          args=args))
 
     def purge_dead(self, queue: str) -> int:
         return int(self.script("purge")(keys=[Keys(queue).dead]))
@@ -443,7 +475,9 @@ class RedisStreamsQueueBackend(QueueBackend):
     def delete_queues(self, queues: Collection[str]) -> None:
         """Delete the named queues with their delayed messages and dead letters (tests)."""
         for queue in queues:
-            self.client.delete(*Keys(queue).all)
+            keys = Keys(queue)
+            members: Any = self.client.smembers(keys.levels)
+            self.client.delete(*keys.all, *(keys.level(p.decode()) for p in members))
             self.client.srem("ivy:queues", queue)
             self._groups.discard(queue)
             self._known.discard(queue)
