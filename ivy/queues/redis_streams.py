@@ -3,8 +3,9 @@
 (:mod:`ivy.notifiers.redis`); the two are independent and may share one server.
 
 * Queue name Q is the stream ``ivy:{Q}`` (and one per priority above 0) with one consumer
-  group, ``ivy``; each consumer (one per worker and queue) reads as its own group member. Keys are listed in
-  :mod:`ivy.queues._streams_lua`; every read-then-write is one Lua script, so there is no lock.
+  group, ``ivy``; each consumer (one per worker and queue) reads as its own group member. Keys
+  are listed in :mod:`ivy.queues._streams_lua`; every read-then-write is one Lua script, so
+  there is no lock.
 * Ack = ``XACK`` then ``XDEL`` in one script: the stream holds only messages waiting or
   reserved, never a growing log of finished ones (taskiq-redis #114), and nothing is trimmed
   with ``MAXLEN``, which would drop messages not yet run.
