@@ -1,5 +1,5 @@
 """Redis Streams as the queue (``redis://`` as a queue URL), for real: the contract suite, the
-URL and its options, refused priorities, what the stream holds after acks, poison messages that
+URL and its options, priorities, what the stream holds after acks, poison messages that
 kill their worker again and again, and a SIGKILLed worker."""
 
 from __future__ import annotations
