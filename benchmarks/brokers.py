@@ -1,6 +1,9 @@
 """Round-trip benchmark on RabbitMQ + Redis: ivy beside a bare pika/redis-py floor, Celery 5 and
 Dramatiq, each with one worker process of 4 threads (run by hand; results in
-docs/benchmarks.md).
+docs/benchmarks.md). The Redis-only pairings run beside them with ``--only``: ivy on Redis
+Streams with the Redis notifier (``ivy-redis``), and the Redis brokers of Celery
+(``celery-redis``), Dramatiq (``dramatiq-redis``) and RQ (``rq``: a worker pool of 4
+``SimpleWorker`` processes, since an RQ worker runs one job at a time).
 
 For each: N trivial tasks sent as fast as possible, every result awaited, twice: sent one at a
 time by one producer thread, and by 4 producer threads sending N/4 each. Two rates come of it:
@@ -17,6 +20,8 @@ the machine's drift over seconds is shared by all of them (see :func:`run`).
 
     pip install -e '.[bench]'
     python benchmarks/brokers.py [--n 5000] [--latency-n 500] [--chart docs/benchmarks-brokers.png]
+    python benchmarks/brokers.py --only ivy-redis --only celery-redis --only dramatiq-redis \
+        --only rq
 
 The shared machine's services are used with a vhost and a Redis DB of the benchmark's own:
 ``BENCH_AMQP_URL`` (default the ``/`` vhost) and ``BENCH_REDIS_URL`` (default DB 10; every
@@ -260,6 +265,84 @@ def start_ivy() -> list[System]:
                    close, flush=flush, modes=(1,))]
 
 
+def redis_purge(*patterns: str) -> None:
+    """Delete the keys of a system's earlier runs in the benchmark's Redis DB."""
+    import redis
+
+    r = redis.Redis.from_url(REDIS)
+    for pattern in patterns:
+        keys = list(r.scan_iter(pattern, count=1000))
+        for k in range(0, len(keys), 1000):
+            r.delete(*keys[k:k + 1000])
+    r.close()
+
+
+def start_ivy_redis() -> list[System]:
+    """ivy on Redis alone: Redis Streams as the queue, the Redis notifier for results."""
+    import bench_tasks
+
+    import ivy
+
+    redis_purge("ivy:{bench}*")
+    worker = start([sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench",
+                    "--queue-url", REDIS, "--notifier-url", REDIS, "--concurrency", "4",
+                    "--log-level", "WARNING"])
+    app = ivy.Ivy(REDIS, REDIS)
+    app.registry.add(bench_tasks.noop)
+
+    def close() -> None:
+        stop(worker)
+        app.close()
+
+    return [System("ivy (Redis Streams)", lambda i: app.delayed_call(bench_tasks.noop, i),
+                   lambda call: call.result(120), worker, None, close,
+                   flush=lambda: app.flush(120))]
+
+
+def start_celery_redis() -> list[System]:
+    import bench_celery_redis_app
+
+    redis_purge("bench_celery_redis*", "celery-task-meta-*", "_kombu*", "unacked*")
+    worker = start(["celery", "-A", "bench_celery_redis_app", "worker", "--pool", "threads",
+                    "--concurrency", "4", "-Q", "bench_celery_redis", "--without-gossip",
+                    "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"])
+    return [System("Celery 5 (Redis)", lambda i: bench_celery_redis_app.noop.delay(i),
+                   lambda r: r.get(timeout=120), worker, None, lambda: stop(worker))]
+
+
+def start_dramatiq_redis() -> list[System]:
+    import bench_dramatiq_redis_app
+
+    redis_purge("bench-dramatiq*")
+    worker = start(["dramatiq", "bench_dramatiq_redis_app", "--processes", "1", "--threads",
+                    "4", "--queues", "bench_dramatiq_redis"])
+    return [System("Dramatiq (Redis)", lambda i: bench_dramatiq_redis_app.noop.send(i),
+                   lambda m: m.get_result(block=True, timeout=120_000), worker, None,
+                   lambda: stop(worker))]
+
+
+def start_rq() -> list[System]:
+    import bench_rq_app
+    import redis
+    from rq import Queue
+
+    redis_purge("rq:*")
+    worker = start(["rq", "worker-pool", "bench_rq", "-n", "4", "-w", "rq.worker.SimpleWorker",
+                    "-u", REDIS, "-q"])
+    conn = redis.Redis.from_url(REDIS)
+    q = Queue("bench_rq", connection=conn)
+
+    def wait(job: Any) -> Any:
+        result = job.latest_result(timeout=120)
+        return None if result is None else result.return_value
+
+    def close() -> None:
+        stop(worker)
+        conn.close()
+
+    return [System("RQ", lambda i: q.enqueue(bench_rq_app.noop, i), wait, worker, None, close)]
+
+
 def start_floor() -> list[System]:
     import pika
     import redis
@@ -429,7 +512,8 @@ def report(results: list[Result]) -> None:
                   f"{r.p99:>6.2f} | {r.rss_mb:>6.1f} |", flush=True)
     by = {r.name: r for r in results}
     for ivy_r in (r for r in results if r.name.startswith("ivy")):
-        for other in ("floor (pika + redis-py)", "Dramatiq", "Celery 5"):
+        for other in ("floor (pika + redis-py)", "Dramatiq", "Celery 5", "Dramatiq (Redis)",
+                      "Celery 5 (Redis)", "RQ"):
             if other not in by:
                 continue
             o = by[other]
@@ -450,7 +534,8 @@ def main() -> None:
     parser.add_argument("--latency-n", type=int, default=500)
     parser.add_argument("--chart", type=Path, help="write a PNG chart here")
     parser.add_argument("--only", action="append",
-                        choices=["ivy", "floor", "celery", "dramatiq"])
+                        choices=["ivy", "floor", "celery", "dramatiq", "ivy-redis",
+                                 "celery-redis", "dramatiq-redis", "rq"])
     parser.add_argument("--rounds", type=int, default=5,
                         help="throughput rounds per system and mode, taken in turn (default 5)")
     parser.add_argument("--block", type=int, default=25,
@@ -461,6 +546,10 @@ def main() -> None:
         "floor": start_floor,
         "celery": start_celery,
         "dramatiq": start_dramatiq,
+        "ivy-redis": start_ivy_redis,
+        "celery-redis": start_celery_redis,
+        "dramatiq-redis": start_dramatiq_redis,
+        "rq": start_rq,
     }
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load "
           f"{os.getloadavg()[0]:.2f}; n={args.n} in {args.rounds} rounds, by 1 and by "
@@ -468,7 +557,7 @@ def main() -> None:
           f"{args.block}, systems taken in turn")
     systems: list[System] = []
     try:
-        for key in args.only or list(starters):
+        for key in args.only or ["ivy", "floor", "celery", "dramatiq"]:
             systems.extend(starters[key]())
         run(systems, args.n, args.latency_n, args.rounds, args.block)
         results = [s.result() for s in systems]

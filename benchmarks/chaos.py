@@ -15,8 +15,13 @@ It starts its own redis-server (AOF, fsync always) and its own RabbitMQ node (ow
 RABBITMQ_NODENAME, ports, config and data folder, 127.0.0.1 only) on free ports, so the
 machine's services are never touched. Needs root (RabbitMQ runs as the rabbitmq user).
 
+``--broker redis`` runs the same soak on Redis alone: Redis Streams as the queue and pub/sub as
+the notifier, on the one private redis-server (no RabbitMQ, so no RabbitMQ restarts or
+connection closes; root is not needed). Its workers reserve messages for
+``REDIS_RESERVE_TIME`` seconds, so that a killed worker's messages come back within the run.
+
     python benchmarks/chaos.py [--n 10000] [--kills 5] [--redis-restarts 1] [--rabbit-restarts 1]
-                               [--connection-closes 1]
+                               [--connection-closes 1] [--broker rabbitmq|redis]
 
 tests/test_chaos.py runs a short form.
 """
@@ -45,6 +50,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from servers import PrivateRabbit, PrivateRedis  # noqa: E402
 
 import ivy  # noqa: E402
+
+#: the reservation of the Redis Streams soak's workers (RabbitMQ redelivers on connection loss)
+REDIS_RESERVE_TIME = 3.0
 
 
 @dataclass
@@ -125,7 +133,12 @@ def close_connections(rabbit: PrivateRabbit, pids: list[str]) -> None:
 
 
 def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restarts: int = 1,
-        batch: int = 50, log: Any = print, connection_closes: int = 0) -> Summary:
+        batch: int = 50, log: Any = print, connection_closes: int = 0,
+        broker: str = "rabbitmq") -> Summary:
+    if broker not in ("rabbitmq", "redis"):
+        raise ValueError(f"broker={broker!r}: expected 'rabbitmq' or 'redis'")
+    if broker == "redis" and (rabbit_restarts or connection_closes):
+        raise ValueError("RabbitMQ restarts and connection closes need broker='rabbitmq'")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ivy-chaos-") as tmp:
         base = Path(tmp)
@@ -135,19 +148,24 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
         redis = PrivateRedis(base / "redis")
         rabbit = PrivateRabbit(base / "rabbit")
         redis.start()
-        rabbit.start()
-        log(f"chaos: redis on {redis.port}, RabbitMQ node {rabbit.node} on {rabbit.port}")
+        if broker == "rabbitmq":
+            rabbit.start()
+            queue_url, extra = rabbit.url, []
+            log(f"chaos: redis on {redis.port}, RabbitMQ node {rabbit.node} on {rabbit.port}")
+        else:
+            queue_url, extra = redis.url, ["--reserve-time", str(REDIS_RESERVE_TIME)]
+            log(f"chaos: redis on {redis.port} is queue (Streams) and notifier")
         env = {**os.environ, "CHAOS_LOG_DIR": str(execs), "PYTHONPATH": str(HERE)}
 
         def start_worker() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 [sys.executable, "-m", "ivy", "worker", "chaos_tasks", "--queue", "chaos",
-                 "--queue-url", rabbit.url, "--notifier-url", redis.url, "--concurrency", "4",
-                 "--log-level", "ERROR"], cwd=HERE, env=env, stdout=subprocess.DEVNULL,
+                 "--queue-url", queue_url, "--notifier-url", redis.url, "--concurrency", "4",
+                 "--log-level", "ERROR", *extra], cwd=HERE, env=env, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
 
         workers = [start_worker(), start_worker()]
-        app = ivy.Ivy(rabbit.url, redis.url)
+        app = ivy.Ivy(queue_url, redis.url)
         import chaos_tasks
 
         app.registry.add(chaos_tasks.work)
@@ -165,15 +183,16 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
         # the publisher went: read from the backend just before its own handler runs
         backend: Any = app.queue_backend
         unconfirmed_at_loss: list[int] = []
-        original_lost = backend._publisher_lost
+        if broker == "rabbitmq":
+            original_lost = backend._publisher_lost
 
-        def publisher_lost() -> None:
-            with backend._lock:
-                unconfirmed_at_loss.append(sum(
-                    1 for p in backend._unconfirmed if p.handed and not p.future.done()))
-            original_lost()
+            def publisher_lost() -> None:
+                with backend._lock:
+                    unconfirmed_at_loss.append(sum(
+                        1 for p in backend._unconfirmed if p.handed and not p.future.done()))
+                original_lost()
 
-        backend._publisher_lost = publisher_lost
+            backend._publisher_lost = publisher_lost
         burst_calls: list[ivy.Call[Any]] = []
         unconfirmed_at_close: list[int] = []
 
@@ -269,7 +288,8 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                 except subprocess.TimeoutExpired:
                     w.kill()
             app.close()
-            rabbit.stop()
+            if broker == "rabbitmq":
+                rabbit.stop()
             redis.stop()
         def outcome(c: ivy.Call[Any]) -> str:
             if not c.done():
@@ -299,14 +319,20 @@ def main() -> None:
     parser.add_argument("--rabbit-restarts", type=int, default=1)
     parser.add_argument("--connection-closes", type=int, default=1,
                         help="closes of the producer's RabbitMQ connection during a burst")
+    parser.add_argument("--broker", choices=["rabbitmq", "redis"], default="rabbitmq",
+                        help="the queue: a private RabbitMQ node (default) or Redis Streams "
+                             "on the private redis-server")
     parser.add_argument("--quiet", action="store_true", help="print the summary line only")
     args = parser.parse_args()
-    why = PrivateRabbit.available()
-    if why is not None:
-        sys.exit(f"chaos: cannot run: {why}")
+    if args.broker == "redis":
+        args.rabbit_restarts = args.connection_closes = 0
+    else:
+        why = PrivateRabbit.available()
+        if why is not None:
+            sys.exit(f"chaos: cannot run: {why}")
     summary = run(args.n, args.kills, args.redis_restarts, args.rabbit_restarts,
                   log=(lambda *a: None) if args.quiet else print,
-                  connection_closes=args.connection_closes)
+                  connection_closes=args.connection_closes, broker=args.broker)
     print(summary.line())
     sys.exit(0 if summary.lost == 0 and summary.double_callbacks == 0 else 1)
 

@@ -5,7 +5,10 @@ work, Redis carries the results back.
     python examples/production.py producer    # in another: sends 20 calls, prints the results
 
 URLs come from IVY_QUEUE_URL / IVY_NOTIFIER_URL, defaulting to the local RabbitMQ and Redis.
-Needs ``pip install 'ivy-queue[amqp,redis]'``.
+Needs ``pip install 'ivy-queue[amqp,redis]'``. On Redis alone (Streams for the work, pub/sub
+for the results), set both to the Redis URL:
+
+    IVY_QUEUE_URL=redis://127.0.0.1:6379/0 python examples/production.py worker
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ QUEUE_BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "amqps": ("ivy.queues.amqp", "AMQPQueueBackend", "amqp"),
     "sqs": ("ivy.queues.sqs", "SQSQueueBackend", "sqs"),
     "ironmq": ("ivy.queues.ironmq", "IronMQQueueBackend", "ironmq"),
+    "redis": ("ivy.queues.redis_streams", "RedisStreamsQueueBackend", "redis"),
+    "rediss": ("ivy.queues.redis_streams", "RedisStreamsQueueBackend", "redis"),
 }
 NOTIFIERS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("ivy.notifiers.memory", "MemoryNotifier", None),

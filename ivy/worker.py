@@ -438,6 +438,9 @@ class Worker:
             except MessageError as exc:
                 self._reject(delivery, exc.reason, exc.fields)
                 return
+            if delivery.exhausted is not None:  # it killed or hung worker after worker
+                self._reject(delivery, delivery.exhausted, _fields(message), message)
+                return
             # Backends that retry by redelivering the same body (SQS) count attempts for us;
             # a redelivery after a crash counts as an attempt too (poison-message protection).
             message.attempt = max(message.attempt, delivery.delivery_count - 1)

@@ -90,6 +90,19 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture
+def redis_streams_url(redis_url: str) -> Iterator[str]:
+    """``redis_url`` as a queue URL (Redis Streams), the shared test queue names emptied
+    before and after the test."""
+    from ivy.queues.redis_streams import RedisStreamsQueueBackend
+
+    backend = RedisStreamsQueueBackend(redis_url)
+    backend.delete_queues(TEST_QUEUES)
+    yield redis_url
+    backend.delete_queues(TEST_QUEUES)
+    backend.close()
+
+
 def delete_test_queues() -> None:
     from ivy.queues.amqp import AMQPQueueBackend
 
@@ -98,15 +111,18 @@ def delete_test_queues() -> None:
     backend.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "amqp+redis"])
+@pytest.fixture(params=["memory", "sqlite", "amqp+redis", "redis-streams"])
 def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(queue URL, notifier URL) for each backend pairing: the embedded ones, and RabbitMQ with
-    Redis."""
+    """(queue URL, notifier URL) for each backend pairing: the embedded ones, RabbitMQ with
+    Redis, and Redis alone (Streams as the queue, pub/sub as the notifier)."""
     if request.param == "memory":
         url = f"memory://test-{uuid.uuid4().hex[:8]}"
         return url, url
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ivy.db'}"
+        return url, url
+    if request.param == "redis-streams":
+        url = request.getfixturevalue("redis_streams_url")
         return url, url
     return request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
 

@@ -4,6 +4,7 @@ no callback may run twice."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,6 +32,25 @@ def test_short_chaos_soak_loses_nothing() -> None:
                         log=lines.append)
     print(summary.line())
     assert (summary.kills, summary.redis_restarts, summary.rabbit_restarts) == (1, 1, 1)
+    assert summary.sent == 300
+    assert summary.lost == 0, "\n".join(lines)
+    assert summary.double_callbacks == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_short_chaos_soak_on_redis_streams_loses_nothing() -> None:
+    # Redis alone: Streams as the queue, pub/sub as the notifier, on a private redis-server
+    # with AOF that is restarted mid-run while a worker is SIGKILLed
+    require_service("redis-server", shutil.which("redis-server") is not None,
+                    "redis-server is not installed")
+    import chaos
+
+    lines: list[str] = []
+    summary = chaos.run(n=300, kills=1, redis_restarts=1, rabbit_restarts=0, batch=25,
+                        log=lines.append, broker="redis")
+    print(summary.line())
+    assert (summary.kills, summary.redis_restarts) == (1, 1)
     assert summary.sent == 300
     assert summary.lost == 0, "\n".join(lines)
     assert summary.double_callbacks == 0

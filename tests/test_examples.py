@@ -23,11 +23,14 @@ def test_factorial_demo(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_production_example(amqp_url: str, redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("queue", ["amqp", "redis-streams"])
+def test_production_example(queue: str, redis_url: str, tmp_path: Path,
+                            request: pytest.FixtureRequest) -> None:
     import os
     import signal
 
-    env = {**os.environ, "IVY_QUEUE_URL": amqp_url, "IVY_NOTIFIER_URL": redis_url}
+    queue_url = request.getfixturevalue("amqp_url" if queue == "amqp" else "redis_streams_url")
+    env = {**os.environ, "IVY_QUEUE_URL": queue_url, "IVY_NOTIFIER_URL": redis_url}
     example = str(ROOT / "examples" / "production.py")
     worker = subprocess.Popen([sys.executable, example, "worker"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

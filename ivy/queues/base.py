@@ -59,6 +59,11 @@ class Delivery(ABC):
     queue: str
     #: 1 on first delivery, +1 each time the backend delivered it again (lease expiry, retry)
     delivery_count: int = 1
+    #: Set by a backend that counted too many deliveries of this message that each ended
+    #: without an outcome (its worker died or hung: a poison message), to the reason. The
+    #: worker then dead-letters it with that reason, and tells its producer, instead of
+    #: running it.
+    exhausted: str | None = None
 
     def __init__(self) -> None:
         self._op_lock = threading.Lock()
