@@ -24,6 +24,7 @@ from ivy.app import Ivy
 from ivy.call import Call
 from ivy.config import mask_url
 from ivy.errors import (
+    CallCancelled,
     ConfigurationError,
     IvyError,
     MessageError,
@@ -33,6 +34,7 @@ from ivy.errors import (
     RemoteTaskError,
     ResultTimeout,
     SerializationError,
+    TaskCancelled,
     TaskNotRegistered,
     TaskTimeout,
 )
@@ -59,6 +61,7 @@ delayed_call = default.delayed_call
 delayed_calls = default.delayed_calls
 flush = default.flush
 send_task = default.send_task
+cancel = default.cancel
 setup_queue = default.setup_queue
 start_notification_consumer = default.start_notification_consumer
 start_notification_producer = default.start_notification_producer
@@ -67,10 +70,11 @@ wait = default.wait
 close = default.close
 
 __all__ = [
-    "PROTOCOL_VERSION", "Call", "ConfigurationError", "Ivy", "IvyError", "Message",
+    "PROTOCOL_VERSION", "Call", "CallCancelled", "ConfigurationError", "Ivy", "IvyError", "Message",
     "MessageError", "MessageTooLarge", "Middleware", "Notification", "PublishError",
     "PublishTimeout", "RemoteTaskError", "ResultTimeout", "SerializationError", "Task",
-    "TaskNotRegistered", "TaskTimeout", "Worker", "close", "default", "delayed_call",
+    "TaskCancelled", "TaskNotRegistered", "TaskTimeout", "Worker", "cancel", "close", "default",
+    "delayed_call",
     "delayed_calls", "flush", "listen", "mask_url", "register_task", "send_task", "setup_queue",
     "start_notification_consumer", "start_notification_producer", "wait",
 ]

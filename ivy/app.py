@@ -157,6 +157,7 @@ class Ivy:
         queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
         max_retries: int | None = ..., reserve_time: float | None = ...,
         timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
+        rate_limit: str | None = ..., unique_for: float | None = ...,
     ) -> Task[P, R]: ...
 
     @overload
@@ -166,6 +167,7 @@ class Ivy:
         queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
         max_retries: int | None = ..., reserve_time: float | None = ...,
         timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
+        rate_limit: str | None = ..., unique_for: float | None = ...,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def register_task(
@@ -176,6 +178,7 @@ class Ivy:
         retry: bool | None = None, max_retries: int | None = None,
         reserve_time: float | None = None, timeout: float | None = None,
         style: Style | None = None, route: str | None = None,
+        rate_limit: str | None = None, unique_for: float | None = None,
     ) -> Any:
         """Register ``func`` under a unique dotted ``name`` (default ``module.qualname``).
 
@@ -186,7 +189,10 @@ class Ivy:
         Keywords and the dict may be mixed as long as they agree. Defaults: queue ``ivy``,
         priority 0, no retries. Returns a :class:`Task`, which still calls the function
         locally when called. ``finished(result)`` runs in the producer whenever a call of this
-        task succeeds.
+        task succeeds. ``rate_limit="N/s|m|h"`` holds across all workers
+        (:mod:`ivy.timing.ratelimit`); ``unique_for=N`` makes a call with the same arguments
+        a no-op while one is pending or for N seconds after it was sent
+        (:mod:`ivy.timing.unique`).
         """
         if isinstance(func, Mapping):  # @register_task({...})
             options = merge_dicts(options, func)
@@ -197,7 +203,8 @@ class Ivy:
         given = merge_options(options, {
             "name": name, "queue": queue, "priority": priority, "retry": retry,
             "max_retries": max_retries, "reserve_time": reserve_time, "timeout": timeout,
-            "style": style, "route": route})
+            "style": style, "route": route, "rate_limit": rate_limit,
+            "unique_for": unique_for})
         finished_fn: Finished | None = finished
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -373,6 +380,29 @@ class Ivy:
         call._fail(error if isinstance(error, PublishError) else PublishError(
             f"the message of call {call.id} of {call.task!r} was not taken: {error}"))
 
+    def cancel(self, call: Call[Any] | str, *, ttl: float | None = None) -> None:
+        """Cancel a call (a :class:`Call` or its id) sent by any producer sharing this app's
+        notifier: queued, it never runs; running, it is stopped (see
+        :mod:`ivy.timing.cancel`). The cancel is kept in the notifier's store for ``ttl``
+        seconds (default ``pending_ttl``). A call of this process settles at once with status
+        ``cancelled`` unless its outcome was recorded first."""
+        from ivy.timing.cancel import cancel_key, cancelled_notification, check_call_id
+
+        call_id = check_call_id(call.id if isinstance(call, Call) else call)
+        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+            raise ValueError(f"ttl {ttl!r} must be a number of seconds > 0 (how long the "
+                             "cancel is kept)")
+        results = self._current_results()
+        assert results.notifier is not None
+        results.notifier.claim_key(cancel_key(call_id), "1", ttl or self.pending_ttl)
+        for consumer in results.consumers():
+            mine = next((c for c in consumer.pending() if c.id == call_id), None)
+            if mine is not None:  # the first final notification wins, in the store
+                note = cancelled_notification(call_id, mine.task)
+                consumer.notifier.publish(self.channel, call_id,
+                                          self.seal(note.encode(self.serializer)), final=True)
+                return
+
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far is confirmed by the queue backend; raise
         :class:`ivy.PublishError` if some were refused since the last flush (their calls
@@ -442,6 +472,7 @@ class Ivy:
         body = encode_call(message, self.serializer, max_depth=self.max_depth,
                            max_bytes=self.max_message_bytes)
         call: Call[Any] = Call(message.id, name, target_queue)
+        call._canceller = self.cancel
         if callback is not None:
             call.add_done_callback(result_callback_adapter(callback))
         if registered is not None and registered.finished is not None:

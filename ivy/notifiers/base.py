@@ -93,8 +93,8 @@ class Notifier(ABC):
 
     def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
         """One step of a GCRA rate limiter (a token bucket of ``burst`` tokens refilled one
-        per ``interval`` seconds) kept under ``key``: 0.0 if a slot was taken, else the
-        seconds until one frees (nothing taken)."""
+        per ``interval`` seconds) kept under ``key``, as :func:`gcra_step` computes it: 0.0
+        if a slot was taken, else the seconds until one frees (nothing taken)."""
         raise NotImplementedError(self._unsupported_keys())
 
     def _unsupported_keys(self) -> str:
@@ -107,10 +107,12 @@ class Notifier(ABC):
 def gcra_step(tat: float | None, now: float, interval: float, burst: int) -> tuple[float, float]:
     """The generic cell rate algorithm, for notifiers that keep the "theoretical arrival
     time" ``tat`` of a rate limit themselves: ``(new tat, 0.0)`` when a slot is taken at
-    ``now``, ``(tat, seconds to wait)`` when none is free. Over any span T at most
-    ``burst + T / interval`` slots are taken, and a backlog takes one per ``interval``."""
-    start = now if tat is None or tat < now else tat
+    ``now``, ``(tat, seconds to wait)`` when none is free. A backlog takes one slot per
+    ``interval``; a caller up to one ``interval`` late keeps its place in that rhythm (so
+    lateness does not lower the rate), and an idle limiter starts afresh. Over any span T at
+    most ``burst + 1 + T / interval`` slots are taken."""
+    start = now if tat is None or tat < now - interval else tat
     wait = start - now - (burst - 1) * interval
-    if wait > 0:
+    if wait > 1e-9:  # not a rounding error
         return start, wait
     return start + interval, 0.0

@@ -206,5 +206,5 @@ class MemoryNotifier(Notifier):
             held = self._live_key(key, now)
             tat, wait = gcra_step(None if held is None else float(held), now, interval, burst)
             if wait == 0.0:
-                self._hub.keys[key] = (tat + 1.0, repr(tat))
+                self._hub.keys[key] = (tat + interval + 1.0, repr(tat))
             return wait

@@ -103,20 +103,20 @@ if tonumber(ARGV[2]) <= 0 then redis.call('DEL', KEYS[1])
 else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
-# GCRA on the server's clock. KEYS[1] key; ARGV[1] interval s, ARGV[2] burst. Returns the
-# seconds to wait as a string ("0" when a slot was taken; Lua numbers become integers in
-# replies, so floats travel as text).
+# GCRA on the server's clock, as ivy.notifiers.base.gcra_step. KEYS[1] key; ARGV[1]
+# interval s, ARGV[2] burst. Returns the seconds to wait as a string ("0" when a slot was
+# taken; Lua numbers become integers in replies, so floats travel as text).
 TAKE_RATE_SLOT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
+if tat < now - interval then tat = now end
 local wait = tat - now - (tonumber(ARGV[2]) - 1) * interval
-if wait > 0 then return tostring(wait) end
+if wait > 1e-9 then return tostring(wait) end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX',
-           math.ceil((tat - now) * 1000) + 1000)
+           math.ceil((tat - now + interval) * 1000) + 1000)
 return '0'
 """
 

@@ -246,5 +246,5 @@ class SQLiteNotifier(Notifier):
             tat, wait = gcra_step(None if row is None else float(row[0]), now, interval, burst)
             if wait == 0.0:
                 conn.execute("INSERT OR REPLACE INTO ivy_keys (key, value, expires) "
-                             "VALUES (?, ?, ?)", (key, repr(tat), tat + 1.0))
+                             "VALUES (?, ?, ?)", (key, repr(tat), tat + interval + 1.0))
             return wait

@@ -1,0 +1,51 @@
+"""Cancelling calls: ``call.cancel()`` and ``ivy.cancel(call_id)``.
+
+A cancel is a key ``ivy:cancel:<call id>`` in the notifier's store, kept for ``ttl`` seconds
+(the app's ``pending_ttl``, a day by default), so it survives worker restarts and reaches every
+worker sharing the notifier:
+
+* a worker that receives a cancelled call acknowledges it without running it and notifies the
+  final status ``cancelled``;
+* a worker running a call looks for cancels of its running calls every
+  :data:`POLL_RUNNING` seconds and stops them: a coroutine is cancelled, a plain function gets
+  :class:`ivy.TaskCancelled` raised in its thread (as timeouts do), a callback-style task stops
+  being waited for. The call is acknowledged (not retried) and notified ``cancelled``;
+* the producer that sent the call also publishes the final ``cancelled`` notification itself,
+  so the call settles at once even while no worker runs. The notifier keeps the first final
+  notification of a call: if the task's outcome was recorded first, the cancel changes nothing
+  and the call keeps its result.
+
+``result()`` of a cancelled call raises :class:`ivy.CallCancelled`. A plain function that
+catches ``TaskCancelled`` and returns anyway has its result recorded unless the producer's
+``cancelled`` came first.
+"""
+
+from __future__ import annotations
+
+from ivy.message import Notification
+
+CANCEL_PREFIX = "ivy:cancel:"
+#: Seconds between a worker's looks for cancels of the calls it runs.
+POLL_RUNNING = 0.25
+
+
+def cancel_key(call_id: str) -> str:
+    return CANCEL_PREFIX + call_id
+
+
+def check_call_id(call_id: object) -> str:
+    if not isinstance(call_id, str) or not call_id or len(call_id) > 200:
+        raise ValueError(f"call id {call_id!r} is not one: pass a Call or its .id (a string "
+                         "of 1-200 characters)")
+    return call_id
+
+
+def cancelled_notification(call_id: str, name: str | None, *, attempt: int = 0,
+                           worker: str | None = None, running: bool | None = None
+                           ) -> Notification:
+    """The final ``cancelled`` notification of a call (``running``: whether a worker stopped
+    it, or never ran it; None: the producer's own, before any worker saw the cancel)."""
+    when = {True: " while it ran", False: " before it ran", None: ""}[running]
+    return Notification(call_id, "cancelled", name, attempt=attempt, worker=worker, error={
+        "type": "CallCancelled", "traceback": "",
+        "message": f"call {call_id} of task {name!r} was cancelled{when}"})
