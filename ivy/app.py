@@ -337,7 +337,7 @@ class Ivy:
         self, task: Any, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
         queue: str | None = None, priority: int | None = None, delay: float | None = None,
         max_retries: int | None = None, callback: ResultCallback | None = None,
-        confirm: bool = False,
+        confirm: bool = False, unique_key: str | None = None, unique_for: float | None = None,
     ) -> Call[Any]:
         """The full form of :meth:`delayed_call`, with per-call options. ``task`` may name a
         task that this process does not register when ``queue`` is given (the worker must).
@@ -345,13 +345,45 @@ class Ivy:
         Returns once the message is handed to the queue backend; on RabbitMQ its publisher
         confirm is tracked, not waited for (see :mod:`ivy.outbox`): a refusal fails the call
         with :class:`ivy.PublishError`. ``confirm=True`` waits for the confirm and raises
-        :class:`ivy.PublishError` instead, as ``call.sent()`` does."""
-        out = self._prepare(task, args, kwargs, queue=queue, priority=priority, delay=delay,
-                            max_retries=max_retries, callback=callback)
-        self._send([out], out.queue, out.priority, out.delay, out.route)
-        if confirm:
-            out.call.sent()
-        return out.call
+        :class:`ivy.PublishError` instead, as ``call.sent()`` does.
+
+        ``unique_key`` (or a task registered with ``unique_for``): while a call with the same
+        key is pending, or within ``unique_for`` seconds of its send, this sends nothing and
+        returns that call (see :mod:`ivy.timing.unique`)."""
+        def send(call_id: str | None = None, extra: dict[str, Any] | None = None) -> Call[Any]:
+            out = self._prepare(task, args, kwargs, queue=queue, priority=priority,
+                                delay=delay, max_retries=max_retries, callback=callback,
+                                call_id=call_id, extra=extra)
+            self._send([out], out.queue, out.priority, out.delay, out.route)
+            if confirm:
+                out.call.sent()
+            return out.call
+
+        registered = task if isinstance(task, Task) else (
+            self.registry.get(task) if isinstance(task, str) else None)
+        if unique_key is None and unique_for is None and (
+                registered is None or registered.unique_for is None):
+            if registered is None and not isinstance(task, str) and callable(task):
+                registered = self.registry.resolve(task)  # a registered function
+                if registered.unique_for is not None:
+                    return self.send_task(registered, args, kwargs, queue=queue,
+                                          priority=priority, delay=delay,
+                                          max_retries=max_retries, callback=callback,
+                                          confirm=confirm)
+            return send()
+        from ivy.timing import unique
+
+        unique.check(unique_key, unique_for)
+        if registered is None and not (isinstance(task, str) and queue is not None):
+            registered = self.registry.resolve(task)
+        name = registered.name if registered is not None else str(task)
+        target = queue or (registered.queue if registered is not None else "ivy")
+        if unique_for is None:
+            unique_for = registered.unique_for if registered is not None else None
+        args = tuple(args)
+        return unique.send_unique(self, name, target, args, dict(kwargs or {}),
+                                  unique_key=unique_key, unique_for=unique_for or 0.0,
+                                  send=send)
 
     def _send(self, outs: list[_Outgoing], queue: str, priority: int, delay: float,
               route: str | None) -> None:
@@ -438,8 +470,10 @@ class Ivy:
         self, task: Any, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,
         queue: str | None = None, priority: int | None = None, delay: float | None = None,
         max_retries: int | None = None, callback: ResultCallback | None = None,
+        call_id: str | None = None, extra: Mapping[str, Any] | None = None,
     ) -> _Outgoing:
-        """Check and encode one call, and register it as pending."""
+        """Check and encode one call, and register it as pending; ``extra`` holds message
+        fields beyond the core ones (``unique_key``, ...)."""
         self._check_open()
         args, kwargs = tuple(args), dict(kwargs or {})
         if callback is not None and not callable(callback):
@@ -460,13 +494,14 @@ class Ivy:
         target_queue = queue or (registered.queue if registered else "ivy")
         created = now_ms()
         message = Message(
-            id=new_id(), name=name, args=list(args), kwargs=kwargs, queue=target_queue,
+            id=call_id or new_id(), name=name, args=list(args), kwargs=kwargs, queue=target_queue,
             reply_to=self.channel,
             max_retries=max_retries if max_retries is not None else (
                 registered.max_retries if registered else 0),
             priority=priority if priority is not None else (
                 registered.priority if registered else 0),
-            eta=created + int(delay * 1000) if delay else None, created_ms=created)
+            eta=created + int(delay * 1000) if delay else None, created_ms=created,
+            extra=dict(extra) if extra else {})
         if self.middleware:
             self.middleware.before_publish(message)
         body = encode_call(message, self.serializer, max_depth=self.max_depth,
