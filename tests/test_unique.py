@@ -82,6 +82,7 @@ def test_a_task_s_unique_for_keys_on_name_and_arguments(app: ivy.Ivy) -> None:
     assert c is not a
     app.listen(queue=queue, block=False)
     assert (a.result(20), c.result(20)) == (2, -2)
+    wait_for(lambda: len(ran) == 3, message="three runs, one per distinct call")
     assert task_key("u.once", [3, 1], {}) != task_key("u.once", [1, 3], {})
     assert task_key("n", [], {"x": 1, "y": 2}) == task_key("n", [], {"y": 2, "x": 1})
 
