@@ -62,6 +62,8 @@ delayed_calls = default.delayed_calls
 flush = default.flush
 send_task = default.send_task
 cancel = default.cancel
+periodic_task = default.periodic_task
+schedule = default.schedule
 setup_queue = default.setup_queue
 start_notification_consumer = default.start_notification_consumer
 start_notification_producer = default.start_notification_producer
@@ -75,6 +77,7 @@ __all__ = [
     "PublishTimeout", "RemoteTaskError", "ResultTimeout", "SerializationError", "Task",
     "TaskCancelled", "TaskNotRegistered", "TaskTimeout", "Worker", "cancel", "close", "default",
     "delayed_call",
-    "delayed_calls", "flush", "listen", "mask_url", "register_task", "send_task", "setup_queue",
+    "delayed_calls", "flush", "listen", "mask_url", "periodic_task", "register_task", "schedule",
+    "send_task", "setup_queue",
     "start_notification_consumer", "start_notification_producer", "wait",
 ]

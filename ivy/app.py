@@ -32,6 +32,7 @@ from ivy.queues.base import QueueBackend
 from ivy.results import DEFAULT_PENDING_TTL, Results
 from ivy.serialization import Serializer, Signer, get_serializer, signer_from
 from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
+from ivy.timing.schedule import Schedule, Schedules, default_name
 from ivy.worker import Worker, WorkerContext
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ class Ivy:
         middleware: Iterable[Middleware] = (),
     ) -> None:
         self.registry = Registry()
+        #: periodic tasks (ivy.timing.schedule): what a Scheduler of this app sends
+        self.schedules = Schedules()
         #: the middleware, in order (see :mod:`ivy.middleware`)
         self.middleware = Pipeline(middleware)
         self.max_depth = max_depth
@@ -215,6 +218,55 @@ class Ivy:
         if func is None:
             return register
         return register(func)
+
+    # -- periodic tasks (ivy/timing/schedule.py, ivy/timing/scheduler.py) ------------------
+
+    def periodic_task(
+        self, func: Callable[..., Any] | None = None, *, every: float | None = None,
+        cron: str | None = None, tz: str | None = None, name: str | None = None,
+        queue: str | None = None, args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None, catch_up: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """Register a task and run it on a schedule: ``@periodic_task(every=30, name=...,
+        queue=...)`` or ``cron="*/5 * * * *"`` (UTC unless ``tz`` names a zone). ``args`` and
+        ``kwargs`` are those of each call; ``catch_up`` (seconds) sends the slots a starting
+        scheduler missed within that window; ``options`` go to :meth:`register_task`. The
+        schedule is named after the task. A scheduler sends the calls (``ivy scheduler
+        MODULE``, ``ivy worker MODULE --scheduler``)."""
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task = self.register_task(f, name=name, queue=queue, **options)
+            self.schedule(task, every=every, cron=cron, tz=tz, args=args, kwargs=kwargs,
+                          name=task.name, catch_up=catch_up)
+            return task
+
+        return register if func is None else register(func)
+
+    def schedule(
+        self, task: Any, *, every: float | None = None, cron: str | None = None,
+        tz: str | None = None, args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None, name: str | None = None,
+        queue: str | None = None, catch_up: float | None = None,
+    ) -> Schedule:
+        """Put a task (a Task, a registered function, or a name with ``queue``) on a
+        schedule; see :meth:`periodic_task`. ``name`` (default: the task's name, the
+        schedule and its arguments) must be unique: schedulers claim slots under it."""
+        if isinstance(task, str) and queue is not None and self.registry.get(task) is None:
+            task_name = task
+        else:
+            registered = self.registry.resolve(task)
+            task_name = registered.name
+            try:
+                registered.check_arguments(tuple(args), dict(kwargs or {}))
+            except TypeError as exc:
+                raise ConfigurationError(f"the arguments of the schedule of {task_name!r} "
+                                         f"do not fit the task: {exc}") from None
+        args, kwargs = tuple(args), dict(kwargs or {})
+        return self.schedules.add(Schedule(
+            name=name or default_name(task_name, every, cron, args, kwargs), task=task_name,
+            every=every, cron=cron, tz=tz, args=args, kwargs=kwargs, queue=queue,
+            catch_up=catch_up))
 
     # -- configuration -----------------------------------------------------------------------
 
