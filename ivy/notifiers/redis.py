@@ -111,7 +111,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now - interval then tat = now end
+if tat < now - 2 * interval then tat = now end
 local wait = tat - now - (tonumber(ARGV[2]) - 1) * interval
 if wait > 1e-9 then return tostring(wait) end
 tat = tat + interval

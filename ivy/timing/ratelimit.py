@@ -4,10 +4,11 @@ The limit holds across every worker sharing the notifier: before a message of th
 its worker takes a slot from a GCRA limiter kept in the notifier's store under
 ``ivy:rate:<task name>`` (:meth:`ivy.notifiers.base.Notifier.take_rate_slot`; on Redis a Lua
 script on the server's clock, on SQLite one transaction). Slots are spaced evenly, one every
-``period / N`` seconds, rather than handed out N at a time at the start of each period: at
-most N + 1 calls start in any period, none in a burst. A message over the limit is deferred
-until about its slot (``delivery.defer``: no attempt counted, no retry spent), with a random
-extra wait of up to the same time again, so that a backlog does not come back all at once.
+``period / N`` seconds, rather than handed out N at a time at the start of each period; a
+slot taken up to two intervals late keeps the rhythm (the latency of deferred messages would
+otherwise lower the rate), so at most N + 2 calls start in any period. A message over the limit
+is deferred until its slot (``delivery.defer``: no attempt counted, no retry spent), plus a
+random quarter of that wait, so that a backlog does not come back all at once.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class RateLimit:
         wait = notifier.take_rate_slot(RATE_PREFIX + task, self.interval, 1)
         if wait <= 0:
             return 0.0
-        return wait + random.uniform(0.0, wait)
+        return wait + random.uniform(0.0, wait / 4)
 
     def __str__(self) -> str:
         return self.text
