@@ -470,7 +470,7 @@ class Ivy:
         :mod:`ivy.timing.cancel`). The cancel is kept in the notifier's store for ``ttl``
         seconds (default ``pending_ttl``). A call of this process settles at once with status
         ``cancelled`` unless its outcome was recorded first."""
-        from ivy.timing.cancel import cancel_key, cancelled_notification, check_call_id
+        from ivy.timing.cancel import cancelled_notification, check_call_id, store_cancel
 
         call_id = check_call_id(call.id if isinstance(call, Call) else call)
         if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
@@ -478,7 +478,7 @@ class Ivy:
                              "cancel is kept)")
         results = self._current_results()
         assert results.notifier is not None
-        results.notifier.claim_key(cancel_key(call_id), "1", ttl or self.pending_ttl)
+        store_cancel(results.notifier, call_id, ttl or self.pending_ttl)
         for consumer in results.consumers():
             mine = next((c for c in consumer.pending() if c.id == call_id), None)
             if mine is not None:  # the first final notification wins, in the store

@@ -175,3 +175,17 @@ def test_worker_processes_on_sqlite(sqlite_url: str, tmp_path: Path) -> None:
         for w in workers:
             stop_worker(w)
         app.close()
+
+
+def test_a_running_worker_sees_a_new_cancel(app: ivy.Ivy) -> None:
+    # Given a worker that has seen no cancel yet, and a call due in a second
+    queue, seen = register(app)
+    worker = app.listen(queue=queue, block=False)
+    assert app.delayed_call("c.add", 0, 0).result(20) == 0
+    call = app.send_task("c.add", [1, 2], delay=1)
+    # When it is cancelled while it waits
+    call.cancel()
+    # Then the worker acknowledges it when it comes due, without running it
+    wait_for(lambda: worker.processed >= 3, timeout=20, message="the call to come due")
+    wait_for(lambda: app.queue_backend.size(queue) == 0, message="the queue to empty")
+    assert seen["ran"] == ["0+0"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from ivy.execution import Executor
@@ -18,7 +19,7 @@ from ivy.notifiers.base import Notifier
 from ivy.outcomes import Recorder
 from ivy.queues.base import Delivery
 from ivy.task import Task
-from ivy.timing.cancel import POLL_RUNNING, cancel_key, cancelled_notification
+from ivy.timing.cancel import CANCELS_FLAG, POLL_RUNNING, cancel_key, cancelled_notification
 from ivy.timing.ratelimit import RateLimit
 
 log = logging.getLogger("ivy.worker")
@@ -41,6 +42,9 @@ class Gate:
         self._lock = threading.Lock()
         self._next_poll = 0.0
         self._warned: set[str] = set()
+        #: whether a cancel may be live (the flag was set at the last look), and when to look
+        self._cancels = False
+        self._next_flag = 0.0
 
     def _unsupported(self, exc: NotImplementedError) -> None:
         if self._keys:
@@ -54,7 +58,7 @@ class Gate:
         acknowledged and notified, a call over its task's rate limit deferred)."""
         if not self._keys or self.notifier is None:
             return True
-        if not message.legacy and self._is_cancelled(message.id):
+        if not message.legacy and self._any_cancels() and self._is_cancelled(message.id):
             log.info("task %s [%s] was cancelled before it ran; acknowledged", message.name,
                      message.id)
             self.recorder.record(message, cancelled_notification(
@@ -68,6 +72,25 @@ class Gate:
                 delivery.defer(wait)  # not an attempt, no retry spent
                 return False
         return True
+
+    def _any_cancels(self) -> bool:
+        """Whether the cancels flag was set at the last look (looked at again after
+        :data:`POLL_RUNNING` seconds); True when the store cannot say."""
+        now = time.monotonic()
+        if now < self._next_flag:
+            return self._cancels
+        self._next_flag = now + POLL_RUNNING
+        assert self.notifier is not None
+        try:
+            self._cancels = self.notifier.get_keys([CANCELS_FLAG])[0] is not None
+        except NotImplementedError as exc:
+            self._unsupported(exc)
+            self._cancels = False
+        except Exception:
+            log.warning("worker %s: could not read the cancels flag", self.worker,
+                        exc_info=True)
+            self._cancels = True
+        return self._cancels
 
     def _is_cancelled(self, call_id: str) -> bool:
         assert self.notifier is not None
@@ -111,7 +134,7 @@ class Gate:
         if self.notifier is None:
             return
         ids = [m.id for m in running if not m.legacy]
-        if not ids:
+        if not ids or not self._any_cancels():
             return
         try:
             found = self.notifier.get_keys([cancel_key(i) for i in ids])
