@@ -1,5 +1,5 @@
-"""The command line: ``ivy worker``, ``ivy scheduler``, ``ivy call``, ``ivy inspect``,
-``ivy events`` and ``ivy dead`` (also ``python -m ivy``)."""
+"""The command line: ``ivy worker``, ``ivy scheduler``, ``ivy call``, ``ivy cancel``,
+``ivy inspect``, ``ivy events`` and ``ivy dead`` (also ``python -m ivy``)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
                         "process of --processes); any number may run, each slot is sent once")
     w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
     backends(w)
+
+    can = sub.add_parser("cancel", help="cancel calls by id",
+                         description="Cancel calls (queued ones never run, running ones are "
+                                     "stopped) through the notifier their workers share.")
+    can.add_argument("ids", nargs="+", metavar="CALL_ID", help="a call id, as `ivy call` prints")
+    can.add_argument("--notifier-url", metavar="URL",
+                     help=f"notifier URL (default: ${NOTIFIER_ENV} or sqlite:///ivy.db)")
+    can.add_argument("--log-level", default="WARNING",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: WARNING")
 
     sch = sub.add_parser("scheduler", help="send the calls of periodic tasks",
                          description="Import MODULEs (which declare periodic tasks) and send "
@@ -161,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(args, argv)
         if args.command == "scheduler":
             return _scheduler(args)
+        if args.command == "cancel":
+            return _cancel(args)
         if args.command == "call":
             return _call(args)
         if args.command == "dead":
@@ -238,6 +249,21 @@ def _start_scheduler(app: ivy.Ivy) -> Any:
     if not len(app.schedules):
         log.warning("--scheduler: the modules declare no periodic task; nothing to send")
     return Scheduler(app).start()
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    app = ivy.default
+    try:
+        app.start_notification_consumer(args.notifier_url)
+        for call_id in args.ids:
+            try:
+                app.cancel(call_id)
+            except ValueError as exc:
+                raise IvyError(str(exc)) from None
+            print(f"cancelled {call_id}")
+    finally:
+        app.close()
+    return 0
 
 
 def _scheduler(args: argparse.Namespace) -> int:

@@ -189,3 +189,27 @@ def test_a_running_worker_sees_a_new_cancel(app: ivy.Ivy) -> None:
     wait_for(lambda: worker.processed >= 2, timeout=20, message="the call to come due")
     wait_for(lambda: app.queue_backend.size(queue) == 0, message="the queue to empty")
     assert seen["ran"] == ["0+0"]
+
+
+def test_the_cancel_command(sqlite_url: str) -> None:
+    import subprocess
+    import sys
+
+    from conftest import TESTS_DIR
+
+    app = ivy.Ivy(sqlite_url, sqlite_url)
+    try:
+        queue, seen = register(app)
+        call = app.delayed_call("c.add", 2, 2)
+        call.sent(10)
+        out = subprocess.run([sys.executable, "-m", "ivy", "cancel", call.id,
+                              "--notifier-url", sqlite_url], cwd=TESTS_DIR,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"cancelled {call.id}"
+        app.listen(queue=queue, block=False)
+        with pytest.raises(ivy.CallCancelled):
+            call.result(20)
+        assert seen["ran"] == []
+    finally:
+        app.close()
