@@ -479,6 +479,9 @@ class Ivy:
         results = self._current_results()
         assert results.notifier is not None
         store_cancel(results.notifier, call_id, ttl or self.pending_ttl)
+        from ivy.timing import unique
+
+        unique.cancelled(self, results.notifier, call_id)
         for consumer in results.consumers():
             mine = next((c for c in consumer.pending() if c.id == call_id), None)
             if mine is not None:  # the first final notification wins, in the store

@@ -75,13 +75,14 @@ def test_the_key_is_held_while_pending_then_for_unique_for(app: ivy.Ivy) -> None
 
 def test_a_task_s_unique_for_keys_on_name_and_arguments(app: ivy.Ivy) -> None:
     queue, ran = register(app)
-    a = app.delayed_call("u.once", 3, 1)
-    assert app.delayed_call("u.once", 3, 1) is a
-    assert app.send_task("u.once", [3], {"b": 1}).id != a.id  # other arguments, as sent
-    c = app.delayed_call("u.once", 1, 3)
+    n = uuid.uuid4().int % 10**9  # keys outlive a test on a shared Redis: fresh arguments
+    a = app.delayed_call("u.once", n, 1)
+    assert app.delayed_call("u.once", n, 1) is a
+    assert app.send_task("u.once", [n], {"b": 1}).id != a.id  # other arguments, as sent
+    c = app.delayed_call("u.once", 1, n)
     assert c is not a
     app.listen(queue=queue, block=False)
-    assert (a.result(20), c.result(20)) == (2, -2)
+    assert (a.result(20), c.result(20)) == (n - 1, 1 - n)
     wait_for(lambda: len(ran) == 3, message="three runs, one per distinct call")
     assert task_key("u.once", [3, 1], {}) != task_key("u.once", [1, 3], {})
     assert task_key("n", [], {"x": 1, "y": 2}) == task_key("n", [], {"y": 2, "x": 1})
@@ -147,3 +148,17 @@ def test_concurrent_producers_and_worker_processes_on_sqlite(sqlite_url: str,
             stop_worker(w)
         for a in apps:
             a.close()
+
+
+def test_a_cancelled_call_lets_its_key_go(app: ivy.Ivy) -> None:
+    queue, ran = register(app)
+    key = f"k:{uuid.uuid4().hex}"
+    first = app.send_task("u.add", [1, 2], unique_key=key, unique_for=60)
+    first.cancel()
+    second = app.send_task("u.add", [3, 4], unique_key=key, unique_for=60)
+    assert second is not first
+    app.listen(queue=queue, block=False)
+    assert second.result(20) == 7
+    with pytest.raises(ivy.CallCancelled):
+        first.result(1)
+    assert ran == [(3, 4)]

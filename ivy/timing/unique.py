@@ -11,7 +11,8 @@ The key is ``ivy:unique:<key>`` in the notifier's store, claimed atomically with
 value and a TTL of ``max(unique_for, pending_ttl)``. The message carries ``unique_key`` and
 ``unique_until`` (ms since the epoch: sent + ``unique_for``); once the worker recorded the
 call's final outcome it releases the key, if it still holds this call id, at ``unique_until``
-(at once if that has passed). A call whose send fails releases its key at once. A key passed to
+(at once if that has passed, or if the call was cancelled). A call whose send fails, or that
+its own producer cancels, releases its key at once. A key passed to
 ``unique_key`` is used as it is; a task's ``unique_for`` builds ``task:<name>:<sha256 of the
 JSON arguments, 32 hex>``, so equal arguments (dict keys in any order) are one call.
 """
@@ -44,6 +45,8 @@ FOLLOW_INTERVAL = 0.2
 _calls: weakref.WeakKeyDictionary[Ivy, weakref.WeakValueDictionary[str, Call[Any]]] = (
     weakref.WeakKeyDictionary())
 _calls_lock = threading.Lock()
+#: the unique key each call sent here holds
+_keys: weakref.WeakKeyDictionary[Call[Any], str] = weakref.WeakKeyDictionary()
 _send_lock = threading.RLock()
 
 
@@ -107,7 +110,17 @@ def _send_unique(app: Ivy, name: str, queue: str, args: tuple[Any, ...],
                         exc_info=True)
         raise
     _known(app)[call.id] = call
+    _keys[call] = key
     return call
+
+
+def cancelled(app: Ivy, notifier: Notifier, call_id: str) -> None:
+    """A call of this process was cancelled: if it holds a unique key, let the key go now, so
+    that the next send of that key sends again."""
+    call = _known(app).get(call_id)
+    key = None if call is None else _keys.get(call)
+    if key is not None:
+        notifier.release_key(UNIQUE_PREFIX + key, call_id, 0)
 
 
 def _existing(app: Ivy, notifier: Notifier, call_id: str, name: str, queue: str
@@ -124,14 +137,15 @@ def _existing(app: Ivy, notifier: Notifier, call_id: str, name: str, queue: str
     return call
 
 
-def release(notifier: Notifier | None, message: Message) -> None:
+def release(notifier: Notifier | None, message: Message, *, at_once: bool = False) -> None:
     """After a call's final outcome was recorded (the worker): let its unique key go at its
-    ``unique_until``. A failure is logged; the key's TTL ends it anyway."""
+    ``unique_until``, or ``at_once`` (a cancelled call). A failure is logged; the key's TTL
+    ends it anyway."""
     key = message.extra.get("unique_key")
     if notifier is None or not isinstance(key, str):
         return
     until = message.extra.get("unique_until")
-    remaining = (until - now_ms()) / 1000 if isinstance(until, int) else 0.0
+    remaining = (until - now_ms()) / 1000 if isinstance(until, int) and not at_once else 0.0
     try:
         notifier.release_key(UNIQUE_PREFIX + key, message.id, remaining)
     except Exception:
