@@ -32,7 +32,7 @@ from ivy.queues.base import QueueBackend
 from ivy.results import DEFAULT_PENDING_TTL, Results
 from ivy.serialization import Serializer, Signer, get_serializer, signer_from
 from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
-from ivy.timing.schedule import Schedule, Schedules, default_name
+from ivy.timing.schedule import Schedule, Schedules, add_schedule
 from ivy.worker import Worker, WorkerContext
 
 if TYPE_CHECKING:
@@ -252,21 +252,9 @@ class Ivy:
         """Put a task (a Task, a registered function, or a name with ``queue``) on a
         schedule; see :meth:`periodic_task`. ``name`` (default: the task's name, the
         schedule and its arguments) must be unique: schedulers claim slots under it."""
-        if isinstance(task, str) and queue is not None and self.registry.get(task) is None:
-            task_name = task
-        else:
-            registered = self.registry.resolve(task)
-            task_name = registered.name
-            try:
-                registered.check_arguments(tuple(args), dict(kwargs or {}))
-            except TypeError as exc:
-                raise ConfigurationError(f"the arguments of the schedule of {task_name!r} "
-                                         f"do not fit the task: {exc}") from None
-        args, kwargs = tuple(args), dict(kwargs or {})
-        return self.schedules.add(Schedule(
-            name=name or default_name(task_name, every, cron, args, kwargs), task=task_name,
-            every=every, cron=cron, tz=tz, args=args, kwargs=kwargs, queue=queue,
-            catch_up=catch_up))
+        return add_schedule(self.registry, self.schedules, task, every=every, cron=cron,
+                            tz=tz, args=args, kwargs=kwargs, name=name, queue=queue,
+                            catch_up=catch_up)
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -470,25 +458,10 @@ class Ivy:
         :mod:`ivy.timing.cancel`). The cancel is kept in the notifier's store for ``ttl``
         seconds (default ``pending_ttl``). A call of this process settles at once with status
         ``cancelled`` unless its outcome was recorded first."""
-        from ivy.timing.cancel import cancelled_notification, check_call_id, store_cancel
+        from ivy.timing.cancel import cancel_call
 
-        call_id = check_call_id(call.id if isinstance(call, Call) else call)
-        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
-            raise ValueError(f"ttl {ttl!r} must be a number of seconds > 0 (how long the "
-                             "cancel is kept)")
-        results = self._current_results()
-        assert results.notifier is not None
-        store_cancel(results.notifier, call_id, ttl or self.pending_ttl)
-        from ivy.timing import unique
-
-        unique.cancelled(self, results.notifier, call_id)
-        for consumer in results.consumers():
-            mine = next((c for c in consumer.pending() if c.id == call_id), None)
-            if mine is not None:  # the first final notification wins, in the store
-                note = cancelled_notification(call_id, mine.task)
-                consumer.notifier.publish(self.channel, call_id,
-                                          self.seal(note.encode(self.serializer)), final=True)
-                return
+        cancel_call(self, call.id if isinstance(call, Call) else call,
+                    self.pending_ttl if ttl is None else ttl)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far is confirmed by the queue backend; raise

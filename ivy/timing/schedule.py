@@ -20,13 +20,14 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ivy.errors import ConfigurationError
+from ivy.task import Registry
 
 #: Most slots one schedule sends in one look (a long catch_up of a frequent schedule).
 MAX_SLOTS = 1000
@@ -164,3 +165,25 @@ class Schedules:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def add_schedule(registry: Registry, schedules: Schedules, task: Any, *,
+                 every: float | None, cron: str | None, tz: str | None, args: Iterable[Any],
+                 kwargs: Mapping[str, Any] | None, name: str | None, queue: str | None,
+                 catch_up: float | None) -> Schedule:
+    """``Ivy.schedule``: check the task and its arguments, and add the schedule."""
+    if isinstance(task, str) and queue is not None and registry.get(task) is None:
+        task_name = task
+    else:
+        registered = registry.resolve(task)
+        task_name = registered.name
+        try:
+            registered.check_arguments(tuple(args), dict(kwargs or {}))
+        except TypeError as exc:
+            raise ConfigurationError(f"the arguments of the schedule of {task_name!r} do not "
+                                     f"fit the task: {exc}") from None
+    args, kwargs = tuple(args), dict(kwargs or {})
+    return schedules.add(Schedule(
+        name=name or default_name(task_name, every, cron, args, kwargs), task=task_name,
+        every=every, cron=cron, tz=tz, args=args, kwargs=kwargs, queue=queue,
+        catch_up=catch_up))
