@@ -112,12 +112,16 @@ class Executor:
                     _raise_in_thread(running.thread_id, None)  # not yet delivered: drop it
 
     def cancel(self, call_id: str) -> bool:
-        """Stop the call ``call_id`` if it runs here: True if it did (it ends with
-        :class:`ivy.TaskCancelled`, or as a cancelled coroutine)."""
+        """Stop the call ``call_id`` if it runs here: True if it does (it ends with
+        :class:`ivy.TaskCancelled`, or as a cancelled coroutine), also when it was stopped
+        before and has not ended yet (a plain function blocked in a C call sees the exception
+        when that call returns)."""
         with self._lock:
             running = self._running.get(call_id)
-            if running is None or running.cancelled:
+            if running is None:
                 return False
+            if running.cancelled:
+                return True
             running.cancelled = True
             if running.style == "sync":
                 _raise_in_thread(running.thread_id, TaskCancelled)

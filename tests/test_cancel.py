@@ -37,6 +37,17 @@ def register(app: ivy.Ivy) -> tuple[str, dict[str, list[str]]]:
             raise
         return "finished"
 
+    @app.register_task(name="c.block", queue=queue, max_retries=3)
+    def block(tag: str) -> str:
+        seen["started"].append(tag)
+        try:
+            for _ in range(30):
+                time.sleep(1.0)  # one C call: the cancel lands when it returns
+        except ivy.TaskCancelled:
+            seen["ended"].append(f"{tag}:TaskCancelled")
+            raise
+        return "finished"
+
     @app.register_task(name="c.aspin", queue=queue)
     async def aspin(tag: str) -> str:
         seen["started"].append(tag)
@@ -87,7 +98,7 @@ def test_another_producer_cancels_by_id(app: ivy.Ivy, urls: tuple[str, str]) -> 
     assert seen["ran"] == []
 
 
-@pytest.mark.parametrize("task", ["c.spin", "c.aspin"])
+@pytest.mark.parametrize("task", ["c.spin", "c.aspin", "c.block"])
 def test_a_running_call_is_stopped(app: ivy.Ivy, urls: tuple[str, str], task: str) -> None:
     # Given a call running on a worker (a plain function, a coroutine)
     queue, seen = register(app)
@@ -100,7 +111,7 @@ def test_a_running_call_is_stopped(app: ivy.Ivy, urls: tuple[str, str], task: st
     # Then the task is stopped inside, and the call is cancelled
     with pytest.raises(ivy.CallCancelled, match="while it ran"):
         call.result(20)
-    expected = "one:TaskCancelled" if task == "c.spin" else "one:CancelledError"
+    expected = "one:CancelledError" if task == "c.aspin" else "one:TaskCancelled"
     wait_for(lambda: seen["ended"] == [expected], message="the task to be stopped")
     # And the worker keeps working, its message acknowledged (not retried)
     assert app.delayed_call("c.add", 4, 4).result(20) == 8
