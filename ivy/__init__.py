@@ -24,6 +24,7 @@ from ivy.app import Ivy
 from ivy.call import Call
 from ivy.config import mask_url
 from ivy.errors import (
+    CallCancelled,
     ConfigurationError,
     IvyError,
     MessageError,
@@ -33,6 +34,7 @@ from ivy.errors import (
     RemoteTaskError,
     ResultTimeout,
     SerializationError,
+    TaskCancelled,
     TaskNotRegistered,
     TaskTimeout,
 )
@@ -60,6 +62,9 @@ delayed_call = default.delayed_call
 delayed_calls = default.delayed_calls
 flush = default.flush
 send_task = default.send_task
+cancel = default.cancel
+periodic_task = default.periodic_task
+schedule = default.schedule
 setup_queue = default.setup_queue
 start_notification_consumer = default.start_notification_consumer
 start_notification_producer = default.start_notification_producer
@@ -68,11 +73,11 @@ wait = default.wait
 close = default.close
 
 __all__ = [
-    "PROTOCOL_VERSION", "Call", "ConfigurationError", "Ivy", "IvyError", "Message",
+    "PROTOCOL_VERSION", "Call", "CallCancelled", "ConfigurationError", "Ivy", "IvyError", "Message",
     "MessageError", "MessageTooLarge", "Middleware", "Notification", "PublishError",
     "PublishTimeout", "RemoteTaskError", "ResultTimeout", "SerializationError", "Signature",
-    "Task", "TaskNotRegistered", "TaskTimeout", "Worker", "chain", "chord", "close", "default",
-    "delayed_call", "delayed_calls", "flush", "group", "listen", "mask_url", "register_task",
-    "send_task", "setup_queue", "signature", "start_notification_consumer",
-    "start_notification_producer", "wait",
+    "Task", "TaskCancelled", "TaskNotRegistered", "TaskTimeout", "Worker", "cancel", "chain",
+    "chord", "close", "default", "delayed_call", "delayed_calls", "flush", "group", "listen",
+    "mask_url", "periodic_task", "register_task", "schedule", "send_task", "setup_queue",
+    "signature", "start_notification_consumer", "start_notification_producer", "wait",
 ]

@@ -32,6 +32,7 @@ from ivy.queues.base import QueueBackend
 from ivy.results import DEFAULT_PENDING_TTL, Results
 from ivy.serialization import Serializer, Signer, get_serializer, signer_from
 from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
+from ivy.timing.schedule import Schedule, Schedules, add_schedule
 from ivy.worker import Worker, WorkerContext
 from ivy.workflows.canvas import Canvas
 
@@ -81,6 +82,8 @@ class Ivy:
         middleware: Iterable[Middleware] = (),
     ) -> None:
         self.registry = Registry()
+        #: periodic tasks (ivy.timing.schedule): what a Scheduler of this app sends
+        self.schedules = Schedules()
         #: the middleware, in order (see :mod:`ivy.middleware`)
         self.middleware = Pipeline(middleware)
         self.max_depth = max_depth
@@ -158,6 +161,7 @@ class Ivy:
         queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
         max_retries: int | None = ..., reserve_time: float | None = ...,
         timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
+        rate_limit: str | None = ..., unique_for: float | None = ...,
     ) -> Task[P, R]: ...
 
     @overload
@@ -167,6 +171,7 @@ class Ivy:
         queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
         max_retries: int | None = ..., reserve_time: float | None = ...,
         timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
+        rate_limit: str | None = ..., unique_for: float | None = ...,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def register_task(
@@ -177,6 +182,7 @@ class Ivy:
         retry: bool | None = None, max_retries: int | None = None,
         reserve_time: float | None = None, timeout: float | None = None,
         style: Style | None = None, route: str | None = None,
+        rate_limit: str | None = None, unique_for: float | None = None,
     ) -> Any:
         """Register ``func`` under a unique dotted ``name`` (default ``module.qualname``).
 
@@ -187,7 +193,10 @@ class Ivy:
         Keywords and the dict may be mixed as long as they agree. Defaults: queue ``ivy``,
         priority 0, no retries. Returns a :class:`Task`, which still calls the function
         locally when called. ``finished(result)`` runs in the producer whenever a call of this
-        task succeeds.
+        task succeeds. ``rate_limit="N/s|m|h"`` holds across all workers
+        (:mod:`ivy.timing.ratelimit`); ``unique_for=N`` makes a call with the same arguments
+        a no-op while one is pending or for N seconds after it was sent
+        (:mod:`ivy.timing.unique`).
         """
         if isinstance(func, Mapping):  # @register_task({...})
             options = merge_dicts(options, func)
@@ -198,7 +207,8 @@ class Ivy:
         given = merge_options(options, {
             "name": name, "queue": queue, "priority": priority, "retry": retry,
             "max_retries": max_retries, "reserve_time": reserve_time, "timeout": timeout,
-            "style": style, "route": route})
+            "style": style, "route": route, "rate_limit": rate_limit,
+            "unique_for": unique_for})
         finished_fn: Finished | None = finished
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -209,6 +219,43 @@ class Ivy:
         if func is None:
             return register
         return register(func)
+
+    # -- periodic tasks (ivy/timing/schedule.py, ivy/timing/scheduler.py) ------------------
+
+    def periodic_task(
+        self, func: Callable[..., Any] | None = None, *, every: float | None = None,
+        cron: str | None = None, tz: str | None = None, name: str | None = None,
+        queue: str | None = None, args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None, catch_up: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """Register a task and run it on a schedule: ``@periodic_task(every=30, name=...,
+        queue=...)`` or ``cron="*/5 * * * *"`` (UTC unless ``tz`` names a zone). ``args`` and
+        ``kwargs`` are those of each call; ``catch_up`` (seconds) sends the slots a starting
+        scheduler missed within that window; ``options`` go to :meth:`register_task`. The
+        schedule is named after the task. A scheduler sends the calls (``ivy scheduler
+        MODULE``, ``ivy worker MODULE --scheduler``)."""
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task = self.register_task(f, name=name, queue=queue, **options)
+            self.schedule(task, every=every, cron=cron, tz=tz, args=args, kwargs=kwargs,
+                          name=task.name, catch_up=catch_up)
+            return task
+
+        return register if func is None else register(func)
+
+    def schedule(
+        self, task: Any, *, every: float | None = None, cron: str | None = None,
+        tz: str | None = None, args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None, name: str | None = None,
+        queue: str | None = None, catch_up: float | None = None,
+    ) -> Schedule:
+        """Put a task (a Task, a registered function, or a name with ``queue``) on a
+        schedule; see :meth:`periodic_task`. ``name`` (default: the task's name, the
+        schedule and its arguments) must be unique: schedulers claim slots under it."""
+        return add_schedule(self.registry, self.schedules, task, every=every, cron=cron,
+                            tz=tz, args=args, kwargs=kwargs, name=name, queue=queue,
+                            catch_up=catch_up)
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -331,7 +378,7 @@ class Ivy:
         self, task: Any, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
         queue: str | None = None, priority: int | None = None, delay: float | None = None,
         max_retries: int | None = None, callback: ResultCallback | None = None,
-        confirm: bool = False,
+        confirm: bool = False, unique_key: str | None = None, unique_for: float | None = None,
     ) -> Call[Any]:
         """The full form of :meth:`delayed_call`, with per-call options. ``task`` may name a
         task that this process does not register when ``queue`` is given (the worker must).
@@ -342,19 +389,55 @@ class Ivy:
         :class:`ivy.PublishError` instead, as ``call.sent()`` does.
 
         ``task`` may also be a signature or a workflow (``ivy.chain``, ``ivy.group``,
-        ``ivy.chord``): see :mod:`ivy.workflows`."""
+        ``ivy.chord``): see :mod:`ivy.workflows`.
+
+        ``unique_key`` (or a task registered with ``unique_for``): while a call with the same
+        key is pending, or within ``unique_for`` seconds of its send, this sends nothing and
+        returns that call (see :mod:`ivy.timing.unique`)."""
         if isinstance(task, Canvas):
+            if unique_key is not None or unique_for is not None:
+                raise ValueError("unique_key and unique_for apply to calls of one task, not to "
+                                 "workflows: send the workflow's first step unique instead")
             from ivy.workflows.sending import send_workflow
 
             return send_workflow(self, task, args, kwargs, queue=queue, priority=priority,
                                  delay=delay, max_retries=max_retries, callback=callback,
                                  confirm=confirm)
-        out = self._prepare(task, args, kwargs, queue=queue, priority=priority, delay=delay,
-                            max_retries=max_retries, callback=callback)
-        self._send([out], out.queue, out.priority, out.delay, out.route)
-        if confirm:
-            out.call.sent()
-        return out.call
+
+        def send(call_id: str | None = None, extra: dict[str, Any] | None = None) -> Call[Any]:
+            out = self._prepare(task, args, kwargs, queue=queue, priority=priority,
+                                delay=delay, max_retries=max_retries, callback=callback,
+                                call_id=call_id, extra=extra)
+            self._send([out], out.queue, out.priority, out.delay, out.route)
+            if confirm:
+                out.call.sent()
+            return out.call
+
+        registered = task if isinstance(task, Task) else (
+            self.registry.get(task) if isinstance(task, str) else None)
+        if unique_key is None and unique_for is None and (
+                registered is None or registered.unique_for is None):
+            if registered is None and not isinstance(task, str) and callable(task):
+                registered = self.registry.resolve(task)  # a registered function
+                if registered.unique_for is not None:
+                    return self.send_task(registered, args, kwargs, queue=queue,
+                                          priority=priority, delay=delay,
+                                          max_retries=max_retries, callback=callback,
+                                          confirm=confirm)
+            return send()
+        from ivy.timing import unique
+
+        unique.check(unique_key, unique_for)
+        if registered is None and not (isinstance(task, str) and queue is not None):
+            registered = self.registry.resolve(task)
+        name = registered.name if registered is not None else str(task)
+        target = queue or (registered.queue if registered is not None else "ivy")
+        if unique_for is None:
+            unique_for = registered.unique_for if registered is not None else None
+        args = tuple(args)
+        return unique.send_unique(self, name, target, args, dict(kwargs or {}),
+                                  unique_key=unique_key, unique_for=unique_for or 0.0,
+                                  send=send)
 
     def _send(self, outs: list[_Outgoing], queue: str, priority: int, delay: float,
               route: str | None) -> None:
@@ -382,6 +465,17 @@ class Ivy:
         self._forget([call])
         call._fail(error if isinstance(error, PublishError) else PublishError(
             f"the message of call {call.id} of {call.task!r} was not taken: {error}"))
+
+    def cancel(self, call: Call[Any] | str, *, ttl: float | None = None) -> None:
+        """Cancel a call (a :class:`Call` or its id) sent by any producer sharing this app's
+        notifier: queued, it never runs; running, it is stopped (see
+        :mod:`ivy.timing.cancel`). The cancel is kept in the notifier's store for ``ttl``
+        seconds (default ``pending_ttl``). A call of this process settles at once with status
+        ``cancelled`` unless its outcome was recorded first."""
+        from ivy.timing.cancel import cancel_call
+
+        cancel_call(self, call.id if isinstance(call, Call) else call,
+                    self.pending_ttl if ttl is None else ttl)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far is confirmed by the queue backend; raise
@@ -418,8 +512,10 @@ class Ivy:
         self, task: Any, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,
         queue: str | None = None, priority: int | None = None, delay: float | None = None,
         max_retries: int | None = None, callback: ResultCallback | None = None,
+        call_id: str | None = None, extra: Mapping[str, Any] | None = None,
     ) -> _Outgoing:
-        """Check and encode one call, and register it as pending."""
+        """Check and encode one call, and register it as pending; ``extra`` holds message
+        fields beyond the core ones (``unique_key``, ...)."""
         self._check_open()
         args, kwargs = tuple(args), dict(kwargs or {})
         if callback is not None and not callable(callback):
@@ -440,18 +536,20 @@ class Ivy:
         target_queue = queue or (registered.queue if registered else "ivy")
         created = now_ms()
         message = Message(
-            id=new_id(), name=name, args=list(args), kwargs=kwargs, queue=target_queue,
+            id=call_id or new_id(), name=name, args=list(args), kwargs=kwargs, queue=target_queue,
             reply_to=self.channel,
             max_retries=max_retries if max_retries is not None else (
                 registered.max_retries if registered else 0),
             priority=priority if priority is not None else (
                 registered.priority if registered else 0),
-            eta=created + int(delay * 1000) if delay else None, created_ms=created)
+            eta=created + int(delay * 1000) if delay else None, created_ms=created,
+            extra=dict(extra) if extra else {})
         if self.middleware:
             self.middleware.before_publish(message)
         body = encode_call(message, self.serializer, max_depth=self.max_depth,
                            max_bytes=self.max_message_bytes)
         call: Call[Any] = Call(message.id, name, target_queue)
+        call._canceller = self.cancel
         if callback is not None:
             call.add_done_callback(result_callback_adapter(callback))
         if registered is not None and registered.finished is not None:

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
-from ivy.errors import PublishError, PublishTimeout, RemoteTaskError, ResultTimeout
+from ivy.errors import CallCancelled, PublishError, PublishTimeout, RemoteTaskError, ResultTimeout
 from ivy.message import Notification, Status
 
 log = logging.getLogger("ivy.call")
@@ -80,7 +80,8 @@ _callbacks = _CallbackPool(CALLBACK_THREADS)
 
 
 class Call(Generic[R]):
-    """Status moves ``scheduled`` -> ``running`` -> ``successful`` / ``errored``; a successful
+    """Status moves ``scheduled`` -> ``running`` -> ``successful`` / ``errored`` /
+    ``cancelled``; a successful
     call becomes ``done`` once its callbacks (the per-call one and the task's ``finished``) ran.
 
     The first final notification wins: a redelivered task that runs twice settles the call once,
@@ -106,6 +107,8 @@ class Call(Generic[R]):
         self._waiters: list[Callable[[], None]] = []
         #: why notifications for this call were turned away (bad signature, bad schema)
         self.rejected: list[str] = []
+        #: set by the app that sent the call: ``cancel(call_id)`` (see :meth:`cancel`)
+        self._canceller: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Call {self.id} {self.task} {self.status}>"
@@ -167,6 +170,15 @@ class Call(Generic[R]):
             raise error if isinstance(error, PublishError) else PublishError(
                 f"the message of call {self.id} of {self.task!r} was not taken: {error}")
 
+    def cancel(self) -> None:
+        """Cancel the call (see :mod:`ivy.timing.cancel`): still queued, it never runs;
+        running, it is stopped. It settles with status ``cancelled`` unless its outcome was
+        recorded first; ``result()`` then raises :class:`ivy.CallCancelled`."""
+        if self._canceller is None:
+            raise RuntimeError(f"call {self.id} was not sent by an ivy app: use "
+                               "ivy.cancel(call_id) with the app's notifier")
+        self._canceller(self.id)
+
     def _sending(self, future: Future[None]) -> None:
         self._send = future
 
@@ -212,7 +224,8 @@ class Call(Generic[R]):
     def _settle(self, notification: Notification) -> bool:
         """Record a final notification; False if the call had settled already. The callbacks
         run on a callback thread; the call is done once they ran."""
-        error = None if notification.status == "successful" else RemoteTaskError.from_wire(
+        kind = CallCancelled if notification.status == "cancelled" else RemoteTaskError
+        error = None if notification.status == "successful" else kind.from_wire(
             notification.error, task=self.task, call_id=self.id)
         return self._complete(notification.result, error, notification.attempt,
                               notification.worker)
@@ -233,7 +246,7 @@ class Call(Generic[R]):
                 self.status = "successful"
             else:
                 self._error = error
-                self.status = "errored"
+                self.status = "cancelled" if isinstance(error, CallCancelled) else "errored"
             callbacks, self._callbacks = self._callbacks, []
             self._settled.set()
         if callbacks:

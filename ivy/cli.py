@@ -1,5 +1,5 @@
-"""The command line: ``ivy worker``, ``ivy call``, ``ivy inspect``, ``ivy events``,
-``ivy dead`` and ``ivy dashboard`` (also ``python -m ivy``)."""
+"""The command line: ``ivy worker``, ``ivy scheduler``, ``ivy call``, ``ivy cancel``,
+``ivy inspect``, ``ivy events``, ``ivy dead`` and ``ivy dashboard`` (also ``python -m ivy``)."""
 
 from __future__ import annotations
 
@@ -73,8 +73,27 @@ def _parser() -> argparse.ArgumentParser:
                         "ivy-queue[metrics]); with --processes, the parent serves them all")
     w.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                    help="address --metrics-port listens on (default 127.0.0.1; 0.0.0.0: all)")
+    w.add_argument("--scheduler", action="store_true",
+                   help="also run a scheduler for the periodic tasks of the MODULEs (in each "
+                        "process of --processes); any number may run, each slot is sent once")
     w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
     backends(w)
+
+    can = sub.add_parser("cancel", help="cancel calls by id",
+                         description="Cancel calls (queued ones never run, running ones are "
+                                     "stopped) through the notifier their workers share.")
+    can.add_argument("ids", nargs="+", metavar="CALL_ID", help="a call id, as `ivy call` prints")
+    can.add_argument("--notifier-url", metavar="URL",
+                     help=f"notifier URL (default: ${NOTIFIER_ENV} or sqlite:///ivy.db)")
+    can.add_argument("--log-level", default="WARNING",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: WARNING")
+
+    sch = sub.add_parser("scheduler", help="send the calls of periodic tasks",
+                         description="Import MODULEs (which declare periodic tasks) and send "
+                                     "their calls at each slot until SIGTERM or SIGINT. Run "
+                                     "as many as you like: each slot is sent once.")
+    sch.add_argument("modules", nargs="+", metavar="MODULE", help="module to import")
+    backends(sch)
 
     c = sub.add_parser("call", help="send one call, optionally wait for its result",
                        description="Send a call of task NAME with JSON arguments.")
@@ -151,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _worker(args, argv)
+        if args.command == "scheduler":
+            return _scheduler(args)
+        if args.command == "cancel":
+            return _cancel(args)
         if args.command == "call":
             return _call(args)
         if args.command == "dead":
@@ -216,10 +239,55 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
                                 heartbeat=args.heartbeat)
             if metrics is not None:
                 metrics.bind(worker.backend, worker.queues, registry=app.registry)
+            if args.scheduler:
+                cleanup.callback(_start_scheduler(app).stop)
             if link is not None:
                 link.ready()
             worker.run_forever(early_stop)
     return EXIT_RECYCLE if worker is not None and worker.full else 0
+
+
+def _start_scheduler(app: ivy.Ivy) -> Any:
+    from ivy.timing.scheduler import Scheduler
+
+    if not len(app.schedules):
+        log.warning("--scheduler: the modules declare no periodic task; nothing to send")
+    return Scheduler(app).start()
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    app = ivy.default
+    try:
+        app.start_notification_consumer(args.notifier_url)
+        for call_id in args.ids:
+            try:
+                app.cancel(call_id)
+            except ValueError as exc:
+                raise IvyError(str(exc)) from None
+            print(f"cancelled {call_id}")
+    finally:
+        app.close()
+    return 0
+
+
+def _scheduler(args: argparse.Namespace) -> int:
+    from ivy.timing.scheduler import Scheduler
+
+    _import(args.modules)
+    app = ivy.default
+    if not len(app.schedules):
+        raise IvyError(f"modules {', '.join(args.modules)} declare no periodic task: use "
+                       "@ivy.periodic_task(every=...) or ivy.schedule(task, cron=...)")
+    if args.queue_url:
+        app.setup_queue(args.queue_url)
+    app.start_notification_consumer(args.notifier_url)
+    stop = threading.Event()
+    try:
+        with signal_handlers(lambda signum, frame: stop.set()):
+            Scheduler(app).run(stop)
+    finally:
+        app.close()
+    return 0
 
 
 def _prometheus() -> Any:

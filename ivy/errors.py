@@ -97,3 +97,13 @@ class PublishError(IvyError):
 class PublishTimeout(PublishError, TimeoutError):
     """``call.sent(timeout)`` or ``ivy.flush(timeout)`` ran out of time: the message may still
     be confirmed later."""
+
+
+class TaskCancelled(IvyError):
+    """Raised inside a plain-function task whose call was cancelled while it ran (as
+    :class:`TaskTimeout` is for timeouts): the worker reports the call ``cancelled``."""
+
+
+class CallCancelled(RemoteTaskError):
+    """``result()`` of a cancelled call raises this (its status is ``cancelled``); callbacks
+    get it as ``err``. A :class:`RemoteTaskError` of type ``CallCancelled``."""

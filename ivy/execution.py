@@ -10,11 +10,16 @@ Timeouts: an async task is cancelled; a callback-style task stops being waited f
 function gets :class:`ivy.TaskTimeout` raised inside its thread (as Dramatiq does) when the
 worker's heartbeat calls :meth:`Executor.fire_timeouts` past its deadline. That takes effect at
 the next Python bytecode, so a task blocked inside one C call ends when that call returns.
+
+Cancels (:meth:`Executor.cancel`, driven by :mod:`ivy.timing.cancel`) stop a running call the
+same ways: its coroutine is cancelled, its callback stops being waited for, its plain function
+gets :class:`ivy.TaskCancelled` raised inside its thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import logging
@@ -25,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ivy.errors import TaskTimeout
+from ivy.errors import TaskCancelled, TaskTimeout
 from ivy.message import Message
 from ivy.task import Task
 
@@ -60,6 +65,17 @@ def error_info(exc: BaseException) -> dict[str, str]:
 
 
 @dataclass
+class _Running:
+    """A call running now: its thread, and what stops it early (see :meth:`Executor.cancel`)."""
+
+    thread_id: int
+    style: str
+    future: concurrent.futures.Future[Any] | None = None
+    callback_done: threading.Event | None = None
+    cancelled: bool = False
+
+
+@dataclass
 class _Deadline:
     thread_id: int
     at: float
@@ -77,15 +93,54 @@ class Executor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._closed = False
+        #: call id -> the call running now (cancels find it here)
+        self._running: dict[str, _Running] = {}
 
     def run(self, task: Task[Any, Any], message: Message) -> tuple[bool, Any]:
         """Run ``task`` with the arguments of ``message``: ``(True, value)`` if it returned,
-        ``(False, error_info)`` if it raised or ran past its timeout."""
+        ``(False, error_info)`` if it raised or ran past its timeout; a cancelled call
+        gives ``(False, {"type": "TaskCancelled", ...})``."""
+        running = _Running(threading.get_ident(), task.style)
+        with self._lock:
+            self._running[message.id] = running
         try:
+            return self._run(task, message, running)
+        finally:
+            with self._lock:
+                self._running.pop(message.id, None)
+                if running.cancelled and task.style == "sync":
+                    _raise_in_thread(running.thread_id, None)  # not yet delivered: drop it
+
+    def cancel(self, call_id: str) -> bool:
+        """Stop the call ``call_id`` if it runs here: True if it does (it ends with
+        :class:`ivy.TaskCancelled`, or as a cancelled coroutine), also when it was stopped
+        before and has not ended yet (a plain function blocked in a C call sees the exception
+        when that call returns)."""
+        with self._lock:
+            running = self._running.get(call_id)
+            if running is None:
+                return False
+            if running.cancelled:
+                return True
+            running.cancelled = True
+            if running.style == "sync":
+                _raise_in_thread(running.thread_id, TaskCancelled)
+            future, done = running.future, running.callback_done
+        if future is not None:
+            future.cancel()
+        if done is not None:
+            done.set()
+        return True
+
+    def _run(self, task: Task[Any, Any], message: Message, running: _Running
+             ) -> tuple[bool, Any]:
+        try:
+            if running.cancelled:
+                raise TaskCancelled()
             if task.style == "async":
-                return True, self._run_async(task, message)
+                return True, self._run_async(task, message, running)
             if task.style == "callback":
-                return True, self._run_callback(task, message)
+                return True, self._run_callback(task, message, running)
             with self._deadline(task.timeout):
                 value = task.func(*message.args, **message.kwargs)
             return True, value
@@ -94,7 +149,15 @@ class Executor:
             return False, {"type": "TimeoutError", "traceback": "",
                            "message": f"task {task.name!r} ran past its timeout of "
                                       f"{task.timeout} s"}
+        except (TaskCancelled, concurrent.futures.CancelledError):
+            return False, {"type": "TaskCancelled", "traceback": "",
+                           "message": f"call {message.id} of task {task.name!r} was cancelled "
+                                      "while it ran"}
         except (Exception, SystemExit) as exc:
+            if running.cancelled:
+                return False, {"type": "TaskCancelled", "traceback": "",
+                               "message": f"call {message.id} of task {task.name!r} was "
+                                          f"cancelled while it ran ({type(exc).__name__})"}
             return False, error_info(exc)
 
     def fire_timeouts(self, now: float) -> None:
@@ -147,7 +210,7 @@ class Executor:
 
     # -- coroutine functions -----------------------------------------------------------------
 
-    def _run_async(self, task: Task[Any, Any], message: Message) -> Any:
+    def _run_async(self, task: Task[Any, Any], message: Message, running: _Running) -> Any:
         loop = self._event_loop()
         timeout = task.timeout
 
@@ -162,7 +225,13 @@ class Executor:
                     raise TaskTimeout() from None
                 raise
 
-        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+        future = asyncio.run_coroutine_threadsafe(run(), loop)
+        with self._lock:
+            running.future = future
+            cancelled = running.cancelled
+        if cancelled:
+            future.cancel()
+        return future.result()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -178,8 +247,10 @@ class Executor:
 
     # -- callback style ----------------------------------------------------------------------
 
-    def _run_callback(self, task: Task[Any, Any], message: Message) -> Any:
+    def _run_callback(self, task: Task[Any, Any], message: Message, running: _Running) -> Any:
         done = threading.Event()
+        with self._lock:
+            running.callback_done = done
         box: list[tuple[Any, Any]] = []
 
         def callback(err: Any = None, result: Any = None) -> None:
@@ -193,6 +264,8 @@ class Executor:
         task.func(*message.args, callback, **message.kwargs)
         if not done.wait(task.timeout):
             raise TaskTimeout()
+        if not box:  # woken by a cancel
+            raise TaskCancelled()
         err, result = box[0]
         if err:
             raise _CallbackError(err)

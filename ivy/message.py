@@ -23,9 +23,9 @@ from ivy.errors import MessageError, MessageTooLarge, SerializationError
 from ivy.serialization import Serializer, Signer, check_arguments, unwrap
 
 PROTOCOL_VERSION = 1
-STATUSES = ("scheduled", "running", "successful", "errored")
-FINAL_STATUSES = frozenset({"successful", "errored"})
-Status = Literal["scheduled", "running", "successful", "errored", "done"]
+STATUSES = ("scheduled", "running", "successful", "errored", "cancelled")
+FINAL_STATUSES = frozenset({"successful", "errored", "cancelled"})
+Status = Literal["scheduled", "running", "successful", "errored", "cancelled", "done"]
 
 #: Default cap on an encoded message or notification; ``Ivy(max_message_bytes=...)`` changes it.
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -192,7 +192,8 @@ def decode_message(
 
 @dataclass(slots=True)
 class Notification:
-    """A task status sent back to the producer; final when successful or errored."""
+    """A task status sent back to the producer; final when successful, errored or
+    cancelled."""
 
     id: str
     status: str

@@ -19,6 +19,7 @@ from ivy.errors import SerializationError
 from ivy.message import Message, Notification, deeper_than
 from ivy.notifiers.base import Notifier
 from ivy.serialization import Serializer, Signer
+from ivy.timing import unique
 
 log = logging.getLogger("ivy.worker")
 
@@ -65,6 +66,7 @@ class Recorder:
     def record(self, message: Message, note: Notification) -> None:
         """Publish a final notification, retrying a few times; raise if it cannot be done."""
         if not message.reply_to:
+            unique.release(self.notifier, message, at_once=note.status == "cancelled")
             return
         if self.notifier is None:
             raise RuntimeError("no notifier: call start_notification_producer() before listen()")
@@ -72,6 +74,7 @@ class Recorder:
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 self.notifier.publish(message.reply_to, message.id, body, final=True)
+                unique.release(self.notifier, message, at_once=note.status == "cancelled")
                 return
             except Exception:
                 if attempt == RECORD_ATTEMPTS - 1:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from ivy.errors import ConfigurationError, TaskNotRegistered
+from ivy.timing.ratelimit import parse_rate_limit
 
 if TYPE_CHECKING:
     from ivy.workflows.canvas import Signature
@@ -58,6 +59,8 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         style: Style | None = None,
         route: str | None = None,
+        rate_limit: str | None = None,
+        unique_for: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not name or len(name) > 200:
             raise ConfigurationError(
@@ -83,6 +86,11 @@ class Task(Generic[P, R]):
             raise ConfigurationError(
                 f"route {route!r} for task {name!r} must be a non-empty string (an AMQP "
                 "routing key such as 'testpackage.route1') or None")
+        if unique_for is not None and (isinstance(unique_for, bool) or not isinstance(
+                unique_for, (int, float)) or unique_for <= 0):
+            raise ConfigurationError(
+                f"unique_for {unique_for!r} for task {name!r} must be a number of seconds > 0 "
+                "(or None: calls are not unique)")
         if finished is not None and not callable(finished):
             raise ConfigurationError(f"finished {finished!r} for task {name!r} must be callable")
         self.func = func
@@ -99,6 +107,10 @@ class Task(Generic[P, R]):
         #: other backends ignore it
         self.route = route
         self.style: Style = style or detect_style(func)
+        #: calls started per period across all workers (ivy.timing.ratelimit), or None
+        self.rate_limit = parse_rate_limit(rate_limit, name)
+        #: seconds a call with the same arguments is not sent again (ivy.timing.unique)
+        self.unique_for = None if unique_for is None else float(unique_for)
         try:
             self.signature: inspect.Signature | None = inspect.signature(func)
         except (TypeError, ValueError):
@@ -140,7 +152,8 @@ OPTION_NAMES: dict[str, str] = {
     "name": "name", "queue": "queue", "priority": "priority", "retry": "retry",
     "maxRetries": "max_retries", "max_retries": "max_retries", "route": "route",
     "reserveTime": "reserve_time", "reserve_time": "reserve_time", "timeout": "timeout",
-    "style": "style",
+    "style": "style", "rate_limit": "rate_limit", "rateLimit": "rate_limit",
+    "unique_for": "unique_for", "uniqueFor": "unique_for",
 }
 
 
@@ -199,7 +212,8 @@ def build_task(func: Callable[..., Any], finished: Finished | None,
         retry=bool(given["retry"]),
         max_retries=given["max_retries"] if given["max_retries"] is not None else 0,
         reserve_time=given["reserve_time"], timeout=given["timeout"], style=given["style"],
-        route=given["route"])
+        route=given["route"], rate_limit=given.get("rate_limit"),
+        unique_for=given.get("unique_for"))
 
 
 def _noop_callback(err: Any, result: Any = None) -> None:

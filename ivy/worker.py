@@ -54,6 +54,7 @@ from ivy.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
 from ivy.queues.base import Consumer, Delivery, QueueBackend
 from ivy.serialization import Serializer, Signer
 from ivy.task import Registry, Task
+from ivy.timing.gate import Gate
 from ivy.workflows.continuation import WorkflowRecorder
 
 log = logging.getLogger("ivy.worker")
@@ -185,6 +186,8 @@ class Worker:
             notifier, self.name, backend=backend, middleware=context.middleware,
             serializer=context.serializer, signer=context.signer,
             max_message_bytes=context.max_message_bytes, max_depth=context.max_depth)
+        #: cancels and rate limits, from the notifier's store (ivy.timing)
+        self._gate = Gate(notifier, self._executor, self._recorder, self.name)
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} on {self.backend.url}>"
@@ -374,6 +377,11 @@ class Worker:
                 for h in running:
                     h.running_sent = True
             self._executor.fire_timeouts(now)
+            if self._gate.poll_due(now):
+                with self._lock:
+                    started = [h.message for h in self._held.values() if h.message is not None]
+                with _logged("looking for cancels"):
+                    self._gate.poll(started)
             for h in due:
                 if not self._extend(h.delivery, h.lease):
                     with self._lock:
@@ -458,6 +466,8 @@ class Worker:
             if message.eta is not None and message.eta > now_ms() + 5:
                 delivery.defer((message.eta - now_ms()) / 1000)  # not an attempt
                 return
+            if not self._gate.admit(delivery, task, message):  # cancelled, rate-limited
+                return
             self._run(delivery, task, message)
         except Exception:
             log.exception("worker %s: internal error on a message of %s; returning it to the "
@@ -495,6 +505,8 @@ class Worker:
         ok, value = replayed or self._executor.run(task, message)
         if middleware:
             middleware.after_task(message, value if ok else None, None if ok else value)
+        if self._gate.settle_cancelled(delivery, message, ok, value):
+            return
         if not ok:
             with self._lock:
                 self.failed += 1

@@ -87,3 +87,15 @@ def test_workflows_example(tmp_path: Path) -> None:
         "chain: 30", "group: [2, 4]", "chord: 6", "chain with a group: 15",
         "chord of 200 members: 2686700",
         "failed: ValueError: in task 'workflows.check': 501 is over the limit of 100"]
+
+
+@pytest.mark.slow
+def test_schedules_example(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "schedules.py")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "unique: same call True, result 'weekly report'" in out.stdout
+    assert "cancel: status cancelled, CallCancelled" in out.stdout
+    seconds = float(out.stdout.split("rate limit: 10 calls in ")[1].split(" s")[0])
+    assert 1.5 <= seconds < 10  # 5/s: the 10th call starts 1.8 s after the first
+    assert int(out.stdout.split("periodic: demo.tick ran ")[1].split()[0]) >= 2

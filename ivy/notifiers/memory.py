@@ -6,10 +6,10 @@ import json
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Self
 
-from ivy.notifiers.base import Notifier, Subscription
+from ivy.notifiers.base import Notifier, Subscription, gcra_step
 
 #: Stored final notifications kept per hub, oldest evicted first; the same cap bounds a channel.
 MAX_STORED = 100_000
@@ -24,6 +24,8 @@ class _Hub:
         self.workers: dict[str, tuple[float, str]] = {}
         #: one buffer per open events subscription: an event goes to each
         self.event_buffers: list[deque[bytes]] = []
+        #: key -> (expiry on the monotonic clock, value): see Notifier.claim_key
+        self.keys: dict[str, tuple[float, str]] = {}
 
     def channel(self, name: str) -> deque[bytes]:
         buf = self.channels.get(name)
@@ -192,3 +194,53 @@ class MemoryNotifier(Notifier):
         with self._hub.cond:
             expires, members = self._workflow_store().get(key, (0.0, {}))
             return dict(members) if expires > time.monotonic() else {}
+
+    # -- keys, claims and counters (schedules, unique, cancel, rate limits) --
+
+    def _live_key(self, key: str, now: float) -> str | None:
+        """The value of ``key`` unless expired (then dropped); call holding the hub's lock."""
+        entry = self._hub.keys.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self._hub.keys[key]
+            return None
+        return entry[1]
+
+    def claim_key(self, key: str, value: str, ttl: float) -> str | None:
+        now = time.monotonic()
+        with self._hub.cond:
+            keys = self._hub.keys
+            if len(keys) > MAX_STORED:  # drop the expired ones now and then
+                for name in [k for k, (expires, _) in keys.items() if expires <= now]:
+                    del keys[name]
+            held = self._live_key(key, now)
+            if held is not None:
+                return held
+            keys[key] = (now + ttl, value)
+            return None
+
+    def get_keys(self, keys: Sequence[str]) -> list[str | None]:
+        now = time.monotonic()
+        with self._hub.cond:
+            return [self._live_key(k, now) for k in keys]
+
+    def release_key(self, key: str, value: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._hub.cond:
+            if self._live_key(key, now) != value:
+                return False
+            if ttl <= 0:
+                del self._hub.keys[key]
+            else:
+                self._hub.keys[key] = (now + ttl, value)
+            return True
+
+    def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
+        now = time.monotonic()
+        with self._hub.cond:
+            held = self._live_key(key, now)
+            tat, wait = gcra_step(None if held is None else float(held), now, interval, burst)
+            if wait == 0.0:
+                self._hub.keys[key] = (tat + interval + 1.0, repr(tat))
+            return wait

@@ -19,6 +19,10 @@ clock, so hosts whose clocks disagree still agree on who is alive) beside a hash
 are published on the channel ``ivy:events`` (pub/sub: only subscribers connected now get them);
 on a database other than 0 the channel is ``ivy:events@<db>``, since Redis pub/sub ignores the
 database number and two apps on one server would otherwise see each other's events.
+
+Keys (schedule slots, unique sends, cancels, rate limits) are plain Redis strings with a TTL,
+changed by Lua scripts so each operation is atomic; the rate limiter reads the server's ``TIME``,
+so workers on hosts whose clocks disagree share one clock.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Self
 
 import redis
@@ -83,6 +87,37 @@ for _, name in ipairs(names) do
     end
 end
 return out
+"""
+
+# KEYS[1] key; ARGV[1] value, ARGV[2] ttl ms. Returns the value held, or false if set now.
+CLAIM_KEY = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+# KEYS[1] key; ARGV[1] value, ARGV[2] ttl ms (<= 0: delete). 1 if the key held the value.
+RELEASE_KEY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) <= 0 then redis.call('DEL', KEYS[1])
+else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+# GCRA on the server's clock, as ivy.notifiers.base.gcra_step. KEYS[1] key; ARGV[1]
+# interval s, ARGV[2] burst. Returns the seconds to wait as a string ("0" when a slot was
+# taken; Lua numbers become integers in replies, so floats travel as text).
+TAKE_RATE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now - 2 * interval then tat = now end
+local wait = tat - now - (tonumber(ARGV[2]) - 1) * interval
+if wait > 1e-9 then return tostring(wait) end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX',
+           math.ceil((tat - now + interval) * 1000) + 1000)
+return '0'
 """
 
 
@@ -197,6 +232,9 @@ class RedisNotifier(Notifier):
         self.events_channel = EVENTS_CHANNEL if db == 0 else f"{EVENTS_CHANNEL}@{db}"
         self._put_worker = self.client.register_script(PUT_WORKER)
         self._live_workers = self.client.register_script(LIVE_WORKERS)
+        self._claim_key = self.client.register_script(CLAIM_KEY)
+        self._release_key = self.client.register_script(RELEASE_KEY)
+        self._take_rate_slot = self.client.register_script(TAKE_RATE_SLOT)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -281,6 +319,27 @@ class RedisNotifier(Notifier):
         found = self.client.hgetall(WORKFLOW_KEY_PREFIX + key)
         return {int(i): v if isinstance(v, bytes) else str(v).encode()
                 for i, v in found.items()}
+
+
+    # -- keys, claims and counters (schedules, unique, cancel, rate limits) --
+
+    def claim_key(self, key: str, value: str, ttl: float) -> str | None:
+        held = self._claim_key(keys=[key], args=[value, max(1, int(ttl * 1000))])
+        return held.decode() if isinstance(held, bytes) else None
+
+    def get_keys(self, keys: Sequence[str]) -> list[str | None]:
+        if not keys:
+            return []
+        values = self._commands("MGET", *keys)  # the worker asks once per message: fast path
+        return [v.decode() if isinstance(v, bytes) else None for v in values]
+
+    def release_key(self, key: str, value: str, ttl: float) -> bool:
+        ms = int(ttl * 1000) if ttl > 0 else 0
+        return bool(self._release_key(keys=[key], args=[value, max(ms, 1) if ttl > 0 else 0]))
+
+    def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
+        wait = self._take_rate_slot(keys=[key], args=[repr(interval), int(burst)])
+        return float(wait)
 
 
 WORKFLOW_KEY_PREFIX = "ivy:workflow:"

@@ -5,6 +5,9 @@ the stored final rows of its pending call ids, so a producer that starts waiting
 its result. A unique index keeps only the first final notification of a call. Rows older than
 ``ttl`` seconds (default one day) are pruned by publishers now and then.
 
+Keys (schedule slots, unique sends, cancels, rate limits) are rows of ``ivy_keys(key, value,
+expires)``, created on first use; each operation is one transaction.
+
 Worker heartbeats are rows of ``ivy_workers`` with an expiry time (this machine's clock: every
 process on one SQLite file shares it). Task events are rows of ``ivy_events``, read by each
 events subscription from the moment it opened, and pruned after :data:`EVENTS_TTL` seconds.
@@ -13,16 +16,19 @@ events subscription from the moment it opened, and pruned after :data:`EVENTS_TT
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Self
 
 from ivy._sqlite import POLL_INTERVAL, Database, WakeListener, WakeSender
-from ivy.notifiers.base import Notifier, Subscription
+from ivy.notifiers.base import Notifier, Subscription, gcra_step
 
 PRUNE_EVERY = 60.0
 #: Seconds an event row is kept: long enough for any open subscription to read it.
 EVENTS_TTL = 60.0
+KEYS_SCHEMA = ("CREATE TABLE IF NOT EXISTS ivy_keys (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+               "expires REAL NOT NULL)")
 
 
 class _RowReader(Subscription):
@@ -219,3 +225,70 @@ class SQLiteNotifier(Notifier):
             "SELECT idx, value FROM ivy_workflow_members WHERE key = ? AND expires > ?",
             (key, time.time()))
         return {int(i): bytes(v) for i, v in rows}
+
+    # -- keys, claims and counters (schedules, unique, cancel, rate limits) --
+
+    _keys_ready = False
+
+    def _keys(self) -> sqlite3.Connection:
+        conn = self.db.conn()
+        if not self._keys_ready:
+            with self.db.write(conn):
+                conn.execute(KEYS_SCHEMA)
+            self._keys_ready = True
+        return conn
+
+    def claim_key(self, key: str, value: str, ttl: float) -> str | None:
+        now = time.time()
+        conn = self._keys()
+        with self.db.write(conn):
+            row = conn.execute("SELECT value FROM ivy_keys WHERE key = ? AND expires > ?",
+                               (key, now)).fetchone()
+            if row is not None:
+                return str(row[0])
+            conn.execute("INSERT OR REPLACE INTO ivy_keys (key, value, expires) VALUES (?, ?, ?)",
+                         (key, value, now + ttl))
+            if now - self._last_keys_prune > PRUNE_EVERY:
+                self._last_keys_prune = now
+                conn.execute("DELETE FROM ivy_keys WHERE expires <= ?", (now,))
+            return None
+
+    _last_keys_prune = 0.0
+
+    def get_keys(self, keys: Sequence[str]) -> list[str | None]:
+        if not keys:
+            return []
+        conn = self._keys()
+        now = time.time()
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update((str(k), str(v)) for k, v in conn.execute(
+                f"SELECT key, value FROM ivy_keys WHERE key IN ({marks}) AND expires > ?",  # noqa: S608 - only placeholders
+                [*chunk, now]))
+        return [found.get(k) for k in keys]
+
+    def release_key(self, key: str, value: str, ttl: float) -> bool:
+        now = time.time()
+        conn = self._keys()
+        with self.db.write(conn):
+            if ttl <= 0:
+                cur = conn.execute("DELETE FROM ivy_keys WHERE key = ? AND value = ? "
+                                   "AND expires > ?", (key, value, now))
+            else:
+                cur = conn.execute("UPDATE ivy_keys SET expires = ? WHERE key = ? AND value = ? "
+                                   "AND expires > ?", (now + ttl, key, value, now))
+            return cur.rowcount > 0
+
+    def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
+        conn = self._keys()
+        with self.db.write(conn):
+            now = time.time()  # inside the transaction: writers take turns on one clock
+            row = conn.execute("SELECT value FROM ivy_keys WHERE key = ? AND expires > ?",
+                               (key, now)).fetchone()
+            tat, wait = gcra_step(None if row is None else float(row[0]), now, interval, burst)
+            if wait == 0.0:
+                conn.execute("INSERT OR REPLACE INTO ivy_keys (key, value, expires) "
+                             "VALUES (?, ?, ?)", (key, repr(tat), tat + interval + 1.0))
+            return wait

@@ -1,0 +1,62 @@
+"""Rate limits: ``register_task(..., rate_limit="10/s")`` (``N/s``, ``N/m`` or ``N/h``).
+
+The limit holds across every worker sharing the notifier: before a message of the task runs,
+its worker takes a slot from a GCRA limiter kept in the notifier's store under
+``ivy:rate:<task name>`` (:meth:`ivy.notifiers.base.Notifier.take_rate_slot`; on Redis a Lua
+script on the server's clock, on SQLite one transaction). Slots are spaced evenly, one every
+``period / N`` seconds, rather than handed out N at a time at the start of each period; a
+slot taken up to two intervals late keeps the rhythm (the latency of deferred messages would
+otherwise lower the rate), so at most N + 2 calls start in any period. A message over the limit
+is deferred until its slot (``delivery.defer``: no attempt counted, no retry spent), plus a
+random quarter of that wait, so that a backlog does not come back all at once.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from ivy.errors import ConfigurationError
+from ivy.notifiers.base import Notifier
+
+RATE_PREFIX = "ivy:rate:"
+PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_FORMAT = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """``count`` calls per ``period`` seconds."""
+
+    count: int
+    period: float
+    text: str
+
+    @property
+    def interval(self) -> float:
+        return self.period / self.count
+
+    def wait(self, notifier: Notifier, task: str) -> float:
+        """0.0 if a call of ``task`` may start now (its slot is taken), else how long to
+        defer it."""
+        wait = notifier.take_rate_slot(RATE_PREFIX + task, self.interval, 1)
+        if wait <= 0:
+            return 0.0
+        return wait + random.uniform(0.0, wait / 4)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rate_limit(value: object, task: str) -> RateLimit | None:
+    """``"10/s"`` -> RateLimit(10, 1.0); None stays None; anything else is refused."""
+    if value is None:
+        return None
+    match = _FORMAT.match(value) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) < 1:
+        raise ConfigurationError(
+            f"rate_limit {value!r} for task {task!r} is not a rate: write 'N/s', 'N/m' or "
+            "'N/h' with N a whole number >= 1, such as '10/s' or '100/m'")
+    count, unit = int(match.group(1)), match.group(2)
+    return RateLimit(count, PERIODS[unit], f"{count}/{unit}")

@@ -1,0 +1,208 @@
+"""Unique sends: ``send_task(task, args, unique_key="k", unique_for=3600)`` and
+``register_task(..., unique_for=N)`` (keyed on the task name and the arguments).
+
+While a call with the same key is pending, or within ``unique_for`` seconds of when it was
+sent, another send of that key sends nothing and returns the first call's :class:`ivy.Call`
+(same id): the very object when this process sent it, else a call that follows the first one's
+stored result (polled from the notifier, which keeps every final notification for its
+``result_ttl``), so its result, callbacks and ``await`` work the same.
+
+The key is ``ivy:unique:<key>`` in the notifier's store, claimed atomically with the call id as
+value and a TTL of ``max(unique_for, pending_ttl)``. The message carries ``unique_key`` and
+``unique_until`` (ms since the epoch: sent + ``unique_for``); once the worker recorded the
+call's final outcome it releases the key, if it still holds this call id, at ``unique_until``
+(at once if that has passed, or if the call was cancelled). A call whose send fails, or that
+its own producer cancels, releases its key at once. A key passed to
+``unique_key`` is used as it is; a task's ``unique_for`` builds ``task:<name>:<sha256 of the
+JSON arguments, 32 hex>``, so equal arguments (dict keys in any order) are one call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ivy.call import Call
+from ivy.message import Message, new_id, now_ms
+from ivy.notifiers.base import Notifier
+
+if TYPE_CHECKING:
+    from ivy.app import Ivy
+
+log = logging.getLogger("ivy.unique")
+
+UNIQUE_PREFIX = "ivy:unique:"
+#: Seconds between a follower's looks for the stored results of the calls it follows.
+FOLLOW_INTERVAL = 0.2
+
+#: app -> call id -> the Call it made for that id (the object a repeated send returns)
+_calls: weakref.WeakKeyDictionary[Ivy, weakref.WeakValueDictionary[str, Call[Any]]] = (
+    weakref.WeakKeyDictionary())
+_calls_lock = threading.Lock()
+#: the unique key each call sent here holds
+_keys: weakref.WeakKeyDictionary[Call[Any], str] = weakref.WeakKeyDictionary()
+_send_lock = threading.RLock()
+
+
+def _known(app: Ivy) -> weakref.WeakValueDictionary[str, Call[Any]]:
+    with _calls_lock:
+        known = _calls.get(app)
+        if known is None:
+            known = _calls[app] = weakref.WeakValueDictionary()
+        return known
+
+
+def task_key(name: str, args: Any, kwargs: Mapping[str, Any]) -> str:
+    """The unique key of a call of task ``name`` with these arguments."""
+    text = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"), default=repr)
+    return f"task:{name}:{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+
+
+def check(unique_key: object, unique_for: object) -> None:
+    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key
+                                   or len(unique_key) > 200):
+        raise ValueError(f"unique_key {unique_key!r} must be a string of 1-200 characters, "
+                         "such as 'report:daily'")
+    if unique_for is not None and (isinstance(unique_for, bool) or not isinstance(
+            unique_for, (int, float)) or unique_for < 0):
+        raise ValueError(f"unique_for {unique_for!r} must be a number of seconds >= 0 (how "
+                         "long after a send the same key sends nothing)")
+
+
+def send_unique(app: Ivy, name: str, queue: str, args: tuple[Any, ...],
+                kwargs: Mapping[str, Any], *, unique_key: str | None, unique_for: float,
+                send: Callable[[str, dict[str, Any]], Call[Any]]) -> Call[Any]:
+    """Send through ``send(call_id, extra message fields)`` unless the key is held; return
+    the new call, or the call that holds the key. Unique sends of one process take turns, so
+    that threads racing for one key all get the same Call object."""
+    with _send_lock:
+        return _send_unique(app, name, queue, args, kwargs, unique_key=unique_key,
+                            unique_for=unique_for, send=send)
+
+
+def _send_unique(app: Ivy, name: str, queue: str, args: tuple[Any, ...],
+                 kwargs: Mapping[str, Any], *, unique_key: str | None, unique_for: float,
+                 send: Callable[[str, dict[str, Any]], Call[Any]]) -> Call[Any]:
+    key = unique_key if unique_key is not None else task_key(name, list(args), kwargs)
+    results = app._current_results()
+    notifier = results.notifier
+    assert notifier is not None
+    call_id = new_id()
+    held = notifier.claim_key(UNIQUE_PREFIX + key, call_id,
+                              max(float(unique_for), app.pending_ttl))
+    if held is not None:
+        log.debug("unique key %r is held by call %s: nothing sent", key, held)
+        return _existing(app, notifier, held, name, queue)
+    extra = {"unique_key": key, "unique_until": now_ms() + int(unique_for * 1000)}
+    try:
+        call = send(call_id, extra)
+    except BaseException:
+        try:
+            notifier.release_key(UNIQUE_PREFIX + key, call_id, 0)
+        except Exception:
+            log.warning("releasing unique key %r after a failed send failed", key,
+                        exc_info=True)
+        raise
+    _known(app)[call.id] = call
+    _keys[call] = key
+    return call
+
+
+def cancelled(app: Ivy, notifier: Notifier, call_id: str) -> None:
+    """A call of this process was cancelled: if it holds a unique key, let the key go now, so
+    that the next send of that key sends again."""
+    call = _known(app).get(call_id)
+    key = None if call is None else _keys.get(call)
+    if key is not None:
+        notifier.release_key(UNIQUE_PREFIX + key, call_id, 0)
+
+
+def _existing(app: Ivy, notifier: Notifier, call_id: str, name: str, queue: str
+              ) -> Call[Any]:
+    known = _known(app)
+    call = known.get(call_id)
+    if call is not None:
+        return call
+    call = Call(call_id, name, queue)
+    call._canceller = app.cancel
+    app._current_results().add(call)
+    known[call_id] = call
+    _follower(app, notifier).follow(call)
+    return call
+
+
+def release(notifier: Notifier | None, message: Message, *, at_once: bool = False) -> None:
+    """After a call's final outcome was recorded (the worker): let its unique key go at its
+    ``unique_until``, or ``at_once`` (a cancelled call). A failure is logged; the key's TTL
+    ends it anyway."""
+    key = message.extra.get("unique_key")
+    if notifier is None or not isinstance(key, str):
+        return
+    until = message.extra.get("unique_until")
+    remaining = (until - now_ms()) / 1000 if isinstance(until, int) and not at_once else 0.0
+    try:
+        notifier.release_key(UNIQUE_PREFIX + key, message.id, remaining)
+    except Exception:
+        log.warning("releasing unique key %r of call %s failed; it expires by itself", key,
+                    message.id, exc_info=True)
+
+
+class _Follower:
+    """Looks up the stored final notifications of calls another producer sent, and hands
+    them to this app as if they had arrived on its channel. One daemon thread per app,
+    running while it follows calls."""
+
+    def __init__(self, app: Ivy, notifier: Notifier) -> None:
+        self._app = weakref.ref(app)
+        self._notifier = notifier
+        self._calls: dict[str, Call[Any]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def follow(self, call: Call[Any]) -> None:
+        with self._lock:
+            self._calls[call.id] = call
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ivy-unique-follower",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FOLLOW_INTERVAL)
+            app = self._app()
+            with self._lock:
+                for call_id in [i for i, c in self._calls.items() if c._settled.is_set()]:
+                    del self._calls[call_id]
+                ids = list(self._calls)
+                if not ids or app is None or app._closed:
+                    self._thread = None
+                    return
+            for call_id in ids:
+                try:
+                    body = self._notifier.stored(call_id)
+                except Exception:
+                    log.warning("reading the stored result of %s failed", call_id,
+                                exc_info=True)
+                    continue
+                if body is not None:
+                    app._dispatch(body)
+            del app
+
+
+_followers: weakref.WeakKeyDictionary[Ivy, _Follower] = weakref.WeakKeyDictionary()
+_followers_lock = threading.Lock()
+
+
+def _follower(app: Ivy, notifier: Notifier) -> _Follower:
+    with _followers_lock:
+        follower = _followers.get(app)
+        if follower is None:
+            follower = _followers[app] = _Follower(app, notifier)
+        return follower

@@ -1,0 +1,192 @@
+"""Periodic tasks: schedules, and schedulers that send each slot exactly once however many
+run (threads on memory, SQLite and RabbitMQ + Redis; processes on SQLite)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import TESTS_DIR, wait_for
+
+import ivy
+from ivy.timing.schedule import Schedule
+from ivy.timing.scheduler import Scheduler
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def periodic(app: ivy.Ivy, **schedule: object) -> tuple[str, list[int]]:
+    queue = f"qs{uuid.uuid4().hex[:8]}"
+    runs: list[int] = []
+    lock = threading.Lock()
+
+    def job(tag: int) -> None:
+        with lock:
+            runs.append(tag)
+
+    app.periodic_task(job, name=f"s.job{uuid.uuid4().hex[:6]}", queue=queue, args=(1,),
+                      **schedule)
+    return queue, runs
+
+
+def tick_together(schedulers: list[Scheduler]) -> None:
+    """Every scheduler looks at once, each from its own thread."""
+    start = threading.Barrier(len(schedulers))
+
+    def look(s: Scheduler) -> None:
+        start.wait()
+        s.tick()
+
+    threads = [threading.Thread(target=look, args=(s,)) for s in schedulers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+
+def test_three_schedulers_send_each_slot_once(app: ivy.Ivy) -> None:
+    # Given three schedulers of one app sharing the notifier, every=1 s, and a worker
+    queue, runs = periodic(app, every=1)
+    clock = Clock(1_000_000.5)
+    schedulers = [Scheduler(app, clock=clock) for _ in range(3)]
+    tick_together(schedulers)  # start: slots before it are skipped
+    assert [s.sent for s in schedulers] == [[], [], []]
+    app.listen(queue=queue, block=False)
+    # When they look together after each of 20 slots (and twice at some)
+    for i in range(1, 21):
+        clock.now = 1_000_000.5 + i
+        tick_together(schedulers)
+        if i % 5 == 0:
+            tick_together(schedulers)
+    # Then each slot was sent exactly once, by one of them
+    sent = sorted(slot for s in schedulers for _, slot in s.sent)
+    assert sent == [1_000_000.0 + i for i in range(1, 21)]
+    wait_for(lambda: len(runs) == 20, timeout=30, message="20 runs")
+    wait_for(lambda: app.queue_backend.size(queue) == 0, message="every message acknowledged")
+    assert len(runs) == 20
+
+
+def test_missed_slots_are_skipped_unless_caught_up(app: ivy.Ivy) -> None:
+    _, _ = periodic(app, every=1, catch_up=5)
+    plain_name = f"s.plain{uuid.uuid4().hex[:6]}"
+    app.periodic_task(lambda: None, name=plain_name, queue="qs-plain", every=1)
+    clock = Clock(2_000_000.5)
+    first = Scheduler(app, clock=clock)
+    first.tick()
+    # the caught-up schedule sent the 5 slots before the start; the plain one none
+    assert sorted(slot for name, slot in first.sent if name != plain_name) == [
+        1_999_996.0, 1_999_997.0, 1_999_998.0, 1_999_999.0, 2_000_000.0]
+    assert [slot for name, slot in first.sent if name == plain_name] == []
+    # a second scheduler starting a little later finds those slots claimed
+    clock.now += 0.2
+    second = Scheduler(app, clock=clock)
+    second.tick()
+    assert second.sent == []
+    # and one that looks late (a pause) sends only the recent slots
+    clock.now += 60
+    first.tick()
+    assert len([1 for name, _ in first.sent if name == plain_name]) == 10
+
+
+def test_cron_in_a_time_zone_across_daylight_saving() -> None:
+    pytest.importorskip("cronsim")
+    # Given 06:00 on weekdays in Prague, which moves to summer time on Sunday 2026-03-29
+    s = Schedule("r", "t", cron="0 6 * * 1-5", tz="Europe/Prague")
+    start = datetime(2026, 3, 26, 12, tzinfo=UTC).timestamp()
+    slots = s.slots(start, start + 5 * 86400)
+    # Then Fri 05:00 UTC, then Mon and Tue 04:00 UTC
+    assert [datetime.fromtimestamp(t, UTC).strftime("%a %H:%M") for t in slots] == [
+        "Fri 05:00", "Mon 04:00", "Tue 04:00"]
+    assert s.next_slot(start) == slots[0]
+    assert Schedule("e", "t", every=30).slots(100, 200) == [120, 150, 180]
+
+
+def test_a_cron_schedule_is_sent_at_its_slot(app: ivy.Ivy) -> None:
+    pytest.importorskip("cronsim")
+    queue, runs = periodic(app, cron="*/5 * * * *")
+    clock = Clock(datetime(2026, 1, 1, 0, 4, 59, tzinfo=UTC).timestamp())
+    scheduler = Scheduler(app, clock=clock)
+    assert scheduler.tick() == pytest.approx(1.0)  # wakes at the slot
+    clock.now += 1.5
+    scheduler.tick()
+    assert [slot for _, slot in scheduler.sent] == [
+        datetime(2026, 1, 1, 0, 5, tzinfo=UTC).timestamp()]
+    app.listen(queue=queue, block=False)
+    wait_for(lambda: runs == [1], message="the cron call to run")
+
+
+@pytest.mark.parametrize(("schedule", "error"), [
+    ({}, "exactly one of every"),
+    ({"every": 1, "cron": "* * * * *"}, "exactly one of every"),
+    ({"every": 0}, "every=0"),
+    ({"every": 5, "tz": "Europe/Prague"}, "cron schedules only"),
+    ({"cron": "61 * * * *"}, "is not a cron expression"),
+    ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "is not a time zone"),
+    ({"every": 1, "catch_up": -1}, "catch_up=-1"),
+])
+def test_bad_schedules_are_refused(schedule: dict[str, object], error: str) -> None:
+    pytest.importorskip("cronsim")
+    app = ivy.Ivy("memory://bad-schedules", "memory://bad-schedules")
+    with pytest.raises(ivy.ConfigurationError, match=error):
+        app.periodic_task(lambda: None, name="s.bad", **schedule)
+    task = app.register_task(lambda a: a, name="s.one")
+    with pytest.raises(ivy.ConfigurationError, match="do not fit"):
+        app.schedule(task, every=1, args=(1, 2))
+    app.schedule(task, every=1, args=(1,), name="same")
+    with pytest.raises(ivy.ConfigurationError, match="is taken"):
+        app.schedule(task, every=2, args=(1,), name="same")
+    app.close()
+
+
+SLOT = re.compile(r"for slot (\S+) of 'timing.tick'")
+
+
+@pytest.mark.slow
+def test_scheduler_processes_send_each_slot_once(sqlite_url: str, tmp_path: Path) -> None:
+    """Three `ivy scheduler` processes and a worker with --scheduler (two processes): every
+    second's slot is sent by exactly one of them and runs once."""
+    from timing_workers import start
+    from workers import stop_worker
+
+    tick_log = tmp_path / "ticks.log"
+    env = {"IVY_TEST_TICK_LOG": str(tick_log)}
+    schedulers = [start("scheduler", sqlite_url, sqlite_url, env=env, ready="running")
+                  for _ in range(3)]
+    worker = start("worker", sqlite_url, sqlite_url, "--scheduler", "--processes", "2",
+                   env=env, ready="running 1 schedule")
+    try:
+        wait_for(lambda: tick_log.exists() and len(tick_log.read_text().splitlines()) >= 5,
+                 timeout=60, message="5 ticks")
+    finally:
+        outputs = [stop_worker(s) for s in schedulers] + [stop_worker(worker)]
+    slots = [m.group(1) for out in outputs for m in SLOT.finditer(out)]
+    assert len(slots) == len(set(slots)), f"a slot was sent twice: {sorted(slots)}"
+    seconds = sorted(datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC).timestamp() for s in slots)
+    assert seconds == [seconds[0] + i for i in range(len(seconds))], "a slot was skipped"
+    senders = {i for i, out in enumerate(outputs) if SLOT.search(out)}
+    assert len(senders) >= 2, "one process sent everything: the test shows nothing"
+    runs = tick_log.read_text().splitlines()
+    assert len(runs) <= len(slots)
+
+
+def test_the_scheduler_command_needs_periodic_tasks(sqlite_url: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "ivy", "scheduler", "tasks_for_workers",
+                          "--notifier-url", sqlite_url], cwd=TESTS_DIR, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2
+    assert "declare no periodic task" in out.stderr

@@ -1,0 +1,164 @@
+"""Unique sends: ``send_task(..., unique_key=, unique_for=)`` and ``register_task(...,
+unique_for=)``, on memory, SQLite and RabbitMQ + Redis, and with worker processes on SQLite."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+import ivy
+from ivy.timing.unique import UNIQUE_PREFIX, task_key
+
+
+def register(app: ivy.Ivy) -> tuple[str, list[tuple[int, int]]]:
+    queue = f"qu{uuid.uuid4().hex[:8]}"
+    ran: list[tuple[int, int]] = []
+
+    @app.register_task(name="u.add", queue=queue)
+    def add(a: int, b: int) -> int:
+        ran.append((a, b))
+        return a + b
+
+    @app.register_task(name="u.once", queue=queue, unique_for=60)
+    def once(a: int, b: int = 0) -> int:
+        ran.append((a, b))
+        return a - b
+
+    return queue, ran
+
+
+def held(app: ivy.Ivy, key: str) -> str | None:
+    notifier = app._results.notifier
+    assert notifier is not None
+    return notifier.get_keys([UNIQUE_PREFIX + key])[0]
+
+
+def test_a_second_send_returns_the_first_call(app: ivy.Ivy) -> None:
+    # Given a call sent with a unique key while no worker runs
+    queue, ran = register(app)
+    key = f"report:{uuid.uuid4().hex}"
+    first = app.send_task("u.add", [1, 2], unique_key=key, unique_for=60)
+    # When the same key is sent again (other arguments even)
+    second = app.send_task("u.add", [5, 5], unique_key=key, unique_for=60)
+    # Then nothing more is sent: the first call comes back
+    assert second is first
+    worker = app.listen(queue=queue, block=False)
+    assert first.result(20) == 3
+    wait_for(lambda: worker.processed >= 1, message="the message processed")
+    assert app.queue_backend.size(queue) == 0 and ran == [(1, 2)]
+    # And within unique_for, after the result, it is still the first call
+    assert app.send_task("u.add", [1, 2], unique_key=key, unique_for=60) is first
+    assert held(app, key) == first.id
+
+
+def test_the_key_is_held_while_pending_then_for_unique_for(app: ivy.Ivy) -> None:
+    queue, ran = register(app)
+    key = f"k:{uuid.uuid4().hex}"
+    # Given a key held only while the call is pending (unique_for=0)
+    first = app.send_task("u.add", [1, 1], unique_key=key)
+    assert app.send_task("u.add", [1, 1], unique_key=key) is first
+    app.listen(queue=queue, block=False)
+    assert first.result(20) == 2
+    # Then the worker lets it go once the outcome is recorded, and the next send is new
+    wait_for(lambda: held(app, key) is None, message="the key to be released")
+    second = app.send_task("u.add", [2, 2], unique_key=key, unique_for=0.3)
+    assert second.id != first.id and second.result(20) == 4
+    # And a key with unique_for outlives the call for that long, then goes
+    assert held(app, key) == second.id
+    wait_for(lambda: held(app, key) is None, timeout=10, message="unique_for to pass")
+    assert ran == [(1, 1), (2, 2)]
+
+
+def test_a_task_s_unique_for_keys_on_name_and_arguments(app: ivy.Ivy) -> None:
+    queue, ran = register(app)
+    n = uuid.uuid4().int % 10**9  # keys outlive a test on a shared Redis: fresh arguments
+    a = app.delayed_call("u.once", n, 1)
+    assert app.delayed_call("u.once", n, 1) is a
+    assert app.send_task("u.once", [n], {"b": 1}).id != a.id  # other arguments, as sent
+    c = app.delayed_call("u.once", 1, n)
+    assert c is not a
+    app.listen(queue=queue, block=False)
+    assert (a.result(20), c.result(20)) == (n - 1, 1 - n)
+    wait_for(lambda: len(ran) == 3, message="three runs, one per distinct call")
+    assert task_key("u.once", [3, 1], {}) != task_key("u.once", [1, 3], {})
+    assert task_key("n", [], {"x": 1, "y": 2}) == task_key("n", [], {"y": 2, "x": 1})
+
+
+def test_another_producer_gets_a_call_that_follows_the_first(
+        app: ivy.Ivy, urls: tuple[str, str]) -> None:
+    queue, ran = register(app)
+    key = f"k:{uuid.uuid4().hex}"
+    first = app.send_task("u.add", [20, 22], unique_key=key, unique_for=60)
+    with ivy.Ivy(*urls) as other:
+        other.register_task(name="u.add", queue=queue)(lambda a, b: a + b)
+        follower = other.send_task("u.add", [20, 22], unique_key=key, unique_for=60)
+        assert follower.id == first.id and follower is not first
+        app.listen(queue=queue, block=False)
+        assert follower.result(20) == 42 and first.result(20) == 42
+    assert ran == [(20, 22)]
+
+
+def test_bad_unique_options_are_refused(app: ivy.Ivy) -> None:
+    register(app)
+    with pytest.raises(ValueError, match="unique_key 5"):
+        app.send_task("u.add", [1, 2], unique_key=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unique_for -1"):
+        app.send_task("u.add", [1, 2], unique_key="k", unique_for=-1)
+    with pytest.raises(ivy.ConfigurationError, match="unique_for 'x'"):
+        app.register_task(name="u.bad", unique_for="x")(lambda: None)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_concurrent_producers_and_worker_processes_on_sqlite(sqlite_url: str,
+                                                              tmp_path: Path) -> None:
+    """Two producers send the same key from 4 threads each while two worker processes run:
+    one message is sent and the task runs once."""
+    from timing_workers import producer, start
+    from workers import stop_worker
+
+    log = tmp_path / "stamps.log"
+    apps = [producer(sqlite_url, sqlite_url) for _ in range(2)]
+    workers = [start("worker", sqlite_url, sqlite_url) for _ in range(2)]
+    ids: list[str] = []
+    lock = threading.Lock()
+    go = threading.Barrier(8)
+
+    def send(app: ivy.Ivy) -> None:
+        go.wait()
+        call = app.send_task("timing.stamp", [str(log), 7], unique_key="stamp", unique_for=30)
+        with lock:
+            ids.append(call.id)
+
+    try:
+        threads = [threading.Thread(target=send, args=(a,)) for a in apps for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(ids) == 8 and len(set(ids)) == 1
+        assert apps[1].send_task("timing.stamp", [str(log), 7], unique_key="stamp",
+                                 unique_for=30).result(30) == 7
+        assert len(log.read_text().splitlines()) == 1
+    finally:
+        for w in workers:
+            stop_worker(w)
+        for a in apps:
+            a.close()
+
+
+def test_a_cancelled_call_lets_its_key_go(app: ivy.Ivy) -> None:
+    queue, ran = register(app)
+    key = f"k:{uuid.uuid4().hex}"
+    first = app.send_task("u.add", [1, 2], unique_key=key, unique_for=60)
+    first.cancel()
+    second = app.send_task("u.add", [3, 4], unique_key=key, unique_for=60)
+    assert second is not first
+    app.listen(queue=queue, block=False)
+    assert second.result(20) == 7
+    with pytest.raises(ivy.CallCancelled):
+        first.result(1)
+    assert ran == [(3, 4)]
