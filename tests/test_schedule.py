@@ -76,7 +76,8 @@ def test_three_schedulers_send_each_slot_once(app: ivy.Ivy) -> None:
     sent = sorted(slot for s in schedulers for _, slot in s.sent)
     assert sent == [1_000_000.0 + i for i in range(1, 21)]
     wait_for(lambda: len(runs) == 20, timeout=30, message="20 runs")
-    assert app.queue_backend.size(queue) == 0
+    wait_for(lambda: app.queue_backend.size(queue) == 0, message="every message acknowledged")
+    assert len(runs) == 20
 
 
 def test_missed_slots_are_skipped_unless_caught_up(app: ivy.Ivy) -> None:
