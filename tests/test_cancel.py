@@ -224,3 +224,22 @@ def test_the_cancel_command(sqlite_url: str) -> None:
         assert seen["ran"] == []
     finally:
         app.close()
+
+
+def test_cancelling_a_workflow_stops_its_steps(app: ivy.Ivy, urls: tuple[str, str]) -> None:
+    # Given a chain whose first step runs on a worker
+    queue, seen = register(app)
+    app.listen(queue=queue, concurrency=2, block=False)
+    spin, add = app.registry.get("c.spin"), app.registry.get("c.add")
+    assert spin is not None and add is not None
+    call = app.delayed_call(ivy.chain(spin.s("step1"), add.s(1)))
+    wait_for(lambda: seen["started"] == ["step1"], message="the first step to start")
+    # When another producer cancels the workflow's call by id
+    with ivy.Ivy(*urls) as other:
+        other.cancel(call.id)
+    # Then the running step is stopped, the workflow is cancelled, the next step never runs
+    with pytest.raises(ivy.CallCancelled):
+        call.result(20)
+    wait_for(lambda: seen["ended"] == ["step1:TaskCancelled"], message="the step to stop")
+    wait_for(lambda: app.queue_backend.size(queue) == 0, message="the queue to empty")
+    assert seen["ran"] == []

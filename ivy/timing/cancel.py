@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ivy.message import Notification
+from ivy.message import Message, Notification
 from ivy.notifiers.base import Notifier
 
 if TYPE_CHECKING:
@@ -55,6 +55,15 @@ def store_cancel(notifier: Notifier, call_id: str, ttl: float) -> None:
     flag_ttl = max(ttl, FLAG_MIN_TTL)
     if notifier.claim_key(CANCELS_FLAG, "1", flag_ttl) is not None:
         notifier.release_key(CANCELS_FLAG, "1", flag_ttl)  # held: keep it longer
+
+
+def cancel_ids(message: Message) -> list[str]:
+    """The call ids whose cancel stops ``message``: its own, and for a workflow step the
+    workflow's (cancelling a chain, group or chord stops its steps)."""
+    flow = message.extra.get("workflow") if message.extra else None
+    if isinstance(flow, dict) and isinstance(flow.get("id"), str):
+        return [message.id, flow["id"]]
+    return [message.id]
 
 
 def check_call_id(call_id: object) -> str:

@@ -19,7 +19,13 @@ from ivy.notifiers.base import Notifier
 from ivy.outcomes import Recorder
 from ivy.queues.base import Delivery
 from ivy.task import Task
-from ivy.timing.cancel import CANCELS_FLAG, POLL_RUNNING, cancel_key, cancelled_notification
+from ivy.timing.cancel import (
+    CANCELS_FLAG,
+    POLL_RUNNING,
+    cancel_ids,
+    cancel_key,
+    cancelled_notification,
+)
 from ivy.timing.ratelimit import RateLimit
 
 log = logging.getLogger("ivy.worker")
@@ -58,7 +64,8 @@ class Gate:
         acknowledged and notified, a call over its task's rate limit deferred)."""
         if not self._keys or self.notifier is None:
             return True
-        if not message.legacy and self._any_cancels() and self._is_cancelled(message.id):
+        if not message.legacy and self._any_cancels() and self._is_cancelled(
+                cancel_ids(message)):
             log.info("task %s [%s] was cancelled before it ran; acknowledged", message.name,
                      message.id)
             self.recorder.record(message, cancelled_notification(
@@ -92,15 +99,16 @@ class Gate:
             self._cancels = True
         return self._cancels
 
-    def _is_cancelled(self, call_id: str) -> bool:
+    def _is_cancelled(self, call_ids: list[str]) -> bool:
         assert self.notifier is not None
         try:
-            return self.notifier.get_keys([cancel_key(call_id)])[0] is not None
+            return any(v is not None for v in self.notifier.get_keys(
+                [cancel_key(i) for i in call_ids]))
         except NotImplementedError as exc:
             self._unsupported(exc)
         except Exception:
             log.warning("worker %s: could not read the cancels of %s; running it",
-                        self.worker, call_id, exc_info=True)
+                        self.worker, call_ids[0], exc_info=True)
         return False
 
     def _rate_wait(self, task: Task[Any, Any], limit: RateLimit) -> float:
@@ -133,20 +141,19 @@ class Gate:
         """Stop the ``running`` calls that were cancelled."""
         if self.notifier is None:
             return
-        ids = [m.id for m in running if not m.legacy]
-        if not ids or not self._any_cancels():
+        asked = [(m.id, i) for m in running if not m.legacy for i in cancel_ids(m)]
+        if not asked or not self._any_cancels():
             return
         try:
-            found = self.notifier.get_keys([cancel_key(i) for i in ids])
+            found = self.notifier.get_keys([cancel_key(i) for _, i in asked])
         except NotImplementedError as exc:
             self._unsupported(exc)
             return
         except Exception:
             log.warning("worker %s: could not read cancels", self.worker, exc_info=True)
             return
-        for call_id, value in zip(ids, found, strict=True):
-            if value is None:
-                continue
+        cancelled = {m for (m, _), value in zip(asked, found, strict=True) if value is not None}
+        for call_id in cancelled:
             with self._lock:  # before the cancel: the run may end at once
                 self._stopped.add(call_id)
             if self.executor.cancel(call_id):

@@ -95,6 +95,10 @@ class WorkflowRecorder(Recorder):
             super().record(message, note)
         elif note.status == "successful":
             self._step_succeeded(message, flow, note.result)
+        elif note.status == "cancelled":  # ivy.timing: the workflow (or this step) cancelled
+            self._final(message, flow, Notification(
+                str(flow["id"]), "cancelled", message.name, error=note.error,
+                attempt=message.attempt, worker=self.worker))
         else:
             self._fail(message, flow, note.error or {"type": "Error", "message": "",
                                                      "traceback": ""})
