@@ -79,6 +79,8 @@ GROUP = "ivy"
 MAX_PRIORITY = 255
 #: the longest one blocking read waits
 BLOCK_SECONDS = 0.5
+#: the longest one waits while a message this consumer delayed is about to fall due
+SHORT_BLOCK_SECONDS = 0.05
 #: how often a consumer looks for pending entries that have no lease
 ORPHAN_CHECK_SECONDS = 1.0
 #: consumers holding nothing and idle this long are removed from the group (SIGKILLed workers)
@@ -155,9 +157,11 @@ class StreamsDelivery(Delivery):
 
     def _retry(self, delay: float, body: bytes | None) -> None:
         self._settle("retry", _ms(delay), self.delivery_count, body)
+        self._consumer.delayed_soon(delay)
 
     def _defer(self, delay: float) -> None:
         self._settle("retry", _ms(delay), self.delivery_count - 1)
+        self._consumer.delayed_soon(delay)
 
     def _release(self) -> None:
         self._defer(0.0)
@@ -189,6 +193,9 @@ class StreamsConsumer(Consumer):
         self._next_orphan_check = 0.0
         self._failing = False
         self._levels: list[str] = ["0"]  # the priorities with a stream, highest first
+        #: until when blocking reads stay short: a message this consumer's deliveries put in
+        #: the delayed set falls due then, and a read already blocking would not see it move
+        self._short_reads_until = 0.0
         backend.ensure_group(queue)
 
     def buffered(self) -> list[Delivery]:
@@ -210,6 +217,8 @@ class StreamsConsumer(Consumer):
                     if remaining <= 0:
                         return None
                     wait = min(remaining, BLOCK_SECONDS)
+                    if time.monotonic() < self._short_reads_until:
+                        wait = min(wait, SHORT_BLOCK_SECONDS)
                     if wake >= 0:
                         wait = min(wait, max(wake / 1000, 0.001))
                     self._block(wait)
@@ -222,6 +231,14 @@ class StreamsConsumer(Consumer):
             return None
         finally:
             self._lock.release()
+
+    def delayed_soon(self, delay: float) -> None:
+        """A delivery of this consumer went back to the delayed set for ``delay`` seconds
+        (a retry, or a deferral such as a rate limit's): until it is due, block in short reads
+        so that the executors waiting on this consumer's lock take it on time."""
+        if delay > 0:
+            self._short_reads_until = max(self._short_reads_until,
+                                          time.monotonic() + delay + BLOCK_SECONDS)
 
     def _failed(self, exc: Exception) -> None:
         if not self._failing:
