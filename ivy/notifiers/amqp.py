@@ -1,0 +1,279 @@
+"""``amqp://`` / ``amqps://``: the RabbitMQ notifier (``pip install 'ivy-queue[amqp]'``), so that
+a deployment can run on RabbitMQ alone, without Redis.
+
+Reply queues. A producer's channel (``ivy:notify:<producer id>``, carried by each message in
+``reply_to``) is the name of its reply queue: a durable classic queue declared with
+``x-expires`` (``?reply_expires=`` seconds, default 600), so RabbitMQ deletes it once it has had
+no consumer (and no declaration) for that long: when its producer is gone. Workers publish a
+call's notifications to it through the default exchange, persistent and with publisher confirms
+(a final one is confirmed before the worker acknowledges the message). Both sides declare the
+queue, the producer when it subscribes and a worker before its first publish to it, so a result
+published before the producer subscribed, or while its connection was down, waits in the queue:
+it survives a producer's reconnect, and a RabbitMQ restart. A producer away longer than
+``reply_expires`` loses the queue and what was in it (its calls then end with
+``ResultExpired`` after ``pending_ttl``). Producers and workers should use the same
+``reply_expires``: a queue found with another ``x-expires`` is used as it is (logged once).
+
+The producer's subscription consumes its reply queue and acknowledges what ``get`` returned;
+what was delivered but not returned when a connection is lost is delivered again.
+
+``stored(call_id)`` and "the first result wins". AMQP has no keyed store: the reply queue *is*
+the store of its producer's results while it lives, and a (re)subscribing producer reads every
+result waiting there, so the ``pending()`` catch-up that the Redis notifier does is not needed.
+``stored(call_id)`` answers from this notifier object's own memory: the final notification it
+published for that call (the first one; up to :data:`MAX_REMEMBERED` calls, oldest forgotten
+first), else None. So another process, or a producer that did not send the call, cannot look
+a result up. Within one process a second final notification of a call is not published at all;
+across worker processes (a re-run after a crash) both reach the reply queue, and the producer
+settles the call with the first and drops the rest (:mod:`ivy.results`), so a callback never
+runs twice.
+
+One subscription per channel and broker: two producers with the same channel (one Ivy
+instance switching between two ``amqp://`` notifiers on the same vhost) would share the queue.
+
+Task events go to the fanout exchange ``ivy.events`` (durable, declared by both sides); each
+events subscription binds an exclusive, server-named queue to it, and returns once the binding
+is confirmed, so nothing published afterwards is missed while it stays open. Events are not
+persistent and not confirmed (a live stream, like Redis pub/sub).
+
+Worker heartbeats (``ivy inspect`` workers) need a keyed store with expiry, which AMQP does not
+have: :meth:`put_worker` and :meth:`workers` raise a clear ``NotImplementedError``, the worker
+logs it once and carries on. Use a Redis or SQLite notifier for ``ivy inspect``'s worker list.
+
+Connections: the notifier uses the AMQP backend's transport (:mod:`ivy.queues._amqp_link`): one
+publishing connection per notifier, opened on the first publish, and one connection per
+subscription, each on its own I/O thread, reconnecting with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Self
+
+import pika
+from pika.channel import Channel
+from pika.spec import BasicProperties
+
+from ivy.config import driver_url, mask_url
+from ivy.errors import ConfigurationError, PublishError
+from ivy.notifiers._amqp_publish import Declarations, Outgoing, Publisher
+from ivy.notifiers.base import Notifier, Subscription
+from ivy.queues._amqp_link import Link
+
+log = logging.getLogger("ivy.amqp")
+
+#: ivy's own query parameters, removed before the URL goes to pika
+OPTIONS = ("reply_expires", "publish_timeout")
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: seconds a reply queue outlives its last consumer (``x-expires``)
+DEFAULT_REPLY_EXPIRES = 600.0
+#: the fanout exchange of task events
+EVENTS_EXCHANGE = "ivy.events"
+#: final notifications remembered per notifier for ``stored`` and the first-wins check
+MAX_REMEMBERED = 100_000
+#: unacknowledged notifications the broker sends a subscription ahead
+PREFETCH = 1000
+
+
+class AMQPSubscription(Subscription):
+    """Consumes one reply queue (or, for events, an exclusive queue bound to ``ivy.events``)
+    on a connection of its own. ``get`` returns what arrived and acknowledges it."""
+
+    def __init__(self, notifier: AMQPNotifier, queue: str | None, label: str) -> None:
+        self._notifier = notifier
+        self._queue = queue  # None: a server-named queue bound to the events exchange
+        self._buffer: deque[tuple[int, int, bytes]] = deque()  # generation, tag, body
+        self._cond = threading.Condition()
+        self._closed = False
+        self.ready = threading.Event()  # consuming (set again on every reconnect)
+        self._declarations = Declarations(notifier.reply_arguments, float("inf"), label)
+        self._link = Link(notifier.params, label, on_channel=self._start, on_lost=self._lost)
+
+    def _start(self, channel: Channel) -> None:
+        if self._closed:
+            return
+        generation = self._link.generation
+        self._declarations.reset()
+
+        def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
+            with self._cond:
+                self._buffer.append((generation, method.delivery_tag, body))
+                self._cond.notify()
+
+        def consume(queue: str) -> None:
+            channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _: channel.basic_consume(
+                queue, on_message, auto_ack=self._queue is None,
+                callback=lambda _: self.ready.set()))
+
+        if self._queue is not None:
+            queue = self._queue
+            self._declarations.then(channel, ("queue", queue), lambda: consume(queue))
+            return
+
+        def bind(frame: Any) -> None:
+            name = frame.method.queue
+            channel.queue_bind(name, EVENTS_EXCHANGE, callback=lambda _: consume(name))
+
+        self._declarations.then(channel, ("exchange", EVENTS_EXCHANGE), lambda: (
+            channel.queue_declare("", exclusive=True, auto_delete=True, callback=bind)))
+
+    def _lost(self) -> None:
+        """What was delivered and not returned comes again from the broker: drop our copies."""
+        self.ready.clear()
+        self._declarations.failed(self._link.last_reason)
+        self._link.last_reason = None
+        with self._cond:
+            self._buffer.clear()
+
+    def get(self, timeout: float) -> list[bytes]:
+        with self._cond:
+            if not self._buffer and not self._closed:
+                self._cond.wait_for(lambda: bool(self._buffer) or self._closed, timeout)
+            if self._closed:
+                return []
+            items, self._buffer = list(self._buffer), deque()
+        if items and self._queue is not None:
+            generation, tag = items[-1][0], items[-1][1]
+            link = self._link
+
+            def ack(channel: Channel) -> None:
+                if link.generation == generation:
+                    channel.basic_ack(tag, multiple=True)
+
+            link.call(ack)
+        return [body for _, _, body in items]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._link.close()
+
+
+class AMQPNotifier(Notifier):
+    """A notifier on RabbitMQ. ``url`` is an AMQP URL, plus ivy's options ``reply_expires``
+    (seconds a reply queue outlives its producer, default 600) and ``publish_timeout``
+    (seconds a final notification may wait for the broker's confirm, default 15)."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, reply_expires: float = DEFAULT_REPLY_EXPIRES,
+                 publish_timeout: float = 15.0) -> None:
+        for name, value in (("reply_expires", reply_expires),
+                            ("publish_timeout", publish_timeout)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigurationError(
+                    f"{name} {value!r} for the AMQP notifier {mask_url(url)} must be a number "
+                    f"of seconds > 0 (e.g. ?{name}=600)")
+        if reply_expires < 1:
+            raise ConfigurationError(
+                f"reply_expires {reply_expires!r} for the AMQP notifier {mask_url(url)} is "
+                "below RabbitMQ's minimum x-expires of 1 s: use ?reply_expires=600 or more")
+        self.params = pika.URLParameters(
+            driver_url(url, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"}))
+        self.url = mask_url(url)
+        self.reply_expires = float(reply_expires)
+        self.publish_timeout = float(publish_timeout)
+        #: the arguments of every reply queue
+        self.reply_arguments: dict[str, Any] = {"x-expires": int(self.reply_expires * 1000)}
+        self._publisher = Publisher(
+            self.params, self.url, "notify",
+            Declarations(self.reply_arguments, self.reply_expires / 4, "notify"))
+        self._finals: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._subscriptions: list[AMQPSubscription] = []
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        url = str(config.get("url") or DEFAULT_URL)
+        return cls(url, reply_expires=_seconds(config, "reply_expires", DEFAULT_REPLY_EXPIRES),
+                   publish_timeout=_seconds(config, "publish_timeout", 15.0))
+
+    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
+        """Send ``body`` to the reply queue ``channel``. A final notification waits for the
+        broker's confirm (PublishError after ``publish_timeout``) and is remembered; a second
+        final one of the same call is not sent. A ``running`` status is not waited for."""
+        if final:
+            with self._lock:
+                if call_id in self._finals:
+                    return  # the first final notification wins
+        out = Outgoing("", channel, body, BasicProperties(
+            delivery_mode=2, content_type="application/json"), ("queue", channel),
+            deadline=time.monotonic() + self.publish_timeout)
+        future = self._publisher.send(out)
+        if not final:
+            return
+        try:
+            future.result(self.publish_timeout)
+        except FutureTimeout:
+            self._publisher.cancel(out)
+            raise PublishError(
+                f"no confirm from {self.url} for the result of call {call_id} to {channel!r} "
+                f"within {self.publish_timeout} s (last connection error: "
+                f"{self._publisher.last_error}); is RabbitMQ running and reachable? It may or "
+                "may not have been queued") from None
+        with self._lock:
+            self._finals[call_id] = body
+            if len(self._finals) > MAX_REMEMBERED:
+                self._finals.popitem(last=False)
+
+    def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
+        """Consume the reply queue ``channel`` (declared now if it is not there). Every result
+        still in it is delivered, so ``pending`` is not needed (see the module docstring)."""
+        return self._track(AMQPSubscription(self, channel, f"reply-{channel[-8:]}"))
+
+    def stored(self, call_id: str) -> bytes | None:
+        """The first final notification of ``call_id`` that this notifier published, if it
+        still remembers it; None otherwise (AMQP has no keyed store: see the module
+        docstring)."""
+        with self._lock:
+            return self._finals.get(call_id)
+
+    def publish_event(self, body: bytes) -> None:
+        self._publisher.send(Outgoing(
+            EVENTS_EXCHANGE, "", body, BasicProperties(content_type="application/json"),
+            ("exchange", EVENTS_EXCHANGE), deadline=time.monotonic() + self.publish_timeout))
+
+    def subscribe_events(self) -> Subscription:
+        """An exclusive queue bound to ``ivy.events``; returns once the broker confirmed the
+        binding and the consumer (ConnectionError after ``publish_timeout`` seconds)."""
+        sub = AMQPSubscription(self, None, f"events-{uuid.uuid4().hex[:6]}")
+        if not sub.ready.wait(self.publish_timeout):
+            sub.close()
+            raise ConnectionError(
+                f"could not subscribe to the task events of {self.url} within "
+                f"{self.publish_timeout} s (last connection error: "
+                f"{sub._link.last_error or 'none'}); is RabbitMQ running and reachable?")
+        return self._track(sub)
+
+    def _track(self, sub: AMQPSubscription) -> AMQPSubscription:
+        with self._lock:
+            self._subscriptions = [s for s in self._subscriptions if not s._closed]
+            self._subscriptions.append(sub)
+        return sub
+
+    def _unsupported(self, what: str) -> str:
+        return (f"notifier {type(self).__name__} ({self.url}) cannot {what}: AMQP has no keyed "
+                "store with expiry for worker heartbeats. Use a redis:// or sqlite:// notifier "
+                "for `ivy inspect`'s worker list (results and task events work over AMQP)")
+
+    def close(self) -> None:
+        with self._lock:
+            subscriptions, self._subscriptions = self._subscriptions, []
+        for sub in subscriptions:
+            sub.close()
+        self._publisher.close()
+
+
+def _seconds(config: dict[str, Any], name: str, default: float) -> float:
+    value = config.get(name, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"{name} {value!r} for the AMQP notifier must be a number of seconds "
+            f"(e.g. ?{name}={default:g})") from None
