@@ -160,15 +160,16 @@ class TestAMQPNotifier(NotifierContract):
             self, notifier: Notifier) -> None:
         # an event published with nobody listening is gone; one published after subscribing
         # arrives (the exchange is declared by whichever side comes first)
-        notifier.publish_event(b'{"nobody": 1}')
+        tag = uuid.uuid4().hex.encode()
+        notifier.publish_event(b'{"nobody": "%s"}' % tag)
         sub = notifier.subscribe_events()
         try:
-            notifier.publish_event(b'{"somebody": 1}')
+            notifier.publish_event(b'{"somebody": "%s"}' % tag)
             got: list[bytes] = []
             deadline = time.monotonic() + 5
             while not got and time.monotonic() < deadline:
-                got.extend(sub.get(0.5))
-            assert got == [b'{"somebody": 1}']
+                got.extend(b for b in sub.get(0.5) if tag in b)
+            assert got == [b'{"somebody": "%s"}' % tag]
         finally:
             sub.close()
 
@@ -294,14 +295,33 @@ def test_result_sent_while_the_producer_connection_is_down_arrives(
         producer.close()
 
 
+def test_a_worker_with_heartbeats_on_amqp_says_why_once_and_keeps_serving(
+        amqp_only: tuple[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="ivy")
+    app = ivy.Ivy(*amqp_only)
+    try:
+        app.register_task(lambda n: n + 1, name="t.inc", queue="q")
+        app.listen(queue="q", block=False, heartbeat=0.1)
+        wait_for(lambda: "no heartbeats" in caplog.text, message="the refusal in the log")
+        assert [app.delayed_call("t.inc", n).result(20) for n in range(3)] == [1, 2, 3]
+        assert caplog.text.count("no heartbeats") == 1
+        assert "AMQP has no keyed store" in caplog.text
+        with pytest.raises(NotImplementedError, match="redis:// or sqlite://"):
+            app.workers()
+    finally:
+        app.close()
+
+
 def test_duplicate_results_of_a_rerun_reach_the_callback_once(
         amqp_only: tuple[str, str]) -> None:
-    from ivy.notifiers.amqp import AMQPNotifier
+    from ivy.notifiers import amqp as amqp_notifier
 
     # Given a call waiting for its result, and two worker processes' notifiers (the first
-    # crashed after publishing; the message ran again on the second)
+    # crashed after publishing; the message ran again on the second): each with the memory
+    # of its own process
     producer = ivy.Ivy(*amqp_only)
-    first, second = (AMQPNotifier(amqp_only[1]) for _ in range(2))
+    first, second = (amqp_notifier.AMQPNotifier(amqp_only[1]) for _ in range(2))
+    second._finals = amqp_notifier._Finals()
     try:
         callbacks: list[Any] = []
         call = producer.send_task("t.never_served", [1], queue="unserved",

@@ -20,10 +20,11 @@ what was delivered but not returned when a connection is lost is delivered again
 ``stored(call_id)`` and "the first result wins". AMQP has no keyed store: the reply queue *is*
 the store of its producer's results while it lives, and a (re)subscribing producer reads every
 result waiting there, so the ``pending()`` catch-up that the Redis notifier does is not needed.
-``stored(call_id)`` answers from this notifier object's own memory: the final notification it
-published for that call (the first one; up to :data:`MAX_REMEMBERED` calls, oldest forgotten
-first), else None. So another process, or a producer that did not send the call, cannot look
-a result up. Within one process a second final notification of a call is not published at all;
+``stored(call_id)`` answers from this process's memory: the final notification that an AMQP
+notifier of this process published for that call to the same broker and vhost (the first one;
+up to :data:`MAX_REMEMBERED` calls, oldest forgotten first), else None. So another process
+cannot look a result up. Within one process a second final notification of a call is not
+published at all;
 across worker processes (a re-run after a crash) both reach the reply queue, and the producer
 settles the call with the first and drops the rest (:mod:`ivy.results`), so a callback never
 runs twice.
@@ -34,7 +35,9 @@ instance switching between two ``amqp://`` notifiers on the same vhost) would sh
 Task events go to the fanout exchange ``ivy.events`` (durable, declared by both sides); each
 events subscription binds an exclusive, server-named queue to it, and returns once the binding
 is confirmed, so nothing published afterwards is missed while it stays open. Events are not
-persistent and not confirmed (a live stream, like Redis pub/sub).
+persistent (a live stream, like Redis pub/sub); ``publish_event`` returns once the broker
+confirmed the event (routed to the subscriptions open then), waiting at most
+:data:`EVENT_TIMEOUT` seconds (then PublishError, which the events middleware logs).
 
 Worker heartbeats (``ivy inspect`` workers) need a keyed store with expiry, which AMQP does not
 have: :meth:`put_worker` and :meth:`workers` raise a clear ``NotImplementedError``, the worker
@@ -77,8 +80,32 @@ DEFAULT_REPLY_EXPIRES = 600.0
 EVENTS_EXCHANGE = "ivy.events"
 #: final notifications remembered per notifier for ``stored`` and the first-wins check
 MAX_REMEMBERED = 100_000
+#: the longest ``publish_event`` waits for the broker's confirm
+EVENT_TIMEOUT = 5.0
 #: unacknowledged notifications the broker sends a subscription ahead
 PREFETCH = 1000
+
+
+class _Finals:
+    """The final notifications the AMQP notifiers of this process published to one vhost:
+    call id -> the first one, oldest forgotten first."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bodies: OrderedDict[str, bytes] = OrderedDict()
+
+
+_finals: dict[tuple[str, int, str], _Finals] = {}
+_finals_lock = threading.Lock()
+
+
+def _finals_of(params: pika.URLParameters) -> _Finals:
+    key = (str(params.host), int(params.port), str(params.virtual_host))
+    with _finals_lock:
+        found = _finals.get(key)
+        if found is None:
+            found = _finals[key] = _Finals()
+        return found
 
 
 class AMQPSubscription(Subscription):
@@ -183,7 +210,7 @@ class AMQPNotifier(Notifier):
         self._publisher = Publisher(
             self.params, self.url, "notify",
             Declarations(self.reply_arguments, self.reply_expires / 4, "notify"))
-        self._finals: OrderedDict[str, bytes] = OrderedDict()
+        self._finals = _finals_of(self.params)
         self._lock = threading.Lock()
         self._subscriptions: list[AMQPSubscription] = []
 
@@ -197,29 +224,34 @@ class AMQPNotifier(Notifier):
         """Send ``body`` to the reply queue ``channel``. A final notification waits for the
         broker's confirm (PublishError after ``publish_timeout``) and is remembered; a second
         final one of the same call is not sent. A ``running`` status is not waited for."""
+        finals = self._finals
         if final:
-            with self._lock:
-                if call_id in self._finals:
+            with finals.lock:
+                if call_id in finals.bodies:
                     return  # the first final notification wins
         out = Outgoing("", channel, body, BasicProperties(
             delivery_mode=2, content_type="application/json"), ("queue", channel),
             deadline=time.monotonic() + self.publish_timeout)
-        future = self._publisher.send(out)
         if not final:
+            self._publisher.send(out)
             return
+        self._wait(out, self.publish_timeout, f"the result of call {call_id} to {channel!r}")
+        with finals.lock:
+            finals.bodies.setdefault(call_id, body)
+            if len(finals.bodies) > MAX_REMEMBERED:
+                finals.bodies.popitem(last=False)
+
+    def _wait(self, out: Outgoing, timeout: float, what: str) -> None:
+        """Send ``out`` and wait for the broker's confirm; PublishError after ``timeout``."""
+        future = self._publisher.send(out)
         try:
-            future.result(self.publish_timeout)
+            future.result(timeout)
         except FutureTimeout:
             self._publisher.cancel(out)
             raise PublishError(
-                f"no confirm from {self.url} for the result of call {call_id} to {channel!r} "
-                f"within {self.publish_timeout} s (last connection error: "
-                f"{self._publisher.last_error}); is RabbitMQ running and reachable? It may or "
-                "may not have been queued") from None
-        with self._lock:
-            self._finals[call_id] = body
-            if len(self._finals) > MAX_REMEMBERED:
-                self._finals.popitem(last=False)
+                f"no confirm from {self.url} for {what} within {timeout} s (last connection "
+                f"error: {self._publisher.last_error}); is RabbitMQ running and reachable? It "
+                "may or may not have been queued") from None
 
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         """Consume the reply queue ``channel`` (declared now if it is not there). Every result
@@ -227,16 +259,17 @@ class AMQPNotifier(Notifier):
         return self._track(AMQPSubscription(self, channel, f"reply-{channel[-8:]}"))
 
     def stored(self, call_id: str) -> bytes | None:
-        """The first final notification of ``call_id`` that this notifier published, if it
-        still remembers it; None otherwise (AMQP has no keyed store: see the module
-        docstring)."""
-        with self._lock:
-            return self._finals.get(call_id)
+        """The first final notification of ``call_id`` that an AMQP notifier of this process
+        published to this vhost, if it is still remembered; None otherwise (AMQP has no keyed
+        store: see the module docstring)."""
+        with self._finals.lock:
+            return self._finals.bodies.get(call_id)
 
     def publish_event(self, body: bytes) -> None:
-        self._publisher.send(Outgoing(
-            EVENTS_EXCHANGE, "", body, BasicProperties(content_type="application/json"),
-            ("exchange", EVENTS_EXCHANGE), deadline=time.monotonic() + self.publish_timeout))
+        timeout = min(self.publish_timeout, EVENT_TIMEOUT)
+        out = Outgoing(EVENTS_EXCHANGE, "", body, BasicProperties(content_type="application/json"),
+                       ("exchange", EVENTS_EXCHANGE), deadline=time.monotonic() + timeout)
+        self._wait(out, timeout, f"a task event to the exchange {EVENTS_EXCHANGE!r}")
 
     def subscribe_events(self) -> Subscription:
         """An exclusive queue bound to ``ivy.events``; returns once the broker confirmed the
