@@ -16,9 +16,12 @@ RABBITMQ_NODENAME, ports, config and data folder, 127.0.0.1 only) on free ports,
 machine's services are never touched. Needs root (RabbitMQ runs as the rabbitmq user).
 
     python benchmarks/chaos.py [--n 10000] [--kills 5] [--redis-restarts 1] [--rabbit-restarts 1]
-                               [--connection-closes 1]
+                               [--connection-closes 1] [--notifier redis|amqp]
 
-tests/test_chaos.py runs a short form.
+``--notifier amqp`` runs it on RabbitMQ alone: results go back through the AMQP notifier's
+reply queues, no Redis is started (``--redis-restarts`` must then be 0).
+
+tests/test_chaos.py runs a short form of each.
 """
 
 from __future__ import annotations
@@ -125,29 +128,36 @@ def close_connections(rabbit: PrivateRabbit, pids: list[str]) -> None:
 
 
 def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restarts: int = 1,
-        batch: int = 50, log: Any = print, connection_closes: int = 0) -> Summary:
+        batch: int = 50, log: Any = print, connection_closes: int = 0,
+        notifier: str = "redis") -> Summary:
+    if notifier not in ("redis", "amqp"):
+        raise ValueError(f"notifier {notifier!r}: use 'redis' or 'amqp'")
+    if notifier == "amqp" and redis_restarts:
+        raise ValueError("with notifier='amqp' there is no Redis to restart: redis_restarts=0")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ivy-chaos-") as tmp:
         base = Path(tmp)
         os.chmod(base, 0o755)  # the rabbitmq user reaches its folder through this one
         execs = base / "execs"
         execs.mkdir()
-        redis = PrivateRedis(base / "redis")
+        redis = PrivateRedis(base / "redis") if notifier == "redis" else None
         rabbit = PrivateRabbit(base / "rabbit")
-        redis.start()
+        if redis is not None:
+            redis.start()
         rabbit.start()
-        log(f"chaos: redis on {redis.port}, RabbitMQ node {rabbit.node} on {rabbit.port}")
+        notifier_url = redis.url if redis is not None else rabbit.url
+        log(f"chaos: RabbitMQ node {rabbit.node} on {rabbit.port}, notifier {notifier_url}")
         env = {**os.environ, "CHAOS_LOG_DIR": str(execs), "PYTHONPATH": str(HERE)}
 
         def start_worker() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 [sys.executable, "-m", "ivy", "worker", "chaos_tasks", "--queue", "chaos",
-                 "--queue-url", rabbit.url, "--notifier-url", redis.url, "--concurrency", "4",
+                 "--queue-url", rabbit.url, "--notifier-url", notifier_url, "--concurrency", "4",
                  "--log-level", "ERROR"], cwd=HERE, env=env, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
 
         workers = [start_worker(), start_worker()]
-        app = ivy.Ivy(rabbit.url, redis.url)
+        app = ivy.Ivy(rabbit.url, notifier_url)
         import chaos_tasks
 
         app.registry.add(chaos_tasks.work)
@@ -230,7 +240,7 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                         workers[k].kill()
                         workers[k].wait()
                         workers[k] = start_worker()
-                    elif fault == "redis":
+                    elif fault == "redis" and redis is not None:
                         redis.stop()
                         redis.start()
                     elif fault == "close":
@@ -270,7 +280,9 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                     w.kill()
             app.close()
             rabbit.stop()
-            redis.stop()
+            if redis is not None:
+                redis.stop()
+
         def outcome(c: ivy.Call[Any]) -> str:
             if not c.done():
                 return "lost"
@@ -295,18 +307,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--redis-restarts", type=int, default=1)
+    parser.add_argument("--redis-restarts", type=int, default=None,
+                        help="default 1, or 0 with --notifier amqp")
     parser.add_argument("--rabbit-restarts", type=int, default=1)
     parser.add_argument("--connection-closes", type=int, default=1,
                         help="closes of the producer's RabbitMQ connection during a burst")
+    parser.add_argument("--notifier", choices=("redis", "amqp"), default="redis",
+                        help="where results go back: Redis, or RabbitMQ's reply queues")
     parser.add_argument("--quiet", action="store_true", help="print the summary line only")
     args = parser.parse_args()
     why = PrivateRabbit.available()
     if why is not None:
         sys.exit(f"chaos: cannot run: {why}")
-    summary = run(args.n, args.kills, args.redis_restarts, args.rabbit_restarts,
+    redis_restarts = args.redis_restarts
+    if redis_restarts is None:
+        redis_restarts = 0 if args.notifier == "amqp" else 1
+    summary = run(args.n, args.kills, redis_restarts, args.rabbit_restarts,
                   log=(lambda *a: None) if args.quiet else print,
-                  connection_closes=args.connection_closes)
+                  connection_closes=args.connection_closes, notifier=args.notifier)
     print(summary.line())
     sys.exit(0 if summary.lost == 0 and summary.double_callbacks == 0 else 1)
 
