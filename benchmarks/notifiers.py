@@ -1,6 +1,6 @@
 """Results over Redis or over RabbitMQ: ivy on one RabbitMQ queue with the Redis notifier beside
-ivy with the AMQP notifier (reply queues), one worker process of 4 threads each (run by hand;
-results in docs/benchmarks.md).
+ivy with the AMQP notifier (reply queues; persistent, the default, and ``persistent=false``),
+one worker process of 4 threads each (run by hand; results in docs/benchmarks.md).
 
 The measurements are those of benchmarks/brokers.py (its ``System``, ``run`` and ``report``):
 N trivial tasks sent one at a time by 1 and by 4 producer threads, every result awaited
@@ -69,20 +69,23 @@ def main() -> None:
     try:
         systems.append(start_ivy("ivy, Redis notifier", REDIS, "bench_redis_results"))
         systems.append(start_ivy("ivy, AMQP notifier", IVY_AMQP, "bench_amqp_results"))
+        transient = f"{IVY_AMQP}{'&' if '?' in IVY_AMQP else '?'}persistent=false"
+        systems.append(start_ivy("ivy, AMQP transient", transient, "bench_amqp_transient"))
         run(systems, args.n, args.latency_n, args.rounds, args.block)
         results = [s.result() for s in systems]
     finally:
         for s in systems:
             s.close()
     report(results)
-    redis_r, amqp_r = results
-    parts = []
-    for threads in sorted(amqp_r.rates):
-        e2e, r_e2e = amqp_r.e2e(threads), redis_r.e2e(threads)
-        if e2e and r_e2e:
-            parts.append(f"{threads} thread(s): end-to-end x{e2e / r_e2e:.2f}")
-    print(f"AMQP / Redis notifier: {'; '.join(parts)}; p50 x{amqp_r.p50 / redis_r.p50:.2f}, "
-          f"p99 x{amqp_r.p99 / redis_r.p99:.2f}")
+    redis_r = results[0]
+    for amqp_r in results[1:]:
+        parts = []
+        for threads in sorted(amqp_r.rates):
+            e2e, r_e2e = amqp_r.e2e(threads), redis_r.e2e(threads)
+            if e2e and r_e2e:
+                parts.append(f"{threads} thread(s): end-to-end x{e2e / r_e2e:.2f}")
+        print(f"{amqp_r.name} / Redis notifier: {'; '.join(parts)}; "
+              f"p50 x{amqp_r.p50 / redis_r.p50:.2f}, p99 x{amqp_r.p99 / redis_r.p99:.2f}")
     print(f"load at the end {os.getloadavg()[0]:.2f}")
 
 

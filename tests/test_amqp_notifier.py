@@ -202,6 +202,9 @@ def test_configuration_accepts_amqp_notifier_urls_and_refuses_bad_options(
     same.close()
     with pytest.raises(ivy.ConfigurationError, match=r"reply_expires 'soon'.*\?reply_expires"):
         make_notifier("amqp://127.0.0.1/%2F?reply_expires=soon")
+    assert make_notifier(f"{amqp_url}?persistent=false").persistent is False  # type: ignore[attr-defined]
+    with pytest.raises(ivy.ConfigurationError, match=r"persistent 'maybe'.*true or false"):
+        make_notifier("amqp://127.0.0.1/%2F?persistent=maybe")
     with pytest.raises(ivy.ConfigurationError, match="minimum x-expires of 1 s"):
         make_notifier("amqp://127.0.0.1/%2F?reply_expires=0.5")
     with pytest.raises(ivy.ConfigurationError, match=r"publish_timeout -1\.0 .* > 0"):
