@@ -58,16 +58,6 @@ class TestAMQPNotifier(NotifierContract):
         yield n
         n.close()
 
-    # AMQP keeps no heartbeats: the two heartbeat tests of the contract become "refused clearly"
-    def test_worker_heartbeat_is_listed_refreshed_and_removed(self, notifier: Notifier) -> None:
-        for write in (lambda: notifier.put_worker("w", {"name": "w"}, 30),
-                      lambda: notifier.remove_worker("w"), notifier.workers):
-            with pytest.raises(NotImplementedError, match=r"AMQP has no keyed store.*redis://"):
-                write()
-
-    def test_worker_heartbeat_expires_after_its_ttl(self, notifier: Notifier) -> None:
-        self.test_worker_heartbeat_is_listed_refreshed_and_removed(notifier)
-
     def test_result_published_before_anyone_subscribed_waits_in_the_reply_queue(
             self, notifier: Notifier, amqp_url: str) -> None:
         # Given a result published to a channel nobody consumes (the worker declares the queue)
@@ -298,21 +288,33 @@ def test_result_sent_while_the_producer_connection_is_down_arrives(
         producer.close()
 
 
-def test_a_worker_with_heartbeats_on_amqp_says_why_once_and_keeps_serving(
-        amqp_only: tuple[str, str], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="ivy")
-    app = ivy.Ivy(*amqp_only)
+def test_worker_heartbeats_across_notifiers_and_past_a_full_stream_read(
+        amqp_only: tuple[str, str]) -> None:
+    from ivy.notifiers import _amqp_workers
+    from ivy.notifiers.amqp import AMQPNotifier
+
+    # Given heartbeats written through one notifier (a worker process) and read through
+    # another (ivy inspect elsewhere), among records of another client in the stream
+    writer, reader = AMQPNotifier(amqp_only[1]), AMQPNotifier(amqp_only[1])
+    tag = uuid.uuid4().hex[:8]
     try:
-        app.register_task(lambda n: n + 1, name="t.inc", queue="q")
-        app.listen(queue="q", block=False, heartbeat=0.1)
-        wait_for(lambda: "no heartbeats" in caplog.text, message="the refusal in the log")
-        assert [app.delayed_call("t.inc", n).result(20) for n in range(3)] == [1, 2, 3]
-        assert caplog.text.count("no heartbeats") == 1
-        assert "AMQP has no keyed store" in caplog.text
-        with pytest.raises(NotImplementedError, match="redis:// or sqlite://"):
-            app.workers()
+        writer.put_worker(f"{tag}-a", {"name": f"{tag}-a"}, 30)
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_only[0]))
+        try:
+            conn.channel().basic_publish("", _amqp_workers.STREAM, b"not json")
+        finally:
+            conn.close()
+        for k in range(50):
+            writer.put_worker(f"{tag}-b", {"name": f"{tag}-b", "beat": k}, 30)
+        # Then the reader sees each worker once, with its last heartbeat
+        mine = [w for w in reader.workers() if w["name"].startswith(tag)]
+        assert mine == [{"name": f"{tag}-a"}, {"name": f"{tag}-b", "beat": 49}]
+        writer.remove_worker(f"{tag}-a")
+        writer.remove_worker(f"{tag}-b")
+        assert [w for w in reader.workers() if w["name"].startswith(tag)] == []
     finally:
-        app.close()
+        writer.close()
+        reader.close()
 
 
 def test_duplicate_results_of_a_rerun_reach_the_callback_once(

@@ -207,8 +207,6 @@ def beats(report: dict[str, Any], pid: int) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-# `ivy inspect` lists workers from their heartbeats, which the AMQP notifier does not keep
-@pytest.mark.parametrize("process_urls", ["sqlite", "amqp+redis"], indirect=True)
 def test_events_and_inspect_follow_worker_processes(process_urls: tuple[str, str]) -> None:
     queue_url, notifier_url = process_urls
     # Given a worker with --events that beats every 0.3 s, and two `ivy events` watching

@@ -36,13 +36,7 @@ def collect(sub: Subscription, until: Any, timeout: float = 20) -> list[dict[str
 
 
 # -- heartbeats ------------------------------------------------------------------------------
-# Heartbeats need a keyed store with expiry: the AMQP notifier refuses them (tested in
-# test_amqp_notifier.py), so these run on the pairings that have one.
-with_heartbeats = pytest.mark.parametrize("urls", ["memory", "sqlite", "amqp+redis"],
-                                          indirect=True)
 
-
-@with_heartbeats
 def test_worker_heartbeat_shows_its_counts_and_goes_when_it_stops(app: ivy.Ivy) -> None:
     # Given a worker with concurrency 2 that beats every 0.2 s
     since = time.time() - 1
@@ -77,7 +71,6 @@ def test_worker_heartbeat_shows_its_counts_and_goes_when_it_stops(app: ivy.Ivy) 
              message="the stopped worker's heartbeat to go")
 
 
-@with_heartbeats
 def test_heartbeat_of_a_stopped_worker_goes_before_its_ttl(app: ivy.Ivy) -> None:
     # Given a worker whose heartbeat lives 15 s (interval 5 s)
     since = time.time() - 1
@@ -91,7 +84,6 @@ def test_heartbeat_of_a_stopped_worker_goes_before_its_ttl(app: ivy.Ivy) -> None
     assert time.monotonic() - started < 5
 
 
-@with_heartbeats
 def test_two_workers_of_one_process_have_a_heartbeat_each(app: ivy.Ivy) -> None:
     since = time.time() - 1
     app.register_task(lambda: None, name="live.nothing", queue="q")
@@ -104,7 +96,6 @@ def test_two_workers_of_one_process_have_a_heartbeat_each(app: ivy.Ivy) -> None:
              message="only the first worker's heartbeat to go")
 
 
-@with_heartbeats
 def test_no_heartbeat_when_disabled(app: ivy.Ivy) -> None:
     since = time.time() - 1
     app.register_task(lambda: None, name="live.nothing", queue="q")

@@ -44,7 +44,8 @@ _seq = itertools.count()
 @dataclass(eq=False)
 class Outgoing:
     """One publish: to ``exchange`` with ``routing_key``; ``declare`` names what must exist
-    first: ``("queue", name)`` or ``("exchange", name)``."""
+    first: ``("queue", name)`` (a reply queue), ``("stream", name)`` or ``("exchange", name)``
+    (a fanout exchange)."""
 
     exchange: str
     routing_key: str
@@ -70,8 +71,10 @@ class Declarations:
     """What was declared on the current channel, and the queues to declare passively. Used
     only by the thread that holds the connection (pika is not thread-safe)."""
 
-    def __init__(self, reply_arguments: dict[str, Any], refresh: float, label: str) -> None:
+    def __init__(self, reply_arguments: dict[str, Any], refresh: float, label: str,
+                 stream_arguments: dict[str, Any] | None = None) -> None:
         self.reply_arguments = reply_arguments
+        self.stream_arguments = stream_arguments or {}
         self.refresh = refresh
         self.label = label
         self.passive: set[str] = set()
@@ -106,6 +109,9 @@ class Declarations:
         kind, name = key
         if kind == "exchange":
             channel.exchange_declare(name, exchange_type="fanout", durable=True, callback=done)
+        elif kind == "stream":
+            channel.queue_declare(name, durable=True, arguments=self.stream_arguments,
+                                  callback=done)
         elif name in self.passive:
             channel.queue_declare(name, passive=True, callback=done)
         else:

@@ -42,9 +42,10 @@ persistent (a live stream, like Redis pub/sub); ``publish_event`` returns once t
 confirmed the event (routed to the subscriptions open then), waiting at most
 :data:`EVENT_TIMEOUT` seconds (then PublishError, which the events middleware logs).
 
-Worker heartbeats (``ivy inspect`` workers) need a keyed store with expiry, which AMQP does not
-have: :meth:`put_worker` and :meth:`workers` raise a clear ``NotImplementedError``, the worker
-logs it once and carries on. Use a Redis or SQLite notifier for ``ivy inspect``'s worker list.
+Worker heartbeats (``ivy inspect``'s workers) are records in the RabbitMQ stream
+``ivy.workers``, read back from the last five minutes up to a probe record of the reader's own:
+see :mod:`ivy.notifiers._amqp_workers` for the scheme and its limits (a heartbeat interval under
+300 s; hosts' clocks agreeing within a heartbeat's TTL).
 
 Connections: the notifier uses the AMQP backend's transport (:mod:`ivy.queues._amqp_link`): one
 publishing connection per notifier, opened on the first publish, and one connection per
@@ -58,7 +59,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Self
 
@@ -68,6 +69,7 @@ from pika.spec import BasicProperties
 
 from ivy.config import driver_url, mask_url
 from ivy.errors import ConfigurationError, PublishError
+from ivy.notifiers import _amqp_workers
 from ivy.notifiers._amqp_publish import Declarations, Outgoing, Publisher
 from ivy.notifiers.base import Notifier, Subscription
 from ivy.queues._amqp_link import Link
@@ -216,7 +218,8 @@ class AMQPNotifier(Notifier):
         self.reply_arguments: dict[str, Any] = {"x-expires": int(self.reply_expires * 1000)}
         self._publisher = Publisher(
             self.params, self.url, "notify",
-            Declarations(self.reply_arguments, self.reply_expires / 4, "notify"))
+            Declarations(self.reply_arguments, self.reply_expires / 4, "notify",
+                         stream_arguments=_amqp_workers.STREAM_ARGUMENTS))
         self._finals = _finals_of(self.params)
         self._lock = threading.Lock()
         self._subscriptions: list[AMQPSubscription] = []
@@ -298,10 +301,22 @@ class AMQPNotifier(Notifier):
             self._subscriptions.append(sub)
         return sub
 
-    def _unsupported(self, what: str) -> str:
-        return (f"notifier {type(self).__name__} ({self.url}) cannot {what}: AMQP has no keyed "
-                "store with expiry for worker heartbeats. Use a redis:// or sqlite:// notifier "
-                "for `ivy inspect`'s worker list (results and task events work over AMQP)")
+    def put_worker(self, name: str, info: Mapping[str, Any], ttl: float) -> None:
+        self._append_worker(_amqp_workers.heartbeat(name, dict(info), ttl), name)
+
+    def remove_worker(self, name: str) -> None:
+        self._append_worker(_amqp_workers.removal(name), name)
+
+    def _append_worker(self, body: bytes, name: str) -> None:
+        stream = _amqp_workers.STREAM
+        out = Outgoing("", stream, body, BasicProperties(delivery_mode=2), ("stream", stream),
+                       deadline=time.monotonic() + self.publish_timeout)
+        self._wait(out, self.publish_timeout, f"the heartbeat of worker {name!r}")
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The heartbeats of the workers alive, read from the stream ``ivy.workers`` on a
+        short-lived connection."""
+        return _amqp_workers.read_alive(self.params)
 
     def close(self) -> None:
         with self._lock:
