@@ -163,6 +163,27 @@ class TestAMQPNotifier(NotifierContract):
         finally:
             sub.close()
 
+    def test_an_events_exchange_of_another_type_is_used_as_it_is(
+            self, amqp_url: str, caplog: pytest.LogCaptureFixture) -> None:
+        from ivy.notifiers.amqp import EVENTS_EXCHANGE, AMQPNotifier
+
+        # Given ivy.events declared by someone else as a direct exchange
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        channel = conn.channel()
+        channel.exchange_delete(EVENTS_EXCHANGE)
+        channel.exchange_declare(EVENTS_EXCHANGE, "direct", durable=True)
+        notifier = AMQPNotifier(amqp_url)
+        try:
+            # When a worker publishes an event: the broker refuses the fanout declaration
+            notifier.publish_event(b'{"n": 1}')
+            # Then the event is published to the exchange as it is, and the clash logged
+            assert "exists with other arguments" in caplog.text
+            notifier.publish_event(b'{"n": 2}')
+        finally:
+            notifier.close()
+            channel.exchange_delete(EVENTS_EXCHANGE)
+            conn.close()
+
     def test_publish_fails_loudly_when_the_broker_is_unreachable(self) -> None:
         from ivy.notifiers.amqp import AMQPNotifier
 

@@ -11,7 +11,8 @@ older than a quarter of its ``x-expires`` (a declaration renews the queue's leas
 this connection published to is never found expired while its producer is still there.
 A reply queue that exists with other arguments (declared by a producer with another
 ``reply_expires``) makes the broker close the channel (406 PRECONDITION_FAILED); the publisher
-logs it once and from then on declares that queue passively (uses it as it is).
+logs it once and from then on declares that queue passively (uses it as it is). The same holds
+for the heartbeat stream and the events exchange.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ class Outgoing:
 
 
 def queue_named(reason: BaseException | None, code: int) -> str | None:
-    """The queue a channel-closing error with AMQP reply ``code`` is about, if it is one."""
+    """The queue or exchange a channel-closing error with AMQP reply ``code`` is about."""
     if getattr(reason, "reply_code", None) != code:
         return None
-    match = re.search(r"queue '(.*?)' in vhost", str(getattr(reason, "reply_text", "")))
+    match = re.search(r"(?:queue|exchange) '(.*?)' in vhost",
+                      str(getattr(reason, "reply_text", "")))
     return match.group(1) if match else None
 
 
@@ -108,12 +110,13 @@ class Declarations:
 
         kind, name = key
         if kind == "exchange":
-            channel.exchange_declare(name, exchange_type="fanout", durable=True, callback=done)
+            channel.exchange_declare(name, exchange_type="fanout", durable=True,
+                                     passive=name in self.passive, callback=done)
+        elif name in self.passive:
+            channel.queue_declare(name, passive=True, callback=done)
         elif kind == "stream":
             channel.queue_declare(name, durable=True, arguments=self.stream_arguments,
                                   callback=done)
-        elif name in self.passive:
-            channel.queue_declare(name, passive=True, callback=done)
         else:
             channel.queue_declare(name, durable=True, arguments=self.reply_arguments,
                                   callback=done)
@@ -123,9 +126,9 @@ class Declarations:
         one that vanished is declared again."""
         mismatch = queue_named(reason, 406)
         if mismatch is not None and mismatch not in self.passive:
-            log.warning("amqp %s: reply queue %r exists with other arguments than %s; using it "
+            log.warning("amqp %s: %r exists with other arguments than ivy declares; using it "
                         "as it is (%s). Give producers and workers the same reply_expires",
-                        self.label, mismatch, self.reply_arguments, reason)
+                        self.label, mismatch, reason)
             self.passive.add(mismatch)
         missing = queue_named(reason, 404)
         if missing is not None:
