@@ -5,17 +5,22 @@ Reply queues. A producer's channel (``ivy:notify:<producer id>``, carried by eac
 ``reply_to``) is the name of its reply queue: a durable classic queue declared with
 ``x-expires`` (``?reply_expires=`` seconds, default 600), so RabbitMQ deletes it once it has had
 no consumer (and no declaration) for that long: when its producer is gone. Workers publish a
-call's notifications to it through the default exchange, persistent and with publisher confirms
-(a final one is confirmed before the worker acknowledges the message). Both sides declare the
-queue, the producer when it subscribes and a worker before its first publish to it, so a result
-published before the producer subscribed, or while its connection was down, waits in the queue:
-it survives a producer's reconnect, and a RabbitMQ restart (unless ``?persistent=false``:
-then notifications are transient messages, which the broker confirms without writing them to
-disk, about twice the rate a worker can publish final notifications at, but a RabbitMQ restart
-loses the results waiting in reply queues). A producer away longer than
-``reply_expires`` loses the queue and what was in it (its calls then end with
-``ResultExpired`` after ``pending_ttl``). Producers and workers should use the same
-``reply_expires``: a queue found with another ``x-expires`` is used as it is (logged once).
+call's notifications to it through the default exchange, with publisher confirms (a final one
+is confirmed before the worker acknowledges the message). Both sides declare the queue, the
+producer when it subscribes and a worker before its first publish to it, so a result published
+before the producer subscribed, or while its connection was down, waits in the queue: it
+survives a producer's reconnect. A producer away longer than ``reply_expires`` loses the queue
+and what was in it (its calls then end with ``ResultExpired`` after ``pending_ttl``). Producers
+and workers should use the same ``reply_expires``: a queue found with another ``x-expires`` is
+used as it is (logged once).
+
+Persistence. Notifications are persistent messages by default, so the results waiting in reply
+queues survive a RabbitMQ restart (as stored results survive a Redis restart with AOF). The
+price: RabbitMQ confirms a persistent message once it is on disk (or consumed and acknowledged
+first), and a worker waits for that confirm on every task, which halves the end-to-end rate of
+trivial tasks against the Redis notifier (docs/benchmarks.md). ``?persistent=false`` sends
+transient messages, confirmed as soon as they are queued (about twice the rate), which a
+RabbitMQ restart loses.
 
 The producer's subscription consumes its reply queue and acknowledges what ``get`` returned;
 what was delivered but not returned when a connection is lost is delivered again.
@@ -27,10 +32,9 @@ result waiting there, so the ``pending()`` catch-up that the Redis notifier does
 notifier of this process published for that call to the same broker and vhost (the first one;
 up to :data:`MAX_REMEMBERED` calls, oldest forgotten first), else None. So another process
 cannot look a result up. Within one process a second final notification of a call is not
-published at all;
-across worker processes (a re-run after a crash) both reach the reply queue, and the producer
-settles the call with the first and drops the rest (:mod:`ivy.results`), so a callback never
-runs twice.
+published at all; across worker processes (a re-run after a crash) both reach the reply queue,
+and the producer settles the call with the first and drops the rest (:mod:`ivy.results`), so a
+callback never runs twice.
 
 One subscription per channel and broker: two producers with the same channel (one Ivy
 instance switching between two ``amqp://`` notifiers on the same vhost) would share the queue.
