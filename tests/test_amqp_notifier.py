@@ -99,6 +99,31 @@ class TestAMQPNotifier(NotifierContract):
         finally:
             second.close()
 
+    def test_a_subscription_whose_queue_is_deleted_declares_it_again(
+            self, notifier: Notifier, amqp_url: str) -> None:
+        # Given a producer consuming its reply queue
+        channel = f"ivy:notify:{uuid.uuid4().hex}"
+        sub = notifier.subscribe(channel, lambda: [])
+        try:
+            wait_for(lambda: sub.ready.is_set(), message="the subscription")  # type: ignore[attr-defined]
+            # When an operator deletes the queue (the broker cancels the consumer)
+            delete_queue(amqp_url, channel)
+            # Then the subscription comes back with the queue declared again
+            wait_for(lambda: sub.ready.is_set() and reply_queue_size(amqp_url, channel) == 0,  # type: ignore[attr-defined]
+                     timeout=10, interval=0.1, message="the queue declared again")
+            other = type(notifier)(amqp_url)  # a worker that never published to it
+            try:
+                other.publish(channel, uuid.uuid4().hex, b"after", final=True)  # type: ignore[call-arg]
+            finally:
+                other.close()
+            got: list[bytes] = []
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                got.extend(sub.get(0.5))
+            assert got == [b"after"]
+        finally:
+            sub.close()
+
     def test_reply_queue_expires_once_its_producer_is_gone(self, amqp_url: str) -> None:
         from ivy.notifiers.amqp import AMQPNotifier
 

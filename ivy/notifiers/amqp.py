@@ -23,7 +23,9 @@ transient messages, confirmed as soon as they are queued (about twice the rate),
 RabbitMQ restart loses.
 
 The producer's subscription consumes its reply queue and acknowledges what ``get`` returned;
-what was delivered but not returned when a connection is lost is delivered again.
+what was delivered but not returned when a connection is lost is delivered again. A consumer
+cancelled by the broker (its queue deleted, or the node holding it gone) reconnects and
+declares the queue again.
 
 ``stored(call_id)`` and "the first result wins". AMQP has no keyed store: the reply queue *is*
 the store of its producer's results while it lives, and a (re)subscribing producer reads every
@@ -147,6 +149,16 @@ class AMQPSubscription(Subscription):
                 queue, on_message, auto_ack=self._queue is None,
                 callback=lambda _: self.ready.set()))
 
+        def cancelled(frame: Any) -> None:
+            """The broker cancelled the consumer (its queue was deleted, or its node went
+            away): start over on a new connection, which declares the queue again."""
+            if self._closed:
+                return
+            log.warning("amqp %s: the broker cancelled the consumer of %s; reconnecting",
+                        self._link.label, self._queue or "the events queue")
+            channel.close()
+
+        channel.add_on_cancel_callback(cancelled)
         if self._queue is not None:
             queue = self._queue
             self._declarations.then(channel, ("queue", queue), lambda: consume(queue))
