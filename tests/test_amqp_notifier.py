@@ -124,6 +124,34 @@ class TestAMQPNotifier(NotifierContract):
         finally:
             sub.close()
 
+    def test_quorum_reply_queues(self, amqp_url: str) -> None:
+        from ivy.notifiers.amqp import AMQPNotifier
+
+        # Given producer and worker notifiers that declare quorum reply queues
+        notifier = AMQPNotifier(amqp_url, reply_expires=10, reply_queue_type="quorum")
+        channel = f"ivy:notify:{uuid.uuid4().hex}"
+        try:
+            # When a result is published before the producer subscribes
+            notifier.publish(channel, "c", b"quorum", final=True)
+            # Then the queue is a quorum queue, and the producer gets the result from it
+            conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+            try:
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-type"):
+                    conn.channel().queue_declare(channel, durable=True,
+                                                 arguments={"x-expires": 10_000})
+            finally:
+                conn.close()
+            sub = notifier.subscribe(channel, lambda: [])
+            got: list[bytes] = []
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                got.extend(sub.get(0.5))
+            sub.close()
+            assert got == [b"quorum"]
+        finally:
+            notifier.close()
+            delete_queue(amqp_url, channel)
+
     def test_reply_queue_expires_once_its_producer_is_gone(self, amqp_url: str) -> None:
         from ivy.notifiers.amqp import AMQPNotifier
 
@@ -239,8 +267,12 @@ def test_configuration_accepts_amqp_notifier_urls_and_refuses_bad_options(
     with pytest.raises(ivy.ConfigurationError, match=r"reply_expires 'soon'.*\?reply_expires"):
         make_notifier("amqp://127.0.0.1/%2F?reply_expires=soon")
     assert make_notifier(f"{amqp_url}?persistent=false").persistent is False  # type: ignore[attr-defined]
+    assert make_notifier(f"{amqp_url}?reply_queue_type=quorum").reply_arguments == {  # type: ignore[attr-defined]
+        "x-expires": 600_000, "x-queue-type": "quorum"}
     with pytest.raises(ivy.ConfigurationError, match=r"persistent 'maybe'.*true or false"):
         make_notifier("amqp://127.0.0.1/%2F?persistent=maybe")
+    with pytest.raises(ivy.ConfigurationError, match=r"reply_queue_type 'stream'.*quorum"):
+        make_notifier("amqp://127.0.0.1/%2F?reply_queue_type=stream")
     with pytest.raises(ivy.ConfigurationError, match="minimum x-expires of 1 s"):
         make_notifier("amqp://127.0.0.1/%2F?reply_expires=0.5")
     with pytest.raises(ivy.ConfigurationError, match=r"publish_timeout -1\.0 .* > 0"):

@@ -12,7 +12,10 @@ before the producer subscribed, or while its connection was down, waits in the q
 survives a producer's reconnect. A producer away longer than ``reply_expires`` loses the queue
 and what was in it (its calls then end with ``ResultExpired`` after ``pending_ttl``). Producers
 and workers should use the same ``reply_expires``: a queue found with another ``x-expires`` is
-used as it is (logged once).
+used as it is (logged once). In a RabbitMQ cluster a classic reply queue lives on one node: while
+that node is down its producer gets no results (they wait in the workers' retries, then in the
+task queue). ``?reply_queue_type=quorum`` declares reply queues as quorum queues, replicated
+across the cluster's nodes, at the cost of a Raft write per notification.
 
 Persistence. Notifications are persistent messages by default, so the results waiting in reply
 queues survive a RabbitMQ restart (as stored results survive a Redis restart with AOF). The
@@ -83,7 +86,8 @@ from ivy.queues._amqp_link import Link
 log = logging.getLogger("ivy.amqp")
 
 #: ivy's own query parameters, removed before the URL goes to pika
-OPTIONS = ("reply_expires", "publish_timeout", "persistent")
+OPTIONS = ("reply_expires", "publish_timeout", "persistent", "reply_queue_type")
+REPLY_QUEUE_TYPES = ("classic", "quorum")
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: seconds a reply queue outlives its last consumer (``x-expires``)
 DEFAULT_REPLY_EXPIRES = 600.0
@@ -207,12 +211,19 @@ class AMQPSubscription(Subscription):
 class AMQPNotifier(Notifier):
     """A notifier on RabbitMQ. ``url`` is an AMQP URL, plus ivy's options ``reply_expires``
     (seconds a reply queue outlives its producer, default 600), ``publish_timeout`` (seconds a
-    final notification may wait for the broker's confirm, default 15) and ``persistent``
+    final notification may wait for the broker's confirm, default 15), ``persistent``
     (default true; false sends notifications as transient messages: faster, but a RabbitMQ
-    restart loses the results waiting in reply queues)."""
+    restart loses the results waiting in reply queues) and ``reply_queue_type`` (``classic``,
+    the default, or ``quorum``: replicated, for clusters)."""
 
     def __init__(self, url: str = DEFAULT_URL, *, reply_expires: float = DEFAULT_REPLY_EXPIRES,
-                 publish_timeout: float = 15.0, persistent: bool = True) -> None:
+                 publish_timeout: float = 15.0, persistent: bool = True,
+                 reply_queue_type: str = "classic") -> None:
+        if reply_queue_type not in REPLY_QUEUE_TYPES:
+            raise ConfigurationError(
+                f"reply_queue_type {reply_queue_type!r} for the AMQP notifier {mask_url(url)} "
+                f"is not supported: use one of {', '.join(REPLY_QUEUE_TYPES)} "
+                "(e.g. ?reply_queue_type=quorum)")
         for name, value in (("reply_expires", reply_expires),
                             ("publish_timeout", publish_timeout)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
@@ -232,6 +243,8 @@ class AMQPNotifier(Notifier):
         self.publish_timeout = float(publish_timeout)
         #: the arguments of every reply queue
         self.reply_arguments: dict[str, Any] = {"x-expires": int(self.reply_expires * 1000)}
+        if reply_queue_type == "quorum":
+            self.reply_arguments["x-queue-type"] = "quorum"
         self._publisher = Publisher(
             self.params, self.url, "notify",
             Declarations(self.reply_arguments, self.reply_expires / 4, "notify",
@@ -245,7 +258,8 @@ class AMQPNotifier(Notifier):
         url = str(config.get("url") or DEFAULT_URL)
         return cls(url, reply_expires=_seconds(config, "reply_expires", DEFAULT_REPLY_EXPIRES),
                    publish_timeout=_seconds(config, "publish_timeout", 15.0),
-                   persistent=_flag(config, "persistent", True))
+                   persistent=_flag(config, "persistent", True),
+                   reply_queue_type=str(config.get("reply_queue_type") or "classic"))
 
     def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
         """Send ``body`` to the reply queue ``channel``. A final notification waits for the
