@@ -12,6 +12,10 @@ last heartbeat is within the look-back as long as the interval is shorter than
 Expiry compares the writer's clock with the reader's: hosts whose clocks disagree by more than
 a heartbeat's TTL see wrong answers (Redis, which uses its own clock, has no such limit).
 RabbitMQ drops the stream's old segments after :data:`MAX_AGE`.
+
+Cost, measured on the development machine (shared, loaded): a heartbeat is one confirmed
+publish (about 1 ms); a listing with 20 workers beating every 5 s (1,200 records in the
+look-back) takes 0.26-0.40 s, on a connection of its own.
 """
 
 from __future__ import annotations
