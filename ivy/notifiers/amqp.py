@@ -93,7 +93,7 @@ DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_REPLY_EXPIRES = 600.0
 #: the fanout exchange of task events
 EVENTS_EXCHANGE = "ivy.events"
-#: final notifications remembered per notifier for ``stored`` and the first-wins check
+#: final notifications remembered per process and vhost, for ``stored`` and the first-wins check
 MAX_REMEMBERED = 100_000
 #: the longest ``publish_event`` waits for the broker's confirm
 EVENT_TIMEOUT = 5.0
