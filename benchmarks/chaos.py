@@ -22,8 +22,12 @@ connection closes; root is not needed). Its workers reserve messages for
 
     python benchmarks/chaos.py [--n 10000] [--kills 5] [--redis-restarts 1] [--rabbit-restarts 1]
                                [--connection-closes 1] [--broker rabbitmq|redis]
+                               [--notifier redis|amqp]
 
-tests/test_chaos.py runs a short form.
+``--notifier amqp`` runs it on RabbitMQ alone: results go back through the AMQP notifier's
+reply queues, no Redis is started (``--redis-restarts`` must then be 0).
+
+tests/test_chaos.py runs a short form of each.
 """
 
 from __future__ import annotations
@@ -134,38 +138,47 @@ def close_connections(rabbit: PrivateRabbit, pids: list[str]) -> None:
 
 def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restarts: int = 1,
         batch: int = 50, log: Any = print, connection_closes: int = 0,
-        broker: str = "rabbitmq") -> Summary:
+        broker: str = "rabbitmq", notifier: str = "redis") -> Summary:
     if broker not in ("rabbitmq", "redis"):
         raise ValueError(f"broker={broker!r}: expected 'rabbitmq' or 'redis'")
-    if broker == "redis" and (rabbit_restarts or connection_closes):
-        raise ValueError("RabbitMQ restarts and connection closes need broker='rabbitmq'")
+    if notifier not in ("redis", "amqp"):
+        raise ValueError(f"notifier {notifier!r}: use 'redis' or 'amqp'")
+    if broker == "redis" and (rabbit_restarts or connection_closes or notifier == "amqp"):
+        raise ValueError("RabbitMQ restarts, connection closes and the AMQP notifier need "
+                         "broker='rabbitmq'")
+    if notifier == "amqp" and redis_restarts:
+        raise ValueError("with notifier='amqp' there is no Redis to restart: redis_restarts=0")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ivy-chaos-") as tmp:
         base = Path(tmp)
         os.chmod(base, 0o755)  # the rabbitmq user reaches its folder through this one
         execs = base / "execs"
         execs.mkdir()
-        redis = PrivateRedis(base / "redis")
+        redis = PrivateRedis(base / "redis") if notifier == "redis" else None
         rabbit = PrivateRabbit(base / "rabbit")
-        redis.start()
+        if redis is not None:
+            redis.start()
         if broker == "rabbitmq":
             rabbit.start()
             queue_url, extra = rabbit.url, []
-            log(f"chaos: redis on {redis.port}, RabbitMQ node {rabbit.node} on {rabbit.port}")
+            notifier_url = redis.url if redis is not None else rabbit.url
+            log(f"chaos: RabbitMQ node {rabbit.node} on {rabbit.port}, notifier {notifier_url}")
         else:
+            assert redis is not None
             queue_url, extra = redis.url, ["--reserve-time", str(REDIS_RESERVE_TIME)]
+            notifier_url = redis.url
             log(f"chaos: redis on {redis.port} is queue (Streams) and notifier")
         env = {**os.environ, "CHAOS_LOG_DIR": str(execs), "PYTHONPATH": str(HERE)}
 
         def start_worker() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 [sys.executable, "-m", "ivy", "worker", "chaos_tasks", "--queue", "chaos",
-                 "--queue-url", queue_url, "--notifier-url", redis.url, "--concurrency", "4",
+                 "--queue-url", queue_url, "--notifier-url", notifier_url, "--concurrency", "4",
                  "--log-level", "ERROR", *extra], cwd=HERE, env=env, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
 
         workers = [start_worker(), start_worker()]
-        app = ivy.Ivy(queue_url, redis.url)
+        app = ivy.Ivy(queue_url, notifier_url)
         import chaos_tasks
 
         app.registry.add(chaos_tasks.work)
@@ -249,7 +262,7 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                         workers[k].kill()
                         workers[k].wait()
                         workers[k] = start_worker()
-                    elif fault == "redis":
+                    elif fault == "redis" and redis is not None:
                         redis.stop()
                         redis.start()
                     elif fault == "close":
@@ -290,7 +303,9 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
             app.close()
             if broker == "rabbitmq":
                 rabbit.stop()
-            redis.stop()
+            if redis is not None:
+                redis.stop()
+
         def outcome(c: ivy.Call[Any]) -> str:
             if not c.done():
                 return "lost"
@@ -315,13 +330,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--redis-restarts", type=int, default=1)
+    parser.add_argument("--redis-restarts", type=int, default=None,
+                        help="default 1, or 0 with --notifier amqp")
     parser.add_argument("--rabbit-restarts", type=int, default=1)
     parser.add_argument("--connection-closes", type=int, default=1,
                         help="closes of the producer's RabbitMQ connection during a burst")
     parser.add_argument("--broker", choices=["rabbitmq", "redis"], default="rabbitmq",
                         help="the queue: a private RabbitMQ node (default) or Redis Streams "
                              "on the private redis-server")
+    parser.add_argument("--notifier", choices=("redis", "amqp"), default="redis",
+                        help="where results go back: Redis, or RabbitMQ's reply queues")
     parser.add_argument("--quiet", action="store_true", help="print the summary line only")
     args = parser.parse_args()
     if args.broker == "redis":
@@ -330,9 +348,13 @@ def main() -> None:
         why = PrivateRabbit.available()
         if why is not None:
             sys.exit(f"chaos: cannot run: {why}")
-    summary = run(args.n, args.kills, args.redis_restarts, args.rabbit_restarts,
+    redis_restarts = args.redis_restarts
+    if redis_restarts is None:
+        redis_restarts = 0 if args.notifier == "amqp" else 1
+    summary = run(args.n, args.kills, redis_restarts, args.rabbit_restarts,
                   log=(lambda *a: None) if args.quiet else print,
-                  connection_closes=args.connection_closes, broker=args.broker)
+                  connection_closes=args.connection_closes, broker=args.broker,
+                  notifier=args.notifier)
     print(summary.line())
     sys.exit(0 if summary.lost == 0 and summary.double_callbacks == 0 else 1)
 

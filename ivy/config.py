@@ -40,6 +40,8 @@ NOTIFIERS: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("ivy.notifiers.sqlite", "SQLiteNotifier", None),
     "redis": ("ivy.notifiers.redis", "RedisNotifier", "redis"),
     "rediss": ("ivy.notifiers.redis", "RedisNotifier", "redis"),
+    "amqp": ("ivy.notifiers.amqp", "AMQPNotifier", "amqp"),
+    "amqps": ("ivy.notifiers.amqp", "AMQPNotifier", "amqp"),
 }
 
 Spec = str | Mapping[str, Any] | QueueBackend | Notifier | None

@@ -111,10 +111,11 @@ def delete_test_queues() -> None:
     backend.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "amqp+redis", "redis-streams"])
+@pytest.fixture(params=["memory", "sqlite", "amqp+redis", "redis-streams", "amqp+amqp"])
 def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     """(queue URL, notifier URL) for each backend pairing: the embedded ones, RabbitMQ with
-    Redis, and Redis alone (Streams as the queue, pub/sub as the notifier)."""
+    Redis, Redis alone (Streams as the queue, pub/sub as the notifier), and RabbitMQ alone
+    (results over AMQP reply queues)."""
     if request.param == "memory":
         url = f"memory://test-{uuid.uuid4().hex[:8]}"
         return url, url
@@ -124,7 +125,16 @@ def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     if request.param == "redis-streams":
         url = request.getfixturevalue("redis_streams_url")
         return url, url
+    if request.param == "amqp+amqp":
+        amqp = request.getfixturevalue("amqp_url")
+        return amqp, amqp_notifier_url(amqp)
     return request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
+
+
+def amqp_notifier_url(amqp_url: str) -> str:
+    """The AMQP notifier on the test broker, its reply queues gone 30 s after their producer
+    (the tests' producers do not come back)."""
+    return f"{amqp_url}{'&' if '?' in amqp_url else '?'}reply_expires=30"
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The short form of the chaos soak (benchmarks/chaos.py): a few hundred calls while a worker
-is SIGKILLed, Redis restarts and RabbitMQ restarts, on private servers. Nothing may be lost and
-no callback may run twice."""
+is SIGKILLed, Redis restarts and RabbitMQ restarts, on private servers; and the same on RabbitMQ
+alone (results over the AMQP notifier), with the producer's connections closed by the broker
+during a burst. Nothing may be lost and no callback may run twice."""
 
 from __future__ import annotations
 
@@ -52,5 +53,22 @@ def test_short_chaos_soak_on_redis_streams_loses_nothing() -> None:
     print(summary.line())
     assert (summary.kills, summary.redis_restarts) == (1, 1)
     assert summary.sent == 300
+    assert summary.lost == 0, "\n".join(lines)
+    assert summary.double_callbacks == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_short_chaos_soak_on_rabbitmq_alone_loses_nothing() -> None:
+    why = PrivateRabbit.available()
+    require_service("a private RabbitMQ node", why is None, why or "")
+    import chaos
+
+    lines: list[str] = []
+    summary = chaos.run(n=300, kills=1, redis_restarts=0, rabbit_restarts=1, batch=25,
+                        log=lines.append, connection_closes=1, notifier="amqp")
+    print(summary.line())
+    assert (summary.kills, summary.rabbit_restarts, summary.connection_closes) == (1, 1, 1)
+    assert summary.sent >= 300
     assert summary.lost == 0, "\n".join(lines)
     assert summary.double_callbacks == 0

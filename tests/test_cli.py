@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import amqp_notifier_url, wait_for
 from workers import WorkerProcess, producer_app, start_worker, stop_worker
 
 import ivy
@@ -156,11 +156,14 @@ def test_dead_list_show_requeue_purge(dead_url: str, tmp_path: Path) -> None:
     assert json.loads(out.stdout) == []
 # -- live workers, events, several calls -----------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "amqp+redis"])
+@pytest.fixture(params=["sqlite", "amqp+redis", "amqp+amqp"])
 def process_urls(request: pytest.FixtureRequest, sqlite_url: str) -> tuple[str, str]:
     """(queue URL, notifier URL) that several processes share."""
     if request.param == "sqlite":
         return sqlite_url, sqlite_url
+    if request.param == "amqp+amqp":
+        amqp = request.getfixturevalue("amqp_url")
+        return amqp, amqp_notifier_url(amqp)
     return request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
 
 

@@ -1,5 +1,6 @@
 """Live workers, task events and waiting for many calls, on every backend pairing (memory,
-SQLite, RabbitMQ + Redis): heartbeats in the notifier, the events middleware, ``ivy.wait``."""
+SQLite, RabbitMQ + Redis, RabbitMQ alone): heartbeats in the notifier, the events middleware,
+``ivy.wait``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,247 @@
+"""The publishing side of the AMQP notifier: one connection (a :class:`ivy.queues._amqp_link.Link`,
+the AMQP queue backend's transport) with publisher confirms, that declares what it publishes to
+before the first publish on each channel.
+
+A publish is handed to the link and completes (its future) when the broker confirmed it. One
+handed to a channel that is lost before the confirm is sent again on the next connection: at
+least once (the producer drops duplicates, see :mod:`ivy.results`). The caller bounds the wait.
+
+Declarations are remembered per channel, and a reply queue's declaration is renewed when it is
+older than a quarter of its ``x-expires`` (a declaration renews the queue's lease), so a queue
+this connection published to is never found expired while its producer is still there.
+A reply queue that exists with other arguments (declared by a producer with another
+``reply_expires``) makes the broker close the channel (406 PRECONDITION_FAILED); the publisher
+logs it once and from then on declares that queue passively (uses it as it is). The same holds
+for the heartbeat stream and the events exchange.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from ivy.errors import PublishError
+from ivy.queues._amqp_link import Link
+from ivy.queues.base import complete
+
+log = logging.getLogger("ivy.amqp")
+
+#: declarations remembered per channel before the stale ones are dropped
+MAX_DECLARED = 10_000
+_seq = itertools.count()
+
+
+@dataclass(eq=False)
+class Outgoing:
+    """One publish: to ``exchange`` with ``routing_key``; ``declare`` names what must exist
+    first: ``("queue", name)`` (a reply queue), ``("stream", name)`` or ``("exchange", name)``
+    (a fanout exchange)."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: BasicProperties
+    declare: tuple[str, str]
+    deadline: float
+    future: Future[None] = field(default_factory=Future)
+    seq: int = field(default_factory=lambda: next(_seq))
+    handed: bool = False
+    cancelled: bool = False
+
+
+def queue_named(reason: BaseException | None, code: int) -> str | None:
+    """The queue or exchange a channel-closing error with AMQP reply ``code`` is about."""
+    if getattr(reason, "reply_code", None) != code:
+        return None
+    match = re.search(r"(?:queue|exchange) '(.*?)' in vhost",
+                      str(getattr(reason, "reply_text", "")))
+    return match.group(1) if match else None
+
+
+class Declarations:
+    """What was declared on the current channel, and the queues to declare passively. Used
+    only by the thread that holds the connection (pika is not thread-safe)."""
+
+    def __init__(self, reply_arguments: dict[str, Any], refresh: float, label: str,
+                 stream_arguments: dict[str, Any] | None = None) -> None:
+        self.reply_arguments = reply_arguments
+        self.stream_arguments = stream_arguments or {}
+        self.refresh = refresh
+        self.label = label
+        self.passive: set[str] = set()
+        self._declared: dict[tuple[str, str], float] = {}
+        self._waiting: dict[tuple[str, str], list[Callable[[], None]]] = {}
+
+    def reset(self) -> None:
+        self._declared.clear()
+        self._waiting.clear()
+
+    def then(self, channel: Channel, key: tuple[str, str], fn: Callable[[], None]) -> None:
+        """Run ``fn`` once ``key`` is declared (and recently enough) on ``channel``."""
+        now = time.monotonic()
+        at = self._declared.get(key)
+        if at is not None and now - at < self.refresh:
+            fn()
+            return
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(fn)
+            return
+        self._waiting[key] = [fn]
+
+        def done(_: Any) -> None:
+            if len(self._declared) >= MAX_DECLARED:
+                stale = time.monotonic() - self.refresh
+                self._declared = {k: t for k, t in self._declared.items() if t > stale}
+            self._declared[key] = time.monotonic()
+            for f in self._waiting.pop(key, []):
+                f()
+
+        kind, name = key
+        if kind == "exchange":
+            channel.exchange_declare(name, exchange_type="fanout", durable=True,
+                                     passive=name in self.passive, callback=done)
+        elif name in self.passive:
+            channel.queue_declare(name, passive=True, callback=done)
+        elif kind == "stream":
+            channel.queue_declare(name, durable=True, arguments=self.stream_arguments,
+                                  callback=done)
+        else:
+            channel.queue_declare(name, durable=True, arguments=self.reply_arguments,
+                                  callback=done)
+
+    def failed(self, reason: BaseException | None) -> None:
+        """A channel closed: a reply queue with other arguments is used as it is from now on;
+        one that vanished is declared again."""
+        mismatch = queue_named(reason, 406)
+        if mismatch is not None and mismatch not in self.passive:
+            log.warning("amqp %s: %r exists with other arguments than ivy declares; using it "
+                        "as it is (%s). Give producers and workers the same reply_expires",
+                        self.label, mismatch, reason)
+            self.passive.add(mismatch)
+        missing = queue_named(reason, 404)
+        if missing is not None:
+            self.passive.discard(missing)
+
+
+class Publisher:
+    """Confirmed publishes over one :class:`Link`, opened on first use."""
+
+    def __init__(self, params: pika.URLParameters, url: str, label: str,
+                 declarations: Declarations) -> None:
+        self.params = params
+        self.url = url
+        self.label = label
+        self.declarations = declarations
+        self._lock = threading.Lock()
+        self._link: Link | None = None
+        self._tag = 0
+        self._by_tag: dict[int, Outgoing] = {}
+        #: handed or queued, not confirmed yet, in the order they were sent
+        self._unconfirmed: dict[int, Outgoing] = {}
+
+    @property
+    def last_error(self) -> str:
+        link = self._link
+        return (link.last_error if link is not None else "") or "none"
+
+    def link(self) -> Link:
+        with self._lock:
+            if self._link is None:
+                self._link = Link(self.params, self.label, on_channel=self._ready,
+                                  on_confirm=self._confirmed, on_lost=self._lost)
+            return self._link
+
+    def send(self, out: Outgoing) -> Future[None]:
+        """Hand ``out`` to the connection; its future completes on the broker's confirm."""
+        link = self.link()
+        with self._lock:
+            self._unconfirmed[out.seq] = out
+        link.call(self._sender(out))
+        return out.future
+
+    def cancel(self, out: Outgoing) -> None:
+        """Give up on ``out`` (its caller stopped waiting): it is not sent again."""
+        out.cancelled = True
+        with self._lock:
+            self._unconfirmed.pop(out.seq, None)
+
+    def _ready(self, channel: Channel) -> None:
+        self._tag = 0
+        self.declarations.reset()
+
+    def _lost(self) -> None:
+        """What reached the lost channel unconfirmed is sent again on the next one."""
+        link = self._link
+        if link is None:
+            return
+        self.declarations.failed(link.last_reason)
+        link.last_reason = None
+        now = time.monotonic()
+        with self._lock:
+            self._by_tag = {}
+            for seq in [s for s, o in self._unconfirmed.items()
+                        if o.cancelled or o.future.done() or o.deadline < now]:
+                out = self._unconfirmed.pop(seq)
+                complete(out.future, PublishError(
+                    f"the connection to {self.url} was lost before the broker confirmed a "
+                    f"notification to {out.routing_key or out.exchange!r}"))
+            resend = [o for o in self._unconfirmed.values() if o.handed]
+        for out in resend:
+            out.handed = False
+            link._ops.append(self._sender(out))
+
+    def _sender(self, out: Outgoing) -> Callable[[Channel], None]:
+        def send(channel: Channel) -> None:
+            if out.cancelled or out.future.done():
+                return
+            out.handed = True
+
+            def now() -> None:
+                if out.cancelled or out.future.done() or not channel.is_open:
+                    return
+                self._tag += 1
+                with self._lock:
+                    self._by_tag[self._tag] = out
+                channel.basic_publish(out.exchange, out.routing_key, out.body, out.properties)
+
+            self.declarations.then(channel, out.declare, now)
+
+        return send
+
+    def _confirmed(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, Basic.Ack)
+        settled: list[Outgoing] = []
+        with self._lock:
+            if method.multiple:  # tags are inserted in increasing order: settle from the front
+                while self._by_tag:
+                    tag = next(iter(self._by_tag))
+                    if tag > method.delivery_tag:
+                        break
+                    settled.append(self._by_tag.pop(tag))
+            elif method.delivery_tag in self._by_tag:
+                settled.append(self._by_tag.pop(method.delivery_tag))
+            for out in settled:
+                self._unconfirmed.pop(out.seq, None)
+        for out in settled:
+            complete(out.future, None if ok else PublishError(
+                f"the broker {self.url} refused (nack) a notification to "
+                f"{out.routing_key or out.exchange!r}"))
+
+    def close(self) -> None:
+        with self._lock:
+            link, self._link = self._link, None
+        if link is not None:
+            link.close()

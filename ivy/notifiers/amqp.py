@@ -1,0 +1,379 @@
+"""``amqp://`` / ``amqps://``: the RabbitMQ notifier (``pip install 'ivy-queue[amqp]'``), so that
+a deployment can run on RabbitMQ alone, without Redis.
+
+Reply queues. A producer's channel (``ivy:notify:<producer id>``, carried by each message in
+``reply_to``) is the name of its reply queue: a durable classic queue declared with
+``x-expires`` (``?reply_expires=`` seconds, default 600), so RabbitMQ deletes it once it has had
+no consumer (and no declaration) for that long: when its producer is gone. Workers publish a
+call's notifications to it through the default exchange, with publisher confirms (a final one
+is confirmed before the worker acknowledges the message). Both sides declare the queue, the
+producer when it subscribes and a worker before its first publish to it, so a result published
+before the producer subscribed, or while its connection was down, waits in the queue: it
+survives a producer's reconnect. A producer away longer than ``reply_expires`` loses the queue
+and what was in it (its calls then end with ``ResultExpired`` after ``pending_ttl``). Producers
+and workers should use the same ``reply_expires``: a queue found with another ``x-expires`` is
+used as it is (logged once). In a RabbitMQ cluster a classic reply queue lives on one node: while
+that node is down its producer gets no results (they wait in the workers' retries, then in the
+task queue). ``?reply_queue_type=quorum`` declares reply queues as quorum queues, replicated
+across the cluster's nodes, at the cost of a Raft write per notification.
+
+Persistence. Notifications are persistent messages by default, so the results waiting in reply
+queues survive a RabbitMQ restart (as stored results survive a Redis restart with AOF). The
+price: RabbitMQ confirms a persistent message once it is on disk (or consumed and acknowledged
+first), and a worker waits for that confirm on every task, which halves the end-to-end rate of
+trivial tasks against the Redis notifier (docs/benchmarks.md). ``?persistent=false`` sends
+transient messages, confirmed as soon as they are queued (about twice the rate), which a
+RabbitMQ restart loses.
+
+The producer's subscription consumes its reply queue and acknowledges what ``get`` returned;
+what was delivered but not returned when a connection is lost is delivered again. A consumer
+cancelled by the broker (its queue deleted, or the node holding it gone) reconnects and
+declares the queue again.
+
+``stored(call_id)`` and "the first result wins". AMQP has no keyed store: the reply queue *is*
+the store of its producer's results while it lives, and a (re)subscribing producer reads every
+result waiting there, so the ``pending()`` catch-up that the Redis notifier does is not needed.
+``stored(call_id)`` answers from this process's memory: the final notification that an AMQP
+notifier of this process published for that call to the same broker and vhost (the first one;
+up to :data:`MAX_REMEMBERED` calls, oldest forgotten first), else None. So another process
+cannot look a result up. Within one process a second final notification of a call is not
+published at all; across worker processes (a re-run after a crash) both reach the reply queue,
+and the producer settles the call with the first and drops the rest (:mod:`ivy.results`), so a
+callback never runs twice.
+
+One subscription per channel and broker: two producers with the same channel (one Ivy
+instance switching between two ``amqp://`` notifiers on the same vhost) would share the queue.
+
+Task events go to the fanout exchange ``ivy.events`` (durable, declared by both sides); each
+events subscription binds an exclusive, server-named queue to it, and returns once the binding
+is confirmed, so nothing published afterwards is missed while it stays open. Events are not
+persistent (a live stream, like Redis pub/sub); ``publish_event`` returns once the broker
+confirmed the event (routed to the subscriptions open then), waiting at most
+:data:`EVENT_TIMEOUT` seconds (then PublishError, which the events middleware logs).
+
+Worker heartbeats (``ivy inspect``'s workers) are records in the RabbitMQ stream
+``ivy.workers``, read back from the last five minutes up to a probe record of the reader's own:
+see :mod:`ivy.notifiers._amqp_workers` for the scheme and its limits (a heartbeat interval under
+300 s; hosts' clocks agreeing within a heartbeat's TTL).
+
+Connections: the notifier uses the AMQP backend's transport (:mod:`ivy.queues._amqp_link`): one
+publishing connection per notifier, opened on the first publish, and one connection per
+subscription, each on its own I/O thread, reconnecting with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Self
+
+import pika
+from pika.channel import Channel
+from pika.spec import BasicProperties
+
+from ivy.config import driver_url, mask_url
+from ivy.errors import ConfigurationError, PublishError
+from ivy.notifiers import _amqp_workers
+from ivy.notifiers._amqp_publish import Declarations, Outgoing, Publisher
+from ivy.notifiers.base import Notifier, Subscription
+from ivy.queues._amqp_link import Link
+
+log = logging.getLogger("ivy.amqp")
+
+#: ivy's own query parameters, removed before the URL goes to pika
+OPTIONS = ("reply_expires", "publish_timeout", "persistent", "reply_queue_type")
+REPLY_QUEUE_TYPES = ("classic", "quorum")
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: seconds a reply queue outlives its last consumer (``x-expires``)
+DEFAULT_REPLY_EXPIRES = 600.0
+#: the fanout exchange of task events
+EVENTS_EXCHANGE = "ivy.events"
+#: final notifications remembered per process and vhost, for ``stored`` and the first-wins check
+MAX_REMEMBERED = 100_000
+#: the longest ``publish_event`` waits for the broker's confirm
+EVENT_TIMEOUT = 5.0
+#: unacknowledged notifications the broker sends a subscription ahead
+PREFETCH = 1000
+
+
+class _Finals:
+    """The final notifications the AMQP notifiers of this process published to one vhost:
+    call id -> the first one, oldest forgotten first."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bodies: OrderedDict[str, bytes] = OrderedDict()
+
+
+_finals: dict[tuple[str, int, str], _Finals] = {}
+_finals_lock = threading.Lock()
+
+
+def _finals_of(params: pika.URLParameters) -> _Finals:
+    key = (str(params.host), int(params.port), str(params.virtual_host))
+    with _finals_lock:
+        found = _finals.get(key)
+        if found is None:
+            found = _finals[key] = _Finals()
+        return found
+
+
+class AMQPSubscription(Subscription):
+    """Consumes one reply queue (or, for events, an exclusive queue bound to ``ivy.events``)
+    on a connection of its own. ``get`` returns what arrived and acknowledges it."""
+
+    def __init__(self, notifier: AMQPNotifier, queue: str | None, label: str) -> None:
+        self._notifier = notifier
+        self._queue = queue  # None: a server-named queue bound to the events exchange
+        self._buffer: deque[tuple[int, int, bytes]] = deque()  # generation, tag, body
+        self._cond = threading.Condition()
+        self._closed = False
+        self.ready = threading.Event()  # consuming (set again on every reconnect)
+        self._declarations = Declarations(notifier.reply_arguments, float("inf"), label)
+        self._link = Link(notifier.params, label, on_channel=self._start, on_lost=self._lost)
+
+    def _start(self, channel: Channel) -> None:
+        if self._closed:
+            return
+        generation = self._link.generation
+        self._declarations.reset()
+
+        def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
+            with self._cond:
+                self._buffer.append((generation, method.delivery_tag, body))
+                self._cond.notify()
+
+        def consume(queue: str) -> None:
+            channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _: channel.basic_consume(
+                queue, on_message, auto_ack=self._queue is None,
+                callback=lambda _: self.ready.set()))
+
+        def cancelled(frame: Any) -> None:
+            """The broker cancelled the consumer (its queue was deleted, or its node went
+            away): start over on a new connection, which declares the queue again."""
+            if self._closed:
+                return
+            log.warning("amqp %s: the broker cancelled the consumer of %s; reconnecting",
+                        self._link.label, self._queue or "the events queue")
+            channel.close()
+
+        channel.add_on_cancel_callback(cancelled)
+        if self._queue is not None:
+            queue = self._queue
+            self._declarations.then(channel, ("queue", queue), lambda: consume(queue))
+            return
+
+        def bind(frame: Any) -> None:
+            name = frame.method.queue
+            channel.queue_bind(name, EVENTS_EXCHANGE, callback=lambda _: consume(name))
+
+        self._declarations.then(channel, ("exchange", EVENTS_EXCHANGE), lambda: (
+            channel.queue_declare("", exclusive=True, auto_delete=True, callback=bind)))
+
+    def _lost(self) -> None:
+        """What was delivered and not returned comes again from the broker: drop our copies."""
+        self.ready.clear()
+        self._declarations.failed(self._link.last_reason)
+        self._link.last_reason = None
+        with self._cond:
+            self._buffer.clear()
+
+    def get(self, timeout: float) -> list[bytes]:
+        with self._cond:
+            if not self._buffer and not self._closed:
+                self._cond.wait_for(lambda: bool(self._buffer) or self._closed, timeout)
+            if self._closed:
+                return []
+            items, self._buffer = list(self._buffer), deque()
+        if items and self._queue is not None:
+            generation, tag = items[-1][0], items[-1][1]
+            link = self._link
+
+            def ack(channel: Channel) -> None:
+                if link.generation == generation:
+                    channel.basic_ack(tag, multiple=True)
+
+            link.call(ack)
+        return [body for _, _, body in items]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._link.close()
+
+
+class AMQPNotifier(Notifier):
+    """A notifier on RabbitMQ. ``url`` is an AMQP URL, plus ivy's options ``reply_expires``
+    (seconds a reply queue outlives its producer, default 600), ``publish_timeout`` (seconds a
+    final notification may wait for the broker's confirm, default 15), ``persistent``
+    (default true; false sends notifications as transient messages: faster, but a RabbitMQ
+    restart loses the results waiting in reply queues) and ``reply_queue_type`` (``classic``,
+    the default, or ``quorum``: replicated, for clusters)."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, reply_expires: float = DEFAULT_REPLY_EXPIRES,
+                 publish_timeout: float = 15.0, persistent: bool = True,
+                 reply_queue_type: str = "classic") -> None:
+        if reply_queue_type not in REPLY_QUEUE_TYPES:
+            raise ConfigurationError(
+                f"reply_queue_type {reply_queue_type!r} for the AMQP notifier {mask_url(url)} "
+                f"is not supported: use one of {', '.join(REPLY_QUEUE_TYPES)} "
+                "(e.g. ?reply_queue_type=quorum)")
+        for name, value in (("reply_expires", reply_expires),
+                            ("publish_timeout", publish_timeout)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigurationError(
+                    f"{name} {value!r} for the AMQP notifier {mask_url(url)} must be a number "
+                    f"of seconds > 0 (e.g. ?{name}=600)")
+        if reply_expires < 1:
+            raise ConfigurationError(
+                f"reply_expires {reply_expires!r} for the AMQP notifier {mask_url(url)} is "
+                "below RabbitMQ's minimum x-expires of 1 s: use ?reply_expires=600 or more")
+        self.params = pika.URLParameters(
+            driver_url(url, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"}))
+        self.url = mask_url(url)
+        self.reply_expires = float(reply_expires)
+        #: whether notifications are persistent messages (they survive a RabbitMQ restart)
+        self.persistent = bool(persistent)
+        self.publish_timeout = float(publish_timeout)
+        #: the arguments of every reply queue
+        self.reply_arguments: dict[str, Any] = {"x-expires": int(self.reply_expires * 1000)}
+        if reply_queue_type == "quorum":
+            self.reply_arguments["x-queue-type"] = "quorum"
+        self._publisher = Publisher(
+            self.params, self.url, "notify",
+            Declarations(self.reply_arguments, self.reply_expires / 4, "notify",
+                         stream_arguments=_amqp_workers.STREAM_ARGUMENTS))
+        self._finals = _finals_of(self.params)
+        self._lock = threading.Lock()
+        self._subscriptions: list[AMQPSubscription] = []
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        url = str(config.get("url") or DEFAULT_URL)
+        return cls(url, reply_expires=_seconds(config, "reply_expires", DEFAULT_REPLY_EXPIRES),
+                   publish_timeout=_seconds(config, "publish_timeout", 15.0),
+                   persistent=_flag(config, "persistent", True),
+                   reply_queue_type=str(config.get("reply_queue_type") or "classic"))
+
+    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
+        """Send ``body`` to the reply queue ``channel``. A final notification waits for the
+        broker's confirm (PublishError after ``publish_timeout``) and is remembered; a second
+        final one of the same call is not sent. A ``running`` status is not waited for."""
+        finals = self._finals
+        if final:
+            with finals.lock:
+                if call_id in finals.bodies:
+                    return  # the first final notification wins
+        out = Outgoing("", channel, body, BasicProperties(
+            delivery_mode=2 if self.persistent else 1, content_type="application/json"),
+            ("queue", channel),
+            deadline=time.monotonic() + self.publish_timeout)
+        if not final:
+            self._publisher.send(out)
+            return
+        self._wait(out, self.publish_timeout, f"the result of call {call_id} to {channel!r}")
+        with finals.lock:
+            finals.bodies.setdefault(call_id, body)
+            if len(finals.bodies) > MAX_REMEMBERED:
+                finals.bodies.popitem(last=False)
+
+    def _wait(self, out: Outgoing, timeout: float, what: str) -> None:
+        """Send ``out`` and wait for the broker's confirm; PublishError after ``timeout``."""
+        future = self._publisher.send(out)
+        try:
+            future.result(timeout)
+        except FutureTimeout:
+            self._publisher.cancel(out)
+            raise PublishError(
+                f"no confirm from {self.url} for {what} within {timeout} s (last connection "
+                f"error: {self._publisher.last_error}); is RabbitMQ running and reachable? It "
+                "may or may not have been queued") from None
+
+    def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
+        """Consume the reply queue ``channel`` (declared now if it is not there). Every result
+        still in it is delivered, so ``pending`` is not needed (see the module docstring)."""
+        return self._track(AMQPSubscription(self, channel, f"reply-{channel[-8:]}"))
+
+    def stored(self, call_id: str) -> bytes | None:
+        """The first final notification of ``call_id`` that an AMQP notifier of this process
+        published to this vhost, if it is still remembered; None otherwise (AMQP has no keyed
+        store: see the module docstring)."""
+        with self._finals.lock:
+            return self._finals.bodies.get(call_id)
+
+    def publish_event(self, body: bytes) -> None:
+        timeout = min(self.publish_timeout, EVENT_TIMEOUT)
+        out = Outgoing(EVENTS_EXCHANGE, "", body, BasicProperties(content_type="application/json"),
+                       ("exchange", EVENTS_EXCHANGE), deadline=time.monotonic() + timeout)
+        self._wait(out, timeout, f"a task event to the exchange {EVENTS_EXCHANGE!r}")
+
+    def subscribe_events(self) -> Subscription:
+        """An exclusive queue bound to ``ivy.events``; returns once the broker confirmed the
+        binding and the consumer (ConnectionError after ``publish_timeout`` seconds)."""
+        sub = AMQPSubscription(self, None, f"events-{uuid.uuid4().hex[:6]}")
+        if not sub.ready.wait(self.publish_timeout):
+            sub.close()
+            raise ConnectionError(
+                f"could not subscribe to the task events of {self.url} within "
+                f"{self.publish_timeout} s (last connection error: "
+                f"{sub._link.last_error or 'none'}); is RabbitMQ running and reachable?")
+        return self._track(sub)
+
+    def _track(self, sub: AMQPSubscription) -> AMQPSubscription:
+        with self._lock:
+            self._subscriptions = [s for s in self._subscriptions if not s._closed]
+            self._subscriptions.append(sub)
+        return sub
+
+    def put_worker(self, name: str, info: Mapping[str, Any], ttl: float) -> None:
+        self._append_worker(_amqp_workers.heartbeat(name, dict(info), ttl), name)
+
+    def remove_worker(self, name: str) -> None:
+        self._append_worker(_amqp_workers.removal(name), name)
+
+    def _append_worker(self, body: bytes, name: str) -> None:
+        stream = _amqp_workers.STREAM
+        out = Outgoing("", stream, body, BasicProperties(delivery_mode=2), ("stream", stream),
+                       deadline=time.monotonic() + self.publish_timeout)
+        self._wait(out, self.publish_timeout, f"the heartbeat of worker {name!r}")
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The heartbeats of the workers alive, read from the stream ``ivy.workers`` on a
+        short-lived connection."""
+        return _amqp_workers.read_alive(self.params)
+
+    def close(self) -> None:
+        with self._lock:
+            subscriptions, self._subscriptions = self._subscriptions, []
+        for sub in subscriptions:
+            sub.close()
+        self._publisher.close()
+
+
+def _flag(config: dict[str, Any], name: str, default: bool) -> bool:
+    value = config.get(name, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(
+        f"{name} {value!r} for the AMQP notifier must be true or false (e.g. ?{name}=false)")
+
+
+def _seconds(config: dict[str, Any], name: str, default: float) -> float:
+    value = config.get(name, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"{name} {value!r} for the AMQP notifier must be a number of seconds "
+            f"(e.g. ?{name}={default:g})") from None
