@@ -111,11 +111,15 @@ def delete_test_queues() -> None:
     backend.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "amqp+redis", "redis-streams", "amqp+amqp"])
-def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(queue URL, notifier URL) for each backend pairing: the embedded ones, RabbitMQ with
-    Redis, Redis alone (Streams as the queue, pub/sub as the notifier), and RabbitMQ alone
-    (results over AMQP reply queues)."""
+#: every backend pairing the API suites run on
+PAIRINGS = ["memory", "sqlite", "amqp+redis", "redis-streams", "amqp+amqp"]
+#: the pairings whose notifier keeps state (workflows, schedules, unique sends, cancels, rate
+#: limits): all but RabbitMQ alone, whose notifier refuses them (tests/test_amqp_notifier.py)
+STORE_PAIRINGS = [p for p in PAIRINGS if p != "amqp+amqp"]
+
+
+def pairing_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(queue URL, notifier URL) of the pairing ``request.param``."""
     if request.param == "memory":
         url = f"memory://test-{uuid.uuid4().hex[:8]}"
         return url, url
@@ -129,6 +133,21 @@ def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
         amqp = request.getfixturevalue("amqp_url")
         return amqp, amqp_notifier_url(amqp)
     return request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
+
+
+@pytest.fixture(params=PAIRINGS)
+def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(queue URL, notifier URL) for each backend pairing: the embedded ones, RabbitMQ with
+    Redis, Redis alone (Streams as the queue, pub/sub as the notifier), and RabbitMQ alone
+    (results over AMQP reply queues). A module whose features need the notifier's store
+    overrides it with ``store_urls``."""
+    return pairing_urls(request, tmp_path)
+
+
+@pytest.fixture(params=STORE_PAIRINGS)
+def store_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """``urls`` without RabbitMQ alone: for the features that keep state in the notifier."""
+    return pairing_urls(request, tmp_path)
 
 
 def amqp_notifier_url(amqp_url: str) -> str:

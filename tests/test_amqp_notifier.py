@@ -424,3 +424,24 @@ def test_duplicate_results_of_a_rerun_reach_the_callback_once(
         first.close()
         second.close()
         producer.close()
+
+
+def test_features_that_need_a_store_are_refused_clearly(amqp_only: tuple[str, str]) -> None:
+    # Given RabbitMQ alone: its notifier keeps results in reply queues, and no keyed store
+    with ivy.Ivy(*amqp_only) as app:
+        @app.register_task(name="nostore.add", queue="nostore")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        fix = r"use a memory://, sqlite:// or redis:// notifier"
+        # Then a workflow is refused before anything is sent (it could not be joined, and
+        # would wait until its timeout), and so are unique sends and cancels
+        with pytest.raises(ivy.ConfigurationError, match=f"cannot keep workflow state: {fix}"):
+            app.delayed_call(ivy.chain(add.s(1, 2), add.s(3)))
+        with pytest.raises(NotImplementedError, match=f"keeps no keys.*{fix}"):
+            app.send_task("nostore.add", [1, 2], unique_key="k", unique_for=60)
+        with pytest.raises(NotImplementedError, match=f"keeps no keys.*{fix}"):
+            app.cancel("some-call-id")
+        # while plain calls work
+        app.listen(queue="nostore", block=False)
+        assert app.delayed_call(add, 1, 2).result(30) == 3

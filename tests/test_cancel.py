@@ -15,6 +15,13 @@ from conftest import wait_for
 import ivy
 
 
+@pytest.fixture
+def urls(store_urls: tuple[str, str]) -> tuple[str, str]:
+    """These features keep state in the notifier: every pairing but RabbitMQ alone, whose
+    notifier refuses them (tests/test_amqp_notifier.py)."""
+    return store_urls
+
+
 def register(app: ivy.Ivy) -> tuple[str, dict[str, list[str]]]:
     """Tasks on a queue of their own; ``seen`` records what ran and how it ended."""
     queue = f"qc{uuid.uuid4().hex[:8]}"

@@ -14,6 +14,13 @@ import ivy
 from ivy.timing.ratelimit import parse_rate_limit
 
 
+@pytest.fixture
+def urls(store_urls: tuple[str, str]) -> tuple[str, str]:
+    """These features keep state in the notifier: every pairing but RabbitMQ alone, whose
+    notifier refuses them (tests/test_amqp_notifier.py)."""
+    return store_urls
+
+
 def observed_rate(stamps: list[float]) -> float:
     """Calls per second between the first start and the last."""
     stamps = sorted(stamps)

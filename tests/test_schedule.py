@@ -19,6 +19,13 @@ from ivy.timing.schedule import Schedule
 from ivy.timing.scheduler import Scheduler
 
 
+@pytest.fixture
+def urls(store_urls: tuple[str, str]) -> tuple[str, str]:
+    """These features keep state in the notifier: every pairing but RabbitMQ alone, whose
+    notifier refuses them (tests/test_amqp_notifier.py)."""
+    return store_urls
+
+
 class Clock:
     """A clock the test moves by hand."""
 

@@ -14,6 +14,13 @@ import ivy
 from ivy.timing.unique import UNIQUE_PREFIX, task_key
 
 
+@pytest.fixture
+def urls(store_urls: tuple[str, str]) -> tuple[str, str]:
+    """These features keep state in the notifier: every pairing but RabbitMQ alone, whose
+    notifier refuses them (tests/test_amqp_notifier.py)."""
+    return store_urls
+
+
 def register(app: ivy.Ivy) -> tuple[str, list[tuple[int, int]]]:
     queue = f"qu{uuid.uuid4().hex[:8]}"
     ran: list[tuple[int, int]] = []

@@ -21,6 +21,13 @@ from ivy.notifiers.base import Notifier
 from ivy.serialization import get_serializer
 from ivy.workflows.continuation import STEP_KEY
 
+
+@pytest.fixture
+def urls(store_urls: tuple[str, str]) -> tuple[str, str]:
+    """These features keep state in the notifier: every pairing but RabbitMQ alone, whose
+    notifier refuses them (tests/test_amqp_notifier.py)."""
+    return store_urls
+
 # -- the canvas -------------------------------------------------------------------------------
 
 

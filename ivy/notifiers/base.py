@@ -94,6 +94,14 @@ class Notifier(ABC):
         """The members stored under ``key``: index -> value (empty when none, or expired)."""
         raise NotImplementedError(self._unsupported_workflows())
 
+    @property
+    def keeps_workflows(self) -> bool:
+        """Whether this notifier implements the workflow store (checked before a workflow
+        is sent, so that one it cannot join is refused rather than left waiting)."""
+        cls = type(self)
+        return (cls.workflow_record is not Notifier.workflow_record
+                and cls.workflow_members is not Notifier.workflow_members)
+
     def _unsupported_workflows(self) -> str:
         return (f"notifier {type(self).__name__} ({self.url or 'no URL'}) cannot keep "
                 "workflow state: use a memory://, sqlite:// or redis:// notifier, or implement "

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ivy.call import Call, ResultCallback, result_callback_adapter
+from ivy.errors import ConfigurationError
 from ivy.message import encode_call, new_id, now_ms
 from ivy.workflows.canvas import Canvas, Signature
 from ivy.workflows.nodes import FINAL, start
@@ -44,6 +45,7 @@ def send_workflow(
     if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
         raise ValueError(f"delay {delay!r} must be a number of seconds >= 0")
     app._check_open()
+    _require_store(app)
     call_id = new_id()
     counter = itertools.count()
     prefix = list(args)
@@ -77,6 +79,14 @@ def send_workflow(
     if confirm:
         call.sent()
     return call
+
+
+def _require_store(app: Ivy) -> None:
+    """Refuse a workflow at once when the notifier keeps no workflow state (the AMQP
+    notifier): its steps could not be joined, and its call would wait until its timeout."""
+    notifier = app._current_results().notifier
+    if notifier is not None and not notifier.keeps_workflows:
+        raise ConfigurationError(notifier._unsupported_workflows())
 
 
 def _registered_queue(app: Ivy, name: str) -> str | None:
