@@ -30,6 +30,7 @@ from ivy.errors import (
     MessageTooLarge,
     PublishError,
     PublishTimeout,
+    QueueMismatch,
     RemoteTaskError,
     ResultTimeout,
     SerializationError,
@@ -69,8 +70,8 @@ close = default.close
 __all__ = [
     "PROTOCOL_VERSION", "Call", "ConfigurationError", "Ivy", "IvyError", "Message",
     "MessageError", "MessageTooLarge", "Middleware", "Notification", "PublishError",
-    "PublishTimeout", "RemoteTaskError", "ResultTimeout", "SerializationError", "Task",
-    "TaskNotRegistered", "TaskTimeout", "Worker", "close", "default", "delayed_call",
+    "PublishTimeout", "QueueMismatch", "RemoteTaskError", "ResultTimeout", "SerializationError",
+    "Task", "TaskNotRegistered", "TaskTimeout", "Worker", "close", "default", "delayed_call",
     "delayed_calls", "flush", "listen", "mask_url", "register_task", "send_task", "setup_queue",
     "start_notification_consumer", "start_notification_producer", "wait",
 ]

@@ -58,7 +58,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -68,14 +68,17 @@ import pika.exceptions
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from ivy.config import driver_url, mask_url
-from ivy.errors import ConfigurationError, PublishError
+from ivy.config import driver_url, join_hosts, mask_url, split_hosts
+from ivy.errors import ConfigurationError, PublishError, QueueMismatch
 from ivy.queues import _amqp_admin
 from ivy.queues._amqp_link import Link
 from ivy.queues._amqp_topology import (
+    BROKER_DELIVERY_HEADER,
     DEAD_AT_HEADER,
     DEAD_ID_HEADER,
+    DEFAULT_DELIVERY_LIMIT,
     DELIVERY_HEADER,
+    QUEUE_TYPES,
     REASON_HEADER,
     Declarer,
     dead_queue,
@@ -84,12 +87,14 @@ from ivy.queues._amqp_topology import (
 )
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite, complete
 
-__all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "delay_bucket"]
+__all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "QueueMismatch",
+           "delay_bucket"]
 
 log = logging.getLogger("ivy.amqp")
 
 #: ivy's own query parameters, removed before the URL goes to pika
-OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type")
+OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type",
+           "queue_type", "delivery_limit")
 EXCHANGE_TYPES = ("direct", "topic")
 
 
@@ -110,23 +115,48 @@ class _Pending:
 
 
 class AMQPQueueBackend(QueueBackend):
-    """A queue backend on RabbitMQ. ``url`` is an AMQP URL, plus ivy's options
-    ``max_priority`` (default: 10 for queues whose tasks use priorities, none for the others),
-    ``publish_timeout`` (seconds, default 15), ``exchange`` (default none: the default exchange)
-    and ``exchange_type`` (``direct``, the default, or ``topic``)."""
+    """A queue backend on RabbitMQ. ``url`` is an AMQP URL, naming one node or several
+    (``amqp://user:pw@host1:5672,host2:5672/vhost``; or ``nodes``, a list of ``host:port``
+    that replaces the URL's host), plus ivy's options ``max_priority`` (default: 10 for queues
+    whose tasks use priorities, none for the others), ``publish_timeout`` (seconds, default
+    15), ``exchange`` (default none: the default exchange), ``exchange_type`` (``direct``, the
+    default, or ``topic``), ``queue_type`` (``classic``, the default, or ``quorum``) and
+    ``delivery_limit`` (quorum queues' ``x-delivery-limit``, default 20; 0 for none)."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
                  max_priority: int | None = None, publish_timeout: float = 15.0,
                  content_type: str = "application/json", exchange: str | None = None,
-                 exchange_type: str = "direct") -> None:
+                 exchange_type: str = "direct", queue_type: str = "classic",
+                 delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT,
+                 nodes: Sequence[str] | None = None) -> None:
         if exchange_type not in EXCHANGE_TYPES:
             raise ConfigurationError(
                 f"exchange_type {exchange_type!r} for the AMQP queue backend {mask_url(url)} "
                 f"is not supported: use one of {', '.join(EXCHANGE_TYPES)} "
                 "(e.g. ?exchange=ivy&exchange_type=topic)")
-        self.params = pika.URLParameters(
-            driver_url(url, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"}))
+        if queue_type not in QUEUE_TYPES:
+            raise ConfigurationError(
+                f"queue_type {queue_type!r} for the AMQP queue backend {mask_url(url)} is not "
+                f"supported: use one of {', '.join(QUEUE_TYPES)} (e.g. ?queue_type=quorum)")
+        if queue_type == "quorum" and max_priority:
+            raise ConfigurationError(
+                f"max_priority={max_priority} with queue_type=quorum for {mask_url(url)}: "
+                "quorum queues have no priority levels; drop max_priority, or use "
+                "queue_type=classic for priority queues")
+        if delivery_limit is not None and delivery_limit < 0:
+            raise ConfigurationError(
+                f"delivery_limit={delivery_limit} for {mask_url(url)} must be >= 0 (0: none)")
+        if nodes is not None:
+            url = join_hosts(url, nodes)
+        #: one connection parameter set per node, in the order given: links try them in turn
+        self.nodes = [pika.URLParameters(driver_url(
+            u, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"})) for u in split_hosts(url)]
+        self.params = self.nodes[0]
         self.url = mask_url(url)
+        self.queue_type = queue_type
+        #: quorum queues deliver in order: a message's priority is kept, not used (PROTOCOL.md)
+        self.supports_priority = queue_type != "quorum"
+        self._priority_noted = False
         self.max_priority = max_priority
         self.publish_timeout = publish_timeout
         self.content_type = content_type
@@ -135,7 +165,8 @@ class AMQPQueueBackend(QueueBackend):
         self.exchange_type = exchange_type
         self._declarer = Declarer(max_priority, lambda q: self.priority_hint(q),
                                   exchange=self.exchange, exchange_type=exchange_type,
-                                  routes=lambda q: self.routes_hint(q))
+                                  routes=lambda q: self.routes_hint(q), queue_type=queue_type,
+                                  delivery_limit=delivery_limit or None)
         self._pending: dict[int, _Pending] = {}
         self._tag = 0
         self._lock = threading.Lock()
@@ -149,18 +180,35 @@ class AMQPQueueBackend(QueueBackend):
     def from_config(cls, config: dict[str, Any]) -> Self:
         url = str(config.get("url") or "amqp://guest:guest@127.0.0.1:5672/%2F")
         levels = config.get("max_priority")
-        return cls(url, max_priority=None if levels in (None, "") else int(levels),
-                   publish_timeout=float(config.get("publish_timeout", 15.0)),
-                   content_type=str(config.get("content_type", "application/json")),
-                   exchange=str(config.get("exchange") or "") or None,
-                   exchange_type=str(config.get("exchange_type") or "direct"))
+        limit = config.get("delivery_limit")
+        nodes = config.get("nodes")
+        if nodes is not None and (isinstance(nodes, str) or not isinstance(nodes, Sequence)):
+            raise ConfigurationError(
+                f"nodes {nodes!r} for {mask_url(url)}: give a list of 'host:port' strings, "
+                "such as ['rabbit1:5672', 'rabbit2:5672']")
+        try:
+            return cls(url, max_priority=None if levels in (None, "") else int(levels),
+                       publish_timeout=float(config.get("publish_timeout", 15.0)),
+                       content_type=str(config.get("content_type", "application/json")),
+                       exchange=str(config.get("exchange") or "") or None,
+                       exchange_type=str(config.get("exchange_type") or "direct"),
+                       queue_type=str(config.get("queue_type") or "classic"),
+                       delivery_limit=(DEFAULT_DELIVERY_LIMIT if limit in (None, "")
+                                       else int(limit)),
+                       nodes=None if nodes is None else [str(n) for n in nodes])
+        except ValueError as exc:
+            if isinstance(exc, ConfigurationError):
+                raise
+            raise ConfigurationError(
+                f"AMQP option for {mask_url(url)}: {exc} (max_priority, delivery_limit are "
+                "whole numbers, publish_timeout seconds)") from None
 
     # -- publishing ----------------------------------------------------------------------------
 
     def _link(self) -> Link:
         with self._lock:
             if self._publisher is None:
-                self._publisher = Link(self.params, "publish", on_channel=self._publisher_ready,
+                self._publisher = Link(self.nodes, "publish", on_channel=self._publisher_ready,
                                         on_confirm=self._confirmed, on_lost=self._publisher_lost)
             return self._publisher
 
@@ -188,6 +236,10 @@ class AMQPQueueBackend(QueueBackend):
     def _sender(self, p: _Pending) -> Callable[[Channel], None]:
         def send(channel: Channel) -> None:
             if p.cancelled or p.future.done():
+                return
+            mismatch = self.mismatch(p.queue)
+            if mismatch is not None:
+                complete(p.future, mismatch)
                 return
             p.handed = True
 
@@ -290,6 +342,26 @@ class AMQPQueueBackend(QueueBackend):
         if errors:
             raise PublishError(f"{len(errors)} of {len(futures)} message(s): {errors[0]}")
 
+    def mismatch(self, queue: str) -> QueueMismatch | None:
+        """The error for ``queue`` if it exists on the broker with other arguments than a
+        quorum queue of ivy's (found by a declaration that failed), else None."""
+        text = self._declarer.mismatched.get(queue)
+        if text is None:
+            return None
+        vhost = self.params.virtual_host
+        return QueueMismatch(
+            f"queue {queue!r} on {self.url} exists with other arguments than ivy declares it "
+            f"with for queue_type=quorum: the broker says {text!r} (406 PRECONDITION_FAILED). "
+            f"Delete it (rabbitmqctl delete_queue {queue} -p {vhost}; move its messages first "
+            "if they matter), or keep using it as it is with queue_type=classic")
+
+    def _note_priority(self, priority: int) -> None:
+        if priority and not self.supports_priority and not self._priority_noted:
+            self._priority_noted = True
+            log.info("amqp %s: quorum queues deliver in order; a call's priority (%d) is kept "
+                     "on the message but does not put it first (RabbitMQ 4's quorum queues: "
+                     "priorities above 4 go first)", self.url, priority)
+
     def _route(self, queue: str, delay: float, route: str | None) -> tuple[str, str]:
         """(exchange, routing key): with an exchange, the exchange with routing key ``route``
         or ``queue``; else (and for a delay, whose queue dead-letters straight into ``queue``)
@@ -307,17 +379,30 @@ class AMQPQueueBackend(QueueBackend):
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
                      delay: float = 0.0, route: str | None = None) -> None:
         exchange, key = self._route(queue, delay, route)
+        self._note_priority(priority)
         self.send(key, bodies, queue=queue, priority=priority, exchange=exchange)
 
     def send_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
                   delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
         """Asynchronous publishes: confirms are tracked, not waited for."""
         exchange, key = self._route(queue, delay, route)
+        self._note_priority(priority)
         return self.send_async(key, bodies, queue=queue, priority=priority, exchange=exchange)
 
     # -- consuming -------------------------------------------------------------------------
 
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
+        """Start consuming ``queue``. With quorum queues, the queue is declared first, here, so
+        that one existing with other arguments raises :class:`ivy.QueueMismatch` now."""
+        if self._declarer.quorum:
+            for name in (dead_queue(queue), queue):
+                args = self._declarer.arguments(name)
+                refused = None if args is None else _amqp_admin.declare(self.nodes, name, args)
+                if refused is not None and name == queue:
+                    self._declarer.mismatched[queue] = refused
+                    raise self.mismatch(queue) or QueueMismatch(refused)
+                if refused is not None:
+                    self._declarer.plain.add(name)  # used as it is, like the I/O path does
         consumer = AMQPConsumer(self, queue, prefetch)
         with self._lock:
             self._consumers.append(consumer)
@@ -326,11 +411,11 @@ class AMQPQueueBackend(QueueBackend):
     # -- management: short-lived blocking connections, in ivy.queues._amqp_admin --------------
 
     def size(self, queue: str) -> int:
-        return _amqp_admin.size(self.params, queue)
+        return _amqp_admin.size(self.nodes, queue)
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Peek at ``Q.dead``: read up to ``limit`` and put them all back."""
-        return _amqp_admin.dead_letters(self.params, queue, limit)
+        return _amqp_admin.dead_letters(self.nodes, queue, limit)
 
     def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
                      rewrite: Rewrite | None = None) -> int:
@@ -343,10 +428,10 @@ class AMQPQueueBackend(QueueBackend):
             [future] = self.send_async(queue, [body], queue=queue, priority=priority)
             return future
 
-        return _amqp_admin.requeue_dead(self.params, queue, ids, rewrite, send)
+        return _amqp_admin.requeue_dead(self.nodes, queue, ids, rewrite, send)
 
     def purge_dead(self, queue: str) -> int:
-        return _amqp_admin.purge_dead(self.params, queue)
+        return _amqp_admin.purge_dead(self.nodes, queue)
 
     def queues(self) -> list[str]:
         """The main queues this process declared (AMQP cannot list queues without the
@@ -356,7 +441,7 @@ class AMQPQueueBackend(QueueBackend):
 
     def delete_queues(self, names: list[str]) -> None:
         """Delete queues (with their messages); for tests and tools."""
-        _amqp_admin.delete_queues(self.params, names)
+        _amqp_admin.delete_queues(self.nodes, names)
 
     def close(self) -> None:
         with self._lock:
@@ -370,8 +455,9 @@ class AMQPQueueBackend(QueueBackend):
 
 class AMQPDelivery(Delivery):
     """A message received by an :class:`AMQPConsumer`. ``delivery_count`` is the count carried
-    in the ``x-ivy-delivery`` header by a message that ivy put back, plus one, plus one more if
-    the broker marks it redelivered (its consumer's connection was lost)."""
+    in the ``x-ivy-delivery`` header by a message that ivy put back, plus one, plus the
+    broker's redeliveries: a quorum queue's ``x-delivery-count`` (every return counted), else
+    one if the broker marks it redelivered (its consumer's connection was lost)."""
 
     def __init__(self, consumer: AMQPConsumer, generation: int, tag: int, body: bytes,
                  props: BasicProperties, redelivered: bool) -> None:
@@ -383,8 +469,12 @@ class AMQPDelivery(Delivery):
         self.body = body
         #: the message's AMQP priority (0 when it has none), kept when it is put back
         self.priority: int = props.priority or 0
-        earlier = (props.headers or {}).get(DELIVERY_HEADER, 0)
-        self.delivery_count = (earlier if isinstance(earlier, int) else 0) + 1 + int(redelivered)
+        headers = props.headers or {}
+        earlier = headers.get(DELIVERY_HEADER, 0)
+        returned = headers.get(BROKER_DELIVERY_HEADER) if consumer._declarer.quorum else None
+        if not isinstance(returned, int) or returned < 0:
+            returned = int(redelivered)
+        self.delivery_count = (earlier if isinstance(earlier, int) else 0) + 1 + returned
         self._done = False
 
     def _settle(self, op: Callable[[Channel], None]) -> None:
@@ -440,7 +530,7 @@ class AMQPConsumer(Consumer):
         self._outstanding = 0
         self._tag: str | None = None
         self._declarer = backend._declarer.copy()
-        self._link = Link(backend.params, f"consume-{queue}",
+        self._link = Link(backend.nodes, f"consume-{queue}",
                            on_channel=self._start, on_lost=self._lost)
 
     def _start(self, channel: Channel) -> None:
@@ -476,6 +566,9 @@ class AMQPConsumer(Consumer):
             self._buffer.clear()
 
     def get(self, timeout: float) -> Delivery | None:
+        mismatch = self.backend.mismatch(self.queue)
+        if mismatch is not None:  # the queue was replaced by one with other arguments
+            raise mismatch
         with self._cond:
             if not self._buffer and not self._closed:
                 self._cond.wait_for(lambda: bool(self._buffer) or self._closed, timeout)
