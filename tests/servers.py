@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -130,6 +129,19 @@ class PrivateRabbit:
                                f"({done.returncode}): {done.stdout}{done.stderr}")
         return done.stdout
 
+    def vm_pid(self) -> int:
+        """The process id of the node's Erlang VM."""
+        return int(self.ctl("eval", "list_to_integer(os:getpid()).").strip())
+
+    def kill(self, pid: int | None = None) -> None:
+        """SIGKILL the node's Erlang VM (``pid``, found first if not given): a crash, with no
+        goodbye to clients or peers."""
+        os.kill(self.vm_pid() if pid is None else pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(60)
+            self.process = None
+        wait_until(lambda: not answers(self.port), 30, f"RabbitMQ node {self.node} still answers")
+
     def stop(self) -> None:
         subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self.env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
@@ -158,31 +170,17 @@ class PrivateRabbitCluster:
         return f"amqp://guest:guest@{hosts}/{vhost}"
 
     def start(self) -> None:
-        """Start every node at once, then join the others to the first, in parallel."""
+        """Start every node at once, then join the others to the first."""
         for node in self.nodes:
             node.launch()
         for node in self.nodes:
             node.wait_started()
             node.ctl("await_startup")
         first = self.nodes[0]
-
-        errors: list[BaseException] = []
-
-        def join(node: PrivateRabbit) -> None:
-            try:
-                node.ctl("stop_app")
-                node.ctl("join_cluster", first.node)
-                node.ctl("start_app")
-            except Exception as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=join, args=(n,)) for n in self.nodes[1:]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        if errors:
-            raise errors[0]
+        for node in self.nodes[1:]:  # one at a time: joins at once can break mnesia's start
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.node)
+            node.ctl("start_app")
         for node in self.nodes[1:]:
             node.wait_started()
         running = first.ctl("eval", "length(rabbit_nodes:all_running()).").strip()
@@ -201,6 +199,15 @@ class PrivateRabbitCluster:
                 if name == queue:
                     return next(n for n in self.nodes if n.node == leader.strip())
         raise LookupError(f"no running node knows a leader of {queue!r}")
+
+    def restart_stopped(self) -> None:
+        """Start again the nodes that were stopped or killed; they rejoin the cluster."""
+        down = [n for n in self.nodes if n.process is None]
+        for node in down:
+            node.launch()
+        for node in down:
+            node.wait_started()
+            node.ctl("await_startup")
 
     def stop(self) -> None:
         for node in self.nodes:

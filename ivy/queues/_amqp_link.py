@@ -202,6 +202,22 @@ class Link:
         except Exception:
             log.exception("amqp %s: operation failed", self.label)
 
+    def recycle(self, generation: int, why: str) -> None:
+        """Drop the connection of ``generation`` (once; a newer one is left alone) and connect
+        again, to the next node: for a channel the broker keeps refusing (see the backend)."""
+        conn = self._conn
+
+        def drop() -> None:
+            if self.generation == generation and conn is not None and conn.is_open:
+                log.warning("amqp %s: reconnecting (%s)", self.label, why)
+                conn.close()
+
+        if conn is not None:
+            try:
+                conn.ioloop.add_callback_threadsafe(drop)
+            except Exception:  # the loop is shutting down: it reconnects anyway
+                log.debug("amqp %s: could not schedule a reconnect", self.label, exc_info=True)
+
     def close(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         conn = self._conn

@@ -112,6 +112,8 @@ class _Pending:
     cancelled: bool = False
     #: True once its op ran on a channel (it is published, or waits for a declaration there)
     handed: bool = False
+    #: how many times the broker refused it (quorum queues: sent again until the deadline)
+    nacks: int = 0
 
 
 class AMQPQueueBackend(QueueBackend):
@@ -175,6 +177,9 @@ class AMQPQueueBackend(QueueBackend):
         #: publishes not confirmed yet, oldest first, for the timeout watchdog
         self._unconfirmed: deque[_Pending] = deque()
         self._watchdog: threading.Thread | None = None
+        #: nacked publishes to send again (quorum queues), and the timer that will
+        self._nacked: list[_Pending] = []
+        self._resender: threading.Timer | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -274,12 +279,53 @@ class AMQPQueueBackend(QueueBackend):
                     settled.append(self._pending.pop(tag))
             elif method.delivery_tag in self._pending:
                 settled.append(self._pending.pop(method.delivery_tag))
+        retry: list[_Pending] = []
         for p in settled:
             if ok:
                 complete(p.future, None)
+            elif self._declarer.quorum and time.monotonic() < p.deadline:
+                p.nacks += 1  # no leader for a moment (a node stopped, an election): again
+                p.handed = False  # on no channel now: a lost connection does not resend it
+                retry.append(p)
             else:
                 complete(p.future, PublishError(
                     f"the broker {self.url} refused (nack) the message for queue {p.queue!r}"))
+        if retry:
+            link = self._publisher
+            if link is not None:  # a channel opened during an election can go on refusing
+                link.recycle(link.generation, "a quorum queue refused publishes")
+            self._send_again_soon(retry)
+
+    def _send_again_soon(self, nacked: list[_Pending]) -> None:
+        """Publish ``nacked`` again in a quarter of a second (one timer for all that come
+        meanwhile), on whatever connection is open then."""
+        log.info("amqp %s: %d publish(es) to queue %r refused (nack), sending again (a "
+                 "quorum queue without a leader for a moment?)", self.url, len(nacked),
+                 nacked[0].queue)
+        with self._lock:
+            self._nacked.extend(nacked)
+            if self._resender is not None:
+                return
+            self._resender = threading.Timer(0.25, self._resend_nacked)
+            self._resender.daemon = True
+            self._resender.start()
+
+    def _resend_nacked(self) -> None:
+        with self._lock:
+            again, self._nacked, self._resender = self._nacked, [], None
+            link = self._publisher
+        if link is None:
+            return
+        senders = []
+        for p in again:
+            p.handed = False
+            senders.append(self._sender(p))
+
+        def send_all(channel: Channel) -> None:
+            for send in senders:
+                send(channel)
+
+        link.call(send_all)
 
     def _watch(self) -> None:
         """Fail publishes left unconfirmed past ``publish_timeout``; ends when none is left."""
@@ -297,6 +343,12 @@ class AMQPQueueBackend(QueueBackend):
                 continue
             oldest.cancelled = True  # not sent again after a reconnect
             link = self._publisher
+            if oldest.nacks:
+                complete(oldest.future, PublishError(
+                    f"the broker {self.url} refused (nack) the message for queue "
+                    f"{oldest.queue!r} {oldest.nacks} times within {self.publish_timeout} s "
+                    "(a quorum queue without a leader or a quorum, or a full queue)"))
+                continue
             complete(oldest.future, PublishError(
                 f"no confirm from {self.url} for a message to queue {oldest.queue!r} within "
                 f"{self.publish_timeout} s (last connection error: "
@@ -351,7 +403,8 @@ class AMQPQueueBackend(QueueBackend):
         vhost = self.params.virtual_host
         return QueueMismatch(
             f"queue {queue!r} on {self.url} exists with other arguments than ivy declares it "
-            f"with for queue_type=quorum: the broker says {text!r} (406 PRECONDITION_FAILED). "
+            "with for queue_type=quorum (it is a classic queue, or has other quorum settings):"
+            f" the broker says {text!r} (406 PRECONDITION_FAILED). "
             f"Delete it (rabbitmqctl delete_queue {queue} -p {vhost}; move its messages first "
             "if they matter), or keep using it as it is with queue_type=classic")
 
