@@ -250,3 +250,15 @@ def test_a_node_list_goes_past_a_node_that_does_not_answer(amqp_url: str) -> Non
     finally:
         backend.close()
         backend.delete_queues(sorted(backend._declarer.seen))
+
+
+def test_a_worker_may_start_before_any_node_answers() -> None:
+    # Given quorum queues on a node that does not answer (yet)
+    backend = quorum_backend(f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")
+    try:
+        # When a consumer starts, it does not fail: it declares the queue once connected
+        consumer = backend.consume(qname())
+        assert consumer.get(0.1) is None
+        consumer.close()
+    finally:
+        backend.close()

@@ -455,20 +455,31 @@ class AMQPQueueBackend(QueueBackend):
 
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
         """Start consuming ``queue``. With quorum queues, the queue is declared first, here, so
-        that one existing with other arguments raises :class:`ivy.QueueMismatch` now."""
+        that one existing with other arguments raises :class:`ivy.QueueMismatch` now (when no
+        node answers yet, the consumer declares it once connected, and ``get`` raises)."""
         if self._declarer.quorum:
-            for name in (dead_queue(queue), queue):
-                args = self._declarer.arguments(name)
-                refused = None if args is None else _amqp_admin.declare(self.nodes, name, args)
-                if refused is not None and name == queue:
-                    self._declarer.mismatched[queue] = refused
-                    raise self.mismatch(queue) or QueueMismatch(refused)
-                if refused is not None:
-                    self._declarer.plain.add(name)  # used as it is, like the I/O path does
+            try:
+                self._declare_now(queue)
+            except pika.exceptions.AMQPConnectionError as exc:
+                log.warning("amqp %s: could not declare queue %r yet (%r); the consumer will "
+                            "once a node answers", self.url, queue, exc)
         consumer = AMQPConsumer(self, queue, prefetch)
         with self._lock:
             self._consumers.append(consumer)
         return consumer
+
+    def _declare_now(self, queue: str) -> None:
+        """Declare ``Q.dead`` and ``queue`` on a short-lived connection; raise QueueMismatch
+        if ``queue`` exists with other arguments (a dead-letter queue that does is used as it
+        is, as the I/O path does)."""
+        for name in (dead_queue(queue), queue):
+            args = self._declarer.arguments(name)
+            refused = None if args is None else _amqp_admin.declare(self.nodes, name, args)
+            if refused is not None and name == queue:
+                self._declarer.mismatched[queue] = refused
+                raise self.mismatch(queue) or QueueMismatch(refused)
+            if refused is not None:
+                self._declarer.plain.add(name)
 
     # -- management: short-lived blocking connections, in ivy.queues._amqp_admin --------------
 
