@@ -43,6 +43,8 @@ class Link:
             list(params) if isinstance(params, Sequence) else [params])
         #: the node connected to, or tried, now
         self.params = self.nodes[0]
+        #: whether the current connection attempt opened (else it counts as a failed one)
+        self._opened_now = False
         self.label = label
         self._on_channel = on_channel
         self._on_confirm = on_confirm
