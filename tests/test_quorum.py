@@ -5,14 +5,17 @@ through quorum delay queues, and a node list whose first node does not answer.""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from conftest import wait_for
 from contract import qname, take
 from servers import free_port
+from workers import producer_app, start_worker, stop_worker
 
 import ivy
 from ivy.config import join_hosts, make_queue_backend
@@ -262,3 +265,31 @@ def test_a_worker_may_start_before_any_node_answers() -> None:
         consumer.close()
     finally:
         backend.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_task_that_kills_its_worker_is_stopped_by_the_delivery_limit(
+        amqp_url: str, redis_url: str, tmp_path: Path) -> None:
+    # Given a worker supervisor (it restarts a child that dies) on quorum queues that allow
+    # one redelivery
+    url = with_query(amqp_url, "queue_type=quorum&delivery_limit=1")
+    app = producer_app(url, redis_url)
+    supervisor = start_worker(url, redis_url, "--processes", "1",
+                              "--max-tasks-per-child", "1000")  # a supervisor for one child
+    log = tmp_path / "runs.log"
+    try:
+        # When a call's task ends its worker process every time it runs
+        poison = app.delayed_call("proc.crash", str(log))
+        # Then RabbitMQ dead-letters it after the second run, with the reason
+        wait_for(lambda: app.queue_backend.dead_letters("proc"), timeout=90,
+                 message="the poison message in proc.dead")
+        [dead] = app.queue_backend.dead_letters("proc")
+        assert json.loads(dead.body)["id"] == poison.id
+        assert "delivery limit" in dead.reason
+        assert len(log.read_text().split()) == 2
+        # and the restarted worker goes on with the next calls
+        assert app.delayed_call("proc.factorial", 5).result(60) == 120
+    finally:
+        stop_worker(supervisor)
+        app.close()
