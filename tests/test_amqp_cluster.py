@@ -47,10 +47,11 @@ def cluster() -> Iterator[PrivateRabbitCluster]:
             nodes.stop()
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
+@pytest.mark.parametrize(("how", "worker_on"), [
+    ("stop", "leader"), ("kill", "leader"), ("kill", "follower")])
 def test_calls_survive_losing_the_node_that_leads_the_queue(
         cluster: PrivateRabbitCluster, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-        how: str) -> None:
+        how: str, worker_on: str) -> None:
     # Given a quorum queue on the cluster (every node running), and its leader
     cluster.restart_stopped()
     q = f"qc{uuid.uuid4().hex[:10]}"
@@ -59,10 +60,12 @@ def test_calls_survive_losing_the_node_that_leads_the_queue(
     probe.close()
     leader = cluster.leader(q)
     others = [n for n in cluster.nodes if n is not leader]
-    # and a producer and a worker (separate connections) that both reach the leader first
+    # and a producer that reaches the leader first, and a worker (its own connections) that
+    # reaches the leader first too, or a follower (whose connection then stays)
     url = cluster.url(order=[leader, *others]) + "?queue_type=quorum"
     producer = ivy.Ivy(url, redis_url)
-    worker_app = ivy.Ivy(url, redis_url)
+    worker_app = ivy.Ivy(url if worker_on == "leader" else
+                         cluster.url(order=[*others, leader]) + "?queue_type=quorum", redis_url)
     runs: Counter[int] = Counter()
     acked: dict[bytes, float] = {}
     lock = threading.Lock()
@@ -140,8 +143,10 @@ def test_calls_survive_losing_the_node_that_leads_the_queue(
     waits = [(arrivals[i] - sent_at[i], sent_at[i]) for i in range(len(calls))]
     before = sorted(w for w, t in waits if t < stop_at)
     worst, worst_sent = max((w, t) for w, t in waits if t >= stop_at - 5)
-    print(f"\ncluster failover ({how}): {len(calls)} calls, {sum(runs.values()) - len(runs)} ran "
-          f"twice (not acknowledged before the stop), the {how} took {stopped - stop_at:.1f} s, "
-          f"longest silence {longest:.2f} s, first result after it {resumed - stop_at:.2f} s "
-          f"after the stop began; a call's wait: median {before[len(before) // 2]:.3f} s "
-          f"before, longest {worst:.2f} s around the stop (sent {worst_sent - stop_at:+.2f} s)")
+    twice_in_flight = sum(runs.values()) - len(runs)
+    print(f"\ncluster failover ({how}, worker on the {worker_on}): {len(calls)} calls, "
+          f"{twice_in_flight} ran twice (not acknowledged before the stop), the {how} took "
+          f"{stopped - stop_at:.1f} s, longest silence {longest:.2f} s, first result after it "
+          f"{resumed - stop_at:.2f} s after the stop began; a call's wait: median "
+          f"{before[len(before) // 2]:.3f} s before, longest {worst:.2f} s around the stop "
+          f"(sent {worst_sent - stop_at:+.2f} s)")
