@@ -192,6 +192,13 @@ def test_an_existing_queue_with_other_arguments_gives_a_clear_error(amqp_url: st
         mismatch = rf"queue '{q}'.*inequivalent arg.*delete_queue"
         with pytest.raises(ivy.QueueMismatch, match=mismatch):
             app.listen(queue=q, block=False)
+        # (also among several queues: the consumer already started for another one closes)
+        with pytest.raises(ivy.QueueMismatch):
+            app.listen(queue=[other, q], block=False)
+        backend = app.queue_backend
+        assert isinstance(backend, AMQPQueueBackend)
+        started = [c for c in backend._consumers if c.queue == other]
+        assert started and all(c._closed for c in started)
         # and a call sent to it fails with the same error (a PublishError), not a hang
         call = app.delayed_call("quorum.echo", 1)
         with pytest.raises(ivy.QueueMismatch, match="PRECONDITION_FAILED") as error:
