@@ -6,6 +6,7 @@ through quorum delay queues, and a node list whose first node does not answer.""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,3 +301,30 @@ def test_a_task_that_kills_its_worker_is_stopped_by_the_delivery_limit(
     finally:
         stop_worker(supervisor)
         app.close()
+
+
+def test_a_queue_refused_on_every_node_is_retried_with_backoff(amqp_url: str) -> None:
+    # Given a classic queue q, and a quorum consumer of q whose declaration was not checked up
+    # front (no node answered when it started), with a node list (the same node twice)
+    q = qname()
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    conn.channel().queue_declare(q, durable=True)
+    conn.close()
+    real = urlsplit(amqp_url)
+    node = f"{real.hostname}:{real.port or 5672}"
+    backend = quorum_backend(join_hosts(amqp_url, [node, node]))
+    consumer = AMQPConsumer(backend, q, 1)
+    try:
+        # When the broker refuses the declaration on each connection
+        started = time.monotonic()
+        wait_for(lambda: consumer._link.generation >= 3, timeout=20,
+                 message="three refused connections")
+        # Then the link backs off (0.1 s, then 0.2 s) instead of spinning through the nodes,
+        # and get() says why
+        assert time.monotonic() - started >= 0.25
+        with pytest.raises(ivy.QueueMismatch, match=q):
+            consumer.get(0.1)
+    finally:
+        consumer.shutdown()
+        backend.close()
+        backend.delete_queues([q, f"{q}.dead"])

@@ -2,8 +2,10 @@
 I/O thread, reconnecting with backoff, and a way for other threads to use it.
 
 With several nodes (a cluster), a link connects to the first that answers, in the order given,
-and after losing a connection goes on with the next node at once, waiting with backoff only
-once every node failed in a row: a stopped node costs one refused connection, not a backoff.
+and after losing a connection that had worked for a while goes on with the next node at once,
+waiting with backoff only once every node failed in a row: a stopped node costs one refused
+connection, not a backoff. A connection that the broker closes soon after it opened (a
+declaration refused, say) is retried with backoff, so a persistent error does not spin.
 
 pika is not thread-safe. The I/O thread holds the link's lock except while it waits in its
 poll system call (see :mod:`ivy.queues._pika_patches`). Another thread with work for the
@@ -94,18 +96,24 @@ class Link:
                 self._on_lost()
             if self._stopping.is_set():
                 break
-            if time.monotonic() - opened_at > 10:
+            lived = time.monotonic() - opened_at
+            if lived > 10:
                 backoff = 0.1
             failed_in_row = 0 if self._opened_now else failed_in_row + 1
             lost = self.params_url
             node = (node + 1) % len(self.nodes)
-            if len(self.nodes) > 1 and failed_in_row < len(self.nodes):
+            # the next node at once after a node that did not answer (until all failed in a
+            # row) or after losing a connection that had worked for a while; else (a
+            # connection that the broker keeps closing soon after it opened) with backoff
+            if len(self.nodes) > 1 and (0 < failed_in_row < len(self.nodes)
+                                        or (self._opened_now and lived > 10)):
                 log.warning("amqp %s: connection to %s lost (%s); trying %s", self.label,
                             lost, self.last_error, self._url(self.nodes[node]))
                 continue
             failed_in_row = 0
-            log.warning("amqp %s: connection to %s lost (%s); reconnecting in %.1f s",
-                        self.label, lost, self.last_error, backoff)
+            log.warning("amqp %s: connection to %s lost (%s); reconnecting to %s in %.1f s",
+                        self.label, lost, self.last_error, self._url(self.nodes[node]),
+                        backoff)
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, 10.0)
 
