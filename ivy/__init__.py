@@ -31,6 +31,7 @@ from ivy.errors import (
     MessageTooLarge,
     PublishError,
     PublishTimeout,
+    QueueMismatch,
     RemoteTaskError,
     ResultTimeout,
     SerializationError,
@@ -75,9 +76,10 @@ close = default.close
 __all__ = [
     "PROTOCOL_VERSION", "Call", "CallCancelled", "ConfigurationError", "Ivy", "IvyError", "Message",
     "MessageError", "MessageTooLarge", "Middleware", "Notification", "PublishError",
-    "PublishTimeout", "RemoteTaskError", "ResultTimeout", "SerializationError", "Signature",
-    "Task", "TaskCancelled", "TaskNotRegistered", "TaskTimeout", "Worker", "cancel", "chain",
-    "chord", "close", "default", "delayed_call", "delayed_calls", "flush", "group", "listen",
-    "mask_url", "periodic_task", "register_task", "schedule", "send_task", "setup_queue",
-    "signature", "start_notification_consumer", "start_notification_producer", "wait",
+    "PublishTimeout", "QueueMismatch", "RemoteTaskError", "ResultTimeout", "SerializationError",
+    "Signature", "Task", "TaskCancelled", "TaskNotRegistered", "TaskTimeout", "Worker", "cancel",
+    "chain", "chord", "close", "default", "delayed_call", "delayed_calls", "flush", "group",
+    "listen", "mask_url", "periodic_task", "register_task", "schedule", "send_task",
+    "setup_queue", "signature", "start_notification_consumer", "start_notification_producer",
+    "wait",
 ]

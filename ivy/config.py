@@ -48,18 +48,49 @@ Spec = str | Mapping[str, Any] | QueueBackend | Notifier | None
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a URL, for logs and reprs."""
+    """Hide the password of a URL, for logs and reprs (also in a URL naming several hosts,
+    ``amqp://user:pw@host1:5672,host2:5673/vhost``)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
     if parts.password is None:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+
+
+def split_hosts(url: str) -> list[str]:
+    """A URL naming several hosts, ``scheme://user:pw@host1:port1,host2:port2/path?query``,
+    as one URL per host, in the order given (each with the same credentials, path and
+    query); a URL with one host as itself. An empty host in the list is refused."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed URL {mask_url(url)!r}: {exc}") from None
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return [url]
+    names = [h.strip() for h in hosts.split(",")]
+    if not all(names):
+        raise ConfigurationError(
+            f"malformed host list {hosts!r} in {mask_url(url)!r}: name each node as host or "
+            "host:port, separated by commas (amqp://user:pw@host1:5672,host2:5672/vhost)")
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{name}")) for name in names]
+
+
+def join_hosts(url: str, hosts: Iterable[str]) -> str:
+    """``url`` with its host part replaced by ``hosts`` (``host`` or ``host:port`` each),
+    comma-separated: the URL form of a list of nodes."""
+    names = [str(h).strip() for h in hosts]
+    if not names or not all(names) or any(("," in n or "/" in n or "@" in n) for n in names):
+        raise ConfigurationError(
+            f"nodes {names!r} for {mask_url(url)!r}: give a non-empty list of 'host' or "
+            "'host:port' strings, such as ['rabbit1:5672', 'rabbit2:5672']")
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{','.join(names)}"))
 
 
 def driver_url(url: str, ivy_options: Iterable[str],

@@ -94,6 +94,13 @@ class PublishError(IvyError):
     callbacks get it as ``err``; ``result()`` and ``sent()`` raise it)."""
 
 
+class QueueMismatch(ConfigurationError, PublishError):
+    """A queue exists on the broker with other arguments than ivy declares it with (AMQP 406
+    PRECONDITION_FAILED), e.g. a classic queue where ``queue_type=quorum`` wants a quorum
+    queue. The message names the queue, the broker's words and the fix. Raised by ``listen``
+    (a worker's consume) and given to the calls sent to that queue (it is a PublishError)."""
+
+
 class PublishTimeout(PublishError, TimeoutError):
     """``call.sent(timeout)`` or ``ivy.flush(timeout)`` ran out of time: the message may still
     be confirmed later."""

@@ -198,10 +198,18 @@ class Worker:
         log.info("worker %s: listening on %s at %s, concurrency %d, tasks: %s", self.name,
                  ", ".join(self.queues), self.backend.url, self.concurrency,
                  ", ".join(self.context.registry.names()) or "(none)")
-        self._consumers = [
-            self.backend.consume(q, prefetch=self.concurrency * PREFETCH_MULTIPLIER,
-                               reserve_time=self.reserve_time)
-            for q in self.queues]
+        self._consumers = []
+        for q in self.queues:
+            try:
+                self._consumers.append(self.backend.consume(
+                    q, prefetch=self.concurrency * PREFETCH_MULTIPLIER,
+                    reserve_time=self.reserve_time))
+            except Exception:  # e.g. ivy.QueueMismatch: close the consumers started so far
+                for started in self._consumers:
+                    with _logged("closing a consumer"):
+                        started.close()
+                self._consumers = []
+                raise
         # One queue: executors fetch for themselves (no hand-off between threads). Several:
         # a fetcher per queue hands deliveries over, fetching only while an executor is free.
         direct = self._consumers[0] if len(self._consumers) == 1 else None

@@ -67,10 +67,10 @@ class PrivateRabbit:
     listening on 127.0.0.1 only. Needs the Debian rabbitmq-server package and root (the
     server runs as the rabbitmq user, which must own the folder)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, prefix: str = "ivy") -> None:
         self.port = free_port()
         self.dist_port = free_port()
-        self.node = f"ivy{self.port}@localhost"
+        self.node = f"{prefix}{self.port}@localhost"
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
@@ -109,9 +109,38 @@ class PrivateRabbit:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
     def start(self) -> None:
+        self.launch()
+        self.wait_started()
+
+    def launch(self) -> None:
+        """Start the node's process, not waiting for it (see :meth:`wait_started`)."""
         self.process = subprocess.Popen(["rabbitmq-server"], env=self.env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: answers(self.port), 120, f"RabbitMQ node {self.node} did not start")
+
+    def wait_started(self, timeout: float = 120) -> None:
+        wait_until(lambda: answers(self.port), timeout, f"RabbitMQ node {self.node} did not start")
+
+    def ctl(self, *args: str, timeout: float = 120) -> str:
+        """Run ``rabbitmqctl -n NODE ARGS`` against this node; its output, or raise with it."""
+        done = subprocess.run(["rabbitmqctl", "-n", self.node, *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl -n {self.node} {' '.join(args)} failed "
+                               f"({done.returncode}): {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def vm_pid(self) -> int:
+        """The process id of the node's Erlang VM."""
+        return int(self.ctl("eval", "list_to_integer(os:getpid()).").strip())
+
+    def kill(self, pid: int | None = None) -> None:
+        """SIGKILL the node's Erlang VM (``pid``, found first if not given): a crash, with no
+        goodbye to clients or peers."""
+        os.kill(self.vm_pid() if pid is None else pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(60)
+            self.process = None
+        wait_until(lambda: not answers(self.port), 30, f"RabbitMQ node {self.node} still answers")
 
     def stop(self) -> None:
         subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self.env,
@@ -124,3 +153,63 @@ class PrivateRabbit:
                 self.process.wait()
             self.process = None
         wait_until(lambda: not answers(self.port), 30, "RabbitMQ did not stop")
+
+
+class PrivateRabbitCluster:
+    """Three (``size``) private RabbitMQ nodes on this machine joined into one cluster with
+    ``rabbitmqctl join_cluster``: each with its own node name, AMQP and distribution ports,
+    config file and data and log folders (see :class:`PrivateRabbit`). The machine's own node
+    is never touched."""
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.nodes = [PrivateRabbit(directory / f"node{i}", prefix="ivyc") for i in range(size)]
+
+    def url(self, vhost: str = "%2F", order: list[PrivateRabbit] | None = None) -> str:
+        """One AMQP URL naming every node (``order``: which first), as ivy accepts it."""
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in (order or self.nodes))
+        return f"amqp://guest:guest@{hosts}/{vhost}"
+
+    def start(self) -> None:
+        """Start every node at once, then join the others to the first."""
+        for node in self.nodes:
+            node.launch()
+        for node in self.nodes:
+            node.wait_started()
+            node.ctl("await_startup")
+        first = self.nodes[0]
+        for node in self.nodes[1:]:  # one at a time: joins at once can break mnesia's start
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.node)
+            node.ctl("start_app")
+        for node in self.nodes[1:]:
+            node.wait_started()
+        running = first.ctl("eval", "length(rabbit_nodes:all_running()).").strip()
+        if running != str(len(self.nodes)):
+            raise RuntimeError(f"only {running} of {len(self.nodes)} nodes run in the cluster")
+
+    def leader(self, queue: str, vhost: str = "/") -> PrivateRabbit:
+        """The node that leads the quorum queue ``queue`` now."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            out = node.ctl("list_queues", "-p", vhost, "name", "leader", "--no-table-headers",
+                           "--quiet")
+            for line in out.splitlines():
+                name, _, leader = line.partition("\t")
+                if name == queue:
+                    return next(n for n in self.nodes if n.node == leader.strip())
+        raise LookupError(f"no running node knows a leader of {queue!r}")
+
+    def restart_stopped(self) -> None:
+        """Start again the nodes that were stopped or killed; they rejoin the cluster."""
+        down = [n for n in self.nodes if n.process is None]
+        for node in down:
+            node.launch()
+        for node in down:
+            node.wait_started()
+            node.ctl("await_startup")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.process is not None:
+                node.stop()

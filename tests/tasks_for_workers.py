@@ -38,3 +38,12 @@ def slow(seconds: float, started: str) -> str:
 def pause(seconds: float, value: int) -> int:
     time.sleep(seconds)
     return value
+
+
+@ivy.register_task(name="proc.crash", queue="proc")
+def crash(log: str) -> None:
+    """Append this run's pid to ``log``, then end the worker process at once: a poison
+    message, as a task that segfaults or exhausts memory is."""
+    with Path(log).open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    os._exit(3)

@@ -106,6 +106,22 @@ class TestAMQPQueueThroughAnExchange(TestAMQPQueue):
         conn.close()
 
 
+class TestAMQPQuorumQueue(TestAMQPQueue):
+    """The same suite on quorum queues (``queue_type=quorum``, given in the dict form): every
+    queue ivy declares is a quorum queue, and priorities are kept but not ordered."""
+
+    @pytest.fixture
+    def backend(self, amqp_url: str) -> Iterator[QueueBackend]:
+        from ivy.config import make_queue_backend
+        from ivy.queues.amqp import AMQPQueueBackend
+
+        b = make_queue_backend({"type": "amqp", "url": amqp_url, "queue_type": "quorum"})
+        assert isinstance(b, AMQPQueueBackend) and not b.supports_priority
+        yield b
+        b.delete_queues([n for n in b._declarer.seen])
+        b.close()
+
+
 def test_amqp_ops_run_in_the_calling_thread_when_the_loop_is_idle(amqp_url: str) -> None:
     import threading
 

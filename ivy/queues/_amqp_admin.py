@@ -11,8 +11,9 @@ confirmed the copy: at least once, a crash in between leaves one in both, never 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
+from datetime import datetime
 from typing import Any
 
 import pika
@@ -23,8 +24,11 @@ from pika.spec import BasicProperties
 from ivy.queues._amqp_topology import DEAD_AT_HEADER, DEAD_ID_HEADER, REASON_HEADER, dead_queue
 from ivy.queues.base import DeadLetter, Rewrite
 
+#: the nodes to connect to, in order (pika takes the first that answers)
+Nodes = Sequence[pika.URLParameters]
 
-def _count(params: pika.URLParameters, op: Callable[[BlockingChannel], Any]) -> int:
+
+def _count(params: Nodes, op: Callable[[BlockingChannel], Any]) -> int:
     """The message count a queue operation answers with; 0 when the queue does not exist."""
     conn = pika.BlockingConnection(params)
     try:
@@ -39,7 +43,22 @@ def _count(params: pika.URLParameters, op: Callable[[BlockingChannel], Any]) -> 
         conn.close()
 
 
-def size(params: pika.URLParameters, queue: str) -> int:
+def declare(params: Nodes, queue: str, arguments: dict[str, Any]) -> str | None:
+    """Declare ``queue`` durable with ``arguments``; None when done, else the broker's reply
+    text of a 406 PRECONDITION_FAILED (it exists with other arguments)."""
+    conn = pika.BlockingConnection(params)
+    try:
+        conn.channel().queue_declare(queue, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 406:
+            return str(exc.reply_text)
+        raise
+    finally:
+        conn.close()
+    return None
+
+
+def size(params: Nodes, queue: str) -> int:
     """Messages ready in ``queue`` (0 when it does not exist)."""
     return _count(params, lambda channel: channel.queue_declare(queue, passive=True))
 
@@ -56,7 +75,7 @@ def _open_dead(conn: pika.BlockingConnection, queue: str) -> tuple[BlockingChann
     return channel, int(frame.method.message_count)
 
 
-def dead_letters(params: pika.URLParameters, queue: str, limit: int) -> list[DeadLetter]:
+def dead_letters(params: Nodes, queue: str, limit: int) -> list[DeadLetter]:
     """Peek at ``Q.dead``: read up to ``limit`` and put them all back."""
     conn = pika.BlockingConnection(params)
     found: list[DeadLetter] = []
@@ -76,7 +95,7 @@ def dead_letters(params: pika.URLParameters, queue: str, limit: int) -> list[Dea
     return found
 
 
-def requeue_dead(params: pika.URLParameters, queue: str, ids: Collection[str] | None,
+def requeue_dead(params: Nodes, queue: str, ids: Collection[str] | None,
                  rewrite: Rewrite | None,
                  send: Callable[[bytes, int], Future[None]]) -> int:
     """Send each chosen dead letter with ``send(body, priority)`` (the backend's confirmed
@@ -114,12 +133,12 @@ def requeue_dead(params: pika.URLParameters, queue: str, ids: Collection[str] | 
     return moved
 
 
-def purge_dead(params: pika.URLParameters, queue: str) -> int:
+def purge_dead(params: Nodes, queue: str) -> int:
     """Delete the messages of ``Q.dead``; return how many."""
     return _count(params, lambda channel: channel.queue_purge(dead_queue(queue)))
 
 
-def delete_queues(params: pika.URLParameters, names: list[str]) -> None:
+def delete_queues(params: Nodes, names: list[str]) -> None:
     """Delete queues (with their messages); for tests and tools."""
     conn = pika.BlockingConnection(params)
     try:
@@ -135,16 +154,39 @@ def _text(value: Any) -> str:
 
 
 def _dead_letter(queue: str, props: BasicProperties, body: bytes) -> DeadLetter:
-    """A message of ``Q.dead`` as a DeadLetter, with a stable id (see the module doc)."""
+    """A message of ``Q.dead`` as a DeadLetter, with a stable id (see the module doc). One
+    that RabbitMQ dead-lettered itself (a quorum queue's delivery limit) has no ivy headers:
+    its reason and time come from the broker's ``x-death`` header."""
     headers = props.headers or {}
     reason = _text(headers.get(REASON_HEADER, ""))
     stamp = headers.get(DEAD_AT_HEADER, 0)
     when = float(stamp) if isinstance(stamp, (int, float)) else 0.0
+    if not reason:
+        reason, when = _broker_death(headers, when)
     ident = headers.get(DEAD_ID_HEADER) or props.message_id
     if not ident:
         digest = hashlib.sha256(body + b"\0" + reason.encode() + b"\0" + str(when).encode())
         ident = "sha256-" + digest.hexdigest()[:24]
     return DeadLetter(queue, body, reason, when, _text(ident))
+
+
+def _broker_death(headers: dict[str, Any], when: float) -> tuple[str, float]:
+    """The reason and time of the broker's own dead-lettering, from ``x-death``."""
+    deaths = headers.get("x-death")
+    first = deaths[0] if isinstance(deaths, list) and deaths and isinstance(
+        deaths[0], dict) else {}
+    why = _text(first.get("reason") or headers.get("x-first-death-reason") or "")
+    if not why:
+        return "", when
+    source = _text(first.get("queue") or headers.get("x-first-death-queue") or "?")
+    stamp = first.get("time")
+    if isinstance(stamp, datetime):
+        when = stamp.timestamp()
+    if why == "delivery_limit":
+        return (f"delivery limit reached: RabbitMQ dead-lettered it from {source!r} after "
+                "as many deliveries without an ack as its x-delivery-limit allows (did it "
+                "crash or stop its workers?)"), when
+    return f"dead-lettered by RabbitMQ from {source!r}: {why}", when
 
 
 def _ack_confirmed(channel: BlockingChannel, sent: list[tuple[int, Future[None]]]) -> int:

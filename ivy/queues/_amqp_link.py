@@ -1,6 +1,12 @@
 """The pika transport of the AMQP backend: one ``SelectConnection`` with one channel on its own
 I/O thread, reconnecting with backoff, and a way for other threads to use it.
 
+With several nodes (a cluster), a link connects to the first that answers, in the order given,
+and after losing a connection that had worked for a while goes on with the next node at once,
+waiting with backoff only once every node failed in a row: a stopped node costs one refused
+connection, not a backoff. A connection that the broker closes soon after it opened (a
+declaration refused, say) is retried with backoff, so a persistent error does not spin.
+
 pika is not thread-safe. The I/O thread holds the link's lock except while it waits in its
 poll system call (see :mod:`ivy.queues._pika_patches`). Another thread with work for the
 connection (a publish, an ack) runs it itself if it can take that lock at once (the loop is
@@ -15,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pika
@@ -28,13 +34,19 @@ log = logging.getLogger("ivy.amqp")
 
 
 class Link:
-    """One pika SelectConnection with one channel, on its own thread, reconnecting forever."""
+    """One pika SelectConnection with one channel, on its own thread, reconnecting forever,
+    to one node or to each of several in turn."""
 
-    def __init__(self, params: pika.URLParameters, label: str, *,
+    def __init__(self, params: pika.URLParameters | Sequence[pika.URLParameters], label: str, *,
                  on_channel: Callable[[Channel], None],
                  on_confirm: Callable[[Any], None] | None = None,
                  on_lost: Callable[[], None] | None = None) -> None:
-        self.params = params
+        self.nodes: list[pika.URLParameters] = (
+            list(params) if isinstance(params, Sequence) else [params])
+        #: the node connected to, or tried, now
+        self.params = self.nodes[0]
+        #: whether the current connection attempt opened (else it counts as a failed one)
+        self._opened_now = False
         self.label = label
         self._on_channel = on_channel
         self._on_confirm = on_confirm
@@ -58,8 +70,12 @@ class Link:
 
     def _run(self) -> None:
         backoff = 0.1
+        node = 0
+        failed_in_row = 0  # connections that failed to open, one after the other
         while not self._stopping.is_set():
             opened_at = time.monotonic()
+            self.params = self.nodes[node]
+            self._opened_now = False
             try:
                 ioloop = IOLoop()
                 self.shortcuts = unlock_while_polling(ioloop, self._io_lock)
@@ -80,20 +96,38 @@ class Link:
                 self._on_lost()
             if self._stopping.is_set():
                 break
-            if time.monotonic() - opened_at > 10:
+            lived = time.monotonic() - opened_at
+            if lived > 10:
                 backoff = 0.1
-            log.warning("amqp %s: connection to %s lost (%s); reconnecting in %.1f s",
-                        self.label, self.params_url, self.last_error, backoff)
+            failed_in_row = 0 if self._opened_now else failed_in_row + 1
+            lost = self.params_url
+            node = (node + 1) % len(self.nodes)
+            # the next node at once after a node that did not answer (until all failed in a
+            # row) or after losing a connection that had worked for a while; else (a
+            # connection that the broker keeps closing soon after it opened) with backoff
+            if len(self.nodes) > 1 and (0 < failed_in_row < len(self.nodes)
+                                        or (self._opened_now and lived > 10)):
+                log.warning("amqp %s: connection to %s lost (%s); trying %s", self.label,
+                            lost, self.last_error, self._url(self.nodes[node]))
+                continue
+            failed_in_row = 0
+            log.warning("amqp %s: connection to %s lost (%s); reconnecting to %s in %.1f s",
+                        self.label, lost, self.last_error, self._url(self.nodes[node]),
+                        backoff)
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, 10.0)
 
     @property
     def params_url(self) -> str:
         """Where the link connects, without credentials, for logs."""
-        p = self.params
+        return self._url(self.params)
+
+    @staticmethod
+    def _url(p: pika.URLParameters) -> str:
         return f"amqp://{p.host}:{p.port}/{p.virtual_host}"
 
     def _opened(self, conn: Any) -> None:
+        self._opened_now = True
         send_eagerly(conn)
         conn.channel(on_open_callback=self._channel_opened)
 
@@ -177,6 +211,22 @@ class Link:
             op(channel)
         except Exception:
             log.exception("amqp %s: operation failed", self.label)
+
+    def recycle(self, generation: int, why: str) -> None:
+        """Drop the connection of ``generation`` (once; a newer one is left alone) and connect
+        again, to the next node: for a channel the broker keeps refusing (see the backend)."""
+        conn = self._conn
+
+        def drop() -> None:
+            if self.generation == generation and conn is not None and conn.is_open:
+                log.warning("amqp %s: reconnecting (%s)", self.label, why)
+                conn.close()
+
+        if conn is not None:
+            try:
+                conn.ioloop.add_callback_threadsafe(drop)
+            except Exception:  # the loop is shutting down: it reconnects anyway
+                log.debug("amqp %s: could not schedule a reconnect", self.label, exc_info=True)
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping.set()

@@ -4,6 +4,11 @@ arguments (the layout is described in :mod:`ivy.queues.amqp`).
 * queue Q: durable, ``x-max-priority`` when its tasks use priorities;
 * ``Q.delay.<ms>``: messages wait there for their TTL, then are dead-lettered into Q;
 * ``Q.dead``: plain and durable;
+* with ``queue_type="quorum"`` every one of them is a quorum queue (``x-queue-type``), never
+  with ``x-max-priority``; Q dead-letters into ``Q.dead`` (declared first) through the default
+  exchange, at least once, after ``x-delivery-limit`` deliveries without an ack, and the delay
+  queues dead-letter into Q at least once too (``x-dead-letter-strategy: at-least-once``,
+  which needs ``x-overflow: reject-publish``);
 * with an exchange: the exchange (durable, ``direct`` or ``topic``), and Q bound to it with the
   routing keys Q, the routes of Q's tasks, and any route a message for Q is published with.
 """
@@ -26,6 +31,16 @@ REASON_HEADER = "x-ivy-reason"
 DEAD_AT_HEADER = "x-ivy-dead-at"
 DEAD_ID_HEADER = "x-ivy-dead-id"
 DELIVERY_HEADER = "x-ivy-delivery"
+#: set by quorum queues: how many times the broker delivered the message before this time
+BROKER_DELIVERY_HEADER = "x-delivery-count"
+QUEUE_TYPES = ("classic", "quorum")
+#: x-delivery-limit of quorum queues unless configured (RabbitMQ 4.0's own default)
+DEFAULT_DELIVERY_LIMIT = 20
+
+
+def is_helper_queue(name: str) -> bool:
+    """Whether ``name`` is a delay queue or a dead-letter queue (not a main queue)."""
+    return ".delay." in name or name.endswith(".dead")
 
 
 def delay_queue(queue: str, delay: float) -> str:
@@ -54,13 +69,19 @@ class Declarer:
     def __init__(self, max_priority: int | None, hint: Callable[[str], bool],
                  seen: set[str] | None = None, *, exchange: str = "",
                  exchange_type: str = "direct",
-                 routes: Callable[[str], list[str]] = lambda queue: []) -> None:
+                 routes: Callable[[str], list[str]] = lambda queue: [],
+                 queue_type: str = "classic",
+                 delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT) -> None:
         self.max_priority = max_priority
         self.hint = hint
         self.exchange = exchange
         self.exchange_type = exchange_type
         self.routes = routes
-        self.plain: set[str] = set()  # queues found to exist with other arguments
+        self.queue_type = queue_type
+        self.delivery_limit = delivery_limit
+        self.plain: set[str] = set()  # queues found with other arguments: used as they are
+        #: quorum main queues found to exist with other arguments -> the broker's reply text
+        self.mismatched: dict[str, str] = {}
         self.seen: set[str] = seen if seen is not None else set()  # every name ever declared
         # queue names, and ("exchange",), ("bind", queue, key), ("routed", queue, key)
         self._declared: set[str | tuple[str, ...]] = set()
@@ -70,9 +91,15 @@ class Declarer:
         """A declarer for another channel, with the same options, sharing what was learned
         about existing queues."""
         other = Declarer(self.max_priority, self.hint, self.seen, exchange=self.exchange,
-                         exchange_type=self.exchange_type, routes=self.routes)
+                         exchange_type=self.exchange_type, routes=self.routes,
+                         queue_type=self.queue_type, delivery_limit=self.delivery_limit)
         other.plain = self.plain
+        other.mismatched = self.mismatched
         return other
+
+    @property
+    def quorum(self) -> bool:
+        return self.queue_type == "quorum"
 
     def reset(self) -> None:
         self._declared.clear()
@@ -80,15 +107,23 @@ class Declarer:
 
     def arguments(self, name: str) -> dict[str, Any] | None:
         """What to declare ``name`` with; None = passive (use the queue as it is)."""
+        if name in self.plain:
+            return None
+        quorum: dict[str, Any] = {"x-queue-type": "quorum"} if self.quorum else {}
+        # quorum: what RabbitMQ dead-letters is kept until the target queue confirmed it
+        safely: dict[str, Any] = ({"x-dead-letter-strategy": "at-least-once",
+                                   "x-overflow": "reject-publish"} if self.quorum else {})
         if ".delay." in name:
             target, _, ms_text = name.rpartition(".delay.")
             ms = int(ms_text)
-            return {"x-message-ttl": ms, "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": target, "x-expires": ms + 60_000}
+            return {**quorum, "x-message-ttl": ms, "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": target, "x-expires": ms + 60_000, **safely}
         if name.endswith(".dead"):
-            return {}
-        if name in self.plain:
-            return None
+            return quorum
+        if self.quorum:  # no priorities: quorum queues refuse x-max-priority
+            limit = {"x-delivery-limit": self.delivery_limit} if self.delivery_limit else {}
+            return {**quorum, "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": dead_queue(name), **safely, **limit}
         levels = self.max_priority
         if levels is None:
             levels = DEFAULT_PRIORITIES if self.hint(name) else 0
@@ -124,12 +159,19 @@ class Declarer:
         def start(done: Callable[[Any], None]) -> None:
             def declared(frame: Any) -> None:
                 self.seen.add(name)
+                self.mismatched.pop(name, None)  # deleted and declared anew meanwhile
                 done(frame)
 
-            if args is None:
-                channel.queue_declare(name, passive=True, callback=declared)
+            def declare() -> None:
+                if args is None:
+                    channel.queue_declare(name, passive=True, callback=declared)
+                else:
+                    channel.queue_declare(name, durable=True, arguments=args, callback=declared)
+
+            if self.quorum and args is not None and not is_helper_queue(name):
+                self.then(channel, dead_queue(name), declare)  # the target of its dead letters
             else:
-                channel.queue_declare(name, durable=True, arguments=args, callback=declared)
+                declare()
 
         self._once(name, fn, start)
 
@@ -167,12 +209,19 @@ class Declarer:
         self.then(channel, queue, lambda: self._once(("exchange",), bind_all, declare_exchange))
 
     def failed(self, reason: BaseException | None) -> None:
-        """A channel closed; if a declaration met a queue with other arguments, use it plain."""
+        """A channel closed. If a declaration met a queue with other arguments (406
+        PRECONDITION_FAILED): a delay or dead-letter queue, and a classic main queue, are used
+        as they are; a main queue that should be a quorum queue is remembered as mismatched,
+        with the broker's text (what is published to it or consumed from it fails)."""
         text = str(getattr(reason, "reply_text", ""))
         match = re.search(r"for queue '(.*?)' in vhost", text)
         name = match.group(1) if match else None
-        if (getattr(reason, "reply_code", None) == 406 and name is not None
-                and ".delay." not in name and not name.endswith(".dead")):
-            log.warning("amqp: queue %r exists with other arguments; using it as it is, "
-                        "without priorities (%s)", name, reason)
-            self.plain.add(name)
+        if getattr(reason, "reply_code", None) != 406 or name is None:
+            return
+        if self.quorum and not is_helper_queue(name):
+            log.error("amqp: queue %r cannot be declared as a quorum queue: %s", name, text)
+            self.mismatched[name] = text
+            return
+        log.warning("amqp: queue %r exists with other arguments; using it as it is%s (%s)",
+                    name, "" if is_helper_queue(name) else ", without priorities", reason)
+        self.plain.add(name)

@@ -36,7 +36,21 @@ Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
   that they never depend on bindings. Without an exchange, messages go through the default
   exchange with routing key Q, and routes are ignored.
 
-Three modules: this one is ivy's queue semantics (backend, consumer, delivery);
+* quorum queues (``?queue_type=quorum``, or ``"queue_type": "quorum"`` in the dict form): every
+  queue above is declared as a quorum queue (:mod:`ivy.queues._amqp_topology` has the
+  arguments), without priorities (a message's priority is kept, not used; ``max_priority`` is
+  refused). Q dead-letters into ``Q.dead`` by itself after ``delivery_limit`` redeliveries
+  (default 20), and the broker's ``x-delivery-count`` header counts the redeliveries. A queue
+  that exists with other arguments fails with :class:`ivy.QueueMismatch`: at ``consume`` (which
+  declares the queue first) and for the calls sent to it. A publish the quorum queue refuses
+  (nack: no leader for a moment) is sent again on a new connection until ``publish_timeout``.
+* several nodes: ``amqp://user:pw@host1:5672,host2:5672/vhost`` (or ``nodes=[...]`` in the dict
+  form); every connection takes the first node that answers and, when lost, the next one
+  (:mod:`ivy.queues._amqp_link`).
+
+The modules: this one is ivy's queue semantics (the backend, publishing);
+:mod:`ivy.queues._amqp_consume` the consumer and its deliveries;
+:mod:`ivy.queues._amqp_admin` management on short-lived connections;
 :mod:`ivy.queues._amqp_topology` what is declared on the broker; :mod:`ivy.queues._amqp_link`
 the pika transport: every connection lives on its own I/O thread, and another thread with work
 for it (a publish, an ack) runs it itself while the loop is idle, or hands it over. The
@@ -56,9 +70,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -68,28 +81,29 @@ import pika.exceptions
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from ivy.config import driver_url, mask_url
-from ivy.errors import ConfigurationError, PublishError
+from ivy.config import driver_url, join_hosts, mask_url, split_hosts
+from ivy.errors import ConfigurationError, PublishError, QueueMismatch
 from ivy.queues import _amqp_admin
+from ivy.queues._amqp_consume import AMQPConsumer, AMQPDelivery
 from ivy.queues._amqp_link import Link
 from ivy.queues._amqp_topology import (
-    DEAD_AT_HEADER,
-    DEAD_ID_HEADER,
-    DELIVERY_HEADER,
-    REASON_HEADER,
+    DEFAULT_DELIVERY_LIMIT,
+    QUEUE_TYPES,
     Declarer,
     dead_queue,
     delay_bucket,
     delay_queue,
 )
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite, complete
+from ivy.queues.base import Consumer, DeadLetter, QueueBackend, Rewrite, complete
 
-__all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "delay_bucket"]
+__all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "QueueMismatch",
+           "delay_bucket"]
 
 log = logging.getLogger("ivy.amqp")
 
 #: ivy's own query parameters, removed before the URL goes to pika
-OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type")
+OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type",
+           "queue_type", "delivery_limit")
 EXCHANGE_TYPES = ("direct", "topic")
 
 
@@ -107,26 +121,53 @@ class _Pending:
     cancelled: bool = False
     #: True once its op ran on a channel (it is published, or waits for a declaration there)
     handed: bool = False
+    #: how many times the broker refused it (quorum queues: sent again until the deadline)
+    nacks: int = 0
 
 
 class AMQPQueueBackend(QueueBackend):
-    """A queue backend on RabbitMQ. ``url`` is an AMQP URL, plus ivy's options
-    ``max_priority`` (default: 10 for queues whose tasks use priorities, none for the others),
-    ``publish_timeout`` (seconds, default 15), ``exchange`` (default none: the default exchange)
-    and ``exchange_type`` (``direct``, the default, or ``topic``)."""
+    """A queue backend on RabbitMQ. ``url`` is an AMQP URL, naming one node or several
+    (``amqp://user:pw@host1:5672,host2:5672/vhost``; or ``nodes``, a list of ``host:port``
+    that replaces the URL's host), plus ivy's options ``max_priority`` (default: 10 for queues
+    whose tasks use priorities, none for the others), ``publish_timeout`` (seconds, default
+    15), ``exchange`` (default none: the default exchange), ``exchange_type`` (``direct``, the
+    default, or ``topic``), ``queue_type`` (``classic``, the default, or ``quorum``) and
+    ``delivery_limit`` (quorum queues' ``x-delivery-limit``, default 20; 0 for none)."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
                  max_priority: int | None = None, publish_timeout: float = 15.0,
                  content_type: str = "application/json", exchange: str | None = None,
-                 exchange_type: str = "direct") -> None:
+                 exchange_type: str = "direct", queue_type: str = "classic",
+                 delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT,
+                 nodes: Sequence[str] | None = None) -> None:
         if exchange_type not in EXCHANGE_TYPES:
             raise ConfigurationError(
                 f"exchange_type {exchange_type!r} for the AMQP queue backend {mask_url(url)} "
                 f"is not supported: use one of {', '.join(EXCHANGE_TYPES)} "
                 "(e.g. ?exchange=ivy&exchange_type=topic)")
-        self.params = pika.URLParameters(
-            driver_url(url, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"}))
+        if queue_type not in QUEUE_TYPES:
+            raise ConfigurationError(
+                f"queue_type {queue_type!r} for the AMQP queue backend {mask_url(url)} is not "
+                f"supported: use one of {', '.join(QUEUE_TYPES)} (e.g. ?queue_type=quorum)")
+        if queue_type == "quorum" and max_priority:
+            raise ConfigurationError(
+                f"max_priority={max_priority} with queue_type=quorum for {mask_url(url)}: "
+                "quorum queues have no priority levels; drop max_priority, or use "
+                "queue_type=classic for priority queues")
+        if delivery_limit is not None and delivery_limit < 0:
+            raise ConfigurationError(
+                f"delivery_limit={delivery_limit} for {mask_url(url)} must be >= 0 (0: none)")
+        if nodes is not None:
+            url = join_hosts(url, nodes)
+        #: one connection parameter set per node, in the order given: links try them in turn
+        self.nodes = [pika.URLParameters(driver_url(
+            u, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"})) for u in split_hosts(url)]
+        self.params = self.nodes[0]
         self.url = mask_url(url)
+        self.queue_type = queue_type
+        #: quorum queues deliver in order: a message's priority is kept, not used (PROTOCOL.md)
+        self.supports_priority = queue_type != "quorum"
+        self._priority_noted = False
         self.max_priority = max_priority
         self.publish_timeout = publish_timeout
         self.content_type = content_type
@@ -135,7 +176,8 @@ class AMQPQueueBackend(QueueBackend):
         self.exchange_type = exchange_type
         self._declarer = Declarer(max_priority, lambda q: self.priority_hint(q),
                                   exchange=self.exchange, exchange_type=exchange_type,
-                                  routes=lambda q: self.routes_hint(q))
+                                  routes=lambda q: self.routes_hint(q), queue_type=queue_type,
+                                  delivery_limit=delivery_limit or None)
         self._pending: dict[int, _Pending] = {}
         self._tag = 0
         self._lock = threading.Lock()
@@ -144,23 +186,43 @@ class AMQPQueueBackend(QueueBackend):
         #: publishes not confirmed yet, oldest first, for the timeout watchdog
         self._unconfirmed: deque[_Pending] = deque()
         self._watchdog: threading.Thread | None = None
+        #: nacked publishes to send again (quorum queues), and the timer that will
+        self._nacked: list[_Pending] = []
+        self._resender: threading.Timer | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
         url = str(config.get("url") or "amqp://guest:guest@127.0.0.1:5672/%2F")
         levels = config.get("max_priority")
-        return cls(url, max_priority=None if levels in (None, "") else int(levels),
-                   publish_timeout=float(config.get("publish_timeout", 15.0)),
-                   content_type=str(config.get("content_type", "application/json")),
-                   exchange=str(config.get("exchange") or "") or None,
-                   exchange_type=str(config.get("exchange_type") or "direct"))
+        limit = config.get("delivery_limit")
+        nodes = config.get("nodes")
+        if nodes is not None and (isinstance(nodes, str) or not isinstance(nodes, Sequence)):
+            raise ConfigurationError(
+                f"nodes {nodes!r} for {mask_url(url)}: give a list of 'host:port' strings, "
+                "such as ['rabbit1:5672', 'rabbit2:5672']")
+        try:
+            return cls(url, max_priority=None if levels in (None, "") else int(levels),
+                       publish_timeout=float(config.get("publish_timeout", 15.0)),
+                       content_type=str(config.get("content_type", "application/json")),
+                       exchange=str(config.get("exchange") or "") or None,
+                       exchange_type=str(config.get("exchange_type") or "direct"),
+                       queue_type=str(config.get("queue_type") or "classic"),
+                       delivery_limit=(DEFAULT_DELIVERY_LIMIT if limit in (None, "")
+                                       else int(limit)),
+                       nodes=None if nodes is None else [str(n) for n in nodes])
+        except ValueError as exc:
+            if isinstance(exc, ConfigurationError):
+                raise
+            raise ConfigurationError(
+                f"AMQP option for {mask_url(url)}: {exc} (max_priority, delivery_limit are "
+                "whole numbers, publish_timeout seconds)") from None
 
     # -- publishing ----------------------------------------------------------------------------
 
     def _link(self) -> Link:
         with self._lock:
             if self._publisher is None:
-                self._publisher = Link(self.params, "publish", on_channel=self._publisher_ready,
+                self._publisher = Link(self.nodes, "publish", on_channel=self._publisher_ready,
                                         on_confirm=self._confirmed, on_lost=self._publisher_lost)
             return self._publisher
 
@@ -188,6 +250,10 @@ class AMQPQueueBackend(QueueBackend):
     def _sender(self, p: _Pending) -> Callable[[Channel], None]:
         def send(channel: Channel) -> None:
             if p.cancelled or p.future.done():
+                return
+            mismatch = self.mismatch(p.queue)
+            if mismatch is not None:
+                complete(p.future, mismatch)
                 return
             p.handed = True
 
@@ -222,12 +288,53 @@ class AMQPQueueBackend(QueueBackend):
                     settled.append(self._pending.pop(tag))
             elif method.delivery_tag in self._pending:
                 settled.append(self._pending.pop(method.delivery_tag))
+        retry: list[_Pending] = []
         for p in settled:
             if ok:
                 complete(p.future, None)
+            elif self._declarer.quorum and time.monotonic() < p.deadline:
+                p.nacks += 1  # no leader for a moment (a node stopped, an election): again
+                p.handed = False  # on no channel now: a lost connection does not resend it
+                retry.append(p)
             else:
                 complete(p.future, PublishError(
                     f"the broker {self.url} refused (nack) the message for queue {p.queue!r}"))
+        if retry:
+            link = self._publisher
+            if link is not None:  # a channel opened during an election can go on refusing
+                link.recycle(link.generation, "a quorum queue refused publishes")
+            self._send_again_soon(retry)
+
+    def _send_again_soon(self, nacked: list[_Pending]) -> None:
+        """Publish ``nacked`` again in a quarter of a second (one timer for all that come
+        meanwhile), on whatever connection is open then."""
+        log.info("amqp %s: %d publish(es) to queue %r refused (nack), sending again (a "
+                 "quorum queue without a leader for a moment?)", self.url, len(nacked),
+                 nacked[0].queue)
+        with self._lock:
+            self._nacked.extend(nacked)
+            if self._resender is not None:
+                return
+            self._resender = threading.Timer(0.25, self._resend_nacked)
+            self._resender.daemon = True
+            self._resender.start()
+
+    def _resend_nacked(self) -> None:
+        with self._lock:
+            again, self._nacked, self._resender = self._nacked, [], None
+            link = self._publisher
+        if link is None:
+            return
+        senders = []
+        for p in again:
+            p.handed = False
+            senders.append(self._sender(p))
+
+        def send_all(channel: Channel) -> None:
+            for send in senders:
+                send(channel)
+
+        link.call(send_all)
 
     def _watch(self) -> None:
         """Fail publishes left unconfirmed past ``publish_timeout``; ends when none is left."""
@@ -245,6 +352,12 @@ class AMQPQueueBackend(QueueBackend):
                 continue
             oldest.cancelled = True  # not sent again after a reconnect
             link = self._publisher
+            if oldest.nacks:
+                complete(oldest.future, PublishError(
+                    f"the broker {self.url} refused (nack) the message for queue "
+                    f"{oldest.queue!r} {oldest.nacks} times within {self.publish_timeout} s "
+                    "(a quorum queue without a leader or a quorum, or a full queue)"))
+                continue
             complete(oldest.future, PublishError(
                 f"no confirm from {self.url} for a message to queue {oldest.queue!r} within "
                 f"{self.publish_timeout} s (last connection error: "
@@ -290,6 +403,27 @@ class AMQPQueueBackend(QueueBackend):
         if errors:
             raise PublishError(f"{len(errors)} of {len(futures)} message(s): {errors[0]}")
 
+    def mismatch(self, queue: str) -> QueueMismatch | None:
+        """The error for ``queue`` if it exists on the broker with other arguments than a
+        quorum queue of ivy's (found by a declaration that failed), else None."""
+        text = self._declarer.mismatched.get(queue)
+        if text is None:
+            return None
+        vhost = self.params.virtual_host
+        return QueueMismatch(
+            f"queue {queue!r} on {self.url} exists with other arguments than ivy declares it "
+            "with for queue_type=quorum (it is a classic queue, or has other quorum settings):"
+            f" the broker says {text!r} (406 PRECONDITION_FAILED). "
+            f"Delete it (rabbitmqctl delete_queue {queue} -p {vhost}; move its messages first "
+            "if they matter), or keep using it as it is with queue_type=classic")
+
+    def _note_priority(self, priority: int) -> None:
+        if priority and not self.supports_priority and not self._priority_noted:
+            self._priority_noted = True
+            log.info("amqp %s: quorum queues deliver in order; a call's priority (%d) is kept "
+                     "on the message but does not put it first (RabbitMQ 4's quorum queues: "
+                     "priorities above 4 go first)", self.url, priority)
+
     def _route(self, queue: str, delay: float, route: str | None) -> tuple[str, str]:
         """(exchange, routing key): with an exchange, the exchange with routing key ``route``
         or ``queue``; else (and for a delay, whose queue dead-letters straight into ``queue``)
@@ -307,30 +441,54 @@ class AMQPQueueBackend(QueueBackend):
     def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
                      delay: float = 0.0, route: str | None = None) -> None:
         exchange, key = self._route(queue, delay, route)
+        self._note_priority(priority)
         self.send(key, bodies, queue=queue, priority=priority, exchange=exchange)
 
     def send_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
                   delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
         """Asynchronous publishes: confirms are tracked, not waited for."""
         exchange, key = self._route(queue, delay, route)
+        self._note_priority(priority)
         return self.send_async(key, bodies, queue=queue, priority=priority, exchange=exchange)
 
     # -- consuming -------------------------------------------------------------------------
 
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
+        """Start consuming ``queue``. With quorum queues, the queue is declared first, here, so
+        that one existing with other arguments raises :class:`ivy.QueueMismatch` now (when no
+        node answers yet, the consumer declares it once connected, and ``get`` raises)."""
+        if self._declarer.quorum:
+            try:
+                self._declare_now(queue)
+            except pika.exceptions.AMQPConnectionError as exc:
+                log.warning("amqp %s: could not declare queue %r yet (%r); the consumer will "
+                            "once a node answers", self.url, queue, exc)
         consumer = AMQPConsumer(self, queue, prefetch)
         with self._lock:
             self._consumers.append(consumer)
         return consumer
 
+    def _declare_now(self, queue: str) -> None:
+        """Declare ``Q.dead`` and ``queue`` on a short-lived connection; raise QueueMismatch
+        if ``queue`` exists with other arguments (a dead-letter queue that does is used as it
+        is, as the I/O path does)."""
+        for name in (dead_queue(queue), queue):
+            args = self._declarer.arguments(name)
+            refused = None if args is None else _amqp_admin.declare(self.nodes, name, args)
+            if refused is not None and name == queue:
+                self._declarer.mismatched[queue] = refused
+                raise self.mismatch(queue) or QueueMismatch(refused)
+            if refused is not None:
+                self._declarer.plain.add(name)
+
     # -- management: short-lived blocking connections, in ivy.queues._amqp_admin --------------
 
     def size(self, queue: str) -> int:
-        return _amqp_admin.size(self.params, queue)
+        return _amqp_admin.size(self.nodes, queue)
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Peek at ``Q.dead``: read up to ``limit`` and put them all back."""
-        return _amqp_admin.dead_letters(self.params, queue, limit)
+        return _amqp_admin.dead_letters(self.nodes, queue, limit)
 
     def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
                      rewrite: Rewrite | None = None) -> int:
@@ -343,10 +501,10 @@ class AMQPQueueBackend(QueueBackend):
             [future] = self.send_async(queue, [body], queue=queue, priority=priority)
             return future
 
-        return _amqp_admin.requeue_dead(self.params, queue, ids, rewrite, send)
+        return _amqp_admin.requeue_dead(self.nodes, queue, ids, rewrite, send)
 
     def purge_dead(self, queue: str) -> int:
-        return _amqp_admin.purge_dead(self.params, queue)
+        return _amqp_admin.purge_dead(self.nodes, queue)
 
     def queues(self) -> list[str]:
         """The main queues this process declared (AMQP cannot list queues without the
@@ -356,7 +514,7 @@ class AMQPQueueBackend(QueueBackend):
 
     def delete_queues(self, names: list[str]) -> None:
         """Delete queues (with their messages); for tests and tools."""
-        _amqp_admin.delete_queues(self.params, names)
+        _amqp_admin.delete_queues(self.nodes, names)
 
     def close(self) -> None:
         with self._lock:
@@ -366,162 +524,3 @@ class AMQPQueueBackend(QueueBackend):
             c.shutdown()
         if publisher is not None:
             publisher.close()
-
-
-class AMQPDelivery(Delivery):
-    """A message received by an :class:`AMQPConsumer`. ``delivery_count`` is the count carried
-    in the ``x-ivy-delivery`` header by a message that ivy put back, plus one, plus one more if
-    the broker marks it redelivered (its consumer's connection was lost)."""
-
-    def __init__(self, consumer: AMQPConsumer, generation: int, tag: int, body: bytes,
-                 props: BasicProperties, redelivered: bool) -> None:
-        super().__init__()
-        self._consumer = consumer
-        self._generation = generation
-        self._tag = tag
-        self.queue = consumer.queue
-        self.body = body
-        #: the message's AMQP priority (0 when it has none), kept when it is put back
-        self.priority: int = props.priority or 0
-        earlier = (props.headers or {}).get(DELIVERY_HEADER, 0)
-        self.delivery_count = (earlier if isinstance(earlier, int) else 0) + 1 + int(redelivered)
-        self._done = False
-
-    def _settle(self, op: Callable[[Channel], None]) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._consumer._settle(self._generation, op)
-
-    def _ack(self) -> None:
-        tag = self._tag
-        self._settle(lambda ch: ch.basic_ack(tag))
-
-    def _release(self) -> None:
-        tag = self._tag
-        self._settle(lambda ch: ch.basic_nack(tag, requeue=True))
-
-    def _retry(self, delay: float, body: bytes | None) -> None:
-        self._put_back(delay, body if body is not None else self.body, self.delivery_count)
-
-    def _defer(self, delay: float) -> None:
-        """Put back with the count of the deliveries before this one: the next delivery has
-        this one's ``delivery_count``."""
-        self._put_back(delay, self.body, self.delivery_count - 1)
-
-    def _put_back(self, delay: float, body: bytes, delivered: int) -> None:
-        """Publish a copy with its priority, straight to the queue or through a delay queue
-        (the default exchange, never the routes of an exchange), then ack this one."""
-        target = delay_queue(self.queue, delay) if delay > 0 else self.queue
-        self._consumer.backend.send(target, [body], queue=self.queue, priority=self.priority,
-                                    headers={DELIVERY_HEADER: delivered})
-        self._ack()
-
-    def _dead_letter(self, reason: str) -> None:
-        backend = self._consumer.backend
-        backend.send(dead_queue(self.queue), [self.body], queue=self.queue, priority=self.priority,
-                     headers={REASON_HEADER: reason[:4000], DELIVERY_HEADER: self.delivery_count,
-                              DEAD_AT_HEADER: int(time.time()),
-                              DEAD_ID_HEADER: uuid.uuid4().hex})
-        self._ack()
-
-    def _extend(self, seconds: float) -> None:
-        """Nothing to do: an unacknowledged AMQP message stays reserved while we are connected."""
-
-
-class AMQPConsumer(Consumer):
-    def __init__(self, backend: AMQPQueueBackend, queue: str, prefetch: int) -> None:
-        self.backend = backend
-        self.queue = queue
-        self.prefetch = max(1, prefetch)
-        self._buffer: deque[AMQPDelivery] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._outstanding = 0
-        self._tag: str | None = None
-        self._declarer = backend._declarer.copy()
-        self._link = Link(backend.params, f"consume-{queue}",
-                           on_channel=self._start, on_lost=self._lost)
-
-    def _start(self, channel: Channel) -> None:
-        self._declarer.reset()
-        if self._closed:
-            return
-        generation = self._link.generation
-
-        def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
-            delivery = AMQPDelivery(self, generation, method.delivery_tag, body, props,
-                                    bool(method.redelivered))
-            with self._cond:
-                if self._closed:
-                    ch.basic_nack(method.delivery_tag, requeue=True)
-                    return
-                self._buffer.append(delivery)
-                self._cond.notify()
-
-        def consume() -> None:
-            channel.basic_qos(prefetch_count=self.prefetch)
-            self._tag = channel.basic_consume(self.queue, on_message)
-
-        if self._declarer.exchange:  # bound with its name and its tasks' routes
-            self._declarer.routed(channel, self.queue, self.queue, consume)
-        else:
-            self._declarer.then(channel, self.queue, consume)
-
-    def _lost(self) -> None:
-        """Deliveries of a lost connection come back from the broker; drop our copies."""
-        self._declarer.failed(self._link.last_reason)
-        self._link.last_reason = None
-        with self._cond:
-            self._buffer.clear()
-
-    def get(self, timeout: float) -> Delivery | None:
-        with self._cond:
-            if not self._buffer and not self._closed:
-                self._cond.wait_for(lambda: bool(self._buffer) or self._closed, timeout)
-            if self._closed or not self._buffer:
-                return None
-            self._outstanding += 1
-            return self._buffer.popleft()
-
-    def _settle(self, generation: int, op: Callable[[Channel], None]) -> None:
-        def run(channel: Channel) -> None:
-            if self._link.generation == generation:
-                op(channel)
-
-        self._link.call(run)
-        with self._cond:
-            self._outstanding -= 1
-            finished = self._closed and self._outstanding <= 0
-        if finished:
-            self._link.call(lambda ch: threading.Thread(target=self.shutdown, daemon=True).start())
-
-    def close(self) -> None:
-        """Stop consuming and give back unstarted deliveries now; the connection stays open
-        until the deliveries in progress are settled."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            unstarted, self._buffer = list(self._buffer), deque()
-            idle = self._outstanding <= 0
-            self._cond.notify_all()
-        tag = self._tag
-
-        def cancel(channel: Channel) -> None:
-            if tag is not None:
-                channel.basic_cancel(tag)
-            for d in unstarted:
-                if d._generation == self._link.generation:
-                    channel.basic_nack(d._tag, requeue=True)
-
-        self._link.call(cancel)
-        if idle:
-            self._link.call(lambda ch: threading.Thread(target=self.shutdown, daemon=True).start())
-
-    def shutdown(self) -> None:
-        """Close the connection (what is still unacknowledged goes back to the queue)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._link.close()

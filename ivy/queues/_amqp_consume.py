@@ -1,0 +1,198 @@
+"""The consuming side of the AMQP backend (:mod:`ivy.queues.amqp`): a consumer per queue on a
+connection of its own, and its deliveries, acknowledged after the worker recorded the outcome.
+A delivery from a connection that has since been lost is not acknowledged (the broker
+redelivers it)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pika.channel import Channel
+from pika.spec import BasicProperties
+
+from ivy.queues._amqp_link import Link
+from ivy.queues._amqp_topology import (
+    BROKER_DELIVERY_HEADER,
+    DEAD_AT_HEADER,
+    DEAD_ID_HEADER,
+    DELIVERY_HEADER,
+    REASON_HEADER,
+    dead_queue,
+    delay_queue,
+)
+from ivy.queues.base import Consumer, Delivery
+
+if TYPE_CHECKING:
+    from ivy.queues.amqp import AMQPQueueBackend
+
+
+class AMQPDelivery(Delivery):
+    """A message received by an :class:`AMQPConsumer`. ``delivery_count`` is the count carried
+    in the ``x-ivy-delivery`` header by a message that ivy put back, plus one, plus the
+    broker's redeliveries: a quorum queue's ``x-delivery-count`` (every return counted), else
+    one if the broker marks it redelivered (its consumer's connection was lost)."""
+
+    def __init__(self, consumer: AMQPConsumer, generation: int, tag: int, body: bytes,
+                 props: BasicProperties, redelivered: bool) -> None:
+        super().__init__()
+        self._consumer = consumer
+        self._generation = generation
+        self._tag = tag
+        self.queue = consumer.queue
+        self.body = body
+        #: the message's AMQP priority (0 when it has none), kept when it is put back
+        self.priority: int = props.priority or 0
+        headers = props.headers or {}
+        earlier = headers.get(DELIVERY_HEADER, 0)
+        returned = headers.get(BROKER_DELIVERY_HEADER) if consumer._declarer.quorum else None
+        if not isinstance(returned, int) or returned < 0:
+            returned = int(redelivered)
+        self.delivery_count = (earlier if isinstance(earlier, int) else 0) + 1 + returned
+        self._done = False
+
+    def _settle(self, op: Callable[[Channel], None]) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._consumer._settle(self._generation, op)
+
+    def _ack(self) -> None:
+        tag = self._tag
+        self._settle(lambda ch: ch.basic_ack(tag))
+
+    def _release(self) -> None:
+        tag = self._tag
+        self._settle(lambda ch: ch.basic_nack(tag, requeue=True))
+
+    def _retry(self, delay: float, body: bytes | None) -> None:
+        self._put_back(delay, body if body is not None else self.body, self.delivery_count)
+
+    def _defer(self, delay: float) -> None:
+        """Put back with the count of the deliveries before this one: the next delivery has
+        this one's ``delivery_count``."""
+        self._put_back(delay, self.body, self.delivery_count - 1)
+
+    def _put_back(self, delay: float, body: bytes, delivered: int) -> None:
+        """Publish a copy with its priority, straight to the queue or through a delay queue
+        (the default exchange, never the routes of an exchange), then ack this one."""
+        target = delay_queue(self.queue, delay) if delay > 0 else self.queue
+        self._consumer.backend.send(target, [body], queue=self.queue, priority=self.priority,
+                                    headers={DELIVERY_HEADER: delivered})
+        self._ack()
+
+    def _dead_letter(self, reason: str) -> None:
+        backend = self._consumer.backend
+        backend.send(dead_queue(self.queue), [self.body], queue=self.queue, priority=self.priority,
+                     headers={REASON_HEADER: reason[:4000], DELIVERY_HEADER: self.delivery_count,
+                              DEAD_AT_HEADER: int(time.time()),
+                              DEAD_ID_HEADER: uuid.uuid4().hex})
+        self._ack()
+
+    def _extend(self, seconds: float) -> None:
+        """Nothing to do: an unacknowledged AMQP message stays reserved while we are connected."""
+
+
+class AMQPConsumer(Consumer):
+    def __init__(self, backend: AMQPQueueBackend, queue: str, prefetch: int) -> None:
+        self.backend = backend
+        self.queue = queue
+        self.prefetch = max(1, prefetch)
+        self._buffer: deque[AMQPDelivery] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._outstanding = 0
+        self._tag: str | None = None
+        self._declarer = backend._declarer.copy()
+        self._link = Link(backend.nodes, f"consume-{queue}",
+                           on_channel=self._start, on_lost=self._lost)
+
+    def _start(self, channel: Channel) -> None:
+        self._declarer.reset()
+        if self._closed:
+            return
+        generation = self._link.generation
+
+        def on_message(ch: Channel, method: Any, props: BasicProperties, body: bytes) -> None:
+            delivery = AMQPDelivery(self, generation, method.delivery_tag, body, props,
+                                    bool(method.redelivered))
+            with self._cond:
+                if self._closed:
+                    ch.basic_nack(method.delivery_tag, requeue=True)
+                    return
+                self._buffer.append(delivery)
+                self._cond.notify()
+
+        def consume() -> None:
+            channel.basic_qos(prefetch_count=self.prefetch)
+            self._tag = channel.basic_consume(self.queue, on_message)
+
+        if self._declarer.exchange:  # bound with its name and its tasks' routes
+            self._declarer.routed(channel, self.queue, self.queue, consume)
+        else:
+            self._declarer.then(channel, self.queue, consume)
+
+    def _lost(self) -> None:
+        """Deliveries of a lost connection come back from the broker; drop our copies."""
+        self._declarer.failed(self._link.last_reason)
+        self._link.last_reason = None
+        with self._cond:
+            self._buffer.clear()
+
+    def get(self, timeout: float) -> Delivery | None:
+        mismatch = self.backend.mismatch(self.queue)
+        if mismatch is not None:  # the queue was replaced by one with other arguments
+            raise mismatch
+        with self._cond:
+            if not self._buffer and not self._closed:
+                self._cond.wait_for(lambda: bool(self._buffer) or self._closed, timeout)
+            if self._closed or not self._buffer:
+                return None
+            self._outstanding += 1
+            return self._buffer.popleft()
+
+    def _settle(self, generation: int, op: Callable[[Channel], None]) -> None:
+        def run(channel: Channel) -> None:
+            if self._link.generation == generation:
+                op(channel)
+
+        self._link.call(run)
+        with self._cond:
+            self._outstanding -= 1
+            finished = self._closed and self._outstanding <= 0
+        if finished:
+            self._link.call(lambda ch: threading.Thread(target=self.shutdown, daemon=True).start())
+
+    def close(self) -> None:
+        """Stop consuming and give back unstarted deliveries now; the connection stays open
+        until the deliveries in progress are settled."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            unstarted, self._buffer = list(self._buffer), deque()
+            idle = self._outstanding <= 0
+            self._cond.notify_all()
+        tag = self._tag
+
+        def cancel(channel: Channel) -> None:
+            if tag is not None:
+                channel.basic_cancel(tag)
+            for d in unstarted:
+                if d._generation == self._link.generation:
+                    channel.basic_nack(d._tag, requeue=True)
+
+        self._link.call(cancel)
+        if idle:
+            self._link.call(lambda ch: threading.Thread(target=self.shutdown, daemon=True).start())
+
+    def shutdown(self) -> None:
+        """Close the connection (what is still unacknowledged goes back to the queue)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._link.close()
