@@ -445,3 +445,25 @@ def test_features_that_need_a_store_are_refused_clearly(amqp_only: tuple[str, st
         # while plain calls work
         app.listen(queue="nostore", block=False)
         assert app.delayed_call(add, 1, 2).result(30) == 3
+
+
+def test_results_over_a_node_list_go_past_a_node_that_does_not_answer(amqp_url: str) -> None:
+    # Given RabbitMQ alone, named by a node list whose first node does not answer
+    from urllib.parse import urlsplit
+
+    from servers import free_port
+
+    from ivy.config import join_hosts
+
+    real = urlsplit(amqp_url)
+    url = join_hosts(amqp_url, [f"127.0.0.1:{free_port()}",
+                                f"{real.hostname}:{real.port or 5672}"])
+    with ivy.Ivy(url, amqp_notifier_url(url)) as app:
+        @app.register_task(name="nodes.add", queue="nodes")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        app.listen(queue="nodes", block=False)
+        # Then calls, results and the worker listing all reach the second node
+        assert app.delayed_call(add, 2, 3).result(30) == 5
+        wait_for(lambda: any(w.get("queues") == ["nodes"] for w in app.workers()), timeout=20)

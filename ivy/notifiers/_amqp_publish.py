@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,8 +138,8 @@ class Declarations:
 class Publisher:
     """Confirmed publishes over one :class:`Link`, opened on first use."""
 
-    def __init__(self, params: pika.URLParameters, url: str, label: str,
-                 declarations: Declarations) -> None:
+    def __init__(self, params: pika.URLParameters | Sequence[pika.URLParameters], url: str,
+                 label: str, declarations: Declarations) -> None:
         self.params = params
         self.url = url
         self.label = label

@@ -73,10 +73,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Self
 
 import pika
+import pika.exceptions
 from pika.channel import Channel
 from pika.spec import BasicProperties
 
-from ivy.config import driver_url, mask_url
+from ivy.config import driver_url, mask_url, split_hosts
 from ivy.errors import ConfigurationError, PublishError
 from ivy.notifiers import _amqp_workers
 from ivy.notifiers._amqp_publish import Declarations, Outgoing, Publisher
@@ -135,7 +136,7 @@ class AMQPSubscription(Subscription):
         self._closed = False
         self.ready = threading.Event()  # consuming (set again on every reconnect)
         self._declarations = Declarations(notifier.reply_arguments, float("inf"), label)
-        self._link = Link(notifier.params, label, on_channel=self._start, on_lost=self._lost)
+        self._link = Link(notifier.nodes, label, on_channel=self._start, on_lost=self._lost)
 
     def _start(self, channel: Channel) -> None:
         if self._closed:
@@ -234,8 +235,12 @@ class AMQPNotifier(Notifier):
             raise ConfigurationError(
                 f"reply_expires {reply_expires!r} for the AMQP notifier {mask_url(url)} is "
                 "below RabbitMQ's minimum x-expires of 1 s: use ?reply_expires=600 or more")
-        self.params = pika.URLParameters(
-            driver_url(url, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"}))
+        #: one connection's parameters per node (``amqp://u:p@host1:5672,host2:5672/vhost``):
+        #: links take the first node that answers and fail over to the next, as the queue
+        #: backend's do
+        self.nodes = [pika.URLParameters(driver_url(
+            u, OPTIONS, {"heartbeat": "30", "socket_timeout": "10"})) for u in split_hosts(url)]
+        self.params = self.nodes[0]
         self.url = mask_url(url)
         self.reply_expires = float(reply_expires)
         #: whether notifications are persistent messages (they survive a RabbitMQ restart)
@@ -246,7 +251,7 @@ class AMQPNotifier(Notifier):
         if reply_queue_type == "quorum":
             self.reply_arguments["x-queue-type"] = "quorum"
         self._publisher = Publisher(
-            self.params, self.url, "notify",
+            self.nodes, self.url, "notify",
             Declarations(self.reply_arguments, self.reply_expires / 4, "notify",
                          stream_arguments=_amqp_workers.STREAM_ARGUMENTS))
         self._finals = _finals_of(self.params)
@@ -346,7 +351,14 @@ class AMQPNotifier(Notifier):
     def workers(self) -> list[dict[str, Any]]:
         """The heartbeats of the workers alive, read from the stream ``ivy.workers`` on a
         short-lived connection."""
-        return _amqp_workers.read_alive(self.params)
+        last: Exception | None = None
+        for node in self.nodes:  # the first node that answers
+            try:
+                return _amqp_workers.read_alive(node)
+            except pika.exceptions.AMQPConnectionError as exc:
+                last = exc
+        assert last is not None
+        raise last
 
     def close(self) -> None:
         with self._lock:
