@@ -7,21 +7,17 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ivy.call import Call, ResultCallback, finished_adapter, result_callback_adapter
-from ivy.config import Spec, make_notifier, make_queue_backend, parse_reserve_times
+from ivy.call import Call, ResultCallback
+from ivy.config import Spec, make_notifier, make_queue_backend
 from ivy.errors import ConfigurationError, IvyError, PublishError
 from ivy.message import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_MESSAGE_BYTES,
-    Message,
     Notification,
     decode_notification,
-    encode_call,
     new_id,
-    now_ms,
     peek_id,
 )
 from ivy.middleware import Middleware, Pipeline
@@ -34,10 +30,10 @@ from ivy.serialization import Serializer, Signer, get_serializer, signer_from
 from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
 from ivy.timing.schedule import Schedule, Schedules, add_schedule
 from ivy.worker import Worker, WorkerContext
-from ivy.workflows.canvas import Canvas
 
 if TYPE_CHECKING:
     from ivy.deadletters import DeadLetterInfo
+    from ivy.producing import Outgoing
 
 log = logging.getLogger("ivy")
 P = ParamSpec("P")
@@ -45,17 +41,6 @@ R = TypeVar("R")
 T = TypeVar("T", QueueBackend, Notifier)
 
 CHANNEL_PREFIX = "ivy:notify:"
-
-
-@dataclass(slots=True)
-class _Outgoing:
-    call: Call[Any]
-    message: Message
-    queue: str
-    body: bytes
-    priority: int
-    delay: float
-    route: str | None
 
 
 class Ivy:
@@ -394,52 +379,13 @@ class Ivy:
         ``unique_key`` (or a task registered with ``unique_for``): while a call with the same
         key is pending, or within ``unique_for`` seconds of its send, this sends nothing and
         returns that call (see :mod:`ivy.timing.unique`)."""
-        if isinstance(task, Canvas):
-            if unique_key is not None or unique_for is not None:
-                raise ValueError("unique_key and unique_for apply to calls of one task, not to "
-                                 "workflows: send the workflow's first step unique instead")
-            from ivy.workflows.sending import send_workflow
+        from ivy.producing import send_task
 
-            return send_workflow(self, task, args, kwargs, queue=queue, priority=priority,
-                                 delay=delay, max_retries=max_retries, callback=callback,
-                                 confirm=confirm)
+        return send_task(self, task, args, kwargs, queue=queue, priority=priority, delay=delay,
+                         max_retries=max_retries, callback=callback, confirm=confirm,
+                         unique_key=unique_key, unique_for=unique_for)
 
-        def send(call_id: str | None = None, extra: dict[str, Any] | None = None) -> Call[Any]:
-            out = self._prepare(task, args, kwargs, queue=queue, priority=priority,
-                                delay=delay, max_retries=max_retries, callback=callback,
-                                call_id=call_id, extra=extra)
-            self._send([out], out.queue, out.priority, out.delay, out.route)
-            if confirm:
-                out.call.sent()
-            return out.call
-
-        registered = task if isinstance(task, Task) else (
-            self.registry.get(task) if isinstance(task, str) else None)
-        if unique_key is None and unique_for is None and (
-                registered is None or registered.unique_for is None):
-            if registered is None and not isinstance(task, str) and callable(task):
-                registered = self.registry.resolve(task)  # a registered function
-                if registered.unique_for is not None:
-                    return self.send_task(registered, args, kwargs, queue=queue,
-                                          priority=priority, delay=delay,
-                                          max_retries=max_retries, callback=callback,
-                                          confirm=confirm)
-            return send()
-        from ivy.timing import unique
-
-        unique.check(unique_key, unique_for)
-        if registered is None and not (isinstance(task, str) and queue is not None):
-            registered = self.registry.resolve(task)
-        name = registered.name if registered is not None else str(task)
-        target = queue or (registered.queue if registered is not None else "ivy")
-        if unique_for is None:
-            unique_for = registered.unique_for if registered is not None else None
-        args = tuple(args)
-        return unique.send_unique(self, name, target, args, dict(kwargs or {}),
-                                  unique_key=unique_key, unique_for=unique_for or 0.0,
-                                  send=send)
-
-    def _send(self, outs: list[_Outgoing], queue: str, priority: int, delay: float,
+    def _send(self, outs: list[Outgoing], queue: str, priority: int, delay: float,
               route: str | None) -> None:
         """Hand messages to the backend and track their confirms. What the backend refuses at
         once (a synchronous backend's error, an oversized SQS message) raises here, and those
@@ -490,14 +436,14 @@ class Ivy:
         """Call ``task`` once per argument list, sending the whole batch at once: on RabbitMQ
         the publishes are pipelined (their confirms tracked as for :meth:`send_task`); on
         SQLite they are one transaction. ``callback`` runs for each call."""
-        batch: list[_Outgoing] = []
+        batch: list[Outgoing] = []
         try:
             for args in arg_lists:
                 batch.append(self._prepare(task, args, None, delay=delay, callback=callback))
         except BaseException:
             self._forget([o.call for o in batch])  # nothing was sent
             raise
-        groups: dict[tuple[str, int, str | None], list[_Outgoing]] = {}
+        groups: dict[tuple[str, int, str | None], list[Outgoing]] = {}
         for out in batch:
             groups.setdefault((out.queue, out.priority, out.route), []).append(out)
         try:
@@ -513,50 +459,14 @@ class Ivy:
         queue: str | None = None, priority: int | None = None, delay: float | None = None,
         max_retries: int | None = None, callback: ResultCallback | None = None,
         call_id: str | None = None, extra: Mapping[str, Any] | None = None,
-    ) -> _Outgoing:
+    ) -> Outgoing:
         """Check and encode one call, and register it as pending; ``extra`` holds message
         fields beyond the core ones (``unique_key``, ...)."""
-        self._check_open()
-        args, kwargs = tuple(args), dict(kwargs or {})
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback {callback!r} is not callable: pass a function "
-                            "callback(err, result)")
-        if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
-            raise ValueError(f"delay {delay!r} must be a number of seconds >= 0")
-        registered: Task[Any, Any] | None = None
-        if isinstance(task, str) and queue is not None and self.registry.get(task) is None:
-            name = task
-        else:
-            registered = self.registry.resolve(task)
-            name = registered.name
-            try:
-                registered.check_arguments(args, kwargs)
-            except TypeError as exc:
-                raise TypeError(f"wrong arguments for task {name!r}: {exc}") from None
-        target_queue = queue or (registered.queue if registered else "ivy")
-        created = now_ms()
-        message = Message(
-            id=call_id or new_id(), name=name, args=list(args), kwargs=kwargs, queue=target_queue,
-            reply_to=self.channel,
-            max_retries=max_retries if max_retries is not None else (
-                registered.max_retries if registered else 0),
-            priority=priority if priority is not None else (
-                registered.priority if registered else 0),
-            eta=created + int(delay * 1000) if delay else None, created_ms=created,
-            extra=dict(extra) if extra else {})
-        if self.middleware:
-            self.middleware.before_publish(message)
-        body = encode_call(message, self.serializer, max_depth=self.max_depth,
-                           max_bytes=self.max_message_bytes)
-        call: Call[Any] = Call(message.id, name, target_queue)
-        call._canceller = self.cancel
-        if callback is not None:
-            call.add_done_callback(result_callback_adapter(callback))
-        if registered is not None and registered.finished is not None:
-            call.add_done_callback(finished_adapter(registered.finished))
-        self._current_results().add(call)
-        return _Outgoing(call, message, target_queue, self.seal(body), message.priority,
-                         delay or 0.0, registered.route if registered is not None else None)
+        from ivy.producing import prepare
+
+        return prepare(self, task, args, kwargs, queue=queue, priority=priority, delay=delay,
+                       max_retries=max_retries, callback=callback, call_id=call_id,
+                       extra=extra)
 
     def seal(self, body: bytes) -> bytes:
         """Sign an encoded message or notification when a signing key is configured."""
@@ -637,46 +547,11 @@ class Ivy:
         The worker writes a heartbeat to the notifier every ``heartbeat`` seconds (None: none)
         for ``ivy inspect``; ``events=True`` publishes its task events for ``ivy events``
         (see :mod:`ivy.monitor` and :mod:`ivy.middleware.events`)."""
-        self._check_open()
-        reserve_times: dict[str, float] = {}
-        if isinstance(queue_url, Mapping):
-            queue_url = dict(queue_url)
-            if "queue" in queue_url:
-                queue = queue or queue_url.pop("queue")
-            reserve_times = self._message_options(queue_url.pop("messages", None))
-        backend = self._own(queue_url, make_queue_backend) if queue_url is not None else (
-            self.queue_backend)
-        if notifier is not None or self._producer_notifier is None:
-            self.start_notification_producer(notifier)
-        if queue is None:
-            names = sorted({t.queue for t in (self.registry.get(n) for n in self.registry.names())
-                            if t is not None}) or ["ivy"]
-        elif isinstance(queue, str):
-            names = [queue]
-        else:
-            names = list(queue)
-        context = self.worker_context(reserve_times)
-        if events:
-            context = self._with_events(context)
-        worker = Worker(context, backend, self._producer_notifier, names,
-                        concurrency=concurrency, reserve_time=reserve_time or self.reserve_time,
-                        max_messages=max_messages)
-        self._workers.append(worker)
-        worker.start()
-        if heartbeat is not None:
-            self._start_heartbeat(worker, heartbeat, events)
-        if block:
-            worker.run_forever()
-        return worker
+        from ivy.listening import start_worker
 
-    def _message_options(self, messages: Any) -> dict[str, float]:
-        """``listen({"messages": {name: {"reserveTime": s}}})`` -> {name: s}."""
-        reserve_times = parse_reserve_times(messages)
-        for name in reserve_times:
-            if self.registry.get(name) is None:
-                log.warning("listen: messages names task %r, which is not registered here "
-                            "(registered: %s)", name, ", ".join(self.registry.names()))
-        return reserve_times
+        return start_worker(self, queue_url, queue=queue, concurrency=concurrency, block=block,
+                            reserve_time=reserve_time, notifier=notifier,
+                            max_messages=max_messages, events=events, heartbeat=heartbeat)
 
     def worker_context(self, reserve_times: Mapping[str, float] | None = None) -> WorkerContext:
         """What a worker of this app needs: its registry, serializer, limits, signer (read
@@ -687,22 +562,7 @@ class Ivy:
             max_message_bytes=self.max_message_bytes, max_depth=self.max_depth,
             signer=self.signer, reserve_times=reserve_times or {}, middleware=self.middleware)
 
-    # -- live workers, events and waiting (operations issue) ---------------------------------
-
-    def _with_events(self, context: WorkerContext) -> WorkerContext:
-        """``context`` with the events middleware after the app's own: for one worker."""
-        from ivy.middleware.events import Events
-
-        assert self._producer_notifier is not None
-        events = Events(self._producer_notifier)
-        return replace(context, middleware=Pipeline([*self.middleware.middleware, events]))
-
-    def _start_heartbeat(self, worker: Worker, interval: float, events: bool) -> None:
-        assert self._producer_notifier is not None
-        beat = Heartbeat(worker, self._producer_notifier, interval=interval, events=events)
-        with self._lock:
-            self._heartbeats.append(beat)
-        beat.start()
+    # -- live workers and waiting (operations issue) -----------------------------------------
 
     def workers(self) -> list[dict[str, Any]]:
         """The heartbeats of the workers alive on this app's notifier (see

@@ -53,7 +53,7 @@ def send_workflow(
                      given=len(prefix))
     eta = now_ms() + int(delay * 1000) if delay else None
     messages = start(root, prefix, FINAL, {"id": call_id, "reply_to": app.channel}, eta=eta)
-    from ivy.app import _Outgoing
+    from ivy.producing import Outgoing as _Outgoing
 
     first_queue = messages[0].queue or "ivy"
     call: Call[Any] = Call(call_id, flow.describe(), first_queue)

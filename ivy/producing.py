@@ -1,0 +1,134 @@
+"""The producer's path of :class:`ivy.Ivy`: checking, encoding and handing over one call
+(``send_task``, ``delayed_call``, ``delayed_calls``), a workflow (:mod:`ivy.workflows`) or a
+unique send (:mod:`ivy.timing.unique`). The app keeps the state; these are its steps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ivy.call import Call, ResultCallback, finished_adapter, result_callback_adapter
+from ivy.message import Message, encode_call, new_id, now_ms
+from ivy.task import Task
+from ivy.workflows.canvas import Canvas
+
+if TYPE_CHECKING:
+    from ivy.app import Ivy
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One encoded call on its way to the queue backend."""
+
+    call: Call[Any]
+    message: Message
+    queue: str
+    body: bytes
+    priority: int
+    delay: float
+    route: str | None
+
+
+def send_task(
+    app: Ivy, task: Any, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,
+    queue: str | None, priority: int | None, delay: float | None, max_retries: int | None,
+    callback: ResultCallback | None, confirm: bool, unique_key: str | None,
+    unique_for: float | None,
+) -> Call[Any]:
+    """What :meth:`ivy.Ivy.send_task` documents: a workflow, a unique send or a plain call."""
+    if isinstance(task, Canvas):
+        if unique_key is not None or unique_for is not None:
+            raise ValueError("unique_key and unique_for apply to calls of one task, not to "
+                             "workflows: send the workflow's first step unique instead")
+        from ivy.workflows.sending import send_workflow
+
+        return send_workflow(app, task, args, kwargs, queue=queue, priority=priority,
+                             delay=delay, max_retries=max_retries, callback=callback,
+                             confirm=confirm)
+
+    def send(call_id: str | None = None, extra: dict[str, Any] | None = None) -> Call[Any]:
+        out = app._prepare(task, args, kwargs, queue=queue, priority=priority,
+                           delay=delay, max_retries=max_retries, callback=callback,
+                           call_id=call_id, extra=extra)
+        app._send([out], out.queue, out.priority, out.delay, out.route)
+        if confirm:
+            out.call.sent()
+        return out.call
+
+    registered = task if isinstance(task, Task) else (
+        app.registry.get(task) if isinstance(task, str) else None)
+    if unique_key is None and unique_for is None and (
+            registered is None or registered.unique_for is None):
+        if registered is None and not isinstance(task, str) and callable(task):
+            registered = app.registry.resolve(task)  # a registered function
+            if registered.unique_for is not None:
+                return app.send_task(registered, args, kwargs, queue=queue,
+                                     priority=priority, delay=delay,
+                                     max_retries=max_retries, callback=callback,
+                                     confirm=confirm)
+        return send()
+    from ivy.timing import unique
+
+    unique.check(unique_key, unique_for)
+    if registered is None and not (isinstance(task, str) and queue is not None):
+        registered = app.registry.resolve(task)
+    name = registered.name if registered is not None else str(task)
+    target = queue or (registered.queue if registered is not None else "ivy")
+    if unique_for is None:
+        unique_for = registered.unique_for if registered is not None else None
+    args = tuple(args)
+    return unique.send_unique(app, name, target, args, dict(kwargs or {}),
+                              unique_key=unique_key, unique_for=unique_for or 0.0,
+                              send=send)
+
+
+def prepare(
+    app: Ivy, task: Any, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,
+    queue: str | None = None, priority: int | None = None, delay: float | None = None,
+    max_retries: int | None = None, callback: ResultCallback | None = None,
+    call_id: str | None = None, extra: Mapping[str, Any] | None = None,
+) -> Outgoing:
+    """What :meth:`ivy.Ivy._prepare` documents: check and encode one call, and register it as
+    pending."""
+    app._check_open()
+    args, kwargs = tuple(args), dict(kwargs or {})
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback {callback!r} is not callable: pass a function "
+                        "callback(err, result)")
+    if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
+        raise ValueError(f"delay {delay!r} must be a number of seconds >= 0")
+    registered: Task[Any, Any] | None = None
+    if isinstance(task, str) and queue is not None and app.registry.get(task) is None:
+        name = task
+    else:
+        registered = app.registry.resolve(task)
+        name = registered.name
+        try:
+            registered.check_arguments(args, kwargs)
+        except TypeError as exc:
+            raise TypeError(f"wrong arguments for task {name!r}: {exc}") from None
+    target_queue = queue or (registered.queue if registered else "ivy")
+    created = now_ms()
+    message = Message(
+        id=call_id or new_id(), name=name, args=list(args), kwargs=kwargs, queue=target_queue,
+        reply_to=app.channel,
+        max_retries=max_retries if max_retries is not None else (
+            registered.max_retries if registered else 0),
+        priority=priority if priority is not None else (
+            registered.priority if registered else 0),
+        eta=created + int(delay * 1000) if delay else None, created_ms=created,
+        extra=dict(extra) if extra else {})
+    if app.middleware:
+        app.middleware.before_publish(message)
+    body = encode_call(message, app.serializer, max_depth=app.max_depth,
+                       max_bytes=app.max_message_bytes)
+    call: Call[Any] = Call(message.id, name, target_queue)
+    call._canceller = app.cancel
+    if callback is not None:
+        call.add_done_callback(result_callback_adapter(callback))
+    if registered is not None and registered.finished is not None:
+        call.add_done_callback(finished_adapter(registered.finished))
+    app._current_results().add(call)
+    return Outgoing(call, message, target_queue, app.seal(body), message.priority,
+                    delay or 0.0, registered.route if registered is not None else None)
