@@ -33,6 +33,7 @@ from ivy.worker import Worker, WorkerContext
 
 if TYPE_CHECKING:
     from ivy.deadletters import DeadLetterInfo
+    from ivy.middleware.events import Events
     from ivy.producing import Outgoing
 
 log = logging.getLogger("ivy")
@@ -106,6 +107,7 @@ class Ivy:
         self._closed = False
         self._workers: list[Worker] = []
         self._heartbeats: list[Heartbeat] = []
+        self._events: list[Events] = []  # the workers' task events (listen(events=True))
         self._outbox = Outbox(self._send_failed)
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -589,9 +591,12 @@ class Ivy:
             self._closed = True
             workers, self._workers = self._workers, []
             heartbeats, self._heartbeats = self._heartbeats, []
+            events, self._events = self._events, []
         self._flush_quietly(timeout)
         for worker in workers:
             worker.stop()
+        for publisher in events:  # the workers' last events, before the notifier closes
+            publisher.close()
         for beat in heartbeats:  # their entries go before the notifiers close
             beat.stop()
         self._results.close("IvyClosed", f"{self!r} was closed before the result of this "

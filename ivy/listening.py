@@ -75,6 +75,8 @@ def with_events(app: Ivy, context: WorkerContext) -> WorkerContext:
 
     assert app._producer_notifier is not None
     events = Events(app._producer_notifier)
+    with app._lock:
+        app._events.append(events)  # closed before the notifier is
     return replace(context, middleware=Pipeline([*app.middleware.middleware, events]))
 
 

@@ -291,3 +291,42 @@ def test_wait_progress_without_tqdm_says_how_to_get_it(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "tqdm", None)  # as if it were not installed
     with pytest.raises(ivy.ConfigurationError, match=r"pip install 'ivy-queue\[progress\]'"):
         ivy.wait([], progress=True)
+
+
+CLOSE_WITH_EVENTS = """
+import sys, time
+import ivy
+from ivy.message import Message, new_id
+
+path = sys.argv[1]
+for round in range(10):
+    app = ivy.Ivy(f"sqlite:///{path}/{round}.db", f"sqlite:///{path}/{round}.db")
+
+    @app.register_task(name="close.noop", queue="q")
+    def noop(i):
+        return i
+
+    bodies = [Message(id=new_id(), name="close.noop", args=[i], queue="q",
+                      reply_to="ivy:notify:none").encode(app.serializer) for i in range(1500)]
+    for future in app.queue_backend.send_many("q", bodies):
+        future.result(60)
+    worker = app.listen(queue="q", block=False, events=True)
+    deadline = time.monotonic() + 60
+    while worker.processed < 1500 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    app.close()  # at once, with events still queued for the publisher thread
+    print("round", round, worker.processed, flush=True)
+"""
+
+
+def test_closing_an_app_while_its_events_are_published_is_safe(tmp_path: Any) -> None:
+    # Given workers publishing task events on SQLite, their apps closed the moment the last
+    # task ran (the events publisher thread used the notifier's connection as it was closed,
+    # and the process died of a segmentation fault)
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", CLOSE_WITH_EVENTS, str(tmp_path)],
+                          capture_output=True, text=True, timeout=180)
+    # Then every round ends normally
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.stdout.split("\n")[:10] == [f"round {r} 1500" for r in range(10)]

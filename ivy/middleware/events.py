@@ -80,6 +80,8 @@ class Events(Middleware):
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._sending = 0  # events taken by the publisher, not yet sent
         self._publisher: threading.Thread | None = None
+        self._send_lock = threading.Lock()  # held while a batch is sent
+        self._closed = False
 
     def before_task(self, message: Message) -> None:
         self._started[id(message)] = time.monotonic()
@@ -108,6 +110,8 @@ class Events(Middleware):
               extra: dict[str, Any] | None) -> None:
         """Queue an event for the publisher thread, which encodes and sends it: the task's
         thread only copies the message's fields (the worker raises its attempt afterwards)."""
+        if self._closed:
+            return
         if self._queue.qsize() >= MAX_PENDING:
             self._failed(event, OverflowError(f"{MAX_PENDING} events wait already"))
             return
@@ -116,6 +120,15 @@ class Events(Middleware):
         self._queue.put((event, fields, now, extra))
         if self._publisher is None:
             self._start()
+
+    def close(self, timeout: float = EXIT_FLUSH) -> None:
+        """Publish what is queued (for up to ``timeout`` seconds), then publish no more: call
+        it before the notifier closes (``Ivy.close`` does, once its workers stopped), since
+        the publisher thread must not use a notifier being closed."""
+        if not self.flush(timeout):
+            log.warning("events: %d event(s) not published at close", self._queue.qsize())
+        with self._send_lock:  # a batch in progress ends first
+            self._closed = True
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the events queued so far are published (or given up on); False if
@@ -159,7 +172,9 @@ class Events(Middleware):
                     break
             self._sending = len(batch)
             try:
-                self.notifier.publish_events([self._encode(p) for p in batch])
+                with self._send_lock:
+                    if not self._closed:
+                        self.notifier.publish_events([self._encode(p) for p in batch])
             except Exception as exc:
                 self._failed(batch[0][0] if len(batch) == 1 else "", exc, len(batch))
             finally:
