@@ -5,16 +5,14 @@ step or a chord's callback, still gives exactly one final result per workflow.""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, wait_for
-from workers import WorkerProcess, stop_worker
+from conftest import wait_for
+from workers import WorkerProcess, launch, stop_worker
 
 import ivy
 
@@ -29,29 +27,8 @@ def start_flow_worker(queue_url: str, notifier_url: str, tmp_path: Path,
     if kill_after:
         env.update(IVY_TEST_KILL_AFTER=kill_after,
                    IVY_TEST_KILL_MARKER=str(tmp_path / "killed"))
-    process = WorkerProcess(
-        [sys.executable, "-m", "ivy", "worker", "tasks_for_workflows", "--queue-url",
-         queue_url, "--notifier-url", notifier_url, "--reserve-time", "2", "--heartbeat", "1",
-         *options],
-        cwd=TESTS_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    process.lines = []
-    listening = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.decode(errors="replace")
-            process.lines.append(line)
-            if "listening on" in line:
-                listening.set()
-        listening.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    listening.wait(60)
-    if process.poll() is not None:
-        raise AssertionError(f"worker exited with {process.returncode}: "
-                             f"{''.join(process.lines)}")
-    return process
+    return launch(["worker", "tasks_for_workflows", "--queue-url", queue_url, "--notifier-url",
+                   notifier_url, "--reserve-time", "2", "--heartbeat", "1", *options], env)
 
 
 @pytest.fixture(params=["sqlite", "amqp+redis"])

@@ -24,32 +24,38 @@ class WorkerProcess(subprocess.Popen[bytes]):
     lines: list[str]
 
 
-def start_worker(queue_url: str, notifier_url: str, *extra: str,
-                 env: dict[str, str] | None = None) -> WorkerProcess:
-    """Start a worker on queue ``proc`` and return once it listens."""
-    process = WorkerProcess(
-        [sys.executable, "-m", "ivy", "worker", "tasks_for_workers", "--queue", "proc",
-         "--queue-url", queue_url, "--notifier-url", notifier_url, *extra],
-        cwd=TESTS_DIR, env=env or dict(os.environ), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT)
+def launch(argv: list[str], env: dict[str, str] | None = None, ready: str = "listening on",
+           what: str = "worker") -> WorkerProcess:
+    """Start ``python -m ivy ARGV`` in the tests' folder, collect its output in ``lines`` and
+    return once a line shows ``ready`` (or it exited: then fail with its output)."""
+    process = WorkerProcess([sys.executable, "-m", "ivy", *argv], cwd=TESTS_DIR,
+                            env=env or dict(os.environ), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     process.lines = []
-    listening = threading.Event()
+    started = threading.Event()
 
     def read() -> None:
         assert process.stdout is not None
         for raw in process.stdout:  # keep reading: a full pipe would block the worker
             line = raw.decode(errors="replace")
             process.lines.append(line)
-            if "listening on" in line:
-                listening.set()
-        listening.set()
+            if ready in line:
+                started.set()
+        started.set()
 
     threading.Thread(target=read, daemon=True).start()
-    listening.wait(60)
+    started.wait(60)
     if process.poll() is not None:
-        raise AssertionError(f"worker exited with {process.returncode}: "
+        raise AssertionError(f"{what} exited with {process.returncode}: "
                              f"{''.join(process.lines)}")
     return process
+
+
+def start_worker(queue_url: str, notifier_url: str, *extra: str,
+                 env: dict[str, str] | None = None) -> WorkerProcess:
+    """Start a worker on queue ``proc`` and return once it listens."""
+    return launch(["worker", "tasks_for_workers", "--queue", "proc", "--queue-url", queue_url,
+                   "--notifier-url", notifier_url, *extra], env)
 
 
 def stop_worker(process: WorkerProcess, timeout: float = 30) -> str:
@@ -75,10 +81,16 @@ def producer_app(queue_url: str, notifier_url: str) -> ivy.Ivy:
     """A producer that registers the proc.* tasks the worker processes run."""
     import tasks_for_workers  # noqa: F401 - registers the proc.* tasks on ivy.default
 
+    return producer_with(queue_url, notifier_url, "proc.")
+
+
+def producer_with(queue_url: str, notifier_url: str, prefix: str) -> ivy.Ivy:
+    """An app that registers the tasks of ``ivy.default`` whose names start with ``prefix``
+    (the tasks a test module's worker processes run)."""
     app = ivy.Ivy(queue_url, notifier_url)
     for name in ivy.default.registry.names():
         task = ivy.default.registry.get(name)
-        if task is not None and name.startswith("proc."):
+        if task is not None and name.startswith(prefix):
             app.registry.add(task)
     return app
 
