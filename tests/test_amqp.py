@@ -285,3 +285,20 @@ def test_a_tasks_route_from_the_originals_options_binds_the_workers_queue(
         assert app.queue_backend.dead_letters("testpackage") == []
     finally:
         app.close()
+
+
+def test_a_consumer_whose_queue_is_deleted_consumes_again(backend: AMQPQueueBackend) -> None:
+    # Given a consumer on a queue that someone deletes (the broker cancels the consumer)
+    q = qname()
+    backend.publish(q, b"before")
+    consumer = backend.consume(q)
+    try:
+        assert take(consumer, 1, timeout=10) == [b"before"]
+        backend.delete_queues([q])
+        # When messages are published to the queue again (the publisher declares it anew)
+        backend._declarer.reset()
+        backend.publish(q, b"after")
+        # Then the consumer reconnects, declares the queue again and receives them
+        assert take(consumer, 1, timeout=20) == [b"after"]
+    finally:
+        consumer.close()

@@ -5,6 +5,7 @@ redelivers it)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -26,6 +27,8 @@ from ivy.queues._amqp_topology import (
     delay_queue,
 )
 from ivy.queues.base import Consumer, Delivery
+
+log = logging.getLogger("ivy.amqp")
 
 if TYPE_CHECKING:
     from ivy.queues.amqp import AMQPQueueBackend
@@ -131,6 +134,16 @@ class AMQPConsumer(Consumer):
             channel.basic_qos(prefetch_count=self.prefetch)
             self._tag = channel.basic_consume(self.queue, on_message)
 
+        def cancelled(frame: Any) -> None:
+            """The broker cancelled the consumer (its queue was deleted, or its node went
+            away): start over on a new connection, which declares the queue again."""
+            if self._closed:
+                return
+            log.warning("amqp consumer of %s: the broker cancelled it; reconnecting",
+                        self.queue)
+            channel.close()
+
+        channel.add_on_cancel_callback(cancelled)
         if self._declarer.exchange:  # bound with its name and its tasks' routes
             self._declarer.routed(channel, self.queue, self.queue, consume)
         else:
