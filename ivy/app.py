@@ -280,7 +280,7 @@ class Ivy:
             if notifier is current:
                 return
             self._consumer_notifier = notifier
-            self._consumer_spec = spec
+            self._consumer_spec = spec if spec is not None else self._notifier_spec
             self._results.start(notifier)
 
     def _decode_notification(self, body: bytes) -> Notification:
@@ -305,7 +305,9 @@ class Ivy:
         with self._lock:
             self._check_open()
             self._producer_notifier = self._notifier_for(spec)
-            self._producer_spec = spec
+            # the spec it was built from (the app's default when None), so that the consumer
+            # side asking for the same one shares this object, not a second connection
+            self._producer_spec = spec if spec is not None else self._notifier_spec
             return self._producer_notifier
 
     def _notifier_for(self, spec: Spec) -> Notifier:

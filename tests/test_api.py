@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -422,3 +423,18 @@ def test_delayed_calls_sends_a_batch(app: ivy.Ivy) -> None:
     with pytest.raises(TypeError, match="wrong arguments"):
         app.delayed_calls(inc, [(1,), (1, 2)])
     assert app.pending_calls() == []  # a batch with a bad call sends nothing
+
+
+def test_a_worker_and_the_producer_of_one_app_share_one_notifier(tmp_path: Path) -> None:
+    # Given an app whose worker starts before its first call
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    with ivy.Ivy(url, url) as app:
+        @app.register_task(name="share.add", queue="share")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        app.listen(queue="share", block=False)
+        assert app.delayed_call(add, 1, 2).result(20) == 3
+        # Then the results come back through the notifier object the worker publishes with
+        # (a second one for the same URL was built before: more connections, for nothing)
+        assert app._results.notifier is app._producer_notifier
