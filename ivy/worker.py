@@ -21,9 +21,9 @@ and stops gracefully once the ones it admitted have ended; ``ivy worker --max-ta
 replaces its process then.
 
 Outcomes: a task body runs in :mod:`ivy.execution` (styles, timeouts), its outcome is
-published by :mod:`ivy.outcomes` (within the producer's limits); this module decides what
-becomes of the delivery. A call whose ``eta`` is later than its delivery is deferred, which does
-not count as an attempt.
+published by :mod:`ivy.outcomes` (within the producer's limits), and :mod:`ivy.settle`
+decides what becomes of the delivery (ack, retry, dead letter). A call whose ``eta`` is later
+than its delivery is deferred, which does not count as an attempt.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from ivy.errors import MessageError
 from ivy.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
 from ivy.execution import Executor
 from ivy.execution import error_info as error_info
-from ivy.message import Message, Notification, decode_message, now_ms
+from ivy.message import Message, decode_message, now_ms
 from ivy.middleware import Pipeline
 from ivy.notifiers.base import Notifier
 from ivy.outcomes import ERROR_MESSAGE_CHARS as ERROR_MESSAGE_CHARS
@@ -53,6 +53,7 @@ from ivy.outcomes import ERROR_TRACEBACK_CHARS as ERROR_TRACEBACK_CHARS
 from ivy.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
 from ivy.queues.base import Consumer, Delivery, QueueBackend
 from ivy.serialization import Serializer, Signer
+from ivy.settle import Settler
 from ivy.task import Registry, Task
 from ivy.timing.gate import Gate
 from ivy.workflows.continuation import WorkflowRecorder
@@ -188,6 +189,8 @@ class Worker:
             max_message_bytes=context.max_message_bytes, max_depth=context.max_depth)
         #: cancels and rate limits, from the notifier's store (ivy.timing)
         self._gate = Gate(notifier, self._executor, self._recorder, self.name)
+        #: what becomes of a delivery once its task ran, or when it cannot run
+        self._settler = Settler(context.middleware, context.backoff, self._recorder, self.name)
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} on {self.backend.url}>"
@@ -515,53 +518,19 @@ class Worker:
             middleware.after_task(message, value if ok else None, None if ok else value)
         if self._gate.settle_cancelled(delivery, message, ok, value):
             return
-        if not ok:
-            with self._lock:
-                self.failed += 1
         if ok:
-            self._recorder.record(message, Notification(
-                message.id, "successful", message.name, result=value, attempt=message.attempt,
-                worker=self.name))
-            delivery.ack()
-            log.debug("task %s [%s] succeeded", message.name, message.id)
+            self._settler.succeeded(delivery, message, value)
             return
-        retries = task.max_retries if message.legacy else message.max_retries
-        if message.attempt < retries:
-            delay = self.context.backoff(message.attempt)
-            log.warning("task %s [%s] failed (attempt %d of %d): %s: %s; retrying in %.2f s",
-                        message.name, message.id, message.attempt + 1, retries + 1,
-                        value["type"], value["message"], delay)
-            if middleware:
-                middleware.on_retry(message, value, delay)
-            message.attempt += 1
-            delivery.retry(delay, self._recorder.body(message))
-            return
-        self._recorder.record(message, self._recorder.errored(message, value))
-        if retries:
-            reason = (f"task {message.name!r} failed {message.attempt + 1} times; last error "
-                      f"{value['type']}: {value['message']}")
-            delivery.dead_letter(reason)
-            if middleware:
-                middleware.on_dead_letter(message, reason)
-            log.error("task %s [%s] failed after %d attempts; dead-lettered: %s: %s",
-                      message.name, message.id, message.attempt + 1, value["type"],
-                      value["message"])
-        else:
-            delivery.ack()
-            log.info("task %s [%s] failed: %s: %s", message.name, message.id, value["type"],
-                     value["message"])
+        with self._lock:
+            self.failed += 1
+        self._settler.failed(delivery, task, message, value)
 
     def _reject(self, delivery: Delivery, reason: str, fields: dict[str, Any],
                 message: Message | None = None) -> None:
         """Dead-letter a message that cannot run, and tell its producer when we can."""
-        log.error("worker %s: dead-lettering a message from %s: %s", self.name, delivery.queue,
-                  reason)
         with self._lock:
             self.failed += 1
-        self._recorder.rejected(reason, fields)
-        delivery.dead_letter(reason)
-        if self.context.middleware:
-            self.context.middleware.on_dead_letter(message, reason)
+        self._settler.reject(delivery, reason, fields, message)
 
 
 @contextlib.contextmanager

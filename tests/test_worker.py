@@ -182,9 +182,9 @@ def test_worker_module_does_not_import_the_app() -> None:
     assert "ivy.app" not in imported and "ivy" not in imported
 
 
-@pytest.mark.parametrize("module", ["execution", "outcomes"])
+@pytest.mark.parametrize("module", ["execution", "outcomes", "settle"])
 def test_the_workers_parts_do_not_import_the_layers_above(module: str) -> None:
-    # execution and outcomes sit below the worker, which sits below the app
+    # execution, outcomes and settle sit below the worker, which sits below the app
     assert not imports(module) & {"ivy", "ivy.app", "ivy.worker"}
 
 

@@ -1,0 +1,86 @@
+"""What becomes of a delivery once its task ran, or when it cannot run at all: the worker's
+outcome rules, apart from its threads (:mod:`ivy.worker`).
+
+- success: the result is recorded (notified, stored first-wins), then the message is acked;
+- failure with attempts left (``attempt < max_retries``, the task's own for a Node.js ivy 0.2
+  message): retried after the backoff, the body rewritten with the next attempt;
+- the last failure: the error is recorded, and the message dead-lettered with a reason when it
+  had retries (it failed that many times), acked when it had none (it failed once, as asked);
+- a message that cannot run (undecodable, unknown task, wrong arguments, exhausted): the
+  producer is told why when it can be named, and the message is dead-lettered.
+
+A message is acknowledged only after its outcome was recorded: if recording raises, the worker
+returns the message to the queue and the task runs again later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ivy.message import Message, Notification
+from ivy.middleware import Pipeline
+from ivy.outcomes import Recorder
+from ivy.queues.base import Delivery
+from ivy.task import Task
+
+log = logging.getLogger("ivy.worker")
+
+
+class Settler:
+    """Settles deliveries for the worker named ``worker``: records through ``recorder``, calls
+    the retry and dead-letter hooks of ``middleware``, waits ``backoff(attempt)`` s to retry."""
+
+    def __init__(self, middleware: Pipeline, backoff: Callable[[int], float],
+                 recorder: Recorder, worker: str) -> None:
+        self.middleware = middleware
+        self.backoff = backoff
+        self.recorder = recorder
+        self.worker = worker
+
+    def succeeded(self, delivery: Delivery, message: Message, value: Any) -> None:
+        self.recorder.record(message, Notification(
+            message.id, "successful", message.name, result=value, attempt=message.attempt,
+            worker=self.worker))
+        delivery.ack()
+        log.debug("task %s [%s] succeeded", message.name, message.id)
+
+    def failed(self, delivery: Delivery, task: Task[Any, Any], message: Message,
+               error: dict[str, str]) -> None:
+        middleware = self.middleware
+        retries = task.max_retries if message.legacy else message.max_retries
+        if message.attempt < retries:
+            delay = self.backoff(message.attempt)
+            log.warning("task %s [%s] failed (attempt %d of %d): %s: %s; retrying in %.2f s",
+                        message.name, message.id, message.attempt + 1, retries + 1,
+                        error["type"], error["message"], delay)
+            if middleware:
+                middleware.on_retry(message, error, delay)
+            message.attempt += 1
+            delivery.retry(delay, self.recorder.body(message))
+            return
+        self.recorder.record(message, self.recorder.errored(message, error))
+        if retries:
+            reason = (f"task {message.name!r} failed {message.attempt + 1} times; last error "
+                      f"{error['type']}: {error['message']}")
+            delivery.dead_letter(reason)
+            if middleware:
+                middleware.on_dead_letter(message, reason)
+            log.error("task %s [%s] failed after %d attempts; dead-lettered: %s: %s",
+                      message.name, message.id, message.attempt + 1, error["type"],
+                      error["message"])
+        else:
+            delivery.ack()
+            log.info("task %s [%s] failed: %s: %s", message.name, message.id, error["type"],
+                     error["message"])
+
+    def reject(self, delivery: Delivery, reason: str, fields: dict[str, Any],
+               message: Message | None = None) -> None:
+        """Dead-letter a message that cannot run, and tell its producer when we can."""
+        log.error("worker %s: dead-lettering a message from %s: %s", self.worker,
+                  delivery.queue, reason)
+        self.recorder.rejected(reason, fields)
+        delivery.dead_letter(reason)
+        if self.middleware:
+            self.middleware.on_dead_letter(message, reason)
