@@ -53,26 +53,26 @@ _IDS_PER_READ = 256
 
 
 class _IdSource:
-    """Random bytes from ``os.urandom``, read 256 ids at a time. ``os.urandom`` lets go of the
-    GIL for its system call, and a producer thread that lets go of it waits to get it back
-    behind whatever else runs (the connection's I/O thread handling a confirm, the
-    notification thread): once per ``delayed_call``, before its publish, that wait was on
-    every round trip's path. The bytes are the same OS randomness; a forked child starts
-    with none of its parent's (ids are never shared between processes)."""
+    """Random bytes from ``os.urandom``, read 256 ids at a time, a pool per thread (no lock:
+    a thread refilling its pool holds up no other). ``os.urandom`` lets go of the GIL for its
+    system call, and a producer thread that lets go of it waits to get it back behind
+    whatever else runs (the connection's I/O thread handling a confirm, the notification
+    thread): once per ``delayed_call``, before its publish. The bytes are the same OS
+    randomness; a forked child starts with none of its parent's (ids are never shared
+    between processes)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pool = b""
-        self.at = 0
+        self.local = threading.local()
 
     def take(self) -> str:
-        with self.lock:
-            at = self.at
-            if at >= len(self.pool):
-                self.pool = os.urandom(_ID_BYTES * _IDS_PER_READ)
-                at = 0
-            self.at = at + _ID_BYTES
-            return self.pool[at:at + _ID_BYTES].hex()
+        local = self.local
+        pool: bytes = getattr(local, "pool", b"")
+        at: int = getattr(local, "at", 0)
+        if at >= len(pool):
+            local.pool = pool = os.urandom(_ID_BYTES * _IDS_PER_READ)
+            at = 0
+        local.at = at + _ID_BYTES
+        return pool[at:at + _ID_BYTES].hex()
 
 
 _ids = _IdSource()
@@ -80,7 +80,7 @@ _ids = _IdSource()
 
 def _forget_ids_in_child() -> None:
     global _ids
-    _ids = _IdSource()  # new lock too: another thread may have held it at the fork
+    _ids = _IdSource()  # the parent's pools stay behind, unused
 
 
 os.register_at_fork(after_in_child=_forget_ids_in_child)

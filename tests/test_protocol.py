@@ -118,8 +118,8 @@ def test_arbitrary_json_objects_decode_or_fail_with_a_reason(data: dict[str, obj
 
 
 def test_call_ids_are_unique_hex_across_threads_and_pool_refills() -> None:
-    """Ids come from a pool of OS random bytes, read 256 ids at a time: threads taking ids at
-    once, across several refills, never get the same one."""
+    """Ids come from pools of OS random bytes, one per thread, read 256 ids at a time: threads
+    taking ids at once, across several refills, never get the same one."""
     import threading
 
     from ivy.message import new_id
