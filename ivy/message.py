@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,9 +47,48 @@ def _validator(name: str) -> Callable[[Any], Any]:
     return validate
 
 
+#: bytes of one id, and ids read from the OS at once (see :func:`new_id`)
+_ID_BYTES = 16
+_IDS_PER_READ = 256
+
+
+class _IdSource:
+    """Random bytes from ``os.urandom``, read 256 ids at a time, a pool per thread (no lock:
+    a thread refilling its pool holds up no other). ``os.urandom`` lets go of the GIL for its
+    system call, and a producer thread that lets go of it waits to get it back behind
+    whatever else runs (the connection's I/O thread handling a confirm, the notification
+    thread): once per ``delayed_call``, before its publish. The bytes are the same OS
+    randomness; a forked child starts with none of its parent's (ids are never shared
+    between processes)."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def take(self) -> str:
+        local = self.local
+        pool: bytes = getattr(local, "pool", b"")
+        at: int = getattr(local, "at", 0)
+        if at >= len(pool):
+            local.pool = pool = os.urandom(_ID_BYTES * _IDS_PER_READ)
+            at = 0
+        local.at = at + _ID_BYTES
+        return pool[at:at + _ID_BYTES].hex()
+
+
+_ids = _IdSource()
+
+
+def _forget_ids_in_child() -> None:
+    global _ids
+    _ids = _IdSource()  # the parent's pools stay behind, unused
+
+
+os.register_at_fork(after_in_child=_forget_ids_in_child)
+
+
 def new_id() -> str:
-    """A call id: 128 random bits as 32 hex digits."""
-    return os.urandom(16).hex()
+    """A call id: 128 random bits (from ``os.urandom``) as 32 hex digits."""
+    return _ids.take()
 
 
 def now_ms() -> int:

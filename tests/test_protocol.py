@@ -115,3 +115,48 @@ def test_arbitrary_json_objects_decode_or_fail_with_a_reason(data: dict[str, obj
         assert exc.reason
     else:
         assert isinstance(message.name, str) and isinstance(message.args, list)
+
+
+def test_call_ids_are_unique_hex_across_threads_and_pool_refills() -> None:
+    """Ids come from pools of OS random bytes, one per thread, read 256 ids at a time: threads
+    taking ids at once, across several refills, never get the same one."""
+    import threading
+
+    from ivy.message import new_id
+
+    found: list[list[str]] = [[] for _ in range(4)]
+
+    def take(into: list[str]) -> None:
+        into.extend(new_id() for _ in range(2_000))
+
+    threads = [threading.Thread(target=take, args=(into,)) for into in found]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for into in found for i in into]
+    assert len(set(ids)) == len(ids) == 8_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_never_reuses_its_parents_pooled_ids() -> None:
+    """A child forked with part of the pool left must read its own bytes, else parent and
+    child (a worker's processes, a forking server) would hand out the same call ids."""
+    import os
+
+    from ivy.message import new_id
+
+    new_id()  # the pool now holds ids not handed out yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, "".join(new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    child = os.read(read, 4096).decode()
+    os.close(read)
+    theirs = {child[i:i + 32] for i in range(0, len(child), 32)}
+    ours = {new_id() for _ in range(10)}
+    assert len(theirs) == 10 and not theirs & ours
