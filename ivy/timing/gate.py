@@ -66,12 +66,7 @@ class Gate:
             return True
         if not message.legacy and self._any_cancels() and self._is_cancelled(
                 cancel_ids(message)):
-            log.info("task %s [%s] was cancelled before it ran; acknowledged", message.name,
-                     message.id)
-            self.recorder.record(message, cancelled_notification(
-                message.id, message.name, attempt=message.attempt, worker=self.worker,
-                running=False))
-            delivery.ack()
+            self._acknowledge_cancel(delivery, message, running=False)
             return False
         if task.rate_limit is not None:
             wait = self._rate_wait(task, task.rate_limit)
@@ -172,10 +167,15 @@ class Gate:
         if ok or not stopped or not isinstance(value, dict) or (
                 value.get("type") != "TaskCancelled"):
             return False
-        log.info("task %s [%s] was cancelled while it ran; acknowledged", message.name,
-                 message.id)
+        self._acknowledge_cancel(delivery, message, running=True)
+        return True
+
+    def _acknowledge_cancel(self, delivery: Delivery, message: Message, *,
+                            running: bool) -> None:
+        """Notify the final ``cancelled`` status of ``message``, then acknowledge it."""
+        log.info("task %s [%s] was cancelled %s; acknowledged", message.name, message.id,
+                 "while it ran" if running else "before it ran")
         self.recorder.record(message, cancelled_notification(
             message.id, message.name, attempt=message.attempt, worker=self.worker,
-            running=True))
+            running=running))
         delivery.ack()
-        return True
