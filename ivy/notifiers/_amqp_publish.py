@@ -33,6 +33,7 @@ from pika.spec import Basic, BasicProperties
 
 from ivy.errors import PublishError
 from ivy.queues._amqp_link import Link
+from ivy.queues._amqp_topology import Once
 from ivy.queues.base import complete
 
 log = logging.getLogger("ivy.amqp")
@@ -77,37 +78,19 @@ class Declarations:
                  stream_arguments: dict[str, Any] | None = None) -> None:
         self.reply_arguments = reply_arguments
         self.stream_arguments = stream_arguments or {}
-        self.refresh = refresh
         self.label = label
         self.passive: set[str] = set()
-        self._declared: dict[tuple[str, str], float] = {}
-        self._waiting: dict[tuple[str, str], list[Callable[[], None]]] = {}
+        self._once = Once(fresh=refresh, limit=MAX_DECLARED)
 
     def reset(self) -> None:
-        self._declared.clear()
-        self._waiting.clear()
+        self._once.clear()
 
     def then(self, channel: Channel, key: tuple[str, str], fn: Callable[[], None]) -> None:
         """Run ``fn`` once ``key`` is declared (and recently enough) on ``channel``."""
-        now = time.monotonic()
-        at = self._declared.get(key)
-        if at is not None and now - at < self.refresh:
-            fn()
-            return
-        waiting = self._waiting.get(key)
-        if waiting is not None:
-            waiting.append(fn)
-            return
-        self._waiting[key] = [fn]
+        self._once.run(key, fn, lambda done: self._declare(channel, key, done))
 
-        def done(_: Any) -> None:
-            if len(self._declared) >= MAX_DECLARED:
-                stale = time.monotonic() - self.refresh
-                self._declared = {k: t for k, t in self._declared.items() if t > stale}
-            self._declared[key] = time.monotonic()
-            for f in self._waiting.pop(key, []):
-                f()
-
+    def _declare(self, channel: Channel, key: tuple[str, str],
+                 done: Callable[[Any], None]) -> None:
         kind, name = key
         if kind == "exchange":
             channel.exchange_declare(name, exchange_type="fanout", durable=True,

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from pika.channel import Channel
@@ -62,6 +63,53 @@ def delay_bucket(seconds: float) -> int:
     return int(math.ceil(ms / scale) * scale)
 
 
+class Once:
+    """Keyed asynchronous steps on one channel (a declaration, a binding): :meth:`run` calls
+    ``fn`` at once if ``key``'s step is done, else queues it, and the first caller starts the
+    step with ``start(done)``; the broker's answer runs every queued ``fn``. With ``fresh``
+    seconds, a step done longer ago counts as not done (it is sent again), and at most
+    ``limit`` keys are remembered (the stale ones are forgotten first). Used only by the thread
+    that holds the connection (pika is not thread-safe)."""
+
+    def __init__(self, fresh: float | None = None, limit: int = 10_000) -> None:
+        self.fresh = fresh
+        self.limit = limit
+        self._done: dict[Hashable, float] = {}
+        self._waiting: dict[Hashable, list[Callable[[], None]]] = {}
+
+    def clear(self) -> None:
+        self._done.clear()
+        self._waiting.clear()
+
+    def done(self, key: Hashable) -> bool:
+        at = self._done.get(key)
+        return at is not None and (self.fresh is None or time.monotonic() - at < self.fresh)
+
+    def mark(self, key: Hashable) -> None:
+        if self.fresh is not None and len(self._done) >= self.limit:
+            stale = time.monotonic() - self.fresh
+            self._done = {k: t for k, t in self._done.items() if t > stale}
+        self._done[key] = time.monotonic()
+
+    def run(self, key: Hashable, fn: Callable[[], None],
+            start: Callable[[Callable[[Any], None]], None]) -> None:
+        if self.done(key):
+            fn()
+            return
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(fn)
+            return
+        self._waiting[key] = [fn]
+
+        def finished(_: Any) -> None:
+            self.mark(key)
+            for f in self._waiting.pop(key, []):
+                f()
+
+        start(finished)
+
+
 class Declarer:
     """Declares ivy's queues (and, where the backend names one, its exchange and the bindings
     of its queues) once per channel, on the I/O thread, queueing work until done."""
@@ -84,8 +132,7 @@ class Declarer:
         self.mismatched: dict[str, str] = {}
         self.seen: set[str] = seen if seen is not None else set()  # every name ever declared
         # queue names, and ("exchange",), ("bind", queue, key), ("routed", queue, key)
-        self._declared: set[str | tuple[str, ...]] = set()
-        self._waiting: dict[str | tuple[str, ...], list[Callable[[], None]]] = {}
+        self._once = Once()
 
     def copy(self) -> Declarer:
         """A declarer for another channel, with the same options, sharing what was learned
@@ -102,8 +149,7 @@ class Declarer:
         return self.queue_type == "quorum"
 
     def reset(self) -> None:
-        self._declared.clear()
-        self._waiting.clear()
+        self._once.clear()
 
     def arguments(self, name: str) -> dict[str, Any] | None:
         """What to declare ``name`` with; None = passive (use the queue as it is)."""
@@ -129,29 +175,9 @@ class Declarer:
             levels = DEFAULT_PRIORITIES if self.hint(name) else 0
         return {"x-max-priority": levels} if levels else {}
 
-    def _once(self, key: str | tuple[str, ...], fn: Callable[[], None],
-              start: Callable[[Callable[[Any], None]], None]) -> None:
-        """Run ``fn`` once the declaration ``key`` is done; ``start(done)`` sends it, the
-        first time it is asked for on this channel."""
-        if key in self._declared:
-            fn()
-            return
-        waiting = self._waiting.get(key)
-        if waiting is not None:
-            waiting.append(fn)
-            return
-        self._waiting[key] = [fn]
-
-        def done(_: Any) -> None:
-            self._declared.add(key)
-            for f in self._waiting.pop(key, []):
-                f()
-
-        start(done)
-
     def then(self, channel: Channel, name: str, fn: Callable[[], None]) -> None:
         """Run ``fn`` once the queue ``name`` was declared on ``channel``."""
-        if name in self._declared:
+        if self._once.done(name):
             fn()
             return
         args = self.arguments(name)
@@ -173,14 +199,14 @@ class Declarer:
             else:
                 declare()
 
-        self._once(name, fn, start)
+        self._once.run(name, fn, start)
 
     def routed(self, channel: Channel, queue: str, key: str, fn: Callable[[], None]) -> None:
         """Run ``fn`` once ``queue`` and the exchange were declared and ``queue`` is bound to
         the exchange with its own name, the routes of its tasks and ``key``, so that what is
         published to the exchange with ``key`` lands in ``queue``."""
         ready = ("routed", queue, key)
-        if ready in self._declared:
+        if self._once.done(ready):
             fn()
             return
         exchange = self.exchange
@@ -193,11 +219,11 @@ class Declarer:
                 nonlocal left
                 left -= 1
                 if left == 0:
-                    self._declared.add(ready)
+                    self._once.mark(ready)
                     fn()
 
             for k in keys:
-                self._once(("bind", queue, k), bound, binder(k))
+                self._once.run(("bind", queue, k), bound, binder(k))
 
         def binder(k: str) -> Callable[[Callable[[Any], None]], None]:
             return lambda done: channel.queue_bind(queue, exchange, routing_key=k, callback=done)
@@ -206,7 +232,8 @@ class Declarer:
             channel.exchange_declare(exchange, exchange_type=self.exchange_type, durable=True,
                                      callback=done)
 
-        self.then(channel, queue, lambda: self._once(("exchange",), bind_all, declare_exchange))
+        self.then(channel, queue,
+                  lambda: self._once.run(("exchange",), bind_all, declare_exchange))
 
     def failed(self, reason: BaseException | None) -> None:
         """A channel closed. If a declaration met a queue with other arguments (406
