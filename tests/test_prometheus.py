@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from servers import free_port
-from workers import WorkerProcess, stop_worker
+from workers import WorkerProcess, spawn, stop_worker, wait_listening
 
 import ivy
 
@@ -35,7 +34,6 @@ from ivy.middleware.prometheus import Prometheus, serve  # noqa: E402
 from ivy.worker import PREFETCH_MULTIPLIER  # noqa: E402
 
 Labels = tuple[str, ...]
-LISTENING = re.compile(r"worker \S+:(\d+): listening on")
 
 
 def scrape(port: int) -> dict[str, dict[Labels, float]]:
@@ -398,31 +396,8 @@ def producer(sqlite_url: str) -> Iterator[ivy.Ivy]:
 
 def ivy_worker(folder: Path, url: str, *extra: str) -> WorkerProcess:
     """``ivy worker prom_tasks ...`` in ``folder``; its output (children's too) in ``lines``."""
-    process = WorkerProcess(
-        [sys.executable, "-m", "ivy", "worker", "prom_tasks", "--queue-url", url,
-         "--notifier-url", url, *extra],
-        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    process.lines = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            process.lines.append(raw.decode(errors="replace"))
-
-    threading.Thread(target=read, daemon=True).start()
-    return process
-
-
-def listening(process: WorkerProcess, count: int) -> list[int]:
-    """Wait until ``count`` worker processes said they listen; their pids, in order."""
-    def pids() -> list[int]:
-        return [int(m.group(1)) for line in list(process.lines)
-                if (m := LISTENING.search(line))]
-
-    wait_for(lambda: len(pids()) >= count or process.poll() is not None, timeout=60,
-             message=f"{count} worker processes to listen")
-    assert process.poll() is None, "".join(process.lines)
-    return pids()
+    return spawn(["worker", "prom_tasks", "--queue-url", url, "--notifier-url", url, *extra],
+                 cwd=folder)
 
 
 def total(port: int, outcome: str, task: str) -> float:
@@ -438,7 +413,7 @@ def test_ivy_worker_serves_its_metrics(folder: Path, sqlite_url: str,
     port = free_port()
     worker = ivy_worker(folder, sqlite_url, "--metrics-port", str(port))
     try:
-        listening(worker, 1)
+        wait_listening(worker, 1)
         # When calls succeed and one fails through its retry into the dead letters
         calls = [send(producer, "prom.pid") for _ in range(5)]
         assert {c.result(30) for c in calls} == {worker.pid}
@@ -471,7 +446,7 @@ def test_processes_serve_the_sum_of_their_children(folder: Path, sqlite_url: str
                      "--metrics-port", str(port))
     children: list[int] = []
     try:
-        children = listening(sup, 2)
+        children = wait_listening(sup, 2)
         shared = Path(f"/proc/{children[0]}/environ")
         env = dict(e.split("=", 1) for e in shared.read_text().split("\0") if "=" in e)
         metrics_dir = Path(env["PROMETHEUS_MULTIPROC_DIR"])
@@ -506,7 +481,7 @@ def test_processes_serve_the_sum_of_their_children(folder: Path, sqlite_url: str
         assert total(port, "successful", "prom.pid") == 10.0
         assert total(port, "successful", "prom.meet") == 2 * PREFETCH_MULTIPLIER
         # and the child that takes its place adds to the sum
-        children = listening(sup, 3)
+        children = wait_listening(sup, 3)
         replacement = children[2]
         wait_for(lambda: replacement in {c.result(30) for c in
                                          [send(producer, "prom.pid") for _ in range(4)]},

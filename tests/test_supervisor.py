@@ -5,18 +5,16 @@ module written there."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import wait_for
-from workers import WorkerProcess, stop_worker
+from workers import WorkerProcess, spawn, stop_worker, wait_listening
 
 import ivy
 from ivy.supervisor import child_command
@@ -64,7 +62,6 @@ def logged(log: str, seconds: float) -> int:
     return os.getpid()
 '''
 
-LISTENING = re.compile(r"worker \S+:(\d+): listening on")
 pytestmark = pytest.mark.slow
 
 
@@ -87,32 +84,8 @@ def supervise(folder: Path, url: str, *extra: str, module: str = "sup_tasks",
     """Start ``ivy worker MODULE ...extra`` in ``folder`` (in a process group of its own with
     ``new_group``); its output is collected in ``lines`` (children write to the same stdout
     and stderr)."""
-    process = WorkerProcess(
-        [sys.executable, "-m", "ivy", "worker", module, "--queue-url", url,
-         "--notifier-url", url, *extra],
-        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=new_group)
-    process.lines = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:  # until every child has exited too
-            process.lines.append(raw.decode(errors="replace"))
-
-    threading.Thread(target=read, daemon=True).start()
-    return process
-
-
-def listening(process: WorkerProcess) -> list[int]:
-    """The pids of the children that have said they listen, in order."""
-    return [int(m.group(1)) for line in list(process.lines) if (m := LISTENING.search(line))]
-
-
-def wait_listening(process: WorkerProcess, count: int) -> list[int]:
-    wait_for(lambda: len(listening(process)) >= count or process.poll() is not None,
-             timeout=60, message=f"{count} worker processes to listen")
-    assert process.poll() is None, "".join(process.lines)
-    return listening(process)
+    return spawn(["worker", module, "--queue-url", url, "--notifier-url", url, *extra],
+                 cwd=folder, new_group=new_group)
 
 
 def alive(pid: int) -> bool:

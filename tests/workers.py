@@ -4,6 +4,7 @@ scenario that every durable backend must pass."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,31 +25,59 @@ class WorkerProcess(subprocess.Popen[bytes]):
     lines: list[str]
 
 
-def launch(argv: list[str], env: dict[str, str] | None = None, ready: str = "listening on",
-           what: str = "worker") -> WorkerProcess:
-    """Start ``python -m ivy ARGV`` in the tests' folder, collect its output in ``lines`` and
-    return once a line shows ``ready`` (or it exited: then fail with its output)."""
-    process = WorkerProcess([sys.executable, "-m", "ivy", *argv], cwd=TESTS_DIR,
+#: a worker's "listening" log line, with its pid
+LISTENING = re.compile(r"worker \S+:(\d+): listening on")
+
+
+def spawn(argv: list[str], *, cwd: Path = TESTS_DIR, env: dict[str, str] | None = None,
+          new_group: bool = False, ready: str | None = None,
+          started: threading.Event | None = None) -> WorkerProcess:
+    """Start ``python -m ivy ARGV`` in ``cwd`` (in a process group of its own with
+    ``new_group``) and collect its output in ``lines`` (its children's too: they share its
+    stdout); ``started`` is set once a line shows ``ready``, or the output ends."""
+    process = WorkerProcess([sys.executable, "-m", "ivy", *argv], cwd=cwd,
                             env=env or dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=new_group)
     process.lines = []
-    started = threading.Event()
 
     def read() -> None:
         assert process.stdout is not None
         for raw in process.stdout:  # keep reading: a full pipe would block the worker
             line = raw.decode(errors="replace")
             process.lines.append(line)
-            if ready in line:
+            if started is not None and ready is not None and ready in line:
                 started.set()
-        started.set()
+        if started is not None:
+            started.set()
 
     threading.Thread(target=read, daemon=True).start()
+    return process
+
+
+def launch(argv: list[str], env: dict[str, str] | None = None, ready: str = "listening on",
+           what: str = "worker") -> WorkerProcess:
+    """Start ``python -m ivy ARGV`` in the tests' folder, collect its output in ``lines`` and
+    return once a line shows ``ready`` (or it exited: then fail with its output)."""
+    started = threading.Event()
+    process = spawn(argv, env=env, ready=ready, started=started)
     started.wait(60)
     if process.poll() is not None:
         raise AssertionError(f"{what} exited with {process.returncode}: "
                              f"{''.join(process.lines)}")
     return process
+
+
+def listening(process: WorkerProcess) -> list[int]:
+    """The pids of the worker processes that have said they listen, in order."""
+    return [int(m.group(1)) for line in list(process.lines) if (m := LISTENING.search(line))]
+
+
+def wait_listening(process: WorkerProcess, count: int) -> list[int]:
+    """Wait until ``count`` worker processes said they listen; their pids, in order."""
+    wait_for(lambda: len(listening(process)) >= count or process.poll() is not None,
+             timeout=60, message=f"{count} worker processes to listen")
+    assert process.poll() is None, "".join(process.lines)
+    return listening(process)
 
 
 def start_worker(queue_url: str, notifier_url: str, *extra: str,
