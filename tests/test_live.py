@@ -330,3 +330,27 @@ def test_closing_an_app_while_its_events_are_published_is_safe(tmp_path: Any) ->
     # Then every round ends normally
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
     assert done.stdout.split("\n")[:10] == [f"round {r} 1500" for r in range(10)]
+
+
+def test_flushing_events_waits_for_the_batch_being_sent() -> None:
+    # Given an events publisher whose notifier takes a while to send each batch
+    from ivy.middleware.events import Events
+    from ivy.notifiers.memory import MemoryNotifier
+
+    sent: list[bytes] = []
+
+    class Slow(MemoryNotifier):
+        def publish_events(self, bodies: list[bytes]) -> None:
+            time.sleep(0.2)
+            sent.extend(bodies)
+
+    events = Events(Slow("events-flush"), worker="w")
+    message = ivy.Message(id="m", name="t.x", args=[], queue="q")
+    # When events are queued and flushed, some of them already taken by the publisher
+    events.before_task(message)
+    wait_for(lambda: events._queue.empty(), timeout=5)
+    events.after_task(message, 1, None)
+    # Then flush returns only once every one of them was sent, in order
+    assert events.flush(10)
+    assert [json.loads(b)["event"] for b in sent] == ["received", "started", "succeeded"]
+    events.close()

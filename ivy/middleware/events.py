@@ -76,9 +76,9 @@ class Events(Middleware):
         self._started: dict[int, float] = {}
         self._lost = 0
         self._last_log = 0.0
-        #: events for the publisher thread, encoded there: (event, message, time, extra)
-        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
-        self._sending = 0  # events taken by the publisher, not yet sent
+        #: events for the publisher thread, encoded there: (event, message, time, extra), and
+        #: the markers of :meth:`flush`, set once everything queued before them was handled
+        self._queue: queue.SimpleQueue[_Pending | threading.Event] = queue.SimpleQueue()
         self._publisher: threading.Thread | None = None
         self._send_lock = threading.Lock()  # held while a batch is sent
         self._closed = False
@@ -133,12 +133,11 @@ class Events(Middleware):
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the events queued so far are published (or given up on); False if
         ``timeout`` passed first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._queue.empty() or self._sending:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.002)
-        return True
+        if self._publisher is None:
+            return True  # nothing was ever queued
+        marker = threading.Event()
+        self._queue.put(marker)
+        return marker.wait(timeout)
 
     def _start(self) -> None:
         with self._lock:
@@ -160,28 +159,31 @@ class Events(Middleware):
             body.update(extra)
         return json.dumps(body).encode()
 
-    def _publish(self, first: _Pending) -> None:
+    def _publish(self, first: _Pending | threading.Event) -> None:
         """The publisher thread: send ``first`` and whatever queued behind it, in order, in
-        batches."""
-        batch = [first]
-        while True:
-            while len(batch) < BATCH:
+        batches; set each flush marker once the events before it were handled."""
+        item: _Pending | threading.Event | None = first
+        while item is not None:
+            batch: list[_Pending] = []
+            markers: list[threading.Event] = []
+            while item is not None and len(batch) < BATCH:
+                if isinstance(item, threading.Event):
+                    markers.append(item)
+                else:
+                    batch.append(item)
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
-            self._sending = len(batch)
+                    item = None
             try:
                 with self._send_lock:
-                    if not self._closed:
+                    if batch and not self._closed:
                         self.notifier.publish_events([self._encode(p) for p in batch])
             except Exception as exc:
                 self._failed(batch[0][0] if len(batch) == 1 else "", exc, len(batch))
             finally:
-                self._sending = 0
-            if len(batch) < BATCH:
-                return
-            batch = []
+                for marker in markers:
+                    marker.set()
 
     def _failed(self, event: str, exc: Exception, count: int = 1) -> None:
         now = time.monotonic()
@@ -199,7 +201,8 @@ class Events(Middleware):
 _live: weakref.WeakSet[Events] = weakref.WeakSet()
 
 
-def _publish_loop(ref: weakref.ref[Events], pending: queue.SimpleQueue[_Pending]) -> None:
+def _publish_loop(ref: weakref.ref[Events],
+                  pending: queue.SimpleQueue[_Pending | threading.Event]) -> None:
     while True:
         try:
             first = pending.get(timeout=1.0)
