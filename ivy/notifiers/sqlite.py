@@ -132,14 +132,13 @@ class SQLiteNotifier(Notifier):
 
     def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
         now = time.time()
-        conn = self.db.conn()
-        conn.execute(
+        self.db.execute(
             "INSERT OR IGNORE INTO ivy_notifications (channel, call_id, body, final, created) "
             "VALUES (?, ?, ?, ?, ?)", (channel, call_id, body, int(final), now))
         self.waker.wake()
         if now - self._last_prune > PRUNE_EVERY:
             self._last_prune = now
-            conn.execute("DELETE FROM ivy_notifications WHERE created < ?", (now - self.ttl,))
+            self.db.execute("DELETE FROM ivy_notifications WHERE created < ?", (now - self.ttl,))
 
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         return SQLiteSubscription(self, channel, pending)
@@ -158,7 +157,7 @@ class SQLiteNotifier(Notifier):
                          "VALUES (?, ?, ?)", (name, json.dumps(dict(info)), now + ttl))
 
     def remove_worker(self, name: str) -> None:
-        self.db.conn().execute("DELETE FROM ivy_workers WHERE name = ?", (name,))
+        self.db.execute("DELETE FROM ivy_workers WHERE name = ?", (name,))
 
     def workers(self) -> list[dict[str, Any]]:
         rows = self.db.conn().execute(
@@ -179,7 +178,7 @@ class SQLiteNotifier(Notifier):
         self._event_waker.wake()
         if now - self._last_event_prune > EVENTS_TTL / 4:
             self._last_event_prune = now
-            conn.execute("DELETE FROM ivy_events WHERE created < ?", (now - EVENTS_TTL,))
+            self.db.execute("DELETE FROM ivy_events WHERE created < ?", (now - EVENTS_TTL,))
 
     def subscribe_events(self) -> Subscription:
         return SQLiteEventSubscription(self)

@@ -58,11 +58,11 @@ class SQLiteDelivery(Delivery):
         self.delivery_count = deliveries
 
     def _ack(self) -> None:
-        self._backend.db.conn().execute(
+        self._backend.db.execute(
             "DELETE FROM ivy_messages WHERE id = ? AND token = ?", (self._id, self._token))
 
     def _retry(self, delay: float, body: bytes | None) -> None:
-        self._backend.db.conn().execute(
+        self._backend.db.execute(
             "UPDATE ivy_messages SET body = coalesce(?, body), available_at = ?, token = NULL "
             "WHERE id = ? AND token = ?",
             (body, time.time() + max(delay, 0.0), self._id, self._token))
@@ -80,7 +80,7 @@ class SQLiteDelivery(Delivery):
                     (moved[0], moved[1], reason, time.time()))
 
     def _extend(self, seconds: float) -> None:
-        self._backend.db.conn().execute(
+        self._backend.db.execute(
             "UPDATE ivy_messages SET available_at = ? WHERE id = ? AND token = ?",
             (time.time() + seconds, self._id, self._token))
 
@@ -90,7 +90,7 @@ class SQLiteDelivery(Delivery):
 
     def _defer(self, delay: float) -> None:
         """Put the row back, due ``delay`` s from now, without counting this delivery."""
-        self._backend.db.conn().execute(
+        self._backend.db.execute(
             "UPDATE ivy_messages SET available_at = ?, token = NULL, deliveries = deliveries - 1 "
             "WHERE id = ? AND token = ?", (time.time() + max(delay, 0.0), self._id, self._token))
         self._backend.waker.wake()
@@ -112,18 +112,18 @@ class SQLiteConsumer(Consumer):
         """Reserve up to ``prefetch`` rows; return the time the next one falls due if none."""
         now = time.time()
         token = uuid.uuid4().hex
-        conn = self._backend.db.conn()
-        rows = conn.execute(
+        db = self._backend.db
+        rows = db.returning(
             "UPDATE ivy_messages SET available_at = ?, token = ?, deliveries = deliveries + 1 "
             "WHERE id IN (SELECT id FROM ivy_messages WHERE queue = ? AND available_at <= ? "
             "ORDER BY priority DESC, id LIMIT ?) RETURNING id, body, deliveries, priority",
-            (now + self._reserve, token, self._queue, now, self._prefetch)).fetchall()
+            (now + self._reserve, token, self._queue, now, self._prefetch))
         if rows:
             rows.sort(key=lambda r: (-r[3], r[0]))
             self._buffer.extend(
                 SQLiteDelivery(self._backend, self._queue, r[0], r[1], token, r[2]) for r in rows)
             return None
-        due = conn.execute("SELECT min(available_at) FROM ivy_messages WHERE queue = ?",
+        due = db.conn().execute("SELECT min(available_at) FROM ivy_messages WHERE queue = ?",
                            (self._queue,)).fetchone()[0]
         return float(due) if due is not None else None
 
@@ -178,7 +178,7 @@ class SQLiteQueueBackend(QueueBackend):
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
         now = time.time()
-        self.db.conn().execute(
+        self.db.execute(
             "INSERT INTO ivy_messages (queue, body, priority, available_at, created) "
             "VALUES (?, ?, ?, ?, ?)", (queue, body, priority, now + max(delay, 0.0), now))
         self.waker.wake()

@@ -1,0 +1,156 @@
+"""The SQLite file that the embedded queue and notifier share (ivy._sqlite.Database): its
+checkpoints run off the writers' threads, and ivy's writers take turns on a file lock."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ivy import _sqlite
+from ivy._sqlite import CHECKPOINT_EVERY, Database
+from ivy.queues.sqlite import SQLiteQueueBackend
+
+
+def _wait_for(condition: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_commits_leave_checkpoints_to_the_checkpoint_thread(tmp_path: Path) -> None:
+    # Given a database whose connections never checkpoint on commit
+    db = Database(tmp_path / "c.db")
+    try:
+        assert db.conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        main_file = tmp_path / "c.db"
+        before = main_file.stat().st_size
+        # When many commits go to the write-ahead log (each on its own, as a worker's)
+        for i in range(3000):
+            db.execute("INSERT INTO ivy_events (body, created) VALUES (?, ?)",
+                       (b"x" * 200, float(i)))
+        # Then the checkpoint thread copies them into the database file by itself (nothing
+        # else here checkpoints: the commits don't, and no connection closed)
+        assert _wait_for(lambda: main_file.stat().st_size > before + 3000 * 200)
+    finally:
+        db.close()
+
+
+def test_the_write_ahead_log_stays_small_under_steady_writes(tmp_path: Path) -> None:
+    # Given a queue backend on a file, written to by many small commits over a while
+    backend = SQLiteQueueBackend(str(tmp_path / "q.db"))
+    wal = tmp_path / "q.db-wal"
+    try:
+        largest = 0
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            backend.publish("q", b"y" * 500)
+            if wal.exists():
+                largest = max(largest, wal.stat().st_size)
+        published = backend.size("q")
+        # Then the log is reused once checkpointed instead of holding every commit (~3 pages
+        # each): without checkpoints it would reach published * 3 * 4 KiB
+        assert published > 2000
+        assert largest < published * 3 * 4096 / 4
+    finally:
+        backend.close()
+
+
+def test_closing_a_database_while_it_checkpoints_is_safe(tmp_path: Path) -> None:
+    # The checkpoint thread uses a connection of its own: close() waits for it to stop
+    # before closing the connections (closing one under a running statement can crash)
+    for round_ in range(10):
+        db = Database(tmp_path / f"close{round_}.db")
+        wal = Path(db.path + "-wal")
+        started = time.monotonic()
+        while time.monotonic() - started < CHECKPOINT_EVERY * (1 + round_ % 3) or not (
+                wal.exists() and wal.stat().st_size > 1_000_000):
+            db.execute("INSERT INTO ivy_events (body, created) VALUES (?, ?)", (b"z" * 300, 0.0))
+        db.close()
+        assert not any(t.name == "ivy-sqlite-checkpoint" and t.is_alive()
+                       for t in threading.enumerate() if t is db._checkpoints)
+
+
+def test_writers_of_one_file_take_turns(tmp_path: Path) -> None:
+    # Given two database objects on one file (two processes, or a queue and a notifier)
+    first, second = Database(tmp_path / "t.db"), Database(tmp_path / "t.db")
+    order: list[str] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with first.write() as conn:
+            conn.execute("INSERT INTO ivy_events (body, created) VALUES (x'01', 0)")
+            order.append("first in")
+            entered.set()
+            release.wait(5)
+            order.append("first out")
+
+    try:
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert entered.wait(5)
+        # When another thread writes meanwhile
+        writer = threading.Thread(target=lambda: (
+            second.execute("INSERT INTO ivy_events (body, created) VALUES (x'02', 0)"),
+            order.append("second wrote")))
+        writer.start()
+        writer.join(0.2)
+        # Then it waits for the turn (not for SQLite's lock: it has not asked yet) ...
+        assert writer.is_alive()
+        release.set()
+        holder.join(5)
+        writer.join(5)
+        # ... and writes once the first writer's turn ended
+        assert order == ["first in", "first out", "second wrote"]
+        assert second.conn().execute("SELECT count(*) FROM ivy_events").fetchone()[0] == 2
+    finally:
+        release.set()
+        first.close()
+        second.close()
+
+
+def test_a_turn_inside_a_turn_is_the_same_turn(tmp_path: Path) -> None:
+    db = Database(tmp_path / "n.db")
+    try:
+        with db.turn(), db.write() as conn:  # in a turn, a transaction and statements
+            conn.execute("INSERT INTO ivy_events (body, created) VALUES (x'01', 0)")
+            rows = db.returning("DELETE FROM ivy_events RETURNING seq")
+            assert db.execute("INSERT INTO ivy_events (body, created) VALUES (x'02', 0)") == 1
+        assert rows == [(1,)]  # in the open transaction, without waiting for itself
+        assert db.conn().execute("SELECT body FROM ivy_events").fetchall() == [(b"\x02",)]
+    finally:
+        db.close()
+
+
+def test_writers_work_without_the_turn_file(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a turn file that cannot be opened (another user's, say): a directory in its place
+    db = Database(tmp_path / "nolock.db")
+    try:
+        os.mkdir(tmp_path / "turn-dir")
+        monkeypatch.setattr(db, "_turn_path", str(tmp_path / "turn-dir"))
+        # Then writes still go through, with SQLite's own locking only
+        assert db.execute("INSERT INTO ivy_events (body, created) VALUES (x'01', 0)") == 1
+        with db.write() as conn:
+            conn.execute("INSERT INTO ivy_events (body, created) VALUES (x'02', 0)")
+        assert db.conn().execute("SELECT count(*) FROM ivy_events").fetchone()[0] == 2
+    finally:
+        db.close()
+
+
+def test_without_file_locks_writes_still_go_through(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sqlite, "_fcntl", None)  # Windows has no fcntl
+    db = Database(tmp_path / "nofcntl.db")
+    try:
+        assert db.execute("INSERT INTO ivy_events (body, created) VALUES (x'01', 0)") == 1
+        assert db.returning("DELETE FROM ivy_events RETURNING seq") == [(1,)]
+    finally:
+        db.close()
