@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
+from ivy._flags import Flag
 from ivy.errors import CallCancelled, PublishError, PublishTimeout, RemoteTaskError, ResultTimeout
 from ivy.message import Notification, Status
 
@@ -100,8 +101,8 @@ class Call(Generic[R]):
         self._value: Any = _PENDING
         self._error: RemoteTaskError | PublishError | None = None
         self._send: Future[None] | None = None
-        self._settled = threading.Event()
-        self._done = threading.Event()
+        self._settled = Flag()
+        self._done = Flag()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[Call[R]], None]] = []
         self._waiters: list[Callable[[], None]] = []

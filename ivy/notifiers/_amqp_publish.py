@@ -31,6 +31,7 @@ import pika
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
+from ivy._flags import Sent
 from ivy.errors import PublishError
 from ivy.queues._amqp_link import Link
 from ivy.queues._amqp_topology import Once
@@ -55,7 +56,7 @@ class Outgoing:
     properties: BasicProperties
     declare: tuple[str, str]
     deadline: float
-    future: Future[None] = field(default_factory=Future)
+    future: Future[None] = field(default_factory=Sent)
     seq: int = field(default_factory=lambda: next(_seq))
     handed: bool = False
     cancelled: bool = False

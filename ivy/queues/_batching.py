@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from ivy._flags import Sent
+
 log = logging.getLogger("ivy.queue")
 
 
@@ -27,7 +29,7 @@ class Outgoing:
     priority: int
     delay: float
     route: str | None
-    future: Future[None] = field(default_factory=Future)
+    future: Future[None] = field(default_factory=Sent)
 
 
 #: write(batch) -> one error per message (None: written); raising fails the whole batch

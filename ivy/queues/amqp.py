@@ -81,6 +81,7 @@ import pika.exceptions
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
+from ivy._flags import Sent
 from ivy.config import driver_url, join_hosts, mask_url, split_hosts
 from ivy.errors import ConfigurationError, PublishError, QueueMismatch
 from ivy.queues import _amqp_admin
@@ -107,7 +108,7 @@ OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "excha
 EXCHANGE_TYPES = ("direct", "topic")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """One publish waiting for its confirm; ``future`` completes with it."""
 
@@ -117,7 +118,7 @@ class _Pending:
     properties: BasicProperties
     exchange: str
     deadline: float
-    future: Future[None] = field(default_factory=Future)
+    future: Future[None] = field(default_factory=Sent)
     cancelled: bool = False
     #: True once its op ran on a channel (it is published, or waits for a declaration there)
     handed: bool = False

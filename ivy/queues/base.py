@@ -13,6 +13,8 @@ from collections.abc import Callable, Collection
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
+from ivy._flags import Sent
+
 log = logging.getLogger("ivy.queue")
 
 
@@ -250,7 +252,7 @@ class QueueBackend(ABC):
         the message, or fails with the reason (:class:`ivy.PublishError` for a refusal or a
         missing confirm). Backends that confirm asynchronously (RabbitMQ) return before the
         broker answered; this default publishes first, so its futures are already complete."""
-        futures: list[Future[None]] = [Future() for _ in bodies]
+        futures: list[Future[None]] = [Sent() for _ in bodies]
         try:
             self.publish_many(queue, bodies, priority=priority, delay=delay, route=route)
         except Exception as exc:
