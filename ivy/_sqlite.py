@@ -131,11 +131,14 @@ class Database:
             tempfile.gettempdir(),
             f"ivy-turn-{hashlib.sha256(self.path.encode()).hexdigest()[:16]}")
         self._turn_fds: list[int] = []
+        #: whether ivy's writers take turns on this file (see the module docstring): where
+        #: they cannot, commits checkpoint as SQLite does by default
+        self.turns = _fcntl is not None and self._turn_fd() is not None
         self._init_schema(busy_timeout)
         self._stop_checkpoints = threading.Event()
         self._checkpoints = threading.Thread(target=self._checkpoint_loop, daemon=True,
                                              name="ivy-sqlite-checkpoint")
-        if _fcntl is not None:
+        if self.turns:
             self._checkpoints.start()
 
     def _init_schema(self, timeout: float) -> None:
@@ -172,7 +175,7 @@ class Database:
             conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
             # WAL + NORMAL survives a killed process; an OS crash may lose the last commits.
             conn.execute("PRAGMA synchronous=NORMAL")
-            if _fcntl is not None:  # the checkpoint thread does it (it needs turns)
+            if self.turns:  # the checkpoint thread does it (it needs turns)
                 conn.execute("PRAGMA wal_autocheckpoint=0")
             self._local.conn = conn
             with self._lock:
@@ -224,10 +227,10 @@ class Database:
         local = self._local
         depth = getattr(local, "turns", 0)
         local.turns = depth + 1
-        if depth or _fcntl is None:
-            return None  # a turn inside a turn, or no file locks here
+        if depth or not self.turns:
+            return None  # a turn inside a turn, or no turns here
         fd = self._turn_fd()
-        if fd is not None:
+        if fd is not None and _fcntl is not None:
             try:
                 _fcntl.flock(fd, _fcntl.LOCK_EX)
             except BaseException:
@@ -237,18 +240,24 @@ class Database:
 
     def _end_turn(self, fd: int | None) -> None:
         self._local.turns -= 1
-        if fd is not None:
-            _fcntl.flock(fd, _fcntl.LOCK_UN)  # type: ignore[union-attr]
+        if fd is not None and _fcntl is not None:
+            _fcntl.flock(fd, _fcntl.LOCK_UN)
 
     def _turn_fd(self) -> int | None:
         """This thread's own descriptor of the turn file (``flock`` excludes descriptors, so
-        threads need one each), or None where it cannot be opened."""
+        threads need one each), or None where it cannot be used. Only a plain file of this
+        user's own is used: one that another user made (or a link in its place) could be held
+        locked forever by them."""
         fd: int | None = getattr(self._local, "turn_fd", None)
         if fd is None and not getattr(self._local, "turn_failed", False):
             try:
-                fd = os.open(self._turn_path, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = os.open(self._turn_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+                if os.fstat(fd).st_uid != os.getuid():
+                    os.close(fd)
+                    raise PermissionError(f"{self._turn_path} belongs to another user")
             except OSError:
-                self._local.turn_failed = True  # e.g. another user's file: SQLite's waits
+                self._local.turn_failed = True  # SQLite's own waits, then
                 return None
             with self._lock:
                 if self._closed:

@@ -3,7 +3,9 @@ checkpoints run off the writers' threads, and ivy's writers take turns on a file
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -129,14 +131,21 @@ def test_a_turn_inside_a_turn_is_the_same_turn(tmp_path: Path) -> None:
         db.close()
 
 
-def test_writers_work_without_the_turn_file(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a turn file that cannot be opened (another user's, say): a directory in its place
-    db = Database(tmp_path / "nolock.db")
+def test_a_turn_file_that_is_a_link_is_not_used(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a link where the turn file would be (another user could hold such a file
+    # locked forever): temporary files go to tmp_path here
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = str(tmp_path / "linked.db")
+    digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    os.symlink(tmp_path / "elsewhere", tmp_path / f"ivy-turn-{digest}")
+    db = Database(path)
     try:
-        os.mkdir(tmp_path / "turn-dir")
-        monkeypatch.setattr(db, "_turn_path", str(tmp_path / "turn-dir"))
-        # Then writes still go through, with SQLite's own locking only
+        # Then ivy's writers take no turns, commits checkpoint as SQLite does by default ...
+        assert not db.turns
+        assert db.conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 0
+        assert not (tmp_path / "elsewhere").exists()
+        # ... and writes still go through, with SQLite's own locking only
         assert db.execute("INSERT INTO ivy_events (body, created) VALUES (x'01', 0)") == 1
         with db.write() as conn:
             conn.execute("INSERT INTO ivy_events (body, created) VALUES (x'02', 0)")
@@ -150,6 +159,7 @@ def test_without_file_locks_writes_still_go_through(tmp_path: Path,
     monkeypatch.setattr(_sqlite, "_fcntl", None)  # Windows has no fcntl
     db = Database(tmp_path / "nofcntl.db")
     try:
+        assert not db.turns
         assert db.execute("INSERT INTO ivy_events (body, created) VALUES (x'01', 0)") == 1
         assert db.returning("DELETE FROM ivy_events RETURNING seq") == [(1,)]
     finally:
