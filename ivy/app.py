@@ -2,8 +2,8 @@
 side (listen), over one queue backend and one notifier per role.
 
 The app keeps the state; its steps live beside it: registering tasks and schedules in
-:mod:`ivy.registering`, sending in :mod:`ivy.producing`, starting a worker in
-:mod:`ivy.listening`."""
+:mod:`ivy.registering`, choosing and owning backends in :mod:`ivy.backends`, sending in
+:mod:`ivy.producing`, starting a worker in :mod:`ivy.listening`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ivy import backends
 from ivy.call import Call, ResultCallback
-from ivy.config import Spec, make_notifier, make_queue_backend
+from ivy.config import Spec, make_queue_backend
 from ivy.errors import ConfigurationError, IvyError, PublishError
 from ivy.message import (
     DEFAULT_MAX_DEPTH,
@@ -146,12 +147,7 @@ class Ivy(Registering):
 
     def setup_queue(self, spec: Spec = None) -> QueueBackend:
         """Choose the queue backend producers send to (URL, dict or backend object)."""
-        with self._lock:
-            self._check_open()
-            backend = self._own(spec, make_queue_backend)
-            self._queue = backend
-            self._queue_spec = spec
-            return backend
+        return backends.setup_queue(self, spec)
 
     @property
     def queue_backend(self) -> QueueBackend:
@@ -168,18 +164,7 @@ class Ivy(Registering):
         Called again with another notifier, it switches: new calls wait on the new one, and
         calls already sent are still delivered through the old one, which closes once they are
         all settled (README, "Semantics")."""
-        with self._lock:
-            self._check_open()
-            current = self._results.notifier
-            if current is not None and (spec is None or spec is current
-                                        or spec == self._consumer_spec):
-                return
-            notifier = self._notifier_for(spec)
-            if notifier is current:
-                return
-            self._consumer_notifier = notifier
-            self._consumer_spec = spec if spec is not None else self._notifier_spec
-            self._results.start(notifier)
+        backends.start_notification_consumer(self, spec)
 
     def _decode_notification(self, body: bytes) -> Notification:
         return decode_notification(body, self.serializer, max_bytes=self.max_message_bytes,
@@ -188,45 +173,19 @@ class Ivy(Registering):
     def _notifier_retired(self, notifier: Notifier) -> None:
         """A retired consumer has settled every call it held: close its notifier unless it is
         still in use here, or was handed in by the caller."""
-        with self._lock:
-            in_use = notifier is self._producer_notifier or notifier is self._consumer_notifier
-            if in_use or not any(thing is notifier for thing in self._owned):
-                return
-            self._owned = [thing for thing in self._owned if thing is not notifier]
-        try:
-            notifier.close()
-        except Exception:
-            log.debug("closing %s raised", notifier.url, exc_info=True)
+        backends.notifier_retired(self, notifier)
 
     def start_notification_producer(self, spec: Spec = None) -> Notifier:
         """Worker side: the notifier that carries statuses and results back to producers."""
-        with self._lock:
-            self._check_open()
-            self._producer_notifier = self._notifier_for(spec)
-            # the spec it was built from (the app's default when None), so that the consumer
-            # side asking for the same one shares this object, not a second connection
-            self._producer_spec = spec if spec is not None else self._notifier_spec
-            return self._producer_notifier
+        return backends.start_notification_producer(self, spec)
 
     def _notifier_for(self, spec: Spec) -> Notifier:
-        spec = spec if spec is not None else self._notifier_spec
-        for existing, existing_spec in ((self._consumer_notifier, self._consumer_spec),
-                                        (self._producer_notifier, self._producer_spec)):
-            if existing is not None and (spec is None or spec is existing
-                                         or spec == existing_spec):
-                return existing
-        return self._own(spec, make_notifier)
+        return backends.notifier_for(self, spec)
 
     def _own(self, spec: Spec, make: Callable[[Spec], T]) -> T:
         """Build a backend from ``spec``; ivy closes what it built, never an object the caller
         passed in (that one the caller closes)."""
-        thing = make(spec)
-        if thing is not spec:
-            self._owned.append(thing)
-        if isinstance(thing, QueueBackend):
-            thing.priority_hint = self.queue_uses_priority  # type: ignore[method-assign]
-            thing.routes_hint = self.queue_routes  # type: ignore[method-assign]
-        return thing
+        return backends.own(self, spec, make)
 
     def queue_routes(self, queue: str) -> list[str]:
         """The routes of the tasks registered here for ``queue`` (AMQP binds them)."""
