@@ -1,5 +1,9 @@
 """Ivy: one registry of tasks, the producer side (delayed calls and their results) and the worker
-side (listen), over one queue backend and one notifier per role."""
+side (listen), over one queue backend and one notifier per role.
+
+The app keeps the state; its steps live beside it: registering tasks and schedules in
+:mod:`ivy.registering`, choosing and owning backends in :mod:`ivy.backends`, sending in
+:mod:`ivy.producing`, starting a worker in :mod:`ivy.listening`."""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ivy import backends
 from ivy.call import Call, ResultCallback
-from ivy.config import Spec, make_notifier, make_queue_backend
+from ivy.config import Spec, make_queue_backend
 from ivy.errors import ConfigurationError, IvyError, PublishError
 from ivy.message import (
     DEFAULT_MAX_DEPTH,
@@ -25,10 +30,11 @@ from ivy.monitor import HEARTBEAT_INTERVAL, Heartbeat
 from ivy.notifiers.base import Notifier
 from ivy.outbox import Outbox
 from ivy.queues.base import QueueBackend
+from ivy.registering import Registering
 from ivy.results import DEFAULT_PENDING_TTL, Results
 from ivy.serialization import Serializer, Signer, get_serializer, signer_from
-from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
-from ivy.timing.schedule import Schedule, Schedules, add_schedule
+from ivy.task import Registry, Task
+from ivy.timing.schedule import Schedules
 from ivy.worker import Worker, WorkerContext
 
 if TYPE_CHECKING:
@@ -37,14 +43,12 @@ if TYPE_CHECKING:
     from ivy.producing import Outgoing
 
 log = logging.getLogger("ivy")
-P = ParamSpec("P")
-R = TypeVar("R")
 T = TypeVar("T", QueueBackend, Notifier)
 
 CHANNEL_PREFIX = "ivy:notify:"
 
 
-class Ivy:
+class Ivy(Registering):
     """The ivy API as an object. The module-level functions use one default instance.
 
     ``queue`` and ``notifier`` are URLs, dicts or backend objects; left out, they come from
@@ -139,121 +143,11 @@ class Ivy:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- registry ----------------------------------------------------------------------------
-
-    @overload
-    def register_task(
-        self, func: Callable[P, R], finished: Finished | Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None, *, name: str | None = ...,
-        queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
-        max_retries: int | None = ..., reserve_time: float | None = ...,
-        timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
-        rate_limit: str | None = ..., unique_for: float | None = ...,
-    ) -> Task[P, R]: ...
-
-    @overload
-    def register_task(
-        self, func: Mapping[str, Any] | None = None, finished: Finished | None = None,
-        options: Mapping[str, Any] | None = None, *, name: str | None = ...,
-        queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
-        max_retries: int | None = ..., reserve_time: float | None = ...,
-        timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
-        rate_limit: str | None = ..., unique_for: float | None = ...,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
-
-    def register_task(
-        self, func: Callable[..., Any] | Mapping[str, Any] | None = None,
-        finished: Finished | Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None, *,
-        name: str | None = None, queue: str | None = None, priority: int | None = None,
-        retry: bool | None = None, max_retries: int | None = None,
-        reserve_time: float | None = None, timeout: float | None = None,
-        style: Style | None = None, route: str | None = None,
-        rate_limit: str | None = None, unique_for: float | None = None,
-    ) -> Any:
-        """Register ``func`` under a unique dotted ``name`` (default ``module.qualname``).
-
-        Works directly, ``register_task(func, finished, name=...)``, as a decorator,
-        ``@register_task(name=...)``, and in the original's form with an options dict and its
-        camelCase keys: ``register_task(func, finished, {"name": "pkg.f", "queue": "pkg",
-        "retry": True, "maxRetries": 10, "route": "pkg.route1", "reserveTime": 3600})``.
-        Keywords and the dict may be mixed as long as they agree. Defaults: queue ``ivy``,
-        priority 0, no retries. Returns a :class:`Task`, which still calls the function
-        locally when called. ``finished(result)`` runs in the producer whenever a call of this
-        task succeeds. ``rate_limit="N/s|m|h"`` holds across all workers
-        (:mod:`ivy.timing.ratelimit`); ``unique_for=N`` makes a call with the same arguments
-        a no-op while one is pending or for N seconds after it was sent
-        (:mod:`ivy.timing.unique`).
-        """
-        if isinstance(func, Mapping):  # @register_task({...})
-            options = merge_dicts(options, func)
-            func = None
-        if isinstance(finished, Mapping):  # register_task(func, {...})
-            options = merge_dicts(options, finished)
-            finished = None
-        given = merge_options(options, {
-            "name": name, "queue": queue, "priority": priority, "retry": retry,
-            "max_retries": max_retries, "reserve_time": reserve_time, "timeout": timeout,
-            "style": style, "route": route, "rate_limit": rate_limit,
-            "unique_for": unique_for})
-        finished_fn: Finished | None = finished
-
-        def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            task = build_task(f, finished_fn, given)
-            self.registry.add(task)
-            return task
-
-        if func is None:
-            return register
-        return register(func)
-
-    # -- periodic tasks (ivy/timing/schedule.py, ivy/timing/scheduler.py) ------------------
-
-    def periodic_task(
-        self, func: Callable[..., Any] | None = None, *, every: float | None = None,
-        cron: str | None = None, tz: str | None = None, name: str | None = None,
-        queue: str | None = None, args: Iterable[Any] = (),
-        kwargs: Mapping[str, Any] | None = None, catch_up: float | None = None,
-        **options: Any,
-    ) -> Any:
-        """Register a task and run it on a schedule: ``@periodic_task(every=30, name=...,
-        queue=...)`` or ``cron="*/5 * * * *"`` (UTC unless ``tz`` names a zone). ``args`` and
-        ``kwargs`` are those of each call; ``catch_up`` (seconds) sends the slots a starting
-        scheduler missed within that window; ``options`` go to :meth:`register_task`. The
-        schedule is named after the task. A scheduler sends the calls (``ivy scheduler
-        MODULE``, ``ivy worker MODULE --scheduler``)."""
-
-        def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            task = self.register_task(f, name=name, queue=queue, **options)
-            self.schedule(task, every=every, cron=cron, tz=tz, args=args, kwargs=kwargs,
-                          name=task.name, catch_up=catch_up)
-            return task
-
-        return register if func is None else register(func)
-
-    def schedule(
-        self, task: Any, *, every: float | None = None, cron: str | None = None,
-        tz: str | None = None, args: Iterable[Any] = (),
-        kwargs: Mapping[str, Any] | None = None, name: str | None = None,
-        queue: str | None = None, catch_up: float | None = None,
-    ) -> Schedule:
-        """Put a task (a Task, a registered function, or a name with ``queue``) on a
-        schedule; see :meth:`periodic_task`. ``name`` (default: the task's name, the
-        schedule and its arguments) must be unique: schedulers claim slots under it."""
-        return add_schedule(self.registry, self.schedules, task, every=every, cron=cron,
-                            tz=tz, args=args, kwargs=kwargs, name=name, queue=queue,
-                            catch_up=catch_up)
-
     # -- configuration -----------------------------------------------------------------------
 
     def setup_queue(self, spec: Spec = None) -> QueueBackend:
         """Choose the queue backend producers send to (URL, dict or backend object)."""
-        with self._lock:
-            self._check_open()
-            backend = self._own(spec, make_queue_backend)
-            self._queue = backend
-            self._queue_spec = spec
-            return backend
+        return backends.setup_queue(self, spec)
 
     @property
     def queue_backend(self) -> QueueBackend:
@@ -270,18 +164,7 @@ class Ivy:
         Called again with another notifier, it switches: new calls wait on the new one, and
         calls already sent are still delivered through the old one, which closes once they are
         all settled (README, "Semantics")."""
-        with self._lock:
-            self._check_open()
-            current = self._results.notifier
-            if current is not None and (spec is None or spec is current
-                                        or spec == self._consumer_spec):
-                return
-            notifier = self._notifier_for(spec)
-            if notifier is current:
-                return
-            self._consumer_notifier = notifier
-            self._consumer_spec = spec if spec is not None else self._notifier_spec
-            self._results.start(notifier)
+        backends.start_notification_consumer(self, spec)
 
     def _decode_notification(self, body: bytes) -> Notification:
         return decode_notification(body, self.serializer, max_bytes=self.max_message_bytes,
@@ -290,45 +173,19 @@ class Ivy:
     def _notifier_retired(self, notifier: Notifier) -> None:
         """A retired consumer has settled every call it held: close its notifier unless it is
         still in use here, or was handed in by the caller."""
-        with self._lock:
-            in_use = notifier is self._producer_notifier or notifier is self._consumer_notifier
-            if in_use or not any(thing is notifier for thing in self._owned):
-                return
-            self._owned = [thing for thing in self._owned if thing is not notifier]
-        try:
-            notifier.close()
-        except Exception:
-            log.debug("closing %s raised", notifier.url, exc_info=True)
+        backends.notifier_retired(self, notifier)
 
     def start_notification_producer(self, spec: Spec = None) -> Notifier:
         """Worker side: the notifier that carries statuses and results back to producers."""
-        with self._lock:
-            self._check_open()
-            self._producer_notifier = self._notifier_for(spec)
-            # the spec it was built from (the app's default when None), so that the consumer
-            # side asking for the same one shares this object, not a second connection
-            self._producer_spec = spec if spec is not None else self._notifier_spec
-            return self._producer_notifier
+        return backends.start_notification_producer(self, spec)
 
     def _notifier_for(self, spec: Spec) -> Notifier:
-        spec = spec if spec is not None else self._notifier_spec
-        for existing, existing_spec in ((self._consumer_notifier, self._consumer_spec),
-                                        (self._producer_notifier, self._producer_spec)):
-            if existing is not None and (spec is None or spec is existing
-                                         or spec == existing_spec):
-                return existing
-        return self._own(spec, make_notifier)
+        return backends.notifier_for(self, spec)
 
     def _own(self, spec: Spec, make: Callable[[Spec], T]) -> T:
         """Build a backend from ``spec``; ivy closes what it built, never an object the caller
         passed in (that one the caller closes)."""
-        thing = make(spec)
-        if thing is not spec:
-            self._owned.append(thing)
-        if isinstance(thing, QueueBackend):
-            thing.priority_hint = self.queue_uses_priority  # type: ignore[method-assign]
-            thing.routes_hint = self.queue_routes  # type: ignore[method-assign]
-        return thing
+        return backends.own(self, spec, make)
 
     def queue_routes(self, queue: str) -> list[str]:
         """The routes of the tasks registered here for ``queue`` (AMQP binds them)."""

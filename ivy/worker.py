@@ -20,10 +20,8 @@ becomes of it), gives back unstarted any it fetches after them (``release()``: n
 and stops gracefully once the ones it admitted have ended; ``ivy worker --max-tasks-per-child``
 replaces its process then.
 
-Outcomes: a task body runs in :mod:`ivy.execution` (styles, timeouts), its outcome is
-published by :mod:`ivy.outcomes` (within the producer's limits), and :mod:`ivy.settle`
-decides what becomes of the delivery (ack, retry, dead letter). A call whose ``eta`` is later
-than its delivery is deferred, which does not count as an attempt.
+One message, from decoding it to settling it, is :mod:`ivy.processing`; its outcome rules are
+:mod:`ivy.settle`.
 """
 
 from __future__ import annotations
@@ -41,16 +39,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ivy.errors import MessageError
+import ivy.processing as processing
 from ivy.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
 from ivy.execution import Executor
 from ivy.execution import error_info as error_info
-from ivy.message import Message, decode_message, now_ms
+from ivy.message import Message
 from ivy.middleware import Pipeline
 from ivy.notifiers.base import Notifier
 from ivy.outcomes import ERROR_MESSAGE_CHARS as ERROR_MESSAGE_CHARS
 from ivy.outcomes import ERROR_TRACEBACK_CHARS as ERROR_TRACEBACK_CHARS
 from ivy.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
+from ivy.processing import logged
 from ivy.queues.base import Consumer, Delivery, QueueBackend
 from ivy.serialization import Serializer, Signer
 from ivy.settle import Settler
@@ -209,7 +208,7 @@ class Worker:
                     reserve_time=self.reserve_time))
             except Exception:  # e.g. ivy.QueueMismatch: close the consumers started so far
                 for started in self._consumers:
-                    with _logged("closing a consumer"):
+                    with logged("closing a consumer"):
                         started.close()
                 self._consumers = []
                 raise
@@ -242,7 +241,7 @@ class Worker:
             return
         log.info("worker %s: stopping; finishing in-flight tasks", self.name)
         for consumer in self._consumers:  # interrupts waiting gets; returns unstarted ones
-            with _logged("closing consumer"):
+            with logged("closing consumer"):
                 consumer.close()
         for _ in range(self.concurrency):
             self._work.put(None)
@@ -316,7 +315,7 @@ class Worker:
                 backoff.wait(self._refusing)
             return None
         if delivery is not None and not self._hold(delivery, self.reserve_time):
-            with _logged("giving back a delivery"):
+            with logged("giving back a delivery"):
                 delivery.release()  # the worker is stopping: it goes back unstarted
             return None
         return delivery
@@ -344,7 +343,7 @@ class Worker:
                     self._work.put(delivery)
                     return
             self._slots.release()
-        with _logged("giving back a delivery"):
+        with logged("giving back a delivery"):
             delivery.release()  # the worker is stopping: it goes back unstarted
         self._unhold(delivery)
 
@@ -391,7 +390,7 @@ class Worker:
             if self._gate.poll_due(now):
                 with self._lock:
                     started = [h.message for h in self._held.values() if h.message is not None]
-                with _logged("looking for cancels"):
+                with logged("looking for cancels"):
                     self._gate.poll(started)
             for h in due:
                 if not self._extend(h.delivery, h.lease):
@@ -400,7 +399,7 @@ class Worker:
             if now >= sweep_at:
                 sweep_at = now + self.reserve_time / 3
                 for consumer in self._consumers:
-                    with _logged("listing prefetched deliveries"):
+                    with logged("listing prefetched deliveries"):
                         waiting.extend(consumer.buffered())
             if waiting:
                 waiting = [d for d in waiting if not self._extend(d, self.reserve_time)]
@@ -446,91 +445,14 @@ class Worker:
     # -- one message -----------------------------------------------------------------------
 
     def process(self, delivery: Delivery) -> None:
-        """Run one delivery to its end: ack, retry or dead letter. Never raises."""
-        message: Message | None = None
-        try:
-            try:
-                ctx = self.context
-                message = decode_message(delivery.body, ctx.serializer,
-                                         max_bytes=ctx.max_message_bytes,
-                                         max_depth=ctx.max_depth, signer=ctx.signer)
-            except MessageError as exc:
-                self._reject(delivery, exc.reason, exc.fields)
-                return
-            if delivery.exhausted is not None:  # it killed or hung worker after worker
-                self._reject(delivery, delivery.exhausted, _fields(message), message)
-                return
-            # Backends that retry by redelivering the same body (SQS) count attempts for us;
-            # a redelivery after a crash counts as an attempt too (poison-message protection).
-            message.attempt = max(message.attempt, delivery.delivery_count - 1)
-            task = self.context.registry.get(message.name)
-            if task is None:
-                reason = self.context.registry.not_registered_message(message.name, delivery.queue)
-                self._reject(delivery, reason, _fields(message), message)
-                return
-            try:
-                task.check_arguments(message.args, message.kwargs)
-            except TypeError as exc:
-                self._reject(delivery, f"wrong arguments for task {task.name!r}: {exc}",
-                             _fields(message), message)
-                return
-            if message.eta is not None and message.eta > now_ms() + 5:
-                delivery.defer((message.eta - now_ms()) / 1000)  # not an attempt
-                return
-            if not self._gate.admit(delivery, task, message):  # cancelled, rate-limited
-                return
-            self._run(delivery, task, message)
-        except Exception:
-            log.exception("worker %s: internal error on a message of %s; returning it to the "
-                          "queue", self.name, delivery.queue)
-            with _logged("returning a message after an internal error"):
-                delivery.retry(self.context.backoff(0))
-        finally:
-            with self._lock:
-                self.processed += 1
+        """Run one delivery to its end: ack, retry or dead letter. Never raises. The steps
+        are in :mod:`ivy.processing`."""
+        processing.process(self, delivery)
 
     def lease(self, task: Task[Any, Any]) -> float:
         """How long a running message of ``task`` stays reserved between extends: the
         context's ``reserve_times`` entry, else the task's ``reserve_time``, else the worker's."""
-        lease = self.context.reserve_times.get(task.name)
-        if lease is None:
-            lease = task.reserve_time
-        return self.reserve_time if lease is None else float(lease)
-
-    def _run(self, delivery: Delivery, task: Task[Any, Any], message: Message) -> None:
-        now = time.monotonic()
-        lease = self.lease(task)
-        with self._lock:
-            held = self._held.get(id(delivery))
-            if held is not None:
-                held.message, held.started = message, now
-                if lease != held.lease:
-                    held.lease, held.next_extend = lease, now + lease / 3
-        if lease != self.reserve_time:
-            delivery.extend(lease)
-        middleware = self.context.middleware
-        if middleware:
-            middleware.before_task(message)
-        # a workflow step that ran to its end before a crash is not run again
-        replayed = self._recorder.replay(message) if message.extra else None
-        ok, value = replayed or self._executor.run(task, message)
-        if middleware:
-            middleware.after_task(message, value if ok else None, None if ok else value)
-        if self._gate.settle_cancelled(delivery, message, ok, value):
-            return
-        if ok:
-            self._settler.succeeded(delivery, message, value)
-            return
-        with self._lock:
-            self.failed += 1
-        self._settler.failed(delivery, task, message, value)
-
-    def _reject(self, delivery: Delivery, reason: str, fields: dict[str, Any],
-                message: Message | None = None) -> None:
-        """Dead-letter a message that cannot run, and tell its producer when we can."""
-        with self._lock:
-            self.failed += 1
-        self._settler.reject(delivery, reason, fields, message)
+        return processing.lease(self, task)
 
 
 @contextlib.contextmanager
@@ -547,18 +469,3 @@ def signal_handlers(handler: Any) -> Iterator[None]:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
-
-def _fields(message: Message) -> dict[str, Any]:
-    fields = {"id": message.id, "name": message.name, "reply_to": message.reply_to}
-    if "workflow" in message.extra:  # a workflow step: its workflow fails (ivy.workflows)
-        fields["workflow"] = message.extra["workflow"]
-    return fields
-
-
-@contextlib.contextmanager
-def _logged(what: str) -> Iterator[None]:
-    """Log and swallow an exception: for steps whose failure must not stop the worker."""
-    try:
-        yield
-    except Exception:
-        log.exception("worker: %s failed", what)

@@ -1,0 +1,127 @@
+"""Registering tasks and periodic schedules: the part of :class:`ivy.Ivy` that fills its
+registry (:class:`ivy.task.Registry`) and its schedules (:mod:`ivy.timing.schedule`). ``Ivy``
+inherits it; it uses nothing of the app but those two."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
+from ivy.timing.schedule import Schedule, Schedules, add_schedule
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Registering:
+    """``register_task``, ``periodic_task`` and ``schedule`` of :class:`ivy.Ivy`."""
+
+    # made by Ivy.__init__
+    registry: Registry
+    schedules: Schedules
+
+    # -- registry ----------------------------------------------------------------------------
+
+    @overload
+    def register_task(
+        self, func: Callable[P, R], finished: Finished | Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None, *, name: str | None = ...,
+        queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
+        max_retries: int | None = ..., reserve_time: float | None = ...,
+        timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
+        rate_limit: str | None = ..., unique_for: float | None = ...,
+    ) -> Task[P, R]: ...
+
+    @overload
+    def register_task(
+        self, func: Mapping[str, Any] | None = None, finished: Finished | None = None,
+        options: Mapping[str, Any] | None = None, *, name: str | None = ...,
+        queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
+        max_retries: int | None = ..., reserve_time: float | None = ...,
+        timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
+        rate_limit: str | None = ..., unique_for: float | None = ...,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def register_task(
+        self, func: Callable[..., Any] | Mapping[str, Any] | None = None,
+        finished: Finished | Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None, *,
+        name: str | None = None, queue: str | None = None, priority: int | None = None,
+        retry: bool | None = None, max_retries: int | None = None,
+        reserve_time: float | None = None, timeout: float | None = None,
+        style: Style | None = None, route: str | None = None,
+        rate_limit: str | None = None, unique_for: float | None = None,
+    ) -> Any:
+        """Register ``func`` under a unique dotted ``name`` (default ``module.qualname``).
+
+        Works directly, ``register_task(func, finished, name=...)``, as a decorator,
+        ``@register_task(name=...)``, and in the original's form with an options dict and its
+        camelCase keys: ``register_task(func, finished, {"name": "pkg.f", "queue": "pkg",
+        "retry": True, "maxRetries": 10, "route": "pkg.route1", "reserveTime": 3600})``.
+        Keywords and the dict may be mixed as long as they agree. Defaults: queue ``ivy``,
+        priority 0, no retries. Returns a :class:`Task`, which still calls the function
+        locally when called. ``finished(result)`` runs in the producer whenever a call of this
+        task succeeds. ``rate_limit="N/s|m|h"`` holds across all workers
+        (:mod:`ivy.timing.ratelimit`); ``unique_for=N`` makes a call with the same arguments
+        a no-op while one is pending or for N seconds after it was sent
+        (:mod:`ivy.timing.unique`).
+        """
+        if isinstance(func, Mapping):  # @register_task({...})
+            options = merge_dicts(options, func)
+            func = None
+        if isinstance(finished, Mapping):  # register_task(func, {...})
+            options = merge_dicts(options, finished)
+            finished = None
+        given = merge_options(options, {
+            "name": name, "queue": queue, "priority": priority, "retry": retry,
+            "max_retries": max_retries, "reserve_time": reserve_time, "timeout": timeout,
+            "style": style, "route": route, "rate_limit": rate_limit,
+            "unique_for": unique_for})
+        finished_fn: Finished | None = finished
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task = build_task(f, finished_fn, given)
+            self.registry.add(task)
+            return task
+
+        if func is None:
+            return register
+        return register(func)
+
+    # -- periodic tasks (ivy/timing/schedule.py, ivy/timing/scheduler.py) ------------------
+
+    def periodic_task(
+        self, func: Callable[..., Any] | None = None, *, every: float | None = None,
+        cron: str | None = None, tz: str | None = None, name: str | None = None,
+        queue: str | None = None, args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None, catch_up: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """Register a task and run it on a schedule: ``@periodic_task(every=30, name=...,
+        queue=...)`` or ``cron="*/5 * * * *"`` (UTC unless ``tz`` names a zone). ``args`` and
+        ``kwargs`` are those of each call; ``catch_up`` (seconds) sends the slots a starting
+        scheduler missed within that window; ``options`` go to :meth:`register_task`. The
+        schedule is named after the task. A scheduler sends the calls (``ivy scheduler
+        MODULE``, ``ivy worker MODULE --scheduler``)."""
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task = self.register_task(f, name=name, queue=queue, **options)
+            self.schedule(task, every=every, cron=cron, tz=tz, args=args, kwargs=kwargs,
+                          name=task.name, catch_up=catch_up)
+            return task
+
+        return register if func is None else register(func)
+
+    def schedule(
+        self, task: Any, *, every: float | None = None, cron: str | None = None,
+        tz: str | None = None, args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None, name: str | None = None,
+        queue: str | None = None, catch_up: float | None = None,
+    ) -> Schedule:
+        """Put a task (a Task, a registered function, or a name with ``queue``) on a
+        schedule; see :meth:`periodic_task`. ``name`` (default: the task's name, the
+        schedule and its arguments) must be unique: schedulers claim slots under it."""
+        return add_schedule(self.registry, self.schedules, task, every=every, cron=cron,
+                            tz=tz, args=args, kwargs=kwargs, name=name, queue=queue,
+                            catch_up=catch_up)
