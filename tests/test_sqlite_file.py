@@ -3,6 +3,7 @@ checkpoints run off the writers' threads, and ivy's writers take turns on a file
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -163,4 +164,26 @@ def test_without_file_locks_writes_still_go_through(tmp_path: Path,
         assert db.execute("INSERT INTO ivy_events (body, created) VALUES (x'01', 0)") == 1
         assert db.returning("DELETE FROM ivy_events RETURNING seq") == [(1,)]
     finally:
+        db.close()
+
+
+def test_a_writer_paused_in_its_turn_stalls_others_only_for_the_busy_timeout(
+        tmp_path: Path) -> None:
+    # Given a writer that took its turn and then stopped (paused, say), holding only the turn
+    db = Database(tmp_path / "paused.db", busy_timeout=0.3)
+    paused = os.open(db._turn_path, os.O_RDWR)
+    fcntl.flock(paused, fcntl.LOCK_EX)
+    try:
+        # When another writer writes, it waits for the turn no longer than the busy timeout,
+        # then asks SQLite itself (free here), instead of waiting forever
+        started = time.monotonic()
+        assert db.execute("INSERT INTO ivy_events (body, created) VALUES (x'01', 0)") == 1
+        assert time.monotonic() - started >= 0.3
+        # And once the turn is let go, writers take it again at once
+        fcntl.flock(paused, fcntl.LOCK_UN)
+        with db.write() as conn:
+            conn.execute("INSERT INTO ivy_events (body, created) VALUES (x'02', 0)")
+        assert db.conn().execute("SELECT count(*) FROM ivy_events").fetchone()[0] == 2
+    finally:
+        os.close(paused)
         db.close()
