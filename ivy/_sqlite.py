@@ -235,20 +235,19 @@ class Database:
         fd = self._turn_fd()
         if fd is not None and _fcntl is not None:
             try:
-                if not self._wait_turn(fd):
+                if not self._wait_turn(fd, _fcntl):
                     return None  # proceed without it: SQLite's busy timeout decides
             except BaseException:
                 local.turns = 0
                 raise
         return fd
 
-    def _wait_turn(self, fd: int) -> bool:
+    def _wait_turn(self, fd: int, fcntl: ModuleType) -> bool:
         """Take the turn lock; False if it was held for the whole busy timeout (a writer
         paused with it, say): the caller then asks SQLite directly, which errs after the
         same timeout if the file is still locked, as it would without turns, instead of
         waiting forever. Sleeps between tries grow from 20 us to 0.2 ms: a turn lasts ~0.1 ms."""
-        assert _fcntl is not None
-        flock, flags = _fcntl.flock, _fcntl.LOCK_EX | _fcntl.LOCK_NB
+        flock, flags = fcntl.flock, fcntl.LOCK_EX | fcntl.LOCK_NB
         delay, deadline = 0.0, 0.0
         while True:
             try:
