@@ -4,7 +4,10 @@ results kept in huey's result store.
 huey's SQLite connections run with ``synchronous=FULL`` unless told otherwise (an fsync of the
 WAL per commit); ivy's run with ``synchronous=NORMAL`` (WAL synced at checkpoints). Set here
 to NORMAL too, so that both keep what they commit the same way (a power cut may lose the last
-commits of both; a crashed process loses nothing)."""
+commits of both; a crashed process loses nothing).
+
+``huey_defaults`` is a second SqliteHuey, as huey comes (``synchronous=FULL``), on the file named
+by BENCH_HUEY_DEFAULTS_DB, for ``embedded.py --huey-defaults``."""
 
 from __future__ import annotations
 
@@ -31,4 +34,14 @@ huey = BenchHuey("bench", filename=os.environ["BENCH_HUEY_DB"], results=True)
 
 @huey.task(name="bench.noop")
 def noop(i: int) -> int:
+    return i
+
+
+huey_defaults = SqliteHuey("bench-defaults",
+                           filename=os.environ.get("BENCH_HUEY_DEFAULTS_DB", "huey-defaults.db"),
+                           results=True)
+
+
+@huey_defaults.task(name="bench.noop")
+def noop_defaults(i: int) -> int:
     return i

@@ -97,8 +97,15 @@ def ivy_system(name: str, app: ivy.Ivy) -> System:
                   lambda call: call.result(600), lambda: app.flush(600))
 
 
-def start_huey(tmp: Path, env: dict[str, str]) -> tuple[list[System], subprocess.Popen[bytes]]:
+def huey_files(tmp: Path, env: dict[str, str]) -> None:
+    """Name both huey files before bench_huey_app is first imported (it opens them then)."""
     os.environ["BENCH_HUEY_DB"] = env["BENCH_HUEY_DB"] = str(tmp / "huey.db")
+    os.environ["BENCH_HUEY_DEFAULTS_DB"] = env["BENCH_HUEY_DEFAULTS_DB"] = str(
+        tmp / "huey-defaults.db")
+
+
+def start_huey(tmp: Path, env: dict[str, str]) -> tuple[list[System], subprocess.Popen[bytes]]:
+    huey_files(tmp, env)
     import bench_huey_app
 
     # one worker thread, as ivy's worker has; polls from 1 ms (huey's default: 100 ms) up to
@@ -122,6 +129,21 @@ def start_huey(tmp: Path, env: dict[str, str]) -> tuple[list[System], subprocess
             System("huey SQLite (0.5 ms poll)", bench_huey_app.noop, poll)], consumer
 
 
+def start_huey_defaults(tmp: Path,
+                        env: dict[str, str]) -> tuple[System, subprocess.Popen[bytes]]:
+    """huey as it comes: ``synchronous=FULL``, its consumer's default polling (from 0.1 s up
+    to 10 s when idle), results awaited with ``Result.get(blocking=True)``."""
+    huey_files(tmp, env)
+    import bench_huey_app
+
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "huey.bin.huey_consumer", "bench_huey_app.huey_defaults", "-w",
+         "1", "-k", "thread", "-q"],
+        cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return System("huey SQLite (its defaults)", bench_huey_app.noop_defaults,
+                  lambda r: r.get(blocking=True, timeout=600), latency_share=0.2), consumer
+
+
 def run(systems: list[System], n: int, latency_n: int, rounds: int, block: int) -> None:
     order = random.Random(7)
     for s in systems:  # warm-up: workers ready, every lazy import done
@@ -142,6 +164,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--block", type=int, default=50)
     parser.add_argument("--system", choices=["memory", "sqlite", "huey"], action="append")
+    parser.add_argument("--huey-defaults", action="store_true",
+                        help="also huey as it comes (synchronous=FULL, 0.1 s polls), for "
+                             "context; the targets are taken against the tuned huey")
     args = parser.parse_args()
     import huey
 
@@ -173,6 +198,11 @@ def main() -> None:
                 huey_systems, consumer = start_huey(Path(tmp), env)
                 systems.extend(huey_systems)
                 cleanup.append(lambda: (consumer.send_signal(signal.SIGINT), consumer.wait(60)))
+            if args.huey_defaults:
+                plain, plain_consumer = start_huey_defaults(Path(tmp), env)
+                systems.append(plain)
+                cleanup.append(lambda: (plain_consumer.send_signal(signal.SIGINT),
+                                        plain_consumer.wait(60)))
             run(systems, args.n, args.latency_n, args.rounds, args.block)
         finally:
             for fn in reversed(cleanup):
@@ -189,6 +219,11 @@ def main() -> None:
         print("ivy SQLite / huey SQLite: enqueue "
               f"x{(a.sent / a.enqueue) / (h.sent / h.enqueue):.2f}"
               f" (with flush x{(a.sent / a.flushed) / (h.sent / h.enqueue):.2f}), end-to-end "
+              f"x{(a.sent / a.e2e) / (h.sent / h.e2e):.2f}")
+    if "ivy SQLite" in by and "huey SQLite (its defaults)" in by:
+        a, h = by["ivy SQLite"], by["huey SQLite (its defaults)"]
+        print("ivy SQLite / huey SQLite at its defaults: enqueue "
+              f"x{(a.sent / a.enqueue) / (h.sent / h.enqueue):.2f}, end-to-end "
               f"x{(a.sent / a.e2e) / (h.sent / h.e2e):.2f}")
     print(f"load at the end {os.getloadavg()[0]:.2f}")
 
