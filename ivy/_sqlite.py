@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -134,13 +135,17 @@ class Database:
             tempfile.gettempdir(),
             f"ivy-turn-{hashlib.sha256(self.path.encode()).hexdigest()[:16]}")
         self._turn_fds: list[int] = []
+        weakref.finalize(self, _close_fds, self._turn_fds)  # a database collected unclosed
         #: whether ivy's writers take turns on this file (see the module docstring): where
         #: they cannot, commits checkpoint as SQLite does by default
         self.turns = _fcntl is not None and self._turn_fd() is not None
         self._init_schema(busy_timeout)
         self._stop_checkpoints = threading.Event()
-        self._checkpoints = threading.Thread(target=self._checkpoint_loop, daemon=True,
-                                             name="ivy-sqlite-checkpoint")
+        # the thread holds the database weakly: one never closed is still collected (and its
+        # thread then ends), as it was before the thread existed
+        self._checkpoints = threading.Thread(
+            target=_checkpoint_loop, args=(weakref.ref(self), self._stop_checkpoints),
+            daemon=True, name="ivy-sqlite-checkpoint")
         if self.turns:
             self._checkpoints.start()
 
@@ -292,31 +297,30 @@ class Database:
             self._local.turn_fd = fd
         return fd
 
-    def _checkpoint_loop(self) -> None:
-        """Whenever the write-ahead log changed: a passive checkpoint that copies what it can
-        while writers go on, then, in a writers' turn, a second one that copies the few pages
-        written meanwhile, so that it completes and the next writer starts the log over
-        (without that turn, steady writes would make the log grow without end)."""
+    def _checkpoint(self, seen: tuple[int, int] | None) -> tuple[int, int] | None:
+        """One look of the checkpoint thread: whenever the write-ahead log changed since
+        ``seen``, a passive checkpoint that copies what it can while writers go on, then, in a
+        writers' turn, a second one that copies the few pages written meanwhile, so that it
+        completes and the next writer starts the log over (without that turn, steady writes
+        would make the log grow without end). Returns what to pass next time."""
         wal = self.path + "-wal"
-        seen: tuple[int, int] | None = None
-        while not self._stop_checkpoints.wait(CHECKPOINT_EVERY):
-            try:
-                stat = os.stat(wal)
-            except OSError:
-                continue  # no log (yet): nothing to copy
-            if (stat.st_size, stat.st_mtime_ns) == seen:
-                continue
-            try:
-                conn = self.conn()
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                with self.turn():
-                    busy, logged, copied = conn.execute(
-                        "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                stat = os.stat(wal)
-            except (sqlite3.Error, OSError, RuntimeError):  # closing, or locked for a moment
-                continue
-            # looked at again next time unless every frame was copied
-            seen = (stat.st_size, stat.st_mtime_ns) if not busy and logged == copied else None
+        try:
+            stat = os.stat(wal)
+        except OSError:
+            return seen  # no log (yet): nothing to copy
+        if (stat.st_size, stat.st_mtime_ns) == seen:
+            return seen
+        try:
+            conn = self.conn()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self.turn():
+                busy, logged, copied = conn.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            stat = os.stat(wal)
+        except (sqlite3.Error, OSError, RuntimeError):  # closing, or locked for a moment
+            return None
+        # looked at again next time unless every frame was copied
+        return (stat.st_size, stat.st_mtime_ns) if not busy and logged == copied else None
 
     def close(self) -> None:
         self._stop_checkpoints.set()
@@ -325,17 +329,35 @@ class Database:
         with self._lock:
             self._closed = True
             conns, self._all = self._all, []
-            fds, self._turn_fds = self._turn_fds, []
+            fds = list(self._turn_fds)
+            self._turn_fds.clear()  # the same list the finalizer holds: closed once
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        _close_fds(fds)
 
     def wake_dir(self, kind: str) -> str:
         digest = hashlib.sha256(self.path.encode()).hexdigest()[:16]
         return os.path.join(tempfile.gettempdir(), f"ivy-wake-{digest}-{kind}")
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
+def _checkpoint_loop(ref: weakref.ReferenceType[Database], stop: threading.Event) -> None:
+    """A database's checkpoint thread (see the module docstring): until it is closed, or
+    collected without having been closed."""
+    seen: tuple[int, int] | None = None
+    while not stop.wait(CHECKPOINT_EVERY):
+        db = ref()
+        if db is None:
+            return
+        seen = db._checkpoint(seen)
+        del db  # no strong reference while waiting
 
 
 class WakeListener:

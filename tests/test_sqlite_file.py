@@ -4,11 +4,13 @@ checkpoints run off the writers' threads, and ivy's writers take turns on a file
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import os
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,21 @@ def test_a_writer_paused_in_its_turn_stalls_others_only_for_the_busy_timeout(
     finally:
         os.close(paused)
         db.close()
+
+
+def test_a_database_never_closed_is_still_collected_and_its_thread_ends(tmp_path: Path) -> None:
+    # Given a database that is written to and then dropped without close()
+    db = Database(tmp_path / "dropped.db")
+    db.execute("INSERT INTO ivy_events (body, created) VALUES (x'01', 0)")
+    thread, turn_fd = db._checkpoints, db._local.turn_fd
+    assert thread.is_alive()
+    ref = weakref.ref(db)
+    del db
+    gc.collect()
+    # Then nothing keeps it alive (its checkpoint thread holds it weakly), its thread ends and
+    # its turn file's descriptor is closed
+    assert ref() is None
+    thread.join(5)
+    assert not thread.is_alive()
+    with pytest.raises(OSError):
+        os.fstat(turn_fd)
