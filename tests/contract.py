@@ -341,6 +341,16 @@ class QueueBackendContract:
                 return i
 
             app.register_task(work, name="contract.work", queue=q)
+        # The queue exists and takes messages before the calls go: a quorum queue just
+        # declared may refuse (nack) publishes for a moment, and ivy then reconnects and sends
+        # again what was unconfirmed, which can queue a call twice (at least once) and would
+        # read here as a lease that lapsed
+        backend.publish(q, b"warm-up")
+        warm = backend.consume(q, prefetch=1)
+        delivery = warm.get(30)
+        assert delivery is not None and delivery.body == b"warm-up"
+        delivery.ack()
+        warm.close()
         workers: list[ivy.Worker] = []
         try:
             calls = [apps[0].delayed_call("contract.work", i) for i in range(4)]
