@@ -24,26 +24,14 @@ log = logging.getLogger("ivy")
 _guard = allocate_lock()
 
 
-def _wait(waiters: list[LockType], waiter: LockType, timeout: float | None) -> bool:
-    """Block on ``waiter`` (already in ``waiters``) until released or ``timeout``; a waiter
-    that timed out is taken back out. True if it was released."""
-    if waiter.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
-        return True
-    with _guard:
-        if waiter in waiters:
-            waiters.remove(waiter)
-            return False
-    return True  # released between the timeout and taking it out
-
-
 class Flag:
     """``threading.Event``'s ``is_set``, ``set`` and ``wait``, without a Condition."""
 
-    __slots__ = ("_set", "_waiters")
+    __slots__ = ("_set", "_sleepers")
 
     def __init__(self) -> None:
         self._set = False
-        self._waiters: list[LockType] | None = None
+        self._sleepers: list[LockType] | None = None
 
     def is_set(self) -> bool:
         return self._set
@@ -52,10 +40,14 @@ class Flag:
         with _guard:
             if self._set:
                 return
-            self._set = True
-            waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            waiter.release()
+            waiters = self._mark()
+        _release(waiters)
+
+    def _mark(self) -> list[LockType] | None:
+        """Set the flag (the caller holds ``_guard``); the waiters to release after it."""
+        self._set = True
+        waiters, self._sleepers = self._sleepers, None
+        return waiters
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the flag is set or ``timeout`` seconds passed; whether it is set."""
@@ -66,32 +58,41 @@ class Flag:
         with _guard:
             if self._set:
                 return True
-            if self._waiters is None:
-                self._waiters = []
-            waiters = self._waiters
+            if self._sleepers is None:
+                self._sleepers = []
+            waiters = self._sleepers
             waiters.append(waiter)
-        return _wait(waiters, waiter, timeout) or self._set
+        if waiter.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
+            return True
+        with _guard:  # timed out: take the waiter back out, unless set meanwhile
+            if waiter in waiters:
+                waiters.remove(waiter)
+        return self._set
 
 
-class Sent(Future[None]):
+def _release(waiters: list[LockType] | None) -> None:
+    for waiter in waiters or ():
+        waiter.release()
+
+
+class Sent(Flag, Future[None]):
     """The future of one message's send: it completes when the backend has the message
-    (RabbitMQ: the confirm), or fails with the reason it was not taken.
+    (RabbitMQ: the confirm), or fails with the reason it was not taken. Done is its flag set.
 
     It offers ``Future``'s own methods (``done``, ``result``, ``exception``,
     ``add_done_callback``, ``set_result``, ``set_exception``, ``cancel``...), each the way
     ``Future`` documents it, but none of its internals: ``concurrent.futures.wait()`` and
     ``as_completed()`` do not take it. A send is never cancelled (``cancel()`` is False)."""
 
-    __slots__ = ("_callbacks", "_error", "_finished", "_sent_waiters")
+    __slots__ = ("_callbacks", "_error")
 
     def __init__(self) -> None:  # no Future.__init__: no Condition
-        self._finished = False
+        Flag.__init__(self)
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Future[None]], Any]] | None = None
-        self._sent_waiters: list[LockType] | None = None
 
     def __repr__(self) -> str:
-        state = "pending" if not self._finished else "failed" if self._error else "sent"
+        state = "pending" if not self._set else "failed" if self._error else "sent"
         return f"<Sent {state}>"
 
     def cancel(self) -> bool:
@@ -101,10 +102,10 @@ class Sent(Future[None]):
         return False
 
     def running(self) -> bool:
-        return not self._finished
+        return not self._set
 
     def done(self) -> bool:
-        return self._finished
+        return self._set
 
     def set_running_or_notify_cancel(self) -> bool:
         return True
@@ -117,13 +118,12 @@ class Sent(Future[None]):
 
     def _finish(self, error: BaseException | None) -> None:
         with _guard:
-            if self._finished:
+            if self._set:
                 raise InvalidStateError(f"{self!r} is finished already")
-            self._finished, self._error = True, error
+            self._error = error
             callbacks, self._callbacks = self._callbacks, None
-            waiters, self._sent_waiters = self._sent_waiters, None
-        for waiter in waiters or ():
-            waiter.release()
+            waiters = self._mark()
+        _release(waiters)
         for fn in callbacks or ():
             self._call(fn)
 
@@ -135,7 +135,7 @@ class Sent(Future[None]):
 
     def add_done_callback(self, fn: Callable[[Future[None]], Any]) -> None:
         with _guard:
-            if not self._finished:
+            if not self._set:
                 if self._callbacks is None:
                     self._callbacks = []
                 self._callbacks.append(fn)
@@ -143,18 +143,8 @@ class Sent(Future[None]):
         self._call(fn)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self._finished:
-            waiter = allocate_lock()
-            waiter.acquire()
-            with _guard:
-                waiters = self._sent_waiters
-                if not self._finished:
-                    if waiters is None:
-                        waiters = self._sent_waiters = []
-                    waiters.append(waiter)
-            if waiters is not None and not self._finished and not _wait(waiters, waiter,
-                                                                          timeout):
-                raise TimeoutError()
+        if not self.wait(timeout):
+            raise TimeoutError()
         return self._error
 
     def result(self, timeout: float | None = None) -> None:

@@ -31,7 +31,7 @@ def test_a_flag_wait_that_times_out_leaves_no_waiter_behind() -> None:
     flag = Flag()
     for _ in range(100):
         assert not flag.wait(0)
-    assert not flag._waiters  # each timed-out waiter took itself out
+    assert not flag._sleepers  # each timed-out waiter took itself out
     flag.set()
 
 
