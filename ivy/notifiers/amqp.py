@@ -77,6 +77,7 @@ import pika.exceptions
 from pika.channel import Channel
 from pika.spec import BasicProperties
 
+from ivy._shared import Shared
 from ivy.config import driver_url, mask_url, split_hosts
 from ivy.errors import ConfigurationError, PublishError
 from ivy.notifiers import _amqp_workers
@@ -111,17 +112,12 @@ class _Finals:
         self.bodies: OrderedDict[str, bytes] = OrderedDict()
 
 
-_finals: dict[tuple[str, int, str], _Finals] = {}
-_finals_lock = threading.Lock()
+#: by (host, port, vhost): notifiers of one broker in this process share what they published
+_finals: Shared[tuple[str, int, str], _Finals] = Shared(_Finals)
 
 
 def _finals_of(params: pika.URLParameters) -> _Finals:
-    key = (str(params.host), int(params.port), str(params.virtual_host))
-    with _finals_lock:
-        found = _finals.get(key)
-        if found is None:
-            found = _finals[key] = _Finals()
-        return found
+    return _finals.get((str(params.host), int(params.port), str(params.virtual_host)))
 
 
 class AMQPSubscription(Subscription):

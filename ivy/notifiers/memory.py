@@ -9,6 +9,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Self
 
+from ivy._shared import Shared
 from ivy.notifiers.base import Notifier, Subscription, gcra_step
 
 #: Stored final notifications kept per hub, oldest evicted first; the same cap bounds a channel.
@@ -34,16 +35,8 @@ class _Hub:
         return buf
 
 
-_hubs: dict[str, _Hub] = {}
-_hubs_lock = threading.Lock()
-
-
-def _get_hub(name: str) -> _Hub:
-    with _hubs_lock:
-        hub = _hubs.get(name)
-        if hub is None:
-            hub = _hubs[name] = _Hub()
-        return hub
+#: the hubs of this process, by name: notifiers with the same name share one
+_hubs: Shared[str, _Hub] = Shared(_Hub)
 
 
 class MemorySubscription(Subscription):
@@ -105,7 +98,7 @@ class MemoryNotifier(Notifier):
     def __init__(self, name: str = "default") -> None:
         self.name = name or "default"
         self.url = f"memory://{self.name}"
-        self._hub = _get_hub(self.name)
+        self._hub = _hubs.get(self.name)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:

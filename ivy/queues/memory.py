@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Self
 
+from ivy._shared import Shared
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
 
 
@@ -121,16 +122,8 @@ class MemoryBroker:
                 heapq.heappush(q.leases, (deadline, token))
 
 
-_brokers: dict[str, MemoryBroker] = {}
-_brokers_lock = threading.Lock()
-
-
-def get_broker(name: str) -> MemoryBroker:
-    with _brokers_lock:
-        broker = _brokers.get(name)
-        if broker is None:
-            broker = _brokers[name] = MemoryBroker()
-        return broker
+#: the brokers of this process, by name: backends with the same name share one
+_brokers: Shared[str, MemoryBroker] = Shared(MemoryBroker)
 
 
 class MemoryDelivery(Delivery):
@@ -195,7 +188,7 @@ class MemoryQueueBackend(QueueBackend):
     def __init__(self, name: str = "default") -> None:
         self.name = name or "default"
         self.url = f"memory://{self.name}"
-        self.broker = get_broker(self.name)
+        self.broker = _brokers.get(self.name)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
