@@ -14,19 +14,11 @@ import weakref
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from ivy import _sqlite
 from ivy._sqlite import CHECKPOINT_EVERY, Database
 from ivy.queues.sqlite import SQLiteQueueBackend
-
-
-def _wait_for(condition: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_commits_leave_checkpoints_to_the_checkpoint_thread(tmp_path: Path) -> None:
@@ -42,7 +34,8 @@ def test_commits_leave_checkpoints_to_the_checkpoint_thread(tmp_path: Path) -> N
                        (b"x" * 200, float(i)))
         # Then the checkpoint thread copies them into the database file by itself (nothing
         # else here checkpoints: the commits don't, and no connection closed)
-        assert _wait_for(lambda: main_file.stat().st_size > before + 3000 * 200)
+        wait_for(lambda: main_file.stat().st_size > before + 3000 * 200,
+                 message="the checkpoint thread to copy the log into the file")
     finally:
         db.close()
 
