@@ -33,7 +33,7 @@ from pika.spec import Basic, BasicProperties
 
 from ivy._flags import Sent
 from ivy.errors import PublishError
-from ivy.queues._amqp_link import Link
+from ivy.queues._amqp_link import Link, pop_confirmed
 from ivy.queues._amqp_topology import Once
 from ivy.queues.base import complete
 
@@ -207,16 +207,8 @@ class Publisher:
     def _confirmed(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
-        settled: list[Outgoing] = []
         with self._lock:
-            if method.multiple:  # tags are inserted in increasing order: settle from the front
-                while self._by_tag:
-                    tag = next(iter(self._by_tag))
-                    if tag > method.delivery_tag:
-                        break
-                    settled.append(self._by_tag.pop(tag))
-            elif method.delivery_tag in self._by_tag:
-                settled.append(self._by_tag.pop(method.delivery_tag))
+            settled = pop_confirmed(self._by_tag, method)
             for out in settled:
                 self._unconfirmed.pop(out.seq, None)
         for out in settled:

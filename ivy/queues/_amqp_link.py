@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import pika
 from pika.adapters.select_connection import IOLoop
@@ -31,6 +31,8 @@ from pika.channel import Channel
 from ivy.queues._pika_patches import corked, send_eagerly, unlock_while_polling
 
 log = logging.getLogger("ivy.amqp")
+
+T = TypeVar("T")
 
 
 class Link:
@@ -237,6 +239,23 @@ class Link:
             except Exception:
                 log.debug("amqp %s: close scheduling failed", self.label, exc_info=True)
         self._thread.join(timeout)
+
+
+def pop_confirmed(by_tag: dict[int, T], method: Any) -> list[T]:
+    """Take out of ``by_tag`` (publish tag -> what was published, tags inserted in increasing
+    order) the entries that a confirm (``Basic.Ack`` or ``Basic.Nack``) settles: every tag up
+    to its ``delivery_tag`` when it is ``multiple``, else that one tag. The caller holds the
+    lock that guards ``by_tag``."""
+    settled: list[T] = []
+    if method.multiple:
+        while by_tag:
+            tag = next(iter(by_tag))
+            if tag > method.delivery_tag:
+                break
+            settled.append(by_tag.pop(tag))
+    elif method.delivery_tag in by_tag:
+        settled.append(by_tag.pop(method.delivery_tag))
+    return settled
 
 
 def close_connection(conn: Any) -> None:

@@ -86,7 +86,7 @@ from ivy.config import driver_url, join_hosts, mask_url, split_hosts
 from ivy.errors import ConfigurationError, PublishError, QueueMismatch
 from ivy.queues import _amqp_admin
 from ivy.queues._amqp_consume import AMQPConsumer, AMQPDelivery
-from ivy.queues._amqp_link import Link
+from ivy.queues._amqp_link import Link, pop_confirmed
 from ivy.queues._amqp_topology import (
     DEFAULT_DELIVERY_LIMIT,
     QUEUE_TYPES,
@@ -279,16 +279,8 @@ class AMQPQueueBackend(QueueBackend):
     def _confirmed(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
-        settled: list[_Pending] = []
         with self._lock:
-            if method.multiple:  # tags are inserted in increasing order: settle from the front
-                while self._pending:
-                    tag = next(iter(self._pending))
-                    if tag > method.delivery_tag:
-                        break
-                    settled.append(self._pending.pop(tag))
-            elif method.delivery_tag in self._pending:
-                settled.append(self._pending.pop(method.delivery_tag))
+            settled = pop_confirmed(self._pending, method)
         retry: list[_Pending] = []
         for p in settled:
             if ok:
