@@ -5,7 +5,10 @@ through quorum delay queues, and a node list whose first node does not answer.""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -334,3 +337,54 @@ def test_a_queue_refused_on_every_node_is_retried_with_backoff(amqp_url: str) ->
         consumer.shutdown()
         backend.close()
         backend.delete_queues([q, f"{q}.dead"])
+
+
+
+@pytest.fixture
+def full_quorum_queue(amqp_url: str) -> Iterator[str]:
+    """A quorum queue name under a policy that lets it hold 1 message and refuse (nack) the
+    rest (``overflow: reject-publish``): real nacks on demand. A policy, because ivy declares
+    its queues with its own arguments (a queue declared with others would be a mismatch)."""
+    q = qname()
+    vhost = pika.URLParameters(amqp_url).virtual_host
+    policy = f"ivy-test-{q}"
+    ctl = shutil.which("rabbitmqctl")
+    assert ctl is not None, "rabbitmqctl is needed to set a queue policy"
+    subprocess.run([ctl, "set_policy", "-p", vhost, "--apply-to", "queues", policy,
+                    f"^{q}$", '{"max-length": 1, "overflow": "reject-publish"}'],
+                   check=True, capture_output=True, timeout=60)
+    yield q
+    subprocess.run([ctl, "clear_policy", "-p", vhost, policy], capture_output=True,
+                   timeout=60)
+
+
+def test_a_nack_does_not_send_accepted_messages_twice(amqp_url: str,
+                                                      full_quorum_queue: str) -> None:
+    # Given a quorum queue that holds one message and refuses more, and another quorum queue
+    full, other = full_quorum_queue, qname()
+    backend = quorum_backend(amqp_url, publish_timeout=2)
+    try:
+        backend.publish(full, b"first")
+        # the queue may take one more before its refusals start (RabbitMQ: "eventually")
+        with contextlib.suppress(ivy.PublishError):
+            backend.publish(full, b"second")
+        backend.publish(other, b"warm-up")  # declared, with a leader
+        for _ in range(2):
+            # When publishes to the other queue are in flight (a quorum queue confirms once
+            # its log has them) as the full queue's refusal comes back, at once
+            futures = backend.send_many(other, [f"m{i}".encode() for i in range(100)])
+            refused = backend.send_many(full, [b"refused"])
+            futures += backend.send_many(other, [f"n{i}".encode() for i in range(100)])
+            # Then the refused one fails once it was refused until publish_timeout, and
+            # the accepted ones are each queued once (the publisher's reconnect after the
+            # nack waits for their confirms instead of sending them again)
+            for f in futures:
+                f.result(30)
+            with pytest.raises(ivy.PublishError, match="refused"):
+                refused[0].result(30)
+        assert backend.size(other) == 1 + 2 * 200
+        # (and the publisher did move to new connections meanwhile)
+        assert backend._publisher is not None and backend._publisher.generation >= 2
+    finally:
+        backend.close()
+        backend.delete_queues([full, f"{full}.dead", other, f"{other}.dead"])

@@ -67,6 +67,8 @@ class Link:
         #: whether the I/O loop lets go of ``_io_lock`` while it polls (a tested pika)
         self.shortcuts = False
         self._stopping = threading.Event()
+        #: the connection was dropped by ``recycle``, not lost
+        self._recycled = False
         self._thread = threading.Thread(target=self._run, name=f"ivy-amqp-{label}", daemon=True)
         self._thread.start()
 
@@ -98,6 +100,10 @@ class Link:
                 self._on_lost()
             if self._stopping.is_set():
                 break
+            if self._recycled:  # dropped on purpose (recycle): the next node, now
+                self._recycled = False
+                node = (node + 1) % len(self.nodes)
+                continue
             lived = time.monotonic() - opened_at
             if lived > 10:
                 backoff = 0.1
@@ -214,14 +220,16 @@ class Link:
         except Exception:
             log.exception("amqp %s: operation failed", self.label)
 
-    def recycle(self, generation: int, why: str) -> None:
-        """Drop the connection of ``generation`` (once; a newer one is left alone) and connect
-        again, to the next node: for a channel the broker keeps refusing (see the backend)."""
+    def recycle(self, channel: Channel, why: str) -> None:
+        """Drop the connection of ``channel`` (once; a newer one is left alone) and connect
+        again at once, to the next node: for a channel the broker keeps refusing (see the
+        backend). Not a failure: no backoff before the next connection."""
         conn = self._conn
 
         def drop() -> None:
-            if self.generation == generation and conn is not None and conn.is_open:
+            if self.channel is channel and conn is not None and conn.is_open:
                 log.warning("amqp %s: reconnecting (%s)", self.label, why)
+                self._recycled = True
                 conn.close()
 
         if conn is not None:

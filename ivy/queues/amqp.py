@@ -43,7 +43,9 @@ Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
   (default 20), and the broker's ``x-delivery-count`` header counts the redeliveries. A queue
   that exists with other arguments fails with :class:`ivy.QueueMismatch`: at ``consume`` (which
   declares the queue first) and for the calls sent to it. A publish the quorum queue refuses
-  (nack: no leader for a moment) is sent again on a new connection until ``publish_timeout``.
+  (nack: no leader for a moment, or full) is sent again until ``publish_timeout``; after a
+  second refusal of one message, on a new connection, taken once every publish in flight on
+  the old one is settled (so none that the broker took is sent twice).
 * several nodes: ``amqp://user:pw@host1:5672,host2:5672/vhost`` (or ``nodes=[...]`` in the dict
   form); every connection takes the first node that answers and, when lost, the next one
   (:mod:`ivy.queues._amqp_link`).
@@ -101,6 +103,11 @@ __all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "
            "delay_bucket"]
 
 log = logging.getLogger("ivy.amqp")
+#: at most one new publishing connection per this many seconds because of refusals, and how
+#: long a refusing channel waits for its publishes in flight to be settled before it is
+#: dropped anyway
+RECYCLE_EVERY = 1.0
+QUIET_MAX = 2.0
 
 #: ivy's own query parameters, removed before the URL goes to pika
 OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type",
@@ -190,6 +197,13 @@ class AMQPQueueBackend(QueueBackend):
         #: nacked publishes to send again (quorum queues), and the timer that will
         self._nacked: list[_Pending] = []
         self._resender: threading.Timer | None = None
+        #: a channel that keeps refusing is dropped, but only once every publish on it is
+        #: settled (else accepted ones would be sent twice): meanwhile new publishes wait in
+        #: ``_held`` (see ``_quiesce``)
+        self._quiet: Channel | None = None
+        self._quiet_since = 0.0
+        self._held: list[_Pending] = []
+        self._last_recycle = 0.0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -230,6 +244,12 @@ class AMQPQueueBackend(QueueBackend):
     def _publisher_ready(self, channel: Channel) -> None:
         self._tag = 0
         self._declarer.reset()
+        with self._lock:
+            self._quiet = None
+            held, self._held = self._held, []
+        link = self._publisher
+        if link is not None:  # the I/O thread drains them on this channel next
+            link._ops.extend(self._sender(p) for p in held)
 
     def _publisher_lost(self) -> None:
         """Publishes that reached the lost channel and were not confirmed (including those
@@ -261,8 +281,13 @@ class AMQPQueueBackend(QueueBackend):
             def now() -> None:
                 if p.cancelled or p.future.done() or not channel.is_open:
                     return
-                self._tag += 1
                 with self._lock:
+                    if channel is self._quiet:  # about to be dropped: on the next one
+                        p.handed = False
+                        self._held.append(p)
+                        self._arm()
+                        return
+                    self._tag += 1
                     self._pending[self._tag] = p
                 channel.basic_publish(p.exchange, p.routing_key, p.body, p.properties)
 
@@ -281,6 +306,7 @@ class AMQPQueueBackend(QueueBackend):
         ok = isinstance(method, Basic.Ack)
         with self._lock:
             settled = pop_confirmed(self._pending, method)
+            drop = self._quiet is not None and not self._pending
         retry: list[_Pending] = []
         for p in settled:
             if ok:
@@ -293,10 +319,36 @@ class AMQPQueueBackend(QueueBackend):
                 complete(p.future, PublishError(
                     f"the broker {self.url} refused (nack) the message for queue {p.queue!r}"))
         if retry:
-            link = self._publisher
-            if link is not None:  # a channel opened during an election can go on refusing
-                link.recycle(link.generation, "a quorum queue refused publishes")
+            # a channel opened during an election can go on refusing: after a second refusal
+            # of one message, a new connection (at most one a second; a full queue refuses
+            # on any)
+            if (any(p.nacks >= 2 for p in retry)
+                    and time.monotonic() - self._last_recycle > RECYCLE_EVERY):
+                drop = self._quiesce() or drop
             self._send_again_soon(retry)
+        if drop:
+            self._recycle()
+
+    def _quiesce(self) -> bool:
+        """Stop publishing on the current channel so that it can be dropped once every
+        publish on it is settled; True when none is in flight (drop it now)."""
+        link = self._publisher
+        with self._lock:
+            if link is None or link.channel is None or self._quiet is not None:
+                return False
+            self._quiet = link.channel
+            self._quiet_since = time.monotonic()
+            return not self._pending
+
+    def _recycle(self) -> None:
+        """Drop the quiesced channel's connection (every publish on it is settled, or it
+        waited longer than ``QUIET_MAX``): the held publishes go out on the next one."""
+        link = self._publisher
+        with self._lock:
+            quiet, self._quiet = self._quiet, None
+            self._last_recycle = time.monotonic()
+        if link is not None and quiet is not None:
+            link.recycle(quiet, "a quorum queue refused publishes")
 
     def _send_again_soon(self, nacked: list[_Pending]) -> None:
         """Publish ``nacked`` again in a quarter of a second (one timer for all that come
@@ -306,8 +358,11 @@ class AMQPQueueBackend(QueueBackend):
                  nacked[0].queue)
         with self._lock:
             self._nacked.extend(nacked)
-            if self._resender is not None:
-                return
+            self._arm()
+
+    def _arm(self) -> None:
+        """Start the timer that sends nacked publishes again (with ``_lock`` held)."""
+        if self._resender is None:
             self._resender = threading.Timer(0.25, self._resend_nacked)
             self._resender.daemon = True
             self._resender.start()
@@ -316,6 +371,13 @@ class AMQPQueueBackend(QueueBackend):
         with self._lock:
             again, self._nacked, self._resender = self._nacked, [], None
             link = self._publisher
+            stuck = (self._quiet is not None
+                     and time.monotonic() - self._quiet_since > QUIET_MAX)
+        if stuck:  # confirms that never come: drop it anyway (those are sent again)
+            self._recycle()
+        with self._lock:
+            if self._quiet is not None:  # check again (held publishes wait for the drop)
+                self._arm()
         if link is None:
             return
         senders = []
