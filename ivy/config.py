@@ -103,6 +103,21 @@ def driver_url(url: str, ivy_options: Iterable[str],
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def bool_option(config: Mapping[str, Any], name: str, default: bool, what: str) -> bool:
+    """The boolean option ``name`` of a backend's config (a bool, or the words true/false,
+    yes/no, on/off, 1/0 from a URL's query); ``what`` names the backend in the error."""
+    value = config.get(name, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(
+        f"{name} {value!r} for {what} must be true or false (e.g. ?{name}=false)")
+
+
 def _accepted(table: Mapping[str, Any]) -> str:
     return ", ".join(f"{name}://" for name in table)
 

@@ -302,3 +302,42 @@ def test_a_consumer_whose_queue_is_deleted_consumes_again(backend: AMQPQueueBack
         assert take(consumer, 1, timeout=20) == [b"after"]
     finally:
         consumer.close()
+
+
+def test_persistent_false_publishes_transient_messages(amqp_url: str) -> None:
+    from ivy.config import make_queue_backend
+    from ivy.errors import ConfigurationError
+
+    # Given the default backend and one with ?persistent=false
+    durable = make_queue_backend(amqp_url)
+    transient = make_queue_backend(with_query(amqp_url, "persistent=false"))
+    assert isinstance(durable, AMQPQueueBackend) and isinstance(transient, AMQPQueueBackend)
+    q = qname()
+    try:
+        # When each publishes (and a retry is published again by the transient one)
+        durable.publish(q, b"durable")
+        transient.publish(q, b"transient")
+        transient.publish(q, b"retry", delay=0.05)
+        # Then the broker holds them with delivery_mode 2 and 1
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        channel = conn.channel()
+        modes = {}
+        deadline = 50
+        while len(modes) < 3 and deadline:
+            method, props, body = channel.basic_get(q, auto_ack=True)
+            if method is None:
+                deadline -= 1
+                conn.sleep(0.1)
+                continue
+            modes[body] = props.delivery_mode
+        conn.close()
+        assert modes == {b"durable": 2, b"transient": 1, b"retry": 1}
+    finally:
+        for b in (durable, transient):
+            b.close()
+        durable.delete_queues(sorted(durable._declarer.seen | transient._declarer.seen))
+    # and a bad value, or transient messages on quorum queues, are refused clearly
+    with pytest.raises(ConfigurationError, match=r"persistent 'sometimes'.*true or false"):
+        make_queue_backend(with_query(amqp_url, "persistent=sometimes"))
+    with pytest.raises(ConfigurationError, match=r"persistent=false with queue_type=quorum"):
+        make_queue_backend(with_query(amqp_url, "persistent=false&queue_type=quorum"))

@@ -78,7 +78,7 @@ from pika.channel import Channel
 from pika.spec import BasicProperties
 
 from ivy._shared import Shared
-from ivy.config import driver_url, mask_url, split_hosts
+from ivy.config import bool_option, driver_url, mask_url, split_hosts
 from ivy.errors import ConfigurationError, PublishError
 from ivy.notifiers import _amqp_workers
 from ivy.notifiers._amqp_publish import Declarations, Outgoing, Publisher
@@ -259,7 +259,7 @@ class AMQPNotifier(Notifier):
         url = str(config.get("url") or DEFAULT_URL)
         return cls(url, reply_expires=_seconds(config, "reply_expires", DEFAULT_REPLY_EXPIRES),
                    publish_timeout=_seconds(config, "publish_timeout", 15.0),
-                   persistent=_flag(config, "persistent", True),
+                   persistent=bool_option(config, "persistent", True, "the AMQP notifier"),
                    reply_queue_type=str(config.get("reply_queue_type") or "classic"))
 
     def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
@@ -363,18 +363,6 @@ class AMQPNotifier(Notifier):
             sub.close()
         self._publisher.close()
 
-
-def _flag(config: dict[str, Any], name: str, default: bool) -> bool:
-    value = config.get(name, default)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(
-        f"{name} {value!r} for the AMQP notifier must be true or false (e.g. ?{name}=false)")
 
 
 def _seconds(config: dict[str, Any], name: str, default: float) -> float:

@@ -84,7 +84,7 @@ from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from ivy._flags import Sent
-from ivy.config import driver_url, join_hosts, mask_url, split_hosts
+from ivy.config import bool_option, driver_url, join_hosts, mask_url, split_hosts
 from ivy.errors import ConfigurationError, PublishError, QueueMismatch
 from ivy.queues import _amqp_admin
 from ivy.queues._amqp_consume import AMQPConsumer, AMQPDelivery
@@ -111,7 +111,7 @@ QUIET_MAX = 2.0
 
 #: ivy's own query parameters, removed before the URL goes to pika
 OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type",
-           "queue_type", "delivery_limit")
+           "queue_type", "delivery_limit", "persistent")
 EXCHANGE_TYPES = ("direct", "topic")
 
 
@@ -140,14 +140,18 @@ class AMQPQueueBackend(QueueBackend):
     whose tasks use priorities, none for the others), ``publish_timeout`` (seconds, default
     15), ``exchange`` (default none: the default exchange), ``exchange_type`` (``direct``, the
     default, or ``topic``), ``queue_type`` (``classic``, the default, or ``quorum``) and
-    ``delivery_limit`` (quorum queues' ``x-delivery-limit``, default 20; 0 for none)."""
+    ``delivery_limit`` (quorum queues' ``x-delivery-limit``, default 20; 0 for none) and
+    ``persistent`` (default true: messages survive a RabbitMQ restart; false publishes them
+    transient, ``delivery_mode=1``, which shortens a round trip by ~0.2 ms, since RabbitMQ
+    confirms a persistent message only once it is written or consumed and acknowledged, and
+    loses the messages queued when the broker restarts; classic queues only)."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
                  max_priority: int | None = None, publish_timeout: float = 15.0,
                  content_type: str = "application/json", exchange: str | None = None,
                  exchange_type: str = "direct", queue_type: str = "classic",
                  delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT,
-                 nodes: Sequence[str] | None = None) -> None:
+                 nodes: Sequence[str] | None = None, persistent: bool = True) -> None:
         if exchange_type not in EXCHANGE_TYPES:
             raise ConfigurationError(
                 f"exchange_type {exchange_type!r} for the AMQP queue backend {mask_url(url)} "
@@ -162,6 +166,11 @@ class AMQPQueueBackend(QueueBackend):
                 f"max_priority={max_priority} with queue_type=quorum for {mask_url(url)}: "
                 "quorum queues have no priority levels; drop max_priority, or use "
                 "queue_type=classic for priority queues")
+        if queue_type == "quorum" and not persistent:
+            raise ConfigurationError(
+                f"persistent=false with queue_type=quorum for {mask_url(url)}: quorum queues "
+                "keep every message on disk on each replica; drop persistent=false, or use "
+                "queue_type=classic for transient messages")
         if delivery_limit is not None and delivery_limit < 0:
             raise ConfigurationError(
                 f"delivery_limit={delivery_limit} for {mask_url(url)} must be >= 0 (0: none)")
@@ -178,6 +187,8 @@ class AMQPQueueBackend(QueueBackend):
         self._priority_noted = False
         self.max_priority = max_priority
         self.publish_timeout = publish_timeout
+        #: whether messages are published persistent (``delivery_mode`` 2) or transient (1)
+        self.persistent = persistent
         self.content_type = content_type
         #: the exchange that publishes go through ("" = the default exchange, routes ignored)
         self.exchange = exchange or ""
@@ -224,7 +235,9 @@ class AMQPQueueBackend(QueueBackend):
                        queue_type=str(config.get("queue_type") or "classic"),
                        delivery_limit=(DEFAULT_DELIVERY_LIMIT if limit in (None, "")
                                        else int(limit)),
-                       nodes=None if nodes is None else [str(n) for n in nodes])
+                       nodes=None if nodes is None else [str(n) for n in nodes],
+                       persistent=bool_option(config, "persistent", True,
+                                              f"the AMQP queue backend {mask_url(url)}"))
         except ValueError as exc:
             if isinstance(exc, ConfigurationError):
                 raise
@@ -427,7 +440,8 @@ class AMQPQueueBackend(QueueBackend):
         body: it completes when the broker confirmed the message, or fails with PublishError
         (refused, or no confirm within ``publish_timeout``). A connection lost before the
         confirm sends the message again on the next one: at least once."""
-        props = BasicProperties(delivery_mode=2, content_type=self.content_type,
+        props = BasicProperties(delivery_mode=2 if self.persistent else 1,
+                                content_type=self.content_type,
                                 priority=priority or None, headers=headers or None)
         deadline = time.monotonic() + self.publish_timeout
         batch = [_Pending(queue, routing_key, body, props, exchange, deadline)

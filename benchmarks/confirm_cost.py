@@ -1,0 +1,142 @@
+"""What persistence and publisher confirms cost ivy's round trip on RabbitMQ + Redis, beside
+Dramatiq (run by hand; RabbitMQ + Redis as ``brokers.py``).
+
+Sequential round trips (send one call, wait for its result) in blocks of 50 (the first 5 left
+out), taken in turn, in a new seeded order each turn, on one ivy worker and one Dramatiq
+worker (4 threads each). Four ivy variants, all the same code but for two switches that are
+not options of ivy, so they are patched in here, for this measurement only:
+
+* ``persistent + confirms``: ivy as it is (``delivery_mode=2``, the publishing channel in
+  confirm mode);
+* ``transient + confirms``: messages with ``delivery_mode=1`` (lost if RabbitMQ restarts);
+* ``persistent, no confirms``: the publishing channel not in confirm mode (a message the
+  broker never took is lost silently, as with Dramatiq and Celery);
+* ``transient, no confirms``.
+
+Dramatiq publishes persistent messages without confirms. The question this answers: how much
+of ivy's round trip against Dramatiq's is the price of knowing that the broker has the
+message.
+
+    BENCH_AMQP_URL=... BENCH_REDIS_URL=... python benchmarks/confirm_cost.py [--turns 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+VARIANTS = [("persistent + confirms", 2, True), ("transient + confirms", 1, True),
+            ("persistent, no confirms", 2, False), ("transient, no confirms", 1, False)]
+
+
+def ivy_variant(url: str, redis: str, delivery_mode: int, confirms: bool) -> Any:
+    """An Ivy app whose AMQP backend publishes with ``delivery_mode`` and, without
+    ``confirms``, on a channel that is not in confirm mode (its sends never complete: only
+    round trips are measured)."""
+    import bench_tasks
+
+    import ivy
+    from ivy.queues import amqp
+    from ivy.queues._amqp_link import Link
+
+    app = ivy.Ivy(url, redis)
+    app.registry.add(bench_tasks.noop)
+    backend = app.queue_backend
+    assert isinstance(backend, amqp.AMQPQueueBackend)
+
+    if delivery_mode != 2:
+        real = amqp.BasicProperties
+
+        def properties(**kwargs: Any) -> Any:
+            kwargs["delivery_mode"] = delivery_mode
+            return real(**kwargs)
+
+        original = backend.send_async
+
+        def send_async_transient(*args: Any, **kwargs: Any) -> Any:
+            amqp.BasicProperties = properties  # type: ignore[misc]
+            try:
+                return original(*args, **kwargs)
+            finally:
+                amqp.BasicProperties = real  # type: ignore[misc]
+
+        backend.send_async = send_async_transient  # type: ignore[method-assign]
+    if not confirms:
+        def link() -> Link:
+            with backend._lock:
+                if backend._publisher is None:
+                    backend._publisher = Link(backend.nodes, "publish",
+                                              on_channel=backend._publisher_ready,
+                                              on_lost=backend._publisher_lost)
+                return backend._publisher
+
+        backend._link = link  # type: ignore[method-assign]
+    return app
+
+
+def main(turns: int, block: int) -> None:
+    import bench_dramatiq_app
+    import bench_tasks
+    from brokers import IVY_AMQP, REDIS, purge, start, stop
+
+    purge("bench", "bench.dead", "bench_dramatiq", "bench_dramatiq.DQ", "bench_dramatiq.XQ")
+    worker = start([sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench",
+                    "--queue-url", IVY_AMQP, "--notifier-url", REDIS, "--concurrency", "4",
+                    "--log-level", "WARNING"])
+    dramatiq = start(["dramatiq", "bench_dramatiq_app", "--processes", "1", "--threads", "4",
+                      "--queues", "bench_dramatiq"])
+    apps = {name: ivy_variant(IVY_AMQP, REDIS, mode, confirms)
+            for name, mode, confirms in VARIANTS}
+    systems: dict[str, Callable[[int], Any]] = {
+        name: (lambda a: lambda i: a.delayed_call(bench_tasks.noop, i).result(30))(app)
+        for name, app in apps.items()}
+    systems["Dramatiq"] = lambda i: bench_dramatiq_app.noop.send(i).get_result(
+        block=True, timeout=30_000)
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    order = random.Random(11)
+    try:
+        for round_trip in systems.values():  # warm-up: connections, imports, worker ready
+            for i in range(50):
+                round_trip(i)
+        for _ in range(turns):
+            names = list(systems)
+            order.shuffle(names)
+            for name in names:
+                round_trip = systems[name]
+                for i in range(block):
+                    started = time.perf_counter()
+                    round_trip(i)
+                    if i >= 5:
+                        times[name].append(time.perf_counter() - started)
+    finally:
+        stop(worker)
+        stop(dramatiq)
+        for app in apps.values():
+            app.close(timeout=1)
+    dramatiq_p50 = statistics.median(times["Dramatiq"])
+    print(f"{turns} turns of {block} round trips each (first 5 of each block left out)")
+    print(f"| {'system':<26} | p50 ms | p90 ms | p50 / Dramatiq |")
+    print(f"| {'-' * 26} | -----: | -----: | -------------: |")
+    for name, values in times.items():
+        p50 = statistics.median(values)
+        p90 = statistics.quantiles(values, n=10)[-1]
+        print(f"| {name:<26} | {p50 * 1000:6.3f} | {p90 * 1000:6.3f} | "
+              f"{p50 / dramatiq_p50:14.2f} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--block", type=int, default=50)
+    args = parser.parse_args()
+    main(args.turns, args.block)
