@@ -194,18 +194,18 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
 
         # how many messages were unconfirmed (handed to the lost channel) when a connection of
         # the publisher went: read from the backend just before its own handler runs
-        backend: Any = app.queue_backend
+        publisher: Any = getattr(app.queue_backend, "_publishing", None)
         unconfirmed_at_loss: list[int] = []
         if broker == "rabbitmq":
-            original_lost = backend._publisher_lost
+            original_lost = publisher._publisher_lost
 
             def publisher_lost() -> None:
-                with backend._lock:
+                with publisher._lock:
                     unconfirmed_at_loss.append(sum(
-                        1 for p in backend._unconfirmed if p.handed and not p.future.done()))
+                        1 for p in publisher._unconfirmed if p.handed and not p.future.done()))
                 original_lost()
 
-            backend._publisher_lost = publisher_lost
+            publisher._publisher_lost = publisher_lost
         burst_calls: list[ivy.Call[Any]] = []
         unconfirmed_at_close: list[int] = []
 

@@ -3,12 +3,14 @@ Dramatiq (run by hand; RabbitMQ + Redis as ``brokers.py``).
 
 Sequential round trips (send one call, wait for its result) in blocks of 50 (the first 5 left
 out), taken in turn, in a new seeded order each turn, on one ivy worker and one Dramatiq
-worker (4 threads each). Four ivy variants, all the same code but for two switches that are
-not options of ivy, so they are patched in here, for this measurement only:
+worker (4 threads each). Four ivy variants, the same code but for two switches: persistence
+(ivy's ``persistent`` option) and confirm mode (always on in ivy, so turned off by a patch,
+here, for this measurement only):
 
 * ``persistent + confirms``: ivy as it is (``delivery_mode=2``, the publishing channel in
   confirm mode);
-* ``transient + confirms``: messages with ``delivery_mode=1`` (lost if RabbitMQ restarts);
+* ``transient + confirms``: ``?persistent=false``, messages with ``delivery_mode=1`` (lost if
+  RabbitMQ restarts);
 * ``persistent, no confirms``: the publishing channel not in confirm mode (a message the
   broker never took is lost silently, as with Dramatiq and Celery);
 * ``transient, no confirms``.
@@ -35,52 +37,38 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-VARIANTS = [("persistent + confirms", 2, True), ("transient + confirms", 1, True),
-            ("persistent, no confirms", 2, False), ("transient, no confirms", 1, False)]
+VARIANTS = [("persistent + confirms", True, True), ("transient + confirms", False, True),
+            ("persistent, no confirms", True, False), ("transient, no confirms", False, False)]
 
 
-def ivy_variant(url: str, redis: str, delivery_mode: int, confirms: bool) -> Any:
-    """An Ivy app whose AMQP backend publishes with ``delivery_mode`` and, without
-    ``confirms``, on a channel that is not in confirm mode (its sends never complete: only
-    round trips are measured)."""
+def ivy_variant(url: str, redis: str, persistent: bool, confirms: bool) -> Any:
+    """An Ivy app on ``url`` with ``?persistent=false`` when not ``persistent`` (an option of
+    ivy's) and, without ``confirms``, whose publishing channel is not put in confirm mode (not
+    an option: patched here; its sends never complete, only round trips are measured)."""
     import bench_tasks
 
     import ivy
     from ivy.queues import amqp
     from ivy.queues._amqp_link import Link
 
+    if not persistent:
+        url = f"{url}{'&' if '?' in url else '?'}persistent=false"
     app = ivy.Ivy(url, redis)
     app.registry.add(bench_tasks.noop)
     backend = app.queue_backend
     assert isinstance(backend, amqp.AMQPQueueBackend)
-
-    if delivery_mode != 2:
-        real = amqp.BasicProperties
-
-        def properties(**kwargs: Any) -> Any:
-            kwargs["delivery_mode"] = delivery_mode
-            return real(**kwargs)
-
-        original = backend.send_async
-
-        def send_async_transient(*args: Any, **kwargs: Any) -> Any:
-            amqp.BasicProperties = properties  # type: ignore[misc]
-            try:
-                return original(*args, **kwargs)
-            finally:
-                amqp.BasicProperties = real  # type: ignore[misc]
-
-        backend.send_async = send_async_transient  # type: ignore[method-assign]
     if not confirms:
-        def link() -> Link:
-            with backend._lock:
-                if backend._publisher is None:
-                    backend._publisher = Link(backend.nodes, "publish",
-                                              on_channel=backend._publisher_ready,
-                                              on_lost=backend._publisher_lost)
-                return backend._publisher
+        publisher = backend._publishing
 
-        backend._link = link  # type: ignore[method-assign]
+        def link() -> Link:
+            with publisher._lock:
+                if publisher._publisher is None:
+                    publisher._publisher = Link(publisher.nodes, "publish",
+                                                on_channel=publisher._publisher_ready,
+                                                on_lost=publisher._publisher_lost)
+                return publisher._publisher
+
+        publisher.link = link  # type: ignore[method-assign]
     return app
 
 
@@ -95,8 +83,8 @@ def main(turns: int, block: int) -> None:
                     "--log-level", "WARNING"])
     dramatiq = start(["dramatiq", "bench_dramatiq_app", "--processes", "1", "--threads", "4",
                       "--queues", "bench_dramatiq"])
-    apps = {name: ivy_variant(IVY_AMQP, REDIS, mode, confirms)
-            for name, mode, confirms in VARIANTS}
+    apps = {name: ivy_variant(IVY_AMQP, REDIS, persistent, confirms)
+            for name, persistent, confirms in VARIANTS}
     systems: dict[str, Callable[[int], Any]] = {
         name: (lambda a: lambda i: a.delayed_call(bench_tasks.noop, i).result(30))(app)
         for name, app in apps.items()}

@@ -89,7 +89,7 @@ def producer_main(n: int) -> None:
     from pika.channel import Channel
 
     import ivy
-    from ivy.queues import amqp
+    from ivy.queues import _amqp_publisher
 
     stamps: list[tuple[str, float]] = []
     recording = [False]
@@ -100,7 +100,7 @@ def producer_main(n: int) -> None:
             record(name)
 
     wrap(Channel, "basic_publish", before="published", stamp=stamp)
-    wrap(amqp.AMQPQueueBackend, "_confirmed", before="confirmed", stamp=stamp)
+    wrap(_amqp_publisher.ConfirmedPublisher, "_confirmed", before="confirmed", stamp=stamp)
     purge("bench", "bench.dead")
     out = str(Path(tempfile.mkdtemp()) / "worker-stamps.json")
     worker = start([sys.executable, str(Path(__file__).resolve()), "--worker", out, "worker",

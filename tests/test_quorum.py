@@ -384,7 +384,8 @@ def test_a_nack_does_not_send_accepted_messages_twice(amqp_url: str,
                 refused[0].result(30)
         assert backend.size(other) == 1 + 2 * 200
         # (and the publisher did move to new connections meanwhile)
-        assert backend._publisher is not None and backend._publisher.generation >= 2
+        link = backend._publishing._publisher
+        assert link is not None and link.generation >= 2
     finally:
         backend.close()
         backend.delete_queues([full, f"{full}.dead", other, f"{other}.dead"])

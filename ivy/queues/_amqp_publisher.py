@@ -1,0 +1,327 @@
+"""Publishing for the AMQP queue backend (:mod:`ivy.queues.amqp`), with publisher confirms,
+pipelined: many threads can have publishes in flight on one channel of one connection (a
+:class:`~ivy.queues._amqp_link.Link`), each tracked by a future that completes with its
+confirm, or fails with :class:`ivy.PublishError` when the broker refused it (nack) or did not
+confirm it within ``publish_timeout``.
+
+* A connection lost before a confirm: the publishes that reached its channel are sent again on
+  the next connection (at least once; call ids are unique and the first result wins).
+* Quorum queues refuse publishes (nack) while they have no leader for a moment, or while full
+  (``overflow: reject-publish``): a refused publish is sent again every quarter second until
+  its deadline. After a second refusal of one message, the publisher moves to a new connection
+  (at most once every ``RECYCLE_EVERY`` seconds: a channel opened during an election can go on
+  refusing), but only once every publish in flight on the old channel is settled; new
+  publishes wait meanwhile (at most ``QUIET_MAX`` seconds). Dropping the connection at once
+  sent the accepted publishes whose confirms were still on the way a second time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from ivy._flags import Sent
+from ivy.errors import PublishError, QueueMismatch
+from ivy.queues._amqp_link import Link, pop_confirmed
+from ivy.queues._amqp_topology import Declarer
+from ivy.queues.base import complete
+
+log = logging.getLogger("ivy.amqp")
+#: at most one new publishing connection per this many seconds because of refusals, and how
+#: long a refusing channel waits for its publishes in flight to be settled before it is
+#: dropped anyway
+RECYCLE_EVERY = 1.0
+QUIET_MAX = 2.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One publish waiting for its confirm; ``future`` completes with it."""
+
+    queue: str
+    routing_key: str
+    body: bytes
+    properties: BasicProperties
+    exchange: str
+    deadline: float
+    future: Future[None] = field(default_factory=Sent)
+    cancelled: bool = False
+    #: True once its op ran on a channel (it is published, or waits for a declaration there)
+    handed: bool = False
+    #: how many times the broker refused it (quorum queues: sent again until the deadline)
+    nacks: int = 0
+
+
+class ConfirmedPublisher:
+    """The publishing connection of one AMQP queue backend and the confirms it waits for.
+    ``mismatch(queue)`` is the backend's error for a queue that exists with other arguments
+    (or None); ``declarer`` declares queues (and the exchange) before their first publish."""
+
+    def __init__(self, nodes: Sequence[pika.URLParameters], url: str, declarer: Declarer, *,
+                 mismatch: Callable[[str], QueueMismatch | None], publish_timeout: float,
+                 content_type: str, persistent: bool) -> None:
+        self.nodes = list(nodes)
+        self.url = url
+        self._declarer = declarer
+        self._mismatch = mismatch
+        self.publish_timeout = publish_timeout
+        self.content_type = content_type
+        self.persistent = persistent
+        self._pending: dict[int, _Pending] = {}
+        self._tag = 0
+        self._lock = threading.Lock()
+        self._publisher: Link | None = None
+        #: publishes not confirmed yet, oldest first, for the timeout watchdog
+        self._unconfirmed: deque[_Pending] = deque()
+        self._watchdog: threading.Thread | None = None
+        #: nacked publishes to send again (quorum queues), and the timer that will
+        self._nacked: list[_Pending] = []
+        self._resender: threading.Timer | None = None
+        #: a channel that keeps refusing is dropped, but only once every publish on it is
+        #: settled (else accepted ones would be sent twice): meanwhile new publishes wait in
+        #: ``_held`` (see ``_quiesce``)
+        self._quiet: Channel | None = None
+        self._quiet_since = 0.0
+        self._held: list[_Pending] = []
+        self._last_recycle = 0.0
+
+    def link(self) -> Link:
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = Link(self.nodes, "publish", on_channel=self._publisher_ready,
+                                        on_confirm=self._confirmed, on_lost=self._publisher_lost)
+            return self._publisher
+
+    def _publisher_ready(self, channel: Channel) -> None:
+        self._tag = 0
+        self._declarer.reset()
+        with self._lock:
+            self._quiet = None
+            held, self._held = self._held, []
+        link = self._publisher
+        if link is not None:  # the I/O thread drains them on this channel next
+            link._ops.extend(self._sender(p) for p in held)
+
+    def _publisher_lost(self) -> None:
+        """Publishes that reached the lost channel and were not confirmed (including those
+        still waiting there for their queue's declaration) are sent again on the next
+        connection: at least once. Those not handed to a channel yet are still queued."""
+        with self._lock:
+            self._pending = {}
+            resend = [p for p in self._unconfirmed
+                      if p.handed and not p.cancelled and not p.future.done()]
+        link = self._publisher
+        if link is None:
+            return
+        self._declarer.failed(link.last_reason)
+        link.last_reason = None
+        for p in resend:
+            p.handed = False
+            link._ops.append(self._sender(p))
+
+    def _sender(self, p: _Pending) -> Callable[[Channel], None]:
+        def send(channel: Channel) -> None:
+            if p.cancelled or p.future.done():
+                return
+            mismatch = self._mismatch(p.queue)
+            if mismatch is not None:
+                complete(p.future, mismatch)
+                return
+            p.handed = True
+
+            def now() -> None:
+                if p.cancelled or p.future.done() or not channel.is_open:
+                    return
+                with self._lock:
+                    if channel is self._quiet:  # about to be dropped: on the next one
+                        p.handed = False
+                        self._held.append(p)
+                        self._arm()
+                        return
+                    self._tag += 1
+                    self._pending[self._tag] = p
+                channel.basic_publish(p.exchange, p.routing_key, p.body, p.properties)
+
+            if p.exchange:  # the exchange, and the queue bound to it with this routing key
+                self._declarer.routed(channel, p.queue, p.routing_key, now)
+            elif p.routing_key == p.queue:
+                self._declarer.then(channel, p.queue, now)
+            else:  # a delay queue dead-letters into the queue, which must exist first
+                self._declarer.then(channel, p.queue, lambda: self._declarer.then(
+                    channel, p.routing_key, now))
+
+        return send
+
+    def _confirmed(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, Basic.Ack)
+        with self._lock:
+            settled = pop_confirmed(self._pending, method)
+            drop = self._quiet is not None and not self._pending
+        retry: list[_Pending] = []
+        for p in settled:
+            if ok:
+                complete(p.future, None)
+            elif self._declarer.quorum and time.monotonic() < p.deadline:
+                p.nacks += 1  # no leader for a moment (a node stopped, an election): again
+                p.handed = False  # on no channel now: a lost connection does not resend it
+                retry.append(p)
+            else:
+                complete(p.future, PublishError(
+                    f"the broker {self.url} refused (nack) the message for queue {p.queue!r}"))
+        if retry:
+            # a channel opened during an election can go on refusing: after a second refusal
+            # of one message, a new connection (at most one a second; a full queue refuses
+            # on any)
+            if (any(p.nacks >= 2 for p in retry)
+                    and time.monotonic() - self._last_recycle > RECYCLE_EVERY):
+                drop = self._quiesce() or drop
+            self._send_again_soon(retry)
+        if drop:
+            self._recycle()
+
+    def _quiesce(self) -> bool:
+        """Stop publishing on the current channel so that it can be dropped once every
+        publish on it is settled; True when none is in flight (drop it now)."""
+        link = self._publisher
+        with self._lock:
+            if link is None or link.channel is None or self._quiet is not None:
+                return False
+            self._quiet = link.channel
+            self._quiet_since = time.monotonic()
+            return not self._pending
+
+    def _recycle(self) -> None:
+        """Drop the quiesced channel's connection (every publish on it is settled, or it
+        waited longer than ``QUIET_MAX``): the held publishes go out on the next one."""
+        link = self._publisher
+        with self._lock:
+            quiet, self._quiet = self._quiet, None
+            self._last_recycle = time.monotonic()
+        if link is not None and quiet is not None:
+            link.recycle(quiet, "a quorum queue refused publishes")
+
+    def _send_again_soon(self, nacked: list[_Pending]) -> None:
+        """Publish ``nacked`` again in a quarter of a second (one timer for all that come
+        meanwhile), on whatever connection is open then."""
+        log.info("amqp %s: %d publish(es) to queue %r refused (nack), sending again (a "
+                 "quorum queue without a leader for a moment?)", self.url, len(nacked),
+                 nacked[0].queue)
+        with self._lock:
+            self._nacked.extend(nacked)
+            self._arm()
+
+    def _arm(self) -> None:
+        """Start the timer that sends nacked publishes again (with ``_lock`` held)."""
+        if self._resender is None:
+            self._resender = threading.Timer(0.25, self._resend_nacked)
+            self._resender.daemon = True
+            self._resender.start()
+
+    def _resend_nacked(self) -> None:
+        with self._lock:
+            again, self._nacked, self._resender = self._nacked, [], None
+            link = self._publisher
+            stuck = (self._quiet is not None
+                     and time.monotonic() - self._quiet_since > QUIET_MAX)
+        if stuck:  # confirms that never come: drop it anyway (those are sent again)
+            self._recycle()
+        with self._lock:
+            if self._quiet is not None:  # check again (held publishes wait for the drop)
+                self._arm()
+        if link is None:
+            return
+        senders = []
+        for p in again:
+            p.handed = False
+            senders.append(self._sender(p))
+
+        def send_all(channel: Channel) -> None:
+            for send in senders:
+                send(channel)
+
+        link.call(send_all)
+
+    def _watch(self) -> None:
+        """Fail publishes left unconfirmed past ``publish_timeout``; ends when none is left."""
+        while True:
+            with self._lock:
+                while self._unconfirmed and self._unconfirmed[0].future.done():
+                    self._unconfirmed.popleft()
+                if not self._unconfirmed:
+                    self._watchdog = None
+                    return
+                oldest = self._unconfirmed[0]
+            wait = oldest.deadline - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, 0.25))
+                continue
+            oldest.cancelled = True  # not sent again after a reconnect
+            link = self._publisher
+            if oldest.nacks:
+                complete(oldest.future, PublishError(
+                    f"the broker {self.url} refused (nack) the message for queue "
+                    f"{oldest.queue!r} {oldest.nacks} times within {self.publish_timeout} s "
+                    "(a quorum queue without a leader or a quorum, or a full queue)"))
+                continue
+            complete(oldest.future, PublishError(
+                f"no confirm from {self.url} for a message to queue {oldest.queue!r} within "
+                f"{self.publish_timeout} s (last connection error: "
+                f"{(link.last_error if link else None) or 'none'}); is RabbitMQ running and "
+                "reachable? It may or may not have been queued"))
+
+    def send_async(self, routing_key: str, bodies: list[bytes], *, queue: str,
+                   priority: int = 0, headers: dict[str, Any] | None = None,
+                   exchange: str = "") -> list[Future[None]]:
+        """Hand bodies to the publishing connection for ``exchange`` (default: the default
+        exchange, straight to the queue named ``routing_key``) and return at once, a future per
+        body: it completes when the broker confirmed the message, or fails with PublishError
+        (refused, or no confirm within ``publish_timeout``). A connection lost before the
+        confirm sends the message again on the next one: at least once."""
+        props = BasicProperties(delivery_mode=2 if self.persistent else 1,
+                                content_type=self.content_type,
+                                priority=priority or None, headers=headers or None)
+        deadline = time.monotonic() + self.publish_timeout
+        batch = [_Pending(queue, routing_key, body, props, exchange, deadline)
+                 for body in bodies]
+        link = self.link()
+        with self._lock:
+            self._unconfirmed.extend(batch)
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                                  name="ivy-amqp-confirms")
+                self._watchdog.start()
+        senders = [self._sender(p) for p in batch]
+
+        def send_all(channel: Channel) -> None:
+            for send in senders:
+                send(channel)
+
+        link.call(send_all)
+        return [p.future for p in batch]
+
+    def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
+             headers: dict[str, Any] | None = None, exchange: str = "") -> None:
+        """:meth:`send_async`, then wait: return when every body was confirmed, raise
+        PublishError if one was refused or not confirmed in time."""
+        futures = self.send_async(routing_key, bodies, queue=queue, priority=priority,
+                                  headers=headers, exchange=exchange)
+        errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
+        if errors:
+            raise PublishError(f"{len(errors)} of {len(futures)} message(s): {errors[0]}")
+
+    def close(self) -> None:
+        with self._lock:
+            publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()
