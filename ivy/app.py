@@ -151,6 +151,9 @@ class Ivy(Registering):
 
     @property
     def queue_backend(self) -> QueueBackend:
+        queue = self._queue  # made once: every send reads it, so no lock once it exists
+        if queue is not None:
+            return queue
         with self._lock:
             if self._queue is None:
                 self._check_open()

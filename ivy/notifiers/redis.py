@@ -121,13 +121,25 @@ return '0'
 """
 
 
+def _as_is(push: Any) -> Any:
+    """A subscription's handler of RESP3 pushes (its messages): hand each over as it is.
+    redis-py's default one logs every message at debug level, building the text of the whole
+    message first (``str`` of its bytes), even with debug logging off: ~4% of a producer's CPU
+    when results come in at thousands a second."""
+    return push
+
+
+def _pubsub(notifier: RedisNotifier) -> Any:
+    return notifier.client.pubsub(push_handler_func=_as_is)  # type: ignore[no-untyped-call]
+
+
 class RedisSubscription(Subscription):
     def __init__(self, notifier: RedisNotifier, channel: str,
                  pending: Callable[[], Collection[str]]) -> None:
         self._notifier = notifier
         self._pending = pending
         self._closed = threading.Event()
-        self._pubsub = notifier.client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = _pubsub(notifier)
         self._direct = notifier._commands.direct
         self._pubsub.subscribe(channel)
 
@@ -179,7 +191,7 @@ class RedisEventSubscription(Subscription):
     def __init__(self, notifier: RedisNotifier, confirm_timeout: float = 10.0) -> None:
         self._closed = threading.Event()
         self._direct = notifier._commands.direct
-        self._pubsub = notifier.client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = _pubsub(notifier)
         self._pubsub.subscribe(notifier.events_channel)
         deadline = time.monotonic() + confirm_timeout
         while True:

@@ -96,6 +96,9 @@ class ConfirmedPublisher:
         self._last_recycle = 0.0
 
     def link(self) -> Link:
+        link = self._publisher  # made once (until close): no lock once it exists
+        if link is not None:
+            return link
         with self._lock:
             if self._publisher is None:
                 self._publisher = Link(self.nodes, "publish", on_channel=self._publisher_ready,
