@@ -389,3 +389,35 @@ def test_a_nack_does_not_send_accepted_messages_twice(amqp_url: str,
     finally:
         backend.close()
         backend.delete_queues([full, f"{full}.dead", other, f"{other}.dead"])
+
+
+def test_a_quiesced_channel_whose_confirms_never_come_is_dropped_after_a_while(
+        amqp_url: str) -> None:
+    from ivy.queues import _amqp_publisher
+    from ivy.queues._amqp_publisher import _Pending
+
+    # Given a publisher that stopped publishing on its channel to drop it once the publishes
+    # in flight are settled, and one of them whose confirm will never come
+    backend = quorum_backend(amqp_url, publish_timeout=30)
+    q = qname()
+    try:
+        backend.publish(q, b"warm-up")
+        publisher = backend._publishing
+        link = publisher.link()
+        generation = link.generation
+        with publisher._lock:
+            publisher._pending[10**9] = _Pending(q, q, b"lost", pika.BasicProperties(), "",
+                                                 time.monotonic() + 30)
+        assert not publisher._quiesce()  # one in flight: not dropped yet
+        # When a message is sent meanwhile
+        started = time.monotonic()
+        [held] = backend.send_many(q, [b"held"])
+        # Then it waits (held, not published on the quiet channel) until the channel is
+        # dropped after QUIET_MAX, and goes out on the next connection
+        held.result(_amqp_publisher.QUIET_MAX + 10)
+        assert time.monotonic() - started >= _amqp_publisher.QUIET_MAX - 0.3
+        assert link.generation > generation
+        assert backend.size(q) == 2
+    finally:
+        backend.close()
+        backend.delete_queues([q, f"{q}.dead"])
