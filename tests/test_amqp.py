@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -341,3 +342,33 @@ def test_persistent_false_publishes_transient_messages(amqp_url: str) -> None:
         make_queue_backend(with_query(amqp_url, "persistent=sometimes"))
     with pytest.raises(ConfigurationError, match=r"persistent=false with queue_type=quorum"):
         make_queue_backend(with_query(amqp_url, "persistent=false&queue_type=quorum"))
+
+
+def test_a_delay_queue_in_use_does_not_expire_under_its_messages(
+        amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy.queues import _amqp_topology
+
+    # Given delay queues that expire 1.5 s after their last declaration (60 s in ivy) and a
+    # publisher that declares them again when its declaration is 0.3 s old (15 s in ivy)
+    monkeypatch.setattr(_amqp_topology, "DELAY_GRACE_MS", 1500)
+    monkeypatch.setattr(_amqp_topology, "DELAY_REFRESH", 0.3)
+    backend = AMQPQueueBackend(amqp_url)
+    q = qname()
+    consumer = backend.consume(q, prefetch=10)
+    try:
+        # When delayed messages are published on one connection for longer than that
+        sent = []
+        started = time.monotonic()
+        while time.monotonic() - started < 3.5:
+            body = f"d{len(sent)}".encode()
+            backend.publish(q, body, delay=0.05)
+            sent.append(body)
+            time.sleep(0.1)  # pacing the publishes over the expiry, not waiting for something
+        # Then every one reaches the queue (RabbitMQ deletes an expired queue with its
+        # messages, and drops what is published to it afterwards: publishes do not count as
+        # use, so the declaration is renewed instead)
+        assert sorted(take(consumer, len(sent), timeout=10)) == sorted(sent)
+    finally:
+        consumer.close()
+        backend.close()
+        backend.delete_queues(sorted(backend._declarer.seen))

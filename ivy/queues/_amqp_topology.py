@@ -2,7 +2,13 @@
 arguments (the layout is described in :mod:`ivy.queues.amqp`).
 
 * queue Q: durable, ``x-max-priority`` when its tasks use priorities;
-* ``Q.delay.<ms>``: messages wait there for their TTL, then are dead-lettered into Q;
+* ``Q.delay.<ms>``: messages wait there for their TTL, then are dead-lettered into Q; the
+  queue deletes itself (``x-expires``) ``DELAY_GRACE_MS`` after it was last declared, so
+  that delays used once do not pile up. Publishes do not count as use (RabbitMQ deletes an
+  expired queue with the messages in it, and what is published to it afterwards is dropped
+  as unroutable), so a publisher declares a delay queue again before publishing to it once
+  its declaration is ``DELAY_REFRESH`` seconds old: each message leaves the queue (after its
+  TTL) well before the queue could expire;
 * ``Q.dead``: plain and durable;
 * with ``queue_type="quorum"`` every one of them is a quorum queue (``x-queue-type``), never
   with ``x-max-priority``; Q dead-letters into ``Q.dead`` (declared first) through the default
@@ -37,6 +43,10 @@ BROKER_DELIVERY_HEADER = "x-delivery-count"
 QUEUE_TYPES = ("classic", "quorum")
 #: x-delivery-limit of quorum queues unless configured (RabbitMQ 4.0's own default)
 DEFAULT_DELIVERY_LIMIT = 20
+#: a delay queue expires this long (ms) after its TTL past its last declaration...
+DELAY_GRACE_MS = 60_000
+#: ...so a publisher declares it again when its declaration is this old (seconds)
+DELAY_REFRESH = 15.0
 
 
 def is_helper_queue(name: str) -> bool:
@@ -80,6 +90,10 @@ class Once:
     def clear(self) -> None:
         self._done.clear()
         self._waiting.clear()
+
+    def forget(self) -> None:
+        """Count every step as not done (the steps in progress still run their waiters)."""
+        self._done.clear()
 
     def done(self, key: Hashable) -> bool:
         at = self._done.get(key)
@@ -133,6 +147,8 @@ class Declarer:
         self.seen: set[str] = seen if seen is not None else set()  # every name ever declared
         # queue names, and ("exchange",), ("bind", queue, key), ("routed", queue, key)
         self._once = Once()
+        #: delay queues: declared again once their declaration is DELAY_REFRESH seconds old
+        self._delays = Once(fresh=DELAY_REFRESH)
 
     def copy(self) -> Declarer:
         """A declarer for another channel, with the same options, sharing what was learned
@@ -149,7 +165,16 @@ class Declarer:
         return self.queue_type == "quorum"
 
     def reset(self) -> None:
+        """A new channel: nothing is declared on it yet."""
         self._once.clear()
+        self._delays.clear()
+
+    def forget(self) -> None:
+        """Declare again what is published to next on this channel (a publish came back
+        unroutable: a queue or binding was deleted meanwhile). Declarations in progress go
+        on."""
+        self._once.forget()
+        self._delays.forget()
 
     def arguments(self, name: str) -> dict[str, Any] | None:
         """What to declare ``name`` with; None = passive (use the queue as it is)."""
@@ -163,7 +188,8 @@ class Declarer:
             target, _, ms_text = name.rpartition(".delay.")
             ms = int(ms_text)
             return {**quorum, "x-message-ttl": ms, "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": target, "x-expires": ms + 60_000, **safely}
+                    "x-dead-letter-routing-key": target, "x-expires": ms + DELAY_GRACE_MS,
+                    **safely}
         if name.endswith(".dead"):
             return quorum
         if self.quorum:  # no priorities: quorum queues refuse x-max-priority
@@ -176,8 +202,10 @@ class Declarer:
         return {"x-max-priority": levels} if levels else {}
 
     def then(self, channel: Channel, name: str, fn: Callable[[], None]) -> None:
-        """Run ``fn`` once the queue ``name`` was declared on ``channel``."""
-        if self._once.done(name):
+        """Run ``fn`` once the queue ``name`` was declared on ``channel`` (a delay queue:
+        declared within the last ``DELAY_REFRESH`` seconds)."""
+        once = self._delays if ".delay." in name else self._once
+        if once.done(name):
             fn()
             return
         args = self.arguments(name)
@@ -199,7 +227,7 @@ class Declarer:
             else:
                 declare()
 
-        self._once.run(name, fn, start)
+        once.run(name, fn, start)
 
     def routed(self, channel: Channel, queue: str, key: str, fn: Callable[[], None]) -> None:
         """Run ``fn`` once ``queue`` and the exchange were declared and ``queue`` is bound to
