@@ -17,7 +17,7 @@ from contract import qname, take
 pika = pytest.importorskip("pika")
 
 from ivy.queues import _pika_patches  # noqa: E402
-from ivy.queues.amqp import AMQPQueueBackend  # noqa: E402
+from ivy.queues.amqp import AMQPQueueBackend, PublishError  # noqa: E402
 
 
 @pytest.fixture
@@ -372,3 +372,43 @@ def test_a_delay_queue_in_use_does_not_expire_under_its_messages(
         consumer.close()
         backend.close()
         backend.delete_queues(sorted(backend._declarer.seen))
+
+
+def test_a_publish_to_a_deleted_queue_is_declared_again_not_dropped(
+        backend: AMQPQueueBackend, amqp_url: str) -> None:
+    # Given a queue the publisher declared on its connection, then deleted by someone else
+    q = qname()
+    backend.publish(q, b"first")
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    conn.channel().queue_delete(q)
+    # When the publisher sends to it again on the same connection
+    backend.publish(q, b"second")  # returns once the broker confirmed it
+    # Then the broker returned the message as unroutable instead of dropping it, and the
+    # publisher declared the queue again and sent it there
+    channel = conn.channel()
+    method, _, body = channel.basic_get(q, auto_ack=True)
+    assert method is not None and body == b"second"
+    conn.close()
+
+
+def test_a_message_no_queue_takes_fails_its_call_at_the_deadline(
+        amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a publisher that declared a queue, the queue deleted behind its back, and the
+    # publisher kept from declaring it again (what a route that never reaches a queue is)
+    backend = AMQPQueueBackend(amqp_url, publish_timeout=1.5)
+    q = qname()
+    try:
+        backend.publish(q, b"first")
+        monkeypatch.setattr(backend._declarer, "forget", lambda: None)
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        conn.channel().queue_delete(q)
+        conn.close()
+        # When a message is sent to it
+        [future] = backend.send_many(q, [b"nowhere"])
+        # Then it is sent again until publish_timeout, then fails loudly, saying why
+        with pytest.raises(PublishError, match=r"returned the message for queue .* as "
+                           r"unroutable \(312 NO_ROUTE\)"):
+            future.result(10)
+    finally:
+        backend.close()
+        backend.delete_queues([q])

@@ -42,6 +42,8 @@ log = logging.getLogger("ivy.amqp")
 #: dropped anyway
 RECYCLE_EVERY = 1.0
 QUIET_MAX = 2.0
+#: returned bodies remembered at most until their confirms come (one channel)
+MAX_RETURNS = 10_000
 
 
 @dataclass(slots=True)
@@ -60,6 +62,8 @@ class _Pending:
     handed: bool = False
     #: how many times the broker refused it (quorum queues: sent again until the deadline)
     nacks: int = 0
+    #: why the broker last returned it as unroutable ("" = never)
+    returned: str = ""
 
 
 class ConfirmedPublisher:
@@ -94,6 +98,9 @@ class ConfirmedPublisher:
         self._quiet_since = 0.0
         self._held: list[_Pending] = []
         self._last_recycle = 0.0
+        #: bodies the broker returned as unroutable on this channel, and why: each return
+        #: comes before the confirm of its publish, which looks it up (I/O thread only)
+        self._returns: dict[bytes, str] = {}
 
     def link(self) -> Link:
         link = self._publisher  # made once (until close): no lock once it exists
@@ -108,6 +115,8 @@ class ConfirmedPublisher:
     def _publisher_ready(self, channel: Channel) -> None:
         self._tag = 0
         self._declarer.reset()
+        self._returns.clear()
+        channel.add_on_return_callback(self._returned)
         with self._lock:
             self._quiet = None
             held, self._held = self._held, []
@@ -153,7 +162,10 @@ class ConfirmedPublisher:
                         return
                     self._tag += 1
                     self._pending[self._tag] = p
-                channel.basic_publish(p.exchange, p.routing_key, p.body, p.properties)
+                # mandatory: a message no queue takes comes back (see _returned) instead of
+                # being confirmed and dropped
+                channel.basic_publish(p.exchange, p.routing_key, p.body, p.properties,
+                                      mandatory=True)
 
             if p.exchange:  # the exchange, and the queue bound to it with this routing key
                 self._declarer.routed(channel, p.queue, p.routing_key, now)
@@ -165,6 +177,14 @@ class ConfirmedPublisher:
 
         return send
 
+    def _returned(self, channel: Channel, method: Any, properties: BasicProperties,
+                  body: bytes) -> None:
+        """The broker returned a publish that no queue took (the queue, or its binding, was
+        deleted after this channel declared it): its confirm, which comes next, sends it
+        again after declaring afresh (until its deadline), instead of counting it as sent."""
+        if len(self._returns) < MAX_RETURNS:
+            self._returns[body] = f"{method.reply_code} {method.reply_text}"
+
     def _confirmed(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
@@ -172,8 +192,17 @@ class ConfirmedPublisher:
             settled = pop_confirmed(self._pending, method)
             drop = self._quiet is not None and not self._pending
         retry: list[_Pending] = []
+        returned: list[_Pending] = []
         for p in settled:
-            if ok:
+            why = self._returns.pop(p.body, None) if self._returns else None
+            if why is not None:
+                p.returned = why
+                if time.monotonic() < p.deadline:
+                    p.handed = False
+                    returned.append(p)
+                else:
+                    complete(p.future, self._unroutable(p))
+            elif ok:
                 complete(p.future, None)
             elif self._declarer.quorum and time.monotonic() < p.deadline:
                 p.nacks += 1  # no leader for a moment (a node stopped, an election): again
@@ -190,8 +219,20 @@ class ConfirmedPublisher:
                     and time.monotonic() - self._last_recycle > RECYCLE_EVERY):
                 drop = self._quiesce() or drop
             self._send_again_soon(retry)
+        if returned:
+            log.warning("amqp %s: %d publish(es) to queue %r came back unroutable (%s: the "
+                        "queue or its binding was deleted?); declaring again and resending",
+                        self.url, len(returned), returned[0].queue, returned[0].returned)
+            self._declarer.forget()
+            self._send_again_soon(returned, quiet=True)
         if drop:
             self._recycle()
+
+    def _unroutable(self, p: _Pending) -> PublishError:
+        return PublishError(
+            f"the broker {self.url} returned the message for queue {p.queue!r} as unroutable "
+            f"({p.returned}) until publish_timeout ({self.publish_timeout} s), even after "
+            "declaring the queue again: is something deleting it, or its binding?")
 
     def _quiesce(self) -> bool:
         """Stop publishing on the current channel so that it can be dropped once every
@@ -214,12 +255,13 @@ class ConfirmedPublisher:
         if link is not None and quiet is not None:
             link.recycle(quiet, "a quorum queue refused publishes")
 
-    def _send_again_soon(self, nacked: list[_Pending]) -> None:
+    def _send_again_soon(self, nacked: list[_Pending], quiet: bool = False) -> None:
         """Publish ``nacked`` again in a quarter of a second (one timer for all that come
         meanwhile), on whatever connection is open then."""
-        log.info("amqp %s: %d publish(es) to queue %r refused (nack), sending again (a "
-                 "quorum queue without a leader for a moment?)", self.url, len(nacked),
-                 nacked[0].queue)
+        if not quiet:
+            log.info("amqp %s: %d publish(es) to queue %r refused (nack), sending again (a "
+                     "quorum queue without a leader for a moment?)", self.url, len(nacked),
+                     nacked[0].queue)
         with self._lock:
             self._nacked.extend(nacked)
             self._arm()
@@ -271,6 +313,9 @@ class ConfirmedPublisher:
                 continue
             oldest.cancelled = True  # not sent again after a reconnect
             link = self._publisher
+            if oldest.returned:
+                complete(oldest.future, self._unroutable(oldest))
+                continue
             if oldest.nacks:
                 complete(oldest.future, PublishError(
                     f"the broker {self.url} refused (nack) the message for queue "
