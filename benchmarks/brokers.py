@@ -12,7 +12,9 @@ the enqueue rate (calls/s from the first send until the last ``delayed_call``, `
 For ivy, whose ``delayed_call`` returns once the message is handed over, the rate including
 ``flush()`` (every publisher confirm back) is reported too: the enqueue rate is not "stored".
 Then M sequential round trips (p50/p99 latency) and the worker's peak RSS (VmHWM of its process
-tree). ivy's one-thread mode has a second row: the same batch sent with ``delayed_calls``.
+tree). ivy's one-thread mode has a second row: the same batch sent with ``delayed_calls``; and
+a third ivy row sends transient messages (``?persistent=false``) to the same worker: RabbitMQ
+confirms them without making them safe on disk first (see ``benchmarks/confirm_cost.py``).
 
 All the workers run side by side for the whole run, and the measurements take the systems in
 turn (throughput in ``--rounds`` rounds, round trips in blocks of ``--block`` calls), so that
@@ -232,8 +234,9 @@ class System:
 
 
 def start_ivy() -> list[System]:
-    """ivy twice on one worker: calls one by one (``delayed_call``), and batches
-    (``delayed_calls``, one producer thread only); their sequential round trips are the same
+    """ivy three times on one worker: calls one by one (``delayed_call``), batches
+    (``delayed_calls``, one producer thread only), and calls one by one as transient messages
+    (``?persistent=false``); the first two rows' sequential round trips are the same
     code. Each round ends with ``flush()``, timed apart."""
     import bench_tasks
 
@@ -245,10 +248,14 @@ def start_ivy() -> list[System]:
                     "--log-level", "WARNING"])
     app = ivy.Ivy(IVY_AMQP, REDIS)
     app.registry.add(bench_tasks.noop)
+    # the same worker, fed transient messages (?persistent=false): the latency trade
+    transient = ivy.Ivy(f"{IVY_AMQP}{'&' if '?' in IVY_AMQP else '?'}persistent=false", REDIS)
+    transient.registry.add(bench_tasks.noop)
 
     def close() -> None:
         stop(worker)
         app.close()
+        transient.close()
 
     def send(i: int) -> Any:
         return app.delayed_call(bench_tasks.noop, i)
@@ -262,7 +269,10 @@ def start_ivy() -> list[System]:
     return [System("ivy (delayed_call)", send, wait, worker, flush=flush),
             System("ivy (delayed_calls)", send, wait, worker,
                    lambda k: app.delayed_calls(bench_tasks.noop, [(i,) for i in range(k)]),
-                   close, flush=flush, modes=(1,))]
+                   flush=flush, modes=(1,)),
+            System("ivy (persistent=false)",
+                   lambda i: transient.delayed_call(bench_tasks.noop, i), wait, worker,
+                   None, close, flush=lambda: transient.flush(120))]
 
 
 def redis_purge(*patterns: str) -> None:
