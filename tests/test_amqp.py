@@ -412,3 +412,30 @@ def test_a_message_no_queue_takes_fails_its_call_at_the_deadline(
     finally:
         backend.close()
         backend.delete_queues([q])
+
+
+def test_a_delay_queue_used_as_it_was_is_declared_anew_once_gone(
+        backend: AMQPQueueBackend, amqp_url: str) -> None:
+    # Given a delay queue that another client declared with other arguments (an older ivy,
+    # say): ivy uses it as it is
+    q = qname()
+    delay_q = f"{q}.delay.50"
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = conn.channel()
+    channel.queue_declare(delay_q, durable=True, arguments={
+        "x-message-ttl": 50, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": q})
+    consumer = backend.consume(q, prefetch=10)
+    try:
+        backend.publish(q, b"one", delay=0.05)
+        assert take(consumer, 1, timeout=10) == [b"one"]
+        assert delay_q in backend._declarer.plain
+        # When that queue is deleted (it expired, say)
+        channel.queue_delete(delay_q)
+        # Then the next delayed publish declares it with ivy's arguments and arrives
+        backend.publish(q, b"two", delay=0.05)
+        assert take(consumer, 1, timeout=10) == [b"two"]
+        assert delay_q not in backend._declarer.plain
+    finally:
+        consumer.close()
+        channel.queue_delete(delay_q)
+        conn.close()

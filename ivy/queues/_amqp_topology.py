@@ -264,14 +264,23 @@ class Declarer:
                   lambda: self._once.run(("exchange",), bind_all, declare_exchange))
 
     def failed(self, reason: BaseException | None) -> None:
-        """A channel closed. If a declaration met a queue with other arguments (406
+        """A channel closed. A queue used as it was that is gone (404) is declared with
+        ivy's arguments from then on. If a declaration met a queue with other arguments (406
         PRECONDITION_FAILED): a delay or dead-letter queue, and a classic main queue, are used
         as they are; a main queue that should be a quorum queue is remembered as mismatched,
         with the broker's text (what is published to it or consumed from it fails)."""
         text = str(getattr(reason, "reply_text", ""))
+        code = getattr(reason, "reply_code", None)
+        gone = re.search(r"no queue '(.*?)' in vhost", text) if code == 404 else None
+        if gone is not None and gone.group(1) in self.plain:
+            # a queue used as it was (declared passively) is gone, an expired delay queue of
+            # another ivy, say: declare it with ivy's arguments from now on
+            log.info("amqp: queue %r, used as it was, is gone; declaring it anew", gone.group(1))
+            self.plain.discard(gone.group(1))
+            return
         match = re.search(r"for queue '(.*?)' in vhost", text)
         name = match.group(1) if match else None
-        if getattr(reason, "reply_code", None) != 406 or name is None:
+        if code != 406 or name is None:
             return
         if self.quorum and not is_helper_queue(name):
             log.error("amqp: queue %r cannot be declared as a quorum queue: %s", name, text)
