@@ -4,7 +4,9 @@ before the first publish on each channel.
 
 A publish is handed to the link and completes (its future) when the broker confirmed it. One
 handed to a channel that is lost before the confirm is sent again on the next connection: at
-least once (the producer drops duplicates, see :mod:`ivy.results`). The caller bounds the wait.
+least once (the producer drops duplicates, see :mod:`ivy.results`). One the broker refuses
+(nack: a quorum reply queue without a leader for a moment, or full) is sent again every
+quarter second until its deadline, then fails. The caller bounds the wait.
 
 Declarations are remembered per channel, and a reply queue's declaration is renewed when it is
 older than a quarter of its ``x-expires`` (a declaration renews the queue's lease), so a queue
@@ -60,6 +62,8 @@ class Outgoing:
     seq: int = field(default_factory=lambda: next(_seq))
     handed: bool = False
     cancelled: bool = False
+    #: how many times the broker refused it
+    nacks: int = 0
 
 
 def queue_named(reason: BaseException | None, code: int) -> str | None:
@@ -134,6 +138,9 @@ class Publisher:
         self._by_tag: dict[int, Outgoing] = {}
         #: handed or queued, not confirmed yet, in the order they were sent
         self._unconfirmed: dict[int, Outgoing] = {}
+        #: refused publishes to send again, and the timer that will
+        self._refused: list[Outgoing] = []
+        self._resender: threading.Timer | None = None
 
     @property
     def last_error(self) -> str:
@@ -207,14 +214,46 @@ class Publisher:
     def _confirmed(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
+        now = time.monotonic()
         with self._lock:
             settled = pop_confirmed(self._by_tag, method)
+            again = [] if ok else [o for o in settled if not o.cancelled and now < o.deadline]
             for out in settled:
-                self._unconfirmed.pop(out.seq, None)
+                if not any(out is o for o in again):
+                    self._unconfirmed.pop(out.seq, None)
+            for out in again:
+                out.handed = False  # on no channel now: a lost connection does not resend it
+                out.nacks += 1
+            self._refused.extend(again)
+            if again and self._resender is None:
+                self._resender = threading.Timer(0.25, self._send_refused)
+                self._resender.daemon = True
+                self._resender.start()
         for out in settled:
+            if any(out is o for o in again):
+                continue
             complete(out.future, None if ok else PublishError(
                 f"the broker {self.url} refused (nack) a notification to "
-                f"{out.routing_key or out.exchange!r}"))
+                f"{out.routing_key or out.exchange!r}"
+                + (f" {out.nacks + 1} times" if out.nacks else "")))
+        if again:
+            log.info("amqp %s: %d notification(s) to %r refused (nack), sending again (a "
+                     "quorum queue without a leader for a moment, or full?)", self.label,
+                     len(again), again[0].routing_key or again[0].exchange)
+
+    def _send_refused(self) -> None:
+        with self._lock:
+            again, self._refused, self._resender = self._refused, [], None
+            link = self._link
+        if link is None:
+            return
+        senders = [self._sender(out) for out in again]
+
+        def send_all(channel: Channel) -> None:
+            for send in senders:
+                send(channel)
+
+        link.call(send_all)
 
     def close(self) -> None:
         with self._lock:
