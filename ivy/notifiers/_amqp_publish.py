@@ -215,23 +215,23 @@ class Publisher:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
         now = time.monotonic()
+        again: list[Outgoing] = []  # refused, to send again before their deadline
+        ended: list[Outgoing] = []
         with self._lock:
-            settled = pop_confirmed(self._by_tag, method)
-            again = [] if ok else [o for o in settled if not o.cancelled and now < o.deadline]
-            for out in settled:
-                if not any(out is o for o in again):
+            for out in pop_confirmed(self._by_tag, method):
+                if not ok and not out.cancelled and now < out.deadline:
+                    out.handed = False  # on no channel now: a lost connection does not resend it
+                    out.nacks += 1
+                    again.append(out)
+                else:
                     self._unconfirmed.pop(out.seq, None)
-            for out in again:
-                out.handed = False  # on no channel now: a lost connection does not resend it
-                out.nacks += 1
+                    ended.append(out)
             self._refused.extend(again)
             if again and self._resender is None:
                 self._resender = threading.Timer(0.25, self._send_refused)
                 self._resender.daemon = True
                 self._resender.start()
-        for out in settled:
-            if any(out is o for o in again):
-                continue
+        for out in ended:
             complete(out.future, None if ok else PublishError(
                 f"the broker {self.url} refused (nack) a notification to "
                 f"{out.routing_key or out.exchange!r}"
@@ -245,15 +245,8 @@ class Publisher:
         with self._lock:
             again, self._refused, self._resender = self._refused, [], None
             link = self._link
-        if link is None:
-            return
-        senders = [self._sender(out) for out in again]
-
-        def send_all(channel: Channel) -> None:
-            for send in senders:
-                send(channel)
-
-        link.call(send_all)
+        if link is not None:
+            link.call_each([self._sender(out) for out in again])
 
     def close(self) -> None:
         with self._lock:

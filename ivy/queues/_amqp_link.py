@@ -192,6 +192,14 @@ class Link:
             self._kick_pending = True
         self.kick()
 
+    def call_each(self, ops: list[Callable[[Channel], None]]) -> None:
+        """:meth:`call` for several ops: they run in order, as one op (one hand-over)."""
+        def run_all(channel: Channel) -> None:
+            for op in ops:
+                op(channel)
+
+        self.call(run_all)
+
     def kick(self) -> None:
         conn = self._conn
         if conn is not None:

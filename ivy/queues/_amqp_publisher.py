@@ -284,18 +284,8 @@ class ConfirmedPublisher:
         with self._lock:
             if self._quiet is not None:  # check again (held publishes wait for the drop)
                 self._arm()
-        if link is None:
-            return
-        senders = []
-        for p in again:
-            p.handed = False
-            senders.append(self._sender(p))
-
-        def send_all(channel: Channel) -> None:
-            for send in senders:
-                send(channel)
-
-        link.call(send_all)
+        if link is not None:
+            link.call_each([self._sender(p) for p in again])
 
     def _watch(self) -> None:
         """Fail publishes left unconfirmed past ``publish_timeout``; ends when none is left."""
@@ -349,13 +339,7 @@ class ConfirmedPublisher:
                 self._watchdog = threading.Thread(target=self._watch, daemon=True,
                                                   name="ivy-amqp-confirms")
                 self._watchdog.start()
-        senders = [self._sender(p) for p in batch]
-
-        def send_all(channel: Channel) -> None:
-            for send in senders:
-                send(channel)
-
-        link.call(send_all)
+        link.call_each([self._sender(p) for p in batch])
         return [p.future for p in batch]
 
     def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
