@@ -96,6 +96,8 @@ class ConfirmedPublisher:
         #: ``_held`` (see ``_quiesce``)
         self._quiet: Channel | None = None
         self._quiet_since = 0.0
+        #: the quiet channel's drop was asked for (it stays quiet until the next channel)
+        self._dropping = False
         self._held: list[_Pending] = []
         self._last_recycle = 0.0
         #: bodies the broker returned as unroutable on this channel, and why: each return
@@ -118,7 +120,7 @@ class ConfirmedPublisher:
         self._returns.clear()
         channel.add_on_return_callback(self._returned)
         with self._lock:
-            self._quiet = None
+            self._quiet, self._dropping = None, False
             held, self._held = self._held, []
         link = self._publisher
         if link is not None:  # the I/O thread drains them on this channel next
@@ -247,12 +249,17 @@ class ConfirmedPublisher:
 
     def _recycle(self) -> None:
         """Drop the quiesced channel's connection (every publish on it is settled, or it
-        waited longer than ``QUIET_MAX``): the held publishes go out on the next one."""
+        waited longer than ``QUIET_MAX``), once: the channel stays quiet until the next one
+        is ready, so nothing is published on it between now and the drop, and the held
+        publishes go out on the next one."""
         link = self._publisher
         with self._lock:
-            quiet, self._quiet = self._quiet, None
+            quiet = self._quiet
+            if quiet is None or self._dropping:
+                return
+            self._dropping = True
             self._last_recycle = time.monotonic()
-        if link is not None and quiet is not None:
+        if link is not None:
             link.recycle(quiet, "a quorum queue refused publishes")
 
     def _send_again_soon(self, nacked: list[_Pending], quiet: bool = False) -> None:
@@ -277,12 +284,12 @@ class ConfirmedPublisher:
         with self._lock:
             again, self._nacked, self._resender = self._nacked, [], None
             link = self._publisher
-            stuck = (self._quiet is not None
+            stuck = (self._quiet is not None and not self._dropping
                      and time.monotonic() - self._quiet_since > QUIET_MAX)
         if stuck:  # confirms that never come: drop it anyway (those are sent again)
             self._recycle()
         with self._lock:
-            if self._quiet is not None:  # check again (held publishes wait for the drop)
+            if self._quiet is not None and not self._dropping:  # look again in a while
                 self._arm()
         if link is not None:
             link.call_each([self._sender(p) for p in again])
