@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from pika.spec import Basic, BasicProperties
 from ivy._flags import Sent
 from ivy.errors import PublishError
 from ivy.queues._amqp_link import Link, pop_confirmed
-from ivy.queues._amqp_topology import Once
+from ivy.queues._amqp_topology import Once, queue_named
 from ivy.queues.base import complete
 
 log = logging.getLogger("ivy.amqp")
@@ -64,15 +63,6 @@ class Outgoing:
     cancelled: bool = False
     #: how many times the broker refused it
     nacks: int = 0
-
-
-def queue_named(reason: BaseException | None, code: int) -> str | None:
-    """The queue or exchange a channel-closing error with AMQP reply ``code`` is about."""
-    if getattr(reason, "reply_code", None) != code:
-        return None
-    match = re.search(r"(?:queue|exchange) '(.*?)' in vhost",
-                      str(getattr(reason, "reply_text", "")))
-    return match.group(1) if match else None
 
 
 class Declarations:

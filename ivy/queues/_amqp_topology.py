@@ -73,6 +73,15 @@ def delay_bucket(seconds: float) -> int:
     return int(math.ceil(ms / scale) * scale)
 
 
+def queue_named(reason: BaseException | None, code: int) -> str | None:
+    """The queue or exchange a channel-closing error with AMQP reply ``code`` is about."""
+    if getattr(reason, "reply_code", None) != code:
+        return None
+    match = re.search(r"(?:queue|exchange) '(.*?)' in vhost",
+                      str(getattr(reason, "reply_text", "")))
+    return match.group(1) if match else None
+
+
 class Once:
     """Keyed asynchronous steps on one channel (a declaration, a binding): :meth:`run` calls
     ``fn`` at once if ``key``'s step is done, else queues it, and the first caller starts the
@@ -271,12 +280,12 @@ class Declarer:
         with the broker's text (what is published to it or consumed from it fails)."""
         text = str(getattr(reason, "reply_text", ""))
         code = getattr(reason, "reply_code", None)
-        gone = re.search(r"no queue '(.*?)' in vhost", text) if code == 404 else None
-        if gone is not None and gone.group(1) in self.plain:
+        gone = queue_named(reason, 404)
+        if gone is not None and gone in self.plain:
             # a queue used as it was (declared passively) is gone, an expired delay queue of
             # another ivy, say: declare it with ivy's arguments from now on
-            log.info("amqp: queue %r, used as it was, is gone; declaring it anew", gone.group(1))
-            self.plain.discard(gone.group(1))
+            log.info("amqp: queue %r, used as it was, is gone; declaring it anew", gone)
+            self.plain.discard(gone)
             return
         match = re.search(r"for queue '(.*?)' in vhost", text)
         name = match.group(1) if match else None
