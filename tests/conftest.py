@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -101,6 +104,28 @@ def redis_streams_url(redis_url: str) -> Iterator[str]:
     yield redis_url
     backend.delete_queues(TEST_QUEUES)
     backend.close()
+
+
+@contextlib.contextmanager
+def full_queue_policy(amqp_url: str, queue: str) -> Iterator[None]:
+    """Within the block, a RabbitMQ policy lets the queue named ``queue`` hold 1 message and
+    refuse (nack) the rest (``overflow: reject-publish``): real nacks on demand. A policy,
+    because ivy declares its queues with its own arguments (a queue declared with others would
+    be a mismatch)."""
+    import pika
+
+    vhost = pika.URLParameters(amqp_url).virtual_host
+    policy = f"ivy-test-{queue[-12:]}"
+    ctl = shutil.which("rabbitmqctl")
+    assert ctl is not None, "rabbitmqctl is needed to set a queue policy"
+    subprocess.run([ctl, "set_policy", "-p", vhost, "--apply-to", "queues", policy,
+                    f"^{queue}$", '{"max-length": 1, "overflow": "reject-publish"}'],
+                   check=True, capture_output=True, timeout=60)
+    try:
+        yield
+    finally:
+        subprocess.run([ctl, "clear_policy", "-p", vhost, policy], capture_output=True,
+                       timeout=60)
 
 
 def delete_test_queues() -> None:

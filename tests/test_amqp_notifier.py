@@ -4,7 +4,6 @@ expiry, the configuration, and heartbeats refused clearly."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import amqp_notifier_url, wait_for
+from conftest import amqp_notifier_url, full_queue_policy, wait_for
 from contract import NotifierContract
 
 import ivy
@@ -479,55 +478,39 @@ def test_a_refused_result_is_sent_again_until_the_reply_queue_takes_it(
     notifier = AMQPNotifier(amqp_url, reply_expires=30, reply_queue_type="quorum",
                             publish_timeout=20)
     channel = f"ivy:notify:{uuid.uuid4().hex}"
-    vhost = pika.URLParameters(amqp_url).virtual_host
-    ctl = shutil.which("rabbitmqctl")
-    assert ctl is not None, "rabbitmqctl is needed to set a queue policy"
-    policy = f"ivy-test-{channel[-12:]}"
-    subprocess.run([ctl, "set_policy", "-p", vhost, "--apply-to", "queues", policy,
-                    f"^{channel}$", '{"max-length": 1, "overflow": "reject-publish"}'],
-                   check=True, capture_output=True, timeout=60)
     results: list[BaseException | None] = []
     try:
-        ids = [uuid.uuid4().hex for _ in range(3)]  # finals are remembered per call id
-        notifier.publish(channel, ids[0], b"one", final=True)
-        # When two more results are published, one after the other (the queue may take one
-        # more before refusing: RabbitMQ applies the limit eventually)
-        caplog.set_level("INFO", logger="ivy.amqp")
-        amqp_log = logging.getLogger("ivy.amqp")  # its own handler: ivy's may not propagate
-        amqp_log.addHandler(caplog.handler)
+        with full_queue_policy(amqp_url, channel):
+            ids = [uuid.uuid4().hex for _ in range(3)]  # finals are remembered per call id
+            notifier.publish(channel, ids[0], b"one", final=True)
+            # When two more results are published, one after the other (the queue may take
+            # one more before refusing: RabbitMQ applies the limit eventually)
+            caplog.set_level("INFO", logger="ivy.amqp")
 
-        def publish(call_id: str, body: bytes) -> None:
+            def publish_more() -> None:
+                for call_id, body in ((ids[1], b"r2"), (ids[2], b"r3")):
+                    try:
+                        notifier.publish(channel, call_id, body, final=True)
+                        results.append(None)
+                    except BaseException as exc:
+                        results.append(exc)
+
+            publisher = threading.Thread(target=publish_more)
+            publisher.start()
+            wait_for(lambda: "refused (nack), sending again" in caplog.text, timeout=20,
+                     message="a refused notification sent again")
+            # Then once the producer takes the results, the refused one goes in too: every
+            # publish returns without an error, and every result arrives
+            sub = notifier.subscribe(channel, lambda: [])
+            got: list[bytes] = []
             try:
-                notifier.publish(channel, call_id, body, final=True)
-                results.append(None)
-            except BaseException as exc:
-                results.append(exc)
-
-        def publish_more() -> None:
-            publish(ids[1], b"r2")
-            publish(ids[2], b"r3")
-
-        threads = [threading.Thread(target=publish_more)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: "refused (nack), sending again" in caplog.text, timeout=20,
-                 message="a refused notification sent again")
-        # Then once the producer takes the results, the refused one goes in too: every
-        # publish returns without an error, and every result arrives
-        sub = notifier.subscribe(channel, lambda: [])
-        got: list[bytes] = []
-        try:
-            wait_for(lambda: got.extend(sub.get(0.2)) or len(got) >= 3, timeout=20,
-                     message="three results")
-        finally:
-            sub.close()
-        for t in threads:
-            t.join(20)
-        assert results == [None, None]
-        assert sorted(got) == [b"one", b"r2", b"r3"]
+                wait_for(lambda: got.extend(sub.get(0.2)) or len(got) >= 3, timeout=20,
+                         message="three results")
+            finally:
+                sub.close()
+            publisher.join(20)
+            assert results == [None, None]
+            assert sorted(got) == [b"one", b"r2", b"r3"]
     finally:
-        logging.getLogger("ivy.amqp").removeHandler(caplog.handler)
         notifier.close()
-        subprocess.run([ctl, "clear_policy", "-p", vhost, policy], capture_output=True,
-                       timeout=60)
         delete_queue(amqp_url, channel)

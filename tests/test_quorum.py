@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import wait_for
+from conftest import full_queue_policy, wait_for
 from contract import qname, take
 from servers import free_port
 from workers import producer_app, start_worker, stop_worker
@@ -343,19 +341,10 @@ def test_a_queue_refused_on_every_node_is_retried_with_backoff(amqp_url: str) ->
 @pytest.fixture
 def full_quorum_queue(amqp_url: str) -> Iterator[str]:
     """A quorum queue name under a policy that lets it hold 1 message and refuse (nack) the
-    rest (``overflow: reject-publish``): real nacks on demand. A policy, because ivy declares
-    its queues with its own arguments (a queue declared with others would be a mismatch)."""
+    rest (see conftest.full_queue_policy)."""
     q = qname()
-    vhost = pika.URLParameters(amqp_url).virtual_host
-    policy = f"ivy-test-{q}"
-    ctl = shutil.which("rabbitmqctl")
-    assert ctl is not None, "rabbitmqctl is needed to set a queue policy"
-    subprocess.run([ctl, "set_policy", "-p", vhost, "--apply-to", "queues", policy,
-                    f"^{q}$", '{"max-length": 1, "overflow": "reject-publish"}'],
-                   check=True, capture_output=True, timeout=60)
-    yield q
-    subprocess.run([ctl, "clear_policy", "-p", vhost, policy], capture_output=True,
-                   timeout=60)
+    with full_queue_policy(amqp_url, q):
+        yield q
 
 
 def test_a_nack_does_not_send_accepted_messages_twice(amqp_url: str,
