@@ -28,20 +28,26 @@ app.close()
 """
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def drain(tree: str, n: int, tmp: str) -> tuple[float, float]:
+def drain(tree: str, n: int, tmp: str) -> tuple[float, float, float]:
+    """One drain: tasks/s, and the worker's user and system CPU microseconds per task."""
     db = os.path.join(tmp, f"drain-{time.monotonic_ns()}.db")
     url = f"sqlite:///{db}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, os.path.join(tree, "benchmarks")])}
-    subprocess.run([sys.executable, "-c", FILL, str(n), url], env=env, check=True)
+    # cwd: ``python -m``/``-c`` put the working directory first on sys.path, which would
+    # shadow the tree under test with whatever ivy/ lies there
+    subprocess.run([sys.executable, "-c", FILL, str(n), url], env=env, check=True, cwd=tmp)
     worker = subprocess.Popen(
         [sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench", "--queue-url",
-         url, "--notifier-url", url, "--concurrency", "1", "--log-level", "WARNING"], env=env)
+         url, "--notifier-url", url, "--concurrency", "1", "--log-level", "WARNING"],
+        env=env, cwd=tmp)
     conn = sqlite3.connect(db)
 
     def left() -> int:
@@ -50,17 +56,19 @@ def drain(tree: str, n: int, tmp: str) -> tuple[float, float]:
     try:
         while left() > n - 500:  # started and warm
             time.sleep(0.002)
-        started, cpu = time.perf_counter(), cpu_seconds(worker.pid)
+        started, (user, system) = time.perf_counter(), cpu_seconds(worker.pid)
         while left() > 0:
             time.sleep(0.002)
-        elapsed, cpu = time.perf_counter() - started, cpu_seconds(worker.pid) - cpu
+        elapsed = time.perf_counter() - started
+        user_end, system_end = cpu_seconds(worker.pid)
         finals = conn.execute("SELECT count(*) FROM ivy_notifications WHERE final = 1")
         assert finals.fetchone()[0] == n
     finally:
         worker.terminate()
         worker.wait(60)
         conn.close()
-    return (n - 500) / elapsed, cpu / (n - 500) * 1e6
+    done = n - 500
+    return done / elapsed, (user_end - user) / done * 1e6, (system_end - system) / done * 1e6
 
 
 def main() -> None:
@@ -72,16 +80,19 @@ def main() -> None:
     trees = [os.path.abspath(t) for t in args.trees]
     rates: dict[str, list[float]] = {t: [] for t in trees}
     cpus: dict[str, list[float]] = {t: [] for t in trees}
+    systems: dict[str, list[float]] = {t: [] for t in trees}
     with tempfile.TemporaryDirectory(prefix="ivy-drain-") as tmp:
         for r in range(args.rounds):
             for tree in trees if r % 2 == 0 else trees[::-1]:
-                rate, cpu = drain(tree, args.n, tmp)
+                rate, user, system = drain(tree, args.n, tmp)
                 rates[tree].append(rate)
-                cpus[tree].append(cpu)
+                cpus[tree].append(user + system)
+                systems[tree].append(system)
     for tree in trees:
         print(f"{tree}: median {statistics.median(rates[tree]):,.0f} tasks/s "
               f"{[round(x) for x in rates[tree]]}, worker CPU per task median "
-              f"{statistics.median(cpus[tree]):.0f} us {[round(x) for x in cpus[tree]]}")
+              f"{statistics.median(cpus[tree]):.0f} us {[round(x) for x in cpus[tree]]} (system "
+              f"{statistics.median(systems[tree]):.0f} us)")
     print(f"load at the end {os.getloadavg()[0]:.2f}")
 
 
