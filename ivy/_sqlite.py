@@ -1,11 +1,6 @@
 """What the SQLite queue backend and notifier share: the database file (WAL, one connection per
-thread) and cross-process wake-ups.
-
-Wake-ups: each waiting consumer or subscription binds a Unix datagram socket in a folder named
-after the database file; a writer sends one byte to every socket there after it commits. That
-turns polling into an event (a new message is seen in well under a millisecond) while a poll at a
-bounded interval remains the fallback, so a lost datagram only costs latency, never a message.
-Where Unix sockets are missing (Windows), only the poll is used.
+thread, writers taking turns, checkpoints on a thread of their own). Cross-process wake-ups
+are in :mod:`ivy._sqlite_wake`.
 
 Writers take turns: SQLite lets one connection write at a time, and one that finds the file
 locked sleeps in steps of 1, 2, 5, ... ms in its busy handler, though a write holds the lock for
@@ -35,18 +30,17 @@ import contextlib
 import hashlib
 import importlib
 import os
-import select
-import socket
 import sqlite3
 import tempfile
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from ivy._sqlite_writer import Writer
 
 try:
     _fcntl: ModuleType | None = importlib.import_module("fcntl")
@@ -101,6 +95,12 @@ CREATE TABLE IF NOT EXISTS ivy_events (
 POLL_INTERVAL = 1.0
 #: How often a database's checkpoint thread looks whether the write-ahead log grew.
 CHECKPOINT_EVERY = 0.1
+#: Longest a closing database waits for its writer thread to commit what is waiting.
+WRITER_CLOSE_TIMEOUT = 10.0
+
+#: path -> the database that backends of this process opened on it (Database.shared)
+_shared: dict[str, Database] = {}
+_shared_lock = threading.Lock()
 
 
 def _autoincrement_notifications(conn: sqlite3.Connection) -> None:
@@ -121,7 +121,12 @@ def _autoincrement_notifications(conn: sqlite3.Connection) -> None:
 
 
 class Database:
-    """One SQLite file; a connection per thread, created on first use."""
+    """One SQLite file; a connection per thread, created on first use, and a writer thread
+    for writes committed in groups (:mod:`ivy._sqlite_writer`), started on first use.
+
+    Backends take theirs from :meth:`shared`, so that the queue backend and the notifier of
+    a process on one file share it: one set of connections, one checkpoint thread, and one
+    writer, which commits a worker's ack no earlier than the result recorded before it."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         self.path = os.path.abspath(os.fspath(path))
@@ -131,6 +136,8 @@ class Database:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._users = 1  # close() really closes when the last user of a shared one closes
+        self._writer: Writer | None = None
         self._turn_path = os.path.join(
             tempfile.gettempdir(),
             f"ivy-turn-{hashlib.sha256(self.path.encode()).hexdigest()[:16]}")
@@ -172,6 +179,38 @@ class Database:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
+
+    @classmethod
+    def shared(cls, path: str | os.PathLike[str]) -> Database:
+        """This process's open database on ``path``, or a new one; each call needs its own
+        :meth:`close` (the last one closes it)."""
+        key = os.path.abspath(os.fspath(path))
+        with _shared_lock:
+            db = _shared.get(key)
+            if db is not None and not db._closed:
+                db._users += 1
+                return db
+            db = _shared[key] = cls(key)
+            return db
+
+    @property
+    def writer(self) -> Writer:
+        """The writer thread of this database (see :mod:`ivy._sqlite_writer`)."""
+        writer = self._writer
+        if writer is None:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError(f"SQLite database {self.path} is closed")
+                writer = self._writer
+                if writer is None:
+                    writer = self._writer = Writer(self)
+        return writer
+
+    def flush_writes(self, timeout: float | None = None) -> bool:
+        """Wait until the writes handed to the writer so far are committed (what a read must
+        see); False after ``timeout`` seconds."""
+        writer = self._writer
+        return writer is None or writer.flush(timeout)
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -323,6 +362,16 @@ class Database:
         return (stat.st_size, stat.st_mtime_ns) if not busy and logged == copied else None
 
     def close(self) -> None:
+        """Close this use of the database; the last user's close commits what the writer
+        holds (for up to :data:`WRITER_CLOSE_TIMEOUT` s) and closes the connections."""
+        with _shared_lock:
+            self._users -= 1
+            if self._users > 0 or self._closed:
+                return
+            if _shared.get(self.path) is self:
+                del _shared[self.path]
+        if self._writer is not None:
+            self._writer.close(WRITER_CLOSE_TIMEOUT)
         self._stop_checkpoints.set()
         if self._checkpoints.is_alive() and self._checkpoints is not threading.current_thread():
             self._checkpoints.join()  # never close its connection under a checkpoint
@@ -339,6 +388,15 @@ class Database:
     def wake_dir(self, kind: str) -> str:
         digest = hashlib.sha256(self.path.encode()).hexdigest()[:16]
         return os.path.join(tempfile.gettempdir(), f"ivy-wake-{digest}-{kind}")
+
+
+def _forget_shared() -> None:
+    """In a forked child: its parent's connections and threads are not its own."""
+    _shared.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_shared)
 
 
 def _close_fds(fds: list[int]) -> None:
@@ -358,106 +416,3 @@ def _checkpoint_loop(ref: weakref.ReferenceType[Database], stop: threading.Event
             return
         seen = db._checkpoint(seen)
         del db  # no strong reference while waiting
-
-
-class WakeListener:
-    """A socket that writers of the same database and kind poke after they commit."""
-
-    def __init__(self, directory: str) -> None:
-        self._sock: socket.socket | None = None
-        self.path = ""
-        if not hasattr(socket, "AF_UNIX"):
-            return
-        os.makedirs(directory, exist_ok=True)
-        self.path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(self.path)
-        sock.setblocking(False)
-        self._sock = sock
-
-    def wait(self, timeout: float) -> None:
-        """Return on a wake-up or after ``timeout`` seconds, and drain pending wake-ups."""
-        if timeout <= 0:
-            return
-        sock = self._sock
-        if sock is None:
-            threading.Event().wait(min(timeout, 0.1))
-            return
-        readable, _, _ = select.select([sock], [], [], timeout)
-        if readable:
-            with contextlib.suppress(OSError):
-                while True:
-                    sock.recv(64)
-
-    def interrupt(self) -> None:
-        """Wake a wait() in progress at once (from another thread)."""
-        if self._sock is not None:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(
-                    OSError):
-                s.setblocking(False)  # a full buffer means a wake-up is pending already
-                s.sendto(b"!", self.path)
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-
-
-class WakeSender:
-    """Pokes every listener of one database and kind; never blocks, never raises.
-
-    The listeners are the socket files in the wake directory. Listing it on every wake cost
-    ~15% of a SQLite worker's time per task, so the listing is kept while the directory's
-    modification time stays the one it was listed at. Since file systems stamp that time
-    coarsely (a tick of some ms), a listing taken less than :attr:`SETTLE` seconds after the
-    stamp is not trusted: a listener bound in the same tick would share the stamp.
-    """
-
-    SETTLE = 0.05
-
-    def __init__(self, directory: str) -> None:
-        self._dir = directory
-        self._listed: list[str] = []
-        self._stamp = -1
-        self._trusted = False
-        self._sock: socket.socket | None = None
-        if hasattr(socket, "AF_UNIX"):
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.setblocking(False)
-        self._lock = threading.Lock()
-
-    def wake(self) -> None:
-        if self._sock is None:
-            return
-        with self._lock:
-            try:
-                entries = self._listeners()
-            except FileNotFoundError:
-                return
-            for path in entries:
-                try:
-                    self._sock.sendto(b"!", path)
-                except (BlockingIOError, InterruptedError):
-                    pass  # its buffer is full: it has wake-ups pending already
-                except (ConnectionRefusedError, FileNotFoundError):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)  # left behind by a process that died
-                    self._trusted = False
-                except OSError:
-                    pass
-
-    def _listeners(self) -> list[str]:
-        stamp = os.stat(self._dir).st_mtime_ns
-        if stamp == self._stamp and self._trusted:
-            return self._listed
-        listed = [os.path.join(self._dir, name) for name in os.listdir(self._dir)]
-        self._listed, self._stamp = listed, stamp
-        self._trusted = time.time() - stamp / 1e9 > self.SETTLE
-        return listed
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ivy.errors import SerializationError
@@ -63,21 +64,38 @@ class Recorder:
                 log.warning("publishing status %r of %s failed", note.status, message.id,
                             exc_info=True)
 
-    def record(self, message: Message, note: Notification) -> None:
-        """Publish a final notification, retrying a few times; raise if it cannot be done."""
+    def record(self, message: Message, note: Notification,
+               then: Callable[[], None] | None = None) -> None:
+        """Publish a final notification, retrying a few times; raise if it cannot be done.
+        ``then`` (the worker's ack) is called once it is stored: here, or later from the
+        notifier's own thread when it stores in the background
+        (:meth:`ivy.notifiers.base.Notifier.publish_then`)."""
+        at_once = note.status == "cancelled"
         if not message.reply_to:
-            unique.release(self.notifier, message, at_once=note.status == "cancelled")
+            unique.release(self.notifier, message, at_once=at_once)
+            if then is not None:
+                then()
             return
         if self.notifier is None:
             raise RuntimeError("no notifier: call start_notification_producer() before listen()")
         body = self.final_body(message, note)
+        notifier = self.notifier
+        stored = False
+
+        def after() -> None:
+            nonlocal stored
+            stored = True  # what then() raises is not a failure to publish
+            unique.release(notifier, message, at_once=at_once)
+            if then is not None:
+                then()
+
         for attempt in range(RECORD_ATTEMPTS):
             try:
-                self.notifier.publish(message.reply_to, message.id, body, final=True)
-                unique.release(self.notifier, message, at_once=note.status == "cancelled")
+                notifier.publish_then(message.reply_to, message.id, body, final=True,
+                                      then=after)
                 return
             except Exception:
-                if attempt == RECORD_ATTEMPTS - 1:
+                if stored or attempt == RECORD_ATTEMPTS - 1:
                     raise
                 log.warning("publishing the outcome of %s failed; trying again", message.id,
                             exc_info=True)

@@ -10,7 +10,9 @@ outcome rules, apart from its threads (:mod:`ivy.worker`).
   producer is told why when it can be named, and the message is dead-lettered.
 
 A message is acknowledged only after its outcome was recorded: if recording raises, the worker
-returns the message to the queue and the task runs again later.
+returns the message to the queue and the task runs again later. The ack is handed to the
+recorder as what follows a stored outcome (:meth:`ivy.outcomes.Recorder.record`): a notifier
+that stores in the background (SQLite) acks from its own thread after its commit.
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ class Settler:
     def succeeded(self, delivery: Delivery, message: Message, value: Any) -> None:
         self.recorder.record(message, Notification(
             message.id, "successful", message.name, result=value, attempt=message.attempt,
-            worker=self.worker))
-        delivery.ack()
+            worker=self.worker), then=delivery.ack)
         log.debug("task %s [%s] succeeded", message.name, message.id)
 
     def failed(self, delivery: Delivery, task: Task[Any, Any], message: Message,
@@ -60,20 +61,21 @@ class Settler:
             message.attempt += 1
             delivery.retry(delay, self.recorder.body(message))
             return
-        self.recorder.record(message, self.recorder.errored(message, error))
-        if retries:
-            reason = (f"task {message.name!r} failed {message.attempt + 1} times; last error "
-                      f"{error['type']}: {error['message']}")
-            delivery.dead_letter(reason)
-            if middleware:
-                middleware.on_dead_letter(message, reason)
-            log.error("task %s [%s] failed after %d attempts; dead-lettered: %s: %s",
-                      message.name, message.id, message.attempt + 1, error["type"],
-                      error["message"])
-        else:
-            delivery.ack()
+        if not retries:  # it failed once, as asked
+            self.recorder.record(message, self.recorder.errored(message, error),
+                                 then=delivery.ack)
             log.info("task %s [%s] failed: %s: %s", message.name, message.id, error["type"],
                      error["message"])
+            return
+        self.recorder.record(message, self.recorder.errored(message, error))
+        reason = (f"task {message.name!r} failed {message.attempt + 1} times; last error "
+                  f"{error['type']}: {error['message']}")
+        delivery.dead_letter(reason)
+        if middleware:
+            middleware.on_dead_letter(message, reason)
+        log.error("task %s [%s] failed after %d attempts; dead-lettered: %s: %s",
+                  message.name, message.id, message.attempt + 1, error["type"],
+                  error["message"])
 
     def reject(self, delivery: Delivery, reason: str, fields: dict[str, Any],
                message: Message | None = None) -> None:

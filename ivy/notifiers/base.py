@@ -28,6 +28,17 @@ class Notifier(ABC):
     def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
         """Send ``body`` to ``channel``; when ``final``, also store it under ``call_id``."""
 
+    def publish_then(self, channel: str, call_id: str, body: bytes, *, final: bool,
+                     then: Callable[[], None]) -> None:
+        """:meth:`publish`, then ``then()`` once the notification is stored: a worker acks a
+        message that way, never before its outcome is kept. The default publishes here and
+        calls ``then`` here, raising what either raises. A notifier that stores in the
+        background (SQLite) may return at once and call ``then`` later from its own thread,
+        logging what ``then`` raises, and not at all if the notification could not be
+        stored (its message is then delivered again when its lease ends)."""
+        self.publish(channel, call_id, body, final=final)
+        then()
+
     @abstractmethod
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         """Receive what is published to ``channel``, and first the stored final notifications

@@ -1,9 +1,12 @@
 """``sqlite:///path/ivy.db``: the embedded default notifier, for processes on one machine.
 
-Every notification is a row; a subscription reads its channel's new rows in order, and on start
-the stored final rows of its pending call ids, so a producer that starts waiting late still gets
-its result. A unique index keeps only the first final notification of a call. Rows older than
-``ttl`` seconds (default one day) are pruned by publishers now and then.
+Every notification is a row, written by the database's writer thread
+(:mod:`ivy._sqlite_writer`) in a transaction with whatever else is waiting: :meth:`publish`
+waits for the commit, :meth:`SQLiteNotifier.publish_then` (a worker's results) does not. A
+subscription reads its channel's new rows in order, and on start the stored final rows of its
+pending call ids, so a producer that starts waiting late still gets its result. A unique index
+keeps only the first final notification of a call. Rows older than ``ttl`` seconds (default one
+day) are pruned by publishers now and then.
 
 Keys (schedule slots, unique sends, cancels, rate limits) are rows of ``ivy_keys(key, value,
 expires)``, created on first use; each operation is one transaction.
@@ -21,10 +24,13 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Self
 
-from ivy._sqlite import POLL_INTERVAL, Database, WakeListener, WakeSender
+from ivy._sqlite import POLL_INTERVAL, Database
+from ivy._sqlite_wake import WakeListener, WakeSender
 from ivy.notifiers.base import Notifier, Subscription, gcra_step
 
 PRUNE_EVERY = 60.0
+#: Longest publish() waits for the writer thread to commit its notification.
+WRITE_TIMEOUT = 60.0
 #: Seconds an event row is kept: long enough for any open subscription to read it.
 EVENTS_TTL = 60.0
 KEYS_SCHEMA = ("CREATE TABLE IF NOT EXISTS ivy_keys (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
@@ -118,7 +124,8 @@ class SQLiteEventSubscription(_RowReader):
 
 class SQLiteNotifier(Notifier):
     def __init__(self, path: str = "ivy.db", *, ttl: float = 86400.0) -> None:
-        self.db = Database(path)
+        self.db = Database.shared(path)
+        self._closed = False
         self.url = f"sqlite:///{self.db.path}"
         self.ttl = ttl
         self.waker = WakeSender(self.db.wake_dir("n"))
@@ -131,19 +138,39 @@ class SQLiteNotifier(Notifier):
         return cls(str(config.get("path") or "ivy.db"), ttl=float(config.get("ttl", 86400.0)))
 
     def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
+        """Stored through the database's writer thread, and waited for."""
+        self.db.writer.write(*self._insert(channel, call_id, body, final), wake=self.waker,
+                             timeout=WRITE_TIMEOUT)
+        self._prune()
+
+    def publish_then(self, channel: str, call_id: str, body: bytes, *, final: bool,
+                     then: Callable[[], None]) -> None:
+        """Handed to the database's writer thread, which stores it with what else is waiting
+        and calls ``then`` after the commit, from its own thread (see
+        :mod:`ivy._sqlite_writer`: a write that keeps failing holds ``then`` back)."""
+        self.db.writer.submit(*self._insert(channel, call_id, body, final), wake=self.waker,
+                              then=then)
+        self._prune()
+
+    @staticmethod
+    def _insert(channel: str, call_id: str, body: bytes, final: bool
+                ) -> tuple[str, tuple[Any, ...]]:
+        return ("INSERT OR IGNORE INTO ivy_notifications (channel, call_id, body, final, "
+                "created) VALUES (?, ?, ?, ?, ?)", (channel, call_id, body, int(final),
+                                                    time.time()))
+
+    def _prune(self) -> None:
         now = time.time()
-        self.db.execute(
-            "INSERT OR IGNORE INTO ivy_notifications (channel, call_id, body, final, created) "
-            "VALUES (?, ?, ?, ?, ?)", (channel, call_id, body, int(final), now))
-        self.waker.wake()
         if now - self._last_prune > PRUNE_EVERY:
             self._last_prune = now
-            self.db.execute("DELETE FROM ivy_notifications WHERE created < ?", (now - self.ttl,))
+            self.db.writer.submit("DELETE FROM ivy_notifications WHERE created < ?",
+                                  (now - self.ttl,))
 
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         return SQLiteSubscription(self, channel, pending)
 
     def stored(self, call_id: str) -> bytes | None:
+        self.db.flush_writes()  # what a worker of this process recorded is seen
         row = self.db.conn().execute(
             "SELECT body FROM ivy_notifications WHERE final = 1 AND call_id = ?", (call_id,)
         ).fetchone()
@@ -184,6 +211,9 @@ class SQLiteNotifier(Notifier):
         return SQLiteEventSubscription(self)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.waker.close()
         self._event_waker.close()
         self.db.close()

@@ -15,6 +15,12 @@ Requeueing moves rows back to ``ivy_messages`` (as fresh messages, delivery coun
 transaction, and purging deletes them in one statement: both are atomic. Dead letters keep
 no priority: a requeued message gets the one its body names (``rewrite``), else 0.
 
+Acks go to the database's writer thread (:mod:`ivy._sqlite_writer`), which commits them in
+groups, in order with the results a worker in this process recorded before them: ``ack()``
+returns before the row is deleted, as an AMQP ack returns before the broker has it, and a crash
+in between delivers the message again once its lease ends. Reads of this backend (``size``)
+first wait for this process's acks.
+
 A consumer reserves up to ``prefetch`` rows per query; rows waiting in its buffer are leased
 like running ones, and a worker's heartbeat extends them (:meth:`SQLiteConsumer.buffered`).
 """
@@ -30,7 +36,8 @@ from collections.abc import Collection
 from concurrent.futures import Future
 from typing import Any, Self
 
-from ivy._sqlite import POLL_INTERVAL, Database, WakeListener, WakeSender
+from ivy._sqlite import POLL_INTERVAL, Database
+from ivy._sqlite_wake import WakeListener, WakeSender
 from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
 
@@ -58,7 +65,8 @@ class SQLiteDelivery(Delivery):
         self.delivery_count = deliveries
 
     def _ack(self) -> None:
-        self._backend.db.execute(
+        """Handed to the database's writer thread (see the module docstring)."""
+        self._backend.db.writer.submit(
             "DELETE FROM ivy_messages WHERE id = ? AND token = ?", (self._id, self._token))
 
     def _retry(self, delay: float, body: bytes | None) -> None:
@@ -166,7 +174,8 @@ class SQLiteConsumer(Consumer):
 
 class SQLiteQueueBackend(QueueBackend):
     def __init__(self, path: str = "ivy.db") -> None:
-        self.db = Database(path)
+        self.db = Database.shared(path)
+        self._closed = False
         self.url = f"sqlite:///{self.db.path}"
         self.waker = WakeSender(self.db.wake_dir("q"))
         self._sender = BatchSender(self._write, max_batch=1000, name="ivy-sqlite-send")
@@ -213,6 +222,7 @@ class SQLiteQueueBackend(QueueBackend):
         return SQLiteConsumer(self, queue, prefetch, reserve_time)
 
     def size(self, queue: str) -> int:
+        self.db.flush_writes()  # this process's acks are counted
         row = self.db.conn().execute(
             "SELECT count(*) FROM ivy_messages WHERE queue = ?", (queue,)).fetchone()
         return int(row[0])
@@ -264,6 +274,9 @@ class SQLiteQueueBackend(QueueBackend):
         return sorted(r[0] for r in rows)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._sender.close()
         self.waker.close()
         self.db.close()

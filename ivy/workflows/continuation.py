@@ -28,6 +28,7 @@ wins under the workflow's id, so each workflow gives exactly one final result.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ivy.errors import SerializationError
@@ -89,11 +90,13 @@ class WorkflowRecorder(Recorder):
                  message.name, message.id)
         return True, self._loads(stored[0])
 
-    def record(self, message: Message, note: Notification) -> None:
+    def record(self, message: Message, note: Notification,
+               then: Callable[[], None] | None = None) -> None:
         flow = workflow_of(message)
         if flow is None:
-            super().record(message, note)
-        elif note.status == "successful":
+            super().record(message, note, then)
+            return
+        if note.status == "successful":
             self._step_succeeded(message, flow, note.result)
         elif note.status == "cancelled":  # ivy.timing: the workflow (or this step) cancelled
             self._final(message, flow, Notification(
@@ -102,6 +105,8 @@ class WorkflowRecorder(Recorder):
         else:
             self._fail(message, flow, note.error or {"type": "Error", "message": "",
                                                      "traceback": ""})
+        if then is not None:  # a workflow step's outcome is kept by now
+            then()
 
     def rejected(self, reason: str, fields: dict[str, Any]) -> None:
         flow = fields.get("workflow")
