@@ -255,3 +255,42 @@ def test_a_killed_worker_never_leaves_an_ack_without_its_result(tmp_path: Path) 
         conn.close()
     finally:
         app.close()
+
+
+def test_a_consumer_fetches_more_rows_at_a_time_while_tasks_are_quick(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ivy.queues.sqlite as sqlite_queue
+
+    now = [1000.0]
+    monkeypatch.setattr(sqlite_queue, "_clock", lambda: now[0])
+    backend = SQLiteQueueBackend(str(tmp_path / "b.db"))
+    try:
+        backend.publish_many("q", [str(i).encode() for i in range(400)])
+        consumer = backend.consume("q", prefetch=2)
+        seen: list[bytes] = []
+
+        def batch(work: float) -> int:
+            """Take one fetched batch, each delivery taking ``work`` s; its size."""
+            first = consumer.get(5)
+            assert first is not None
+            taken = [first, *consumer.buffered()]
+            for d in taken[1:]:
+                assert consumer.get(5) is d  # served from the buffer, in order
+            for d in taken:
+                seen.append(d.body)
+                d.ack()
+                now[0] += work
+            return len(taken)
+
+        # Given tasks of 0.1 ms, each used-up batch doubles the next, up to 8 x prefetch
+        sizes = [batch(0.0001) for _ in range(6)]
+        assert sizes == [2, 4, 8, 16, 16, 16]
+        # When tasks take 10 ms, a batch that lasted 4 x 5 ms halves the next, back to prefetch
+        sizes = [batch(0.010) for _ in range(4)]
+        assert sizes == [16, 8, 4, 2]
+        # and every row came once, in order
+        consumer.close()
+        assert seen == [str(i).encode() for i in range(92)]
+        assert backend.size("q") == 400 - 92
+    finally:
+        backend.close()

