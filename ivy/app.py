@@ -113,6 +113,8 @@ class Ivy(Registering):
         self._heartbeats: list[Heartbeat] = []
         self._events: list[Events] = []  # the workers' task events (listen(events=True))
         self._outbox = Outbox(self._send_failed)
+        #: what each call's cancel() calls: one bound method for all of them
+        self._canceller: Callable[[str], None] = self.cancel
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add ``middleware`` after those already there. Producers and running workers of

@@ -78,6 +78,9 @@ class _CallbackPool:
 
 
 _callbacks = _CallbackPool(CALLBACK_THREADS)
+#: guards the few instructions that change a call's state, for every call (a lock per call
+#: was one more object per waiting call for the garbage collector to walk)
+_lock = threading.Lock()
 
 
 class Call(Generic[R]):
@@ -103,13 +106,15 @@ class Call(Generic[R]):
         self._send: Future[None] | None = None
         self._settled = Flag()
         self._done = Flag()
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[Call[R]], None]] = []
-        self._waiters: list[Callable[[], None]] = []
-        #: why notifications for this call were turned away (bad signature, bad schema)
-        self.rejected: list[str] = []
+        # made when first needed: with thousands of calls waiting, every object a call holds
+        # is walked again by each of the garbage collector's full collections
+        self._callbacks: list[Callable[[Call[R]], None]] | None = None
+        self._waiters: list[Callable[[], None]] | None = None
+        self._rejected: list[str] | None = None
         #: set by the app that sent the call: ``cancel(call_id)`` (see :meth:`cancel`)
         self._canceller: Callable[[str], None] | None = None
+        #: when the app's notification consumer stops waiting (``time.monotonic()``)
+        self._expires = 0.0
 
     def __repr__(self) -> str:
         return f"<Call {self.id} {self.task} {self.status}>"
@@ -130,10 +135,21 @@ class Call(Generic[R]):
         value: R = self._value
         return value
 
+    @property
+    def rejected(self) -> list[str]:
+        """Why notifications for this call were turned away (bad signature, bad schema)."""
+        return list(self._rejected or ())
+
+    def _reject(self, reason: str) -> None:
+        with _lock:
+            if self._rejected is None:
+                self._rejected = []
+            self._rejected.append(reason)
+
     def _timeout_message(self, timeout: float | None) -> str:
         message = (f"no result for call {self.id} of {self.task!r} within {timeout} s (status "
                    f"{self.status!r}); ")
-        rejected = list(self.rejected)
+        rejected = self.rejected
         if rejected:
             reasons = "; ".join(dict.fromkeys(rejected))
             message += (f"{len(rejected)} notification{'s' if len(rejected) > 1 else ''} for "
@@ -186,8 +202,10 @@ class Call(Generic[R]):
     def add_done_callback(self, fn: Callable[[Call[R]], None]) -> None:
         """Run ``fn(call)`` when the call settles, on a callback thread; at once, in this
         thread, if it settled already. An exception from ``fn`` is logged."""
-        with self._lock:
+        with _lock:
             if not self._settled.is_set():
+                if self._callbacks is None:
+                    self._callbacks = []
                 self._callbacks.append(fn)
                 return
         self._run_callback(fn)
@@ -201,16 +219,18 @@ class Call(Generic[R]):
                 with contextlib.suppress(RuntimeError):  # closed loop: nobody awaits any more
                     loop.call_soon_threadsafe(_resolve, future)
 
-            with self._lock:
+            with _lock:
                 waiting = not self._done.is_set()
                 if waiting:
+                    if self._waiters is None:
+                        self._waiters = []
                     self._waiters.append(wake)
             if waiting:
                 try:
                     yield from future.__await__()
                 finally:  # cancelled (asyncio.wait_for timed out) or woken: forget the waiter
-                    with self._lock:
-                        if wake in self._waiters:
+                    with _lock:
+                        if self._waiters is not None and wake in self._waiters:
                             self._waiters.remove(wake)
         return self.result(0)
 
@@ -237,7 +257,7 @@ class Call(Generic[R]):
 
     def _complete(self, value: Any, error: RemoteTaskError | PublishError | None, attempt: int,
                   worker: str | None) -> bool:
-        with self._lock:
+        with _lock:
             if self._settled.is_set():
                 return False
             self.attempt = attempt
@@ -248,7 +268,7 @@ class Call(Generic[R]):
             else:
                 self._error = error
                 self.status = "cancelled" if isinstance(error, CallCancelled) else "errored"
-            callbacks, self._callbacks = self._callbacks, []
+            callbacks, self._callbacks = self._callbacks, None
             self._settled.set()
         if callbacks:
             _callbacks.submit(lambda: self._finish(callbacks))
@@ -265,12 +285,12 @@ class Call(Generic[R]):
     def _finish(self, callbacks: list[Callable[[Call[R]], None]] | tuple[()]) -> None:
         for fn in callbacks:
             self._run_callback(fn)
-        with self._lock:
+        with _lock:
             if self._error is None:
                 self.status = "done"
             self._done.set()
-            waiters, self._waiters = self._waiters, []
-        for wake in waiters:
+            waiters, self._waiters = self._waiters, None
+        for wake in waiters or ():
             wake()
 
 

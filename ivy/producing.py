@@ -124,7 +124,7 @@ def prepare(
     body = encode_call(message, app.serializer, max_depth=app.max_depth,
                        max_bytes=app.max_message_bytes)
     call: Call[Any] = Call(message.id, name, target_queue)
-    call._canceller = app.cancel
+    call._canceller = app._canceller
     if callback is not None:
         call.add_done_callback(result_callback_adapter(callback))
     if registered is not None and registered.finished is not None:

@@ -60,7 +60,7 @@ class ResultConsumer:
         self._decode = decode
         self._on_stopped = on_stopped
         self._peek_id = peek_id
-        self._calls: dict[str, tuple[Call[Any], float]] = {}
+        self._calls: dict[str, Call[Any]] = {}  # each with its _expires
         self._lock = threading.Lock()
         self._retiring = False
         self._closing = threading.Event()
@@ -84,7 +84,8 @@ class ResultConsumer:
 
     def add(self, call: Call[Any]) -> None:
         with self._lock:
-            self._calls[call.id] = (call, time.monotonic() + self.pending_ttl)
+            call._expires = time.monotonic() + self.pending_ttl
+            self._calls[call.id] = call
 
     def forget(self, calls: list[Call[Any]]) -> None:
         with self._lock:
@@ -97,7 +98,7 @@ class ResultConsumer:
 
     def pending(self) -> list[Call[Any]]:
         with self._lock:
-            return [call for call, _ in self._calls.values()]
+            return list(self._calls.values())
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class ResultConsumer:
             with self._lock:
                 entry = self._calls.get(call_id) if isinstance(call_id, str) else None
             if entry is not None:
-                entry[0].rejected.append(exc.reason)
+                entry._reject(exc.reason)
             log.warning("notification consumer: ignoring a bad notification%s: %s",
                         f" for call {call_id}" if entry is not None else "", exc.reason)
             return
@@ -183,15 +184,15 @@ class ResultConsumer:
         if entry is None:
             return
         if note.final:
-            entry[0]._settle(note)
+            entry._settle(note)
         else:
-            entry[0]._running(note)
+            entry._running(note)
 
     def _sweep(self) -> None:
         now = time.monotonic()
         self._next_sweep = now + SWEEP_SECONDS
         with self._lock:
-            expired = [call for call, deadline in self._calls.values() if deadline <= now]
+            expired = [call for call in self._calls.values() if call._expires <= now]
             for call in expired:
                 del self._calls[call.id]
         for call in expired:
@@ -207,7 +208,7 @@ class ResultConsumer:
     def fail_pending(self, error_type: str, message: str) -> None:
         """Settle every pending call with a local error (the producer is closing)."""
         with self._lock:
-            calls = [call for call, _ in self._calls.values()]
+            calls = list(self._calls.values())
             self._calls.clear()
         for call in calls:
             call._settle(Notification(call.id, "errored", call.task, error={

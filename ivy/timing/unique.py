@@ -130,7 +130,7 @@ def _existing(app: Ivy, notifier: Notifier, call_id: str, name: str, queue: str
     if call is not None:
         return call
     call = Call(call_id, name, queue)
-    call._canceller = app.cancel
+    call._canceller = app._canceller
     app._current_results().add(call)
     known[call_id] = call
     _follower(app, notifier).follow(call)
