@@ -202,7 +202,7 @@ class SQLiteQueueBackend(QueueBackend):
         self._closed = False
         self.url = f"sqlite:///{self.db.path}"
         self.waker = WakeSender(self.db.wake_dir("q"))
-        self._sender = BatchSender(self._write, max_batch=1000, name="ivy-sqlite-send")
+        self._sender = BatchSender(self._write, max_batch=100, name="ivy-sqlite-send")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
