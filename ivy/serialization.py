@@ -44,21 +44,26 @@ _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 _CONTAINERS = (dict, list, tuple)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _check_keys(value: Any) -> None:
-    """The stdlib turns int keys into strings silently; refuse them instead."""
+    """The stdlib turns int keys into strings silently; refuse them instead. (Scalars are
+    told apart by their exact type first: the walk runs on every message and result.)"""
     stack = [value]
+    pop, push = stack.pop, stack.append
     while stack:
-        item = stack.pop()
+        item = pop()
         if isinstance(item, dict):
             for key in item:
                 if type(key) is not str and not isinstance(key, str):
                     raise TypeError(f"dict key {key!r} is not a string")
-            values = item.values()
+            values: Any = item.values()
         else:
             values = item
-        stack.extend(x for x in values if isinstance(x, _CONTAINERS))
+        for x in values:
+            if type(x) not in _SCALARS and isinstance(x, _CONTAINERS):
+                push(x)
 
 
 class JSONSerializer:

@@ -62,8 +62,10 @@ class BatchSender:
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"{self._name}: the queue backend is closed")
+            waiting = not self._items  # the thread waits only while there is nothing
             self._items.extend(items)
-            self._cond.notify()
+            if waiting:
+                self._cond.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
@@ -76,7 +78,8 @@ class BatchSender:
                 if not self._items:
                     self._thread = None
                     return
-                batch, self._items = self._items[:self._max], self._items[self._max:]
+                batch = self._items[:self._max]
+                del self._items[:self._max]  # in place: a long backlog is not copied
             try:
                 errors = self._write(batch)
             except BaseException as exc:
