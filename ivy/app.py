@@ -465,7 +465,10 @@ class Ivy(Registering):
             beat.stop()
         self._results.close("IvyClosed", f"{self!r} was closed before the result of this "
                             "call arrived; the task may still run")
-        for thing in reversed(self._owned):
+        # notifiers first: one that stores in the background (SQLite) acks what it stored
+        # on closing, through the queue backends, which must still be open then
+        owned = sorted(reversed(self._owned), key=lambda thing: not isinstance(thing, Notifier))
+        for thing in owned:
             try:
                 thing.close()
             except Exception:

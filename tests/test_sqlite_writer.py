@@ -295,3 +295,29 @@ def test_a_consumer_fetches_more_rows_at_a_time_while_tasks_are_quick(
         assert backend.size("q") == 400 - 92
     finally:
         backend.close()
+
+
+def test_an_app_closes_its_notifiers_before_its_queue_backends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A SQLite notifier closing writes what it holds and acks those messages through the
+    # queue backend, so that one must still be open: whatever order they were made in
+    import ivy
+
+    closed: list[str] = []
+    for queue_first in (True, False):
+        closed.clear()
+        queue_url = f"sqlite:///{tmp_path / f'q{queue_first}.db'}"
+        notifier_url = f"sqlite:///{tmp_path / f'n{queue_first}.db'}"
+        app = ivy.Ivy(queue_url, notifier_url)
+        if queue_first:
+            backend = app.queue_backend
+            notifier = app.start_notification_producer()
+        else:
+            notifier = app.start_notification_producer()
+            backend = app.queue_backend
+        for thing, name in ((backend, "queue"), (notifier, "notifier")):
+            real = thing.close
+            monkeypatch.setattr(thing, "close", lambda real=real, name=name: (
+                closed.append(name), real()))
+        app.close()
+        assert closed == ["notifier", "queue"], queue_first
