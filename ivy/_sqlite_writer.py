@@ -110,6 +110,11 @@ class Writer:
         """:meth:`submit`, and wait until the write is committed: raise the error that made
         the writer drop it, or :class:`TimeoutError` after ``timeout`` seconds (it may still be
         written later)."""
+        if threading.current_thread() is self._thread:  # from a then callback: it would
+            self._db.execute(sql, params)                 # wait for itself
+            if wake is not None:
+                wake.wake()
+            return
         item = _Write(sql, params, wake, None, Flag())
         self._put(item)
         assert item.done is not None

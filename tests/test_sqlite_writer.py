@@ -321,3 +321,18 @@ def test_an_app_closes_its_notifiers_before_its_queue_backends(
                 closed.append(name), real()))
         app.close()
         assert closed == ["notifier", "queue"], queue_first
+
+
+def test_a_then_callback_may_write_and_wait_itself(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # (a then callback that publishes a notification synchronously would otherwise wait for
+    # the writer thread it runs on)
+    db = Database(tmp_path / "self.db")
+    try:
+        db.writer.submit(INSERT, (b"first", 0.0), then=lambda: db.writer.write(
+            INSERT, (b"from then", 0.0), timeout=5))
+        assert db.writer.flush(10)
+        assert bodies(db) == [b"first", b"from then"]
+        assert "failed" not in caplog.text  # the write did not time out waiting for itself
+    finally:
+        db.close()
