@@ -127,7 +127,11 @@ class Writer:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every write submitted so far is committed (or dropped), and those that
         their ``then`` callbacks submit (a worker's acks after its results); False if that
-        took longer than ``timeout`` seconds. Returns at once when nothing is waiting."""
+        took longer than ``timeout`` seconds. Returns at once when nothing is waiting, and
+        False at once on the writer's own thread (a then callback), which cannot wait for
+        itself."""
+        if threading.current_thread() is self._thread:
+            return False
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             for _ in range(2):  # the writes, then what followed them
@@ -158,6 +162,8 @@ class Writer:
                 if item.error is None:
                     item.error = RuntimeError(f"SQLite database {self._db.path} was closed "
                                               "before this write was committed")
+                if item.done is not None:
+                    item.done.set()
             self._finish(left)
         if left:
             log.error("SQLite %s closed with %d writes not committed (a worker's acks and "
@@ -202,11 +208,9 @@ class Writer:
                 return
 
     def _finish(self, batch: list[_Write]) -> None:
-        """Count ``batch`` as finished and release whoever waits on it (``_cond`` held)."""
+        """Count ``batch`` as finished, for :meth:`flush` (``_cond`` held; the callers of
+        :meth:`write` were released already)."""
         self._finished += len(batch)
-        for item in batch:
-            if item.done is not None:
-                item.done.set()
         self._cond.notify_all()
 
     def _commit(self, batch: list[_Write]) -> tuple[list[_Write], list[_Write]]:

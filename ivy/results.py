@@ -171,22 +171,22 @@ class ResultConsumer:
         except MessageError as exc:
             call_id = exc.fields.get("id") or self._peek_id(body)
             with self._lock:
-                entry = self._calls.get(call_id) if isinstance(call_id, str) else None
-            if entry is not None:
-                entry._reject(exc.reason)
+                call = self._calls.get(call_id) if isinstance(call_id, str) else None
+            if call is not None:
+                call._reject(exc.reason)
             log.warning("notification consumer: ignoring a bad notification%s: %s",
-                        f" for call {call_id}" if entry is not None else "", exc.reason)
+                        f" for call {call_id}" if call is not None else "", exc.reason)
             return
         with self._lock:
-            entry = self._calls.get(note.id)
-            if entry is not None and note.final:
+            call = self._calls.get(note.id)
+            if call is not None and note.final:
                 del self._calls[note.id]
-        if entry is None:
+        if call is None:
             return
         if note.final:
-            entry._settle(note)
+            call._settle(note)
         else:
-            entry._running(note)
+            call._running(note)
 
     def _sweep(self) -> None:
         now = time.monotonic()

@@ -329,10 +329,15 @@ def test_a_then_callback_may_write_and_wait_itself(tmp_path: Path,
     # the writer thread it runs on)
     db = Database(tmp_path / "self.db")
     try:
+        flushed: list[bool] = []
         db.writer.submit(INSERT, (b"first", 0.0), then=lambda: db.writer.write(
             INSERT, (b"from then", 0.0), timeout=5))
+        # and a flush from there returns at once (False: it cannot wait for itself)
+        db.writer.submit(INSERT, (b"second", 0.0),
+                         then=lambda: flushed.append(db.writer.flush(None)))
         assert db.writer.flush(10)
-        assert bodies(db) == [b"first", b"from then"]
+        assert sorted(bodies(db)) == [b"first", b"from then", b"second"]
+        assert flushed == [False]
         assert "failed" not in caplog.text  # the write did not time out waiting for itself
     finally:
         db.close()
