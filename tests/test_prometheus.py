@@ -425,8 +425,11 @@ def test_ivy_worker_serves_its_metrics(folder: Path, sqlite_url: str,
             ("retried", "prom", "prom.boom"): 1.0,
             ("errored", "prom", "prom.boom"): 1.0,
             ("dead_lettered", "prom", "prom.boom"): 1.0})
+        # (the depth is a sample taken every few seconds: one taken while the five calls
+        # waited says 5 until the next)
+        wait_equal(lambda: series(port, "ivy_queue_messages"), {("prom",): 0.0},
+                   message="ivy_queue_messages")
         metrics = scrape(port)
-        assert metrics["ivy_queue_messages"] == {("prom",): 0.0}
         assert metrics["ivy_tasks_running"] == {("prom",): 0.0}
         assert metrics["ivy_task_duration_seconds_count"] == {
             ("prom", "prom.pid"): 5.0, ("prom", "prom.boom"): 2.0}
