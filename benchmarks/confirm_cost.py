@@ -19,16 +19,25 @@ Dramatiq publishes persistent messages without confirms. The question this answe
 of ivy's round trip against Dramatiq's is the price of knowing that the broker has the
 message.
 
+Two floor rows show the least any client can do on the same broker: bare pika + redis-py,
+one thread on each side, no hand-off (``floor_worker.py`` consumes, stores and publishes the
+result, acks; the producer publishes, then reads the result from its own Redis subscription on
+the same thread), persistent messages, with the publishing channel in confirm mode (confirms
+read after the result, never waited for) or not.
+
     BENCH_AMQP_URL=... BENCH_REDIS_URL=... python benchmarks/confirm_cost.py [--turns 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import signal
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,12 +81,55 @@ def ivy_variant(url: str, redis: str, persistent: bool, confirms: bool) -> Any:
     return app
 
 
+class Floor:
+    """A sequential round trip of bare pika + redis-py on ``floor_worker.py``'s queue."""
+
+    def __init__(self, amqp: str, redis_url: str, confirms: bool) -> None:
+        import pika
+        import redis
+
+        self.connection = pika.BlockingConnection(pika.URLParameters(amqp))
+        self.channel = self.connection.channel()
+        self.channel.queue_declare("bench_floor", durable=True)
+        if confirms:
+            # pika's blocking channel waits for each confirm; its asynchronous channel,
+            # underneath, takes them as they come (read after each result).
+            self.channel._impl.confirm_delivery(ack_nack_callback=lambda frame: None,
+                                                callback=lambda frame: None)
+            self.connection.process_data_events(0.2)
+        self.properties = pika.BasicProperties(delivery_mode=2,
+                                               content_type="application/json")
+        self.redis = redis.Redis.from_url(redis_url)
+        self.subscription = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.reply_to = f"floor:{uuid.uuid4().hex}"
+        self.subscription.subscribe(self.reply_to)
+        self.subscription.get_message(timeout=5)
+
+    def __call__(self, i: int) -> Any:
+        self.channel.basic_publish("", "bench_floor", json.dumps(
+            {"id": uuid.uuid4().hex, "reply_to": self.reply_to, "args": [i]}).encode(),
+            self.properties)
+        deadline = time.monotonic() + 30
+        while (message := self.subscription.get_message(timeout=30)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the floor worker sent no result within 30 s")
+        self.connection.process_data_events(0)
+        return json.loads(message["data"])["result"]
+
+    def close(self) -> None:
+        self.subscription.close()
+        self.redis.close()
+        self.connection.close()
+
+
 def main(turns: int, block: int) -> None:
     import bench_dramatiq_app
     import bench_tasks
-    from brokers import IVY_AMQP, REDIS, purge, start, stop
+    from brokers import AMQP, IVY_AMQP, REDIS, purge, start, stop
 
-    purge("bench", "bench.dead", "bench_dramatiq", "bench_dramatiq.DQ", "bench_dramatiq.XQ")
+    purge("bench", "bench.dead", "bench_dramatiq", "bench_dramatiq.DQ", "bench_dramatiq.XQ",
+          "bench_floor")
+    floor_worker = start([sys.executable, str(HERE / "floor_worker.py")], ready="ready")
     worker = start([sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench",
                     "--queue-url", IVY_AMQP, "--notifier-url", REDIS, "--concurrency", "4",
                     "--log-level", "WARNING"])
@@ -88,6 +140,9 @@ def main(turns: int, block: int) -> None:
     systems: dict[str, Callable[[int], Any]] = {
         name: (lambda a: lambda i: a.delayed_call(bench_tasks.noop, i).result(30))(app)
         for name, app in apps.items()}
+    floors = {"floor, persistent + confirms": Floor(AMQP, REDIS, confirms=True),
+              "floor, persistent, no confirms": Floor(AMQP, REDIS, confirms=False)}
+    systems.update(floors)
     systems["Dramatiq"] = lambda i: bench_dramatiq_app.noop.send(i).get_result(
         block=True, timeout=30_000)
     times: dict[str, list[float]] = {name: [] for name in systems}
@@ -109,16 +164,19 @@ def main(turns: int, block: int) -> None:
     finally:
         stop(worker)
         stop(dramatiq)
+        stop(floor_worker, signal.SIGINT)
+        for floor in floors.values():
+            floor.close()
         for app in apps.values():
             app.close(timeout=1)
     dramatiq_p50 = statistics.median(times["Dramatiq"])
     print(f"{turns} turns of {block} round trips each (first 5 of each block left out)")
-    print(f"| {'system':<26} | p50 ms | p90 ms | p50 / Dramatiq |")
-    print(f"| {'-' * 26} | -----: | -----: | -------------: |")
+    print(f"| {'system':<30} | p50 ms | p90 ms | p50 / Dramatiq |")
+    print(f"| {'-' * 30} | -----: | -----: | -------------: |")
     for name, values in times.items():
         p50 = statistics.median(values)
         p90 = statistics.quantiles(values, n=10)[-1]
-        print(f"| {name:<26} | {p50 * 1000:6.3f} | {p90 * 1000:6.3f} | "
+        print(f"| {name:<30} | {p50 * 1000:6.3f} | {p90 * 1000:6.3f} | "
               f"{p50 / dramatiq_p50:14.2f} |")
 
 

@@ -7,7 +7,7 @@ the result store starts and ends, the ack goes out; the confirm and the notifica
 producer; the caller has its result. Prints the median time of each stage after the call
 started, and the median of each step.
 
-    python benchmarks/stages.py [--n 1000]
+    python benchmarks/stages.py [--n 1000] [--transient]
 
 The stamps come from wrapping a few functions of pika, redis-py's notifier and ivy (the worker
 runs this file with ``--worker``); they cost a few microseconds each.
@@ -83,7 +83,7 @@ def worker_main(out: str, argv: list[str]) -> int:
     return main(argv)
 
 
-def producer_main(n: int) -> None:
+def producer_main(n: int, transient: bool) -> None:
     import bench_tasks
     from brokers import IVY_AMQP, REDIS, purge, start, stop
     from pika.channel import Channel
@@ -102,11 +102,12 @@ def producer_main(n: int) -> None:
     wrap(Channel, "basic_publish", before="published", stamp=stamp)
     wrap(_amqp_publisher.ConfirmedPublisher, "_confirmed", before="confirmed", stamp=stamp)
     purge("bench", "bench.dead")
+    url = f"{IVY_AMQP}{'&' if '?' in IVY_AMQP else '?'}persistent=false" if transient else IVY_AMQP
     out = str(Path(tempfile.mkdtemp()) / "worker-stamps.json")
     worker = start([sys.executable, str(Path(__file__).resolve()), "--worker", out, "worker",
-                    "bench_tasks", "--queue", "bench", "--queue-url", IVY_AMQP,
+                    "bench_tasks", "--queue", "bench", "--queue-url", url,
                     "--notifier-url", REDIS, "--concurrency", "4", "--log-level", "WARNING"])
-    app = ivy.Ivy(IVY_AMQP, REDIS)
+    app = ivy.Ivy(url, REDIS)
     app.registry.add(bench_tasks.noop)
     from ivy.results import ResultConsumer
 
@@ -151,4 +152,7 @@ if __name__ == "__main__":
         sys.exit(worker_main(sys.argv[2], sys.argv[3:]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1000)
-    producer_main(parser.parse_args().n)
+    parser.add_argument("--transient", action="store_true",
+                        help="send with ?persistent=false (transient messages, confirms kept)")
+    args = parser.parse_args()
+    producer_main(args.n, args.transient)
