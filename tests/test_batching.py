@@ -97,3 +97,63 @@ def test_a_send_that_fails_on_sqlite_fails_its_call(tmp_path: Path) -> None:
     with pytest.raises(ivy.PublishError):
         app.flush(5)
     app.close()
+
+
+def test_a_producer_that_finds_the_backlog_full_waits_for_the_next_batch() -> None:
+    # Given a sender whose write is held, with room for 3 waiting messages
+    gate, writing = threading.Event(), threading.Event()
+
+    def write(batch: list[Outgoing]) -> list[BaseException | None]:
+        writing.set()
+        gate.wait(10)
+        return [None] * len(batch)
+
+    sender = BatchSender(write, max_batch=3, max_backlog=3, name="test-send")
+    sender.submit(items(1))
+    assert writing.wait(10)
+    sender.submit(items(2, start=1))  # 2 waiting: room left, returns at once
+    # When a producer brings the backlog to 3
+    returned = threading.Event()
+    producer = threading.Thread(target=lambda: (sender.submit(items(1, start=3)),
+                                                returned.set()))
+    producer.start()
+    # Then it waits while the write is held, and goes on once the thread takes the batch
+    assert not returned.wait(0.2)
+    gate.set()
+    assert returned.wait(10)
+    producer.join(10)
+    sender.close()
+
+
+def test_the_senders_own_callbacks_and_close_never_wait_on_a_full_backlog() -> None:
+    gate, writing = threading.Event(), threading.Event()
+
+    def write(batch: list[Outgoing]) -> list[BaseException | None]:
+        writing.set()
+        gate.wait(10)
+        return [None] * len(batch)
+
+    sender = BatchSender(write, max_batch=1, max_backlog=1, name="test-send")
+    # A callback run by the sender thread sends again while the backlog is full
+    first, again = items(1), items(1, start=1)
+    first[0].future.add_done_callback(lambda _: sender.submit(again + items(3, start=2)))
+    sender.submit(first)
+    assert writing.wait(10)
+    blocked_done = threading.Event()
+    blocked = threading.Thread(target=lambda: (sender.submit(items(1, start=9)),
+                                               blocked_done.set()))
+    blocked.start()
+    assert not blocked_done.wait(0.1)  # a producer waits: the backlog is full
+    gate.set()
+    wait_for(lambda: again[0].future.done(), message="the callback's send")
+    assert again[0].future.result(0) is None
+    # close() lets a waiting producer go (its message written or failed, never lost)
+    sender.close()
+    assert blocked_done.wait(10)
+    blocked.join(10)
+
+
+def test_max_backlog_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_backlog=0"):
+        BatchSender(lambda batch: [None] * len(batch), max_batch=1, max_backlog=0,
+                    name="test-send")
