@@ -157,3 +157,25 @@ def test_max_backlog_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_backlog=0"):
         BatchSender(lambda batch: [None] * len(batch), max_batch=1, max_backlog=0,
                     name="test-send")
+
+
+def test_sqlite_batches_keep_every_message_in_order_with_its_own_fields(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ivy.queues.sqlite import SQLiteQueueBackend
+
+    # Given 250 messages handed over at once (written in statements of up to 100 rows)
+    backend = SQLiteQueueBackend(str(tmp_path / "ivy.db"))
+    futures = backend.send_many("q", [f"m{i}".encode() for i in range(250)], priority=3)
+    futures += backend.send_many("later", [b"d"], priority=1, delay=60.0)
+    for future in futures:
+        future.result(10)
+    backend.close()
+    # Then each is one row, in the order sent, with its own queue, priority and due time
+    conn = sqlite3.connect(tmp_path / "ivy.db")
+    rows = conn.execute("SELECT queue, body, priority, available_at - created FROM ivy_messages "
+                        "ORDER BY id").fetchall()
+    conn.close()
+    assert [(q, bytes(b), p) for q, b, p, _ in rows] == (
+        [("q", f"m{i}".encode(), 3) for i in range(250)] + [("later", b"d", 1)])
+    assert rows[0][3] == 0.0 and rows[-1][3] == pytest.approx(60.0)
