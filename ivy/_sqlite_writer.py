@@ -15,6 +15,14 @@ crash can lose both (the message is delivered again once its lease ends, the tas
 the first result wins) but never the result alone. This holds for the writes of one
 :class:`ivy._sqlite.Database`; backends on one file share one (``Database.shared``).
 
+A write of many alike (:class:`Rows`: a worker's results, its acks) is merged with the others
+of its kind in the same transaction into statements of up to :data:`MAX_ROWS` rows. One
+statement per row let go of the GIL at every step, and the writer thread, holding the file's
+write lock, then waited to get it back from the executor thread, busy running tasks (up to a
+switch interval each time): merged, a commit of ~75 writes takes a handful of steps. Such
+writes must commute with every write but those of their own kind (they are moved next to the
+first one of their kind in the transaction): rows keyed by their own id do.
+
 After each commit the thread pokes the wake-ups the writes asked for (each once) and then runs
 their ``then`` callbacks (a worker's ack, given after its result is stored), in order; an
 exception in one is logged and the next runs. A commit that fails for want of the lock, the
@@ -30,11 +38,13 @@ their leases end).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ivy._flags import Flag
@@ -48,6 +58,9 @@ log = logging.getLogger("ivy.sqlite")
 MAX_BATCH = 2000
 #: Longest pause between tries of a commit that failed for want of the lock, disk or memory.
 MAX_PAUSE = 1.0
+#: Most rows in one merged statement (see :class:`Rows`; under SQLite's old limit of 999
+#: parameters for rows of up to 15 values).
+MAX_ROWS = 64
 
 
 #: SQLite's primary result codes of failures that pass: busy or locked, out of memory, I/O
@@ -64,6 +77,28 @@ def transient(exc: sqlite3.Error) -> bool:
     return code & 0xFF in TRANSIENT_CODES
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A write statement that takes any number of rows: ``template`` has ``{rows}`` where
+    they go, each written as ``row`` (its placeholders, such as ``"(?, ?)"``). Writes of one
+    :class:`Rows` committed together become one statement (see the module docstring)."""
+
+    template: str
+    row: str
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - few instances, each for good
+    def many(self, n: int) -> str:
+        """The statement for ``n`` rows."""
+        return self.template.format(rows=", ".join([self.row] * n))
+
+
+Statement = str | Rows
+
+
+def _one(statement: Statement) -> str:
+    return statement.many(1) if isinstance(statement, Rows) else statement
+
+
 class Wakes(Protocol):
     """What a write pokes once it is committed (:class:`ivy._sqlite_wake.WakeSender`)."""
 
@@ -73,7 +108,7 @@ class Wakes(Protocol):
 class _Write:
     __slots__ = ("done", "error", "params", "sql", "then", "wake")
 
-    def __init__(self, sql: str, params: tuple[Any, ...], wake: Wakes | None,
+    def __init__(self, sql: Statement, params: tuple[Any, ...], wake: Wakes | None,
                  then: Callable[[], None] | None, done: Flag | None) -> None:
         self.sql = sql
         self.params = params
@@ -97,7 +132,7 @@ class Writer:
         self._closed = False
         self._deadline = 0.0  # while closing: when to give up on what is left
 
-    def submit(self, sql: str, params: tuple[Any, ...] = (), *,
+    def submit(self, sql: Statement, params: tuple[Any, ...] = (), *,
                wake: Wakes | None = None,
                then: Callable[[], None] | None = None) -> None:
         """Commit one write statement soon, after every write submitted before it; then poke
@@ -105,13 +140,13 @@ class Writer:
         writer thread."""
         self._put(_Write(sql, params, wake, then, None))
 
-    def write(self, sql: str, params: tuple[Any, ...] = (), *,
+    def write(self, sql: Statement, params: tuple[Any, ...] = (), *,
               wake: Wakes | None = None, timeout: float | None = None) -> None:
         """:meth:`submit`, and wait until the write is committed: raise the error that made
         the writer drop it, or :class:`TimeoutError` after ``timeout`` seconds (it may still be
         written later)."""
         if threading.current_thread() is self._thread:  # from a then callback: it would
-            self._db.execute(sql, params)                 # wait for itself
+            self._db.execute(_one(sql), params)           # wait for itself
             if wake is not None:
                 wake.wake()
             return
@@ -228,8 +263,8 @@ class Writer:
             try:
                 conn = db.conn()
                 with db.write(conn):
-                    for item in chunk:
-                        conn.execute(item.sql, item.params)
+                    for sql, params in _statements(chunk):
+                        conn.execute(sql, params)
             except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: closed under us
                 if isinstance(exc, sqlite3.Error) and not transient(exc):
                     if not alone:
@@ -238,7 +273,7 @@ class Writer:
                     item = pending.pop(0)
                     item.error = exc
                     log.error("SQLite %s: a write failed and was dropped (%s): %s", db.path,
-                              exc, item.sql.split("(")[0].strip())
+                              exc, _one(item.sql).split("(")[0].strip())
                     continue
                 if isinstance(exc, RuntimeError) or (
                         self._closing and time.monotonic() >= self._deadline):
@@ -273,3 +308,45 @@ class Writer:
                 except Exception:
                     log.exception("SQLite %s: what was to follow a write failed",
                                   self._db.path)
+
+
+def _statements(chunk: list[_Write]) -> list[tuple[str, Any]]:
+    """The statements that commit ``chunk``: each write alone, but those of one :class:`Rows`
+    merged, at the place of the first of them, up to :data:`MAX_ROWS` per statement."""
+    plan: list[tuple[Statement, list[Any]]] = []
+    kinds: dict[Rows, list[Any]] = {}
+    for item in chunk:
+        if isinstance(item.sql, Rows):
+            rows = kinds.get(item.sql)
+            if rows is None:
+                rows = kinds[item.sql] = []
+                plan.append((item.sql, rows))
+            rows.append(item.params)
+        else:
+            plan.append((item.sql, [item.params]))
+    statements: list[tuple[str, Any]] = []
+    for sql, params in plan:
+        if not isinstance(sql, Rows):
+            statements.append((sql, params[0]))
+            continue
+        start = 0
+        for size in chunk_sizes(len(params), MAX_ROWS):
+            part = params[start:start + size]
+            start += size
+            statements.append((sql.many(size), [value for row in part for value in row]))
+    return statements
+
+
+def chunk_sizes(n: int, most: int) -> list[int]:
+    """``n`` split into powers of two of at most ``most`` (a power of two), largest first:
+    a few statement texts, each prepared once per connection and then reused from the
+    ``sqlite3`` module's statement cache (128 per connection), instead of one per size."""
+    sizes = [most] * (n // most)
+    n %= most
+    size = most
+    while n:
+        size //= 2
+        if n >= size:
+            sizes.append(size)
+            n -= size
+    return sizes

@@ -13,12 +13,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import wait_for
 from workers import producer_app, start_worker
 
+from ivy import _sqlite_writer as writer_module
 from ivy._sqlite import Database
+from ivy._sqlite_writer import Rows, chunk_sizes
 from ivy.notifiers.sqlite import SQLiteNotifier
 from ivy.queues.sqlite import SQLiteQueueBackend
 
@@ -145,6 +148,67 @@ def test_a_write_that_fails_by_itself_is_dropped_and_the_others_go_on(
             db.writer.write("INSERT INTO no_such_table VALUES (?)", (2,), timeout=10)
     finally:
         db.close()
+
+
+def test_writes_of_one_kind_are_merged_in_statements_of_few_sizes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    executed: list[str] = []
+    plan = writer_module._statements
+
+    def recorded(chunk: list[Any]) -> list[tuple[str, Any]]:
+        statements = plan(chunk)
+        executed.extend(sql for sql, _ in statements)
+        return statements
+
+    monkeypatch.setattr(writer_module, "_statements", recorded)
+    db = Database(tmp_path / "m.db")
+    rows = Rows("INSERT INTO ivy_events (body, created) VALUES {rows}", "(?, ?)")
+    try:
+        with write_lock(db.path):  # everything below goes in one batch
+            db.writer.submit(INSERT, (b"first", 0.0))  # not of the kind: stays first
+            for i in range(75):
+                db.writer.submit(rows, (f"r{i}".encode(), 0.0))
+                if i == 0:
+                    db.writer.submit(INSERT, (b"between", 0.0))
+        assert db.writer.flush(10)
+    finally:
+        db.close()
+    # Then the 75 go in 4 statements (64, 8, 2 and 1 rows) at the place of the first of them
+    assert executed == [INSERT, rows.many(64), rows.many(8), rows.many(2), rows.many(1), INSERT]
+    assert executed[1].count("(?, ?)") == 64
+    # and in order, every row there
+    check = Database(tmp_path / "m.db")
+    try:
+        assert bodies(check) == [b"first", *(f"r{i}".encode() for i in range(75)), b"between"]
+    finally:
+        check.close()
+    assert [n for n in (0, 1, 63, 64, 65, 200) if sum(chunk_sizes(n, 64)) != n] == []
+
+
+def test_a_stale_ack_merged_with_others_deletes_only_its_own_lease(tmp_path: Path) -> None:
+    backend = SQLiteQueueBackend(str(tmp_path / "a.db"))
+    try:
+        for body in (b"a", b"b", b"c"):
+            backend.publish("q", body)
+        consumer = backend.consume("q", prefetch=3, reserve_time=30.0)
+        deliveries = [consumer.get(5) for _ in range(3)]
+        assert all(d is not None for d in deliveries)
+        a, b, c = deliveries
+        assert a is not None and b is not None and c is not None
+        # Given c's lease taken over by someone else (its lease ran out, another worker
+        # fetched it: a new token)
+        backend.db.execute("UPDATE ivy_messages SET token = 'other' WHERE body = ?", (b"c",))
+        # When the three acks are committed together, in one statement
+        with write_lock(backend.db.path):
+            for delivery in (a, b, c):
+                delivery.ack()
+        backend.db.flush_writes(10)
+        # Then a and b are gone, and c, held by the other lease, stays
+        rows = backend.db.conn().execute("SELECT body FROM ivy_messages").fetchall()
+        assert [bytes(r[0]) for r in rows] == [b"c"]
+        consumer.close()
+    finally:
+        backend.close()
 
 
 def test_a_raising_then_does_not_stop_the_writer(tmp_path: Path,

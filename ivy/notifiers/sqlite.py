@@ -26,7 +26,13 @@ from typing import Any, Self
 
 from ivy._sqlite import POLL_INTERVAL, Database
 from ivy._sqlite_wake import WakeListener, WakeSender
+from ivy._sqlite_writer import Rows
 from ivy.notifiers.base import Notifier, Subscription, gcra_step
+
+#: A notification (one statement for many, through the writer thread; a second final one
+#: of a call is ignored: the first result wins).
+_INSERT = Rows("INSERT OR IGNORE INTO ivy_notifications (channel, call_id, body, final, "
+               "created) VALUES {rows}", "(?, ?, ?, ?, ?)")
 
 PRUNE_EVERY = 60.0
 #: Longest publish() waits for the writer thread to commit its notification.
@@ -154,10 +160,8 @@ class SQLiteNotifier(Notifier):
 
     @staticmethod
     def _insert(channel: str, call_id: str, body: bytes, final: bool
-                ) -> tuple[str, tuple[Any, ...]]:
-        return ("INSERT OR IGNORE INTO ivy_notifications (channel, call_id, body, final, "
-                "created) VALUES (?, ?, ?, ?, ?)", (channel, call_id, body, int(final),
-                                                    time.time()))
+                ) -> tuple[Rows, tuple[Any, ...]]:
+        return _INSERT, (channel, call_id, body, int(final), time.time())
 
     def _prune(self) -> None:
         now = time.time()

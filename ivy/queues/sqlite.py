@@ -34,7 +34,6 @@ tasks/s).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import secrets
@@ -47,6 +46,7 @@ from typing import Any, Self
 
 from ivy._sqlite import POLL_INTERVAL, Database
 from ivy._sqlite_wake import WakeListener, WakeSender
+from ivy._sqlite_writer import Rows, chunk_sizes
 from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
 
@@ -57,11 +57,15 @@ FETCH_GROWTH = 8
 _clock = time.monotonic  # what consumers time their batches with (tests replace it)
 
 
-@functools.lru_cache(maxsize=128)
-def _insert_rows(n: int) -> str:
-    """An INSERT of ``n`` messages in one statement (5 parameters each)."""
-    rows = ", ".join(["(?, ?, ?, ?, ?)"] * n)
-    return f"INSERT INTO ivy_messages (queue, body, priority, available_at, created) VALUES {rows}"  # noqa: S608 - only placeholders
+#: An ack: the rows whose id and lease token match (one statement for many, through the
+#: writer thread; looked up by id, whatever SQLite's version).
+_ACK = Rows("DELETE FROM ivy_messages WHERE id IN (SELECT m.id FROM (VALUES {rows}) AS v "
+            "JOIN ivy_messages AS m ON m.id = v.column1 AND m.token = v.column2)", "(?, ?)")
+
+
+#: Messages sent (one statement for many: see ``_write``).
+_INSERT = Rows("INSERT INTO ivy_messages (queue, body, priority, available_at, created) "
+               "VALUES {rows}", "(?, ?, ?, ?, ?)")
 
 
 def _micros(stamp: float) -> int:
@@ -88,8 +92,7 @@ class SQLiteDelivery(Delivery):
 
     def _ack(self) -> None:
         """Handed to the database's writer thread (see the module docstring)."""
-        self._backend.db.writer.submit(
-            "DELETE FROM ivy_messages WHERE id = ? AND token = ?", (self._id, self._token))
+        self._backend.db.writer.submit(_ACK, (self._id, self._token))
 
     def _retry(self, delay: float, body: bytes | None) -> None:
         self._backend.db.execute(
@@ -248,16 +251,19 @@ class SQLiteQueueBackend(QueueBackend):
         return self._sender.send(queue, bodies, priority=priority, delay=delay, route=route)
 
     def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
-        """One statement for the whole batch (up to the sender's 100 rows): SQLite inserts
+        """Few statements for the whole batch (up to 100 rows: 64 + 32 + 4): SQLite inserts
         them without the GIL, while the producer goes on. ``executemany`` stepped once per
         row, and each step let go of the GIL and waited to get it back from the producer's
         thread (a switch interval when that thread was busy sending)."""
         now = time.time()
-        params: list[Any] = []
-        for i in batch:
-            params += (i.queue, i.body, i.priority, now + max(i.delay, 0.0), now)
         with self.db.write() as conn:
-            conn.execute(_insert_rows(len(batch)), params)
+            start = 0
+            for size in chunk_sizes(len(batch), 64):
+                params: list[Any] = []
+                for i in batch[start:start + size]:
+                    params += (i.queue, i.body, i.priority, now + max(i.delay, 0.0), now)
+                start += size
+                conn.execute(_INSERT.many(size), params)
         self.waker.wake()
         return [None] * len(batch)
 
