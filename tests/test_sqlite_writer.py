@@ -160,28 +160,32 @@ def test_writes_of_one_kind_are_merged_in_statements_of_few_sizes(
         executed.extend(sql for sql, _ in statements)
         return statements
 
-    monkeypatch.setattr(writer_module, "_statements", recorded)
     db = Database(tmp_path / "m.db")
     rows = Rows("INSERT INTO ivy_events (body, created) VALUES {rows}", "(?, ?)")
     try:
-        with write_lock(db.path):  # everything below goes in one batch
-            db.writer.submit(INSERT, (b"first", 0.0))  # not of the kind: stays first
-            for i in range(75):
-                db.writer.submit(rows, (f"r{i}".encode(), 0.0))
-                if i == 0:
-                    db.writer.submit(INSERT, (b"between", 0.0))
+        # Given the writer thread held in the then callback of a first write
+        held, gate = threading.Event(), threading.Event()
+        db.writer.submit(INSERT, (b"gate", 0.0), then=lambda: (held.set(), gate.wait(10)))
+        assert held.wait(10)
+        monkeypatch.setattr(writer_module, "_statements", recorded)
+        # When 75 writes of one kind come, and two others (everything in the next batch)
+        db.writer.submit(INSERT, (b"first", 0.0))  # not of the kind: stays first
+        for i in range(75):
+            db.writer.submit(rows, (f"r{i}".encode(), 0.0))
+            if i == 0:
+                db.writer.submit(INSERT, (b"between", 0.0))
+        gate.set()
         assert db.writer.flush(10)
+        # Then the 75 go in 4 statements (64, 8, 2 and 1 rows) at the place of the first
+        assert executed == [INSERT, rows.many(64), rows.many(8), rows.many(2), rows.many(1),
+                            INSERT]
+        assert executed[1].count("(?, ?)") == 64
+        # and in order, every row there
+        assert bodies(db) == [b"gate", b"first", *(f"r{i}".encode() for i in range(75)),
+                              b"between"]
     finally:
+        gate.set()
         db.close()
-    # Then the 75 go in 4 statements (64, 8, 2 and 1 rows) at the place of the first of them
-    assert executed == [INSERT, rows.many(64), rows.many(8), rows.many(2), rows.many(1), INSERT]
-    assert executed[1].count("(?, ?)") == 64
-    # and in order, every row there
-    check = Database(tmp_path / "m.db")
-    try:
-        assert bodies(check) == [b"first", *(f"r{i}".encode() for i in range(75)), b"between"]
-    finally:
-        check.close()
     assert [n for n in (0, 1, 63, 64, 65, 200) if sum(chunk_sizes(n, 64)) != n] == []
 
 
@@ -198,11 +202,15 @@ def test_a_stale_ack_merged_with_others_deletes_only_its_own_lease(tmp_path: Pat
         # Given c's lease taken over by someone else (its lease ran out, another worker
         # fetched it: a new token)
         backend.db.execute("UPDATE ivy_messages SET token = 'other' WHERE body = ?", (b"c",))
-        # When the three acks are committed together, in one statement
-        with write_lock(backend.db.path):
-            for delivery in (a, b, c):
-                delivery.ack()
-        backend.db.flush_writes(10)
+        # When the three acks are committed together, in one statement (the writer thread
+        # held meanwhile in the then callback of another write)
+        held, gate = threading.Event(), threading.Event()
+        backend.db.writer.submit("SELECT 1", (), then=lambda: (held.set(), gate.wait(10)))
+        assert held.wait(10)
+        for delivery in (a, b, c):
+            delivery.ack()
+        gate.set()
+        assert backend.db.flush_writes(10)
         # Then a and b are gone, and c, held by the other lease, stays
         rows = backend.db.conn().execute("SELECT body FROM ivy_messages").fetchall()
         assert [bytes(r[0]) for r in rows] == [b"c"]
