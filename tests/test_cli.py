@@ -51,7 +51,7 @@ def test_worker_call_wait_and_inspect(sqlite_url: str) -> None:
         wait_for(lambda: backend.dead_letters("proc"), message="the unknown task's dead letter")
         backend.close()
         # ivy inspect shows sizes and dead letters with their reasons
-        out = run("inspect", "--queue-url", sqlite_url)
+        out = run("inspect", "--queue-url", sqlite_url, "--notifier-url", sqlite_url)
         assert out.returncode == 0, out.stderr
         assert "proc: 0 waiting or running, 1 dead letter(s) shown" in out.stdout
         assert "unknown task 'proc.unknown' on queue 'proc'" in out.stdout
