@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_for
 
 import ivy
-from ivy.queues._batching import BatchSender, Outgoing
+from ivy.queues._batching import BatchSender, Outgoing, Writer
 
 
 def items(n: int, start: int = 0) -> list[Outgoing]:
@@ -99,8 +99,8 @@ def test_a_send_that_fails_on_sqlite_fails_its_call(tmp_path: Path) -> None:
     app.close()
 
 
-def test_a_producer_that_finds_the_backlog_full_waits_for_the_next_batch() -> None:
-    # Given a sender whose write is held, with room for 3 waiting messages
+def held_write() -> tuple[Writer, threading.Event, threading.Event]:
+    """A write that sets ``writing`` when it starts, then waits for ``gate``."""
     gate, writing = threading.Event(), threading.Event()
 
     def write(batch: list[Outgoing]) -> list[BaseException | None]:
@@ -108,6 +108,12 @@ def test_a_producer_that_finds_the_backlog_full_waits_for_the_next_batch() -> No
         gate.wait(10)
         return [None] * len(batch)
 
+    return write, gate, writing
+
+
+def test_a_producer_that_finds_the_backlog_full_waits_for_the_next_batch() -> None:
+    # Given a sender whose write is held, with room for 3 waiting messages
+    write, gate, writing = held_write()
     sender = BatchSender(write, max_batch=3, max_backlog=3, name="test-send")
     sender.submit(items(1))
     assert writing.wait(10)
@@ -126,13 +132,7 @@ def test_a_producer_that_finds_the_backlog_full_waits_for_the_next_batch() -> No
 
 
 def test_the_senders_own_callbacks_and_close_never_wait_on_a_full_backlog() -> None:
-    gate, writing = threading.Event(), threading.Event()
-
-    def write(batch: list[Outgoing]) -> list[BaseException | None]:
-        writing.set()
-        gate.wait(10)
-        return [None] * len(batch)
-
+    write, gate, writing = held_write()
     sender = BatchSender(write, max_batch=1, max_backlog=1, name="test-send")
     # A callback run by the sender thread sends again while the backlog is full
     first, again = items(1), items(1, start=1)
