@@ -43,7 +43,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -90,6 +90,17 @@ class Rows:
     def many(self, n: int) -> str:
         """The statement for ``n`` rows."""
         return self.template.format(rows=", ".join([self.row] * n))
+
+    def statements(self, rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[Any]]]:
+        """The statements that write ``rows`` (each its values), in order: up to
+        :data:`MAX_ROWS` rows each, in the sizes of :func:`chunk_sizes`."""
+        out: list[tuple[str, list[Any]]] = []
+        start = 0
+        for size in chunk_sizes(len(rows), MAX_ROWS):
+            out.append((self.many(size),
+                        [value for row in rows[start:start + size] for value in row]))
+            start += size
+        return out
 
 
 Statement = str | Rows
@@ -326,14 +337,10 @@ def _statements(chunk: list[_Write]) -> list[tuple[str, Any]]:
             plan.append((item.sql, [item.params]))
     statements: list[tuple[str, Any]] = []
     for sql, params in plan:
-        if not isinstance(sql, Rows):
+        if isinstance(sql, Rows):
+            statements.extend(sql.statements(params))
+        else:
             statements.append((sql, params[0]))
-            continue
-        start = 0
-        for size in chunk_sizes(len(params), MAX_ROWS):
-            part = params[start:start + size]
-            start += size
-            statements.append((sql.many(size), [value for row in part for value in row]))
     return statements
 
 

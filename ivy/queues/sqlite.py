@@ -46,7 +46,7 @@ from typing import Any, Self
 
 from ivy._sqlite import POLL_INTERVAL, Database
 from ivy._sqlite_wake import WakeListener, WakeSender
-from ivy._sqlite_writer import Rows, chunk_sizes
+from ivy._sqlite_writer import Rows
 from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
 
@@ -256,14 +256,10 @@ class SQLiteQueueBackend(QueueBackend):
         row, and each step let go of the GIL and waited to get it back from the producer's
         thread (a switch interval when that thread was busy sending)."""
         now = time.time()
+        rows = [(i.queue, i.body, i.priority, now + max(i.delay, 0.0), now) for i in batch]
         with self.db.write() as conn:
-            start = 0
-            for size in chunk_sizes(len(batch), 64):
-                params: list[Any] = []
-                for i in batch[start:start + size]:
-                    params += (i.queue, i.body, i.priority, now + max(i.delay, 0.0), now)
-                start += size
-                conn.execute(_INSERT.many(size), params)
+            for sql, params in _INSERT.statements(rows):
+                conn.execute(sql, params)
         self.waker.wake()
         return [None] * len(batch)
 
