@@ -101,19 +101,39 @@ class Recorder:
                             exc_info=True)
                 time.sleep(min(0.1 * 2 ** attempt, 2.0))
 
-    def rejected(self, reason: str, fields: dict[str, Any]) -> None:
+    def rejected(self, reason: str, fields: dict[str, Any], message: Message | None = None,
+                 then: Callable[[], None] | None = None) -> None:
         """Tell the producer of a dead-lettered message why, when its ``reply_to`` and ``id``
-        could be read (``fields``); a failure is logged."""
+        could be read (``fields``); a failure is logged. ``then`` (the dead letter) follows
+        once the notification is stored, or at once when there is none to send or sending it
+        failed. A decoded ``message`` lets go of its unique key (a rejected call never runs:
+        the next send of its key sends again)."""
+        if message is not None:
+            unique.release(self.notifier, message, at_once=True)
         reply_to, call_id = fields.get("reply_to"), fields.get("id")
         if self.notifier is None or not isinstance(reply_to, str) or not isinstance(call_id, str):
+            if then is not None:
+                then()
             return
         note = Notification(call_id, "errored", fields.get("name"), worker=self.worker,
                             error={"type": "MessageRejected", "message": reason, "traceback": ""})
+        followed = False
+
+        def after() -> None:
+            nonlocal followed
+            followed = True
+            if then is not None:
+                then()
+
         try:
-            self.notifier.publish(reply_to, call_id, self.body(note), final=True)
+            self.notifier.publish_then(reply_to, call_id, self.body(note), final=True,
+                                       then=after)
         except Exception:
+            if followed:  # the dead letter itself failed: the message comes back
+                raise
             log.exception("worker: notifying the producer of rejected message %s failed",
                           call_id)
+            after()
 
     def final_body(self, message: Message, note: Notification) -> bytes:
         """Encode a final notification within the limits its producer applies when decoding

@@ -12,7 +12,9 @@ outcome rules, apart from its threads (:mod:`ivy.worker`).
 A message is acknowledged only after its outcome was recorded: if recording raises, the worker
 returns the message to the queue and the task runs again later. The ack is handed to the
 recorder as what follows a stored outcome (:meth:`ivy.outcomes.Recorder.record`): a notifier
-that stores in the background (SQLite) acks from its own thread after its commit.
+that stores in the background (SQLite) acks from its own thread after its commit. A dead
+letter follows the stored outcome the same way, so that a worker killed in between leaves the
+message to run again, never a dead letter without its result.
 """
 
 from __future__ import annotations
@@ -67,22 +69,30 @@ class Settler:
             log.info("task %s [%s] failed: %s: %s", message.name, message.id, error["type"],
                      error["message"])
             return
-        self.recorder.record(message, self.recorder.errored(message, error))
         reason = (f"task {message.name!r} failed {message.attempt + 1} times; last error "
                   f"{error['type']}: {error['message']}")
-        delivery.dead_letter(reason)
-        if middleware:
-            middleware.on_dead_letter(message, reason)
+
+        def dead_letter() -> None:  # once the error is stored, never before (a crash in
+            delivery.dead_letter(reason)  # between would leave a dead letter and no result)
+            if middleware:
+                middleware.on_dead_letter(message, reason)
+
+        self.recorder.record(message, self.recorder.errored(message, error), then=dead_letter)
         log.error("task %s [%s] failed after %d attempts; dead-lettered: %s: %s",
                   message.name, message.id, message.attempt + 1, error["type"],
                   error["message"])
 
     def reject(self, delivery: Delivery, reason: str, fields: dict[str, Any],
                message: Message | None = None) -> None:
-        """Dead-letter a message that cannot run, and tell its producer when we can."""
+        """Dead-letter a message that cannot run, and tell its producer when we can: the dead
+        letter follows the producer's notification once it is stored (or failed to be)."""
         log.error("worker %s: dead-lettering a message from %s: %s", self.worker,
                   delivery.queue, reason)
-        self.recorder.rejected(reason, fields)
-        delivery.dead_letter(reason)
-        if self.middleware:
-            self.middleware.on_dead_letter(message, reason)
+        middleware = self.middleware
+
+        def dead_letter() -> None:
+            delivery.dead_letter(reason)
+            if middleware:
+                middleware.on_dead_letter(message, reason)
+
+        self.recorder.rejected(reason, fields, message, then=dead_letter)

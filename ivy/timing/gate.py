@@ -177,5 +177,4 @@ class Gate:
                  "while it ran" if running else "before it ran")
         self.recorder.record(message, cancelled_notification(
             message.id, message.name, attempt=message.attempt, worker=self.worker,
-            running=running))
-        delivery.ack()
+            running=running), then=delivery.ack)

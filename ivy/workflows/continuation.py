@@ -92,34 +92,40 @@ class WorkflowRecorder(Recorder):
 
     def record(self, message: Message, note: Notification,
                then: Callable[[], None] | None = None) -> None:
+        """Record a plain call as :class:`ivy.outcomes.Recorder` does; continue a workflow
+        step (see the module). ``then`` (the ack, or the dead letter) follows once what the
+        step leads to is kept: the next steps sent, the group member recorded, or the
+        workflow's final notification stored."""
         flow = workflow_of(message)
         if flow is None:
             super().record(message, note, then)
             return
         if note.status == "successful":
-            self._step_succeeded(message, flow, note.result)
+            self._step_succeeded(message, flow, note.result, then)
         elif note.status == "cancelled":  # ivy.timing: the workflow (or this step) cancelled
             self._final(message, flow, Notification(
                 str(flow["id"]), "cancelled", message.name, error=note.error,
-                attempt=message.attempt, worker=self.worker))
+                attempt=message.attempt, worker=self.worker), then)
         else:
             self._fail(message, flow, note.error or {"type": "Error", "message": "",
-                                                     "traceback": ""})
-        if then is not None:  # a workflow step's outcome is kept by now
-            then()
+                                                     "traceback": ""}, then)
 
-    def rejected(self, reason: str, fields: dict[str, Any]) -> None:
+    def rejected(self, reason: str, fields: dict[str, Any], message: Message | None = None,
+                 then: Callable[[], None] | None = None) -> None:
         flow = fields.get("workflow")
         if not isinstance(flow, dict):
-            super().rejected(reason, fields)
+            super().rejected(reason, fields, message, then)
             return
         step = Message(id=str(fields.get("id")), name=str(fields.get("name")), args=[])
         try:
             self._fail(step, flow, {"type": "MessageRejected", "message": reason,
-                                    "traceback": ""})
+                                    "traceback": ""}, then)
+            return
         except Exception:
             log.exception("worker: failing workflow %s after a rejected step failed",
                           flow.get("id"))
+        if then is not None:
+            then()
 
     # -- continuing ---------------------------------------------------------------------------
 
@@ -130,13 +136,15 @@ class WorkflowRecorder(Recorder):
     def _loads(self, stored: bytes) -> Any:
         return self.serializer.loads(stored)[0]
 
-    def _step_succeeded(self, message: Message, flow: dict[str, Any], value: Any) -> None:
+    def _step_succeeded(self, message: Message, flow: dict[str, Any], value: Any,
+                        then: Callable[[], None] | None) -> None:
         store = self._store()
         try:
             encoded = self._dumps(value)
         except SerializationError as exc:
             self._fail(message, flow, {"type": "SerializationError", "traceback": "",
-                                       "message": f"the result cannot be passed on: {exc}"})
+                                       "message": f"the result cannot be passed on: {exc}"},
+                       then)
             return
         inserted, _ = store.workflow_record(STEP_KEY + message.id, 0, encoded, STEP_TTL)
         if not inserted:  # a copy of this step finished first: its result goes on
@@ -145,19 +153,21 @@ class WorkflowRecorder(Recorder):
         while True:
             if cont["next"]:
                 rest = {"next": cont["next"][1:], "join": cont["join"]}
-                self._send(message, flow, start(cont["next"][0], [value], rest, flow))
+                self._send(message, flow, start(cont["next"][0], [value], rest, flow), then)
                 return
             join = cont["join"]
             if join is None:
                 self._final(message, flow, Notification(
                     flow["id"], "successful", message.name, result=value,
-                    attempt=message.attempt, worker=self.worker))
+                    attempt=message.attempt, worker=self.worker), then)
                 return
             key = GROUP_KEY + str(join["group"])
             _, count = store.workflow_record(key, int(join["index"]),
                                              self._dumps(value), WORKFLOW_TTL)
             size = int(join["size"])
             if count < size:
+                if then is not None:  # the member is recorded
+                    then()
                 return
             # complete: this worker goes on (a re-run of any member may go on again: the
             # next messages keep their ids, and the final result is stored first wins)
@@ -167,9 +177,10 @@ class WorkflowRecorder(Recorder):
             log.debug("workflow %s: group %s complete (%d members); next: %s", flow["id"],
                       join["group"], size, describe(cont))
 
-    def _send(self, message: Message, flow: dict[str, Any], messages: list[Message]) -> None:
-        """Publish the next messages (grouped by queue and priority) before the current one
-        is acknowledged; a next message that breaks the limits fails the workflow."""
+    def _send(self, message: Message, flow: dict[str, Any], messages: list[Message],
+              then: Callable[[], None] | None) -> None:
+        """Publish the next messages (grouped by queue and priority), then ``then`` (the
+        current one's ack); a next message that breaks the limits fails the workflow."""
         batches: dict[tuple[str, int], list[bytes]] = {}
         middleware = self.middleware
         for step in messages:
@@ -182,7 +193,7 @@ class WorkflowRecorder(Recorder):
             except SerializationError as exc:
                 self._fail(message, flow, {"type": type(exc).__name__, "traceback": "",
                                            "message": f"the next step {step.name!r} cannot be "
-                                                      f"sent: {exc}"})
+                                                      f"sent: {exc}"}, then)
                 return
             batches.setdefault((step.queue or "ivy", step.priority), []).append(
                 self.body_from(body))
@@ -191,19 +202,25 @@ class WorkflowRecorder(Recorder):
         if middleware:
             for step in messages:
                 middleware.after_publish(step)
+        if then is not None:
+            then()
 
     def body_from(self, encoded: bytes) -> bytes:
         return encoded if self.signer is None else self.signer.sign(encoded)
 
-    def _final(self, message: Message, flow: dict[str, Any], note: Notification) -> None:
+    def _final(self, message: Message, flow: dict[str, Any], note: Notification,
+               then: Callable[[], None] | None) -> None:
         reply_to = flow.get("reply_to")
         if not isinstance(reply_to, str) or not reply_to:
-            return  # sent without a reply channel: nobody waits for the result
+            if then is not None:  # sent without a reply channel: nobody waits for the result
+                then()
+            return
         whole = Message(id=str(flow["id"]), name=message.name, args=[], reply_to=reply_to,
                         attempt=message.attempt)
-        super().record(whole, note)
+        super().record(whole, note, then)
 
-    def _fail(self, message: Message, flow: dict[str, Any], error: dict[str, str]) -> None:
+    def _fail(self, message: Message, flow: dict[str, Any], error: dict[str, str],
+              then: Callable[[], None] | None) -> None:
         """The workflow's call fails with ``error``, named after the failing task."""
         error = dict(error)
         error["message"] = f"in task {message.name!r}: {error.get('message', '')}"
@@ -211,4 +228,4 @@ class WorkflowRecorder(Recorder):
                  message.id, error.get("type"), error["message"])
         self._final(message, flow, Notification(
             str(flow["id"]), "errored", message.name, error=error, attempt=message.attempt,
-            worker=self.worker))
+            worker=self.worker), then)
