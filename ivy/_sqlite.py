@@ -122,6 +122,16 @@ def _autoincrement_notifications(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE ivy_notifications_before")
 
 
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Roll back the transaction of ``conn`` after a failure, if one is still open: SQLite
+    rolls back by itself on some errors (a full disk, out of memory), and a ``ROLLBACK``
+    then fails with "no transaction is active", which must not replace the error that
+    caused it (the writer thread tells what to retry by that error)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 class Database:
     """One SQLite file; a connection per thread, created on first use, and a writer thread
     for writes committed in groups (:mod:`ivy._sqlite_writer`), started on first use.
@@ -239,10 +249,10 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
-            conn.execute("COMMIT")
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """One write statement on its own (autocommit) in this writer's turn; its row count."""
