@@ -13,6 +13,7 @@ import pytest
 
 from ivy.config import make_notifier
 from ivy.notifiers.base import Notifier, gcra_step
+from ivy.timing import cancel
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -110,3 +111,47 @@ def test_gcra_step_holds_the_rate() -> None:
         now += 0.001
     # Then 20 per second were taken, plus the burst
     assert 200 <= taken <= 204
+
+
+def test_extend_only_ever_lengthens_a_key(notifier: Notifier) -> None:
+    # Given a key held for a long time
+    k = key()
+    assert notifier.claim_key(k, "a", 30) is None
+    # When it is extended by less, and by another holder
+    assert notifier.extend_key(k, "a", 0.2) is True
+    assert notifier.extend_key(k, "b", 60) is False
+    assert notifier.extend_key(key(), "a", 60) is False
+    # Then it keeps its longer time: still held after the shorter one passed
+    short = key()
+    assert notifier.claim_key(short, "a", 0.2) is None
+    deadline = time.monotonic() + 5
+    while notifier.get_keys([short]) != [None]:
+        assert time.monotonic() < deadline, "the short key did not expire"
+        time.sleep(0.02)
+    assert notifier.get_keys([k]) == ["a"]
+    # and a key extended past its first time outlives that time
+    grown = key()
+    assert notifier.claim_key(grown, "a", 0.2) is None
+    assert notifier.extend_key(grown, "a", 30) is True
+    assert notifier.claim_key(short, "b", 0.3) is None  # a clock for this test
+    deadline = time.monotonic() + 5
+    while notifier.get_keys([short]) != [None]:
+        assert time.monotonic() < deadline, "the clock key did not expire"
+        time.sleep(0.02)
+    assert notifier.get_keys([grown]) == ["a"]
+
+
+def test_a_short_cancel_does_not_cut_back_a_long_one(
+        notifier: Notifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a cancel kept long, then one kept briefly (issue 20, row 7)
+    monkeypatch.setattr(cancel, "FLAG_MIN_TTL", 0.0)
+    long_id, short_id = uuid.uuid4().hex, uuid.uuid4().hex
+    cancel.store_cancel(notifier, long_id, 60)
+    cancel.store_cancel(notifier, short_id, 0.2)
+    # When the short one has expired
+    deadline = time.monotonic() + 5
+    while notifier.get_keys([cancel.cancel_key(short_id)]) != [None]:
+        assert time.monotonic() < deadline, "the short cancel did not expire"
+        time.sleep(0.02)
+    # Then the flag that workers look at is still set: the long cancel still stops its call
+    assert notifier.get_keys([cancel.CANCELS_FLAG, cancel.cancel_key(long_id)]) == ["1", "1"]

@@ -137,6 +137,13 @@ class Notifier(ABC):
         <= 0) and return True; otherwise change nothing and return False."""
         raise NotImplementedError(self._unsupported_keys())
 
+    def extend_key(self, key: str, value: str, ttl: float) -> bool:
+        """If ``key`` holds ``value``: keep it at least ``ttl`` more seconds, never less than
+        it had left, and return True; otherwise change nothing and return False. The
+        default is :meth:`release_key`, which may cut the time left: a notifier of your own
+        should keep the longer of the two."""
+        return self.release_key(key, value, ttl)
+
     def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
         """One step of a GCRA rate limiter (a token bucket of ``burst`` tokens refilled one
         per ``interval`` seconds) kept under ``key``, as :func:`gcra_step` computes it: 0.0

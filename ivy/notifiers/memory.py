@@ -229,6 +229,15 @@ class MemoryNotifier(Notifier):
                 self._hub.keys[key] = (now + ttl, value)
             return True
 
+    def extend_key(self, key: str, value: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._hub.cond:
+            if self._live_key(key, now) != value:
+                return False
+            expires, _ = self._hub.keys[key]
+            self._hub.keys[key] = (max(expires, now + ttl), value)
+            return True
+
     def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
         now = time.monotonic()
         with self._hub.cond:

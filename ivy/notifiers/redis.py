@@ -103,6 +103,14 @@ if tonumber(ARGV[2]) <= 0 then redis.call('DEL', KEYS[1])
 else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
+# KEYS[1] key; ARGV[1] value, ARGV[2] ttl ms. 1 if the key held the value; its TTL is then
+# at least ARGV[2] (never cut: PEXPIRE ... GT, written out for Redis before 7).
+EXTEND_KEY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local left = redis.call('PTTL', KEYS[1])
+if left >= 0 and left < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
 # GCRA on the server's clock, as ivy.notifiers.base.gcra_step. KEYS[1] key; ARGV[1]
 # interval s, ARGV[2] burst. Returns the seconds to wait as a string ("0" when a slot was
 # taken; Lua numbers become integers in replies, so floats travel as text).
@@ -249,6 +257,7 @@ class RedisNotifier(Notifier):
         self._live_workers = self.client.register_script(LIVE_WORKERS)
         self._claim_key = self.client.register_script(CLAIM_KEY)
         self._release_key = self.client.register_script(RELEASE_KEY)
+        self._extend_key = self.client.register_script(EXTEND_KEY)
         self._take_rate_slot = self.client.register_script(TAKE_RATE_SLOT)
 
     @classmethod
@@ -351,6 +360,10 @@ class RedisNotifier(Notifier):
     def release_key(self, key: str, value: str, ttl: float) -> bool:
         ms = int(ttl * 1000) if ttl > 0 else 0
         return bool(self._release_key(keys=[key], args=[value, max(ms, 1) if ttl > 0 else 0]))
+
+    def extend_key(self, key: str, value: str, ttl: float) -> bool:
+        ms = max(1, int(ttl * 1000))
+        return bool(self._extend_key(keys=[key], args=[value, ms]))
 
     def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
         wait = self._take_rate_slot(keys=[key], args=[repr(interval), int(burst)])

@@ -314,6 +314,14 @@ class SQLiteNotifier(Notifier):
                                    "AND expires > ?", (now + ttl, key, value, now))
             return cur.rowcount > 0
 
+    def extend_key(self, key: str, value: str, ttl: float) -> bool:
+        now = time.time()
+        conn = self._keys()
+        with self.db.write(conn):
+            cur = conn.execute("UPDATE ivy_keys SET expires = max(expires, ?) WHERE key = ? "
+                               "AND value = ? AND expires > ?", (now + ttl, key, value, now))
+            return cur.rowcount > 0
+
     def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
         conn = self._keys()
         with self.db.write(conn):

@@ -38,8 +38,8 @@ CANCEL_PREFIX = "ivy:cancel:"
 #: an app that never cancels pays no store read per message (it cost ~15-30% of the trivial
 #: task rate on RabbitMQ + Redis).
 CANCELS_FLAG = "ivy:cancels"
-#: The flag outlives each cancel by at least this long (a later cancel with a shorter ttl can
-#: only cut it back to this, from its own time).
+#: The flag outlives each cancel by at least this long; a later cancel with a shorter ttl never
+#: cuts it back (it is only ever extended).
 FLAG_MIN_TTL = 7 * 86400.0
 #: Seconds between a worker's looks at the flag and at the cancels of the calls it runs.
 POLL_RUNNING = 0.25
@@ -54,7 +54,7 @@ def store_cancel(notifier: Notifier, call_id: str, ttl: float) -> None:
     notifier.claim_key(cancel_key(call_id), "1", ttl)
     flag_ttl = max(ttl, FLAG_MIN_TTL)
     if notifier.claim_key(CANCELS_FLAG, "1", flag_ttl) is not None:
-        notifier.release_key(CANCELS_FLAG, "1", flag_ttl)  # held: keep it longer
+        notifier.extend_key(CANCELS_FLAG, "1", flag_ttl)  # held: keep it as long as needed
 
 
 def cancel_ids(message: Message) -> list[str]:
