@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from servers import free_port
 
 import ivy
-from ivy.timing.unique import UNIQUE_PREFIX, task_key
+from ivy.timing.unique import SEND_CLAIM_TTL, UNIQUE_PREFIX, task_key
 
 
 @pytest.fixture
@@ -169,3 +170,106 @@ def test_a_cancelled_call_lets_its_key_go(app: ivy.Ivy) -> None:
     with pytest.raises(ivy.CallCancelled):
         first.result(1)
     assert ran == [(3, 4)]
+
+
+def unique_app(queue_url: str, redis_url: str) -> tuple[ivy.Ivy, str]:
+    app = ivy.Ivy(queue_url, redis_url)
+    queue = f"qu{uuid.uuid4().hex[:8]}"
+    app.register_task(lambda x: x, name="u.echo", queue=queue)
+    return app, queue
+
+
+def key_ttl(redis_url: str, key: str) -> float:
+    """Seconds the unique key ``key`` has left in Redis (-1: none, -2: absent)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return float(client.pttl(UNIQUE_PREFIX + key)) / 1000  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+def test_a_send_that_is_never_confirmed_lets_its_key_go(redis_url: str) -> None:
+    # Given a unique send to a broker that never confirms (issue 20, row 4)
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F?publish_timeout=0.5"
+    app, _ = unique_app(url, redis_url)
+    key = f"never:{uuid.uuid4().hex}"
+    try:
+        first = app.send_task("u.echo", [1], unique_key=key, unique_for=3600)
+        # When its send fails after send_task returned
+        with pytest.raises(ivy.PublishError):
+            first.result(20)
+        # Then the key is free at once, and the next send sends anew
+        wait_for(lambda: held(app, key) is None, timeout=10, message="the key released")
+        second = app.send_task("u.echo", [1], unique_key=key, unique_for=3600)
+        assert second is not first and second.id != first.id
+        with pytest.raises(ivy.PublishError):
+            second.result(20)
+    finally:
+        app.close(timeout=1)
+
+
+def test_a_key_is_claimed_briefly_until_its_message_is_confirmed(
+        redis_url: str, amqp_url: str) -> None:
+    # Given a unique send to a broker that does not answer yet: its producer may die
+    # before the confirm, so the key is held only briefly
+    silent = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F?publish_timeout=30"
+    app, _ = unique_app(silent, redis_url)
+    key = f"brief:{uuid.uuid4().hex}"
+    try:
+        app.send_task("u.echo", [1], unique_key=key, unique_for=3600)
+        assert 0 < key_ttl(redis_url, key) <= SEND_CLAIM_TTL
+    finally:
+        app.close(timeout=0.5)
+    # When a send is confirmed by a real broker
+    app, _ = unique_app(amqp_url, redis_url)
+    key = f"kept:{uuid.uuid4().hex}"
+    try:
+        call = app.send_task("u.echo", [1], unique_key=key, unique_for=3600)
+        call.sent(10)
+        # Then the key is kept for its whole time
+        wait_for(lambda: key_ttl(redis_url, key) > SEND_CLAIM_TTL, timeout=10,
+                 message="the key kept once confirmed")
+    finally:
+        app.close()
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        conn.channel().queue_delete(call.queue)
+        conn.close()
+
+
+def test_a_slow_unique_send_does_not_hold_up_other_keys(
+        memory_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a unique send whose claim is stuck in the store (issue 20, row 19)
+    app, _ = unique_app(memory_url, memory_url)
+    notifier = app._current_results().notifier
+    assert notifier is not None
+    stuck, go_on = threading.Event(), threading.Event()
+    claim = notifier.claim_key
+
+    def slow_claim(key: str, value: str, ttl: float) -> str | None:
+        if key.endswith(":slow"):
+            stuck.set()
+            go_on.wait(30)
+        return claim(key, value, ttl)
+
+    monkeypatch.setattr(notifier, "claim_key", slow_claim)
+    slow = threading.Thread(target=app.send_task, args=("u.echo", [1]),
+                            kwargs={"unique_key": "k:slow", "unique_for": 60})
+    slow.start()
+    try:
+        assert stuck.wait(10)
+        # When another key is sent meanwhile
+        done = threading.Event()
+        other = threading.Thread(target=lambda: (
+            app.send_task("u.echo", [2], unique_key="k:fast", unique_for=60), done.set()))
+        other.start()
+        # Then it goes through while the first one still waits
+        assert done.wait(10), "a unique send of another key waited behind the stuck one"
+        assert not go_on.is_set() and slow.is_alive()
+    finally:
+        go_on.set()
+        slow.join(10)
+        app.close()

@@ -8,24 +8,30 @@ stored result (polled from the notifier, which keeps every final notification fo
 ``result_ttl``), so its result, callbacks and ``await`` work the same.
 
 The key is ``ivy:unique:<key>`` in the notifier's store, claimed atomically with the call id as
-value and a TTL of ``max(unique_for, pending_ttl)``. The message carries ``unique_key`` and
+value. Until the queue backend has the message (RabbitMQ: its confirm) the claim lasts
+:data:`SEND_CLAIM_TTL` seconds (longer if the backend's ``publish_timeout`` is), so a producer
+that dies before its message is confirmed holds the key no longer; once confirmed, it is kept
+``max(unique_for, pending_ttl)``. A send that fails, at once or later (a nack, no confirm
+in time), lets the key go at once. The message carries ``unique_key`` and
 ``unique_until`` (ms since the epoch: sent + ``unique_for``); once the worker recorded the
-call's final outcome it releases the key, if it still holds this call id, at ``unique_until``
-(at once if that has passed, or if the call was cancelled). A call whose send fails, or that
-its own producer cancels, releases its key at once. A key passed to
+call's final outcome, or dead-lettered it, it releases the key, if it still holds this call
+id, at ``unique_until`` (at once if that has passed, or if the call was cancelled or could
+not run). A call that its own producer cancels releases its key at once. A key passed to
 ``unique_key`` is used as it is; a task's ``unique_for`` builds ``task:<name>:<sha256 of the
 JSON arguments, 32 hex>``, so equal arguments (dict keys in any order) are one call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ivy.call import Call
@@ -40,6 +46,8 @@ log = logging.getLogger("ivy.unique")
 UNIQUE_PREFIX = "ivy:unique:"
 #: Seconds between a follower's looks for the stored results of the calls it follows.
 FOLLOW_INTERVAL = 0.2
+#: Seconds a key is claimed for until its message is confirmed (at least; see claim_ttls).
+SEND_CLAIM_TTL = 300.0
 
 #: app -> call id -> the Call it made for that id (the object a repeated send returns)
 _calls: weakref.WeakKeyDictionary[Ivy, weakref.WeakValueDictionary[str, Call[Any]]] = (
@@ -47,7 +55,6 @@ _calls: weakref.WeakKeyDictionary[Ivy, weakref.WeakValueDictionary[str, Call[Any
 _calls_lock = threading.Lock()
 #: the unique key each call sent here holds
 _keys: weakref.WeakKeyDictionary[Call[Any], str] = weakref.WeakKeyDictionary()
-_send_lock = threading.RLock()
 
 
 def _known(app: Ivy) -> weakref.WeakValueDictionary[str, Call[Any]]:
@@ -75,27 +82,64 @@ def check(unique_key: object, unique_for: object) -> None:
                          "long after a send the same key sends nothing)")
 
 
+class _KeyLocks:
+    """A lock per key, made while a thread holds or waits for it: unique sends of one key
+    take turns, and sends of other keys never wait behind them (a store round trip each,
+    seconds while the store is unreachable)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._lock:
+            entry = self._held.get(key)
+            if entry is None:
+                entry = self._held[key] = (threading.Lock(), [0])
+            entry[1][0] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1][0] -= 1
+                if not entry[1][0]:
+                    del self._held[key]
+
+
+_key_locks = _KeyLocks()
+
+
 def send_unique(app: Ivy, name: str, queue: str, args: tuple[Any, ...],
                 kwargs: Mapping[str, Any], *, unique_key: str | None, unique_for: float,
                 send: Callable[[str, dict[str, Any]], Call[Any]]) -> Call[Any]:
     """Send through ``send(call_id, extra message fields)`` unless the key is held; return
-    the new call, or the call that holds the key. Unique sends of one process take turns, so
-    that threads racing for one key all get the same Call object."""
-    with _send_lock:
-        return _send_unique(app, name, queue, args, kwargs, unique_key=unique_key,
-                            unique_for=unique_for, send=send)
-
-
-def _send_unique(app: Ivy, name: str, queue: str, args: tuple[Any, ...],
-                 kwargs: Mapping[str, Any], *, unique_key: str | None, unique_for: float,
-                 send: Callable[[str, dict[str, Any]], Call[Any]]) -> Call[Any]:
+    the new call, or the call that holds the key. Unique sends of one key in one process take
+    turns, so that threads racing for it all get the same Call object."""
     key = unique_key if unique_key is not None else task_key(name, list(args), kwargs)
+    with _key_locks.hold(key):
+        return _send_unique(app, key, name, queue, unique_for=unique_for, send=send)
+
+
+def claim_ttls(app: Ivy, unique_for: float) -> tuple[float, float]:
+    """(seconds a key is claimed for until its message is confirmed, seconds it is kept
+    once confirmed): a producer that dies between the two holds a key no longer than the
+    first, which outlasts the queue backend's ``publish_timeout`` twice over."""
+    kept = max(float(unique_for), app.pending_ttl)
+    timeout = getattr(app.queue_backend, "publish_timeout", 0.0)
+    sending = max(SEND_CLAIM_TTL, 2 * timeout if isinstance(timeout, (int, float)) else 0.0)
+    return min(sending, kept), kept
+
+
+def _send_unique(app: Ivy, key: str, name: str, queue: str, *, unique_for: float,
+                 send: Callable[[str, dict[str, Any]], Call[Any]]) -> Call[Any]:
     results = app._current_results()
     notifier = results.notifier
     assert notifier is not None
     call_id = new_id()
-    held = notifier.claim_key(UNIQUE_PREFIX + key, call_id,
-                              max(float(unique_for), app.pending_ttl))
+    sending, kept = claim_ttls(app, unique_for)
+    held = notifier.claim_key(UNIQUE_PREFIX + key, call_id, sending)
     if held is not None:
         log.debug("unique key %r is held by call %s: nothing sent", key, held)
         return _existing(app, notifier, held, name, queue)
@@ -103,15 +147,59 @@ def _send_unique(app: Ivy, name: str, queue: str, args: tuple[Any, ...],
     try:
         call = send(call_id, extra)
     except BaseException:
-        try:
-            notifier.release_key(UNIQUE_PREFIX + key, call_id, 0)
-        except Exception:
-            log.warning("releasing unique key %r after a failed send failed", key,
-                        exc_info=True)
+        _let_go(notifier, key, call_id, "a failed send")
         raise
     _known(app)[call.id] = call
     _keys[call] = key
+    future = call._send
+    if future is None:  # nothing to wait for: the backend has it
+        _keep(notifier, key, call, kept)
+    else:
+        future.add_done_callback(lambda f: _after_send(notifier, key, call, kept, f))
     return call
+
+
+def _after_send(notifier: Notifier, key: str, call: Call[Any], kept: float,
+                future: Future[None]) -> None:
+    """The send of a unique call completed: keep its key for good once the backend has the
+    message, let it go at once if it was refused. Done on a thread of its own: a store
+    round trip must not hold up the thread that completed the send (a broker connection's)."""
+    if future.exception() is not None:
+        _follow_ups().submit(_let_go, notifier, key, call.id, "a refused send")
+    else:
+        _follow_ups().submit(_keep, notifier, key, call, kept)
+
+
+def _keep(notifier: Notifier, key: str, call: Call[Any], kept: float) -> None:
+    if call._settled.is_set():
+        return  # its outcome is in: the worker has set the key's time already
+    try:
+        if not notifier.extend_key(UNIQUE_PREFIX + key, call.id, kept):
+            log.warning("unique key %r of call %s expired before its message was confirmed; "
+                        "another send of that key may send again", key, call.id)
+    except Exception:
+        log.warning("keeping unique key %r of call %s failed; it is held for %.0f s only",
+                    key, call.id, SEND_CLAIM_TTL, exc_info=True)
+
+
+def _let_go(notifier: Notifier, key: str, call_id: str, after: str) -> None:
+    try:
+        notifier.release_key(UNIQUE_PREFIX + key, call_id, 0)
+    except Exception:
+        log.warning("releasing unique key %r after %s failed; it expires by itself", key,
+                    after, exc_info=True)
+
+
+_follow_ups_pool: ThreadPoolExecutor | None = None
+_follow_ups_lock = threading.Lock()
+
+
+def _follow_ups() -> ThreadPoolExecutor:
+    global _follow_ups_pool
+    with _follow_ups_lock:
+        if _follow_ups_pool is None:
+            _follow_ups_pool = ThreadPoolExecutor(1, thread_name_prefix="ivy-unique")
+        return _follow_ups_pool
 
 
 def cancelled(app: Ivy, notifier: Notifier, call_id: str) -> None:
