@@ -143,8 +143,9 @@ def test_a_rejected_message_lets_go_of_its_unique_key(backend: str, tmp_path: Pa
         assert again.id != call.id
         with pytest.raises(ivy.RemoteTaskError, match="unknown task"):
             again.result(20)
-        letters = [json.loads(d.body)["id"] for d in producer.dead_letters(Q)]
-        assert letters == [call.id, again.id]
+        # (each dead letter follows its stored result: it may come a moment later)
+        wait_for(lambda: [json.loads(d.body)["id"] for d in producer.dead_letters(Q)]
+                 == [call.id, again.id], timeout=10, message="both dead letters")
     finally:
         producer.close()
         worker_app.close()

@@ -12,6 +12,9 @@ from conftest import wait_for
 from servers import free_port
 
 import ivy
+from ivy.call import Call
+from ivy.message import Message, new_id, now_ms
+from ivy.timing import unique
 from ivy.timing.unique import SEND_CLAIM_TTL, UNIQUE_PREFIX, task_key
 
 
@@ -42,7 +45,8 @@ def register(app: ivy.Ivy) -> tuple[str, list[tuple[int, int]]]:
 def held(app: ivy.Ivy, key: str) -> str | None:
     notifier = app._results.notifier
     assert notifier is not None
-    return notifier.get_keys([UNIQUE_PREFIX + key])[0]
+    value = notifier.get_keys([UNIQUE_PREFIX + key])[0]
+    return None if value is None else unique.holder(value)
 
 
 def test_a_second_send_returns_the_first_call(app: ivy.Ivy) -> None:
@@ -79,6 +83,24 @@ def test_the_key_is_held_while_pending_then_for_unique_for(app: ivy.Ivy) -> None
     assert held(app, key) == second.id
     wait_for(lambda: held(app, key) is None, timeout=10, message="unique_for to pass")
     assert ran == [(1, 1), (2, 2)]
+
+
+def test_a_confirm_seen_after_the_outcome_does_not_keep_the_key(app: ivy.Ivy) -> None:
+    # Given a unique call whose worker recorded its outcome and released its key (0.3 s of
+    # unique_for left) before its producer saw the send's confirm: a fast worker does that
+    notifier = app._current_results().notifier
+    assert notifier is not None
+    key = f"late:{uuid.uuid4().hex}"
+    call: Call[int] = Call(new_id(), "u.add", "q")
+    assert notifier.claim_key(UNIQUE_PREFIX + key, call.id, SEND_CLAIM_TTL) is None
+    message = Message(call.id, "u.add", [1, 1], extra={
+        "unique_key": key, "unique_until": now_ms() + 300})
+    unique.release(notifier, message)
+    # When the producer keeps the key on the confirm, later
+    unique._keep(notifier, key, call, 3600)
+    # Then the worker's time stands: the key goes after unique_for
+    assert held(app, key) == call.id
+    wait_for(lambda: held(app, key) is None, timeout=10, message="unique_for to pass")
 
 
 def test_a_task_s_unique_for_keys_on_name_and_arguments(app: ivy.Ivy) -> None:

@@ -132,9 +132,11 @@ class Notifier(ABC):
         """The values of ``keys`` (None where absent or expired), in order."""
         raise NotImplementedError(self._unsupported_keys())
 
-    def release_key(self, key: str, value: str, ttl: float) -> bool:
+    def release_key(self, key: str, value: str, ttl: float, new_value: str | None = None
+                    ) -> bool:
         """If ``key`` holds ``value``: keep it ``ttl`` more seconds (delete it when ``ttl``
-        <= 0) and return True; otherwise change nothing and return False."""
+        <= 0), holding ``new_value`` from now on when one is given, and return True;
+        otherwise change nothing and return False."""
         raise NotImplementedError(self._unsupported_keys())
 
     def extend_key(self, key: str, value: str, ttl: float) -> bool:

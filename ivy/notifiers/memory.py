@@ -218,7 +218,8 @@ class MemoryNotifier(Notifier):
         with self._hub.cond:
             return [self._live_key(k, now) for k in keys]
 
-    def release_key(self, key: str, value: str, ttl: float) -> bool:
+    def release_key(self, key: str, value: str, ttl: float, new_value: str | None = None
+                    ) -> bool:
         now = time.monotonic()
         with self._hub.cond:
             if self._live_key(key, now) != value:
@@ -226,7 +227,7 @@ class MemoryNotifier(Notifier):
             if ttl <= 0:
                 del self._hub.keys[key]
             else:
-                self._hub.keys[key] = (now + ttl, value)
+                self._hub.keys[key] = (now + ttl, value if new_value is None else new_value)
             return True
 
     def extend_key(self, key: str, value: str, ttl: float) -> bool:

@@ -96,10 +96,12 @@ if held then return held end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 """
-# KEYS[1] key; ARGV[1] value, ARGV[2] ttl ms (<= 0: delete). 1 if the key held the value.
+# KEYS[1] key; ARGV[1] value, ARGV[2] ttl ms (<= 0: delete), ARGV[3] the value from now on
+# (optional). 1 if the key held the value.
 RELEASE_KEY = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if tonumber(ARGV[2]) <= 0 then redis.call('DEL', KEYS[1])
+elseif ARGV[3] then redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
 else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
@@ -357,9 +359,11 @@ class RedisNotifier(Notifier):
         values = self._commands("MGET", *keys)  # the worker asks once per message: fast path
         return [v.decode() if isinstance(v, bytes) else None for v in values]
 
-    def release_key(self, key: str, value: str, ttl: float) -> bool:
-        ms = int(ttl * 1000) if ttl > 0 else 0
-        return bool(self._release_key(keys=[key], args=[value, max(ms, 1) if ttl > 0 else 0]))
+    def release_key(self, key: str, value: str, ttl: float, new_value: str | None = None
+                    ) -> bool:
+        ms = max(1, int(ttl * 1000)) if ttl > 0 else 0
+        args: list[str | int] = [value, ms] if new_value is None else [value, ms, new_value]
+        return bool(self._release_key(keys=[key], args=args))
 
     def extend_key(self, key: str, value: str, ttl: float) -> bool:
         ms = max(1, int(ttl * 1000))

@@ -302,7 +302,8 @@ class SQLiteNotifier(Notifier):
                 [*chunk, now]))
         return [found.get(k) for k in keys]
 
-    def release_key(self, key: str, value: str, ttl: float) -> bool:
+    def release_key(self, key: str, value: str, ttl: float, new_value: str | None = None
+                    ) -> bool:
         now = time.time()
         conn = self._keys()
         with self.db.write(conn):
@@ -310,8 +311,10 @@ class SQLiteNotifier(Notifier):
                 cur = conn.execute("DELETE FROM ivy_keys WHERE key = ? AND value = ? "
                                    "AND expires > ?", (key, value, now))
             else:
-                cur = conn.execute("UPDATE ivy_keys SET expires = ? WHERE key = ? AND value = ? "
-                                   "AND expires > ?", (now + ttl, key, value, now))
+                cur = conn.execute("UPDATE ivy_keys SET expires = ?, value = ? WHERE key = ? "
+                                   "AND value = ? AND expires > ?",
+                                   (now + ttl, value if new_value is None else new_value, key,
+                                    value, now))
             return cur.rowcount > 0
 
     def extend_key(self, key: str, value: str, ttl: float) -> bool:

@@ -16,9 +16,11 @@ in time), lets the key go at once. The message carries ``unique_key`` and
 ``unique_until`` (ms since the epoch: sent + ``unique_for``); once the worker recorded the
 call's final outcome, or dead-lettered it, it releases the key, if it still holds this call
 id, at ``unique_until`` (at once if that has passed, or if the call was cancelled or could
-not run). A call that its own producer cancels releases its key at once. A key passed to
-``unique_key`` is used as it is; a task's ``unique_for`` builds ``task:<name>:<sha256 of the
-JSON arguments, 32 hex>``, so equal arguments (dict keys in any order) are one call.
+not run); the value it keeps until then is ``<id> done``, so that a confirm its producer
+sees only now keeps nothing more. A call that its own producer cancels releases its key at
+once. A key passed to ``unique_key`` is used as it is; a task's ``unique_for`` builds
+``task:<name>:<sha256 of the JSON arguments, 32 hex>``, so equal arguments (dict keys in any
+order) are one call.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ UNIQUE_PREFIX = "ivy:unique:"
 FOLLOW_INTERVAL = 0.2
 #: Seconds a key is claimed for until its message is confirmed (at least; see claim_ttls).
 SEND_CLAIM_TTL = 300.0
+#: The mark a key's value gets once the worker released it to expire at ``unique_until``.
+RELEASED = "done"
 
 #: app -> call id -> the Call it made for that id (the object a repeated send returns)
 _calls: weakref.WeakKeyDictionary[Ivy, weakref.WeakValueDictionary[str, Call[Any]]] = (
@@ -142,7 +146,7 @@ def _send_unique(app: Ivy, key: str, name: str, queue: str, *, unique_for: float
     held = notifier.claim_key(UNIQUE_PREFIX + key, call_id, sending)
     if held is not None:
         log.debug("unique key %r is held by call %s: nothing sent", key, held)
-        return _existing(app, notifier, held, name, queue)
+        return _existing(app, notifier, holder(held), name, queue)
     extra = {"unique_key": key, "unique_until": now_ms() + int(unique_for * 1000)}
     try:
         call = send(call_id, extra)
@@ -175,8 +179,11 @@ def _keep(notifier: Notifier, key: str, call: Call[Any], kept: float) -> None:
         return  # its outcome is in: the worker has set the key's time already
     try:
         if not notifier.extend_key(UNIQUE_PREFIX + key, call.id, kept):
-            log.warning("unique key %r of call %s expired before its message was confirmed; "
-                        "another send of that key may send again", key, call.id)
+            # the worker released it already ("<id> done"), or it expired (a warning)
+            held = notifier.get_keys([UNIQUE_PREFIX + key])[0]
+            if held is None or holder(held) != call.id:
+                log.warning("unique key %r of call %s expired before its message was "
+                            "confirmed; another send of that key may send again", key, call.id)
     except Exception:
         log.warning("keeping unique key %r of call %s failed; it is held for %.0f s only",
                     key, call.id, SEND_CLAIM_TTL, exc_info=True)
@@ -225,17 +232,24 @@ def _existing(app: Ivy, notifier: Notifier, call_id: str, name: str, queue: str
     return call
 
 
+def holder(value: str) -> str:
+    """The call id in a unique key's value (``<id>``, or ``<id> done`` once released)."""
+    return value.partition(" ")[0]
+
+
 def release(notifier: Notifier | None, message: Message, *, at_once: bool = False) -> None:
     """After a call's final outcome was recorded (the worker): let its unique key go at its
-    ``unique_until``, or ``at_once`` (a cancelled call). A failure is logged; the key's TTL
-    ends it anyway."""
+    ``unique_until``, or ``at_once`` (a cancelled call). A key kept on is marked ``<id>
+    done``, so that its producer's keep (:func:`_keep`, on the send's confirm, which may come
+    later) finds nothing to keep. A failure is logged; the key's TTL ends it anyway."""
     key = message.extra.get("unique_key")
     if notifier is None or not isinstance(key, str):
         return
     until = message.extra.get("unique_until")
     remaining = (until - now_ms()) / 1000 if isinstance(until, int) and not at_once else 0.0
     try:
-        notifier.release_key(UNIQUE_PREFIX + key, message.id, remaining)
+        notifier.release_key(UNIQUE_PREFIX + key, message.id, remaining,
+                             new_value=f"{message.id} {RELEASED}")
     except Exception:
         log.warning("releasing unique key %r of call %s failed; it expires by itself", key,
                     message.id, exc_info=True)
