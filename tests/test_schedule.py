@@ -4,19 +4,23 @@ run (threads on memory, SQLite and RabbitMQ + Redis; processes on SQLite)."""
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import TESTS_DIR, wait_for
+from servers import free_port
 
 import ivy
+from ivy.timing import scheduler as scheduler_module
 from ivy.timing.schedule import Schedule
-from ivy.timing.scheduler import Scheduler
+from ivy.timing.scheduler import CLAIM_TTL, SEND_CLAIM_TTL, Scheduler
 
 
 @pytest.fixture
@@ -197,3 +201,107 @@ def test_the_scheduler_command_needs_periodic_tasks(sqlite_url: str) -> None:
                          text=True, timeout=60)
     assert out.returncode == 2
     assert "declare no periodic task" in out.stderr
+
+
+def scheduled_pair(tmp_path: Path, broken_queue_url: str) -> tuple[ivy.Ivy, ivy.Ivy, str]:
+    """Two apps with the same every=1 schedule sharing one SQLite notifier: the first sends
+    to ``broken_queue_url``, the second to the SQLite file."""
+    store = f"sqlite:///{tmp_path / 'ivy.db'}"
+    broken = ivy.Ivy(broken_queue_url, store)
+    working = ivy.Ivy(store, store)
+    queue = f"qs{uuid.uuid4().hex[:8]}"
+    for app in (broken, working):
+        app.periodic_task(lambda: None, name="s.shared", queue=queue, every=1)
+    return broken, working, queue
+
+
+def test_a_slot_whose_send_is_refused_later_is_sent_by_another_scheduler(
+        tmp_path: Path) -> None:
+    # Given a scheduler whose broker never confirms, and another one (issue 20, row 5)
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F?publish_timeout=0.5"
+    broken, working, queue = scheduled_pair(tmp_path, url)
+    clock = Clock(3_000_000.5)
+    first, second = Scheduler(broken, clock=clock), Scheduler(working, clock=clock)
+    try:
+        first.tick()
+        second.tick()
+        clock.now += 1
+        first.tick()  # claims slot 3,000,001 and hands its call over
+        second.tick()  # finds it claimed
+        assert [slot for _, slot in first.sent] == [3_000_001.0] and second.sent == []
+        # When that send fails after the hand-over
+
+        def sent_by_second() -> bool:
+            first.tick()  # gives the slot back once it knows
+            second.tick()  # sends what was given back
+            return bool(second.sent)
+
+        # Then the other scheduler sends the slot: nothing is lost
+        wait_for(sent_by_second, timeout=20, message="the slot sent by the second scheduler")
+        assert [slot for _, slot in second.sent] == [3_000_001.0]
+        assert first.sent == []
+        working.flush(10)
+        assert working.queue_backend.size(queue) == 1
+    finally:
+        broken.close(timeout=0.5)
+        working.close()
+
+
+def test_a_slot_whose_scheduler_died_before_the_confirm_is_sent_by_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a scheduler that claims a slot and then hears nothing from its broker (it is
+    # as good as dead), and another scheduler
+    monkeypatch.setattr(scheduler_module, "SEND_CLAIM_TTL", 0.5)
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F?publish_timeout=60"
+    silent, working, queue = scheduled_pair(tmp_path, url)
+    clock = Clock(4_000_000.5)
+    first, second = Scheduler(silent, clock=clock), Scheduler(working, clock=clock)
+    try:
+        first.tick()
+        second.tick()
+        clock.now += 1
+        first.tick()
+        second.tick()
+        assert first.sent and second.sent == []
+        # When its short claim expires without a confirm, another scheduler sends the slot
+
+        def sent_by_second() -> bool:
+            second.tick()
+            return bool(second.sent)
+
+        wait_for(sent_by_second, timeout=20, message="the slot sent by the second scheduler")
+        assert [slot for _, slot in second.sent] == [4_000_001.0]
+        working.flush(10)
+        assert working.queue_backend.size(queue) == 1
+    finally:
+        silent.close(timeout=0.5)
+        working.close()
+
+
+def test_a_confirmed_slot_is_kept_for_its_whole_time(sqlite_url: str, tmp_path: Path) -> None:
+    # Given a scheduler whose send of a slot is confirmed
+    app = ivy.Ivy(sqlite_url, sqlite_url)
+    app.periodic_task(lambda: None, name="s.kept", queue="qs-kept", every=1)
+    clock = Clock(5_000_000.5)
+    scheduler = Scheduler(app, clock=clock)
+
+    def claim_left() -> float:
+        conn = sqlite3.connect(tmp_path / "ivy.db")
+        try:
+            rows = conn.execute("SELECT expires FROM ivy_keys WHERE key LIKE "
+                                "'ivy:schedule:%'").fetchall()
+        finally:
+            conn.close()
+        return float(rows[0][0]) - time.time() if rows else 0.0
+
+    try:
+        scheduler.tick()
+        clock.now += 1
+        scheduler.tick()
+        assert scheduler.sent and 0 < claim_left() <= SEND_CLAIM_TTL
+        # Then, once the confirm is settled on a later look, the claim lasts its whole time
+        wait_for(lambda: scheduler.tick() is not None and claim_left() > SEND_CLAIM_TTL,
+                 timeout=10, message="the claim kept")
+        assert claim_left() <= CLAIM_TTL + 1
+    finally:
+        app.close()
