@@ -103,13 +103,26 @@ class Executor:
         running = _Running(threading.get_ident(), task.style)
         with self._lock:
             self._running[message.id] = running
+        outcome: tuple[bool, Any] | None = None
         try:
-            return self._run(task, message, running)
+            outcome = self._run(task, message, running)
         finally:
-            with self._lock:
-                self._running.pop(message.id, None)
-                if running.cancelled and task.style == "sync":
-                    _raise_in_thread(running.thread_id, None)  # not yet delivered: drop it
+            # A cancel that comes after the call returned may be raised here, in this
+            # thread, until _finish drops it: the outcome stands, whatever it is.
+            while True:
+                try:
+                    self._finish(message.id, running)
+                    break
+                except TaskCancelled:
+                    log.debug("cancel of %s came after it returned; its outcome stands",
+                              message.id)
+        return outcome
+
+    def _finish(self, call_id: str, running: _Running) -> None:
+        with self._lock:
+            self._running.pop(call_id, None)
+            if running.cancelled and running.style == "sync":
+                _raise_in_thread(running.thread_id, None)  # not yet delivered: drop it
 
     def cancel(self, call_id: str) -> bool:
         """Stop the call ``call_id`` if it runs here: True if it does (it ends with

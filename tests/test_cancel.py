@@ -250,3 +250,50 @@ def test_cancelling_a_workflow_stops_its_steps(app: ivy.Ivy, urls: tuple[str, st
     wait_for(lambda: seen["ended"] == ["step1:TaskCancelled"], message="the step to stop")
     wait_for(lambda: app.queue_backend.size(queue) == 0, message="the queue to empty")
     assert seen["ran"] == []
+
+
+def test_a_cancel_that_comes_after_the_call_returned_keeps_its_value() -> None:
+    # Given a plain function that returns, and a cancel of it raised in its thread just as
+    # the executor takes the call off its list (issue 20, row 12): the lock is where the
+    # thread is when a cancel lands between the return and the clearing of pending cancels
+    from ivy.execution import Executor, TaskCancelled, _raise_in_thread
+    from ivy.message import Message, new_id
+    from ivy.task import Task
+
+    executor = Executor("test")
+    call_id = new_id()
+    armed = threading.Event()
+
+    class LateCancelLock:
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+
+        def __enter__(self) -> None:
+            self._lock.acquire()
+            try:
+                if armed.is_set():
+                    armed.clear()
+                    running = executor._running[call_id]
+                    running.cancelled = True
+                    _raise_in_thread(running.thread_id, TaskCancelled)
+                    for _ in range(100):  # it is raised at one of the next bytecodes
+                        pass
+            except BaseException:
+                self._lock.release()
+                raise
+
+        def __exit__(self, *exc: object) -> None:
+            self._lock.release()
+
+    executor._lock = LateCancelLock()  # type: ignore[assignment]
+
+    def answer() -> int:
+        armed.set()
+        return 42
+
+    task: Task[[], int] = Task(answer, name="c.answer")
+    # When it runs
+    outcome = executor.run(task, Message(call_id, "c.answer", []))
+    # Then its value is kept: the call succeeded, nothing escapes, nothing is retried
+    assert outcome == (True, 42)
+    assert call_id not in executor._running
