@@ -131,7 +131,9 @@ class Call(Generic[R]):
         if not event.wait(timeout):
             raise ResultTimeout(self._timeout_message(timeout))
         if self._error is not None:
-            raise self._error
+            # the traceback of this raise only: raising one object again and again would
+            # stack every raise's frames on it (memory that grows each time a caller looks)
+            raise self._error.with_traceback(None)
         value: R = self._value
         return value
 
@@ -184,7 +186,7 @@ class Call(Generic[R]):
                 f"the message of call {self.id} of {self.task!r} was not confirmed within "
                 f"{timeout} s; it may still be: wait again, or check the broker") from None
         if error is not None:
-            raise error if isinstance(error, PublishError) else PublishError(
+            raise error.with_traceback(None) if isinstance(error, PublishError) else PublishError(
                 f"the message of call {self.id} of {self.task!r} was not taken: {error}")
 
     def cancel(self) -> None:

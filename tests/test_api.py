@@ -438,3 +438,29 @@ def test_a_worker_and_the_producer_of_one_app_share_one_notifier(tmp_path: Path)
         # Then the results come back through the notifier object the worker publishes with
         # (a second one for the same URL was built before: more connections, for nothing)
         assert app._results.notifier is app._producer_notifier
+
+
+def test_looking_at_a_failed_call_again_and_again_keeps_its_error_small() -> None:
+    # Given a failed call (issue 20, row 11)
+    import traceback as tb_module
+
+    from ivy.message import Notification, new_id
+
+    call: Call[int] = Call(new_id(), "t.boom", "q")
+    call._settle(Notification(call.id, "errored", "t.boom",
+                              error={"type": "ValueError", "message": "bad", "traceback": ""}))
+
+    def frames() -> int:
+        try:
+            call.result(1)
+        except ivy.RemoteTaskError as exc:
+            return len(list(tb_module.walk_tb(exc.__traceback__)))
+        raise AssertionError("result() did not raise")
+
+    # When it is polled many times
+    first = frames()
+    for _ in range(200):
+        frames()
+    # Then its error carries the frames of one raise, not of every raise so far
+    assert frames() == first
+    assert call.exception(0) is not None and frames() == first
