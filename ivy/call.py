@@ -199,7 +199,12 @@ class Call(Generic[R]):
         self._canceller(self.id)
 
     def _sending(self, future: Future[None]) -> None:
-        self._send = future
+        """Track the send of one of this call's messages. A workflow may send several (the
+        members of a leading group, on several queues): :meth:`sent` then waits for them all
+        and fails with the first refusal."""
+        with _lock:
+            previous = self._send
+            self._send = future if previous is None else _all_of(previous, future)
 
     def add_done_callback(self, fn: Callable[[Call[R]], None]) -> None:
         """Run ``fn(call)`` when the call settles, on a callback thread; at once, in this
@@ -319,3 +324,26 @@ def finished_adapter(finished: Callable[[Any], None]) -> Callable[[Call[Any]], N
             finished(call._value)
 
     return run
+
+
+def _all_of(first: Future[None], second: Future[None]) -> Future[None]:
+    """A future done when both are: failed with the first error, else None."""
+    both: Future[None] = Future()
+    state = {"left": 2, "over": False}
+    guard = threading.Lock()
+
+    def one_done(future: Future[None]) -> None:
+        error = future.exception()
+        with guard:
+            state["left"] -= 1
+            if state["over"] or (error is None and state["left"]):
+                return
+            state["over"] = True
+        if error is not None:
+            both.set_exception(error)
+        else:
+            both.set_result(None)
+
+    first.add_done_callback(one_done)
+    second.add_done_callback(one_done)
+    return both

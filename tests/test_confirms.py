@@ -179,3 +179,38 @@ def test_the_outbox_bounds_unconfirmed_messages() -> None:
     assert len(failed) == 1
     with pytest.raises(ivy.PublishError, match="1 message"):
         outbox.flush(1)
+
+
+def test_confirm_waits_for_every_first_message_of_a_workflow(
+        amqp_url: str, redis_url: str, full_queue: str) -> None:
+    # Given a group whose members go to two queues, the first of them full (issue 20, row 14)
+    app = echo_app(amqp_url, redis_url)
+
+    @app.register_task(name="t.other", queue="qa")
+    def other(x: Any) -> Any:
+        return x
+
+    try:
+        app.delayed_call("t.echo", 0).sent(10)  # the full queue holds one message now
+        echo, other_task = app.registry.resolve("t.echo"), app.registry.resolve("t.other")
+        # When the group is sent with confirm=True, the refused member's queue first
+        # Then the send raises: the call waits for every first message, not the last one
+        with pytest.raises(ivy.PublishError, match="refused"):
+            app.send_task(ivy.group(echo.s(1), other_task.s(2)), [], confirm=True)
+    finally:
+        app.close()
+
+
+def test_all_of_fails_with_the_first_error_and_waits_for_both() -> None:
+    from ivy.call import _all_of
+
+    first, second = Future[None](), Future[None]()
+    both = _all_of(first, second)
+    first.set_result(None)
+    assert not both.done()  # one send is still out
+    second.set_exception(ivy.PublishError("refused"))
+    assert isinstance(both.exception(0), ivy.PublishError)
+    ok = _all_of(f := Future[None](), g := Future[None]())
+    g.set_result(None)
+    f.set_result(None)
+    assert ok.exception(0) is None

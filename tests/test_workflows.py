@@ -398,3 +398,45 @@ def test_signed_workflow_steps_are_signed_by_the_worker(memory_url: str) -> None
         worker.stop()
         app_key.close()
         app.close()
+
+
+def test_call_cancel_works_on_a_workflow(urls: tuple[str, str]) -> None:
+    # Given a chain sent while no worker runs (issue 20, row 13)
+    app = make_app(*urls)
+    try:
+        add = task(app, "t.add")
+        call = app.delayed_call(ivy.chain(add.s(1, 2), add.s(3)))
+        # When its own call object cancels it, as the README shows
+        call.cancel()
+        # Then it settles cancelled
+        with pytest.raises(ivy.CallCancelled):
+            call.result(10)
+    finally:
+        app.close()
+
+
+def test_a_workflow_whose_later_messages_are_refused_fails_its_call(
+        memory_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a group whose members go to two queues, and a backend that takes the first
+    # queue's message and refuses the second's at once (issue 20, row 17)
+    app = make_app(memory_url, memory_url)
+    send_many = app.queue_backend.send_many
+
+    def refuse_qb(queue: str, bodies: list[bytes], **options: Any) -> Any:
+        if queue == "qb":
+            raise ivy.PublishError("queue qb refused the message")
+        return send_many(queue, bodies, **options)
+
+    monkeypatch.setattr(app.queue_backend, "send_many", refuse_qb)
+    try:
+        add, mul = task(app, "t.add"), task(app, "t.mul")
+        # When it is sent: the member on qa is out already when qb refuses
+        call = app.delayed_call(ivy.group(add.s(1, 2), mul.s(3, 4)))
+        # Then the call is not lost: it fails, and says why
+        with pytest.raises(ivy.PublishError, match="qb refused"):
+            call.sent(10)
+        with pytest.raises(ivy.PublishError, match="qb refused"):
+            call.result(10)
+        assert app.queue_backend.size("qa") == 1
+    finally:
+        app.close()

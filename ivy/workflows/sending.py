@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ivy.call import Call, ResultCallback, result_callback_adapter
@@ -57,6 +58,7 @@ def send_workflow(
 
     first_queue = messages[0].queue or "ivy"
     call: Call[Any] = Call(call_id, flow.describe(), first_queue)
+    call._canceller = app._canceller
     outs: list[_Outgoing] = []
     for message in messages:
         if app.middleware:
@@ -74,8 +76,19 @@ def send_workflow(
     batches: dict[tuple[str, int], list[_Outgoing]] = {}
     for out in outs:
         batches.setdefault((out.queue, out.priority), []).append(out)
-    for (target, prio), batch in batches.items():
-        app._send(batch, target, prio, delay or 0.0, None)
+    for n, ((target, prio), batch) in enumerate(batches.items()):
+        try:
+            app._send(batch, target, prio, delay or 0.0, None)
+        except Exception as exc:
+            if n == 0:
+                raise  # nothing was sent: the call is forgotten, the error is the caller's
+            # earlier members are out: the call fails as if the broker had refused this one
+            # (``sent()`` and ``result()`` raise PublishError), and is never silently lost
+            refused: Future[None] = Future()
+            refused.set_exception(exc)
+            call._sending(refused)
+            app._send_failed(call, exc)
+            break
     if confirm:
         call.sent()
     return call
