@@ -61,8 +61,18 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ivy.db'}"
 
 
-AMQP_URL = os.environ.get("IVY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-REDIS_URL = os.environ.get("IVY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: pytest-xdist's name for this worker process ("gw0", "gw1", ...), None in a plain run
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_WORKER_INDEX = int(XDIST_WORKER[2:]) if XDIST_WORKER and XDIST_WORKER[2:].isdigit() else None
+#: Tests run in parallel (pytest-xdist, ``-n``) isolate themselves on the shared servers: each
+#: worker process has a RabbitMQ vhost of its own (made at the start of the session) and a
+#: Redis database of its own (14, 13, ...; 15 in a plain run).
+AMQP_VHOST = "%2F" if _WORKER_INDEX is None else f"ivy-test-{XDIST_WORKER}"
+AMQP_URL = os.environ.get("IVY_TEST_AMQP_URL",
+                          f"amqp://guest:guest@127.0.0.1:5672/{AMQP_VHOST}")
+REDIS_URL = os.environ.get(
+    "IVY_TEST_REDIS_URL",
+    f"redis://127.0.0.1:6379/{15 if _WORKER_INDEX is None else 14 - _WORKER_INDEX % 10}")
 #: queue names the shared-broker tests use; emptied before and after each test
 TEST_QUEUES = ("q", "qa", "qb", "unserved", "proc", "bench", "testpackage")
 
@@ -77,10 +87,29 @@ def port_open(url: str, default_port: int) -> bool:
     return True
 
 
+_vhost_ready = False
+
+
+def ensure_amqp_vhost() -> None:
+    """Make this worker's RabbitMQ vhost (a parallel run), once per process."""
+    global _vhost_ready
+    if _vhost_ready or "IVY_TEST_AMQP_URL" in os.environ or AMQP_VHOST == "%2F":
+        return
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        pytest.fail("rabbitmqctl is needed to make a vhost per test worker (-n); or run "
+                    "without -n, or set IVY_TEST_AMQP_URL")
+    subprocess.run([ctl, "add_vhost", AMQP_VHOST], capture_output=True, timeout=60)
+    subprocess.run([ctl, "set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True, timeout=60)
+    _vhost_ready = True
+
+
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
     require_service("RabbitMQ", port_open(AMQP_URL, 5672), f"nothing answers at {AMQP_URL}")
     pytest.importorskip("pika", reason="pip install 'ivy-queue[amqp]'")
+    ensure_amqp_vhost()
     delete_test_queues()
     yield AMQP_URL
     delete_test_queues()
