@@ -50,10 +50,15 @@ def start_worker(
     worker = Worker(context, backend, app._producer_notifier, names,
                     concurrency=concurrency, reserve_time=reserve_time or app.reserve_time,
                     max_messages=max_messages)
+    # every option is checked before the worker takes its first message (a bad heartbeat
+    # interval used to fail after tasks had run)
+    beat = None if heartbeat is None else make_heartbeat(app, worker, heartbeat, events)
     app._workers.append(worker)
     worker.start()
-    if heartbeat is not None:
-        start_heartbeat(app, worker, heartbeat, events)
+    if beat is not None:
+        with app._lock:
+            app._heartbeats.append(beat)
+        beat.start()
     if block:
         worker.run_forever()
     return worker
@@ -80,9 +85,7 @@ def with_events(app: Ivy, context: WorkerContext) -> WorkerContext:
     return replace(context, middleware=Pipeline([*app.middleware.middleware, events]))
 
 
-def start_heartbeat(app: Ivy, worker: Worker, interval: float, events: bool) -> None:
+def make_heartbeat(app: Ivy, worker: Worker, interval: float, events: bool) -> Heartbeat:
+    """The heartbeat of ``worker`` (not started); raises ValueError for a bad interval."""
     assert app._producer_notifier is not None
-    beat = Heartbeat(worker, app._producer_notifier, interval=interval, events=events)
-    with app._lock:
-        app._heartbeats.append(beat)
-    beat.start()
+    return Heartbeat(worker, app._producer_notifier, interval=interval, events=events)

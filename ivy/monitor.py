@@ -45,8 +45,10 @@ class Heartbeat:
 
     def __init__(self, worker: Worker, notifier: Notifier, *,
                  interval: float = HEARTBEAT_INTERVAL, events: bool = False) -> None:
-        if not interval > 0:
-            raise ValueError(f"heartbeat interval {interval!r} must be a number of seconds > 0")
+        if (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                or not 0 < interval < float("inf")):
+            raise ValueError(f"heartbeat interval {interval!r} must be a number of seconds > 0 "
+                             "(heartbeat=None writes none)")
         self.worker = worker
         self.notifier = notifier
         number = next(_sequence)

@@ -350,3 +350,23 @@ def test_fewer_executors_than_queues_serve_every_queue(app: ivy.Ivy) -> None:
     # and a graceful stop gives back what a fetcher still held, losing nothing
     worker.stop(10)
     assert worker.wait_stopped(10)
+
+
+@pytest.mark.parametrize("interval", [0, -1, "5", float("nan"), True])
+def test_a_bad_heartbeat_is_refused_before_any_task_runs(sqlite_url: str,
+                                                         interval: object) -> None:
+    # Given a queued call (issue 20, row 16)
+    app = ivy.Ivy(sqlite_url, sqlite_url)
+    ran: list[int] = []
+    app.register_task(ran.append, name="w.record", queue="qh")
+    app.delayed_call("w.record", 1)
+    app.flush(10)
+    try:
+        # When a worker is asked for with a bad heartbeat interval
+        with pytest.raises(ValueError, match="heartbeat interval"):
+            app.listen(queue="qh", block=False, heartbeat=interval)  # type: ignore[arg-type]
+        # Then it refuses before taking work: the call is still queued, nothing ran
+        assert app._workers == [] and ran == []
+        assert app.queue_backend.size("qh") == 1
+    finally:
+        app.close()
