@@ -63,6 +63,8 @@ class ResultConsumer:
         self._calls: dict[str, Call[Any]] = {}  # each with its _expires
         self._lock = threading.Lock()
         self._retiring = False
+        #: set under the lock when a retired consumer stops: it takes no call after that
+        self._stopped = False
         self._closing = threading.Event()
         self._subscription: Subscription | None = None
         self._thread = threading.Thread(target=self._run, name="ivy-notifications",
@@ -84,6 +86,8 @@ class ResultConsumer:
 
     def add(self, call: Call[Any]) -> None:
         with self._lock:
+            if self._stopped:
+                raise RuntimeError("this notification consumer has stopped")
             call._expires = time.monotonic() + self.pending_ttl
             self._calls[call.id] = call
 
@@ -122,8 +126,11 @@ class ResultConsumer:
         backoff = 0.1
         subscription: Subscription | None = None
         while not self._closing.is_set():
-            if self._retiring and not self._calls:
-                break
+            if self._retiring:
+                with self._lock:  # add() takes the same lock: no call lands after this
+                    self._stopped = not self._calls
+                if self._stopped:
+                    break
             try:
                 if subscription is None:
                     subscription = self.notifier.subscribe(self.channel, self.pending_ids)
@@ -264,10 +271,14 @@ class Results:
             return [*self.retired, *([self.current] if self.current is not None else [])]
 
     def add(self, call: Call[Any]) -> None:
-        current = self.current
-        if current is None:
-            raise RuntimeError("no notification consumer started")
-        current.add(call)
+        """Hold ``call`` in the current consumer. Under the lock that a switch of notifier
+        takes, so that a call never lands in a consumer that retired meanwhile (and may have
+        stopped, having nothing left to wait for)."""
+        with self._lock:
+            current = self.current
+            if current is None:
+                raise RuntimeError("no notification consumer started")
+            current.add(call)
 
     def forget(self, calls: list[Call[Any]]) -> None:
         for consumer in self.consumers():

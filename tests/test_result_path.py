@@ -190,6 +190,48 @@ def test_switching_the_notifier_delivers_old_and_new_calls() -> None:
             app.close()
 
 
+def test_a_call_added_while_the_notifier_switches_is_held_by_a_live_consumer() -> None:
+    # Given a producer on notifier A, adding a call to A's consumer (issue 20, row 9)
+    from ivy.call import Call
+    from ivy.message import new_id
+
+    note_a, note_b = f"memory://{uuid.uuid4().hex}", f"memory://{uuid.uuid4().hex}"
+    producer = ivy.Ivy(f"memory://{uuid.uuid4().hex}", note_a)
+    producer.start_notification_consumer(note_a)
+    old = producer._results.current
+    assert old is not None
+    inside, go = threading.Event(), threading.Event()
+    add = old.add
+
+    def slow_add(call: Call[Any]) -> None:
+        inside.set()
+        go.wait(10)
+        add(call)
+
+    old.add = slow_add  # type: ignore[method-assign]
+    call: Call[Any] = Call(new_id(), "t.late", "q")
+    adding = threading.Thread(target=producer._results.add, args=(call,))
+    adding.start()
+    try:
+        assert inside.wait(10)
+        # When the producer switches to notifier B meanwhile
+        switched = threading.Event()
+        switching = threading.Thread(target=lambda: (
+            producer.start_notification_consumer(note_b), switched.set()))
+        switching.start()
+        if switched.wait(1.0):  # the switch did not wait for the add: A may stop at once
+            wait_for(lambda: not old.alive, timeout=10, message="the retired consumer to stop")
+        go.set()
+        adding.join(10)
+        switching.join(10)
+        # Then the call is held by a consumer that still runs: its result can arrive
+        holders = [c for c in producer._results.consumers() if call.id in c.pending_ids()]
+        assert holders and all(c.alive for c in holders)
+    finally:
+        go.set()
+        producer.close()
+
+
 def test_module_api_switches_notifier(tmp_path: Path) -> None:
     # The module-level functions, as a notebook that reloads its settings uses them.
     script = f"""
