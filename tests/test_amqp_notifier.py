@@ -514,3 +514,30 @@ def test_a_refused_result_is_sent_again_until_the_reply_queue_takes_it(
     finally:
         notifier.close()
         delete_queue(amqp_url, channel)
+
+
+def test_remembered_results_are_bounded_in_bytes(amqp_url: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy.notifiers import amqp as amqp_notifier
+
+    # Given an AMQP notifier that may remember 1 MiB of final notifications (issue 20, row 10)
+    monkeypatch.setattr(amqp_notifier, "MAX_REMEMBERED_BYTES", 1024 * 1024)
+    notifier = amqp_notifier.AMQPNotifier(amqp_url, reply_expires=30)
+    notifier._finals = amqp_notifier._Finals()
+    channel = f"ivy:notify:{uuid.uuid4().hex}"
+    sub = notifier.subscribe(channel, lambda: [])  # declares the reply queue
+    try:
+        # When it publishes 3 MiB of results, 100 KiB each
+        ids = [uuid.uuid4().hex for _ in range(30)]
+        bodies = {i: i.encode() * 3200 for i in ids}
+        for call_id in ids:
+            notifier.publish(channel, call_id, bodies[call_id], final=True)
+        # Then it keeps the latest ones, within the bound, and forgot the oldest
+        finals = notifier._finals
+        assert finals.nbytes == sum(len(b) for b in finals.bodies.values()) <= 1024 * 1024
+        assert notifier.stored(ids[-1]) == bodies[ids[-1]]
+        assert notifier.stored(ids[0]) is None
+    finally:
+        sub.close()
+        notifier.close()
+        delete_queue(amqp_url, channel)

@@ -35,7 +35,8 @@ the store of its producer's results while it lives, and a (re)subscribing produc
 result waiting there, so the ``pending()`` catch-up that the Redis notifier does is not needed.
 ``stored(call_id)`` answers from this process's memory: the final notification that an AMQP
 notifier of this process published for that call to the same broker and vhost (the first one;
-up to :data:`MAX_REMEMBERED` calls, oldest forgotten first), else None. So another process
+up to :data:`MAX_REMEMBERED` calls and :data:`MAX_REMEMBERED_BYTES`, oldest forgotten first),
+else None. So another process
 cannot look a result up. Within one process a second final notification of a call is not
 published at all; across worker processes (a re-run after a crash) both reach the reply queue,
 and the producer settles the call with the first and drops the rest (:mod:`ivy.results`), so a
@@ -97,6 +98,8 @@ DEFAULT_REPLY_EXPIRES = 600.0
 EVENTS_EXCHANGE = "ivy.events"
 #: final notifications remembered per process and vhost, for ``stored`` and the first-wins check
 MAX_REMEMBERED = 100_000
+#: ... and their bytes at most (large results would otherwise take GiB: 100,000 x 100 KiB)
+MAX_REMEMBERED_BYTES = 64 * 1024 * 1024
 #: the longest ``publish_event`` waits for the broker's confirm
 EVENT_TIMEOUT = 5.0
 #: unacknowledged notifications the broker sends a subscription ahead
@@ -110,6 +113,19 @@ class _Finals:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.bodies: OrderedDict[str, bytes] = OrderedDict()
+        self.nbytes = 0
+
+    def remember(self, call_id: str, body: bytes) -> None:
+        """Keep the first final notification of ``call_id``; forget the oldest beyond
+        :data:`MAX_REMEMBERED` calls or :data:`MAX_REMEMBERED_BYTES` bytes. Under ``lock``."""
+        if call_id in self.bodies:
+            return
+        self.bodies[call_id] = body
+        self.nbytes += len(body)
+        while len(self.bodies) > 1 and (len(self.bodies) > MAX_REMEMBERED
+                                        or self.nbytes > MAX_REMEMBERED_BYTES):
+            _, oldest = self.bodies.popitem(last=False)
+            self.nbytes -= len(oldest)
 
 
 #: by (host, port, vhost): notifiers of one broker in this process share what they published
@@ -280,9 +296,7 @@ class AMQPNotifier(Notifier):
             return
         self._wait(out, self.publish_timeout, f"the result of call {call_id} to {channel!r}")
         with finals.lock:
-            finals.bodies.setdefault(call_id, body)
-            if len(finals.bodies) > MAX_REMEMBERED:
-                finals.bodies.popitem(last=False)
+            finals.remember(call_id, body)
 
     def _wait(self, out: Outgoing, timeout: float, what: str) -> None:
         """Send ``out`` and wait for the broker's confirm; PublishError after ``timeout``."""
