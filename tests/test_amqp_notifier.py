@@ -541,3 +541,24 @@ def test_remembered_results_are_bounded_in_bytes(amqp_url: str,
         sub.close()
         notifier.close()
         delete_queue(amqp_url, channel)
+
+
+def test_a_result_to_a_reply_queue_deleted_meanwhile_is_not_lost(amqp_url: str) -> None:
+    from ivy.notifiers.amqp import AMQPNotifier
+
+    # Given a notifier that published to a reply queue (so it has declared it), and the
+    # queue then deleted by someone else (issue 20, row 3)
+    notifier = AMQPNotifier(amqp_url, reply_expires=30, publish_timeout=10)
+    channel = f"ivy:notify:{uuid.uuid4().hex}"
+    try:
+        notifier.publish(channel, uuid.uuid4().hex, b"first", final=True)
+        assert reply_queue_size(amqp_url, channel) == 1
+        delete_queue(amqp_url, channel)
+        # When it publishes the next result there
+        notifier.publish(channel, uuid.uuid4().hex, b"second", final=True)
+        # Then the broker's return makes it declare the queue again and resend: the result
+        # is in the queue, not confirmed and dropped
+        assert reply_queue_size(amqp_url, channel) == 1
+    finally:
+        notifier.close()
+        delete_queue(amqp_url, channel)

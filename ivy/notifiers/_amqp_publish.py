@@ -42,6 +42,8 @@ log = logging.getLogger("ivy.amqp")
 
 #: declarations remembered per channel before the stale ones are dropped
 MAX_DECLARED = 10_000
+#: returned bodies remembered at most until their confirms come (one channel)
+MAX_RETURNS = 10_000
 _seq = itertools.count()
 
 
@@ -131,6 +133,9 @@ class Publisher:
         #: refused publishes to send again, and the timer that will
         self._refused: list[Outgoing] = []
         self._resender: threading.Timer | None = None
+        #: bodies the broker returned as unroutable on this channel, and why: each return
+        #: comes before the confirm of its publish, which looks it up (I/O thread only)
+        self._returns: dict[bytes, str] = {}
 
     @property
     def last_error(self) -> str:
@@ -161,6 +166,16 @@ class Publisher:
     def _ready(self, channel: Channel) -> None:
         self._tag = 0
         self.declarations.reset()
+        self._returns.clear()
+        channel.add_on_return_callback(self._returned)
+
+    def _returned(self, channel: Channel, method: Any, properties: BasicProperties,
+                  body: bytes) -> None:
+        """The broker returned a notification no queue took: its reply queue was deleted
+        after this channel declared it. Its confirm, which comes next, sends it again after
+        declaring afresh (until its deadline) instead of counting it as delivered."""
+        if len(self._returns) < MAX_RETURNS:
+            self._returns[body] = f"{method.reply_code} {method.reply_text}"
 
     def _lost(self) -> None:
         """What reached the lost channel unconfirmed is sent again on the next one."""
@@ -195,7 +210,11 @@ class Publisher:
                 self._tag += 1
                 with self._lock:
                     self._by_tag[self._tag] = out
-                channel.basic_publish(out.exchange, out.routing_key, out.body, out.properties)
+                # to a reply queue or stream, mandatory: one that no queue takes comes back
+                # (see _returned) instead of being confirmed and lost. Not to the events
+                # exchange, which may have no subscriber at all.
+                channel.basic_publish(out.exchange, out.routing_key, out.body, out.properties,
+                                      mandatory=out.declare[0] != "exchange")
 
             self.declarations.then(channel, out.declare, now)
 
@@ -207,9 +226,18 @@ class Publisher:
         now = time.monotonic()
         again: list[Outgoing] = []  # refused, to send again before their deadline
         ended: list[Outgoing] = []
+        returned: list[tuple[Outgoing, str]] = []
         with self._lock:
             for out in pop_confirmed(self._by_tag, method):
-                if not ok and not out.cancelled and now < out.deadline:
+                why = self._returns.pop(out.body, None) if self._returns else None
+                if why is not None:
+                    if not out.cancelled and now < out.deadline:
+                        out.handed = False
+                        again.append(out)
+                    else:
+                        self._unconfirmed.pop(out.seq, None)
+                    returned.append((out, why))
+                elif not ok and not out.cancelled and now < out.deadline:
                     out.handed = False  # on no channel now: a lost connection does not resend it
                     out.nacks += 1
                     again.append(out)
@@ -226,10 +254,22 @@ class Publisher:
                 f"the broker {self.url} refused (nack) a notification to "
                 f"{out.routing_key or out.exchange!r}"
                 + (f" {out.nacks + 1} times" if out.nacks else "")))
-        if again:
+        if returned:
+            for out, why in returned:
+                if out not in again:
+                    complete(out.future, PublishError(
+                        f"the broker {self.url} returned a notification to "
+                        f"{out.routing_key!r} as unroutable ({why}) until its deadline, even "
+                        "after declaring the queue again: is something deleting it?"))
+            log.warning("amqp %s: %d notification(s) to %r came back unroutable (%s: the reply "
+                        "queue was deleted?); declaring again and resending", self.label,
+                        len(returned), returned[0][0].routing_key, returned[0][1])
+            self.declarations.reset()  # declared afresh before they are sent again
+        nacked = [o for o in again if all(o is not r for r, _ in returned)]
+        if nacked:
             log.info("amqp %s: %d notification(s) to %r refused (nack), sending again (a "
                      "quorum queue without a leader for a moment, or full?)", self.label,
-                     len(again), again[0].routing_key or again[0].exchange)
+                     len(nacked), nacked[0].routing_key or nacked[0].exchange)
 
     def _send_refused(self) -> None:
         with self._lock:
