@@ -17,9 +17,13 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from typing import Any, Protocol, runtime_checkable
 
 from ivy.errors import ConfigurationError, SerializationError
+
+#: What ``Signer.sign`` writes as a signature: the HMAC's hex digest, lowercase.
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 @runtime_checkable
@@ -187,7 +191,8 @@ class Signer:
         return _encoder.encode(envelope).encode("utf-8")
 
     def verify(self, envelope: dict[str, Any]) -> bytes:
-        """Return the signed bytes; raise ValueError saying why they cannot be trusted."""
+        """Return the signed bytes; raise ValueError saying why they cannot be trusted (a
+        signature that is not 64 lowercase hex digits is refused before any comparison)."""
         if envelope.get("alg") != self.ALG:
             raise ValueError(f"signature algorithm {envelope.get('alg')!r} is not {self.ALG}")
         key = self._by_id.get(str(envelope.get("key_id")))
@@ -197,8 +202,11 @@ class Signer:
             body = base64.b64decode(str(envelope.get("body")), validate=True)
         except (ValueError, binascii.Error):
             raise ValueError("signed body is not valid base64") from None
+        signature = envelope.get("signature")
+        if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
+            raise ValueError("signature is not 64 lowercase hex digits")
         expected = hmac.new(key, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, str(envelope.get("signature"))):
+        if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
             raise ValueError("signature does not match: the message was altered or signed "
                              "with another key")
         return body

@@ -7,11 +7,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sqlite3
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import json_values, wait_for
+from conftest import AMQP_URL, json_values, port_open, require_service, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -145,6 +149,149 @@ def test_every_bad_message_is_dead_lettered_and_the_worker_keeps_serving(
     assert app.delayed_call(ok, 5).result(20) == 5
 
 
+# -- the same on live backends, each body put in with the backend's own client ---------------
+
+#: the worker's signing key in the signed-mode tests
+KEY = "k" * 32
+GOOD = {"ivy": 1, "id": "g", "name": "t.ok", "args": [1]}
+
+
+def envelope(signature: Any, body: dict[str, Any] | None = None) -> bytes:
+    """A signature envelope naming the worker's key, with ``signature`` as given."""
+    inner = json.dumps(body or GOOD).encode()
+    return json.dumps({"ivy_signed": 1, "alg": "HMAC-SHA256", "key_id": Signer.key_id(
+        KEY.encode()), "signature": signature, "body": base64.b64encode(inner).decode()},
+        ensure_ascii=False).encode()
+
+
+def signed_corpus() -> dict[str, bytes]:
+    """Bodies that a worker with a signing key must dead-let without running them."""
+    return {
+        "non-ASCII signature": envelope("é" * 64),
+        "non-ASCII short signature": envelope("\u2603"),
+        "non-hex signature": envelope("g" * 64),
+        "upper-case hex signature": envelope("A" * 64),
+        "signature a number": envelope(12345),
+        "signature null": envelope(None),
+        "signature an object": envelope({"a": "é"}),
+    }
+
+
+@pytest.fixture(params=["sqlite", "redis-streams", "amqp"])
+def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """(queue URL, notifier URL, a queue name of this test's own): SQLite, Redis Streams,
+    RabbitMQ (with Redis for results). The queue is deleted afterwards; shared names are never
+    touched."""
+    queue = f"ivy-sec-{uuid.uuid4().hex[:12]}"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ivy.db'}"
+        yield url, url, queue
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    if request.param == "redis-streams":
+        from ivy.queues.redis_streams import RedisStreamsQueueBackend
+
+        yield redis_url, redis_url, queue
+        backend = RedisStreamsQueueBackend(redis_url)
+        backend.delete_queues([queue])
+        backend.close()
+        return
+    require_service("RabbitMQ", port_open(AMQP_URL, 5672), f"nothing answers at {AMQP_URL}")
+    pytest.importorskip("pika")
+    from ivy.queues.amqp import AMQPQueueBackend
+
+    yield AMQP_URL, redis_url, queue
+    amqp = AMQPQueueBackend(AMQP_URL)
+    amqp.delete_queues([queue, f"{queue}.dead"])
+    amqp.close()
+
+
+def inject(url: str, queue: str, body: bytes) -> None:
+    """Put ``body`` into ``queue`` with the backend's own client, not through ivy: an INSERT
+    into the SQLite table, an XADD to the Redis stream, a basic_publish to RabbitMQ."""
+    if url.startswith("sqlite:"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)
+        with conn:
+            conn.execute("INSERT INTO ivy_messages (queue, body, available_at, created) "
+                         "VALUES (?, ?, ?, ?)", (queue, body, time.time(), time.time()))
+        conn.close()
+    elif url.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        client.xadd(f"ivy:{{{queue}}}", {"b": body})
+        client.close()
+    else:
+        import pika
+
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        connection.channel().basic_publish("", queue, body,
+                                           pika.BasicProperties(delivery_mode=2))
+        connection.close()
+
+
+class Served:
+    """A worker on a live backend serving ``t.ok`` (which records its runs) and ``t.fail``
+    (which records its runs and raises) on a queue of its own."""
+
+    def __init__(self, live: tuple[str, str, str], **options: Any) -> None:
+        queue_url, notifier_url, self.queue = live
+        self.url = queue_url
+        self.app = ivy.Ivy(queue_url, notifier_url, retry_base_delay=0.01,
+                           retry_max_delay=0.05, **options)
+        self.runs: list[Any] = []
+        self.failures: list[Any] = []
+
+        @self.app.register_task(name="t.ok", queue=self.queue)
+        def ok(n: int) -> int:
+            self.runs.append(n)
+            return n
+
+        @self.app.register_task(name="t.fail", queue=self.queue)
+        def fail(n: int) -> None:
+            self.failures.append(n)
+            raise RuntimeError("fails")
+
+        self.worker = self.app.listen(queue=self.queue, block=False)
+        # the worker is up and its queue exists before anything is put in by hand
+        assert self.app.delayed_call("t.ok", 0).result(30) == 0
+
+    def dead(self) -> dict[bytes, str]:
+        return {d.body: d.reason for d in self.app.queue_backend.dead_letters(self.queue, 200)}
+
+    def check(self, bodies: dict[str, bytes], timeout: float = 30) -> dict[bytes, str]:
+        """Put each body in by hand; each is dead-lettered with a reason, none runs ``t.ok``,
+        and the worker still serves a good call sent afterwards. Returns body -> reason."""
+        for body in bodies.values():
+            inject(self.url, self.queue, body)
+        wanted = set(bodies.values())
+        wait_for(lambda: wanted <= set(self.dead()), timeout=timeout,
+                 message=f"dead letters of {sorted(bodies)}")
+        dead = self.dead()
+        assert all(dead[b] for b in wanted)
+        assert self.worker.running
+        assert self.app.delayed_call("t.ok", 5).result(30) == 5
+        assert self.runs == [0, 5]  # nothing bad ran
+        return dead
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def test_signed_worker_dead_letters_signatures_of_any_text(
+        live: tuple[str, str, str]) -> None:
+    # Given a worker with a signing key
+    served = Served(live, signing_key=KEY)
+    try:
+        # When envelopes whose signature is not a hex digest are put straight into its queue
+        dead = served.check(signed_corpus())
+        # Then each was refused for its signature, not retried as an internal error
+        assert all("signature is not 64 lowercase hex digits" in dead[b]
+                   for b in signed_corpus().values())
+    finally:
+        served.close()
+
+
 # -- signatures ---------------------------------------------------------------------------------
 
 
@@ -160,6 +307,12 @@ def test_sign_verify_and_tamper() -> None:
         unwrap(b'{"ivy":1}', signer)
     # a side without a key still reads signed bodies
     assert unwrap(sealed, None) == b'{"ivy":1}'
+
+
+@pytest.mark.parametrize("signature", list(signed_corpus()))
+def test_a_signature_that_is_not_hex_is_refused_with_a_reason(signature: str) -> None:
+    with pytest.raises(ivy.MessageError, match="signature is not 64 lowercase hex digits"):
+        decode_message(signed_corpus()[signature], JSON, signer=Signer(KEY))
 
 
 def test_key_rotation() -> None:
