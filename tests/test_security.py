@@ -292,6 +292,57 @@ def test_signed_worker_dead_letters_signatures_of_any_text(
         served.close()
 
 
+class Touchy(JSONSerializer):
+    """JSON, whose ``loads`` has a bug: a body holding ``boom`` raises KeyError."""
+
+    def loads(self, data: bytes) -> Any:
+        if b"boom" in data:
+            raise KeyError("boom")
+        return super().loads(data)
+
+
+def test_whatever_decoding_raises_dead_letters_the_message(live: tuple[str, str, str]) -> None:
+    # Given a worker whose serializer raises something other than ValueError on some bodies
+    served = Served(live, serializer=Touchy())
+    try:
+        # When such a body is put straight into its queue
+        body = json.dumps({**GOOD, "args": ["boom"]}).encode()
+        dead = served.check({"serializer bug": body})
+        # Then it is dead-lettered at once, naming the error, not returned to the queue
+        assert dead[body] == "message could not be decoded: KeyError: 'boom'"
+    finally:
+        served.close()
+
+
+def test_internal_errors_of_one_body_are_capped(live: tuple[str, str, str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy.processing import MAX_INTERNAL_ERRORS
+    from ivy.timing.gate import Gate
+
+    # Given a worker with a bug that raises on one message, each time it is delivered
+    admit = Gate.admit
+    seen: list[str] = []
+
+    def buggy(self: Gate, delivery: Any, task: Any, message: Any) -> bool:
+        if message.id == "loop":
+            seen.append(message.id)
+            raise RuntimeError("a bug")
+        return admit(self, delivery, task, message)
+
+    monkeypatch.setattr(Gate, "admit", buggy)
+    served = Served(live)
+    try:
+        # When that message is put straight into its queue
+        body = json.dumps({**GOOD, "id": "loop"}).encode()
+        dead = served.check({"internal error": body})
+        # Then it was returned a few times, then dead-lettered naming the error
+        assert len(seen) == MAX_INTERNAL_ERRORS
+        assert dead[body].startswith(f"internal error {MAX_INTERNAL_ERRORS} times on worker ")
+        assert dead[body].endswith("the last: RuntimeError: a bug")
+    finally:
+        served.close()
+
+
 # -- signatures ---------------------------------------------------------------------------------
 
 
