@@ -108,6 +108,17 @@ FIELDS_WRONG = {"ivy": "1", "id": 7, "name": ["t.ok"], "args": {"a": 1}, "kwargs
                 "priority": 1000, "eta": "soon", "created_ms": -5}
 
 
+#: numbers past the schema's maximums: each overflowed the worker's arithmetic (issue 28)
+OUT_OF_BOUNDS: dict[str, dict[str, Any]] = {
+    "eta": {"eta": 10**400},
+    "eta past 2**53 - 1": {"eta": 2**53},
+    "attempt": {"attempt": 10_001, "max_retries": 10_002},
+    "max_retries": {"max_retries": 10**30},
+    "created_ms": {"created_ms": 10**400},
+    "unique_until": {"unique_key": "k", "unique_until": 10**400},
+}
+
+
 def corpus() -> dict[str, bytes]:
     good = {"ivy": 1, "id": "c", "name": "t.ok", "args": [1]}
     deep: Any = 0
@@ -125,28 +136,18 @@ def corpus() -> dict[str, bytes]:
     }
     for field, value in FIELDS_WRONG.items():
         items[f"wrong type: {field}"] = json.dumps({**good, field: value}).encode()
+    for field, value in OUT_OF_BOUNDS.items():
+        items[f"out of bounds: {field}"] = json.dumps({**good, **value}).encode()
     return items
 
 
 def test_every_bad_message_is_dead_lettered_and_the_worker_keeps_serving(
-        app: ivy.Ivy) -> None:
-    runs: list[int] = []
-
-    @app.register_task(name="t.ok", queue="q")
-    def ok(n: int) -> int:
-        runs.append(n)
-        return n
-
-    app.listen(queue="q", block=False)
-    bad = corpus()
-    for body in bad.values():
-        app.queue_backend.publish("q", body)
-    wait_for(lambda: len(app.queue_backend.dead_letters("q", 100)) == len(bad), timeout=30,
-             message=f"{len(bad)} dead letters")
-    dead = app.queue_backend.dead_letters("q", 100)
-    assert all(d.reason for d in dead)
-    assert runs == []  # nothing bad ran
-    assert app.delayed_call(ok, 5).result(20) == 5
+        live: tuple[str, str, str]) -> None:
+    served = Served(live)
+    try:
+        served.check(corpus())
+    finally:
+        served.close()
 
 
 # -- the same on live backends, each body put in with the backend's own client ---------------
@@ -290,6 +291,59 @@ def test_signed_worker_dead_letters_signatures_of_any_text(
                    for b in signed_corpus().values())
     finally:
         served.close()
+
+
+def test_numbers_past_the_maximums_are_refused_by_the_schema(
+        live: tuple[str, str, str]) -> None:
+    served = Served(live)
+    try:
+        bodies = {k: v for k, v in corpus().items() if k.startswith("out of bounds")}
+        dead = served.check(bodies)
+        # refused as what they are, not after looping as internal errors
+        assert all("must be smaller than or equal to" in dead[b] for b in bodies.values())
+    finally:
+        served.close()
+
+
+def test_a_high_attempt_number_is_retried_within_bounds(live: tuple[str, str, str]) -> None:
+    served = Served(live)
+    try:
+        # Given a call that fails, on attempt 1100 of 1102 (2.0 ** 1100 overflows a float)
+        body = json.dumps({"ivy": 1, "id": "high", "name": "t.fail", "args": [1],
+                           "attempt": 1100, "max_retries": 1101}).encode()
+        inject(served.url, served.queue, body)
+        # Then it is retried once, after a bounded backoff, and dead-lettered after its last
+        wait_for(lambda: served.dead(), timeout=30, message="a dead letter")
+        [(last, reason)] = served.dead().items()
+        assert json.loads(last)["attempt"] == 1101
+        assert reason.startswith("task 't.fail' failed 1102 times")
+        assert served.failures == [1, 1]
+        assert served.app.delayed_call("t.ok", 5).result(30) == 5
+    finally:
+        served.close()
+
+
+def test_backoff_is_bounded_for_any_attempt() -> None:
+    app = ivy.Ivy(f"memory://{uuid.uuid4().hex}", retry_base_delay=0.5, retry_max_delay=60)
+    try:
+        for attempt in (0, 1, 31, 32, 1100, 10**6, 10**400):
+            assert 0 < app.backoff(attempt) <= 60
+    finally:
+        app.close()
+
+
+def test_schema_bounds_and_task_options_agree() -> None:
+    from ivy.message import MAX_RETRIES, MAX_TIMESTAMP_MS, load_schema
+
+    fields = load_schema("message-v1")["properties"]
+    assert fields["attempt"]["maximum"] == fields["max_retries"]["maximum"] == MAX_RETRIES
+    assert fields["eta"]["maximum"] == fields["created_ms"]["maximum"] == MAX_TIMESTAMP_MS
+    app = ivy.Ivy(f"memory://{uuid.uuid4().hex}")
+    try:
+        with pytest.raises(ivy.ConfigurationError, match="from 0 to 10000"):
+            app.register_task(lambda: None, name="t.many", max_retries=MAX_RETRIES + 1)
+    finally:
+        app.close()
 
 
 class Touchy(JSONSerializer):
