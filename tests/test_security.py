@@ -119,6 +119,35 @@ OUT_OF_BOUNDS: dict[str, dict[str, Any]] = {
 }
 
 
+#: bodies that the JSON decoder itself turns away: past the float range, past Python's limit
+#: on integer digits, nested past the recursion limit (issue 28, finding 15)
+NUMBERS_AND_NESTING = {
+    "1e999": b'{"ivy":1,"id":"c","name":"t.ok","args":[1e999]}',
+    "-1e999 in kwargs": b'{"ivy":1,"id":"c","name":"t.ok","args":[],"kwargs":{"n":-1e999}}',
+    "5,000-digit integer": b'{"ivy":1,"id":"c","name":"t.ok","args":[' + b"9" * 5000 + b"]}",
+    "deep JSON": b'{"ivy":1,"id":"c","name":"t.ok","args":[' + b"[" * 100_000 + b"]}",
+    "deep JSON alone": b"[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("kind", list(NUMBERS_AND_NESTING))
+def test_numbers_and_nesting_json_cannot_carry_are_refused(kind: str) -> None:
+    with pytest.raises(ivy.MessageError, match="message is not valid json: "):
+        decode_message(NUMBERS_AND_NESTING[kind], JSON)
+    sealed = Signer(KEY).sign(NUMBERS_AND_NESTING[kind])
+    with pytest.raises(ivy.MessageError, match="message is not valid json: "):
+        decode_message(sealed, JSON, signer=Signer(KEY))
+
+
+def test_a_short_signing_key_is_taken_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="ivy"):
+        Signer(["k" * 32, b"short"])
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert f"signing key {Signer.key_id(b'short')} is 5 bytes" in record.getMessage()
+    assert "short" not in record.getMessage().replace("is 5 bytes", "")
+
+
 def corpus() -> dict[str, bytes]:
     good = {"ivy": 1, "id": "c", "name": "t.ok", "args": [1]}
     deep: Any = 0
@@ -133,6 +162,7 @@ def corpus() -> dict[str, bytes]:
         "unknown task": json.dumps({**good, "name": "t.nope"}).encode(),
         "module attribute": json.dumps({**good, "name": "os.system", "args": ["id"]}).encode(),
         "legacy with extra fields": b'{"name":"t.ok","options":{},"args":[1],"reply_to":"x"}',
+        **NUMBERS_AND_NESTING,
     }
     for field, value in FIELDS_WRONG.items():
         items[f"wrong type: {field}"] = json.dumps({**good, field: value}).encode()
