@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import sqlite3
 import time
@@ -515,3 +516,139 @@ def test_producer_ignores_unsigned_or_forged_results(monkeypatch: pytest.MonkeyP
     app._dispatch(app.seal(Notification(call.id, "successful", result="real").encode(JSON)))
     assert call.result(1) == "real"
     app.close()
+
+
+# -- fuzzing the decode layer -------------------------------------------------------------------
+
+MESSAGE_KEYS = ["ivy", "id", "name", "args", "kwargs", "options", "queue", "reply_to",
+                "attempt", "max_retries", "priority", "eta", "created_ms", "headers",
+                "workflow", "unique_key", "unique_until", "x"]
+#: number tokens that json.dumps never writes but a hostile producer can
+RAW_NUMBERS = ["1e999", "-1e999", "9" * 5000, "1" + "0" * 400, "2e308", "1e-999", "-0",
+               "NaN", "Infinity", "-Infinity", "1.7976931348623157e308", "9007199254740992"]
+
+
+class Raw:
+    """A JSON token written as is."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Raw):
+        return value.text
+    if isinstance(value, list):
+        return "[" + ",".join(map(_text, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{_text(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+hostile_values = st.recursive(
+    json_values | st.sampled_from(RAW_NUMBERS).map(Raw)
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from([10_000, 10_001, 2**53 - 1, 2**53, 2**63]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=8)
+
+
+@st.composite
+def message_bodies(draw: st.DrawFn, names: tuple[str, ...] = ("t.ok", "t.nope", "os.system"),
+                   keys: tuple[str, ...] = tuple(MESSAGE_KEYS)) -> bytes:
+    """Message bodies from nearly valid to hostile: a valid core with fields overwritten or
+    dropped, or any JSON object of message keys, numbers JSON cannot carry included."""
+    fields: dict[str, Any] = {}
+    if draw(st.booleans()):
+        fields = {"ivy": 1, "id": "f", "name": draw(st.sampled_from(names)), "args": [1]}
+        for key in draw(st.lists(st.sampled_from(list(fields)), max_size=2)):
+            fields.pop(key, None)
+    fields.update(draw(st.dictionaries(st.sampled_from(keys), hostile_values, max_size=4)))
+    if "name" in fields and not isinstance(fields["name"], str) and draw(st.booleans()):
+        fields["name"] = draw(st.sampled_from(names))
+    return _text(fields).encode()
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[bytes, Signer | None]:
+    """(body, the worker's signer): unsigned bodies to a worker without a key, and to one
+    with a key bodies signed with it, signed with another, or with a signature of any text."""
+    inner = draw(message_bodies() | st.binary(max_size=200))
+    mode = draw(st.sampled_from(["off", "signed", "other key", "forged", "unverified"]))
+    if mode == "off":
+        return inner, None
+    signer = Signer(KEY)
+    if mode in ("signed", "unverified"):
+        return signer.sign(inner), None if mode == "unverified" else signer
+    if mode == "other key":
+        return Signer("o" * 32).sign(inner), signer
+    signature = draw(st.text(max_size=70) | st.sampled_from(["0" * 64, "A" * 64])
+                     | hostile_values)
+    envelope = {"ivy_signed": 1, "alg": draw(st.sampled_from(["HMAC-SHA256", "none"])),
+                "key_id": draw(st.sampled_from([Signer.key_id(KEY.encode()), "x"])),
+                "signature": signature, "body": base64.b64encode(inner).decode()}
+    return _text(envelope).encode(), signer
+
+
+def _finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(deliveries())
+def test_fuzzed_deliveries_decode_or_give_a_reason(delivery: tuple[bytes, Signer | None]) -> None:
+    from ivy.message import MAX_RETRIES, MAX_TIMESTAMP_MS
+
+    body, signer = delivery
+    # what the worker calls on a delivery's bytes (ivy.processing)
+    try:
+        message = decode_message(body, JSON, signer=signer)
+    except ivy.MessageError as exc:
+        assert exc.reason
+        return
+    # a message that decodes can be run and settled without overflowing anything
+    assert 0 <= message.attempt <= MAX_RETRIES and 0 <= message.max_retries <= MAX_RETRIES
+    assert message.eta is None or 0 <= message.eta <= MAX_TIMESTAMP_MS
+    assert _finite([message.args, message.kwargs, message.options])
+    JSON.dumps(message.to_dict())  # it can be sent again (a retry)
+
+
+def test_a_worker_survives_fuzzed_bodies(tmp_path: Path) -> None:
+    # Given a couple of dozen fuzzed bodies (no eta: a deferred call would wait its time)
+    bodies: list[bytes] = []
+
+    @settings(max_examples=30, deadline=None, database=None)
+    @given(message_bodies(names=("t.ok", "t.nope"),
+                          keys=tuple(k for k in MESSAGE_KEYS if k != "eta")))
+    def collect(body: bytes) -> None:
+        bodies.append(body)
+
+    collect()
+    url = f"sqlite:///{tmp_path / 'ivy.db'}"
+    served = Served((url, url, f"ivy-sec-{uuid.uuid4().hex[:12]}"))
+    try:
+        # When they are put straight into its queue
+        for body in bodies:
+            inject(url, served.queue, body)
+        # Then each one either runs or is dead-lettered with a reason; none stays
+        backend = served.app.queue_backend
+        wait_for(lambda: backend.size(served.queue) == 0, timeout=30,
+                 message="every fuzzed body to be settled")
+        dead = backend.dead_letters(served.queue, 200)
+        assert all(d.reason for d in dead)
+        assert len(served.runs) - 1 + len(dead) == len(bodies)
+        # and the worker still serves
+        assert served.worker.running
+        assert served.app.delayed_call("t.ok", 5).result(30) == 5
+    finally:
+        served.close()
