@@ -46,6 +46,9 @@ log = logging.getLogger("ivy")
 T = TypeVar("T", QueueBackend, Notifier)
 
 CHANNEL_PREFIX = "ivy:notify:"
+#: The retry backoff doubles this many times at most (``Ivy.backoff``): 2**32 times the base
+#: delay is past any ``retry_max_delay``, and 2.0 ** 1100 would raise OverflowError.
+MAX_BACKOFF_EXPONENT = 32
 
 
 class Ivy(Registering):
@@ -208,8 +211,11 @@ class Ivy(Registering):
                    for t in map(self.registry.get, self.registry.names()))
 
     def backoff(self, attempt: int) -> float:
-        """Seconds before retry ``attempt + 1``: exponential, capped, with jitter (50-100%)."""
-        delay: float = min(self.retry_max_delay, self.retry_base_delay * 2.0 ** attempt)
+        """Seconds before retry ``attempt + 1``: exponential, capped, with jitter (50-100%).
+        The exponent stops at ``MAX_BACKOFF_EXPONENT``: an attempt number from the wire
+        (1100, say) never overflows the arithmetic."""
+        exponent = min(max(attempt, 0), MAX_BACKOFF_EXPONENT)
+        delay: float = min(self.retry_max_delay, self.retry_base_delay * 2.0 ** exponent)
         return delay * random.uniform(0.5, 1.0)
 
     # -- producer ----------------------------------------------------------------------------

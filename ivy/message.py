@@ -32,6 +32,11 @@ Status = Literal["scheduled", "running", "successful", "errored", "cancelled", "
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 #: Default cap on how deeply arguments and results may nest; ``Ivy(max_depth=...)``.
 DEFAULT_MAX_DEPTH = 64
+#: The largest ``attempt`` and ``max_retries`` a message may carry (schema ``message-v1``).
+MAX_RETRIES = 10_000
+#: The latest ``eta`` (and ``created_ms``, ``unique_until``) a message may carry, in Unix ms:
+#: 2**53 - 1, exact in the number type of every JSON reader (some 285,000 years from now).
+MAX_TIMESTAMP_MS = 2**53 - 1
 
 
 def load_schema(name: str) -> dict[str, Any]:

@@ -7,13 +7,22 @@ Outcomes: a task body runs in :mod:`ivy.execution` (styles, timeouts), its outco
 published by :mod:`ivy.outcomes` (within the producer's limits), and :mod:`ivy.settle`
 decides what becomes of the delivery (ack, retry, dead letter). A call whose ``eta`` is later
 than its delivery is deferred, which does not count as an attempt.
+
+Nothing a body holds can make a worker loop: whatever decoding raises, a :class:`MessageError`
+or anything else, dead-letters the delivery with the reason; and an internal error (a bug,
+a backend or notifier failing) returns the delivery to its queue, after ``backoff(n)`` s for
+its n-th internal error on this worker, at most ``MAX_INTERNAL_ERRORS - 1`` times: the next
+one dead-letters it with a reason naming the error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +35,40 @@ if TYPE_CHECKING:
     from ivy.worker import Worker
 
 log = logging.getLogger("ivy.worker")
+
+#: Internal errors one body may meet on one worker: after the last it is dead-lettered, not
+#: returned to its queue again. The returns wait ``backoff(1)``, ``backoff(2)``, ... (with
+#: the default 1 s doubling, about 4-8 minutes in all), so that a notifier or backend that
+#: is down for a while does not cost the call; a body that always fails does not loop.
+MAX_INTERNAL_ERRORS = 10
+#: bodies whose internal errors a worker keeps count of: the oldest count is forgotten first
+REMEMBERED_BODIES = 1024
+#: how much of an internal error's text a dead letter's reason keeps
+_ERROR_CHARS = 500
+
+
+class InternalErrors:
+    """Counts the internal errors of each body (by queue and a digest of its bytes) on one
+    worker; thread-safe, and bounded to the ``REMEMBERED_BODIES`` counted last."""
+
+    def __init__(self, size: int = REMEMBERED_BODIES) -> None:
+        self._size = size
+        self._counts: OrderedDict[bytes, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, delivery: Delivery) -> int:
+        """Count one more internal error of ``delivery``'s body; return its count."""
+        digest = hashlib.blake2b(delivery.queue.encode("utf-8", "surrogatepass"),
+                                 digest_size=16)
+        digest.update(b"\0")
+        digest.update(delivery.body)
+        key = digest.digest()
+        with self._lock:
+            count = self._counts.pop(key, 0) + 1
+            self._counts[key] = count
+            if len(self._counts) > self._size:
+                self._counts.popitem(last=False)
+            return count
 
 
 def process(worker: Worker, delivery: Delivery) -> None:
@@ -40,6 +83,11 @@ def process(worker: Worker, delivery: Delivery) -> None:
                                      max_depth=ctx.max_depth, signer=ctx.signer)
         except MessageError as exc:
             reject(worker, delivery, exc.reason, exc.fields)
+            return
+        except Exception as exc:  # a serializer's bug, or one of ours: never returned to loop
+            log.exception("worker %s: decoding a message of %s raised", worker.name,
+                          delivery.queue)
+            reject(worker, delivery, f"message could not be decoded: {_error(exc)}", {})
             return
         if delivery.exhausted is not None:  # it killed or hung worker after worker
             reject(worker, delivery, delivery.exhausted, _fields(message), message)
@@ -64,14 +112,36 @@ def process(worker: Worker, delivery: Delivery) -> None:
         if not worker._gate.admit(delivery, task, message):  # cancelled, rate-limited
             return
         run(worker, delivery, task, message)
-    except Exception:
-        log.exception("worker %s: internal error on a message of %s; returning it to the "
-                      "queue", worker.name, delivery.queue)
-        with logged("returning a message after an internal error"):
-            delivery.retry(worker.context.backoff(0))
+    except Exception as exc:
+        internal_error(worker, delivery, message, exc)
     finally:
         with worker._lock:
             worker.processed += 1
+
+
+def internal_error(worker: Worker, delivery: Delivery, message: Message | None,
+                   exc: Exception) -> None:
+    """Return a delivery whose processing raised to its queue, or dead-letter it once its body
+    met ``MAX_INTERNAL_ERRORS`` of them on this worker."""
+    count = worker._internal_errors.add(delivery)
+    if count < MAX_INTERNAL_ERRORS:
+        log.exception("worker %s: internal error %d of at most %d on a message of %s; "
+                      "returning it to the queue", worker.name, count, MAX_INTERNAL_ERRORS,
+                      delivery.queue)
+        with logged("returning a message after an internal error"):
+            delivery.retry(worker.context.backoff(count))
+        return
+    log.exception("worker %s: internal error %d on a message of %s; dead-lettering it",
+                  worker.name, count, delivery.queue)
+    reason = (f"internal error {count} times on worker {worker.name}; the last: "
+              f"{_error(exc)}")
+    with logged("dead-lettering a message after internal errors"):
+        reject(worker, delivery, reason, _fields(message) if message else {}, message)
+
+
+def _error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS - 3] + "..."
 
 
 def lease(worker: Worker, task: Task[Any, Any]) -> float:

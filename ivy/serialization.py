@@ -1,6 +1,7 @@
 """Serializers for message and notification bodies. JSON by default; never pickle.
 
-JSON goes through the standard library's :mod:`json` in a strict form: no NaN or Infinity,
+JSON goes through the standard library's :mod:`json` in a strict form: no NaN or Infinity
+(nor a number too large for a float, such as ``1e999``, which would decode as infinity),
 string keys only, nothing but JSON types. orjson is deliberately not used even when installed:
 it turns integers beyond 64 bits into floats on decoding, silently (25852016738884976640000
 became 2.585201673888498e+22 in our tests), and it encodes types (datetime, UUID) that the
@@ -16,10 +17,20 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
+import math
 import os
+import re
 from typing import Any, Protocol, runtime_checkable
 
 from ivy.errors import ConfigurationError, SerializationError
+
+log = logging.getLogger("ivy")
+
+#: Shorter signing keys are taken, with a warning: HMAC-SHA256 wants 32 bytes of secret.
+MIN_KEY_BYTES = 32
+#: What ``Signer.sign`` writes as a signature: the HMAC's hex digest, lowercase.
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 @runtime_checkable
@@ -39,8 +50,17 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
 
 
+def _parse_float(text: str) -> float:
+    """A JSON number with a fraction or an exponent. One too large for a float (``1e999``)
+    would become infinity, which JSON cannot carry: refused like ``Infinity``."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is too large for a float")
+    return value
+
+
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 
 
 _CONTAINERS = (dict, list, tuple)
@@ -163,7 +183,8 @@ class Signer:
 
     The first key signs; every key verifies, so keys rotate by putting the new one first and
     keeping the old one until nothing signed with it is left in the queues. ``key_id`` is the
-    first 8 hex digits of SHA-256 of the key: it names the key without revealing it.
+    first 8 hex digits of SHA-256 of the key: it names the key without revealing it. A key
+    shorter than ``MIN_KEY_BYTES`` is taken, with a warning logged (``ivy``).
     """
 
     ALG = "HMAC-SHA256"
@@ -173,6 +194,11 @@ class Signer:
         self.keys = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in raw]
         if not self.keys or any(not k for k in self.keys):
             raise ConfigurationError("a signing key must be a non-empty string or bytes")
+        for key in self.keys:
+            if len(key) < MIN_KEY_BYTES:
+                log.warning("signing key %s is %d bytes: use at least %d random bytes (python "
+                            "-c 'import secrets; print(secrets.token_hex(32))')",
+                            self.key_id(key), len(key), MIN_KEY_BYTES)
         self._by_id = {self.key_id(k): k for k in self.keys}
 
     @staticmethod
@@ -187,7 +213,8 @@ class Signer:
         return _encoder.encode(envelope).encode("utf-8")
 
     def verify(self, envelope: dict[str, Any]) -> bytes:
-        """Return the signed bytes; raise ValueError saying why they cannot be trusted."""
+        """Return the signed bytes; raise ValueError saying why they cannot be trusted (a
+        signature that is not 64 lowercase hex digits is refused before any comparison)."""
         if envelope.get("alg") != self.ALG:
             raise ValueError(f"signature algorithm {envelope.get('alg')!r} is not {self.ALG}")
         key = self._by_id.get(str(envelope.get("key_id")))
@@ -197,8 +224,11 @@ class Signer:
             body = base64.b64decode(str(envelope.get("body")), validate=True)
         except (ValueError, binascii.Error):
             raise ValueError("signed body is not valid base64") from None
+        signature = envelope.get("signature")
+        if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
+            raise ValueError("signature is not 64 lowercase hex digits")
         expected = hmac.new(key, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, str(envelope.get("signature"))):
+        if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
             raise ValueError("signature does not match: the message was altered or signed "
                              "with another key")
         return body

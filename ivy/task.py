@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from ivy.errors import ConfigurationError, TaskNotRegistered
+from ivy.message import MAX_RETRIES
 from ivy.timing.ratelimit import parse_rate_limit
 
 if TYPE_CHECKING:
@@ -75,9 +76,9 @@ class Task(Generic[P, R]):
         if not isinstance(priority, int) or not 0 <= priority <= 255:
             raise ConfigurationError(
                 f"priority {priority!r} for task {name!r} must be an int from 0 to 255")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigurationError(
-                f"max_retries {max_retries!r} for task {name!r} must be an int >= 0")
+        if not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES:
+            raise ConfigurationError(f"max_retries {max_retries!r} for task {name!r} must be "
+                                     f"an int from 0 to {MAX_RETRIES}")
         for label, value in (("reserve_time", reserve_time), ("timeout", timeout)):
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):
                 raise ConfigurationError(

@@ -190,6 +190,8 @@ class Worker:
         self._gate = Gate(notifier, self._executor, self._recorder, self.name)
         #: what becomes of a delivery once its task ran, or when it cannot run
         self._settler = Settler(context.middleware, context.backoff, self._recorder, self.name)
+        #: internal errors per body, so that none is returned to its queue forever
+        self._internal_errors = processing.InternalErrors()
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} on {self.backend.url}>"

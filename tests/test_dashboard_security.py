@@ -101,6 +101,21 @@ def test_with_a_token_every_request_needs_it(memory_dashboard: Dashboard) -> Non
         assert c.get("/").status_code == 200 and c.get("/failures").status_code == 200
 
 
+@pytest.mark.parametrize("value", ["é", "\u2603" * 40, "ÿ" * 64],
+                         ids=["e-acute", "snowmen", "64 y-umlauts"])
+def test_a_session_cookie_of_any_text_is_refused_not_an_error(
+        memory_dashboard: Dashboard, value: str) -> None:
+    # Given a cookie whose value is not ASCII (a str compare_digest cannot take)
+    app = create_app(memory_dashboard, token=TOKEN)
+    cookie = f"{SESSION_COOKIE}={value}".encode()
+    with TestClient(app, base_url="http://dashboard.example", follow_redirects=False,
+                    raise_server_exceptions=False) as c:
+        # Then it is refused like a wrong cookie: the login form for a page, 401 for the rest
+        page = c.get("/", headers={"accept": "text/html", "cookie": cookie})
+        assert page.status_code == 303 and page.headers["location"].startswith("/login")
+        assert c.get("/api/live", headers={"cookie": cookie}).status_code == 401
+
+
 def test_binding_beyond_loopback_needs_a_token() -> None:
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         check_bind(host, None)

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
+import sqlite3
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import json_values, wait_for
+from conftest import AMQP_URL, json_values, port_open, require_service, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -104,6 +109,46 @@ FIELDS_WRONG = {"ivy": "1", "id": 7, "name": ["t.ok"], "args": {"a": 1}, "kwargs
                 "priority": 1000, "eta": "soon", "created_ms": -5}
 
 
+#: numbers past the schema's maximums: each overflowed the worker's arithmetic (issue 28)
+OUT_OF_BOUNDS: dict[str, dict[str, Any]] = {
+    "eta": {"eta": 10**400},
+    "eta past 2**53 - 1": {"eta": 2**53},
+    "attempt": {"attempt": 10_001, "max_retries": 10_002},
+    "max_retries": {"max_retries": 10**30},
+    "created_ms": {"created_ms": 10**400},
+    "unique_until": {"unique_key": "k", "unique_until": 10**400},
+}
+
+
+#: bodies that the JSON decoder itself turns away: past the float range, past Python's limit
+#: on integer digits, nested past the recursion limit (issue 28, finding 15)
+NUMBERS_AND_NESTING = {
+    "1e999": b'{"ivy":1,"id":"c","name":"t.ok","args":[1e999]}',
+    "-1e999 in kwargs": b'{"ivy":1,"id":"c","name":"t.ok","args":[],"kwargs":{"n":-1e999}}',
+    "5,000-digit integer": b'{"ivy":1,"id":"c","name":"t.ok","args":[' + b"9" * 5000 + b"]}",
+    "deep JSON": b'{"ivy":1,"id":"c","name":"t.ok","args":[' + b"[" * 100_000 + b"]}",
+    "deep JSON alone": b"[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("kind", list(NUMBERS_AND_NESTING))
+def test_numbers_and_nesting_json_cannot_carry_are_refused(kind: str) -> None:
+    with pytest.raises(ivy.MessageError, match="message is not valid json: "):
+        decode_message(NUMBERS_AND_NESTING[kind], JSON)
+    sealed = Signer(KEY).sign(NUMBERS_AND_NESTING[kind])
+    with pytest.raises(ivy.MessageError, match="message is not valid json: "):
+        decode_message(sealed, JSON, signer=Signer(KEY))
+
+
+def test_a_short_signing_key_is_taken_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="ivy"):
+        Signer(["k" * 32, b"short"])
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert f"signing key {Signer.key_id(b'short')} is 5 bytes" in record.getMessage()
+    assert "short" not in record.getMessage().replace("is 5 bytes", "")
+
+
 def corpus() -> dict[str, bytes]:
     good = {"ivy": 1, "id": "c", "name": "t.ok", "args": [1]}
     deep: Any = 0
@@ -118,31 +163,269 @@ def corpus() -> dict[str, bytes]:
         "unknown task": json.dumps({**good, "name": "t.nope"}).encode(),
         "module attribute": json.dumps({**good, "name": "os.system", "args": ["id"]}).encode(),
         "legacy with extra fields": b'{"name":"t.ok","options":{},"args":[1],"reply_to":"x"}',
+        **NUMBERS_AND_NESTING,
     }
     for field, value in FIELDS_WRONG.items():
         items[f"wrong type: {field}"] = json.dumps({**good, field: value}).encode()
+    for field, value in OUT_OF_BOUNDS.items():
+        items[f"out of bounds: {field}"] = json.dumps({**good, **value}).encode()
     return items
 
 
 def test_every_bad_message_is_dead_lettered_and_the_worker_keeps_serving(
-        app: ivy.Ivy) -> None:
-    runs: list[int] = []
+        live: tuple[str, str, str]) -> None:
+    served = Served(live)
+    try:
+        served.check(corpus())
+    finally:
+        served.close()
 
-    @app.register_task(name="t.ok", queue="q")
-    def ok(n: int) -> int:
-        runs.append(n)
-        return n
 
-    app.listen(queue="q", block=False)
-    bad = corpus()
-    for body in bad.values():
-        app.queue_backend.publish("q", body)
-    wait_for(lambda: len(app.queue_backend.dead_letters("q", 100)) == len(bad), timeout=30,
-             message=f"{len(bad)} dead letters")
-    dead = app.queue_backend.dead_letters("q", 100)
-    assert all(d.reason for d in dead)
-    assert runs == []  # nothing bad ran
-    assert app.delayed_call(ok, 5).result(20) == 5
+# -- the same on live backends, each body put in with the backend's own client ---------------
+
+#: the worker's signing key in the signed-mode tests
+KEY = "k" * 32
+GOOD = {"ivy": 1, "id": "g", "name": "t.ok", "args": [1]}
+
+
+def envelope(signature: Any, body: dict[str, Any] | None = None) -> bytes:
+    """A signature envelope naming the worker's key, with ``signature`` as given."""
+    inner = json.dumps(body or GOOD).encode()
+    return json.dumps({"ivy_signed": 1, "alg": "HMAC-SHA256", "key_id": Signer.key_id(
+        KEY.encode()), "signature": signature, "body": base64.b64encode(inner).decode()},
+        ensure_ascii=False).encode()
+
+
+def signed_corpus() -> dict[str, bytes]:
+    """Bodies that a worker with a signing key must dead-let without running them."""
+    return {
+        "non-ASCII signature": envelope("é" * 64),
+        "non-ASCII short signature": envelope("\u2603"),
+        "non-hex signature": envelope("g" * 64),
+        "upper-case hex signature": envelope("A" * 64),
+        "signature a number": envelope(12345),
+        "signature null": envelope(None),
+        "signature an object": envelope({"a": "é"}),
+    }
+
+
+@pytest.fixture(params=["sqlite", "redis-streams", "amqp"])
+def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """(queue URL, notifier URL, a queue name of this test's own): SQLite, Redis Streams,
+    RabbitMQ (with Redis for results). The queue is deleted afterwards; shared names are never
+    touched."""
+    queue = f"ivy-sec-{uuid.uuid4().hex[:12]}"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ivy.db'}"
+        yield url, url, queue
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    if request.param == "redis-streams":
+        from ivy.queues.redis_streams import RedisStreamsQueueBackend
+
+        yield redis_url, redis_url, queue
+        backend = RedisStreamsQueueBackend(redis_url)
+        backend.delete_queues([queue])
+        backend.close()
+        return
+    require_service("RabbitMQ", port_open(AMQP_URL, 5672), f"nothing answers at {AMQP_URL}")
+    pytest.importorskip("pika")
+    from ivy.queues.amqp import AMQPQueueBackend
+
+    yield AMQP_URL, redis_url, queue
+    amqp = AMQPQueueBackend(AMQP_URL)
+    amqp.delete_queues([queue, f"{queue}.dead"])
+    amqp.close()
+
+
+def inject(url: str, queue: str, body: bytes) -> None:
+    """Put ``body`` into ``queue`` with the backend's own client, not through ivy: an INSERT
+    into the SQLite table, an XADD to the Redis stream, a basic_publish to RabbitMQ."""
+    if url.startswith("sqlite:"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)
+        with conn:
+            conn.execute("INSERT INTO ivy_messages (queue, body, available_at, created) "
+                         "VALUES (?, ?, ?, ?)", (queue, body, time.time(), time.time()))
+        conn.close()
+    elif url.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        client.xadd(f"ivy:{{{queue}}}", {"b": body})
+        client.close()
+    else:
+        import pika
+
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        connection.channel().basic_publish("", queue, body,
+                                           pika.BasicProperties(delivery_mode=2))
+        connection.close()
+
+
+class Served:
+    """A worker on a live backend serving ``t.ok`` (which records its runs) and ``t.fail``
+    (which records its runs and raises) on a queue of its own."""
+
+    def __init__(self, live: tuple[str, str, str], **options: Any) -> None:
+        queue_url, notifier_url, self.queue = live
+        self.url = queue_url
+        self.app = ivy.Ivy(queue_url, notifier_url, retry_base_delay=0.01,
+                           retry_max_delay=0.05, **options)
+        self.runs: list[Any] = []
+        self.failures: list[Any] = []
+
+        @self.app.register_task(name="t.ok", queue=self.queue)
+        def ok(n: int) -> int:
+            self.runs.append(n)
+            return n
+
+        @self.app.register_task(name="t.fail", queue=self.queue)
+        def fail(n: int) -> None:
+            self.failures.append(n)
+            raise RuntimeError("fails")
+
+        self.worker = self.app.listen(queue=self.queue, block=False)
+        # the worker is up and its queue exists before anything is put in by hand
+        assert self.app.delayed_call("t.ok", 0).result(30) == 0
+
+    def dead(self) -> dict[bytes, str]:
+        return {d.body: d.reason for d in self.app.queue_backend.dead_letters(self.queue, 200)}
+
+    def check(self, bodies: dict[str, bytes], timeout: float = 30) -> dict[bytes, str]:
+        """Put each body in by hand; each is dead-lettered with a reason, none runs ``t.ok``,
+        and the worker still serves a good call sent afterwards. Returns body -> reason."""
+        for body in bodies.values():
+            inject(self.url, self.queue, body)
+        wanted = set(bodies.values())
+        wait_for(lambda: wanted <= set(self.dead()), timeout=timeout,
+                 message=f"dead letters of {sorted(bodies)}")
+        dead = self.dead()
+        assert all(dead[b] for b in wanted)
+        assert self.worker.running
+        assert self.app.delayed_call("t.ok", 5).result(30) == 5
+        assert self.runs == [0, 5]  # nothing bad ran
+        return dead
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def test_signed_worker_dead_letters_signatures_of_any_text(
+        live: tuple[str, str, str]) -> None:
+    # Given a worker with a signing key
+    served = Served(live, signing_key=KEY)
+    try:
+        # When envelopes whose signature is not a hex digest are put straight into its queue
+        dead = served.check(signed_corpus())
+        # Then each was refused for its signature, not retried as an internal error
+        assert all("signature is not 64 lowercase hex digits" in dead[b]
+                   for b in signed_corpus().values())
+    finally:
+        served.close()
+
+
+def test_numbers_past_the_maximums_are_refused_by_the_schema(
+        live: tuple[str, str, str]) -> None:
+    served = Served(live)
+    try:
+        bodies = {k: v for k, v in corpus().items() if k.startswith("out of bounds")}
+        dead = served.check(bodies)
+        # refused as what they are, not after looping as internal errors
+        assert all("must be smaller than or equal to" in dead[b] for b in bodies.values())
+    finally:
+        served.close()
+
+
+def test_a_high_attempt_number_is_retried_within_bounds(live: tuple[str, str, str]) -> None:
+    served = Served(live)
+    try:
+        # Given a call that fails, on attempt 1100 of 1102 (2.0 ** 1100 overflows a float)
+        body = json.dumps({"ivy": 1, "id": "high", "name": "t.fail", "args": [1],
+                           "attempt": 1100, "max_retries": 1101}).encode()
+        inject(served.url, served.queue, body)
+        # Then it is retried once, after a bounded backoff, and dead-lettered after its last
+        wait_for(lambda: served.dead(), timeout=30, message="a dead letter")
+        [(last, reason)] = served.dead().items()
+        assert json.loads(last)["attempt"] == 1101
+        assert reason.startswith("task 't.fail' failed 1102 times")
+        assert served.failures == [1, 1]
+        assert served.app.delayed_call("t.ok", 5).result(30) == 5
+    finally:
+        served.close()
+
+
+def test_backoff_is_bounded_for_any_attempt() -> None:
+    app = ivy.Ivy(f"memory://{uuid.uuid4().hex}", retry_base_delay=0.5, retry_max_delay=60)
+    try:
+        for attempt in (0, 1, 31, 32, 1100, 10**6, 10**400):
+            assert 0 < app.backoff(attempt) <= 60
+    finally:
+        app.close()
+
+
+def test_schema_bounds_and_task_options_agree() -> None:
+    from ivy.message import MAX_RETRIES, MAX_TIMESTAMP_MS, load_schema
+
+    fields = load_schema("message-v1")["properties"]
+    assert fields["attempt"]["maximum"] == fields["max_retries"]["maximum"] == MAX_RETRIES
+    assert fields["eta"]["maximum"] == fields["created_ms"]["maximum"] == MAX_TIMESTAMP_MS
+    app = ivy.Ivy(f"memory://{uuid.uuid4().hex}")
+    try:
+        with pytest.raises(ivy.ConfigurationError, match="from 0 to 10000"):
+            app.register_task(lambda: None, name="t.many", max_retries=MAX_RETRIES + 1)
+    finally:
+        app.close()
+
+
+class Touchy(JSONSerializer):
+    """JSON, whose ``loads`` has a bug: a body holding ``boom`` raises KeyError."""
+
+    def loads(self, data: bytes) -> Any:
+        if b"boom" in data:
+            raise KeyError("boom")
+        return super().loads(data)
+
+
+def test_whatever_decoding_raises_dead_letters_the_message(live: tuple[str, str, str]) -> None:
+    # Given a worker whose serializer raises something other than ValueError on some bodies
+    served = Served(live, serializer=Touchy())
+    try:
+        # When such a body is put straight into its queue
+        body = json.dumps({**GOOD, "args": ["boom"]}).encode()
+        dead = served.check({"serializer bug": body})
+        # Then it is dead-lettered at once, naming the error, not returned to the queue
+        assert dead[body] == "message could not be decoded: KeyError: 'boom'"
+    finally:
+        served.close()
+
+
+def test_internal_errors_of_one_body_are_capped(live: tuple[str, str, str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy.processing import MAX_INTERNAL_ERRORS
+    from ivy.timing.gate import Gate
+
+    # Given a worker with a bug that raises on one message, each time it is delivered
+    admit = Gate.admit
+    seen: list[str] = []
+
+    def buggy(self: Gate, delivery: Any, task: Any, message: Any) -> bool:
+        if message.id == "loop":
+            seen.append(message.id)
+            raise RuntimeError("a bug")
+        return admit(self, delivery, task, message)
+
+    monkeypatch.setattr(Gate, "admit", buggy)
+    served = Served(live)
+    try:
+        # When that message is put straight into its queue
+        body = json.dumps({**GOOD, "id": "loop"}).encode()
+        dead = served.check({"internal error": body})
+        # Then it was returned a few times, then dead-lettered naming the error
+        assert len(seen) == MAX_INTERNAL_ERRORS
+        assert dead[body].startswith(f"internal error {MAX_INTERNAL_ERRORS} times on worker ")
+        assert dead[body].endswith("the last: RuntimeError: a bug")
+    finally:
+        served.close()
 
 
 # -- signatures ---------------------------------------------------------------------------------
@@ -160,6 +443,12 @@ def test_sign_verify_and_tamper() -> None:
         unwrap(b'{"ivy":1}', signer)
     # a side without a key still reads signed bodies
     assert unwrap(sealed, None) == b'{"ivy":1}'
+
+
+@pytest.mark.parametrize("signature", list(signed_corpus()))
+def test_a_signature_that_is_not_hex_is_refused_with_a_reason(signature: str) -> None:
+    with pytest.raises(ivy.MessageError, match="signature is not 64 lowercase hex digits"):
+        decode_message(signed_corpus()[signature], JSON, signer=Signer(KEY))
 
 
 def test_key_rotation() -> None:
@@ -227,3 +516,139 @@ def test_producer_ignores_unsigned_or_forged_results(monkeypatch: pytest.MonkeyP
     app._dispatch(app.seal(Notification(call.id, "successful", result="real").encode(JSON)))
     assert call.result(1) == "real"
     app.close()
+
+
+# -- fuzzing the decode layer -------------------------------------------------------------------
+
+MESSAGE_KEYS = ["ivy", "id", "name", "args", "kwargs", "options", "queue", "reply_to",
+                "attempt", "max_retries", "priority", "eta", "created_ms", "headers",
+                "workflow", "unique_key", "unique_until", "x"]
+#: number tokens that json.dumps never writes but a hostile producer can
+RAW_NUMBERS = ["1e999", "-1e999", "9" * 5000, "1" + "0" * 400, "2e308", "1e-999", "-0",
+               "NaN", "Infinity", "-Infinity", "1.7976931348623157e308", "9007199254740992"]
+
+
+class Raw:
+    """A JSON token written as is."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Raw):
+        return value.text
+    if isinstance(value, list):
+        return "[" + ",".join(map(_text, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{_text(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+hostile_values = st.recursive(
+    json_values | st.sampled_from(RAW_NUMBERS).map(Raw)
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from([10_000, 10_001, 2**53 - 1, 2**53, 2**63]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=8)
+
+
+@st.composite
+def message_bodies(draw: st.DrawFn, names: tuple[str, ...] = ("t.ok", "t.nope", "os.system"),
+                   keys: tuple[str, ...] = tuple(MESSAGE_KEYS)) -> bytes:
+    """Message bodies from nearly valid to hostile: a valid core with fields overwritten or
+    dropped, or any JSON object of message keys, numbers JSON cannot carry included."""
+    fields: dict[str, Any] = {}
+    if draw(st.booleans()):
+        fields = {"ivy": 1, "id": "f", "name": draw(st.sampled_from(names)), "args": [1]}
+        for key in draw(st.lists(st.sampled_from(list(fields)), max_size=2)):
+            fields.pop(key, None)
+    fields.update(draw(st.dictionaries(st.sampled_from(keys), hostile_values, max_size=4)))
+    if "name" in fields and not isinstance(fields["name"], str) and draw(st.booleans()):
+        fields["name"] = draw(st.sampled_from(names))
+    return _text(fields).encode()
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[bytes, Signer | None]:
+    """(body, the worker's signer): unsigned bodies to a worker without a key, and to one
+    with a key bodies signed with it, signed with another, or with a signature of any text."""
+    inner = draw(message_bodies() | st.binary(max_size=200))
+    mode = draw(st.sampled_from(["off", "signed", "other key", "forged", "unverified"]))
+    if mode == "off":
+        return inner, None
+    signer = Signer(KEY)
+    if mode in ("signed", "unverified"):
+        return signer.sign(inner), None if mode == "unverified" else signer
+    if mode == "other key":
+        return Signer("o" * 32).sign(inner), signer
+    signature = draw(st.text(max_size=70) | st.sampled_from(["0" * 64, "A" * 64])
+                     | hostile_values)
+    envelope = {"ivy_signed": 1, "alg": draw(st.sampled_from(["HMAC-SHA256", "none"])),
+                "key_id": draw(st.sampled_from([Signer.key_id(KEY.encode()), "x"])),
+                "signature": signature, "body": base64.b64encode(inner).decode()}
+    return _text(envelope).encode(), signer
+
+
+def _finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(deliveries())
+def test_fuzzed_deliveries_decode_or_give_a_reason(delivery: tuple[bytes, Signer | None]) -> None:
+    from ivy.message import MAX_RETRIES, MAX_TIMESTAMP_MS
+
+    body, signer = delivery
+    # what the worker calls on a delivery's bytes (ivy.processing)
+    try:
+        message = decode_message(body, JSON, signer=signer)
+    except ivy.MessageError as exc:
+        assert exc.reason
+        return
+    # a message that decodes can be run and settled without overflowing anything
+    assert 0 <= message.attempt <= MAX_RETRIES and 0 <= message.max_retries <= MAX_RETRIES
+    assert message.eta is None or 0 <= message.eta <= MAX_TIMESTAMP_MS
+    assert _finite([message.args, message.kwargs, message.options])
+    JSON.dumps(message.to_dict())  # it can be sent again (a retry)
+
+
+def test_a_worker_survives_fuzzed_bodies(tmp_path: Path) -> None:
+    # Given a couple of dozen fuzzed bodies (no eta: a deferred call would wait its time)
+    bodies: list[bytes] = []
+
+    @settings(max_examples=30, deadline=None, database=None)
+    @given(message_bodies(names=("t.ok", "t.nope"),
+                          keys=tuple(k for k in MESSAGE_KEYS if k != "eta")))
+    def collect(body: bytes) -> None:
+        bodies.append(body)
+
+    collect()
+    url = f"sqlite:///{tmp_path / 'ivy.db'}"
+    served = Served((url, url, f"ivy-sec-{uuid.uuid4().hex[:12]}"))
+    try:
+        # When they are put straight into its queue
+        for body in bodies:
+            inject(url, served.queue, body)
+        # Then each one either runs or is dead-lettered with a reason; none stays
+        backend = served.app.queue_backend
+        wait_for(lambda: backend.size(served.queue) == 0, timeout=30,
+                 message="every fuzzed body to be settled")
+        dead = backend.dead_letters(served.queue, 200)
+        assert all(d.reason for d in dead)
+        assert len(served.runs) - 1 + len(dead) == len(bodies)
+        # and the worker still serves
+        assert served.worker.running
+        assert served.app.delayed_call("t.ok", 5).result(30) == 5
+    finally:
+        served.close()

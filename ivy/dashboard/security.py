@@ -125,7 +125,8 @@ class Access:
         root = _root(request)
         if request.url.path == root + "/login":
             return None
-        if hmac.compare_digest(request.cookies.get(SESSION_COOKIE, ""), self.session):
+        if hmac.compare_digest(request.cookies.get(SESSION_COOKIE, "").encode(),
+                               self.session.encode()):
             return None
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer ") and self.matches(auth[7:].strip()):
