@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivy.errors import MessageError
 from ivy.message import Message, decode_message, now_ms
-from ivy.queues.base import Delivery
+from ivy.queues.base import Delivery, delivery_limit_reason
 from ivy.task import Task
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ def process(worker: Worker, delivery: Delivery) -> None:
     dead letter); never raises."""
     message: Message | None = None
     try:
+        if delivery.uncounted:  # its lost delivery is counted once it is back in the queue
+            delivery.defer(0.0)
+            return
         try:
             ctx = worker.context
             message = decode_message(delivery.body, ctx.serializer,
@@ -89,8 +92,9 @@ def process(worker: Worker, delivery: Delivery) -> None:
                           delivery.queue)
             reject(worker, delivery, f"message could not be decoded: {_error(exc)}", {})
             return
-        if delivery.exhausted is not None:  # it killed or hung worker after worker
-            reject(worker, delivery, delivery.exhausted, _fields(message), message)
+        exhausted = delivery.exhausted or lost_deliveries(worker, delivery, message)
+        if exhausted is not None:  # it killed or hung worker after worker
+            reject(worker, delivery, exhausted, _fields(message), message)
             return
         # Backends that retry by redelivering the same body (SQS) count attempts for us;
         # a redelivery after a crash counts as an attempt too (poison-message protection).
@@ -117,6 +121,17 @@ def process(worker: Worker, delivery: Delivery) -> None:
     finally:
         with worker._lock:
             worker.processed += 1
+
+
+def lost_deliveries(worker: Worker, delivery: Delivery, message: Message) -> str | None:
+    """The reason to dead-letter a poison message, if its deliveries without an outcome reached
+    the backend's ``max_deliveries``: those of its ``delivery_count`` that its ``attempt``
+    (the retries its workers made) does not account for."""
+    limit = worker.backend.max_deliveries
+    if limit is None:
+        return None
+    lost = delivery.delivery_count - 1 - message.attempt
+    return delivery_limit_reason(lost, limit) if lost >= limit else None
 
 
 def internal_error(worker: Worker, delivery: Delivery, message: Message | None,

@@ -67,7 +67,9 @@ _WORKER_INDEX = int(XDIST_WORKER[2:]) if XDIST_WORKER and XDIST_WORKER[2:].isdig
 #: Tests run in parallel (pytest-xdist, ``-n``) isolate themselves on the shared servers: each
 #: worker process has a RabbitMQ vhost of its own (made at the start of the session) and a
 #: Redis database of its own (14, 13, ...; 15 in a plain run).
-AMQP_VHOST = "%2F" if _WORKER_INDEX is None else f"ivy-test-{XDIST_WORKER}"
+#: (the vhost names the run too, so that two parallel runs on one machine keep apart there)
+AMQP_VHOST = "%2F" if _WORKER_INDEX is None else (
+    f"ivy-test-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'run')[:8]}-{XDIST_WORKER}")
 AMQP_URL = os.environ.get("IVY_TEST_AMQP_URL",
                           f"amqp://guest:guest@127.0.0.1:5672/{AMQP_VHOST}")
 REDIS_URL = os.environ.get(
@@ -103,6 +105,13 @@ def ensure_amqp_vhost() -> None:
     subprocess.run([ctl, "set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*"],
                    check=True, capture_output=True, timeout=60)
     _vhost_ready = True
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Delete this worker's vhost, if it made one."""
+    ctl = shutil.which("rabbitmqctl")
+    if _vhost_ready and ctl is not None:
+        subprocess.run([ctl, "delete_vhost", AMQP_VHOST], capture_output=True, timeout=60)
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def test_queue_url_selects_streams_and_notifier_url_the_notifier(redis_url: str)
     from ivy.queues.redis_streams import RedisStreamsQueueBackend
 
     backend = make_queue_backend(redis_url + "?max_deliveries=3")
-    assert isinstance(backend, RedisStreamsQueueBackend) and backend.max_deliveries == 3
+    assert isinstance(backend, RedisStreamsQueueBackend) and backend.stream_max_deliveries == 3
     backend.close()
     notifier = ivy.config.make_notifier(redis_url)
     assert isinstance(notifier, RedisNotifier)
@@ -152,7 +152,7 @@ def test_message_whose_lease_runs_out_again_and_again_is_dead_lettered(redis_url
         # Then it is handed out marked exhausted, with the reason for the dead letter
         assert d is not None and d.delivery_count == 4
         assert d.exhausted is not None
-        assert "delivered 3 times, and each time its reservation ran out" in d.exhausted
+        assert "delivery limit: delivered 3 times" in d.exhausted
         assert "max_deliveries is 3" in d.exhausted
         d.dead_letter(d.exhausted)
         [dead] = backend.dead_letters(q)
@@ -266,7 +266,7 @@ def test_task_that_kills_its_worker_every_time_ends_dead_lettered(redis_url: str
         last = start_worker(url, notifier, "--reserve-time", "0.5", env=env)
         wait_for(lambda: backend.dead_letters("proc"), timeout=30, message="the dead letter")
         [dead] = backend.dead_letters("proc")
-        assert "delivered 2 times, and each time its reservation ran out" in dead.reason
+        assert "delivery limit: delivered 2 times" in dead.reason
         assert backend.size("proc") == 0
         assert last.poll() is None  # the worker lives
         # and the producer is told why

@@ -30,6 +30,10 @@ from ivy.queues.base import Consumer, Delivery
 
 log = logging.getLogger("ivy.amqp")
 
+#: Longest a closing classic-queue consumer waits for the broker to stop its consumer before it
+#: puts back its unstarted deliveries.
+CANCEL_WAIT = 5.0
+
 if TYPE_CHECKING:
     from ivy.queues.amqp import AMQPQueueBackend
 
@@ -56,6 +60,9 @@ class AMQPDelivery(Delivery):
         if not isinstance(returned, int) or returned < 0:
             returned = int(redelivered)
         self.delivery_count = (earlier if isinstance(earlier, int) else 0) + 1 + returned
+        # a classic queue's redelivery (its consumer's connection was lost before an
+        # outcome) is counted nowhere but in our header: the worker puts it back first
+        self.uncounted = bool(redelivered) and not consumer._declarer.quorum
         self._done = False
 
     def _settle(self, op: Callable[[Channel], None]) -> None:
@@ -69,8 +76,14 @@ class AMQPDelivery(Delivery):
         self._settle(lambda ch: ch.basic_ack(tag))
 
     def _release(self) -> None:
-        tag = self._tag
-        self._settle(lambda ch: ch.basic_nack(tag, requeue=True))
+        """An unstarted delivery given back: a quorum queue's requeue is not counted as a
+        delivery (its ``x-delivery-count`` is); a classic one would come back marked
+        ``redelivered``, as after a lost consumer, so it is put back with its count instead."""
+        if self._consumer._declarer.quorum:
+            tag = self._tag
+            self._settle(lambda ch: ch.basic_nack(tag, requeue=True))
+        else:
+            self._defer(0.0)
 
     def _retry(self, delay: float, body: bytes | None) -> None:
         self._put_back(delay, body if body is not None else self.body, self.delivery_count)
@@ -106,6 +119,8 @@ class AMQPConsumer(Consumer):
         self.queue = queue
         self.prefetch = max(1, prefetch)
         self._buffer: deque[AMQPDelivery] = deque()
+        #: classic queues: deliveries that arrived after close() began (it gives them back)
+        self._late: list[AMQPDelivery] = []
         self._cond = threading.Condition()
         self._closed = False
         self._outstanding = 0
@@ -125,7 +140,10 @@ class AMQPConsumer(Consumer):
                                     bool(method.redelivered))
             with self._cond:
                 if self._closed:
-                    ch.basic_nack(method.delivery_tag, requeue=True)
+                    if self._declarer.quorum:
+                        ch.basic_nack(method.delivery_tag, requeue=True)
+                    else:  # given back by close() with the others (not marked redelivered)
+                        self._late.append(delivery)
                     return
                 self._buffer.append(delivery)
                 self._cond.notify()
@@ -174,6 +192,11 @@ class AMQPConsumer(Consumer):
                 op(channel)
 
         self._link.call(run)
+        self._one_less()
+
+    def _one_less(self) -> None:
+        """A delivery (or close()'s giving back) was settled: once closed and none is left,
+        shut the connection, after the settles queued before (the link runs them in order)."""
         with self._cond:
             self._outstanding -= 1
             finished = self._closed and self._outstanding <= 0
@@ -188,20 +211,59 @@ class AMQPConsumer(Consumer):
                 return
             self._closed = True
             unstarted, self._buffer = list(self._buffer), deque()
-            idle = self._outstanding <= 0
+            # close() itself counts until its settles are queued: the connection must not
+            # shut before them (the last in-flight ack may come while it puts back)
+            self._outstanding += 1
             self._cond.notify_all()
         tag = self._tag
+        stopped = threading.Event()
 
         def cancel(channel: Channel) -> None:
-            if tag is not None:
-                channel.basic_cancel(tag)
-            for d in unstarted:
-                if d._generation == self._link.generation:
-                    channel.basic_nack(d._tag, requeue=True)
+            if tag is not None and channel.is_open:
+                channel.basic_cancel(tag, callback=lambda _frame: stopped.set())
+            else:
+                stopped.set()
 
         self._link.call(cancel)
-        if idle:
-            self._link.call(lambda ch: threading.Thread(target=self.shutdown, daemon=True).start())
+        put_back: list[AMQPDelivery] = []
+        if not self._declarer.quorum:
+            # the copies must not come back to this consumer: put back once it has stopped,
+            # with what reached it after close() began
+            stopped.wait(CANCEL_WAIT)
+            with self._cond:
+                unstarted += self._late
+                self._late = []
+            put_back = self._put_back_unstarted(unstarted)
+
+        def settle(channel: Channel) -> None:
+            for d in unstarted:
+                if d._generation == self._link.generation:
+                    if d in put_back:
+                        channel.basic_ack(d._tag)
+                    else:
+                        channel.basic_nack(d._tag, requeue=True)
+
+        self._link.call(settle)
+        self._one_less()
+
+    def _put_back_unstarted(self, unstarted: list[AMQPDelivery]) -> list[AMQPDelivery]:
+        """On a classic queue, publish a copy of each unstarted delivery with its count (the
+        originals are then acked): a requeue would mark them ``redelivered``, which counts as
+        a lost delivery. Those whose copy was not confirmed are requeued as they are."""
+        if self._declarer.quorum or not unstarted:
+            return []
+        done: list[AMQPDelivery] = []
+        for d in unstarted:
+            try:
+                self.backend.send(self.queue, [d.body], queue=self.queue, priority=d.priority,
+                                  headers={DELIVERY_HEADER: d.delivery_count - 1})
+            except Exception:
+                log.warning("amqp consumer of %s: putting back an unstarted message failed; "
+                            "requeueing it (it counts as a lost delivery)", self.queue,
+                            exc_info=True)
+                continue
+            done.append(d)
+        return done
 
     def shutdown(self) -> None:
         """Close the connection (what is still unacknowledged goes back to the queue)."""

@@ -93,7 +93,14 @@ from ivy.queues._amqp_topology import (
     delay_bucket,
     delay_queue,
 )
-from ivy.queues.base import Consumer, DeadLetter, QueueBackend, Rewrite
+from ivy.queues.base import (
+    DEFAULT_MAX_DELIVERIES,
+    Consumer,
+    DeadLetter,
+    QueueBackend,
+    Rewrite,
+    max_deliveries_option,
+)
 
 __all__ = ["AMQPConsumer", "AMQPDelivery", "AMQPQueueBackend", "PublishError", "QueueMismatch",
            "delay_bucket"]
@@ -102,7 +109,7 @@ log = logging.getLogger("ivy.amqp")
 
 #: ivy's own query parameters, removed before the URL goes to pika
 OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type",
-           "queue_type", "delivery_limit", "persistent")
+           "queue_type", "delivery_limit", "persistent", "max_deliveries")
 EXCHANGE_TYPES = ("direct", "topic")
 
 
@@ -115,18 +122,23 @@ class AMQPQueueBackend(QueueBackend):
     whose tasks use priorities, none for the others), ``publish_timeout`` (seconds, default
     15), ``exchange`` (default none: the default exchange), ``exchange_type`` (``direct``, the
     default, or ``topic``), ``queue_type`` (``classic``, the default, or ``quorum``) and
-    ``delivery_limit`` (quorum queues' ``x-delivery-limit``, default 20; 0 for none) and
-    ``persistent`` (default true: messages survive a RabbitMQ restart; false publishes them
-    transient, ``delivery_mode=1``, which shortens a round trip by ~0.2 ms, since RabbitMQ
-    confirms a persistent message only once it is written or consumed and acknowledged, and
-    loses the messages queued when the broker restarts; classic queues only)."""
+    ``delivery_limit`` (quorum queues' ``x-delivery-limit``, default 20; 0 for none),
+    ``max_deliveries`` (classic queues: the deliveries of a message that may end without an
+    outcome, its worker dead or its connection lost, before it is dead-lettered, default 10:
+    each redelivery is put back with its count in the ``x-ivy-delivery`` header before it
+    runs, see :attr:`ivy.queues.base.QueueBackend.max_deliveries`) and ``persistent``
+    (default true: messages survive a RabbitMQ restart; false publishes them transient,
+    ``delivery_mode=1``, which shortens a round trip by ~0.2 ms, since RabbitMQ confirms a
+    persistent message only once it is written or consumed and acknowledged, and loses the
+    messages queued when the broker restarts; classic queues only)."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
                  max_priority: int | None = None, publish_timeout: float = 15.0,
                  content_type: str = "application/json", exchange: str | None = None,
                  exchange_type: str = "direct", queue_type: str = "classic",
                  delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT,
-                 nodes: Sequence[str] | None = None, persistent: bool = True) -> None:
+                 nodes: Sequence[str] | None = None, persistent: bool = True,
+                 max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
         if exchange_type not in EXCHANGE_TYPES:
             raise ConfigurationError(
                 f"exchange_type {exchange_type!r} for the AMQP queue backend {mask_url(url)} "
@@ -157,6 +169,10 @@ class AMQPQueueBackend(QueueBackend):
         self.params = self.nodes[0]
         self.url = mask_url(url)
         self.queue_type = queue_type
+        # a quorum queue counts redeliveries itself and dead-letters at its delivery_limit
+        limit = max_deliveries_option({"max_deliveries": max_deliveries},
+                                      f"the AMQP queue backend {self.url}")
+        self.max_deliveries = None if queue_type == "quorum" else limit
         #: quorum queues deliver in order: a message's priority is kept, not used (PROTOCOL.md)
         self.supports_priority = queue_type != "quorum"
         self._priority_noted = False
@@ -199,7 +215,9 @@ class AMQPQueueBackend(QueueBackend):
                                        else int(limit)),
                        nodes=None if nodes is None else [str(n) for n in nodes],
                        persistent=bool_option(config, "persistent", True,
-                                              f"the AMQP queue backend {mask_url(url)}"))
+                                              f"the AMQP queue backend {mask_url(url)}"),
+                       max_deliveries=max_deliveries_option(
+                           config, f"the AMQP queue backend {mask_url(url)}"))
         except ValueError as exc:
             if isinstance(exc, ConfigurationError):
                 raise

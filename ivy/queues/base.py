@@ -9,11 +9,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from typing import Any
 
 from ivy._flags import Sent
+from ivy.errors import ConfigurationError
 
 log = logging.getLogger("ivy.queue")
 
@@ -38,6 +40,34 @@ class DeadLetter:
     reason: str
     time: float
     id: str
+
+
+#: Deliveries of one message that may end without an outcome before it is dead-lettered
+#: (:attr:`QueueBackend.max_deliveries`): Redis Streams' default, for every backend.
+DEFAULT_MAX_DELIVERIES = 10
+
+
+def max_deliveries_option(config: Mapping[str, Any], what: str) -> int:
+    """``max_deliveries`` from a backend's config (URL option ``?max_deliveries=N``), a whole
+    number >= 1 (default :data:`DEFAULT_MAX_DELIVERIES`); else a ConfigurationError that
+    names the value and the fix."""
+    value = config.get("max_deliveries", DEFAULT_MAX_DELIVERIES)
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        limit = 0
+    if isinstance(value, bool) or limit < 1 or str(limit) != str(value).strip():
+        raise ConfigurationError(
+            f"max_deliveries={value!r} for {what}: expected a whole number >= 1, such as "
+            f"?max_deliveries={DEFAULT_MAX_DELIVERIES} (the deliveries of a message that may "
+            "end without an outcome before it is dead-lettered)")
+    return limit
+
+
+def delivery_limit_reason(lost: int, limit: int) -> str:
+    """The dead-letter reason of a poison message."""
+    return (f"delivery limit: delivered {lost} times, and each time its worker died, was "
+            f"killed or hung before an outcome; max_deliveries is {limit}")
 
 
 #: What :meth:`QueueBackend.requeue_dead` does to each body on its way back: it returns the
@@ -66,6 +96,11 @@ class Delivery(ABC):
     #: worker then dead-letters it with that reason, and tells its producer, instead of
     #: running it.
     exhausted: str | None = None
+    #: Set by a backend that knows this delivery follows one lost without an outcome but
+    #: could not count it in the message (a classic RabbitMQ queue's ``redelivered``): the
+    #: worker puts it back at once (:meth:`defer`), which stores the count, instead of
+    #: running it, so that :attr:`QueueBackend.max_deliveries` sees every lost delivery.
+    uncounted: bool = False
 
     def __init__(self) -> None:
         self._op_lock = threading.Lock()
@@ -219,6 +254,15 @@ class QueueBackend(ABC):
     #: how long a worker's consumer.get() waits at a time (a long poll on cloud queues, where
     #: each empty request costs)
     poll_seconds: float = 0.5
+    #: Poison messages: how many deliveries of one message may end without an outcome (its
+    #: worker died, was killed, or hung until its lease ran out) before the worker
+    #: dead-letters it, with a reason that starts "delivery limit", instead of running it
+    #: again; its producer's call fails with that reason. A backend that sets it counts
+    #: those deliveries in ``Delivery.delivery_count`` beside the retries that the message's
+    #: ``attempt`` counts. None: the backend stops poison messages itself (Redis Streams,
+    #: RabbitMQ quorum queues) or cannot tell a retry from a lost delivery (SQS, IronMQ:
+    #: give their queues a redrive policy).
+    max_deliveries: int | None = None
 
     def priority_hint(self, queue: str) -> bool:
         """Whether tasks sent to ``queue`` use priorities (the app that owns the backend

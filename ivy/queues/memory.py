@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from ivy._shared import Shared
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
+from ivy.queues.base import (
+    DEFAULT_MAX_DELIVERIES,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    QueueBackend,
+    Rewrite,
+    max_deliveries_option,
+)
 
 
 @dataclass(slots=True)
@@ -185,14 +193,23 @@ class MemoryConsumer(Consumer):
 
 
 class MemoryQueueBackend(QueueBackend):
-    def __init__(self, name: str = "default") -> None:
+    """Poison messages: as on SQLite, an entry's count goes up with every delivery and a
+    retry keeps it; ``max_deliveries`` (default 10, URL option ``?max_deliveries=N``) lost
+    deliveries dead-letter it (:attr:`ivy.queues.base.QueueBackend.max_deliveries`)."""
+
+    def __init__(self, name: str = "default", *,
+                 max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
         self.name = name or "default"
         self.url = f"memory://{self.name}"
         self.broker = _brokers.get(self.name)
+        self.max_deliveries = max_deliveries_option({"max_deliveries": max_deliveries},
+                                                    f"the memory queue {self.url}")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
-        return cls(str(config.get("name") or "default"))
+        name = str(config.get("name") or "default")
+        return cls(name, max_deliveries=max_deliveries_option(
+            config, f"the memory queue memory://{name}"))
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:

@@ -69,7 +69,14 @@ from ivy.config import driver_url, mask_url
 from ivy.errors import ConfigurationError, PublishError
 from ivy.queues import _streams_lua as lua
 from ivy.queues._batching import BatchSender, Outgoing
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
+from ivy.queues.base import (
+    Consumer,
+    DeadLetter,
+    Delivery,
+    QueueBackend,
+    Rewrite,
+    delivery_limit_reason,
+)
 
 log = logging.getLogger("ivy.redis_streams")
 
@@ -134,11 +141,9 @@ class StreamsDelivery(Delivery):
         self.queue = consumer.queue
         self.body = body
         self.delivery_count = before + pel
-        limit = consumer.backend.max_deliveries
+        limit = consumer.backend.stream_max_deliveries
         if pel > limit:
-            self.exhausted = (f"delivered {pel - 1} times, and each time its reservation ran out "
-                              "without an outcome (its worker died, was killed or hung); "
-                              f"max_deliveries is {limit}")
+            self.exhausted = delivery_limit_reason(pel - 1, limit)
 
     def _settle(self, action: str, arg: str | int, deliveries: int,
                 body: bytes | None = None) -> None:
@@ -326,7 +331,9 @@ class RedisStreamsQueueBackend(QueueBackend):
                 f"max_deliveries={max_deliveries!r} for the Redis Streams queue {mask_url(url)}: "
                 "it must be 1 or more (how often a message whose worker dies may be delivered)")
         self.url = mask_url(url)
-        self.max_deliveries = max_deliveries
+        #: the entries' own limit (pending entries list counts); the worker's generic check
+        #: is off (``max_deliveries`` None): the delivery comes marked ``exhausted``
+        self.stream_max_deliveries = max_deliveries
         self.client: redis.Redis = redis.Redis.from_url(
             driver_url(url, OPTIONS), socket_timeout=BLOCK_SECONDS + 10, socket_connect_timeout=5,
             health_check_interval=30,

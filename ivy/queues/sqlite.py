@@ -9,6 +9,12 @@ taken since. A retry rewrites the row's body and ``available_at``; a dead letter
 back) and a defer (a call whose ``eta`` is later) put the row back and take back the count of
 this delivery, so neither counts as an attempt.
 
+Poison messages: a row's ``deliveries`` counts every lease (a retry keeps counting, the
+message's ``attempt`` counts the retries); a message whose leases ran out ``max_deliveries``
+times without an outcome (default 10; URL option ``?max_deliveries=N``: it kills or hangs
+every worker that takes it) is dead-lettered by the next worker with the reason "delivery
+limit: ..." instead of running again (:attr:`ivy.queues.base.QueueBackend.max_deliveries`).
+
 Dead letters are ``ivy_dead_letters`` rows; their id is ``<row id>-<time in microseconds>``
 (SQLite reuses the row id of a deleted last row, so the row id alone is not enough).
 Requeueing moves rows back to ``ivy_messages`` (as fresh messages, delivery count 0) in one
@@ -48,7 +54,15 @@ from ivy._sqlite import POLL_INTERVAL, Database
 from ivy._sqlite_wake import WakeListener, WakeSender
 from ivy._sqlite_writer import Rows
 from ivy.queues._batching import BatchSender, Outgoing
-from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
+from ivy.queues.base import (
+    DEFAULT_MAX_DELIVERIES,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    QueueBackend,
+    Rewrite,
+    max_deliveries_option,
+)
 
 #: A consumer fetches more rows per query while a full batch lasts less than this (seconds).
 BATCH_WORK = 0.005
@@ -214,17 +228,22 @@ class SQLiteConsumer(Consumer):
 
 
 class SQLiteQueueBackend(QueueBackend):
-    def __init__(self, path: str = "ivy.db") -> None:
+    def __init__(self, path: str = "ivy.db", *,
+                 max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
         self.db = Database.shared(path)
         self._closed = False
         self.url = f"sqlite:///{self.db.path}"
+        self.max_deliveries = max_deliveries_option({"max_deliveries": max_deliveries},
+                                                    f"the SQLite queue {self.url}")
         self.waker = WakeSender(self.db.wake_dir("q"))
         self._sender = BatchSender(self._write, max_batch=100, max_backlog=100,
                                    name="ivy-sqlite-send")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
-        return cls(str(config.get("path") or "ivy.db"))
+        path = str(config.get("path") or "ivy.db")
+        return cls(path, max_deliveries=max_deliveries_option(
+            config, f"the SQLite queue sqlite:///{path}"))
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
