@@ -132,9 +132,11 @@ def call_each(app: Any, name: str, arg_lists: list[list[Any]], *, kwargs: dict[s
     """``ivy call NAME --each FILE``: one call per argument list (``kwargs`` for all). Prints
     the call ids, or with ``wait_for_results`` one outcome line per call
     (:func:`print_outcomes`) after a progress bar on stderr (when tqdm is installed). Exit
-    status: 0, 1 if a call errored, 3 on timeout."""
+    status: 0, 1 if a call errored, 3 on timeout. Without ``wait_for_results`` the ids are
+    printed once every message was taken (:class:`ivy.PublishError` if one was not)."""
     calls = [app.send_task(name, args, kwargs, queue=queue) for args in arg_lists]
     if not wait_for_results:
+        app.flush(timeout)  # PublishError if one was not taken: no id of a lost call is printed
         for call in calls:
             out.write(call.id + "\n")
         out.flush()
