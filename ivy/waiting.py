@@ -45,16 +45,17 @@ def wait(calls: Iterable[Call[Any]], timeout: float | None = None, progress: boo
     finished: queue_mod.SimpleQueue[int] = queue_mod.SimpleQueue()
     results: list[Any] = [None] * len(calls)
     left = set(range(len(calls)))
+    places: dict[int, list[int]] = {}  # a call listed twice fills both places
+    for i, call in enumerate(calls):
+        places.setdefault(id(call), []).append(i)
+
+    def settled(call: Call[Any]) -> None:
+        for i in places[id(call)]:
+            finished.put(i)
+
+    distinct = {id(c): c for c in calls}.values()
     try:
-        places: dict[int, list[int]] = {}  # a call listed twice fills both places
-        for i, call in enumerate(calls):
-            places.setdefault(id(call), []).append(i)
-
-        def settled(call: Call[Any]) -> None:
-            for i in places[id(call)]:
-                finished.put(i)
-
-        for call in {id(c): c for c in calls}.values():
+        for call in distinct:
             call.add_done_callback(settled)
         while left:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -71,6 +72,10 @@ def wait(calls: Iterable[Call[Any]], timeout: float | None = None, progress: boo
             if bar is not None:
                 bar.update(1)
     finally:
+        # on a timeout or Ctrl-C: nobody waits any more, and the exit hook waits only for
+        # calls with callbacks of the user's own
+        for call in distinct:
+            call.remove_done_callback(settled)
         if bar is not None:
             bar.close()
     return results
