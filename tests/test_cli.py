@@ -6,14 +6,13 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import amqp_notifier_url, wait_for
 from servers import free_port
-from workers import WorkerProcess, producer_app, start_worker, stop_worker
+from workers import Lines, WorkerProcess, producer_app, start_worker, stop_worker
 
 import ivy
 from ivy.cli import main
@@ -212,31 +211,9 @@ def process_urls(request: pytest.FixtureRequest, sqlite_url: str) -> tuple[str, 
     return request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
 
 
-class Lines:
-    """A subprocess whose stdout and stderr lines are read by threads, to wait on with a
-    deadline."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "ivy", *args], cwd=TESTS,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        for stream, into in ((self.process.stdout, self.out), (self.process.stderr, self.err)):
-            threading.Thread(target=self._read, args=(stream, into), daemon=True).start()
-
-    @staticmethod
-    def _read(stream: Any, into: list[str]) -> None:
-        for line in stream:
-            into.append(line.rstrip("\n"))
-
-    def wait_for_err(self, text: str, timeout: float = 30) -> None:
-        wait_for(lambda: any(text in line for line in self.err) or self.process.poll(),
-                 timeout=timeout, message=f"{text!r} on stderr")
-        assert self.process.poll() is None, "\n".join(self.err)
-
-    def interrupt(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(20)
+def ivy_lines(*args: str) -> Lines:
+    """``python -m ivy ARGS`` in the tests' folder, its output lines read as they come."""
+    return Lines([sys.executable, "-m", "ivy", *args])
 
 
 def inspect_json(queue_url: str, notifier_url: str) -> dict[str, Any]:
@@ -257,8 +234,8 @@ def test_events_and_inspect_follow_worker_processes(process_urls: tuple[str, str
     # Given a worker with --events that beats every 0.3 s, and two `ivy events` watching
     first = start_worker(queue_url, notifier_url, "--events", "--heartbeat", "0.3")
     second: WorkerProcess | None = None
-    watchers = [Lines("events", "--json", "--notifier-url", notifier_url),
-                Lines("events", "--notifier-url", notifier_url)]
+    watchers = [ivy_lines("events", "--json", "--notifier-url", notifier_url),
+                ivy_lines("events", "--notifier-url", notifier_url)]
     producer = producer_app(queue_url, notifier_url)
     try:
         for watcher in watchers:

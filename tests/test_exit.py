@@ -4,15 +4,12 @@ blocked in ``ivy.wait`` stops at once, and the exit hook says when it waits for 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_for
+from workers import Lines
 
 TASKS = '''\
 import ivy
@@ -52,58 +49,29 @@ print("sent", flush=True)
 '''
 
 
-class Producer:
-    """A producer script run in ``folder``, its output lines read by threads."""
+def start_producer(folder: Path, script: str) -> Lines:
+    """Save tasks.py and ``script`` as producer.py in ``folder``, and run the producer there,
+    on the embedded SQLite default."""
+    (folder / "tasks.py").write_text(TASKS)
+    (folder / "producer.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IVY_")}
+    return Lines([sys.executable, "producer.py"], cwd=folder, env=env)
 
-    def __init__(self, folder: Path, script: str) -> None:
-        (folder / "tasks.py").write_text(TASKS)
-        (folder / "producer.py").write_text(script)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("IVY_QUEUE_URL", None)
-        env.pop("IVY_NOTIFIER_URL", None)
-        self.process = subprocess.Popen([sys.executable, "producer.py"], cwd=folder, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.readers = [threading.Thread(target=self._read, args=(stream, into), daemon=True)
-                        for stream, into in ((self.process.stdout, self.out),
-                                             (self.process.stderr, self.err))]
-        for reader in self.readers:
-            reader.start()
 
-    @staticmethod
-    def _read(stream: object, into: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            into.append(line.rstrip("\n"))
-
-    def wait_for(self, lines: list[str], text: str) -> None:
-        wait_for(lambda: any(text in line for line in lines) or self.process.poll() is not None,
-                 timeout=30, message=f"{text!r} from the producer")
-        assert self.process.poll() is None, "\n".join(self.err)
-
-    def interrupt_and_time_exit(self) -> float:
-        """Send SIGINT; return how long the producer took to exit (at most 20 s)."""
-        self.process.send_signal(signal.SIGINT)
-        start = time.monotonic()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        took = time.monotonic() - start
-        for reader in self.readers:  # every line read, up to the end of the streams
-            reader.join(10)
-        return took
+def time_interrupt(producer: Lines) -> float:
+    """Ctrl-C the producer; how many seconds it took to exit."""
+    start = time.monotonic()
+    producer.interrupt()
+    return time.monotonic() - start
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_a_producer_blocked_in_wait_at_once(tmp_path: Path) -> None:
     # Given a producer blocked in ivy.wait on calls that no worker takes
-    producer = Producer(tmp_path, BLOCKED_IN_WAIT)
-    producer.wait_for(producer.out, "waiting")
+    producer = start_producer(tmp_path, BLOCKED_IN_WAIT)
+    producer.wait_for_line(producer.out, "waiting")
     # When Ctrl-C reaches it
-    took = producer.interrupt_and_time_exit()
+    took = time_interrupt(producer)
     # Then it stops at once, and its exit hook waited for nothing: ivy.wait's own callbacks
     # are not the user's
     err = "\n".join(producer.err)
@@ -115,14 +83,14 @@ def test_ctrl_c_stops_a_producer_blocked_in_wait_at_once(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_the_exit_hook_says_it_waits_and_a_ctrl_c_skips_it(tmp_path: Path) -> None:
     # Given a producer that ended with a callback of its own still due
-    producer = Producer(tmp_path, ENDS_WITH_A_CALLBACK_DUE)
-    producer.wait_for(producer.out, "sent")
+    producer = start_producer(tmp_path, ENDS_WITH_A_CALLBACK_DUE)
+    producer.wait_for_line(producer.out, "sent")
     # Then its exit hook says once what it waits for, and how to skip it
-    producer.wait_for(producer.err, "Ctrl-C to skip")
+    producer.wait_for_line(producer.err, "Ctrl-C to skip")
     [notice] = [line for line in producer.err if "Ctrl-C to skip" in line]
     assert "waiting up to 30 s for 1 callback" in notice
     # When Ctrl-C reaches it, it exits at once, saying so, with no traceback
-    took = producer.interrupt_and_time_exit()
+    took = time_interrupt(producer)
     err = "\n".join(producer.err)
     assert took < 5, err
     assert "stopped waiting (Ctrl-C)" in err and "Traceback" not in err
