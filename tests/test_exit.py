@@ -1,5 +1,6 @@
 """Ctrl-C and the exit hook, in real producer processes on SQLite with no worker: a producer
-blocked in ``ivy.wait`` stops at once, and the exit hook says when it waits for callbacks."""
+blocked in ``ivy.wait`` stops at once, the exit hook says when it waits for callbacks, and
+sends still on their way at exit reach the queue."""
 
 from __future__ import annotations
 
@@ -49,6 +50,16 @@ print("sent", flush=True)
 '''
 
 
+#: sends a burst and ends at once, without a flush: the exit hook sends what is left
+ENDS_RIGHT_AFTER_A_BURST = '''\
+import ivy
+import tasks
+
+for i in range(2000):
+    ivy.delayed_call(tasks.add, i, 1)
+'''
+
+
 def start_producer(folder: Path, script: str) -> Lines:
     """Save tasks.py and ``script`` as producer.py in ``folder``, and run the producer there,
     on the embedded SQLite default."""
@@ -94,3 +105,19 @@ def test_the_exit_hook_says_it_waits_and_a_ctrl_c_skips_it(tmp_path: Path) -> No
     err = "\n".join(producer.err)
     assert took < 5, err
     assert "stopped waiting (Ctrl-C)" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_sends_on_their_way_at_exit_reach_the_queue(tmp_path: Path) -> None:
+    from ivy.queues.sqlite import SQLiteQueueBackend
+
+    # Given a producer that sends 2000 calls and ends at once
+    producer = start_producer(tmp_path, ENDS_RIGHT_AFTER_A_BURST)
+    assert producer.wait(60) == 0
+    # Then its exit hook sent every one: none failed, all are in the queue
+    assert not [line for line in producer.err if "not taken" in line], producer.err[-3:]
+    backend = SQLiteQueueBackend(str(tmp_path / "ivy.db"))
+    try:
+        assert backend.size("exit") == 2000
+    finally:
+        backend.close()

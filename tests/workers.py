@@ -99,8 +99,13 @@ class Lines:
         self.wait_for_line(self.err, text, timeout)
 
     def interrupt(self, timeout: float = 20) -> int:
-        """Ctrl-C: SIGINT, then its exit status, once every line of its output was read."""
+        """Ctrl-C: SIGINT, then :meth:`wait`."""
         self.process.send_signal(signal.SIGINT)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 20) -> int:
+        """Its exit status, once every line of its output was read; killed if it does not
+        exit within ``timeout`` seconds (then ``subprocess.TimeoutExpired``)."""
         try:
             status = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
