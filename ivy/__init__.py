@@ -19,6 +19,7 @@ registry); tests and libraries can make their own.
 from __future__ import annotations
 
 import atexit
+import logging
 
 from ivy.app import Ivy
 from ivy.call import Call
@@ -54,9 +55,14 @@ default = Ivy()
 def _at_exit() -> None:
     """At interpreter exit, the default instance flushes what it sent (unconfirmed messages
     are logged), then, as a Node.js process stays up while a callback is due, waits for the
-    calls whose callbacks have not run yet; each step bounded by ``default.exit_timeout``."""
-    default._flush_quietly(default.exit_timeout)
-    default.wait_for_callbacks(default.exit_timeout)
+    calls whose callbacks have not run yet; each step bounded by ``default.exit_timeout``.
+    A Ctrl-C meanwhile skips the rest."""
+    try:
+        default._flush_quietly(default.exit_timeout)
+        default.wait_for_callbacks(default.exit_timeout, at_exit=True)
+    except KeyboardInterrupt:
+        logging.getLogger("ivy").warning("exit: stopped waiting (Ctrl-C); unconfirmed messages "
+                                         "and callbacks not run yet are given up")
 
 register_task = default.register_task
 delayed_call = default.delayed_call

@@ -154,7 +154,9 @@ class Database:
             tempfile.gettempdir(),
             f"ivy-turn-{hashlib.sha256(self.path.encode()).hexdigest()[:16]}")
         self._turn_fds: list[int] = []
-        weakref.finalize(self, _close_fds, self._turn_fds)  # a database collected unclosed
+        # a database collected unclosed; not at interpreter exit, where finalizers run before
+        # ivy's exit hook: its last sends still take turns on these descriptors
+        weakref.finalize(self, _close_fds, self._turn_fds).atexit = False
         #: whether ivy's writers take turns on this file (see the module docstring): where
         #: they cannot, commits checkpoint as SQLite does by default
         self.turns = _fcntl is not None and self._turn_fd() is not None

@@ -350,12 +350,13 @@ class Ivy(Registering):
             self.start_notification_consumer()
         return self._results
 
-    def wait_for_callbacks(self, timeout: float) -> list[Call[Any]]:
+    def wait_for_callbacks(self, timeout: float, at_exit: bool = False) -> list[Call[Any]]:
         """Wait up to ``timeout`` seconds for the pending calls that have a callback (or a
         task's ``finished``) to complete; return those still pending. The default instance
-        does this at interpreter exit, bounded by ``exit_timeout``: a script that sends a call
-        with a callback and ends, as the original's example does, sees its callback run."""
-        return self._results.wait_for_callbacks(timeout)
+        does this at interpreter exit (``at_exit``: it warns first), bounded by
+        ``exit_timeout``: a script that sends a call with a callback and ends, as the
+        original's example does, sees its callback run."""
+        return self._results.wait_for_callbacks(timeout, at_exit)
 
     def _flush_quietly(self, timeout: float) -> None:
         """Flush before closing or exiting: log, never raise."""

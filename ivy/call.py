@@ -217,6 +217,15 @@ class Call(Generic[R]):
                 return
         self._run_callback(fn)
 
+    def remove_done_callback(self, fn: Callable[[Call[R]], None]) -> bool:
+        """Forget ``fn`` if it has not run yet (``ivy.wait`` does, once it stops waiting, so
+        that its own callbacks are not taken for a user's at exit); whether it was there."""
+        with _lock:
+            if self._callbacks is not None and fn in self._callbacks:
+                self._callbacks.remove(fn)
+                return True
+        return False
+
     def __await__(self) -> Generator[Any, None, R]:
         if not self._done.is_set():
             loop = asyncio.get_running_loop()

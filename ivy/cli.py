@@ -20,9 +20,9 @@ from typing import Any
 
 import ivy
 from ivy import deadletters
-from ivy.config import NOTIFIER_ENV, QUEUE_ENV, make_notifier
+from ivy.config import DEFAULT_URL, NOTIFIER_ENV, QUEUE_ENV, make_notifier, mask_url
 from ivy.dashboard import command as dashboard
-from ivy.errors import IvyError, RemoteTaskError, ResultTimeout
+from ivy.errors import IvyError, PublishError, PublishTimeout, RemoteTaskError, ResultTimeout
 from ivy.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR, events_command, worker_lines, workers_report
 from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
 from ivy.worker import Worker, signal_handlers
@@ -36,14 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ivy {ivy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def backends(p: argparse.ArgumentParser, notifier: bool = True) -> None:
+    def backends(p: argparse.ArgumentParser, notifier: bool = True,
+                 log_level: str = "INFO") -> None:
         p.add_argument("--queue-url", metavar="URL",
                        help=f"queue backend URL (default: ${QUEUE_ENV} or sqlite:///ivy.db)")
         if notifier:
             p.add_argument("--notifier-url", metavar="URL",
                            help=f"notifier URL (default: ${NOTIFIER_ENV} or sqlite:///ivy.db)")
-        p.add_argument("--log-level", default="INFO",
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+        p.add_argument("--log-level", default=log_level,
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], help=f"default: {log_level}")
 
     w = sub.add_parser("worker", help="run a worker for the tasks of some modules",
                        description="Import MODULEs (which register tasks) and run their tasks "
@@ -110,8 +111,9 @@ def _parser() -> argparse.ArgumentParser:
                         "JSON line per call on stdout")
     c.add_argument("--wait", action="store_true", help="wait for the result and print it")
     c.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="with --wait: how long to wait (default 60)")
-    backends(c)
+                   help="how long to wait for the queue to take the message and, with --wait, "
+                        "for the result (default 60)")
+    backends(c, log_level="ERROR")
 
     i = sub.add_parser("inspect", help="show queue sizes, dead letters with their reasons, and "
                                        "the workers alive")
@@ -300,7 +302,26 @@ def _prometheus() -> Any:
     return prometheus
 
 
+def _not_taken(error: PublishError, queue_url: str | None, call: ivy.Call[Any] | None) -> str:
+    """One line: which message was not taken, by which queue (its URL masked), and why."""
+    url = mask_url(queue_url or os.environ.get(QUEUE_ENV) or DEFAULT_URL)
+    reason = str(error)
+    if call is not None:
+        try:
+            call.sent(0)  # the call's own reason, rather than the flush's summary
+        except PublishTimeout:
+            pass  # still unconfirmed: the flush's timeout says so
+        except PublishError as own:
+            reason = str(own) if call.id in str(own) else (
+                f"the message of call {call.id} of {call.task!r} was not taken: {own}")
+    where = "" if url in reason else f" (queue {url})"
+    return f"ivy: error: {reason}{where}"
+
+
 def _call(args: argparse.Namespace) -> int:
+    if args.log_level != "DEBUG":  # this command reports a message not taken in one line
+        logging.getLogger("ivy.outbox").setLevel(logging.CRITICAL)
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
     _import(args.module)
     app = ivy.default
     try:
@@ -325,10 +346,17 @@ def _call(args: argparse.Namespace) -> int:
     try:
         app.start_notification_consumer(args.notifier_url)
         queue = args.queue or (None if app.registry.get(args.name) else "ivy")
-        if each is not None:
-            return call_each(app, args.name, each, kwargs=kwargs, queue=queue,
-                             wait_for_results=args.wait, timeout=args.timeout, out=sys.stdout)
-        call = app.send_task(args.name, call_args, kwargs, queue=queue)
+        call = None
+        try:  # flushed before ids are printed: a script must not take a lost call for a sent one
+            if each is not None:
+                return call_each(app, args.name, each, kwargs=kwargs, queue=queue,
+                                 wait_for_results=args.wait, timeout=args.timeout,
+                                 out=sys.stdout)
+            call = app.send_task(args.name, call_args, kwargs, queue=queue)
+            app.flush(args.timeout)
+        except PublishError as exc:
+            print(_not_taken(exc, args.queue_url, call), file=sys.stderr)
+            return 1
         if not args.wait:
             print(call.id)
             return 0

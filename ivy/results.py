@@ -291,13 +291,17 @@ class Results:
         for consumer in self.consumers():
             consumer.dispatch(body)
 
-    def wait_for_callbacks(self, timeout: float) -> list[Call[Any]]:
+    def wait_for_callbacks(self, timeout: float, at_exit: bool = False) -> list[Call[Any]]:
         """Wait up to ``timeout`` seconds for the pending calls that have callbacks to
-        complete; return (and log) those still pending."""
+        complete; return (and log) those still pending. ``at_exit``: say so first, as a
+        warning, since the process seems to hang otherwise."""
         deadline = time.monotonic() + timeout
         waiting = [c for consumer in self.consumers() for c in consumer.pending()
                    if c.has_callbacks]
-        if waiting:
+        if waiting and at_exit:
+            log.warning("waiting up to %.0f s for %d callback(s) of calls not settled yet; "
+                        "Ctrl-C to skip", timeout, len(waiting))
+        elif waiting:
             log.info("waiting up to %.0f s for %d call(s) whose callbacks have not run yet",
                      timeout, len(waiting))
         for call in waiting:

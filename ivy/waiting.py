@@ -45,16 +45,17 @@ def wait(calls: Iterable[Call[Any]], timeout: float | None = None, progress: boo
     finished: queue_mod.SimpleQueue[int] = queue_mod.SimpleQueue()
     results: list[Any] = [None] * len(calls)
     left = set(range(len(calls)))
+    places: dict[int, list[int]] = {}  # a call listed twice fills both places
+    for i, call in enumerate(calls):
+        places.setdefault(id(call), []).append(i)
+
+    def settled(call: Call[Any]) -> None:
+        for i in places[id(call)]:
+            finished.put(i)
+
+    distinct = {id(c): c for c in calls}.values()
     try:
-        places: dict[int, list[int]] = {}  # a call listed twice fills both places
-        for i, call in enumerate(calls):
-            places.setdefault(id(call), []).append(i)
-
-        def settled(call: Call[Any]) -> None:
-            for i in places[id(call)]:
-                finished.put(i)
-
-        for call in {id(c): c for c in calls}.values():
+        for call in distinct:
             call.add_done_callback(settled)
         while left:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -71,6 +72,10 @@ def wait(calls: Iterable[Call[Any]], timeout: float | None = None, progress: boo
             if bar is not None:
                 bar.update(1)
     finally:
+        # on a timeout or Ctrl-C: nobody waits any more, and the exit hook waits only for
+        # calls with callbacks of the user's own
+        for call in distinct:
+            call.remove_done_callback(settled)
         if bar is not None:
             bar.close()
     return results
@@ -132,9 +137,11 @@ def call_each(app: Any, name: str, arg_lists: list[list[Any]], *, kwargs: dict[s
     """``ivy call NAME --each FILE``: one call per argument list (``kwargs`` for all). Prints
     the call ids, or with ``wait_for_results`` one outcome line per call
     (:func:`print_outcomes`) after a progress bar on stderr (when tqdm is installed). Exit
-    status: 0, 1 if a call errored, 3 on timeout."""
+    status: 0, 1 if a call errored, 3 on timeout. Without ``wait_for_results`` the ids are
+    printed once every message was taken (:class:`ivy.PublishError` if one was not)."""
     calls = [app.send_task(name, args, kwargs, queue=queue) for args in arg_lists]
     if not wait_for_results:
+        app.flush(timeout)  # PublishError if one was not taken: no id of a lost call is printed
         for call in calls:
             out.write(call.id + "\n")
         out.flush()

@@ -6,16 +6,17 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import amqp_notifier_url, wait_for
-from workers import WorkerProcess, producer_app, start_worker, stop_worker
+from servers import free_port
+from workers import Lines, WorkerProcess, producer_app, start_worker, stop_worker
 
 import ivy
 from ivy.cli import main
+from ivy.config import mask_url
 from ivy.queues.sqlite import SQLiteQueueBackend
 
 TESTS = Path(__file__).resolve().parent
@@ -70,6 +71,49 @@ def test_call_wait_times_out_with_exit_3(sqlite_url: str) -> None:
               "--queue-url", sqlite_url, "--notifier-url", sqlite_url)
     assert out.returncode == 3
     assert "no result for call" in out.stderr
+
+
+def ivy_command() -> str:
+    """The ``ivy`` console script of this interpreter's environment, as a user runs it."""
+    script = Path(sys.executable).with_name("ivy")
+    assert script.exists(), f"no ivy command beside {sys.executable}: pip install -e ."
+    return str(script)
+
+
+@pytest.mark.parametrize("scheme", ["redis", "amqp", "redis --each"])
+def test_call_not_taken_exits_1_with_one_line(scheme: str, tmp_path: Path) -> None:
+    each = scheme.endswith("--each")
+    scheme = scheme.split()[0]
+    pytest.importorskip("redis" if scheme == "redis" else "pika")
+    # Given a queue URL where nothing listens (the password must not show)
+    port = free_port()
+    url = (f"redis://:secret@127.0.0.1:{port}/7" if scheme == "redis" else
+           f"amqp://guest:secret@127.0.0.1:{port}/%2F?publish_timeout=2")
+    # When `ivy call` sends a call there (or two, --each), without --wait
+    arguments = ["--each", "-"] if each else ["1", "2"]
+    out = subprocess.run(
+        [ivy_command(), "call", "cli.add", *arguments, "--queue", "q", "--queue-url", url,
+         "--notifier-url", f"sqlite:///{tmp_path / 'ivy.db'}"], input="[1, 2]\n[3, 4]\n",
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    # Then it exits 1, prints no call id, and says in one line where and why it failed
+    assert out.returncode == 1, out.stderr
+    assert out.stdout == ""
+    [line] = out.stderr.splitlines()
+    assert line.startswith("ivy: error: ") and "not taken" in line
+    assert mask_url(url) in line and "secret" not in line
+    assert "Connection refused" in line
+
+
+def test_call_taken_prints_its_id_and_exits_0(tmp_path: Path) -> None:
+    # Given the embedded SQLite default in an empty folder, and no worker
+    out = subprocess.run([ivy_command(), "call", "cli.add", "1", "2", "--queue", "q"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    # Then the call is queued: its id printed, exit 0, nothing on stderr
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.strip()) == 32 and out.stderr == ""
+    backend = SQLiteQueueBackend(str(tmp_path / "ivy.db"))
+    assert backend.size("q") == 1
+    backend.close()
 
 
 def test_bad_inputs_are_clear_errors(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,31 +211,9 @@ def process_urls(request: pytest.FixtureRequest, sqlite_url: str) -> tuple[str, 
     return request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
 
 
-class Lines:
-    """A subprocess whose stdout and stderr lines are read by threads, to wait on with a
-    deadline."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "ivy", *args], cwd=TESTS,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        for stream, into in ((self.process.stdout, self.out), (self.process.stderr, self.err)):
-            threading.Thread(target=self._read, args=(stream, into), daemon=True).start()
-
-    @staticmethod
-    def _read(stream: Any, into: list[str]) -> None:
-        for line in stream:
-            into.append(line.rstrip("\n"))
-
-    def wait_for_err(self, text: str, timeout: float = 30) -> None:
-        wait_for(lambda: any(text in line for line in self.err) or self.process.poll(),
-                 timeout=timeout, message=f"{text!r} on stderr")
-        assert self.process.poll() is None, "\n".join(self.err)
-
-    def interrupt(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(20)
+def ivy_lines(*args: str) -> Lines:
+    """``python -m ivy ARGS`` in the tests' folder, its output lines read as they come."""
+    return Lines([sys.executable, "-m", "ivy", *args])
 
 
 def inspect_json(queue_url: str, notifier_url: str) -> dict[str, Any]:
@@ -212,8 +234,8 @@ def test_events_and_inspect_follow_worker_processes(process_urls: tuple[str, str
     # Given a worker with --events that beats every 0.3 s, and two `ivy events` watching
     first = start_worker(queue_url, notifier_url, "--events", "--heartbeat", "0.3")
     second: WorkerProcess | None = None
-    watchers = [Lines("events", "--json", "--notifier-url", notifier_url),
-                Lines("events", "--notifier-url", notifier_url)]
+    watchers = [ivy_lines("events", "--json", "--notifier-url", notifier_url),
+                ivy_lines("events", "--notifier-url", notifier_url)]
     producer = producer_app(queue_url, notifier_url)
     try:
         for watcher in watchers:

@@ -89,6 +89,25 @@ def test_no_confirm_within_publish_timeout_fails_the_call(redis_url: str) -> Non
         app.close(timeout=1)
 
 
+def test_a_confirm_missed_after_close_names_the_last_connection_error() -> None:
+    """The backend closed (an app's close() waits less than publish_timeout) before its
+    watchdog gave up on a message: the error still says why the connection failed."""
+    from ivy.queues.amqp import AMQPQueueBackend
+
+    # Given a broker that is not there, and a message handed over to reach it
+    backend = AMQPQueueBackend(f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F",
+                               publish_timeout=1)
+    [future] = backend.send_async("q", [b"{}"], queue="q")
+    link = backend._link()
+    wait_for(lambda: "refused" in link.last_error, message="a refused connection")
+    # When the backend closes before the message's publish_timeout passed
+    backend.close()
+    # Then the message fails with the refused connection as the reason, not "none"
+    error = future.exception(10)
+    assert isinstance(error, ivy.PublishError)
+    assert "Connection refused" in str(error) and "error: none" not in str(error)
+
+
 def test_sent_times_out_while_unconfirmed(redis_url: str) -> None:
     url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F?publish_timeout=30"
     app = echo_app(url, redis_url)

@@ -67,6 +67,56 @@ def launch(argv: list[str], env: dict[str, str] | None = None, ready: str = "lis
     return process
 
 
+class Lines:
+    """A subprocess (``argv``, in ``cwd``) whose stdout and stderr lines are read by threads,
+    to wait on with a deadline."""
+
+    def __init__(self, argv: list[str], *, cwd: Path = TESTS_DIR,
+                 env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(stream, into), daemon=True)
+                         for stream, into in ((self.process.stdout, self.out),
+                                              (self.process.stderr, self.err))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def wait_for_line(self, lines: list[str], text: str, timeout: float = 30) -> None:
+        """Wait until one of ``lines`` (``self.out`` or ``self.err``) holds ``text``; fail if
+        the process exits first."""
+        wait_for(lambda: any(text in line for line in lines) or self.process.poll() is not None,
+                 timeout=timeout, message=f"{text!r} from the process")
+        assert self.process.poll() is None, "\n".join(self.err)
+
+    def wait_for_err(self, text: str, timeout: float = 30) -> None:
+        self.wait_for_line(self.err, text, timeout)
+
+    def interrupt(self, timeout: float = 20) -> int:
+        """Ctrl-C: SIGINT, then :meth:`wait`."""
+        self.process.send_signal(signal.SIGINT)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 20) -> int:
+        """Its exit status, once every line of its output was read; killed if it does not
+        exit within ``timeout`` seconds (then ``subprocess.TimeoutExpired``)."""
+        try:
+            status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise
+        for reader in self._readers:
+            reader.join(10)
+        return status
+
+
 def listening(process: WorkerProcess) -> list[int]:
     """The pids of the worker processes that have said they listen, in order."""
     return [int(m.group(1)) for line in list(process.lines) if (m := LISTENING.search(line))]

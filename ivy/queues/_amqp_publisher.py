@@ -85,6 +85,8 @@ class ConfirmedPublisher:
         self._tag = 0
         self._lock = threading.Lock()
         self._publisher: Link | None = None
+        #: the last connection error of the link ``close`` dropped, for the watchdog's errors
+        self._closed_error = ""
         #: publishes not confirmed yet, oldest first, for the timeout watchdog
         self._unconfirmed: deque[_Pending] = deque()
         self._watchdog: threading.Thread | None = None
@@ -322,8 +324,8 @@ class ConfirmedPublisher:
             complete(oldest.future, PublishError(
                 f"no confirm from {self.url} for a message to queue {oldest.queue!r} within "
                 f"{self.publish_timeout} s (last connection error: "
-                f"{(link.last_error if link else None) or 'none'}); is RabbitMQ running and "
-                "reachable? It may or may not have been queued"))
+                f"{(link.last_error if link else self._closed_error) or 'none'}); is RabbitMQ "
+                "running and reachable? It may or may not have been queued"))
 
     def send_async(self, routing_key: str, bodies: list[bytes], *, queue: str,
                    priority: int = 0, headers: dict[str, Any] | None = None,
@@ -363,4 +365,5 @@ class ConfirmedPublisher:
         with self._lock:
             publisher, self._publisher = self._publisher, None
         if publisher is not None:
+            self._closed_error = publisher.last_error
             publisher.close()
