@@ -205,3 +205,17 @@ def test_a_link_cannot_put_text_of_its_own_on_a_page(memory_dashboard: Dashboard
         assert 'role="status"' not in page.text
         done = client.get("/dead", params={"queue": Q, "requeued": "2", "missing": "1"})
         assert "requeued 2 dead letter(s) to queue &#39;q&#39;; 1 of those named" in done.text
+
+
+@pytest.mark.parametrize("path", ["//evil.example/x", "/\\evil.example/x", "/%09/evil.example"],
+                         ids=["two-slashes", "backslash", "tab"])
+def test_the_token_parameter_never_redirects_to_another_site(
+        memory_dashboard: Dashboard, path: str) -> None:
+    # Given a link to the dashboard whose path names another site, with the right token
+    app = create_app(memory_dashboard, token=TOKEN)
+    with TestClient(app, base_url="http://dashboard.example", follow_redirects=False) as c:
+        moved = c.get(f"http://dashboard.example{path}?token={TOKEN}&id=1")
+        # Then the redirect stays on the dashboard, at its root
+        assert moved.status_code == 303
+        assert moved.headers["location"] == "/?id=1"
+        assert c.cookies.get(SESSION_COOKIE)

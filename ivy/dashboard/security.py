@@ -89,8 +89,11 @@ async def checked_form(request: Request) -> FormData:
 
 
 def safe_next(target: str | None) -> str:
-    """A local path to go to after the login (never another site)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """``target`` if it is a path on this site, else ``"/"``: never ``//host`` (another
+    site), a backslash (which browsers read as a slash) or a control character (which
+    browsers drop, so ``/\t/host`` would be ``//host``)."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)):
         return "/"
     return target
 
@@ -135,7 +138,7 @@ class Access:
             if request.method != "GET":
                 return None
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            target = URL(request.url.path).replace(query=urlencode(rest))
+            target = URL(_local_path(request)).replace(query=urlencode(rest))
             response = RedirectResponse(str(target), status_code=303)
             self.set_session(response, request)
             return response
@@ -174,6 +177,13 @@ class Guard(BaseHTTPMiddleware):
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+
+def _local_path(request: Request) -> str:
+    """The request's path if, as sent and decoded, it is a path of this site; else ``"/"``
+    (``//evil.example/x`` must not become ``Location: //evil.example/x``)."""
+    path, decoded = request.url.path, str(request.scope.get("path", ""))
+    return path if safe_next(path) == path and safe_next(decoded) == decoded else "/"
 
 
 def _root(request: Request) -> str:
