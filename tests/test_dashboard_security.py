@@ -15,7 +15,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 from conftest import ROOT, wait_for
-from dashboard_support import TOKEN, Q, make_dashboard
+from dashboard_support import TOKEN, Q, csrf, form_csrf, make_dashboard
 from starlette.testclient import TestClient
 
 import ivy
@@ -51,21 +51,77 @@ def test_actions_need_the_csrf_token(memory_url: str, memory_dashboard: Dashboar
     wait_for(lambda: app.dead_letters(Q), timeout=20, message="the dead letter")
     with TestClient(create_app(memory_dashboard), base_url="http://127.0.0.1") as client:
         page = client.get(f"/dead?queue={Q}")
-        csrf = client.cookies.get("ivy_csrf")
-        assert csrf and f'value="{csrf}"' in page.text
+        token = form_csrf(page.text)
+        assert client.cookies.get(SESSION_COOKIE) and token not in page.headers["set-cookie"]
         headers = page.headers
         assert "script-src 'self'" in headers["content-security-policy"]
         assert headers["x-content-type-options"] == "nosniff"
-        for data in ({"queue": Q}, {"queue": Q, "csrf": "forged"}):
+        for data in ({"queue": Q}, {"queue": Q, "csrf": "forged"}, {"queue": Q, "csrf": "é"}):
             refused = client.post("/dead/purge", data={**data, "confirm": "yes"})
             assert refused.status_code == 403 and "CSRF" in refused.text
-        # a form from another site has no cookie: the token alone is refused too
+        # the token is bound to the session: another browser's session cannot use it, nor
+        # one whose cookie was planted without the key (cookie tossing), nor an old-style
+        # double-submit cookie
         fresh = TestClient(create_app(memory_dashboard), base_url="http://127.0.0.1")
-        assert fresh.post("/dead/purge", data={"queue": Q, "csrf": csrf,
+        assert fresh.post("/dead/purge", data={"queue": Q, "csrf": token,
                                                "confirm": "yes"}).status_code == 403
+        for planted in (f"{SESSION_COOKIE}=attacker.{'0' * 64}", f"ivy_csrf={token}"):
+            tossed = TestClient(create_app(memory_dashboard), base_url="http://127.0.0.1")
+            assert tossed.post("/dead/purge", headers={"cookie": planted},
+                               data={"queue": Q, "csrf": token,
+                                     "confirm": "yes"}).status_code == 403
         assert client.get("/dead/purge").status_code == 405  # actions are POSTs only
     assert len(app.dead_letters(Q)) == 1
     app.close()
+
+
+@pytest.mark.parametrize("headers", [
+    {"origin": "http://127.0.0.1:8081"},  # the same host on another port: same site
+    {"origin": "https://127.0.0.1:8080"},
+    {"origin": "http://localhost:8080"},
+    {"origin": "http://evil.example"},
+    {"origin": "null"},
+    {"origin": "null", "sec-fetch-site": "same-site"},
+    {"sec-fetch-site": "same-site"},
+    {"sec-fetch-site": "cross-site"},
+], ids=lambda h: " ".join(h.values()))
+def test_a_post_from_another_origin_is_refused(
+        memory_url: str, memory_dashboard: Dashboard, headers: dict[str, str]) -> None:
+    # Given a dead letter, and a browser session on the dashboard at 127.0.0.1:8080
+    app = ivy.Ivy(memory_url, memory_url)
+    app.listen(queue=Q, block=False)
+    app.send_task("t.nobody", [1], queue=Q)
+    wait_for(lambda: app.dead_letters(Q), timeout=20, message="the dead letter")
+    try:
+        with TestClient(create_app(memory_dashboard),
+                        base_url="http://127.0.0.1:8080") as client:
+            data = {"queue": Q, "csrf": csrf(client), "confirm": "yes"}
+            # When a purge with the right CSRF token comes from another origin: refused
+            refused = client.post("/dead/purge", data=data, headers=headers)
+            assert refused.status_code == 403 and "another site" in refused.text
+            assert len(app.dead_letters(Q)) == 1
+            # and a login form posted from there too
+            assert client.post("/login", headers=headers).status_code == 403
+            # When it comes from the dashboard's own origin: done
+            own = client.post("/dead/purge", data=data, headers={
+                "origin": "http://127.0.0.1:8080", "sec-fetch-site": "same-origin"})
+            assert own.status_code == 200 and "purged 1 dead letter(s)" in own.text
+            assert app.dead_letters(Q) == []
+    finally:
+        app.close()
+
+
+def test_the_origin_check_knows_default_ports_and_tls(memory_dashboard: Dashboard) -> None:
+    app = create_app(memory_dashboard, token=TOKEN)
+    for base, origin in (("http://dash.example", "http://dash.example:80"),
+                         ("https://dash.example", "https://dash.example"),
+                         ("https://dash.example:8443", "https://DASH.example:8443")):
+        with TestClient(app, base_url=base, follow_redirects=False) as c:
+            done = c.post("/login", data={"token": TOKEN}, headers={"origin": origin})
+            assert done.status_code == 303, (base, origin)
+            refused = c.post("/login", data={"token": TOKEN},
+                             headers={"origin": origin.lower().replace("dash.", "evil.")})
+            assert refused.status_code == 403, (base, origin)
 
 
 def test_with_a_token_every_request_needs_it(memory_dashboard: Dashboard) -> None:

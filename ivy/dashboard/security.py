@@ -5,10 +5,19 @@
   served, so a web page cannot reach it through DNS rebinding.
 * With a token, every request needs it: an ``Authorization: Bearer TOKEN`` header, a
   ``?token=TOKEN`` parameter (a GET is then redirected to the same address without it, with
-  the session cookie set), or the session cookie set by the login form. The cookie holds an
-  HMAC of the token, not the token; it is HttpOnly and SameSite=Strict.
-* Actions are POSTs that carry a CSRF token: a random value in the ``ivy_csrf`` cookie that
-  each form repeats in a hidden field (double submit), compared in constant time.
+  the session cookie set), or the session cookie set by the login form. The cookie holds a
+  random session id and an HMAC of it under a key derived from the token (never the token);
+  it is HttpOnly and SameSite=Strict.
+* Without a token, each browser gets the same kind of session cookie (under a random key of
+  the process), which only identifies it for CSRF tokens.
+* Actions are POSTs, refused (403) when their ``Origin`` is not the dashboard's own
+  ``scheme://host:port`` (or, without an ``Origin``, when ``Sec-Fetch-Site`` says another
+  site sent them), and refused unless they carry the session's CSRF token: an HMAC of the
+  session id under the server's key, which each form repeats in a hidden field, compared in
+  constant time. A cookie planted by a page of the same site on another port (cookies ignore
+  ports) is worth nothing: without the key, no one can make the CSRF token of a session. A
+  request with the token in its ``Authorization`` header needs no CSRF token: browsers never
+  add that header by themselves.
 * Pages are sent with a Content-Security-Policy allowing only the dashboard's own scripts and
   styles; Jinja2 escapes every value put in a page (tracebacks and arguments included).
 """
@@ -20,7 +29,7 @@ import hmac
 import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.datastructures import URL, FormData
 from starlette.exceptions import HTTPException
@@ -32,8 +41,9 @@ from starlette.types import ASGIApp
 from ivy.errors import IvyError
 
 SESSION_COOKIE = "ivy_dashboard"
-CSRF_COOKIE = "ivy_csrf"
 CSRF_FIELD = "csrf"
+#: methods that change nothing: the only ones served without the Origin check
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: shortest token accepted
 MIN_TOKEN = 16
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -66,26 +76,75 @@ def check_bind(host: str, token: str | None) -> None:
                        "IVY_DASHBOARD_TOKEN (or --token) to a secret, or bind 127.0.0.1")
 
 
-def session_value(token: str) -> str:
-    """The session cookie's value for ``token``: an HMAC of it, so the cookie never holds
-    the token itself."""
-    return hmac.new(token.encode(), b"ivy-dashboard-session", hashlib.sha256).hexdigest()
+def session_key(token: str | None) -> bytes:
+    """The key of session cookies and CSRF tokens: derived from ``token`` (so the cookie
+    never holds the token, and sessions outlive a restart), or random for this process when
+    there is no token."""
+    if token is None:
+        return secrets.token_bytes(32)
+    return hmac.new(token.encode(), b"ivy-dashboard-session", hashlib.sha256).digest()
+
+
+def _mac(key: bytes, purpose: str, value: str) -> str:
+    return hmac.new(key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
 
 
 def csrf_token(request: Request) -> str:
-    """The CSRF token that forms on this page carry (set by :class:`Guard`)."""
-    return str(request.state.csrf)
+    """The CSRF token that forms on this page carry: the HMAC of its session id (set by
+    :class:`Guard`); empty for a request without a session (an ``Authorization`` header)."""
+    session: str | None = getattr(request.state, "session", None)
+    access: Access = request.app.state.access
+    return access.csrf_for(session) if session else ""
 
 
 async def checked_form(request: Request) -> FormData:
-    """The form of a POST whose CSRF field matches its CSRF cookie; else a 403."""
+    """The form of a POST whose CSRF field is its session's CSRF token; else a 403."""
     form = await request.form()
-    sent, cookie = form.get(CSRF_FIELD), request.cookies.get(CSRF_COOKIE)
-    if (not cookie or not isinstance(sent, str)
-            or not hmac.compare_digest(sent.encode(), cookie.encode())):
+    if getattr(request.state, "csrf_exempt", False):
+        return form
+    sent, expected = form.get(CSRF_FIELD), csrf_token(request)
+    if (not expected or not isinstance(sent, str)
+            or not hmac.compare_digest(sent.encode(), expected.encode())):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page and submit "
                                  "its form again")
     return form
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin ``scheme://host[:port]``, the port made explicit;
+    None if ``url`` is not one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    if (default is None or not parts.hostname or "@" in parts.netloc or parts.path
+            or parts.query or parts.fragment):
+        return None
+    return parts.scheme, parts.hostname, port or default
+
+
+def foreign_origin(request: Request) -> str | None:
+    """Why ``request`` (a POST) comes from another site, or None if it may be the
+    dashboard's own form: its ``Origin`` must be the dashboard's ``scheme://host:port`` (the
+    ``Host`` it was sent to); without an ``Origin``, ``Sec-Fetch-Site`` (if sent) must be
+    ``same-origin`` or ``none``; an ``Origin: null`` (which a browser sends when a referrer
+    policy hides the origin) passes only with ``Sec-Fetch-Site: same-origin``. A client that
+    sends neither (a script) is let through: it still needs the token and the CSRF token.
+    Pages are sent with ``Referrer-Policy: same-origin`` so that browsers name their origin
+    in the forms they post (``no-referrer`` makes them send ``Origin: null``)."""
+    origin, site = request.headers.get("origin"), request.headers.get("sec-fetch-site")
+    if origin is None:
+        if site is None or site.lower() in ("same-origin", "none"):
+            return None
+        return f"Sec-Fetch-Site: {site}"
+    if origin == "null" and (site or "").lower() == "same-origin":
+        return None  # a browser whose referrer policy hides origins, on a page of ours
+    own = _origin(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    if own is None or _origin(origin) != own:
+        return f"Origin: {origin}"
+    return None
 
 
 def safe_next(target: str | None) -> str:
@@ -105,20 +164,42 @@ class Access:
     def __init__(self, token: str | None) -> None:
         check_token(token)
         self.token = token
-        self.session = session_value(token) if token else None
+        self.key = session_key(token)
 
     def matches(self, given: str | None) -> bool:
         return (self.token is not None and given is not None
                 and hmac.compare_digest(given.encode(), self.token.encode()))
 
-    def set_session(self, response: Response, request: Request) -> None:
-        assert self.session is not None
-        response.set_cookie(SESSION_COOKIE, self.session, httponly=True, samesite="strict",
+    def new_session(self) -> str:
+        """A new session cookie value: ``id.mac``."""
+        session = secrets.token_urlsafe(24)
+        return f"{session}.{_mac(self.key, 'session', session)}"
+
+    def session_of(self, cookie: str | None) -> str | None:
+        """The session id of a session cookie made with this key; None if it is not one."""
+        session, _, mac = (cookie or "").partition(".")
+        if not session or not mac:
+            return None
+        if not hmac.compare_digest(mac.encode(), _mac(self.key, "session", session).encode()):
+            return None
+        return session
+
+    def csrf_for(self, session: str) -> str:
+        """The CSRF token of ``session``: only a holder of the key can make it."""
+        return _mac(self.key, "csrf", session)
+
+    def set_session(self, response: Response, request: Request) -> str:
+        """Give ``response`` a new session cookie; returns the session id."""
+        value = self.new_session()
+        response.set_cookie(SESSION_COOKIE, value, httponly=True, samesite="strict",
                             path=_root(request) or "/")
+        return value.partition(".")[0]
 
     def refuse(self, request: Request) -> Response | None:
-        """None if ``request`` may go on; else the answer to send instead."""
-        if self.session is None:
+        """None if ``request`` may go on (``request.state.session`` then holds its session
+        id, or None); else the answer to send instead."""
+        request.state.session = self.session_of(request.cookies.get(SESSION_COOKIE))
+        if self.token is None:
             host = request.url.hostname or ""
             if is_loopback(host):
                 return None
@@ -126,13 +207,13 @@ class Access:
                 f"this dashboard serves only http://127.0.0.1 or http://localhost, not host "
                 f"{host!r}; start it with a token to serve other names", status_code=403)
         root = _root(request)
-        if request.url.path == root + "/login":
+        if request.state.session is not None:
             return None
-        if hmac.compare_digest(request.cookies.get(SESSION_COOKIE, "").encode(),
-                               self.session.encode()):
+        if request.url.path == root + "/login":
             return None
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer ") and self.matches(auth[7:].strip()):
+            request.state.csrf_exempt = True
             return None
         if self.matches(request.query_params.get("token")):
             if request.method != "GET":
@@ -150,8 +231,8 @@ class Access:
 
 
 class Guard(BaseHTTPMiddleware):
-    """Applies :class:`Access` to every request, gives each browser its CSRF cookie, and adds
-    the security headers."""
+    """Refuses POSTs from other sites, applies :class:`Access` to every request, gives each
+    browser on loopback a session (for its CSRF token), and adds the security headers."""
 
     def __init__(self, app: ASGIApp, access: Access) -> None:
         super().__init__(app)
@@ -159,22 +240,30 @@ class Guard(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request,
                        call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.method not in SAFE_METHODS:
+            foreign = foreign_origin(request)
+            if foreign is not None:
+                return self._secure(PlainTextResponse(
+                    f"refused: this request comes from another site ({foreign}); actions "
+                    "are taken only from the dashboard's own pages", status_code=403))
         refused = self.access.refuse(request)
         if refused is not None:
             return self._secure(refused)
-        cookie = request.cookies.get(CSRF_COOKIE)
-        request.state.csrf = cookie or secrets.token_urlsafe(32)
+        fresh = None
+        if request.state.session is None and self.access.token is None:
+            fresh = self.access.new_session()
+            request.state.session = fresh.partition(".")[0]
         response = await call_next(request)
-        if cookie is None:
-            response.set_cookie(CSRF_COOKIE, request.state.csrf, httponly=True,
-                                samesite="strict", path=_root(request) or "/")
+        if fresh is not None:
+            response.set_cookie(SESSION_COOKIE, fresh, httponly=True, samesite="strict",
+                                path=_root(request) or "/")
         return self._secure(response)
 
     @staticmethod
     def _secure(response: Response) -> Response:
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
