@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 import ivy
 from ivy.dashboard.security import SESSION_COOKIE, check_bind
+from ivy.dashboard.server import Server
 from ivy.dashboard.state import Dashboard
 from ivy.dashboard.web import create_app
 from ivy.errors import IvyError
@@ -275,3 +276,105 @@ def test_the_token_parameter_never_redirects_to_another_site(
         assert moved.status_code == 303
         assert moved.headers["location"] == "/?id=1"
         assert c.cookies.get(SESSION_COOKIE)
+
+
+def test_token_guesses_are_limited_per_client_address(memory_dashboard: Dashboard) -> None:
+    # Given a dashboard with a token, on a clock the test moves
+    app = create_app(memory_dashboard, token=TOKEN)
+    now = [1000.0]
+    app.state.access.guesses.clock = lambda: now[0]
+    with TestClient(app, base_url="http://dashboard.example", follow_redirects=False) as c:
+        def login(token: str) -> httpx.Response:
+            return c.post("/login", data={"token": token, "next": "/"})
+        # When one address makes its free wrong guesses: each is refused as wrong
+        for n in range(5):
+            assert login(f"guess-{n}").status_code == 401
+        # Then every further guess, even the right token, by any way, must wait
+        for attempt in (lambda: login(TOKEN),
+                        lambda: c.get("/api/live", headers={"authorization": "Bearer x"}),
+                        lambda: c.get(f"/call?token={TOKEN}")):
+            waited = attempt()
+            assert waited.status_code == 429 and waited.headers["retry-after"] == "1"
+        # and each wrong guess after the wait doubles it
+        now[0] += 1
+        assert login("guess-6").status_code == 401
+        assert login(TOKEN).headers["retry-after"] == "2"
+        now[0] += 2
+        assert login("guess-7").status_code == 401
+        assert login(TOKEN).headers["retry-after"] == "4"
+        # When the wait is over, the right token logs in, and clears the count
+        now[0] += 4
+        assert login(TOKEN).status_code == 303
+        assert login("guess-8").status_code == 401 and login("guess-9").status_code == 401
+
+
+def test_a_session_expires_twelve_hours_after_its_login(memory_dashboard: Dashboard) -> None:
+    app = create_app(memory_dashboard, token=TOKEN)
+    now = [1_000_000.0]
+    app.state.access.clock = lambda: now[0]
+    with TestClient(app, base_url="http://dashboard.example", follow_redirects=False) as c:
+        done = c.post("/login", data={"token": TOKEN, "next": "/failures"})
+        assert done.status_code == 303 and "Max-Age=43200" in done.headers["set-cookie"]
+        now[0] += 12 * 3600 - 1
+        assert c.get("/failures").status_code == 200
+        now[0] += 1
+        expired = c.get("/failures", headers={"accept": "text/html"})
+        assert expired.status_code == 303
+        assert expired.headers["location"] == "/login?next=/failures"
+    # Without a token, a browser whose session expired just gets a new one
+    loopback = create_app(memory_dashboard)
+    loopback.state.access.clock = lambda: now[0]
+    with TestClient(loopback, base_url="http://127.0.0.1") as c:
+        first = c.get("/call").cookies.get(SESSION_COOKIE)
+        now[0] += 12 * 3600
+        renewed = c.get("/call")
+        assert renewed.status_code == 200 and renewed.cookies.get(SESSION_COOKIE) != first
+
+
+def test_the_session_cookie_is_secure_over_https(memory_dashboard: Dashboard) -> None:
+    app = create_app(memory_dashboard, token=TOKEN)
+    with TestClient(app, base_url="https://dashboard.example", follow_redirects=False) as c:
+        cookie = c.post("/login", data={"token": TOKEN}).headers["set-cookie"]
+        assert cookie.startswith(f"__Host-{SESSION_COOKIE}=")
+        assert "; secure" in cookie.lower() and "Path=/;" in cookie
+        assert c.get("/failures").status_code == 200
+        # a cookie of the plain name (which a page on http could set) is not read over https
+        plain = c.cookies[f"__Host-{SESSION_COOKIE}"]
+        c.cookies.clear()
+        assert c.get("/failures", headers={"cookie": f"{SESSION_COOKIE}={plain}"}
+                     ).status_code == 401
+    with TestClient(app, base_url="http://dashboard.example", follow_redirects=False) as c:
+        cookie = c.post("/login", data={"token": TOKEN}).headers["set-cookie"]
+        assert cookie.startswith(f"{SESSION_COOKIE}=") and "secure" not in cookie.lower()
+
+
+def test_live_streams_are_capped(memory_dashboard: Dashboard) -> None:
+    # Given a dashboard serving at most two live streams
+    held: list[httpx.Response] = []
+    with Server(create_app(memory_dashboard, max_streams=2)) as server, \
+            httpx.Client(timeout=10) as http:
+        def opened() -> httpx.Response:
+            answer = http.send(http.build_request("GET", server.url + "/stream"), stream=True)
+            if answer.status_code == 200:
+                held.append(answer)
+            else:
+                answer.close()
+            return answer
+
+        try:
+            # When two are open, a third is refused
+            lines = []  # kept: a line iterator dropped closes its connection
+            for _ in range(2):
+                assert opened().status_code == 200
+                lines.append(held[-1].iter_lines())
+                assert next(lines[-1]).startswith("retry:")
+            refused = opened()
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "10"
+            # When one is closed, its place is given back
+            held.pop(0).close()
+            wait_for(lambda: opened().status_code == 200, timeout=20,
+                     message="a stream's place given back")
+            assert opened().status_code == 503
+        finally:
+            for answer in held:
+                answer.close()

@@ -6,8 +6,15 @@
 * With a token, every request needs it: an ``Authorization: Bearer TOKEN`` header, a
   ``?token=TOKEN`` parameter (a GET is then redirected to the same address without it, with
   the session cookie set), or the session cookie set by the login form. The cookie holds a
-  random session id and an HMAC of it under a key derived from the token (never the token);
-  it is HttpOnly and SameSite=Strict.
+  random session id, its time of issue and an HMAC of both under a key derived from the token
+  (never the token); it is HttpOnly and SameSite=Strict, and expires :data:`SESSION_LIFETIME`
+  (12 h) after the login: then the login form is shown again. Over https (as the request's
+  scheme says, e.g. from a local TLS proxy's ``X-Forwarded-Proto``) it is ``Secure`` and
+  named ``__Host-ivy_dashboard`` (when served at ``/``), which no other host or port can set.
+* Token guesses (login form, header or parameter) are limited per client address: after
+  :data:`FREE_GUESSES` wrong ones, every guess is answered 429 with a ``Retry-After`` that
+  doubles with each further failure (up to :data:`MAX_GUESS_WAIT` seconds); the right token
+  clears the count.
 * Without a token, each browser gets the same kind of session cookie (under a random key of
   the process), which only identifies it for CSRF tokens.
 * Actions are POSTs, refused (403) when their ``Origin`` is not the dashboard's own
@@ -27,7 +34,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -41,6 +51,14 @@ from starlette.types import ASGIApp
 from ivy.errors import IvyError
 
 SESSION_COOKIE = "ivy_dashboard"
+#: seconds a session lasts from its login (the cookie's Max-Age as well)
+SESSION_LIFETIME = 12 * 3600
+#: wrong token guesses a client address may make before it has to wait
+FREE_GUESSES = 5
+#: the longest wait between two guesses, in seconds
+MAX_GUESS_WAIT = 600
+#: client addresses whose failed guesses are remembered (the oldest are forgotten)
+MAX_GUESSERS = 10_000
 CSRF_FIELD = "csrf"
 #: methods that change nothing: the only ones served without the Origin check
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -157,48 +175,95 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+class Guesses:
+    """Wrong token guesses per client address (see the module doc)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._failed: OrderedDict[str, tuple[int, float]] = OrderedDict()  # count, until
+
+    def wait(self, client: str) -> int:
+        """Whole seconds ``client`` must wait before its next guess (0: it may guess)."""
+        _, until = self._failed.get(client, (0, 0.0))
+        return max(0, math.ceil(until - self.clock()))
+
+    def failed(self, client: str) -> None:
+        count = self._failed.pop(client, (0, 0.0))[0] + 1
+        wait = min(2.0 ** (count - FREE_GUESSES), MAX_GUESS_WAIT) if count >= FREE_GUESSES \
+            else 0.0
+        self._failed[client] = (count, self.clock() + wait)
+        while len(self._failed) > MAX_GUESSERS:
+            self._failed.popitem(last=False)
+
+    def succeeded(self, client: str) -> None:
+        self._failed.pop(client, None)
+
+
 class Access:
     """Who may use the dashboard: anyone on loopback when ``token`` is None, else whoever
-    shows the token (see the module doc)."""
+    shows the token (see the module doc). ``clock`` (wall-clock seconds) dates sessions."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, *, lifetime: float = SESSION_LIFETIME,
+                 clock: Callable[[], float] = time.time) -> None:
         check_token(token)
         self.token = token
         self.key = session_key(token)
+        self.lifetime = lifetime
+        self.clock = clock
+        self.guesses = Guesses()
 
     def matches(self, given: str | None) -> bool:
         return (self.token is not None and given is not None
                 and hmac.compare_digest(given.encode(), self.token.encode()))
 
+    def guess(self, request: Request, given: str) -> Response | bool:
+        """Whether ``given`` is the token, counted against the client's address; a 429 to
+        send instead while that address must wait (then nothing is compared)."""
+        client = request.client.host if request.client else "?"
+        wait = self.guesses.wait(client)
+        if wait:
+            return PlainTextResponse(
+                f"too many wrong tokens from {client}: try again in {wait} s",
+                status_code=429, headers={"Retry-After": str(wait)})
+        if self.matches(given):
+            self.guesses.succeeded(client)
+            return True
+        self.guesses.failed(client)
+        return False
+
     def new_session(self) -> str:
-        """A new session cookie value: ``id.mac``."""
-        session = secrets.token_urlsafe(24)
+        """A new session cookie value: ``issued.id.mac``."""
+        session = f"{int(self.clock())}.{secrets.token_urlsafe(24)}"
         return f"{session}.{_mac(self.key, 'session', session)}"
 
     def session_of(self, cookie: str | None) -> str | None:
-        """The session id of a session cookie made with this key; None if it is not one."""
-        session, _, mac = (cookie or "").partition(".")
-        if not session or not mac:
+        """The session id (``issued.id``) of a session cookie made with this key and not
+        expired; None if it is not one."""
+        session, _, mac = (cookie or "").rpartition(".")
+        issued = session.partition(".")[0]
+        if not session or not mac or not issued.isdigit():
             return None
         if not hmac.compare_digest(mac.encode(), _mac(self.key, "session", session).encode()):
             return None
-        return session
+        age = self.clock() - int(issued)
+        return session if -60 <= age < self.lifetime else None
 
     def csrf_for(self, session: str) -> str:
         """The CSRF token of ``session``: only a holder of the key can make it."""
         return _mac(self.key, "csrf", session)
 
-    def set_session(self, response: Response, request: Request) -> str:
-        """Give ``response`` a new session cookie; returns the session id."""
-        value = self.new_session()
-        response.set_cookie(SESSION_COOKIE, value, httponly=True, samesite="strict",
-                            path=_root(request) or "/")
-        return value.partition(".")[0]
+    def set_session(self, response: Response, request: Request,
+                    value: str | None = None) -> None:
+        """Give ``response`` the session cookie ``value`` (default: a new session)."""
+        path = _root(request) or "/"
+        response.set_cookie(session_cookie(request), value or self.new_session(),
+                            max_age=int(self.lifetime), path=path, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
 
     def refuse(self, request: Request) -> Response | None:
         """None if ``request`` may go on (``request.state.session`` then holds its session
         id, or None); else the answer to send instead."""
-        request.state.session = self.session_of(request.cookies.get(SESSION_COOKIE))
+        request.state.session = self.session_of(request.cookies.get(session_cookie(request)))
         if self.token is None:
             host = request.url.hostname or ""
             if is_loopback(host):
@@ -212,10 +277,18 @@ class Access:
         if request.url.path == root + "/login":
             return None
         auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer ") and self.matches(auth[7:].strip()):
-            request.state.csrf_exempt = True
-            return None
-        if self.matches(request.query_params.get("token")):
+        if auth.lower().startswith("bearer "):
+            right = self.guess(request, auth[7:].strip())
+            if isinstance(right, Response):
+                return right
+            if right:
+                request.state.csrf_exempt = True
+                return None
+        given = request.query_params.get("token")
+        right = False if given is None else self.guess(request, given)
+        if isinstance(right, Response):
+            return right
+        if right:
             if request.method != "GET":
                 return None
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
@@ -252,11 +325,10 @@ class Guard(BaseHTTPMiddleware):
         fresh = None
         if request.state.session is None and self.access.token is None:
             fresh = self.access.new_session()
-            request.state.session = fresh.partition(".")[0]
+            request.state.session = fresh.rpartition(".")[0]
         response = await call_next(request)
         if fresh is not None:
-            response.set_cookie(SESSION_COOKIE, fresh, httponly=True, samesite="strict",
-                                path=_root(request) or "/")
+            self.access.set_session(response, request, fresh)
         return self._secure(response)
 
     @staticmethod
@@ -273,6 +345,13 @@ def _local_path(request: Request) -> str:
     (``//evil.example/x`` must not become ``Location: //evil.example/x``)."""
     path, decoded = request.url.path, str(request.scope.get("path", ""))
     return path if safe_next(path) == path and safe_next(decoded) == decoded else "/"
+
+
+def session_cookie(request: Request) -> str:
+    """The session cookie's name: ``__Host-ivy_dashboard`` over https at ``/`` (a name only
+    a secure answer of this very host can set), else ``ivy_dashboard``."""
+    https = request.url.scheme == "https"
+    return f"__Host-{SESSION_COOKIE}" if https and not _root(request) else SESSION_COOKIE
 
 
 def _root(request: Request) -> str:
