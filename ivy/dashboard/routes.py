@@ -74,7 +74,9 @@ def overview(request: Request) -> Response:
     dashboard = _dashboard(request)
     data = dashboard.overview()
     collector = dashboard.collector
-    return _page(request, "overview.html", queues=data["queues"], workers=data["workers"],
+    return _page(request, "overview.html", queues=data["queues"],
+                 queues_more=data["queues_more"], workers=data["workers"],
+                 workers_more=data["workers_more"],
                  workers_error=data["workers_error"], events_seen=collector.events_seen,
                  events_error=collector.error,
                  series=json.dumps(collector.series()), window=collector.window)

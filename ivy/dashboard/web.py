@@ -25,9 +25,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def _when(stamp: Any) -> str:
+    """A Unix time as UTC text; ``-`` for anything else (a string, 1e300, NaN, 10**15)."""
     if not isinstance(stamp, (int, float)) or isinstance(stamp, bool) or not stamp:
         return "-"
-    moment = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+    try:
+        moment = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        return "-"
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
