@@ -378,3 +378,40 @@ def test_live_streams_are_capped(memory_dashboard: Dashboard) -> None:
         finally:
             for answer in held:
                 answer.close()
+
+
+def test_without_a_token_a_malformed_host_is_refused(memory_dashboard: Dashboard) -> None:
+    # Given the dashboard served by uvicorn on 127.0.0.1 without a token
+    with Server(create_app(memory_dashboard)) as server, httpx.Client(timeout=10) as http:
+        # When the Host header is not a plain name (Starlette then builds request.url from
+        # the server's own address, 127.0.0.1): refused
+        for host in ("evil.example/x", "evil.example@127.0.0.1", "127.0.0.1@evil.example",
+                     "evil.example:abc", "[::1", "localhost:8080:1", "evil.example\\x"):
+            refused = http.get(server.url + "/api/live", headers={"host": host})
+            assert refused.status_code == 403, host
+        # and the loopback names, with or without a port, are served
+        for host in ("127.0.0.1", f"127.0.0.1:{server.port}", "localhost:1", "[::1]:8080",
+                     "LOCALHOST"):
+            assert http.get(server.url + "/api/live", headers={"host": host}).is_success, host
+
+
+#: the first releases past the advisories published against the dashboard's dependencies
+PATCHED = {"starlette": (1, 3, 0), "jinja2": (3, 1, 6), "python-multipart": (0, 0, 32)}
+
+
+def test_dependency_floors_are_past_published_advisories() -> None:
+    import re
+    import tomllib
+    from importlib.metadata import version
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["dashboard"]
+    floors = {}
+    for spec in extra:
+        found = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", spec)
+        assert found, spec
+        floors[found.group(1).lower()] = tuple(int(p) for p in found.group(2).split("."))
+    for name, patched in PATCHED.items():
+        assert floors[name] >= patched, (name, floors[name])
+        installed = tuple(int(p) for p in version(name).split(".")[:3])
+        assert installed >= patched, (name, installed)

@@ -1,8 +1,8 @@
 """The dashboard's security model (README, "Operating ivy"):
 
 * It binds 127.0.0.1 by default and refuses any other address without a token
-  (:func:`check_bind`). Without a token, only requests whose ``Host`` is a loopback name are
-  served, so a web page cannot reach it through DNS rebinding.
+  (:func:`check_bind`). Without a token, only requests whose ``Host`` header is a well-formed
+  loopback name are served, so a web page cannot reach it through DNS rebinding.
 * With a token, every request needs it: an ``Authorization: Bearer TOKEN`` header, a
   ``?token=TOKEN`` parameter (a GET is then redirected to the same address without it, with
   the session cookie set), or the session cookie set by the login form. The cookie holds a
@@ -143,6 +143,16 @@ def _origin(url: str) -> tuple[str, str, int] | None:
     return parts.scheme, parts.hostname, port or default
 
 
+def host_name(host: str) -> str | None:
+    """The name in a ``Host`` header (``name[:port]``, ``[v6][:port]``), read from the header
+    itself; None if the header is not well formed. Not ``request.url.hostname``: Starlette
+    builds that from the server's own address when the ``Host`` is malformed (and some
+    releases read a poisoned one), which would let ``Host: evil.example/x`` pass as
+    loopback."""
+    origin = _origin(f"http://{host}") if host.isascii() and host.isprintable() else None
+    return None if origin is None else origin[1]
+
+
 def foreign_origin(request: Request) -> str | None:
     """Why ``request`` (a POST) comes from another site, or None if it may be the
     dashboard's own form: its ``Origin`` must be the dashboard's ``scheme://host:port`` (the
@@ -265,8 +275,8 @@ class Access:
         id, or None); else the answer to send instead."""
         request.state.session = self.session_of(request.cookies.get(session_cookie(request)))
         if self.token is None:
-            host = request.url.hostname or ""
-            if is_loopback(host):
+            host = request.headers.get("host", "")
+            if is_loopback(host_name(host) or ""):
                 return None
             return PlainTextResponse(
                 f"this dashboard serves only http://127.0.0.1 or http://localhost, not host "
