@@ -254,3 +254,73 @@ def test_collector_counts_per_second_in_its_window() -> None:
     assert [f["id"] for f in collector.failures()] == ["e", "d"]
     assert (collector.last_event_of("a") or {})["event"] == "received"
     assert collector.events_seen == 8
+
+
+def test_forged_heartbeats_events_and_dead_letters_render_as_dashes(
+        sqlite_url: str, redis_url: str) -> None:
+    # Given a dashboard on a SQLite queue file and a Redis notifier, listing every queue
+    import sqlite3
+
+    import redis
+
+    view = ivy.Ivy(sqlite_url, redis_url)
+    dashboard = Dashboard(view, view.start_notification_producer(), [], refresh=0)
+    plain = redis.Redis.from_url(redis_url)
+    channel = f"ivy:events@{plain.connection_pool.connection_kwargs.get('db') or 0}"
+    channel = "ivy:events" if channel == "ivy:events@0" else channel
+    beats: dict[str, Any] = {
+        f"forged-many-{k}": {"name": f"forged-many-{k}", "in_flight": "x", "concurrency": [1],
+                             "queues": [f"queue-{k}-{'x' * 150}-{n}" for n in range(20_000)],
+                             "last_seen": 1e300, "events": "yes"} for k in range(3)}
+    beats |= {
+        "forged-list": [1, 2],
+        "forged-odd": {"name": {"x": 1}, "queues": "abc", "last_seen": 10**15,
+                       "processed": 10**30},
+    }
+    try:
+        with TestClient(create_app(dashboard), base_url="http://127.0.0.1") as client:
+            # and forged data written with plain clients: heartbeats, events, a dead letter
+            far = int(time.time() * 1000) + 600_000
+            for name, beat in beats.items():
+                plain.zadd("ivy:workers", {name: far})
+                plain.hset("ivy:workers:info", name, json.dumps(beat))
+            events = [
+                {"event": "failed", "id": "forged-1", "attempt": "x", "time": 1e300,
+                 "error": "not an object", "name": ["t"]},
+                {"event": "dead_lettered", "id": [1, 2], "attempt": 10**30,
+                 "time": "yesterday", "error": {"type": [1], "message": {"a": 1}}},
+                {"event": "failed", "id": "forged-3", "time": float("nan"), "attempt": True,
+                 "queue": {"q": 1}, "reason": 7}]
+            seen = dashboard.collector.events_seen
+            for event in events:
+                plain.publish(channel, json.dumps(event))
+            wait_for(lambda: dashboard.collector.events_seen >= seen + len(events),
+                     timeout=20, message="the forged events")
+            assert view.dead_letters(Q) == []  # the file and its tables exist
+            with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+                db.execute("INSERT INTO ivy_dead_letters (queue, body, reason, time) "
+                           "VALUES (?, ?, ?, ?)", (Q, b'{"forged": 1}', "forged", 1e15))
+            # Then every page renders, with "-" where a value cannot be read
+            overview = client.get("/")
+            assert overview.status_code == 200
+            # and a heartbeat naming 20,000 queues costs a page of bounded size
+            assert len(overview.content) < 300_000
+            assert "and 19900 more" in overview.text
+            assert "and 101 more queue(s), not listed" in overview.text  # 3 x 100 and q
+            live = client.get("/api/live")
+            assert live.status_code == 200 and len(live.content) < 300_000
+            [many] = [w for w in live.json()["workers"] if w["name"] == "forged-many-0"]
+            assert len(many["queues"]) == 100 and many["in_flight"] is None
+            assert many["last_seen"] is None and many["events"] is False
+            failures = client.get("/failures")
+            assert failures.status_code == 200 and "forged-1" in failures.text
+            assert "attempt x" not in failures.text
+            assert client.get("/call?id=forged-1").status_code == 200
+            dead = client.get(f"/dead?queue={Q}")
+            assert dead.status_code == 200 and "forged" in dead.text
+            assert "<td>-</td>" in dead.text
+    finally:
+        plain.zrem("ivy:workers", *beats)
+        plain.hdel("ivy:workers:info", *beats)
+        plain.close()
+        view.close()

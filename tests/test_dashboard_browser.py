@@ -7,17 +7,21 @@ Set ``IVY_DASHBOARD_SCREENSHOT=docs/dashboard.png`` to save a screenshot of the 
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 from conftest import TESTS_DIR, require_service, wait_for
+from dashboard_support import TOKEN, form_csrf
 from playwright.sync_api import Page, expect, sync_playwright
 
 import ivy
+from ivy.dashboard.security import SESSION_COOKIE
 from ivy.dashboard.server import Server
 from ivy.dashboard.state import Dashboard
 from ivy.dashboard.web import create_app
@@ -118,3 +122,77 @@ def test_browser_sees_a_task_and_requeues_a_dead_letter(tmp_path: Path) -> None:
         producer.close()
         view.close()
     assert worker.returncode == 0, "".join(lines)
+
+
+ATTACK = """<!doctype html><html><body><form id="f" method="post" action="{action}">
+<input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="queue" value="{queue}">
+<input type="hidden" name="confirm" value="yes"></form>
+<script>document.cookie = "{cookie}; path=/"; document.getElementById("f").submit();</script>
+</body></html>"""
+
+
+class _AttackPage(http.server.BaseHTTPRequestHandler):
+    page = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("token", "tossed"), [
+    (None, "csrf-cookie"), (TOKEN, "csrf-cookie"), (None, "attacker-session")])
+def test_a_page_on_another_port_cannot_purge(memory_url: str, token: str | None,
+                                              tossed: str) -> None:
+    require_service("chromium", Path(CHROMIUM).exists(),
+                    f"{CHROMIUM} is missing: apt-get install chromium")
+    # Given dead letters, and the dashboard at http://127.0.0.1:PORT
+    app = ivy.Ivy(memory_url, memory_url)
+    app.listen(queue=Q, block=False)
+    for n in range(3):
+        app.send_task("t.nobody", [n], queue=Q)
+    wait_for(lambda: len(app.dead_letters(Q)) == 3, timeout=20, message="3 dead letters")
+    view = ivy.Ivy(memory_url, memory_url)
+    dashboard = Dashboard(view, view.start_notification_producer(), [Q], refresh=0)
+    try:
+        with Server(create_app(dashboard, token=token), token=token) as server, \
+                sync_playwright() as p:
+            # and a page of another server on the same host (the same site for the browser,
+            # which sends the dashboard's SameSite=Strict cookies with its forms), which
+            # plants a cookie for the host and submits a purge at once
+            if tossed == "csrf-cookie":  # the double-submit cookie of old, and its value
+                cookie, csrf = "ivy_csrf=tossed", "tossed"
+            else:  # a session of the dashboard that the attacker opened, with its CSRF token
+                with httpx.Client(base_url=server.url) as own:
+                    page_html = own.get(f"/dead?queue={Q}").text
+                    cookie = f"{SESSION_COOKIE}={own.cookies[SESSION_COOKIE]}"
+                    csrf = form_csrf(page_html)
+            handler = type("Attack", (_AttackPage,), {"page": ATTACK.format(
+                action=f"{server.url}/dead/purge", csrf=csrf, queue=Q,
+                cookie=cookie).encode()})
+            attacker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=attacker.serve_forever, daemon=True).start()
+            try:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                page = browser.new_page()
+                if token is not None:  # the victim is logged in
+                    page.goto(f"{server.url}/?token={token}")
+                    expect(page.locator("#queues")).to_contain_text(Q)
+                # When the victim opens the page
+                page.goto(f"http://127.0.0.1:{attacker.server_address[1]}/")
+                # Then its form reached the dashboard, which refused it
+                page.wait_for_url(f"{server.url}/**", timeout=20_000)
+                expect(page.locator("body")).to_contain_text("another site")
+                browser.close()
+            finally:
+                attacker.shutdown()
+                attacker.server_close()
+        # and the dead letters are all there
+        assert len(app.dead_letters(Q)) == 3
+    finally:
+        view.close()
+        app.close()

@@ -13,14 +13,34 @@ from urllib.parse import urlencode
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.templating import Jinja2Templates
+from starlette.types import Receive, Scope, Send
 
 from .security import Access, checked_form, safe_next
 from .state import DEAD_PAGE_LIMIT, Dashboard
 
 #: seconds between two updates of the live stream
 TICK = 1.0
+#: live streams served at once (each holds a connection and reads the overview every
+#: second); more are answered 503, and browsers try again after the ``retry`` delay
+MAX_STREAMS = 50
+
+
+class _CountedStream(StreamingResponse):
+    """A stream that gives its place back (``app.state.streams``) when it ends, however."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            scope["app"].state.streams -= 1
 
 
 def _dashboard(request: Request) -> Dashboard:
@@ -54,7 +74,9 @@ def overview(request: Request) -> Response:
     dashboard = _dashboard(request)
     data = dashboard.overview()
     collector = dashboard.collector
-    return _page(request, "overview.html", queues=data["queues"], workers=data["workers"],
+    return _page(request, "overview.html", queues=data["queues"],
+                 queues_more=data["queues_more"], workers=data["workers"],
+                 workers_more=data["workers_more"],
                  workers_error=data["workers_error"], events_seen=collector.events_seen,
                  events_error=collector.error,
                  series=json.dumps(collector.series()), window=collector.window)
@@ -65,9 +87,14 @@ def live_json(request: Request) -> Response:
 
 
 async def stream(request: Request) -> Response:
-    """Server-sent events: the overview's data every :data:`TICK` seconds."""
+    """Server-sent events: the overview's data every :data:`TICK` seconds; a 503 when
+    ``app.state.max_streams`` streams are open already."""
     dashboard = _dashboard(request)
     stopping: asyncio.Event = request.app.state.stopping
+    state = request.app.state
+    if state.streams >= state.max_streams:
+        return PlainTextResponse(f"{state.streams} live streams are open already: try again "
+                                 "later", status_code=503, headers={"Retry-After": "10"})
 
     async def events() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
@@ -79,8 +106,9 @@ async def stream(request: Request) -> Response:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), TICK)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"X-Accel-Buffering": "no"})
+    state.streams += 1  # given back by _CountedStream (no await since the check above)
+    return _CountedStream(events(), media_type="text/event-stream",
+                          headers={"X-Accel-Buffering": "no"})
 
 
 def dead(request: Request) -> Response:
@@ -176,7 +204,10 @@ async def login(request: Request) -> Response:
         form = await request.form()
         given = str(form.get("token") or "")
         target = safe_next(str(form.get("next") or "/"))
-        if access.matches(given):
+        right = access.guess(request, given)
+        if isinstance(right, Response):
+            return right
+        if right:
             response = RedirectResponse(target, status_code=303)
             access.set_session(response, request)
             return response

@@ -10,6 +10,7 @@ shared by every request thread, and a dashboard has few users. The overview is c
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from collections.abc import Collection, Sequence
@@ -31,6 +32,74 @@ DEAD_COUNT_LIMIT = 100
 DEAD_PAGE_LIMIT = 500
 #: seconds the overview (queue sizes, dead-letter counts, workers) is cached
 REFRESH = 2.0
+#: queues the overview lists (more are counted, not listed)
+MAX_QUEUES = 200
+#: workers the overview lists
+MAX_WORKERS = 200
+#: queue names of one worker's heartbeat shown (and taken into the queue list)
+MAX_WORKER_QUEUES = 100
+#: characters of a name (worker, queue, task, event field) shown; longer ones are cut
+NAME_LIMIT = 200
+
+
+def text(value: Any, limit: int = NAME_LIMIT) -> str | None:
+    """A string or number from a heartbeat or event as text, cut to ``limit`` characters
+    (ending with "…"); None for anything else (a list, an object, a bool, null)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    try:
+        shown = value if isinstance(value, str) else repr(value)
+    except ValueError:  # an int too long to print
+        return None
+    return shown if len(shown) <= limit else shown[:limit - 1] + "…"
+
+
+def count(value: Any) -> int | None:
+    """A whole number from a heartbeat or event; None for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def stamp(value: Any) -> float | None:
+    """A Unix time from a heartbeat or event; None for anything else, or a time no date can
+    show (NaN, 1e300): the pages show "-"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        datetime.datetime.fromtimestamp(value, datetime.UTC)
+        return float(value)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def worker_row(beat: Any) -> dict[str, Any] | None:
+    """What the overview shows of one heartbeat, each field type-checked (see :func:`text`,
+    :func:`count`); at most :data:`MAX_WORKER_QUEUES` queue names, with ``queues_more`` the
+    number left out. None for a heartbeat that is not an object."""
+    if not isinstance(beat, dict):
+        return None
+    named = beat.get("queues")
+    names = [q for q in named if isinstance(q, str)] if isinstance(named, list) else []
+    return {
+        "name": text(beat.get("name")) or "?",
+        "queues": [text(q) for q in names[:MAX_WORKER_QUEUES]],
+        "queues_more": max(0, len(names) - MAX_WORKER_QUEUES),
+        "queue_url": text(beat.get("queue_url"), 1000),
+        "in_flight": count(beat.get("in_flight")), "concurrency": count(beat.get("concurrency")),
+        "processed": count(beat.get("processed")), "failed": count(beat.get("failed")),
+        "events": beat.get("events") is True, "last_seen": stamp(beat.get("last_seen"))}
+
+
+def failure_row(event: dict[str, Any]) -> dict[str, Any]:
+    """What the failures page shows of one ``failed`` or ``dead_lettered`` event, each
+    field type-checked."""
+    error = event.get("error")
+    return {
+        "event": text(event.get("event")), "name": text(event.get("name")),
+        "time": stamp(event.get("time")), "worker": text(event.get("worker")),
+        "queue": text(event.get("queue")), "attempt": count(event.get("attempt")),
+        "id": text(event.get("id")), "reason": text(event.get("reason"), 2000),
+        "error": {"type": text(error.get("type")), "message": text(error.get("message"), 2000)}
+        if isinstance(error, dict) else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +160,7 @@ class Dashboard:
             names = set(backend.queues())
         for w in workers or []:
             if w.get("queue_url") in (None, backend.url):
-                names.update(q for q in w.get("queues") or [] if isinstance(q, str))
+                names.update(q for q in w["queues"] if q is not None and not q.endswith("…"))
         return sorted(names)
 
     def overview(self) -> dict[str, Any]:
@@ -106,10 +175,12 @@ class Dashboard:
 
     def _read_overview(self) -> dict[str, Any]:
         with self._io:
-            workers, workers_error = workers_report(self.notifier)
+            beats, workers_error = workers_report(self.notifier)
+        workers = [row for row in map(worker_row, beats or []) if row is not None]
         rows = []
         backend = self.app.queue_backend
-        for name in self.queue_names(workers):
+        names = self.queue_names(workers)
+        for name in names[:MAX_QUEUES]:
             try:
                 with self._io:
                     size = backend.size(name)
@@ -117,7 +188,10 @@ class Dashboard:
                 rows.append(QueueRow(name, size, dead))
             except Exception as exc:
                 rows.append(QueueRow(name, None, None, _error(exc)))
-        return {"queues": rows, "workers": workers or [], "workers_error": workers_error}
+        return {"queues": rows, "queues_more": max(0, len(names) - MAX_QUEUES),
+                "workers": workers[:MAX_WORKERS],
+                "workers_more": max(0, len(workers) - MAX_WORKERS),
+                "workers_error": workers_error}
 
     def live(self) -> dict[str, Any]:
         """What the overview page's stream sends every second, as JSON-ready data."""
@@ -126,7 +200,8 @@ class Dashboard:
         return {
             "queues": [{"name": q.name, "size": q.size, "dead": q.dead_text, "error": q.error}
                        for q in data["queues"]],
-            "workers": data["workers"], "workers_error": data["workers_error"],
+            "queues_more": data["queues_more"], "workers": data["workers"],
+            "workers_more": data["workers_more"], "workers_error": data["workers_error"],
             "series": c.series(), "events_seen": c.events_seen, "events_error": c.error}
 
     # -- dead letters --------------------------------------------------------------------------
@@ -158,7 +233,7 @@ class Dashboard:
             call_id = event.get("id")
             final = self._final(call_id) if isinstance(call_id, str) else {}
             error = final.get("error") or {}
-            out.append({**event, "final": final.get("status"),
+            out.append({**failure_row(event), "final": final.get("status"),
                         "traceback": error.get("traceback") or None})
         return out
 
@@ -180,8 +255,11 @@ class Dashboard:
         not be read) and ``last_event`` (the last task event this dashboard saw of it)."""
         found: dict[str, Any] = {
             "id": call_id, "stored": False, "status": None, "result": None, "error": None,
-            "worker": None, "name": None, "problem": None,
-            "last_event": self.collector.last_event_of(call_id)}
+            "worker": None, "name": None, "problem": None, "last_event": None}
+        last = self.collector.last_event_of(call_id)
+        if last is not None:
+            found["last_event"] = {"event": text(last.get("event")),
+                                   "time": stamp(last.get("time"))}
         try:
             with self._io:
                 body = self.notifier.stored(call_id)

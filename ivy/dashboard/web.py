@@ -25,9 +25,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def _when(stamp: Any) -> str:
+    """A Unix time as UTC text; ``-`` for anything else (a string, 1e300, NaN, 10**15)."""
     if not isinstance(stamp, (int, float)) or isinstance(stamp, bool) or not stamp:
         return "-"
-    moment = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+    try:
+        moment = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        return "-"
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -36,11 +40,12 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=repr)
 
 
-def create_app(dashboard: Dashboard, *, token: str | None = None,
-               start: bool = True) -> Starlette:
+def create_app(dashboard: Dashboard, *, token: str | None = None, start: bool = True,
+               max_streams: int = routes.MAX_STREAMS) -> Starlette:
     """The dashboard as an ASGI app. ``token`` (None: none, loopback only) protects every
     request (see :mod:`ivy.dashboard.security`). With ``start``, the app's lifespan starts
-    the dashboard's event collector and stops it at shutdown."""
+    the dashboard's event collector and stops it at shutdown. At most ``max_streams`` live
+    streams are served at once."""
     access = Access(token)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["when"] = _when
@@ -79,4 +84,6 @@ def create_app(dashboard: Dashboard, *, token: str | None = None,
     app.state.templates = templates
     app.state.stopping = asyncio.Event()
     app.state.access = access
+    app.state.streams = 0
+    app.state.max_streams = max_streams
     return app

@@ -50,6 +50,8 @@
     return td;
   }
 
+  function dash(value) { return value === null || value === undefined ? "-" : String(value); }
+
   function when(stamp) {
     if (typeof stamp !== "number") { return "-"; }
     return new Date(stamp * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
@@ -90,10 +92,11 @@
   function workers(list) {
     fill("workers", list, "No worker alive on this notifier.", 7, function (tr, w) {
       cell(tr, w.name);
-      cell(tr, (w.queues || []).join(", "));
-      cell(tr, w.in_flight + " / " + w.concurrency, "num");
-      cell(tr, w.processed, "num");
-      cell(tr, w.failed, "num");
+      cell(tr, (w.queues || []).join(", ") +
+        (w.queues_more ? " and " + w.queues_more + " more" : ""));
+      cell(tr, dash(w.in_flight) + " / " + dash(w.concurrency), "num");
+      cell(tr, dash(w.processed), "num");
+      cell(tr, dash(w.failed), "num");
       cell(tr, w.events ? "on" : "off");
       cell(tr, when(w.last_seen));
     });
