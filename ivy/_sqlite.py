@@ -143,6 +143,7 @@ class Database:
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         self.path = os.path.abspath(os.fspath(path))
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         self._busy_ms = int(busy_timeout * 1000)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -439,8 +440,11 @@ class Database:
         _close_fds(fds)
 
     def wake_dir(self, kind: str) -> str:
+        """The wake-up directory of this file's ``kind`` of writes, of this user: another
+        user's processes wake their own (:mod:`ivy._sqlite_wake` checks it is ours)."""
         digest = hashlib.sha256(self.path.encode()).hexdigest()[:16]
-        return os.path.join(tempfile.gettempdir(), f"ivy-wake-{digest}-{kind}")
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        return os.path.join(tempfile.gettempdir(), f"ivy-wake-{uid}-{digest}-{kind}")
 
 
 def _forget_shared() -> None:
@@ -450,6 +454,18 @@ def _forget_shared() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_shared)
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable and writable by its owner only (0600: it holds the
+    calls' arguments, results and dead letters) unless it exists; SQLite gives its ``-wal``
+    and ``-shm`` files the mode of the database file. A file that exists keeps its mode."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def _open_own(path: str) -> int:

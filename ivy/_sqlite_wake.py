@@ -5,17 +5,68 @@ after the database file; a writer sends one byte to every socket there after it 
 turns polling into an event (a new message is seen in well under a millisecond) while a poll at a
 bounded interval remains the fallback, so a lost datagram only costs latency, never a message.
 Where Unix sockets are missing (Windows), only the poll is used.
+
+The folder is this user's own: its name holds the user id, it is made 0700, and one found
+there that is not a directory of this user's (another local user made it first, to keep
+workers from binding their sockets) is not used: wake-ups are off for this process, which
+then polls (logged once). One of this user's with a wider mode is narrowed to 0700.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import socket
+import stat
 import threading
 import time
 import uuid
+
+log = logging.getLogger("ivy.sqlite")
+
+#: wake directories found unusable, each logged once per process
+_refused: set[str] = set()
+_refused_lock = threading.Lock()
+
+
+def private_dir(directory: str) -> bool:
+    """Make ``directory`` (mode 0700) or check the one there is a directory of this user's,
+    narrowing its mode to 0700; False, logged once, when it cannot be used."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                     | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:  # a symbolic link, a file, or gone
+        return _refuse(directory, f"it cannot be opened as a directory ({exc.strerror})")
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISDIR(found.st_mode):
+            return _refuse(directory, "it is not a directory")
+        if found.st_uid != os.getuid():
+            return _refuse(directory, f"it belongs to uid {found.st_uid}, not to this user "
+                                      f"(uid {os.getuid()})")
+        if stat.S_IMODE(found.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+        return True
+    except OSError as exc:
+        return _refuse(directory, f"its mode cannot be checked or set to 0700 ({exc.strerror})")
+    finally:
+        os.close(fd)
+
+
+def _refuse(directory: str, why: str) -> bool:
+    with _refused_lock:
+        first = directory not in _refused
+        _refused.add(directory)
+    if first:
+        log.warning("sqlite: wake-ups are off in this process: the wake directory %s is not "
+                    "used because %s; waiting consumers and calls poll instead (new work is "
+                    "seen up to a second later). Remove that directory, or point TMPDIR to a "
+                    "directory of this user's", directory, why)
+    return False
 
 
 class WakeListener:
@@ -24,9 +75,8 @@ class WakeListener:
     def __init__(self, directory: str) -> None:
         self._sock: socket.socket | None = None
         self.path = ""
-        if not hasattr(socket, "AF_UNIX"):
+        if not hasattr(socket, "AF_UNIX") or not private_dir(directory):
             return
-        os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(self.path)
@@ -107,9 +157,13 @@ class WakeSender:
                     pass
 
     def _listeners(self) -> list[str]:
-        stamp = os.stat(self._dir).st_mtime_ns
+        found = os.lstat(self._dir)
+        stamp = found.st_mtime_ns
         if stamp == self._stamp and self._trusted:
             return self._listed
+        if (not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid()
+                or stat.S_IMODE(found.st_mode) & 0o077):
+            return []  # not ours (the listeners say why): nobody of ours listens there
         listed = [os.path.join(self._dir, name) for name in os.listdir(self._dir)]
         self._listed, self._stamp = listed, stamp
         self._trusted = time.time() - stamp / 1e9 > self.SETTLE

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -47,18 +48,40 @@ NOTIFIERS: dict[str, tuple[str, str, str | None]] = {
 Spec = str | Mapping[str, Any] | QueueBackend | Notifier | None
 
 
+#: a query key whose value is a secret (case-insensitive): ``password``, ``passwd``, ``pwd``,
+#: ``secret``, ``token``, any name ending in ``key`` (``access_key``, ``api_key``), ``sas``...
+_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|credential|key$|^(sas|sig)$",
+                               re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
     """Hide the password of a URL, for logs and reprs (also in a URL naming several hosts,
-    ``amqp://user:pw@host1:5672,host2:5673/vhost``)."""
+    ``amqp://user:pw@host1:5672,host2:5673/vhost``), and the value of every query parameter
+    whose name says it is a secret (``redis://host/0?password=...``, which redis-py honours;
+    ``?token=``, ``?api_key=``...). Other parameters are kept as written."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+    # as urlsplit cuts it: the fragment after the first "#", the query after the first "?"
+    rest, hash_, fragment = url.partition("#")
+    head, mark, query = rest.partition("?")
+    if password is not None:
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        head = urlunsplit(urlsplit(head)._replace(netloc=f"{user}:***@{hosts}"))
+    return f"{head}{mark}{_mask_query(query)}{hash_}{fragment}"
+
+
+def _mask_query(query: str) -> str:
+    masked = []
+    for field in query.split("&"):
+        name, eq, _ = field.partition("=")
+        if eq and _SECRET_QUERY_KEY.search(unquote(name.replace("+", " ")).strip()):
+            field = f"{name}=***"
+        masked.append(field)
+    return "&".join(masked)
 
 
 def split_hosts(url: str) -> list[str]:

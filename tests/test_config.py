@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 import ivy
 from ivy.config import make_notifier, make_queue_backend, mask_url
@@ -82,3 +84,49 @@ def test_passwords_are_masked() -> None:
     with pytest.raises(ivy.ConfigurationError) as exc:
         make_queue_backend("kafka://user:hunter2@host")
     assert "hunter2" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    # redis-py takes the password from the query as well as from the userinfo
+    ("redis://127.0.0.1:6379/0?password=hunter2", "redis://127.0.0.1:6379/0?password=***"),
+    ("redis://h/0?db=1&PassWord=hunter2&socket_timeout=5",
+     "redis://h/0?db=1&PassWord=***&socket_timeout=5"),
+    ("rediss://:pw@h/0?username=u&password=hunter2", "rediss://:***@h/0?username=u&password=***"),
+    ("amqp://g:pw@h1:5672,h2:5673/%2F?heartbeat=10&passwd=hunter2",
+     "amqp://g:***@h1:5672,h2:5673/%2F?heartbeat=10&passwd=***"),
+    ("sqs://?pwd=a&secret=b&token=c&access_key=d&secret_key=e&api_key=f&sas=g&ApiKey=h",
+     "sqs://?pwd=***&secret=***&token=***&access_key=***&secret_key=***&api_key=***&sas=***"
+     "&ApiKey=***"),
+    # a key written percent-encoded is still its name
+    ("redis://h/0?pass%77ord=hunter2", "redis://h/0?pass%77ord=***"),
+    # the rest is kept as written, an empty URL path and a fragment too
+    ("sqlite:///ivy.db?ttl=60", "sqlite:///ivy.db?ttl=60"),
+    ("sqlite:///ivy.db?token=hunter2#x", "sqlite:///ivy.db?token=***#x"),
+    ("amqp://h/v?ssl_keyfile=/etc/k.pem&keys=3", "amqp://h/v?ssl_keyfile=/etc/k.pem&keys=3"),
+])
+def test_secrets_in_the_query_are_masked(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_a_workers_log_line_masks_a_password_in_the_query(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Given a Redis URL carrying its password in the query (the test server's default user
+    # takes any password when it is named: AUTH default <password>)
+    url = f"{redis_url}?username=default&password=hunter2"
+    app = ivy.Ivy(url, "memory://masked")
+
+    @app.register_task(name="t.masked", queue="masked")
+    def masked() -> None: ...
+
+    # When a worker starts on it
+    with caplog.at_level(logging.INFO, logger="ivy"):
+        worker = app.listen(queue="masked", block=False)
+        try:
+            wait_for(lambda: "listening on" in caplog.text, message="the worker's first line")
+        finally:
+            worker.stop()
+            app.close()
+    # Then its log names the URL with the password hidden
+    line = next(r.getMessage() for r in caplog.records if "listening on" in r.getMessage())
+    assert "password=***" in line and "username=default" in line
+    assert "hunter2" not in caplog.text

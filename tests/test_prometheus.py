@@ -5,15 +5,18 @@ summed over the children of ``ivy worker --processes N``."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -180,7 +183,7 @@ def test_runs_counted_from_many_threads_at_once_add_up_exactly() -> None:
     # Given one middleware whose hooks run on 8 threads at once (each thread counts into its own
     # tallies, without locks), while another thread scrapes all along
     registry = CollectorRegistry()
-    prom = Prometheus(registry)
+    prom = Prometheus(registry, queues=["q"])
     messages = [ivy.Message(id=str(i), name=f"t.{i % 2}", args=[], queue="q") for i in range(2)]
     error = {"type": "ValueError", "message": "x", "traceback": ""}
     start, done = threading.Barrier(9), threading.Event()
@@ -222,6 +225,77 @@ def test_runs_counted_from_many_threads_at_once_add_up_exactly() -> None:
         assert value("ivy_tasks_total", task=task, queue="q", outcome="retried") is None
     assert value("ivy_tasks_running", queue="q") == 0
     assert scrapes == sorted(scrapes) and len(scrapes) > 1
+
+
+def inject(url: str, queue: str, body: bytes) -> None:
+    """Put ``body`` in ``queue`` of a SQLite file with sqlite3, not through ivy."""
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)
+    with conn:
+        conn.execute("INSERT INTO ivy_messages (queue, body, available_at, created) "
+                     "VALUES (?, ?, ?, ?)", (queue, body, time.time(), time.time()))
+    conn.close()
+
+
+def label_values(registry: CollectorRegistry, label: str) -> set[str]:
+    return {sample.labels[label] for family in registry.collect() for sample in family.samples
+            if label in sample.labels and family.name != "ivy_queue_messages"}
+
+
+def test_forged_queue_fields_cannot_grow_the_series(sqlite_url: str) -> None:
+    # Given a worker consuming queue "q", its middleware bound to it (as ivy worker does)
+    registry = CollectorRegistry()
+    prom = Prometheus(registry)
+    app = ivy.Ivy(sqlite_url, sqlite_url, retry_base_delay=0.01, retry_max_delay=0.05,
+                  middleware=[prom])
+
+    @app.register_task(name="t.ok", queue="q")
+    def ok(n: int) -> int:
+        return n
+
+    @app.register_task(name="t.fails", queue="q")
+    def fails(n: int) -> None:
+        raise ValueError(n)
+
+    worker = app.listen(queue="q", block=False)
+    prom.bind(app.queue_backend, worker.queues, registry=app.registry, every=3600)
+    try:
+        # When bodies put into "q" by hand each name a queue of their own: runs that succeed,
+        # runs that are retried, fail and are dead-lettered, an unknown task, wrong arguments
+        count = 40
+        for i in range(count):
+            for name, args, retries in (("t.ok", [i], 0), ("t.fails", [i], 1),
+                                        ("t.nobody", [], 0), ("t.ok", ["a", "b"], 0)):
+                inject(sqlite_url, "q", json.dumps({
+                    "ivy": 1, "id": uuid.uuid4().hex, "name": name, "args": args,
+                    "queue": f"forged-{uuid.uuid4().hex}", "max_retries": retries}).encode())
+        # and calls of the worker's own queue are made the ordinary way
+        assert [app.delayed_call(ok, i).result(20) for i in range(3)] == [0, 1, 2]
+
+        def outcomes() -> dict[str, float]:
+            totals: dict[str, float] = {}
+            for family in registry.collect():
+                for sample in family.samples:
+                    if sample.name == "ivy_tasks_total":
+                        outcome = sample.labels["outcome"]
+                        totals[outcome] = totals.get(outcome, 0.0) + sample.value
+            return totals
+
+        wait_equal(outcomes, {"successful": count + 3.0, "retried": float(count),
+                              "errored": float(count), "dead_lettered": 3.0 * count},
+                   timeout=60, message="every injected body counted")
+        # Then the queue label names the consumed queue or none, never a body's word: the
+        # series stay as few as the queues and tasks, however many bodies came
+        assert label_values(registry, "queue") <= {"q", ""}
+        assert registry.get_sample_value(
+            "ivy_tasks_total", {"task": "t.ok", "queue": "q", "outcome": "successful"}) == 3.0
+        assert label_values(registry, "task") <= {"t.ok", "t.fails", ""}
+        series = [sample for family in registry.collect() if family.name == "ivy_tasks"
+                  for sample in family.samples if sample.name == "ivy_tasks_total"]
+        assert 0 < len(series) <= 2 * 4 * 3  # queues ("q", "") x outcomes x tasks (and "")
+    finally:
+        prom.close()
+        worker.stop()
+        app.close()
 
 
 def test_a_queue_whose_size_fails_loses_its_series(sqlite_url: str,

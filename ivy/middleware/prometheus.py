@@ -13,6 +13,14 @@ Metrics, under these names only:
   cannot drop a series);
 - ``ivy_messages_published_total{task,queue}``: messages a producer handed to its backend.
 
+The ``queue`` label of a task's metrics (``ivy_tasks_total``, ``ivy_task_duration_seconds``,
+``ivy_tasks_running``) is one of the queues the middleware was told the worker consumes
+(:meth:`Prometheus.bind`, which ``ivy worker --metrics-port`` calls with the worker's queues,
+or ``Prometheus(queues=...)``), never a name only a message body gives: a run whose message
+names another queue, or none (a Node.js ivy 0.2 message), has ``queue=""``. Whoever can write
+to a queue writes the body, so forged bodies cannot grow the series. (A body can name another
+of the worker's queues than the one it came from; that moves a count, it adds no series.)
+
 Outcomes: each run of a task counts once, as ``successful``, ``errored`` (it failed and runs no
 more: the call's final status is errored) or ``retried`` (it failed and runs again, counted from
 ``on_retry``). ``dead_lettered`` counts messages put in dead letters: after their last failed
@@ -171,11 +179,17 @@ class Prometheus(Middleware):
     """Counts task runs, their outcomes and durations, runs in progress and publishes, in
     ``registry`` (default: prometheus-client's global one, which ``ivy worker
     --metrics-port`` serves). A producer in a web application passes the registry its
-    ``/metrics`` endpoint serves. Call :meth:`bind` to sample queue depths as well."""
+    ``/metrics`` endpoint serves. Call :meth:`bind` with the worker's queues to sample their
+    depths and to label runs with them (``queues`` names them without sampling): task metrics
+    label only those queues, so a message naming any other has ``queue=""``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 queues: Iterable[str] = ()) -> None:
         self.registry = REGISTRY if registry is None else registry
         self._m = _metrics(self.registry)
+        #: the values the ``queue`` label of task metrics may take (with ""): the worker's
+        #: queues, from ``queues`` and :meth:`bind`, never a body's word
+        self._queues: frozenset[str] = frozenset(queues)
         self._bound: list[tuple[QueueBackend, list[str]]] = []
         self._tasks: Registry | None = None
         self._sample_every = SAMPLE_EVERY
@@ -202,7 +216,9 @@ class Prometheus(Middleware):
         if every <= 0:
             raise ValueError(f"every={every!r}: the sampling interval must be > 0 seconds")
         with self._lock:
-            self._bound.append((backend, list(dict.fromkeys(queues))))
+            names = list(dict.fromkeys(queues))
+            self._bound.append((backend, names))
+            self._queues = self._queues.union(names)
             if registry is not None:
                 self._tasks = registry
             self._sample_every = min(self._sample_every, every) if self._sampler else every
@@ -259,14 +275,20 @@ class Prometheus(Middleware):
 
     # -- hooks -----------------------------------------------------------------------------
 
+    def _queue(self, message: Message) -> str:
+        """The ``queue`` label of a run of ``message``: its queue if it is one of the worker's
+        (bound), else "" (the body's queue field alone is anyone's to write)."""
+        queue = message.queue
+        return queue if queue is not None and queue in self._queues else ""
+
     def before_task(self, message: Message) -> None:
         # one executor thread runs the task and calls both hooks: its run is kept by thread
         local = self._m.local
         if local is not None:
-            local.runs[threading.get_ident()] = (local.series(message.name, message.queue or ""),
+            local.runs[threading.get_ident()] = (local.series(message.name, self._queue(message)),
                                                  time.perf_counter())
             return
-        series = self._m.series(message.name, message.queue or "")
+        series = self._m.series(message.name, self._queue(message))
         series.running.inc()
         self._started[threading.get_ident()] = (series, time.perf_counter())
 
@@ -277,7 +299,7 @@ class Prometheus(Middleware):
         if local is not None:
             run = local.runs.pop(thread, None)
             series, started = run if run is not None else (
-                local.series(message.name, message.queue or ""), now)
+                local.series(message.name, self._queue(message)), now)
             tally = series.tally(thread)
             local.observe(tally, now - started)
             if error is None:
@@ -287,7 +309,7 @@ class Prometheus(Middleware):
             return
         found = self._started.pop(thread, None)
         mp, began = found if found is not None else (
-            self._m.series(message.name, message.queue or ""), now)
+            self._m.series(message.name, self._queue(message)), now)
         mp.running.dec()
         mp.duration.observe(now - began)
         if error is None:
@@ -300,14 +322,14 @@ class Prometheus(Middleware):
             self._m.count(mp.name, mp.queue, "errored")
 
     def on_retry(self, message: Message, error: dict[str, str], delay: float) -> None:
-        self._m.count(message.name, message.queue or "", "retried")
+        self._m.count(message.name, self._queue(message), "retried")
 
     def on_dead_letter(self, message: Message | None, reason: str) -> None:
         if message is None:
             name, queue = "", ""
         else:  # a name nobody registered is not a label: bad input must not grow the series
             unknown = self._tasks is not None and self._tasks.get(message.name) is None
-            name, queue = ("" if unknown else message.name), message.queue or ""
+            name, queue = ("" if unknown else message.name), self._queue(message)
         self._m.count(name, queue, "dead_lettered")
 
     def after_publish(self, message: Message) -> None:
