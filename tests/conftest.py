@@ -66,15 +66,18 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _WORKER_INDEX = int(XDIST_WORKER[2:]) if XDIST_WORKER and XDIST_WORKER[2:].isdigit() else None
 #: Tests run in parallel (pytest-xdist, ``-n``) isolate themselves on the shared servers: each
 #: worker process has a RabbitMQ vhost of its own (made at the start of the session) and a
-#: Redis database of its own (14, 13, ...; 15 in a plain run).
+#: Redis database of its own (see _RUN_DB; 15 in a plain run).
 #: (the vhost names the run too, so that two parallel runs on one machine keep apart there)
 AMQP_VHOST = "%2F" if _WORKER_INDEX is None else (
     f"ivy-test-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'run')[:8]}-{XDIST_WORKER}")
 AMQP_URL = os.environ.get("IVY_TEST_AMQP_URL",
                           f"amqp://guest:guest@127.0.0.1:5672/{AMQP_VHOST}")
+#: a parallel run's Redis databases: 3 in a row from one of 1, 4, 7, 10 picked by the run's
+#: id, so that two parallel runs on one machine are likely (3 in 4) to keep apart there too
+_RUN_DB = 1 + 3 * (int(os.environ.get("PYTEST_XDIST_TESTRUNUID", "0")[:8] or "0", 16) % 4)
 REDIS_URL = os.environ.get(
     "IVY_TEST_REDIS_URL",
-    f"redis://127.0.0.1:6379/{15 if _WORKER_INDEX is None else 14 - _WORKER_INDEX % 10}")
+    f"redis://127.0.0.1:6379/{15 if _WORKER_INDEX is None else _RUN_DB + _WORKER_INDEX % 3}")
 #: queue names the shared-broker tests use; emptied before and after each test
 TEST_QUEUES = ("q", "qa", "qb", "unserved", "proc", "bench", "testpackage")
 
