@@ -157,6 +157,44 @@ def test_store_first_record_wins_and_counts(notifier: Notifier) -> None:
     assert notifier.workflow_members(f"test:{uuid.uuid4().hex}") == {}
 
 
+def test_sqlite_store_counts_a_member_in_constant_work(sqlite_url: str) -> None:
+    # Given a SQLite store holding a group of 1,000 members (issue 20, row 15)
+    from ivy.notifiers.sqlite import SQLiteNotifier
+
+    notifier = SQLiteNotifier(sqlite_url.removeprefix("sqlite:///"))
+    try:
+        big, small = f"big:{uuid.uuid4().hex}", f"small:{uuid.uuid4().hex}"
+        for i in range(1000):
+            notifier.workflow_record(big, i, b"x", 60)
+        conn = notifier.db.conn()  # this thread's connection: the one the records use
+
+        def steps(record: Any) -> int:
+            """SQLite's virtual machine steps (in hundreds) that one record takes."""
+            counted = [0]
+
+            def tick() -> int:
+                counted[0] += 1
+                return 0
+
+            conn.set_progress_handler(tick, 100)
+            try:
+                record()
+            finally:
+                conn.set_progress_handler(None, 100)
+            return counted[0]
+
+        notifier.workflow_record(small, 0, b"x", 60)
+        # When one more member is recorded in each
+        in_big = steps(lambda: notifier.workflow_record(big, 1000, b"x", 60))
+        in_small = steps(lambda: notifier.workflow_record(small, 1, b"x", 60))
+        # Then the big group's record costs what the small one's does, not 1,000 rows more
+        assert notifier.workflow_record(big, 1001, b"x", 60) == (True, 1002)
+        assert in_big <= in_small + 5, (in_big, in_small)
+        assert len(notifier.workflow_members(big)) == 1002
+    finally:
+        notifier.close()
+
+
 def test_store_records_race_atomically(notifier: Notifier) -> None:
     """Threads record the same 40 members at once: each member is stored by exactly one, and
     exactly one record sees the count reach 40 (the worker that completes the group)."""
