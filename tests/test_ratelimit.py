@@ -113,3 +113,61 @@ def test_three_worker_processes_on_rabbitmq_and_redis(amqp_url: str, redis_url: 
     backend.delete_queues(["timing", "timing.dead"])
     backend.close()
     processes_hold_the_rate(amqp_url, redis_url, tmp_path / "stamps.log")
+
+
+def test_a_backlog_is_deferred_once_per_message(app: ivy.Ivy) -> None:
+    # Given a task limited to 20/s, and a store that counts the rate steps asked of it
+    # (issue 20, row 18)
+    queue = f"qr{uuid.uuid4().hex[:8]}"
+    asked = [0]
+    notifiers = {id(n): n for n in (app._current_results().notifier, app._producer_notifier)
+                 if n is not None}
+    for notifier in notifiers.values():
+        for method in ("take_rate_slot", "reserve_rate_slot"):
+            real = getattr(notifier, method)
+
+            def counted(*args: object, _real: object = real) -> float:
+                asked[0] += 1
+                return _real(*args)  # type: ignore[operator,no-any-return]
+
+            setattr(notifier, method, counted)
+
+    @app.register_task(name="r.backlog", queue=queue, rate_limit="20/s")
+    def backlog(i: int) -> int:
+        return i
+
+    # When a backlog of 30 calls meets one worker of 4 threads
+    calls = app.delayed_calls(backlog, [(i,) for i in range(30)])
+    app.listen(queue=queue, concurrency=4, block=False)
+    assert [c.result(60) for c in calls] == list(range(30))
+    # Then each call was deferred at most once to a slot of its own: about two rate steps
+    # per call (one to reserve, one to use the slot), not one per call per interval
+    assert asked[0] <= 2 * 30 + 4, asked[0]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_a_reserved_slot_is_held_until_its_time(kind: str, sqlite_url: str,
+                                                request: pytest.FixtureRequest) -> None:
+    from conftest import wait_for
+
+    from ivy.config import make_notifier
+
+    url = {"memory": f"memory://rate-{uuid.uuid4().hex[:8]}", "sqlite": sqlite_url}.get(
+        kind) or request.getfixturevalue("redis_url")
+    notifier = make_notifier(url)
+    key = f"ivy:rate:test-{uuid.uuid4().hex}"
+    try:
+        # Given slots 0.5 s apart: four callers reserve one each, in turn
+        waits = [notifier.reserve_rate_slot(key, 0.5, 1, f"c{i}") for i in range(4)]
+        assert waits[0] == 0.0
+        assert waits[1:] == [pytest.approx(t, abs=0.2) for t in (0.5, 1.0, 1.5)]
+        # When one of them asks again before its time, it gets its own slot's time back, and
+        # takes no other: the next newcomer's slot is still the fifth
+        assert 0 < notifier.reserve_rate_slot(key, 0.5, 1, "c2") <= waits[2]
+        assert notifier.reserve_rate_slot(key, 0.5, 1, "new") == pytest.approx(2.0, abs=0.2)
+        # Then at its time it may run, once: the reservation is used up
+        wait_for(lambda: notifier.reserve_rate_slot(key, 0.5, 1, "c1") == 0.0, timeout=5,
+                 message="the reserved slot's time")
+        assert notifier.reserve_rate_slot(key, 0.5, 1, "c1") > 1.0  # a new slot, later
+    finally:
+        notifier.close()

@@ -152,11 +152,43 @@ class Notifier(ABC):
         if a slot was taken, else the seconds until one frees (nothing taken)."""
         raise NotImplementedError(self._unsupported_keys())
 
+    def reserve_rate_slot(self, key: str, interval: float, burst: int, holder: str) -> float:
+        """:meth:`take_rate_slot` for a caller that will come back: over the limit, it
+        reserves the next free slot (one GCRA step, :func:`gcra_reserve`) instead of taking
+        none, and returns the seconds until that slot; 0.0 when it may run now. The
+        reservation is kept under ``<key>:<holder>`` until its time (and a grace of
+        :data:`HOLD_GRACE` s or the wait, whichever is longer): asked again by the same
+        ``holder``, it answers the time left, or 0.0 once the slot's time has come (the
+        reservation is then used up), and takes no other slot. So a backlog is deferred
+        once, each message to a slot of its own, instead of coming back all at once. The
+        default takes no reservations (:meth:`take_rate_slot`)."""
+        return self.take_rate_slot(key, interval, burst)
+
     def _unsupported_keys(self) -> str:
         return (f"notifier {type(self).__name__} ({self.url or 'no URL'}) keeps no keys, so "
                 "periodic tasks, unique sends, cancels and rate limits cannot use it: use a "
                 "memory://, sqlite:// or redis:// notifier, or implement claim_key, get_keys, "
                 "release_key and take_rate_slot")
+
+
+#: Seconds a reserved rate slot is kept past its time, at least (see reserve_rate_slot).
+HOLD_GRACE = 60.0
+#: A reserved slot this close (seconds) counts as come.
+HOLD_EARLY = 0.001
+
+
+def gcra_reserve(tat: float | None, now: float, interval: float, burst: int
+                 ) -> tuple[float, float]:
+    """:func:`gcra_step` that always takes a slot: ``(new tat, seconds until the slot)``
+    (0.0: now). Reserving moves the limiter on, so the next caller's slot is the one after."""
+    start = now if tat is None or tat < now - 2 * interval else tat
+    wait = start - now - (burst - 1) * interval
+    return start + interval, wait if wait > 1e-9 else 0.0
+
+
+def hold_ttl(wait: float) -> float:
+    """How long a reservation ``wait`` seconds ahead is kept."""
+    return wait + max(HOLD_GRACE, wait)
 
 
 def gcra_step(tat: float | None, now: float, interval: float, burst: int) -> tuple[float, float]:

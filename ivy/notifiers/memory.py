@@ -10,7 +10,14 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Self
 
 from ivy._shared import Shared
-from ivy.notifiers.base import Notifier, Subscription, gcra_step
+from ivy.notifiers.base import (
+    HOLD_EARLY,
+    Notifier,
+    Subscription,
+    gcra_reserve,
+    gcra_step,
+    hold_ttl,
+)
 
 #: Stored final notifications kept per hub, oldest evicted first; the same cap bounds a channel.
 MAX_STORED = 100_000
@@ -238,6 +245,25 @@ class MemoryNotifier(Notifier):
             expires, _ = self._hub.keys[key]
             self._hub.keys[key] = (max(expires, now + ttl), value)
             return True
+
+    def reserve_rate_slot(self, key: str, interval: float, burst: int, holder: str) -> float:
+        now = time.monotonic()
+        hold = f"{key}:{holder}"
+        with self._hub.cond:
+            held = self._live_key(hold, now)
+            if held is not None:  # a slot reserved before: wait for it, or use it up
+                left = float(held) - now
+                if left > HOLD_EARLY:
+                    return left
+                del self._hub.keys[hold]
+                return 0.0
+            tat_text = self._live_key(key, now)
+            tat, wait = gcra_reserve(None if tat_text is None else float(tat_text), now,
+                                     interval, burst)
+            self._hub.keys[key] = (tat + interval + 1.0, repr(tat))
+            if wait > 0:
+                self._hub.keys[hold] = (now + hold_ttl(wait), repr(now + wait))
+            return wait
 
     def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
         now = time.monotonic()

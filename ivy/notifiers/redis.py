@@ -40,7 +40,7 @@ import redis.exceptions
 
 from ivy.config import driver_url, mask_url
 from ivy.notifiers._redis_direct import Commands, read_pubsub
-from ivy.notifiers.base import Notifier, Subscription
+from ivy.notifiers.base import HOLD_EARLY, HOLD_GRACE, Notifier, Subscription
 
 log = logging.getLogger("ivy.redis")
 
@@ -127,6 +127,34 @@ if wait > 1e-9 then return tostring(wait) end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX',
            math.ceil((tat - now + interval) * 1000) + 1000)
+return '0'
+"""
+
+# ivy.notifiers.base.gcra_reserve with a reservation per holder, on the server's clock.
+# KEYS[1] the limiter, KEYS[2] the holder's reservation; ARGV[1] interval s, ARGV[2] burst,
+# ARGV[3] HOLD_GRACE, ARGV[4] HOLD_EARLY. Returns the seconds to wait as a string.
+RESERVE_RATE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local held = redis.call('GET', KEYS[2])
+if held then
+  local left = tonumber(held) - now
+  if left > tonumber(ARGV[4]) then return tostring(left) end
+  redis.call('DEL', KEYS[2])
+  return '0'
+end
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now - 2 * interval then tat = now end
+local wait = tat - now - (tonumber(ARGV[2]) - 1) * interval
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX',
+           math.ceil((tat - now + interval) * 1000) + 1000)
+if wait > 1e-9 then
+  redis.call('SET', KEYS[2], string.format('%.6f', now + wait), 'PX',
+             math.ceil((wait + math.max(tonumber(ARGV[3]), wait)) * 1000))
+  return tostring(wait)
+end
 return '0'
 """
 
@@ -261,6 +289,7 @@ class RedisNotifier(Notifier):
         self._release_key = self.client.register_script(RELEASE_KEY)
         self._extend_key = self.client.register_script(EXTEND_KEY)
         self._take_rate_slot = self.client.register_script(TAKE_RATE_SLOT)
+        self._reserve_rate_slot = self.client.register_script(RESERVE_RATE_SLOT)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -368,6 +397,12 @@ class RedisNotifier(Notifier):
     def extend_key(self, key: str, value: str, ttl: float) -> bool:
         ms = max(1, int(ttl * 1000))
         return bool(self._extend_key(keys=[key], args=[value, ms]))
+
+    def reserve_rate_slot(self, key: str, interval: float, burst: int, holder: str) -> float:
+        wait = self._reserve_rate_slot(keys=[key, f"{key}:{holder}"],
+                                       args=[repr(interval), int(burst), repr(HOLD_GRACE),
+                                             repr(HOLD_EARLY)])
+        return float(wait)
 
     def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
         wait = self._take_rate_slot(keys=[key], args=[repr(interval), int(burst)])

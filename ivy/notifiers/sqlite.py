@@ -27,7 +27,14 @@ from typing import Any, Self
 from ivy._sqlite import POLL_INTERVAL, Database
 from ivy._sqlite_wake import WakeListener, WakeSender
 from ivy._sqlite_writer import Rows
-from ivy.notifiers.base import Notifier, Subscription, gcra_step
+from ivy.notifiers.base import (
+    HOLD_EARLY,
+    Notifier,
+    Subscription,
+    gcra_reserve,
+    gcra_step,
+    hold_ttl,
+)
 
 #: A notification (one statement for many, through the writer thread; a second final one
 #: of a call is ignored: the first result wins).
@@ -345,6 +352,30 @@ class SQLiteNotifier(Notifier):
             cur = conn.execute("UPDATE ivy_keys SET expires = max(expires, ?) WHERE key = ? "
                                "AND value = ? AND expires > ?", (now + ttl, key, value, now))
             return cur.rowcount > 0
+
+    def reserve_rate_slot(self, key: str, interval: float, burst: int, holder: str) -> float:
+        conn = self._keys()
+        hold = f"{key}:{holder}"
+        with self.db.write(conn):
+            now = time.time()  # inside the transaction: writers take turns on one clock
+            held = conn.execute("SELECT value FROM ivy_keys WHERE key = ? AND expires > ?",
+                                (hold, now)).fetchone()
+            if held is not None:  # a slot reserved before: wait for it, or use it up
+                left = float(held[0]) - now
+                if left > HOLD_EARLY:
+                    return left
+                conn.execute("DELETE FROM ivy_keys WHERE key = ?", (hold,))
+                return 0.0
+            row = conn.execute("SELECT value FROM ivy_keys WHERE key = ? AND expires > ?",
+                               (key, now)).fetchone()
+            tat, wait = gcra_reserve(None if row is None else float(row[0]), now, interval,
+                                     burst)
+            conn.execute("INSERT OR REPLACE INTO ivy_keys (key, value, expires) VALUES (?, ?, ?)",
+                         (key, repr(tat), tat + interval + 1.0))
+            if wait > 0:
+                conn.execute("INSERT OR REPLACE INTO ivy_keys (key, value, expires) "
+                             "VALUES (?, ?, ?)", (hold, repr(now + wait), now + hold_ttl(wait)))
+            return wait
 
     def take_rate_slot(self, key: str, interval: float, burst: int) -> float:
         conn = self._keys()

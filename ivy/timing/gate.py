@@ -69,7 +69,7 @@ class Gate:
             self._acknowledge_cancel(delivery, message, running=False)
             return False
         if task.rate_limit is not None:
-            wait = self._rate_wait(task, task.rate_limit)
+            wait = self._rate_wait(task, task.rate_limit, message.id)
             if wait > 0:
                 delivery.defer(wait)  # not an attempt, no retry spent
                 return False
@@ -106,10 +106,10 @@ class Gate:
                         self.worker, call_ids[0], exc_info=True)
         return False
 
-    def _rate_wait(self, task: Task[Any, Any], limit: RateLimit) -> float:
+    def _rate_wait(self, task: Task[Any, Any], limit: RateLimit, call_id: str) -> float:
         assert self.notifier is not None
         try:
-            return limit.wait(self.notifier, task.name)
+            return limit.wait(self.notifier, task.name, call_id)
         except NotImplementedError as exc:
             if task.name not in self._warned:
                 self._warned.add(task.name)

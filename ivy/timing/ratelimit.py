@@ -7,13 +7,16 @@ script on the server's clock, on SQLite one transaction). Slots are spaced evenl
 ``period / N`` seconds, rather than handed out N at a time at the start of each period; a
 slot taken up to two intervals late keeps the rhythm (the latency of deferred messages would
 otherwise lower the rate), so at most N + 2 calls start in any period. A message over the limit
-is deferred until its slot (``delivery.defer``: no attempt counted, no retry spent), plus a
-random quarter of that wait, so that a backlog does not come back all at once.
+reserves the next free slot and is deferred until it (``delivery.defer``: no attempt counted,
+no retry spent); back at its time it runs on the slot it holds, without asking for another.
+So a backlog of B messages is deferred once each, to B successive slots, rather than coming
+back all at once to be deferred again but one (O(B) store writes per interval). A reservation
+whose message does not come back within a minute (or its wait) of its time lapses; the slot
+stays spent. A notifier of your own without reservations falls back to taking slots.
 """
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 
@@ -37,13 +40,12 @@ class RateLimit:
     def interval(self) -> float:
         return self.period / self.count
 
-    def wait(self, notifier: Notifier, task: str) -> float:
-        """0.0 if a call of ``task`` may start now (its slot is taken), else how long to
-        defer it."""
-        wait = notifier.take_rate_slot(RATE_PREFIX + task, self.interval, 1)
-        if wait <= 0:
-            return 0.0
-        return wait + random.uniform(0.0, wait / 4)
+    def wait(self, notifier: Notifier, task: str, call_id: str) -> float:
+        """0.0 if call ``call_id`` of ``task`` may start now (its slot is taken, or the slot
+        it reserved before has come), else how long to defer it: until the slot it reserves
+        now (:meth:`ivy.notifiers.base.Notifier.reserve_rate_slot`), or the one it holds."""
+        wait = notifier.reserve_rate_slot(RATE_PREFIX + task, self.interval, 1, call_id)
+        return max(wait, 0.0)
 
     def __str__(self) -> str:
         return self.text
