@@ -22,10 +22,23 @@ connection closes; root is not needed). Its workers reserve messages for
 
     python benchmarks/chaos.py [--n 10000] [--kills 5] [--redis-restarts 1] [--rabbit-restarts 1]
                                [--connection-closes 1] [--broker rabbitmq|redis]
-                               [--notifier redis|amqp]
+                               [--notifier redis|amqp] [--poison-every 200] [--reply-deletes 1]
 
 ``--notifier amqp`` runs it on RabbitMQ alone: results go back through the AMQP notifier's
 reply queues, no Redis is started (``--redis-restarts`` must then be 0).
+
+Two more faults (issue 20):
+
+* ``--poison-every N`` (default 200): one call in N is a poison message, a task that SIGKILLs
+  its own worker every time it runs (restarted by the soak, as a supervisor would). The queue
+  allows ``POISON_LIMIT`` lost deliveries (``?max_deliveries=``), so each poison call must end
+  errored with a reason starting "delivery limit"; a work call prefetched by a killed worker
+  may reach the limit too, and then ends errored the same way, which the line counts
+  (``errored``, ``poison_stopped``): every call gets exactly one result or an error that says
+  why.
+* ``--reply-deletes N`` (RabbitMQ alone): the producer's reply queue is deleted mid-run, as an
+  operator or a policy might; results published meanwhile come back unroutable and are sent
+  again once the queue is declared anew.
 
 tests/test_chaos.py runs a short form of each.
 """
@@ -57,6 +70,8 @@ import ivy  # noqa: E402
 
 #: the reservation of the Redis Streams soak's workers (RabbitMQ redelivers on connection loss)
 REDIS_RESERVE_TIME = 3.0
+#: lost deliveries a message may have before it is dead-lettered (the poison fault's limit)
+POISON_LIMIT = 3
 
 
 @dataclass
@@ -78,6 +93,11 @@ class Summary:
     close_failed_loudly: int = 0
     close_lost: int = 0
     unconfirmed_at_close: int = 0
+    errored: int = 0  # calls that ended with an error naming why (RemoteTaskError)
+    poison: int = 0  # poison calls sent
+    poison_stopped: int = 0  # poison calls errored with "delivery limit"
+    worker_deaths: int = 0  # workers that died (killed by the soak or by a poison message)
+    reply_deletes: int = 0
 
     def line(self) -> str:
         return (f"chaos: sent={self.sent} received={self.received} "
@@ -90,7 +110,16 @@ class Summary:
                 f"[burst={self.close_burst} unconfirmed_at_close={self.unconfirmed_at_close} "
                 f"completed={self.close_completed} failed_loudly={self.close_failed_loudly} "
                 f"lost={self.close_lost}] "
+                f"errored={self.errored} poison={self.poison} "
+                f"poison_stopped={self.poison_stopped} worker_deaths={self.worker_deaths} "
+                f"reply_deletes={self.reply_deletes} "
                 f"send_retries={self.send_retries} wall={self.wall:.1f}s")
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, no callback twice, every poison call stopped with its reason."""
+        return (self.lost == 0 and self.double_callbacks == 0
+                and self.poison_stopped == self.poison)
 
 
 def own_amqp_ports(server_port: int) -> set[int]:
@@ -138,7 +167,8 @@ def close_connections(rabbit: PrivateRabbit, pids: list[str]) -> None:
 
 def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restarts: int = 1,
         batch: int = 50, log: Any = print, connection_closes: int = 0,
-        broker: str = "rabbitmq", notifier: str = "redis") -> Summary:
+        broker: str = "rabbitmq", notifier: str = "redis", poison_every: int = 0,
+        reply_deletes: int = 0) -> Summary:
     if broker not in ("rabbitmq", "redis"):
         raise ValueError(f"broker={broker!r}: expected 'rabbitmq' or 'redis'")
     if notifier not in ("redis", "amqp"):
@@ -148,6 +178,8 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                          "broker='rabbitmq'")
     if notifier == "amqp" and redis_restarts:
         raise ValueError("with notifier='amqp' there is no Redis to restart: redis_restarts=0")
+    if reply_deletes and notifier != "amqp":
+        raise ValueError("reply queues are deleted on RabbitMQ alone: notifier='amqp'")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ivy-chaos-") as tmp:
         base = Path(tmp)
@@ -160,12 +192,13 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
             redis.start()
         if broker == "rabbitmq":
             rabbit.start()
-            queue_url, extra = rabbit.url, []
+            queue_url, extra = f"{rabbit.url}?max_deliveries={POISON_LIMIT}", []
             notifier_url = redis.url if redis is not None else rabbit.url
             log(f"chaos: RabbitMQ node {rabbit.node} on {rabbit.port}, notifier {notifier_url}")
         else:
             assert redis is not None
-            queue_url, extra = redis.url, ["--reserve-time", str(REDIS_RESERVE_TIME)]
+            queue_url = f"{redis.url}?max_deliveries={POISON_LIMIT}"
+            extra = ["--reserve-time", str(REDIS_RESERVE_TIME)]
             notifier_url = redis.url
             log(f"chaos: redis on {redis.port} is queue (Streams) and notifier")
         env = {**os.environ, "CHAOS_LOG_DIR": str(execs), "PYTHONPATH": str(HERE)}
@@ -178,10 +211,28 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                 stderr=subprocess.DEVNULL)
 
         workers = [start_worker(), start_worker()]
+        deaths = [0]
+        reaping = threading.Event()
+        workers_lock = threading.Lock()  # the reaper and the kill fault restart workers
+
+        def reap() -> None:
+            """Restart a worker that died (a poison message killed it), as a supervisor
+            does; the soak's own kills restart theirs at once."""
+            while not reaping.wait(0.2):
+                with workers_lock:
+                    for k, w in enumerate(workers):
+                        if w.poll() is not None:
+                            deaths[0] += 1
+                            workers[k] = start_worker()
+
+        reaper = threading.Thread(target=reap, daemon=True)
+        reaper.start()
         app = ivy.Ivy(queue_url, notifier_url)
         import chaos_tasks
 
         app.registry.add(chaos_tasks.work)
+        app.registry.add(chaos_tasks.poison)
+        poison_calls: list[ivy.Call[Any]] = []
         counts: Counter[int] = Counter()
         lock = threading.Lock()
 
@@ -210,7 +261,22 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
         unconfirmed_at_close: list[int] = []
 
         def send(j: int) -> ivy.Call[Any]:
+            if poison_every and j < n and j % poison_every == poison_every - 1:
+                call = app.send_task(chaos_tasks.poison, (j, uuid.uuid4().hex),
+                                     callback=callback(j))
+                poison_calls.append(call)
+                return call
             return app.send_task(chaos_tasks.work, (j, uuid.uuid4().hex), callback=callback(j))
+
+        def delete_reply_queue() -> None:
+            """Delete the producer's reply queue from another connection."""
+            import pika
+
+            conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+            try:
+                conn.channel().queue_delete(app.channel)
+            finally:
+                conn.close()
 
         def close_during_burst() -> None:
             """Send calls as fast as one thread can while another closes the producer's
@@ -245,7 +311,7 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                 "unconfirmed at the loss")
 
         faults = (["kill"] * kills + ["redis"] * redis_restarts + ["rabbit"] * rabbit_restarts
-                  + ["close"] * connection_closes)
+                  + ["close"] * connection_closes + ["reply"] * reply_deletes)
         random.shuffle(faults)
         plan = [(int(n * (0.1 + 0.7 * k / max(1, len(faults)))), f)
                 for k, f in enumerate(faults)]
@@ -258,15 +324,18 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                 while plan and plan[0][0] <= i:
                     _, fault = plan.pop(0)
                     if fault == "kill":
-                        k = random.randrange(len(workers))
-                        workers[k].kill()
-                        workers[k].wait()
-                        workers[k] = start_worker()
+                        with workers_lock:
+                            k = random.randrange(len(workers))
+                            workers[k].kill()
+                            workers[k].wait()
+                            workers[k] = start_worker()
                     elif fault == "redis" and redis is not None:
                         redis.stop()
                         redis.start()
                     elif fault == "close":
                         close_during_burst()
+                    elif fault == "reply":
+                        delete_reply_queue()
                     else:
                         rabbit.stop()
                         rabbit.start()
@@ -293,6 +362,8 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                 except ivy.PublishError as exc:
                     log(f"chaos: call {call.id} failed loudly: {exc}")
         finally:
+            reaping.set()
+            reaper.join()
             for w in workers:
                 w.send_signal(signal.SIGTERM)
             for w in workers:
@@ -309,7 +380,14 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
         def outcome(c: ivy.Call[Any]) -> str:
             if not c.done():
                 return "lost"
-            return "failed" if isinstance(c.exception(0), ivy.PublishError) else "received"
+            error = c.exception(0)
+            if isinstance(error, ivy.PublishError):
+                return "failed"
+            return "errored" if error is not None else "received"
+
+        def stopped(c: ivy.Call[Any]) -> bool:
+            error = c.exception(0) if c.done() else None
+            return isinstance(error, ivy.RemoteTaskError) and "delivery limit" in str(error)
 
         outcomes = Counter(map(outcome, calls))
         burst = Counter(map(outcome, burst_calls))
@@ -323,7 +401,10 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
             wall=time.monotonic() - started, failed_loudly=outcomes["failed"],
             connection_closes=done_faults["close"], close_burst=len(burst_calls),
             close_completed=burst["received"], close_failed_loudly=burst["failed"],
-            close_lost=burst["lost"], unconfirmed_at_close=sum(unconfirmed_at_close))
+            close_lost=burst["lost"], unconfirmed_at_close=sum(unconfirmed_at_close),
+            errored=outcomes["errored"], poison=len(poison_calls),
+            poison_stopped=sum(map(stopped, poison_calls)),
+            worker_deaths=deaths[0] + done_faults["kill"], reply_deletes=done_faults["reply"])
 
 
 def main() -> None:
@@ -340,6 +421,11 @@ def main() -> None:
                              "on the private redis-server")
     parser.add_argument("--notifier", choices=("redis", "amqp"), default="redis",
                         help="where results go back: Redis, or RabbitMQ's reply queues")
+    parser.add_argument("--poison-every", type=int, default=200, metavar="N",
+                        help="one call in N kills its worker each time it runs (0: none)")
+    parser.add_argument("--reply-deletes", type=int, default=None,
+                        help="deletes of the producer's reply queue (default 1 with --notifier "
+                             "amqp, else 0)")
     parser.add_argument("--quiet", action="store_true", help="print the summary line only")
     args = parser.parse_args()
     if args.broker == "redis":
@@ -354,9 +440,11 @@ def main() -> None:
     summary = run(args.n, args.kills, redis_restarts, args.rabbit_restarts,
                   log=(lambda *a: None) if args.quiet else print,
                   connection_closes=args.connection_closes, broker=args.broker,
-                  notifier=args.notifier)
+                  notifier=args.notifier, poison_every=args.poison_every,
+                  reply_deletes=(args.reply_deletes if args.reply_deletes is not None
+                                 else int(args.notifier == "amqp")))
     print(summary.line())
-    sys.exit(0 if summary.lost == 0 and summary.double_callbacks == 0 else 1)
+    sys.exit(0 if summary.ok else 1)
 
 
 if __name__ == "__main__":

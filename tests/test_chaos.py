@@ -1,7 +1,9 @@
 """The short form of the chaos soak (benchmarks/chaos.py): a few hundred calls while a worker
 is SIGKILLed, Redis restarts and RabbitMQ restarts, on private servers; and the same on RabbitMQ
 alone (results over the AMQP notifier), with the producer's connections closed by the broker
-during a burst. Nothing may be lost and no callback may run twice."""
+during a burst and its reply queue deleted. One call in 200 is a poison message that kills its
+worker each time it runs. Nothing may be lost, no callback may run twice, and the poison call
+must fail with its "delivery limit" reason."""
 
 from __future__ import annotations
 
@@ -30,12 +32,14 @@ def test_short_chaos_soak_loses_nothing() -> None:
 
     lines: list[str] = []
     summary = chaos.run(n=300, kills=1, redis_restarts=1, rabbit_restarts=1, batch=25,
-                        log=lines.append)
+                        log=lines.append, poison_every=200)
     print(summary.line())
     assert (summary.kills, summary.redis_restarts, summary.rabbit_restarts) == (1, 1, 1)
     assert summary.sent == 300
     assert summary.lost == 0, "\n".join(lines)
     assert summary.double_callbacks == 0
+    # the poison call (1 in 200) killed workers until its delivery limit, then failed saying so
+    assert summary.poison == 1 and summary.poison_stopped == 1, "\n".join(lines)
 
 
 @pytest.mark.slow
@@ -49,12 +53,14 @@ def test_short_chaos_soak_on_redis_streams_loses_nothing() -> None:
 
     lines: list[str] = []
     summary = chaos.run(n=300, kills=1, redis_restarts=1, rabbit_restarts=0, batch=25,
-                        log=lines.append, broker="redis")
+                        log=lines.append, broker="redis", poison_every=200)
     print(summary.line())
     assert (summary.kills, summary.redis_restarts) == (1, 1)
     assert summary.sent == 300
     assert summary.lost == 0, "\n".join(lines)
     assert summary.double_callbacks == 0
+    # the poison call (1 in 200) killed workers until its delivery limit, then failed saying so
+    assert summary.poison == 1 and summary.poison_stopped == 1, "\n".join(lines)
 
 
 @pytest.mark.slow
@@ -66,9 +72,13 @@ def test_short_chaos_soak_on_rabbitmq_alone_loses_nothing() -> None:
 
     lines: list[str] = []
     summary = chaos.run(n=300, kills=1, redis_restarts=0, rabbit_restarts=1, batch=25,
-                        log=lines.append, connection_closes=1, notifier="amqp")
+                        log=lines.append, connection_closes=1, notifier="amqp",
+                        poison_every=200, reply_deletes=1)
     print(summary.line())
-    assert (summary.kills, summary.rabbit_restarts, summary.connection_closes) == (1, 1, 1)
+    assert (summary.kills, summary.rabbit_restarts, summary.connection_closes,
+            summary.reply_deletes) == (1, 1, 1, 1)
     assert summary.sent >= 300
     assert summary.lost == 0, "\n".join(lines)
     assert summary.double_callbacks == 0
+    # the poison call (1 in 200) killed workers until its delivery limit, then failed saying so
+    assert summary.poison == 1 and summary.poison_stopped == 1, "\n".join(lines)
