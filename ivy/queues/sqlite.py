@@ -15,6 +15,12 @@ times without an outcome (default 10; URL option ``?max_deliveries=N``: it kills
 every worker that takes it) is dead-lettered by the next worker with the reason "delivery
 limit: ..." instead of running again (:attr:`ivy.queues.base.QueueBackend.max_deliveries`).
 
+Clocks: leases and delays are wall-clock times (``time.time()``), the one clock every process
+on the host shares and that survives a reboot. A forward step of the clock larger than a
+lease's time left expires it (the message may run twice: at-least-once); a step under two
+thirds of ``reserve_time`` changes nothing, since heartbeats extend leases a third of the way
+through (docs/reliability.md, "Clock steps").
+
 Dead letters are ``ivy_dead_letters`` rows; their id is ``<row id>-<time in microseconds>``
 (SQLite reuses the row id of a deleted last row, so the row id alone is not enough).
 Requeueing moves rows back to ``ivy_messages`` (as fresh messages, delivery count 0) in one
