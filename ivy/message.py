@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,13 @@ MAX_RETRIES = 10_000
 #: The latest ``eta`` (and ``created_ms``, ``unique_until``) a message may carry, in Unix ms:
 #: 2**53 - 1, exact in the number type of every JSON reader (some 285,000 years from now).
 MAX_TIMESTAMP_MS = 2**53 - 1
+#: What a worker publishes notifications to: ``reply_to`` (and a workflow's ``reply_to``)
+#: must be a producer's channel, ``ivy:notify:`` and an id of 1 to 64 letters, digits, ``_``
+#: or ``-`` (ivy's own: 32 hex digits, see :func:`new_id`). Anything else is refused: on
+#: RabbitMQ the channel is the name of a queue the worker declares and publishes to, and a
+#: name of the broker's (``amq.*``), too long (over 255 bytes) or of a work queue would break
+#: the worker's notify connection or feed notification JSON into another queue (issue 28, #3).
+CHANNEL_PATTERN = re.compile(r"ivy:notify:[A-Za-z0-9_-]{1,64}")
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -150,11 +158,34 @@ _MESSAGE_KEYS = frozenset(
 )
 
 
+def is_channel(name: object) -> bool:
+    """Whether ``name`` is a notification channel a worker may publish to
+    (:data:`CHANNEL_PATTERN`)."""
+    return isinstance(name, str) and CHANNEL_PATTERN.fullmatch(name) is not None
+
+
 def _readable_fields(data: Any) -> dict[str, Any]:
-    """What can be read from an invalid body to address an errored notification."""
+    """What can be read from an invalid body to address an errored notification: never a
+    ``reply_to`` that is not a channel (:func:`is_channel`)."""
     if not isinstance(data, dict):
         return {}
-    return {k: data[k] for k in ("id", "name", "reply_to") if isinstance(data.get(k), str)}
+    fields = {k: data[k] for k in ("id", "name") if isinstance(data.get(k), str)}
+    if is_channel(data.get("reply_to")):
+        fields["reply_to"] = data["reply_to"]
+    return fields
+
+
+def _check_channels(data: dict[str, Any]) -> None:
+    """Refuse a message whose ``reply_to`` or ``workflow.reply_to`` is not a channel."""
+    flow = data.get("workflow")
+    for what, value in (("reply_to", data.get("reply_to")),
+                        ("workflow.reply_to", flow.get("reply_to") if isinstance(
+                            flow, dict) else None)):
+        if value is not None and not is_channel(value):
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            raise MessageError(
+                f"{what} {shown!r} is not a notification channel (ivy:notify: and 1 to 64 "
+                "letters, digits, '_' or '-')", _readable_fields(data))
 
 
 def depth(value: Any) -> int:
@@ -229,6 +260,7 @@ def decode_message(
             f"{PROTOCOL_VERSION}", _readable_fields(data),
         )
     _validate("message-v1", data, "message")
+    _check_channels(data)
     return Message(
         id=data["id"], name=data["name"], args=data["args"], kwargs=data.get("kwargs", {}),
         options=data.get("options", {}), queue=data.get("queue"), reply_to=data.get("reply_to"),

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ivy.errors import SerializationError
-from ivy.message import Message, Notification, deeper_than
+from ivy.message import Message, Notification, deeper_than, is_channel
 from ivy.notifiers.base import Notifier
 from ivy.serialization import Serializer, Signer
 from ivy.timing import unique
@@ -111,7 +111,8 @@ class Recorder:
         if message is not None:
             unique.release(self.notifier, message, at_once=True)
         reply_to, call_id = fields.get("reply_to"), fields.get("id")
-        if self.notifier is None or not isinstance(reply_to, str) or not isinstance(call_id, str):
+        # a reply_to that is not a channel is never published to (ivy.message.is_channel)
+        if self.notifier is None or not is_channel(reply_to) or not isinstance(call_id, str):
             if then is not None:
                 then()
             return
@@ -126,7 +127,7 @@ class Recorder:
                 then()
 
         try:
-            self.notifier.publish_then(reply_to, call_id, self.body(note), final=True,
+            self.notifier.publish_then(str(reply_to), call_id, self.body(note), final=True,
                                        then=after)
         except Exception:
             if followed:  # the dead letter itself failed: the message comes back

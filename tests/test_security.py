@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AMQP_URL, json_values, port_open, require_service, wait_for
+from conftest import json_values, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -228,12 +228,11 @@ def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, 
         backend.delete_queues([queue])
         backend.close()
         return
-    require_service("RabbitMQ", port_open(AMQP_URL, 5672), f"nothing answers at {AMQP_URL}")
-    pytest.importorskip("pika")
+    amqp_url: str = request.getfixturevalue("amqp_url")  # this run's vhost, made if needed
     from ivy.queues.amqp import AMQPQueueBackend
 
-    yield AMQP_URL, redis_url, queue
-    amqp = AMQPQueueBackend(AMQP_URL)
+    yield amqp_url, redis_url, queue
+    amqp = AMQPQueueBackend(amqp_url)
     amqp.delete_queues([queue, f"{queue}.dead"])
     amqp.close()
 
@@ -650,5 +649,92 @@ def test_a_worker_survives_fuzzed_bodies(tmp_path: Path) -> None:
         # and the worker still serves
         assert served.worker.running
         assert served.app.delayed_call("t.ok", 5).result(30) == 5
+    finally:
+        served.close()
+
+
+# -- reply_to names a channel, nothing else (issue 28, #3) ---------------------------------------
+
+def hostile_replies(work_queue: str) -> dict[str, bytes]:
+    """Bodies whose ``reply_to`` (or workflow's) is not a producer's channel: a name reserved
+    by RabbitMQ, names over 255 bytes, a work queue's name, a channel with other characters."""
+    good = {**GOOD, "id": "r"}
+    flow = {"id": "w", "next": []}
+    return {
+        "amq. name": json.dumps({**good, "reply_to": "amq.evil"}).encode(),
+        "amq.gen name": json.dumps({**good, "reply_to": "amq.gen-abc"}).encode(),
+        "over 255 bytes": json.dumps({**good, "reply_to": "x" * 300}).encode(),
+        "channel over 255 bytes": json.dumps(
+            {**good, "reply_to": "ivy:notify:" + "a" * 300}).encode(),
+        "a work queue": json.dumps({**good, "reply_to": work_queue}).encode(),
+        "channel with dots": json.dumps({**good, "reply_to": "ivy:notify:a.b"}).encode(),
+        "workflow amq. name": json.dumps(
+            {**good, "reply_to": None, "workflow": {**flow, "reply_to": "amq.evil"}}).encode(),
+        "schema-invalid, amq. name": json.dumps(
+            {**good, "args": "x", "reply_to": "amq.evil"}).encode(),
+    }
+
+
+@pytest.mark.parametrize("reply_to", ["amq.evil", "x" * 300, "orders", "ivy:notify:",
+                                      "ivy:notify:a b", "ivy:notify:" + "a" * 65])
+def test_a_reply_to_that_is_not_a_channel_is_refused(reply_to: str) -> None:
+    body = json.dumps({**GOOD, "reply_to": reply_to}).encode()
+    with pytest.raises(ivy.MessageError, match="is not a notification channel") as exc:
+        decode_message(body, JSON)
+    assert "reply_to" not in exc.value.fields  # never published to
+
+
+@pytest.mark.parametrize("reply_to", ["ivy:notify:9a8b7c6d5e4f40312233445566778899",
+                                      "ivy:notify:abc", "ivy:notify:some-one_2", None])
+def test_a_producers_channel_is_taken(reply_to: str | None) -> None:
+    body = json.dumps({**GOOD, "reply_to": reply_to}).encode()
+    assert decode_message(body, JSON).reply_to == reply_to
+
+
+def test_hostile_reply_to_is_dead_lettered_on_every_backend(live: tuple[str, str, str]) -> None:
+    served = Served(live)
+    try:
+        bodies = hostile_replies(served.queue)
+        dead = served.check(bodies)
+        assert all("is not a notification channel" in dead[b] for k, b in bodies.items()
+                   if not k.startswith("schema-invalid"))
+        # the work queue named as a reply_to got no notification JSON
+        assert served.app.queue_backend.size(served.queue) == 0
+    finally:
+        served.close()
+
+
+@pytest.fixture
+def amqp_only(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]:
+    """RabbitMQ for the queue and the notifier (the notifier whose connection #3 broke)."""
+    from conftest import amqp_notifier_url
+
+    url: str = request.getfixturevalue("amqp_url")
+    from ivy.queues.amqp import AMQPQueueBackend
+
+    queue = f"ivy-sec-{uuid.uuid4().hex[:12]}"
+    yield url, amqp_notifier_url(url), queue
+    amqp = AMQPQueueBackend(url)
+    amqp.delete_queues([queue, f"{queue}.dead"])
+    amqp.close()
+
+
+def test_hostile_reply_to_does_not_stall_the_amqp_notifier(
+        amqp_only: tuple[str, str, str]) -> None:
+    # Given a worker on RabbitMQ with the RabbitMQ notifier
+    served = Served(amqp_only)
+    try:
+        # When messages naming amq.* or over-long reply queues are put in with pika
+        bodies = hostile_replies(served.queue)
+        for body in bodies.values():
+            inject(served.url, served.queue, body)
+        wanted = set(bodies.values())
+        wait_for(lambda: wanted <= set(served.dead()), timeout=20, message="dead letters")
+        # Then a legitimate call still completes promptly: the notify connection is intact
+        started = time.monotonic()
+        assert served.app.delayed_call("t.ok", 5).result(10) == 5
+        assert time.monotonic() - started < 5
+        assert served.runs == [0, 5]
+        assert served.worker.running
     finally:
         served.close()
