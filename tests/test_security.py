@@ -738,3 +738,29 @@ def test_hostile_reply_to_does_not_stall_the_amqp_notifier(
         assert served.worker.running
     finally:
         served.close()
+
+
+def test_a_refused_reply_queue_fails_alone(amqp_only: tuple[str, str, str]) -> None:
+    import pika
+
+    # Given a worker on RabbitMQ with the RabbitMQ notifier, and a reply queue of the right
+    # form that someone else holds as an exclusive queue (405 RESOURCE_LOCKED to the worker)
+    served = Served(amqp_only)
+    locked = f"ivy:notify:locked{uuid.uuid4().hex[:8]}"
+    holder = pika.BlockingConnection(pika.URLParameters(served.url))
+    try:
+        holder.channel().queue_declare(locked, exclusive=True)
+        # When a call naming it as its reply_to is put in with pika, twice
+        for n in (1, 2):
+            inject(served.url, served.queue, json.dumps(
+                {**GOOD, "id": f"locked-{n}", "args": [7], "reply_to": locked}).encode())
+        wait_for(lambda: 7 in served.runs, timeout=10, message="the hostile call to run")
+        # Then the notify connection keeps delivering every other result promptly
+        for n in (5, 6, 8):
+            started = time.monotonic()
+            assert served.app.delayed_call("t.ok", n).result(10) == n
+            assert time.monotonic() - started < 5
+        assert served.worker.running
+    finally:
+        holder.close()
+        served.close()
