@@ -8,6 +8,9 @@ published by :mod:`ivy.outcomes` (within the producer's limits), and :mod:`ivy.s
 decides what becomes of the delivery (ack, retry, dead letter). A call whose ``eta`` is later
 than its delivery is deferred, which does not count as an attempt.
 
+A message whose ``queue`` names another queue than the one that delivered it is dead-lettered
+with a reason: a body taken from one queue and put into another does not run there.
+
 Nothing a body holds can make a worker loop: whatever decoding raises, a :class:`MessageError`
 or anything else, dead-letters the delivery with the reason; and an internal error (a bug,
 a backend or notifier failing) returns the delivery to its queue, after ``backoff(n)`` s for
@@ -92,6 +95,13 @@ def process(worker: Worker, delivery: Delivery) -> None:
                           delivery.queue)
             reject(worker, delivery, f"message could not be decoded: {_error(exc)}", {})
             return
+        if message.queue is not None and message.queue != delivery.queue:
+            # a body sent to one queue put into another (a replay, or a confused deputy): the
+            # queue is inside the signature of a signed body, so this holds in signed mode
+            reject(worker, delivery, f"message for queue {_short(message.queue)!r} delivered "
+                   f"on queue {delivery.queue!r}: refused (replayed or misrouted)",
+                   _fields(message), message)
+            return
         exhausted = delivery.exhausted or lost_deliveries(worker, delivery, message)
         if exhausted is not None:  # it killed or hung worker after worker
             reject(worker, delivery, exhausted, _fields(message), message)
@@ -152,6 +162,10 @@ def internal_error(worker: Worker, delivery: Delivery, message: Message | None,
               f"{_error(exc)}")
     with logged("dead-lettering a message after internal errors"):
         reject(worker, delivery, reason, _fields(message) if message else {}, message)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _error(exc: BaseException) -> str:

@@ -163,6 +163,9 @@ def corpus() -> dict[str, bytes]:
         "unknown task": json.dumps({**good, "name": "t.nope"}).encode(),
         "module attribute": json.dumps({**good, "name": "os.system", "args": ["id"]}).encode(),
         "legacy with extra fields": b'{"name":"t.ok","options":{},"args":[1],"reply_to":"x"}',
+        "sent to another queue": json.dumps({**good, "queue": "elsewhere"}).encode(),
+        "duplicate name": b'{"ivy":1,"id":"c","name":"t.nope","name":"t.ok","args":[1]}',
+        "duplicate args": b'{"ivy":1,"id":"c","name":"t.ok","args":[1],"args":[2]}',
         **NUMBERS_AND_NESTING,
     }
     for field, value in FIELDS_WRONG.items():
@@ -764,3 +767,44 @@ def test_a_refused_reply_queue_fails_alone(amqp_only: tuple[str, str, str]) -> N
     finally:
         holder.close()
         served.close()
+
+
+# -- replays onto another queue (issue 28, #6) ----------------------------------------------------
+
+def test_a_signed_message_replayed_on_another_queue_is_refused(
+        live: tuple[str, str, str]) -> None:
+    # Given a worker with a signing key, and a body signed for another queue
+    served = Served(live, signing_key=KEY)
+    try:
+        captured = Signer(KEY).sign(json.dumps(
+            {**GOOD, "id": "replayed", "queue": f"{served.queue}-other"}).encode())
+        # When it is put into the worker's queue
+        dead = served.check({"replayed on another queue": captured})
+        # Then it is dead-lettered for its queue, and never ran
+        assert dead[captured] == (f"message for queue '{served.queue}-other' delivered on "
+                                  f"queue '{served.queue}': refused (replayed or misrouted)")
+    finally:
+        served.close()
+
+
+# -- duplicate keys (issue 28, #12) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    b'{"ivy":1,"id":"c","name":"t.nope","name":"t.ok","args":[1]}',
+    b'{"ivy":1,"id":"c","name":"t.ok","args":[1],"kwargs":{"n":1,"n":2}}',
+])
+def test_duplicate_keys_are_refused(body: bytes) -> None:
+    with pytest.raises(ivy.MessageError, match="duplicate key"):
+        decode_message(body, JSON)
+    with pytest.raises(ivy.MessageError, match="duplicate key"):
+        decode_message(Signer(KEY).sign(body), JSON, signer=Signer(KEY))
+
+
+def test_duplicate_keys_in_an_envelope_or_a_notification_are_refused() -> None:
+    sealed = json.loads(Signer(KEY).sign(json.dumps(GOOD).encode()))
+    twice = json.dumps(sealed)[:-1] + ', "key_id": "other"}'
+    with pytest.raises(ivy.MessageError, match="duplicate key 'key_id'"):
+        decode_message(twice.encode(), JSON, signer=Signer(KEY))
+    with pytest.raises(ivy.MessageError, match="duplicate key 'status'"):
+        decode_notification(b'{"ivy":1,"id":"c","status":"running","status":"successful",'
+                            b'"result":1}', JSON)
