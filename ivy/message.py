@@ -45,6 +45,24 @@ MAX_TIMESTAMP_MS = 2**53 - 1
 #: name of the broker's (``amq.*``), too long (over 255 bytes) or of a work queue would break
 #: the worker's notify connection or feed notification JSON into another queue (issue 28, #3).
 CHANNEL_PATTERN = re.compile(r"ivy:notify:[A-Za-z0-9_-]{1,64}")
+#: The message field that binds a call's result to its producer: random, set by the producer,
+#: echoed by the worker in every notification of the call; a producer drops a final
+#: notification of a call it sent with a nonce unless it carries the same one (issue 28, #5).
+NONCE = "nonce"
+#: the longest nonce a worker echoes (ivy's own: 20 hex digits, 80 random bits)
+MAX_NONCE_CHARS = 64
+
+
+def new_nonce() -> str:
+    """80 random bits in 20 hex digits, from the same pools as call ids (:func:`new_id`)."""
+    return new_id()[12:]
+
+
+def nonce_of(data: Any) -> str | None:
+    """The nonce a message (or a decoded body's dict) carries, if it is a short string."""
+    extra = data.extra if isinstance(data, Message) else data
+    value = extra.get(NONCE) if isinstance(extra, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_NONCE_CHARS else None
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -172,6 +190,9 @@ def _readable_fields(data: Any) -> dict[str, Any]:
     fields = {k: data[k] for k in ("id", "name") if isinstance(data.get(k), str)}
     if is_channel(data.get("reply_to")):
         fields["reply_to"] = data["reply_to"]
+    nonce = nonce_of(data)
+    if nonce is not None:
+        fields[NONCE] = nonce
     return fields
 
 
@@ -283,17 +304,22 @@ class Notification:
     error: dict[str, str] | None = None
     attempt: int = 0
     worker: str | None = None
+    #: the call's nonce, echoed from its message (absent when the message had none)
+    nonce: str | None = None
 
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "ivy": PROTOCOL_VERSION, "id": self.id, "name": self.name, "status": self.status,
             "result": self.result, "error": self.error, "attempt": self.attempt,
             "worker": self.worker,
         }
+        if self.nonce is not None:
+            data[NONCE] = self.nonce
+        return data
 
     def encode(self, serializer: Serializer) -> bytes:
         try:
@@ -322,6 +348,7 @@ def decode_notification(
     return Notification(
         id=data["id"], status=data["status"], name=data.get("name"), result=data.get("result"),
         error=data.get("error"), attempt=data.get("attempt", 0), worker=data.get("worker"),
+        nonce=nonce_of(data),
     )
 
 

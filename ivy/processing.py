@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ivy.errors import MessageError
-from ivy.message import Message, decode_message, now_ms
+from ivy.message import NONCE, Message, decode_message, nonce_of, now_ms
 from ivy.queues.base import Delivery, delivery_limit_reason
 from ivy.task import Task
 
@@ -222,6 +222,9 @@ def reject(worker: Worker, delivery: Delivery, reason: str, fields: dict[str, An
 
 def _fields(message: Message) -> dict[str, Any]:
     fields = {"id": message.id, "name": message.name, "reply_to": message.reply_to}
+    nonce = nonce_of(message)
+    if nonce is not None:
+        fields[NONCE] = nonce
     if "workflow" in message.extra:  # a workflow step: its workflow fails (ivy.workflows)
         fields["workflow"] = message.extra["workflow"]
     return fields

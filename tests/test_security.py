@@ -91,7 +91,8 @@ def test_error_named_on_the_wire_is_data_never_imported(monkeypatch: pytest.Monk
     def victim() -> None: ...
 
     call = app.delayed_call(victim)
-    forged = json.dumps({"ivy": 1, "id": call.id, "status": "errored", "error": {
+    forged = json.dumps({"ivy": 1, "id": call.id, "nonce": call.nonce, "status": "errored",
+                         "error": {
         "type": "system", "message": "touch /tmp/pwned", "traceback": "",
         "exc_module": "os", "exc_type": "system", "args": ["touch /tmp/pwned"]}}).encode()
     app._dispatch(forged)
@@ -515,7 +516,8 @@ def test_producer_ignores_unsigned_or_forged_results(monkeypatch: pytest.MonkeyP
     app._dispatch(forged)  # unsigned: ignored
     app._dispatch(Signer("other").sign(forged))  # signed with a key we do not hold: ignored
     assert not call.done()
-    app._dispatch(app.seal(Notification(call.id, "successful", result="real").encode(JSON)))
+    app._dispatch(app.seal(Notification(call.id, "successful", result="real",
+                                        nonce=call.nonce).encode(JSON)))
     assert call.result(1) == "real"
     app.close()
 
@@ -701,8 +703,11 @@ def test_hostile_reply_to_is_dead_lettered_on_every_backend(live: tuple[str, str
         dead = served.check(bodies)
         assert all("is not a notification channel" in dead[b] for k, b in bodies.items()
                    if not k.startswith("schema-invalid"))
-        # the work queue named as a reply_to got no notification JSON
-        assert served.app.queue_backend.size(served.queue) == 0
+        # the work queue named as a reply_to got no notification JSON (the last call's ack
+        # may follow its result by a moment)
+        wait_for(lambda: served.app.queue_backend.size(served.queue) == 0,
+                 message="an empty work queue")
+        assert served.runs == [0, 5]
     finally:
         served.close()
 
@@ -808,3 +813,86 @@ def test_duplicate_keys_in_an_envelope_or_a_notification_are_refused() -> None:
     with pytest.raises(ivy.MessageError, match="duplicate key 'status'"):
         decode_notification(b'{"ivy":1,"id":"c","status":"running","status":"successful",'
                             b'"result":1}', JSON)
+
+
+# -- results bound to their call by a nonce (issue 28, #5) ----------------------------------------
+
+def test_a_result_without_the_calls_nonce_does_not_settle_it(
+        live: tuple[str, str, str], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a producer that requires nonces, and a pending call of it (deferred for a
+    # minute), whose id an attacker learned
+    monkeypatch.setenv("IVY_REQUIRE_NONCE", "1")
+    served = Served(live)
+    try:
+        call = served.app.send_task("t.ok", [1], delay=60)
+        assert call.nonce
+        # When a message reusing its id and the producer's channel is put in with the
+        # backend's own client: the worker runs it and publishes its value for that id
+        with caplog.at_level("WARNING", logger="ivy"):
+            inject(served.url, served.queue, json.dumps(
+                {**GOOD, "id": call.id, "args": [666], "queue": served.queue,
+                 "reply_to": served.app.channel}).encode())
+            wait_for(lambda: 666 in served.runs, message="the forged call to run")
+            wait_for(lambda: any("without its nonce" in r.getMessage()
+                                 for r in caplog.records), message="the forged result")
+        # Then the producer ignored that result: the call is still waiting for its own
+        assert not call.done()
+        assert call.status == "scheduled"
+        # and calls still complete
+        assert served.app.delayed_call("t.ok", 5).result(30) == 5
+    finally:
+        served.close()
+
+
+def test_a_notification_echoes_the_nonce_of_its_message() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    app = ivy.Ivy(url, url)
+    try:
+        @app.register_task(name="t.echo", queue="q")
+        def echo(n: int) -> int:
+            return n
+
+        app.listen(queue="q", block=False)
+        call = app.delayed_call(echo, 3)
+        assert call.result(10) == 3
+        stored = app.start_notification_producer().stored(call.id)
+        assert stored is not None
+        assert decode_notification(stored, JSON).nonce == call.nonce
+        # a rejected call is told why, with its nonce, so its producer takes the error
+        bad = app.send_task("t.missing", [1], queue="q")
+        with pytest.raises(ivy.RemoteTaskError, match="unknown task"):
+            bad.result(10)
+    finally:
+        app.close()
+
+
+def test_calls_without_a_nonce_still_settle() -> None:
+    # an older producer's call (no nonce) takes any final notification of its id
+    from ivy.call import Call
+    from ivy.results import _bound
+
+    call: Call[Any] = Call("c", "t", "q")
+    assert _bound(call, Notification("c", "successful", result=1))
+    call.nonce = "n1"
+    for strict in (True, False):
+        assert _bound(call, Notification("c", "successful", result=1, nonce="n1"), strict)
+        # another call's nonce: never
+        assert not _bound(call, Notification("c", "errored", nonce="n2"), strict)
+        # the producer's own cancel() publishes a cancelled notification without one
+        assert _bound(call, Notification("c", "cancelled"), strict)
+    # none at all: only a producer that requires nonces drops it (workers not upgraded yet)
+    assert not _bound(call, Notification("c", "successful", result=1), strict=True)
+    assert _bound(call, Notification("c", "successful", result=1), strict=False)
+
+
+def test_require_nonce_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy.results import require_nonce
+
+    monkeypatch.delenv("IVY_REQUIRE_NONCE", raising=False)
+    assert not require_nonce()
+    for on in ("1", "true", "Yes"):
+        monkeypatch.setenv("IVY_REQUIRE_NONCE", on)
+        assert require_nonce()
+    monkeypatch.setenv("IVY_REQUIRE_NONCE", "0")
+    assert not require_nonce()
