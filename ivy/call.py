@@ -115,6 +115,9 @@ class Call(Generic[R]):
         self._canceller: Callable[[str], None] | None = None
         #: when the app's notification consumer stops waiting (``time.monotonic()``)
         self._expires = 0.0
+        #: the nonce the call's message carries: only a final notification echoing it
+        #: settles the call (None: any final notification does)
+        self.nonce: str | None = None
 
     def __repr__(self) -> str:
         return f"<Call {self.id} {self.task} {self.status}>"

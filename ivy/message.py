@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,31 @@ MAX_RETRIES = 10_000
 #: The latest ``eta`` (and ``created_ms``, ``unique_until``) a message may carry, in Unix ms:
 #: 2**53 - 1, exact in the number type of every JSON reader (some 285,000 years from now).
 MAX_TIMESTAMP_MS = 2**53 - 1
+#: What a worker publishes notifications to: ``reply_to`` (and a workflow's ``reply_to``)
+#: must be a producer's channel, ``ivy:notify:`` and an id of 1 to 64 letters, digits, ``_``
+#: or ``-`` (ivy's own: 32 hex digits, see :func:`new_id`). Anything else is refused: on
+#: RabbitMQ the channel is the name of a queue the worker declares and publishes to, and a
+#: name of the broker's (``amq.*``), too long (over 255 bytes) or of a work queue would break
+#: the worker's notify connection or feed notification JSON into another queue (issue 28, #3).
+CHANNEL_PATTERN = re.compile(r"ivy:notify:[A-Za-z0-9_-]{1,64}")
+#: The message field that binds a call's result to its producer: random, set by the producer,
+#: echoed by the worker in every notification of the call; a producer drops a final
+#: notification of a call it sent with a nonce unless it carries the same one (issue 28, #5).
+NONCE = "nonce"
+#: the longest nonce a worker echoes (ivy's own: 20 hex digits, 80 random bits)
+MAX_NONCE_CHARS = 64
+
+
+def new_nonce() -> str:
+    """80 random bits in 20 hex digits, from the same pools as call ids (:func:`new_id`)."""
+    return new_id()[12:]
+
+
+def nonce_of(data: Any) -> str | None:
+    """The nonce a message (or a decoded body's dict) carries, if it is a short string."""
+    extra = data.extra if isinstance(data, Message) else data
+    value = extra.get(NONCE) if isinstance(extra, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_NONCE_CHARS else None
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -150,11 +176,37 @@ _MESSAGE_KEYS = frozenset(
 )
 
 
+def is_channel(name: object) -> bool:
+    """Whether ``name`` is a notification channel a worker may publish to
+    (:data:`CHANNEL_PATTERN`)."""
+    return isinstance(name, str) and CHANNEL_PATTERN.fullmatch(name) is not None
+
+
 def _readable_fields(data: Any) -> dict[str, Any]:
-    """What can be read from an invalid body to address an errored notification."""
+    """What can be read from an invalid body to address an errored notification: never a
+    ``reply_to`` that is not a channel (:func:`is_channel`)."""
     if not isinstance(data, dict):
         return {}
-    return {k: data[k] for k in ("id", "name", "reply_to") if isinstance(data.get(k), str)}
+    fields = {k: data[k] for k in ("id", "name") if isinstance(data.get(k), str)}
+    if is_channel(data.get("reply_to")):
+        fields["reply_to"] = data["reply_to"]
+    nonce = nonce_of(data)
+    if nonce is not None:
+        fields[NONCE] = nonce
+    return fields
+
+
+def _check_channels(data: dict[str, Any]) -> None:
+    """Refuse a message whose ``reply_to`` or ``workflow.reply_to`` is not a channel."""
+    flow = data.get("workflow")
+    for what, value in (("reply_to", data.get("reply_to")),
+                        ("workflow.reply_to", flow.get("reply_to") if isinstance(
+                            flow, dict) else None)):
+        if value is not None and not is_channel(value):
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            raise MessageError(
+                f"{what} {shown!r} is not a notification channel (ivy:notify: and 1 to 64 "
+                "letters, digits, '_' or '-')", _readable_fields(data))
 
 
 def depth(value: Any) -> int:
@@ -229,6 +281,7 @@ def decode_message(
             f"{PROTOCOL_VERSION}", _readable_fields(data),
         )
     _validate("message-v1", data, "message")
+    _check_channels(data)
     return Message(
         id=data["id"], name=data["name"], args=data["args"], kwargs=data.get("kwargs", {}),
         options=data.get("options", {}), queue=data.get("queue"), reply_to=data.get("reply_to"),
@@ -251,17 +304,22 @@ class Notification:
     error: dict[str, str] | None = None
     attempt: int = 0
     worker: str | None = None
+    #: the call's nonce, echoed from its message (absent when the message had none)
+    nonce: str | None = None
 
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "ivy": PROTOCOL_VERSION, "id": self.id, "name": self.name, "status": self.status,
             "result": self.result, "error": self.error, "attempt": self.attempt,
             "worker": self.worker,
         }
+        if self.nonce is not None:
+            data[NONCE] = self.nonce
+        return data
 
     def encode(self, serializer: Serializer) -> bytes:
         try:
@@ -290,6 +348,7 @@ def decode_notification(
     return Notification(
         id=data["id"], status=data["status"], name=data.get("name"), result=data.get("result"),
         error=data.get("error"), attempt=data.get("attempt", 0), worker=data.get("worker"),
+        nonce=nonce_of(data),
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ivy.errors import SerializationError
-from ivy.message import Message, Notification, deeper_than
+from ivy.message import NONCE, Message, Notification, deeper_than, is_channel, nonce_of
 from ivy.notifiers.base import Notifier
 from ivy.serialization import Serializer, Signer
 from ivy.timing import unique
@@ -49,14 +49,15 @@ class Recorder:
 
     def errored(self, message: Message, error: dict[str, str]) -> Notification:
         return Notification(message.id, "errored", message.name, error=error,
-                            attempt=message.attempt, worker=self.worker)
+                            attempt=message.attempt, worker=self.worker,
+                            nonce=nonce_of(message))
 
     def running(self, message: Message) -> None:
         """Publish the ``running`` status of ``message``: best effort (not final, not
         stored), a failure is logged."""
         if message.reply_to and self.notifier is not None:
             note = Notification(message.id, "running", message.name, attempt=message.attempt,
-                                worker=self.worker)
+                                worker=self.worker, nonce=nonce_of(message))
             try:
                 self.notifier.publish(message.reply_to, message.id, self.body(note),
                                       final=False)
@@ -111,12 +112,14 @@ class Recorder:
         if message is not None:
             unique.release(self.notifier, message, at_once=True)
         reply_to, call_id = fields.get("reply_to"), fields.get("id")
-        if self.notifier is None or not isinstance(reply_to, str) or not isinstance(call_id, str):
+        # a reply_to that is not a channel is never published to (ivy.message.is_channel)
+        if self.notifier is None or not is_channel(reply_to) or not isinstance(call_id, str):
             if then is not None:
                 then()
             return
         note = Notification(call_id, "errored", fields.get("name"), worker=self.worker,
-                            error={"type": "MessageRejected", "message": reason, "traceback": ""})
+                            error={"type": "MessageRejected", "message": reason, "traceback": ""},
+                            nonce=fields.get(NONCE))
         followed = False
 
         def after() -> None:
@@ -126,7 +129,7 @@ class Recorder:
                 then()
 
         try:
-            self.notifier.publish_then(reply_to, call_id, self.body(note), final=True,
+            self.notifier.publish_then(str(reply_to), call_id, self.body(note), final=True,
                                        then=after)
         except Exception:
             if followed:  # the dead letter itself failed: the message comes back
@@ -137,7 +140,8 @@ class Recorder:
 
     def final_body(self, message: Message, note: Notification) -> bytes:
         """Encode a final notification within the limits its producer applies when decoding
-        (see the module docstring)."""
+        (see the module docstring). The note carries the message's nonce, whoever made it."""
+        note.nonce = nonce_of(message)
         try:
             encoded = note.encode(self.serializer)
         except SerializationError as exc:

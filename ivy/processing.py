@@ -8,6 +8,9 @@ published by :mod:`ivy.outcomes` (within the producer's limits), and :mod:`ivy.s
 decides what becomes of the delivery (ack, retry, dead letter). A call whose ``eta`` is later
 than its delivery is deferred, which does not count as an attempt.
 
+A message whose ``queue`` names another queue than the one that delivered it is dead-lettered
+with a reason: a body taken from one queue and put into another does not run there.
+
 Nothing a body holds can make a worker loop: whatever decoding raises, a :class:`MessageError`
 or anything else, dead-letters the delivery with the reason; and an internal error (a bug,
 a backend or notifier failing) returns the delivery to its queue, after ``backoff(n)`` s for
@@ -27,7 +30,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ivy.errors import MessageError
-from ivy.message import Message, decode_message, now_ms
+from ivy.message import NONCE, Message, decode_message, nonce_of, now_ms
 from ivy.queues.base import Delivery, delivery_limit_reason
 from ivy.task import Task
 
@@ -92,6 +95,13 @@ def process(worker: Worker, delivery: Delivery) -> None:
                           delivery.queue)
             reject(worker, delivery, f"message could not be decoded: {_error(exc)}", {})
             return
+        if message.queue is not None and message.queue != delivery.queue:
+            # a body sent to one queue put into another (a replay, or a confused deputy): the
+            # queue is inside the signature of a signed body, so this holds in signed mode
+            reject(worker, delivery, f"message for queue {_short(message.queue)!r} delivered "
+                   f"on queue {delivery.queue!r}: refused (replayed or misrouted)",
+                   _fields(message), message)
+            return
         exhausted = delivery.exhausted or lost_deliveries(worker, delivery, message)
         if exhausted is not None:  # it killed or hung worker after worker
             reject(worker, delivery, exhausted, _fields(message), message)
@@ -154,6 +164,10 @@ def internal_error(worker: Worker, delivery: Delivery, message: Message | None,
         reject(worker, delivery, reason, _fields(message) if message else {}, message)
 
 
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS - 3] + "..."
@@ -208,6 +222,9 @@ def reject(worker: Worker, delivery: Delivery, reason: str, fields: dict[str, An
 
 def _fields(message: Message) -> dict[str, Any]:
     fields = {"id": message.id, "name": message.name, "reply_to": message.reply_to}
+    nonce = nonce_of(message)
+    if nonce is not None:
+        fields[NONCE] = nonce
     if "workflow" in message.extra:  # a workflow step: its workflow fails (ivy.workflows)
         fields["workflow"] = message.extra["workflow"]
     return fields

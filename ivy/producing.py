@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ivy.call import Call, ResultCallback, finished_adapter, result_callback_adapter
-from ivy.message import Message, encode_call, new_id, now_ms
+from ivy.message import NONCE, Message, encode_call, new_id, new_nonce, now_ms
 from ivy.task import Task
 from ivy.workflows.canvas import Canvas
 
@@ -110,6 +110,7 @@ def prepare(
             raise TypeError(f"wrong arguments for task {name!r}: {exc}") from None
     target_queue = queue or (registered.queue if registered else "ivy")
     created = now_ms()
+    nonce = new_nonce()  # binds the result to this call: PROTOCOL.md, "nonce"
     message = Message(
         id=call_id or new_id(), name=name, args=list(args), kwargs=kwargs, queue=target_queue,
         reply_to=app.channel,
@@ -118,12 +119,13 @@ def prepare(
         priority=priority if priority is not None else (
             registered.priority if registered else 0),
         eta=created + int(delay * 1000) if delay else None, created_ms=created,
-        extra=dict(extra) if extra else {})
+        extra={**extra, NONCE: nonce} if extra else {NONCE: nonce})
     if app.middleware:
         app.middleware.before_publish(message)
     body = encode_call(message, app.serializer, max_depth=app.max_depth,
                        max_bytes=app.max_message_bytes)
     call: Call[Any] = Call(message.id, name, target_queue)
+    call.nonce = nonce
     call._canceller = app._canceller
     if callback is not None:
         call.add_done_callback(result_callback_adapter(callback))

@@ -21,6 +21,7 @@ Rules (README, "Semantics"):
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -33,6 +34,27 @@ from ivy.message import Notification
 from ivy.notifiers.base import Notifier, Subscription
 
 log = logging.getLogger("ivy.results")
+
+
+def require_nonce() -> bool:
+    """Whether final notifications without their call's nonce are dropped:
+    ``IVY_REQUIRE_NONCE=1`` (read when a producer starts receiving). Off by default so that a
+    producer of this version works with workers that do not echo nonces yet (upgrade the
+    workers, then turn it on: until then a notification without a nonce settles its call,
+    and only one with another call's nonce is dropped)."""
+    return os.environ.get("IVY_REQUIRE_NONCE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _bound(call: Call[Any], note: Notification, strict: bool = True) -> bool:
+    """Whether a final notification may settle ``call``: it echoes the call's nonce, or the
+    call has none (sent without, or by an older producer). One with another nonce never does;
+    one without a nonce does unless ``strict``, except a ``cancelled`` one (what the
+    producer's own ``cancel()`` publishes: it carries no value)."""
+    if call.nonce is None or note.nonce == call.nonce:
+        return True
+    if note.nonce is not None:
+        return False
+    return not strict or note.status == "cancelled"
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -61,6 +83,8 @@ class ResultConsumer:
         self._on_stopped = on_stopped
         self._peek_id = peek_id
         self._calls: dict[str, Call[Any]] = {}  # each with its _expires
+        #: drop final notifications without their call's nonce (see :func:`require_nonce`)
+        self.require_nonce = require_nonce()
         self._lock = threading.Lock()
         self._retiring = False
         #: set under the lock when a retired consumer stops: it takes no call after that
@@ -187,6 +211,11 @@ class ResultConsumer:
         with self._lock:
             call = self._calls.get(note.id)
             if call is not None and note.final:
+                if not _bound(call, note, self.require_nonce):
+                    log.warning("notification consumer: ignoring a %s notification for call "
+                                "%s without its nonce (forged, or from a worker that does not "
+                                "echo nonces: see IVY_REQUIRE_NONCE)", note.status, note.id)
+                    return
                 del self._calls[note.id]
         if call is None:
             return

@@ -2,11 +2,12 @@
 
 JSON goes through the standard library's :mod:`json` in a strict form: no NaN or Infinity
 (nor a number too large for a float, such as ``1e999``, which would decode as infinity),
-string keys only, nothing but JSON types. orjson is deliberately not used even when installed:
-it turns integers beyond 64 bits into floats on decoding, silently (25852016738884976640000
-became 2.585201673888498e+22 in our tests), and it encodes types (datetime, UUID) that the
-stdlib refuses, so what a producer accepts would depend on what happens to be installed. The
-stdlib costs a few microseconds per message, far below any backend's round trip.
+string keys only, no key twice in one object, nothing but JSON types. orjson is deliberately
+not used even when installed: it turns integers beyond 64 bits into floats on decoding,
+silently (25852016738884976640000 became 2.585201673888498e+22 in our tests), and it encodes
+types (datetime, UUID) that the stdlib refuses, so what a producer accepts would depend on
+what happens to be installed. The stdlib costs a few microseconds per message, far below any
+backend's round trip.
 ``msgpack`` is available as an optional extra.
 """
 
@@ -59,8 +60,24 @@ def _parse_float(text: str) -> float:
     return value
 
 
+def _object(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A JSON object, or ValueError when it names a key twice: readers disagree on which one
+    counts (the stdlib keeps the last), so a body with ``"name"`` twice could pass a check
+    on one and run the other (issue 28, #12)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[Any] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = key if len(key) <= 40 else key[:37] + "..."
+                raise ValueError(f"duplicate key {shown!r} in an object")
+            seen.add(key)
+    return value
+
+
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float,
+                            object_pairs_hook=_object)
 
 
 _CONTAINERS = (dict, list, tuple)
@@ -129,7 +146,8 @@ class MsgpackSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            return self._msgpack.unpackb(data, raw=False, strict_map_key=True)
+            return self._msgpack.unpackb(data, raw=False, strict_map_key=True,
+                                         object_pairs_hook=_object)
         except Exception as exc:  # msgpack raises several unrelated types
             raise ValueError(f"not valid msgpack: {exc}") from exc
 

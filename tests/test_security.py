@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AMQP_URL, json_values, port_open, require_service, wait_for
+from conftest import json_values, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,7 +91,8 @@ def test_error_named_on_the_wire_is_data_never_imported(monkeypatch: pytest.Monk
     def victim() -> None: ...
 
     call = app.delayed_call(victim)
-    forged = json.dumps({"ivy": 1, "id": call.id, "status": "errored", "error": {
+    forged = json.dumps({"ivy": 1, "id": call.id, "nonce": call.nonce, "status": "errored",
+                         "error": {
         "type": "system", "message": "touch /tmp/pwned", "traceback": "",
         "exc_module": "os", "exc_type": "system", "args": ["touch /tmp/pwned"]}}).encode()
     app._dispatch(forged)
@@ -163,6 +164,9 @@ def corpus() -> dict[str, bytes]:
         "unknown task": json.dumps({**good, "name": "t.nope"}).encode(),
         "module attribute": json.dumps({**good, "name": "os.system", "args": ["id"]}).encode(),
         "legacy with extra fields": b'{"name":"t.ok","options":{},"args":[1],"reply_to":"x"}',
+        "sent to another queue": json.dumps({**good, "queue": "elsewhere"}).encode(),
+        "duplicate name": b'{"ivy":1,"id":"c","name":"t.nope","name":"t.ok","args":[1]}',
+        "duplicate args": b'{"ivy":1,"id":"c","name":"t.ok","args":[1],"args":[2]}',
         **NUMBERS_AND_NESTING,
     }
     for field, value in FIELDS_WRONG.items():
@@ -228,12 +232,11 @@ def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, 
         backend.delete_queues([queue])
         backend.close()
         return
-    require_service("RabbitMQ", port_open(AMQP_URL, 5672), f"nothing answers at {AMQP_URL}")
-    pytest.importorskip("pika")
+    amqp_url: str = request.getfixturevalue("amqp_url")  # this run's vhost, made if needed
     from ivy.queues.amqp import AMQPQueueBackend
 
-    yield AMQP_URL, redis_url, queue
-    amqp = AMQPQueueBackend(AMQP_URL)
+    yield amqp_url, redis_url, queue
+    amqp = AMQPQueueBackend(amqp_url)
     amqp.delete_queues([queue, f"{queue}.dead"])
     amqp.close()
 
@@ -513,7 +516,8 @@ def test_producer_ignores_unsigned_or_forged_results(monkeypatch: pytest.MonkeyP
     app._dispatch(forged)  # unsigned: ignored
     app._dispatch(Signer("other").sign(forged))  # signed with a key we do not hold: ignored
     assert not call.done()
-    app._dispatch(app.seal(Notification(call.id, "successful", result="real").encode(JSON)))
+    app._dispatch(app.seal(Notification(call.id, "successful", result="real",
+                                        nonce=call.nonce).encode(JSON)))
     assert call.result(1) == "real"
     app.close()
 
@@ -652,3 +656,243 @@ def test_a_worker_survives_fuzzed_bodies(tmp_path: Path) -> None:
         assert served.app.delayed_call("t.ok", 5).result(30) == 5
     finally:
         served.close()
+
+
+# -- reply_to names a channel, nothing else (issue 28, #3) ---------------------------------------
+
+def hostile_replies(work_queue: str) -> dict[str, bytes]:
+    """Bodies whose ``reply_to`` (or workflow's) is not a producer's channel: a name reserved
+    by RabbitMQ, names over 255 bytes, a work queue's name, a channel with other characters."""
+    good = {**GOOD, "id": "r"}
+    flow = {"id": "w", "next": []}
+    return {
+        "amq. name": json.dumps({**good, "reply_to": "amq.evil"}).encode(),
+        "amq.gen name": json.dumps({**good, "reply_to": "amq.gen-abc"}).encode(),
+        "over 255 bytes": json.dumps({**good, "reply_to": "x" * 300}).encode(),
+        "channel over 255 bytes": json.dumps(
+            {**good, "reply_to": "ivy:notify:" + "a" * 300}).encode(),
+        "a work queue": json.dumps({**good, "reply_to": work_queue}).encode(),
+        "channel with dots": json.dumps({**good, "reply_to": "ivy:notify:a.b"}).encode(),
+        "workflow amq. name": json.dumps(
+            {**good, "reply_to": None, "workflow": {**flow, "reply_to": "amq.evil"}}).encode(),
+        "schema-invalid, amq. name": json.dumps(
+            {**good, "args": "x", "reply_to": "amq.evil"}).encode(),
+    }
+
+
+@pytest.mark.parametrize("reply_to", ["amq.evil", "x" * 300, "orders", "ivy:notify:",
+                                      "ivy:notify:a b", "ivy:notify:" + "a" * 65])
+def test_a_reply_to_that_is_not_a_channel_is_refused(reply_to: str) -> None:
+    body = json.dumps({**GOOD, "reply_to": reply_to}).encode()
+    with pytest.raises(ivy.MessageError, match="is not a notification channel") as exc:
+        decode_message(body, JSON)
+    assert "reply_to" not in exc.value.fields  # never published to
+
+
+@pytest.mark.parametrize("reply_to", ["ivy:notify:9a8b7c6d5e4f40312233445566778899",
+                                      "ivy:notify:abc", "ivy:notify:some-one_2", None])
+def test_a_producers_channel_is_taken(reply_to: str | None) -> None:
+    body = json.dumps({**GOOD, "reply_to": reply_to}).encode()
+    assert decode_message(body, JSON).reply_to == reply_to
+
+
+def test_hostile_reply_to_is_dead_lettered_on_every_backend(live: tuple[str, str, str]) -> None:
+    served = Served(live)
+    try:
+        bodies = hostile_replies(served.queue)
+        dead = served.check(bodies)
+        assert all("is not a notification channel" in dead[b] for k, b in bodies.items()
+                   if not k.startswith("schema-invalid"))
+        # the work queue named as a reply_to got no notification JSON (the last call's ack
+        # may follow its result by a moment)
+        wait_for(lambda: served.app.queue_backend.size(served.queue) == 0,
+                 message="an empty work queue")
+        assert served.runs == [0, 5]
+    finally:
+        served.close()
+
+
+@pytest.fixture
+def amqp_only(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]:
+    """RabbitMQ for the queue and the notifier (the notifier whose connection #3 broke)."""
+    from conftest import amqp_notifier_url
+
+    url: str = request.getfixturevalue("amqp_url")
+    from ivy.queues.amqp import AMQPQueueBackend
+
+    queue = f"ivy-sec-{uuid.uuid4().hex[:12]}"
+    yield url, amqp_notifier_url(url), queue
+    amqp = AMQPQueueBackend(url)
+    amqp.delete_queues([queue, f"{queue}.dead"])
+    amqp.close()
+
+
+def test_hostile_reply_to_does_not_stall_the_amqp_notifier(
+        amqp_only: tuple[str, str, str]) -> None:
+    # Given a worker on RabbitMQ with the RabbitMQ notifier
+    served = Served(amqp_only)
+    try:
+        # When messages naming amq.* or over-long reply queues are put in with pika
+        bodies = hostile_replies(served.queue)
+        for body in bodies.values():
+            inject(served.url, served.queue, body)
+        wanted = set(bodies.values())
+        wait_for(lambda: wanted <= set(served.dead()), timeout=20, message="dead letters")
+        # Then a legitimate call still completes promptly: the notify connection is intact
+        started = time.monotonic()
+        assert served.app.delayed_call("t.ok", 5).result(10) == 5
+        assert time.monotonic() - started < 5
+        assert served.runs == [0, 5]
+        assert served.worker.running
+    finally:
+        served.close()
+
+
+def test_a_refused_reply_queue_fails_alone(amqp_only: tuple[str, str, str]) -> None:
+    import pika
+
+    # Given a worker on RabbitMQ with the RabbitMQ notifier, and a reply queue of the right
+    # form that someone else holds as an exclusive queue (405 RESOURCE_LOCKED to the worker)
+    served = Served(amqp_only)
+    locked = f"ivy:notify:locked{uuid.uuid4().hex[:8]}"
+    holder = pika.BlockingConnection(pika.URLParameters(served.url))
+    try:
+        holder.channel().queue_declare(locked, exclusive=True)
+        # When a call naming it as its reply_to is put in with pika, twice
+        for n in (1, 2):
+            inject(served.url, served.queue, json.dumps(
+                {**GOOD, "id": f"locked-{n}", "args": [7], "reply_to": locked}).encode())
+        wait_for(lambda: 7 in served.runs, timeout=10, message="the hostile call to run")
+        # Then the notify connection keeps delivering every other result promptly
+        for n in (5, 6, 8):
+            started = time.monotonic()
+            assert served.app.delayed_call("t.ok", n).result(10) == n
+            assert time.monotonic() - started < 5
+        assert served.worker.running
+    finally:
+        holder.close()
+        served.close()
+
+
+# -- replays onto another queue (issue 28, #6) ----------------------------------------------------
+
+def test_a_signed_message_replayed_on_another_queue_is_refused(
+        live: tuple[str, str, str]) -> None:
+    # Given a worker with a signing key, and a body signed for another queue
+    served = Served(live, signing_key=KEY)
+    try:
+        captured = Signer(KEY).sign(json.dumps(
+            {**GOOD, "id": "replayed", "queue": f"{served.queue}-other"}).encode())
+        # When it is put into the worker's queue
+        dead = served.check({"replayed on another queue": captured})
+        # Then it is dead-lettered for its queue, and never ran
+        assert dead[captured] == (f"message for queue '{served.queue}-other' delivered on "
+                                  f"queue '{served.queue}': refused (replayed or misrouted)")
+    finally:
+        served.close()
+
+
+# -- duplicate keys (issue 28, #12) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    b'{"ivy":1,"id":"c","name":"t.nope","name":"t.ok","args":[1]}',
+    b'{"ivy":1,"id":"c","name":"t.ok","args":[1],"kwargs":{"n":1,"n":2}}',
+])
+def test_duplicate_keys_are_refused(body: bytes) -> None:
+    with pytest.raises(ivy.MessageError, match="duplicate key"):
+        decode_message(body, JSON)
+    with pytest.raises(ivy.MessageError, match="duplicate key"):
+        decode_message(Signer(KEY).sign(body), JSON, signer=Signer(KEY))
+
+
+def test_duplicate_keys_in_an_envelope_or_a_notification_are_refused() -> None:
+    sealed = json.loads(Signer(KEY).sign(json.dumps(GOOD).encode()))
+    twice = json.dumps(sealed)[:-1] + ', "key_id": "other"}'
+    with pytest.raises(ivy.MessageError, match="duplicate key 'key_id'"):
+        decode_message(twice.encode(), JSON, signer=Signer(KEY))
+    with pytest.raises(ivy.MessageError, match="duplicate key 'status'"):
+        decode_notification(b'{"ivy":1,"id":"c","status":"running","status":"successful",'
+                            b'"result":1}', JSON)
+
+
+# -- results bound to their call by a nonce (issue 28, #5) ----------------------------------------
+
+def test_a_result_without_the_calls_nonce_does_not_settle_it(
+        live: tuple[str, str, str], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a producer that requires nonces, and a pending call of it (deferred for a
+    # minute), whose id an attacker learned
+    monkeypatch.setenv("IVY_REQUIRE_NONCE", "1")
+    served = Served(live)
+    try:
+        call = served.app.send_task("t.ok", [1], delay=60)
+        assert call.nonce
+        # When a message reusing its id and the producer's channel is put in with the
+        # backend's own client: the worker runs it and publishes its value for that id
+        with caplog.at_level("WARNING", logger="ivy"):
+            inject(served.url, served.queue, json.dumps(
+                {**GOOD, "id": call.id, "args": [666], "queue": served.queue,
+                 "reply_to": served.app.channel}).encode())
+            wait_for(lambda: 666 in served.runs, message="the forged call to run")
+            wait_for(lambda: any("without its nonce" in r.getMessage()
+                                 for r in caplog.records), message="the forged result")
+        # Then the producer ignored that result: the call is still waiting for its own
+        assert not call.done()
+        assert call.status == "scheduled"
+        # and calls still complete
+        assert served.app.delayed_call("t.ok", 5).result(30) == 5
+    finally:
+        served.close()
+
+
+def test_a_notification_echoes_the_nonce_of_its_message() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    app = ivy.Ivy(url, url)
+    try:
+        @app.register_task(name="t.echo", queue="q")
+        def echo(n: int) -> int:
+            return n
+
+        app.listen(queue="q", block=False)
+        call = app.delayed_call(echo, 3)
+        assert call.result(10) == 3
+        stored = app.start_notification_producer().stored(call.id)
+        assert stored is not None
+        assert decode_notification(stored, JSON).nonce == call.nonce
+        # a rejected call is told why, with its nonce, so its producer takes the error
+        bad = app.send_task("t.missing", [1], queue="q")
+        with pytest.raises(ivy.RemoteTaskError, match="unknown task"):
+            bad.result(10)
+    finally:
+        app.close()
+
+
+def test_calls_without_a_nonce_still_settle() -> None:
+    # an older producer's call (no nonce) takes any final notification of its id
+    from ivy.call import Call
+    from ivy.results import _bound
+
+    call: Call[Any] = Call("c", "t", "q")
+    assert _bound(call, Notification("c", "successful", result=1))
+    call.nonce = "n1"
+    for strict in (True, False):
+        assert _bound(call, Notification("c", "successful", result=1, nonce="n1"), strict)
+        # another call's nonce: never
+        assert not _bound(call, Notification("c", "errored", nonce="n2"), strict)
+        # the producer's own cancel() publishes a cancelled notification without one
+        assert _bound(call, Notification("c", "cancelled"), strict)
+    # none at all: only a producer that requires nonces drops it (workers not upgraded yet)
+    assert not _bound(call, Notification("c", "successful", result=1), strict=True)
+    assert _bound(call, Notification("c", "successful", result=1), strict=False)
+
+
+def test_require_nonce_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy.results import require_nonce
+
+    monkeypatch.delenv("IVY_REQUIRE_NONCE", raising=False)
+    assert not require_nonce()
+    for on in ("1", "true", "Yes"):
+        monkeypatch.setenv("IVY_REQUIRE_NONCE", on)
+        assert require_nonce()
+    monkeypatch.setenv("IVY_REQUIRE_NONCE", "0")
+    assert not require_nonce()

@@ -44,6 +44,13 @@ log = logging.getLogger("ivy.amqp")
 MAX_DECLARED = 10_000
 #: returned bodies remembered at most until their confirms come (one channel)
 MAX_RETURNS = 10_000
+#: seconds a reply queue the broker refused (403 ACCESS_REFUSED, 405 RESOURCE_LOCKED: another
+#: connection's exclusive queue) fails publishes at once, without touching the connection
+REFUSED_FOR = 30.0
+#: refused queues remembered at most (the oldest forgotten first)
+MAX_REFUSED = 1_000
+#: channel-closing replies about one queue that sending again would only repeat
+_REFUSALS = (403, 405)
 _seq = itertools.count()
 
 
@@ -136,6 +143,8 @@ class Publisher:
         #: bodies the broker returned as unroutable on this channel, and why: each return
         #: comes before the confirm of its publish, which looks it up (I/O thread only)
         self._returns: dict[bytes, str] = {}
+        #: reply queues the broker refused, and until when publishes to them fail at once
+        self._refused_queues: dict[str, tuple[float, str]] = {}
 
     @property
     def last_error(self) -> str:
@@ -153,9 +162,55 @@ class Publisher:
         """Hand ``out`` to the connection; its future completes on the broker's confirm."""
         link = self.link()
         with self._lock:
-            self._unconfirmed[out.seq] = out
+            refused = self._refusal(out)
+            if refused is None:
+                self._unconfirmed[out.seq] = out
+        if refused is not None:
+            complete(out.future, PublishError(refused))
+            return out.future
         link.call(self._sender(out))
         return out.future
+
+    def _refusal(self, out: Outgoing) -> str | None:
+        """Why ``out`` fails at once: its reply queue was refused by the broker lately (under
+        ``_lock``)."""
+        kind, name = out.declare
+        if kind != "queue" or not self._refused_queues:
+            return None
+        until, why = self._refused_queues.get(name, (0.0, ""))
+        if until < time.monotonic():
+            self._refused_queues.pop(name, None)
+            return None
+        return (f"the broker {self.url} refused the reply queue {name!r} lately ({why}); not "
+                "sent")
+
+    def _fail_refused(self, reason: BaseException | None) -> None:
+        """A channel closed by a refusal naming a reply queue (403, 405): what was sent to that
+        queue fails now instead of being sent again on the next channel, where it would close
+        that one too (and stall every other notification and heartbeat of the connection);
+        publishes to it fail at once for ``REFUSED_FOR`` s. Under ``_lock``."""
+        if getattr(reason, "reply_code", None) not in _REFUSALS:
+            return
+        text = str(getattr(reason, "reply_text", ""))
+        names = {o.declare[1] for o in self._unconfirmed.values()
+                 if o.declare[0] == "queue" and f"'{o.declare[1]}'" in text}
+        if not names:
+            return
+        why = f"{getattr(reason, 'reply_code', '')} {text}"
+        log.warning("amqp %s: the broker refused the reply queue(s) %s (%s); their "
+                    "notifications fail, the others are sent again", self.label,
+                    ", ".join(repr(n) for n in sorted(names)), why)
+        until = time.monotonic() + REFUSED_FOR
+        for name in names:
+            self._refused_queues.pop(name, None)
+            self._refused_queues[name] = (until, why)
+        while len(self._refused_queues) > MAX_REFUSED:
+            del self._refused_queues[next(iter(self._refused_queues))]
+        for seq in [s for s, o in self._unconfirmed.items()
+                    if o.declare[0] == "queue" and o.declare[1] in names]:
+            out = self._unconfirmed.pop(seq)
+            complete(out.future, PublishError(
+                f"the broker {self.url} refused the reply queue {out.declare[1]!r} ({why})"))
 
     def cancel(self, out: Outgoing) -> None:
         """Give up on ``out`` (its caller stopped waiting): it is not sent again."""
@@ -182,11 +237,13 @@ class Publisher:
         link = self._link
         if link is None:
             return
-        self.declarations.failed(link.last_reason)
+        reason = link.last_reason
+        self.declarations.failed(reason)
         link.last_reason = None
         now = time.monotonic()
         with self._lock:
             self._by_tag = {}
+            self._fail_refused(reason)
             for seq in [s for s, o in self._unconfirmed.items()
                         if o.cancelled or o.future.done() or o.deadline < now]:
                 out = self._unconfirmed.pop(seq)

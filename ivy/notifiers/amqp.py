@@ -282,6 +282,11 @@ class AMQPNotifier(Notifier):
         """Send ``body`` to the reply queue ``channel``. A final notification waits for the
         broker's confirm (PublishError after ``publish_timeout``) and is remembered; a second
         final one of the same call is not sent. A ``running`` status is not waited for."""
+        if channel.startswith("amq.") or not 0 < len(channel.encode("utf-8")) <= 255:
+            # never declared: the broker would close the shared channel (ACCESS_REFUSED or a
+            # syntax error), stalling every other notification and heartbeat of this worker
+            raise PublishError(f"{channel[:80]!r} cannot be a reply queue (a name of the "
+                               "broker's, or not 1 to 255 bytes)")
         finals = self._finals
         if final:
             with finals.lock:
