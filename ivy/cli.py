@@ -318,6 +318,52 @@ def _not_taken(error: PublishError, queue_url: str | None, call: ivy.Call[Any] |
     return f"ivy: error: {reason}{where}"
 
 
+def _unrouted(app: ivy.Ivy, args: argparse.Namespace) -> str:
+    """The queue of a call whose task no --module registers and no --queue routes: refused
+    (a usage error) when --module was given, else the default queue ``ivy``, with a warning.
+    Either way a misrouted call is said at once, not after --timeout."""
+    close = app.registry.close_names(args.name)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    if args.module:
+        known = ", ".join(app.registry.names()) or "none"
+        raise IvyError(f"task {args.name!r} is not registered by {', '.join(args.module)} "
+                       f"(registered: {known}){hint} Name a registered task, or give --queue "
+                       "NAME to send it anyway")
+    print(f"ivy: warning: sending {args.name!r} to the default queue 'ivy': no --module "
+          f"registers it here and no --queue names its queue{hint} (give -m MODULE to use "
+          "the task's own queue, or --queue NAME)", file=sys.stderr)
+    return "ivy"
+
+
+def _no_result(error: ResultTimeout, app: ivy.Ivy, call: ivy.Call[Any],
+               args: argparse.Namespace) -> str:
+    """``ivy call --wait``'s timeout: the call's own message, its generic question replaced by
+    what the live heartbeats say of the call's queue, naming the queue URL and the notifier."""
+    message = str(error)
+    queue_url = app.queue_backend.url
+    notifier_url = mask_url(args.notifier_url or os.environ.get(NOTIFIER_ENV) or DEFAULT_URL)
+    try:
+        workers = app.workers()
+    except Exception as exc:  # e.g. a notifier that keeps no heartbeats
+        fact = (f"whether a worker consumes queue {call.queue!r} on {queue_url} is unknown "
+                f"(no heartbeats on notifier {notifier_url}: {exc})")
+    else:
+        consuming = [w for w in workers if call.queue in (w.get("queues") or [])
+                     and w.get("queue_url", queue_url) == queue_url]
+        if consuming:
+            names = ", ".join(str(w.get("name", "?")) for w in consuming)
+            fact = (f"{len(consuming)} live worker(s) consume queue {call.queue!r} on "
+                    f"{queue_url} ({names}): they may be busy, or their results may go to "
+                    f"another notifier than {notifier_url}")
+        else:
+            fact = (f"no live worker consumes queue {call.queue!r} on {queue_url} (heartbeats "
+                    f"on notifier {notifier_url}: {len(workers)} worker(s) alive)")
+    head, found, _ = message.partition("Is a worker listening")
+    if not found:  # the call's message changed: add the facts rather than lose them
+        return f"{message}; {fact}"
+    return (f"{head}{fact}. The call may still complete: wait again, or raise --timeout")
+
+
 def _call(args: argparse.Namespace) -> int:
     if args.log_level != "DEBUG":  # this command reports a message not taken in one line
         logging.getLogger("ivy.outbox").setLevel(logging.CRITICAL)
@@ -341,11 +387,11 @@ def _call(args: argparse.Namespace) -> int:
 
         with args.each:
             each = read_each(args.each)
+    queue = args.queue or (None if app.registry.get(args.name) else _unrouted(app, args))
     if args.queue_url:
         app.setup_queue(args.queue_url)
     try:
         app.start_notification_consumer(args.notifier_url)
-        queue = args.queue or (None if app.registry.get(args.name) else "ivy")
         call = None
         try:  # flushed before ids are printed: a script must not take a lost call for a sent one
             if each is not None:
@@ -368,7 +414,7 @@ def _call(args: argparse.Namespace) -> int:
                 print(exc.traceback, file=sys.stderr)
             return 1
         except ResultTimeout as exc:
-            print(f"ivy: {exc}", file=sys.stderr)
+            print(f"ivy: {_no_result(exc, app, call, args)}", file=sys.stderr)
             return 3
         print(json.dumps(result))
         return 0
