@@ -12,11 +12,13 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import ivy
 from ivy import deadletters
@@ -84,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                          description="Cancel calls (queued ones never run, running ones are "
                                      "stopped) through the notifier their workers share.")
     can.add_argument("ids", nargs="+", metavar="CALL_ID", help="a call id, as `ivy call` prints")
+    can.add_argument("--any-id", action="store_true",
+                     help="accept ids that are not 32 hex digits (calls sent by producers of "
+                          "other languages)")
     can.add_argument("--notifier-url", metavar="URL",
                      help=f"notifier URL (default: ${NOTIFIER_ENV} or sqlite:///ivy.db)")
     can.add_argument("--log-level", default="WARNING",
@@ -164,6 +169,26 @@ def _import(modules: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status. A reader that goes away (``ivy dead list | head``)
+    ends it quietly with status 0, Ctrl-C with one line and status 130, as a shell's
+    commands do."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, where a reader gone is caught: not at interpreter exit
+    except BrokenPipeError:
+        # Python's recipe (docs of signal, "Note on SIGPIPE"): point stdout at devnull, so
+        # that the flush at exit does not fail again
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("ivy: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -225,6 +250,7 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
         if not len(app.registry):
             raise IvyError(f"modules {', '.join(args.modules)} registered no task: decorate "
                            "functions with @ivy.register_task(...)")
+        _worker_warnings(app, args)
         if args.queue_url:
             app.setup_queue(args.queue_url)
         app.start_notification_producer(args.notifier_url)
@@ -249,6 +275,23 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_RECYCLE if worker is not None and worker.full else 0
 
 
+def _worker_warnings(app: ivy.Ivy, args: argparse.Namespace) -> None:
+    """Warn of a worker that nothing can reach: on a ``memory://`` queue (it lives in this
+    process), or consuming a ``-Q`` queue that none of the modules' tasks use."""
+    url = args.queue_url or os.environ.get(QUEUE_ENV) or DEFAULT_URL
+    if url.lower().startswith("memory:"):
+        log.warning("the queue %s lives in this worker's process: no other process can send "
+                    "to it, so this worker will get no calls; give --queue-url a shared "
+                    "backend (e.g. %s)", mask_url(url), DEFAULT_URL)
+    used = {task.queue for task in map(app.registry.get, app.registry.names())
+            if task is not None}
+    unused = [q for q in args.queue or () if q not in used]
+    if unused:
+        log.warning("--queue %s: none of the tasks of %s use %s; their queues are %s",
+                    ", ".join(unused), ", ".join(args.modules),
+                    "it" if len(unused) == 1 else "them", ", ".join(sorted(used)))
+
+
 def _start_scheduler(app: ivy.Ivy) -> Any:
     from ivy.timing.scheduler import Scheduler
 
@@ -257,7 +300,17 @@ def _start_scheduler(app: ivy.Ivy) -> Any:
     return Scheduler(app).start()
 
 
+#: a call id as ivy makes them (ivy.message.new_id): 32 lowercase hex digits
+CALL_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def _cancel(args: argparse.Namespace) -> int:
+    if not args.any_id:
+        bad = [i for i in args.ids if not CALL_ID.fullmatch(i)]
+        if bad:
+            raise IvyError(f"not a call id: {', '.join(map(repr, bad))}; a call id is 32 hex "
+                           "digits, as `ivy call` prints (a producer of another language may "
+                           "use others: then give --any-id)")
     app = ivy.default
     try:
         app.start_notification_consumer(args.notifier_url)
@@ -422,10 +475,25 @@ def _call(args: argparse.Namespace) -> int:
         app.close()
 
 
+def existing_sqlite(url: str | None, env: str, option: str) -> None:
+    """Refuse (a usage error naming the path) a SQLite URL, or its default, whose file does
+    not exist: a command that only reads must not leave an empty ``ivy.db`` where it ran."""
+    url = url or os.environ.get(env) or DEFAULT_URL
+    if not url.lower().startswith("sqlite:"):
+        return
+    path = unquote(urlsplit(url).path[1:])
+    if path and path != ":memory:" and not os.path.exists(path):
+        raise IvyError(f"no SQLite database at {os.path.abspath(path)} ({mask_url(url)}), "
+                       f"and this command only reads one: give {option} URL (or ${env}) "
+                       "naming the database your workers use")
+
+
 def _inspect(args: argparse.Namespace) -> int:
+    existing_sqlite(args.queue_url, QUEUE_ENV, "--queue-url")
     app = ivy.default
     backend = app.setup_queue(args.queue_url) if args.queue_url else app.queue_backend
     try:
+        existing_sqlite(args.notifier_url, NOTIFIER_ENV, "--notifier-url")
         names = args.queue or backend.queues()
         report: list[dict[str, Any]] = []
         for name in names:

@@ -4,14 +4,18 @@ the real ``ivy`` command, as a user would."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from workers import start_worker, stop_worker
+from conftest import wait_for
+from workers import Lines, start_worker, stop_worker
 
 import ivy
+from ivy.queues.sqlite import SQLiteQueueBackend
 
 TESTS = Path(__file__).resolve().parent
 
@@ -81,3 +85,103 @@ def test_task_not_registered_suggests_close_names() -> None:
         assert "Did you mean" not in str(caught.value)
     finally:
         app.close()
+
+
+# -- CLI papercuts (friction 4) --------------------------------------------------------------
+
+def test_dead_list_without_queue_lists_every_queue_and_attempts_agree(
+        sqlite_url: str) -> None:
+    # Given a task that failed all 3 of its runs on queue qa, and an unknown task on qb
+    app = ivy.Ivy(sqlite_url, sqlite_url, retry_base_delay=0.01, retry_max_delay=0.02)
+    try:
+        @app.register_task(name="hour.fails", queue="qa", retry=True, max_retries=2)
+        def fails() -> None:
+            raise ValueError("no")
+
+        app.listen(queue=["qa", "qb"], block=False)
+        failed = app.delayed_call(fails)
+        app.send_task("hour.unknown", [], queue="qb")
+        wait_for(lambda: len(app.dead_letters("qa")) + len(app.dead_letters("qb")) == 2,
+                 timeout=20, message="2 dead letters")
+    finally:
+        app.close()
+    url = ("--queue-url", sqlite_url)
+    # When `ivy dead list` names no queue
+    out = run("dead", "list", *url)
+    # Then it lists the dead letters of every queue, with a QUEUE column
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    assert header.split()[:2] == ["QUEUE", "ID"]
+    assert sorted(row.split()[0] for row in rows) == ["qa", "qb"]
+    listed = json.loads(run("dead", "list", "--json", *url).stdout)
+    assert sorted(d["queue"] for d in listed) == ["qa", "qb"]
+    # and `ivy dead show` counts attempts as the reason does: from 1, of the most there are
+    out = run("dead", "show", failed.id, *url)
+    assert out.returncode == 0, out.stderr
+    assert "failed 3 times" in out.stdout
+    assert "attempt:  3 of 3" in out.stdout
+
+
+def test_format_event_counts_attempts_from_1() -> None:
+    from ivy.monitor import format_event
+
+    line = format_event({"event": "retried", "name": "t", "id": "x", "attempt": 2})
+    assert line.endswith("attempt 3")
+
+
+def test_a_reader_gone_ends_quietly(sqlite_url: str) -> None:
+    # Given a reader that is gone before `ivy` writes (`ivy ... | head` after head exited)
+    SQLiteQueueBackend(sqlite_url.removeprefix("sqlite:///")).close()
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ivy", "inspect", "--queue-url", sqlite_url,
+             "--notifier-url", sqlite_url], cwd=TESTS, stdout=write, stderr=subprocess.PIPE,
+            text=True, timeout=60)
+    finally:
+        os.close(write)
+    # Then it exits 0 with nothing on stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(sqlite_url: str, tmp_path: Path) -> None:
+    # Given `ivy call --wait` blocked on a result that does not come
+    waiting = Lines([sys.executable, "-m", "ivy", "call", "hour.nobody", "--wait", "--timeout",
+                     "60", "--queue-url", sqlite_url, "--notifier-url", sqlite_url],
+                    cwd=tmp_path)
+    try:
+        waiting.wait_for_err("default queue 'ivy'")
+        # When Ctrl-C comes, it exits 130 with one line
+        assert waiting.interrupt() == 130, "\n".join(waiting.err)
+    finally:
+        if waiting.process.poll() is None:
+            waiting.process.kill()
+    assert not any("Traceback" in line for line in waiting.err), "\n".join(waiting.err)
+    assert waiting.err[-1] == "ivy: interrupted"
+
+
+def test_cancel_refuses_what_is_not_a_call_id(tmp_path: Path) -> None:
+    out = run("cancel", "12345", "not-an-id", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "not a call id: '12345', 'not-an-id'" in out.stderr and "32 hex" in out.stderr
+    assert not (tmp_path / "ivy.db").exists()
+
+
+def test_inspect_and_dead_do_not_create_a_database(tmp_path: Path) -> None:
+    for command in (("inspect",), ("dead", "list")):
+        out = run(*command, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert f"no SQLite database at {tmp_path / 'ivy.db'}" in out.stderr
+        assert not (tmp_path / "ivy.db").exists()
+
+
+def test_worker_warns_of_a_memory_queue_and_of_a_queue_no_task_uses() -> None:
+    # When a CLI worker runs on memory://, consuming a queue none of its tasks use
+    worker = start_worker("memory://hour", "memory://hour", "--queue", "nosuch")
+    output = stop_worker(worker)
+    # Then it says both
+    assert "the queue memory://hour lives in this worker's process" in output
+    assert "--queue nosuch: none of the tasks of tasks_for_workers use it" in output
+    assert "--queue proc:" not in output
