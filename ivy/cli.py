@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -217,6 +218,62 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except IvyError as exc:
         print(f"ivy: error: {exc}", file=sys.stderr)
         return 2
+    except _backend_errors() as exc:  # a backend down, refusing, or misconfigured on its side
+        if isinstance(exc, BrokenPipeError):  # the reader of stdout is gone: see main()
+            raise
+        log.debug("the command failed", exc_info=True)
+        print(f"ivy: error: {_backend_failure(exc, args)}", file=sys.stderr)
+        return 1
+
+
+def _backend_errors() -> tuple[type[BaseException], ...]:
+    """The errors of backends and their client libraries (those installed), which the
+    command line reports in one line rather than as a traceback."""
+    errors: list[type[BaseException]] = [OSError, sqlite3.Error]
+    with contextlib.suppress(ImportError):
+        import redis
+
+        errors.append(redis.RedisError)
+    with contextlib.suppress(ImportError):
+        import pika.exceptions
+
+        errors.append(pika.exceptions.AMQPError)
+    return tuple(errors)
+
+
+def _backend_failure(exc: BaseException, args: argparse.Namespace) -> str:
+    """What failed, and where: the masked URL of the ivy backend object whose method raised
+    it (the innermost in the traceback), else the URLs the command was given (a SQLite one
+    with its absolute path: an error of sqlite3 names none)."""
+    what = f"{type(exc).__name__}: {exc}"
+    tb = exc.__traceback__
+    found: str | None = None
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        url = getattr(owner, "url", None)
+        if (str(frame.f_globals.get("__name__", "")).startswith("ivy.")
+                and isinstance(url, str) and "://" in url):
+            found = url  # keep walking: the innermost one is the one that failed
+        tb = tb.tb_next
+    if found is not None:
+        return f"{what} ({found})"
+    urls = [(name, value or os.environ.get(env) or DEFAULT_URL)
+            for name, value, env in (("queue", getattr(args, "queue_url", None), QUEUE_ENV),
+                                     ("notifier", getattr(args, "notifier_url", None),
+                                      NOTIFIER_ENV))
+            if hasattr(args, f"{name}_url")]
+    where = "; ".join(f"{name} {_where(url)}" for name, url in urls)
+    return f"{what} ({where})" if where else what
+
+
+def _where(url: str) -> str:
+    """A URL masked, and for SQLite the absolute path of its file."""
+    if url.lower().startswith("sqlite:"):
+        path = unquote(urlsplit(url).path[1:])
+        if path and path != ":memory:":
+            return f"{mask_url(url)} = {os.path.abspath(path)}"
+    return mask_url(url)
 
 
 def _worker(args: argparse.Namespace, argv: list[str]) -> int:

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from servers import free_port
 from workers import Lines, start_worker, stop_worker
 
 import ivy
+from ivy.config import mask_url
 from ivy.queues.sqlite import SQLiteQueueBackend
 
 TESTS = Path(__file__).resolve().parent
@@ -185,3 +187,66 @@ def test_worker_warns_of_a_memory_queue_and_of_a_queue_no_task_uses() -> None:
     assert "the queue memory://hour lives in this worker's process" in output
     assert "--queue nosuch: none of the tasks of tasks_for_workers use it" in output
     assert "--queue proc:" not in output
+
+
+# -- backend failures in one line (friction 3) -----------------------------------------------
+
+def one_line_error(out: subprocess.CompletedProcess[str]) -> str:
+    """The ``ivy: error:`` line of a command that failed with status 1, and no traceback."""
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    [line] = [line for line in out.stderr.splitlines() if line.startswith("ivy: error: ")]
+    return line
+
+
+def test_an_out_of_range_redis_db_is_one_line(redis_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)
+    url = f"redis://{parts.hostname}:{parts.port or 6379}/99"
+    line = one_line_error(run("inspect", "--queue-url", url, "--notifier-url", url))
+    assert "DB index is out of range" in line and f"({url})" in line
+
+
+@pytest.mark.parametrize("command", [("dead", "list"), ("inspect",), ("events",)])
+def test_a_redis_that_is_down_is_one_line_with_its_url_masked(command: tuple[str, ...]) -> None:
+    pytest.importorskip("redis")
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    options = {"events": ["--notifier-url", url], "dead": ["--queue-url", url]}.get(
+        command[0], ["--queue-url", url, "--notifier-url", url])
+    line = one_line_error(run(*command, *options))
+    assert "Connection refused" in line and mask_url(url) in line and "secret" not in line
+
+
+def test_a_worker_whose_redis_is_down_says_so_in_one_line_and_never_listening() -> None:
+    pytest.importorskip("redis")
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    out = run("worker", "tasks_for_workers", "--queue-url", url, "--notifier-url", url)
+    line = one_line_error(out)
+    assert "Connection refused" in line and url in line
+    assert "listening on" not in out.stderr
+
+
+def test_a_sqlite_database_that_cannot_be_made_names_its_path(tmp_path: Path) -> None:
+    # Given a SQLite URL whose folder is a file (what root meets where others meet a
+    # read-only folder: it may write anywhere)
+    (tmp_path / "afile").write_text("")
+    url = "sqlite:///afile/ivy.db"
+    line = one_line_error(run("call", "x.y", "--queue", "q", "--queue-url", url,
+                              "--notifier-url", url, cwd=tmp_path))
+    assert str(tmp_path / "afile") in line
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root writes in a read-only folder")
+def test_a_read_only_sqlite_folder_names_its_path(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        url = f"sqlite:///{folder / 'ivy.db'}"
+        line = one_line_error(run("call", "x.y", "--queue", "q", "--queue-url", url,
+                                  "--notifier-url", url, cwd=tmp_path))
+        assert str(folder / "ivy.db") in line
+    finally:
+        folder.chmod(0o755)
