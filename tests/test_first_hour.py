@@ -5,9 +5,12 @@ the real ``ivy`` command, as a user would."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +253,32 @@ def test_a_read_only_sqlite_folder_names_its_path(tmp_path: Path) -> None:
         assert str(folder / "ivy.db") in line
     finally:
         folder.chmod(0o755)
+
+
+# -- blocking sync tasks (friction 5) --------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="ivy/timing/gate.py (Gate.poll) logs the stop at each "
+                   "poll, every 0.25 s, while the call blocks: left to the owner of ivy/timing")
+def test_a_cancel_of_a_call_blocked_in_c_is_logged_once(
+        memory_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ivy.worker")
+    app = ivy.Ivy(memory_url, memory_url)
+    started, ended = threading.Event(), threading.Event()
+    try:
+        @app.register_task(name="hour.blocked")
+        def blocked() -> None:
+            started.set()
+            try:
+                time.sleep(1.5)  # one C call: a cancel takes effect when it returns
+            finally:
+                ended.set()
+
+        app.listen(block=False)
+        call = app.delayed_call(blocked)
+        assert started.wait(10)
+        app.cancel(call)
+        assert ended.wait(10)
+        wait_for(lambda: "stopping cancelled call" in caplog.text, message="the stop's log")
+    finally:
+        app.close()
+    assert caplog.text.count("stopping cancelled call") == 1
