@@ -282,3 +282,25 @@ def test_a_cancel_of_a_call_blocked_in_c_is_logged_once(
     finally:
         app.close()
     assert caplog.text.count("stopping cancelled call") == 1
+
+
+# -- install and status (friction 6, 7, 8) ---------------------------------------------------
+
+def test_a_light_test_extra_and_an_honest_install_section() -> None:
+    import tomllib
+
+    root = TESTS.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    # .[test] is still everything (CI installs it), .[test-core] leaves out the heavy packages
+    assert ".[test]" in (root / ".ci" / "run").read_text()
+    assert any(r.startswith("ivy-queue[test-core,") for r in extras["test"])
+    core = " ".join(extras["test-core"])
+    for heavy in ("playwright", "moto", "sqs", "ironmq", "boto3"):
+        assert heavy not in core, heavy
+    for needed in ("pytest>=", "pytest-xdist", "hypothesis", "mypy==", "ruff=="):
+        assert needed in core, needed
+    readme = (root / "README.md").read_text()
+    assert "`ivy-queue` is not yet published on PyPI" in readme
+    assert "--config-settings editable_mode=compat" in readme
+    assert "pip install -e '.[test-core]'" in readme
