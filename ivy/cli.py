@@ -551,18 +551,21 @@ def _inspect(args: argparse.Namespace) -> int:
     backend = app.setup_queue(args.queue_url) if args.queue_url else app.queue_backend
     try:
         existing_sqlite(args.notifier_url, NOTIFIER_ENV, "--notifier-url")
-        names = args.queue or backend.queues()
+        notifier = make_notifier(args.notifier_url)
+        try:
+            workers, workers_error = workers_report(notifier)
+        finally:
+            notifier.close()
+        # a backend that cannot list its queues (RabbitMQ): those its live workers consume
+        names = args.queue or backend.queues() or list(dict.fromkeys(
+            str(q) for w in workers or [] if w.get("queue_url") == backend.url
+            for q in w.get("queues") or []))
         report: list[dict[str, Any]] = []
         for name in names:
             dead = backend.dead_letters(name, args.limit)
             report.append({
                 "queue": name, "size": backend.size(name), "dead_letters": [
                     {"reason": d.reason, "time": d.time, "body": _preview(d.body)} for d in dead]})
-        notifier = make_notifier(args.notifier_url)
-        try:
-            workers, workers_error = workers_report(notifier)
-        finally:
-            notifier.close()
         if args.json:
             print(json.dumps({"queue_backend": backend.url, "queues": report,
                               "notifier": notifier.url, "workers": workers,
@@ -575,8 +578,8 @@ def _inspect(args: argparse.Namespace) -> int:
             print(line)
         print(f"queue backend {backend.url}")
         if not report:
-            print("  no queues known to this backend (RabbitMQ cannot list them): name them "
-                  "with --queue NAME")
+            print("  no queues known to this backend (RabbitMQ cannot list them) nor "
+                  "consumed by a live worker: name them with --queue NAME")
         for entry in report:
             dead_letters = entry["dead_letters"]
             print(f"  {entry['queue']}: {entry['size']} waiting or running, "

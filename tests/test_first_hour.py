@@ -304,3 +304,17 @@ def test_a_light_test_extra_and_an_honest_install_section() -> None:
     assert "`ivy-queue` is not yet published on PyPI" in readme
     assert "--config-settings editable_mode=compat" in readme
     assert "pip install -e '.[test-core]'" in readme
+
+
+def test_inspect_on_rabbitmq_shows_the_queues_its_live_workers_consume(
+        amqp_url: str, sqlite_url: str) -> None:
+    # Given a worker on RabbitMQ (which cannot list its queues) consuming 'proc'
+    worker = start_worker(amqp_url, sqlite_url)
+    try:
+        # When `ivy inspect` names no queue
+        out = run("inspect", "--queue-url", amqp_url, "--notifier-url", sqlite_url)
+        # Then it shows the queue its live worker consumes
+        assert out.returncode == 0, out.stderr
+        assert "  proc: 0 waiting or running, 0 dead letter(s) shown" in out.stdout
+    finally:
+        stop_worker(worker)
