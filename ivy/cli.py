@@ -194,7 +194,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    # ivy logs one line per lost or refused connection, naming its URL and pika's error:
+    # pika's own (up to 7 ERROR lines per retry) show at --log-level DEBUG only
+    logging.getLogger("pika").setLevel(
+        logging.DEBUG if args.log_level == "DEBUG" else logging.CRITICAL)
     try:
         if args.command == "worker":
             return _worker(args, argv)

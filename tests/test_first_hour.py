@@ -318,3 +318,19 @@ def test_inspect_on_rabbitmq_shows_the_queues_its_live_workers_consume(
         assert "  proc: 0 waiting or running, 0 dead letter(s) shown" in out.stdout
     finally:
         stop_worker(worker)
+
+
+def test_a_worker_whose_rabbitmq_is_down_logs_one_ivy_line_per_retry(sqlite_url: str) -> None:
+    pytest.importorskip("pika")
+    # Given a worker whose RabbitMQ does not answer
+    url = f"amqp://guest:secret@127.0.0.1:{free_port()}/%2F"
+    worker = start_worker(url, sqlite_url)
+    try:
+        # When it has tried to connect twice
+        wait_for(lambda: "".join(worker.lines).count("reconnecting to") >= 2, timeout=30,
+                 message="two retries")
+    finally:
+        output = stop_worker(worker)
+    # Then each retry is one ivy line naming the broker and why, and pika says nothing
+    assert "Connection refused" in output and "secret" not in output
+    assert " pika." not in output, output
