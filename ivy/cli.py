@@ -222,8 +222,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         print(f"ivy: error: {exc}", file=sys.stderr)
         return 2
     except _backend_errors() as exc:  # a backend down, refusing, or misconfigured on its side
-        if isinstance(exc, BrokenPipeError):  # the reader of stdout is gone: see main()
-            raise
+        if isinstance(exc, BrokenPipeError) or not _from_a_backend(exc):
+            raise  # the reader of stdout gone (see main()), or a bug: its traceback helps
         log.debug("the command failed", exc_info=True)
         print(f"ivy: error: {_backend_failure(exc, args)}", file=sys.stderr)
         return 1
@@ -242,6 +242,22 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
 
         errors.append(pika.exceptions.AMQPError)
     return tuple(errors)
+
+
+#: where a backend's errors come from: ivy's backends and the client libraries they use
+_BACKEND_MODULES = ("ivy.queues.", "ivy.notifiers.", "ivy._sqlite", "ivy.backends",
+                    "ivy.config", "ivy.outbox", "redis.", "pika.")
+
+
+def _from_a_backend(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised through a backend's code (not, say, a task module's import:
+    its own traceback says more than a line)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(_BACKEND_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _backend_failure(exc: BaseException, args: argparse.Namespace) -> str:

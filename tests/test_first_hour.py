@@ -334,3 +334,14 @@ def test_a_worker_whose_rabbitmq_is_down_logs_one_ivy_line_per_retry(sqlite_url:
     # Then each retry is one ivy line naming the broker and why, and pika says nothing
     assert "Connection refused" in output and "secret" not in output
     assert " pika." not in output, output
+
+
+def test_an_oserror_of_the_users_own_module_keeps_its_traceback(tmp_path: Path) -> None:
+    # Given a task module that fails as it imports, with an OSError of its own
+    (tmp_path / "badmod.py").write_text('open("/nonexistent/settings.ini")\n')
+    out = run("worker", "badmod", cwd=tmp_path)
+    # Then that is no backend's failure: the traceback shows where it came from
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and 'badmod.py", line 1' in out.stderr
+    assert "ivy: error:" not in out.stderr
+    assert not (tmp_path / "ivy.db").exists()
