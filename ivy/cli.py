@@ -464,29 +464,33 @@ def _unrouted(app: ivy.Ivy, args: argparse.Namespace) -> str:
     return "ivy"
 
 
-def _no_result(error: ResultTimeout, app: ivy.Ivy, call: ivy.Call[Any],
-               args: argparse.Namespace) -> str:
-    """``ivy call --wait``'s timeout: the call's own message, its generic question replaced by
-    what the live heartbeats say of the call's queue, naming the queue URL and the notifier."""
-    message = str(error)
+def _liveness(app: ivy.Ivy, queue: str, args: argparse.Namespace) -> str:
+    """What the live heartbeats say of ``queue`` on the app's queue URL: whether a worker
+    consumes it, naming the queue URL and the notifier."""
     queue_url = app.queue_backend.url
     notifier_url = mask_url(args.notifier_url or os.environ.get(NOTIFIER_ENV) or DEFAULT_URL)
     try:
         workers = app.workers()
     except Exception as exc:  # e.g. a notifier that keeps no heartbeats
-        fact = (f"whether a worker consumes queue {call.queue!r} on {queue_url} is unknown "
-                f"(no heartbeats on notifier {notifier_url}: {exc})")
-    else:
-        consuming = [w for w in workers if call.queue in (w.get("queues") or [])
-                     and w.get("queue_url", queue_url) == queue_url]
-        if consuming:
-            names = ", ".join(str(w.get("name", "?")) for w in consuming)
-            fact = (f"{len(consuming)} live worker(s) consume queue {call.queue!r} on "
-                    f"{queue_url} ({names}): they may be busy, or their results may go to "
-                    f"another notifier than {notifier_url}")
-        else:
-            fact = (f"no live worker consumes queue {call.queue!r} on {queue_url} (heartbeats "
-                    f"on notifier {notifier_url}: {len(workers)} worker(s) alive)")
+        return (f"whether a worker consumes queue {queue!r} on {queue_url} is unknown (no "
+                f"heartbeats on notifier {notifier_url}: {exc})")
+    consuming = [w for w in workers if queue in (w.get("queues") or [])
+                 and w.get("queue_url", queue_url) == queue_url]
+    if consuming:
+        names = ", ".join(str(w.get("name", "?")) for w in consuming)
+        return (f"{len(consuming)} live worker(s) consume queue {queue!r} on {queue_url} "
+                f"({names}): they may be busy, or their results may go to another notifier "
+                f"than {notifier_url}")
+    return (f"no live worker consumes queue {queue!r} on {queue_url} (heartbeats on notifier "
+            f"{notifier_url}: {len(workers)} worker(s) alive)")
+
+
+def _no_result(error: ResultTimeout, app: ivy.Ivy, call: ivy.Call[Any],
+               args: argparse.Namespace) -> str:
+    """``ivy call --wait``'s timeout: the call's own message, its generic question replaced by
+    what the live heartbeats say of the call's queue (:func:`_liveness`)."""
+    message = str(error)
+    fact = _liveness(app, call.queue, args)
     head, found, _ = message.partition("Is a worker listening")
     if not found:  # the call's message changed: add the facts rather than lose them
         return f"{message}; {fact}"
@@ -526,7 +530,7 @@ def _call(args: argparse.Namespace) -> int:
             if each is not None:
                 return call_each(app, args.name, each, kwargs=kwargs, queue=queue,
                                  wait_for_results=args.wait, timeout=args.timeout,
-                                 out=sys.stdout)
+                                 out=sys.stdout, hint=lambda q: _liveness(app, q, args))
             call = app.send_task(args.name, call_args, kwargs, queue=queue)
             app.flush(args.timeout)
         except PublishError as exc:

@@ -345,3 +345,13 @@ def test_an_oserror_of_the_users_own_module_keeps_its_traceback(tmp_path: Path) 
     assert "Traceback" in out.stderr and 'badmod.py", line 1' in out.stderr
     assert "ivy: error:" not in out.stderr
     assert not (tmp_path / "ivy.db").exists()
+
+
+def test_call_each_wait_timeout_says_whether_a_worker_consumes_the_queue(
+        sqlite_url: str) -> None:
+    out = run("call", "hour.nobody", "--queue", "q", "--each", "-", "--wait", "--timeout",
+              "0.5", "--queue-url", sqlite_url, "--notifier-url", sqlite_url, input="[1]\n[2]\n")
+    assert out.returncode == 3, out.stderr
+    assert "0 of 2 calls finished" in out.stderr
+    assert (f"no live worker consumes queue 'q' on {sqlite_url} (heartbeats on notifier "
+            f"{sqlite_url}: 0 worker(s) alive)") in out.stderr
