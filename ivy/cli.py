@@ -273,7 +273,7 @@ def _backend_failure(exc: BaseException, args: argparse.Namespace) -> str:
         url = getattr(owner, "url", None)
         if (str(frame.f_globals.get("__name__", "")).startswith("ivy.")
                 and isinstance(url, str) and "://" in url):
-            found = url  # keep walking: the innermost one is the one that failed
+            found = mask_url(url)  # keep walking: the innermost one is the one that failed
         tb = tb.tb_next
     if found is not None:
         return f"{what} ({found})"
