@@ -12,11 +12,14 @@ import io
 import json
 import logging
 import os
+import re
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import ivy
 from ivy import deadletters
@@ -84,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                          description="Cancel calls (queued ones never run, running ones are "
                                      "stopped) through the notifier their workers share.")
     can.add_argument("ids", nargs="+", metavar="CALL_ID", help="a call id, as `ivy call` prints")
+    can.add_argument("--any-id", action="store_true",
+                     help="accept ids that are not 32 hex digits (calls sent by producers of "
+                          "other languages)")
     can.add_argument("--notifier-url", metavar="URL",
                      help=f"notifier URL (default: ${NOTIFIER_ENV} or sqlite:///ivy.db)")
     can.add_argument("--log-level", default="WARNING",
@@ -164,11 +170,34 @@ def _import(modules: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status. A reader that goes away (``ivy dead list | head``)
+    ends it quietly with status 0, Ctrl-C with one line and status 130, as a shell's
+    commands do."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, where a reader gone is caught: not at interpreter exit
+    except BrokenPipeError:
+        # Python's recipe (docs of signal, "Note on SIGPIPE"): point stdout at devnull, so
+        # that the flush at exit does not fail again
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("ivy: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    # ivy logs one line per lost or refused connection, naming its URL and pika's error:
+    # pika's own (up to 7 ERROR lines per retry) show at --log-level DEBUG only
+    logging.getLogger("pika").setLevel(
+        logging.DEBUG if args.log_level == "DEBUG" else logging.CRITICAL)
     try:
         if args.command == "worker":
             return _worker(args, argv)
@@ -192,6 +221,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IvyError as exc:
         print(f"ivy: error: {exc}", file=sys.stderr)
         return 2
+    except _backend_errors() as exc:  # a backend down, refusing, or misconfigured on its side
+        if isinstance(exc, BrokenPipeError) or not _from_a_backend(exc):
+            raise  # the reader of stdout gone (see main()), or a bug: its traceback helps
+        log.debug("the command failed", exc_info=True)
+        print(f"ivy: error: {_backend_failure(exc, args)}", file=sys.stderr)
+        return 1
+
+
+def _backend_errors() -> tuple[type[BaseException], ...]:
+    """The errors of backends and their client libraries (those installed), which the
+    command line reports in one line rather than as a traceback."""
+    errors: list[type[BaseException]] = [OSError, sqlite3.Error]
+    with contextlib.suppress(ImportError):
+        import redis
+
+        errors.append(redis.RedisError)
+    with contextlib.suppress(ImportError):
+        import pika.exceptions
+
+        errors.append(pika.exceptions.AMQPError)
+    return tuple(errors)
+
+
+#: where a backend's errors come from: ivy's backends and the client libraries they use
+_BACKEND_MODULES = ("ivy.queues.", "ivy.notifiers.", "ivy._sqlite", "ivy.backends",
+                    "ivy.config", "ivy.outbox", "redis.", "pika.")
+
+
+def _from_a_backend(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised through a backend's code (not, say, a task module's import:
+    its own traceback says more than a line)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(_BACKEND_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _backend_failure(exc: BaseException, args: argparse.Namespace) -> str:
+    """What failed, and where: the masked URL of the ivy backend object whose method raised
+    it (the innermost in the traceback), else the URLs the command was given (a SQLite one
+    with its absolute path: an error of sqlite3 names none)."""
+    what = f"{type(exc).__name__}: {exc}"
+    tb = exc.__traceback__
+    found: str | None = None
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        url = getattr(owner, "url", None)
+        if (str(frame.f_globals.get("__name__", "")).startswith("ivy.")
+                and isinstance(url, str) and "://" in url):
+            found = mask_url(url)  # keep walking: the innermost one is the one that failed
+        tb = tb.tb_next
+    if found is not None:
+        return f"{what} ({found})"
+    urls = [(name, value or os.environ.get(env) or DEFAULT_URL)
+            for name, value, env in (("queue", getattr(args, "queue_url", None), QUEUE_ENV),
+                                     ("notifier", getattr(args, "notifier_url", None),
+                                      NOTIFIER_ENV))
+            if hasattr(args, f"{name}_url")]
+    where = "; ".join(f"{name} {_where(url)}" for name, url in urls)
+    return f"{what} ({where})" if where else what
+
+
+def _where(url: str) -> str:
+    """A URL masked, and for SQLite the absolute path of its file."""
+    if url.lower().startswith("sqlite:"):
+        path = unquote(urlsplit(url).path[1:])
+        if path and path != ":memory:":
+            return f"{mask_url(url)} = {os.path.abspath(path)}"
+    return mask_url(url)
 
 
 def _worker(args: argparse.Namespace, argv: list[str]) -> int:
@@ -225,6 +326,7 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
         if not len(app.registry):
             raise IvyError(f"modules {', '.join(args.modules)} registered no task: decorate "
                            "functions with @ivy.register_task(...)")
+        _worker_warnings(app, args)
         if args.queue_url:
             app.setup_queue(args.queue_url)
         app.start_notification_producer(args.notifier_url)
@@ -249,6 +351,23 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_RECYCLE if worker is not None and worker.full else 0
 
 
+def _worker_warnings(app: ivy.Ivy, args: argparse.Namespace) -> None:
+    """Warn of a worker that nothing can reach: on a ``memory://`` queue (it lives in this
+    process), or consuming a ``-Q`` queue that none of the modules' tasks use."""
+    url = args.queue_url or os.environ.get(QUEUE_ENV) or DEFAULT_URL
+    if url.lower().startswith("memory:"):
+        log.warning("the queue %s lives in this worker's process: no other process can send "
+                    "to it, so this worker will get no calls; give --queue-url a shared "
+                    "backend (e.g. %s)", mask_url(url), DEFAULT_URL)
+    used = {task.queue for task in map(app.registry.get, app.registry.names())
+            if task is not None}
+    unused = [q for q in args.queue or () if q not in used]
+    if unused:
+        log.warning("--queue %s: none of the tasks of %s use %s; their queues are %s",
+                    ", ".join(unused), ", ".join(args.modules),
+                    "it" if len(unused) == 1 else "them", ", ".join(sorted(used)))
+
+
 def _start_scheduler(app: ivy.Ivy) -> Any:
     from ivy.timing.scheduler import Scheduler
 
@@ -257,7 +376,17 @@ def _start_scheduler(app: ivy.Ivy) -> Any:
     return Scheduler(app).start()
 
 
+#: a call id as ivy makes them (ivy.message.new_id): 32 lowercase hex digits
+CALL_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def _cancel(args: argparse.Namespace) -> int:
+    if not args.any_id:
+        bad = [i for i in args.ids if not CALL_ID.fullmatch(i)]
+        if bad:
+            raise IvyError(f"not a call id: {', '.join(map(repr, bad))}; a call id is 32 hex "
+                           "digits, as `ivy call` prints (a producer of another language may "
+                           "use others: then give --any-id)")
     app = ivy.default
     try:
         app.start_notification_consumer(args.notifier_url)
@@ -318,6 +447,56 @@ def _not_taken(error: PublishError, queue_url: str | None, call: ivy.Call[Any] |
     return f"ivy: error: {reason}{where}"
 
 
+def _unrouted(app: ivy.Ivy, args: argparse.Namespace) -> str:
+    """The queue of a call whose task no --module registers and no --queue routes: refused
+    (a usage error) when --module was given, else the default queue ``ivy``, with a warning.
+    Either way a misrouted call is said at once, not after --timeout."""
+    close = app.registry.close_names(args.name)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    if args.module:
+        known = ", ".join(app.registry.names()) or "none"
+        raise IvyError(f"task {args.name!r} is not registered by {', '.join(args.module)} "
+                       f"(registered: {known}){hint} Name a registered task, or give --queue "
+                       "NAME to send it anyway")
+    print(f"ivy: warning: sending {args.name!r} to the default queue 'ivy': no --module "
+          f"registers it here and no --queue names its queue{hint} (give -m MODULE to use "
+          "the task's own queue, or --queue NAME)", file=sys.stderr)
+    return "ivy"
+
+
+def _liveness(app: ivy.Ivy, queue: str, args: argparse.Namespace) -> str:
+    """What the live heartbeats say of ``queue`` on the app's queue URL: whether a worker
+    consumes it, naming the queue URL and the notifier."""
+    queue_url = app.queue_backend.url
+    notifier_url = mask_url(args.notifier_url or os.environ.get(NOTIFIER_ENV) or DEFAULT_URL)
+    try:
+        workers = app.workers()
+    except Exception as exc:  # e.g. a notifier that keeps no heartbeats
+        return (f"whether a worker consumes queue {queue!r} on {queue_url} is unknown (no "
+                f"heartbeats on notifier {notifier_url}: {exc})")
+    consuming = [w for w in workers if queue in (w.get("queues") or [])
+                 and w.get("queue_url", queue_url) == queue_url]
+    if consuming:
+        names = ", ".join(str(w.get("name", "?")) for w in consuming)
+        return (f"{len(consuming)} live worker(s) consume queue {queue!r} on {queue_url} "
+                f"({names}): they may be busy, or their results may go to another notifier "
+                f"than {notifier_url}")
+    return (f"no live worker consumes queue {queue!r} on {queue_url} (heartbeats on notifier "
+            f"{notifier_url}: {len(workers)} worker(s) alive)")
+
+
+def _no_result(error: ResultTimeout, app: ivy.Ivy, call: ivy.Call[Any],
+               args: argparse.Namespace) -> str:
+    """``ivy call --wait``'s timeout: the call's own message, its generic question replaced by
+    what the live heartbeats say of the call's queue (:func:`_liveness`)."""
+    message = str(error)
+    fact = _liveness(app, call.queue, args)
+    head, found, _ = message.partition("Is a worker listening")
+    if not found:  # the call's message changed: add the facts rather than lose them
+        return f"{message}; {fact}"
+    return (f"{head}{fact}. The call may still complete: wait again, or raise --timeout")
+
+
 def _call(args: argparse.Namespace) -> int:
     if args.log_level != "DEBUG":  # this command reports a message not taken in one line
         logging.getLogger("ivy.outbox").setLevel(logging.CRITICAL)
@@ -341,17 +520,17 @@ def _call(args: argparse.Namespace) -> int:
 
         with args.each:
             each = read_each(args.each)
+    queue = args.queue or (None if app.registry.get(args.name) else _unrouted(app, args))
     if args.queue_url:
         app.setup_queue(args.queue_url)
     try:
         app.start_notification_consumer(args.notifier_url)
-        queue = args.queue or (None if app.registry.get(args.name) else "ivy")
         call = None
         try:  # flushed before ids are printed: a script must not take a lost call for a sent one
             if each is not None:
                 return call_each(app, args.name, each, kwargs=kwargs, queue=queue,
                                  wait_for_results=args.wait, timeout=args.timeout,
-                                 out=sys.stdout)
+                                 out=sys.stdout, hint=lambda q: _liveness(app, q, args))
             call = app.send_task(args.name, call_args, kwargs, queue=queue)
             app.flush(args.timeout)
         except PublishError as exc:
@@ -368,7 +547,7 @@ def _call(args: argparse.Namespace) -> int:
                 print(exc.traceback, file=sys.stderr)
             return 1
         except ResultTimeout as exc:
-            print(f"ivy: {exc}", file=sys.stderr)
+            print(f"ivy: {_no_result(exc, app, call, args)}", file=sys.stderr)
             return 3
         print(json.dumps(result))
         return 0
@@ -376,22 +555,40 @@ def _call(args: argparse.Namespace) -> int:
         app.close()
 
 
+def existing_sqlite(url: str | None, env: str, option: str) -> None:
+    """Refuse (a usage error naming the path) a SQLite URL, or its default, whose file does
+    not exist: a command that only reads must not leave an empty ``ivy.db`` where it ran."""
+    url = url or os.environ.get(env) or DEFAULT_URL
+    if not url.lower().startswith("sqlite:"):
+        return
+    path = unquote(urlsplit(url).path[1:])
+    if path and path != ":memory:" and not os.path.exists(path):
+        raise IvyError(f"no SQLite database at {os.path.abspath(path)} ({mask_url(url)}), "
+                       f"and this command only reads one: give {option} URL (or ${env}) "
+                       "naming the database your workers use")
+
+
 def _inspect(args: argparse.Namespace) -> int:
+    existing_sqlite(args.queue_url, QUEUE_ENV, "--queue-url")
     app = ivy.default
     backend = app.setup_queue(args.queue_url) if args.queue_url else app.queue_backend
     try:
-        names = args.queue or backend.queues()
+        existing_sqlite(args.notifier_url, NOTIFIER_ENV, "--notifier-url")
+        notifier = make_notifier(args.notifier_url)
+        try:
+            workers, workers_error = workers_report(notifier)
+        finally:
+            notifier.close()
+        # a backend that cannot list its queues (RabbitMQ): those its live workers consume
+        names = args.queue or backend.queues() or list(dict.fromkeys(
+            str(q) for w in workers or [] if w.get("queue_url") == backend.url
+            for q in w.get("queues") or []))
         report: list[dict[str, Any]] = []
         for name in names:
             dead = backend.dead_letters(name, args.limit)
             report.append({
                 "queue": name, "size": backend.size(name), "dead_letters": [
                     {"reason": d.reason, "time": d.time, "body": _preview(d.body)} for d in dead]})
-        notifier = make_notifier(args.notifier_url)
-        try:
-            workers, workers_error = workers_report(notifier)
-        finally:
-            notifier.close()
         if args.json:
             print(json.dumps({"queue_backend": backend.url, "queues": report,
                               "notifier": notifier.url, "workers": workers,
@@ -404,8 +601,8 @@ def _inspect(args: argparse.Namespace) -> int:
             print(line)
         print(f"queue backend {backend.url}")
         if not report:
-            print("  no queues known to this backend (RabbitMQ cannot list them): name them "
-                  "with --queue NAME")
+            print("  no queues known to this backend (RabbitMQ cannot list them) nor "
+                  "consumed by a live worker: name them with --queue NAME")
         for entry in report:
             dead_letters = entry["dead_letters"]
             print(f"  {entry['queue']}: {entry['size']} waiting or running, "

@@ -56,7 +56,11 @@ class DeadLetterInfo:
     name: str | None = None
     args: list[Any] | None = None
     kwargs: dict[str, Any] | None = None
+    #: the message's ``attempt`` field: retries before this run, counting from 0 (the
+    #: attempt shown to people is this + 1; see :meth:`attempt_text`)
     attempt: int | None = None
+    #: the message's ``max_retries``: it may run ``max_retries + 1`` times in all
+    max_retries: int | None = None
     reply_to: str | None = None
     #: whether the body is in a signature envelope (not whether the signature is valid)
     signed: bool = False
@@ -71,6 +75,15 @@ class DeadLetterInfo:
                       for k, v in (self.kwargs or {}).items()]
             text = ", ".join(parts)
         return text if len(text) <= limit else text[:limit - 3] + "..."
+
+    def attempt_text(self) -> str:
+        """"attempt N of M", counting from 1, as a failed task's reason ("failed N times")
+        and ``ivy events`` ("attempt N") count: the run that led here was the N-th of at most
+        M. "?" for an unreadable body."""
+        if self.attempt is None:
+            return "?"
+        of = "" if self.max_retries is None else f" of {self.max_retries + 1}"
+        return f"{self.attempt + 1}{of}"
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
         """JSON-ready: the fields ``ivy dead list --json`` prints; with ``full``, the
@@ -111,7 +124,8 @@ def describe(letter: DeadLetter, serializer: Serializer) -> DeadLetterInfo:
         id=letter.id, queue=letter.queue, reason=letter.reason, time=letter.time,
         body=letter.body, call_id=field("id", str), name=field("name", str),
         args=field("args", list), kwargs=field("kwargs", dict), attempt=field("attempt", int),
-        reply_to=field("reply_to", str), signed=_is_signed(letter.body))
+        max_retries=field("max_retries", int), reply_to=field("reply_to", str),
+        signed=_is_signed(letter.body))
 
 
 def reset_attempt(body: bytes, serializer: Serializer,
@@ -201,7 +215,7 @@ def add_parser(sub: Any, backends: Callable[..., None]) -> None:
                     "used up). A dead letter is named by its id (see 'list') or by its call "
                     "id.")
     actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="list the dead letters of a queue")
+    listing = actions.add_parser("list", help="list the dead letters of a queue, or of all")
     listing.add_argument("--limit", type=int, default=100, metavar="N",
                          help="the N most recent (default 100)")
     show = actions.add_parser("show", help="show one dead letter in full")
@@ -213,10 +227,10 @@ def add_parser(sub: Any, backends: Callable[..., None]) -> None:
     purge = actions.add_parser("purge", help="delete every dead letter of a queue")
     purge.add_argument("--yes", "-y", action="store_true",
                        help="do not ask for confirmation (it is asked only on a terminal)")
-    for p, needs_queue in ((listing, True), (show, False), (requeue, True), (purge, True)):
+    for p, needs_queue in ((listing, False), (show, False), (requeue, True), (purge, True)):
         p.add_argument("--queue", "-Q", required=needs_queue, metavar="NAME", help=(
             "queue name" if needs_queue else
-            "queue name (default: search every queue the backend knows)"))
+            "queue name (default: every queue the backend knows; RabbitMQ cannot list them)"))
         p.add_argument("--json", action="store_true", help="print JSON instead of text")
         backends(p, notifier=False)
 
@@ -224,7 +238,10 @@ def add_parser(sub: Any, backends: Callable[..., None]) -> None:
 def run(args: argparse.Namespace) -> int:
     """``ivy dead ACTION``: 0 on success, 1 when a named dead letter is not found."""
     import ivy
+    from ivy.cli import existing_sqlite
+    from ivy.config import QUEUE_ENV
 
+    existing_sqlite(args.queue_url, QUEUE_ENV, "--queue-url")
     app = ivy.default
     if args.queue_url:
         app.setup_queue(args.queue_url)
@@ -247,19 +264,26 @@ def _when(stamp: float) -> str:
 
 
 def _list(app: Ivy, args: argparse.Namespace) -> int:
-    letters = dead_letters(app, args.queue, args.limit)
+    queues = _queues(app, args)  # without --queue: every queue, each with its --limit
+    letters = [d for q in queues for d in dead_letters(app, q, args.limit)]
     if args.json:
         print(json.dumps([d.to_dict() for d in letters], indent=2))
         return 0
     if not letters:
-        print(f"no dead letters in queue {args.queue!r} of {app.queue_backend.url}")
+        where = ", ".join(repr(q) for q in queues) or "(none)"
+        print(f"no dead letters in queue(s) {where} of {app.queue_backend.url}")
         return 0
-    rows = [(d.id, _when(d.time), d.name or "?", d.call_id or "-", _one_line(d.reason, 60),
-             d.args_preview()) for d in letters]
-    header = ("ID", "TIME (UTC)", "TASK", "CALL ID", "REASON", "ARGS")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    several = args.queue is None
+    rows = [((d.queue,) if several else ()) + (
+        d.id, _when(d.time), d.name or "?", d.call_id or "-", _one_line(d.reason, 60),
+        d.args_preview()) for d in letters]
+    header = (("QUEUE",) if several else ()) + (
+        "ID", "TIME (UTC)", "TASK", "CALL ID", "REASON", "ARGS")
+    last = len(header) - 1
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(last)]
     for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[5])
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
+              + "  " + row[last])
     return 0
 
 
@@ -301,7 +325,7 @@ def _show(app: Ivy, args: argparse.Namespace) -> int:
             continue
         print(f"  call id:  {d.call_id}")
         print(f"  task:     {d.name}")
-        print(f"  attempt:  {d.attempt}")
+        print(f"  attempt:  {d.attempt_text()}")
         print(f"  reply to: {d.reply_to or '-'}")
         print(f"  signed:   {'yes' if d.signed else 'no'}")
         print(f"  args:     {json.dumps(d.args, ensure_ascii=False)}")

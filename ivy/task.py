@@ -7,6 +7,7 @@ last parameter is an error-first ``callback(err, result)``).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import threading
@@ -266,12 +267,22 @@ class Registry:
             raise TaskNotRegistered(self.not_registered_message(ref))
         return task
 
+    def close_names(self, name: str) -> list[str]:
+        """The registered names most like ``name`` (a typo, a missing package prefix)."""
+        names = self.names()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.8)
+        # "add" for "app.add": the same last part is closer than any spelling
+        tail = [n for n in names if n.rpartition(".")[2] == name.rpartition(".")[2]]
+        return list(dict.fromkeys([*tail, *close]))[:3]
+
     def not_registered_message(self, ref: Any, queue: str | None = None) -> str:
         what = repr(ref) if isinstance(ref, str) else _describe(ref)
         where = f" on queue {queue!r}" if queue else ""
         known = ", ".join(self.names()) or "(none)"
+        close = self.close_names(ref) if isinstance(ref, str) else []
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
         return (
-            f"unknown task {what}{where}: registered here are {known}. Register it with "
+            f"unknown task {what}{where}: registered here are {known}.{hint} Register it with "
             "@ivy.register_task(name=...) in a module this process imports"
         )
 

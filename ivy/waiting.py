@@ -8,7 +8,7 @@ import json
 import queue as queue_mod
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from ivy.call import Call
@@ -133,12 +133,15 @@ def read_each(lines: Iterable[str]) -> list[list[Any]]:
 
 
 def call_each(app: Any, name: str, arg_lists: list[list[Any]], *, kwargs: dict[str, Any],
-              queue: str | None, wait_for_results: bool, timeout: float, out: TextIO) -> int:
+              queue: str | None, wait_for_results: bool, timeout: float, out: TextIO,
+              hint: Callable[[str], str] | None = None) -> int:
     """``ivy call NAME --each FILE``: one call per argument list (``kwargs`` for all). Prints
     the call ids, or with ``wait_for_results`` one outcome line per call
     (:func:`print_outcomes`) after a progress bar on stderr (when tqdm is installed). Exit
     status: 0, 1 if a call errored, 3 on timeout. Without ``wait_for_results`` the ids are
-    printed once every message was taken (:class:`ivy.PublishError` if one was not)."""
+    printed once every message was taken (:class:`ivy.PublishError` if one was not).
+    ``hint(queue)`` adds to a timeout's line what is known of the workers of the calls'
+    queue."""
     calls = [app.send_task(name, args, kwargs, queue=queue) for args in arg_lists]
     if not wait_for_results:
         app.flush(timeout)  # PublishError if one was not taken: no id of a lost call is printed
@@ -154,6 +157,7 @@ def call_each(app: Any, name: str, arg_lists: list[list[Any]], *, kwargs: dict[s
     try:
         outcomes = wait(calls, timeout, progress, return_exceptions=True)
     except ResultTimeout as exc:
-        print(f"ivy: {exc}", file=sys.stderr)
+        why = f"; {hint(calls[0].queue)}" if hint is not None and calls else ""
+        print(f"ivy: {exc}{why}", file=sys.stderr)
         return 3
     return 1 if print_outcomes(calls, outcomes, out) else 0

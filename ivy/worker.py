@@ -199,9 +199,6 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> Worker:
-        log.info("worker %s: listening on %s at %s, concurrency %d, tasks: %s", self.name,
-                 ", ".join(self.queues), self.backend.url, self.concurrency,
-                 ", ".join(self.context.registry.names()) or "(none)")
         self._consumers = []
         for q in self.queues:
             try:
@@ -214,6 +211,10 @@ class Worker:
                         started.close()
                 self._consumers = []
                 raise
+        # once its consumers are made (connected): "listening" is true when it is said
+        log.info("worker %s: listening on %s at %s, concurrency %d, tasks: %s", self.name,
+                 ", ".join(self.queues), self.backend.url, self.concurrency,
+                 ", ".join(self.context.registry.names()) or "(none)")
         # One queue: executors fetch for themselves (no hand-off between threads). Several:
         # a fetcher per queue hands deliveries over, fetching only while an executor is free.
         direct = self._consumers[0] if len(self._consumers) == 1 else None
