@@ -257,8 +257,6 @@ def test_a_read_only_sqlite_folder_names_its_path(tmp_path: Path) -> None:
 
 # -- blocking sync tasks (friction 5) --------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="ivy/timing/gate.py (Gate.poll) logs the stop at each "
-                   "poll, every 0.25 s, while the call blocks: left to the owner of ivy/timing")
 def test_a_cancel_of_a_call_blocked_in_c_is_logged_once(
         memory_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ivy.worker")

@@ -55,7 +55,8 @@ class Gate:
     def _unsupported(self, exc: NotImplementedError) -> None:
         if self._keys:
             self._keys = False
-            log.warning("worker %s: cancels and rate limits are off: %s", self.worker, exc)
+            # said once, at debug level: a RabbitMQ-only set-up has no store (README)
+            log.debug("worker %s: cancels and rate limits are off: %s", self.worker, exc)
 
     # -- before a message runs ---------------------------------------------------------------
 
@@ -150,9 +151,11 @@ class Gate:
         cancelled = {m for (m, _), value in zip(asked, found, strict=True) if value is not None}
         for call_id in cancelled:
             with self._lock:  # before the cancel: the run may end at once
+                seen = call_id in self._stopped
                 self._stopped.add(call_id)
             if self.executor.cancel(call_id):
-                log.info("worker %s: stopping cancelled call %s", self.worker, call_id)
+                if not seen:  # a function blocked in a C call stays "running": say it once
+                    log.info("worker %s: stopping cancelled call %s", self.worker, call_id)
             else:  # not running here (yet, or any more): looked at again next time
                 with self._lock:
                     self._stopped.discard(call_id)
