@@ -562,3 +562,32 @@ def test_a_result_to_a_reply_queue_deleted_meanwhile_is_not_lost(amqp_url: str) 
     finally:
         notifier.close()
         delete_queue(amqp_url, channel)
+
+
+def test_results_delivered_before_their_reply_queue_was_deleted_are_kept(amqp_url: str) -> None:
+    from ivy.notifiers.amqp import AMQPNotifier
+
+    # Given a producer's subscription holding results it has not read yet
+    notifier = AMQPNotifier(amqp_url, reply_expires=30, publish_timeout=10)
+    channel = f"ivy:notify:{uuid.uuid4().hex}"
+    sub = notifier.subscribe(channel, lambda: [])
+    try:
+        assert sub.ready.wait(10)  # type: ignore[attr-defined]
+        for body in (b"r1", b"r2", b"r3"):
+            notifier.publish(channel, uuid.uuid4().hex, body, final=True)
+        wait_for(lambda: len(sub._buffer) == 3,  # type: ignore[attr-defined]
+                 message="the results delivered to the subscription")
+        # When the reply queue is deleted (the broker cancels the consumer; the unacked
+        # deliveries cannot come back from a queue that is gone)
+        delete_queue(amqp_url, channel)
+        wait_for(lambda: not sub.ready.is_set(),  # type: ignore[attr-defined]
+                 message="the subscription to notice")
+        # Then the results it held are still handed out
+        got: list[bytes] = []
+        wait_for(lambda: got.extend(sub.get(0.2)) or len(got) >= 3, timeout=10,
+                 message="the held results")
+        assert sorted(got) == [b"r1", b"r2", b"r3"]
+    finally:
+        sub.close()
+        notifier.close()
+        delete_queue(amqp_url, channel)

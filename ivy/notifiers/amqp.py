@@ -189,12 +189,13 @@ class AMQPSubscription(Subscription):
             channel.queue_declare("", exclusive=True, auto_delete=True, callback=bind)))
 
     def _lost(self) -> None:
-        """What was delivered and not returned comes again from the broker: drop our copies."""
+        """The connection or the consumer went. What was delivered and not read yet is kept
+        and handed out: the broker delivers it again if its queue still exists, and the
+        producer drops the second copy (the first result wins); if the queue was deleted,
+        these copies are all that is left of those results."""
         self.ready.clear()
         self._declarations.failed(self._link.last_reason)
         self._link.last_reason = None
-        with self._cond:
-            self._buffer.clear()
 
     def get(self, timeout: float) -> list[bytes]:
         with self._cond:
