@@ -240,21 +240,6 @@ def test_a_sqlite_database_that_cannot_be_made_names_its_path(tmp_path: Path) ->
     assert str(tmp_path / "afile") in line
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
-                    reason="root writes in a read-only folder")
-def test_a_read_only_sqlite_folder_names_its_path(tmp_path: Path) -> None:
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        url = f"sqlite:///{folder / 'ivy.db'}"
-        line = one_line_error(run("call", "x.y", "--queue", "q", "--queue-url", url,
-                                  "--notifier-url", url, cwd=tmp_path))
-        assert str(folder / "ivy.db") in line
-    finally:
-        folder.chmod(0o755)
-
-
 # -- blocking sync tasks (friction 5) --------------------------------------------------------
 
 def test_a_cancel_of_a_call_blocked_in_c_is_logged_once(
