@@ -497,6 +497,21 @@ def _no_result(error: ResultTimeout, app: ivy.Ivy, call: ivy.Call[Any],
     return (f"{head}{fact}. The call may still complete: wait again, or raise --timeout")
 
 
+def _json_argument(text: str) -> Any:
+    """A JSON argument of ``ivy call``, read as strictly as a message is: no NaN or
+    Infinity, no number too large for a float (1e999)."""
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    def number(digits: str) -> float:
+        value = float(digits)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"number {digits[:40]} is too large for a float")
+        return value
+
+    return json.loads(text, parse_constant=constant, parse_float=number)
+
+
 def _call(args: argparse.Namespace) -> int:
     if args.log_level != "DEBUG":  # this command reports a message not taken in one line
         logging.getLogger("ivy.outbox").setLevel(logging.CRITICAL)
@@ -504,11 +519,13 @@ def _call(args: argparse.Namespace) -> int:
     _import(args.module)
     app = ivy.default
     try:
-        call_args = [json.loads(a) for a in args.args]
-        kwargs = json.loads(args.kwargs) if args.kwargs else {}
+        call_args = [_json_argument(a) for a in args.args]
+        kwargs = _json_argument(args.kwargs) if args.kwargs else {}
     except json.JSONDecodeError as exc:
         raise IvyError(f"an argument is not valid JSON ({exc}); quote strings as '\"text\"'"
                        ) from None
+    except (ValueError, RecursionError) as exc:  # too many digits, too deep, inf
+        raise IvyError(f"an argument is JSON that a call cannot carry: {exc}") from None
     if not isinstance(kwargs, dict):
         raise IvyError(f"--kwargs must be a JSON object, got {args.kwargs}")
     each = None

@@ -345,3 +345,18 @@ def test_call_each_rejects_bad_lines(sqlite_url: str, tmp_path: Path,
     assert "line 2 is not valid JSON" in capsys.readouterr().err
     assert main(["call", "x.y", "1", "--each", str(each), "--queue-url", sqlite_url]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argument", ["9" * 5000, "[" * 5000 + "]" * 5000, "1e999", "NaN"])
+def test_call_refuses_json_a_call_cannot_carry_in_one_line(argument: str,
+                                                           tmp_path: Path) -> None:
+    # Given an argument with 5,000 digits, 5,000 levels, a float past its range or NaN
+    # (issue 28, #15)
+    url = f"sqlite:///{tmp_path / 'ivy.db'}"
+    out = run("call", "cli.add", argument, "--queue", "q", "--queue-url", url,
+              "--notifier-url", url)
+    # Then ivy call says so in one line, without a traceback, and sends nothing
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert "an argument is JSON that a call cannot carry" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
