@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -106,6 +107,8 @@ def process(worker: Worker, delivery: Delivery) -> None:
         if exhausted is not None:  # it killed or hung worker after worker
             reject(worker, delivery, exhausted, _fields(message), message)
             return
+        if worker._suspects.spread(worker, delivery, message):
+            return
         # Backends that retry by redelivering the same body (SQS) count attempts for us;
         # a redelivery after a crash counts as an attempt too (poison-message protection).
         message.attempt = max(message.attempt, delivery.delivery_count - 1)
@@ -131,6 +134,43 @@ def process(worker: Worker, delivery: Delivery) -> None:
     finally:
         with worker._lock:
             worker.processed += 1
+
+
+#: A suspect (a message that lost a delivery: it was held by a worker that died) is deferred
+#: once per worker by up to this many seconds before it runs (see Suspects).
+SUSPECT_SPREAD = 2.0
+
+
+class Suspects:
+    """Spreads the messages that come back from a dead worker. Those held together by the
+    worker a poison message killed come back together, and would be taken together again and
+    die with it again, until they all reach the delivery limit with it. Deferring each of
+    them once, by a random delay up to :data:`SUSPECT_SPREAD` s (a defer: no attempt, no
+    delivery counted), scatters them, so that only the poison message keeps losing its
+    deliveries. Counted per (call id, lost deliveries) on this worker, bounded; only where the
+    backend counts lost deliveries (``counts_lost_deliveries``)."""
+
+    def __init__(self, size: int = REMEMBERED_BODIES) -> None:
+        self._size = size
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def spread(self, worker: Worker, delivery: Delivery, message: Message) -> bool:
+        """True if ``delivery`` was deferred to spread it (nothing more to do with it)."""
+        if not worker.backend.counts_lost_deliveries:
+            return False
+        lost = delivery.delivery_count - 1 - message.attempt
+        if lost <= 0:
+            return False
+        key = (message.id, lost)
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen[key] = None
+            if len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+        delivery.defer(random.uniform(0.0, SUSPECT_SPREAD))
+        return True
 
 
 def lost_deliveries(worker: Worker, delivery: Delivery, message: Message) -> str | None:

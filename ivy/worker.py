@@ -192,6 +192,8 @@ class Worker:
         self._settler = Settler(context.middleware, context.backoff, self._recorder, self.name)
         #: internal errors per body, so that none is returned to its queue forever
         self._internal_errors = processing.InternalErrors()
+        #: messages back from a dead worker, spread once before they run
+        self._suspects = processing.Suspects()
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} on {self.backend.url}>"

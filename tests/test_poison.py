@@ -147,3 +147,38 @@ def test_max_deliveries_is_checked_and_quorum_queues_keep_their_own(amqp_url: st
     for bad in ("0", "-1", "many", "2.5"):
         with pytest.raises(ConfigurationError, match=f"max_deliveries={bad!r}.*whole number"):
             make_queue_backend(with_query(sqlite_url, f"max_deliveries={bad}"))
+
+
+def test_a_message_back_from_a_dead_worker_is_spread_once_then_runs(
+        memory_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy import processing
+    from ivy.queues.memory import MemoryDelivery
+
+    # Given a message whose lease ran out once (its worker died while holding it)
+    monkeypatch.setattr(processing, "SUSPECT_SPREAD", 0.05)
+    app = ivy.Ivy(memory_url, memory_url)
+    ran: list[int] = []
+    queue = f"qp{uuid.uuid4().hex[:8]}"
+    app.register_task(ran.append, name="p.suspect", queue=queue)
+    call = app.delayed_call("p.suspect", 7)
+    consumer = app.queue_backend.consume(queue, reserve_time=0.05)
+    assert consumer.get(5) is not None  # taken, never settled
+    consumer.close()
+    defers: list[float] = []
+    real = MemoryDelivery._defer
+
+    def counted(self: MemoryDelivery, delay: float) -> None:
+        defers.append(delay)
+        real(self, delay)
+
+    monkeypatch.setattr(MemoryDelivery, "_defer", counted)
+    try:
+        # When a worker takes it
+        app.listen(queue=queue, block=False)
+        # Then it is deferred once, by a random part of SUSPECT_SPREAD (so that what a dead
+        # worker held does not come back and die together), and then runs
+        call.result(20)
+        assert ran == [7]
+        assert len(defers) == 1 and 0.0 <= defers[0] <= 0.05
+    finally:
+        app.close()

@@ -259,10 +259,19 @@ class QueueBackend(ABC):
     #: dead-letters it, with a reason that starts "delivery limit", instead of running it
     #: again; its producer's call fails with that reason. A backend that sets it counts
     #: those deliveries in ``Delivery.delivery_count`` beside the retries that the message's
-    #: ``attempt`` counts. None: the backend stops poison messages itself (Redis Streams,
-    #: RabbitMQ quorum queues) or cannot tell a retry from a lost delivery (SQS, IronMQ:
-    #: give their queues a redrive policy).
+    #: ``attempt`` counts (Redis Streams also marks a delivery past it ``exhausted``).
+    #: None: the backend stops poison messages itself (RabbitMQ quorum queues) or cannot
+    #: tell a retry from a lost delivery (SQS, IronMQ: give their queues a redrive policy).
     max_deliveries: int | None = None
+
+    @property
+    def counts_lost_deliveries(self) -> bool:
+        """Whether ``Delivery.delivery_count`` minus the message's ``attempt`` counts the
+        deliveries that ended without an outcome, across defers, so that the worker may
+        spread out what comes back from a dead worker (:class:`ivy.processing.Suspects`):
+        where :attr:`max_deliveries` is set. (A quorum queue counts in its own
+        ``x-delivery-count``, which a put-back copy starts afresh.)"""
+        return self.max_deliveries is not None
 
     def priority_hint(self, queue: str) -> bool:
         """Whether tasks sent to ``queue`` use priorities (the app that owns the backend
