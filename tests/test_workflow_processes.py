@@ -149,10 +149,13 @@ def test_worker_killed_after_sending_the_next_step_gives_one_final_result(
     survivor = producer.start()
     assert call.result(60) == 30
     assert (producer.tmp_path / "killed").read_text() == str(doomed.pid)
+    # add ran again from its stored result and sent logged again; that copy found logged's
+    # stored result in turn (a message back from a dead worker is spread first: it may run
+    # after the final result came, and wait in a delay queue meanwhile)
+    wait_for(lambda: replayed(survivor).count("wf.logged") >= 1, timeout=30,
+             message="the replays")
     wait_for(lambda: producer.app.queue_backend.size("qa") == 0, timeout=30,
              message="every copy acknowledged")
-    # add ran again from its stored result and sent logged again; that copy found logged's
-    # stored result in turn
     replays = replayed(survivor)
     assert replays.count("wf.add") == 1 and replays.count("wf.logged") == 1, replays
     assert len(log.read_text().split()) == 1
@@ -199,6 +202,10 @@ def test_worker_killed_after_sending_the_chord_callback_gives_one_final_result(
     assert doomed.wait(30) == -9
     survivor = producer.start()
     assert call.result(60) == sum(2 * i for i in range(20))
+    # (the copies back from the dead worker are spread first: they may replay after the
+    # final result came, and wait in a delay queue meanwhile)
+    wait_for(lambda: replayed(survivor).count("wf.logged_total") >= 1, timeout=30,
+             message="the replays")
     wait_for(lambda: producer.app.queue_backend.size("qa") == 0, timeout=30,
              message="every copy acknowledged")
     replays = replayed(survivor)
