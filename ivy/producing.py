@@ -4,6 +4,7 @@ unique send (:mod:`ivy.timing.unique`). The app keeps the state; these are its s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,8 @@ from ivy.workflows.canvas import Canvas
 
 if TYPE_CHECKING:
     from ivy.app import Ivy
+
+log = logging.getLogger("ivy")
 
 
 @dataclass(slots=True)
@@ -104,6 +107,13 @@ def prepare(
     else:
         registered = app.registry.resolve(task)
         name = registered.name
+        if isinstance(task, Task) and app.registry.get(name) is None:
+            # a task registered elsewhere (ivy.default, by @ivy.register_task in a module),
+            # sent through this instance: this instance's own workers run it too. Workers of
+            # other instances still need it registered (app.registry.add(task)).
+            app.registry.add(task)
+            log.info("task %r, registered on another ivy instance, is now known to this one "
+                     "too (its workers run it)", name)
         try:
             registered.check_arguments(args, kwargs)
         except TypeError as exc:

@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +465,25 @@ def test_looking_at_a_failed_call_again_and_again_keeps_its_error_small() -> Non
     # Then its error carries the frames of one raise, not of every raise so far
     assert frames() == first
     assert call.exception(0) is not None and frames() == first
+
+
+def test_an_instance_runs_a_module_level_task_it_sends(memory_url: str) -> None:
+    # Given a task registered on the module (ivy.default), as `@ivy.register_task` does, and
+    # an instance of one's own, as a test fixture makes it (issue 21, friction 1)
+    name = f"module.add{uuid.uuid4().hex[:8]}"
+
+    @ivy.register_task(name=name)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    app = ivy.Ivy(memory_url, memory_url)
+    try:
+        app.listen(block=False)
+        # When the instance sends it
+        call = app.delayed_call(add, 1, 2)
+        # Then its own worker runs it, instead of dead-lettering an unknown task
+        assert call.result(20) == 3
+        assert app.registry.get(name) is add
+    finally:
+        app.close()
+        ivy.default.registry._tasks.pop(name, None)
