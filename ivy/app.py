@@ -73,6 +73,7 @@ class Ivy(Registering):
         pending_ttl: float = DEFAULT_PENDING_TTL,
         exit_timeout: float = 30.0,
         middleware: Iterable[Middleware] = (),
+        max_message_age: float | None = None,
     ) -> None:
         self.registry = Registry()
         #: periodic tasks (ivy.timing.schedule): what a Scheduler of this app sends
@@ -91,6 +92,15 @@ class Ivy(Registering):
         self.pending_ttl = float(pending_ttl)
         #: seconds the interpreter's exit waits for pending calls that have callbacks
         self.exit_timeout = exit_timeout
+        if max_message_age is not None and (
+                isinstance(max_message_age, bool) or not isinstance(max_message_age, (int, float))
+                or not max_message_age > 0):
+            raise ConfigurationError(
+                f"max_message_age {max_message_age!r} must be a number of seconds > 0, or None "
+                "(no limit): how old a message may be when a worker takes it")
+        #: seconds a message may be old (from its send, or its eta) when a worker of this app
+        #: takes it; older ones are dead-lettered (a replay's window). None: no limit
+        self.max_message_age = None if max_message_age is None else float(max_message_age)
         self.serializer = get_serializer(serializer)
         self.max_message_bytes = max_message_bytes
         self.retry_base_delay = retry_base_delay
@@ -433,7 +443,8 @@ class Ivy(Registering):
         return WorkerContext(
             registry=self.registry, serializer=self.serializer, backoff=self.backoff,
             max_message_bytes=self.max_message_bytes, max_depth=self.max_depth,
-            signer=self.signer, reserve_times=reserve_times or {}, middleware=self.middleware)
+            signer=self.signer, reserve_times=reserve_times or {}, middleware=self.middleware,
+            max_message_age=self.max_message_age)
 
     # -- live workers and waiting (operations issue) -----------------------------------------
 

@@ -103,6 +103,10 @@ def process(worker: Worker, delivery: Delivery) -> None:
                    f"on queue {delivery.queue!r}: refused (replayed or misrouted)",
                    _fields(message), message)
             return
+        too_old = _too_old(worker.context.max_message_age, message)
+        if too_old is not None:  # a replay outside its window, or a message left too long
+            reject(worker, delivery, too_old, _fields(message), message)
+            return
         exhausted = delivery.exhausted or lost_deliveries(worker, delivery, message)
         if exhausted is not None:  # it killed or hung worker after worker
             reject(worker, delivery, exhausted, _fields(message), message)
@@ -171,6 +175,19 @@ class Suspects:
                 self._seen.popitem(last=False)
         delivery.defer(random.uniform(0.0, SUSPECT_SPREAD))
         return True
+
+
+def _too_old(max_age: float | None, message: Message) -> str | None:
+    """The reason to dead-letter ``message`` if it is older than ``max_age`` seconds: counted
+    from its send (``created_ms``) or its ``eta`` when later, both inside a signed body."""
+    if max_age is None or message.created_ms is None:
+        return None
+    since = max(message.created_ms, message.eta or 0)
+    age = (now_ms() - since) / 1000
+    if age <= max_age:
+        return None
+    return (f"too old: sent {age:.0f} s ago, and max_message_age is {max_age:g} s (a replay, "
+            "or a message left in its queue too long)")
 
 
 def lost_deliveries(worker: Worker, delivery: Delivery, message: Message) -> str | None:

@@ -91,6 +91,9 @@ class WorkerContext:
     reserve_times: Mapping[str, float] = field(default_factory=dict)
     #: the app's middleware; the worker calls its task, retry and dead-letter hooks
     middleware: Pipeline = field(default_factory=Pipeline)
+    #: seconds a message may be old (from ``created_ms``, or ``eta`` when later) when taken;
+    #: an older one is dead-lettered. None: no limit (``Ivy(max_message_age=...)``)
+    max_message_age: float | None = None
 
     def __post_init__(self) -> None:
         # a private read-only copy: the caller's dict changing later does not reach the worker

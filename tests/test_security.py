@@ -896,3 +896,34 @@ def test_require_nonce_reads_the_environment(monkeypatch: pytest.MonkeyPatch) ->
         assert require_nonce()
     monkeypatch.setenv("IVY_REQUIRE_NONCE", "0")
     assert not require_nonce()
+
+
+def test_a_signed_message_older_than_max_message_age_is_dead_lettered(sqlite_url: str) -> None:
+    # Given workers that take messages up to a minute old (issue 28, #6), and a captured
+    # signed message sent two hours ago, replayed into its queue
+    from ivy.message import Message, encode_call, new_id, now_ms
+
+    key = "k" * 40
+    app = ivy.Ivy(sqlite_url, sqlite_url, signing_key=key, max_message_age=60)
+    ran: list[int] = []
+    queue = f"qa{uuid.uuid4().hex[:8]}"
+    app.register_task(ran.append, name="sec.record", queue=queue)
+    old = Message(new_id(), "sec.record", [1], queue=queue, created_ms=now_ms() - 7_200_000)
+    app.queue_backend.publish(queue, app.seal(encode_call(
+        old, app.serializer, max_depth=app.max_depth, max_bytes=app.max_message_bytes)))
+    try:
+        app.listen(queue=queue, block=False)
+        # Then the worker dead-letters it without running it, saying why, and runs a fresh one
+        wait_for(lambda: app.queue_backend.dead_letters(queue), message="the dead letter")
+        [dead] = app.queue_backend.dead_letters(queue)
+        assert dead.reason.startswith("too old") and "max_message_age is 60 s" in dead.reason
+        assert app.delayed_call("sec.record", 2).result(20) is None
+        assert ran == [2]
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("age", [0, -1, "60", True])
+def test_max_message_age_must_be_seconds(age: object) -> None:
+    with pytest.raises(ivy.ConfigurationError, match="max_message_age"):
+        ivy.Ivy("memory://age", "memory://age", max_message_age=age)  # type: ignore[arg-type]
