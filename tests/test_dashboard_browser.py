@@ -18,6 +18,9 @@ import httpx2 as httpx
 import pytest
 from conftest import TESTS_DIR, require_service, wait_for
 from dashboard_support import TOKEN, form_csrf
+
+pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright: pip "
+                    "install -e '.[test]' (not in .[test-core])")
 from playwright.sync_api import Page, expect, sync_playwright
 
 import ivy
