@@ -163,7 +163,7 @@ class Suspects:
         """True if ``delivery`` was deferred to spread it (nothing more to do with it)."""
         if not worker.backend.counts_lost_deliveries:
             return False
-        lost = delivery.delivery_count - 1 - message.attempt
+        lost = lost_count(delivery, message)
         if lost <= 0:
             return False
         key = (message.id, lost)
@@ -190,14 +190,20 @@ def _too_old(max_age: float | None, message: Message) -> str | None:
             "or a message left in its queue too long)")
 
 
+def lost_count(delivery: Delivery, message: Message) -> int:
+    """The deliveries of ``message`` that ended without an outcome: those of its
+    ``delivery_count`` that its ``attempt`` (the retries its workers made) does not account
+    for (meaningful where the backend ``counts_lost_deliveries``)."""
+    return delivery.delivery_count - 1 - message.attempt
+
+
 def lost_deliveries(worker: Worker, delivery: Delivery, message: Message) -> str | None:
-    """The reason to dead-letter a poison message, if its deliveries without an outcome reached
-    the backend's ``max_deliveries``: those of its ``delivery_count`` that its ``attempt``
-    (the retries its workers made) does not account for."""
+    """The reason to dead-letter a poison message, if its deliveries without an outcome
+    (:func:`lost_count`) reached the backend's ``max_deliveries``."""
     limit = worker.backend.max_deliveries
     if limit is None:
         return None
-    lost = delivery.delivery_count - 1 - message.attempt
+    lost = lost_count(delivery, message)
     return delivery_limit_reason(lost, limit) if lost >= limit else None
 
 

@@ -53,7 +53,7 @@ def test_queue_url_selects_streams_and_notifier_url_the_notifier(redis_url: str)
     from ivy.queues.redis_streams import RedisStreamsQueueBackend
 
     backend = make_queue_backend(redis_url + "?max_deliveries=3")
-    assert isinstance(backend, RedisStreamsQueueBackend) and backend.stream_max_deliveries == 3
+    assert isinstance(backend, RedisStreamsQueueBackend) and backend.max_deliveries == 3
     backend.close()
     notifier = ivy.config.make_notifier(redis_url)
     assert isinstance(notifier, RedisNotifier)

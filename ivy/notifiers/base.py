@@ -181,9 +181,16 @@ def gcra_reserve(tat: float | None, now: float, interval: float, burst: int
                  ) -> tuple[float, float]:
     """:func:`gcra_step` that always takes a slot: ``(new tat, seconds until the slot)``
     (0.0: now). Reserving moves the limiter on, so the next caller's slot is the one after."""
-    start = now if tat is None or tat < now - 2 * interval else tat
-    wait = start - now - (burst - 1) * interval
+    start, wait = _gcra_start(tat, now, interval, burst)
     return start + interval, wait if wait > 1e-9 else 0.0
+
+
+def _gcra_start(tat: float | None, now: float, interval: float, burst: int
+                ) -> tuple[float, float]:
+    """Where the next slot starts (an idle limiter starts afresh at ``now``) and the seconds
+    until it is free, for :func:`gcra_step` and :func:`gcra_reserve`."""
+    start = now if tat is None or tat < now - 2 * interval else tat
+    return start, start - now - (burst - 1) * interval
 
 
 def hold_ttl(wait: float) -> float:
@@ -199,8 +206,7 @@ def gcra_step(tat: float | None, now: float, interval: float, burst: int) -> tup
     the latency of deferred messages does not lower the rate: with one interval, 3 worker
     processes reached 92-99% of the limit, with two 99-100%), and an idle limiter starts
     afresh. Over any span T at most ``burst + 2 + T / interval`` slots are taken."""
-    start = now if tat is None or tat < now - 2 * interval else tat
-    wait = start - now - (burst - 1) * interval
+    start, wait = _gcra_start(tat, now, interval, burst)
     if wait > 1e-9:  # not a rounding error
         return start, wait
     return start + interval, 0.0

@@ -94,12 +94,17 @@ class AMQPDelivery(Delivery):
         self._put_back(delay, self.body, self.delivery_count - 1)
 
     def _put_back(self, delay: float, body: bytes, delivered: int) -> None:
-        """Publish a copy with its priority, straight to the queue or through a delay queue
-        (the default exchange, never the routes of an exchange), then ack this one."""
+        """Publish a copy (:meth:`_copy`), then ack this one."""
+        self._copy(delay, body, delivered)
+        self._ack()
+
+    def _copy(self, delay: float, body: bytes, delivered: int) -> None:
+        """Publish a copy with its priority and the count of its deliveries, straight to the
+        queue or through a delay queue (the default exchange, never the routes of an
+        exchange); return once it is confirmed."""
         target = delay_queue(self.queue, delay) if delay > 0 else self.queue
         self._consumer.backend.send(target, [body], queue=self.queue, priority=self.priority,
                                     headers={DELIVERY_HEADER: delivered})
-        self._ack()
 
     def _dead_letter(self, reason: str) -> None:
         backend = self._consumer.backend
@@ -255,8 +260,7 @@ class AMQPConsumer(Consumer):
         done: list[AMQPDelivery] = []
         for d in unstarted:
             try:
-                self.backend.send(self.queue, [d.body], queue=self.queue, priority=d.priority,
-                                  headers={DELIVERY_HEADER: d.delivery_count - 1})
+                d._copy(0.0, d.body, d.delivery_count - 1)
             except Exception:
                 log.warning("amqp consumer of %s: putting back an unstarted message failed; "
                             "requeueing it (it counts as a lost delivery)", self.queue,

@@ -170,7 +170,7 @@ class AMQPQueueBackend(QueueBackend):
         self.url = mask_url(url)
         self.queue_type = queue_type
         # a quorum queue counts redeliveries itself and dead-letters at its delivery_limit
-        limit = max_deliveries_option({"max_deliveries": max_deliveries},
+        limit = max_deliveries_option(max_deliveries,
                                       f"the AMQP queue backend {self.url}")
         self.max_deliveries = None if queue_type == "quorum" else limit
         #: quorum queues deliver in order: a message's priority is kept, not used (PROTOCOL.md)
@@ -216,8 +216,7 @@ class AMQPQueueBackend(QueueBackend):
                        nodes=None if nodes is None else [str(n) for n in nodes],
                        persistent=bool_option(config, "persistent", True,
                                               f"the AMQP queue backend {mask_url(url)}"),
-                       max_deliveries=max_deliveries_option(
-                           config, f"the AMQP queue backend {mask_url(url)}"))
+                       max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES))
         except ValueError as exc:
             if isinstance(exc, ConfigurationError):
                 raise

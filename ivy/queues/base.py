@@ -9,7 +9,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
@@ -47,11 +47,9 @@ class DeadLetter:
 DEFAULT_MAX_DELIVERIES = 10
 
 
-def max_deliveries_option(config: Mapping[str, Any], what: str) -> int:
-    """``max_deliveries`` from a backend's config (URL option ``?max_deliveries=N``), a whole
-    number >= 1 (default :data:`DEFAULT_MAX_DELIVERIES`); else a ConfigurationError that
-    names the value and the fix."""
-    value = config.get("max_deliveries", DEFAULT_MAX_DELIVERIES)
+def max_deliveries_option(value: Any, what: str) -> int:
+    """``max_deliveries`` (an argument, or the URL option ``?max_deliveries=N`` as text) as a
+    whole number >= 1; else a ConfigurationError that names the value and the fix."""
     try:
         limit = int(value)
     except (TypeError, ValueError):

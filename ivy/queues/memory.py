@@ -202,14 +202,13 @@ class MemoryQueueBackend(QueueBackend):
         self.name = name or "default"
         self.url = f"memory://{self.name}"
         self.broker = _brokers.get(self.name)
-        self.max_deliveries = max_deliveries_option({"max_deliveries": max_deliveries},
+        self.max_deliveries = max_deliveries_option(max_deliveries,
                                                     f"the memory queue {self.url}")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
         name = str(config.get("name") or "default")
-        return cls(name, max_deliveries=max_deliveries_option(
-            config, f"the memory queue memory://{name}"))
+        return cls(name, max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES))
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:

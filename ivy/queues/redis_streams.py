@@ -141,7 +141,7 @@ class StreamsDelivery(Delivery):
         self.queue = consumer.queue
         self.body = body
         self.delivery_count = before + pel
-        limit = consumer.backend.stream_max_deliveries
+        limit = consumer.backend.max_deliveries
         if pel > limit:
             self.exhausted = delivery_limit_reason(pel - 1, limit)
 
@@ -331,11 +331,10 @@ class RedisStreamsQueueBackend(QueueBackend):
                 f"max_deliveries={max_deliveries!r} for the Redis Streams queue {mask_url(url)}: "
                 "it must be 1 or more (how often a message whose worker dies may be delivered)")
         self.url = mask_url(url)
-        #: the entries' own limit (pending entries list counts): a delivery past it comes
-        #: marked ``exhausted``. The worker's check (``max_deliveries``) counts across
-        #: entries too (a defer or a retry is a new entry; ``delivery_count`` carries on)
-        self.stream_max_deliveries = max_deliveries
-        self.max_deliveries = max_deliveries
+        #: an entry delivered past it (its pending entries list count) comes marked
+        #: ``exhausted``; the worker's check counts across entries too (a defer or a retry
+        #: is a new entry; ``delivery_count`` carries on)
+        self.max_deliveries: int = max_deliveries
         self.client: redis.Redis = redis.Redis.from_url(
             driver_url(url, OPTIONS), socket_timeout=BLOCK_SECONDS + 10, socket_connect_timeout=5,
             health_check_interval=30,

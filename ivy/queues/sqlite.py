@@ -239,7 +239,7 @@ class SQLiteQueueBackend(QueueBackend):
         self.db = Database.shared(path)
         self._closed = False
         self.url = f"sqlite:///{self.db.path}"
-        self.max_deliveries = max_deliveries_option({"max_deliveries": max_deliveries},
+        self.max_deliveries = max_deliveries_option(max_deliveries,
                                                     f"the SQLite queue {self.url}")
         self.waker = WakeSender(self.db.wake_dir("q"))
         self._sender = BatchSender(self._write, max_batch=100, max_backlog=100,
@@ -248,8 +248,7 @@ class SQLiteQueueBackend(QueueBackend):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
         path = str(config.get("path") or "ivy.db")
-        return cls(path, max_deliveries=max_deliveries_option(
-            config, f"the SQLite queue sqlite:///{path}"))
+        return cls(path, max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES))
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
