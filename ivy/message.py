@@ -196,6 +196,26 @@ def _readable_fields(data: Any) -> dict[str, Any]:
     return fields
 
 
+#: in a :class:`MessageError`'s fields: they were read from a body whose signature was refused
+UNVERIFIED = "unverified"
+
+
+def unverified_fields(body: bytes, serializer: Serializer) -> dict[str, Any]:
+    """What addresses a refusal of a body whose signature check failed (unsigned, another
+    key, altered): its ``id``, ``reply_to`` and ``nonce``, read unverified, with
+    ``UNVERIFIED`` set; empty unless all three are there. The nonce is what makes telling the
+    producer safe: only the producer of the call (or a reader of its queue) knows it, so a
+    forged body cannot fail another's call (PROTOCOL.md, "Signing")."""
+    try:
+        data = serializer.loads(unwrap(body, None))
+    except (ValueError, UnicodeDecodeError, RecursionError, TypeError):
+        return {}
+    fields = _readable_fields(data)
+    if not {"id", "reply_to", NONCE} <= fields.keys():
+        return {}
+    return {**fields, UNVERIFIED: True}
+
+
 def _check_channels(data: dict[str, Any]) -> None:
     """Refuse a message whose ``reply_to`` or ``workflow.reply_to`` is not a channel."""
     flow = data.get("workflow")
@@ -238,7 +258,8 @@ def _loads(body: bytes, serializer: Serializer, max_bytes: int | None, what: str
     try:
         body = unwrap(body, signer)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise MessageError(f"{what} refused: {exc}") from None
+        fields = unverified_fields(body, serializer) if signer is not None else {}
+        raise MessageError(f"{what} refused: {exc}", fields) from None
     if max_bytes is not None and len(body) > max_bytes:
         raise MessageError(f"{what} of {len(body)} bytes is over the limit of {max_bytes} bytes")
     try:

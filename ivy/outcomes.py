@@ -17,7 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ivy.errors import SerializationError
-from ivy.message import NONCE, Message, Notification, deeper_than, is_channel, nonce_of
+from ivy.message import (
+    NONCE,
+    UNVERIFIED,
+    Message,
+    Notification,
+    deeper_than,
+    is_channel,
+    nonce_of,
+)
 from ivy.notifiers.base import Notifier
 from ivy.serialization import Serializer, Signer
 from ivy.timing import unique
@@ -120,6 +128,17 @@ class Recorder:
         note = Notification(call_id, "errored", fields.get("name"), worker=self.worker,
                             error={"type": "MessageRejected", "message": reason, "traceback": ""},
                             nonce=fields.get(NONCE))
+        if fields.get(UNVERIFIED):
+            # a body whose signature was refused: its producer is told live only, never in
+            # the store, so that a forged body cannot take the place of the call's result
+            try:
+                self.notifier.publish(str(reply_to), call_id, self.body(note), final=False)
+            except Exception:
+                log.warning("worker: telling the producer of refused message %s why failed",
+                            call_id, exc_info=True)
+            if then is not None:
+                then()
+            return
         followed = False
 
         def after() -> None:

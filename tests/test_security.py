@@ -501,6 +501,61 @@ def test_signed_round_trip_and_rejections() -> None:
     worker.close()
 
 
+def test_a_refused_signature_reaches_its_producer_as_the_reason() -> None:
+    # Given a worker that requires signatures and a producer that signs with another key, or
+    # not at all (a misconfiguration, the usual way to meet a refusal)
+    url = f"memory://{uuid.uuid4().hex}"
+    worker = signed_app("worker-key-0123456789abcdef0123456789", url)
+    unsigned = ivy.Ivy(url, url)
+    other_key = signed_app("other-key-0123456789abcdef0123456789", url)
+    runs: list[int] = []
+    for app in (worker, unsigned, other_key):
+        @app.register_task(name="t.echo", queue="q")
+        def echo(n: int) -> int:
+            runs.append(n)
+            return n
+
+    worker.listen(queue="q", block=False)
+    # When each sends a call
+    started = time.monotonic()
+    with pytest.raises(ivy.RemoteTaskError, match="unsigned: this side requires") as refused:
+        unsigned.delayed_call("t.echo", 1).result(20)
+    # Then the unsigned producer learns why at once, not after its timeout
+    assert time.monotonic() - started < 10 and refused.value.type == "MessageRejected"
+    # and the producer with another key cannot verify the worker's note, but its timeout
+    # names both refusals instead of asking whether a worker listens
+    with pytest.raises(ivy.ResultTimeout, match="signed with unknown key"):
+        other_key.delayed_call("t.echo", 2).result(2)
+    assert runs == []
+    for app in (worker, unsigned, other_key):
+        app.close()
+
+
+def test_a_forged_unsigned_body_cannot_fail_a_signed_call() -> None:
+    # Given a signed producer's call waiting for a worker that is not running yet
+    url = f"memory://{uuid.uuid4().hex}"
+    producer = signed_app("shared-key-0123456789abcdef0123456789", url)
+    worker = signed_app("shared-key-0123456789abcdef0123456789", url)
+    for app in (producer, worker):
+        @app.register_task(name="t.echo", queue="q")
+        def echo(n: int) -> int:
+            return n
+
+    call = producer.delayed_call("t.echo", 5)
+    # When a writer to the queue without the key puts in bodies naming that call: without a
+    # nonce, and with a guessed one
+    for extra in ({}, {"nonce": "0" * 20}):
+        worker.queue_backend.publish("q", json.dumps(
+            {"ivy": 1, "id": call.id, "name": "t.echo", "args": [6],
+             "reply_to": producer.channel, **extra}).encode())
+    worker.listen(queue="q", block=False)
+    # Then both are dead-lettered and the call still gets its own result
+    assert call.result(20) == 5
+    wait_for(lambda: len(worker.queue_backend.dead_letters("q")) == 2, message="dead letters")
+    for app in (producer, worker):
+        app.close()
+
+
 def test_producer_ignores_unsigned_or_forged_results(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IVY_SIGNING_KEY", "k9,k8")
     url = f"memory://{uuid.uuid4().hex}"
