@@ -26,7 +26,14 @@ from ivy import deadletters
 from ivy.config import DEFAULT_URL, NOTIFIER_ENV, QUEUE_ENV, make_notifier, mask_url
 from ivy.dashboard import command as dashboard
 from ivy.errors import IvyError, PublishError, PublishTimeout, RemoteTaskError, ResultTimeout
-from ivy.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR, events_command, worker_lines, workers_report
+from ivy.monitor import (
+    HEARTBEAT_INTERVAL,
+    TTL_FACTOR,
+    events_command,
+    live_queues,
+    worker_lines,
+    workers_report,
+)
 from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
 from ivy.worker import Worker, signal_handlers
 
@@ -597,9 +604,7 @@ def _inspect(args: argparse.Namespace) -> int:
         finally:
             notifier.close()
         # a backend that cannot list its queues (RabbitMQ): those its live workers consume
-        names = args.queue or backend.queues() or list(dict.fromkeys(
-            str(q) for w in workers or [] if w.get("queue_url") == backend.url
-            for q in w.get("queues") or []))
+        names = args.queue or backend.queues() or live_queues(workers, backend.url)
         report: list[dict[str, Any]] = []
         for name in names:
             dead = backend.dead_letters(name, args.limit)

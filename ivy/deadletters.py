@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -230,9 +231,14 @@ def add_parser(sub: Any, backends: Callable[..., None]) -> None:
     for p, needs_queue in ((listing, False), (show, False), (requeue, True), (purge, True)):
         p.add_argument("--queue", "-Q", required=needs_queue, metavar="NAME", help=(
             "queue name" if needs_queue else
-            "queue name (default: every queue the backend knows; RabbitMQ cannot list them)"))
+            "queue name (default: every queue the backend knows; on RabbitMQ, which cannot "
+            "list them, every queue its live workers consume, from their heartbeats)"))
         p.add_argument("--json", action="store_true", help="print JSON instead of text")
         backends(p, notifier=False)
+        if not needs_queue:
+            p.add_argument("--notifier-url", metavar="URL", help=(
+                "where to read the workers' heartbeats when the backend cannot list its "
+                "queues (default: $IVY_NOTIFIER_URL, else an amqp:// queue URL itself)"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -293,14 +299,44 @@ def _one_line(text: str, limit: int) -> str:
 
 
 def _queues(app: Ivy, args: argparse.Namespace) -> list[str]:
+    """``--queue``, or every queue the backend lists, or (RabbitMQ cannot list them) every
+    queue that its live workers consume, from their heartbeats."""
     if args.queue:
         return [args.queue]
-    names = app.queue_backend.queues()
+    backend = app.queue_backend
+    names = backend.queues()
+    if names:
+        return names
+    from ivy.config import QUEUE_ENV
+
+    raw_url = args.queue_url or os.environ.get(QUEUE_ENV) or ""  # backend.url is masked
+    names, why = _heartbeat_queues(backend.url, raw_url, getattr(args, "notifier_url", None))
     if not names:
-        raise IvyError(f"the queue backend {app.queue_backend.url} cannot list its queues "
-                       "(RabbitMQ cannot without the management plugin): name the queue with "
-                       "--queue NAME")
+        raise IvyError(f"the queue backend {backend.url} cannot list its queues (RabbitMQ "
+                       f"cannot without the management plugin), and {why}: name the queue "
+                       "with --queue NAME")
     return names
+
+
+def _heartbeat_queues(queue_url: str, raw_queue_url: str,
+                      notifier_url: str | None) -> tuple[list[str], str]:
+    """(the queues live workers consume on ``queue_url`` (masked), why there are none)."""
+    from ivy.config import NOTIFIER_ENV, make_notifier, mask_url
+    from ivy.monitor import live_queues, workers_report
+
+    url = notifier_url or os.environ.get(NOTIFIER_ENV) or (
+        raw_queue_url if raw_queue_url.startswith(("amqp://", "amqps://")) else None)
+    if url is None:
+        return [], "no notifier to read heartbeats from was given (--notifier-url)"
+    notifier = make_notifier(url)
+    try:
+        workers, error = workers_report(notifier)
+    finally:
+        notifier.close()
+    if workers is None:
+        return [], str(error)
+    return live_queues(workers, queue_url), (
+        f"no live worker of it sends heartbeats to {mask_url(url)}")
 
 
 def _show(app: Ivy, args: argparse.Namespace) -> int:

@@ -255,3 +255,13 @@ def workers_report(notifier: Notifier) -> tuple[list[dict[str, Any]] | None, str
     except Exception as exc:
         return None, f"reading worker heartbeats from {notifier.url} failed: " \
                      f"{type(exc).__name__}: {exc}"
+
+
+def live_queues(workers: list[dict[str, Any]] | None, queue_url: str) -> list[str]:
+    """The queues that the live workers of ``workers`` (heartbeats) consume on ``queue_url``,
+    in the order first named: what a backend that cannot list its queues (RabbitMQ without
+    the management plugin) is asked about."""
+    return list(dict.fromkeys(
+        str(q) for w in workers or [] if w.get("queue_url") == queue_url
+        for q in w.get("queues") or []))
+

@@ -303,6 +303,34 @@ def test_inspect_on_rabbitmq_shows_the_queues_its_live_workers_consume(
         stop_worker(worker)
 
 
+def test_dead_list_on_rabbitmq_alone_needs_no_queue(amqp_url: str) -> None:
+    # Given a worker on RabbitMQ alone (queue and notifier), and a dead letter in its queue
+    worker = start_worker(amqp_url, amqp_url)
+    app = ivy.Ivy(amqp_url, amqp_url)
+    try:
+        app.send_task("hour.unknown", [], queue="proc")
+        wait_for(lambda: len(app.dead_letters("proc")) == 1, timeout=30,
+                 message="the unknown task's dead letter")
+        # When `ivy dead list` names no queue, nor a notifier
+        out = run("dead", "list", "--queue-url", amqp_url)
+        # Then it lists the dead letters of the queues its live workers consume
+        assert out.returncode == 0, out.stderr
+        header, *rows = out.stdout.splitlines()
+        assert header.split()[:2] == ["QUEUE", "ID"]
+        assert [row.split()[0] for row in rows] == ["proc"]
+        assert "hour.unknown" in rows[0]
+    finally:
+        app.close()
+        stop_worker(worker)
+    # and once no worker is alive, it says how to name the queue, in one line
+    wait_for(lambda: run("dead", "list", "--queue-url", amqp_url).returncode != 0,
+             timeout=60, message="the heartbeat to expire")
+    out = run("dead", "list", "--queue-url", amqp_url)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    [error] = out.stderr.splitlines()
+    assert "no live worker of it sends heartbeats" in error and "--queue NAME" in error
+
+
 def test_a_worker_whose_rabbitmq_is_down_logs_one_ivy_line_per_retry(sqlite_url: str) -> None:
     pytest.importorskip("pika")
     # Given a worker whose RabbitMQ does not answer
