@@ -74,6 +74,7 @@ class Ivy(Registering):
         exit_timeout: float = 30.0,
         middleware: Iterable[Middleware] = (),
         max_message_age: float | None = None,
+        dead_letter_failures: bool = True,
     ) -> None:
         self.registry = Registry()
         #: periodic tasks (ivy.timing.schedule): what a Scheduler of this app sends
@@ -101,6 +102,10 @@ class Ivy(Registering):
         #: seconds a message may be old (from its send, or its eta) when a worker of this app
         #: takes it; older ones are dead-lettered (a replay's window). None: no limit
         self.max_message_age = None if max_message_age is None else float(max_message_age)
+        #: whether a worker of this app dead-letters a task that failed after its retries
+        #: (False: its error is stored and the message acknowledged, as for a task without
+        #: retries; the dead letters then hold only messages that could not run)
+        self.dead_letter_failures = bool(dead_letter_failures)
         self.serializer = get_serializer(serializer)
         self.max_message_bytes = max_message_bytes
         self.retry_base_delay = retry_base_delay
@@ -444,7 +449,8 @@ class Ivy(Registering):
             registry=self.registry, serializer=self.serializer, backoff=self.backoff,
             max_message_bytes=self.max_message_bytes, max_depth=self.max_depth,
             signer=self.signer, reserve_times=reserve_times or {}, middleware=self.middleware,
-            max_message_age=self.max_message_age)
+            max_message_age=self.max_message_age,
+            dead_letter_failures=self.dead_letter_failures)
 
     # -- live workers and waiting (operations issue) -----------------------------------------
 

@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
                         "works with --processes 1 too")
     w.add_argument("--events", action="store_true",
                    help="publish task events through the notifier, for `ivy events`")
+    w.add_argument("--no-dead-letter-failures", action="store_true",
+                   help="do not dead-letter tasks that failed after their retries: store the "
+                        "error and acknowledge them (the dead letters keep only messages that "
+                        "could not run)")
     w.add_argument("--heartbeat", type=float, default=HEARTBEAT_INTERVAL, metavar="SECONDS",
                    help="seconds between heartbeats, which `ivy inspect` shows; a killed "
                         f"worker drops out after {TTL_FACTOR} (default {HEARTBEAT_INTERVAL:g})")
@@ -334,6 +338,8 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
             raise IvyError(f"modules {', '.join(args.modules)} registered no task: decorate "
                            "functions with @ivy.register_task(...)")
         _worker_warnings(app, args)
+        if args.no_dead_letter_failures:
+            app.dead_letter_failures = False
         if args.queue_url:
             app.setup_queue(args.queue_url)
         app.start_notification_producer(args.notifier_url)

@@ -5,7 +5,8 @@ outcome rules, apart from its threads (:mod:`ivy.worker`).
 - failure with attempts left (``attempt < max_retries``, the task's own for a Node.js ivy 0.2
   message): retried after the backoff, the body rewritten with the next attempt;
 - the last failure: the error is recorded, and the message dead-lettered with a reason when it
-  had retries (it failed that many times), acked when it had none (it failed once, as asked);
+  had retries (it failed that many times), acked when it had none (it failed once, as asked)
+  or when the app says not to (``Ivy(dead_letter_failures=False)``);
 - a message that cannot run (undecodable, unknown task, wrong arguments, exhausted): the
   producer is told why when it can be named, and the message is dead-lettered.
 
@@ -37,11 +38,12 @@ class Settler:
     the retry and dead-letter hooks of ``middleware``, waits ``backoff(attempt)`` s to retry."""
 
     def __init__(self, middleware: Pipeline, backoff: Callable[[int], float],
-                 recorder: Recorder, worker: str) -> None:
+                 recorder: Recorder, worker: str, *, dead_letter_failures: bool = True) -> None:
         self.middleware = middleware
         self.backoff = backoff
         self.recorder = recorder
         self.worker = worker
+        self.dead_letter_failures = dead_letter_failures
 
     def succeeded(self, delivery: Delivery, message: Message, value: Any) -> None:
         self.recorder.record(message, Notification(
@@ -63,11 +65,12 @@ class Settler:
             message.attempt += 1
             delivery.retry(delay, self.recorder.body(message))
             return
-        if not retries:  # it failed once, as asked
+        if not retries or not self.dead_letter_failures:  # failed as often as asked: done
             self.recorder.record(message, self.recorder.errored(message, error),
                                  then=delivery.ack)
-            log.info("task %s [%s] failed: %s: %s", message.name, message.id, error["type"],
-                     error["message"])
+            log.log(logging.INFO if not retries else logging.ERROR,
+                    "task %s [%s] failed after %d attempt(s): %s: %s", message.name,
+                    message.id, message.attempt + 1, error["type"], error["message"])
             return
         reason = (f"task {message.name!r} failed {message.attempt + 1} times; last error "
                   f"{error['type']}: {error['message']}")

@@ -94,6 +94,9 @@ class WorkerContext:
     #: seconds a message may be old (from ``created_ms``, or ``eta`` when later) when taken;
     #: an older one is dead-lettered. None: no limit (``Ivy(max_message_age=...)``)
     max_message_age: float | None = None
+    #: whether a task that failed after its retries is dead-lettered, or only acknowledged
+    #: once its error is stored (``Ivy(dead_letter_failures=...)``)
+    dead_letter_failures: bool = True
 
     def __post_init__(self) -> None:
         # a private read-only copy: the caller's dict changing later does not reach the worker
@@ -192,7 +195,8 @@ class Worker:
         #: cancels and rate limits, from the notifier's store (ivy.timing)
         self._gate = Gate(notifier, self._executor, self._recorder, self.name)
         #: what becomes of a delivery once its task ran, or when it cannot run
-        self._settler = Settler(context.middleware, context.backoff, self._recorder, self.name)
+        self._settler = Settler(context.middleware, context.backoff, self._recorder, self.name,
+                                dead_letter_failures=context.dead_letter_failures)
         #: internal errors per body, so that none is returned to its queue forever
         self._internal_errors = processing.InternalErrors()
         #: messages back from a dead worker, spread once before they run

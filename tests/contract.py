@@ -60,6 +60,9 @@ class QueueBackendContract:
     #: False where a retry redelivers the received message as it was (SQS changes its
     #: visibility, IronMQ releases it): the delivery count then tells the attempt
     retry_replaces_body = True
+    #: False where the service deletes expired dead letters on its own schedule (SQS's
+    #: retention, IronMQ's message_expiration): they are only hidden from listings at once
+    deletes_expired_dead_letters = True
     #: False where two consumers receiving at once may both get a message (SQS standard
     #: queues deliver "at least once"; moto's server shows it too, raw boto3 included)
     concurrent_receives_are_exclusive = True
@@ -307,6 +310,38 @@ class QueueBackendContract:
         assert backend.dead_letters(q) == []
         assert backend.requeue_dead(q) == 0
         consumer.close()
+
+    def test_dead_letters_expire_after_their_ttl(self, backend: QueueBackend) -> None:
+        # Given a backend that keeps dead letters for 3 s, and one dead letter
+        default = backend.dead_letter_ttl
+        backend.dead_letter_ttl = 3.0
+        try:
+            q = qname()
+            consumer = backend.consume(q)
+
+            def dead_letter(body: bytes) -> None:
+                backend.publish(q, body)
+                d = consumer.get(10)
+                assert d is not None and d.body == body
+                d.dead_letter("expiring")
+
+            dead_letter(b"old")
+            wait_for(lambda: [d.body for d in backend.dead_letters(q)] == [b"old"],
+                     timeout=2.5, message="the dead letter listed within its TTL")
+            # When its TTL has passed
+            wait_for(lambda: backend.dead_letters(q) == [], timeout=20,
+                     message="the dead letter to expire")
+            # Then it is not listed beside a new one, and (where the backend deletes them
+            # itself) it is gone from the store: a purge finds only the new one
+            dead_letter(b"new")
+            wait_for(lambda: [d.body for d in backend.dead_letters(q)] == [b"new"],
+                     timeout=2.5, message="the new dead letter alone")
+            consumer.close()
+            if self.deletes_expired_dead_letters:
+                purged = backend.purge_dead(q)
+                assert purged == 1, purged
+        finally:
+            backend.dead_letter_ttl = default
 
     def test_purge_dead_counts_and_empties(self, backend: QueueBackend) -> None:
         q = qname()

@@ -185,6 +185,58 @@ def body(attempt: int, **extra: Any) -> bytes:
                    extra=extra).encode(JSON)
 
 
+def test_final_failures_can_be_kept_out_of_the_dead_letters(urls: tuple[str, str],
+                                                            apps: list[ivy.Ivy]) -> None:
+    # Given a worker that does not dead-letter failures, and a task that always fails
+    app = make(urls, dead_letter_failures=False)
+    apps.append(app)
+
+    @app.register_task(name="t.fails", queue=Q, retry=True, max_retries=2)
+    def fails() -> None:
+        raise ValueError("always")
+
+    @app.register_task(name="t.ok", queue=Q)
+    def ok() -> int:
+        return 1
+
+    app.listen(queue=Q, block=False)
+    # When it fails all 3 of its runs
+    with pytest.raises(ivy.RemoteTaskError, match="always"):
+        app.delayed_call(fails).result(30)
+    # Then its producer has the error, the message is gone, and the dead letters stay empty
+    # (a call after it has run: the failure was settled before it)
+    assert app.delayed_call(ok).result(30) == 1
+    wait_for(lambda: app.queue_backend.size(Q) == 0, timeout=10, message="an empty queue")
+    assert app.dead_letters(Q) == []
+    # while a message that cannot run is still dead-lettered
+    app.send_task("t.missing", [], queue=Q)
+    wait_for(lambda: len(app.dead_letters(Q)) == 1, timeout=20, message="the dead letter")
+
+
+def test_dead_letter_ttl_is_an_option_of_every_backend(sqlite_url: str, amqp_url: str,
+                                                       redis_url: str) -> None:
+    from ivy.config import make_queue_backend
+    from ivy.queues.base import DEFAULT_DEAD_LETTER_TTL
+
+    def joined(url: str, option: str) -> str:
+        return f"{url}{'&' if '?' in url else '?'}{option}"
+
+    for url in (sqlite_url, amqp_url, redis_url, "memory://ttl"):
+        backend = make_queue_backend(url)
+        assert backend.dead_letter_ttl == DEFAULT_DEAD_LETTER_TTL == 14 * 86_400
+        backend.close()
+        backend = make_queue_backend(joined(url, "dead_letter_ttl=3600"))
+        assert backend.dead_letter_ttl == 3600
+        backend.close()
+        backend = make_queue_backend(joined(url, "dead_letter_ttl=none"))
+        assert backend.dead_letter_ttl is None
+        backend.close()
+        for bad in ("0", "-5", "soon", "inf"):
+            with pytest.raises(ivy.ConfigurationError,
+                               match=f"dead_letter_ttl={bad!r}.*seconds > 0.*=none"):
+                make_queue_backend(joined(url, f"dead_letter_ttl={bad}"))
+
+
 def test_reset_attempt_rewrites_a_v1_message_and_keeps_the_rest() -> None:
     new, priority = reset_attempt(body(3, custom="kept"), JSON, None)
     message = decode_message(new, JSON)

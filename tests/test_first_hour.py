@@ -331,6 +331,24 @@ def test_dead_list_on_rabbitmq_alone_needs_no_queue(amqp_url: str) -> None:
     assert "no live worker of it sends heartbeats" in error and "--queue NAME" in error
 
 
+def test_a_worker_can_keep_final_failures_out_of_the_dead_letters(sqlite_url: str) -> None:
+    # Given a worker started with --no-dead-letter-failures
+    worker = start_worker(sqlite_url, sqlite_url, "--no-dead-letter-failures")
+    app = ivy.Ivy(sqlite_url, sqlite_url, retry_base_delay=0.01)
+    try:
+        # When a call fails both of its runs (factorial of a string raises TypeError)
+        call = app.send_task("proc.factorial", ["x"], queue="proc", max_retries=1)
+        with pytest.raises(ivy.RemoteTaskError, match="TypeError"):
+            call.result(30)
+        # Then its error reached the producer, and nothing was dead-lettered
+        wait_for(lambda: app.queue_backend.size("proc") == 0, timeout=10,
+                 message="the failed message acknowledged")
+        assert app.dead_letters("proc") == []
+    finally:
+        app.close()
+        stop_worker(worker)
+
+
 def test_a_worker_whose_rabbitmq_is_down_logs_one_ivy_line_per_retry(sqlite_url: str) -> None:
     pytest.importorskip("pika")
     # Given a worker whose RabbitMQ does not answer

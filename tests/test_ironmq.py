@@ -58,6 +58,7 @@ def make_backend(fake: FakeIronMQ, **extra: Any) -> Any:
 class TestIronMQQueue(QueueBackendContract):
     short = 1.0  # IronMQ counts delays in whole seconds
     retry_replaces_body = False  # a retry releases the reserved message with a delay
+    deletes_expired_dead_letters = False  # IronMQ's message_expiration does, later
 
     @pytest.fixture
     def backend(self, fake: FakeIronMQ) -> Iterator[QueueBackend]:

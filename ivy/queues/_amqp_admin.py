@@ -75,8 +75,11 @@ def _open_dead(conn: pika.BlockingConnection, queue: str) -> tuple[BlockingChann
     return channel, int(frame.method.message_count)
 
 
-def dead_letters(params: Nodes, queue: str, limit: int) -> list[DeadLetter]:
-    """Peek at ``Q.dead``: read up to ``limit`` and put them all back."""
+def dead_letters(params: Nodes, queue: str, limit: int, cutoff: float = 0.0
+                 ) -> list[DeadLetter]:
+    """Peek at ``Q.dead``: read up to ``limit`` and put them all back, but for those dead
+    before ``cutoff`` (``time.time()``; expired), which are deleted: RabbitMQ drops an
+    expired message only at the head of a queue, and not always one that went back there."""
     conn = pika.BlockingConnection(params)
     found: list[DeadLetter] = []
     try:
@@ -88,7 +91,11 @@ def dead_letters(params: Nodes, queue: str, limit: int) -> list[DeadLetter]:
             method, props, body = channel.basic_get(dead_queue(queue), auto_ack=False)
             if method is None:
                 break
-            found.append(_dead_letter(queue, props, body))
+            letter = _dead_letter(queue, props, body)
+            if letter.time < cutoff:
+                channel.basic_ack(method.delivery_tag)
+                continue
+            found.append(letter)
         channel.close()  # every unacked message goes back, in order
     finally:
         conn.close()

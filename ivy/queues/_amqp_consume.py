@@ -111,7 +111,8 @@ class AMQPDelivery(Delivery):
         backend.send(dead_queue(self.queue), [self.body], queue=self.queue, priority=self.priority,
                      headers={REASON_HEADER: reason[:4000], DELIVERY_HEADER: self.delivery_count,
                               DEAD_AT_HEADER: int(time.time()),
-                              DEAD_ID_HEADER: uuid.uuid4().hex})
+                              DEAD_ID_HEADER: uuid.uuid4().hex},
+                     expiration=backend.dead_letter_ttl)
         self._ack()
 
     def _extend(self, seconds: float) -> None:

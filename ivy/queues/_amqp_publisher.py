@@ -329,15 +329,19 @@ class ConfirmedPublisher:
 
     def send_async(self, routing_key: str, bodies: list[bytes], *, queue: str,
                    priority: int = 0, headers: dict[str, Any] | None = None,
-                   exchange: str = "") -> list[Future[None]]:
+                   exchange: str = "", expiration: float | None = None
+                   ) -> list[Future[None]]:
         """Hand bodies to the publishing connection for ``exchange`` (default: the default
-        exchange, straight to the queue named ``routing_key``) and return at once, a future per
-        body: it completes when the broker confirmed the message, or fails with PublishError
+        exchange, straight to the queue named ``routing_key``), each message expiring after
+        ``expiration`` s when given, and return at once, a future per body: it completes when
+        the broker confirmed the message, or fails with PublishError
         (refused, or no confirm within ``publish_timeout``). A connection lost before the
         confirm sends the message again on the next one: at least once."""
         props = BasicProperties(delivery_mode=2 if self.persistent else 1,
                                 content_type=self.content_type,
-                                priority=priority or None, headers=headers or None)
+                                priority=priority or None, headers=headers or None,
+                                expiration=None if expiration is None else
+                                str(max(1, round(expiration * 1000))))
         deadline = time.monotonic() + self.publish_timeout
         batch = [_Pending(queue, routing_key, body, props, exchange, deadline)
                  for body in bodies]
@@ -352,11 +356,13 @@ class ConfirmedPublisher:
         return [p.future for p in batch]
 
     def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
-             headers: dict[str, Any] | None = None, exchange: str = "") -> None:
+             headers: dict[str, Any] | None = None, exchange: str = "",
+             expiration: float | None = None) -> None:
         """:meth:`send_async`, then wait: return when every body was confirmed, raise
         PublishError if one was refused or not confirmed in time."""
         futures = self.send_async(routing_key, bodies, queue=queue, priority=priority,
-                                  headers=headers, exchange=exchange)
+                                  headers=headers, exchange=exchange,
+                                  expiration=expiration)
         errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
         if errors:
             raise PublishError(f"{len(errors)} of {len(futures)} message(s): {errors[0]}")

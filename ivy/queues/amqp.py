@@ -94,11 +94,13 @@ from ivy.queues._amqp_topology import (
     delay_queue,
 )
 from ivy.queues.base import (
+    DEFAULT_DEAD_LETTER_TTL,
     DEFAULT_MAX_DELIVERIES,
     Consumer,
     DeadLetter,
     QueueBackend,
     Rewrite,
+    dead_letter_ttl_option,
     max_deliveries_option,
 )
 
@@ -109,7 +111,7 @@ log = logging.getLogger("ivy.amqp")
 
 #: ivy's own query parameters, removed before the URL goes to pika
 OPTIONS = ("max_priority", "publish_timeout", "content_type", "exchange", "exchange_type",
-           "queue_type", "delivery_limit", "persistent", "max_deliveries")
+           "queue_type", "delivery_limit", "persistent", "max_deliveries", "dead_letter_ttl")
 EXCHANGE_TYPES = ("direct", "topic")
 
 
@@ -130,7 +132,11 @@ class AMQPQueueBackend(QueueBackend):
     (default true: messages survive a RabbitMQ restart; false publishes them transient,
     ``delivery_mode=1``, which shortens a round trip by ~0.2 ms, since RabbitMQ confirms a
     persistent message only once it is written or consumed and acknowledged, and loses the
-    messages queued when the broker restarts; classic queues only)."""
+    messages queued when the broker restarts; classic queues only). ``dead_letter_ttl``
+    (:attr:`ivy.queues.base.QueueBackend.dead_letter_ttl`) is each dead letter's per-message
+    TTL (``expiration``): RabbitMQ drops it from ``Q.dead`` when it expires at the head of the
+    queue, and a listing deletes the expired ones it reads. The dead letters that a quorum
+    queue makes itself at its ``delivery_limit`` carry no TTL; listings delete them too."""
 
     def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", *,
                  max_priority: int | None = None, publish_timeout: float = 15.0,
@@ -138,7 +144,8 @@ class AMQPQueueBackend(QueueBackend):
                  exchange_type: str = "direct", queue_type: str = "classic",
                  delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT,
                  nodes: Sequence[str] | None = None, persistent: bool = True,
-                 max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
+                 max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+                 dead_letter_ttl: float | str | None = DEFAULT_DEAD_LETTER_TTL) -> None:
         if exchange_type not in EXCHANGE_TYPES:
             raise ConfigurationError(
                 f"exchange_type {exchange_type!r} for the AMQP queue backend {mask_url(url)} "
@@ -173,6 +180,8 @@ class AMQPQueueBackend(QueueBackend):
         limit = max_deliveries_option(max_deliveries,
                                       f"the AMQP queue backend {self.url}")
         self.max_deliveries = None if queue_type == "quorum" else limit
+        self.dead_letter_ttl = dead_letter_ttl_option(dead_letter_ttl,
+                                                      f"the AMQP queue backend {self.url}")
         #: quorum queues deliver in order: a message's priority is kept, not used (PROTOCOL.md)
         self.supports_priority = queue_type != "quorum"
         self._priority_noted = False
@@ -216,7 +225,8 @@ class AMQPQueueBackend(QueueBackend):
                        nodes=None if nodes is None else [str(n) for n in nodes],
                        persistent=bool_option(config, "persistent", True,
                                               f"the AMQP queue backend {mask_url(url)}"),
-                       max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES))
+                       max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES),
+                       dead_letter_ttl=config.get("dead_letter_ttl", DEFAULT_DEAD_LETTER_TTL))
         except ValueError as exc:
             if isinstance(exc, ConfigurationError):
                 raise
@@ -233,18 +243,22 @@ class AMQPQueueBackend(QueueBackend):
 
     def send_async(self, routing_key: str, bodies: list[bytes], *, queue: str,
                    priority: int = 0, headers: dict[str, Any] | None = None,
-                   exchange: str = "") -> list[Future[None]]:
+                   exchange: str = "", expiration: float | None = None
+                   ) -> list[Future[None]]:
         """Hand bodies to the publishing connection and return at once, a future per body
         (see :meth:`ConfirmedPublisher.send_async`)."""
         return self._publishing.send_async(routing_key, bodies, queue=queue, priority=priority,
-                                           headers=headers, exchange=exchange)
+                                           headers=headers, exchange=exchange,
+                                           expiration=expiration)
 
     def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
-             headers: dict[str, Any] | None = None, exchange: str = "") -> None:
+             headers: dict[str, Any] | None = None, exchange: str = "",
+             expiration: float | None = None) -> None:
         """:meth:`send_async`, then wait: return when every body was confirmed, raise
         PublishError if one was refused or not confirmed in time."""
         self._publishing.send(routing_key, bodies, queue=queue, priority=priority,
-                              headers=headers, exchange=exchange)
+                              headers=headers, exchange=exchange,
+                              expiration=expiration)
 
 
     def mismatch(self, queue: str) -> QueueMismatch | None:
@@ -331,8 +345,8 @@ class AMQPQueueBackend(QueueBackend):
         return _amqp_admin.size(self.nodes, queue)
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        """Peek at ``Q.dead``: read up to ``limit`` and put them all back."""
-        return _amqp_admin.dead_letters(self.nodes, queue, limit)
+        """Peek at ``Q.dead``: read up to ``limit`` and put them back (the expired deleted)."""
+        return _amqp_admin.dead_letters(self.nodes, queue, limit, self.dead_letter_cutoff())
 
     def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
                      rewrite: Rewrite | None = None) -> int:

@@ -62,6 +62,29 @@ def max_deliveries_option(value: Any, what: str) -> int:
     return limit
 
 
+#: How long a dead letter is kept (:attr:`QueueBackend.dead_letter_ttl`): 14 days, the
+#: longest that SQS keeps a message, so that every backend can keep to the same default.
+DEFAULT_DEAD_LETTER_TTL = 14 * 86_400.0
+
+
+def dead_letter_ttl_option(value: Any, what: str) -> float | None:
+    """``dead_letter_ttl`` (an argument, or the URL option ``?dead_letter_ttl=SECONDS`` as
+    text) as seconds > 0, or None for ``none`` (kept until requeued or purged); else a
+    ConfigurationError that names the value and the fix."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if isinstance(value, bool) or not 0 < seconds < float("inf"):
+        raise ConfigurationError(
+            f"dead_letter_ttl={value!r} for {what}: expected seconds > 0, such as "
+            f"?dead_letter_ttl={DEFAULT_DEAD_LETTER_TTL:.0f} (14 days, the default), or "
+            "?dead_letter_ttl=none to keep dead letters until they are requeued or purged")
+    return seconds
+
+
 def delivery_limit_reason(lost: int, limit: int) -> str:
     """The dead-letter reason of a poison message."""
     return (f"delivery limit: delivered {lost} times, and each time its worker died, was "
@@ -261,6 +284,21 @@ class QueueBackend(ABC):
     #: None: the backend stops poison messages itself (RabbitMQ quorum queues) or cannot
     #: tell a retry from a lost delivery (SQS, IronMQ: give their queues a redrive policy).
     max_deliveries: int | None = None
+    #: Seconds a dead letter is kept before it expires (None: until it is requeued or
+    #: purged); URL option ``?dead_letter_ttl=SECONDS`` (or ``none``), default
+    #: :data:`DEFAULT_DEAD_LETTER_TTL`. Expired letters are never listed; each backend
+    #: deletes them its own way (its docstring says how).
+    dead_letter_ttl: float | None = DEFAULT_DEAD_LETTER_TTL
+
+    def dead_letter_cutoff(self) -> float:
+        """The ``time.time()`` before which a dead letter has expired (0.0: none has)."""
+        ttl = self.dead_letter_ttl
+        return 0.0 if ttl is None else time.time() - ttl
+
+    def live_dead_letters(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        """``letters`` without those that expired (:attr:`dead_letter_ttl`)."""
+        cutoff = self.dead_letter_cutoff()
+        return [d for d in letters if d.time >= cutoff] if cutoff else letters
 
     @property
     def counts_lost_deliveries(self) -> bool:

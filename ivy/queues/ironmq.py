@@ -9,7 +9,9 @@ the original project's own backend.
   IronMQ message id in ``Q.dead``; listing peeks (at most 100). Requeueing reserves batches of
   ``Q.dead`` (for ``DEAD_HOLD`` s), posts the original body of each chosen one to Q, then
   deletes it: at least once (a crash in between leaves it in both); the others are released
-  at the end. Purging reserves and deletes in batches, so that it can count.
+  at the end. Purging reserves and deletes in batches, so that it can count. Dead letters
+  past ``dead_letter_ttl`` are not listed; IronMQ itself deletes them after the ``Q.dead``
+  queue's ``message_expiration`` (7 days unless set otherwise on the queue).
 * Configuration: ``{"type": "ironmq", "auth": {"token": ..., "project_id": ...}, "host": ...,
   "port": ..., "protocol": ...}``, or ``ironmq://project_id:token@host:port?protocol=https``;
   what is not given comes from iron.json and the ``IRON_*`` / ``IRON_MQ_*`` environment
@@ -53,12 +55,14 @@ import requests
 from ivy.errors import ConfigurationError
 from ivy.queues._batching import BatchSender, Outgoing, by_queue
 from ivy.queues.base import (
+    DEFAULT_DEAD_LETTER_TTL,
     Consumer,
     DeadLetter,
     Delivery,
     LongPollConsumer,
     QueueBackend,
     Rewrite,
+    dead_letter_ttl_option,
 )
 
 log = logging.getLogger("ivy.ironmq")
@@ -147,7 +151,8 @@ class IronMQQueueBackend(QueueBackend):
     def __init__(self, *, token: str | None = None, project_id: str | None = None,
                  host: str | None = None, port: int | None = None,
                  protocol: str | None = None, min_reserve: float = 30.0,
-                 request_timeout: float = 15.0) -> None:
+                 request_timeout: float = 15.0,
+                 dead_letter_ttl: float | str | None = DEFAULT_DEAD_LETTER_TTL) -> None:
         try:
             self.mq = iron_mq.IronMQ(token=token, project_id=project_id, host=host, port=port,
                                      protocol=protocol)
@@ -161,6 +166,8 @@ class IronMQQueueBackend(QueueBackend):
         self._client: _BoundedIronClient = client
         self.url = f"ironmq://{client.host}:{client.port}/{client.project_id}"
         self.min_reserve = min_reserve
+        self.dead_letter_ttl = dead_letter_ttl_option(dead_letter_ttl,
+                                                      f"the IronMQ queue backend {self.url}")
         self._sender = BatchSender(self._write, max_batch=100, name="ivy-ironmq-send")
         self._queues: dict[str, iron_mq.Queue] = {}
 
@@ -180,7 +187,8 @@ class IronMQQueueBackend(QueueBackend):
         return cls(token=auth.get("token"), project_id=auth.get("project_id"), host=host,
                    port=int(port) if port else None, protocol=config.get("protocol"),
                    min_reserve=float(config.get("min_reserve", 30.0)),
-                   request_timeout=float(config.get("request_timeout", 15.0)))
+                   request_timeout=float(config.get("request_timeout", 15.0)),
+                   dead_letter_ttl=config.get("dead_letter_ttl", DEFAULT_DEAD_LETTER_TTL))
 
     def queue(self, name: str) -> iron_mq.Queue:
         q = self._queues.get(name)
@@ -240,7 +248,7 @@ class IronMQQueueBackend(QueueBackend):
         for m in peeked.get("messages") or []:
             text, reason, when = _unwrap_dead(m["body"])
             found.append(DeadLetter(queue, _bytes(text), reason, when, str(m["id"])))
-        return found
+        return self.live_dead_letters(found)
 
     def _drain_dead(self, queue: str) -> Iterator[list[dict[str, Any]]]:
         """Batches of reserved ``Q.dead`` messages until a reserve finds none, or only ones

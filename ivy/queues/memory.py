@@ -19,12 +19,14 @@ from typing import Any, Self
 
 from ivy._shared import Shared
 from ivy.queues.base import (
+    DEFAULT_DEAD_LETTER_TTL,
     DEFAULT_MAX_DELIVERIES,
     Consumer,
     DeadLetter,
     Delivery,
     QueueBackend,
     Rewrite,
+    dead_letter_ttl_option,
     max_deliveries_option,
 )
 
@@ -53,6 +55,8 @@ class MemoryBroker:
         self.cond = threading.Condition()
         self.queues: dict[str, _Queue] = {}
         self._seq = itertools.count(1)
+        #: the dead_letter_ttl of the backend made last on this broker
+        self.dead_letter_ttl: float | None = DEFAULT_DEAD_LETTER_TTL
 
     def queue(self, name: str) -> _Queue:
         q = self.queues.get(name)
@@ -166,7 +170,11 @@ class MemoryDelivery(Delivery):
             with self._broker.cond:
                 letter = DeadLetter(self.queue, self.body, reason, time.time(),
                                     str(next(self._broker._seq)))
-                self._broker.queue(self.queue).dead.append((letter, self._entry.priority))
+                dead = self._broker.queue(self.queue).dead
+                dead.append((letter, self._entry.priority))
+                ttl = self._broker.dead_letter_ttl
+                while ttl is not None and dead[0][0].time < letter.time - ttl:
+                    dead.popleft()  # expired (oldest first)
 
     def _extend(self, seconds: float) -> None:
         self._broker.extend(self.queue, self._token, seconds)
@@ -198,17 +206,32 @@ class MemoryQueueBackend(QueueBackend):
     deliveries dead-letter it (:attr:`ivy.queues.base.QueueBackend.max_deliveries`)."""
 
     def __init__(self, name: str = "default", *,
-                 max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
+                 max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+                 dead_letter_ttl: float | str | None = DEFAULT_DEAD_LETTER_TTL) -> None:
         self.name = name or "default"
         self.url = f"memory://{self.name}"
         self.broker = _brokers.get(self.name)
         self.max_deliveries = max_deliveries_option(max_deliveries,
                                                     f"the memory queue {self.url}")
+        self.dead_letter_ttl = dead_letter_ttl_option(dead_letter_ttl,
+                                                      f"the memory queue {self.url}")
+
+    @property
+    def dead_letter_ttl(self) -> float | None:
+        """What :attr:`ivy.queues.base.QueueBackend.dead_letter_ttl` says, kept by the
+        broker (every ``memory://name`` backend of the process shares it: the last made
+        sets it); each new dead letter of a queue drops its expired ones."""
+        return self.broker.dead_letter_ttl
+
+    @dead_letter_ttl.setter
+    def dead_letter_ttl(self, value: float | None) -> None:
+        self.broker.dead_letter_ttl = value
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
         name = str(config.get("name") or "default")
-        return cls(name, max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES))
+        return cls(name, max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES),
+                   dead_letter_ttl=config.get("dead_letter_ttl", DEFAULT_DEAD_LETTER_TTL))
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
@@ -224,7 +247,8 @@ class MemoryQueueBackend(QueueBackend):
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         with self.broker.cond:
-            return [letter for letter, _ in self.broker.queue(queue).dead][-limit:]
+            return self.live_dead_letters(
+                [letter for letter, _ in self.broker.queue(queue).dead][-limit:])
 
     def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
                      rewrite: Rewrite | None = None) -> int:

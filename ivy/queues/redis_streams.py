@@ -70,17 +70,21 @@ from ivy.errors import ConfigurationError, PublishError
 from ivy.queues import _streams_lua as lua
 from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import (
+    DEFAULT_DEAD_LETTER_TTL,
+    DEFAULT_MAX_DELIVERIES,
     Consumer,
     DeadLetter,
     Delivery,
     QueueBackend,
     Rewrite,
+    dead_letter_ttl_option,
     delivery_limit_reason,
+    max_deliveries_option,
 )
 
 log = logging.getLogger("ivy.redis_streams")
 
-OPTIONS = ("max_deliveries",)
+OPTIONS = ("max_deliveries", "dead_letter_ttl")
 GROUP = "ivy"
 #: the highest priority (the wire protocol's)
 MAX_PRIORITY = 255
@@ -172,7 +176,9 @@ class StreamsDelivery(Delivery):
         self._defer(0.0)
 
     def _dead_letter(self, reason: str) -> None:
-        self._settle("dead", reason, self.delivery_count)
+        ttl = self._consumer.backend.dead_letter_ttl
+        self._settle("dead", reason, self.delivery_count,
+                     b"" if ttl is None else str(_ms(ttl)).encode())
 
     def _extend(self, seconds: float) -> None:
         c = self._consumer
@@ -324,17 +330,17 @@ class StreamsConsumer(Consumer):
 
 class RedisStreamsQueueBackend(QueueBackend):
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, max_deliveries: int = 10
-                 ) -> None:
-        if max_deliveries < 1:
-            raise ConfigurationError(
-                f"max_deliveries={max_deliveries!r} for the Redis Streams queue {mask_url(url)}: "
-                "it must be 1 or more (how often a message whose worker dies may be delivered)")
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *,
+                 max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+                 dead_letter_ttl: float | str | None = DEFAULT_DEAD_LETTER_TTL) -> None:
         self.url = mask_url(url)
         #: an entry delivered past it (its pending entries list count) comes marked
         #: ``exhausted``; the worker's check counts across entries too (a defer or a retry
         #: is a new entry; ``delivery_count`` carries on)
-        self.max_deliveries: int = max_deliveries
+        self.max_deliveries: int = max_deliveries_option(
+            max_deliveries, f"the Redis Streams queue {self.url}")
+        self.dead_letter_ttl = dead_letter_ttl_option(
+            dead_letter_ttl, f"the Redis Streams queue {self.url}")
         self.client: redis.Redis = redis.Redis.from_url(
             driver_url(url, OPTIONS), socket_timeout=BLOCK_SECONDS + 10, socket_connect_timeout=5,
             health_check_interval=30,
@@ -351,14 +357,8 @@ class RedisStreamsQueueBackend(QueueBackend):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
         url = str(config.get("url") or "redis://127.0.0.1:6379/0")
-        value = config.get("max_deliveries", 10)
-        try:
-            limit = int(value)
-        except (TypeError, ValueError):
-            raise ConfigurationError(
-                f"max_deliveries={value!r} for the Redis Streams queue {mask_url(url)}: "
-                "expected a whole number such as ?max_deliveries=10") from None
-        return cls(url, max_deliveries=limit)
+        return cls(url, max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES),
+                   dead_letter_ttl=config.get("dead_letter_ttl", DEFAULT_DEAD_LETTER_TTL))
 
     def script(self, name: str) -> Any:
         """A registered Lua script (redis-py loads it again after a restart: NOSCRIPT)."""
@@ -458,9 +458,10 @@ class RedisStreamsQueueBackend(QueueBackend):
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         entries = _entries(self.client.xrevrange(Keys(queue).dead, count=limit))
-        return [DeadLetter(queue, fields.get(b"b", b""), fields.get(b"r", b"").decode(),
-                           int(fields.get(b"t", 0)) / 1000, entry_id)
-                for entry_id, fields in reversed(entries)]
+        return self.live_dead_letters([
+            DeadLetter(queue, fields.get(b"b", b""), fields.get(b"r", b"").decode(),
+                       int(fields.get(b"t", 0)) / 1000, entry_id)
+            for entry_id, fields in reversed(entries)])
 
     def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
                      rewrite: Rewrite | None = None) -> int:

@@ -61,12 +61,14 @@ from ivy._sqlite_wake import WakeListener, WakeSender
 from ivy._sqlite_writer import Rows
 from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import (
+    DEFAULT_DEAD_LETTER_TTL,
     DEFAULT_MAX_DELIVERIES,
     Consumer,
     DeadLetter,
     Delivery,
     QueueBackend,
     Rewrite,
+    dead_letter_ttl_option,
     max_deliveries_option,
 )
 
@@ -74,6 +76,8 @@ from ivy.queues.base import (
 BATCH_WORK = 0.005
 #: ... up to this many times its prefetch.
 FETCH_GROWTH = 8
+#: Expired dead letters of a queue that each new dead letter of it deletes, at most.
+EXPIRE_BATCH = 100
 _clock = time.monotonic  # what consumers time their batches with (tests replace it)
 
 
@@ -131,6 +135,12 @@ class SQLiteDelivery(Delivery):
                 conn.execute(
                     "INSERT INTO ivy_dead_letters (queue, body, reason, time) VALUES (?, ?, ?, ?)",
                     (moved[0], moved[1], reason, time.time()))
+                cutoff = self._backend.dead_letter_cutoff()
+                if cutoff:  # the queue's oldest EXPIRE_BATCH, those expired: bounded work
+                    conn.execute(
+                        "DELETE FROM ivy_dead_letters WHERE id IN (SELECT id FROM "
+                        "ivy_dead_letters WHERE queue = ? ORDER BY id LIMIT ?) AND time < ?",
+                        (moved[0], EXPIRE_BATCH, cutoff))
 
     def _extend(self, seconds: float) -> None:
         self._backend.db.execute(
@@ -234,13 +244,19 @@ class SQLiteConsumer(Consumer):
 
 
 class SQLiteQueueBackend(QueueBackend):
+    """Dead letters past ``dead_letter_ttl`` are never listed, and each new dead letter of a
+    queue deletes up to ``EXPIRE_BATCH`` of its expired ones."""
+
     def __init__(self, path: str = "ivy.db", *,
-                 max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
+                 max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+                 dead_letter_ttl: float | str | None = DEFAULT_DEAD_LETTER_TTL) -> None:
         self.db = Database.shared(path)
         self._closed = False
         self.url = f"sqlite:///{self.db.path}"
         self.max_deliveries = max_deliveries_option(max_deliveries,
                                                     f"the SQLite queue {self.url}")
+        self.dead_letter_ttl = dead_letter_ttl_option(dead_letter_ttl,
+                                                      f"the SQLite queue {self.url}")
         self.waker = WakeSender(self.db.wake_dir("q"))
         self._sender = BatchSender(self._write, max_batch=100, max_backlog=100,
                                    name="ivy-sqlite-send")
@@ -248,7 +264,8 @@ class SQLiteQueueBackend(QueueBackend):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
         path = str(config.get("path") or "ivy.db")
-        return cls(path, max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES))
+        return cls(path, max_deliveries=config.get("max_deliveries", DEFAULT_MAX_DELIVERIES),
+                   dead_letter_ttl=config.get("dead_letter_ttl", DEFAULT_DEAD_LETTER_TTL))
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
@@ -300,8 +317,9 @@ class SQLiteQueueBackend(QueueBackend):
         rows = self.db.conn().execute(
             "SELECT queue, body, reason, time, id FROM ivy_dead_letters WHERE queue = ? "
             "ORDER BY id DESC LIMIT ?", (queue, limit)).fetchall()
-        return [DeadLetter(r[0], bytes(r[1]), r[2], r[3], f"{r[4]}-{_micros(r[3])}")
-                for r in reversed(rows)]
+        return self.live_dead_letters([
+            DeadLetter(r[0], bytes(r[1]), r[2], r[3], f"{r[4]}-{_micros(r[3])}")
+            for r in reversed(rows)])
 
     def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
                      rewrite: Rewrite | None = None) -> int:

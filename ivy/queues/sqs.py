@@ -4,7 +4,9 @@
 * Queue name Q is the SQS queue ``Q`` (created if missing; its URL is cached). ``Q.fifo`` is a
   FIFO queue (content-based deduplication; the message group id is the backend's
   ``message_group_id``, default ``ivy``). Dead letters go to ``Q-dead`` (``Q-dead.fifo``), SQS
-  names allowing no dots, with the reason in the message attribute ``ivy-reason``. A dead
+  names allowing no dots, with the reason in the message attribute ``ivy-reason``. ivy
+  creates ``Q-dead`` with ``MessageRetentionPeriod`` = ``dead_letter_ttl`` (60 s to 14 days:
+  SQS keeps nothing longer; a queue that exists keeps its own). A dead
   letter's id is its SQS MessageId. Listing receives with visibility 0 (nothing is hidden).
   Requeueing receives a batch (hidden for ``DEAD_HOLD`` seconds), sends each chosen message to
   Q as a fresh message, then deletes it from ``Q-dead``: at least once (a crash in between
@@ -51,16 +53,19 @@ import botocore.exceptions
 from ivy.errors import ConfigurationError, MessageTooLarge, PublishError
 from ivy.queues._batching import BatchSender, Outgoing, by_queue
 from ivy.queues.base import (
+    DEFAULT_DEAD_LETTER_TTL,
     Consumer,
     DeadLetter,
     Delivery,
     LongPollConsumer,
     QueueBackend,
     Rewrite,
+    dead_letter_ttl_option,
 )
 
 MAX_MESSAGE_BYTES = 262_144
 MAX_DELAY = 900  # SQS's longest DelaySeconds
+MAX_RETENTION = 1_209_600  # SQS's longest MessageRetentionPeriod: 14 days
 MAX_VISIBILITY = 43_200  # 12 hours
 REASON = "ivy-reason"
 ENCODING = "ivy-encoding"
@@ -104,7 +109,8 @@ class SQSQueueBackend(QueueBackend):
 
     def __init__(self, *, region: str | None = None, endpoint_url: str | None = None,
                  auth: dict[str, str] | None = None, message_group_id: str = "ivy",
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 dead_letter_ttl: float | str | None = DEFAULT_DEAD_LETTER_TTL) -> None:
         session = boto3.session.Session(**(auth or {}), region_name=region)
         self.client = session.client(
             "sqs", endpoint_url=endpoint_url, config=botocore.config.Config(
@@ -112,6 +118,8 @@ class SQSQueueBackend(QueueBackend):
                 retries={"max_attempts": 4, "mode": "standard"}))
         self.url = f"sqs://{endpoint_url or self.client.meta.endpoint_url}"
         self.message_group_id = message_group_id
+        self.dead_letter_ttl = dead_letter_ttl_option(dead_letter_ttl,
+                                                      f"the SQS queue backend {self.url}")
         self.max_message_bytes = max_message_bytes
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -124,7 +132,8 @@ class SQSQueueBackend(QueueBackend):
             raise ConfigurationError("SQS 'auth' must be a dict with aws_access_key_id and "
                                      "aws_secret_access_key")
         return cls(region=config.get("region"), endpoint_url=config.get("endpoint_url"),
-                   auth=auth, message_group_id=str(config.get("message_group_id", "ivy")))
+                   auth=auth, message_group_id=str(config.get("message_group_id", "ivy")),
+                   dead_letter_ttl=config.get("dead_letter_ttl", DEFAULT_DEAD_LETTER_TTL))
 
     def queue_url(self, queue: str) -> str:
         url = self._urls.get(queue)
@@ -136,10 +145,18 @@ class SQSQueueBackend(QueueBackend):
             except self.client.exceptions.QueueDoesNotExist:
                 attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true"} if (
                     queue.endswith(".fifo")) else {}
+                if queue.removesuffix(".fifo").endswith("-dead"):
+                    attributes["MessageRetentionPeriod"] = str(self._dead_retention())
                 url = str(self.client.create_queue(QueueName=queue, Attributes=attributes)[
                     "QueueUrl"])
             self._urls[queue] = url
             return url
+
+    def _dead_retention(self) -> int:
+        """``MessageRetentionPeriod`` of a dead-letter queue ivy creates: ``dead_letter_ttl``
+        within what SQS allows (60 s to 14 days; ``none`` gets the 14 days)."""
+        ttl = self.dead_letter_ttl
+        return MAX_RETENTION if ttl is None else min(max(round(ttl), 60), MAX_RETENTION)
 
     def _entry(self, queue: str, body: bytes, delay: float) -> dict[str, Any]:
         text, attributes = _text(body)
@@ -233,7 +250,7 @@ class SQSQueueBackend(QueueBackend):
                                                             m["MessageId"]))
             if len(found) >= limit:
                 break
-        return sorted(found.values(), key=lambda d: d.time)[:limit]
+        return self.live_dead_letters(sorted(found.values(), key=lambda d: d.time)[:limit])
 
     def _drain_dead(self, queue: str) -> Iterator[list[dict[str, Any]]]:
         """Batches of ``Q-dead`` messages, each hidden for ``DEAD_HOLD`` s, until a receive
