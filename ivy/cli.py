@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -350,10 +351,9 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
                 metrics = cleanup.enter_context(_prometheus().worker_metrics(
                     app, args.metrics_port, args.metrics_host,
                     http=args.supervisor_fd is None))
-            worker = app.listen(queue=args.queue, concurrency=args.concurrency,
-                                reserve_time=args.reserve_time, block=False,
-                                max_messages=args.max_tasks_per_child, events=args.events,
-                                heartbeat=args.heartbeat)
+            worker = _listen_once_reachable(app, args, early_stop)
+            if worker is None:  # stopped before its queue backend answered
+                return 0
             if metrics is not None:
                 metrics.bind(worker.backend, worker.queues, registry=app.registry)
             if args.scheduler:
@@ -362,6 +362,50 @@ def _worker(args: argparse.Namespace, argv: list[str]) -> int:
                 link.ready()
             worker.run_forever(early_stop)
     return EXIT_RECYCLE if worker is not None and worker.full else 0
+
+
+#: Longest wait between two tries of a worker whose queue backend does not answer.
+REACH_BACKOFF_MAX = 10.0
+
+
+def _listen_once_reachable(app: ivy.Ivy, args: argparse.Namespace,
+                           stop: threading.Event) -> Worker | None:
+    """Start the worker; while its queue backend cannot be reached (refused, no route, name
+    not resolved), log one line and try again, 1, 2, 4 ... up to ``REACH_BACKOFF_MAX`` s
+    apart, as the RabbitMQ consumers do on their own: every backend behaves alike, and a
+    worker started before its broker waits for it. None if ``stop`` (a signal) came first.
+    Other failures (a queue that exists with other arguments, a bad Redis DB) raise."""
+    delay = 1.0
+    while True:
+        try:
+            return app.listen(queue=args.queue, concurrency=args.concurrency,
+                              reserve_time=args.reserve_time, block=False,
+                              max_messages=args.max_tasks_per_child, events=args.events,
+                              heartbeat=args.heartbeat)
+        except _backend_errors() as exc:
+            if not _unreachable(exc):
+                raise
+            log.warning("worker: the queue backend cannot be reached: %s; trying again in "
+                        "%.0f s (Ctrl-C to stop)", _backend_failure(exc, args), delay)
+            log.debug("the connection failed", exc_info=True)
+        if stop.wait(delay):
+            return None
+        delay = min(delay * 2, REACH_BACKOFF_MAX)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that a backend could not be reached (worth trying again), not
+    that it refused what it was asked."""
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    with contextlib.suppress(ImportError):
+        import redis
+
+        kinds += [redis.ConnectionError, redis.TimeoutError]
+    with contextlib.suppress(ImportError):
+        import pika.exceptions
+
+        kinds.append(pika.exceptions.AMQPConnectionError)
+    return isinstance(exc, tuple(kinds))
 
 
 def _worker_warnings(app: ivy.Ivy, args: argparse.Namespace) -> None:

@@ -220,10 +220,12 @@ class Worker:
                         started.close()
                 self._consumers = []
                 raise
-        # once its consumers are made (connected): "listening" is true when it is said
-        log.info("worker %s: listening on %s at %s, concurrency %d, tasks: %s", self.name,
-                 ", ".join(self.queues), self.backend.url, self.concurrency,
-                 ", ".join(self.context.registry.names()) or "(none)")
+        # "listening" is said once every consumer receives: at once, or (a consumer that
+        # connects on its own thread, AMQP) from a thread that waits for them
+        if all(c.wait_ready(0) for c in self._consumers):
+            self._listening()
+        else:
+            self._spawn(self._listening_once_ready, "ivy-ready")
         # One queue: executors fetch for themselves (no hand-off between threads). Several:
         # a fetcher per queue hands deliveries over, fetching only while an executor is free.
         direct = self._consumers[0] if len(self._consumers) == 1 else None
@@ -234,6 +236,18 @@ class Worker:
                 self._spawn(self._fetch_loop, f"ivy-fetch-{q}", consumer)
         self._spawn(self._heartbeat_loop, "ivy-heartbeat")
         return self
+
+    def _listening(self) -> None:
+        log.info("worker %s: listening on %s at %s, concurrency %d, tasks: %s", self.name,
+                 ", ".join(self.queues), self.backend.url, self.concurrency,
+                 ", ".join(self.context.registry.names()) or "(none)")
+
+    def _listening_once_ready(self) -> None:
+        for consumer in self._consumers:
+            while not consumer.wait_ready(0.5):
+                if self._stopping.is_set():
+                    return
+        self._listening()
 
     def _spawn(self, target: Any, name: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)

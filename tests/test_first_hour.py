@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
-from servers import free_port
-from workers import Lines, start_worker, stop_worker
+from servers import PrivateRedis, free_port
+from workers import Lines, launch, start_worker, stop_worker
 
 import ivy
 from ivy.config import mask_url
@@ -221,13 +221,33 @@ def test_a_redis_that_is_down_is_one_line_with_its_url_masked(command: tuple[str
     assert "Connection refused" in line and mask_url(url) in line and "secret" not in line
 
 
-def test_a_worker_whose_redis_is_down_says_so_in_one_line_and_never_listening() -> None:
+def test_a_worker_started_before_its_redis_waits_for_it_one_line_per_try(
+        tmp_path: Path, sqlite_url: str) -> None:
     pytest.importorskip("redis")
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    out = run("worker", "tasks_for_workers", "--queue-url", url, "--notifier-url", url)
-    line = one_line_error(out)
-    assert "Connection refused" in line and url in line
-    assert "listening on" not in out.stderr
+    # Given a worker whose Redis does not answer yet
+    redis = PrivateRedis(tmp_path / "redis")
+    worker = launch(["worker", "tasks_for_workers", "--queue", "proc", "--queue-url",
+                     redis.url, "--notifier-url", sqlite_url], ready="cannot be reached")
+    try:
+        # When it has tried twice
+        wait_for(lambda: "".join(worker.lines).count("cannot be reached") >= 2, timeout=30,
+                 message="two tries")
+        # Then it says why in one line a try, naming the URL, and not that it listens
+        output = "".join(worker.lines)
+        assert "Connection refused" in output and redis.url in output
+        assert "Traceback" not in output and "listening on" not in output
+        # and once its Redis answers, it listens and runs calls
+        redis.start()
+        wait_for(lambda: "listening on" in "".join(worker.lines), timeout=30,
+                 message="the worker to listen")
+        app = ivy.Ivy(redis.url, sqlite_url)
+        try:
+            assert app.send_task("proc.factorial", [5], queue="proc").result(30) == 120
+        finally:
+            app.close()
+    finally:
+        stop_worker(worker)
+        redis.stop()
 
 
 def test_a_sqlite_database_that_cannot_be_made_names_its_path(tmp_path: Path) -> None:
@@ -353,16 +373,19 @@ def test_a_worker_whose_rabbitmq_is_down_logs_one_ivy_line_per_retry(sqlite_url:
     pytest.importorskip("pika")
     # Given a worker whose RabbitMQ does not answer
     url = f"amqp://guest:secret@127.0.0.1:{free_port()}/%2F"
-    worker = start_worker(url, sqlite_url)
+    worker = launch(["worker", "tasks_for_workers", "--queue", "proc", "--queue-url", url,
+                     "--notifier-url", sqlite_url], ready="reconnecting to")
     try:
         # When it has tried to connect twice
         wait_for(lambda: "".join(worker.lines).count("reconnecting to") >= 2, timeout=30,
                  message="two retries")
     finally:
         output = stop_worker(worker)
-    # Then each retry is one ivy line naming the broker and why, and pika says nothing
+    # Then each retry is one ivy line naming the broker and why, pika says nothing, and the
+    # worker never said it listens
     assert "Connection refused" in output and "secret" not in output
     assert " pika." not in output, output
+    assert "listening on" not in output
 
 
 def test_an_oserror_of_the_users_own_module_keeps_its_traceback(tmp_path: Path) -> None:

@@ -132,6 +132,8 @@ class AMQPConsumer(Consumer):
         self._outstanding = 0
         self._tag: str | None = None
         self._declarer = backend._declarer.copy()
+        #: set once the first basic.consume went out on a connection (wait_ready)
+        self._ready = threading.Event()
         self._link = Link(backend.nodes, f"consume-{queue}",
                            on_channel=self._start, on_lost=self._lost)
 
@@ -157,6 +159,7 @@ class AMQPConsumer(Consumer):
         def consume() -> None:
             channel.basic_qos(prefetch_count=self.prefetch)
             self._tag = channel.basic_consume(self.queue, on_message)
+            self._ready.set()
 
         def cancelled(frame: Any) -> None:
             """The broker cancelled the consumer (its queue was deleted, or its node went
@@ -179,6 +182,9 @@ class AMQPConsumer(Consumer):
         self._link.last_reason = None
         with self._cond:
             self._buffer.clear()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
 
     def get(self, timeout: float) -> Delivery | None:
         mismatch = self.backend.mismatch(self.queue)

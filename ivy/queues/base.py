@@ -208,6 +208,12 @@ class Consumer(ABC):
         return []."""
         return []
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the consumer receives (connected, its queue declared), waiting up to
+        ``timeout`` s for it. Most consumers are ready once made; one that connects on its
+        own thread (AMQP) says so when it is: a worker says "listening" only then."""
+        return True
+
     @abstractmethod
     def close(self) -> None:
         """Stop receiving and return prefetched, unstarted deliveries to the queue at once.
