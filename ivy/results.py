@@ -37,12 +37,12 @@ log = logging.getLogger("ivy.results")
 
 
 def require_nonce() -> bool:
-    """Whether final notifications without their call's nonce are dropped:
-    ``IVY_REQUIRE_NONCE=1`` (read when a producer starts receiving). Off by default so that a
-    producer of this version works with workers that do not echo nonces yet (upgrade the
-    workers, then turn it on: until then a notification without a nonce settles its call,
-    and only one with another call's nonce is dropped)."""
-    return os.environ.get("IVY_REQUIRE_NONCE", "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether final notifications without their call's nonce are dropped (read when a
+    producer starts receiving): yes, unless ``IVY_REQUIRE_NONCE=0``, for workers that do not
+    echo nonces (written before protocol v1 asked them to); then a notification without a
+    nonce settles its call, and only one with another call's nonce is dropped."""
+    return os.environ.get("IVY_REQUIRE_NONCE", "").strip().lower() not in (
+        "0", "false", "no", "off")
 
 
 def _bound(call: Call[Any], note: Notification, strict: bool = True) -> bool:

@@ -875,9 +875,9 @@ def test_duplicate_keys_in_an_envelope_or_a_notification_are_refused() -> None:
 def test_a_result_without_the_calls_nonce_does_not_settle_it(
         live: tuple[str, str, str], caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a producer that requires nonces, and a pending call of it (deferred for a
-    # minute), whose id an attacker learned
-    monkeypatch.setenv("IVY_REQUIRE_NONCE", "1")
+    # Given a producer (which requires nonces by default), and a pending call of it
+    # (deferred for a minute), whose id an attacker learned
+    monkeypatch.delenv("IVY_REQUIRE_NONCE", raising=False)
     served = Served(live)
     try:
         call = served.app.send_task("t.ok", [1], delay=60)
@@ -945,12 +945,32 @@ def test_require_nonce_reads_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     from ivy.results import require_nonce
 
     monkeypatch.delenv("IVY_REQUIRE_NONCE", raising=False)
-    assert not require_nonce()
+    assert require_nonce()  # on by default
     for on in ("1", "true", "Yes"):
         monkeypatch.setenv("IVY_REQUIRE_NONCE", on)
         assert require_nonce()
-    monkeypatch.setenv("IVY_REQUIRE_NONCE", "0")
-    assert not require_nonce()
+    for off in ("0", "false", "Off"):
+        monkeypatch.setenv("IVY_REQUIRE_NONCE", off)
+        assert not require_nonce()
+
+
+def test_a_workflow_result_carries_its_calls_nonce(store_urls: tuple[str, str]) -> None:
+    # Given a chain sent by a producer that requires nonces (the default)
+    app = ivy.Ivy(*store_urls)
+    try:
+        @app.register_task(name="t.add1", queue="q")
+        def add1(n: int) -> int:
+            return n + 1
+
+        app.listen(queue="q", block=False)
+        call = app.delayed_call(ivy.chain(add1.s(1), add1.s(), add1.s()))
+        # Then every step carried the call's nonce to the final notification, which settles
+        # the call, while a notification of that id without it would not
+        assert call.nonce and call.result(30) == 4
+        stored = app.start_notification_producer().stored(call.id)
+        assert stored is not None and decode_notification(stored, JSON).nonce == call.nonce
+    finally:
+        app.close()
 
 
 def test_a_signed_message_older_than_max_message_age_is_dead_lettered(sqlite_url: str) -> None:

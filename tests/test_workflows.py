@@ -115,7 +115,7 @@ def test_wire_form_of_a_chord_of_a_chain() -> None:
         assert body["id"] == f"{call.id}.{index + 1}"
         assert body["reply_to"] is None
         assert body["workflow"] == {
-            "id": call.id, "reply_to": app.channel, "next": [],
+            "id": call.id, "reply_to": app.channel, "nonce": call.nonce, "next": [],
             "join": {"group": group_id, "index": index, "size": 2, "join": None, "next": [
                 {"id": f"{call.id}.3", "task": "t.total", "args": [], "kwargs": {},
                  "queue": "qa"},

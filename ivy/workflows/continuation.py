@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ivy.errors import SerializationError
-from ivy.message import Message, Notification, encode_call
+from ivy.message import NONCE, Message, Notification, encode_call, nonce_of
 from ivy.middleware import Pipeline
 from ivy.notifiers.base import Notifier
 from ivy.outcomes import Recorder
@@ -215,8 +215,9 @@ class WorkflowRecorder(Recorder):
             if then is not None:  # sent without a reply channel: nobody waits for the result
                 then()
             return
+        nonce = nonce_of(flow)
         whole = Message(id=str(flow["id"]), name=message.name, args=[], reply_to=reply_to,
-                        attempt=message.attempt)
+                        attempt=message.attempt, extra={} if nonce is None else {NONCE: nonce})
         super().record(whole, note, then)
 
     def _fail(self, message: Message, flow: dict[str, Any], error: dict[str, str],

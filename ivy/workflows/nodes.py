@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ivy.message import Message, now_ms
+from ivy.message import NONCE, Message, nonce_of, now_ms
 
 Node = dict[str, Any]
 Cont = dict[str, Any]
@@ -31,10 +31,14 @@ def start(node: Node, prefix: list[Any], cont: Cont, flow: dict[str, Any], *,
           eta: int | None = None) -> list[Message]:
     """The messages that start ``node``: its task's, or its first step's, or each group
     member's. ``prefix`` goes before the task's own arguments (the previous result);
-    ``flow`` holds the workflow's ``id`` and ``reply_to``."""
+    ``flow`` holds the workflow's ``id`` and ``reply_to`` (and its call's ``nonce``, which
+    every step carries on to the final notification)."""
     if "task" in node:
         workflow = {"id": flow["id"], "reply_to": flow.get("reply_to"),
                     "next": cont["next"], "join": cont["join"]}
+        nonce = nonce_of(flow)
+        if nonce is not None:
+            workflow[NONCE] = nonce
         return [Message(
             id=node["id"], name=node["task"], args=[*prefix, *node.get("args", [])],
             kwargs=dict(node.get("kwargs") or {}), queue=node["queue"], reply_to=None,

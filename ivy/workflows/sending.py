@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivy.call import Call, ResultCallback, result_callback_adapter
 from ivy.errors import ConfigurationError
-from ivy.message import encode_call, new_id, now_ms
+from ivy.message import NONCE, encode_call, new_id, new_nonce, now_ms
 from ivy.workflows.canvas import Canvas, Signature
 from ivy.workflows.nodes import FINAL, start
 
@@ -53,11 +53,14 @@ def send_workflow(
     root = flow.node(lambda: f"{call_id}.{next(counter)}", _defaults(app), _checker(app),
                      given=len(prefix))
     eta = now_ms() + int(delay * 1000) if delay else None
-    messages = start(root, prefix, FINAL, {"id": call_id, "reply_to": app.channel}, eta=eta)
+    nonce = new_nonce()  # every step carries it to the final notification (PROTOCOL.md)
+    messages = start(root, prefix, FINAL,
+                     {"id": call_id, "reply_to": app.channel, NONCE: nonce}, eta=eta)
     from ivy.producing import Outgoing as _Outgoing
 
     first_queue = messages[0].queue or "ivy"
     call: Call[Any] = Call(call_id, flow.describe(), first_queue)
+    call.nonce = nonce
     call._canceller = app._canceller
     outs: list[_Outgoing] = []
     for message in messages:
