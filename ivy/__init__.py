@@ -50,6 +50,9 @@ __version__ = "0.1.0"
 
 #: The default instance behind the module-level functions.
 default = Ivy()
+"""The instance behind the module-level functions (``ivy.delayed_call``, ``ivy.listen``, ...)
+and ``@ivy.register_task``, and the one ``ivy worker`` runs; configured by ``setup_queue``
+and ``start_notification_*``, or by ``IVY_QUEUE_URL`` / ``IVY_NOTIFIER_URL``."""
 
 @atexit.register
 def _at_exit() -> None:

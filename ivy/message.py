@@ -25,6 +25,8 @@ from ivy.errors import MessageError, MessageTooLarge, SerializationError
 from ivy.serialization import Serializer, Signer, check_arguments, unwrap
 
 PROTOCOL_VERSION = 1
+"""The wire protocol version this ivy speaks: every message's and notification's ``ivy``
+field (PROTOCOL.md)."""
 STATUSES = ("scheduled", "running", "successful", "errored", "cancelled")
 FINAL_STATUSES = frozenset({"successful", "errored", "cancelled"})
 Status = Literal["scheduled", "running", "successful", "errored", "cancelled", "done"]

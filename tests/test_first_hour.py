@@ -296,7 +296,7 @@ def test_a_light_test_extra_and_an_honest_install_section() -> None:
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     # .[test] is still everything (CI installs it), .[test-core] leaves out the heavy packages
-    assert ".[test]" in (root / ".ci" / "run").read_text()
+    assert ".[test,docs]" in (root / ".ci" / "run").read_text()
     assert any(r.startswith("ivy-queue[test-core,") for r in extras["test"])
     core = " ".join(extras["test-core"])
     for heavy in ("playwright", "moto", "sqs", "ironmq", "boto3"):
