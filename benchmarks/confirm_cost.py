@@ -57,8 +57,8 @@ def ivy_variant(url: str, redis: str, persistent: bool, confirms: bool) -> Any:
     import bench_tasks
 
     import ivy
+    from ivy._amqp.link import Link
     from ivy.queues import amqp
-    from ivy.queues._amqp_link import Link
 
     if not persistent:
         url = f"{url}{'&' if '?' in url else '?'}persistent=false"
@@ -75,6 +75,7 @@ def ivy_variant(url: str, redis: str, persistent: bool, confirms: bool) -> Any:
                     publisher._publisher = Link(publisher.nodes, "publish",
                                                 on_channel=publisher._publisher_ready,
                                                 on_lost=publisher._publisher_lost)
+                    publisher._publisher.start()
                 return publisher._publisher
 
         publisher.link = link  # type: ignore[method-assign]

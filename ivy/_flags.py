@@ -12,6 +12,7 @@ actually waits, and one module-wide lock guards the few instructions that hand i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from _thread import LockType, allocate_lock
 from collections.abc import Callable
@@ -151,3 +152,12 @@ class Sent(Flag, Future[None]):
         error = self.exception(timeout)
         if error is not None:
             raise error
+
+
+def complete(future: Future[None], error: BaseException | None) -> None:
+    """Complete ``future`` with ``error`` (or success) unless it completed already."""
+    with contextlib.suppress(InvalidStateError):
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

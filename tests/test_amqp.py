@@ -16,7 +16,7 @@ from contract import qname, take
 
 pika = pytest.importorskip("pika")
 
-from ivy.queues import _pika_patches  # noqa: E402
+from ivy._amqp import _pika_patches  # noqa: E402
 from ivy.queues.amqp import AMQPQueueBackend, PublishError  # noqa: E402
 
 
@@ -346,7 +346,7 @@ def test_persistent_false_publishes_transient_messages(amqp_url: str) -> None:
 
 def test_a_delay_queue_in_use_does_not_expire_under_its_messages(
         amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ivy.queues import _amqp_topology
+    from ivy._amqp import topology as _amqp_topology
 
     # Given delay queues that expire 1.5 s after their last declaration (60 s in ivy) and a
     # publisher that declares them again when its declaration is 0.3 s old (15 s in ivy)

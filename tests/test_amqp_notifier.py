@@ -411,8 +411,8 @@ def test_duplicate_results_of_a_rerun_reach_the_callback_once(
                                   callback=lambda err, result: callbacks.append(result))
         # When both publish a final notification for it
         for notifier, result in ((first, "first"), (second, "second")):
-            body = Notification(call.id, "successful", "t.never_served", result=result
-                                ).encode(producer.serializer)
+            body = Notification(call.id, "successful", "t.never_served", result=result,
+                                nonce=call.nonce).encode(producer.serializer)
             notifier.publish(producer.channel, call.id, body, final=True)
         # Then the first one settles the call, and the callback runs once
         assert call.result(10) == "first"
@@ -453,7 +453,7 @@ def test_results_over_a_node_list_go_past_a_node_that_does_not_answer(amqp_url: 
 
     from servers import free_port
 
-    from ivy.config import join_hosts
+    from ivy._urls import join_hosts
 
     real = urlsplit(amqp_url)
     url = join_hosts(amqp_url, [f"127.0.0.1:{free_port()}",

@@ -75,7 +75,7 @@ class TestAMQPQueueOnPikasOwnPaths(TestAMQPQueue):
 
     @pytest.fixture
     def backend(self, amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[QueueBackend]:
-        from ivy.queues import _pika_patches
+        from ivy._amqp import _pika_patches
         from ivy.queues.amqp import AMQPQueueBackend
 
         monkeypatch.setattr(_pika_patches, "PIKA_VERSION", (1, 9, 0))

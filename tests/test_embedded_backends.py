@@ -124,7 +124,7 @@ def test_a_listener_that_joins_between_two_wakes_is_woken(tmp_path: Path, settle
     # Given a sender that keeps its listing of the listeners between wakes
     import select
 
-    from ivy._sqlite_wake import WakeListener, WakeSender
+    from ivy._sqlite.wake import WakeListener, WakeSender
 
     directory = str(tmp_path / "wake")
     first = WakeListener(directory)

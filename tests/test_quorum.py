@@ -21,7 +21,8 @@ from servers import free_port
 from workers import producer_app, start_worker, stop_worker
 
 import ivy
-from ivy.config import join_hosts, make_queue_backend
+from ivy._urls import join_hosts
+from ivy.config import make_queue_backend
 from ivy.errors import ConfigurationError
 
 pika = pytest.importorskip("pika")

@@ -1,4 +1,4 @@
-"""The SQLite file that the embedded queue and notifier share (ivy._sqlite.Database): its
+"""The SQLite file that the embedded queue and notifier share (ivy._sqlite.database.Database): its
 checkpoints run off the writers' threads, and ivy's writers take turns on a file lock."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from ivy import _sqlite
-from ivy._sqlite import CHECKPOINT_EVERY, Database
+from ivy._sqlite import database as _sqlite
+from ivy._sqlite.database import CHECKPOINT_EVERY, Database
 from ivy.queues.sqlite import SQLiteQueueBackend
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from ivy._sqlite import Database
+from ivy._sqlite.database import Database
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import pytest
 from conftest import wait_for
 
 import ivy
-from ivy import _sqlite_wake
-from ivy._sqlite import Database
-from ivy._sqlite_wake import WakeListener
+from ivy._sqlite import wake as _sqlite_wake
+from ivy._sqlite.database import Database
+from ivy._sqlite.wake import WakeListener
 
 NOBODY = 65534
 

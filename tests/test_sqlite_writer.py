@@ -1,4 +1,4 @@
-"""Group commit on SQLite (ivy._sqlite_writer): a worker's results and acks are committed by
+"""Group commit on SQLite (ivy._sqlite.writer): a worker's results and acks are committed by
 one writer thread per file and process, in order, a crash never leaves an ack without its
 result, and a locked or broken file holds writes back or drops one, never the thread."""
 
@@ -19,9 +19,9 @@ import pytest
 from conftest import wait_for
 from workers import producer_app, start_worker
 
-from ivy import _sqlite_writer as writer_module
-from ivy._sqlite import Database
-from ivy._sqlite_writer import Rows, chunk_sizes
+from ivy._sqlite import writer as writer_module
+from ivy._sqlite.database import Database
+from ivy._sqlite.writer import Rows, chunk_sizes
 from ivy.notifiers.sqlite import SQLiteNotifier
 from ivy.queues.sqlite import SQLiteQueueBackend
 

@@ -1,4 +1,4 @@
-"""The publishing side of the AMQP notifier: one connection (a :class:`ivy.queues._amqp_link.Link`,
+"""The publishing side of the AMQP notifier: one connection (a :class:`ivy._amqp.link.Link`,
 the AMQP queue backend's transport) with publisher confirms, that declares what it publishes to
 before the first publish on each channel.
 
@@ -32,11 +32,10 @@ import pika
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from ivy._flags import Sent
+from ivy._amqp.link import Link, pop_confirmed
+from ivy._amqp.topology import Once, queue_named
+from ivy._flags import Sent, complete
 from ivy.errors import PublishError
-from ivy.queues._amqp_link import Link, pop_confirmed
-from ivy.queues._amqp_topology import Once, queue_named
-from ivy.queues.base import complete
 
 log = logging.getLogger("ivy.amqp")
 
@@ -156,6 +155,7 @@ class Publisher:
             if self._link is None:
                 self._link = Link(self.params, self.label, on_channel=self._ready,
                                   on_confirm=self._confirmed, on_lost=self._lost)
+                self._link.start()
             return self._link
 
     def send(self, out: Outgoing) -> Future[None]:

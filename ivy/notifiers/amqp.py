@@ -57,7 +57,7 @@ Worker heartbeats (``ivy inspect``'s workers) are records in the RabbitMQ stream
 see :mod:`ivy.notifiers._amqp_workers` for the scheme and its limits (a heartbeat interval under
 300 s; hosts' clocks agreeing within a heartbeat's TTL).
 
-Connections: the notifier uses the AMQP backend's transport (:mod:`ivy.queues._amqp_link`): one
+Connections: the notifier uses the AMQP backend's transport (:mod:`ivy._amqp.link`): one
 publishing connection per notifier, opened on the first publish, and one connection per
 subscription, each on its own I/O thread, reconnecting with backoff.
 """
@@ -78,13 +78,13 @@ import pika.exceptions
 from pika.channel import Channel
 from pika.spec import BasicProperties
 
+from ivy._amqp.link import Link
 from ivy._shared import Shared
-from ivy.config import bool_option, driver_url, mask_url, split_hosts
+from ivy._urls import bool_option, driver_url, mask_url, split_hosts
 from ivy.errors import ConfigurationError, PublishError
 from ivy.notifiers import _amqp_workers
 from ivy.notifiers._amqp_publish import Declarations, Outgoing, Publisher
 from ivy.notifiers.base import Notifier, Subscription
-from ivy.queues._amqp_link import Link
 
 log = logging.getLogger("ivy.amqp")
 
@@ -149,6 +149,7 @@ class AMQPSubscription(Subscription):
         self.ready = threading.Event()  # consuming (set again on every reconnect)
         self._declarations = Declarations(notifier.reply_arguments, float("inf"), label)
         self._link = Link(notifier.nodes, label, on_channel=self._start, on_lost=self._lost)
+        self._link.start()
 
     def _start(self, channel: Channel) -> None:
         if self._closed:

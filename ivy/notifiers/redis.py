@@ -38,7 +38,7 @@ from typing import Any, Self
 import redis
 import redis.exceptions
 
-from ivy.config import driver_url, mask_url
+from ivy._urls import driver_url, mask_url
 from ivy.notifiers._redis_direct import Commands, read_pubsub
 from ivy.notifiers.base import HOLD_EARLY, HOLD_GRACE, Notifier, Subscription
 

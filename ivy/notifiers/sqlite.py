@@ -1,7 +1,7 @@
 """``sqlite:///path/ivy.db``: the embedded default notifier, for processes on one machine.
 
 Every notification is a row, written by the database's writer thread
-(:mod:`ivy._sqlite_writer`) in a transaction with whatever else is waiting: :meth:`publish`
+(:mod:`ivy._sqlite.writer`) in a transaction with whatever else is waiting: :meth:`publish`
 waits for the commit, :meth:`SQLiteNotifier.publish_then` (a worker's results) does not. A
 subscription reads its channel's new rows in order, and on start the stored final rows of its
 pending call ids, so a producer that starts waiting late still gets its result. A unique index
@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Self
 
-from ivy._sqlite import POLL_INTERVAL, Database
-from ivy._sqlite_wake import WakeListener, WakeSender
-from ivy._sqlite_writer import Rows
+from ivy._sqlite.database import POLL_INTERVAL, Database
+from ivy._sqlite.wake import WakeListener, WakeSender
+from ivy._sqlite.writer import Rows
 from ivy.notifiers.base import (
     HOLD_EARLY,
     Notifier,
@@ -160,7 +160,7 @@ class SQLiteNotifier(Notifier):
                      then: Callable[[], None]) -> None:
         """Handed to the database's writer thread, which stores it with what else is waiting
         and calls ``then`` after the commit, from its own thread (see
-        :mod:`ivy._sqlite_writer`: a write that keeps failing holds ``then`` back)."""
+        :mod:`ivy._sqlite.writer`: a write that keeps failing holds ``then`` back)."""
         self.db.writer.submit(*self._insert(channel, call_id, body, final), wake=self.waker,
                               then=then)
         self._prune()

@@ -21,7 +21,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import BasicProperties
 
-from ivy.queues._amqp_topology import DEAD_AT_HEADER, DEAD_ID_HEADER, REASON_HEADER, dead_queue
+from ivy._amqp.topology import DEAD_AT_HEADER, DEAD_ID_HEADER, REASON_HEADER, dead_queue
 from ivy.queues.base import DeadLetter, Rewrite
 
 #: the nodes to connect to, in order (pika takes the first that answers)

@@ -10,22 +10,25 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+import pika
 from pika.channel import Channel
 from pika.spec import BasicProperties
 
-from ivy.queues._amqp_link import Link
-from ivy.queues._amqp_topology import (
+from ivy._amqp.link import Link
+from ivy._amqp.topology import (
     BROKER_DELIVERY_HEADER,
     DEAD_AT_HEADER,
     DEAD_ID_HEADER,
     DELIVERY_HEADER,
     REASON_HEADER,
+    Declarer,
     dead_queue,
     delay_queue,
 )
+from ivy.errors import QueueMismatch
 from ivy.queues.base import Consumer, Delivery
 
 log = logging.getLogger("ivy.amqp")
@@ -34,8 +37,28 @@ log = logging.getLogger("ivy.amqp")
 #: puts back its unstarted deliveries.
 CANCEL_WAIT = 5.0
 
-if TYPE_CHECKING:
-    from ivy.queues.amqp import AMQPQueueBackend
+class ConsumingBackend(Protocol):
+    """What a consumer needs of its backend (:class:`ivy.queues.amqp.AMQPQueueBackend`)."""
+
+    @property
+    def nodes(self) -> Sequence[pika.URLParameters]:
+        """The broker's nodes, to connect to in turn."""
+
+    @property
+    def dead_letter_ttl(self) -> float | None:
+        """Seconds a dead letter is kept (its per-message TTL)."""
+
+    @property
+    def declarer(self) -> Declarer:
+        """The backend's queue declarations, which each consumer copies."""
+
+    def send(self, routing_key: str, bodies: list[bytes], *, queue: str, priority: int = 0,
+             headers: dict[str, Any] | None = None, exchange: str = "",
+             expiration: float | None = None) -> None:
+        """Publish and wait for the broker's confirms."""
+
+    def mismatch(self, queue: str) -> QueueMismatch | None:
+        """The error for ``queue`` if the broker has it with other arguments."""
 
 
 class AMQPDelivery(Delivery):
@@ -120,7 +143,7 @@ class AMQPDelivery(Delivery):
 
 
 class AMQPConsumer(Consumer):
-    def __init__(self, backend: AMQPQueueBackend, queue: str, prefetch: int) -> None:
+    def __init__(self, backend: ConsumingBackend, queue: str, prefetch: int) -> None:
         self.backend = backend
         self.queue = queue
         self.prefetch = max(1, prefetch)
@@ -131,11 +154,12 @@ class AMQPConsumer(Consumer):
         self._closed = False
         self._outstanding = 0
         self._tag: str | None = None
-        self._declarer = backend._declarer.copy()
+        self._declarer = backend.declarer.copy()
         #: set once the first basic.consume went out on a connection (wait_ready)
         self._ready = threading.Event()
         self._link = Link(backend.nodes, f"consume-{queue}",
                            on_channel=self._start, on_lost=self._lost)
+        self._link.start()
 
     def _start(self, channel: Channel) -> None:
         self._declarer.reset()

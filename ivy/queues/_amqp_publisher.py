@@ -1,6 +1,6 @@
 """Publishing for the AMQP queue backend (:mod:`ivy.queues.amqp`), with publisher confirms,
 pipelined: many threads can have publishes in flight on one channel of one connection (a
-:class:`~ivy.queues._amqp_link.Link`), each tracked by a future that completes with its
+:class:`~ivy._amqp.link.Link`), each tracked by a future that completes with its
 confirm, or fails with :class:`ivy.PublishError` when the broker refused it (nack) or did not
 confirm it within ``publish_timeout``.
 
@@ -30,11 +30,10 @@ import pika
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from ivy._flags import Sent
+from ivy._amqp.link import Link, pop_confirmed
+from ivy._amqp.topology import Declarer
+from ivy._flags import Sent, complete
 from ivy.errors import PublishError, QueueMismatch
-from ivy.queues._amqp_link import Link, pop_confirmed
-from ivy.queues._amqp_topology import Declarer
-from ivy.queues.base import complete
 
 log = logging.getLogger("ivy.amqp")
 #: at most one new publishing connection per this many seconds because of refusals, and how
@@ -114,6 +113,7 @@ class ConfirmedPublisher:
             if self._publisher is None:
                 self._publisher = Link(self.nodes, "publish", on_channel=self._publisher_ready,
                                         on_confirm=self._confirmed, on_lost=self._publisher_lost)
+                self._publisher.start()
             return self._publisher
 
     def _publisher_ready(self, channel: Channel) -> None:

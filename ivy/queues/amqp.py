@@ -37,7 +37,7 @@ Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
   exchange with routing key Q, and routes are ignored.
 
 * quorum queues (``?queue_type=quorum``, or ``"queue_type": "quorum"`` in the dict form): every
-  queue above is declared as a quorum queue (:mod:`ivy.queues._amqp_topology` has the
+  queue above is declared as a quorum queue (:mod:`ivy._amqp.topology` has the
   arguments), without priorities (a message's priority is kept, not used; ``max_priority`` is
   refused). Q dead-letters into ``Q.dead`` by itself after ``delivery_limit`` redeliveries
   (default 20), and the broker's ``x-delivery-count`` header counts the redeliveries. A queue
@@ -48,15 +48,15 @@ Layout on the broker, so that any AMQP client can take part (PROTOCOL.md):
   the old one is settled (so none that the broker took is sent twice).
 * several nodes: ``amqp://user:pw@host1:5672,host2:5672/vhost`` (or ``nodes=[...]`` in the dict
   form); every connection takes the first node that answers and, when lost, the next one
-  (:mod:`ivy.queues._amqp_link`).
+  (:mod:`ivy._amqp.link`).
 
 The modules: this one is ivy's queue semantics (the backend);
 :mod:`ivy.queues._amqp_consume` the consumer and its deliveries;
 :mod:`ivy.queues._amqp_admin` management on short-lived connections;
-:mod:`ivy.queues._amqp_topology` what is declared on the broker; :mod:`ivy.queues._amqp_link`
+:mod:`ivy._amqp.topology` what is declared on the broker; :mod:`ivy._amqp.link`
 the pika transport: every connection lives on its own I/O thread, and another thread with work
 for it (a publish, an ack) runs it itself while the loop is idle, or hands it over. The
-shortcuts that need pika's private API are in :mod:`ivy.queues._pika_patches`, applied only to
+shortcuts that need pika's private API are in :mod:`ivy._amqp._pika_patches`, applied only to
 the pika versions they were tested with. :mod:`ivy.queues._amqp_publisher` publishes, with
 publisher confirms, pipelined: many threads can have publishes in flight on one channel,
 ``send_many`` returns a future per message, and ``publish`` returns when the broker confirmed
@@ -79,13 +79,8 @@ from typing import Any, Self
 import pika
 import pika.exceptions
 
-from ivy.config import bool_option, driver_url, join_hosts, mask_url, split_hosts
-from ivy.errors import ConfigurationError, PublishError, QueueMismatch
-from ivy.queues import _amqp_admin
-from ivy.queues._amqp_consume import AMQPConsumer, AMQPDelivery
-from ivy.queues._amqp_link import Link
-from ivy.queues._amqp_publisher import ConfirmedPublisher
-from ivy.queues._amqp_topology import (
+from ivy._amqp.link import Link
+from ivy._amqp.topology import (
     DEFAULT_DELIVERY_LIMIT,
     QUEUE_TYPES,
     Declarer,
@@ -93,6 +88,11 @@ from ivy.queues._amqp_topology import (
     delay_bucket,
     delay_queue,
 )
+from ivy._urls import bool_option, driver_url, join_hosts, mask_url, split_hosts
+from ivy.errors import ConfigurationError, PublishError, QueueMismatch
+from ivy.queues import _amqp_admin
+from ivy.queues._amqp_consume import AMQPConsumer, AMQPDelivery
+from ivy.queues._amqp_publisher import ConfirmedPublisher
 from ivy.queues.base import (
     DEFAULT_DEAD_LETTER_TTL,
     DEFAULT_MAX_DELIVERIES,
@@ -260,6 +260,11 @@ class AMQPQueueBackend(QueueBackend):
                               headers=headers, exchange=exchange,
                               expiration=expiration)
 
+
+    @property
+    def declarer(self) -> Declarer:
+        """The queue declarations of this backend, which each consumer copies."""
+        return self._declarer
 
     def mismatch(self, queue: str) -> QueueMismatch | None:
         """The error for ``queue`` if it exists on the broker with other arguments than a

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -10,7 +9,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Collection
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,15 +17,6 @@ from ivy._flags import Sent
 from ivy.errors import ConfigurationError
 
 log = logging.getLogger("ivy.queue")
-
-
-def complete(future: Future[None], error: BaseException | None) -> None:
-    """Complete ``future`` with ``error`` (or success) unless it completed already."""
-    with contextlib.suppress(InvalidStateError):
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
 
 
 @dataclass(frozen=True, slots=True)

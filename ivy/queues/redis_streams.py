@@ -65,7 +65,7 @@ import redis.exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ivy.config import driver_url, mask_url
+from ivy._urls import driver_url, mask_url
 from ivy.errors import ConfigurationError, PublishError
 from ivy.queues import _streams_lua as lua
 from ivy.queues._batching import BatchSender, Outgoing

@@ -27,7 +27,7 @@ Requeueing moves rows back to ``ivy_messages`` (as fresh messages, delivery coun
 transaction, and purging deletes them in one statement: both are atomic. Dead letters keep
 no priority: a requeued message gets the one its body names (``rewrite``), else 0.
 
-Acks go to the database's writer thread (:mod:`ivy._sqlite_writer`), which commits them in
+Acks go to the database's writer thread (:mod:`ivy._sqlite.writer`), which commits them in
 groups, in order with the results a worker in this process recorded before them: ``ack()``
 returns before the row is deleted, as an AMQP ack returns before the broker has it, and a crash
 in between delivers the message again once its lease ends. Reads of this backend (``size``)
@@ -56,9 +56,9 @@ from collections.abc import Collection
 from concurrent.futures import Future
 from typing import Any, Self
 
-from ivy._sqlite import POLL_INTERVAL, Database
-from ivy._sqlite_wake import WakeListener, WakeSender
-from ivy._sqlite_writer import Rows
+from ivy._sqlite.database import POLL_INTERVAL, Database
+from ivy._sqlite.wake import WakeListener, WakeSender
+from ivy._sqlite.writer import Rows
 from ivy.queues._batching import BatchSender, Outgoing
 from ivy.queues.base import (
     DEFAULT_DEAD_LETTER_TTL,

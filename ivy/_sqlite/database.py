@@ -1,6 +1,6 @@
 """What the SQLite queue backend and notifier share: the database file (WAL, one connection per
 thread, writers taking turns, checkpoints on a thread of their own). Cross-process wake-ups
-are in :mod:`ivy._sqlite_wake`.
+are in :mod:`ivy._sqlite.wake`.
 
 Writers take turns: SQLite lets one connection write at a time, and one that finds the file
 locked sleeps in steps of 1, 2, 5, ... ms in its busy handler, though a write holds the lock for
@@ -40,7 +40,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ivy._sqlite_writer import Writer
+from ivy._sqlite.writer import Writer
 
 try:
     _fcntl: ModuleType | None = importlib.import_module("fcntl")
@@ -134,7 +134,7 @@ def _roll_back(conn: sqlite3.Connection) -> None:
 
 class Database:
     """One SQLite file; a connection per thread, created on first use, and a writer thread
-    for writes committed in groups (:mod:`ivy._sqlite_writer`), started on first use.
+    for writes committed in groups (:mod:`ivy._sqlite.writer`), started on first use.
 
     Backends take theirs from :meth:`shared`, so that the queue backend and the notifier of
     a process on one file share it: one set of connections, one checkpoint thread, and one
@@ -210,7 +210,7 @@ class Database:
 
     @property
     def writer(self) -> Writer:
-        """The writer thread of this database (see :mod:`ivy._sqlite_writer`)."""
+        """The writer thread of this database (see :mod:`ivy._sqlite.writer`)."""
         writer = self._writer
         if writer is None:
             with self._lock:
@@ -441,7 +441,7 @@ class Database:
 
     def wake_dir(self, kind: str) -> str:
         """The wake-up directory of this file's ``kind`` of writes, of this user: another
-        user's processes wake their own (:mod:`ivy._sqlite_wake` checks it is ours)."""
+        user's processes wake their own (:mod:`ivy._sqlite.wake` checks it is ours)."""
         digest = hashlib.sha256(self.path.encode()).hexdigest()[:16]
         uid = os.getuid() if hasattr(os, "getuid") else 0
         return os.path.join(tempfile.gettempdir(), f"ivy-wake-{uid}-{digest}-{kind}")

@@ -13,7 +13,7 @@ transaction as those next to it or in a later one. That is what lets a worker's 
 without waiting for its result: the ``DELETE`` comes after the ``INSERT`` of the result, so a
 crash can lose both (the message is delivered again once its lease ends, the task runs again,
 the first result wins) but never the result alone. This holds for the writes of one
-:class:`ivy._sqlite.Database`; backends on one file share one (``Database.shared``).
+:class:`ivy._sqlite.database.Database`; backends on one file share one (``Database.shared``).
 
 A write of many alike (:class:`Rows`: a worker's results, its acks) is merged with the others
 of its kind in the same transaction into statements of up to :data:`MAX_ROWS` rows. One
@@ -38,6 +38,7 @@ their leases end).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -45,12 +46,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ivy._flags import Flag
 
-if TYPE_CHECKING:
-    from ivy._sqlite import Database
+
+class Target(Protocol):
+    """What the writer needs of its database (:class:`ivy._sqlite.database.Database`)."""
+
+    path: str
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection."""
+
+    def write(self, conn: sqlite3.Connection | None = None
+              ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One write statement in its own transaction; the rows it changed."""
 
 log = logging.getLogger("ivy.sqlite")
 
@@ -111,7 +125,7 @@ def _one(statement: Statement) -> str:
 
 
 class Wakes(Protocol):
-    """What a write pokes once it is committed (:class:`ivy._sqlite_wake.WakeSender`)."""
+    """What a write pokes once it is committed (:class:`ivy._sqlite.wake.WakeSender`)."""
 
     def wake(self) -> None: ...
 
@@ -132,7 +146,7 @@ class _Write:
 class Writer:
     """The writer thread of one database (see the module docstring), started on first use."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Target) -> None:
         self._db = db
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Write] = []

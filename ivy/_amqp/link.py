@@ -8,7 +8,7 @@ connection, not a backoff. A connection that the broker closes soon after it ope
 declaration refused, say) is retried with backoff, so a persistent error does not spin.
 
 pika is not thread-safe. The I/O thread holds the link's lock except while it waits in its
-poll system call (see :mod:`ivy.queues._pika_patches`). Another thread with work for the
+poll system call (see :mod:`ivy._amqp._pika_patches`). Another thread with work for the
 connection (a publish, an ack) runs it itself if it can take that lock at once (the loop is
 idle), and otherwise hands it over through ``add_callback_threadsafe``: either way one thread at
 a time uses the connection. With a pika outside the tested versions the lock is held
@@ -28,7 +28,7 @@ import pika
 from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
 
-from ivy.queues._pika_patches import corked, send_eagerly, unlock_while_polling
+from ivy._amqp._pika_patches import corked, send_eagerly, unlock_while_polling
 
 log = logging.getLogger("ivy.amqp")
 
@@ -36,8 +36,8 @@ T = TypeVar("T")
 
 
 class Link:
-    """One pika SelectConnection with one channel, on its own thread, reconnecting forever,
-    to one node or to each of several in turn."""
+    """One pika SelectConnection with one channel, on its own thread (from :meth:`start` on),
+    reconnecting forever, to one node or to each of several in turn."""
 
     def __init__(self, params: pika.URLParameters | Sequence[pika.URLParameters], label: str, *,
                  on_channel: Callable[[Channel], None],
@@ -70,6 +70,11 @@ class Link:
         #: the connection was dropped by ``recycle``, not lost
         self._recycled = False
         self._thread = threading.Thread(target=self._run, name=f"ivy-amqp-{label}", daemon=True)
+
+    def start(self) -> None:
+        """Start connecting, on the link's own thread. Called by the owner once it holds the
+        link: the callbacks may run at once (a refused node calls ``on_lost`` within
+        milliseconds) and may read the owner's reference to it."""
         self._thread.start()
 
     def _run(self) -> None:

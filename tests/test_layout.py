@@ -1,0 +1,134 @@
+"""The shape of the package (../shared/LAYOUT.md, docs/internals/layout.md): no import cycle
+inside ``ivy/`` but those still being taken apart, no module over 500 lines but those still
+being split (the import-linter contracts of pyproject.toml run in .ci/run: `lint-imports`).
+Imports are counted as Python
+runs them and as type checkers read them: module level, inside functions and under
+``TYPE_CHECKING``. The known lists below only shrink: a new cycle or a new long module fails."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "ivy"
+#: the longest a module may grow before it is split along its jobs
+MAX_LINES = 500
+
+#: The import cycles still being taken apart (the restructure issue); each is a set of
+#: modules that import one another, directly or not. None may grow and no other may appear.
+KNOWN_CYCLES: list[frozenset[str]] = [
+    frozenset({
+        "ivy", "ivy.app", "ivy.backends", "ivy.cli", "ivy.dashboard.command",
+        "ivy.dashboard.routes", "ivy.dashboard.server", "ivy.dashboard.state",
+        "ivy.dashboard.web", "ivy.deadletters", "ivy.listening", "ivy.middleware.events",
+        "ivy.middleware.prometheus", "ivy.monitor", "ivy.outcomes", "ivy.processing",
+        "ivy.producing", "ivy.settle", "ivy.timing.cancel", "ivy.timing.gate",
+        "ivy.timing.scheduler", "ivy.timing.unique", "ivy.worker",
+        "ivy.workflows.continuation", "ivy.workflows.sending"}),
+]
+#: modules over MAX_LINES still to be split
+KNOWN_LONG = {"ivy/cli.py", "ivy/queues/redis_streams.py"}
+
+
+def module_names() -> dict[str, Path]:
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ivy it imports (any import statement anywhere in it)."""
+    names = module_names()
+    graph: dict[str, set[str]] = {name: set() for name in names}
+    for name, path in names.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package[:len(package) - node.level + 1]
+                    module = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    module = node.module or ""
+                # `from ivy.x import y` imports ivy.x, and ivy.x.y when y is a module
+                targets = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+            for target in targets:
+                while target and target not in names:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[frozenset[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(frozenset(component))
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle_and_its_members() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
+    assert cycles(graph) == [frozenset({"a", "b", "c"})]
+
+
+def test_no_import_cycle_but_the_known_ones() -> None:
+    found = cycles(import_graph())
+    for cycle in found:
+        assert any(cycle <= known for known in KNOWN_CYCLES), (
+            f"a new import cycle: {sorted(cycle)}; import downwards (LAYOUT.md)")
+    # a known cycle that shrank or went: take it off the list, so that it stays gone
+    for known in KNOWN_CYCLES:
+        assert any(cycle == known for cycle in found), (
+            f"the known cycle changed; update KNOWN_CYCLES to what is left: "
+            f"{[sorted(c) for c in found]}")
+
+
+def test_no_module_over_500_lines_but_the_known_ones() -> None:
+    long = {str(path.relative_to(ROOT)) for path in PACKAGE.rglob("*.py")
+            if len(path.read_text().splitlines()) > MAX_LINES}
+    assert long <= KNOWN_LONG, f"split along its jobs: {sorted(long - KNOWN_LONG)}"
+    assert long == KNOWN_LONG, f"no longer over {MAX_LINES}: {sorted(KNOWN_LONG - long)}"
+
