@@ -305,7 +305,7 @@ class Ivy(Registering):
         :mod:`ivy.timing.cancel`). The cancel is kept in the notifier's store for ``ttl``
         seconds (default ``pending_ttl``). A call of this process settles at once with status
         ``cancelled`` unless its outcome was recorded first."""
-        from ivy.timing.cancel import cancel_call
+        from ivy.producing import cancel_call
 
         cancel_call(self, call.id if isinstance(call, Call) else call,
                     self.pending_ttl if ttl is None else ttl)

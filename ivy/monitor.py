@@ -11,21 +11,17 @@ heartbeats live in the notifier's store (see :meth:`ivy.notifiers.base.Notifier.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from ivy.notifiers.base import Notifier, Subscription
-from ivy.worker import Worker, signal_handlers
+from ivy.notifiers.base import Notifier
+from ivy.queues.base import QueueBackend
 
 log = logging.getLogger("ivy.monitor")
 
@@ -39,11 +35,41 @@ _TICK = 0.25
 _sequence = itertools.count(1)
 
 
+class Beating(Protocol):
+    """What a heartbeat reads of its worker (:class:`ivy.Worker`)."""
+
+    name: str
+    concurrency: int
+
+    @property
+    def processed(self) -> int:
+        """Deliveries processed so far."""
+
+    @property
+    def failed(self) -> int:
+        """Task runs that failed, and messages dead-lettered."""
+
+    @property
+    def queues(self) -> Sequence[str]:
+        """The queues the worker consumes."""
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries the worker holds now."""
+
+    @property
+    def backend(self) -> QueueBackend:
+        """The worker's queue backend."""
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` s for the worker to stop; whether it did."""
+
+
 class Heartbeat:
     """Writes ``worker``'s heartbeat to ``notifier`` every ``interval`` seconds from a daemon
     thread, until the worker stops or :meth:`stop` is called; then removes it."""
 
-    def __init__(self, worker: Worker, notifier: Notifier, *,
+    def __init__(self, worker: Beating, notifier: Notifier, *,
                  interval: float = HEARTBEAT_INTERVAL, events: bool = False) -> None:
         if (isinstance(interval, bool) or not isinstance(interval, (int, float))
                 or not 0 < interval < float("inf")):
@@ -122,128 +148,6 @@ class Heartbeat:
 
 
 # -- what the command line prints ----------------------------------------------------------
-
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def worker_lines(workers: list[dict[str, Any]], now: float | None = None) -> list[str]:
-    """``ivy inspect``'s lines for the live workers (heartbeats as :meth:`Heartbeat.info`
-    writes them; a field another writer left out prints as ``?``)."""
-    now = time.time() if now is None else now
-    lines = []
-    for w in workers:
-        def num(key: str, info: dict[str, Any] = w) -> Any:
-            return info.get(key, "?")
-
-        queues = ", ".join(map(str, w.get("queues") or [])) or "?"
-        up = _ago(now - w["started"]) if isinstance(w.get("started"), (int, float)) else "?"
-        seen = (_ago(now - w["last_seen"]) + " ago"
-                if isinstance(w.get("last_seen"), (int, float)) else "?")
-        lines.append(f"  {w.get('name', '?')}: queues {queues}; {num('in_flight')} of "
-                     f"{num('concurrency')} busy; {num('processed')} processed, "
-                     f"{num('failed')} failed; up {up}, last seen {seen}"
-                     f"{'; events on' if w.get('events') else ''}")
-    return lines
-
-
-def format_event(event: dict[str, Any]) -> str:
-    """One line of ``ivy events`` for an event (see :mod:`ivy.middleware.events`)."""
-    when = event.get("time")
-    stamp = (datetime.fromtimestamp(when).strftime("%H:%M:%S.%f")[:-3]
-             if isinstance(when, (int, float)) else "?")
-    line = (f"{stamp} {event.get('event', '?'):<13} {event.get('name') or '?'} "
-            f"[{event.get('id') or '?'}] queue {event.get('queue') or '?'} on "
-            f"{event.get('worker') or '?'}")
-    attempt = event.get("attempt")
-    if isinstance(attempt, int) and attempt > 0:
-        line += f", attempt {attempt + 1}"
-    if isinstance(event.get("runtime"), (int, float)):
-        line += f" in {event['runtime']:.3f} s"
-    if isinstance(event.get("delay"), (int, float)):
-        line += f", again in {event['delay']:.2f} s"
-    error = event.get("error")
-    if isinstance(error, dict):
-        line += f": {error.get('type')}: {error.get('message')}"
-    if event.get("reason"):
-        line += f": {event['reason']}"
-    return line
-
-
-def tail_events(notifier: Notifier, out: TextIO, *, as_json: bool = False,
-                stop: threading.Event | None = None,
-                ready: Callable[[], None] | None = None) -> None:
-    """Print the task events published on ``notifier`` as they come (one per line, as JSON
-    with ``as_json``), until ``stop`` is set. ``ready`` runs once the subscription is open.
-    A lost connection is logged and the subscription opened again (what was published in
-    between is missed: events are a live stream)."""
-    stop = stop or threading.Event()
-    sub: Subscription | None = notifier.subscribe_events()
-    if ready is not None:
-        ready()
-    delay = 0.1
-    try:
-        while not stop.is_set():
-            if sub is None:
-                try:
-                    sub = notifier.subscribe_events()
-                    log.warning("events: subscribed again to %s; events published while "
-                                "disconnected were missed", notifier.url)
-                    delay = 0.1
-                except Exception as exc:
-                    log.warning("events: subscribing to %s failed (%s); trying again in "
-                                "%.1f s", notifier.url, exc, delay)
-                    stop.wait(delay)
-                    delay = min(delay * 2, 10.0)
-                    continue
-            try:
-                bodies = sub.get(0.5)
-            except Exception as exc:
-                log.warning("events: the subscription to %s failed (%s: %s)", notifier.url,
-                            type(exc).__name__, exc)
-                sub.close()
-                sub = None
-                continue
-            for body in bodies:
-                _print_event(body, out, as_json)
-    finally:
-        if sub is not None:
-            sub.close()
-
-
-def _print_event(body: bytes, out: TextIO, as_json: bool) -> None:
-    try:
-        event = json.loads(body)
-    except ValueError:
-        log.warning("events: passed over a body that is not JSON: %r", body[:200])
-        return
-    if not isinstance(event, dict):
-        log.warning("events: passed over a body that is not a JSON object: %r", body[:200])
-        return
-    out.write((json.dumps(event) if as_json else format_event(event)) + "\n")
-    out.flush()
-
-
-def events_command(notifier: Notifier, *, as_json: bool) -> int:
-    """``ivy events``: print task events as they come until SIGINT or SIGTERM; exit 0."""
-    stop = threading.Event()
-
-    def ready() -> None:
-        print(f"ivy events: listening on {notifier.url} (Ctrl-C to stop); workers publish "
-              "events when started with --events", file=sys.stderr, flush=True)
-
-    with signal_handlers(lambda signum, frame: stop.set()):
-        try:
-            tail_events(notifier, sys.stdout, as_json=as_json, stop=stop, ready=ready)
-        except BrokenPipeError:  # `ivy events | head`: the reader is gone
-            with contextlib.suppress(OSError):
-                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more is written
-    return 0
 
 
 def workers_report(notifier: Notifier) -> tuple[list[dict[str, Any]] | None, str | None]:

@@ -28,7 +28,7 @@ from ivy.message import (
 )
 from ivy.notifiers.base import Notifier
 from ivy.serialization import Serializer, Signer
-from ivy.timing import unique
+from ivy.timing import keys
 
 log = logging.getLogger("ivy.worker")
 
@@ -81,7 +81,7 @@ class Recorder:
         (:meth:`ivy.notifiers.base.Notifier.publish_then`)."""
         at_once = note.status == "cancelled"
         if not message.reply_to:
-            unique.release(self.notifier, message, at_once=at_once)
+            keys.release(self.notifier, message, at_once=at_once)
             if then is not None:
                 then()
             return
@@ -94,7 +94,7 @@ class Recorder:
         def after() -> None:
             nonlocal stored
             stored = True  # what then() raises is not a failure to publish
-            unique.release(notifier, message, at_once=at_once)
+            keys.release(notifier, message, at_once=at_once)
             if then is not None:
                 then()
 
@@ -118,7 +118,7 @@ class Recorder:
         failed. A decoded ``message`` lets go of its unique key (a rejected call never runs:
         the next send of its key sends again)."""
         if message is not None:
-            unique.release(self.notifier, message, at_once=True)
+            keys.release(self.notifier, message, at_once=True)
         reply_to, call_id = fields.get("reply_to"), fields.get("id")
         # a reply_to that is not a channel is never published to (ivy.message.is_channel)
         if self.notifier is None or not is_channel(reply_to) or not isinstance(call_id, str):

@@ -25,20 +25,58 @@ import hashlib
 import logging
 import random
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from ivy.errors import MessageError
+from ivy.execution import Executor
 from ivy.message import NONCE, Message, decode_message, nonce_of, now_ms
-from ivy.queues.base import Delivery, delivery_limit_reason
-from ivy.task import Task
-
-if TYPE_CHECKING:
-    from ivy.worker import Worker
+from ivy.middleware import Pipeline
+from ivy.queues.base import Delivery, QueueBackend, delivery_limit_reason
+from ivy.serialization import Serializer, Signer
+from ivy.settle import Settler
+from ivy.task import Registry, Task
+from ivy.timing.gate import Gate
+from ivy.workflows.continuation import WorkflowRecorder
 
 log = logging.getLogger("ivy.worker")
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a worker needs from its app, and nothing more: the tasks it may run, how bodies
+    are encoded, checked and signed, the retry backoff, and per-task reservations.
+
+    ``reserve_times`` maps a task name to the lease its running messages get; it overrides
+    ``Task.reserve_time``, which overrides the worker's own ``reserve_time``.
+    ``Ivy.worker_context()`` builds one from an app."""
+
+    registry: Registry
+    serializer: Serializer
+    backoff: Callable[[int], float]
+    max_message_bytes: int
+    max_depth: int
+    signer: Signer | None = None
+    reserve_times: Mapping[str, float] = field(default_factory=dict)
+    #: the app's middleware; the worker calls its task, retry and dead-letter hooks
+    middleware: Pipeline = field(default_factory=Pipeline)
+    #: seconds a message may be old (from ``created_ms``, or ``eta`` when later) when taken;
+    #: an older one is dead-lettered. None: no limit (``Ivy(max_message_age=...)``)
+    max_message_age: float | None = None
+    #: whether a task that failed after its retries is dead-lettered, or only acknowledged
+    #: once its error is stored (``Ivy(dead_letter_failures=...)``)
+    dead_letter_failures: bool = True
+
+    def __post_init__(self) -> None:
+        # a private read-only copy: the caller's dict changing later does not reach the worker
+        object.__setattr__(self, "reserve_times", MappingProxyType(dict(self.reserve_times)))
+
+    def seal(self, body: bytes) -> bytes:
+        """Sign an encoded message or notification when a signing key is configured."""
+        return body if self.signer is None else self.signer.sign(body)
 
 #: Internal errors one body may meet on one worker: after the last it is dead-lettered, not
 #: returned to its queue again. The returns wait ``backoff(1)``, ``backoff(2)``, ... (with
@@ -75,69 +113,165 @@ class InternalErrors:
             return count
 
 
-def process(worker: Worker, delivery: Delivery) -> None:
-    """What :meth:`ivy.Worker.process` documents: run one delivery to its end (ack, retry or
-    dead letter); never raises."""
-    message: Message | None = None
-    try:
+class Processor:
+    """Runs one delivery to its end for a worker (ack, retry or dead letter), with the parts
+    the worker made: its ``executor`` runs task bodies, its ``gate`` admits (cancels, rate
+    limits), its ``recorder`` publishes outcomes and continues workflows, its ``settler``
+    acks, retries or dead-letters. ``started(delivery, message, lease)`` tells the worker a
+    delivery it holds started running, under that lease (its heartbeat extends it). Counts
+    the deliveries it processed and the failed ones; thread-safe."""
+
+    def __init__(self, context: WorkerContext, backend: QueueBackend, name: str, *,
+                 reserve_time: float, executor: Executor, gate: Gate,
+                 recorder: WorkflowRecorder, settler: Settler,
+                 started: Callable[[Delivery, Message, float], None]) -> None:
+        self.context = context
+        self.backend = backend
+        self.name = name
+        self.reserve_time = reserve_time
+        self._executor = executor
+        self._gate = gate
+        self._recorder = recorder
+        self._settler = settler
+        self._started = started
+        #: deliveries processed, and task runs that failed or messages dead-lettered
+        self.processed = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+        #: internal errors per body, so that none is returned to its queue forever
+        self._internal_errors = InternalErrors()
+        #: messages back from a dead worker, spread once before they run
+        self._suspects = Suspects()
+
+    def process(self, delivery: Delivery) -> None:
+        """What :meth:`ivy.Worker.process` documents: run one delivery to its end (ack, retry
+        or dead letter); never raises."""
+        message: Message | None = None
+        try:
+            message = self._admit(delivery)
+            if message is not None:
+                task = self.context.registry.get(message.name)
+                assert task is not None  # _admit checked it
+                self._run(delivery, task, message)
+        except Exception as exc:
+            self._internal_error(delivery, message, exc)
+        finally:
+            with self._lock:
+                self.processed += 1
+
+    def _admit(self, delivery: Delivery) -> Message | None:
+        """Decode and check a delivery; its message if it is to run now, else None (it was
+        deferred, spread, dead-lettered or held back by the gate)."""
         if delivery.uncounted:  # its lost delivery is counted once it is back in the queue
             delivery.defer(0.0)
-            return
+            return None
+        ctx = self.context
         try:
-            ctx = worker.context
             message = decode_message(delivery.body, ctx.serializer,
                                      max_bytes=ctx.max_message_bytes,
                                      max_depth=ctx.max_depth, signer=ctx.signer)
         except MessageError as exc:
-            reject(worker, delivery, exc.reason, exc.fields)
-            return
+            self.reject(delivery, exc.reason, exc.fields)
+            return None
         except Exception as exc:  # a serializer's bug, or one of ours: never returned to loop
-            log.exception("worker %s: decoding a message of %s raised", worker.name,
+            log.exception("worker %s: decoding a message of %s raised", self.name,
                           delivery.queue)
-            reject(worker, delivery, f"message could not be decoded: {_error(exc)}", {})
-            return
+            self.reject(delivery, f"message could not be decoded: {_error(exc)}", {})
+            return None
         if message.queue is not None and message.queue != delivery.queue:
             # a body sent to one queue put into another (a replay, or a confused deputy): the
             # queue is inside the signature of a signed body, so this holds in signed mode
-            reject(worker, delivery, f"message for queue {_short(message.queue)!r} delivered "
-                   f"on queue {delivery.queue!r}: refused (replayed or misrouted)",
-                   _fields(message), message)
-            return
-        too_old = _too_old(worker.context.max_message_age, message)
+            self.reject(delivery, f"message for queue {_short(message.queue)!r} delivered "
+                        f"on queue {delivery.queue!r}: refused (replayed or misrouted)",
+                        _fields(message), message)
+            return None
+        too_old = _too_old(ctx.max_message_age, message)
         if too_old is not None:  # a replay outside its window, or a message left too long
-            reject(worker, delivery, too_old, _fields(message), message)
-            return
-        exhausted = delivery.exhausted or lost_deliveries(worker, delivery, message)
+            self.reject(delivery, too_old, _fields(message), message)
+            return None
+        exhausted = delivery.exhausted or lost_deliveries(self.backend, delivery, message)
         if exhausted is not None:  # it killed or hung worker after worker
-            reject(worker, delivery, exhausted, _fields(message), message)
-            return
-        if worker._suspects.spread(worker, delivery, message):
-            return
+            self.reject(delivery, exhausted, _fields(message), message)
+            return None
+        if self._suspects.spread(self.backend, delivery, message):
+            return None
         # Backends that retry by redelivering the same body (SQS) count attempts for us;
         # a redelivery after a crash counts as an attempt too (poison-message protection).
         message.attempt = max(message.attempt, delivery.delivery_count - 1)
-        task = worker.context.registry.get(message.name)
+        task = ctx.registry.get(message.name)
         if task is None:
-            reason = worker.context.registry.not_registered_message(message.name, delivery.queue)
-            reject(worker, delivery, reason, _fields(message), message)
-            return
+            reason = ctx.registry.not_registered_message(message.name, delivery.queue)
+            self.reject(delivery, reason, _fields(message), message)
+            return None
         try:
             task.check_arguments(message.args, message.kwargs)
         except TypeError as exc:
-            reject(worker, delivery, f"wrong arguments for task {task.name!r}: {exc}",
-                   _fields(message), message)
-            return
+            self.reject(delivery, f"wrong arguments for task {task.name!r}: {exc}",
+                        _fields(message), message)
+            return None
         if message.eta is not None and message.eta > now_ms() + 5:
             delivery.defer((message.eta - now_ms()) / 1000)  # not an attempt
+            return None
+        if not self._gate.admit(delivery, task, message):  # cancelled, rate-limited
+            return None
+        return message
+
+    def lease(self, task: Task[Any, Any]) -> float:
+        """What :meth:`ivy.Worker.lease` documents: how long a running message of ``task``
+        stays reserved between extends."""
+        lease = self.context.reserve_times.get(task.name)
+        if lease is None:
+            lease = task.reserve_time
+        return self.reserve_time if lease is None else float(lease)
+
+    def _run(self, delivery: Delivery, task: Task[Any, Any], message: Message) -> None:
+        """Run an admitted message's task (its lease set for the heartbeat) and settle it."""
+        lease = self.lease(task)
+        self._started(delivery, message, lease)
+        if lease != self.reserve_time:
+            delivery.extend(lease)
+        middleware = self.context.middleware
+        if middleware:
+            middleware.before_task(message)
+        # a workflow step that ran to its end before a crash is not run again
+        replayed = self._recorder.replay(message) if message.extra else None
+        ok, value = replayed or self._executor.run(task, message)
+        if middleware:
+            middleware.after_task(message, value if ok else None, None if ok else value)
+        if self._gate.settle_cancelled(delivery, message, ok, value):
             return
-        if not worker._gate.admit(delivery, task, message):  # cancelled, rate-limited
+        if ok:
+            self._settler.succeeded(delivery, message, value)
             return
-        run(worker, delivery, task, message)
-    except Exception as exc:
-        internal_error(worker, delivery, message, exc)
-    finally:
-        with worker._lock:
-            worker.processed += 1
+        with self._lock:
+            self.failed += 1
+        self._settler.failed(delivery, task, message, value)
+
+    def reject(self, delivery: Delivery, reason: str, fields: dict[str, Any],
+               message: Message | None = None) -> None:
+        """Dead-letter a message that cannot run, and tell its producer when we can."""
+        with self._lock:
+            self.failed += 1
+        self._settler.reject(delivery, reason, fields, message)
+
+    def _internal_error(self, delivery: Delivery, message: Message | None,
+                        exc: Exception) -> None:
+        """Return a delivery whose processing raised to its queue, or dead-letter it once its
+        body met ``MAX_INTERNAL_ERRORS`` of them on this worker."""
+        count = self._internal_errors.add(delivery)
+        if count < MAX_INTERNAL_ERRORS:
+            log.exception("worker %s: internal error %d of at most %d on a message of %s; "
+                          "returning it to the queue", self.name, count, MAX_INTERNAL_ERRORS,
+                          delivery.queue)
+            with logged("returning a message after an internal error"):
+                delivery.retry(self.context.backoff(count))
+            return
+        log.exception("worker %s: internal error %d on a message of %s; dead-lettering it",
+                      self.name, count, delivery.queue)
+        reason = (f"internal error {count} times on worker {self.name}; the last: "
+                  f"{_error(exc)}")
+        with logged("dead-lettering a message after internal errors"):
+            self.reject(delivery, reason, _fields(message) if message else {}, message)
 
 
 #: A suspect (a message that lost a delivery: it was held by a worker that died) is deferred
@@ -159,9 +293,9 @@ class Suspects:
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def spread(self, worker: Worker, delivery: Delivery, message: Message) -> bool:
+    def spread(self, backend: QueueBackend, delivery: Delivery, message: Message) -> bool:
         """True if ``delivery`` was deferred to spread it (nothing more to do with it)."""
-        if not worker.backend.counts_lost_deliveries:
+        if not backend.counts_lost_deliveries:
             return False
         lost = lost_count(delivery, message)
         if lost <= 0:
@@ -197,34 +331,15 @@ def lost_count(delivery: Delivery, message: Message) -> int:
     return delivery.delivery_count - 1 - message.attempt
 
 
-def lost_deliveries(worker: Worker, delivery: Delivery, message: Message) -> str | None:
+def lost_deliveries(backend: QueueBackend, delivery: Delivery, message: Message
+                    ) -> str | None:
     """The reason to dead-letter a poison message, if its deliveries without an outcome
     (:func:`lost_count`) reached the backend's ``max_deliveries``."""
-    limit = worker.backend.max_deliveries
+    limit = backend.max_deliveries
     if limit is None:
         return None
     lost = lost_count(delivery, message)
     return delivery_limit_reason(lost, limit) if lost >= limit else None
-
-
-def internal_error(worker: Worker, delivery: Delivery, message: Message | None,
-                   exc: Exception) -> None:
-    """Return a delivery whose processing raised to its queue, or dead-letter it once its body
-    met ``MAX_INTERNAL_ERRORS`` of them on this worker."""
-    count = worker._internal_errors.add(delivery)
-    if count < MAX_INTERNAL_ERRORS:
-        log.exception("worker %s: internal error %d of at most %d on a message of %s; "
-                      "returning it to the queue", worker.name, count, MAX_INTERNAL_ERRORS,
-                      delivery.queue)
-        with logged("returning a message after an internal error"):
-            delivery.retry(worker.context.backoff(count))
-        return
-    log.exception("worker %s: internal error %d on a message of %s; dead-lettering it",
-                  worker.name, count, delivery.queue)
-    reason = (f"internal error {count} times on worker {worker.name}; the last: "
-              f"{_error(exc)}")
-    with logged("dead-lettering a message after internal errors"):
-        reject(worker, delivery, reason, _fields(message) if message else {}, message)
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -234,53 +349,6 @@ def _short(text: str, limit: int = 80) -> str:
 def _error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS - 3] + "..."
-
-
-def lease(worker: Worker, task: Task[Any, Any]) -> float:
-    """What :meth:`ivy.Worker.lease` documents: how long a running message of ``task`` stays
-    reserved between extends."""
-    lease = worker.context.reserve_times.get(task.name)
-    if lease is None:
-        lease = task.reserve_time
-    return worker.reserve_time if lease is None else float(lease)
-
-
-def run(worker: Worker, delivery: Delivery, task: Task[Any, Any], message: Message) -> None:
-    """Run an admitted message's task (its lease set for the heartbeat) and settle it."""
-    now = time.monotonic()
-    lease = worker.lease(task)
-    with worker._lock:
-        held = worker._held.get(id(delivery))
-        if held is not None:
-            held.message, held.started = message, now
-            if lease != held.lease:
-                held.lease, held.next_extend = lease, now + lease / 3
-    if lease != worker.reserve_time:
-        delivery.extend(lease)
-    middleware = worker.context.middleware
-    if middleware:
-        middleware.before_task(message)
-    # a workflow step that ran to its end before a crash is not run again
-    replayed = worker._recorder.replay(message) if message.extra else None
-    ok, value = replayed or worker._executor.run(task, message)
-    if middleware:
-        middleware.after_task(message, value if ok else None, None if ok else value)
-    if worker._gate.settle_cancelled(delivery, message, ok, value):
-        return
-    if ok:
-        worker._settler.succeeded(delivery, message, value)
-        return
-    with worker._lock:
-        worker.failed += 1
-    worker._settler.failed(delivery, task, message, value)
-
-
-def reject(worker: Worker, delivery: Delivery, reason: str, fields: dict[str, Any],
-           message: Message | None = None) -> None:
-    """Dead-letter a message that cannot run, and tell its producer when we can."""
-    with worker._lock:
-        worker.failed += 1
-    worker._settler.reject(delivery, reason, fields, message)
 
 
 def _fields(message: Message) -> dict[str, Any]:

@@ -144,3 +144,28 @@ def prepare(
     app._current_results().add(call)
     return Outgoing(call, message, target_queue, app.seal(body), message.priority,
                     delay or 0.0, registered.route if registered is not None else None)
+
+
+def cancel_call(app: Ivy, call_id: object, ttl: float) -> None:
+    """``Ivy.cancel``: store the cancel (:mod:`ivy.timing.cancel`); settle a call of this
+    process at once (its producer publishes the final ``cancelled`` notification: the first
+    final one wins in the store)."""
+    from ivy.timing import unique
+    from ivy.timing.cancel import cancelled_notification, check_call_id, store_cancel
+
+    call_id = check_call_id(call_id)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+        raise ValueError(f"ttl {ttl!r} must be a number of seconds > 0 (how long the cancel "
+                         "is kept)")
+    results = app._current_results()
+    notifier = results.notifier
+    assert notifier is not None
+    store_cancel(notifier, call_id, ttl)
+    unique.cancelled(app, notifier, call_id)
+    for consumer in results.consumers():
+        mine = next((c for c in consumer.pending() if c.id == call_id), None)
+        if mine is not None:
+            note = cancelled_notification(call_id, mine.task)
+            consumer.notifier.publish(app.channel, call_id,
+                                      app.seal(note.encode(app.serializer)), final=True)
+            return

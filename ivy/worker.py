@@ -26,34 +26,30 @@ One message, from decoding it to settling it, is :mod:`ivy.processing`; its outc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue as queue_mod
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
-import ivy.processing as processing
+from ivy._process import signal_handlers as signal_handlers
+from ivy._process import worker_name
 from ivy.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
 from ivy.execution import Executor
 from ivy.execution import error_info as error_info
 from ivy.message import Message
-from ivy.middleware import Pipeline
 from ivy.notifiers.base import Notifier
 from ivy.outcomes import ERROR_MESSAGE_CHARS as ERROR_MESSAGE_CHARS
 from ivy.outcomes import ERROR_TRACEBACK_CHARS as ERROR_TRACEBACK_CHARS
 from ivy.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
-from ivy.processing import logged
+from ivy.processing import Processor, logged
+from ivy.processing import WorkerContext as WorkerContext
 from ivy.queues.base import Consumer, Delivery, QueueBackend
-from ivy.serialization import Serializer, Signer
 from ivy.settle import Settler
-from ivy.task import Registry, Task
+from ivy.task import Task
 from ivy.timing.gate import Gate
 from ivy.workflows.continuation import WorkflowRecorder
 
@@ -71,44 +67,6 @@ RUNNING_AFTER = 0.05
 #: here (2,200 vs 1,900 tasks/s), 8 only ~3% more than 4. A graceful stop gives the unstarted
 #: ones back at once.
 PREFETCH_MULTIPLIER = 4
-
-
-@dataclass(frozen=True)
-class WorkerContext:
-    """What a worker needs from its app, and nothing more: the tasks it may run, how bodies
-    are encoded, checked and signed, the retry backoff, and per-task reservations.
-
-    ``reserve_times`` maps a task name to the lease its running messages get; it overrides
-    ``Task.reserve_time``, which overrides the worker's own ``reserve_time``.
-    ``Ivy.worker_context()`` builds one from an app."""
-
-    registry: Registry
-    serializer: Serializer
-    backoff: Callable[[int], float]
-    max_message_bytes: int
-    max_depth: int
-    signer: Signer | None = None
-    reserve_times: Mapping[str, float] = field(default_factory=dict)
-    #: the app's middleware; the worker calls its task, retry and dead-letter hooks
-    middleware: Pipeline = field(default_factory=Pipeline)
-    #: seconds a message may be old (from ``created_ms``, or ``eta`` when later) when taken;
-    #: an older one is dead-lettered. None: no limit (``Ivy(max_message_age=...)``)
-    max_message_age: float | None = None
-    #: whether a task that failed after its retries is dead-lettered, or only acknowledged
-    #: once its error is stored (``Ivy(dead_letter_failures=...)``)
-    dead_letter_failures: bool = True
-
-    def __post_init__(self) -> None:
-        # a private read-only copy: the caller's dict changing later does not reach the worker
-        object.__setattr__(self, "reserve_times", MappingProxyType(dict(self.reserve_times)))
-
-    def seal(self, body: bytes) -> bytes:
-        """Sign an encoded message or notification when a signing key is configured."""
-        return body if self.signer is None else self.signer.sign(body)
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -170,9 +128,6 @@ class Worker:
         self.max_messages = max_messages
         #: deliveries admitted for processing so far (see ``max_messages``)
         self.admitted = 0
-        self.processed = 0
-        #: task runs that raised or timed out, and messages dead-lettered as unrunnable
-        self.failed = 0
         self._stopping = threading.Event()
         #: set once no more deliveries are admitted: the worker is stopping or is full
         self._refusing = threading.Event()
@@ -194,13 +149,12 @@ class Worker:
             max_message_bytes=context.max_message_bytes, max_depth=context.max_depth)
         #: cancels and rate limits, from the notifier's store (ivy.timing)
         self._gate = Gate(notifier, self._executor, self._recorder, self.name)
-        #: what becomes of a delivery once its task ran, or when it cannot run
-        self._settler = Settler(context.middleware, context.backoff, self._recorder, self.name,
-                                dead_letter_failures=context.dead_letter_failures)
-        #: internal errors per body, so that none is returned to its queue forever
-        self._internal_errors = processing.InternalErrors()
-        #: messages back from a dead worker, spread once before they run
-        self._suspects = processing.Suspects()
+        #: one delivery, start to end: decode, check, admit, run, settle (ivy.processing)
+        self._processor = Processor(
+            context, backend, self.name, reserve_time=reserve_time, executor=self._executor,
+            gate=self._gate, recorder=self._recorder, started=self._started,
+            settler=Settler(context.middleware, context.backoff, self._recorder, self.name,
+                            dead_letter_failures=context.dead_letter_failures))
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} on {self.backend.url}>"
@@ -470,28 +424,33 @@ class Worker:
 
     # -- one message -----------------------------------------------------------------------
 
+    @property
+    def processed(self) -> int:
+        """Deliveries processed so far."""
+        return self._processor.processed
+
+    @property
+    def failed(self) -> int:
+        """Task runs that raised or timed out, and messages dead-lettered as unrunnable."""
+        return self._processor.failed
+
     def process(self, delivery: Delivery) -> None:
         """Run one delivery to its end: ack, retry or dead letter. Never raises. The steps
         are in :mod:`ivy.processing`."""
-        processing.process(self, delivery)
+        self._processor.process(delivery)
 
     def lease(self, task: Task[Any, Any]) -> float:
         """How long a running message of ``task`` stays reserved between extends: the
         context's ``reserve_times`` entry, else the task's ``reserve_time``, else the worker's."""
-        return processing.lease(self, task)
+        return self._processor.lease(task)
 
-
-@contextlib.contextmanager
-def signal_handlers(handler: Any) -> Iterator[None]:
-    """Route SIGTERM and SIGINT to ``handler`` inside the block (main thread only, as Python
-    requires), and put the previous handlers back after it."""
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
+    def _started(self, delivery: Delivery, message: Message, lease: float) -> None:
+        """A delivery this worker holds started running under ``lease``: the heartbeat
+        extends it on that lease from now on, and reports its message."""
+        now = time.monotonic()
+        with self._lock:
+            held = self._held.get(id(delivery))
+            if held is not None:
+                held.message, held.started = message, now
+                if lease != held.lease:
+                    held.lease, held.next_extend = lease, now + lease / 3

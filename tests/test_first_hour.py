@@ -128,7 +128,7 @@ def test_dead_list_without_queue_lists_every_queue_and_attempts_agree(
 
 
 def test_format_event_counts_attempts_from_1() -> None:
-    from ivy.monitor import format_event
+    from ivy.cli.inspect import format_event
 
     line = format_event({"event": "retried", "name": "t", "id": "x", "attempt": 2})
     assert line.endswith("attempt 3")

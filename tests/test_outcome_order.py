@@ -16,7 +16,7 @@ import pytest
 from conftest import wait_for
 
 import ivy
-from ivy.timing.unique import UNIQUE_PREFIX
+from ivy.timing.keys import UNIQUE_PREFIX
 
 Q = "q"
 

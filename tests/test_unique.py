@@ -14,8 +14,9 @@ from servers import free_port
 import ivy
 from ivy.call import Call
 from ivy.message import Message, new_id, now_ms
-from ivy.timing import unique
-from ivy.timing.unique import SEND_CLAIM_TTL, UNIQUE_PREFIX, task_key
+from ivy.timing import keys, unique
+from ivy.timing.keys import UNIQUE_PREFIX
+from ivy.timing.unique import SEND_CLAIM_TTL, task_key
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def held(app: ivy.Ivy, key: str) -> str | None:
     notifier = app._results.notifier
     assert notifier is not None
     value = notifier.get_keys([UNIQUE_PREFIX + key])[0]
-    return None if value is None else unique.holder(value)
+    return None if value is None else keys.holder(value)
 
 
 def test_a_second_send_returns_the_first_call(app: ivy.Ivy) -> None:
@@ -95,7 +96,7 @@ def test_a_confirm_seen_after_the_outcome_does_not_keep_the_key(app: ivy.Ivy) ->
     assert notifier.claim_key(UNIQUE_PREFIX + key, call.id, SEND_CLAIM_TTL) is None
     message = Message(call.id, "u.add", [1, 1], extra={
         "unique_key": key, "unique_until": now_ms() + 300})
-    unique.release(notifier, message)
+    keys.release(notifier, message)
     # When the producer keeps the key on the confirm, later
     unique._keep(notifier, key, call, 3600)
     # Then the worker's time stands: the key goes after unique_for

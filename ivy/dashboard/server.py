@@ -10,8 +10,8 @@ from typing import Any
 
 import uvicorn
 
+from ivy._process import signal_handlers
 from ivy.errors import IvyError
-from ivy.worker import signal_handlers
 
 from .security import check_bind
 

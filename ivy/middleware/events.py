@@ -66,7 +66,7 @@ class Events(Middleware):
 
     def __init__(self, notifier: Notifier, worker: str | None = None) -> None:
         if worker is None:
-            from ivy.worker import worker_name
+            from ivy._process import worker_name
 
             worker = worker_name()
         self.notifier = notifier

@@ -18,6 +18,8 @@ worker sharing the notifier:
   notification of a call: if the task's outcome was recorded first, the cancel changes nothing
   and the call keeps its result.
 
+The producer's side, ``Ivy.cancel``, is :func:`ivy.producing.cancel_call`.
+
 ``result()`` of a cancelled call raises :class:`ivy.CallCancelled`. A plain function that
 catches ``TaskCancelled`` and returns anyway has its result recorded unless the producer's
 ``cancelled`` came first.
@@ -25,13 +27,8 @@ catches ``TaskCancelled`` and returns anyway has its result recorded unless the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ivy.message import Message, Notification
 from ivy.notifiers.base import Notifier
-
-if TYPE_CHECKING:
-    from ivy.app import Ivy
 
 CANCEL_PREFIX = "ivy:cancel:"
 #: Present while any cancel may be live: workers look up each message's cancel only then, so
@@ -82,26 +79,3 @@ def cancelled_notification(call_id: str, name: str | None, *, attempt: int = 0,
     return Notification(call_id, "cancelled", name, attempt=attempt, worker=worker, error={
         "type": "CallCancelled", "traceback": "",
         "message": f"call {call_id} of task {name!r} was cancelled{when}"})
-
-
-def cancel_call(app: Ivy, call_id: object, ttl: float) -> None:
-    """``Ivy.cancel``: store the cancel; settle a call of this process at once (its producer
-    publishes the final ``cancelled`` notification: the first final one wins in the store)."""
-    from ivy.timing import unique
-
-    call_id = check_call_id(call_id)
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-        raise ValueError(f"ttl {ttl!r} must be a number of seconds > 0 (how long the cancel "
-                         "is kept)")
-    results = app._current_results()
-    notifier = results.notifier
-    assert notifier is not None
-    store_cancel(notifier, call_id, ttl)
-    unique.cancelled(app, notifier, call_id)
-    for consumer in results.consumers():
-        mine = next((c for c in consumer.pending() if c.id == call_id), None)
-        if mine is not None:
-            note = cancelled_notification(call_id, mine.task)
-            consumer.notifier.publish(app.channel, call_id,
-                                      app.seal(note.encode(app.serializer)), final=True)
-            return

@@ -37,21 +37,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ivy.call import Call
-from ivy.message import Message, new_id, now_ms
+from ivy.message import new_id, now_ms
 from ivy.notifiers.base import Notifier
+from ivy.timing.keys import UNIQUE_PREFIX, holder
 
 if TYPE_CHECKING:
     from ivy.app import Ivy
 
 log = logging.getLogger("ivy.unique")
 
-UNIQUE_PREFIX = "ivy:unique:"
 #: Seconds between a follower's looks for the stored results of the calls it follows.
 FOLLOW_INTERVAL = 0.2
 #: Seconds a key is claimed for until its message is confirmed (at least; see claim_ttls).
 SEND_CLAIM_TTL = 300.0
-#: The mark a key's value gets once the worker released it to expire at ``unique_until``.
-RELEASED = "done"
 
 #: app -> call id -> the Call it made for that id (the object a repeated send returns)
 _calls: weakref.WeakKeyDictionary[Ivy, weakref.WeakValueDictionary[str, Call[Any]]] = (
@@ -230,29 +228,6 @@ def _existing(app: Ivy, notifier: Notifier, call_id: str, name: str, queue: str
     known[call_id] = call
     _follower(app, notifier).follow(call)
     return call
-
-
-def holder(value: str) -> str:
-    """The call id in a unique key's value (``<id>``, or ``<id> done`` once released)."""
-    return value.partition(" ")[0]
-
-
-def release(notifier: Notifier | None, message: Message, *, at_once: bool = False) -> None:
-    """After a call's final outcome was recorded (the worker): let its unique key go at its
-    ``unique_until``, or ``at_once`` (a cancelled call). A key kept on is marked ``<id>
-    done``, so that its producer's keep (:func:`_keep`, on the send's confirm, which may come
-    later) finds nothing to keep. A failure is logged; the key's TTL ends it anyway."""
-    key = message.extra.get("unique_key")
-    if notifier is None or not isinstance(key, str):
-        return
-    until = message.extra.get("unique_until")
-    remaining = (until - now_ms()) / 1000 if isinstance(until, int) and not at_once else 0.0
-    try:
-        notifier.release_key(UNIQUE_PREFIX + key, message.id, remaining,
-                             new_value=f"{message.id} {RELEASED}")
-    except Exception:
-        log.warning("releasing unique key %r of call %s failed; it expires by itself", key,
-                    message.id, exc_info=True)
 
 
 class _Follower:

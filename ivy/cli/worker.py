@@ -1,0 +1,172 @@
+"""``ivy worker`` and ``ivy scheduler``: the long-running commands."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import faulthandler
+import functools
+import io
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+import ivy
+from ivy._process import signal_handlers
+from ivy.cli._common import backend_errors, backend_failure, import_modules, prometheus
+from ivy.config import DEFAULT_URL, QUEUE_ENV, mask_url
+from ivy.errors import IvyError
+from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
+from ivy.worker import Worker
+
+log = logging.getLogger("ivy.cli")
+
+
+def worker_command(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.supervisor_fd is None and (args.processes > 1 or args.max_tasks_per_child):
+        # The parent imports no task module: its children do (see ivy.supervisor).
+        command = functools.partial(child_command, sys.executable, argv)
+        if args.metrics_port is None:
+            return Supervisor(command, args.processes).run()
+        with prometheus().MultiProcessMetrics(args.metrics_port, args.metrics_host) as metrics:
+            return Supervisor(command, args.processes, env=metrics.env,
+                              on_exit=metrics.process_exited).run()
+    # A signal that arrives while the modules import still means "stop gracefully".
+    early_stop = threading.Event()
+    worker: Worker | None = None
+
+    def stop_requested() -> None:  # by the supervisor, or because it is gone
+        if worker is None:
+            early_stop.set()
+        else:  # not early_stop: a SIGTERM from the process group must not count as a second
+            worker.stop()
+
+    with signal_handlers(lambda signum, frame: early_stop.set()):
+        if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack
+            with contextlib.suppress(ValueError, OSError, io.UnsupportedOperation):
+                faulthandler.register(signal.SIGUSR1, all_threads=True)
+        link = None
+        if args.supervisor_fd is not None:  # watch the parent from before the imports on
+            link = ChildLink(args.supervisor_fd, stop_requested)
+        import_modules(args.modules)
+        app = ivy.default
+        if not len(app.registry):
+            raise IvyError(f"modules {', '.join(args.modules)} registered no task: decorate "
+                           "functions with @ivy.register_task(...)")
+        _worker_warnings(app, args)
+        if args.no_dead_letter_failures:
+            app.dead_letter_failures = False
+        if args.queue_url:
+            app.setup_queue(args.queue_url)
+        app.start_notification_producer(args.notifier_url)
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(app.close)
+            metrics = None
+            if args.metrics_port is not None:  # served here, or by this child's supervisor
+                metrics = cleanup.enter_context(prometheus().worker_metrics(
+                    app, args.metrics_port, args.metrics_host,
+                    http=args.supervisor_fd is None))
+            worker = _listen_once_reachable(app, args, early_stop)
+            if worker is None:  # stopped before its queue backend answered
+                return 0
+            if metrics is not None:
+                metrics.bind(worker.backend, worker.queues, registry=app.registry)
+            if args.scheduler:
+                cleanup.callback(_start_scheduler(app).stop)
+            if link is not None:
+                link.ready()
+            worker.run_forever(early_stop)
+    return EXIT_RECYCLE if worker is not None and worker.full else 0
+
+
+#: Longest wait between two tries of a worker whose queue backend does not answer.
+REACH_BACKOFF_MAX = 10.0
+
+
+def _listen_once_reachable(app: ivy.Ivy, args: argparse.Namespace,
+                           stop: threading.Event) -> Worker | None:
+    """Start the worker; while its queue backend cannot be reached (refused, no route, name
+    not resolved), log one line and try again, 1, 2, 4 ... up to ``REACH_BACKOFF_MAX`` s
+    apart, as the RabbitMQ consumers do on their own: every backend behaves alike, and a
+    worker started before its broker waits for it. None if ``stop`` (a signal) came first.
+    Other failures (a queue that exists with other arguments, a bad Redis DB) raise."""
+    delay = 1.0
+    while True:
+        try:
+            return app.listen(queue=args.queue, concurrency=args.concurrency,
+                              reserve_time=args.reserve_time, block=False,
+                              max_messages=args.max_tasks_per_child, events=args.events,
+                              heartbeat=args.heartbeat)
+        except backend_errors() as exc:
+            if not _unreachable(exc):
+                raise
+            log.warning("worker: the queue backend cannot be reached: %s; trying again in "
+                        "%.0f s (Ctrl-C to stop)", backend_failure(exc, args), delay)
+            log.debug("the connection failed", exc_info=True)
+        if stop.wait(delay):
+            return None
+        delay = min(delay * 2, REACH_BACKOFF_MAX)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that a backend could not be reached (worth trying again), not
+    that it refused what it was asked."""
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    with contextlib.suppress(ImportError):
+        import redis
+
+        kinds += [redis.ConnectionError, redis.TimeoutError]
+    with contextlib.suppress(ImportError):
+        import pika.exceptions
+
+        kinds.append(pika.exceptions.AMQPConnectionError)
+    return isinstance(exc, tuple(kinds))
+
+
+def _worker_warnings(app: ivy.Ivy, args: argparse.Namespace) -> None:
+    """Warn of a worker that nothing can reach: on a ``memory://`` queue (it lives in this
+    process), or consuming a ``-Q`` queue that none of the modules' tasks use."""
+    url = args.queue_url or os.environ.get(QUEUE_ENV) or DEFAULT_URL
+    if url.lower().startswith("memory:"):
+        log.warning("the queue %s lives in this worker's process: no other process can send "
+                    "to it, so this worker will get no calls; give --queue-url a shared "
+                    "backend (e.g. %s)", mask_url(url), DEFAULT_URL)
+    used = {task.queue for task in map(app.registry.get, app.registry.names())
+            if task is not None}
+    unused = [q for q in args.queue or () if q not in used]
+    if unused:
+        log.warning("--queue %s: none of the tasks of %s use %s; their queues are %s",
+                    ", ".join(unused), ", ".join(args.modules),
+                    "it" if len(unused) == 1 else "them", ", ".join(sorted(used)))
+
+
+def _start_scheduler(app: ivy.Ivy) -> Any:
+    from ivy.timing.scheduler import Scheduler
+
+    if not len(app.schedules):
+        log.warning("--scheduler: the modules declare no periodic task; nothing to send")
+    return Scheduler(app).start()
+
+
+def scheduler_command(args: argparse.Namespace) -> int:
+    from ivy.timing.scheduler import Scheduler
+
+    import_modules(args.modules)
+    app = ivy.default
+    if not len(app.schedules):
+        raise IvyError(f"modules {', '.join(args.modules)} declare no periodic task: use "
+                       "@ivy.periodic_task(every=...) or ivy.schedule(task, cron=...)")
+    if args.queue_url:
+        app.setup_queue(args.queue_url)
+    app.start_notification_consumer(args.notifier_url)
+    stop = threading.Event()
+    try:
+        with signal_handlers(lambda signum, frame: stop.set()):
+            Scheduler(app).run(stop)
+    finally:
+        app.close()
+    return 0
