@@ -27,6 +27,7 @@ from ivy.config import mask_url
 from ivy.errors import (
     CallCancelled,
     ConfigurationError,
+    Discard,
     IvyError,
     MessageError,
     MessageTooLarge,
@@ -35,7 +36,9 @@ from ivy.errors import (
     QueueMismatch,
     RemoteTaskError,
     ResultTimeout,
+    Retry,
     SerializationError,
+    Snooze,
     TaskCancelled,
     TaskNotRegistered,
     TaskTimeout,
@@ -83,10 +86,11 @@ wait = default.wait
 close = default.close
 
 __all__ = [
-    "PROTOCOL_VERSION", "Call", "CallCancelled", "ConfigurationError", "Ivy", "IvyError", "Message",
-    "MessageError", "MessageTooLarge", "Middleware", "Notification", "PublishError",
-    "PublishTimeout", "QueueMismatch", "RemoteTaskError", "ResultTimeout", "SerializationError",
-    "Signature", "Task", "TaskCancelled", "TaskNotRegistered", "TaskTimeout", "Worker", "cancel",
+    "PROTOCOL_VERSION", "Call", "CallCancelled", "ConfigurationError", "Discard", "Ivy",
+    "IvyError", "Message", "MessageError", "MessageTooLarge", "Middleware", "Notification",
+    "PublishError", "PublishTimeout", "QueueMismatch", "RemoteTaskError", "ResultTimeout",
+    "Retry", "SerializationError", "Signature", "Snooze", "Task", "TaskCancelled",
+    "TaskNotRegistered", "TaskTimeout", "Worker", "cancel",
     "chain", "chord", "close", "default", "delayed_call", "delayed_calls", "flush", "group",
     "listen", "mask_url", "periodic_task", "register_task", "schedule", "send_task",
     "setup_queue", "signature", "start_notification_consumer", "start_notification_producer",

@@ -114,3 +114,38 @@ class TaskCancelled(IvyError):
 class CallCancelled(RemoteTaskError):
     """``result()`` of a cancelled call raises this (its status is ``cancelled``); callbacks
     get it as ``err``. A :class:`RemoteTaskError` of type ``CallCancelled``."""
+
+
+def _seconds(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 <= value < float("inf")):
+        raise ConfigurationError(f"{what} {value!r} must be a number of seconds >= 0")
+    return float(value)
+
+
+class Retry(IvyError):
+    """Raise inside a task to run the call again, counting an attempt: after ``delay``
+    seconds, or after the task's backoff when None. Once the call has used its
+    ``max_retries`` it fails as any other exception would (see :mod:`ivy.retries`)."""
+
+    def __init__(self, delay: float | None = None) -> None:
+        self.delay = None if delay is None else _seconds(delay, "Retry delay")
+        super().__init__("retry" if delay is None else f"retry in {self.delay:g} s")
+
+
+class Snooze(IvyError):
+    """Raise inside a task to run the call again after ``delay`` seconds without counting
+    an attempt (something it needs is not ready yet); the producer keeps waiting."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = _seconds(delay, "Snooze delay")
+        super().__init__(f"snoozed for {self.delay:g} s")
+
+
+class Discard(IvyError):
+    """Raise inside a task to end the call as errored at once, with ``reason``: no retry and
+    no dead letter (the call is known to be pointless, such as an order already cancelled)."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        super().__init__(reason or "discarded")

@@ -32,6 +32,7 @@ from typing import Any
 
 from ivy.errors import TaskCancelled, TaskTimeout
 from ivy.message import Message
+from ivy.retries import POLICY, Verdict
 from ivy.task import Task
 
 log = logging.getLogger("ivy.worker")
@@ -62,6 +63,23 @@ def error_info(exc: BaseException) -> dict[str, str]:
             return {"type": "Error", "message": str(err), "traceback": ""}
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+
+
+class Failure(dict[str, str]):
+    """The error of a failed run in its wire form (``type``, ``message``, ``traceback``),
+    with the ``verdict`` of the task's retry policy on the exception (:mod:`ivy.retries`)."""
+
+    def __init__(self, error: dict[str, str], verdict: Verdict = POLICY) -> None:
+        super().__init__(error)
+        self.verdict = verdict
+
+
+def failure(task: Task[Any, Any], exc: BaseException) -> Failure:
+    """The failure of a run of ``task`` that raised ``exc``, judged by the task's policy."""
+    cause: BaseException | None = exc
+    if isinstance(exc, _CallbackError):  # a callback-style task's err: an exception, or not
+        cause = exc.err if isinstance(exc.err, BaseException) else None
+    return Failure(error_info(exc), task.retry_policy.verdict(cause))
 
 
 @dataclass
@@ -159,9 +177,10 @@ class Executor:
             return True, value
         except TaskTimeout:
             self._clear_deadline()
-            return False, {"type": "TimeoutError", "traceback": "",
-                           "message": f"task {task.name!r} ran past its timeout of "
-                                      f"{task.timeout} s"}
+            return False, Failure({"type": "TimeoutError", "traceback": "",
+                                   "message": f"task {task.name!r} ran past its timeout of "
+                                              f"{task.timeout} s"},
+                                  task.retry_policy.verdict(TimeoutError()))
         except (TaskCancelled, concurrent.futures.CancelledError):
             return False, {"type": "TaskCancelled", "traceback": "",
                            "message": f"call {message.id} of task {task.name!r} was cancelled "
@@ -171,7 +190,7 @@ class Executor:
                 return False, {"type": "TaskCancelled", "traceback": "",
                                "message": f"call {message.id} of task {task.name!r} was "
                                           f"cancelled while it ran ({type(exc).__name__})"}
-            return False, error_info(exc)
+            return False, failure(task, exc)
 
     def fire_timeouts(self, now: float) -> None:
         """Raise :class:`ivy.TaskTimeout` in each thread whose plain function is past its

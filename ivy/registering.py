@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
+from ivy.retries import Backoff
 from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
 from ivy.timing.schedule import Schedule, Schedules, add_schedule
 
@@ -31,6 +32,9 @@ class Registering:
         max_retries: int | None = ..., reserve_time: float | None = ...,
         timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
         rate_limit: str | None = ..., unique_for: float | None = ...,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+        dont_retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+        backoff: Backoff | None = ..., jitter: bool | None = ...,
     ) -> Task[P, R]: ...
 
     @overload
@@ -41,6 +45,9 @@ class Registering:
         max_retries: int | None = ..., reserve_time: float | None = ...,
         timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
         rate_limit: str | None = ..., unique_for: float | None = ...,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+        dont_retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+        backoff: Backoff | None = ..., jitter: bool | None = ...,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def register_task(
@@ -52,6 +59,9 @@ class Registering:
         reserve_time: float | None = None, timeout: float | None = None,
         style: Style | None = None, route: str | None = None,
         rate_limit: str | None = None, unique_for: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        dont_retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        backoff: Backoff | None = None, jitter: bool | None = None,
     ) -> Any:
         """Register ``func`` under a unique dotted ``name`` (default ``module.qualname``).
 
@@ -65,7 +75,10 @@ class Registering:
         task succeeds. ``rate_limit="N/s|m|h"`` holds across all workers
         (:mod:`ivy.timing.ratelimit`); ``unique_for=N`` makes a call with the same arguments
         a no-op while one is pending or for N seconds after it was sent
-        (:mod:`ivy.timing.unique`).
+        (:mod:`ivy.timing.unique`). ``retry_on``, ``dont_retry_on``, ``backoff`` (a list of
+        seconds, or ``backoff(attempt) -> seconds``) and ``jitter`` make the task's retry
+        policy (:mod:`ivy.retries`); inside the task, ``raise ivy.Retry(delay)``,
+        ``ivy.Snooze(delay)`` or ``ivy.Discard(reason)`` decide for one run.
         """
         if isinstance(func, Mapping):  # @register_task({...})
             options = merge_dicts(options, func)
@@ -77,7 +90,8 @@ class Registering:
             "name": name, "queue": queue, "priority": priority, "retry": retry,
             "max_retries": max_retries, "reserve_time": reserve_time, "timeout": timeout,
             "style": style, "route": route, "rate_limit": rate_limit,
-            "unique_for": unique_for})
+            "unique_for": unique_for, "retry_on": retry_on, "dont_retry_on": dont_retry_on,
+            "backoff": backoff, "jitter": jitter})
         finished_fn: Finished | None = finished
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:

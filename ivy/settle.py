@@ -24,10 +24,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ivy.execution import Failure
 from ivy.message import Message, Notification
 from ivy.middleware import Pipeline
 from ivy.outcomes import Recorder
 from ivy.queues.base import Delivery
+from ivy.retries import POLICY
 from ivy.task import Task
 
 log = logging.getLogger("ivy.worker")
@@ -53,10 +55,28 @@ class Settler:
 
     def failed(self, delivery: Delivery, task: Task[Any, Any], message: Message,
                error: dict[str, str]) -> None:
+        """Settle a run that failed with ``error``, as the task's retry policy judged it
+        (``error.verdict`` when the executor made it: :mod:`ivy.retries`)."""
         middleware = self.middleware
+        verdict = error.verdict if isinstance(error, Failure) else POLICY
+        error = dict(error)
+        if verdict.kind == "snooze":  # again later, not an attempt: the producer waits
+            delay = verdict.delay or 0.0
+            log.info("task %s [%s] snoozed for %.2f s", message.name, message.id, delay)
+            if middleware:
+                middleware.on_retry(message, error, delay)
+            delivery.defer(delay)
+            return
+        if verdict.kind == "discard":  # errored at once: no retry, no dead letter
+            self.recorder.record(message, self.recorder.errored(message, error),
+                                 then=delivery.ack)
+            log.info("task %s [%s] discarded: %s", message.name, message.id,
+                     error["message"])
+            return
         retries = task.max_retries if message.legacy else message.max_retries
-        if message.attempt < retries:
-            delay = self.backoff(message.attempt)
+        if verdict.kind != "final" and message.attempt < retries:
+            delay = verdict.delay if verdict.delay is not None else (
+                task.retry_policy.delay(message.attempt, self.backoff))
             log.warning("task %s [%s] failed (attempt %d of %d): %s: %s; retrying in %.2f s",
                         message.name, message.id, message.attempt + 1, retries + 1,
                         error["type"], error["message"], delay)
@@ -73,7 +93,9 @@ class Settler:
                     message.id, message.attempt + 1, error["type"], error["message"])
             return
         reason = (f"task {message.name!r} failed {message.attempt + 1} times; last error "
-                  f"{error['type']}: {error['message']}")
+                  f"{error['type']}: {error['message']}") if verdict.kind != "final" else (
+            f"task {message.name!r} failed with {error['type']}, which its retry policy "
+            f"does not retry: {error['message']}")
 
         def dead_letter() -> None:  # once the error is stored, never before (a crash in
             delivery.dead_letter(reason)  # between would leave a dead letter and no result)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from ivy.errors import ConfigurationError, TaskNotRegistered
 from ivy.message import MAX_RETRIES
+from ivy.retries import DEFAULT_POLICY, Backoff, RetryPolicy
 from ivy.timing.ratelimit import parse_rate_limit
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ class Task(Generic[P, R]):
         route: str | None = None,
         rate_limit: str | None = None,
         unique_for: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        dont_retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+        backoff: Backoff | None = None,
+        jitter: bool = True,
     ) -> None:
         if not isinstance(name, str) or not name or len(name) > 200:
             raise ConfigurationError(
@@ -113,6 +118,11 @@ class Task(Generic[P, R]):
         self.rate_limit = parse_rate_limit(rate_limit, name)
         #: seconds a call with the same arguments is not sent again (ivy.timing.unique)
         self.unique_for = None if unique_for is None else float(unique_for)
+        #: which failures are retried, and after how long (ivy.retries)
+        self.retry_policy = DEFAULT_POLICY if (
+            retry_on is None and not dont_retry_on and backoff is None and jitter is True
+        ) else RetryPolicy.build(name, retry_on=retry_on, dont_retry_on=dont_retry_on,
+                                 backoff=backoff, jitter=jitter)
         try:
             self.signature: inspect.Signature | None = inspect.signature(func)
         except (TypeError, ValueError):
@@ -156,6 +166,8 @@ OPTION_NAMES: dict[str, str] = {
     "reserveTime": "reserve_time", "reserve_time": "reserve_time", "timeout": "timeout",
     "style": "style", "rate_limit": "rate_limit", "rateLimit": "rate_limit",
     "unique_for": "unique_for", "uniqueFor": "unique_for",
+    "retry_on": "retry_on", "dont_retry_on": "dont_retry_on", "backoff": "backoff",
+    "jitter": "jitter",
 }
 
 
@@ -215,7 +227,9 @@ def build_task(func: Callable[..., Any], finished: Finished | None,
         max_retries=given["max_retries"] if given["max_retries"] is not None else 0,
         reserve_time=given["reserve_time"], timeout=given["timeout"], style=given["style"],
         route=given["route"], rate_limit=given.get("rate_limit"),
-        unique_for=given.get("unique_for"))
+        unique_for=given.get("unique_for"), retry_on=given.get("retry_on"),
+        dont_retry_on=given.get("dont_retry_on") or (), backoff=given.get("backoff"),
+        jitter=given["jitter"] if given.get("jitter") is not None else True)
 
 
 def _noop_callback(err: Any, result: Any = None) -> None:
