@@ -20,7 +20,7 @@ def work(i: int, token: str) -> int:
         path = os.path.join(os.environ["CHAOS_LOG_DIR"], f"exec-{os.getpid()}.log")
         _log = open(path, "a")  # noqa: SIM115 - kept open for the life of the worker
     time.sleep(random.uniform(0, 0.004))
-    _log.write(token + "\n")
+    _log.write(f"{token} {time.time():.3f}\n")
     _log.flush()
     return i
 
