@@ -17,16 +17,19 @@ def worker_name() -> str:
 
 
 @contextlib.contextmanager
-def signal_handlers(handler: Any) -> Iterator[None]:
-    """Route SIGTERM and SIGINT to ``handler`` inside the block (main thread only, as Python
-    requires), and put the previous handlers back after it."""
+def signal_handlers(handler: Any, *, usr1: Any = None) -> Iterator[None]:
+    """Route SIGTERM and SIGINT to ``handler`` (and SIGUSR1 to ``usr1``, where the platform
+    has it) inside the block, in the main thread only, as Python requires; put the previous
+    handlers back after it."""
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, handler)
+        wanted = [(signal.SIGTERM, handler), (signal.SIGINT, handler)]
+        if usr1 is not None and hasattr(signal, "SIGUSR1"):
+            wanted.append((signal.SIGUSR1, usr1))
+        for sig, function in wanted:
+            previous[sig] = signal.signal(sig, function)
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-

@@ -57,9 +57,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ivy._process import signal_handlers
 
 log = logging.getLogger("ivy.supervisor")
 
@@ -121,7 +123,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the children and supervise them; return the exit code for the parent."""
-        with _parent_signals(self._on_stop_signal, self._on_usr1):
+        with signal_handlers(self._on_stop_signal, usr1=self._on_usr1):
             try:
                 self._start(self.slots[0])  # the others start once it listens (see _launch)
                 while not (self._stopping and self._alive() == 0):
@@ -285,24 +287,6 @@ def _describe(code: int) -> str:
             return f"was killed by {signal.Signals(-code).name}"
         return f"was killed by signal {-code}"
     return f"exited with code {code}"
-
-
-@contextlib.contextmanager
-def _parent_signals(on_stop: Callable[[int, Any], None],
-                    on_usr1: Callable[[int, Any], None]) -> Iterator[None]:
-    """Install the parent's handlers (main thread only, as Python requires) for the block."""
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        wanted = [(signal.SIGTERM, on_stop), (signal.SIGINT, on_stop)]
-        if hasattr(signal, "SIGUSR1"):
-            wanted.append((signal.SIGUSR1, on_usr1))
-        for sig, handler in wanted:
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 # -- the child's side ----------------------------------------------------------------------
