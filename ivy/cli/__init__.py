@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                         "works with --processes 1 too")
     w.add_argument("--events", action="store_true",
                    help="publish task events through the notifier, for `ivy events`")
+    w.add_argument("--burst", action="store_true",
+                   help="stop, exit status 0, once the queues have had nothing due for a "
+                        "second and nothing is running: for cron jobs and CI (not with "
+                        "--processes)")
     w.add_argument("--no-dead-letter-failures", action="store_true",
                    help="do not dead-letter tasks that failed after their retries: store the "
                         "error and acknowledge them (the dead letters keep only messages that "

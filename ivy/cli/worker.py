@@ -27,6 +27,10 @@ log = logging.getLogger("ivy.cli")
 
 
 def worker_command(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.burst and (args.processes > 1 or args.max_tasks_per_child):
+        raise IvyError("--burst runs one worker process until its queues have nothing due: "
+                       "drop --processes and --max-tasks-per-child, or run several --burst "
+                       "workers side by side")
     if args.supervisor_fd is None and (args.processes > 1 or args.max_tasks_per_child):
         # The parent imports no task module: its children do (see ivy.supervisor).
         command = functools.partial(child_command, sys.executable, argv)
@@ -79,7 +83,7 @@ def worker_command(args: argparse.Namespace, argv: list[str]) -> int:
                 cleanup.callback(_start_scheduler(app).stop)
             if link is not None:
                 link.ready()
-            worker.run_forever(early_stop)
+            worker.run_forever(early_stop, burst=args.burst)
     return EXIT_RECYCLE if worker is not None and worker.full else 0
 
 
