@@ -193,6 +193,8 @@ class Worker:
             for q, consumer in zip(self.queues, self._consumers, strict=True):
                 self._spawn(self._fetch_loop, f"ivy-fetch-{q}", consumer)
         self._spawn(self._heartbeat_loop, "ivy-heartbeat")
+        if self.context.middleware:
+            self.context.middleware.on_worker_start(self)
         return self
 
     def _listening(self) -> None:
@@ -241,10 +243,14 @@ class Worker:
             if not self._idle.wait_for(lambda: self._stopping.is_set() and not self._held,
                                        timeout):
                 return False
-        if not self._stopped.is_set():
+        with self._lock:  # the first joiner to see the stop closes it, once
+            first = not self._stopped.is_set()
             self._stopped.set()
+        if first:
             self._executor.close()
             log.info("worker %s: stopped after %d messages", self.name, self.processed)
+            if self.context.middleware:
+                self.context.middleware.on_worker_stop(self)
         return True
 
     @property

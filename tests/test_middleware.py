@@ -111,3 +111,44 @@ def test_unknown_headers_are_kept_on_the_wire() -> None:
     with pytest.raises(ivy.MessageError, match="headers"):
         decode_message(b'{"ivy": 1, "id": "h", "name": "t.x", "args": [], "headers": {"a": 1}}',
                        json)
+
+
+def test_worker_lifecycle_hooks_run_once_each_and_a_raising_one_stops_nothing(
+        memory_url: str) -> None:
+    # Given middleware that records the worker's start and stop, and one whose hooks raise
+    class Lifecycle(ivy.Middleware):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, str]] = []
+
+        def on_worker_start(self, worker: Any) -> None:
+            self.seen.append(("start", worker.name))
+
+        def on_worker_stop(self, worker: Any) -> None:
+            self.seen.append(("stop", worker.name))
+
+    class Broken(ivy.Middleware):
+        def on_worker_start(self, worker: Any) -> None:
+            raise RuntimeError("start hook")
+
+        def on_worker_stop(self, worker: Any) -> None:
+            raise RuntimeError("stop hook")
+
+    lifecycle = Lifecycle()
+    app = ivy.Ivy(memory_url, memory_url, middleware=[Broken(), lifecycle])
+
+    @app.register_task(name="life.echo", queue="life")
+    def echo(n: int) -> int:
+        return n
+
+    # When a worker starts, runs a call, and is stopped from two threads at once
+    worker = app.listen(queue="life", block=False)
+    assert lifecycle.seen == [("start", worker.name)]
+    assert app.delayed_call(echo, 4).result(10) == 4
+    stoppers = [threading.Thread(target=worker.stop, args=(10,)) for _ in range(2)]
+    for t in stoppers:
+        t.start()
+    for t in stoppers:
+        t.join(20)
+    # Then the stop hook ran once, after the start hook, and the raising hooks stopped nothing
+    assert lifecycle.seen == [("start", worker.name), ("stop", worker.name)]
+    app.close()

@@ -57,9 +57,17 @@ class Middleware:
     def on_dead_letter(self, message: Message | None, reason: str) -> None:
         """Worker: the message was dead-lettered; ``message`` is None when it was undecodable."""
 
+    def on_worker_start(self, worker: Any) -> None:
+        """Worker: ``worker`` (an :class:`ivy.Worker`) has started its threads, in its own
+        process (every child of ``ivy worker --processes N``): open what its tasks share."""
+
+    def on_worker_stop(self, worker: Any) -> None:
+        """Worker: ``worker`` has stopped (its in-flight tasks ended): close what
+        ``on_worker_start`` opened."""
+
 
 HOOKS = ("before_publish", "after_publish", "before_task", "after_task", "on_retry",
-         "on_dead_letter")
+         "on_dead_letter", "on_worker_start", "on_worker_stop")
 
 
 class Pipeline:
@@ -123,6 +131,12 @@ class Pipeline:
 
     def on_dead_letter(self, message: Message | None, reason: str) -> None:
         self._call("on_dead_letter", message, reason)
+
+    def on_worker_start(self, worker: Any) -> None:
+        self._call("on_worker_start", worker)
+
+    def on_worker_stop(self, worker: Any) -> None:
+        self._call("on_worker_stop", worker)
 
 
 def __getattr__(name: str) -> Any:
