@@ -274,11 +274,14 @@ class Worker:
         they ended."""
         return self.max_messages is not None and self.admitted >= self.max_messages
 
-    def run_forever(self, stop: threading.Event | None = None, *, burst: bool = False) -> None:
+    def run_forever(self, stop: threading.Event | None = None, *, burst: bool = False,
+                    shutdown_timeout: float | None = None) -> None:
         """Block until SIGTERM or SIGINT (first: graceful stop; second: exit at once) or until
         ``stop`` is set. With ``burst``, also stop once the worker holds nothing and has
         received nothing for ``BURST_IDLE`` s since it began listening: its queues have nothing
-        due (messages delayed to later, such as retries waiting out their backoff, stay)."""
+        due (messages delayed to later, such as retries waiting out their backoff, stay).
+        ``shutdown_timeout``: seconds the graceful stop waits for running calls; then they are
+        handed back to their queue at once (:meth:`hand_back`) and this returns (None: wait)."""
         stop = stop or threading.Event()
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -296,7 +299,30 @@ class Worker:
                              "%d messages", self.name, ", ".join(self.queues), BURST_IDLE,
                              self.processed)
                     break
-            self.stop()
+            self.stop(shutdown_timeout)
+            if shutdown_timeout is not None and not self.join(0):
+                self.hand_back()
+
+    def hand_back(self) -> int:
+        """Give every delivery the worker still holds back to its queue now, running or not,
+        so that another worker starts it without waiting for its lease to run out (not counted
+        as an attempt); a task still running here can no longer settle it. Returns how many.
+        For a stop whose deadline passed: the process is about to end."""
+        with self._lock:
+            held = list(self._held.values())
+        for h in held:
+            with logged("handing back a message at the shutdown deadline"):
+                h.delivery.release()
+        if held:
+            log.warning("worker %s: shutdown deadline passed; handed back %d call(s) still "
+                        "running to their queue: %s", self.name, len(held), ", ".join(
+                            f"{h.message.name} [{h.message.id}]" if h.message else "(unstarted)"
+                            for h in held))
+        with self._lock:
+            self._held.clear()
+            self._idle.notify_all()
+        self.join(0)
+        return len(held)
 
     def _drained(self) -> bool:
         """Listening, holding nothing, and nothing received for ``BURST_IDLE`` s."""

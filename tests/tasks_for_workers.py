@@ -27,6 +27,13 @@ def hang_first(log: str) -> int:
     return runs
 
 
+@ivy.register_task(name="proc.long_first", queue="proc", reserve_time=600.0)
+def long_first(log: str) -> int:
+    """As hang_first, with a ten-minute lease: a message its worker gives up without handing
+    it back comes back only after that."""
+    return hang_first.func(log)
+
+
 @ivy.register_task(name="proc.slow", queue="proc")
 def slow(seconds: float, started: str) -> str:
     Path(started).write_text(str(os.getpid()))

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,39 @@ def test_sigterm_finishes_the_task_in_flight_and_exits_0(
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def test_a_shutdown_deadline_hands_running_calls_back_at_once(
+    producer: ivy.Ivy, sqlite_url: str, tmp_path: Path
+) -> None:
+    # Given a worker with a 1 s shutdown deadline running a call whose first run takes a
+    # minute, under a ten-minute lease
+    log = tmp_path / "runs"
+    first = worker_process(sqlite_url, "--shutdown-timeout", "1")
+    try:
+        call = producer.delayed_call("proc.long_first", str(log))
+        wait_for(lambda: log.exists() and log.read_text().strip(), timeout=20,
+                 message="the first run to start")
+        # When it gets SIGTERM
+        signalled = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        first.wait(10)
+        # Then it exits within a few seconds, saying which call it handed back
+        assert time.monotonic() - signalled < 5
+        wait_for(lambda: "handed back" in "".join(first.lines), timeout=5,
+                 message="the worker's last lines")
+        output = "".join(first.lines)
+        assert "handed back 1 call(s) still running to their queue: proc.long_first" in output
+        # and another worker starts the call at once, not after its lease
+        second = worker_process(sqlite_url)
+        try:
+            assert call.result(20) == 2
+            assert time.monotonic() - signalled < 20
+        finally:
+            stop_worker(second)
+    finally:
+        if first.poll() is None:
+            first.kill()
 
 
 def test_two_workers_share_a_batch(producer: ivy.Ivy, sqlite_url: str) -> None:

@@ -26,6 +26,16 @@ from ivy.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR
 log = logging.getLogger("ivy.cli")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ivy", description="ivy task queue: run workers, send calls, inspect queues.")
@@ -62,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                         "works with --processes 1 too")
     w.add_argument("--events", action="store_true",
                    help="publish task events through the notifier, for `ivy events`")
+    w.add_argument("--shutdown-timeout", type=_seconds, metavar="SECONDS",
+                   help="at SIGTERM, wait this long for running calls, then hand them back to "
+                        "their queue at once and exit (default: wait for them)")
     w.add_argument("--burst", action="store_true",
                    help="stop, exit status 0, once the queues have had nothing due for a "
                         "second and nothing is running: for cron jobs and CI (not with "

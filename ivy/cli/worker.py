@@ -83,7 +83,8 @@ def worker_command(args: argparse.Namespace, argv: list[str]) -> int:
                 cleanup.callback(_start_scheduler(app).stop)
             if link is not None:
                 link.ready()
-            worker.run_forever(early_stop, burst=args.burst)
+            worker.run_forever(early_stop, burst=args.burst,
+                               shutdown_timeout=args.shutdown_timeout)
     return EXIT_RECYCLE if worker is not None and worker.full else 0
 
 
