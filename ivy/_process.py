@@ -1,4 +1,5 @@
-"""Helpers about this process: its name in logs and heartbeats, and its signal handlers."""
+"""Helpers about this process: its name in logs and heartbeats, its signal handlers, and the
+backoff of its retry loops."""
 
 from __future__ import annotations
 
@@ -33,3 +34,18 @@ def signal_handlers(handler: Any, *, usr1: Any = None) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class Backoff:
+    """Exponential backoff after a failure: 0.1 s doubling to 10 s, reset on success."""
+
+    def __init__(self) -> None:
+        self.delay = 0.1
+
+    def reset(self) -> None:
+        self.delay = 0.1
+
+    def wait(self, stop: threading.Event) -> None:
+        """Wait the current delay (less if ``stop`` is set), then double it."""
+        stop.wait(self.delay)
+        self.delay = min(self.delay * 2, 10.0)

@@ -35,8 +35,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ivy._process import Backoff, worker_name
 from ivy._process import signal_handlers as signal_handlers
-from ivy._process import worker_name
 from ivy.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
 from ivy.execution import Executor
 from ivy.execution import error_info as error_info
@@ -82,20 +82,6 @@ class _Held:
     message: Message | None = None
     started: float = 0.0
     running_sent: bool = False
-
-
-class _Backoff:
-    """Exponential backoff after a failure: 0.1 s doubling to 10 s, reset on success."""
-
-    def __init__(self) -> None:
-        self.delay = 0.1
-
-    def reset(self) -> None:
-        self.delay = 0.1
-
-    def wait(self, stop: threading.Event) -> None:
-        stop.wait(self.delay)
-        self.delay = min(self.delay * 2, 10.0)
 
 
 class Worker:
@@ -333,7 +319,7 @@ class Worker:
 
     # -- threads ---------------------------------------------------------------------------
 
-    def _fetch(self, consumer: Consumer, backoff: _Backoff) -> Delivery | None:
+    def _fetch(self, consumer: Consumer, backoff: Backoff) -> Delivery | None:
         """One get(): a delivery admitted for processing, or None (nothing came, the worker
         is stopping, or the backend failed: logged, and waited off with backoff)."""
         try:
@@ -356,7 +342,7 @@ class Worker:
         A fetcher takes no executor slot while it waits on its queue (that starved the other
         queues' fetchers when slots were fewer than queues); it holds at most one delivery
         beyond the consumer's prefetch, leased like those (the heartbeat extends it)."""
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._refusing.is_set():
             delivery = self._fetch(consumer, backoff)
             if delivery is not None:
@@ -379,7 +365,7 @@ class Worker:
         self._unhold(delivery)
 
     def _execute_loop(self, consumer: Consumer | None) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             if consumer is None:
                 delivery = self._work.get()
