@@ -148,10 +148,13 @@ class Processor:
         or dead letter); never raises."""
         message: Message | None = None
         try:
-            message = self._admit(delivery)
-            if message is not None:
-                task = self.context.registry.get(message.name)
-                assert task is not None  # _admit checked it
+            if delivery.uncounted:  # its lost delivery is counted once it is back in the queue
+                delivery.defer(0.0)
+                return
+            # decoded first, so that an internal error after it still names the call
+            message = self._decode(delivery)
+            task = None if message is None else self._admit(delivery, message)
+            if message is not None and task is not None:
                 self._run(delivery, task, message)
         except Exception as exc:
             self._internal_error(delivery, message, exc)
@@ -159,25 +162,25 @@ class Processor:
             with self._lock:
                 self.processed += 1
 
-    def _admit(self, delivery: Delivery) -> Message | None:
-        """Decode and check a delivery; its message if it is to run now, else None (it was
-        deferred, spread, dead-lettered or held back by the gate)."""
-        if delivery.uncounted:  # its lost delivery is counted once it is back in the queue
-            delivery.defer(0.0)
-            return None
+    def _decode(self, delivery: Delivery) -> Message | None:
+        """The delivery's message, or None once it was dead-lettered as undecodable."""
         ctx = self.context
         try:
-            message = decode_message(delivery.body, ctx.serializer,
-                                     max_bytes=ctx.max_message_bytes,
-                                     max_depth=ctx.max_depth, signer=ctx.signer)
+            return decode_message(delivery.body, ctx.serializer,
+                                  max_bytes=ctx.max_message_bytes, max_depth=ctx.max_depth,
+                                  signer=ctx.signer)
         except MessageError as exc:
             self.reject(delivery, exc.reason, exc.fields)
-            return None
         except Exception as exc:  # a serializer's bug, or one of ours: never returned to loop
             log.exception("worker %s: decoding a message of %s raised", self.name,
                           delivery.queue)
             self.reject(delivery, f"message could not be decoded: {_error(exc)}", {})
-            return None
+        return None
+
+    def _admit(self, delivery: Delivery, message: Message) -> Task[Any, Any] | None:
+        """Check a decoded message; its task if it is to run now, else None (it was
+        deferred, spread, dead-lettered or held back by the gate)."""
+        ctx = self.context
         if message.queue is not None and message.queue != delivery.queue:
             # a body sent to one queue put into another (a replay, or a confused deputy): the
             # queue is inside the signature of a signed body, so this holds in signed mode
@@ -214,7 +217,7 @@ class Processor:
             return None
         if not self._gate.admit(delivery, task, message):  # cancelled, rate-limited
             return None
-        return message
+        return task
 
     def lease(self, task: Task[Any, Any]) -> float:
         """What :meth:`ivy.Worker.lease` documents: how long a running message of ``task``

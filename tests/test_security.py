@@ -1002,3 +1002,27 @@ def test_a_signed_message_older_than_max_message_age_is_dead_lettered(sqlite_url
 def test_max_message_age_must_be_seconds(age: object) -> None:
     with pytest.raises(ivy.ConfigurationError, match="max_message_age"):
         ivy.Ivy("memory://age", "memory://age", max_message_age=age)  # type: ignore[arg-type]
+
+
+def test_a_call_dead_lettered_after_internal_errors_tells_its_producer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy.timing.gate import Gate
+
+    # Given a worker whose gate raises on every delivery of one call (a bug after decoding)
+    def buggy(self: Gate, delivery: Any, task: Any, message: Any) -> bool:
+        raise RuntimeError("a bug after decoding")
+
+    monkeypatch.setattr(Gate, "admit", buggy)
+    url = f"memory://{uuid.uuid4().hex}"
+    app = ivy.Ivy(url, url, retry_base_delay=0.001, retry_max_delay=0.002)
+    try:
+        @app.register_task(name="t.bugged", queue="q")
+        def bugged() -> int:
+            return 1
+
+        app.listen(queue="q", block=False)
+        # Then, once it is dead-lettered, its producer gets the reason, not a timeout
+        with pytest.raises(ivy.RemoteTaskError, match="internal error 10 times"):
+            app.delayed_call(bugged).result(20)
+    finally:
+        app.close()
