@@ -150,12 +150,14 @@ class StreamsDelivery(Delivery):
             self.exhausted = delivery_limit_reason(pel - 1, limit)
 
     def _settle(self, action: str, arg: str | int, deliveries: int,
-                body: bytes | None = None) -> None:
+                last: bytes | None = None) -> None:
+        """Run the settle script; ``last`` is its optional last argument: a retry's new body,
+        or a dead letter's TTL in ms (empty: none)."""
         c = self._consumer
         args: list[Any] = [GROUP, c.name, self._id, self._pel, action, arg, deliveries, _tag(),
                            self.priority]
-        if body is not None:
-            args.append(body)
+        if last is not None:
+            args.append(last)
         keys = [c.keys.level(self.priority), c.keys.leases, c.keys.delayed, c.keys.dead]
         if not c.backend.script("settle")(keys=keys, args=args):
             log.warning("%s of a message of %s (entry %s) skipped: its reservation ran out and "
