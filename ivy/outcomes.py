@@ -101,7 +101,7 @@ class Recorder:
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 notifier.publish_then(message.reply_to, message.id, body, final=True,
-                                      then=after)
+                                      then=after, nonce=nonce_of(message))
                 return
             except Exception:
                 if stored or attempt == RECORD_ATTEMPTS - 1:
@@ -149,7 +149,7 @@ class Recorder:
 
         try:
             self.notifier.publish_then(str(reply_to), call_id, self.body(note), final=True,
-                                       then=after)
+                                       then=after, nonce=note.nonce)
         except Exception:
             if followed:  # the dead letter itself failed: the message comes back
                 raise

@@ -166,6 +166,8 @@ def cancel_call(app: Ivy, call_id: object, ttl: float) -> None:
         mine = next((c for c in consumer.pending() if c.id == call_id), None)
         if mine is not None:
             note = cancelled_notification(call_id, mine.task)
+            note.nonce = mine.nonce  # so the worker's result, if it comes, is a duplicate
             consumer.notifier.publish(app.channel, call_id,
-                                      app.seal(note.encode(app.serializer)), final=True)
+                                      app.seal(note.encode(app.serializer)), final=True,
+                                      nonce=mine.nonce)
             return

@@ -210,19 +210,36 @@ class ResultConsumer:
             return
         with self._lock:
             call = self._calls.get(note.id)
-            if call is not None and note.final:
-                if not _bound(call, note, self.require_nonce):
-                    log.warning("notification consumer: ignoring a %s notification for call "
-                                "%s without its nonce (forged, or from a worker that does not "
-                                "echo nonces: see IVY_REQUIRE_NONCE)", note.status, note.id)
-                    return
+            bound = call is None or not note.final or _bound(call, note, self.require_nonce)
+            if call is not None and note.final and bound:
                 del self._calls[note.id]
         if call is None:
+            return
+        if not bound:
+            log.warning("notification consumer: ignoring a %s notification for call %s "
+                        "without its nonce (forged, or from a worker that does not echo "
+                        "nonces: see IVY_REQUIRE_NONCE)", note.status, note.id)
+            self._look_beside(call, body)
             return
         if note.final:
             call._settle(note)
         else:
             call._running(note)
+
+    def _look_beside(self, call: Call[Any], body: bytes) -> None:
+        """A final notification without ``call``'s nonce came first (a forged one stored
+        under a known call id, or one on the (re)subscribe catch-up): the call's own may be
+        stored beside it (:func:`ivy.notifiers.base.beside`); if it is, settle with it."""
+        if call.nonce is None:
+            return
+        try:
+            own = self.notifier.stored(call.id, call.nonce)
+        except Exception:
+            log.warning("notification consumer: looking up the result of call %s beside a "
+                        "forged one failed", call.id, exc_info=True)
+            return
+        if own is not None and own != body:
+            self.dispatch(own)
 
     def _sweep(self) -> None:
         now = time.monotonic()

@@ -535,6 +535,37 @@ class NotifierContract:
         notifier.publish(channel, call_id, b"second", final=True)
         assert notifier.stored(call_id) == b"first"
 
+    def test_a_final_with_another_nonce_is_stored_beside_the_first_and_sent(
+            self, notifier: Notifier) -> None:
+        # Given a final notification stored first under a call id, without the call's nonce
+        # (forged by someone who learned the id), and a producer subscribed to the channel
+        channel = f"ivy:notify:{uuid.uuid4().hex}"
+        call_id, nonce = uuid.uuid4().hex, uuid.uuid4().hex[:20]
+        sub = notifier.subscribe(channel, lambda: [])
+        sub.get(0.05)  # establish the subscription
+        notifier.publish(channel, call_id, b'{"forged":"other-nonce"}', final=True,
+                         nonce="0badc0ffee")
+        # When the call's own result comes, echoing its nonce, and then a duplicate of it
+        own = b'{"own":"%s"}' % nonce.encode()
+        notifier.publish(channel, call_id, own, final=True, nonce=nonce)
+        notifier.publish(channel, call_id, own + b" again", final=True, nonce=nonce)
+        # Then the first stays under the id, the call's own is found with its nonce,
+        assert notifier.stored(call_id) == b'{"forged":"other-nonce"}'
+        assert notifier.stored(call_id, nonce) == own
+        assert notifier.stored(call_id, "feedfacefeedface") == b'{"forged":"other-nonce"}'
+        # and both reached the channel, the duplicate not
+        got: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            got.extend(sub.get(0.5))
+        assert got == [b'{"forged":"other-nonce"}', own]
+        assert sub.get(0.3) == []
+        # and a result that carries the first's nonce is a duplicate: neither stored nor sent
+        notifier.publish(channel, call_id, b"dup", final=True, nonce="other-nonce")
+        assert notifier.stored(call_id, "other-nonce") == b'{"forged":"other-nonce"}'
+        assert sub.get(0.3) == []
+        sub.close()
+
     def test_running_status_is_not_stored(self, notifier: Notifier) -> None:
         call_id = uuid.uuid4().hex
         notifier.publish(f"ivy:notify:{uuid.uuid4().hex}", call_id, b"running", final=False)

@@ -900,6 +900,77 @@ def test_a_result_without_the_calls_nonce_does_not_settle_it(
         served.close()
 
 
+def test_a_forged_result_stored_first_does_not_hide_the_calls_own(
+        live: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IVY_REQUIRE_NONCE", raising=False)
+    forged_first_then_own(live)
+
+
+def test_a_forged_result_first_does_not_hide_the_calls_own_on_the_amqp_notifier(
+        amqp_only: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IVY_REQUIRE_NONCE", raising=False)
+    forged_first_then_own(amqp_only)
+
+
+def test_a_catch_up_that_finds_a_forged_result_first_takes_the_calls_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a pending call, and in the store both a forged result stored first under its id
+    # and its own, beside it (published while the producer was not subscribed)
+    monkeypatch.delenv("IVY_REQUIRE_NONCE", raising=False)
+    url = f"memory://{uuid.uuid4().hex}"
+    app = ivy.Ivy(url, url)
+    try:
+        call = app.send_task("t.ok", [1], queue="nobody")
+        notifier = app.start_notification_producer()
+        forged = app.seal(Notification(call.id, "successful", "t.ok", result=666,
+                                       nonce="0123456789abcdef0123").encode(JSON))
+        own = app.seal(Notification(call.id, "successful", "t.ok", result=1,
+                                    nonce=call.nonce).encode(JSON))
+        elsewhere = f"ivy:notify:{uuid.uuid4().hex}"  # not the producer's: no live delivery
+        notifier.publish(elsewhere, call.id, forged, final=True, nonce="0123456789abcdef0123")
+        notifier.publish(elsewhere, call.id, own, final=True, nonce=call.nonce)
+        # When the (re)subscribe catch-up hands the producer the one stored under the id
+        (consumer,) = app._current_results().consumers()
+        consumer.dispatch(forged)
+        # Then the producer looks beside it and settles the call with its own
+        assert call.result(5) == 1
+    finally:
+        app.close()
+
+
+def forged_first_then_own(live: tuple[str, str, str]) -> None:
+    # Given a pending call sent to a queue nobody consumes yet, whose id an attacker learned
+    served = Served(live)
+    later = f"{served.queue}-later"
+    notifier = served.app.start_notification_producer()
+    try:
+        call = served.app.send_task("t.ok", [1], queue=later)
+        # When a message reusing its id and channel runs first, so that its result is the
+        # first final notification stored under that id
+        inject(served.url, served.queue, json.dumps(
+            {**GOOD, "id": call.id, "args": [666], "queue": served.queue,
+             "reply_to": served.app.channel}).encode())
+        wait_for(lambda: notifier.stored(call.id) is not None,
+                 message="the forged result stored")
+        forged = notifier.stored(call.id)
+        assert forged is not None and b"666" in forged and not call.done()
+        # and then a worker takes the call's own message
+        served.app.listen(queue=later, block=False)
+        # Then the call settles with its own result, which is stored beside the first
+        assert call.result(30) == 1
+        assert notifier.stored(call.id) == forged
+        nonce = str(call.nonce).encode()
+        # (RabbitMQ's notifier remembers what it sent once confirmed: maybe after delivery)
+        wait_for(lambda: nonce in (notifier.stored(call.id, call.nonce) or b""),
+                 message="the call's own result stored beside the forged one")
+    finally:
+        served.close()
+        if served.url.startswith(("amqp", "redis")):
+            backend = ivy.config.make_queue_backend(served.url)
+            backend.delete_queues([later, f"{later}.dead"])  # type: ignore[attr-defined]
+            backend.close()
+
+
 def test_a_notification_echoes_the_nonce_of_its_message() -> None:
     url = f"memory://{uuid.uuid4().hex}"
     app = ivy.Ivy(url, url)

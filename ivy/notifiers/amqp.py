@@ -84,7 +84,7 @@ from ivy._urls import bool_option, driver_url, mask_url, split_hosts
 from ivy.errors import ConfigurationError, PublishError
 from ivy.notifiers import _amqp_workers
 from ivy.notifiers._amqp_publish import Declarations, Outgoing, Publisher
-from ivy.notifiers.base import Notifier, Subscription
+from ivy.notifiers.base import Notifier, Subscription, beside, beside_key
 
 log = logging.getLogger("ivy.amqp")
 
@@ -280,20 +280,25 @@ class AMQPNotifier(Notifier):
                    persistent=bool_option(config, "persistent", True, "the AMQP notifier"),
                    reply_queue_type=str(config.get("reply_queue_type") or "classic"))
 
-    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
+    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool,
+                nonce: str | None = None) -> None:
         """Send ``body`` to the reply queue ``channel``. A final notification waits for the
         broker's confirm (PublishError after ``publish_timeout``) and is remembered; a second
-        final one of the same call is not sent. A ``running`` status is not waited for."""
+        final one of the same call is not sent, unless it echoes a nonce the first does not
+        carry (:func:`ivy.notifiers.base.beside`). A ``running`` status is not waited for."""
         if channel.startswith("amq.") or not 0 < len(channel.encode("utf-8")) <= 255:
             # never declared: the broker would close the shared channel (ACCESS_REFUSED or a
             # syntax error), stalling every other notification and heartbeat of this worker
             raise PublishError(f"{channel[:80]!r} cannot be a reply queue (a name of the "
                                "broker's, or not 1 to 255 bytes)")
         finals = self._finals
+        key = call_id
         if final:
             with finals.lock:
-                if call_id in finals.bodies:
+                found = beside(call_id, finals.bodies.get(call_id), nonce)
+                if found is None or found in finals.bodies:
                     return  # the first final notification wins
+                key = found
         out = Outgoing("", channel, body, BasicProperties(
             delivery_mode=2 if self.persistent else 1, content_type="application/json"),
             ("queue", channel),
@@ -303,7 +308,7 @@ class AMQPNotifier(Notifier):
             return
         self._wait(out, self.publish_timeout, f"the result of call {call_id} to {channel!r}")
         with finals.lock:
-            finals.remember(call_id, body)
+            finals.remember(key, body)
 
     def _wait(self, out: Outgoing, timeout: float, what: str) -> None:
         """Send ``out`` and wait for the broker's confirm; PublishError after ``timeout``."""
@@ -322,12 +327,14 @@ class AMQPNotifier(Notifier):
         still in it is delivered, so ``pending`` is not needed (see the module docstring)."""
         return self._track(AMQPSubscription(self, channel, f"reply-{channel[-8:]}"))
 
-    def stored(self, call_id: str) -> bytes | None:
+    def stored(self, call_id: str, nonce: str | None = None) -> bytes | None:
         """The first final notification of ``call_id`` that an AMQP notifier of this process
-        published to this vhost, if it is still remembered; None otherwise (AMQP has no keyed
-        store: see the module docstring)."""
+        published to this vhost (with ``nonce``, the one beside it for that nonce first), if
+        it is still remembered; None otherwise (AMQP has no keyed store: see the module
+        docstring)."""
         with self._finals.lock:
-            return self._finals.bodies.get(call_id)
+            found = None if nonce is None else self._finals.bodies.get(beside_key(call_id, nonce))
+            return found if found is not None else self._finals.bodies.get(call_id)
 
     def publish_event(self, body: bytes) -> None:
         timeout = min(self.publish_timeout, EVENT_TIMEOUT)

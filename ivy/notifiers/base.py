@@ -18,25 +18,52 @@ class Subscription(ABC):
         """Stop; may be called from another thread, and interrupts a get() in progress."""
 
 
+def beside(call_id: str, first: bytes | None, nonce: str | None) -> str | None:
+    """Where a final notification of ``call_id`` echoing ``nonce`` is stored, given ``first``,
+    the one stored under ``call_id`` already (None: none is): ``call_id`` when free; else,
+    when ``nonce`` is set and ``first`` does not carry it, the key beside it,
+    ``<call_id>:<nonce>`` (first wins there too); else None, a duplicate, neither stored nor
+    sent. So a result forged under a known call id and stored first cannot keep the call's
+    own result from its producer (issue 28, #5): that one is stored beside it and sent, and
+    the producer, which drops notifications without its call's nonce, looks it up there
+    (:meth:`Notifier.stored` with the nonce). A nonce is 20 random hex digits that only the
+    call's message carries, so "``first`` carries it" means "``first`` is this call's"."""
+    if first is None:
+        return call_id
+    if nonce is None or nonce.encode() in first:
+        return None
+    return beside_key(call_id, nonce)
+
+
+def beside_key(call_id: str, nonce: str) -> str:
+    """The key beside ``call_id`` for a final notification echoing ``nonce`` (:func:`beside`)."""
+    return f"{call_id}:{nonce}"
+
+
 class Notifier(ABC):
     """A notifier. A final notification is stored under its call id (the first one wins) as
-    well as sent, so a producer that subscribes late, or lost its connection, still gets it."""
+    well as sent, so a producer that subscribes late, or lost its connection, still gets it.
+    One that echoes a nonce the stored one does not carry is stored beside it (see
+    :func:`beside`) and sent too."""
 
     url: str = ""
 
     @abstractmethod
-    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
-        """Send ``body`` to ``channel``; when ``final``, also store it under ``call_id``."""
+    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool,
+                nonce: str | None = None) -> None:
+        """Send ``body`` to ``channel``; when ``final``, also store it under ``call_id`` (the
+        first wins), or beside it when it echoes a ``nonce`` the first does not carry
+        (:func:`beside`). A final notification that is not stored is not sent either."""
 
     def publish_then(self, channel: str, call_id: str, body: bytes, *, final: bool,
-                     then: Callable[[], None]) -> None:
+                     then: Callable[[], None], nonce: str | None = None) -> None:
         """:meth:`publish`, then ``then()`` once the notification is stored: a worker acks a
         message that way, never before its outcome is kept. The default publishes here and
         calls ``then`` here, raising what either raises. A notifier that stores in the
         background (SQLite) may return at once and call ``then`` later from its own thread,
         logging what ``then`` raises, and not at all if the notification could not be
         stored (its message is then delivered again when its lease ends)."""
-        self.publish(channel, call_id, body, final=final)
+        self.publish(channel, call_id, body, final=final, nonce=nonce)
         then()
 
     @abstractmethod
@@ -45,8 +72,9 @@ class Notifier(ABC):
         of the call ids that ``pending()`` returns (asked again on every reconnect)."""
 
     @abstractmethod
-    def stored(self, call_id: str) -> bytes | None:
-        """The stored final notification of ``call_id``, or None."""
+    def stored(self, call_id: str, nonce: str | None = None) -> bytes | None:
+        """The stored final notification of ``call_id``, or None; with ``nonce``, the one
+        stored beside it for that nonce (:func:`beside`) if there is one."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the notifier is not used afterwards."""

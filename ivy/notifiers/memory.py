@@ -14,6 +14,8 @@ from ivy.notifiers.base import (
     HOLD_EARLY,
     Notifier,
     Subscription,
+    beside,
+    beside_key,
     gcra_reserve,
     gcra_step,
     hold_ttl,
@@ -111,13 +113,15 @@ class MemoryNotifier(Notifier):
     def from_config(cls, config: dict[str, Any]) -> Self:
         return cls(str(config.get("name") or "default"))
 
-    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
+    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool,
+                nonce: str | None = None) -> None:
         hub = self._hub
         with hub.cond:
             if final:
-                if call_id in hub.stored:
+                key = beside(call_id, hub.stored.get(call_id), nonce)
+                if key is None or key in hub.stored:
                     return  # the first final notification wins
-                hub.stored[call_id] = body
+                hub.stored[key] = body
                 if len(hub.stored) > MAX_STORED:
                     hub.stored.popitem(last=False)
             hub.channel(channel).append(body)
@@ -126,9 +130,10 @@ class MemoryNotifier(Notifier):
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         return MemorySubscription(self._hub, channel, pending)
 
-    def stored(self, call_id: str) -> bytes | None:
+    def stored(self, call_id: str, nonce: str | None = None) -> bytes | None:
         with self._hub.cond:
-            return self._hub.stored.get(call_id)
+            found = None if nonce is None else self._hub.stored.get(beside_key(call_id, nonce))
+            return found if found is not None else self._hub.stored.get(call_id)
 
 
     def put_worker(self, name: str, info: Mapping[str, Any], ttl: float) -> None:

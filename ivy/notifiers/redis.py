@@ -3,7 +3,9 @@
 Redis pub/sub alone loses what a disconnected producer misses, so a final notification is also
 stored under ``ivy:result:<call id>`` with a TTL (``?result_ttl=`` seconds, default one day):
 one Lua script sets the key only if it is absent and, if it was, publishes the notification, so
-the first result wins and a duplicate is never sent. ``running`` statuses are published only.
+the first result wins and a duplicate is never sent. One that echoes a nonce the first does not
+carry goes beside it, to ``ivy:result:<call id>:<nonce>`` (:func:`ivy.notifiers.base.beside`),
+so that a forged first result cannot hide a call's own. ``running`` statuses are published only.
 
 A subscription reads the stored notifications of every pending call each time Redis confirms
 its (re)subscription, so a Redis restart or a dropped connection delays a result but never loses
@@ -40,15 +42,23 @@ import redis.exceptions
 
 from ivy._urls import driver_url, mask_url
 from ivy.notifiers._redis_direct import Commands, read_pubsub
-from ivy.notifiers.base import HOLD_EARLY, HOLD_GRACE, Notifier, Subscription
+from ivy.notifiers.base import HOLD_EARLY, HOLD_GRACE, Notifier, Subscription, beside_key
 
 log = logging.getLogger("ivy.redis")
 
 KEY_PREFIX = "ivy:result:"
 OPTIONS = ("result_ttl",)
-# KEYS[1] result key; ARGV[1] body, ARGV[2] ttl seconds, ARGV[3] channel
+# KEYS[1] result key, KEYS[2] the key beside it for this nonce (ivy.notifiers.base.beside);
+# ARGV[1] body, ARGV[2] ttl seconds, ARGV[3] channel, ARGV[4] nonce ('' for none)
 STORE_AND_PUBLISH = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+    redis.call('PUBLISH', ARGV[3], ARGV[1])
+    return 1
+end
+if ARGV[4] == '' then return 0 end
+local first = redis.call('GET', KEYS[1])
+if first and string.find(first, ARGV[4], 1, true) then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
     redis.call('PUBLISH', ARGV[3], ARGV[1])
     return 1
 end
@@ -296,10 +306,13 @@ class RedisNotifier(Notifier):
         url = str(config.get("url") or "redis://127.0.0.1:6379/0")
         return cls(url, result_ttl=int(config.get("result_ttl", 86400)))
 
-    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
+    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool,
+                nonce: str | None = None) -> None:
         if final:
-            store = ("EVALSHA", self._sha, 1, KEY_PREFIX + call_id, body, self.result_ttl,
-                     channel)
+            key = KEY_PREFIX + call_id
+            store = ("EVALSHA", self._sha, 2, key,
+                     key if nonce is None else KEY_PREFIX + beside_key(call_id, nonce),
+                     body, self.result_ttl, channel, nonce or "")
             try:
                 self._commands(*store)
             except redis.exceptions.NoScriptError:  # a new or flushed server
@@ -311,9 +324,15 @@ class RedisNotifier(Notifier):
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         return RedisSubscription(self, channel, pending)
 
-    def stored(self, call_id: str) -> bytes | None:
-        value = self.client.get(KEY_PREFIX + call_id)
-        return value if isinstance(value, bytes) else None
+    def stored(self, call_id: str, nonce: str | None = None) -> bytes | None:
+        if nonce is None:
+            value = self.client.get(KEY_PREFIX + call_id)
+            return value if isinstance(value, bytes) else None
+        for value in self.client.mget([KEY_PREFIX + beside_key(call_id, nonce),
+                                       KEY_PREFIX + call_id]):
+            if isinstance(value, bytes):  # the one beside it first
+                return value
+        return None
 
     def stored_many(self, call_ids: list[str]) -> list[bytes]:
         found: list[bytes] = []

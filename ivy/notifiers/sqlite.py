@@ -5,7 +5,8 @@ Every notification is a row, written by the database's writer thread
 waits for the commit, :meth:`SQLiteNotifier.publish_then` (a worker's results) does not. A
 subscription reads its channel's new rows in order, and on start the stored final rows of its
 pending call ids, so a producer that starts waiting late still gets its result. A unique index
-keeps only the first final notification of a call. Rows older than ``ttl`` seconds (default one
+keeps only the first final notification of a call (per call id and nonce: see
+:func:`ivy.notifiers.base.beside`). Rows older than ``ttl`` seconds (default one
 day) are pruned by publishers now and then.
 
 Keys (schedule slots, unique sends, cancels, rate limits) are rows of ``ivy_keys(key, value,
@@ -31,15 +32,22 @@ from ivy.notifiers.base import (
     HOLD_EARLY,
     Notifier,
     Subscription,
+    beside_key,
     gcra_reserve,
     gcra_step,
     hold_ttl,
 )
 
 #: A notification (one statement for many, through the writer thread; a second final one
-#: of a call is ignored: the first result wins).
-_INSERT = Rows("INSERT OR IGNORE INTO ivy_notifications (channel, call_id, body, final, "
-               "created) VALUES {rows}", "(?, ?, ?, ?, ?)")
+#: of a call is ignored: the first result wins, except beside it for a nonce the first does
+#: not carry, :func:`ivy.notifiers.base.beside`). Its values: channel; call id, call id, nonce,
+#: call id, nonce, call id, the key beside; body, final, created.
+_INSERT = Rows(
+    "INSERT OR IGNORE INTO ivy_notifications (channel, call_id, body, final, created) "
+    "VALUES {rows}",
+    "(?, CASE WHEN NOT EXISTS (SELECT 1 FROM ivy_notifications WHERE final = 1 AND call_id = ?)"
+    " THEN ? WHEN ? IS NULL OR EXISTS (SELECT 1 FROM ivy_notifications WHERE final = 1"
+    " AND call_id = ? AND instr(body, ?) > 0) THEN ? ELSE ? END, ?, ?, ?)")
 
 PRUNE_EVERY = 60.0
 #: Longest publish() waits for the writer thread to commit its notification.
@@ -150,25 +158,29 @@ class SQLiteNotifier(Notifier):
     def from_config(cls, config: dict[str, Any]) -> Self:
         return cls(str(config.get("path") or "ivy.db"), ttl=float(config.get("ttl", 86400.0)))
 
-    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool) -> None:
+    def publish(self, channel: str, call_id: str, body: bytes, *, final: bool,
+                nonce: str | None = None) -> None:
         """Stored through the database's writer thread, and waited for."""
-        self.db.writer.write(*self._insert(channel, call_id, body, final), wake=self.waker,
-                             timeout=WRITE_TIMEOUT)
+        self.db.writer.write(*self._insert(channel, call_id, body, final, nonce),
+                             wake=self.waker, timeout=WRITE_TIMEOUT)
         self._prune()
 
     def publish_then(self, channel: str, call_id: str, body: bytes, *, final: bool,
-                     then: Callable[[], None]) -> None:
+                     then: Callable[[], None], nonce: str | None = None) -> None:
         """Handed to the database's writer thread, which stores it with what else is waiting
         and calls ``then`` after the commit, from its own thread (see
         :mod:`ivy._sqlite.writer`: a write that keeps failing holds ``then`` back)."""
-        self.db.writer.submit(*self._insert(channel, call_id, body, final), wake=self.waker,
-                              then=then)
+        self.db.writer.submit(*self._insert(channel, call_id, body, final, nonce),
+                              wake=self.waker, then=then)
         self._prune()
 
     @staticmethod
-    def _insert(channel: str, call_id: str, body: bytes, final: bool
+    def _insert(channel: str, call_id: str, body: bytes, final: bool, nonce: str | None
                 ) -> tuple[Rows, tuple[Any, ...]]:
-        return _INSERT, (channel, call_id, body, int(final), time.time())
+        mark = nonce.encode() if final and nonce is not None else None
+        return _INSERT, (channel, call_id, call_id, mark, call_id, mark, call_id,
+                         call_id if mark is None else beside_key(call_id, str(nonce)),
+                         body, int(final), time.time())
 
     def _prune(self) -> None:
         now = time.time()
@@ -180,11 +192,12 @@ class SQLiteNotifier(Notifier):
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         return SQLiteSubscription(self, channel, pending)
 
-    def stored(self, call_id: str) -> bytes | None:
+    def stored(self, call_id: str, nonce: str | None = None) -> bytes | None:
         self.db.flush_writes()  # what a worker of this process recorded is seen
-        row = self.db.conn().execute(
-            "SELECT body FROM ivy_notifications WHERE final = 1 AND call_id = ?", (call_id,)
-        ).fetchone()
+        key = call_id if nonce is None else beside_key(call_id, nonce)
+        row = self.db.conn().execute(  # the one beside it first
+            "SELECT body FROM ivy_notifications WHERE final = 1 AND call_id IN (?, ?) "
+            "ORDER BY call_id = ? LIMIT 1", (call_id, key, call_id)).fetchone()
         return None if row is None else bytes(row[0])
 
     def put_worker(self, name: str, info: Mapping[str, Any], ttl: float) -> None:
