@@ -24,6 +24,7 @@ import logging
 from ivy.app import Ivy
 from ivy.call import Call
 from ivy.config import mask_url
+from ivy.context import CallContext, Progress, current
 from ivy.errors import (
     CallCancelled,
     ConfigurationError,
@@ -86,13 +87,12 @@ wait = default.wait
 close = default.close
 
 __all__ = [
-    "PROTOCOL_VERSION", "Call", "CallCancelled", "ConfigurationError", "Discard", "Ivy",
-    "IvyError", "Message", "MessageError", "MessageTooLarge", "Middleware", "Notification",
-    "PublishError", "PublishTimeout", "QueueMismatch", "RemoteTaskError", "ResultTimeout",
-    "Retry", "SerializationError", "Signature", "Snooze", "Task", "TaskCancelled",
-    "TaskNotRegistered", "TaskTimeout", "Worker", "cancel",
-    "chain", "chord", "close", "default", "delayed_call", "delayed_calls", "flush", "group",
-    "listen", "mask_url", "periodic_task", "register_task", "schedule", "send_task",
-    "setup_queue", "signature", "start_notification_consumer", "start_notification_producer",
-    "wait",
+    "PROTOCOL_VERSION", "Call", "CallCancelled", "CallContext", "ConfigurationError", "Discard",
+    "Ivy", "IvyError", "Message", "MessageError", "MessageTooLarge", "Middleware", "Notification",
+    "Progress", "PublishError", "PublishTimeout", "QueueMismatch", "RemoteTaskError",
+    "ResultTimeout", "Retry", "SerializationError", "Signature", "Snooze", "Task", "TaskCancelled",
+    "TaskNotRegistered", "TaskTimeout", "Worker", "cancel", "chain", "chord", "close", "current",
+    "default", "delayed_call", "delayed_calls", "flush", "group", "listen", "mask_url",
+    "periodic_task", "register_task", "schedule", "send_task", "setup_queue", "signature",
+    "start_notification_consumer", "start_notification_producer", "wait",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -20,6 +21,7 @@ from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
 from ivy._flags import Flag
+from ivy.context import Progress
 from ivy.errors import CallCancelled, PublishError, PublishTimeout, RemoteTaskError, ResultTimeout
 from ivy.message import Notification, Status
 
@@ -118,6 +120,9 @@ class Call(Generic[R]):
         #: the nonce the call's message carries: only a final notification echoing it
         #: settles the call (None: any final notification does)
         self.nonce: str | None = None
+        #: the latest progress its task reported (``ivy.current().progress``), or None
+        self.progress: Progress | None = None
+        self._progress_callbacks: list[Callable[[Progress], None]] | None = None
 
     def __repr__(self) -> str:
         return f"<Call {self.id} {self.task} {self.status}>"
@@ -220,6 +225,17 @@ class Call(Generic[R]):
                 return
         self._run_callback(fn)
 
+    def on_progress(self, fn: Callable[[Progress], None]) -> None:
+        """Run ``fn(progress)`` for each progress update the task reports (``fraction`` and
+        ``note``: see :func:`ivy.current`), on a callback thread, until the call settles.
+        Two updates close together may reach it out of order (compare fractions if it
+        matters), and some may be dropped (rate limit, a reconnect): do not count them. An
+        exception from ``fn`` is logged."""
+        with _lock:
+            if self._progress_callbacks is None:
+                self._progress_callbacks = []
+            self._progress_callbacks.append(fn)
+
     def remove_done_callback(self, fn: Callable[[Call[R]], None]) -> bool:
         """Forget ``fn`` if it has not run yet (``ivy.wait`` does, once it stops waiting, so
         that its own callbacks are not taken for a user's at exit); whether it was there."""
@@ -260,6 +276,26 @@ class Call(Generic[R]):
             self.status = "running"
             self.attempt = notification.attempt
             self.worker = notification.worker
+
+    def _progress(self, notification: Notification) -> None:
+        data = notification.progress or {}
+        update = Progress(float(data.get("fraction", 0.0)), data.get("note"))
+        with _lock:
+            if self._settled.is_set():
+                return
+            self.status = "running"
+            self.attempt = notification.attempt
+            self.worker = notification.worker
+            self.progress = update
+            callbacks = list(self._progress_callbacks or ())
+        for fn in callbacks:
+            _callbacks.submit(functools.partial(self._run_progress_callback, fn, update))
+
+    def _run_progress_callback(self, fn: Callable[[Progress], None], update: Progress) -> None:
+        try:
+            fn(update)
+        except Exception:
+            log.exception("progress callback of call %s (%s) raised", self.id, self.task)
 
     def _settle(self, notification: Notification) -> bool:
         """Record a final notification; False if the call had settled already. The callbacks

@@ -26,10 +26,11 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ivy.context import CallContext, Progress, enter, leave
 from ivy.errors import TaskCancelled, TaskTimeout
 from ivy.message import Message
 from ivy.retries import POLICY, Verdict
@@ -88,6 +89,8 @@ class _Running:
 
     thread_id: int
     style: str
+    #: what ivy.current() returns while it runs
+    context: CallContext
     future: concurrent.futures.Future[Any] | None = None
     callback_done: threading.Event | None = None
     cancelled: bool = False
@@ -113,15 +116,18 @@ class Executor:
         self._closed = False
         #: call id -> the call running now (cancels find it here)
         self._running: dict[str, _Running] = {}
+        #: sends a running call's progress to its producer (the worker's recorder sets it)
+        self.on_progress: Callable[[Message, Progress], None] | None = None
 
     def run(self, task: Task[Any, Any], message: Message) -> tuple[bool, Any]:
         """Run ``task`` with the arguments of ``message``: ``(True, value)`` if it returned,
         ``(False, error_info)`` if it raised or ran past its timeout; a cancelled call
         gives ``(False, {"type": "TaskCancelled", ...})``."""
-        running = _Running(threading.get_ident(), task.style)
+        running = _Running(threading.get_ident(), task.style, self._context(message))
         with self._lock:
             self._running[message.id] = running
         outcome: tuple[bool, Any] | None = None
+        token = enter(running.context)  # ivy.current(), in this thread
         try:
             outcome = self._run(task, message, running)
         finally:
@@ -134,7 +140,16 @@ class Executor:
                 except TaskCancelled:
                     log.debug("cancel of %s came after it returned; its outcome stands",
                               message.id)
+            leave(token)
         return outcome
+
+    def _context(self, message: Message) -> CallContext:
+        """What :func:`ivy.current` returns while ``message`` runs."""
+        send = self.on_progress
+        sink = None if send is None or not message.reply_to else (
+            lambda update: send(message, update))
+        return CallContext(message.id, message.name, message.queue, message.attempt,
+                           self.owner, sink)
 
     def _finish(self, call_id: str, running: _Running) -> None:
         with self._lock:
@@ -245,8 +260,10 @@ class Executor:
     def _run_async(self, task: Task[Any, Any], message: Message, running: _Running) -> Any:
         loop = self._event_loop()
         timeout = task.timeout
+        context = running.context
 
         async def run() -> Any:
+            enter(context)  # ivy.current(), in this coroutine's own context
             if timeout is None:
                 return await task.func(*message.args, **message.kwargs)
             try:

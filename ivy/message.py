@@ -27,7 +27,7 @@ from ivy.serialization import Serializer, Signer, check_arguments, unwrap
 PROTOCOL_VERSION = 1
 """The wire protocol version this ivy speaks: every message's and notification's ``ivy``
 field (PROTOCOL.md)."""
-STATUSES = ("scheduled", "running", "successful", "errored", "cancelled")
+STATUSES = ("scheduled", "running", "progress", "successful", "errored", "cancelled")
 FINAL_STATUSES = frozenset({"successful", "errored", "cancelled"})
 Status = Literal["scheduled", "running", "successful", "errored", "cancelled", "done"]
 
@@ -329,6 +329,8 @@ class Notification:
     worker: str | None = None
     #: the call's nonce, echoed from its message (absent when the message had none)
     nonce: str | None = None
+    #: a ``progress`` status's ``{"fraction": 0..1, "note": text or null}`` (ivy.current())
+    progress: dict[str, Any] | None = None
 
     @property
     def final(self) -> bool:
@@ -342,6 +344,8 @@ class Notification:
         }
         if self.nonce is not None:
             data[NONCE] = self.nonce
+        if self.progress is not None:
+            data["progress"] = self.progress
         return data
 
     def encode(self, serializer: Serializer) -> bytes:
@@ -371,7 +375,7 @@ def decode_notification(
     return Notification(
         id=data["id"], status=data["status"], name=data.get("name"), result=data.get("result"),
         error=data.get("error"), attempt=data.get("attempt", 0), worker=data.get("worker"),
-        nonce=nonce_of(data),
+        nonce=nonce_of(data), progress=data.get("progress"),
     )
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ivy.context import Progress
 from ivy.errors import SerializationError
 from ivy.message import (
     NONCE,
@@ -72,6 +73,15 @@ class Recorder:
             except Exception:
                 log.warning("publishing status %r of %s failed", note.status, message.id,
                             exc_info=True)
+
+    def progress(self, message: Message, update: Progress) -> None:
+        """Publish a ``progress`` status of ``message`` (``ivy.current().progress``): not
+        final, not stored; raises what publishing raises (the context logs it)."""
+        if message.reply_to and self.notifier is not None:
+            note = Notification(message.id, "progress", message.name, attempt=message.attempt,
+                                worker=self.worker, nonce=nonce_of(message),
+                                progress={"fraction": update.fraction, "note": update.note})
+            self.notifier.publish(message.reply_to, message.id, self.body(note), final=False)
 
     def record(self, message: Message, note: Notification,
                then: Callable[[], None] | None = None) -> None:

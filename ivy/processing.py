@@ -130,6 +130,7 @@ class Processor:
         self.name = name
         self.reserve_time = reserve_time
         self._executor = executor
+        executor.on_progress = recorder.progress  # ivy.current().progress() publishes here
         self._gate = gate
         self._recorder = recorder
         self._settler = settler

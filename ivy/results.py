@@ -223,6 +223,9 @@ class ResultConsumer:
             return
         if note.final:
             call._settle(note)
+        elif note.status == "progress":
+            if call.nonce is None or note.nonce == call.nonce:
+                call._progress(note)
         else:
             call._running(note)
 
