@@ -26,3 +26,8 @@ class Shared(Generic[K, V]):
             if found is None:
                 found = self._made[key] = self._make()
             return found
+
+    def values(self) -> list[V]:
+        """The objects made so far."""
+        with self._lock:
+            return list(self._made.values())

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import fastjsonschema
 
+from ivy import _clock
 from ivy.errors import MessageError, MessageTooLarge, SerializationError
 from ivy.serialization import Serializer, Signer, check_arguments, unwrap
 
@@ -129,7 +130,9 @@ def new_id() -> str:
 
 
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    """Unix milliseconds: the clock of the times a message carries (``ivy._clock.wall``,
+    which :class:`ivy.testing.FakeClock` may drive)."""
+    return int(_clock.wall() * 1000)
 
 
 @dataclass(slots=True)

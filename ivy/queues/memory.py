@@ -15,8 +15,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Literal, Self
 
+from ivy import _clock
 from ivy._shared import Shared
 from ivy.queues.base import (
     DEFAULT_DEAD_LETTER_TTL,
@@ -42,6 +43,7 @@ class _Entry:
 class _Queue:
     def __init__(self) -> None:
         self.ready: list[tuple[int, int, _Entry]] = []  # (-priority, seq, entry): a heap
+        #: (due on ivy._clock.delays, seq, entry): a heap
         self.delayed: list[tuple[float, int, _Entry]] = []
         self.reserved: dict[int, tuple[_Entry, float]] = {}
         self.leases: list[tuple[float, int]] = []  # (deadline, token); stale rows are skipped
@@ -70,15 +72,17 @@ class MemoryBroker:
             seq = next(self._seq)
             entry = _Entry(body, priority, count)
             if delay > 0:
-                heapq.heappush(q.delayed, (time.monotonic() + delay, seq, entry))
+                heapq.heappush(q.delayed, (_clock.delays() + delay, seq, entry))
                 self.cond.notify_all()  # a waiter may need to shorten its wait
             else:
                 heapq.heappush(q.ready, (-priority, seq, entry))
                 self.cond.notify()
 
     def _promote(self, q: _Queue, now: float) -> float | None:
-        """Move due delayed entries and expired reservations to ready; return the next due time."""
-        while q.delayed and q.delayed[0][0] <= now:
+        """Move due delayed entries and expired reservations to ready; return the seconds
+        until the next is due. Delays are timed on ``ivy._clock.delays``, leases on ``now``."""
+        delays_now = _clock.delays()
+        while q.delayed and q.delayed[0][0] <= delays_now:
             _, seq, entry = heapq.heappop(q.delayed)
             heapq.heappush(q.ready, (-entry.priority, seq, entry))
         while q.leases and q.leases[0][0] <= now:
@@ -89,7 +93,7 @@ class MemoryBroker:
                 held[0].token = 0
                 heapq.heappush(q.ready, (-held[0].priority, next(self._seq), held[0]))
                 self.cond.notify()
-        times = [t[0] for t in (q.delayed[:1] + q.leases[:1])]
+        times = [t[0] - delays_now for t in q.delayed[:1]] + [t[0] - now for t in q.leases[:1]]
         return min(times) if times else None
 
     def take(self, name: str, timeout: float, reserve: float,
@@ -111,7 +115,7 @@ class MemoryBroker:
                     return None
                 wait = deadline - now
                 if next_due is not None:
-                    wait = min(wait, max(next_due - now, 0.0))
+                    wait = min(wait, max(next_due, 0.0))
                 self.cond.wait(wait)
             return None
 
@@ -124,6 +128,33 @@ class MemoryBroker:
             held[0].token = 0
             return held[0]
 
+    def bury(self, name: str, body: bytes, priority: int, reason: str) -> None:
+        """Add a dead letter to queue ``name``, dropping its expired ones."""
+        with self.cond:
+            letter = DeadLetter(name, body, reason, time.time(), str(next(self._seq)))
+            dead = self.queue(name).dead
+            dead.append((letter, priority))
+            ttl = self.dead_letter_ttl
+            while ttl is not None and dead[0][0].time < letter.time - ttl:
+                dead.popleft()  # expired (oldest first)
+
+    def queued(self, name: str) -> list[Queued]:
+        """What queue ``name`` holds now, ready ones first (in delivery order), then delayed
+        ones (soonest first), then reserved ones."""
+        with self.cond:
+            q = self.queue(name)
+            now = _clock.delays()
+            return ([Queued(e.body, "ready", 0.0) for _, _, e in sorted(q.ready)]
+                    + [Queued(e.body, "delayed", max(due - now, 0.0))
+                       for due, _, e in sorted(q.delayed)]
+                    + [Queued(e.body, "reserved", 0.0) for e, _ in q.reserved.values()])
+
+    def wake(self) -> None:
+        """Wake every consumer waiting on this broker, to look again at its delayed
+        messages (``ivy._clock.delays`` moved)."""
+        with self.cond:
+            self.cond.notify_all()
+
     def extend(self, name: str, token: int, seconds: float) -> None:
         with self.cond:
             q = self.queue(name)
@@ -134,8 +165,24 @@ class MemoryBroker:
                 heapq.heappush(q.leases, (deadline, token))
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A message held by a memory queue (:meth:`MemoryQueueBackend.queued`): its body,
+    whether it is ready, delayed or reserved, and the seconds until a delayed one is due."""
+
+    body: bytes
+    state: Literal["ready", "delayed", "reserved"]
+    due_in: float
+
+
 #: the brokers of this process, by name: backends with the same name share one
 _brokers: Shared[str, MemoryBroker] = Shared(MemoryBroker)
+
+
+def wake_all() -> None:
+    """Wake the consumers of every memory broker of the process (the delay clock moved)."""
+    for broker in _brokers.values():
+        broker.wake()
 
 
 class MemoryDelivery(Delivery):
@@ -167,14 +214,7 @@ class MemoryDelivery(Delivery):
 
     def _dead_letter(self, reason: str) -> None:
         if self._broker.finish(self.queue, self._token):
-            with self._broker.cond:
-                letter = DeadLetter(self.queue, self.body, reason, time.time(),
-                                    str(next(self._broker._seq)))
-                dead = self._broker.queue(self.queue).dead
-                dead.append((letter, self._entry.priority))
-                ttl = self._broker.dead_letter_ttl
-                while ttl is not None and dead[0][0].time < letter.time - ttl:
-                    dead.popleft()  # expired (oldest first)
+            self._broker.bury(self.queue, self.body, self._entry.priority, reason)
 
     def _extend(self, seconds: float) -> None:
         self._broker.extend(self.queue, self._token, seconds)
@@ -239,6 +279,10 @@ class MemoryQueueBackend(QueueBackend):
 
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
         return MemoryConsumer(self.broker, queue, reserve_time)
+
+    def queued(self, queue: str) -> list[Queued]:
+        """What ``queue`` holds now (for :mod:`ivy.testing`): ready, delayed, reserved."""
+        return self.broker.queued(queue)
 
     def size(self, queue: str) -> int:
         with self.broker.cond:
