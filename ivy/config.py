@@ -38,6 +38,8 @@ QUEUE_BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "ironmq": ("ivy.queues.ironmq", "IronMQQueueBackend", "ironmq"),
     "redis": ("ivy.queues.redis_streams", "RedisStreamsQueueBackend", "redis"),
     "rediss": ("ivy.queues.redis_streams", "RedisStreamsQueueBackend", "redis"),
+    "postgresql": ("ivy.queues.postgres", "PostgresQueueBackend", "postgres"),
+    "postgres": ("ivy.queues.postgres", "PostgresQueueBackend", "postgres"),
 }
 NOTIFIERS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("ivy.notifiers.memory", "MemoryNotifier", None),

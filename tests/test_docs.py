@@ -68,6 +68,7 @@ NOT_RUN: dict[str, tuple[str, ...]] = {
         'ivy.setup_queue("amqp://guest:guest@127.0.0.1:5672/%2F")',
     ),
     "backends/redis.md": ('ivy.setup_queue("redis://127.0.0.1:6379/0")',),
+    "backends/postgresql.md": ('app = ivy.Ivy("postgresql://', "ivy migrate --queue-url"),
     "backends/sqs.md": ('ivy.setup_queue("sqs://?region=eu-west-1")',),
     "backends/ironmq.md": ("ivy.start_notification_producer({",),
     "getting-started.md": ("python3 -m venv .venv",),

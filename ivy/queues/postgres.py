@@ -1,0 +1,369 @@
+"""``postgresql://`` (and ``postgres://``) as a QUEUE URL: ivy's queues in PostgreSQL tables
+(``pip install 'ivy-queue[postgres]'``). docs/backends/postgresql.md tells the whole story.
+
+* Each message is a row of ``<schema>.messages`` (schema ``ivy``, URL option ``?schema=``),
+  made on first use or by ``ivy migrate`` (:mod:`ivy._postgres.schema`).
+* A consumer reserves due rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` and leases them: a
+  fresh token and an expiry (``available_at``) per fetch, one more ``deliveries`` each. Ack
+  deletes the row while the token matches, so a worker whose lease ran out cannot delete a
+  message that another worker took since; ``extend`` pushes the expiry out. A lease that
+  runs out makes the row due again: it is delivered again.
+* Retries and delays set ``available_at``; priorities order the fetch (both indexed). A
+  defer and a release take back the count of their delivery: neither is an attempt.
+* Poison messages: a row whose leases ran out ``max_deliveries`` times without an outcome
+  (default 10) is dead-lettered by the next worker, "delivery limit: ...", as on SQLite.
+* Dead letters are rows of ``<schema>.dead_letters``; their id is the row id, never reused.
+  Moving, requeueing and purging are each one transaction: atomic. Each new dead letter
+  deletes up to :data:`EXPIRE_BATCH` expired ones of its queue (``dead_letter_ttl``).
+* Wake-ups: every statement that makes a message due sends ``pg_notify`` in its transaction
+  (on commit); a listener thread wakes the waiting consumers (:mod:`ivy._postgres.wake`).
+  Waiters look again at least every ``poll_interval`` s (default 1): a lost notification
+  costs no more.
+* Times are the server's clock. Errors name the server: a send that fails raises
+  :class:`ivy.PublishError`, other operations :class:`ivy._postgres.connection.PostgresError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Collection
+from concurrent.futures import Future
+from typing import Any, Self
+
+from ivy._postgres import queries
+from ivy._postgres.connection import Database, PostgresError, Settings, parse_url
+from ivy._postgres.wake import Wakeups
+from ivy.errors import ConfigurationError, PublishError
+from ivy.queues._batching import BatchSender, Outgoing
+from ivy.queues.base import (
+    DEFAULT_DEAD_LETTER_TTL,
+    DEFAULT_MAX_DELIVERIES,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    QueueBackend,
+    Rewrite,
+    dead_letter_ttl_option,
+    max_deliveries_option,
+)
+
+log = logging.getLogger("ivy.postgres")
+
+#: Expired dead letters of a queue that each new dead letter of it deletes, at most.
+EXPIRE_BATCH = 100
+#: Longest wait between tries of a consumer that cannot reach the server.
+RETRY_MAX = 2.0
+
+
+class PostgresDelivery(Delivery):
+    """One leased row; every operation checks the lease token, so a holder whose lease ran
+    out changes nothing."""
+
+    def __init__(self, consumer: PostgresConsumer, row_id: int, body: bytes, token: str,
+                 deliveries: int) -> None:
+        super().__init__()
+        self._backend = consumer.backend
+        self._key = {"id": row_id, "token": token}
+        self.queue = consumer.queue
+        self.body = body
+        self.delivery_count = deliveries
+
+    def _ack(self) -> None:
+        with self._backend.db.connection() as conn:
+            if not conn.execute(self._backend.sql.ack, self._key).rowcount:
+                self._lost("ack")
+
+    def _lost(self, what: str) -> None:
+        log.warning("%s of a message of %s (row %s) skipped: its lease ran out and another "
+                    "delivery of it is under way", what, self.queue, self._key["id"])
+
+    def _put_back(self, delay: float, body: bytes | None, uncount: int) -> None:
+        b = self._backend
+        with b.db.connection() as conn:
+            params = {**self._key, "body": body, "delay": max(float(delay), 0.0),
+                      "uncount": uncount, "channel": b.sql.channel}
+            if not conn.execute(b.sql.put_back, params).rowcount:
+                self._lost("putting back")
+
+    def _retry(self, delay: float, body: bytes | None) -> None:
+        self._put_back(delay, body, 0)
+
+    def _defer(self, delay: float) -> None:
+        """Put the row back, due ``delay`` s from now, without counting this delivery."""
+        self._put_back(delay, None, 1)
+
+    def _release(self) -> None:
+        self._defer(0.0)
+
+    def _dead_letter(self, reason: str) -> None:
+        b = self._backend
+        with b.db.connection() as conn, conn.transaction():
+            moved = conn.execute(b.sql.dead_letter, {**self._key, "reason": reason}).fetchone()
+            if moved is None:
+                self._lost("dead-lettering")
+            elif b.dead_letter_ttl is not None:  # bounded work: the queue's oldest few
+                conn.execute(b.sql.expire_some, {"queue": self.queue, "limit": EXPIRE_BATCH,
+                                                 "ttl": b.dead_letter_ttl})
+
+    def _extend(self, seconds: float) -> None:
+        with self._backend.db.connection() as conn:
+            params = {**self._key, "seconds": float(seconds)}
+            if not conn.execute(self._backend.sql.extend, params).rowcount:
+                log.warning("the lease of a message of %s (row %s) ran out before it was "
+                            "extended; another worker may run it too", self.queue,
+                            self._key["id"])
+
+
+class PostgresConsumer(Consumer):
+    """Fetches up to ``prefetch`` rows at a time for executor threads that share it; waits
+    for a notification, the next row falling due, or ``poll_interval``, whichever is first."""
+
+    def __init__(self, backend: PostgresQueueBackend, queue: str, prefetch: int,
+                 reserve_time: float) -> None:
+        self.backend = backend
+        self.queue = queue
+        self._prefetch = max(1, prefetch)
+        self._lease = float(reserve_time)
+        self._buffer: deque[PostgresDelivery] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._failing = False
+        self._token_prefix = secrets.token_hex(12)
+        self._fetches = itertools.count()
+        backend.wakeups.start()
+
+    def buffered(self) -> list[Delivery]:
+        """Leased rows not handed out yet (the heartbeat extends their leases too)."""
+        return list(tuple(self._buffer))  # a tuple of a deque is taken whole, under the GIL
+
+    def get(self, timeout: float) -> Delivery | None:
+        """The next leased row, or None once ``timeout`` s passed (or the consumer closed)."""
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=max(timeout, 0.001)):
+            return None
+        try:
+            return self._get(deadline)
+        finally:
+            self._lock.release()
+
+    def _get(self, deadline: float) -> Delivery | None:
+        wakeups = self.backend.wakeups
+        pause = 0.05
+        while not self._closed:
+            if self._buffer:
+                return self._buffer.popleft()
+            seen = wakeups.mark(self.queue)
+            try:
+                due = self._fetch()
+                self._recovered()
+                pause = 0.05
+            except PostgresError as exc:
+                self._failed(exc)
+                due, pause = pause, min(pause * 2, RETRY_MAX)
+            if self._buffer:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = min(remaining, self.backend.settings.poll_interval)
+            if due is not None:
+                wait = min(wait, max(due, 0.001))
+            wakeups.wait(self.queue, seen, wait)
+        return None
+
+    def _fetch(self) -> float | None:
+        """Lease up to ``prefetch`` due rows; if none, the seconds until a row falls due
+        (None: the queue is empty)."""
+        b = self.backend
+        token = f"{self._token_prefix}{next(self._fetches):x}"
+        with b.db.connection() as conn:
+            rows = conn.execute(b.sql.fetch, {"queue": self.queue, "size": self._prefetch,
+                                              "lease": self._lease, "token": token}).fetchall()
+            if not rows:
+                row = conn.execute(b.sql.next_due, {"queue": self.queue}).fetchone()
+                return None if row is None or row[0] is None else float(row[0])
+        rows.sort(key=lambda r: (-r[3], r[0]))  # RETURNING keeps no order
+        self._buffer.extend(PostgresDelivery(self, r[0], bytes(r[1]), token, r[2])
+                            for r in rows)
+        return None
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning("consumer of %s: %s; retrying", self.queue, exc)
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.warning("consumer of %s on %s: PostgreSQL answers again", self.queue,
+                        self.backend.url)
+
+    def close(self) -> None:
+        """Stop fetching and give back the prefetched, unstarted rows at once."""
+        self._closed = True
+        self.backend.wakeups.poke(self.queue)
+        with self._lock:  # a get() in progress returns at once
+            while self._buffer:
+                delivery = self._buffer.popleft()
+                try:
+                    delivery.release()
+                except PostgresError as exc:
+                    log.warning("consumer of %s: a prefetched message could not be given "
+                                "back (%s); it comes back when its lease ends", self.queue, exc)
+
+
+class PostgresQueueBackend(QueueBackend):
+    """The PostgreSQL queue. ``url`` is libpq's URL with ivy's options (``schema``,
+    ``max_deliveries``, ``dead_letter_ttl``, ``poll_interval``, ``pool_size``); keyword
+    arguments given (not None) win over the URL's. Nothing connects until first use.
+
+    Raises:
+        ivy.ConfigurationError: a malformed URL or option (the message shows the form).
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None,
+                 max_deliveries: int | str | None = None,
+                 dead_letter_ttl: float | str | None = DEFAULT_DEAD_LETTER_TTL,
+                 poll_interval: float | str | None = None,
+                 pool_size: int | str | None = None) -> None:
+        self.settings: Settings = parse_url(url, {"schema": schema,
+                                                  "poll_interval": poll_interval,
+                                                  "pool_size": pool_size})
+        self.url = self.settings.url
+        what = f"the PostgreSQL queue {self.url}"
+        options = self.settings.options
+        if max_deliveries is None:
+            max_deliveries = options.get("max_deliveries", DEFAULT_MAX_DELIVERIES)
+        self.max_deliveries = max_deliveries_option(max_deliveries, what)
+        if "dead_letter_ttl" in options and dead_letter_ttl == DEFAULT_DEAD_LETTER_TTL:
+            dead_letter_ttl = options["dead_letter_ttl"]
+        self.dead_letter_ttl = dead_letter_ttl_option(dead_letter_ttl, what)
+        self.db = Database(self.settings)
+        self.sql = queries.Statements(self.settings.schema)
+        self.wakeups = Wakeups(self.db, self.sql.channel)
+        self._sender = BatchSender(self._write, max_batch=500, max_backlog=1000,
+                                   name="ivy-postgres-send")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        """Build from the config of a URL or dict (``{"type": "postgresql", "url": ...}``,
+        options beside it win over the URL's)."""
+        url = config.get("url")
+        if not isinstance(url, str):
+            raise ConfigurationError(
+                f"a PostgreSQL queue needs a 'url', such as {{'type': 'postgresql', 'url': "
+                f"'postgresql://app@db:5432/app'}}: got {sorted(config)}")
+        return cls(url, schema=config.get("schema"),
+                   max_deliveries=config.get("max_deliveries"),
+                   dead_letter_ttl=config.get("dead_letter_ttl", DEFAULT_DEAD_LETTER_TTL),
+                   poll_interval=config.get("poll_interval"), pool_size=config.get("pool_size"))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url} schema={self.settings.schema}>"
+
+    def migrate(self) -> tuple[int, list[int]]:
+        """Create or upgrade the schema now (``ivy migrate``); the version, and the versions
+        applied. A schema newer than this ivy raises
+        :class:`ivy._postgres.schema.SchemaTooNew`."""
+        return self.db.migrate()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _insert(self, rows: list[queries.Row]) -> None:
+        try:
+            with self.db.connection() as conn:
+                queries.insert(conn, self.sql, rows)
+        except PostgresError as exc:
+            names = sorted({r[0] for r in rows})
+            raise PublishError(f"the PostgreSQL queue did not take {len(rows)} message(s) for "
+                               f"queue(s) {', '.join(map(repr, names))}: {exc}") from exc
+
+    def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
+                route: str | None = None) -> None:
+        """Insert one message (``route`` is ignored); :class:`ivy.PublishError` if it was
+        not written."""
+        self._insert([(queue, body, priority, delay)])
+
+    def publish_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                     delay: float = 0.0, route: str | None = None) -> None:
+        """One statement, one transaction for all of ``bodies``."""
+        self._insert([(queue, body, priority, delay) for body in bodies])
+
+    def send_many(self, queue: str, bodies: list[bytes], *, priority: int = 0,
+                  delay: float = 0.0, route: str | None = None) -> list[Future[None]]:
+        """Asynchronous sends: a background thread inserts what producers hand it meanwhile
+        in one statement; each future completes once its row is committed."""
+        return self._sender.send(queue, bodies, priority=priority, delay=delay, route=route)
+
+    def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
+        try:
+            self._insert([(i.queue, i.body, i.priority, i.delay) for i in batch])
+        except PublishError as exc:
+            return [exc] * len(batch)
+        return [None] * len(batch)
+
+    # -- consuming and managing ----------------------------------------------------------------
+
+    def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
+        """A consumer of ``queue`` leasing up to ``prefetch`` rows for ``reserve_time`` s."""
+        return PostgresConsumer(self, queue, prefetch, reserve_time)
+
+    def size(self, queue: str) -> int:
+        """Messages of ``queue`` waiting, delayed or leased."""
+        with self.db.connection() as conn:
+            row = conn.execute(self.sql.size, {"queue": queue}).fetchone()
+        return int(row[0]) if row else 0
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Those within ``dead_letter_ttl`` by the server's clock, oldest first."""
+        with self.db.connection() as conn:
+            rows = conn.execute(self.sql.dead_letters, {
+                "queue": queue, "limit": limit, "ttl": self.dead_letter_ttl}).fetchall()
+        return [DeadLetter(r[0], bytes(r[1]), r[2], float(r[3]), str(r[4]))
+                for r in reversed(rows)]
+
+    def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
+                     rewrite: Rewrite | None = None) -> int:
+        """Atomic: one transaction deletes the dead letters and inserts the messages, oldest
+        first, with the priority ``rewrite`` gives, else the one they had."""
+        with self.db.connection() as conn, conn.transaction():
+            self._expire(conn, queue)
+            if ids is None:
+                rows = conn.execute(self.sql.take_dead, {"queue": queue}).fetchall()
+            else:
+                wanted = sorted({int(i) for i in ids if str(i).isdigit()})
+                rows = conn.execute(self.sql.take_dead_ids,
+                                    {"queue": queue, "ids": wanted}).fetchall()
+            back: list[queries.Row] = []
+            for _, body, priority in sorted(rows):
+                new, chosen = rewrite(bytes(body)) if rewrite else (bytes(body), None)
+                back.append((queue, new, priority if chosen is None else chosen, 0.0))
+            queries.insert(conn, self.sql, back)
+        return len(back)
+
+    def _expire(self, conn: Any, queue: str) -> None:
+        if self.dead_letter_ttl is not None:
+            conn.execute(self.sql.expire_all, {"queue": queue, "ttl": self.dead_letter_ttl})
+
+    def purge_dead(self, queue: str) -> int:
+        """Expired dead letters are deleted too, not counted."""
+        with self.db.connection() as conn, conn.transaction():
+            self._expire(conn, queue)
+            return int(conn.execute(self.sql.purge_dead, {"queue": queue}).rowcount)
+
+    def queues(self) -> list[str]:
+        """Queue names with messages or dead letters."""
+        with self.db.connection() as conn:
+            rows = conn.execute(self.sql.queues).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def close(self) -> None:
+        """Write what is being sent, stop listening and close the connections."""
+        self._sender.close()
+        self.wakeups.close()
+        self.db.close()
