@@ -43,6 +43,7 @@ from ivy.errors import (
     TaskCancelled,
     TaskNotRegistered,
     TaskTimeout,
+    TransactionRolledBack,
 )
 from ivy.message import PROTOCOL_VERSION, Message, Notification
 from ivy.middleware import Middleware
@@ -85,14 +86,16 @@ start_notification_producer = default.start_notification_producer
 listen = default.listen
 wait = default.wait
 close = default.close
+transaction = default.transaction
 
 __all__ = [
     "PROTOCOL_VERSION", "Call", "CallCancelled", "CallContext", "ConfigurationError", "Discard",
     "Ivy", "IvyError", "Message", "MessageError", "MessageTooLarge", "Middleware", "Notification",
     "Progress", "PublishError", "PublishTimeout", "QueueMismatch", "RemoteTaskError",
     "ResultTimeout", "Retry", "SerializationError", "Signature", "Snooze", "Task", "TaskCancelled",
-    "TaskNotRegistered", "TaskTimeout", "Worker", "cancel", "chain", "chord", "close", "current",
-    "default", "delayed_call", "delayed_calls", "flush", "group", "listen", "mask_url",
-    "periodic_task", "register_task", "schedule", "send_task", "setup_queue", "signature",
-    "start_notification_consumer", "start_notification_producer", "wait",
+    "TaskNotRegistered", "TaskTimeout", "TransactionRolledBack", "Worker", "cancel", "chain",
+    "chord", "close", "current", "default", "delayed_call", "delayed_calls", "flush", "group",
+    "listen", "mask_url", "periodic_task", "register_task", "schedule", "send_task", "setup_queue",
+    "signature", "start_notification_consumer", "start_notification_producer", "transaction",
+    "wait",
 ]

@@ -35,6 +35,7 @@ from ivy.results import DEFAULT_PENDING_TTL, Results
 from ivy.serialization import Serializer, Signer, get_serializer, signer_from
 from ivy.task import Registry, Task
 from ivy.timing.schedule import Schedules
+from ivy.transactional import Transaction
 from ivy.worker import Worker, WorkerContext
 
 if TYPE_CHECKING:
@@ -251,6 +252,7 @@ class Ivy(Registering):
         queue: str | None = None, priority: int | None = None, delay: float | None = None,
         max_retries: int | None = None, callback: ResultCallback | None = None,
         confirm: bool = False, unique_key: str | None = None, unique_for: float | None = None,
+        connection: Any = None,
     ) -> Call[Any]:
         """The full form of :meth:`delayed_call`, with per-call options. ``task`` may name a
         task that this process does not register when ``queue`` is given (the worker must).
@@ -265,33 +267,33 @@ class Ivy(Registering):
 
         ``unique_key`` (or a task registered with ``unique_for``): while a call with the same
         key is pending, or within ``unique_for`` seconds of its send, this sends nothing and
-        returns that call (see :mod:`ivy.timing.unique`)."""
+        returns that call (see :mod:`ivy.timing.unique`).
+
+        ``connection`` (a psycopg 3 connection to the PostgreSQL queue's database): the
+        message is written in that connection's transaction, visible to workers once it
+        commits (see :mod:`ivy.transactional`)."""
         from ivy.producing import send_task
 
         return send_task(self, task, args, kwargs, queue=queue, priority=priority, delay=delay,
                          max_retries=max_retries, callback=callback, confirm=confirm,
-                         unique_key=unique_key, unique_for=unique_for)
+                         unique_key=unique_key, unique_for=unique_for, connection=connection)
+
+    def transaction(self, connection: Any) -> Transaction:
+        """``with app.transaction(conn):`` (``async with`` for a psycopg AsyncConnection):
+        every send of this app inside is written in ``conn``'s transaction, visible to workers
+        once it commits; a rollback fails those calls (see :mod:`ivy.transactional`)."""
+        from ivy.producing import track_within
+
+        return Transaction(self, self.queue_backend, connection,
+                           lambda out, future: track_within(self, out, future))
 
     def _send(self, outs: list[Outgoing], queue: str, priority: int, delay: float,
               route: str | None) -> None:
         """Hand messages to the backend and track their confirms. What the backend refuses at
-        once (a synchronous backend's error, an oversized SQS message) raises here, and those
-        calls are forgotten: nothing was sent for them."""
-        try:
-            futures = self.queue_backend.send_many(queue, [o.body for o in outs],
-                                                   priority=priority, delay=delay, route=route)
-        except BaseException:
-            self._forget([o.call for o in outs])
-            raise
-        refused = [(out, error) for out, f in zip(outs, futures, strict=True)
-                   if f.done() and (error := f.exception()) is not None]
-        if refused:
-            self._forget([out.call for out, _ in refused])
-            raise refused[0][1]
-        for out, future in zip(outs, futures, strict=True):
-            self._outbox.track(out.call, future)
-            if self.middleware:
-                self.middleware.after_publish(out.message)
+        once raises here, and those calls are forgotten: nothing was sent for them."""
+        from ivy.producing import hand_over
+
+        hand_over(self, outs, queue, priority, delay, route)
 
     def _send_failed(self, call: Call[Any], error: BaseException) -> None:
         """A message was not taken: the call fails with PublishError, and waits no more."""
@@ -323,23 +325,9 @@ class Ivy(Registering):
         """Call ``task`` once per argument list, sending the whole batch at once: on RabbitMQ
         the publishes are pipelined (their confirms tracked as for :meth:`send_task`); on
         SQLite they are one transaction. ``callback`` runs for each call."""
-        batch: list[Outgoing] = []
-        try:
-            for args in arg_lists:
-                batch.append(self._prepare(task, args, None, delay=delay, callback=callback))
-        except BaseException:
-            self._forget([o.call for o in batch])  # nothing was sent
-            raise
-        groups: dict[tuple[str, int, str | None], list[Outgoing]] = {}
-        for out in batch:
-            groups.setdefault((out.queue, out.priority, out.route), []).append(out)
-        try:
-            for (queue, priority, route), outs in groups.items():
-                self._send(outs, queue, priority, delay or 0.0, route)
-        except BaseException:
-            self._forget([o.call for o in batch])
-            raise
-        return [o.call for o in batch]
+        from ivy.producing import send_batch
+
+        return send_batch(self, task, arg_lists, callback=callback, delay=delay)
 
     def _prepare(
         self, task: Any, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,

@@ -101,6 +101,12 @@ class QueueMismatch(ConfigurationError, PublishError):
     (a worker's consume) and given to the calls sent to that queue (it is a PublishError)."""
 
 
+class TransactionRolledBack(PublishError):
+    """A call sent inside the application's own database transaction (``send_task(...,
+    connection=conn)``, ``with app.transaction(conn)``) was not enqueued: that transaction
+    rolled back (or the block raised before the rows were written), so workers never see it."""
+
+
 class PublishTimeout(PublishError, TimeoutError):
     """``call.sent(timeout)`` or ``ivy.flush(timeout)`` ran out of time: the message may still
     be confirmed later."""

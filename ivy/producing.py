@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ivy import transactional
 from ivy.call import Call, ResultCallback, finished_adapter, result_callback_adapter
 from ivy.message import NONCE, Message, encode_call, new_id, new_nonce, now_ms
 from ivy.task import Task
@@ -37,9 +39,19 @@ def send_task(
     app: Ivy, task: Any, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,
     queue: str | None, priority: int | None, delay: float | None, max_retries: int | None,
     callback: ResultCallback | None, confirm: bool, unique_key: str | None,
-    unique_for: float | None,
+    unique_for: float | None, connection: Any = None,
 ) -> Call[Any]:
-    """What :meth:`ivy.Ivy.send_task` documents: a workflow, a unique send or a plain call."""
+    """What :meth:`ivy.Ivy.send_task` documents: a workflow, a unique send or a plain call;
+    with ``connection``, written in that connection's transaction (:mod:`ivy.transactional`)."""
+    within = transactional.active(app)
+    if connection is not None and within is not None and within.connection is not connection:
+        raise ValueError("send_task(connection=...) inside 'with app.transaction(...)' of "
+                         "another connection: send with the block's connection, or outside it")
+    if connection is not None and within is None:
+        with app.transaction(connection):
+            return send_task(app, task, args, kwargs, queue=queue, priority=priority,
+                             delay=delay, max_retries=max_retries, callback=callback,
+                             confirm=confirm, unique_key=unique_key, unique_for=unique_for)
     if isinstance(task, Canvas):
         if unique_key is not None or unique_for is not None:
             raise ValueError("unique_key and unique_for apply to calls of one task, not to "
@@ -144,6 +156,66 @@ def prepare(
     app._current_results().add(call)
     return Outgoing(call, message, target_queue, app.seal(body), message.priority,
                     delay or 0.0, registered.route if registered is not None else None)
+
+
+def hand_over(app: Ivy, outs: list[Outgoing], queue: str, priority: int, delay: float,
+              route: str | None) -> None:
+    """What :meth:`ivy.Ivy._send` documents: hand messages to the backend (or, inside
+    ``app.transaction(conn)``, to that connection) and track their confirms."""
+    within = transactional.active(app)
+    if within is not None:
+        try:
+            within.send(outs, queue, priority, delay)
+        except BaseException:
+            app._forget([o.call for o in outs])
+            raise
+        return
+    try:
+        futures = app.queue_backend.send_many(queue, [o.body for o in outs],
+                                              priority=priority, delay=delay, route=route)
+    except BaseException:
+        app._forget([o.call for o in outs])
+        raise
+    refused = [(out, error) for out, f in zip(outs, futures, strict=True)
+               if f.done() and (error := f.exception()) is not None]
+    if refused:
+        app._forget([out.call for out, _ in refused])
+        raise refused[0][1]
+    for out, future in zip(outs, futures, strict=True):
+        app._outbox.track(out.call, future)
+        if app.middleware:
+            app.middleware.after_publish(out.message)
+
+
+def track_within(app: Ivy, out: transactional.Outgoing, future: Future[None]) -> None:
+    """Follow a call written in the caller's transaction: sent when it commits, failed
+    (and forgotten) when it rolls back. Not in the outbox: ``flush`` does not wait for it."""
+    out.call._sending(future)
+    transactional.forget_on_failure(out.call, future, app._send_failed)
+    if app.middleware:
+        app.middleware.after_publish(out.message)
+
+
+def send_batch(app: Ivy, task: Any, arg_lists: Iterable[Iterable[Any]], *,
+               callback: ResultCallback | None, delay: float | None) -> list[Call[Any]]:
+    """What :meth:`ivy.Ivy.delayed_calls` documents."""
+    batch: list[Outgoing] = []
+    try:
+        for args in arg_lists:
+            batch.append(app._prepare(task, args, None, delay=delay, callback=callback))
+    except BaseException:
+        app._forget([o.call for o in batch])  # nothing was sent
+        raise
+    groups: dict[tuple[str, int, str | None], list[Outgoing]] = {}
+    for out in batch:
+        groups.setdefault((out.queue, out.priority, out.route), []).append(out)
+    try:
+        for (queue, priority, route), outs in groups.items():
+            hand_over(app, outs, queue, priority, delay or 0.0, route)
+    except BaseException:
+        app._forget([o.call for o in batch])
+        raise
+    return [o.call for o in batch]
 
 
 def cancel_call(app: Ivy, call_id: object, ttl: float) -> None:

@@ -39,6 +39,7 @@ NOT_RUN = (
     'ivy.setup_queue("redis://127.0.0.1:6379/0")',
     'ivy.setup_queue("amqp://guest:guest@127.0.0.1:5672/%2F")',
     "call = ivy.delayed_call(add, 1, 2)",
+    'app = ivy.Ivy("postgresql://app@db:5432/app", "redis://cache:6379/0")',
     'ivy.setup_queue("amqp://app:pw@rabbit1:5672,rabbit2:5672,rabbit3:5672/prod',
     '@ivy.register_task(name="app.add", queue="math")',
     "@ivy.periodic_task(every=30",

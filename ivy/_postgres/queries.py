@@ -94,12 +94,20 @@ class Statements:
                         "UNION SELECT queue FROM {dead} GROUP BY queue")
 
 
+#: the id of the current (top-level) transaction, as text (assigned now if it had none)
+XID = b"SELECT pg_current_xact_id()::text"
+
+
+def params(statements: Statements, rows: Sequence[Row]) -> dict[str, Any]:
+    """The parameters of :attr:`Statements.insert` for ``rows``."""
+    return {"queues": [r[0] for r in rows], "bodies": [r[1] for r in rows],
+            "priorities": [r[2] for r in rows], "delays": [max(r[3], 0.0) for r in rows],
+            "channel": statements.channel}
+
+
 def insert(conn: psycopg.Connection[Any], statements: Statements, rows: Sequence[Row]) -> None:
     """Insert ``rows`` in one statement, in order, and notify their queues' consumers when
     the transaction of ``conn`` commits (at once in autocommit mode)."""
     if not rows:
         return
-    conn.execute(statements.insert, {
-        "queues": [r[0] for r in rows], "bodies": [r[1] for r in rows],
-        "priorities": [r[2] for r in rows], "delays": [max(r[3], 0.0) for r in rows],
-        "channel": statements.channel})
+    conn.execute(statements.insert, params(statements, rows))

@@ -35,7 +35,7 @@ from collections.abc import Collection
 from concurrent.futures import Future
 from typing import Any, Self
 
-from ivy._postgres import queries
+from ivy._postgres import commits, queries
 from ivy._postgres.connection import Database, PostgresError, Settings, parse_url
 from ivy._postgres.wake import Wakeups
 from ivy.errors import ConfigurationError, PublishError
@@ -248,6 +248,8 @@ class PostgresQueueBackend(QueueBackend):
         self.wakeups = Wakeups(self.db, self.sql.channel)
         self._sender = BatchSender(self._write, max_batch=500, max_backlog=1000,
                                    name="ivy-postgres-send")
+        #: follows the transactions of callers' connections (send_within)
+        self._commits = commits.CommitWatcher(self.db)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -299,6 +301,22 @@ class PostgresQueueBackend(QueueBackend):
         """Asynchronous sends: a background thread inserts what producers hand it meanwhile
         in one statement; each future completes once its row is committed."""
         return self._sender.send(queue, bodies, priority=priority, delay=delay, route=route)
+
+    def send_within(self, connection: Any, queue: str, bodies: list[bytes], *,
+                    priority: int = 0, delay: float = 0.0) -> Future[None]:
+        """Write ``bodies`` with the caller's psycopg connection, in its transaction
+        (:mod:`ivy.transactional`): the future completes when that transaction commits, or
+        fails with :class:`ivy.errors.TransactionRolledBack` when it rolls back. Raises
+        :class:`ivy.PublishError` if the rows could not be written."""
+        rows = [(queue, body, priority, delay) for body in bodies]
+        return self._commits.follow(commits.write_within(self.db, self.sql, connection, rows))
+
+    async def send_within_async(self, connection: Any, queue: str, bodies: list[bytes], *,
+                                priority: int = 0, delay: float = 0.0) -> Future[None]:
+        """:meth:`send_within` with a ``psycopg.AsyncConnection``."""
+        rows = [(queue, body, priority, delay) for body in bodies]
+        xid = await commits.write_within_async(self.db, self.sql, connection, rows)
+        return self._commits.follow(xid)
 
     def _write(self, batch: list[Outgoing]) -> list[BaseException | None]:
         try:
@@ -365,5 +383,6 @@ class PostgresQueueBackend(QueueBackend):
     def close(self) -> None:
         """Write what is being sent, stop listening and close the connections."""
         self._sender.close()
+        self._commits.close()
         self.wakeups.close()
         self.db.close()
