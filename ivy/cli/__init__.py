@@ -1,6 +1,6 @@
 """The command line: ``ivy worker``, ``ivy scheduler``, ``ivy call``, ``ivy cancel``,
-``ivy inspect``, ``ivy events``, ``ivy dead``, ``ivy migrate`` and ``ivy dashboard`` (also
-``python -m ivy``).
+``ivy inspect``, ``ivy events``, ``ivy dead``, ``ivy migrate``, ``ivy relay`` and
+``ivy dashboard`` (also ``python -m ivy``).
 One module per command group; what they share is in :mod:`ivy.cli._common`."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 import ivy
-from ivy.cli import dead, migrate
+from ivy.cli import dead, migrate, relay
 from ivy.cli._common import backend_errors, backend_failure, from_a_backend, port, positive_int
 from ivy.cli.calls import call_command, cancel_command
 from ivy.cli.inspect import events_command, inspect_command
@@ -156,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: INFO")
     dead.add_parser(sub, backends)
     migrate.add_parser(sub, backends)
+    relay.add_parser(sub)
     dashboard.add_parser(sub, port)
     return parser
 
@@ -202,6 +203,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             return dead.run(args)
         if args.command == "migrate":
             return migrate.run(args)
+        if args.command == "relay":
+            return relay.run(args)
         if args.command == "dashboard":
             return dashboard.run(args)
         if args.command == "events":
