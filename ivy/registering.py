@@ -5,11 +5,14 @@ inherits it; it uses nothing of the app but those two."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ivy.retries import Backoff
 from ivy.task import Finished, Registry, Style, Task, build_task, merge_dicts, merge_options
 from ivy.timing.schedule import Schedule, Schedules, add_schedule
+
+if TYPE_CHECKING:
+    from ivy.call import Call
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -21,6 +24,10 @@ class Registering:
     # made by Ivy.__init__
     registry: Registry
     schedules: Schedules
+
+    if TYPE_CHECKING:  # Ivy's: what a registered task's delay() sends through (Task.app)
+        def send_task(self, task: Any, args: Iterable[Any] = (),
+                      kwargs: Mapping[str, Any] | None = None) -> Call[Any]: ...
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -97,6 +104,7 @@ class Registering:
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task = build_task(f, finished_fn, given)
             self.registry.add(task)
+            task.app = self  # where task.delay() sends
             return task
 
         if func is None:

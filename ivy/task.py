@@ -11,8 +11,8 @@ import difflib
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from ivy.errors import ConfigurationError, TaskNotRegistered
 from ivy.message import MAX_RETRIES
@@ -20,15 +20,27 @@ from ivy.retries import DEFAULT_POLICY, Backoff, RetryPolicy
 from ivy.timing.ratelimit import parse_rate_limit
 
 if TYPE_CHECKING:
+    from ivy.call import Call
     from ivy.workflows.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: the awaited type of an ``async def`` task's coroutine
+T = TypeVar("T")
 Style = Literal["sync", "async", "callback"]
 STYLES: tuple[str, ...] = ("sync", "async", "callback")
 CALLBACK_NAMES = ("callback", "cb")
 Finished = Callable[[Any], None]
 DEFAULT_MAX_RETRIES = 3
+
+
+class Sender(Protocol):
+    """What :meth:`Task.delay` needs of the app a task was registered on (an :class:`ivy.Ivy`)."""
+
+    def send_task(self, task: Any, args: Iterable[Any] = (),
+                  kwargs: Mapping[str, Any] | None = None) -> Call[Any]:
+        """Send one call of ``task``; see :meth:`ivy.Ivy.send_task`."""
+        ...
 
 
 def detect_style(func: Callable[..., Any]) -> Style:
@@ -135,6 +147,9 @@ class Task(Generic[P, R]):
         ):
             self._arity = len(self.signature.parameters) - (self.style == "callback")
         functools.update_wrapper(self, func)
+        #: the app that registered this task (``register_task`` sets it): where
+        #: :meth:`delay` sends. None for a Task made directly
+        self.app: Sender | None = None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -142,9 +157,45 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue!r} style={self.style}>"
 
-    def s(self, *args: Any, **kwargs: Any) -> Signature:
+    # Typed calls: P checks the arguments; R is the result, or for an ``async def`` task
+    # (whose R is a coroutine) the coroutine's awaited type T. The first overload matches
+    # async tasks only, by the type of ``self``.
+
+    @overload
+    def delay(self: Task[P, Coroutine[Any, Any, T]], *args: P.args,
+              **kwargs: P.kwargs) -> Call[T]: ...
+
+    @overload
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]: ...
+
+    def delay(self, *args: Any, **kwargs: Any) -> Call[Any]:
+        """Call the task on a worker, through the app that registered it:
+        ``add.delay(1, 2)`` is ``app.send_task(add, (1, 2))``. A type checker checks the
+        arguments against the task function's parameters and types the call: ``Call[int]``
+        for ``def add(a: int, b: int) -> int``, and for an ``async def`` task the type its
+        coroutine returns. For per-call options (queue, delay, callback) use
+        :meth:`ivy.Ivy.send_task`; a callback-style task (the original's ``callback``
+        last parameter) is called with :func:`ivy.delayed_call`."""
+        if self.app is None:
+            raise RuntimeError(
+                f"task {self.name!r} was not registered on an ivy app, so delay() has nowhere "
+                "to send it: register it with @ivy.register_task(...) or app.register_task(...), "
+                "or send it with app.delayed_call(task, ...)")
+        return self.app.send_task(self, args, kwargs)
+
+    @overload
+    def s(self: Task[P, Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> Signature[T]: ...
+
+    @overload
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]: ...
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[Any]:
         """A signature of this task with these arguments, for workflows:
-        ``ivy.chain(add.s(1, 2), mul.s(10))`` (see :mod:`ivy.workflows`)."""
+        ``ivy.chain(add.s(1, 2), mul.s(10))`` (see :mod:`ivy.workflows`). Typed
+        ``Signature[R]``, ``R`` being the task's result (the awaited one, for an ``async def``
+        task). Its arguments are not checked by a type checker, as they may be partial: a step
+        of a chain receives the previous result as its first argument on top of them. They
+        are checked at send."""
         from ivy.workflows.canvas import Signature
 
         return Signature(self.name, args, kwargs)

@@ -80,6 +80,8 @@ NOT_RUN: dict[str, tuple[str, ...]] = {
     "guides/monitoring.md": ("ivy inspect [--json]", "ivy dashboard --queue-url amqp://"),
     "guides/testing.md": ("import signal",),
     "guides/typing.md": ("pip install -e . --config-settings",),
+    "guides/django.md": ("pip install -e '.[django]'",),
+    "guides/asgi.md": ("pip install -e '.[asgi]'", "async with lifespan(queue)(web):"),
     "guides/scheduling.md": (
         "ivy.schedule(report",
         "ivy scheduler tasks",

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ivy.errors import ConfigurationError
+
+#: the result type of a signature's task (``add.s(1, 2)`` is a ``Signature[int]``)
+R = TypeVar("R")
 
 #: One node of a workflow as it travels (PROTOCOL.md, "Workflows").
 Node = dict[str, Any]
@@ -61,8 +64,9 @@ class Canvas:
 
 
 @dataclass(eq=True, repr=False)
-class Signature(Canvas):
+class Signature(Canvas, Generic[R]):
     """A task name with arguments and options, to be sent later (alone or in a workflow).
+    ``R`` is its task's result type when a type checker knows it (``task.s(...)``), else Any.
 
     ``queue``, ``priority`` and ``max_retries`` left as None take the registered task's values
     when the workflow is sent (``ivy`` and 0 for a task this process does not register)."""
@@ -86,7 +90,7 @@ class Signature(Canvas):
         self.kwargs = dict(self.kwargs)
 
     def set(self, *, queue: str | None = None, priority: int | None = None,
-            max_retries: int | None = None) -> Signature:
+            max_retries: int | None = None) -> Signature[R]:
         """A copy with other options: ``add.s(1, 2).set(queue="fast")``."""
         return Signature(
             self.name, self.args, self.kwargs,
@@ -181,7 +185,7 @@ def _spread(items: tuple[Any, ...]) -> Iterable[Any]:
 
 
 def signature(name: str, *args: Any, queue: str | None = None, priority: int | None = None,
-              max_retries: int | None = None, **kwargs: Any) -> Signature:
+              max_retries: int | None = None, **kwargs: Any) -> Signature[Any]:
     """A signature of a task by name, which this process need not register (then ``queue`` is
     needed): ``ivy.signature("other.service.task", 1, queue="other")``."""
     return Signature(name, args, kwargs, queue=queue, priority=priority,
