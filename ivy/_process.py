@@ -1,15 +1,18 @@
-"""Helpers about this process: its name in logs and heartbeats, its signal handlers, and the
-backoff of its retry loops."""
+"""Helpers about this process: its name in logs and heartbeats, its signal handlers, the
+backoff of its retry loops, and a worker's run until a signal (:func:`run_until_signal`)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
+
+log = logging.getLogger("ivy.worker")
 
 
 def worker_name() -> str:
@@ -49,3 +52,48 @@ class Backoff:
         """Wait the current delay (less if ``stop`` is set), then double it."""
         stop.wait(self.delay)
         self.delay = min(self.delay * 2, 10.0)
+
+
+class Runnable(Protocol):
+    """What :func:`run_until_signal` needs of a worker (:class:`ivy.Worker`)."""
+
+    name: str
+    queues: list[str]
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def processed(self) -> int: ...
+
+    def drained(self) -> bool: ...
+
+    def stop(self, timeout: float | None = None) -> None: ...
+
+    def join(self, timeout: float | None = None) -> bool: ...
+
+    def hand_back(self) -> int: ...
+
+
+def run_until_signal(worker: Runnable, stop: threading.Event | None = None, *,
+                     burst: bool = False, shutdown_timeout: float | None = None) -> None:
+    """What :meth:`ivy.Worker.run_forever` documents."""
+    stop = stop or threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            log.warning("worker %s: second signal, exiting now; unfinished messages come "
+                        "back when their reservation expires", worker.name)
+            os._exit(1)
+        log.info("worker %s: received %s", worker.name, signal.Signals(signum).name)
+        stop.set()
+
+    with signal_handlers(on_signal):
+        while not stop.wait(0.2) and worker.running:
+            if burst and worker.drained():
+                log.info("worker %s: nothing due on %s (--burst); stopping after %d messages",
+                         worker.name, ", ".join(worker.queues), worker.processed)
+                break
+        worker.stop(shutdown_timeout)
+        if shutdown_timeout is not None and not worker.join(0):
+            worker.hand_back()

@@ -408,12 +408,13 @@ class Ivy(Registering):
         self, queue_url: Spec = None, *, queue: str | Iterable[str] | None = None,
         concurrency: int = 1, block: bool = True, reserve_time: float | None = None,
         notifier: Spec = None, max_messages: int | None = None, events: bool = False,
-        heartbeat: float | None = HEARTBEAT_INTERVAL,
+        heartbeat: float | None = HEARTBEAT_INTERVAL, max_memory: float | None = None,
     ) -> Worker:
         """Run a worker on ``queue`` (a name or several; default: the queues of the registered
         tasks). Blocks until SIGTERM/SIGINT; ``block=False`` returns the running worker, whose
         ``stop()`` ends it gracefully. With ``max_messages`` it stops by itself after that
-        many messages (see :class:`ivy.Worker`).
+        many messages, with ``max_memory`` once its RSS passed that many MB, after finishing
+        what it runs (see :mod:`ivy.recycling`).
 
         The original's dict form works: ``queue`` inside it names the queue, and
         ``messages: {"pkg.task": {"reserveTime": 3600}}`` sets a task's reservation (seconds
@@ -427,7 +428,8 @@ class Ivy(Registering):
 
         return start_worker(self, queue_url, queue=queue, concurrency=concurrency, block=block,
                             reserve_time=reserve_time, notifier=notifier,
-                            max_messages=max_messages, events=events, heartbeat=heartbeat)
+                            max_messages=max_messages, events=events, heartbeat=heartbeat,
+                            max_memory=max_memory)
 
     def worker_context(self, reserve_times: Mapping[str, float] | None = None) -> WorkerContext:
         """What a worker of this app needs: its registry, serializer, limits, signer (read

@@ -22,7 +22,7 @@ log = logging.getLogger("ivy")
 def start_worker(
     app: Ivy, queue_url: Spec, *, queue: str | Iterable[str] | None, concurrency: int,
     block: bool, reserve_time: float | None, notifier: Spec, max_messages: int | None,
-    events: bool, heartbeat: float | None,
+    events: bool, heartbeat: float | None, max_memory: float | None = None,
 ) -> Worker:
     """What :meth:`ivy.Ivy.listen` documents."""
     app._check_open()
@@ -49,7 +49,7 @@ def start_worker(
         context = with_events(app, context)
     worker = Worker(context, backend, app._producer_notifier, names,
                     concurrency=concurrency, reserve_time=reserve_time or app.reserve_time,
-                    max_messages=max_messages)
+                    max_messages=max_messages, max_memory=max_memory)
     # every option is checked before the worker takes its first message (a bad heartbeat
     # interval used to fail after tasks had run)
     beat = None if heartbeat is None else make_heartbeat(app, worker, heartbeat, events)

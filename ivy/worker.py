@@ -27,15 +27,13 @@ One message, from decoding it to settling it, is :mod:`ivy.processing`; its outc
 from __future__ import annotations
 
 import logging
-import os
 import queue as queue_mod
-import signal
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from ivy._process import Backoff, worker_name
+from ivy._process import Backoff, run_until_signal, worker_name
 from ivy._process import signal_handlers as signal_handlers
 from ivy.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
 from ivy.execution import Executor
@@ -48,6 +46,7 @@ from ivy.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
 from ivy.processing import Processor, logged
 from ivy.processing import WorkerContext as WorkerContext
 from ivy.queues.base import Consumer, Delivery, QueueBackend
+from ivy.recycling import Recycling
 from ivy.settle import Settler
 from ivy.task import Task
 from ivy.timing.gate import Gate
@@ -86,7 +85,8 @@ class _Held:
 
 class Worker:
     """Consumes queue names of one queue backend and runs the app's registered tasks; after
-    ``max_messages`` deliveries (None: no limit) it admits no more and stops once they ended."""
+    ``max_messages`` deliveries, or past ``max_memory`` MB of RSS (None: no limit), it admits
+    no more and stops once those it holds ended (:mod:`ivy.recycling`)."""
 
     def __init__(
         self,
@@ -98,14 +98,14 @@ class Worker:
         concurrency: int = 1,
         reserve_time: float = 30.0,
         max_messages: int | None = None,
+        max_memory: float | None = None,
     ) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue name")
         if concurrency < 1:
             raise ValueError(f"concurrency {concurrency!r} must be at least 1")
-        if max_messages is not None and max_messages < 1:
-            raise ValueError(f"max_messages {max_messages!r} must be at least 1, or None for "
-                             "no limit")
+        #: when it stops to be replaced: max_messages, max_memory
+        self.recycling = Recycling(max_messages, max_memory)
         self.context = context
         self.backend = backend
         self.notifier = notifier
@@ -114,8 +114,6 @@ class Worker:
         self.reserve_time = reserve_time
         self.name = worker_name()
         self.max_messages = max_messages
-        #: deliveries admitted for processing so far (see ``max_messages``)
-        self.admitted = 0
         #: when the worker last began or ended a delivery, or began listening (None: not yet)
         self._active_at: float | None = None
         self._stopping = threading.Event()
@@ -256,9 +254,26 @@ class Worker:
 
     @property
     def full(self) -> bool:
-        """Whether the worker admitted its ``max_messages``, and so stops (or stopped) once
-        they ended."""
-        return self.max_messages is not None and self.admitted >= self.max_messages
+        """Whether the worker reached its ``max_messages`` or ``max_memory``, and so stops
+        (or stopped) once what it holds ended."""
+        return self.recycling.full
+
+    @property
+    def admitted(self) -> int:
+        """Deliveries admitted for processing so far (see ``max_messages``)."""
+        return self.recycling.admitted
+
+    def _recycle(self, reason: str | None) -> None:
+        """A limit was reached (``reason``): admit no more; stop now if nothing is held."""
+        if reason is None:
+            return
+        self._refusing.set()
+        log.info("worker %s: %s; stopping once its %d held message(s) end, to be replaced",
+                 self.name, reason, self.in_flight)
+        with self._lock:
+            idle = not self._held and not self._stopping.is_set()
+        if idle:
+            self.stop()
 
     def run_forever(self, stop: threading.Event | None = None, *, burst: bool = False,
                     shutdown_timeout: float | None = None) -> None:
@@ -268,26 +283,7 @@ class Worker:
         due (messages delayed to later, such as retries waiting out their backoff, stay).
         ``shutdown_timeout``: seconds the graceful stop waits for running calls; then they are
         handed back to their queue at once (:meth:`hand_back`) and this returns (None: wait)."""
-        stop = stop or threading.Event()
-
-        def on_signal(signum: int, frame: Any) -> None:
-            if stop.is_set():
-                log.warning("worker %s: second signal, exiting now; unfinished messages come "
-                            "back when their reservation expires", self.name)
-                os._exit(1)
-            log.info("worker %s: received %s", self.name, signal.Signals(signum).name)
-            stop.set()
-
-        with signal_handlers(on_signal):
-            while not stop.wait(0.2) and not self._stopping.is_set():
-                if burst and self._drained():
-                    log.info("worker %s: nothing due on %s for %.0f s (--burst); stopping after "
-                             "%d messages", self.name, ", ".join(self.queues), BURST_IDLE,
-                             self.processed)
-                    break
-            self.stop(shutdown_timeout)
-            if shutdown_timeout is not None and not self.join(0):
-                self.hand_back()
+        run_until_signal(self, stop, burst=burst, shutdown_timeout=shutdown_timeout)
 
     def hand_back(self) -> int:
         """Give every delivery the worker still holds back to its queue now, running or not,
@@ -310,7 +306,7 @@ class Worker:
         self.join(0)
         return len(held)
 
-    def _drained(self) -> bool:
+    def drained(self) -> bool:
         """Listening, holding nothing, and nothing received for ``BURST_IDLE`` s."""
         with self._lock:
             active_at = self._active_at
@@ -379,6 +375,7 @@ class Worker:
                     continue
             try:
                 self.process(delivery)
+                self._recycle(self.recycling.check_memory())
             finally:
                 last = self._unhold(delivery)
                 if consumer is None:
@@ -404,6 +401,7 @@ class Worker:
                 for h in running:
                     h.running_sent = True
             self._executor.fire_timeouts(now)
+            self._recycle(self.recycling.check_memory(timed=True))
             if self._gate.poll_due(now):
                 with self._lock:
                     started = [h.message for h in self._held.values() if h.message is not None]
@@ -443,8 +441,7 @@ class Worker:
                 return False
             self._active_at = now = time.monotonic()
             self._held[id(delivery)] = _Held(delivery, lease, now + lease / 3)
-            self.admitted += 1
-            if self.full:
+            if self.recycling.admit() is not None:
                 self._refusing.set()
                 log.info("worker %s: admitted its %d messages (max_messages); stopping once "
                          "they end", self.name, self.admitted)
