@@ -15,26 +15,21 @@ from collections.abc import Sequence
 
 import ivy
 from ivy.cli import dead, migrate, relay
-from ivy.cli._common import backend_errors, backend_failure, from_a_backend, port, positive_int
+from ivy.cli._common import (
+    backend_arguments,
+    backend_errors,
+    backend_failure,
+    from_a_backend,
+    port,
+)
 from ivy.cli.calls import call_command, cancel_command
 from ivy.cli.inspect import events_command, inspect_command
-from ivy.cli.worker import scheduler_command, worker_command
-from ivy.config import NOTIFIER_ENV, QUEUE_ENV, make_notifier
+from ivy.cli.worker import add_worker_arguments, scheduler_command, worker_command
+from ivy.config import NOTIFIER_ENV, make_notifier
 from ivy.dashboard import command as dashboard
 from ivy.errors import IvyError
-from ivy.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR
 
 log = logging.getLogger("ivy.cli")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,60 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ivy {ivy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def backends(p: argparse.ArgumentParser, notifier: bool = True,
-                 log_level: str = "INFO") -> None:
-        p.add_argument("--queue-url", metavar="URL",
-                       help=f"queue backend URL (default: ${QUEUE_ENV} or sqlite:///ivy.db)")
-        if notifier:
-            p.add_argument("--notifier-url", metavar="URL",
-                           help=f"notifier URL (default: ${NOTIFIER_ENV} or sqlite:///ivy.db)")
-        p.add_argument("--log-level", default=log_level,
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], help=f"default: {log_level}")
+    backends = backend_arguments
 
     w = sub.add_parser("worker", help="run a worker for the tasks of some modules",
                        description="Import MODULEs (which register tasks) and run their tasks "
                                    "until SIGTERM or SIGINT.")
-    w.add_argument("modules", nargs="+", metavar="MODULE", help="module to import, e.g. tasks")
-    w.add_argument("--queue", "-Q", action="append", metavar="NAME",
-                   help="queue name to consume; repeat for several (default: the queues of "
-                        "the registered tasks)")
-    w.add_argument("--concurrency", "-c", type=positive_int, default=1, metavar="N",
-                   help="tasks run at once (threads; default 1)")
-    w.add_argument("--reserve-time", type=float, default=30.0, metavar="SECONDS",
-                   help="how long a fetched message stays reserved before it extends (default 30)")
-    w.add_argument("--processes", type=positive_int, default=1, metavar="N",
-                   help="worker processes, each with --concurrency threads and its own "
-                        "connections, restarted if they die (default 1: this process)")
-    w.add_argument("--max-tasks-per-child", type=positive_int, metavar="N",
-                   help="replace a worker process once it processed N messages (it starts no "
-                        "more and gives back those it fetched): for tasks that leak memory; "
-                        "works with --processes 1 too")
-    w.add_argument("--events", action="store_true",
-                   help="publish task events through the notifier, for `ivy events`")
-    w.add_argument("--shutdown-timeout", type=_seconds, metavar="SECONDS",
-                   help="at SIGTERM, wait this long for running calls, then hand them back to "
-                        "their queue at once and exit (default: wait for them)")
-    w.add_argument("--burst", action="store_true",
-                   help="stop, exit status 0, once the queues have had nothing due for a "
-                        "second and nothing is running: for cron jobs and CI (not with "
-                        "--processes)")
-    w.add_argument("--no-dead-letter-failures", action="store_true",
-                   help="do not dead-letter tasks that failed after their retries: store the "
-                        "error and acknowledge them (the dead letters keep only messages that "
-                        "could not run)")
-    w.add_argument("--heartbeat", type=float, default=HEARTBEAT_INTERVAL, metavar="SECONDS",
-                   help="seconds between heartbeats, which `ivy inspect` shows; a killed "
-                        f"worker drops out after {TTL_FACTOR} (default {HEARTBEAT_INTERVAL:g})")
-    w.add_argument("--metrics-port", type=port, metavar="PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (needs "
-                        "ivy-queue[metrics]); with --processes, the parent serves them all")
-    w.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
-                   help="address --metrics-port listens on (default 127.0.0.1; 0.0.0.0: all)")
-    w.add_argument("--scheduler", action="store_true",
-                   help="also run a scheduler for the periodic tasks of the MODULEs (in each "
-                        "process of --processes); any number may run, each slot is sent once")
-    w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
-    backends(w)
+    add_worker_arguments(w)
 
     can = sub.add_parser("cancel", help="cancel calls by id",
                          description="Cancel calls (queued ones never run, running ones are "

@@ -24,6 +24,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """A number of seconds > 0, finite (an argument type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def backend_arguments(p: argparse.ArgumentParser, notifier: bool = True,
+                      log_level: str = "INFO") -> None:
+    """``--queue-url``, ``--notifier-url`` (unless ``notifier`` is false) and
+    ``--log-level``: what the commands that reach backends take."""
+    p.add_argument("--queue-url", metavar="URL",
+                   help=f"queue backend URL (default: ${QUEUE_ENV} or sqlite:///ivy.db)")
+    if notifier:
+        p.add_argument("--notifier-url", metavar="URL",
+                       help=f"notifier URL (default: ${NOTIFIER_ENV} or sqlite:///ivy.db)")
+    p.add_argument("--log-level", default=log_level,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help=f"default: {log_level}")
+
+
 def port(text: str) -> int:
     value = int(text)
     if not 0 < value < 65536:

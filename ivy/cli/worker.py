@@ -13,27 +13,92 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import ivy
 from ivy._process import signal_handlers
-from ivy.cli._common import backend_errors, backend_failure, import_modules, prometheus
+from ivy.cli._common import (
+    backend_arguments,
+    backend_errors,
+    backend_failure,
+    import_modules,
+    port,
+    positive_int,
+    prometheus,
+    seconds,
+)
 from ivy.config import DEFAULT_URL, QUEUE_ENV, mask_url
 from ivy.errors import IvyError
+from ivy.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR
 from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
 from ivy.worker import Worker
 
 log = logging.getLogger("ivy.cli")
 
 
-def worker_command(args: argparse.Namespace, argv: list[str]) -> int:
+def add_worker_arguments(w: argparse.ArgumentParser, *, modules: bool = True,
+                         queue_help: str | None = None) -> None:
+    """The options of ``ivy worker`` (and of ``python manage.py ivy_worker``, which takes
+    them all but the MODULEs: ``modules=False``)."""
+    queue_help = queue_help or ("queue name to consume; repeat for several (default: the "
+                                "queues of the registered tasks)")
+    if modules:
+        w.add_argument("modules", nargs="+", metavar="MODULE",
+                       help="module to import, e.g. tasks")
+    w.add_argument("--queue", "-Q", action="append", metavar="NAME", help=queue_help)
+    w.add_argument("--concurrency", "-c", type=positive_int, default=1, metavar="N",
+                   help="tasks run at once (threads; default 1)")
+    w.add_argument("--reserve-time", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a fetched message stays reserved before it extends (default 30)")
+    w.add_argument("--processes", type=positive_int, default=1, metavar="N",
+                   help="worker processes, each with --concurrency threads and its own "
+                        "connections, restarted if they die (default 1: this process)")
+    w.add_argument("--max-tasks-per-child", type=positive_int, metavar="N",
+                   help="replace a worker process once it processed N messages (it starts no "
+                        "more and gives back those it fetched): for tasks that leak memory; "
+                        "works with --processes 1 too")
+    w.add_argument("--events", action="store_true",
+                   help="publish task events through the notifier, for `ivy events`")
+    w.add_argument("--shutdown-timeout", type=seconds, metavar="SECONDS",
+                   help="at SIGTERM, wait this long for running calls, then hand them back to "
+                        "their queue at once and exit (default: wait for them)")
+    w.add_argument("--burst", action="store_true",
+                   help="stop, exit status 0, once the queues have had nothing due for a "
+                        "second and nothing is running: for cron jobs and CI (not with "
+                        "--processes)")
+    w.add_argument("--no-dead-letter-failures", action="store_true",
+                   help="do not dead-letter tasks that failed after their retries: store the "
+                        "error and acknowledge them (the dead letters keep only messages that "
+                        "could not run)")
+    w.add_argument("--heartbeat", type=float, default=HEARTBEAT_INTERVAL, metavar="SECONDS",
+                   help="seconds between heartbeats, which `ivy inspect` shows; a killed "
+                        f"worker drops out after {TTL_FACTOR} (default {HEARTBEAT_INTERVAL:g})")
+    w.add_argument("--metrics-port", type=port, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (needs "
+                        "ivy-queue[metrics]); with --processes, the parent serves them all")
+    w.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address --metrics-port listens on (default 127.0.0.1; 0.0.0.0: all)")
+    w.add_argument("--scheduler", action="store_true",
+                   help="also run a scheduler for the periodic tasks of the MODULEs (in each "
+                        "process of --processes); any number may run, each slot is sent once")
+    w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
+    backend_arguments(w)
+
+
+def worker_command(args: argparse.Namespace, argv: list[str], *,
+                   setup: Callable[[argparse.Namespace], ivy.Ivy] | None = None,
+                   child: Callable[[int], list[str]] | None = None) -> int:
+    """Run ``ivy worker``: ``setup(args)`` gives the app whose tasks run (default: import the
+    MODULEs and use ``ivy.default``); with ``--processes``, ``child(fd)`` is the command line
+    of a child process (default: ``python -m ivy`` with ``argv``)."""
     if args.burst and (args.processes > 1 or args.max_tasks_per_child):
         raise IvyError("--burst runs one worker process until its queues have nothing due: "
                        "drop --processes and --max-tasks-per-child, or run several --burst "
                        "workers side by side")
     if args.supervisor_fd is None and (args.processes > 1 or args.max_tasks_per_child):
         # The parent imports no task module: its children do (see ivy.supervisor).
-        command = functools.partial(child_command, sys.executable, argv)
+        command = child or functools.partial(child_command, sys.executable, argv)
         if args.metrics_port is None:
             return Supervisor(command, args.processes).run()
         with prometheus().MultiProcessMetrics(args.metrics_port, args.metrics_host) as metrics:
@@ -56,12 +121,7 @@ def worker_command(args: argparse.Namespace, argv: list[str]) -> int:
         link = None
         if args.supervisor_fd is not None:  # watch the parent from before the imports on
             link = ChildLink(args.supervisor_fd, stop_requested)
-        import_modules(args.modules)
-        app = ivy.default
-        if not len(app.registry):
-            raise IvyError(f"modules {', '.join(args.modules)} registered no task: decorate "
-                           "functions with @ivy.register_task(...)")
-        _worker_warnings(app, args)
+        app = (setup or _modules_app)(args)
         if args.no_dead_letter_failures:
             app.dead_letter_failures = False
         if args.queue_url:
@@ -86,6 +146,17 @@ def worker_command(args: argparse.Namespace, argv: list[str]) -> int:
             worker.run_forever(early_stop, burst=args.burst,
                                shutdown_timeout=args.shutdown_timeout)
     return EXIT_RECYCLE if worker is not None and worker.full else 0
+
+
+def _modules_app(args: argparse.Namespace) -> ivy.Ivy:
+    """``ivy worker MODULE ...``: import the modules; the default app, with their tasks."""
+    import_modules(args.modules)
+    app = ivy.default
+    if not len(app.registry):
+        raise IvyError(f"modules {', '.join(args.modules)} registered no task: decorate "
+                       "functions with @ivy.register_task(...)")
+    _worker_warnings(app, args)
+    return app
 
 
 #: Longest wait between two tries of a worker whose queue backend does not answer.
