@@ -48,6 +48,8 @@ NOTIFIERS: dict[str, tuple[str, str, str | None]] = {
     "rediss": ("ivy.notifiers.redis", "RedisNotifier", "redis"),
     "amqp": ("ivy.notifiers.amqp", "AMQPNotifier", "amqp"),
     "amqps": ("ivy.notifiers.amqp", "AMQPNotifier", "amqp"),
+    "postgresql": ("ivy.notifiers.postgres", "PostgresNotifier", "postgres"),
+    "postgres": ("ivy.notifiers.postgres", "PostgresNotifier", "postgres"),
 }
 
 Spec = str | Mapping[str, Any] | QueueBackend | Notifier | None

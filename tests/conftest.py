@@ -177,8 +177,37 @@ def delete_test_queues() -> None:
     backend.close()
 
 
+#: the shared PostgreSQL server (never restarted: each test has a schema of its own there)
+PG_URL = os.environ.get("IVY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The shared server's URL; skips without it, fails with IVY_REQUIRE_SERVICES=1 (CI)."""
+    require_service("PostgreSQL", port_open(PG_URL, 5432), f"nothing answers at {PG_URL}")
+    pytest.importorskip("psycopg", reason="pip install 'ivy-queue[postgres]'")
+    return PG_URL
+
+
+@pytest.fixture
+def schema(pg_url: str) -> Iterator[str]:
+    """A schema name of this test's own, dropped (with what ivy made in it) afterwards."""
+    import psycopg
+
+    name = f"ivy_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def postgres_url(pg_url: str, schema: str) -> str:
+    """A PostgreSQL URL, for the queue and the notifier, on a schema of this test's own."""
+    return f"{pg_url}{'&' if '?' in pg_url else '?'}schema={schema}"
+
+
 #: every backend pairing the API suites run on
-PAIRINGS = ["memory", "sqlite", "amqp+redis", "redis-streams", "amqp+amqp"]
+PAIRINGS = ["memory", "sqlite", "amqp+redis", "redis-streams", "amqp+amqp", "postgres"]
 #: the pairings whose notifier keeps state (workflows, schedules, unique sends, cancels, rate
 #: limits): all but RabbitMQ alone, whose notifier refuses them (tests/test_amqp_notifier.py)
 STORE_PAIRINGS = [p for p in PAIRINGS if p != "amqp+amqp"]
@@ -195,6 +224,9 @@ def pairing_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, s
     if request.param == "redis-streams":
         url = request.getfixturevalue("redis_streams_url")
         return url, url
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        return url, url
     if request.param == "amqp+amqp":
         amqp = request.getfixturevalue("amqp_url")
         return amqp, amqp_notifier_url(amqp)
@@ -204,9 +236,9 @@ def pairing_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, s
 @pytest.fixture(params=PAIRINGS)
 def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     """(queue URL, notifier URL) for each backend pairing: the embedded ones, RabbitMQ with
-    Redis, Redis alone (Streams as the queue, pub/sub as the notifier), and RabbitMQ alone
-    (results over AMQP reply queues). A module whose features need the notifier's store
-    overrides it with ``store_urls``."""
+    Redis, Redis alone (Streams as the queue, pub/sub as the notifier), RabbitMQ alone
+    (results over AMQP reply queues) and PostgreSQL alone (a schema of the test's own). A
+    module whose features need the notifier's store overrides it with ``store_urls``."""
     return pairing_urls(request, tmp_path)
 
 

@@ -13,13 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import require_service, wait_for
+from conftest import wait_for
 from contract import QueueBackendContract, qname, take
 from workers import killed_worker_task_completes_once, start_worker
 from workers import producer_app as producer
@@ -72,24 +71,9 @@ def ivy_command(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def pg_url() -> str:
-    """The shared server's URL; skips without it, fails with IVY_REQUIRE_SERVICES=1 (CI)."""
-    require_service("PostgreSQL", reachable(PG_URL), f"nothing answers at {PG_URL}")
-    return PG_URL
-
-
-@pytest.fixture
-def schema(pg_url: str) -> Iterator[str]:
-    """A schema name of this test's own, dropped (with what ivy made in it) afterwards."""
-    name = f"ivy_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-
-
-@pytest.fixture
-def queue_url(pg_url: str, schema: str) -> str:
-    return with_options(pg_url, schema=schema)
+def queue_url(postgres_url: str) -> str:
+    """A queue URL on a schema of this test's own (conftest's ``pg_url``, ``schema``)."""
+    return postgres_url
 
 
 class TestPostgresQueue(QueueBackendContract):

@@ -145,7 +145,7 @@ def test_a_backlog_is_deferred_once_per_message(app: ivy.Ivy) -> None:
     assert asked[0] <= 2 * 30 + 4, asked[0]
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "postgres"])
 def test_a_reserved_slot_is_held_until_its_time(kind: str, sqlite_url: str,
                                                 request: pytest.FixtureRequest) -> None:
     from conftest import wait_for
@@ -153,7 +153,7 @@ def test_a_reserved_slot_is_held_until_its_time(kind: str, sqlite_url: str,
     from ivy.config import make_notifier
 
     url = {"memory": f"memory://rate-{uuid.uuid4().hex[:8]}", "sqlite": sqlite_url}.get(
-        kind) or request.getfixturevalue("redis_url")
+        kind) or request.getfixturevalue(f"{kind}_url")
     notifier = make_notifier(url)
     key = f"ivy:rate:test-{uuid.uuid4().hex}"
     try:

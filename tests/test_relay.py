@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,10 +25,16 @@ from ivy.queues.base import QueueBackend
 
 psycopg = pytest.importorskip("psycopg", reason="pip install 'ivy-queue[postgres]'")
 
-from test_postgres import free_port, pg_url, queue_url, schema  # noqa: E402,F401 - fixtures
 
 from ivy.queues.postgres import PostgresQueueBackend  # noqa: E402
 from ivy.relay import Relay  # noqa: E402
+
+
+def free_port() -> int:
+    """A local TCP port that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def qname() -> str:
@@ -35,8 +42,8 @@ def qname() -> str:
 
 
 @pytest.fixture
-def source(queue_url: str) -> Iterator[PostgresQueueBackend]:  # noqa: F811
-    backend = make_queue_backend(queue_url)
+def source(postgres_url: str) -> Iterator[PostgresQueueBackend]:
+    backend = make_queue_backend(postgres_url)
     assert isinstance(backend, PostgresQueueBackend)
     yield backend
     backend.close()
@@ -73,13 +80,13 @@ def bodies_of(target: QueueBackend, queue: str, n: int) -> list[bytes]:
 
 
 def test_an_app_enqueues_in_its_transaction_and_its_workers_run_elsewhere(
-        queue_url: str, pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+        postgres_url: str, pg_url: str, tmp_path: Path) -> None:
     # Given a producer on PostgreSQL, its workers on another backend (SQLite here), one
     # notifier for both, and a relay between the two queues
     q = qname()
     notifier = f"sqlite:///{tmp_path / 'results.db'}"
     worker_url = f"sqlite:///{tmp_path / 'work.db'}"
-    producer = ivy.Ivy(queue_url, notifier)
+    producer = ivy.Ivy(postgres_url, notifier)
     workers = ivy.Ivy(worker_url, notifier)
     ran: list[int] = []
 
@@ -155,12 +162,12 @@ def test_a_target_that_does_not_confirm_keeps_the_rows(source: PostgresQueueBack
 
 
 def test_two_relays_share_the_rows_without_duplicates(source: PostgresQueueBackend,
-                                                      queue_url: str,  # noqa: F811
+                                                      postgres_url: str,
                                                       target: QueueBackend) -> None:
     q = qname()
     bodies = [json.dumps({"n": i}).encode() for i in range(600)]
     source.publish_many(q, bodies)
-    other = make_queue_backend(queue_url)
+    other = make_queue_backend(postgres_url)
     assert isinstance(other, PostgresQueueBackend)
     relays = [Running(Relay(source, target, [q], batch=50)),
               Running(Relay(other, target, [q], batch=50))]
@@ -176,15 +183,15 @@ def test_two_relays_share_the_rows_without_duplicates(source: PostgresQueueBacke
     assert sorted(got) == sorted(bodies)
 
 
-def relay_process(queue_url: str, target_url: str, q: str) -> subprocess.Popen[str]:  # noqa: F811
+def relay_process(postgres_url: str, target_url: str, q: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IVY_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "ivy", "relay", "--from", queue_url, "--to", target_url,
+        [sys.executable, "-m", "ivy", "relay", "--from", postgres_url, "--to", target_url,
          "--queue", q, "--batch", "50", "--log-level", "WARNING"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_a_relay_killed_mid_run_loses_nothing(source: PostgresQueueBackend, queue_url: str,  # noqa: F811
+def test_a_relay_killed_mid_run_loses_nothing(source: PostgresQueueBackend, postgres_url: str,
                                               tmp_path: Path) -> None:
     # Given 3,000 messages and `ivy relay` moving them to SQLite
     q = qname()
@@ -193,14 +200,14 @@ def test_a_relay_killed_mid_run_loses_nothing(source: PostgresQueueBackend, queu
     source.publish_many(q, bodies)
     target = make_queue_backend(target_url)
     try:
-        first = relay_process(queue_url, target_url, q)
+        first = relay_process(postgres_url, target_url, q)
         # When it is SIGKILLed once some have moved
         wait_for(lambda: target.size(q) >= 200, timeout=30, message="a first part moved")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert source.size(q) > 0  # it did not finish
         # and another relay runs (SIGTERM ends it cleanly)
-        second = relay_process(queue_url, target_url, q)
+        second = relay_process(postgres_url, target_url, q)
         wait_for(lambda: source.size(q) == 0, timeout=60, message="the rest moved")
         second.send_signal(signal.SIGTERM)
         out, err = second.communicate(timeout=20)

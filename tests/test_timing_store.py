@@ -1,5 +1,5 @@
 """The notifiers' keys, claims and counters (``claim_key``, ``get_keys``, ``release_key``,
-``take_rate_slot``): one contract, run on memory, SQLite and Redis."""
+``take_rate_slot``): one contract, run on memory, SQLite, Redis and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from ivy.notifiers.base import Notifier, gcra_step
 from ivy.timing import cancel
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def notifier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Notifier]:
     if request.param == "memory":
         url = f"memory://keys-{uuid.uuid4().hex[:8]}"
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ivy.db'}"
     else:
-        url = request.getfixturevalue("redis_url")
+        url = request.getfixturevalue(f"{request.param}_url")
     made = make_notifier(url)
     yield made
     made.close()

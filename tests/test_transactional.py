@@ -17,7 +17,6 @@ import ivy
 
 psycopg = pytest.importorskip("psycopg", reason="pip install 'ivy-queue[postgres]'")
 
-from test_postgres import pg_url, queue_url, schema  # noqa: E402,F401 - fixtures
 
 
 def qname() -> str:
@@ -28,9 +27,9 @@ class Served:
     """An app on the test's PostgreSQL schema (SQLite notifier) with a worker running
     ``tx.add``, which records its runs."""
 
-    def __init__(self, queue_url: str, tmp_path: Path) -> None:
+    def __init__(self, postgres_url: str, tmp_path: Path) -> None:
         self.queue = qname()
-        self.app = ivy.Ivy(queue_url, f"sqlite:///{tmp_path / 'n.db'}")
+        self.app = ivy.Ivy(postgres_url, f"sqlite:///{tmp_path / 'n.db'}")
         self.runs: list[Any] = []
 
         @self.app.register_task(name="tx.add", queue=self.queue)
@@ -47,14 +46,14 @@ class Served:
 
 
 @pytest.fixture
-def served(queue_url: str, tmp_path: Path) -> Iterator[Served]:  # noqa: F811
-    s = Served(queue_url, tmp_path)
+def served(postgres_url: str, tmp_path: Path) -> Iterator[Served]:
+    s = Served(postgres_url, tmp_path)
     yield s
     s.app.close()
 
 
 @pytest.fixture
-def orders(served: Served, pg_url: str, schema: str) -> str:  # noqa: F811
+def orders(served: Served, pg_url: str, schema: str) -> str:
     """The application's own table, in the test's schema (made by ivy's migration)."""
     served.app.queue_backend.migrate()  # type: ignore[attr-defined]
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -63,7 +62,7 @@ def orders(served: Served, pg_url: str, schema: str) -> str:  # noqa: F811
 
 
 def test_a_call_sent_in_a_transaction_is_seen_only_when_it_commits(
-        served: Served, pg_url: str, orders: str) -> None:  # noqa: F811
+        served: Served, pg_url: str, orders: str) -> None:
     with psycopg.connect(pg_url) as conn:  # not autocommit: a transaction is open
         # Given the application's own write and a call sent on the same connection
         conn.execute(f"INSERT INTO {orders} VALUES (1)")
@@ -84,7 +83,7 @@ def test_a_call_sent_in_a_transaction_is_seen_only_when_it_commits(
 
 
 def test_a_rollback_fails_the_calls_of_the_block_and_nothing_runs(
-        served: Served, pg_url: str, orders: str) -> None:  # noqa: F811
+        served: Served, pg_url: str, orders: str) -> None:
     with psycopg.connect(pg_url) as conn:
         # Given several sends in a transaction block (a batch and a workflow too)
         with served.app.transaction(conn):
@@ -103,7 +102,7 @@ def test_a_rollback_fails_the_calls_of_the_block_and_nothing_runs(
     assert served.app.delayed_call(served.add, 7, 7).result(30) == 14
 
 
-def test_an_autocommit_connection_sends_at_once(served: Served, pg_url: str) -> None:  # noqa: F811
+def test_an_autocommit_connection_sends_at_once(served: Served, pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         call = served.app.send_task(served.add, [5, 5], connection=conn)
         call.sent(1)
@@ -111,7 +110,7 @@ def test_an_autocommit_connection_sends_at_once(served: Served, pg_url: str) -> 
 
 
 def test_an_async_connection_writes_at_the_end_of_its_block(
-        served: Served, pg_url: str, orders: str) -> None:  # noqa: F811
+        served: Served, pg_url: str, orders: str) -> None:
     async def main() -> tuple[list[ivy.Call[Any]], list[ivy.Call[Any]]]:
         async with await psycopg.AsyncConnection.connect(pg_url) as aconn:
             # Given a block that commits
@@ -136,11 +135,11 @@ def test_an_async_connection_writes_at_the_end_of_its_block(
 
 
 def test_wrong_connections_and_backends_are_refused_with_the_fix(
-        served: Served, pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+        served: Served, pg_url: str, tmp_path: Path) -> None:
     # an asynchronous connection in a plain 'with', or in connection=
     async def with_async() -> None:
         async with await psycopg.AsyncConnection.connect(pg_url) as aconn:
-            with pytest.raises(ivy.ConfigurationError, match="async with app.transaction"):
+            with pytest.raises(ivy.ConfigurationError, match=r"async with app\.transaction"):
                 served.app.send_task(served.add, [1, 1], connection=aconn)
             with pytest.raises(ivy.ConfigurationError, match="async with"), \
                     served.app.transaction(aconn):
@@ -161,7 +160,7 @@ def test_wrong_connections_and_backends_are_refused_with_the_fix(
     assert served.runs == []
 
 
-def test_a_connection_to_another_database_is_refused(served: Served, pg_url: str) -> None:  # noqa: F811
+def test_a_connection_to_another_database_is_refused(served: Served, pg_url: str) -> None:
     name = f"ivy_tx_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -176,12 +175,12 @@ def test_a_connection_to_another_database_is_refused(served: Served, pg_url: str
 
 
 def test_a_failed_transaction_is_a_publish_error_naming_the_server(
-        served: Served, pg_url: str) -> None:  # noqa: F811
+        served: Served, pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1 / 0")
         # the transaction is aborted: the message cannot be written in it
-        with pytest.raises(ivy.PublishError, match="127.0.0.1:5432"):
+        with pytest.raises(ivy.PublishError, match=r"127\.0\.0\.1:5432"):
             served.app.send_task(served.add, [1, 1], connection=conn)
         conn.rollback()
     wait_for(lambda: served.app.pending_calls() == [], message="the failed call forgotten")

@@ -136,12 +136,12 @@ def test_a_malformed_workflow_field_is_refused() -> None:
 # -- the store operations on every notifier ---------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def notifier(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[Notifier]:
     from ivy.config import make_notifier
 
     url = {"memory": f"memory://store-{uuid.uuid4().hex[:8]}", "sqlite": sqlite_url}.get(
-        request.param) or request.getfixturevalue("redis_url")
+        request.param) or request.getfixturevalue(f"{request.param}_url")
     made = make_notifier(url)
     yield made
     made.close()

@@ -25,7 +25,8 @@ log = logging.getLogger("ivy.postgres")
 
 SCHEMES = ("postgresql", "postgres")
 #: ivy's own query options: read by ivy, removed before the URL reaches libpq
-IVY_OPTIONS = ("schema", "max_deliveries", "dead_letter_ttl", "poll_interval", "pool_size")
+IVY_OPTIONS = ("schema", "max_deliveries", "dead_letter_ttl", "poll_interval", "pool_size",
+               "result_ttl")
 DEFAULT_SCHEMA = "ivy"
 #: seconds libpq waits for each host to answer, unless the URL (or PGCONNECT_TIMEOUT) says
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -35,7 +36,8 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_POOL_SIZE = 10
 ACCEPTED = ("postgresql://[user[:password]@][host][:port][,host2[:port2],...][/dbname]"
             "[?param=value&...] (libpq's URL, postgres:// too; ivy's own options: schema, "
-            "max_deliveries, dead_letter_ttl, poll_interval, pool_size)")
+            "pool_size, poll_interval, and a queue's max_deliveries, dead_letter_ttl, and a "
+            "notifier's result_ttl)")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,49}")
 
 
@@ -61,7 +63,9 @@ class Settings:
     connect_timeout: float
     poll_interval: float
     pool_size: int
-    #: ivy's options not handled here (``max_deliveries``, ``dead_letter_ttl``), as given
+    #: ivy's options not handled here (``max_deliveries``, ``dead_letter_ttl``, a notifier's
+    #: ``result_ttl``), as given: each backend reads its own and ignores the others', so one
+    #: URL can name both the queue and the notifier
     options: dict[str, str]
 
     def __repr__(self) -> str:

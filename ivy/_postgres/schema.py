@@ -39,6 +39,165 @@ MIGRATIONS: list[tuple[str, list[LiteralString]]] = [
         )""",
         "CREATE INDEX dead_letters_queue ON {schema}.dead_letters (queue, id)",
     ]),
+    ("notifier tables: results, notifications, events, keys, workers and workflows", [
+        # final notifications by call id (or beside it: "<call id>:<nonce>"), first wins
+        """CREATE TABLE {schema}.results (
+            key text PRIMARY KEY,
+            body bytea NOT NULL,
+            expires_at timestamptz NOT NULL
+        ) WITH (autovacuum_vacuum_scale_factor = 0.05)""",
+        "CREATE INDEX results_expiry ON {schema}.results (expires_at)",
+        # running and progress notifications, kept a minute for subscriptions that reconnect
+        """CREATE TABLE {schema}.notifications (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            channel text NOT NULL,
+            body bytea NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000)""",
+        "CREATE INDEX notifications_channel ON {schema}.notifications (channel, seq)",
+        # task events too long to ride in their NOTIFY, kept a minute
+        """CREATE TABLE {schema}.events (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            body bytea NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        """CREATE TABLE {schema}.keys (
+            key text PRIMARY KEY,
+            value text NOT NULL,
+            expires_at timestamptz NOT NULL
+        ) WITH (autovacuum_vacuum_scale_factor = 0.05)""",
+        "CREATE INDEX keys_expiry ON {schema}.keys (expires_at)",
+        """CREATE TABLE {schema}.workers (
+            name text PRIMARY KEY,
+            info text NOT NULL,
+            expires_at timestamptz NOT NULL
+        )""",
+        """CREATE TABLE {schema}.workflow_counts (
+            key text PRIMARY KEY,
+            count integer NOT NULL,
+            expires_at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX workflow_counts_expiry ON {schema}.workflow_counts (expires_at)",
+        """CREATE TABLE {schema}.workflow_members (
+            key text NOT NULL,
+            idx integer NOT NULL,
+            value bytea NOT NULL,
+            PRIMARY KEY (key, idx)
+        )""",
+        # Store a final notification under p_key unless a live one is there (first wins);
+        # else, given a nonce the one there does not carry, under p_beside; NOTIFY the key
+        # stored ("r:<key>") and return it, or NULL: a duplicate, neither stored nor sent.
+        """CREATE FUNCTION {schema}.publish_result(p_channel text, p_key text, p_beside text,
+                p_nonce bytea, p_body bytea, p_ttl float8) RETURNS text
+            LANGUAGE plpgsql AS $$
+        DECLARE
+            v_expires timestamptz := now() + make_interval(secs => p_ttl);
+        BEGIN
+            INSERT INTO {schema}.results AS r (key, body, expires_at)
+                VALUES (p_key, p_body, v_expires)
+                ON CONFLICT (key) DO UPDATE SET body = EXCLUDED.body,
+                    expires_at = EXCLUDED.expires_at WHERE r.expires_at <= now();
+            IF FOUND THEN
+                PERFORM pg_notify(p_channel, 'r:' || p_key);
+                RETURN p_key;
+            END IF;
+            -- a statement of its own: it sees the first, committed by now
+            IF p_nonce IS NULL OR EXISTS (SELECT 1 FROM {schema}.results AS r
+                    WHERE r.key = p_key AND position(p_nonce IN r.body) > 0) THEN
+                RETURN NULL;
+            END IF;
+            INSERT INTO {schema}.results AS r (key, body, expires_at)
+                VALUES (p_beside, p_body, v_expires)
+                ON CONFLICT (key) DO UPDATE SET body = EXCLUDED.body,
+                    expires_at = EXCLUDED.expires_at WHERE r.expires_at <= now();
+            IF FOUND THEN
+                PERFORM pg_notify(p_channel, 'r:' || p_beside);
+                RETURN p_beside;
+            END IF;
+            RETURN NULL;
+        END $$""",
+        # One step of the GCRA rate limiter under p_key on the server's clock, as
+        # ivy.notifiers.base.gcra_step; with p_hold, gcra_reserve with a reservation kept
+        # under p_hold (Notifier.reserve_rate_slot). Returns the seconds to wait (0: now).
+        """CREATE FUNCTION {schema}.rate_slot(p_key text, p_interval float8, p_burst integer,
+                p_hold text, p_grace float8, p_early float8) RETURNS float8
+            LANGUAGE plpgsql AS $$
+        DECLARE
+            v_value text;
+            v_now float8;
+            v_held float8;
+            v_tat float8;
+            v_wait float8;
+        BEGIN
+            LOOP  -- lock the limiter's row (made if missing): callers take turns
+                INSERT INTO {schema}.keys (key, value, expires_at)
+                    VALUES (p_key, '', '-infinity') ON CONFLICT (key) DO NOTHING;
+                SELECT CASE WHEN k.expires_at > clock_timestamp() THEN k.value END
+                    INTO v_value FROM {schema}.keys AS k WHERE k.key = p_key FOR UPDATE;
+                EXIT WHEN FOUND;
+            END LOOP;
+            v_now := extract(epoch FROM clock_timestamp());
+            IF p_hold IS NOT NULL THEN
+                SELECT k.value::float8 INTO v_held FROM {schema}.keys AS k
+                    WHERE k.key = p_hold AND k.expires_at > clock_timestamp();
+                IF FOUND THEN  -- a slot reserved before: wait for it, or use it up
+                    IF v_held - v_now > p_early THEN
+                        RETURN v_held - v_now;
+                    END IF;
+                    DELETE FROM {schema}.keys AS k WHERE k.key = p_hold;
+                    RETURN 0;
+                END IF;
+            END IF;
+            v_tat := nullif(v_value, '')::float8;
+            IF v_tat IS NULL OR v_tat < v_now - 2 * p_interval THEN
+                v_tat := v_now;
+            END IF;
+            v_wait := v_tat - v_now - (p_burst - 1) * p_interval;
+            IF v_wait > 1e-9 AND p_hold IS NULL THEN
+                RETURN v_wait;
+            END IF;
+            v_tat := v_tat + p_interval;
+            UPDATE {schema}.keys AS k SET value = v_tat::text,
+                expires_at = to_timestamp(v_tat + p_interval + 1) WHERE k.key = p_key;
+            IF v_wait <= 1e-9 THEN
+                RETURN 0;
+            END IF;
+            INSERT INTO {schema}.keys AS k (key, value, expires_at)
+                VALUES (p_hold, (v_now + v_wait)::text,
+                        to_timestamp(v_now + v_wait + greatest(p_grace, v_wait)))
+                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value,
+                    expires_at = EXCLUDED.expires_at;
+            RETURN v_wait;
+        END $$""",
+        # Record member p_idx of p_key unless recorded (first wins) and count the members,
+        # under the lock of the key's counter row; an expired key starts afresh.
+        """CREATE FUNCTION {schema}.workflow_record(p_key text, p_idx integer, p_value bytea,
+                p_ttl float8, OUT stored boolean, OUT members integer)
+            LANGUAGE plpgsql AS $$
+        DECLARE
+            v_live boolean;
+        BEGIN
+            LOOP
+                INSERT INTO {schema}.workflow_counts (key, count, expires_at)
+                    VALUES (p_key, 0, '-infinity') ON CONFLICT (key) DO NOTHING;
+                SELECT c.expires_at > now(), c.count INTO v_live, members
+                    FROM {schema}.workflow_counts AS c WHERE c.key = p_key FOR UPDATE;
+                EXIT WHEN FOUND;
+            END LOOP;
+            IF NOT v_live THEN  -- new, or expired: its old members are gone
+                DELETE FROM {schema}.workflow_members AS m WHERE m.key = p_key;
+                members := 0;
+            END IF;
+            INSERT INTO {schema}.workflow_members (key, idx, value)
+                VALUES (p_key, p_idx, p_value) ON CONFLICT DO NOTHING;
+            stored := FOUND;
+            members := members + stored::integer;
+            UPDATE {schema}.workflow_counts AS c SET count = members,
+                expires_at = greatest(CASE WHEN v_live THEN c.expires_at END,
+                                      now() + make_interval(secs => p_ttl))
+                WHERE c.key = p_key;
+        END $$""",
+    ]),
 ]
 #: the newest schema version this ivy knows
 LATEST = len(MIGRATIONS)
