@@ -48,9 +48,13 @@ class _CallbackPool:
         self._threads = 0
         self._max = max_threads
         self.local = threading.local()
+        #: jobs submitted and not finished yet (queued or running)
+        self._unfinished = 0
+        self._finished = threading.Condition(self._lock)
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
+            self._unfinished += 1
             if self._idle > 0:
                 self._idle -= 1  # that idle thread takes this job
                 start = False
@@ -73,6 +77,15 @@ class _CallbackPool:
                 log.exception("a callback job raised")
             with self._lock:
                 self._idle += 1
+                self._unfinished -= 1
+                if not self._unfinished:
+                    self._finished.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until every job submitted so far finished (the process
+        exits: callbacks of calls settled a moment ago still run); whether they did."""
+        with self._lock:
+            return self._finished.wait_for(lambda: not self._unfinished, max(timeout, 0.0))
 
     def inside(self) -> bool:
         """Whether the current thread is one of the callback threads."""
@@ -80,6 +93,11 @@ class _CallbackPool:
 
 
 _callbacks = _CallbackPool(CALLBACK_THREADS)
+
+
+def callback_pool() -> _CallbackPool:
+    """The threads that run calls' callbacks (one pool per process)."""
+    return _callbacks
 #: guards the few instructions that change a call's state, for every call (a lock per call
 #: was one more object per waiting call for the garbage collector to walk)
 _lock = threading.Lock()

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ivy.call import Call
+from ivy.call import Call, callback_pool
 from ivy.errors import MessageError
 from ivy.message import Notification
 from ivy.notifiers.base import Notifier, Subscription
@@ -211,8 +211,6 @@ class ResultConsumer:
         with self._lock:
             call = self._calls.get(note.id)
             bound = call is None or not note.final or _bound(call, note, self.require_nonce)
-            if call is not None and note.final and bound:
-                del self._calls[note.id]
         if call is None:
             return
         if not bound:
@@ -222,7 +220,12 @@ class ResultConsumer:
             self._look_beside(call, body)
             return
         if note.final:
+            # settled (its callbacks handed to their threads) before it leaves the pending
+            # calls, so that the exit's wait_for_callbacks never misses it in between
             call._settle(note)
+            with self._lock:
+                if self._calls.get(note.id) is call:
+                    del self._calls[note.id]
         elif note.status == "progress":
             if call.nonce is None or note.nonce == call.nonce:
                 call._progress(note)
@@ -355,6 +358,8 @@ class Results:
                      timeout, len(waiting))
         for call in waiting:
             call._done.wait(max(0.0, deadline - time.monotonic()))
+        # and the callbacks of calls that settled a moment ago, already on their threads
+        callback_pool().wait_idle(deadline - time.monotonic())
         left = [c for c in waiting if not c.done()]
         if left:
             log.warning("%d call(s) still had no result after %.0f s; their callbacks will not "
