@@ -409,12 +409,14 @@ class Ivy(Registering):
         concurrency: int = 1, block: bool = True, reserve_time: float | None = None,
         notifier: Spec = None, max_messages: int | None = None, events: bool = False,
         heartbeat: float | None = HEARTBEAT_INTERVAL, max_memory: float | None = None,
+        time_limit: float | None = None,
     ) -> Worker:
         """Run a worker on ``queue`` (a name or several; default: the queues of the registered
         tasks). Blocks until SIGTERM/SIGINT; ``block=False`` returns the running worker, whose
         ``stop()`` ends it gracefully. With ``max_messages`` it stops by itself after that
         many messages, with ``max_memory`` once its RSS passed that many MB, after finishing
-        what it runs (see :mod:`ivy.recycling`).
+        what it runs (see :mod:`ivy.recycling`). ``time_limit``: the hard time limit of the
+        tasks without their own (see :mod:`ivy.runner`).
 
         The original's dict form works: ``queue`` inside it names the queue, and
         ``messages: {"pkg.task": {"reserveTime": 3600}}`` sets a task's reservation (seconds
@@ -429,7 +431,7 @@ class Ivy(Registering):
         return start_worker(self, queue_url, queue=queue, concurrency=concurrency, block=block,
                             reserve_time=reserve_time, notifier=notifier,
                             max_messages=max_messages, events=events, heartbeat=heartbeat,
-                            max_memory=max_memory)
+                            max_memory=max_memory, time_limit=time_limit)
 
     def worker_context(self, reserve_times: Mapping[str, float] | None = None) -> WorkerContext:
         """What a worker of this app needs: its registry, serializer, limits, signer (read

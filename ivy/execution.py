@@ -33,7 +33,9 @@ from typing import Any
 from ivy.context import CallContext, Progress, enter, leave
 from ivy.errors import TaskCancelled, TaskTimeout
 from ivy.message import Message
-from ivy.retries import POLICY, Verdict
+from ivy.retries import KINDS, POLICY, Kind, Verdict
+from ivy.runner import Runner, RunnerDied, Runners, request_of, timed_out
+from ivy.serialization import Serializer, get_serializer
 from ivy.task import Task
 
 log = logging.getLogger("ivy.worker")
@@ -92,6 +94,8 @@ class _Running:
     #: what ivy.current() returns while it runs
     context: CallContext
     future: concurrent.futures.Future[Any] | None = None
+    #: the process running it, for a call with a hard time limit (ivy.runner)
+    runner: Runner | None = None
     callback_done: threading.Event | None = None
     cancelled: bool = False
 
@@ -118,6 +122,13 @@ class Executor:
         self._running: dict[str, _Running] = {}
         #: sends a running call's progress to its producer (the worker's recorder sets it)
         self.on_progress: Callable[[Message, Progress], None] | None = None
+        #: the hard time limit of tasks without their own (None: none), and the processes
+        #: that run time-limited calls (ivy.runner; made on first use)
+        self.time_limit: float | None = None
+        self.serializer: Serializer | None = None
+        #: False inside a runner, which runs the time-limited calls in its own threads
+        self.isolates = True
+        self._runners: Runners | None = None
 
     def run(self, task: Task[Any, Any], message: Message) -> tuple[bool, Any]:
         """Run ``task`` with the arguments of ``message``: ``(True, value)`` if it returned,
@@ -128,8 +139,13 @@ class Executor:
             self._running[message.id] = running
         outcome: tuple[bool, Any] | None = None
         token = enter(running.context)  # ivy.current(), in this thread
+        limit = (task.time_limit or self.time_limit) if self.isolates else None
         try:
-            outcome = self._run(task, message, running)
+            if limit is not None:
+                running.style = "runner"
+                outcome = self._run_limited(task, message, running, limit)
+            else:
+                outcome = self._run(task, message, running)
         finally:
             # A cancel that comes after the call returned may be raised here, in this
             # thread, until _finish drops it: the outcome stands, whatever it is.
@@ -171,7 +187,9 @@ class Executor:
             running.cancelled = True
             if running.style == "sync":
                 _raise_in_thread(running.thread_id, TaskCancelled)
-            future, done = running.future, running.callback_done
+            future, done, runner = running.future, running.callback_done, running.runner
+        if runner is not None:
+            runner.kill()  # its call() ends with RunnerDied: settled as cancelled
         if future is not None:
             future.cancel()
         if done is not None:
@@ -222,6 +240,9 @@ class Executor:
         with self._lock:
             self._closed = True
             loop, thread = self._loop, self._loop_thread
+            runners = self._runners
+        if runners is not None:
+            runners.close()
         if loop is None or thread is None:
             return
         with contextlib.suppress(RuntimeError):  # closed already
@@ -232,6 +253,64 @@ class Executor:
         if thread.is_alive():
             log.warning("worker %s: the event loop did not stop within %.0f s; left open",
                         self.owner, LOOP_CLOSE_TIMEOUT)
+
+    # -- hard time limits: a process of its own (ivy.runner) ---------------------------------
+
+    def _run_limited(self, task: Task[Any, Any], message: Message, running: _Running,
+                     limit: float) -> tuple[bool, Any]:
+        with self._lock:
+            if self._runners is None:
+                self._runners = Runners(self.serializer or get_serializer("json"))
+            runners = self._runners
+        runner = runners.take()
+        with self._lock:
+            running.runner = runner
+            cancelled = running.cancelled
+        send = self.on_progress
+
+        def progress(update: Progress) -> None:
+            if send is not None and message.reply_to:
+                send(message, update)
+
+        try:
+            if cancelled:
+                raise RunnerDied("cancelled before it started")
+            reply = runner.call(request_of(task, message, self.owner),
+                                time.monotonic() + limit, progress)
+        except TimeoutError:
+            runner.kill()
+            log.warning("call %s of task %r passed its time limit of %g s: its process %d was "
+                        "killed (the next call runs in a fresh one)", message.id, task.name,
+                        limit, runner.pid)
+            reply = timed_out(task, limit)
+        except RunnerDied:
+            ended = runner.exit_description()
+            runner.kill()
+            if running.cancelled:
+                return False, {"type": "TaskCancelled", "traceback": "",
+                               "message": f"call {message.id} of task {task.name!r} was "
+                                          "cancelled while it ran (its process was killed)"}
+            log.error("call %s of task %r: the process running it %s", message.id,
+                      task.name, ended)
+            reply = {"ok": False, "verdict": {"kind": "policy", "delay": None}, "error": {
+                "type": "WorkerLost", "traceback": "",
+                "message": f"the process running task {task.name!r} {ended} before the call "
+                           "ended"}}
+        else:
+            runners.give_back(runner)
+        finally:
+            with self._lock:
+                running.runner = None
+        if reply.get("ok"):
+            return True, reply.get("value")
+        error: dict[str, Any] = reply["error"] if isinstance(reply.get("error"), dict) else {}
+        verdict: dict[str, Any] = (reply["verdict"] if isinstance(reply.get("verdict"), dict)
+                                   else {})
+        kind: Kind = next((k for k in KINDS if k == verdict.get("kind")), "policy")
+        delay = verdict.get("delay")
+        return False, Failure(
+            {key: str(error.get(key) or "") for key in ("type", "message", "traceback")},
+            Verdict(kind, float(delay) if isinstance(delay, (int, float)) else None))
 
     # -- plain functions ---------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ events. The app keeps the workers and heartbeats it started and stops them on ``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -23,6 +24,7 @@ def start_worker(
     app: Ivy, queue_url: Spec, *, queue: str | Iterable[str] | None, concurrency: int,
     block: bool, reserve_time: float | None, notifier: Spec, max_messages: int | None,
     events: bool, heartbeat: float | None, max_memory: float | None = None,
+    time_limit: float | None = None,
 ) -> Worker:
     """What :meth:`ivy.Ivy.listen` documents."""
     app._check_open()
@@ -45,6 +47,12 @@ def start_worker(
     else:
         names = list(queue)
     context = app.worker_context(reserve_times)
+    if time_limit is not None:
+        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or (
+                time_limit <= 0):
+            raise ValueError(f"time_limit {time_limit!r} must be a number of seconds > 0, or "
+                             "None (no hard limit but the tasks' own)")
+        context = dataclasses.replace(context, time_limit=float(time_limit))
     if events:
         context = with_events(app, context)
     worker = Worker(context, backend, app._producer_notifier, names,

@@ -36,6 +36,7 @@ from ivy.execution import Executor
 from ivy.message import NONCE, Message, decode_message, nonce_of, now_ms
 from ivy.middleware import Pipeline
 from ivy.queues.base import Delivery, QueueBackend, delivery_limit_reason
+from ivy.runner import check_importable
 from ivy.serialization import Serializer, Signer
 from ivy.settle import Settler
 from ivy.task import Registry, Task
@@ -69,6 +70,9 @@ class WorkerContext:
     #: whether a task that failed after its retries is dead-lettered, or only acknowledged
     #: once its error is stored (``Ivy(dead_letter_failures=...)``)
     dead_letter_failures: bool = True
+    #: the hard time limit of tasks without their own ``time_limit`` (``ivy worker
+    #: --time-limit``; None: none): each such call runs in a process of its own (ivy.runner)
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
         # a private read-only copy: the caller's dict changing later does not reach the worker
@@ -131,6 +135,12 @@ class Processor:
         self.reserve_time = reserve_time
         self._executor = executor
         executor.on_progress = recorder.progress  # ivy.current().progress() publishes here
+        executor.serializer = context.serializer  # hard time limits (ivy.runner)
+        executor.time_limit = context.time_limit
+        for name in context.registry.names():  # refused now, not at the first call
+            task = context.registry.get(name)
+            if task is not None and (task.time_limit or context.time_limit):
+                check_importable(name, task.func)
         self._gate = gate
         self._recorder = recorder
         self._settler = settler

@@ -37,7 +37,8 @@ class Registering:
         options: Mapping[str, Any] | None = None, *, name: str | None = ...,
         queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
         max_retries: int | None = ..., reserve_time: float | None = ...,
-        timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
+        timeout: float | None = ..., time_limit: float | None = ...,
+        style: Style | None = ..., route: str | None = ...,
         rate_limit: str | None = ..., unique_for: float | None = ...,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
         dont_retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
@@ -50,7 +51,8 @@ class Registering:
         options: Mapping[str, Any] | None = None, *, name: str | None = ...,
         queue: str | None = ..., priority: int | None = ..., retry: bool | None = ...,
         max_retries: int | None = ..., reserve_time: float | None = ...,
-        timeout: float | None = ..., style: Style | None = ..., route: str | None = ...,
+        timeout: float | None = ..., time_limit: float | None = ...,
+        style: Style | None = ..., route: str | None = ...,
         rate_limit: str | None = ..., unique_for: float | None = ...,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
         dont_retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
@@ -64,7 +66,7 @@ class Registering:
         name: str | None = None, queue: str | None = None, priority: int | None = None,
         retry: bool | None = None, max_retries: int | None = None,
         reserve_time: float | None = None, timeout: float | None = None,
-        style: Style | None = None, route: str | None = None,
+        time_limit: float | None = None, style: Style | None = None, route: str | None = None,
         rate_limit: str | None = None, unique_for: float | None = None,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         dont_retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
@@ -82,7 +84,9 @@ class Registering:
         task succeeds. ``rate_limit="N/s|m|h"`` holds across all workers
         (:mod:`ivy.timing.ratelimit`); ``unique_for=N`` makes a call with the same arguments
         a no-op while one is pending or for N seconds after it was sent
-        (:mod:`ivy.timing.unique`). ``retry_on``, ``dont_retry_on``, ``backoff`` (a list of
+        (:mod:`ivy.timing.unique`). ``timeout=S`` is soft (an exception raised in the task);
+        ``time_limit=S`` is hard: the task runs in a process of its own, killed past S seconds
+        (:mod:`ivy.runner`). ``retry_on``, ``dont_retry_on``, ``backoff`` (a list of
         seconds, or ``backoff(attempt) -> seconds``) and ``jitter`` make the task's retry
         policy (:mod:`ivy.retries`); inside the task, ``raise ivy.Retry(delay)``,
         ``ivy.Snooze(delay)`` or ``ivy.Discard(reason)`` decide for one run.
@@ -96,7 +100,7 @@ class Registering:
         given = merge_options(options, {
             "name": name, "queue": queue, "priority": priority, "retry": retry,
             "max_retries": max_retries, "reserve_time": reserve_time, "timeout": timeout,
-            "style": style, "route": route, "rate_limit": rate_limit,
+            "time_limit": time_limit, "style": style, "route": route, "rate_limit": rate_limit,
             "unique_for": unique_for, "retry_on": retry_on, "dont_retry_on": dont_retry_on,
             "backoff": backoff, "jitter": jitter})
         finished_fn: Finished | None = finished

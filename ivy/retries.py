@@ -24,6 +24,8 @@ from typing import Literal
 from ivy.errors import ConfigurationError, Discard, Retry, Snooze
 
 Kind = Literal["policy", "retry", "final", "snooze", "discard"]
+#: every kind of verdict
+KINDS: tuple[Kind, ...] = ("policy", "retry", "final", "snooze", "discard")
 Backoff = Sequence[float] | Callable[[int], float]
 
 

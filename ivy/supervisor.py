@@ -24,7 +24,8 @@ The control channel is a socket pair per child, the child's end passed as that f
 
 Exits:
 
-- :data:`EXIT_RECYCLE` after ``--max-tasks-per-child``: a planned exit, replaced at once. The
+- :data:`EXIT_RECYCLE` after ``--max-tasks-per-child`` or ``--max-memory-per-child`` (see
+  :mod:`ivy.recycling`): a planned exit, replaced at once. The
   child's worker counts the messages itself (``Worker(max_messages=N)``): it starts no more
   than N, gives back the ones it fetched beyond them, and stops once its N have ended.
 - the first child fails before it listens (a module that does not import, an unknown URL
@@ -65,7 +66,8 @@ from ivy._process import signal_handlers
 
 log = logging.getLogger("ivy.supervisor")
 
-#: A child's exit code after ``--max-tasks-per-child``: replaced at once, without backoff
+#: A child's exit code after ``--max-tasks-per-child`` or ``--max-memory-per-child``: replaced
+#: at once, without backoff
 #: (billiard's code for the same event).
 EXIT_RECYCLE = 155
 #: ``ivy worker``'s exit code for a usage error (a module that does not import, a bad option).
@@ -221,8 +223,8 @@ class Supervisor:
                 self._code = max(self._code, 1)
             return
         if code == EXIT_RECYCLE:
-            log.info("supervisor %d: worker process %d reached --max-tasks-per-child; "
-                     "starting a fresh one", os.getpid(), pid)
+            log.info("supervisor %d: worker process %d reached --max-tasks-per-child or "
+                     "--max-memory-per-child; starting a fresh one", os.getpid(), pid)
             self._start(slot)
             return
         if child.ready_at is None and (code == EXIT_USAGE or not self._ever_ready):

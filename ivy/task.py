@@ -72,6 +72,7 @@ class Task(Generic[P, R]):
         max_retries: int = 0,
         reserve_time: float | None = None,
         timeout: float | None = None,
+        time_limit: float | None = None,
         style: Style | None = None,
         route: str | None = None,
         rate_limit: str | None = None,
@@ -97,8 +98,10 @@ class Task(Generic[P, R]):
         if not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES:
             raise ConfigurationError(f"max_retries {max_retries!r} for task {name!r} must be "
                                      f"an int from 0 to {MAX_RETRIES}")
-        for label, value in (("reserve_time", reserve_time), ("timeout", timeout)):
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+        for label, value in (("reserve_time", reserve_time), ("timeout", timeout),
+                             ("time_limit", time_limit)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float)) or value <= 0):
                 raise ConfigurationError(
                     f"{label} {value!r} for task {name!r} must be a number of seconds > 0")
         if route is not None and (not isinstance(route, str) or not route):
@@ -121,7 +124,10 @@ class Task(Generic[P, R]):
         self.retry = bool(retry) or max_retries > 0
         self.max_retries = max_retries or (DEFAULT_MAX_RETRIES if retry else 0)
         self.reserve_time = reserve_time
+        #: the soft limit: an exception raised in the task (the execution module)
         self.timeout = timeout
+        #: the hard limit: the task runs in a process of its own, killed past it (ivy.runner)
+        self.time_limit = None if time_limit is None else float(time_limit)
         #: the original's route: the AMQP routing key where the queue URL names an exchange;
         #: other backends ignore it
         self.route = route
@@ -215,6 +221,7 @@ OPTION_NAMES: dict[str, str] = {
     "name": "name", "queue": "queue", "priority": "priority", "retry": "retry",
     "maxRetries": "max_retries", "max_retries": "max_retries", "route": "route",
     "reserveTime": "reserve_time", "reserve_time": "reserve_time", "timeout": "timeout",
+    "time_limit": "time_limit", "timeLimit": "time_limit",
     "style": "style", "rate_limit": "rate_limit", "rateLimit": "rate_limit",
     "unique_for": "unique_for", "uniqueFor": "unique_for",
     "retry_on": "retry_on", "dont_retry_on": "dont_retry_on", "backoff": "backoff",
@@ -276,7 +283,8 @@ def build_task(func: Callable[..., Any], finished: Finished | None,
         priority=given["priority"] if given["priority"] is not None else 0,
         retry=bool(given["retry"]),
         max_retries=given["max_retries"] if given["max_retries"] is not None else 0,
-        reserve_time=given["reserve_time"], timeout=given["timeout"], style=given["style"],
+        reserve_time=given["reserve_time"], timeout=given["timeout"],
+        time_limit=given.get("time_limit"), style=given["style"],
         route=given["route"], rate_limit=given.get("rate_limit"),
         unique_for=given.get("unique_for"), retry_on=given.get("retry_on"),
         dont_retry_on=given.get("dont_retry_on") or (), backoff=given.get("backoff"),

@@ -54,3 +54,63 @@ def crash(log: str) -> None:
     with Path(log).open("a") as f:
         f.write(f"{os.getpid()}\n")
     os._exit(3)
+
+
+# -- hard time limits (tests/test_time_limits.py): run in runner processes, by module path ----
+
+@ivy.register_task(name="limit.stuck", queue="limit", time_limit=2)
+def stuck(seconds: float, started: str) -> int:
+    """Write this process's id to ``started``, then block in one C call."""
+    Path(started).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@ivy.register_task(name="limit.pid", queue="limit", time_limit=30)
+def pid() -> int:
+    return os.getpid()
+
+
+@ivy.register_task(name="limit.retried", queue="limit", time_limit=1, max_retries=1,
+                   retry_on=(ivy.TaskTimeout,), backoff=[0.01])
+def retried(log: str) -> int:
+    """The first run hangs past the limit; the retry returns how many runs there were."""
+    path = Path(log)
+    with path.open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    runs = len(path.read_text().split())
+    if runs == 1:
+        time.sleep(60)
+    return runs
+
+
+@ivy.register_task(name="limit.progress", queue="limit", time_limit=30)
+def progress() -> str:
+    context = ivy.current()
+    context.progress(0.5, "half way")
+    return f"{context.task} attempt {context.attempt}"
+
+
+@ivy.register_task(name="limit.async_blocked", queue="limit", time_limit=1)
+async def async_blocked() -> None:
+    """Blocks its event loop (a C call in a coroutine): only a kill ends it."""
+    time.sleep(60)
+
+
+@ivy.register_task(name="limit.dies", queue="limit", time_limit=30)
+def dies() -> None:
+    os._exit(7)
+
+
+@ivy.register_task(name="limit.soft", queue="limit", time_limit=30, timeout=0.3)
+def soft() -> None:
+    """Passes its soft timeout in Python code: the exception stops it, no kill needed."""
+    while True:
+        time.sleep(0.01)
+
+
+@ivy.register_task(name="limit.plain", queue="limit")
+def plain(seconds: float) -> int:
+    """No limit of its own: the worker's default applies."""
+    time.sleep(seconds)
+    return os.getpid()

@@ -54,6 +54,18 @@ def slow(seconds: float, folder: str) -> int:
     return os.getpid()
 
 
+_kept = []
+
+
+@ivy.register_task(name="sup.leak", queue="sup")
+def leak(mb: int) -> int:
+    """Keep ``mb`` MB more (touched: resident), and return this process's id."""
+    block = bytearray(mb * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    _kept.append(block)
+    return os.getpid()
+
+
 @ivy.register_task(name="sup.logged", queue="sup")
 def logged(log: str, seconds: float) -> int:
     with open(log, "a") as f:
@@ -261,11 +273,35 @@ def test_max_tasks_per_child_recycles_children(
         assert all(n == 3 for pid, n in per_child.items() if pid != runs[-1]), per_child
         assert per_child[runs[-1]] == 1, per_child
         assert len(per_child) == 4
-        assert "reached --max-tasks-per-child; starting a fresh one" in "".join(sup.lines)
+        assert "reached --max-tasks-per-child or --max-memory-per-child; starting a fresh one" \
+            in "".join(sup.lines)
         assert "restarting it in" not in "".join(sup.lines)  # no backoff for a recycle
         stop_worker(sup)
     finally:
         kill_all(sup, children)
+
+
+def test_a_child_past_its_memory_limit_is_replaced_without_backoff(
+    folder: Path, sqlite_url: str, producer: ivy.Ivy
+) -> None:
+    # Given one process replaced once it passes 150 MB, one call at a time
+    sup = supervise(folder, sqlite_url, "--max-memory-per-child", "150", "--concurrency", "1")
+    pids: list[int] = []
+    try:
+        wait_listening(sup, 1)
+        # When each call keeps 40 MB more (the process starts at some 40-60 MB)
+        pids = [send(producer, "sup.leak", 40).result(60) for _ in range(8)]
+        # Then every call completed, and the leaking process was replaced by fresh ones, each
+        # after a few calls, without a restart backoff
+        assert len(set(pids)) >= 2, pids
+        assert all(pids.count(pid) <= 4 for pid in set(pids)), pids
+        text = "".join(sup.lines)
+        assert "passed max_memory 150 MB" in text
+        assert "reached --max-tasks-per-child or --max-memory-per-child" in text
+        assert "restarting it in" not in text
+        stop_worker(sup)
+    finally:
+        kill_all(sup, pids)
 
 
 @pytest.mark.parametrize(("source", "code", "message"), [

@@ -24,6 +24,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def megabytes(text: str) -> float:
+    """A number of MB > 0, finite (an argument type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MB > 0")
+    return value
+
+
 def seconds(text: str) -> float:
     """A number of seconds > 0, finite (an argument type)."""
     try:

@@ -23,6 +23,7 @@ from ivy.cli._common import (
     backend_errors,
     backend_failure,
     import_modules,
+    megabytes,
     port,
     positive_int,
     prometheus,
@@ -58,6 +59,14 @@ def add_worker_arguments(w: argparse.ArgumentParser, *, modules: bool = True,
                    help="replace a worker process once it processed N messages (it starts no "
                         "more and gives back those it fetched): for tasks that leak memory; "
                         "works with --processes 1 too")
+    w.add_argument("--max-memory-per-child", type=megabytes, metavar="MB",
+                   help="replace a worker process once its resident memory passes MB (looked "
+                        "at after each task and every second; it finishes what runs, gives "
+                        "back what it fetched): for leaks; works with --processes 1 too")
+    w.add_argument("--time-limit", type=seconds, metavar="SECONDS",
+                   help="hard time limit of the tasks without their own time_limit: each call "
+                        "runs in a process of its own, killed past it, and fails with "
+                        "TaskTimeout (or is retried by its policy)")
     w.add_argument("--events", action="store_true",
                    help="publish task events through the notifier, for `ivy events`")
     w.add_argument("--shutdown-timeout", type=seconds, metavar="SECONDS",
@@ -92,11 +101,12 @@ def worker_command(args: argparse.Namespace, argv: list[str], *,
     """Run ``ivy worker``: ``setup(args)`` gives the app whose tasks run (default: import the
     MODULEs and use ``ivy.default``); with ``--processes``, ``child(fd)`` is the command line
     of a child process (default: ``python -m ivy`` with ``argv``)."""
-    if args.burst and (args.processes > 1 or args.max_tasks_per_child):
+    recycled = args.max_tasks_per_child or args.max_memory_per_child
+    if args.burst and (args.processes > 1 or recycled):
         raise IvyError("--burst runs one worker process until its queues have nothing due: "
-                       "drop --processes and --max-tasks-per-child, or run several --burst "
-                       "workers side by side")
-    if args.supervisor_fd is None and (args.processes > 1 or args.max_tasks_per_child):
+                       "drop --processes, --max-tasks-per-child and --max-memory-per-child, "
+                       "or run several --burst workers side by side")
+    if args.supervisor_fd is None and (args.processes > 1 or recycled):
         # The parent imports no task module: its children do (see ivy.supervisor).
         command = child or functools.partial(child_command, sys.executable, argv)
         if args.metrics_port is None:
@@ -176,7 +186,8 @@ def _listen_once_reachable(app: ivy.Ivy, args: argparse.Namespace,
             return app.listen(queue=args.queue, concurrency=args.concurrency,
                               reserve_time=args.reserve_time, block=False,
                               max_messages=args.max_tasks_per_child, events=args.events,
-                              heartbeat=args.heartbeat)
+                              heartbeat=args.heartbeat, max_memory=args.max_memory_per_child,
+                              time_limit=args.time_limit)
         except backend_errors() as exc:
             if not _unreachable(exc):
                 raise

@@ -1,0 +1,235 @@
+"""Hard time limits: calls of a task with ``time_limit`` (``register_task(time_limit=S)``, or
+``ivy worker --time-limit S`` for every task) run in a process of their own, which the
+worker kills once the call passes its limit.
+
+A soft ``timeout`` raises an exception inside the task, which takes effect at the task's next
+Python bytecode: a task blocked in one C call (``time.sleep(600)``, a socket read without a
+timeout, a C extension's loop) runs on, and its thread is lost to the worker meanwhile. A hard
+limit cannot be ignored: SIGKILL.
+
+How it runs. Each executor thread of the worker that meets a time-limited call takes a
+*runner*: a child process (``python -m ivy.runner_process``, started on first use and kept for the
+next calls) that imports the task's module by its path and runs the call with the task's own
+style (plain, async, callback) and soft timeout. The call's arguments go over a socket pair in
+the app's serializer; the runner sends back progress updates (``ivy.current().progress``) and
+then the outcome, with the verdict of the task's retry policy. The worker keeps the message,
+its lease and its settlement, as for any call, so:
+
+* past its limit, the runner is killed and the call fails with ``TaskTimeout`` (type
+  ``TaskTimeout`` on the wire), or is retried if the task's retry policy retries
+  :class:`ivy.TaskTimeout`; the next call starts a fresh runner (about 0.2 s plus the
+  task module's import);
+* a runner holds one call at a time: nothing else is lost with it;
+* a runner that dies by itself (a segfault, ``os._exit``, the OOM killer) fails its call with
+  type ``WorkerLost``, retried by the task's policy;
+* a cancel (:mod:`ivy.timing.cancel`) kills the runner as well;
+* a runner whose worker dies exits within half a second (it watches its parent).
+
+The task must be importable by module path in a fresh interpreter: defined at module level of
+a module that is not ``__main__`` (the worker refuses to start otherwise, naming the task).
+Runners get the worker's ``sys.path`` and environment. What a task keeps in module globals
+lives in its runner, not in the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ivy.context import Progress
+from ivy.errors import ConfigurationError, TaskTimeout
+from ivy.serialization import Serializer
+
+log = logging.getLogger("ivy.worker")
+
+_HEADER = struct.Struct(">I")
+#: the largest frame either side accepts (a call's arguments or result, with room)
+MAX_FRAME = 64 * 1024 * 1024
+#: set in a runner's environment
+RUNNER_ENV = "IVY_RUNNER_PROCESS"
+#: how often a runner looks whether its worker still lives
+PARENT_CHECK = 0.5
+
+
+class RunnerDied(Exception):
+    """The runner process ended (or its socket closed) before it answered."""
+
+
+def importable(func: Callable[..., Any]) -> str | None:
+    """Why ``func`` cannot be imported by path in a runner (None: it can)."""
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", "")
+    if not module or module == "__main__":
+        return "it is defined in the script run as __main__"
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        return "it is defined inside a function"
+    return None
+
+
+def check_importable(name: str, func: Callable[..., Any]) -> None:
+    """ConfigurationError naming the task and the fix when ``func`` cannot run in a runner."""
+    why = importable(func)
+    if why is not None:
+        raise ConfigurationError(
+            f"task {name!r} has a hard time limit, so it runs in a process of its own that "
+            f"imports it by module path, but {why}: define it at module level in an "
+            "importable module (for example tasks.py, run by `ivy worker tasks`)")
+
+
+def send(sock: socket.socket, serializer: Serializer, data: dict[str, Any]) -> None:
+    """Send one frame: its length, then ``data`` in ``serializer``."""
+    body = serializer.dumps(data)
+    sock.sendall(_HEADER.pack(len(body)) + body)
+
+
+def _receive_exactly(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+    chunks: list[bytes] = []
+    while n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                raise TimeoutError
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise RunnerDied("the runner's socket closed")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def receive(sock: socket.socket, serializer: Serializer,
+            deadline: float | None = None) -> dict[str, Any]:
+    """One frame; TimeoutError past ``deadline``, RunnerDied when the socket closed."""
+    (size,) = _HEADER.unpack(_receive_exactly(sock, _HEADER.size, deadline))
+    if size > MAX_FRAME:
+        raise RunnerDied(f"a frame of {size} bytes is over the limit")
+    data = serializer.loads(_receive_exactly(sock, size, deadline))
+    if not isinstance(data, dict):
+        raise RunnerDied("a frame that is not an object")
+    return data
+
+
+class Runner:
+    """One runner process, seen from the worker."""
+
+    def __init__(self, serializer: Serializer) -> None:
+        if os.environ.get(RUNNER_ENV):  # never a runner of a runner (a fork bomb)
+            raise RuntimeError("a runner process does not start runners")
+        self.serializer = serializer
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env[RUNNER_ENV] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ivy.runner_process", str(theirs.fileno()), serializer.name,
+                 str(os.getpid())], pass_fds=[theirs.fileno()], env=env)
+        finally:
+            theirs.close()
+        self.sock = ours
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def call(self, request: dict[str, Any], deadline: float | None,
+             on_progress: Callable[[Progress], None]) -> dict[str, Any]:
+        """Run one call; its outcome frame. TimeoutError past ``deadline``
+        (``time.monotonic()``), RunnerDied if the process ended first."""
+        try:
+            send(self.sock, self.serializer, request)
+            while True:
+                frame = receive(self.sock, self.serializer, deadline)
+                progress = frame.get("progress")
+                if isinstance(progress, dict):
+                    with contextlib.suppress(Exception):  # best effort, as in the worker
+                        on_progress(Progress(float(progress["fraction"]), progress.get("note")))
+                    continue
+                return frame
+        except TimeoutError:  # an OSError too: past the deadline, the runner lives
+            raise
+        except OSError as exc:
+            raise RunnerDied(str(exc)) from None
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL) and reap it."""
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+        self.sock.close()
+
+    def close(self) -> None:
+        """Let an idle runner exit (its socket closes), and reap it; killed if it lingers."""
+        self.sock.close()
+        try:
+            self.process.wait(2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def exit_description(self) -> str:
+        """How the process ended ("exited with status 7"), once it did (waited up to 1 s)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(1)
+        code = self.process.poll()
+        if code is None:
+            return "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+
+
+class Runners:
+    """A worker's idle runners, shared by its executor threads (at most one each at once)."""
+
+    def __init__(self, serializer: Serializer) -> None:
+        self.serializer = serializer
+        self._idle: list[Runner] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def take(self) -> Runner:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker is stopped: its runners are closed")
+            if self._idle:
+                return self._idle.pop()
+        return Runner(self.serializer)
+
+    def give_back(self, runner: Runner) -> None:
+        with self._lock:
+            if not self._closed and runner.process.poll() is None:
+                self._idle.append(runner)
+                return
+        runner.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for runner in idle:
+            runner.close()
+
+
+def request_of(task: Any, message: Any, worker: str) -> dict[str, Any]:
+    """What a runner needs to run ``message`` of ``task``."""
+    return {"module": task.func.__module__, "qualname": task.func.__qualname__,
+            "name": task.name, "id": message.id, "args": message.args,
+            "kwargs": message.kwargs, "queue": message.queue, "attempt": message.attempt,
+            "reply_to": message.reply_to, "worker": worker}
+
+
+def timed_out(task: Any, limit: float) -> dict[str, Any]:
+    """The outcome of a call killed past its hard limit (with its policy's verdict)."""
+    verdict = task.retry_policy.verdict(TaskTimeout())
+    return {"ok": False, "error": {
+        "type": "TaskTimeout", "traceback": "",
+        "message": f"task {task.name!r} passed its time limit of {limit:g} s: its process was "
+                   "killed"}, "verdict": {"kind": verdict.kind, "delay": verdict.delay}}
