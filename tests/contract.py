@@ -141,6 +141,26 @@ class QueueBackendContract:
         d.ack()
         consumer.close()
 
+    def test_oldest_age_counts_from_when_a_message_became_due(self,
+                                                              backend: QueueBackend) -> None:
+        q = qname()
+        if backend.oldest_age(q) is None:
+            return  # this backend cannot tell (the default): nothing to check
+        assert backend.oldest_age(q) == 0.0
+        backend.publish(q, b"later", delay=60)  # not due: not waiting for a worker yet
+        backend.publish(q, b"now")
+        wait_for(lambda: (backend.oldest_age(q) or 0.0) >= 0.3, message="the age to grow")
+        age = backend.oldest_age(q)
+        assert age is not None and 0.3 <= age < 30
+        consumer = backend.consume(q)
+        try:
+            delivery = consumer.get(5)
+            assert delivery is not None and delivery.body == b"now"
+            assert backend.oldest_age(q) == 0.0  # reserved: not waiting any more
+            delivery.ack()
+        finally:
+            consumer.close()
+
     def test_retry_redelivers_after_delay(self, backend: QueueBackend) -> None:
         q = qname()
         backend.publish(q, b"first")

@@ -602,3 +602,63 @@ def test_without_prometheus_client_the_option_names_the_extra(folder: Path,
     assert done.returncode == 2, done.stderr
     assert "--metrics-port needs prometheus-client" in done.stderr
     assert "pip install 'ivy-queue[metrics]'" in done.stderr
+
+
+def test_the_wait_from_due_time_to_start_is_measured(sqlite_url: str) -> None:
+    # Given a worker with the middleware, and two calls: one delayed 0.5 s (its wait counts
+    # from its eta), one that waits in the queue while the single thread is busy
+    registry = CollectorRegistry()
+    app = ivy.Ivy(sqlite_url, sqlite_url, middleware=[Prometheus(registry, queues=["w"])])
+    go_on = threading.Event()
+    try:
+        @app.register_task(name="w.block", queue="w")
+        def block() -> None:
+            assert go_on.wait(20)
+
+        @app.register_task(name="w.quick", queue="w")
+        def quick() -> None:
+            pass
+
+        app.listen(queue="w", concurrency=1, block=False)
+        first = app.delayed_call(block)
+        waiting = app.delayed_call(quick)
+        wait_for(lambda: first.status == "running", message="the blocking call to start")
+        held = time.monotonic()
+        wait_for(lambda: time.monotonic() - held > 0.4, message="the queued call to wait")
+        go_on.set()
+        waiting.result(10)
+        delayed = app.send_task(quick, delay=0.5)
+        delayed.result(10)
+
+        def sample(name: str, task: str) -> float:
+            value = registry.get_sample_value(name, {"task": task, "queue": "w"})
+            return 0.0 if value is None else value
+
+        # Then the queued call's wait is at least the time it was held, and the delayed one's
+        # counts from its eta, not from its send (well under its 0.5 s delay)
+        assert sample("ivy_task_wait_seconds_count", "w.quick") == 2
+        waited = sample("ivy_task_wait_seconds_sum", "w.quick")
+        assert 0.4 <= waited < 0.4 + 10
+        assert registry.get_sample_value("ivy_task_wait_seconds_bucket",
+                                         {"task": "w.quick", "queue": "w", "le": "0.25"}) == 1
+    finally:
+        go_on.set()
+        app.close()
+
+
+def test_the_oldest_waiting_message_age_is_sampled(sqlite_url: str) -> None:
+    registry = CollectorRegistry()
+    app = ivy.Ivy(sqlite_url, sqlite_url)
+    prom = Prometheus(registry)
+    try:
+        app.queue_backend.publish("old", b"waiting")
+        prom.bind(app.queue_backend, ["old", "empty"], every=0.05)
+
+        def age(queue: str) -> float | None:
+            return registry.get_sample_value("ivy_queue_oldest_age_seconds", {"queue": queue})
+
+        wait_for(lambda: (age("old") or 0.0) >= 0.3, message="the age sampled and growing")
+        assert age("empty") == 0.0
+    finally:
+        prom.close()
+        app.close()

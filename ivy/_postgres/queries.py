@@ -79,6 +79,10 @@ class Statements:
             "DELETE FROM {dead} WHERE queue = %(queue)s "
             "AND died_at < now() - make_interval(secs => %(ttl)s)")
         self.size = q("SELECT count(*) FROM {messages} WHERE queue = %(queue)s")
+        #: seconds since the oldest due row became due (NULL: none is due)
+        self.oldest_age = q(
+            "SELECT extract(epoch FROM now() - min(available_at))::float8 FROM {messages} "
+            "WHERE queue = %(queue)s AND available_at <= now()")
         self.dead_letters = q(
             "SELECT queue, body, reason, extract(epoch FROM died_at)::float8, id FROM {dead} "
             "WHERE queue = %(queue)s AND (%(ttl)s::float8 IS NULL "

@@ -26,31 +26,38 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 OUTCOMES = ("successful", "errored", "retried", "dead_lettered")
+WAIT_HELP = ("Time a call waited from its due time (sent, or its eta) until a worker started it: "
+             "a rising value says the workers do not keep up")
 
 
 class Tally:
     """One thread's counts for one (task, queue): written by that thread only."""
 
-    __slots__ = ("buckets", "dead_lettered", "errored", "retried", "successful", "total")
+    __slots__ = ("buckets", "dead_lettered", "errored", "retried", "successful", "total",
+                 "wait_buckets", "wait_total")
 
-    def __init__(self, buckets: int) -> None:
+    def __init__(self, buckets: int, wait_buckets: int = 0) -> None:
         self.successful = 0
         self.errored = 0
         self.retried = 0
         self.dead_lettered = 0
         self.total = 0.0
         self.buckets = [0] * buckets
+        #: ivy_task_wait_seconds: from a call's due time to its start
+        self.wait_total = 0.0
+        self.wait_buckets = [0] * wait_buckets
 
 
 class Series:
     """The metrics of one (task, queue): a :class:`Tally` per thread that counted."""
 
-    __slots__ = ("_lock", "_size", "name", "queue", "tallies")
+    __slots__ = ("_lock", "_size", "_wait_size", "name", "queue", "tallies")
 
-    def __init__(self, name: str, queue: str, buckets: int) -> None:
+    def __init__(self, name: str, queue: str, buckets: int, wait_buckets: int = 0) -> None:
         self.name = name
         self.queue = queue
         self._size = buckets
+        self._wait_size = wait_buckets
         #: thread id -> its tally. A thread id reused after its thread ended continues the old
         #: tally: still one writer at a time, and the counts must stay.
         self.tallies: dict[int, Tally] = {}
@@ -60,7 +67,7 @@ class Series:
         found = self.tallies.get(thread)
         if found is None:
             with self._lock:  # the collector copies the dict: never let it change under it
-                found = self.tallies[thread] = Tally(self._size)
+                found = self.tallies[thread] = Tally(self._size, self._wait_size)
         return found
 
 
@@ -68,10 +75,13 @@ class LocalCollector:
     """``ivy_tasks_total``, ``ivy_task_duration_seconds`` and ``ivy_tasks_running`` of this
     process, from the tallies and the runs in progress."""
 
-    def __init__(self, bounds: Sequence[float], running_help: str) -> None:
-        if not bounds or bounds[-1] != float("inf"):
-            raise ValueError(f"bucket bounds {bounds!r} must end with inf")
+    def __init__(self, bounds: Sequence[float], running_help: str,
+                 wait_bounds: Sequence[float] = (float("inf"),)) -> None:
+        for given in (bounds, wait_bounds):
+            if not given or given[-1] != float("inf"):
+                raise ValueError(f"bucket bounds {given!r} must end with inf")
         self.bounds = tuple(bounds)
+        self.wait_bounds = tuple(wait_bounds)
         self._running_help = running_help
         self._series: dict[tuple[str, str], Series] = {}
         self._lock = threading.Lock()
@@ -82,14 +92,19 @@ class LocalCollector:
         found = self._series.get((name, queue))
         if found is None:
             with self._lock:
-                found = self._series.setdefault((name, queue),
-                                                Series(name, queue, len(self.bounds)))
+                found = self._series.setdefault((name, queue), Series(
+                    name, queue, len(self.bounds), len(self.wait_bounds)))
         return found
 
     def observe(self, tally: Tally, seconds: float) -> None:
         """Count one run of ``seconds`` in ``tally`` (the caller's own thread's)."""
         tally.total += seconds
         tally.buckets[bisect_left(self.bounds, seconds)] += 1
+
+    def observe_wait(self, tally: Tally, seconds: float) -> None:
+        """Count one call that waited ``seconds`` from its due time to its start."""
+        tally.wait_total += seconds
+        tally.wait_buckets[bisect_left(self.wait_bounds, seconds)] += 1
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -99,6 +114,8 @@ class LocalCollector:
                                     labels=["task", "queue", "outcome"])
         duration = HistogramMetricFamily("ivy_task_duration_seconds", "Time a task run took",
                                          labels=["task", "queue"])
+        wait = HistogramMetricFamily("ivy_task_wait_seconds", WAIT_HELP,
+                                     labels=["task", "queue"])
         ran: set[str] = set()
         for series in every:
             with series._lock:
@@ -123,6 +140,16 @@ class LocalCollector:
                     upto += n
                     cumulative.append((floatToGoString(bound), upto))  # type: ignore[no-untyped-call]
                 duration.add_metric(labels, cumulative, total)
+            waited = [0] * len(self.wait_bounds)
+            for tally in tallies:
+                for i, n in enumerate(tally.wait_buckets):
+                    waited[i] += n
+            if any(waited):
+                upto, cumulative = 0, []
+                for bound, n in zip(self.wait_bounds, waited, strict=True):
+                    upto += n
+                    cumulative.append((floatToGoString(bound), upto))  # type: ignore[no-untyped-call]
+                wait.add_metric(labels, cumulative, sum(t.wait_total for t in tallies))
         running = dict.fromkeys(sorted(ran), 0)
         for series, _ in self.runs.copy().values():
             running[series.queue] = running.get(series.queue, 0) + 1
@@ -131,4 +158,5 @@ class LocalCollector:
             gauge.add_metric([queue], count)
         yield tasks
         yield duration
+        yield wait
         yield gauge

@@ -66,7 +66,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 from ivy.errors import ConfigurationError
 from ivy.message import Message
 from ivy.middleware import Middleware
-from ivy.middleware._local_metrics import LocalCollector
+from ivy.middleware._local_metrics import WAIT_HELP, LocalCollector
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -82,6 +82,9 @@ __all__ = ["MULTIPROC_ENV", "MetricsServer", "MultiProcessMetrics", "Prometheus"
 
 #: seconds between two samples of the queue depth
 SAMPLE_EVERY = 5.0
+#: ivy_task_wait_seconds: from a call's due time to its start (scaling decisions live here)
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0, 900.0, 3600.0, float("inf"))
 #: task durations from 5 ms to 5 min: trivial tasks and batch jobs both fall in a bucket
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     300.0, float("inf"))
@@ -100,9 +103,11 @@ class _Metrics:
 
     depth: Gauge
     published: Counter
+    oldest: Gauge
     local: LocalCollector | None = None
     tasks: Counter | None = None
     duration: Histogram | None = None
+    wait: Histogram | None = None
     running: Gauge | None = None
     children: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
@@ -159,7 +164,12 @@ def _metrics(registry: CollectorRegistry) -> _Metrics:
                             "counts them, sampled every few seconds", ["queue"],
                             registry=registry, multiprocess_mode="livemostrecent"),
                 published=Counter("ivy_messages_published", "Messages handed to the queue "
-                                  "backend by producers", ["task", "queue"], registry=registry))
+                                  "backend by producers", ["task", "queue"], registry=registry),
+                oldest=Gauge("ivy_queue_oldest_age_seconds", "Seconds the oldest message "
+                             "waiting for a worker has waited since it became due, sampled "
+                             "with ivy_queue_messages (backends that can tell: memory, SQLite, "
+                             "PostgreSQL)", ["queue"], registry=registry,
+                             multiprocess_mode="livemostrecent"))
             if os.environ.get(MULTIPROC_ENV):
                 found.tasks = Counter("ivy_tasks", "Task runs by outcome (successful, errored, "
                                       "retried) and messages dead-lettered",
@@ -169,8 +179,10 @@ def _metrics(registry: CollectorRegistry) -> _Metrics:
                                            registry=registry)
                 found.running = Gauge("ivy_tasks_running", RUNNING_HELP, ["queue"],
                                       registry=registry, multiprocess_mode="livesum")
+                found.wait = Histogram("ivy_task_wait_seconds", WAIT_HELP, ["task", "queue"],
+                                       buckets=WAIT_BUCKETS, registry=registry)
             else:
-                found.local = LocalCollector(DURATION_BUCKETS, RUNNING_HELP)
+                found.local = LocalCollector(DURATION_BUCKETS, RUNNING_HELP, WAIT_BUCKETS)
                 registry.register(found.local)
         return found
 
@@ -265,6 +277,10 @@ class Prometheus(Middleware):
                     continue
                 self._failing.discard(queue)
                 self._m.depth.labels(queue).set(size)
+                with contextlib.suppress(Exception):  # rare once size answered: keep the depth
+                    age = backend.oldest_age(queue)
+                    if age is not None:
+                        self._m.oldest.labels(queue).set(age)
 
     def _remove_depth(self, queue: str) -> None:
         if os.environ.get(MULTIPROC_ENV):  # the files cannot drop a series: NaN, "unknown"
@@ -284,12 +300,19 @@ class Prometheus(Middleware):
     def before_task(self, message: Message) -> None:
         # one executor thread runs the task and calls both hooks: its run is kept by thread
         local = self._m.local
+        due = max(message.created_ms or 0, message.eta or 0)
+        waited = max(time.time() - due / 1000, 0.0) if due else None
         if local is not None:
-            local.runs[threading.get_ident()] = (local.series(message.name, self._queue(message)),
-                                                 time.perf_counter())
+            thread = threading.get_ident()
+            counted = local.series(message.name, self._queue(message))
+            local.runs[thread] = (counted, time.perf_counter())
+            if waited is not None:
+                local.observe_wait(counted.tally(thread), waited)
             return
         series = self._m.series(message.name, self._queue(message))
         series.running.inc()
+        if waited is not None and self._m.wait is not None:
+            self._m.child(self._m.wait, "w", message.name, self._queue(message)).observe(waited)
         self._started[threading.get_ident()] = (series, time.perf_counter())
 
     def after_task(self, message: Message, result: Any, error: dict[str, str] | None) -> None:

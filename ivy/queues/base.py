@@ -357,6 +357,13 @@ class QueueBackend(ABC):
     def size(self, queue: str) -> int:
         """Messages waiting or reserved in ``queue`` (not dead letters)."""
 
+    def oldest_age(self, queue: str) -> float | None:
+        """Seconds since the oldest message of ``queue`` that waits for a worker (due, not
+        reserved) became due; 0.0 if none waits; None if this backend cannot tell (the
+        default). ``ivy_queue_oldest_age_seconds`` samples it: a rising value says the
+        workers do not keep up, the signal autoscalers want."""
+        return None
+
     @abstractmethod
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters of ``queue``, oldest first."""

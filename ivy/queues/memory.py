@@ -38,6 +38,8 @@ class _Entry:
     priority: int
     count: int = 0
     token: int = 0  # reservation; 0 when not reserved
+    #: when it became ready (time.monotonic()), for oldest_age
+    ready_since: float = 0.0
 
 
 class _Queue:
@@ -75,6 +77,7 @@ class MemoryBroker:
                 heapq.heappush(q.delayed, (_clock.delays() + delay, seq, entry))
                 self.cond.notify_all()  # a waiter may need to shorten its wait
             else:
+                entry.ready_since = _clock.delays()
                 heapq.heappush(q.ready, (-priority, seq, entry))
                 self.cond.notify()
 
@@ -83,7 +86,8 @@ class MemoryBroker:
         until the next is due. Delays are timed on ``ivy._clock.delays``, leases on ``now``."""
         delays_now = _clock.delays()
         while q.delayed and q.delayed[0][0] <= delays_now:
-            _, seq, entry = heapq.heappop(q.delayed)
+            due, seq, entry = heapq.heappop(q.delayed)
+            entry.ready_since = due
             heapq.heappush(q.ready, (-entry.priority, seq, entry))
         while q.leases and q.leases[0][0] <= now:
             _, token = heapq.heappop(q.leases)
@@ -91,6 +95,7 @@ class MemoryBroker:
             if held is not None and held[1] <= now:
                 del q.reserved[token]
                 held[0].token = 0
+                held[0].ready_since = delays_now
                 heapq.heappush(q.ready, (-held[0].priority, next(self._seq), held[0]))
                 self.cond.notify()
         times = [t[0] - delays_now for t in q.delayed[:1]] + [t[0] - now for t in q.leases[:1]]
@@ -148,6 +153,14 @@ class MemoryBroker:
                     + [Queued(e.body, "delayed", max(due - now, 0.0))
                        for due, _, e in sorted(q.delayed)]
                     + [Queued(e.body, "reserved", 0.0) for e, _ in q.reserved.values()])
+
+    def oldest_age(self, name: str) -> float:
+        """Seconds the longest-waiting ready message of queue ``name`` has waited (0.0)."""
+        with self.cond:
+            q = self.queue(name)
+            self._promote(q, time.monotonic())
+            now = _clock.delays()
+            return max((now - e.ready_since for _, _, e in q.ready), default=0.0)
 
     def wake(self) -> None:
         """Wake every consumer waiting on this broker, to look again at its delayed
@@ -283,6 +296,10 @@ class MemoryQueueBackend(QueueBackend):
     def queued(self, queue: str) -> list[Queued]:
         """What ``queue`` holds now (for :mod:`ivy.testing`): ready, delayed, reserved."""
         return self.broker.queued(queue)
+
+    def oldest_age(self, queue: str) -> float | None:
+        """From when each ready message became ready (sent, due, or its lease lost)."""
+        return self.broker.oldest_age(queue)
 
     def size(self, queue: str) -> int:
         with self.broker.cond:

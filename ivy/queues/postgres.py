@@ -331,6 +331,13 @@ class PostgresQueueBackend(QueueBackend):
         """A consumer of ``queue`` leasing up to ``prefetch`` rows for ``reserve_time`` s."""
         return PostgresConsumer(self, queue, prefetch, reserve_time)
 
+    def oldest_age(self, queue: str) -> float | None:
+        """From the due rows' ``available_at`` (a leased row's is its lease's end), by the
+        server's clock."""
+        with self.db.connection() as conn:
+            row = conn.execute(self.sql.oldest_age, {"queue": queue}).fetchone()
+        return 0.0 if row is None or row[0] is None else max(float(row[0]), 0.0)
+
     def size(self, queue: str) -> int:
         """Messages of ``queue`` waiting, delayed or leased."""
         with self.db.connection() as conn:

@@ -307,6 +307,15 @@ class SQLiteQueueBackend(QueueBackend):
     def consume(self, queue: str, *, prefetch: int = 1, reserve_time: float = 30.0) -> Consumer:
         return SQLiteConsumer(self, queue, prefetch, reserve_time)
 
+    def oldest_age(self, queue: str) -> float | None:
+        """From the due rows' ``available_at`` (a reserved row's is its lease's end)."""
+        self.db.flush_writes()
+        now = time.time()
+        row = self.db.conn().execute(
+            "SELECT min(available_at) FROM ivy_messages WHERE queue = ? AND available_at <= ?",
+            (queue, now)).fetchone()
+        return 0.0 if row is None or row[0] is None else max(now - float(row[0]), 0.0)
+
     def size(self, queue: str) -> int:
         self.db.flush_writes()  # this process's acks are counted
         row = self.db.conn().execute(
