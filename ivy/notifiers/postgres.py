@@ -13,7 +13,9 @@ keys, heartbeats and events in the tables of the database the application alread
   (:func:`ivy.notifiers.base.beside`). In the same transaction it sends ``NOTIFY`` on a
   channel derived from the producer's (:func:`ivy._postgres.store.notify_channel`) with the
   key only (``r:<key>``: payloads are limited to 8000 bytes); the subscription then reads
-  the row. A duplicate is neither stored nor sent.
+  the row. A duplicate is neither stored nor sent. A worker's results are written by a
+  background writer in batches, one transaction each (:mod:`ivy._postgres.writer`); its ack
+  follows the commit.
 * **Running and progress notifications** are rows of ``notifications`` with a sequence,
   announced the same way (``n:<seq>``) and deleted after a minute. Storing them, rather than
   sending them in the payload, lets a subscription that reconnects read what it missed, and
@@ -44,6 +46,7 @@ from typing import Any, Self
 from ivy._postgres.connection import Database, PostgresError, Settings, parse_url
 from ivy._postgres.inbox import EventInbox, Inbox, NoteInbox
 from ivy._postgres.store import INLINE_EVENT_BYTES, StoreStatements, notify_channel
+from ivy._postgres.writer import Writer
 from ivy._urls import mask_url
 from ivy.errors import ConfigurationError
 from ivy.notifiers.base import HOLD_EARLY, HOLD_GRACE, Notifier, Subscription, beside_key
@@ -112,6 +115,9 @@ class PostgresNotifier(Notifier):
         self.sql = StoreStatements(self.settings.schema)
         self._last_prune = 0.0
         self._inboxes: weakref.WeakSet[Inbox] = weakref.WeakSet()
+        #: a worker's results, written in batches (publish_then)
+        self._writer = Writer(self.db, self.sql.publish_final,
+                              name=f"ivy-postgres-results-{self.settings.schema}")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
@@ -142,14 +148,30 @@ class PostgresNotifier(Notifier):
         pg_channel = notify_channel(self.settings.schema, channel)
         with self.db.connection() as conn:
             if final:
-                conn.execute(self.sql.publish_final, {
-                    "channel": pg_channel, "key": call_id,
-                    "beside": None if nonce is None else beside_key(call_id, nonce),
-                    "nonce": None if nonce is None else nonce.encode(), "body": body,
-                    "ttl": float(self.result_ttl)})
+                conn.execute(self.sql.publish_final,
+                             self._final(pg_channel, call_id, body, nonce))
             else:
                 conn.execute(self.sql.publish_other, {"channel": pg_channel, "body": body})
         self._prune()
+
+    def publish_then(self, channel: str, call_id: str, body: bytes, *, final: bool,
+                     then: Callable[[], None], nonce: str | None = None) -> None:
+        """A final notification is handed to the background writer (:mod:`ivy._postgres.
+        writer`), which stores it with the others waiting, in one transaction, and calls
+        ``then`` after the commit, from its own thread; others are published here."""
+        if not final:
+            super().publish_then(channel, call_id, body, final=final, then=then, nonce=nonce)
+            return
+        pg_channel = notify_channel(self.settings.schema, channel)
+        self._writer.submit(self._final(pg_channel, call_id, body, nonce), then)
+        self._prune()
+
+    def _final(self, pg_channel: str, call_id: str, body: bytes,
+               nonce: str | None) -> dict[str, Any]:
+        return {"channel": pg_channel, "key": call_id,
+                "beside": None if nonce is None else beside_key(call_id, nonce),
+                "nonce": None if nonce is None else nonce.encode(), "body": body,
+                "ttl": float(self.result_ttl)}
 
     def _prune(self) -> None:
         """Delete what has expired, at most every :data:`PRUNE_EVERY` s per notifier, and by
@@ -192,7 +214,8 @@ class PostgresNotifier(Notifier):
         return None
 
     def close(self) -> None:
-        """Close the subscriptions still open, and the pool."""
+        """Write the results waiting, close the subscriptions still open, and the pool."""
+        self._writer.close()
         for inbox in list(self._inboxes):
             inbox.close()
         self.db.close()
