@@ -457,3 +457,75 @@ def test_a_message_cannot_make_the_worker_import_a_module_outside_the_apps(
     assert "in none of INSTALLED_APPS" in caplog.text
     # while a task of an installed app is found
     assert registry.get("tasks_for_django.add") is not None
+
+
+ATOMIC = '''
+import json, sys, django
+from django.conf import settings
+settings.configure(**SETTINGS)
+django.setup()
+from django.db import connection, transaction
+from ivy.contrib.django._compat import task_backends
+import tasks_for_django as t
+
+backend = task_backends["default"]
+backend.app.queue_backend.migrate()  # ivy's schema, where the test keeps its table too
+with connection.cursor() as c:
+    c.execute(f'CREATE TABLE "{SCHEMA}".orders (id int)')
+kept = dropped = None
+
+
+def call_of(result):
+    pending = backend.app._current_results().consumers()[0].pending()
+    return next(c for c in pending if c.id == result.id)
+
+
+with transaction.atomic():
+    with connection.cursor() as c:
+        c.execute(f'INSERT INTO "{SCHEMA}".orders VALUES (1)')
+    kept = t.add.enqueue(1, 2)
+    kept_call = call_of(kept)
+    # inside the block, nobody else sees the message yet
+    hidden = backend.app.queue_backend.size("default") == 0
+try:
+    with transaction.atomic():
+        with connection.cursor() as c:
+            c.execute(f'INSERT INTO "{SCHEMA}".orders VALUES (2)')
+        dropped = t.add.enqueue(3, 4)
+        dropped_call = call_of(dropped)
+        raise RuntimeError("the view fails")
+except RuntimeError:
+    pass
+kept_call.sent(10)
+try:
+    dropped_call.sent(10)
+    rolled_back = False
+except Exception as exc:
+    rolled_back = type(exc).__name__ == "TransactionRolledBack"
+with connection.cursor() as c:
+    c.execute(f'SELECT count(*) FROM "{SCHEMA}".orders')
+    orders = c.fetchone()[0]
+print(json.dumps([hidden, backend.app.queue_backend.size("default"), rolled_back, orders]))
+backend.close()
+'''
+
+
+def test_enqueue_inside_atomic_commits_and_rolls_back_with_djangos_postgresql(
+        tmp_path: Path, pg_url: str, schema: str) -> None:
+    # Given Django on PostgreSQL, and the ivy queue in that same database
+    settings = _settings()
+    settings["DATABASES"] = {"default": {
+        "ENGINE": "django.db.backends.postgresql", "NAME": "postgres", "USER": "postgres",
+        "HOST": "127.0.0.1", "PORT": "5432"}}
+    settings["TASKS"] = tasks_setting(f"{pg_url}?schema={schema}")
+    settings["TASKS"]["default"]["OPTIONS"]["notifier_url"] = f"sqlite:///{tmp_path / 'n.db'}"
+    script = f"SETTINGS = {settings!r}\nSCHEMA = {schema!r}\n" + ATOMIC
+    # When a view enqueues inside transaction.atomic(), once committing, once failing
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT / "tests",
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+    assert out.returncode == 0, out.stderr
+    hidden, waiting, rolled_back, orders = json.loads(out.stdout)
+    # Then the message was hidden until the commit, the committed one waits for a worker,
+    # the rolled back one's call failed with TransactionRolledBack, as its order row went
+    assert hidden and waiting == 1 and rolled_back and orders == 1

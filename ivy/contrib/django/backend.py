@@ -195,11 +195,45 @@ class IvyBackend(BaseTaskBackend):
             except TypeError as exc:
                 raise TypeError(f"wrong arguments for task {task.module_path!r}: {exc}"
                                 ) from None
-        if self.enqueue_on_commit:
+        connection = self._atomic_connection()
+        if connection is not None:  # the enqueue commits or rolls back with the block
+            with self.app.transaction(connection):
+                self._send(result)
+        elif self.enqueue_on_commit:
             transaction.on_commit(lambda: self._send(result))
         else:
             self._send(result)
         return result
+
+    def _atomic_connection(self) -> Any:
+        """Django's own psycopg 3 connection, when the enqueue happens inside
+        ``transaction.atomic()`` on PostgreSQL and the ivy queue is in that same database;
+        else None. Then the message is written in Django's transaction (see
+        :mod:`ivy.transactional`): visible to workers once it commits, never if it rolls
+        back."""
+        from django.db import connections
+
+        from ivy.transactional import TransactionalQueue
+
+        django_db = connections["default"]
+        if django_db.vendor != "postgresql" or not django_db.in_atomic_block:
+            return None
+        backend = self.app.queue_backend
+        if not isinstance(backend, TransactionalQueue):
+            return None
+        django_db.ensure_connection()
+        raw = django_db.connection
+        info = getattr(raw, "info", None)  # psycopg 3 (psycopg2's connections have none)
+        conninfo = getattr(getattr(backend, "settings", None), "conninfo", None)
+        if info is None or conninfo is None:
+            return None
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(conninfo)
+        same = info.dbname == (params.get("dbname") or params.get("user"))
+        if params.get("port") and str(info.port) != str(params["port"]).split(",")[0]:
+            same = False  # another server, whatever its database is called
+        return raw if same else None
 
     def _send(self, result: TaskResult[Any]) -> None:
         """Write the record, send the ivy call, send ``task_enqueued``."""
