@@ -86,6 +86,10 @@ class ResultConsumer:
         #: drop final notifications without their call's nonce (see :func:`require_nonce`)
         self.require_nonce = require_nonce()
         self._lock = threading.Lock()
+        #: final notifications being settled (their calls out of _calls, callbacks not yet
+        #: handed over), for the exit's wait
+        self._settling = 0
+        self._settled_all = threading.Condition(self._lock)
         self._retiring = False
         #: set under the lock when a retired consumer stops: it takes no call after that
         self._stopped = False
@@ -127,6 +131,12 @@ class ResultConsumer:
     def pending(self) -> list[Call[Any]]:
         with self._lock:
             return list(self._calls.values())
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until no call is between its final notification and its
+        callbacks' hand-over; whether none is."""
+        with self._lock:
+            return self._settled_all.wait_for(lambda: not self._settling, max(timeout, 0.0))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -211,6 +221,10 @@ class ResultConsumer:
         with self._lock:
             call = self._calls.get(note.id)
             bound = call is None or not note.final or _bound(call, note, self.require_nonce)
+            settling = call is not None and note.final and bound
+            if settling:
+                del self._calls[note.id]
+                self._settling += 1  # until its callbacks are on their threads (see below)
         if call is None:
             return
         if not bound:
@@ -220,12 +234,12 @@ class ResultConsumer:
             self._look_beside(call, body)
             return
         if note.final:
-            # settled (its callbacks handed to their threads) before it leaves the pending
-            # calls, so that the exit's wait_for_callbacks never misses it in between
-            call._settle(note)
-            with self._lock:
-                if self._calls.get(note.id) is call:
-                    del self._calls[note.id]
+            try:
+                call._settle(note)
+            finally:  # its callbacks are on their threads now: the exit's wait sees them
+                with self._lock:
+                    self._settling -= 1
+                    self._settled_all.notify_all()
         elif note.status == "progress":
             if call.nonce is None or note.nonce == call.nonce:
                 call._progress(note)
@@ -359,6 +373,8 @@ class Results:
         for call in waiting:
             call._done.wait(max(0.0, deadline - time.monotonic()))
         # and the callbacks of calls that settled a moment ago, already on their threads
+        for consumer in self.consumers():
+            consumer.wait_settled(deadline - time.monotonic())
         callback_pool().wait_idle(deadline - time.monotonic())
         left = [c for c in waiting if not c.done()]
         if left:

@@ -1,14 +1,16 @@
-"""Private Redis and RabbitMQ servers on free ports, for tests and the chaos soak that restart
-them (the machine's own services are never touched)."""
+"""Private Redis, RabbitMQ and PostgreSQL servers on free ports, for tests and the chaos soak
+that restart them (the machine's own services are never touched)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -213,3 +215,49 @@ class PrivateRabbitCluster:
         for node in self.nodes:
             if node.process is not None:
                 node.stop()
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of our own (initdb into a temporary directory, a free port, run as
+    the ``postgres`` user since the server refuses root), for tests that kill its connections
+    or restart it. ``fsync=off``: a test server, restarted with ``pg_ctl stop -m fast``."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not versions:
+            raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.bin = versions[-1].parent
+        account = pwd.getpwnam("postgres")
+        self.dir = Path(tempfile.mkdtemp(prefix="ivy-pg-"))
+        os.chown(self.dir, account.pw_uid, account.pw_gid)
+        self.data = self.dir / "data"
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                  "--no-sync", "-E", "UTF8")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([str(self.bin / tool), *args], check=True, user="postgres",
+                       cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=120)
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w",
+                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off -c full_page_writes=off", "start")
+        wait_until(lambda: answers(self.port), 30, "PostgreSQL did not start")
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
