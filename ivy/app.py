@@ -34,6 +34,7 @@ from ivy.registering import Registering
 from ivy.results import DEFAULT_PENDING_TTL, Results
 from ivy.serialization import Serializer, Signer, get_serializer, signer_from
 from ivy.task import Registry, Task
+from ivy.timing import pause
 from ivy.timing.schedule import Schedules
 from ivy.transactional import Transaction
 from ivy.worker import Worker, WorkerContext
@@ -446,6 +447,22 @@ class Ivy(Registering):
 
     # -- live workers and waiting (operations issue) -----------------------------------------
 
+    def pause_queue(self, queue: str) -> bool:
+        """Pause ``queue`` for every worker sharing this app's notifier: within about a second
+        they fetch nothing more from it (sends still succeed; calls running end as usual),
+        until :meth:`resume_queue`. Kept in the notifier's store (see
+        :mod:`ivy.timing.pause`); True if it was not paused."""
+        return pause.set_paused(backends.store_notifier(self), queue, True)
+
+    def resume_queue(self, queue: str) -> bool:
+        """Let the workers of ``queue`` fetch from it again, within about a second; True if
+        it was paused."""
+        return pause.set_paused(backends.store_notifier(self), queue, False)
+
+    def paused_queues(self) -> list[str]:
+        """The queues paused on this app's notifier, sorted."""
+        return pause.paused_queues(backends.store_notifier(self))
+
     def workers(self) -> list[dict[str, Any]]:
         """The heartbeats of the workers alive on this app's notifier (see
         :mod:`ivy.monitor`), ordered by name."""
@@ -465,28 +482,4 @@ class Ivy(Registering):
         object built (not the backend objects handed in: their owner closes them). Calls still
         waiting are settled with an ``IvyClosed`` error, so no ``result()`` hangs; using the
         object after this raises :class:`ivy.IvyError`."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            workers, self._workers = self._workers, []
-            heartbeats, self._heartbeats = self._heartbeats, []
-            events, self._events = self._events, []
-        self._flush_quietly(timeout)
-        for worker in workers:
-            worker.stop()
-        for publisher in events:  # the workers' last events, before the notifier closes
-            publisher.close()
-        for beat in heartbeats:  # their entries go before the notifiers close
-            beat.stop()
-        self._results.close("IvyClosed", f"{self!r} was closed before the result of this "
-                            "call arrived; the task may still run")
-        # notifiers first: one that stores in the background (SQLite) acks what it stored
-        # on closing, through the queue backends, which must still be open then
-        owned = sorted(reversed(self._owned), key=lambda thing: not isinstance(thing, Notifier))
-        for thing in owned:
-            try:
-                thing.close()
-            except Exception:
-                log.debug("closing %r raised", thing, exc_info=True)
-        self._owned.clear()
+        backends.close(self, timeout)

@@ -96,3 +96,41 @@ def own(app: Ivy, spec: Spec, make: Callable[[Spec], T]) -> T:
         thing.priority_hint = app.queue_uses_priority  # type: ignore[method-assign]
         thing.routes_hint = app.queue_routes  # type: ignore[method-assign]
     return thing
+
+
+def store_notifier(app: Ivy) -> Notifier:
+    """The notifier whose store holds the app's shared state (paused queues): the one its
+    workers use, else its consumer's, else the default one, started as the workers' would."""
+    with app._lock:
+        app._check_open()
+        found = app._producer_notifier or app._consumer_notifier
+        return found if found is not None else start_notification_producer(app, None)
+
+
+def close(app: Ivy, timeout: float) -> None:
+    """What :meth:`ivy.Ivy.close` documents."""
+    with app._lock:
+        if app._closed:
+            return
+        app._closed = True
+        workers, app._workers = app._workers, []
+        heartbeats, app._heartbeats = app._heartbeats, []
+        events, app._events = app._events, []
+    app._flush_quietly(timeout)
+    for worker in workers:
+        worker.stop()
+    for publisher in events:  # the workers' last events, before the notifier closes
+        publisher.close()
+    for beat in heartbeats:  # their entries go before the notifiers close
+        beat.stop()
+    app._results.close("IvyClosed", f"{app!r} was closed before the result of this "
+                       "call arrived; the task may still run")
+    # notifiers first: one that stores in the background (SQLite) acks what it stored
+    # on closing, through the queue backends, which must still be open then
+    owned = sorted(reversed(app._owned), key=lambda thing: not isinstance(thing, Notifier))
+    for thing in owned:
+        try:
+            thing.close()
+        except Exception:
+            log.debug("closing %r raised", thing, exc_info=True)
+    app._owned.clear()

@@ -35,6 +35,12 @@ _TICK = 0.25
 _sequence = itertools.count(1)
 
 
+class Paused(Protocol):
+    @property
+    def paused(self) -> frozenset[str]:
+        """The worker's queues it saw paused at its last look."""
+
+
 class Beating(Protocol):
     """What a heartbeat reads of its worker (:class:`ivy.Worker`)."""
 
@@ -60,6 +66,10 @@ class Beating(Protocol):
     @property
     def backend(self) -> QueueBackend:
         """The worker's queue backend."""
+
+    @property
+    def pauses(self) -> Paused:
+        """Which of its queues the worker sees paused (:mod:`ivy.timing.pause`)."""
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` s for the worker to stop; whether it did."""
@@ -96,7 +106,8 @@ class Heartbeat:
             "queues": list(w.queues), "concurrency": w.concurrency,
             "processed": w.processed, "failed": w.failed, "in_flight": w.in_flight,
             "started": self.started, "last_seen": time.time(), "interval": self.interval,
-            "queue_url": w.backend.url, "events": self.events}
+            "queue_url": w.backend.url, "events": self.events,
+            "paused": sorted(w.pauses.paused)}
 
     def beat(self) -> bool:
         """Write one heartbeat; False if this notifier cannot keep them (then stop trying)."""

@@ -50,6 +50,7 @@ from ivy.recycling import Recycling
 from ivy.settle import Settler
 from ivy.task import Task
 from ivy.timing.gate import Gate
+from ivy.timing.pause import Pauses
 from ivy.workflows.continuation import WorkflowRecorder
 
 log = logging.getLogger("ivy.worker")
@@ -137,6 +138,8 @@ class Worker:
             max_message_bytes=context.max_message_bytes, max_depth=context.max_depth)
         #: cancels and rate limits, from the notifier's store (ivy.timing)
         self._gate = Gate(notifier, self._executor, self._recorder, self.name)
+        #: the queues paused in the notifier's store, looked at each second (ivy.timing.pause)
+        self.pauses = Pauses(notifier, self.queues, self.name)
         #: one delivery, start to end: decode, check, admit, run, settle (ivy.processing)
         self._processor = Processor(
             context, backend, self.name, reserve_time=reserve_time, executor=self._executor,
@@ -153,8 +156,8 @@ class Worker:
         self._consumers = []
         for q in self.queues:
             try:
-                self._consumers.append(self.backend.consume(
-                    q, prefetch=self.concurrency * PREFETCH_MULTIPLIER,
+                self._consumers.append(self.pauses.consume(
+                    self.backend, q, prefetch=self.concurrency * PREFETCH_MULTIPLIER,
                     reserve_time=self.reserve_time))
             except Exception:  # e.g. ivy.QueueMismatch: close the consumers started so far
                 for started in self._consumers:
@@ -348,7 +351,7 @@ class Worker:
         """Give an admitted delivery to an executor once one is free; give it back to the
         queue if the worker stops first."""
         while not self._slots.acquire(timeout=FETCH_TIMEOUT):
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self.pauses.holds(delivery.queue):
                 break
         else:
             with self._lock:  # stop() puts its None markers after setting _stopping
@@ -357,7 +360,7 @@ class Worker:
                     return
             self._slots.release()
         with logged("giving back a delivery"):
-            delivery.release()  # the worker is stopping: it goes back unstarted
+            delivery.release()  # the worker is stopping, or its queue paused: unstarted
         self._unhold(delivery)
 
     def _execute_loop(self, consumer: Consumer | None) -> None:
@@ -402,6 +405,7 @@ class Worker:
                     h.running_sent = True
             self._executor.fire_timeouts(now)
             self._recycle(self.recycling.check_memory(timed=True))
+            self.pauses.poll(now)
             if self._gate.poll_due(now):
                 with self._lock:
                     started = [h.message for h in self._held.values() if h.message is not None]

@@ -1,6 +1,6 @@
 """The command line: ``ivy worker``, ``ivy scheduler``, ``ivy call``, ``ivy cancel``,
-``ivy inspect``, ``ivy events``, ``ivy dead``, ``ivy migrate``, ``ivy relay`` and
-``ivy dashboard`` (also ``python -m ivy``).
+``ivy inspect``, ``ivy events``, ``ivy dead``, ``ivy queue``, ``ivy migrate``, ``ivy relay``
+and ``ivy dashboard`` (also ``python -m ivy``).
 One module per command group; what they share is in :mod:`ivy.cli._common`."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 import ivy
-from ivy.cli import dead, migrate, relay
+from ivy.cli import dead, migrate, queues, relay
 from ivy.cli._common import (
     backend_arguments,
     backend_errors,
@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="default: INFO")
     dead.add_parser(sub, backends)
+    queues.add_parser(sub, backends)
     migrate.add_parser(sub, backends)
     relay.add_parser(sub)
     dashboard.add_parser(sub, port)
@@ -148,6 +149,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             return call_command(args)
         if args.command == "dead":
             return dead.run(args)
+        if args.command == "queue":
+            return queues.run(args)
         if args.command == "migrate":
             return migrate.run(args)
         if args.command == "relay":

@@ -148,7 +148,7 @@ async def _queue_of(request: Request) -> tuple[Any, str]:
     form = await checked_form(request)
     queue = str(form.get("queue") or "")
     if not queue:
-        raise HTTPException(400, "the form names no queue: submit it from a dead-letters page")
+        raise HTTPException(400, "the form names no queue: submit it from the dashboard's page")
     return form, queue
 
 
@@ -180,6 +180,24 @@ async def purge(request: Request) -> Response:
     except Exception as exc:
         return _failed(request, "Purging", queue, exc)
     return _back(request, "/dead", queue=queue, purged=count)
+
+
+async def pause(request: Request) -> Response:
+    return await _set_paused(request, True)
+
+
+async def resume(request: Request) -> Response:
+    return await _set_paused(request, False)
+
+
+async def _set_paused(request: Request, paused: bool) -> Response:
+    """Pause or resume the queue the form names; back to the overview."""
+    _, queue = await _queue_of(request)
+    try:
+        await run_in_threadpool(_dashboard(request).set_paused, queue, paused)
+    except Exception as exc:
+        return _failed(request, "Pausing" if paused else "Resuming", queue, exc)
+    return RedirectResponse(f"{_root(request)}/", status_code=303)
 
 
 def failures(request: Request) -> Response:

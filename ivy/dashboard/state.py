@@ -23,6 +23,7 @@ from ivy.errors import MessageError
 from ivy.message import decode_notification
 from ivy.monitor import workers_report
 from ivy.notifiers.base import Notifier
+from ivy.timing.pause import paused_queues, set_paused
 
 from .collector import Collector
 
@@ -110,6 +111,8 @@ class QueueRow:
     size: int | None
     dead: int | None
     error: str | None = None
+    #: whether the queue is paused (None: the notifier cannot say)
+    paused: bool | None = None
 
     @property
     def dead_text(self) -> str:
@@ -150,14 +153,16 @@ class Dashboard:
 
     # -- overview ------------------------------------------------------------------------------
 
-    def queue_names(self, workers: list[dict[str, Any]] | None = None) -> list[str]:
+    def queue_names(self, workers: list[dict[str, Any]] | None = None,
+                    paused: Collection[str] = ()) -> list[str]:
         """The queues named with ``--queue``; else those the backend knows, with those the
-        live workers of this backend consume (RabbitMQ cannot list its queues)."""
+        live workers of this backend consume (RabbitMQ cannot list its queues) and the
+        ``paused`` ones."""
         if self.queues:
             return list(self.queues)
         backend = self.app.queue_backend
         with self._io:
-            names = set(backend.queues())
+            names = set(backend.queues()) | set(paused)
         for w in workers or []:
             if w.get("queue_url") in (None, backend.url):
                 names.update(q for q in w["queues"] if q is not None and not q.endswith("…"))
@@ -177,21 +182,31 @@ class Dashboard:
         with self._io:
             beats, workers_error = workers_report(self.notifier)
         workers = [row for row in map(worker_row, beats or []) if row is not None]
+        paused = self._paused()
         rows = []
         backend = self.app.queue_backend
-        names = self.queue_names(workers)
+        names = self.queue_names(workers, paused or ())
         for name in names[:MAX_QUEUES]:
+            state = None if paused is None else name in paused
             try:
                 with self._io:
                     size = backend.size(name)
                     dead = len(backend.dead_letters(name, DEAD_COUNT_LIMIT))
-                rows.append(QueueRow(name, size, dead))
+                rows.append(QueueRow(name, size, dead, paused=state))
             except Exception as exc:
-                rows.append(QueueRow(name, None, None, _error(exc)))
+                rows.append(QueueRow(name, None, None, _error(exc), paused=state))
         return {"queues": rows, "queues_more": max(0, len(names) - MAX_QUEUES),
                 "workers": workers[:MAX_WORKERS],
                 "workers_more": max(0, len(workers) - MAX_WORKERS),
                 "workers_error": workers_error}
+
+    def _paused(self) -> set[str] | None:
+        """The paused queues, at most :data:`MAX_QUEUES` (None: the notifier cannot say)."""
+        try:
+            with self._io:
+                return set(paused_queues(self.notifier)[:MAX_QUEUES])
+        except Exception:
+            return None
 
     def live(self) -> dict[str, Any]:
         """What the overview page's stream sends every second, as JSON-ready data."""
@@ -202,6 +217,8 @@ class Dashboard:
                        for q in data["queues"]],
             "queues_more": data["queues_more"], "workers": data["workers"],
             "workers_more": data["workers_more"], "workers_error": data["workers_error"],
+            "paused": [q.name for q in data["queues"] if q.paused],
+            "can_pause": any(q.paused is not None for q in data["queues"]),
             "series": c.series(), "events_seen": c.events_seen, "events_error": c.error}
 
     # -- dead letters --------------------------------------------------------------------------
@@ -221,6 +238,15 @@ class Dashboard:
             count = self.app.purge_dead(queue)
         self._cache = None
         return count
+
+    # -- pausing queues ------------------------------------------------------------------------
+
+    def set_paused(self, queue: str, paused: bool) -> bool:
+        """Pause or resume ``queue`` (:func:`ivy.timing.pause.set_paused`)."""
+        with self._io:
+            changed = set_paused(self.notifier, queue, paused)
+        self._cache = None
+        return changed
 
     # -- failures and calls --------------------------------------------------------------------
 

@@ -73,6 +73,8 @@ def create_app(dashboard: Dashboard, *, token: str | None = None, start: bool = 
             Route("/dead", routes.dead, name="dead"),
             Route("/dead/requeue", routes.requeue, methods=["POST"], name="requeue"),
             Route("/dead/purge", routes.purge, methods=["POST"], name="purge"),
+            Route("/queues/pause", routes.pause, methods=["POST"], name="pause"),
+            Route("/queues/resume", routes.resume, methods=["POST"], name="resume"),
             Route("/failures", routes.failures, name="failures"),
             Route("/call", routes.call, name="call"),
             Route("/login", routes.login, methods=["GET", "POST"], name="login"),

@@ -70,13 +70,47 @@
     body.parentNode.replaceChild(fresh, body);
   }
 
-  function queues(list) {
+  function hidden(form, name, value) {
+    var input = document.createElement("input");
+    input.type = "hidden"; input.name = name; input.value = value;
+    form.appendChild(input);
+  }
+
+  // the queue's state, and a form that pauses or resumes it (as the page's own forms do)
+  function pauseForm(td, root, name, paused) {
+    var table = document.getElementById("queue-table");
+    var form = document.createElement("form");
+    form.method = "post";
+    form.action = root + "/queues/" + (paused ? "resume" : "pause");
+    hidden(form, table.getAttribute("data-csrf-field"), table.getAttribute("data-csrf"));
+    hidden(form, "queue", name);
+    if (paused) {
+      var state = document.createElement("span");
+      state.className = "paused"; state.textContent = "paused";
+      form.appendChild(state);
+    } else {
+      form.appendChild(document.createTextNode("active"));
+    }
+    form.appendChild(document.createTextNode(" "));
+    var button = document.createElement("button");
+    button.type = "submit"; button.textContent = paused ? "Resume" : "Pause";
+    form.appendChild(button);
+    td.appendChild(form);
+  }
+
+  function queues(list, paused, canPause) {
     var root = canvas.getAttribute("data-stream").replace(/\/stream$/, "");
-    fill("queues", list, "No queues known: name them with ivy dashboard --queue NAME.", 4,
+    fill("queues", list, "No queues known: name them with ivy dashboard --queue NAME.", 5,
       function (tr, q) {
         cell(tr, q.name);
         cell(tr, q.size, "num");
         cell(tr, q.dead, "num");
+        var state = cell(tr, "");
+        if (canPause) {
+          pauseForm(state, root, q.name, paused.indexOf(q.name) >= 0);
+        } else {
+          state.textContent = "-"; state.className = "muted";
+        }
         var td = cell(tr, "");
         if (q.error) {
           td.textContent = q.error; td.className = "bad";
@@ -110,7 +144,7 @@
     var data = JSON.parse(e.data);
     series = data.series;
     draw();
-    queues(data.queues);
+    queues(data.queues, data.paused || [], data.can_pause);
     workers(data.workers);
     var note = document.getElementById("events-note");
     if (note && data.events_seen) { note.hidden = true; }
