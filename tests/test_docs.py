@@ -55,6 +55,17 @@ NOT_RUN: dict[str, tuple[str, ...]] = {
         "export IVY_DASHBOARD_TOKEN=",
         "docker compose -f deploy/docker-compose.yml run",
     ),
+    "development.md": ("pip install -e '.[test]' && python -m pytest",),
+    "deploy/opentelemetry.md": ("pip install opentelemetry-sdk", "# telemetry.py"),
+    "deploy/kubernetes.md": (
+        "docker build -f deploy/Dockerfile",
+        "kubectl apply -f deploy/kubernetes/namespace.yaml",
+        "kubectl -n ivy port-forward",
+        "kubectl -n ivy create secret generic ivy-keda",
+        "kubectl -n ivy create secret generic ivy-keda",
+        "kubectl -n ivy create secret generic ivy-keda",
+        "kubectl -n ivy create secret generic ivy-keda",
+    ),
     "migrating/celery.md": (
         "from celery import Celery",
         "export IVY_QUEUE_URL=amqp://",

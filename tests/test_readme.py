@@ -31,25 +31,6 @@ README = ROOT / "README.md"
 #: how each block the README marks as not run begins: a new one is added here on purpose
 NOT_RUN = (
     "pip install -e '.[demo]' && python examples/factorial.py",
-    "ivy.register_task(factorial, finished, {",
-    "call = ivy.delayed_call(factorial, 5)",
-    "ivy worker tasks --queue testpackage --concurrency 4",
-    'ivy.start_notification_producer("sqlite:///ivy.db")',
-    'ivy.setup_queue("amqp://guest:guest@127.0.0.1:5672/%2F")',
-    'ivy.setup_queue("redis://127.0.0.1:6379/0")',
-    'ivy.setup_queue("amqp://guest:guest@127.0.0.1:5672/%2F")',
-    "call = ivy.delayed_call(add, 1, 2)",
-    'app = ivy.Ivy("postgresql://app@db:5432/app", "redis://cache:6379/0")',
-    'ivy.setup_queue("amqp://app:pw@rabbit1:5672,rabbit2:5672,rabbit3:5672/prod',
-    '@ivy.register_task(name="app.add", queue="math")',
-    "@ivy.periodic_task(every=30",
-    "ivy scheduler app.tasks",
-    'ivy.send_task(report, ["daily"], unique_key="report:daily"',
-    "call.cancel()",
-    '@ivy.register_task(name="app.scrape"',
-    "class Audit(ivy.Middleware):",
-    "ivy dead list --queue testpackage",
-    "ivy dashboard --queue-url amqp://",
 )
 
 
