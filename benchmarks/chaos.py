@@ -24,6 +24,10 @@ connection closes; root is not needed). Its workers reserve messages for
                                [--connection-closes 1] [--broker rabbitmq|redis]
                                [--notifier redis|amqp] [--poison-every 200] [--reply-deletes 1]
 
+``--broker postgres`` runs it on a private PostgreSQL cluster alone (queue and notifier), with
+two faults of its own: ``--pg-kills`` (the server terminates every client connection) and
+``--pg-restarts`` (a restart mid-run).
+
 ``--notifier amqp`` runs it on RabbitMQ alone: results go back through the AMQP notifier's
 reply queues, no Redis is started (``--redis-restarts`` must then be 0).
 
@@ -67,7 +71,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from servers import PrivateRabbit, PrivateRedis  # noqa: E402
+from servers import PrivatePostgres, PrivateRabbit, PrivateRedis  # noqa: E402
 
 import ivy  # noqa: E402
 
@@ -111,6 +115,8 @@ class Summary:
     #: after): results on their way into the queue as it went, which RabbitMQ confirms to
     #: the worker and drops, with no return (measured: docs/reliability.md)
     results_in_transit: int = 0
+    pg_kills: int = 0  # every client connection terminated by the server (--broker postgres)
+    pg_restarts: int = 0
 
     def line(self) -> str:
         return (f"chaos: sent={self.sent} received={self.received} "
@@ -128,6 +134,7 @@ class Summary:
                 f"reply_deletes={self.reply_deletes} "
                 f"results_destroyed={self.results_destroyed} "
                 f"results_in_transit={self.results_in_transit} "
+                f"pg_kills={self.pg_kills} pg_restarts={self.pg_restarts} "
                 f"send_retries={self.send_retries} wall={self.wall:.1f}s")
 
     @property
@@ -164,6 +171,16 @@ def own_amqp_ports(server_port: int) -> set[int]:
     return ports
 
 
+def terminate_connections(url: str) -> None:
+    """Have the server terminate every client connection but this one (pools, listeners,
+    subscriptions of the producer and of the workers alike)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'")
+
+
 def producer_connections(rabbit: PrivateRabbit) -> list[str]:
     """The broker's ids (Erlang pids) of every connection of this process to ``rabbit``."""
     ports = own_amqp_ports(rabbit.port)
@@ -185,10 +202,17 @@ def close_connections(rabbit: PrivateRabbit, pids: list[str]) -> None:
 def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restarts: int = 1,
         batch: int = 50, log: Any = print, connection_closes: int = 0,
         broker: str = "rabbitmq", notifier: str = "redis", poison_every: int = 0,
-        reply_deletes: int = 0) -> Summary:
-    if broker not in ("rabbitmq", "redis"):
-        raise ValueError(f"broker={broker!r}: expected 'rabbitmq' or 'redis'")
-    if notifier not in ("redis", "amqp"):
+        reply_deletes: int = 0, pg_kills: int = 0, pg_restarts: int = 0) -> Summary:
+    if broker not in ("rabbitmq", "redis", "postgres"):
+        raise ValueError(f"broker={broker!r}: expected 'rabbitmq', 'redis' or 'postgres'")
+    if broker == "postgres":
+        notifier = "postgres"
+        if redis_restarts or rabbit_restarts or connection_closes or reply_deletes:
+            raise ValueError("broker='postgres' runs PostgreSQL alone: its faults are "
+                             "pg_kills and pg_restarts")
+    elif pg_kills or pg_restarts:
+        raise ValueError("pg_kills and pg_restarts need broker='postgres'")
+    if notifier not in ("redis", "amqp", "postgres"):
         raise ValueError(f"notifier {notifier!r}: use 'redis' or 'amqp'")
     if broker == "redis" and (rabbit_restarts or connection_closes or notifier == "amqp"):
         raise ValueError("RabbitMQ restarts, connection closes and the AMQP notifier need "
@@ -205,9 +229,16 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
         execs.mkdir()
         redis = PrivateRedis(base / "redis") if notifier == "redis" else None
         rabbit = PrivateRabbit(base / "rabbit")
+        postgres = PrivatePostgres() if broker == "postgres" else None
         if redis is not None:
             redis.start()
-        if broker == "rabbitmq":
+        if postgres is not None:
+            postgres.start()
+            queue_url = (f"{postgres.url}?max_deliveries={POISON_LIMIT}&poll_interval=0.5")
+            extra = ["--reserve-time", str(REDIS_RESERVE_TIME)]
+            notifier_url = postgres.url
+            log(f"chaos: PostgreSQL on {postgres.port} is queue and notifier")
+        elif broker == "rabbitmq":
             rabbit.start()
             queue_url, extra = f"{rabbit.url}?max_deliveries={POISON_LIMIT}", []
             notifier_url = redis.url if redis is not None else rabbit.url
@@ -339,7 +370,8 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                 "unconfirmed at the loss")
 
         faults = (["kill"] * kills + ["redis"] * redis_restarts + ["rabbit"] * rabbit_restarts
-                  + ["close"] * connection_closes + ["reply"] * reply_deletes)
+                  + ["close"] * connection_closes + ["reply"] * reply_deletes
+                  + ["pgkill"] * pg_kills + ["pgrestart"] * pg_restarts)
         random.shuffle(faults)
         plan = [(int(n * (0.1 + 0.7 * k / max(1, len(faults)))), f)
                 for k, f in enumerate(faults)]
@@ -364,6 +396,10 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                         close_during_burst()
                     elif fault == "reply":
                         delete_reply_queue()
+                    elif fault == "pgkill" and postgres is not None:
+                        terminate_connections(postgres.url)
+                    elif fault == "pgrestart" and postgres is not None:
+                        postgres.restart()
                     else:
                         rabbit.stop()
                         rabbit.start()
@@ -419,6 +455,8 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                 rabbit.stop()
             if redis is not None:
                 redis.stop()
+            if postgres is not None:
+                postgres.remove()
 
         def outcome(c: ivy.Call[Any]) -> str:
             if not c.done() or c.id in pending_at_close:
@@ -467,7 +505,8 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
             poison_stopped=sum(map(stopped, poison_calls)),
             worker_deaths=deaths[0] + done_faults["kill"], reply_deletes=done_faults["reply"],
             results_destroyed=sum(destroyed),
-            results_in_transit=sum(1 for c in calls if outcome(c) == "lost" and in_transit(c)))
+            results_in_transit=sum(1 for c in calls if outcome(c) == "lost" and in_transit(c)),
+            pg_kills=done_faults["pgkill"], pg_restarts=done_faults["pgrestart"])
 
 
 def main() -> None:
@@ -479,9 +518,15 @@ def main() -> None:
     parser.add_argument("--rabbit-restarts", type=int, default=1)
     parser.add_argument("--connection-closes", type=int, default=1,
                         help="closes of the producer's RabbitMQ connection during a burst")
-    parser.add_argument("--broker", choices=["rabbitmq", "redis"], default="rabbitmq",
-                        help="the queue: a private RabbitMQ node (default) or Redis Streams "
-                             "on the private redis-server")
+    parser.add_argument("--broker", choices=["rabbitmq", "redis", "postgres"],
+                        default="rabbitmq",
+                        help="the queue: a private RabbitMQ node (default), Redis Streams "
+                             "on the private redis-server, or a private PostgreSQL cluster "
+                             "(queue and notifier)")
+    parser.add_argument("--pg-kills", type=int, default=1,
+                        help="--broker postgres: the server terminates every connection")
+    parser.add_argument("--pg-restarts", type=int, default=1,
+                        help="--broker postgres: the server restarts")
     parser.add_argument("--notifier", choices=("redis", "amqp"), default="redis",
                         help="where results go back: Redis, or RabbitMQ's reply queues")
     parser.add_argument("--poison-every", type=int, default=200, metavar="N",
@@ -491,9 +536,13 @@ def main() -> None:
                              "amqp, else 0)")
     parser.add_argument("--quiet", action="store_true", help="print the summary line only")
     args = parser.parse_args()
-    if args.broker == "redis":
+    if args.broker in ("redis", "postgres"):
         args.rabbit_restarts = args.connection_closes = 0
+    if args.broker == "postgres":
+        args.redis_restarts = 0
     else:
+        args.pg_kills = args.pg_restarts = 0
+    if args.broker == "rabbitmq":
         why = PrivateRabbit.available()
         if why is not None:
             sys.exit(f"chaos: cannot run: {why}")
@@ -505,7 +554,8 @@ def main() -> None:
                   connection_closes=args.connection_closes, broker=args.broker,
                   notifier=args.notifier, poison_every=args.poison_every,
                   reply_deletes=(args.reply_deletes if args.reply_deletes is not None
-                                 else int(args.notifier == "amqp")))
+                                 else int(args.notifier == "amqp")),
+                  pg_kills=args.pg_kills, pg_restarts=args.pg_restarts)
     print(summary.line())
     sys.exit(0 if summary.ok else 1)
 

@@ -85,3 +85,25 @@ def test_short_chaos_soak_on_rabbitmq_alone_loses_nothing() -> None:
     assert summary.double_callbacks == 0
     # the poison call (1 in 200) killed workers until its delivery limit, then failed saying so
     assert summary.poison == 1 and summary.poison_stopped == 1, "\n".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_short_chaos_soak_on_postgresql_alone_loses_nothing() -> None:
+    # PostgreSQL alone (a private cluster, queue and notifier): a worker SIGKILLed, every
+    # connection terminated by the server, and a restart, mid-run
+    require_service("PostgreSQL's server binaries",
+                    bool(list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))),
+                    "no PostgreSQL server binaries under /usr/lib/postgresql")
+    import chaos
+
+    lines: list[str] = []
+    summary = chaos.run(n=300, kills=1, redis_restarts=0, rabbit_restarts=0, batch=25,
+                        log=lines.append, broker="postgres", poison_every=200, pg_kills=1,
+                        pg_restarts=1)
+    print(summary.line())
+    assert (summary.kills, summary.pg_kills, summary.pg_restarts) == (1, 1, 1)
+    assert summary.sent == 300
+    assert summary.lost == 0, "\n".join(lines)
+    assert summary.double_callbacks == 0
+    assert summary.poison == 1 and summary.poison_stopped == 1, "\n".join(lines)

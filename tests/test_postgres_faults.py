@@ -88,14 +88,31 @@ def test_a_restart_mid_run_loses_no_call(server: PrivatePostgres) -> None:
 
 
 def test_a_send_while_the_server_is_down_fails_naming_it(server: PrivatePostgres) -> None:
-    served = Served(server.url)
+    served = Served(f"{server.url}?publish_timeout=1")
     try:
         assert served.send(range(1))[0].result(30) == 0
         server.stop()
+        # it keeps trying for publish_timeout s, then fails loudly
         with pytest.raises(ivy.PublishError, match=f"127.0.0.1:{server.port}"):
             served.app.send_task(served.echo, [7], confirm=True)
         server.start()
         # and once it is back, sends and results flow again
         assert served.send(range(8, 10))[1].result(60) == 9
+    finally:
+        served.app.close()
+
+
+def test_a_send_during_a_restart_waits_for_the_server(server: PrivatePostgres) -> None:
+    # Given a server that stops, and starts again half a second later
+    served = Served(server.url)
+    try:
+        assert served.send(range(1))[0].result(30) == 0
+        server.stop()
+        restarter = threading.Timer(0.5, server.start)
+        restarter.start()
+        # When a call is sent meanwhile: it is written once the server is back, not failed
+        call = served.app.send_task(served.echo, [5], confirm=True)
+        restarter.join()
+        assert call.result(60) == 5
     finally:
         served.app.close()

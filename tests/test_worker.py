@@ -8,6 +8,7 @@ import ast
 import asyncio
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -68,11 +69,14 @@ def test_result_nested_too_deeply_fails_the_call(app: ivy.Ivy) -> None:
 
 
 def test_oversized_error_is_shortened_to_travel(app: ivy.Ivy) -> None:
-    @app.register_task(name="t.loud", queue="q")
+    # a queue of its own: a worker of an earlier test still on "q" would refuse t.loud
+    queue = f"q-loud-{uuid.uuid4().hex[:8]}"
+
+    @app.register_task(name="t.loud", queue=queue)
     def loud() -> None:
         raise ValueError("start " + "x" * (3 << 20) + " end")
 
-    start(app)
+    start(app, queue)
     with pytest.raises(ivy.RemoteTaskError) as exc:
         app.delayed_call(loud).result(30)
     assert exc.value.type == "ValueError"

@@ -27,7 +27,7 @@ log = logging.getLogger("ivy.postgres")
 SCHEMES = ("postgresql", "postgres")
 #: ivy's own query options: read by ivy, removed before the URL reaches libpq
 IVY_OPTIONS = ("schema", "max_deliveries", "dead_letter_ttl", "poll_interval", "pool_size",
-               "result_ttl")
+               "result_ttl", "publish_timeout")
 DEFAULT_SCHEMA = "ivy"
 #: seconds libpq waits for each host to answer, unless the URL (or PGCONNECT_TIMEOUT) says
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -37,8 +37,8 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_POOL_SIZE = 10
 ACCEPTED = ("postgresql://[user[:password]@][host][:port][,host2[:port2],...][/dbname]"
             "[?param=value&...] (libpq's URL, postgres:// too; ivy's own options: schema, "
-            "pool_size, poll_interval, and a queue's max_deliveries, dead_letter_ttl, and a "
-            "notifier's result_ttl)")
+            "pool_size, poll_interval, and a queue's max_deliveries, dead_letter_ttl, "
+            "publish_timeout, and a notifier's result_ttl)")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,49}")
 
 
@@ -196,6 +196,9 @@ class Database:
         self._pid = os.getpid()
         #: the schema version found or made on first use
         self.version: int | None = None
+        #: whether the server answered once (a send then rides out a restart; one to a
+        #: server never reached fails within the connect timeout)
+        self.reached = False
 
     def describe(self, exc: BaseException) -> str:
         """One line about ``exc``, naming the server and the masked URL."""
@@ -215,7 +218,9 @@ class Database:
         not answer raises :class:`PostgresUnavailable` within the connect timeout."""
         s = self.settings
         try:
-            return psycopg.connect(s.conninfo, autocommit=True)
+            conn = psycopg.connect(s.conninfo, autocommit=True)
+            self.reached = True
+            return conn
         except psycopg.Error as exc:
             raise PostgresUnavailable(
                 f"cannot connect to PostgreSQL at {s.where} ({s.url}) within "

@@ -36,7 +36,13 @@ from concurrent.futures import Future
 from typing import Any, Self
 
 from ivy._postgres import commits, queries
-from ivy._postgres.connection import Database, PostgresError, Settings, parse_url
+from ivy._postgres.connection import (
+    Database,
+    PostgresError,
+    PostgresUnavailable,
+    Settings,
+    parse_url,
+)
 from ivy._postgres.wake import Wakeups
 from ivy.errors import ConfigurationError, PublishError
 from ivy.queues._batching import BatchSender, Outgoing
@@ -58,6 +64,19 @@ log = logging.getLogger("ivy.postgres")
 EXPIRE_BATCH = 100
 #: Longest wait between tries of a consumer that cannot reach the server.
 RETRY_MAX = 2.0
+#: Seconds a send keeps trying while a server that answered before is unreachable.
+DEFAULT_PUBLISH_TIMEOUT = 15.0
+
+
+def _seconds(value: Any, name: str, what: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if isinstance(value, bool) or not 0 < seconds < float("inf"):
+        raise ConfigurationError(f"{name}={value!r} for {what}: expected a number of seconds "
+                                 f"> 0, such as ?{name}={DEFAULT_PUBLISH_TIMEOUT:g}")
+    return seconds
 
 
 class PostgresDelivery(Delivery):
@@ -243,6 +262,10 @@ class PostgresQueueBackend(QueueBackend):
         if "dead_letter_ttl" in options and dead_letter_ttl == DEFAULT_DEAD_LETTER_TTL:
             dead_letter_ttl = options["dead_letter_ttl"]
         self.dead_letter_ttl = dead_letter_ttl_option(dead_letter_ttl, what)
+        #: seconds a send keeps trying while a server that answered before is unreachable
+        #: (a restart, a failover), before it fails with PublishError
+        self.publish_timeout = _seconds(options.get("publish_timeout", DEFAULT_PUBLISH_TIMEOUT),
+                                        "publish_timeout", what)
         self.db = Database(self.settings)
         self.sql = queries.Statements(self.settings.schema)
         self.wakeups = Wakeups(self.db, self.sql.channel)
@@ -277,13 +300,32 @@ class PostgresQueueBackend(QueueBackend):
     # -- publishing ----------------------------------------------------------------------------
 
     def _insert(self, rows: list[queries.Row]) -> None:
-        try:
-            with self.db.connection() as conn:
-                queries.insert(conn, self.sql, rows)
-        except PostgresError as exc:
-            names = sorted({r[0] for r in rows})
-            raise PublishError(f"the PostgreSQL queue did not take {len(rows)} message(s) for "
-                               f"queue(s) {', '.join(map(repr, names))}: {exc}") from exc
+        """Write ``rows``; while a server that answered before cannot be reached, try again
+        for up to ``publish_timeout`` s (a restart takes a fraction of a second), then fail
+        with PublishError. A server never reached fails at once (the connect timeout)."""
+        deadline, pause = None, 0.05
+        while True:
+            try:
+                with self.db.connection() as conn:
+                    queries.insert(conn, self.sql, rows)
+                return
+            except PostgresUnavailable as exc:
+                now = time.monotonic()
+                deadline = deadline or now + self.publish_timeout
+                if not self.db.reached or now + pause > deadline:
+                    raise self._not_taken(rows, exc) from exc
+                log.warning("PostgreSQL queue %s: %s; sending again in %.2f s", self.url, exc,
+                            pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            except PostgresError as exc:
+                raise self._not_taken(rows, exc) from exc
+
+    @staticmethod
+    def _not_taken(rows: list[queries.Row], exc: PostgresError) -> PublishError:
+        names = sorted({r[0] for r in rows})
+        return PublishError(f"the PostgreSQL queue did not take {len(rows)} message(s) for "
+                            f"queue(s) {', '.join(map(repr, names))}: {exc}")
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,
                 route: str | None = None) -> None:
