@@ -141,6 +141,9 @@ class Call(Generic[R]):
         #: the latest progress its task reported (``ivy.current().progress``), or None
         self.progress: Progress | None = None
         self._progress_callbacks: list[Callable[[Progress], None]] | None = None
+        #: the task's return annotation decodes the result (ivy.annotations), when the
+        #: producer knows the task; raises ValueError for a result that does not fit
+        self._decode: Callable[[Any], Any] | None = None
 
     def __repr__(self) -> str:
         return f"<Call {self.id} {self.task} {self.status}>"
@@ -321,8 +324,15 @@ class Call(Generic[R]):
         kind = CallCancelled if notification.status == "cancelled" else RemoteTaskError
         error = None if notification.status == "successful" else kind.from_wire(
             notification.error, task=self.task, call_id=self.id)
-        return self._complete(notification.result, error, notification.attempt,
-                              notification.worker)
+        value = notification.result
+        if error is None and self._decode is not None:
+            try:
+                value = self._decode(value)
+            except ValueError as exc:
+                error = RemoteTaskError(
+                    "SerializationError", f"the result of task {self.task!r} does not fit "
+                    f"its return annotation: {exc}", task=self.task, call_id=self.id)
+        return self._complete(value, error, notification.attempt, notification.worker)
 
     def _fail(self, error: PublishError | RemoteTaskError) -> bool:
         """Settle with an error raised here rather than reported by a worker."""

@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ivy.annotations import Arguments
 from ivy.context import CallContext, Progress, enter, leave
-from ivy.errors import TaskCancelled, TaskTimeout
+from ivy.errors import SerializationError, TaskCancelled, TaskTimeout
 from ivy.message import Message
 from ivy.retries import KINDS, POLICY, Kind, Verdict
 from ivy.runner import Runner, RunnerDied, Runners, request_of, timed_out
@@ -130,8 +131,11 @@ class Executor:
         self.isolates = True
         self._runners: Runners | None = None
 
-    def run(self, task: Task[Any, Any], message: Message) -> tuple[bool, Any]:
-        """Run ``task`` with the arguments of ``message``: ``(True, value)`` if it returned,
+    def run(self, task: Task[Any, Any], message: Message, arguments: Arguments | None = None
+            ) -> tuple[bool, Any]:
+        """Run ``task`` with the arguments of ``message`` (or ``arguments``: those decoded
+        by their annotations, :mod:`ivy.annotations`); the value it returns in its wire
+        form. ``(True, value)`` if it returned,
         ``(False, error_info)`` if it raised or ran past its timeout; a cancelled call
         gives ``(False, {"type": "TaskCancelled", ...})``."""
         running = _Running(threading.get_ident(), task.style, self._context(message))
@@ -145,7 +149,7 @@ class Executor:
                 running.style = "runner"
                 outcome = self._run_limited(task, message, running, limit)
             else:
-                outcome = self._run(task, message, running)
+                outcome = self._run(task, message, running, arguments)
         finally:
             # A cancel that comes after the call returned may be raised here, in this
             # thread, until _finish drops it: the outcome stands, whatever it is.
@@ -196,18 +200,22 @@ class Executor:
             done.set()
         return True
 
-    def _run(self, task: Task[Any, Any], message: Message, running: _Running
-             ) -> tuple[bool, Any]:
+    def _run(self, task: Task[Any, Any], message: Message, running: _Running,
+             arguments: Arguments | None = None) -> tuple[bool, Any]:
+        codec = task.codec
         try:
+            if arguments is None and codec is not None and codec.converts_args:
+                arguments = codec.decode_args(message.args, message.kwargs)  # in a runner
+            args, kwargs = arguments or (message.args, message.kwargs)
             if running.cancelled:
                 raise TaskCancelled()
             if task.style == "async":
-                return True, self._run_async(task, message, running)
-            if task.style == "callback":
-                return True, self._run_callback(task, message, running)
-            with self._deadline(task.timeout):
-                value = task.func(*message.args, **message.kwargs)
-            return True, value
+                value = self._run_async(task, args, kwargs, running)
+            elif task.style == "callback":
+                value = self._run_callback(task, message, args, kwargs, running)
+            else:
+                with self._deadline(task.timeout):
+                    value = task.func(*args, **kwargs)
         except TaskTimeout:
             self._clear_deadline()
             return False, Failure({"type": "TimeoutError", "traceback": "",
@@ -224,6 +232,12 @@ class Executor:
                                "message": f"call {message.id} of task {task.name!r} was "
                                           f"cancelled while it ran ({type(exc).__name__})"}
             return False, failure(task, exc)
+        if codec is None or codec.result is None:
+            return True, value
+        try:  # a typed result in its wire form (ivy.annotations)
+            return True, codec.encode_result(value)
+        except SerializationError as exc:  # retrying would return the same
+            return False, Failure(error_info(exc), Verdict("final"))
 
     def fire_timeouts(self, now: float) -> None:
         """Raise :class:`ivy.TaskTimeout` in each thread whose plain function is past its
@@ -336,7 +350,8 @@ class Executor:
 
     # -- coroutine functions -----------------------------------------------------------------
 
-    def _run_async(self, task: Task[Any, Any], message: Message, running: _Running) -> Any:
+    def _run_async(self, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any],
+                   running: _Running) -> Any:
         loop = self._event_loop()
         timeout = task.timeout
         context = running.context
@@ -344,10 +359,10 @@ class Executor:
         async def run() -> Any:
             enter(context)  # ivy.current(), in this coroutine's own context
             if timeout is None:
-                return await task.func(*message.args, **message.kwargs)
+                return await task.func(*args, **kwargs)
             try:
                 async with asyncio.timeout(timeout) as scope:
-                    return await task.func(*message.args, **message.kwargs)
+                    return await task.func(*args, **kwargs)
             except TimeoutError:
                 if scope.expired():
                     raise TaskTimeout() from None
@@ -375,7 +390,8 @@ class Executor:
 
     # -- callback style ----------------------------------------------------------------------
 
-    def _run_callback(self, task: Task[Any, Any], message: Message, running: _Running) -> Any:
+    def _run_callback(self, task: Task[Any, Any], message: Message, args: list[Any],
+                      kwargs: dict[str, Any], running: _Running) -> Any:
         done = threading.Event()
         with self._lock:
             running.callback_done = done
@@ -389,7 +405,7 @@ class Executor:
             box.append((err, result))
             done.set()
 
-        task.func(*message.args, callback, **message.kwargs)
+        task.func(*args, callback, **kwargs)
         if not done.wait(task.timeout):
             raise TaskTimeout()
         if not box:  # woken by a cancel

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ivy.annotations import Arguments, BadArguments
 from ivy.errors import MessageError
 from ivy.execution import Executor
 from ivy.message import NONCE, Message, decode_message, nonce_of, now_ms
@@ -164,9 +165,9 @@ class Processor:
                 return
             # decoded first, so that an internal error after it still names the call
             message = self._decode(delivery)
-            task = None if message is None else self._admit(delivery, message)
-            if message is not None and task is not None:
-                self._run(delivery, task, message)
+            admitted = None if message is None else self._admit(delivery, message)
+            if message is not None and admitted is not None:
+                self._run(delivery, *admitted, message)
         except Exception as exc:
             self._internal_error(delivery, message, exc)
         finally:
@@ -188,9 +189,11 @@ class Processor:
             self.reject(delivery, f"message could not be decoded: {_error(exc)}", {})
         return None
 
-    def _admit(self, delivery: Delivery, message: Message) -> Task[Any, Any] | None:
-        """Check a decoded message; its task if it is to run now, else None (it was
-        deferred, spread, dead-lettered or held back by the gate)."""
+    def _admit(self, delivery: Delivery, message: Message
+               ) -> tuple[Task[Any, Any], Arguments | None] | None:
+        """Check a decoded message; its task and its arguments, decoded by their
+        annotations (None: as they travel), if it is to run now, else None (it was deferred,
+        spread, dead-lettered or held back by the gate)."""
         ctx = self.context
         if message.queue is not None and message.queue != delivery.queue:
             # a body sent to one queue put into another (a replay, or a confused deputy): the
@@ -223,12 +226,21 @@ class Processor:
             self.reject(delivery, f"wrong arguments for task {task.name!r}: {exc}",
                         _fields(message), message)
             return None
+        arguments = None
+        codec = task.codec  # typed arguments (ivy.annotations): None for most tasks
+        if codec is not None and codec.converts_args:
+            try:
+                arguments = codec.decode_args(message.args, message.kwargs)
+            except BadArguments as exc:
+                self.reject(delivery, f"bad arguments for task {task.name!r}: {exc}",
+                            _fields(message), message)
+                return None
         if message.eta is not None and message.eta > now_ms() + 5:
             delivery.defer((message.eta - now_ms()) / 1000)  # not an attempt
             return None
         if not self._gate.admit(delivery, task, message):  # cancelled, rate-limited
             return None
-        return task
+        return task, arguments
 
     def lease(self, task: Task[Any, Any]) -> float:
         """What :meth:`ivy.Worker.lease` documents: how long a running message of ``task``
@@ -238,8 +250,10 @@ class Processor:
             lease = task.reserve_time
         return self.reserve_time if lease is None else float(lease)
 
-    def _run(self, delivery: Delivery, task: Task[Any, Any], message: Message) -> None:
-        """Run an admitted message's task (its lease set for the heartbeat) and settle it."""
+    def _run(self, delivery: Delivery, task: Task[Any, Any], arguments: Arguments | None,
+             message: Message) -> None:
+        """Run an admitted message's task (with its decoded ``arguments``, if any; its
+        lease set for the heartbeat) and settle it."""
         lease = self.lease(task)
         self._started(delivery, message, lease)
         if lease != self.reserve_time:
@@ -249,7 +263,7 @@ class Processor:
             middleware.before_task(message)
         # a workflow step that ran to its end before a crash is not run again
         replayed = self._recorder.replay(message) if message.extra else None
-        ok, value = replayed or self._executor.run(task, message)
+        ok, value = replayed or self._executor.run(task, message, arguments)
         if middleware:
             middleware.after_task(message, value if ok else None, None if ok else value)
         if self._gate.settle_cancelled(delivery, message, ok, value):

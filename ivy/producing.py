@@ -114,6 +114,7 @@ def prepare(
     if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
         raise ValueError(f"delay {delay!r} must be a number of seconds >= 0")
     registered: Task[Any, Any] | None = None
+    codec = None
     if isinstance(task, str) and queue is not None and app.registry.get(task) is None:
         name = task
     else:
@@ -130,6 +131,9 @@ def prepare(
             registered.check_arguments(args, kwargs)
         except TypeError as exc:
             raise TypeError(f"wrong arguments for task {name!r}: {exc}") from None
+        codec = registered.codec  # typed arguments and result (ivy.annotations)
+        if codec is not None and codec.converts_args:
+            args, kwargs = codec.encode_args(args, kwargs)
     target_queue = queue or (registered.queue if registered else "ivy")
     created = now_ms()
     nonce = new_nonce()  # binds the result to this call: PROTOCOL.md, "nonce"
@@ -149,6 +153,8 @@ def prepare(
     call: Call[Any] = Call(message.id, name, target_queue)
     call.nonce = nonce
     call._canceller = app._canceller
+    if codec is not None and codec.result is not None:
+        call._decode = codec.decode_result
     if callback is not None:
         call.add_done_callback(result_callback_adapter(callback))
     if registered is not None and registered.finished is not None:

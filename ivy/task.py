@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from ivy.annotations import TaskCodec, compile_task
 from ivy.errors import ConfigurationError, TaskNotRegistered
 from ivy.message import MAX_RETRIES
 from ivy.retries import DEFAULT_POLICY, Backoff, RetryPolicy
@@ -205,6 +206,12 @@ class Task(Generic[P, R]):
         from ivy.workflows.canvas import Signature
 
         return Signature(self.name, args, kwargs)
+
+    @functools.cached_property
+    def codec(self) -> TaskCodec | None:
+        """How the task's arguments and result convert by their annotations
+        (:mod:`ivy.annotations`), compiled on first use; None when nothing converts."""
+        return compile_task(self.name, self.func, self.signature, self.style)
 
     def check_arguments(self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise TypeError, as a direct call would, when the arguments don't fit the function."""

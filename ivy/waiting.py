@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
+from ivy.annotations import plain
 from ivy.call import Call
 from ivy.errors import ConfigurationError, PublishError, RemoteTaskError, ResultTimeout
 
@@ -106,7 +107,7 @@ def print_outcomes(calls: list[Call[Any]], outcomes: list[Any], out: TextIO) -> 
                                                  "message": str(outcome)})
         else:
             line.update(status="successful", result=outcome)
-        out.write(json.dumps(line) + "\n")
+        out.write(json.dumps(line, default=plain) + "\n")  # results decoded by annotations
     out.flush()
     return errored
 

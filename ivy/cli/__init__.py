@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 import ivy
-from ivy.cli import dead, migrate, queues, relay
+from ivy.cli import dead, migrate, queues, relay, schema
 from ivy.cli._common import (
     backend_arguments,
     backend_errors,
@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     queues.add_parser(sub, backends)
     migrate.add_parser(sub, backends)
     relay.add_parser(sub)
+    schema.add_parser(sub)
     dashboard.add_parser(sub, port)
     return parser
 
@@ -155,6 +156,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             return migrate.run(args)
         if args.command == "relay":
             return relay.run(args)
+        if args.command == "schema":
+            return schema.run(args)
         if args.command == "dashboard":
             return dashboard.run(args)
         if args.command == "events":

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import ivy
+from ivy.annotations import plain
 from ivy.cli._common import import_modules
 from ivy.config import DEFAULT_URL, NOTIFIER_ENV, QUEUE_ENV, mask_url
 from ivy.errors import IvyError, PublishError, PublishTimeout, RemoteTaskError, ResultTimeout
@@ -178,7 +179,7 @@ def call_command(args: argparse.Namespace) -> int:
         except ResultTimeout as exc:
             print(f"ivy: {_no_result(exc, app, call, args)}", file=sys.stderr)
             return 3
-        print(json.dumps(result))
+        print(json.dumps(result, default=plain))  # a result decoded by its annotation
         return 0
     finally:
         app.close()

@@ -1,0 +1,286 @@
+"""Converters of single values: plain JSON types (checked inside a type that converts),
+dates and times, ``timedelta``, ``UUID``, ``Decimal``, ``bytes``, enums and pydantic models
+(PROTOCOL.md, "Typed arguments and results"; :mod:`ivy.annotations.convert` for the rest)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import re
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+Fn = Callable[[Any], Any]
+
+
+class Mismatch(ValueError):
+    """A value does not fit its annotation: ``value`` (at ``path`` inside the argument) is
+    not a ``expected``."""
+
+    def __init__(self, value: Any, expected: str, detail: str = "", path: str = "") -> None:
+        self.value, self.expected, self.detail, self.path = value, expected, detail, path
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        where = f"at {self.path}: " if self.path else ""
+        why = f" ({self.detail})" if self.detail else ""
+        return f"{where}{_short(self.value)} does not fit {self.expected}{why}"
+
+    def inside(self, step: str) -> Mismatch:
+        """The same mismatch, one level further in (``[2]``, ``["key"]``, ``.field``)."""
+        return Mismatch(self.value, self.expected, self.detail, step + self.path)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Converter:
+    """How values of one annotation (named ``name``) travel: see the module docstring."""
+
+    name: str
+    encode: Fn
+    decode: Fn
+    converts: bool
+
+
+def identity(value: Any) -> Any:
+    return value
+
+
+ANY = Converter("Any", identity, identity, False)
+
+
+def checked(name: str, fits: Callable[[Any], bool]) -> Converter:
+    def check(value: Any) -> Any:
+        if fits(value):
+            return value
+        raise Mismatch(value, name)
+
+    return Converter(name, check, check, False)
+
+
+def _not_bool(kind: type | tuple[type, ...]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, kind) and not isinstance(v, bool)
+
+
+def _float_decode(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise Mismatch(value, "float")
+
+
+PLAIN: dict[Any, Converter] = {
+    str: checked("str", lambda v: isinstance(v, str)),
+    int: checked("int", _not_bool(int)),
+    float: Converter("float", checked("float", _not_bool((int, float))).encode, _float_decode,
+                     False),
+    bool: checked("bool", lambda v: isinstance(v, bool)),
+    type(None): checked("None", lambda v: v is None),
+    Any: ANY, object: ANY,
+}
+
+
+def _scalar(name: str, kind: type, to_wire: Fn, from_wire: Fn, wire: str,
+            exact: bool = False) -> Converter:
+    """A type with a string (or number) form: ``to_wire(value)`` for a value of ``kind``,
+    ``from_wire(form)`` for its wire form (ValueError, TypeError or OverflowError when the
+    form is wrong). ``exact``: a subclass of ``kind`` is not one (a datetime is no date)."""
+
+    def decode(value: Any) -> Any:
+        try:
+            return from_wire(value)
+        except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:
+            raise Mismatch(value, name, f"expected {wire}: {exc}") from None
+
+    def encode(value: Any) -> Any:
+        if type(value) is kind or (not exact and isinstance(value, kind)):
+            return to_wire(value)
+        if isinstance(value, (kind, *_TYPED)):
+            raise Mismatch(value, name)  # another typed value: never read as a wire form
+        return to_wire(decode(value))
+
+    return Converter(name, encode, decode, True)
+
+
+def _iso(kind: Any) -> Fn:
+    parse = kind.fromisoformat
+
+    def from_wire(value: Any) -> Any:
+        if type(value) is not str:
+            raise TypeError("not a string")
+        return parse(value)
+
+    return from_wire
+
+
+def _timedelta_to_wire(value: dt.timedelta) -> str:
+    micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+    sign = "-" if micros < 0 else ""
+    days, micros = divmod(abs(micros), 86_400_000_000)
+    seconds, micros = divmod(micros, 1_000_000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    text = f"{sign}P{days}D" if days else f"{sign}P"
+    clock = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+    if seconds or micros or not (days or clock):
+        clock += (f"{seconds}.{micros:06d}".rstrip("0") if micros else str(seconds)) + "S"
+    return text + ("T" + clock if clock else "")
+
+
+_NUMBER = r"(\d+(?:\.\d+)?)"
+DURATION = re.compile(
+    rf"([-+])?P(?!$)(?:{_NUMBER}W)?(?:{_NUMBER}D)?(?:T(?=\d)(?:{_NUMBER}H)?(?:{_NUMBER}M)?"
+    rf"(?:{_NUMBER}S)?)?")
+
+
+def _timedelta_from_wire(value: Any) -> dt.timedelta:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return dt.timedelta(seconds=value)
+    match = DURATION.fullmatch(value) if type(value) is str else None
+    if match is None:
+        raise ValueError("not an ISO 8601 duration such as P1DT2H30M or -PT0.5S")
+    sign, weeks, days, hours, minutes, seconds = match.groups()
+    delta = dt.timedelta(weeks=float(weeks or 0), days=float(days or 0),
+                         hours=float(hours or 0), minutes=float(minutes or 0),
+                         seconds=float(seconds or 0))
+    return -delta if sign == "-" else delta
+
+
+#: what a decimal number looks like on the wire (the schema's pattern)
+DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _decimal_from_wire(value: Any) -> decimal.Decimal:
+    if type(value) is str:
+        number = decimal.Decimal(value)  # InvalidOperation (an ArithmeticError) if not one
+        # Decimal() also takes "1_000", " 1 ", "NaN" and "Infinity": the wire does not
+        if number.is_finite() and "_" not in value and value == value.strip():
+            return number
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return decimal.Decimal(value)
+    elif type(value) is float and value == value and abs(value) != float("inf"):
+        return decimal.Decimal(repr(value))
+    raise ValueError("not a finite decimal number")
+
+
+def _decimal_to_wire(value: decimal.Decimal) -> str:
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a finite number")
+    return str(value)
+
+
+def _uuid_from_wire(value: Any) -> uuid.UUID:
+    if type(value) is not str:
+        raise TypeError("not a string")
+    return uuid.UUID(value)
+
+
+def _bytes_from_wire(value: Any) -> bytes:
+    if type(value) is not str:
+        raise TypeError("not a string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _bytes_to_wire(value: Any) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+#: typed values: a string of one is never read as the wire form of another
+_TYPED: tuple[type, ...] = (dt.date, dt.time, dt.timedelta, uuid.UUID, decimal.Decimal,
+                            bytes, bytearray, memoryview)
+
+SCALARS: dict[Any, Converter] = {
+    dt.datetime: _scalar("datetime", dt.datetime, dt.datetime.isoformat, _iso(dt.datetime),
+                         "an ISO 8601 date and time"),
+    dt.date: _scalar("date", dt.date, dt.date.isoformat, _iso(dt.date),
+                     "an ISO 8601 date, YYYY-MM-DD", exact=True),
+    dt.time: _scalar("time", dt.time, dt.time.isoformat, _iso(dt.time),
+                     "an ISO 8601 time, HH:MM:SS"),
+    dt.timedelta: _scalar("timedelta", dt.timedelta, _timedelta_to_wire, _timedelta_from_wire,
+                          "an ISO 8601 duration or a number of seconds"),
+    uuid.UUID: _scalar("UUID", uuid.UUID, lambda u: u.hex, _uuid_from_wire,
+                       "32 hex digits, hyphens allowed"),
+    decimal.Decimal: _scalar("Decimal", decimal.Decimal, _decimal_to_wire, _decimal_from_wire,
+                             "a decimal number as a string"),
+    bytes: _scalar("bytes", bytes, _bytes_to_wire, _bytes_from_wire, "base64 text"),
+}
+# bytearray and memoryview are sent as bytes are
+_BYTES_LIKE = SCALARS[bytes]
+SCALARS[bytes] = Converter("bytes", lambda v: _bytes_to_wire(v) if isinstance(
+    v, (bytearray, memoryview)) else _BYTES_LIKE.encode(v), _BYTES_LIKE.decode, True)
+
+
+def enum_converter(cls: type[enum.Enum]) -> Converter:
+    members = cls._value2member_map_
+    name = cls.__name__
+
+    def decode(value: Any) -> Any:
+        try:
+            member = members.get(value)
+        except TypeError:  # unhashable
+            member = None
+        if member is None:
+            try:
+                member = cls(value)
+            except (ValueError, TypeError):
+                values = ", ".join(repr(m.value) for m in cls)
+                raise Mismatch(value, name, f"one of {values}") from None
+        return member
+
+    def encode(value: Any) -> Any:
+        return (value if isinstance(value, cls) else decode(value))._value_
+
+    return Converter(name, encode, decode, True)
+
+
+def is_model(tp: Any) -> bool:
+    pydantic = sys.modules.get("pydantic")
+    base = getattr(pydantic, "BaseModel", None)
+    return base is not None and isinstance(tp, type) and issubclass(tp, base)
+
+
+def model_converter(cls: Any) -> Converter:
+    name = cls.__name__
+
+    def decode(value: Any) -> Any:
+        try:
+            return cls.model_validate(value)
+        except ValueError as exc:  # pydantic's ValidationError is one
+            raise Mismatch(value, name, str(exc).replace("\n", "; ")) from None
+
+    def encode(value: Any) -> Any:
+        return (value if isinstance(value, cls) else decode(value)).model_dump(mode="json")
+
+    return Converter(name, encode, decode, True)
+
+
+
+def plain(value: Any) -> Any:
+    """The wire form of a typed value, by its own type rather than an annotation: for
+    ``json.dumps(value, default=plain)`` (``ivy call --wait`` prints decoded results so)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if hasattr(value, "model_dump") and is_model(type(value)):
+        return value.model_dump(mode="json")
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    for kind, conv in SCALARS.items():
+        if isinstance(value, kind):
+            return conv.encode(value)
+    if isinstance(value, (bytearray, memoryview)):
+        return _bytes_to_wire(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
