@@ -24,26 +24,24 @@ def positive_int(text: str) -> int:
     return value
 
 
-def megabytes(text: str) -> float:
-    """A number of MB > 0, finite (an argument type)."""
+def _positive(text: str, unit: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MB > 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit} > 0")
     return value
+
+
+def megabytes(text: str) -> float:
+    """A number of MB > 0, finite (an argument type)."""
+    return _positive(text, "MB")
 
 
 def seconds(text: str) -> float:
     """A number of seconds > 0, finite (an argument type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
-    return value
+    return _positive(text, "seconds")
 
 
 def backend_arguments(p: argparse.ArgumentParser, notifier: bool = True,

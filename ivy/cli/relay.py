@@ -8,19 +8,10 @@ import os
 from typing import Any
 
 from ivy._process import signal_handlers
+from ivy.cli._common import positive_int
 from ivy.config import QUEUE_ENV, make_queue_backend, mask_url
 from ivy.errors import IvyError
 from ivy.relay import DEFAULT_BATCH
-
-
-def _batch(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
 
 
 def add_parser(sub: Any) -> None:
@@ -37,7 +28,7 @@ def add_parser(sub: Any) -> None:
                    help="the queue URL the workers consume (amqp://, sqs://, redis://, ...)")
     p.add_argument("--queue", dest="queues", action="append", metavar="Q",
                    help="a queue to relay (repeat for several; default: every queue found)")
-    p.add_argument("--batch", type=_batch, default=DEFAULT_BATCH,
+    p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH,
                    help=f"messages moved per queue and transaction (default: {DEFAULT_BATCH})")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")

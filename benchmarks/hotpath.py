@@ -1,0 +1,93 @@
+"""What a change costs the worker's hot path: this checkout against an earlier revision, on the
+memory backend (no I/O, so the per-call code is all there is to measure), in one run.
+
+For each revision a child process (``PYTHONPATH`` on a ``git worktree`` of it, or on this
+checkout) sends ``--n`` trivial calls in one batch to a one-thread worker in the same process
+and waits for every result; the end-to-end rate is calls/s from the first send to the last
+result. The revisions take turns, ``--rounds`` times, in a new order each round, so that the
+machine's drift weighs on both alike. Prints, per revision, the median and min-max rate, and
+the ratio of the medians.
+
+    python benchmarks/hotpath.py --base e2cbdec [--n 20000] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+CHILD = r"""
+import json, sys, time, uuid
+import ivy
+
+url = f"memory://hotpath-{uuid.uuid4().hex}"
+app = ivy.Ivy(url, url)
+
+
+@app.register_task(name="hot.noop", queue="hot")
+def noop(i: int) -> int:
+    return i
+
+
+app.listen(queue="hot", concurrency=1, block=False)
+app.delayed_call(noop, 0).result(30)  # warm up
+n = int(sys.argv[1])
+start = time.perf_counter()
+calls = app.delayed_calls(noop, [[i] for i in range(n)])
+for call in calls:
+    call.result(120)
+print(json.dumps(n / (time.perf_counter() - start)))
+app.close()
+"""
+
+
+def rate(tree: Path, n: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(n)], capture_output=True, text=True,
+                         env=env, timeout=600, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", required=True, help="the earlier revision (git rev)")
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ivy-hotpath-") as tmp:
+        base = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base),
+                        args.base], check=True, capture_output=True)
+        try:
+            trees = {args.base: base, "this checkout": ROOT}
+            rates: dict[str, list[float]] = {name: [] for name in trees}
+            for _ in range(args.rounds):
+                order = list(trees)
+                random.shuffle(order)
+                for name in order:
+                    rates[name].append(rate(trees[name], args.n))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(base)], check=False, capture_output=True)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    for name, values in rates.items():
+        print(f"{name}: {medians[name]:,.0f} calls/s end to end "
+              f"(min-max {min(values):,.0f}-{max(values):,.0f}, {len(values)} rounds of "
+              f"{args.n})")
+    ratio = medians["this checkout"] / medians[args.base]
+    print(f"this checkout / {args.base}: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower)"
+          if ratio < 1 else f"this checkout / {args.base}: {ratio:.3f} (not slower)")
+
+
+if __name__ == "__main__":
+    main()
