@@ -412,3 +412,42 @@ def test_each_schema_takes_what_the_producer_encodes(
         message = decode_message(out.body, app.serializer)
         fastjsonschema.compile(schemas["arguments"])(message.to_dict())  # a whole message
         fastjsonschema.compile(schemas["result"])(wire)
+
+
+def stamped(day: dt.date) -> dt.datetime:
+    """A typed result: midnight of ``day``."""
+    return dt.datetime(day.year, day.month, day.day)
+
+
+def test_a_follower_of_a_unique_send_decodes_its_result(tmp_path: Path) -> None:
+    # Given two producers on one store, each knowing the typed task, and a unique send
+    url = f"sqlite:///{tmp_path / 'ivy.db'}"
+    queue = f"typed-{uuid.uuid4().hex[:6]}"
+    with ivy.Ivy(url, url) as app, ivy.Ivy(url, url) as other:
+        task = app.register_task(stamped, name="t.stamped", queue=queue)
+        other.register_task(stamped, name="t.stamped", queue=queue)
+        key = f"k:{uuid.uuid4().hex}"
+        first = app.send_task(task, [dt.date(2026, 12, 7)], unique_key=key, unique_for=60)
+        # When the other producer sends the same key: it follows the first call
+        follower = other.send_task("t.stamped", [dt.date(2026, 12, 7)], unique_key=key,
+                                   unique_for=60)
+        assert follower.id == first.id and follower is not first
+        app.listen(queue=queue, block=False)
+        # Then both get the result as the annotation's type
+        assert first.result(20) == dt.datetime(2026, 12, 7)
+        assert follower.result(20) == dt.datetime(2026, 12, 7)
+
+
+def test_assert_sent_compares_typed_arguments() -> None:
+    from ivy.testing import capture
+
+    app = ivy.Ivy(f"memory://{uuid.uuid4().hex}")
+    try:
+        task = app.register_task(stamped, name="t.stamped", queue="q")
+        with capture(app) as sent:
+            app.delayed_call(task, dt.date(2026, 12, 7))
+        sent.assert_sent("t.stamped", args=[dt.date(2026, 12, 7)])
+        with pytest.raises(AssertionError, match="wanted"):
+            sent.assert_sent("t.stamped", args=[dt.date(2026, 12, 8)])
+    finally:
+        app.close()

@@ -95,8 +95,15 @@ class Sent:
                     ) -> list[SentCall]:
         """Assert that task ``name`` was sent with ``args`` and ``kwargs`` (None: any),
         ``times`` times (None: at least once); return the matching calls. Arguments are
-        compared after the same JSON round trip as the call's (a tuple equals a list). The
+        compared after the same JSON round trip as the call's (a tuple equals a list), typed
+        ones in their wire form when the app knows the task (:mod:`ivy.annotations`). The
         AssertionError lists every call sent, and for each call of ``name`` what differs."""
+        task = self._app.registry.get(name)
+        codec = None if task is None else task.codec
+        if codec is not None and codec.converts_args:  # typed values in their wire form
+            encoded_args, encoded_kwargs = codec.encode_args(list(args or ()), dict(kwargs or {}))
+            args = None if args is None else encoded_args
+            kwargs = None if kwargs is None else encoded_kwargs
         want_args = _ANY if args is None else self._normal(list(args))
         want_kwargs = _ANY if kwargs is None else self._normal(dict(kwargs))
         calls = self.calls

@@ -224,6 +224,10 @@ def _existing(app: Ivy, notifier: Notifier, call_id: str, name: str, queue: str
         return call
     call = Call(call_id, name, queue)
     call._canceller = app._canceller
+    registered = app.registry.get(name)  # the result decoded by its annotation, if typed
+    codec = None if registered is None else registered.codec
+    if codec is not None and codec.result is not None:
+        call._decode = codec.decode_result
     app._current_results().add(call)
     known[call_id] = call
     _follower(app, notifier).follow(call)
