@@ -8,7 +8,11 @@ result. The revisions take turns, ``--rounds`` times, in a new order each round,
 machine's drift weighs on both alike. Prints, per revision, the median and min-max rate, and
 the ratio of the medians.
 
-    python benchmarks/hotpath.py --base e2cbdec [--n 20000] [--rounds 7]
+    python benchmarks/hotpath.py --base e2cbdec [--n 20000] [--rounds 7] [--time-limit 30]
+
+With ``--time-limit S``, this checkout also runs with ``listen(time_limit=S)``: every call
+then goes through a runner process (:mod:`ivy.runner`), which shows what a declared hard limit
+costs a trivial task.
 """
 
 from __future__ import annotations
@@ -25,21 +29,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+#: where the task's module is written (both revisions import it from there)
+TASKS = Path(tempfile.gettempdir()) / "ivy-hotpath-tasks"
 
 CHILD = r"""
 import json, sys, time, uuid
 import ivy
+import hotpath_task
 
 url = f"memory://hotpath-{uuid.uuid4().hex}"
 app = ivy.Ivy(url, url)
-
-
-@app.register_task(name="hot.noop", queue="hot")
-def noop(i: int) -> int:
-    return i
-
-
-app.listen(queue="hot", concurrency=1, block=False)
+noop = hotpath_task.noop
+app.registry.add(noop)
+limit = float(sys.argv[2])
+options = {"time_limit": limit} if limit else {}  # an earlier revision may not know it
+app.listen(queue="hot", concurrency=1, block=False, **options)
 app.delayed_call(noop, 0).result(30)  # warm up
 n = int(sys.argv[1])
 start = time.perf_counter()
@@ -51,10 +55,21 @@ app.close()
 """
 
 
-def rate(tree: Path, n: int) -> float:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(n)], capture_output=True, text=True,
-                         env=env, timeout=600, check=True)
+#: the task, in a module of its own: a time-limited task is imported by path in its runner
+TASK = """
+import ivy
+
+
+@ivy.register_task(name="hot.noop", queue="hot")
+def noop(i: int) -> int:
+    return i
+"""
+
+
+def rate(tree: Path, n: int, time_limit: float = 0.0) -> float:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(TASKS)])}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(time_limit)],
+                         capture_output=True, text=True, env=env, timeout=600, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -63,19 +78,27 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the earlier revision (git rev)")
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--time-limit", type=float, default=0.0,
+                        help="also run this checkout with a worker time limit of S seconds "
+                             "on the task: each call then goes through a runner process")
     args = parser.parse_args()
+    TASKS.mkdir(parents=True, exist_ok=True)
+    (TASKS / "hotpath_task.py").write_text(TASK)
     with tempfile.TemporaryDirectory(prefix="ivy-hotpath-") as tmp:
         base = Path(tmp) / "base"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base),
                         args.base], check=True, capture_output=True)
         try:
-            trees = {args.base: base, "this checkout": ROOT}
-            rates: dict[str, list[float]] = {name: [] for name in trees}
+            runs = {args.base: (base, 0.0), "this checkout": (ROOT, 0.0)}
+            if args.time_limit:
+                runs[f"this checkout, time_limit={args.time_limit:g}"] = (ROOT, args.time_limit)
+            rates: dict[str, list[float]] = {name: [] for name in runs}
             for _ in range(args.rounds):
-                order = list(trees)
+                order = list(runs)
                 random.shuffle(order)
                 for name in order:
-                    rates[name].append(rate(trees[name], args.n))
+                    tree, limit = runs[name]
+                    rates[name].append(rate(tree, args.n, limit))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(base)], check=False, capture_output=True)
@@ -84,9 +107,12 @@ def main() -> None:
         print(f"{name}: {medians[name]:,.0f} calls/s end to end "
               f"(min-max {min(values):,.0f}-{max(values):,.0f}, {len(values)} rounds of "
               f"{args.n})")
-    ratio = medians["this checkout"] / medians[args.base]
-    print(f"this checkout / {args.base}: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower)"
-          if ratio < 1 else f"this checkout / {args.base}: {ratio:.3f} (not slower)")
+    for name in rates:
+        if name == args.base:
+            continue
+        ratio = medians[name] / medians[args.base]
+        print(f"{name} / {args.base}: {ratio:.3f} ({(1 - ratio) * 100:.1f}% slower)"
+              if ratio < 1 else f"{name} / {args.base}: {ratio:.3f} (not slower)")
 
 
 if __name__ == "__main__":
