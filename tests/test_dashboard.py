@@ -132,8 +132,9 @@ def test_failures_show_the_traceback_escaped(
     with pytest.raises(ivy.RemoteTaskError):
         call.result(20)
     # When the failures page is read (once the event arrived)
-    wait_for(lambda: call.id in client.get("/failures").text, timeout=20,
-             message="the failure listed")
+    # (an earlier event of the call may list it before its failure's event has come)
+    wait_for(lambda: call.id in (text := client.get("/failures").text)
+             and "ended errored" in text, timeout=20, message="the failure listed")
     page = client.get("/failures")
     # Then it shows the error and the traceback, escaped
     assert "Traceback (most recent call last)" in page.text and "ended errored" in page.text
