@@ -171,16 +171,6 @@ def own_amqp_ports(server_port: int) -> set[int]:
     return ports
 
 
-def terminate_connections(url: str) -> None:
-    """Have the server terminate every client connection but this one (pools, listeners,
-    subscriptions of the producer and of the workers alike)."""
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'")
-
-
 def producer_connections(rabbit: PrivateRabbit) -> list[str]:
     """The broker's ids (Erlang pids) of every connection of this process to ``rabbit``."""
     ports = own_amqp_ports(rabbit.port)
@@ -397,7 +387,7 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
                     elif fault == "reply":
                         delete_reply_queue()
                     elif fault == "pgkill" and postgres is not None:
-                        terminate_connections(postgres.url)
+                        postgres.terminate_connections()
                     elif fault == "pgrestart" and postgres is not None:
                         postgres.restart()
                     else:

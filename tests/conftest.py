@@ -82,6 +82,12 @@ REDIS_URL = os.environ.get(
 TEST_QUEUES = ("q", "qa", "qb", "unserved", "proc", "bench", "testpackage")
 
 
+def with_options(url: str, **options: object) -> str:
+    """``url`` with ``options`` added to its query."""
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
 def port_open(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:

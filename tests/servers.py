@@ -258,6 +258,17 @@ class PrivatePostgres:
         self.stop()
         self.start()
 
+    def terminate_connections(self) -> int:
+        """Have the server terminate every client connection but the asking one (pools,
+        listeners, subscriptions alike); how many."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchall()
+        return len(rows)
+
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

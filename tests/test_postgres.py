@@ -8,7 +8,6 @@ database, so that tests run in parallel; the server is never restarted."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,8 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import wait_for
+from conftest import wait_for, with_options
 from contract import QueueBackendContract, qname, take
+from servers import free_port
 from workers import killed_worker_task_completes_once, start_worker
 from workers import producer_app as producer
 
@@ -32,30 +32,6 @@ psycopg = pytest.importorskip("psycopg", reason="pip install 'ivy-queue[postgres
 from ivy._postgres.connection import ACCEPTED, PostgresUnavailable  # noqa: E402
 from ivy._postgres.schema import LATEST, SchemaTooNew  # noqa: E402
 from ivy.queues.postgres import PostgresQueueBackend  # noqa: E402
-
-PG_URL = os.environ.get("IVY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432),
-                                 timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-def free_port() -> int:
-    """A local TCP port that nothing listens on (now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def with_options(url: str, **options: object) -> str:
-    query = "&".join(f"{k}={v}" for k, v in options.items())
-    return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
 def pg_backend(url: str) -> PostgresQueueBackend:

@@ -48,22 +48,13 @@ class Served:
         return [self.app.delayed_call(self.echo, n) for n in numbers]
 
 
-def kill_connections(url: str) -> int:
-    """Terminate every other connection to the server; how many."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
-                            ).fetchall()
-    return len(rows)
-
-
 def test_connections_killed_by_the_server_lose_nothing(server: PrivatePostgres) -> None:
     served = Served(server.url)
     try:
         first = served.send(range(50))
         assert [c.result(30) for c in first[:5]] == [0, 1, 2, 3, 4]
         # When the server terminates every connection: pool, listeners, subscriptions
-        assert kill_connections(server.url) > 0
+        assert server.terminate_connections() > 0
         later = served.send(range(50, 100))
         # Then every call completes with its own result
         assert [c.result(60) for c in first + later] == list(range(100))

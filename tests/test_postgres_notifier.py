@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import wait_for, with_options
 from contract import NotifierContract
 from workers import killed_worker_task_completes_once, start_worker, stop_worker
 from workers import producer_app as producer
@@ -35,11 +35,6 @@ from ivy._postgres import schema as pg_schema  # noqa: E402
 from ivy._postgres.connection import ACCEPTED, PostgresError, PostgresUnavailable  # noqa: E402
 from ivy.notifiers.postgres import PostgresNotifier, PostgresSubscription  # noqa: E402
 from ivy.queues.postgres import PostgresQueueBackend  # noqa: E402
-
-
-def with_options(url: str, **options: object) -> str:
-    query = "&".join(f"{k}={v}" for k, v in options.items())
-    return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
 def pg_notifier(url: str) -> PostgresNotifier:

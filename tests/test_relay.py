@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from contract import take
+from servers import free_port
 
 import ivy
 from ivy.config import make_queue_backend
@@ -28,13 +28,6 @@ psycopg = pytest.importorskip("psycopg", reason="pip install 'ivy-queue[postgres
 
 from ivy.queues.postgres import PostgresQueueBackend  # noqa: E402
 from ivy.relay import Relay  # noqa: E402
-
-
-def free_port() -> int:
-    """A local TCP port that nothing listens on (now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def qname() -> str:
