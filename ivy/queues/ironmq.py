@@ -43,7 +43,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any, Self
 from urllib.parse import unquote, urlsplit
@@ -54,14 +54,13 @@ import requests
 
 from ivy.errors import ConfigurationError
 from ivy.queues._batching import BatchSender, Outgoing, by_queue
+from ivy.queues._cloud import DEAD_HOLD, CloudQueueBackend
 from ivy.queues.base import (
     DEFAULT_DEAD_LETTER_TTL,
     Consumer,
     DeadLetter,
     Delivery,
     LongPollConsumer,
-    QueueBackend,
-    Rewrite,
     dead_letter_ttl_option,
 )
 
@@ -70,8 +69,6 @@ LONG_POLL = 30  # IronMQ's longest wait
 BASE64_PREFIX = "ivy-base64:"
 CONNECT_TIMEOUT = 5.0
 MAX_DELAY = 604_800  # IronMQ's longest message delay: 7 days
-#: Seconds that requeue_dead and purge_dead keep the dead letters they reserved.
-DEAD_HOLD = 60
 
 
 class _BoundedIronClient(iron_core.IronClient):  # type: ignore[misc]
@@ -144,7 +141,7 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8")
 
 
-class IronMQQueueBackend(QueueBackend):
+class IronMQQueueBackend(CloudQueueBackend):
     supports_priority = False
     poll_seconds = 20.0
 
@@ -233,82 +230,68 @@ class IronMQQueueBackend(QueueBackend):
         try:
             return int(self.queue(queue).size())
         except requests.HTTPError as exc:
-            if exc.response is not None and exc.response.status_code == 404:
+            if _missing(exc):
                 return 0
             raise
 
-    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+    def _peek_dead(self, queue: str, limit: int) -> list[DeadLetter]:
+        """IronMQ peeks at 100 messages at most."""
         try:
             peeked = self.queue(f"{queue}.dead").peek(max=min(limit, 100))
         except requests.HTTPError as exc:
-            if exc.response is not None and exc.response.status_code == 404:
+            if _missing(exc):
                 return []
             raise
         found = []
         for m in peeked.get("messages") or []:
             text, reason, when = _unwrap_dead(m["body"])
             found.append(DeadLetter(queue, _bytes(text), reason, when, str(m["id"])))
-        return self.live_dead_letters(found)
+        return found
 
-    def _drain_dead(self, queue: str) -> Iterator[list[dict[str, Any]]]:
-        """Batches of reserved ``Q.dead`` messages until a reserve finds none, or only ones
-        seen before."""
-        seen: set[str] = set()
-        while True:
-            try:
-                result = self.queue(f"{queue}.dead").reserve(
-                    max=100, timeout=max(DEAD_HOLD, self.min_reserve), wait=0)
-            except requests.HTTPError as exc:
-                if exc.response is not None and exc.response.status_code == 404:
-                    return
-                raise
-            fresh = [m for m in result.get("messages") or [] if m["id"] not in seen]
-            if not fresh:
-                return
-            seen.update(m["id"] for m in fresh)
-            yield fresh
-
-    def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
-                     rewrite: Rewrite | None = None) -> int:
-        """Post to ``queue``, then delete from ``Q.dead``: at least once (module doc)."""
-        wanted = None if ids is None else set(ids)
-        dead, target = self.queue(f"{queue}.dead"), self.queue(queue)
-        held: list[dict[str, Any]] = []  # reserved and not chosen: released at the end
-        moved = 0
+    def _take_dead(self, queue: str) -> list[dict[str, Any]]:
         try:
-            for batch in self._drain_dead(queue):
-                for m in batch:
-                    if wanted is not None and m["id"] not in wanted:
-                        held.append(m)
-                        continue
-                    text, _, _ = _unwrap_dead(m["body"])
-                    if rewrite is not None:
-                        text = _text(rewrite(_bytes(text))[0])
-                    target.post({"body": text})
-                    dead.delete(m["id"], reservation_id=m["reservation_id"])
-                    moved += 1
-                    if wanted is not None:
-                        wanted.discard(m["id"])
-                if wanted is not None and not wanted:
-                    break
-        finally:
-            for m in held:
-                with contextlib.suppress(requests.HTTPError):
-                    dead.release(m["id"], m["reservation_id"])
-        return moved
+            result = self.queue(f"{queue}.dead").reserve(
+                max=100, timeout=max(DEAD_HOLD, self.min_reserve), wait=0)
+        except requests.HTTPError as exc:
+            if _missing(exc):
+                return []
+            raise
+        messages: list[dict[str, Any]] = result.get("messages") or []
+        return messages
 
-    def purge_dead(self, queue: str) -> int:
-        deleted = 0
-        for batch in self._drain_dead(queue):
-            self.queue(f"{queue}.dead").delete_multiple(messages={"messages": batch})
-            deleted += len(batch)
-        return deleted
+    def _dead_id(self, message: dict[str, Any]) -> str:
+        return str(message["id"])
+
+    def _dead_body(self, message: dict[str, Any]) -> bytes:
+        return _bytes(_unwrap_dead(message["body"])[0])
+
+    def _send_again(self, queue: str, body: bytes) -> None:
+        self.queue(queue).post({"body": _text(body)})
+
+    def _delete_dead(self, queue: str, message: dict[str, Any]) -> None:
+        self.queue(f"{queue}.dead").delete(message["id"],
+                                           reservation_id=message["reservation_id"])
+
+    def _delete_dead_batch(self, queue: str, batch: list[dict[str, Any]]) -> int:
+        self.queue(f"{queue}.dead").delete_multiple(messages={"messages": batch})
+        return len(batch)
+
+    def _let_go(self, queue: str, held: list[dict[str, Any]]) -> None:
+        dead = self.queue(f"{queue}.dead")
+        for m in held:
+            with contextlib.suppress(requests.HTTPError):
+                dead.release(m["id"], m["reservation_id"])
 
     def close(self) -> None:
         """Send what is queued, then close the HTTP sessions (one per thread that made a
         request) and their connections."""
         self._sender.close()
         self._client.close_sessions()
+
+
+def _missing(exc: requests.HTTPError) -> bool:
+    """Whether IronMQ answered 404: the queue does not exist (yet)."""
+    return exc.response is not None and exc.response.status_code == 404
 
 
 def _unwrap_dead(text: str) -> tuple[str, str, float]:

@@ -42,7 +42,6 @@ import contextlib
 import math
 import threading
 import uuid
-from collections.abc import Collection, Iterator
 from concurrent.futures import Future
 from typing import Any, Self
 
@@ -52,14 +51,13 @@ import botocore.exceptions
 
 from ivy.errors import ConfigurationError, MessageTooLarge, PublishError
 from ivy.queues._batching import BatchSender, Outgoing, by_queue
+from ivy.queues._cloud import DEAD_HOLD, CloudQueueBackend
 from ivy.queues.base import (
     DEFAULT_DEAD_LETTER_TTL,
     Consumer,
     DeadLetter,
     Delivery,
     LongPollConsumer,
-    QueueBackend,
-    Rewrite,
     dead_letter_ttl_option,
 )
 
@@ -74,8 +72,6 @@ LONG_POLL = 20
 DELETE_TIMEOUT = 60.0
 #: A deleter thread with nothing to send for this long ends (the next delete starts another).
 DELETER_IDLE = 5.0
-#: Seconds that requeue_dead and purge_dead keep the dead letters they received hidden.
-DEAD_HOLD = 60
 
 
 def _text(body: bytes) -> tuple[str, dict[str, Any]]:
@@ -103,7 +99,7 @@ def dead_name(queue: str) -> str:
         f"{queue}-dead")
 
 
-class SQSQueueBackend(QueueBackend):
+class SQSQueueBackend(CloudQueueBackend):
     supports_priority = False
     poll_seconds = float(LONG_POLL)
 
@@ -231,8 +227,8 @@ class SQSQueueBackend(QueueBackend):
                 "ApproximateNumberOfMessagesDelayed"])["Attributes"]
         return sum(int(v) for v in attrs.values())
 
-    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        """Peek at ``Q-dead`` (received with visibility 0, so nothing is hidden)."""
+    def _peek_dead(self, queue: str, limit: int) -> list[DeadLetter]:
+        """Receive from ``Q-dead`` with visibility 0, so that nothing is hidden."""
         url = self.queue_url(dead_name(queue))
         found: dict[str, DeadLetter] = {}
         for _ in range(max(1, math.ceil(limit / 10)) * 2):
@@ -250,66 +246,47 @@ class SQSQueueBackend(QueueBackend):
                                                             m["MessageId"]))
             if len(found) >= limit:
                 break
-        return self.live_dead_letters(sorted(found.values(), key=lambda d: d.time)[:limit])
+        return sorted(found.values(), key=lambda d: d.time)[:limit]
 
-    def _drain_dead(self, queue: str) -> Iterator[list[dict[str, Any]]]:
-        """Batches of ``Q-dead`` messages, each hidden for ``DEAD_HOLD`` s, until a receive
-        finds none (a 1 s long poll, which asks every SQS server) or repeats one seen."""
-        url = self.queue_url(dead_name(queue))
-        seen: set[str] = set()
-        while True:
-            messages = self.client.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=DEAD_HOLD,
-                WaitTimeSeconds=1, MessageAttributeNames=["All"]).get("Messages") or []
-            fresh = [m for m in messages if m["MessageId"] not in seen]
-            if not fresh:
-                return
-            seen.update(m["MessageId"] for m in fresh)
-            yield fresh
+    def _take_dead(self, queue: str) -> list[dict[str, Any]]:
+        """A 1 s long poll, which asks every SQS server."""
+        messages: list[dict[str, Any]] = self.client.receive_message(
+            QueueUrl=self.queue_url(dead_name(queue)), MaxNumberOfMessages=10,
+            VisibilityTimeout=DEAD_HOLD, WaitTimeSeconds=1,
+            MessageAttributeNames=["All"]).get("Messages") or []
+        return messages
 
-    def requeue_dead(self, queue: str, ids: Collection[str] | None = None, *,
-                     rewrite: Rewrite | None = None) -> int:
-        """Send to ``queue``, then delete from ``Q-dead``: at least once (module doc). On a
-        FIFO queue each copy gets a fresh deduplication id, so that content-based
+    def _dead_id(self, message: dict[str, Any]) -> str:
+        return str(message["MessageId"])
+
+    def _dead_body(self, message: dict[str, Any]) -> bytes:
+        return _bytes(message)
+
+    def _send_again(self, queue: str, body: bytes) -> None:
+        """On a FIFO queue each copy gets a fresh deduplication id, so that content-based
         deduplication does not drop it."""
-        wanted = None if ids is None else set(ids)
-        dead_url = self.queue_url(dead_name(queue))
-        held: list[str] = []  # receipts of letters not chosen: visible again at the end
-        moved = 0
-        try:
-            for batch in self._drain_dead(queue):
-                for m in batch:
-                    if wanted is not None and m["MessageId"] not in wanted:
-                        held.append(m["ReceiptHandle"])
-                        continue
-                    body, _ = rewrite(_bytes(m)) if rewrite else (_bytes(m), None)
-                    entry = self._entry(queue, body, 0.0)
-                    if queue.endswith(".fifo"):
-                        entry["MessageDeduplicationId"] = uuid.uuid4().hex
-                    self.client.send_message(QueueUrl=self.queue_url(queue), **entry)
-                    self.client.delete_message(QueueUrl=dead_url,
-                                               ReceiptHandle=m["ReceiptHandle"])
-                    moved += 1
-                    if wanted is not None:
-                        wanted.discard(m["MessageId"])
-                if wanted is not None and not wanted:
-                    break
-        finally:
-            for start in range(0, len(held), 10):
-                with contextlib.suppress(botocore.exceptions.ClientError):
-                    self.client.change_message_visibility_batch(QueueUrl=dead_url, Entries=[
-                        {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0}
-                        for i, r in enumerate(held[start:start + 10])])
-        return moved
+        entry = self._entry(queue, body, 0.0)
+        if queue.endswith(".fifo"):
+            entry["MessageDeduplicationId"] = uuid.uuid4().hex
+        self.client.send_message(QueueUrl=self.queue_url(queue), **entry)
 
-    def purge_dead(self, queue: str) -> int:
-        dead_url = self.queue_url(dead_name(queue))
-        deleted = 0
-        for batch in self._drain_dead(queue):
-            result = self.client.delete_message_batch(QueueUrl=dead_url, Entries=[
+    def _delete_dead(self, queue: str, message: dict[str, Any]) -> None:
+        self.client.delete_message(QueueUrl=self.queue_url(dead_name(queue)),
+                                   ReceiptHandle=message["ReceiptHandle"])
+
+    def _delete_dead_batch(self, queue: str, batch: list[dict[str, Any]]) -> int:
+        result = self.client.delete_message_batch(
+            QueueUrl=self.queue_url(dead_name(queue)), Entries=[
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
-            deleted += len(result.get("Successful") or [])
-        return deleted
+        return len(result.get("Successful") or [])
+
+    def _let_go(self, queue: str, held: list[dict[str, Any]]) -> None:
+        dead_url = self.queue_url(dead_name(queue))
+        for start in range(0, len(held), 10):
+            with contextlib.suppress(botocore.exceptions.ClientError):
+                self.client.change_message_visibility_batch(QueueUrl=dead_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                    for i, m in enumerate(held[start:start + 10])])
 
     def queues(self) -> list[str]:
         names = []
