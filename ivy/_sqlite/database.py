@@ -1,28 +1,5 @@
-"""What the SQLite queue backend and notifier share: the database file (WAL, one connection per
-thread, writers taking turns, checkpoints on a thread of their own). Cross-process wake-ups
-are in :mod:`ivy._sqlite.wake`.
-
-Writers take turns: SQLite lets one connection write at a time, and one that finds the file
-locked sleeps in steps of 1, 2, 5, ... ms in its busy handler, though a write holds the lock for
-~0.1 ms: in a producer + worker run, 40% of the time the worker spent recording results was such
-sleeping. So ivy's writers first take their turn on a file lock of their own (``flock``, tried
-again after sleeps of 20 us growing to 0.2 ms) and only then ask SQLite for its lock, which they
-then nearly always get at once. That lock orders only ivy's writers, to save time: SQLite's own
-locking still guards the file, so a writer without it (another program, another temporary
-directory, no ``fcntl``) is merely slower, and a writer that waited for the turn as long as the
-busy timeout (its holder was paused, say) goes on to SQLite's lock, which errs after that
-timeout as it would without turns, rather than waiting forever. (A blocking ``flock`` had the
-same throughput and p99 but no timeout.)
-
-Checkpoints: SQLite copies the write-ahead log back into the database file (a checkpoint) on
-the commit that takes the log past 1,000 pages, in the committing thread. With a few pages per
-task that came every ~200 tasks and cost each task ~50 us of waiting for the disk on the
-worker's executor thread (a third of a trivial task's time). ivy's connections turn that off
-(``wal_autocheckpoint=0``) and each :class:`Database` runs passive checkpoints on a thread of
-its own instead, every :data:`CHECKPOINT_EVERY` seconds while the log has grown; the disk work
-then overlaps the tasks (SQLite lets go of the GIL). Other programs opening the file keep their
-own automatic checkpoints; the last connection to close checkpoints as well.
-"""
+"""The SQLite database file that the queue backend and notifier share: WAL, one connection per
+thread, writers taking turns, checkpoints on a thread of their own (docs/internals/sqlite.md)."""
 
 from __future__ import annotations
 
@@ -158,7 +135,7 @@ class Database:
         # a database collected unclosed; not at interpreter exit, where finalizers run before
         # ivy's exit hook: its last sends still take turns on these descriptors
         weakref.finalize(self, _close_fds, self._turn_fds).atexit = False
-        #: whether ivy's writers take turns on this file (see the module docstring): where
+        #: whether ivy's writers take turns on this file (docs/internals/sqlite.md): where
         #: they cannot, commits checkpoint as SQLite does by default
         self.turns = _fcntl is not None and self._turn_fd() is not None
         self._init_schema(busy_timeout)
@@ -276,7 +253,7 @@ class Database:
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
-        """This thread's turn among ivy's writers of the file (see the module docstring); a
+        """This thread's turn among ivy's writers of the file (docs/internals/sqlite.md); a
         turn inside a turn is the same turn."""
         fd = self._take_turn()
         try:
@@ -485,7 +462,7 @@ def _close_fds(fds: list[int]) -> None:
 
 
 def _checkpoint_loop(ref: weakref.ReferenceType[Database], stop: threading.Event) -> None:
-    """A database's checkpoint thread (see the module docstring): until it is closed, or
+    """A database's checkpoint thread (docs/internals/sqlite.md): until it is closed, or
     collected without having been closed."""
     seen: tuple[int, int] | None = None
     while not stop.wait(CHECKPOINT_EVERY):

@@ -1,16 +1,5 @@
-"""Cross-process wake-ups for the SQLite queue backend and notifier.
-
-Wake-ups: each waiting consumer or subscription binds a Unix datagram socket in a folder named
-after the database file; a writer sends one byte to every socket there after it commits. That
-turns polling into an event (a new message is seen in well under a millisecond) while a poll at a
-bounded interval remains the fallback, so a lost datagram only costs latency, never a message.
-Where Unix sockets are missing (Windows), only the poll is used.
-
-The folder is this user's own: its name holds the user id, it is made 0700, and one found
-there that is not a directory of this user's (another local user made it first, to keep
-workers from binding their sockets) is not used: wake-ups are off for this process, which
-then polls (logged once). One of this user's with a wider mode is narrowed to 0700.
-"""
+"""Cross-process wake-ups for the SQLite queue backend and notifier: a datagram to each waiter
+after a commit, with polling as the fallback (docs/internals/sqlite.md)."""
 
 from __future__ import annotations
 

@@ -1,40 +1,5 @@
-"""Group commit for the SQLite backends: one writer thread per database file and process.
-
-A worker on SQLite used to commit twice per task on its executor thread (the result's
-``INSERT``, then the ack's ``DELETE``), each commit a turn among the file's writers, a
-``BEGIN IMMEDIATE``, a ``COMMIT`` and a write to the log: ~230 us of CPU per trivial task, a
-third of it in the kernel. Writes that the caller need not see finished before it goes on are
-instead handed to this thread (:meth:`Writer.submit`), which commits whatever accumulated
-meanwhile in one transaction: one commit for tens or hundreds of writes while tasks come
-quickly, one per write while they trickle (a handover of some microseconds, not a wait).
-
-Order: writes are committed in the order they were submitted, every one in the same
-transaction as those next to it or in a later one. That is what lets a worker's ack go out
-without waiting for its result: the ``DELETE`` comes after the ``INSERT`` of the result, so a
-crash can lose both (the message is delivered again once its lease ends, the task runs again,
-the first result wins) but never the result alone. This holds for the writes of one
-:class:`ivy._sqlite.database.Database`; backends on one file share one (``Database.shared``).
-
-A write of many alike (:class:`Rows`: a worker's results, its acks) is merged with the others
-of its kind in the same transaction into statements of up to :data:`MAX_ROWS` rows. One
-statement per row let go of the GIL at every step, and the writer thread, holding the file's
-write lock, then waited to get it back from the executor thread, busy running tasks (up to a
-switch interval each time): merged, a commit of ~75 writes takes a handful of steps. Such
-writes must commute with every write but those of their own kind (they are moved next to the
-first one of their kind in the transaction): rows keyed by their own id do.
-
-After each commit the thread pokes the wake-ups the writes asked for (each once) and then runs
-their ``then`` callbacks (a worker's ack, given after its result is stored), in order; an
-exception in one is logged and the next runs. A commit that fails for want of the lock, the
-disk or memory (:func:`transient`) is tried again, with a warning, after a pause growing from
-10 ms to 1 s, for as long as it takes: nothing is skipped, so the order holds. A write that
-fails by itself (any other ``sqlite3.Error``: a missing table, say) is found by trying the
-batch's writes one at a time, logged and dropped, its ``then`` not run.
-
-:meth:`Writer.close` commits what is waiting, for up to its timeout, then logs how many writes
-it gave up (a worker's unwritten acks and results: those messages are delivered again when
-their leases end).
-"""
+"""Group commit for the SQLite backends: one writer thread per database file and process commits,
+in order, whatever was handed to it meanwhile (docs/internals/sqlite.md)."""
 
 from __future__ import annotations
 
@@ -95,7 +60,7 @@ def transient(exc: sqlite3.Error) -> bool:
 class Rows:
     """A write statement that takes any number of rows: ``template`` has ``{rows}`` where
     they go, each written as ``row`` (its placeholders, such as ``"(?, ?)"``). Writes of one
-    :class:`Rows` committed together become one statement (see the module docstring)."""
+    :class:`Rows` committed together become one statement (docs/internals/sqlite.md)."""
 
     template: str
     row: str
@@ -144,7 +109,7 @@ class _Write:
 
 
 class Writer:
-    """The writer thread of one database (see the module docstring), started on first use."""
+    """The writer thread of one database (docs/internals/sqlite.md), started on first use."""
 
     def __init__(self, db: Target) -> None:
         self._db = db

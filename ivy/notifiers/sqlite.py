@@ -1,21 +1,5 @@
-"""``sqlite:///path/ivy.db``: the embedded default notifier, for processes on one machine.
-
-Every notification is a row, written by the database's writer thread
-(:mod:`ivy._sqlite.writer`) in a transaction with whatever else is waiting: :meth:`publish`
-waits for the commit, :meth:`SQLiteNotifier.publish_then` (a worker's results) does not. A
-subscription reads its channel's new rows in order, and on start the stored final rows of its
-pending call ids, so a producer that starts waiting late still gets its result. A unique index
-keeps only the first final notification of a call (per call id and nonce: see
-:func:`ivy.notifiers.base.beside`). Rows older than ``ttl`` seconds (default one
-day) are pruned by publishers now and then.
-
-Keys (schedule slots, unique sends, cancels, rate limits) are rows of ``ivy_keys(key, value,
-expires)``, created on first use; each operation is one transaction.
-
-Worker heartbeats are rows of ``ivy_workers`` with an expiry time (this machine's clock: every
-process on one SQLite file shares it). Task events are rows of ``ivy_events``, read by each
-events subscription from the moment it opened, and pruned after :data:`EVENTS_TTL` seconds.
-"""
+"""``sqlite:///path/ivy.db``: the embedded default notifier, for processes on one machine. How it
+works: docs/internals/sqlite.md."""
 
 from __future__ import annotations
 

@@ -1,19 +1,5 @@
 """A background sender that joins the messages handed to it while it was busy into one write
-(one SQLite transaction, one SQS SendMessageBatch, one IronMQ post), so that a producer calling
-``delayed_call`` one call at a time returns at once and still gets batched writes.
-
-Each message gets a future, completed once its batch was written (or failed with the reason).
-While the writer is idle a message is written at once, alone: batching costs no latency; it
-only forms while a write is in progress.
-
-A sender may bound its backlog (``max_backlog``): a producer that finds that many messages
-waiting waits until the thread takes the next batch. Without the bound, a producer thread
-calling ``delayed_call`` in a tight loop starves the sender thread of the GIL: every time the
-sender lets go of it (each SQLite step, each lock), the producer takes it back for a switch
-interval (5 ms), and a 0.3 ms SQLite write of 100 rows took 90 ms, the whole burst, while
-the worker, which had nothing to do yet, waited. The wait is also what keeps a producer that
-runs ahead of the disk from holding an unbounded backlog in memory.
-"""
+(SQLite, SQS, IronMQ), each message with a future (docs/internals/sqlite.md, "Batched sends")."""
 
 from __future__ import annotations
 

@@ -1,38 +1,5 @@
-"""``ironmq://``: IronMQ v3 through the iron-mq client (``pip install 'ivy-queue[ironmq]'``),
-the original project's own backend.
-
-* Queue name Q is the IronMQ queue ``Q``. Post; reserve with a long-poll ``wait``; delete with
-  the reservation id; touch to keep a reservation while a task runs; release with a delay for
-  retries (the body stays the same: the worker counts attempts from ``reserved_count``); dead
-  letters are posted to ``Q.dead`` as ``{"reason": ..., "queue": ..., "time": ..., "body": <the
-  original body as a string>}`` (IronMQ messages have no headers). A dead letter's id is its
-  IronMQ message id in ``Q.dead``; listing peeks (at most 100). Requeueing reserves batches of
-  ``Q.dead`` (for ``DEAD_HOLD`` s), posts the original body of each chosen one to Q, then
-  deletes it: at least once (a crash in between leaves it in both); the others are released
-  at the end. Purging reserves and deletes in batches, so that it can count. Dead letters
-  past ``dead_letter_ttl`` are not listed; IronMQ itself deletes them after the ``Q.dead``
-  queue's ``message_expiration`` (7 days unless set otherwise on the queue).
-* Configuration: ``{"type": "ironmq", "auth": {"token": ..., "project_id": ...}, "host": ...,
-  "port": ..., "protocol": ...}``, or ``ironmq://project_id:token@host:port?protocol=https``;
-  what is not given comes from iron.json and the ``IRON_*`` / ``IRON_MQ_*`` environment
-  variables as the iron-mq client reads them, so a bare ``ironmq://`` works.
-* A defer (a call whose ``eta`` is later than its delivery) must not count as an attempt, and
-  IronMQ cannot take back a ``reserved_count``: the backend posts a fresh copy delayed until
-  the eta (at most IronMQ's 7 days; a later eta is deferred again), then deletes the reserved
-  message; a failure in between can only leave a duplicate, never lose the call.
-* Operations on one delivery never overlap (``Delivery`` serializes them): a touch hands out a
-  new reservation id, which the next delete or release must use.
-* IronMQ's smallest reservation is 30 s; ``min_reserve`` (default 30) keeps requests valid,
-  tests against the fake server set it to 0.
-
-The iron-mq client (0.9) on Python 3 makes a new connection per request, has no timeouts, and
-raises KeyError on a response without a content type. This module keeps the client's request
-API but swaps its HTTP layer: the client object's class becomes :class:`_BoundedIronClient`, a
-subclass of ``iron_core.IronClient`` whose ``request`` uses one ``requests.Session`` per thread
-(connections are reused) with a connect and read timeout on every call, reads the content type
-with a default, and retries 503/504 a bounded number of times. ``IronMQ.queues()`` is not used.
-:meth:`IronMQQueueBackend.close` closes every thread's session.
-"""
+"""``ironmq://``: IronMQ v3 as a queue backend, through the iron-mq client
+(``pip install 'ivy-queue[ironmq]'``). How it works: docs/internals/cloud.md."""
 
 from __future__ import annotations
 
@@ -346,7 +313,8 @@ class IronMQDelivery(Delivery):
             self._q().release(self._id, self._reservation)
 
     def _defer(self, delay: float) -> None:
-        """A fresh copy due in ``delay`` s, then the reserved one deleted (module doc)."""
+        """A fresh copy due in ``delay`` s, then the reserved one deleted: a defer must not
+        count as an attempt, and IronMQ cannot take back a ``reserved_count``."""
         self._q().post({"body": self._text, "delay": min(MAX_DELAY, max(0, math.ceil(delay)))})
         self._ack()
 

@@ -1,48 +1,5 @@
 """``sqlite:///path/ivy.db``: the embedded default queue backend, for several processes on one
-machine.
-
-Each message is a row. A consumer reserves rows by setting ``available_at`` to the end of its
-lease and a fresh ``token``; ack deletes the row only while the token still matches, so a worker
-whose lease ran out (it hung, or was SIGKILLed) cannot delete a message that another worker has
-taken since. A retry rewrites the row's body and ``available_at``; a dead letter moves the row to
-``ivy_dead_letters`` with its reason, in one transaction. A release (an unstarted delivery given
-back) and a defer (a call whose ``eta`` is later) put the row back and take back the count of
-this delivery, so neither counts as an attempt.
-
-Poison messages: a row's ``deliveries`` counts every lease (a retry keeps counting, the
-message's ``attempt`` counts the retries); a message whose leases ran out ``max_deliveries``
-times without an outcome (default 10; URL option ``?max_deliveries=N``: it kills or hangs
-every worker that takes it) is dead-lettered by the next worker with the reason "delivery
-limit: ..." instead of running again (:attr:`ivy.queues.base.QueueBackend.max_deliveries`).
-
-Clocks: leases and delays are wall-clock times (``time.time()``), the one clock every process
-on the host shares and that survives a reboot. A forward step of the clock larger than a
-lease's time left expires it (the message may run twice: at-least-once); a step under two
-thirds of ``reserve_time`` changes nothing, since heartbeats extend leases a third of the way
-through (docs/reliability.md, "Clock steps").
-
-Dead letters are ``ivy_dead_letters`` rows; their id is ``<row id>-<time in microseconds>``
-(SQLite reuses the row id of a deleted last row, so the row id alone is not enough).
-Requeueing moves rows back to ``ivy_messages`` (as fresh messages, delivery count 0) in one
-transaction, and purging deletes them in one statement: both are atomic. Dead letters keep
-no priority: a requeued message gets the one its body names (``rewrite``), else 0.
-
-Acks go to the database's writer thread (:mod:`ivy._sqlite.writer`), which commits them in
-groups, in order with the results a worker in this process recorded before them: ``ack()``
-returns before the row is deleted, as an AMQP ack returns before the broker has it, and a crash
-in between delivers the message again once its lease ends. Reads of this backend (``size``)
-first wait for this process's acks.
-
-A consumer reserves up to ``prefetch`` rows per query; rows waiting in its buffer are leased
-like running ones, and a worker's heartbeat extends them (:meth:`SQLiteConsumer.buffered`).
-Each query is a write transaction, which waits its turn behind the writer thread's: a consumer
-whose full batch was used up within :data:`BATCH_WORK` seconds (quick tasks) asks for twice as
-many rows next time, up to :data:`FETCH_GROWTH` times ``prefetch``, and for half as many again
-once a batch lasts four times that. Rows held in a buffer thus stand for a few milliseconds of
-work at most beyond ``prefetch``: other workers wait no longer for them, and quick tasks pay
-one query per dozens of rows instead of per few (a worker draining alone: 10,700 -> 23,900
-tasks/s).
-"""
+machine. How it works: docs/internals/sqlite.md."""
 
 from __future__ import annotations
 
@@ -115,7 +72,7 @@ class SQLiteDelivery(Delivery):
         self.delivery_count = deliveries
 
     def _ack(self) -> None:
-        """Handed to the database's writer thread (see the module docstring)."""
+        """Handed to the database's writer thread (docs/internals/sqlite.md)."""
         self._backend.db.writer.submit(_ACK, (self._id, self._token))
 
     def _retry(self, delay: float, body: bytes | None) -> None:

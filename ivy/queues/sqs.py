@@ -1,39 +1,5 @@
-"""``sqs://``: Amazon SQS (or an SQS-compatible service) through boto3
-(``pip install 'ivy-queue[sqs]'``).
-
-* Queue name Q is the SQS queue ``Q`` (created if missing; its URL is cached). ``Q.fifo`` is a
-  FIFO queue (content-based deduplication; the message group id is the backend's
-  ``message_group_id``, default ``ivy``). Dead letters go to ``Q-dead`` (``Q-dead.fifo``), SQS
-  names allowing no dots, with the reason in the message attribute ``ivy-reason``. ivy
-  creates ``Q-dead`` with ``MessageRetentionPeriod`` = ``dead_letter_ttl`` (60 s to 14 days:
-  SQS keeps nothing longer; a queue that exists keeps its own). A dead
-  letter's id is its SQS MessageId. Listing receives with visibility 0 (nothing is hidden).
-  Requeueing receives a batch (hidden for ``DEAD_HOLD`` seconds), sends each chosen message to
-  Q as a fresh message, then deletes it from ``Q-dead``: at least once (a crash in between
-  leaves it in both); the others are made visible again at the end. Purging receives and
-  deletes in batches, so that it can count (SQS's PurgeQueue cannot, and allows one call a
-  minute).
-* Long polling (``WaitTimeSeconds`` up to 20 s, HTTP read timeout above it); receive and
-  delete in batches of up to 10. The visibility timeout is the reservation: set at receive time
-  and extended with ChangeMessageVisibility while a task runs. A retry changes the visibility of
-  the received message to the backoff delay, so the body (and its ``attempt``) stays the same:
-  the worker counts attempts from ``ApproximateReceiveCount``.
-* A defer (a call whose ``eta`` is later than its delivery) must not count as an attempt, and
-  SQS cannot take back a receive count: on a standard queue the backend sends a fresh copy
-  delayed until the eta (at most 900 s: a later eta is simply deferred again when the copy
-  arrives), then deletes the received message; a failure in between can only leave a
-  duplicate, never lose the call. A FIFO queue has no per-message delay, and a copy would jump
-  its group's order, so there a defer changes the visibility and counts as a receive.
-* Deletes (acks) go out in batches from a deleter thread that ends when idle and starts again
-  on demand, so an in-flight task acknowledged after its consumer was closed (a graceful stop)
-  is still deleted.
-* SQS takes text only: a body that is not valid UTF-8 (msgpack) travels base64-encoded with the
-  attribute ``ivy-encoding: base64``. A message over the queue's maximum size (256 KiB unless
-  configured) is refused with :class:`ivy.MessageTooLarge` before any request is sent.
-* Credentials come from the configuration (``auth``), else boto3's usual chain; region and
-  endpoint likewise (``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_SQS``, profiles), so a bare
-  ``sqs://`` works. SQS has no message priorities: ``priority`` is ignored.
-"""
+"""``sqs://``: Amazon SQS (or an SQS-compatible service) as a queue backend, through boto3
+(``pip install 'ivy-queue[sqs]'``). How it works: docs/internals/cloud.md."""
 
 from __future__ import annotations
 
@@ -327,7 +293,9 @@ class SQSDelivery(Delivery):
         self._visibility(0)
 
     def _defer(self, delay: float) -> None:
-        """Back until ``delay`` s from now without counting a receive (see the module doc)."""
+        """Back until ``delay`` s from now without counting a receive: a fresh copy delayed
+        until then (SQS cannot take back a receive count), or on a FIFO queue, where a copy
+        would jump its group's order, the visibility changed (which counts as a receive)."""
         if self.queue.endswith(".fifo"):
             self._visibility(delay)
             return
