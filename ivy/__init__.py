@@ -66,7 +66,7 @@ def _at_exit() -> None:
     calls whose callbacks have not run yet; each step bounded by ``default.exit_timeout``.
     A Ctrl-C meanwhile skips the rest."""
     try:
-        default._flush_quietly(default.exit_timeout)
+        default.producer.flush_quietly(default.exit_timeout)
         default.wait_for_callbacks(default.exit_timeout, at_exit=True)
     except KeyboardInterrupt:
         logging.getLogger("ivy").warning("exit: stopped waiting (Ctrl-C); unconfirmed messages "

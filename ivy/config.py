@@ -124,16 +124,24 @@ def _load(table: Mapping[str, tuple[str, str, str | None]], kind: str) -> Any:
     return getattr(module, class_name)
 
 
+def _make(spec: Spec, env: str, table: Mapping[str, tuple[str, str, str | None]],
+          what: str) -> Any:
+    """Build a ``what`` for a URL or dict (None: the environment variable ``env``, else the
+    default); a backend object here is of the other role, and refused."""
+    if spec is None:
+        spec = os.environ.get(env) or DEFAULT_URL
+    if isinstance(spec, (QueueBackend, Notifier)):
+        other = "notifier" if isinstance(spec, Notifier) else "queue backend"
+        raise ConfigurationError(f"{spec!r} is a {other}, not a {what}")
+    config = parse_spec(spec, table, what)
+    return _load(table, config["type"]).from_config(config)
+
+
 def make_queue_backend(spec: Spec = None) -> QueueBackend:
     """Build the queue backend for a URL, dict or object (None: IVY_QUEUE_URL or the default)."""
     if isinstance(spec, QueueBackend):
         return spec
-    if spec is None:
-        spec = os.environ.get(QUEUE_ENV) or DEFAULT_URL
-    if isinstance(spec, Notifier):
-        raise ConfigurationError(f"{spec!r} is a notifier, not a queue backend")
-    config = parse_spec(spec, QUEUE_BACKENDS, "queue backend")
-    backend: QueueBackend = _load(QUEUE_BACKENDS, config["type"]).from_config(config)
+    backend: QueueBackend = _make(spec, QUEUE_ENV, QUEUE_BACKENDS, "queue backend")
     return backend
 
 
@@ -141,12 +149,7 @@ def make_notifier(spec: Spec = None) -> Notifier:
     """Build the notifier for a URL, dict or object (None: IVY_NOTIFIER_URL or the default)."""
     if isinstance(spec, Notifier):
         return spec
-    if spec is None:
-        spec = os.environ.get(NOTIFIER_ENV) or DEFAULT_URL
-    if isinstance(spec, QueueBackend):
-        raise ConfigurationError(f"{spec!r} is a queue backend, not a notifier")
-    config = parse_spec(spec, NOTIFIERS, "notifier")
-    notifier: Notifier = _load(NOTIFIERS, config["type"]).from_config(config)
+    notifier: Notifier = _make(spec, NOTIFIER_ENV, NOTIFIERS, "notifier")
     return notifier
 
 

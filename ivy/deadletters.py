@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from ivy.errors import MessageError
 from ivy.message import decode_message
 from ivy.queues.base import DeadLetter, QueueBackend
-from ivy.serialization import Serializer, Signer, unwrap
+from ivy.serialization import Serializer, Signer, is_signed, seal, unwrap
 
 
 class Source(Protocol):
@@ -109,10 +109,6 @@ class DeadLetterInfo:
         return data
 
 
-def _is_signed(body: bytes) -> bool:
-    return body[:200].lstrip().startswith(b'{"ivy_signed"')
-
-
 def _peek(body: bytes, serializer: Serializer) -> dict[str, Any] | None:
     """The body's fields, read without verifying anything (a signed body's inner bytes are
     read unchecked): for display and for the priority only."""
@@ -136,7 +132,7 @@ def describe(letter: DeadLetter, serializer: Serializer) -> DeadLetterInfo:
         body=letter.body, call_id=field("id", str), name=field("name", str),
         args=field("args", list), kwargs=field("kwargs", dict), attempt=field("attempt", int),
         max_retries=field("max_retries", int), reply_to=field("reply_to", str),
-        signed=_is_signed(letter.body))
+        signed=is_signed(letter.body))
 
 
 def reset_attempt(body: bytes, serializer: Serializer,
@@ -148,7 +144,7 @@ def reset_attempt(body: bytes, serializer: Serializer,
     priority = data.get("priority") if data is not None else None
     if not isinstance(priority, int) or isinstance(priority, bool):
         priority = None
-    signed = _is_signed(body)
+    signed = is_signed(body)
     if data is None or data.get("ivy") is None or not data.get("attempt") or (
             signed and signer is None):
         return body, priority
@@ -159,9 +155,7 @@ def reset_attempt(body: bytes, serializer: Serializer,
         return body, priority
     message.attempt = 0
     new = message.encode(serializer)
-    if signed and signer is not None:
-        new = signer.sign(new)
-    return new, priority
+    return seal(signer if signed else None, new), priority
 
 
 # -- the API (the methods of Ivy delegate here) ----------------------------------------------

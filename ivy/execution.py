@@ -33,7 +33,7 @@ from typing import Any
 from ivy.annotations import Arguments
 from ivy.context import CallContext, Progress, enter, leave
 from ivy.errors import SerializationError, TaskCancelled, TaskTimeout
-from ivy.message import Message
+from ivy.message import Message, wire_error
 from ivy.retries import KINDS, POLICY, Kind, Verdict
 from ivy.runner import Runner, RunnerDied, Runners, request_of, timed_out
 from ivy.serialization import Serializer, get_serializer
@@ -60,13 +60,12 @@ def error_info(exc: BaseException) -> dict[str, str]:
         if isinstance(err, BaseException):
             exc = err
         elif isinstance(err, dict):
-            return {"type": str(err.get("type") or "Error"),
-                    "message": str(err.get("message") or ""),
-                    "traceback": str(err.get("traceback") or "")}
+            return wire_error(str(err.get("type") or "Error"), str(err.get("message") or ""),
+                              str(err.get("traceback") or ""))
         else:
-            return {"type": "Error", "message": str(err), "traceback": ""}
+            return wire_error("Error", str(err))
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+    return wire_error(type(exc).__name__, str(exc), tb)
 
 
 class Failure(dict[str, str]):
@@ -218,19 +217,18 @@ class Executor:
                     value = task.func(*args, **kwargs)
         except TaskTimeout:
             self._clear_deadline()
-            return False, Failure({"type": "TimeoutError", "traceback": "",
-                                   "message": f"task {task.name!r} ran past its timeout of "
-                                              f"{task.timeout} s"},
+            return False, Failure(wire_error("TimeoutError",
+                                             f"task {task.name!r} ran past its timeout of "
+                                             f"{task.timeout} s"),
                                   task.retry_policy.verdict(TimeoutError()))
         except (TaskCancelled, concurrent.futures.CancelledError):
-            return False, {"type": "TaskCancelled", "traceback": "",
-                           "message": f"call {message.id} of task {task.name!r} was cancelled "
-                                      "while it ran"}
+            return False, wire_error("TaskCancelled", f"call {message.id} of task "
+                                     f"{task.name!r} was cancelled while it ran")
         except (Exception, SystemExit) as exc:
             if running.cancelled:
-                return False, {"type": "TaskCancelled", "traceback": "",
-                               "message": f"call {message.id} of task {task.name!r} was "
-                                          f"cancelled while it ran ({type(exc).__name__})"}
+                return False, wire_error("TaskCancelled", f"call {message.id} of task "
+                                         f"{task.name!r} was cancelled while it ran "
+                                         f"({type(exc).__name__})")
             return False, failure(task, exc)
         if codec is None or codec.result is None:
             return True, value
@@ -301,15 +299,14 @@ class Executor:
             ended = runner.exit_description()
             runner.kill()
             if running.cancelled:
-                return False, {"type": "TaskCancelled", "traceback": "",
-                               "message": f"call {message.id} of task {task.name!r} was "
-                                          "cancelled while it ran (its process was killed)"}
+                return False, wire_error("TaskCancelled", f"call {message.id} of task "
+                                         f"{task.name!r} was cancelled while it ran (its "
+                                         "process was killed)")
             log.error("call %s of task %r: the process running it %s", message.id,
                       task.name, ended)
-            reply = {"ok": False, "verdict": {"kind": "policy", "delay": None}, "error": {
-                "type": "WorkerLost", "traceback": "",
-                "message": f"the process running task {task.name!r} {ended} before the call "
-                           "ended"}}
+            reply = {"ok": False, "verdict": {"kind": "policy", "delay": None},
+                     "error": wire_error("WorkerLost", f"the process running task "
+                                         f"{task.name!r} {ended} before the call ended")}
         else:
             runners.give_back(runner)
         finally:

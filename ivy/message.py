@@ -382,6 +382,12 @@ def decode_notification(
     )
 
 
+def wire_error(kind: str, message: str = "", traceback: str = "") -> dict[str, str]:
+    """The ``error`` of a notification (PROTOCOL.md): the exception's type name, its message
+    and its traceback, plain strings only."""
+    return {"type": kind, "message": message, "traceback": traceback}
+
+
 def peek_id(body: bytes, serializer: Serializer, max_bytes: int) -> str | None:
     """The ``id`` of a body that failed to decode, read without verifying anything (a signed
     body's inner bytes are read unchecked), or None. For diagnostics only: the producer notes

@@ -26,9 +26,10 @@ from ivy.message import (
     deeper_than,
     is_channel,
     nonce_of,
+    wire_error,
 )
 from ivy.notifiers.base import Notifier
-from ivy.serialization import Serializer, Signer
+from ivy.serialization import Serializer, Signer, seal
 from ivy.timing import keys
 
 log = logging.getLogger("ivy.worker")
@@ -136,7 +137,7 @@ class Recorder:
                 then()
             return
         note = Notification(call_id, "errored", fields.get("name"), worker=self.worker,
-                            error={"type": "MessageRejected", "message": reason, "traceback": ""},
+                            error=wire_error("MessageRejected", reason),
                             nonce=fields.get(NONCE))
         if fields.get(UNVERIFIED):
             # a body whose signature was refused: its producer is told live only, never in
@@ -174,24 +175,23 @@ class Recorder:
         try:
             encoded = note.encode(self.serializer)
         except SerializationError as exc:
-            note = self.errored(message, {"type": "SerializationError", "message": str(exc),
-                                          "traceback": ""})
+            note = self.errored(message, wire_error("SerializationError", str(exc)))
             encoded = note.encode(self.serializer)
         limit = self.max_message_bytes
         if note.status == "successful":
             error: dict[str, str] | None = None
             if len(encoded) > limit:
-                error = {"type": "ResultTooLarge", "traceback": "", "message": (
+                error = wire_error("ResultTooLarge", (
                     f"the result of task {message.name!r} is {len(encoded)} bytes once encoded, "
                     f"over the limit of {limit} bytes: store the data elsewhere "
                     "and return a reference to it (a URL, a key), or raise "
-                    "Ivy(max_message_bytes=...) on the producer and the worker")}
+                    "Ivy(max_message_bytes=...) on the producer and the worker"))
             # [result] adds the level that the notification's own bracket adds in encoded
             elif deeper_than(encoded, [note.result], self.max_depth + 1):
-                error = {"type": "ResultTooDeep", "traceback": "", "message": (
+                error = wire_error("ResultTooDeep", (
                     f"the result of task {message.name!r} nests deeper than {self.max_depth} "
                     "levels: flatten it, or raise Ivy(max_depth=...) on the producer and the "
-                    "worker")}
+                    "worker"))
             if error is not None:
                 log.error("task %s [%s]: %s", message.name, message.id, error["message"])
                 note = self.errored(message, error)
@@ -205,7 +205,7 @@ class Recorder:
         return self._seal(encoded)
 
     def _seal(self, body: bytes) -> bytes:
-        return body if self.signer is None else self.signer.sign(body)
+        return seal(self.signer, body)
 
 
 def _shorten(text: str, limit: int) -> str:

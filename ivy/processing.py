@@ -38,7 +38,7 @@ from ivy.message import NONCE, Message, decode_message, nonce_of, now_ms
 from ivy.middleware import Pipeline
 from ivy.queues.base import Delivery, QueueBackend, delivery_limit_reason
 from ivy.runner import check_importable
-from ivy.serialization import Serializer, Signer
+from ivy.serialization import Serializer, Signer, seal
 from ivy.settle import Settler
 from ivy.task import Registry, Task
 from ivy.timing.gate import Gate
@@ -81,7 +81,7 @@ class WorkerContext:
 
     def seal(self, body: bytes) -> bytes:
         """Sign an encoded message or notification when a signing key is configured."""
-        return body if self.signer is None else self.signer.sign(body)
+        return seal(self.signer, body)
 
 #: Internal errors one body may meet on one worker: after the last it is dead-lettered, not
 #: returned to its queue again. The returns wait ``backoff(1)``, ``backoff(2)``, ... (with

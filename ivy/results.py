@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ivy._process import Backoff
 from ivy.call import Call, callback_pool
 from ivy.errors import MessageError
-from ivy.message import Notification
+from ivy.message import Notification, wire_error
 from ivy.notifiers.base import Notifier, Subscription
 
 log = logging.getLogger("ivy.results")
@@ -157,7 +158,7 @@ class ResultConsumer:
     # -- the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         subscription: Subscription | None = None
         while not self._closing.is_set():
             if self._retiring:
@@ -170,13 +171,13 @@ class ResultConsumer:
                     subscription = self.notifier.subscribe(self.channel, self.pending_ids)
                     self._subscription = subscription
                 bodies = subscription.get(0.5)
-                backoff = 0.1
+                backoff.reset()
             except Exception:
                 if self._closing.is_set():
                     break
                 # a lost connection is expected now and then: one line, the traceback at debug
                 log.warning("notification consumer: %s failed (%s); resubscribing in %.1f s",
-                            self.notifier.url, _describe(sys.exc_info()[1]), backoff)
+                            self.notifier.url, _describe(sys.exc_info()[1]), backoff.delay)
                 log.debug("notification consumer failure", exc_info=True)
                 if subscription is not None:
                     try:
@@ -184,8 +185,7 @@ class ResultConsumer:
                     except Exception:
                         log.debug("closing a failed subscription raised", exc_info=True)
                 subscription = self._subscription = None
-                self._closing.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff.wait(self._closing)
                 continue
             for body in bodies:
                 try:
@@ -271,12 +271,11 @@ class ResultConsumer:
         for call in expired:
             log.warning("call %s of %r: no result within %s s; it is forgotten (settled with "
                         "ResultExpired)", call.id, call.task, self.pending_ttl)
-            call._settle(Notification(call.id, "errored", call.task, error={
-                "type": "ResultExpired", "traceback": "",
-                "message": f"no result for call {call.id} of {call.task!r} within "
-                           f"{self.pending_ttl} s (pending_ttl): the producer stopped waiting. "
-                           "The task may still run; raise Ivy(pending_ttl=...) for longer "
-                           "calls"}))
+            call._settle(Notification(call.id, "errored", call.task, error=wire_error(
+                "ResultExpired",
+                f"no result for call {call.id} of {call.task!r} within {self.pending_ttl} s "
+                "(pending_ttl): the producer stopped waiting. The task may still run; raise "
+                "Ivy(pending_ttl=...) for longer calls")))
 
     def fail_pending(self, error_type: str, message: str) -> None:
         """Settle every pending call with a local error (the producer is closing)."""
@@ -284,8 +283,8 @@ class ResultConsumer:
             calls = list(self._calls.values())
             self._calls.clear()
         for call in calls:
-            call._settle(Notification(call.id, "errored", call.task, error={
-                "type": error_type, "message": message, "traceback": ""}))
+            call._settle(Notification(call.id, "errored", call.task,
+                                      error=wire_error(error_type, message)))
 
 
 class Results:

@@ -48,6 +48,7 @@ from typing import Any
 
 from ivy.context import Progress
 from ivy.errors import ConfigurationError, TaskTimeout
+from ivy.message import wire_error
 from ivy.serialization import Serializer
 
 log = logging.getLogger("ivy.worker")
@@ -229,7 +230,6 @@ def request_of(task: Any, message: Any, worker: str) -> dict[str, Any]:
 def timed_out(task: Any, limit: float) -> dict[str, Any]:
     """The outcome of a call killed past its hard limit (with its policy's verdict)."""
     verdict = task.retry_policy.verdict(TaskTimeout())
-    return {"ok": False, "error": {
-        "type": "TaskTimeout", "traceback": "",
-        "message": f"task {task.name!r} passed its time limit of {limit:g} s: its process was "
-                   "killed"}, "verdict": {"kind": verdict.kind, "delay": verdict.delay}}
+    return {"ok": False, "error": wire_error(
+        "TaskTimeout", f"task {task.name!r} passed its time limit of {limit:g} s: its process "
+        "was killed"), "verdict": {"kind": verdict.kind, "delay": verdict.delay}}

@@ -16,7 +16,7 @@ from typing import Any
 from ivy.context import Progress
 from ivy.errors import SerializationError
 from ivy.execution import Executor
-from ivy.message import Message
+from ivy.message import Message, wire_error
 from ivy.retries import POLICY
 from ivy.runner import PARENT_CHECK, RunnerDied, receive, send
 from ivy.serialization import Serializer, get_serializer
@@ -76,10 +76,9 @@ def _serve(sock: socket.socket, serializer: Serializer) -> None:
             task = _resolve(request, tasks)
         except Exception as exc:
             send(sock, serializer, {"ok": False, "verdict": {"kind": "final", "delay": None},
-                                     "error": {"type": type(exc).__name__, "traceback": "",
-                                               "message": f"the runner cannot import "
-                                                          f"{request['module']}."
-                                                          f"{request['qualname']}: {exc}"}})
+                                     "error": wire_error(
+                                         type(exc).__name__, f"the runner cannot import "
+                                         f"{request['module']}.{request['qualname']}: {exc}")})
             continue
         ok, value = executor.run(task, message)
         if ok:
@@ -88,8 +87,7 @@ def _serve(sock: socket.socket, serializer: Serializer) -> None:
             except SerializationError as exc:
                 send(sock, serializer, {"ok": False, "verdict": {"kind": "final",
                                                                    "delay": None},
-                                         "error": {"type": "SerializationError",
-                                                   "message": str(exc), "traceback": ""}})
+                                         "error": wire_error("SerializationError", str(exc))})
             continue
         verdict = getattr(value, "verdict", POLICY)
         send(sock, serializer, {"ok": False, "error": dict(value),

@@ -252,11 +252,21 @@ class Signer:
         return body
 
 
+def seal(signer: Signer | None, body: bytes) -> bytes:
+    """``body`` in a signature envelope when there is a signer, else as it is: the one way
+    ivy signs a message or a notification."""
+    return body if signer is None else signer.sign(body)
+
+
+def is_signed(body: bytes) -> bool:
+    """Whether ``body`` is a signature envelope (not whether its signature verifies)."""
+    return body[:200].lstrip().startswith(b'{"ivy_signed"')
+
+
 def unwrap(body: bytes, signer: Signer | None) -> bytes:
     """Verify and strip a signature envelope. With a signer, unsigned bodies are refused;
     without one, a signed body is unwrapped unverified. Raises ValueError with the reason."""
-    signed = body[:200].lstrip().startswith(b'{"ivy_signed"')
-    if signed:
+    if is_signed(body):
         envelope = _decoder.decode(body.decode("utf-8"))
         if not isinstance(envelope, dict) or envelope.get("ivy_signed") != 1:
             raise ValueError("malformed signature envelope")

@@ -135,7 +135,7 @@ class Task(Generic[P, R]):
         self.style: Style = style or detect_style(func)
         #: calls started per period across all workers (ivy.timing.ratelimit), or None
         self.rate_limit = parse_rate_limit(rate_limit, name)
-        #: seconds a call with the same arguments is not sent again (ivy.timing.unique)
+        #: seconds a call with the same arguments is not sent again (ivy.producer.unique)
         self.unique_for = None if unique_for is None else float(unique_for)
         #: which failures are retried, and after how long (ivy.retries)
         self.retry_policy = DEFAULT_POLICY if (

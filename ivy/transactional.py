@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 
 class Outgoing(Protocol):
-    """What this module needs of an encoded call (:class:`ivy.producing.Outgoing`)."""
+    """What this module needs of an encoded call (:class:`ivy.producer.Outgoing`)."""
 
     call: Call[Any]
     message: Message

@@ -172,9 +172,9 @@ def test_exchange_options_from_the_url_and_the_dict_form(amqp_url: str) -> None:
 def test_a_route_published_to_the_exchange_reaches_the_consumer(
         amqp_url: str, exchange: str) -> None:
     # Given a backend whose queue URL names an exchange, and a consumer of q, whose tasks have
-    # the route testpackage.route1 (the app's registry answers routes_hint)
+    # the route testpackage.route1 (the app's registry answers routes_hint, through use_hints)
     backend = AMQPQueueBackend(amqp_url, exchange=exchange)
-    backend.routes_hint = lambda queue: ["testpackage.route1"]  # type: ignore[method-assign]
+    backend.use_hints(lambda queue: False, lambda queue: ["testpackage.route1"])
     q = qname()
     consumer = backend.consume(q)
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
@@ -270,7 +270,7 @@ def test_a_tasks_route_from_the_originals_options_binds_the_workers_queue(
                                         "route": "testpackage.route1"})
     assert app.queue_routes("testpackage") == ["testpackage.route1"]
     try:
-        app.listen(queue="testpackage", block=False)
+        worker = app.listen(queue="testpackage", block=False)
         # When ivy sends a call, it goes through the exchange with the route and completes
         assert app.delayed_call("testpackage.factorial", 5).result(20) == 42
         # and another client publishing to the exchange with the route reaches the worker
@@ -281,7 +281,7 @@ def test_a_tasks_route_from_the_originals_options_binds_the_workers_queue(
                               b'{"name":"testpackage.factorial","options":{},"args":[7]}',
                               pika.BasicProperties(delivery_mode=2), mandatory=True)
         conn.close()
-        wait_for(lambda: app._workers[0].processed >= 2, timeout=20,
+        wait_for(lambda: worker.processed >= 2, timeout=20,
                  message="the worker to run the routed message")
         assert app.queue_backend.dead_letters("testpackage") == []
     finally:

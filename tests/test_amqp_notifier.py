@@ -330,7 +330,7 @@ def test_result_sent_while_the_producer_connection_is_down_arrives(
                                   callback=lambda err, result: callbacks.append((err, result)))
         # Given the broker drops this process's connections while the call runs, and the
         # producer's reply subscription stays away after its reconnect
-        consumer = producer._results.current
+        consumer = producer.backends.results.current
         assert consumer is not None
         sub = consumer._subscription
         assert isinstance(sub, amqp_notifier.AMQPSubscription)

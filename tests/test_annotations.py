@@ -142,8 +142,8 @@ def test_each_type_travels_in_its_plain_json_form(served: tuple[ivy.Ivy, dict[st
                                                   ) -> None:
     app, _ = served
     for case, (_, value, wire) in CASES.items():
-        out = app._prepare(f"ann.{case}", [value], None)
-        app._forget([out.call])
+        out = app.producer.prepare(f"ann.{case}", [value], None)
+        app.producer.forget([out.call])
         body = decode_message(out.body, app.serializer)
         assert body.args == [wire], case
 
@@ -198,7 +198,7 @@ def test_a_value_that_does_not_fit_is_refused_at_send(
     text = str(caught.value)
     assert f"task 'ann.{case}', argument 1 ('x')" in text  # the parameter
     assert words in text  # the value and the type
-    assert app._current_results().pending_ids() == []  # nothing was sent
+    assert app.producer.results().pending_ids() == []  # nothing was sent
 
 
 def test_a_value_that_does_not_fit_is_dead_lettered_as_bad_arguments(
@@ -407,8 +407,8 @@ def test_each_schema_takes_what_the_producer_encodes(
     app, _ = served
     for case, (_, value, wire) in CASES.items():
         schemas = task_schemas(app.registry.get(f"ann.{case}"))
-        out = app._prepare(f"ann.{case}", [value], None)
-        app._forget([out.call])
+        out = app.producer.prepare(f"ann.{case}", [value], None)
+        app.producer.forget([out.call])
         message = decode_message(out.body, app.serializer)
         fastjsonschema.compile(schemas["arguments"])(message.to_dict())  # a whole message
         fastjsonschema.compile(schemas["result"])(wire)

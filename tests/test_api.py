@@ -439,7 +439,7 @@ def test_a_worker_and_the_producer_of_one_app_share_one_notifier(tmp_path: Path)
         assert app.delayed_call(add, 1, 2).result(20) == 3
         # Then the results come back through the notifier object the worker publishes with
         # (a second one for the same URL was built before: more connections, for nothing)
-        assert app._results.notifier is app._producer_notifier
+        assert app.backends.results.notifier is app.backends.producer_notifier
 
 
 def test_looking_at_a_failed_call_again_and_again_keeps_its_error_small() -> None:

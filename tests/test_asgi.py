@@ -65,7 +65,7 @@ def test_fastapi_example_enqueues_and_awaits(monkeypatch: pytest.MonkeyPatch,
     queue.add_middleware(finished)
     queue.listen(queue="shop", block=False)  # a real worker, in this process
     with TestClient(example.web) as client:
-        assert queue._results.notifier is not None  # started by the lifespan
+        assert queue.backends.results.notifier is not None  # started by the lifespan
         assert client.get("/").json() == {"shop": "the example shop"}  # the inner lifespan's
         placed = client.post("/orders", params={"order_id": 7, "email": "a@example.com"})
         assert placed.status_code == 202, placed.text
@@ -119,9 +119,9 @@ def test_composes_with_the_web_apps_own_lifespan(memory_url: str) -> None:
 
     @asynccontextmanager
     async def database(web: FastAPI) -> AsyncIterator[dict[str, str]]:
-        seen.append(f"database up, ivy consumer {app._results.notifier is not None}")
+        seen.append(f"database up, ivy consumer {app.backends.results.notifier is not None}")
         yield {"db": "pool"}
-        seen.append(f"database down, ivy open {not app._closed}")
+        seen.append(f"database down, ivy open {not app.closed}")
 
     web = FastAPI(lifespan=lifespan(app, database))
 
@@ -133,7 +133,7 @@ def test_composes_with_the_web_apps_own_lifespan(memory_url: str) -> None:
     with TestClient(web) as client:
         assert client.get("/echo", params={"text": "hi"}).json() == {"echo": "hi", "db": "pool"}
     assert seen == ["database up, ivy consumer True", "database down, ivy open True"]
-    assert app._closed
+    assert app.closed
 
 
 def test_enters_inside_the_web_apps_own_lifespan(memory_url: str) -> None:
@@ -144,10 +144,10 @@ def test_enters_inside_the_web_apps_own_lifespan(memory_url: str) -> None:
     @asynccontextmanager
     async def own(web: Starlette) -> AsyncIterator[None]:
         async with lifespan(app)(web):
-            seen.append(f"up, ivy consumer {app._results.notifier is not None}")
+            seen.append(f"up, ivy consumer {app.backends.results.notifier is not None}")
             yield
             seen.append("down")
-        seen.append(f"ivy closed {app._closed}")
+        seen.append(f"ivy closed {app.closed}")
 
     with TestClient(Starlette(lifespan=own)):
         assert seen == ["up, ivy consumer True"]
@@ -204,7 +204,7 @@ def test_shutdown_flushes_a_pending_send_then_closes(memory_url: str) -> None:
         shutdown = asyncio.create_task(context.__aexit__(None, None, None))
         done, _ = await asyncio.wait({shutdown}, timeout=0.3)
         assert not done, "the shutdown did not wait for the unconfirmed send"
-        assert not app._closed
+        assert not app.closed
         backend.gate.set()  # the broker confirms
         await shutdown
         return call
@@ -212,7 +212,7 @@ def test_shutdown_flushes_a_pending_send_then_closes(memory_url: str) -> None:
     call = asyncio.run(scenario())
     call.sent(0)  # confirmed before the close
     assert backend.size(QUEUE) == 1  # the message is in the queue for a worker
-    assert app._closed
+    assert app.closed
     with pytest.raises(ivy.RemoteTaskError, match="closed"):
         call.result(0)  # the producer went away before its result
     backend.close()
@@ -236,7 +236,7 @@ def test_shutdown_is_bounded_by_its_timeout(memory_url: str,
         # the flush's timeout or the shutdown's own, whichever came first
         assert "still unconfirmed" in caplog.text or "did not flush and close" in caplog.text
         join_shutdowns()  # the close goes on past the timeout if it must
-        assert app._closed
+        assert app.closed
     finally:
         backend.gate.set()
         backend.close()
@@ -248,7 +248,7 @@ def test_flush_only_keeps_the_app_open(memory_url: str) -> None:
     for _ in range(2):  # the lifespan runs twice on one ivy app
         with TestClient(web):
             pass
-    assert not app._closed
+    assert not app.closed
     app.close()
 
 

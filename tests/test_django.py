@@ -476,7 +476,7 @@ kept = dropped = None
 
 
 def call_of(result):
-    pending = backend.app._current_results().consumers()[0].pending()
+    pending = backend.app.producer.results().consumers()[0].pending()
     return next(c for c in pending if c.id == result.id)
 
 

@@ -1,9 +1,8 @@
 """The shape of the package (../shared/LAYOUT.md, docs/internals/layout.md): no import cycle
-inside ``ivy/`` but those still being taken apart, no module over 500 lines but those still
-being split (the import-linter contracts of pyproject.toml run in .ci/run: `lint-imports`).
-Imports are counted as Python
-runs them and as type checkers read them: module level, inside functions and under
-``TYPE_CHECKING``. The known lists below only shrink: a new cycle or a new long module fails."""
+inside ``ivy/``, counting imports as Python runs them and as type checkers read them (module
+level, inside functions, under ``TYPE_CHECKING``); no module over 500 lines but those still
+being split, a list that only shrinks. The layers are import-linter's contracts in
+pyproject.toml, run by .ci/run (`lint-imports`)."""
 
 from __future__ import annotations
 
@@ -15,13 +14,6 @@ PACKAGE = ROOT / "ivy"
 #: the longest a module may grow before it is split along its jobs
 MAX_LINES = 500
 
-#: The import cycles still being taken apart (the restructure issue); each is a set of
-#: modules that import one another, directly or not. None may grow and no other may appear.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # the app and the step modules that take `app: Ivy` and use its private attributes
-    frozenset({"ivy.app", "ivy.backends", "ivy.listening", "ivy.producing",
-               "ivy.timing.unique", "ivy.workflows.sending"}),
-]
 #: modules over MAX_LINES still to be split
 KNOWN_LONG = {"ivy/queues/redis_streams.py"}
 
@@ -110,16 +102,11 @@ def test_the_cycle_finder_finds_a_cycle_and_its_members() -> None:
     assert cycles(graph) == [frozenset({"a", "b", "c"})]
 
 
-def test_no_import_cycle_but_the_known_ones() -> None:
+def test_no_import_cycle() -> None:
     found = cycles(import_graph())
-    for cycle in found:
-        assert any(cycle <= known for known in KNOWN_CYCLES), (
-            f"a new import cycle: {sorted(cycle)}; import downwards (LAYOUT.md)")
-    # a known cycle that shrank or went: take it off the list, so that it stays gone
-    for known in KNOWN_CYCLES:
-        assert any(cycle == known for cycle in found), (
-            f"the known cycle changed; update KNOWN_CYCLES to what is left: "
-            f"{[sorted(c) for c in found]}")
+    assert found == [], (
+        f"import cycles: {[sorted(c) for c in found]}; import downwards (LAYOUT.md), or type "
+        "against a narrow Protocol of the lower module instead of the class above it")
 
 
 def test_no_module_over_500_lines_but_the_known_ones() -> None:

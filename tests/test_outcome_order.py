@@ -134,7 +134,7 @@ def test_a_rejected_message_lets_go_of_its_unique_key(backend: str, tmp_path: Pa
         # When the worker dead-letters it
         with pytest.raises(ivy.RemoteTaskError, match="unknown task"):
             call.result(20)
-        notifier = producer._current_results().notifier
+        notifier = producer.producer.results().notifier
         assert notifier is not None
         # Then its key is free at once: the next send sends again
         wait_for(lambda: notifier.get_keys([UNIQUE_PREFIX + "k"]) == [None], timeout=10,

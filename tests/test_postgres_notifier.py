@@ -153,7 +153,7 @@ def test_a_pending_call_gets_its_result_after_the_producer_connection_is_killed(
     try:
         app.listen(queue="q", concurrency=2, block=False)
         call = app.delayed_call(slow, 21)
-        consumer = app._current_results().current
+        consumer = app.producer.results().current
         assert consumer is not None and isinstance(consumer.notifier, PostgresNotifier)
         notifier = consumer.notifier
         wait_for(lambda: isinstance(consumer._subscription, PostgresSubscription), timeout=15,

@@ -216,7 +216,7 @@ def test_progress_with_another_calls_nonce_is_ignored() -> None:
     app = ivy.Ivy(url, url)
     try:
         call = app.send_task("t.none", [], queue="nobody")
-        (consumer,) = app._current_results().consumers()
+        (consumer,) = app.producer.results().consumers()
         forged = Notification(call.id, "progress", "t.none", nonce="0123456789abcdef0123",
                               progress={"fraction": 0.9, "note": "forged"})
         consumer.dispatch(app.seal(forged.encode(app.serializer)))

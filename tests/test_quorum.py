@@ -104,7 +104,7 @@ def refused_as_classic(amqp_url: str, name: str, arguments: dict[str, object]) -
 def test_every_queue_ivy_declares_is_a_quorum_queue(quorum: AMQPQueueBackend,
                                                     amqp_url: str) -> None:
     # Given tasks that use priorities on q (a classic backend would declare x-max-priority)
-    quorum.priority_hint = lambda queue: True  # type: ignore[method-assign]
+    quorum.use_hints(lambda queue: True, lambda queue: [])
     q = qname()
     # When a message goes to q, one through a delay queue, and one to the dead letters
     quorum.publish(q, b"now")

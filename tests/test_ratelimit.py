@@ -120,7 +120,7 @@ def test_a_backlog_is_deferred_once_per_message(app: ivy.Ivy) -> None:
     # (issue 20, row 18)
     queue = f"qr{uuid.uuid4().hex[:8]}"
     asked = [0]
-    notifiers = {id(n): n for n in (app._current_results().notifier, app._producer_notifier)
+    notifiers = {id(n): n for n in (app.producer.results().notifier, app.backends.producer_notifier)
                  if n is not None}
     for notifier in notifiers.values():
         for method in ("take_rate_slot", "reserve_rate_slot"):

@@ -136,10 +136,11 @@ def test_a_rejected_notification_is_named_in_the_timeout(monkeypatch: pytest.Mon
         call = app.delayed_call(v)
         # Given two notifications for the call that the producer refuses: unsigned, twice
         forged = Notification(call.id, "successful", result="forged").encode(JSON)
-        app._dispatch(forged)
-        app._dispatch(forged)
+        app.backends.results.dispatch(forged)
+        app.backends.results.dispatch(forged)
         # and one that does not match the schema (the id is still readable)
-        app._dispatch(app.seal(json.dumps({"ivy": 1, "id": call.id, "status": "??"}).encode()))
+        app.backends.results.dispatch(
+            app.seal(json.dumps({"ivy": 1, "id": call.id, "status": "??"}).encode()))
         # Then waiting for the call says why nothing came
         with pytest.raises(ivy.ResultTimeout) as exc:
             call.result(0.2)
@@ -165,9 +166,9 @@ def test_switching_the_notifier_delivers_old_and_new_calls() -> None:
         # When a call is pending on notifier A and the producer switches to B
         producer.start_notification_consumer(note_a)
         old = producer.delayed_call("t.gated.qa", "old")
-        old_consumer = producer._results.current
+        old_consumer = producer.backends.results.current
         producer.start_notification_consumer(note_b)
-        assert producer._results.current is not old_consumer
+        assert producer.backends.results.current is not old_consumer
         new = producer.delayed_call("t.gated.qb", "new")
         gates[worker_b, "qb"].set()
         # Then the new call completes through B, and the old one still through A
@@ -176,13 +177,14 @@ def test_switching_the_notifier_delivers_old_and_new_calls() -> None:
         gates[worker_a, "qa"].set()
         assert old.result(20) == "old"
         # and the old consumer stops and its notifier is closed once nothing waits on it
-        wait_for(lambda: not old_consumer.alive and not producer._results.retired, timeout=10,
+        wait_for(lambda: not old_consumer.alive and not producer.backends.results.retired,
+                     timeout=10,
                  message="the retired consumer to stop")
-        assert all(thing is not old_consumer.notifier for thing in producer._owned)
+        assert not producer.backends.owns(old_consumer.notifier)
         # Calling again with the current notifier changes nothing
-        current = producer._results.current
+        current = producer.backends.results.current
         producer.start_notification_consumer(note_b)
-        assert producer._results.current is current
+        assert producer.backends.results.current is current
     finally:
         for app in (worker_a, worker_b, producer):
             for queue in ("qa", "qb"):
@@ -198,7 +200,7 @@ def test_a_call_added_while_the_notifier_switches_is_held_by_a_live_consumer() -
     note_a, note_b = f"memory://{uuid.uuid4().hex}", f"memory://{uuid.uuid4().hex}"
     producer = ivy.Ivy(f"memory://{uuid.uuid4().hex}", note_a)
     producer.start_notification_consumer(note_a)
-    old = producer._results.current
+    old = producer.backends.results.current
     assert old is not None
     inside, go = threading.Event(), threading.Event()
     add = old.add
@@ -210,7 +212,7 @@ def test_a_call_added_while_the_notifier_switches_is_held_by_a_live_consumer() -
 
     old.add = slow_add  # type: ignore[method-assign]
     call: Call[Any] = Call(new_id(), "t.late", "q")
-    adding = threading.Thread(target=producer._results.add, args=(call,))
+    adding = threading.Thread(target=producer.backends.results.add, args=(call,))
     adding.start()
     try:
         assert inside.wait(10)
@@ -225,7 +227,7 @@ def test_a_call_added_while_the_notifier_switches_is_held_by_a_live_consumer() -
         adding.join(10)
         switching.join(10)
         # Then the call is held by a consumer that still runs: its result can arrive
-        holders = [c for c in producer._results.consumers() if call.id in c.pending_ids()]
+        holders = [c for c in producer.backends.results.consumers() if call.id in c.pending_ids()]
         assert holders and all(c.alive for c in holders)
     finally:
         go.set()

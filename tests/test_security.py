@@ -95,7 +95,7 @@ def test_error_named_on_the_wire_is_data_never_imported(monkeypatch: pytest.Monk
                          "error": {
         "type": "system", "message": "touch /tmp/pwned", "traceback": "",
         "exc_module": "os", "exc_type": "system", "args": ["touch /tmp/pwned"]}}).encode()
-    app._dispatch(forged)
+    app.backends.results.dispatch(forged)
     with pytest.raises(ivy.RemoteTaskError) as exc:
         call.result(1)
     assert (exc.value.type, exc.value.message) == ("system", "touch /tmp/pwned")
@@ -568,10 +568,11 @@ def test_producer_ignores_unsigned_or_forged_results(monkeypatch: pytest.MonkeyP
 
     call = app.delayed_call(v)
     forged = Notification(call.id, "successful", result="forged").encode(JSON)
-    app._dispatch(forged)  # unsigned: ignored
-    app._dispatch(Signer("other").sign(forged))  # signed with a key we do not hold: ignored
+    app.backends.results.dispatch(forged)  # unsigned: ignored
+    # signed with a key we do not hold: ignored
+    app.backends.results.dispatch(Signer("other").sign(forged))
     assert not call.done()
-    app._dispatch(app.seal(Notification(call.id, "successful", result="real",
+    app.backends.results.dispatch(app.seal(Notification(call.id, "successful", result="real",
                                         nonce=call.nonce).encode(JSON)))
     assert call.result(1) == "real"
     app.close()
@@ -930,7 +931,7 @@ def test_a_catch_up_that_finds_a_forged_result_first_takes_the_calls_own(
         notifier.publish(elsewhere, call.id, forged, final=True, nonce="0123456789abcdef0123")
         notifier.publish(elsewhere, call.id, own, final=True, nonce=call.nonce)
         # When the (re)subscribe catch-up hands the producer the one stored under the id
-        (consumer,) = app._current_results().consumers()
+        (consumer,) = app.producer.results().consumers()
         consumer.dispatch(forged)
         # Then the producer looks beside it and settles the call with its own
         assert call.result(5) == 1

@@ -14,9 +14,10 @@ from servers import free_port
 import ivy
 from ivy.call import Call
 from ivy.message import Message, new_id, now_ms
-from ivy.timing import keys, unique
+from ivy.producer import unique
+from ivy.producer.unique import SEND_CLAIM_TTL, task_key
+from ivy.timing import keys
 from ivy.timing.keys import UNIQUE_PREFIX
-from ivy.timing.unique import SEND_CLAIM_TTL, task_key
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def register(app: ivy.Ivy) -> tuple[str, list[tuple[int, int]]]:
 
 
 def held(app: ivy.Ivy, key: str) -> str | None:
-    notifier = app._results.notifier
+    notifier = app.backends.results.notifier
     assert notifier is not None
     value = notifier.get_keys([UNIQUE_PREFIX + key])[0]
     return None if value is None else keys.holder(value)
@@ -90,7 +91,7 @@ def test_the_key_is_held_while_pending_then_for_unique_for(app: ivy.Ivy) -> None
 def test_a_confirm_seen_after_the_outcome_does_not_keep_the_key(app: ivy.Ivy) -> None:
     # Given a unique call whose worker recorded its outcome and released its key (0.3 s of
     # unique_for left) before its producer saw the send's confirm: a fast worker does that
-    notifier = app._current_results().notifier
+    notifier = app.producer.results().notifier
     assert notifier is not None
     key = f"late:{uuid.uuid4().hex}"
     call: Call[int] = Call(new_id(), "u.add", "q")
@@ -268,7 +269,7 @@ def test_a_slow_unique_send_does_not_hold_up_other_keys(
         memory_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a unique send whose claim is stuck in the store (issue 20, row 19)
     app, _ = unique_app(memory_url, memory_url)
-    notifier = app._current_results().notifier
+    notifier = app.producer.results().notifier
     assert notifier is not None
     stuck, go_on = threading.Event(), threading.Event()
     claim = notifier.claim_key

@@ -370,7 +370,7 @@ def test_a_bad_heartbeat_is_refused_before_any_task_runs(sqlite_url: str,
         with pytest.raises(ValueError, match="heartbeat interval"):
             app.listen(queue="qh", block=False, heartbeat=interval)  # type: ignore[arg-type]
         # Then it refuses before taking work: the call is still queued, nothing ran
-        assert app._workers == [] and ran == []
+        assert list(app._workers) == [] and ran == []
         assert app.queue_backend.size("qh") == 1
     finally:
         app.close()

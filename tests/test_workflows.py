@@ -250,7 +250,7 @@ def test_chain_passes_each_result_on_and_notifies_only_the_final_one(flows: ivy.
     assert call.result(20) == 35  # (1 + 2) * 10 + 5, across queues qa and qb
     assert call.task == "chain(t.add, t.mul, t.add)"
     assert results == [(None, 35)]
-    notifier = flows._notifier_for(None)
+    notifier = flows.backends.notifier_for(None)
     assert notifier.stored(call.id) is not None
     for step in range(3):  # steps keep their results in the workflow store, never notified
         assert notifier.stored(f"{call.id}.{step}") is None

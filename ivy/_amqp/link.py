@@ -29,6 +29,7 @@ from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
 
 from ivy._amqp._pika_patches import corked, send_eagerly, unlock_while_polling
+from ivy._process import Backoff
 
 log = logging.getLogger("ivy.amqp")
 
@@ -78,7 +79,7 @@ class Link:
         self._thread.start()
 
     def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         node = 0
         failed_in_row = 0  # connections that failed to open, one after the other
         while not self._stopping.is_set():
@@ -111,7 +112,7 @@ class Link:
                 continue
             lived = time.monotonic() - opened_at
             if lived > 10:
-                backoff = 0.1
+                backoff.reset()
             failed_in_row = 0 if self._opened_now else failed_in_row + 1
             lost = self.params_url
             node = (node + 1) % len(self.nodes)
@@ -126,9 +127,8 @@ class Link:
             failed_in_row = 0
             log.warning("amqp %s: connection to %s lost (%s); reconnecting to %s in %.1f s",
                         self.label, lost, self.last_error, self._url(self.nodes[node]),
-                        backoff)
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 10.0)
+                        backoff.delay)
+            backoff.wait(self._stopping)
 
     @property
     def params_url(self) -> str:

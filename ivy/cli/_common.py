@@ -91,7 +91,7 @@ def backend_errors() -> tuple[type[BaseException], ...]:
 
 
 #: where a backend's errors come from: ivy's backends and the client libraries they use
-BACKEND_MODULES = ("ivy.queues.", "ivy.notifiers.", "ivy._sqlite", "ivy._amqp.", "ivy.backends",
+BACKEND_MODULES = ("ivy.queues.", "ivy.notifiers.", "ivy._sqlite", "ivy._amqp.", "ivy.app.backends",
                     "ivy.config", "ivy.outbox", "redis.", "pika.")
 
 

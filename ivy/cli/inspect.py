@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 import ivy
-from ivy._process import signal_handlers
+from ivy._process import Backoff, signal_handlers
 from ivy.cli._common import existing_sqlite
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV, make_notifier
 from ivy.monitor import live_queues, workers_report
@@ -136,7 +136,7 @@ def tail_events(notifier: Notifier, out: TextIO, *, as_json: bool = False,
     sub: Subscription | None = notifier.subscribe_events()
     if ready is not None:
         ready()
-    delay = 0.1
+    backoff = Backoff()
     try:
         while not stop.is_set():
             if sub is None:
@@ -144,12 +144,11 @@ def tail_events(notifier: Notifier, out: TextIO, *, as_json: bool = False,
                     sub = notifier.subscribe_events()
                     log.warning("events: subscribed again to %s; events published while "
                                 "disconnected were missed", notifier.url)
-                    delay = 0.1
+                    backoff.reset()
                 except Exception as exc:
                     log.warning("events: subscribing to %s failed (%s); trying again in "
-                                "%.1f s", notifier.url, exc, delay)
-                    stop.wait(delay)
-                    delay = min(delay * 2, 10.0)
+                                "%.1f s", notifier.url, exc, backoff.delay)
+                    backoff.wait(stop)
                     continue
             try:
                 bodies = sub.get(0.5)

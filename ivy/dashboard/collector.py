@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
+from ivy._process import Backoff
 from ivy.notifiers.base import Notifier, Subscription
 
 log = logging.getLogger("ivy.dashboard")
@@ -72,7 +73,7 @@ class Collector:
 
     def _run(self) -> None:
         sub: Subscription | None = None
-        delay = 0.1
+        backoff = Backoff()
         try:
             while not self._stop.is_set():
                 if sub is None:
@@ -84,13 +85,13 @@ class Collector:
                     except Exception as exc:
                         self.error = (f"subscribing to the events of {self.notifier.url} "
                                       f"failed: {type(exc).__name__}: {exc}")
-                        log.warning("dashboard: %s; trying again in %.1f s", self.error, delay)
+                        log.warning("dashboard: %s; trying again in %.1f s", self.error,
+                                    backoff.delay)
                         self._ready.set()
-                        self._stop.wait(delay)
-                        delay = min(delay * 2, 10.0)
+                        backoff.wait(self._stop)
                         continue
                     self.error = None
-                    delay = 0.1
+                    backoff.reset()
                     self._ready.set()
                 try:
                     bodies = sub.get(0.5)

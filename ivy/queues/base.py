@@ -305,17 +305,26 @@ class QueueBackend(ABC):
         ``x-delivery-count``, which a put-back copy starts afresh.)"""
         return self.max_deliveries is not None
 
+    #: (uses_priority, routes) of the app that owns the backend: :meth:`use_hints`
+    _hints: tuple[Callable[[str], bool], Callable[[str], list[str]]] | None = None
+
+    def use_hints(self, uses_priority: Callable[[str], bool],
+                  routes: Callable[[str], list[str]]) -> None:
+        """Answer :meth:`priority_hint` and :meth:`routes_hint` with these (the app that
+        owns the backend passes looks at its registry)."""
+        self._hints = (uses_priority, routes)
+
     def priority_hint(self, queue: str) -> bool:
-        """Whether tasks sent to ``queue`` use priorities (the app that owns the backend
-        replaces this with a look at its registry); backends whose queues must be declared
-        for priorities (RabbitMQ) ask it."""
-        return False
+        """Whether tasks sent to ``queue`` use priorities (see :meth:`use_hints`; False
+        without hints); backends whose queues must be declared for priorities (RabbitMQ) ask
+        it."""
+        return False if self._hints is None else self._hints[0](queue)
 
     def routes_hint(self, queue: str) -> list[str]:
-        """The routes (the original's ``route`` option) of the tasks registered for ``queue``;
-        the app that owns the backend replaces this like :meth:`priority_hint`. Only AMQP with
-        an exchange uses routes (to bind the queue); other backends ignore them."""
-        return []
+        """The routes (the original's ``route`` option) of the tasks registered for ``queue``
+        (see :meth:`use_hints`; none without hints). Only AMQP with an exchange uses routes
+        (to bind the queue); other backends ignore them."""
+        return [] if self._hints is None else self._hints[1](queue)
 
     @abstractmethod
     def publish(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0,

@@ -19,16 +19,8 @@ def queue_backend_of(app: Ivy, backend: QueueBackend) -> Iterator[None]:
     """Make ``backend`` the queue backend ``app`` sends to, until the block ends; then put
     back the one it had (or none, made on the next send as before). Workers already started
     keep theirs."""
-    with app._lock:
-        app._check_open()
-        previous = app._queue
-        app._queue = backend
-    try:
+    with app.backends.queue_replaced(backend):
         yield
-    finally:
-        with app._lock:
-            if app._queue is backend:
-                app._queue = previous
 
 
 def decode(app: Ivy, body: bytes) -> Message:

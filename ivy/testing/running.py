@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivy.config import QUEUE_ENV
 from ivy.errors import ConfigurationError, IvyError, MessageError, RemoteTaskError
-from ivy.message import Message, nonce_of
+from ivy.message import Message, nonce_of, wire_error
 from ivy.middleware import Middleware, Pipeline
 from ivy.queues.base import Consumer, DeadLetter, Delivery, QueueBackend, Rewrite
 from ivy.queues.memory import MemoryQueueBackend, Queued
@@ -115,8 +115,7 @@ class _LocalWorker:
             if error.get("type") != "TaskCancelled":
                 return _remote(error, message)
         for letter, reason in seen.dead:
-            return _remote({"type": "MessageRejected", "message": reason, "traceback": ""},
-                           letter)
+            return _remote(wire_error("MessageRejected", reason), letter)
         return None
 
     def _settle(self, message: Message) -> None:
@@ -126,7 +125,7 @@ class _LocalWorker:
             return
         body = self.notifier.stored(message.id, nonce_of(message))
         if body is not None:
-            self.app._dispatch(body)
+            self.app.backends.results.dispatch(body)
 
     def close(self) -> None:
         self.worker.stop()
@@ -155,16 +154,16 @@ def _is_memory(spec: object) -> bool:
 def memory_backend(app: Ivy, what: str) -> MemoryQueueBackend:
     """The memory queue backend of ``app`` (under :func:`inline`: the one it wraps); a
     ConfigurationError naming the fix for any other."""
-    current = app._queue
+    current = app.backends.queue_if_built
     if isinstance(current, InlineBackend):
         return current.target
     if isinstance(current, CaptureBackend):
         raise ConfigurationError(f"{what} inside ivy.testing.capture(): capture runs "
                                  "nothing; leave its block first")
-    if current is None and not _is_memory(app._queue_spec):
+    if current is None and not _is_memory(app.backends.queue_spec):
         raise ConfigurationError(
             f"{what} needs an app on the memory queue backend, and {app!r} sends to "
-            f"{app._queue_spec or 'the default queue backend'!r}: use the ivy_app fixture, "
+            f"{app.backends.queue_spec or 'the default queue backend'!r}: use the ivy_app fixture, "
             "or ivy.Ivy('memory://NAME', 'memory://NAME') with a name of the test's own")
     backend = app.queue_backend
     if not isinstance(backend, MemoryQueueBackend):

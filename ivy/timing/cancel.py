@@ -27,7 +27,7 @@ catches ``TaskCancelled`` and returns anyway has its result recorded unless the 
 
 from __future__ import annotations
 
-from ivy.message import Message, Notification
+from ivy.message import Message, Notification, wire_error
 from ivy.notifiers.base import Notifier
 
 CANCEL_PREFIX = "ivy:cancel:"
@@ -76,6 +76,6 @@ def cancelled_notification(call_id: str, name: str | None, *, attempt: int = 0,
     """The final ``cancelled`` notification of a call (``running``: whether a worker stopped
     it, or never ran it; None: the producer's own, before any worker saw the cancel)."""
     when = {True: " while it ran", False: " before it ran", None: ""}[running]
-    return Notification(call_id, "cancelled", name, attempt=attempt, worker=worker, error={
-        "type": "CallCancelled", "traceback": "",
-        "message": f"call {call_id} of task {name!r} was cancelled{when}"})
+    return Notification(call_id, "cancelled", name, attempt=attempt, worker=worker,
+                        error=wire_error("CallCancelled",
+                                         f"call {call_id} of task {name!r} was cancelled{when}"))

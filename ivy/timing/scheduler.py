@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
+from ivy._process import worker_name
 from ivy.notifiers.base import Notifier
 from ivy.timing.schedule import Schedule
 
@@ -75,7 +75,7 @@ class Scheduler:
                  clock: Callable[[], float] = time.time) -> None:
         self.app = app
         self.clock = clock
-        self.name = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.name = f"{worker_name()}:{os.urandom(4).hex()}"
         self._notifier = notifier
         self._last: dict[str, float] = {}
         self._stop = threading.Event()
@@ -93,7 +93,7 @@ class Scheduler:
     @property
     def notifier(self) -> Notifier:
         if self._notifier is None:
-            results = self.app._current_results()
+            results = self.app.producer.results()
             assert results.notifier is not None
             self._notifier = results.notifier
         return self._notifier

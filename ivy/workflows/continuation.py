@@ -32,12 +32,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ivy.errors import SerializationError
-from ivy.message import NONCE, Message, Notification, encode_call, nonce_of
+from ivy.message import NONCE, Message, Notification, encode_call, nonce_of, wire_error
 from ivy.middleware import Pipeline
 from ivy.notifiers.base import Notifier
 from ivy.outcomes import Recorder
 from ivy.queues.base import QueueBackend
-from ivy.serialization import Serializer, Signer
+from ivy.serialization import Serializer, Signer, seal
 from ivy.workflows.nodes import Cont, describe, start
 
 log = logging.getLogger("ivy.workflows")
@@ -107,8 +107,7 @@ class WorkflowRecorder(Recorder):
                 str(flow["id"]), "cancelled", message.name, error=note.error,
                 attempt=message.attempt, worker=self.worker), then)
         else:
-            self._fail(message, flow, note.error or {"type": "Error", "message": "",
-                                                     "traceback": ""}, then)
+            self._fail(message, flow, note.error or wire_error("Error"), then)
 
     def rejected(self, reason: str, fields: dict[str, Any], message: Message | None = None,
                  then: Callable[[], None] | None = None) -> None:
@@ -118,8 +117,7 @@ class WorkflowRecorder(Recorder):
             return
         step = Message(id=str(fields.get("id")), name=str(fields.get("name")), args=[])
         try:
-            self._fail(step, flow, {"type": "MessageRejected", "message": reason,
-                                    "traceback": ""}, then)
+            self._fail(step, flow, wire_error("MessageRejected", reason), then)
             return
         except Exception:
             log.exception("worker: failing workflow %s after a rejected step failed",
@@ -142,9 +140,8 @@ class WorkflowRecorder(Recorder):
         try:
             encoded = self._dumps(value)
         except SerializationError as exc:
-            self._fail(message, flow, {"type": "SerializationError", "traceback": "",
-                                       "message": f"the result cannot be passed on: {exc}"},
-                       then)
+            self._fail(message, flow, wire_error(
+                "SerializationError", f"the result cannot be passed on: {exc}"), then)
             return
         inserted, _ = store.workflow_record(STEP_KEY + message.id, 0, encoded, STEP_TTL)
         if not inserted:  # a copy of this step finished first: its result goes on
@@ -191,9 +188,9 @@ class WorkflowRecorder(Recorder):
                 body = encode_call(step, self.serializer, max_depth=self.max_depth,
                                    max_bytes=self.max_message_bytes)
             except SerializationError as exc:
-                self._fail(message, flow, {"type": type(exc).__name__, "traceback": "",
-                                           "message": f"the next step {step.name!r} cannot be "
-                                                      f"sent: {exc}"}, then)
+                self._fail(message, flow, wire_error(
+                    type(exc).__name__, f"the next step {step.name!r} cannot be sent: {exc}"),
+                    then)
                 return
             batches.setdefault((step.queue or "ivy", step.priority), []).append(
                 self.body_from(body))
@@ -206,7 +203,7 @@ class WorkflowRecorder(Recorder):
             then()
 
     def body_from(self, encoded: bytes) -> bytes:
-        return encoded if self.signer is None else self.signer.sign(encoded)
+        return seal(self.signer, encoded)
 
     def _final(self, message: Message, flow: dict[str, Any], note: Notification,
                then: Callable[[], None] | None) -> None:

@@ -239,7 +239,7 @@ class IvyBackend(BaseTaskBackend):
         """Write the record, send the ivy call, send ``task_enqueued``."""
         app, task, store = self.app, result.task, self.store()
         enqueued = records.now()
-        out = app._prepare(
+        out = app.producer.prepare(
             task.module_path, result.args, result.kwargs, queue=task.queue_name,
             priority=ivy_priority(task.priority), delay=_delay(task.run_after),
             max_retries=self.max_retries, call_id=result.id)
@@ -253,10 +253,10 @@ class IvyBackend(BaseTaskBackend):
         try:
             records.create(store, result.id, record, self.result_ttl)
         except BaseException:
-            app._forget([out.call])
+            app.producer.forget([out.call])
             raise
         try:
-            app._send([out], out.queue, out.priority, out.delay, out.route)
+            app.producer.hand_over([out], out.queue, out.priority, out.delay, out.route)
         except BaseException:
             records.forget(store, result.id)
             raise

@@ -1,22 +1,20 @@
-"""Ivy: one registry of tasks, the producer side (delayed calls and their results) and the worker
-side (listen), over one queue backend and one notifier per role.
-
-The app keeps the state; its steps live beside it: registering tasks and schedules in
-:mod:`ivy.registering`, choosing and owning backends in :mod:`ivy.backends`, sending in
-:mod:`ivy.producing`, starting a worker in :mod:`ivy.listening`."""
+"""Ivy: the settings, the registry of tasks and the composition of one app: its backends, its
+producer (:mod:`ivy.producer`) and the workers it starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
-import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from ivy import backends
+from ivy.app.backends import Backends
+from ivy.app.registering import Registering
+from ivy.app.workers import Workers, check_time_limit, message_options, queue_names
 from ivy.call import Call, ResultCallback
 from ivy.config import Spec, make_queue_backend
-from ivy.errors import ConfigurationError, IvyError, PublishError
+from ivy.errors import ConfigurationError
 from ivy.message import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -26,13 +24,12 @@ from ivy.message import (
     peek_id,
 )
 from ivy.middleware import Middleware, Pipeline
-from ivy.monitor import HEARTBEAT_INTERVAL, Heartbeat
+from ivy.monitor import HEARTBEAT_INTERVAL
 from ivy.notifiers.base import Notifier
-from ivy.outbox import Outbox
+from ivy.producer import Producer
 from ivy.queues.base import QueueBackend
-from ivy.registering import Registering
 from ivy.results import DEFAULT_PENDING_TTL, Results
-from ivy.serialization import Serializer, Signer, get_serializer, signer_from
+from ivy.serialization import Serializer, Signer, get_serializer, seal, signer_from
 from ivy.task import Registry, Task
 from ivy.timing import pause
 from ivy.timing.schedule import Schedules
@@ -41,11 +38,8 @@ from ivy.worker import Worker, WorkerContext
 
 if TYPE_CHECKING:
     from ivy.deadletters import DeadLetterInfo
-    from ivy.middleware.events import Events
-    from ivy.producing import Outgoing
 
 log = logging.getLogger("ivy")
-T = TypeVar("T", QueueBackend, Notifier)
 
 CHANNEL_PREFIX = "ivy:notify:"
 #: The retry backoff doubles this many times at most (``Ivy.backoff``): 2**32 times the base
@@ -115,26 +109,18 @@ class Ivy(Registering):
         self.reserve_time = reserve_time
         self.producer_id = new_id()
         self.channel = CHANNEL_PREFIX + self.producer_id
-        self._queue_spec = queue
-        self._notifier_spec = notifier
-        self._queue: QueueBackend | None = None
-        self._consumer_notifier: Notifier | None = None
-        self._consumer_spec: Spec = None
-        self._producer_notifier: Notifier | None = None
-        self._producer_spec: Spec = None
-        self._owned: list[QueueBackend | Notifier] = []
-        self._lock = threading.RLock()
-        self._results = Results(
+        results = Results(
             self.channel, decode=self._decode_notification,
             peek_id=lambda body: peek_id(body, self.serializer, self.max_message_bytes),
-            pending_ttl=self.pending_ttl, on_retired=self._notifier_retired)
-        self._closed = False
-        self._workers: list[Worker] = []
-        self._heartbeats: list[Heartbeat] = []
-        self._events: list[Events] = []  # the workers' task events (listen(events=True))
-        self._outbox = Outbox(self._send_failed)
-        #: what each call's cancel() calls: one bound method for all of them
-        self._canceller: Callable[[str], None] = self.cancel
+            pending_ttl=self.pending_ttl,
+            on_retired=lambda notifier: self.backends.notifier_retired(notifier))
+        #: the queue backend, the notifiers of both roles and the result consumers
+        self.backends = Backends(queue, notifier, name=f"<Ivy {self.producer_id}>",
+                                 results=results, uses_priority=self.queue_uses_priority,
+                                 routes=self.queue_routes)
+        #: sends this app's calls and follows their confirms and results
+        self.producer = Producer(self, self.backends)
+        self._workers = Workers()
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add ``middleware`` after those already there. Producers and running workers of
@@ -143,7 +129,12 @@ class Ivy(Registering):
         self.middleware.add(middleware)
 
     def __repr__(self) -> str:
-        return f"<Ivy {self.producer_id}{' closed' if self._closed else ''}>"
+        return f"<Ivy {self.producer_id}{' closed' if self.closed else ''}>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self.backends.closed
 
     @property
     def signer(self) -> Signer | None:
@@ -169,18 +160,12 @@ class Ivy(Registering):
 
     def setup_queue(self, spec: Spec = None) -> QueueBackend:
         """Choose the queue backend producers send to (URL, dict or backend object)."""
-        return backends.setup_queue(self, spec)
+        return self.backends.setup_queue(spec)
 
     @property
     def queue_backend(self) -> QueueBackend:
-        queue = self._queue  # made once: every send reads it, so no lock once it exists
-        if queue is not None:
-            return queue
-        with self._lock:
-            if self._queue is None:
-                self._check_open()
-                self._queue = self._own(self._queue_spec, make_queue_backend)
-            return self._queue
+        """The queue backend producers send to, built on first use."""
+        return self.backends.queue
 
     def start_notification_consumer(self, spec: Spec = None) -> None:
         """Producer side: receive statuses and results of this process's calls. Called on the
@@ -189,38 +174,20 @@ class Ivy(Registering):
         Called again with another notifier, it switches: new calls wait on the new one, and
         calls already sent are still delivered through the old one, which closes once they are
         all settled (README, "Semantics")."""
-        backends.start_notification_consumer(self, spec)
+        self.backends.start_consumer(spec)
 
     def _decode_notification(self, body: bytes) -> Notification:
         return decode_notification(body, self.serializer, max_bytes=self.max_message_bytes,
                                    max_depth=self.max_depth, signer=self.signer)
 
-    def _notifier_retired(self, notifier: Notifier) -> None:
-        """A retired consumer has settled every call it held: close its notifier unless it is
-        still in use here, or was handed in by the caller."""
-        backends.notifier_retired(self, notifier)
-
     def start_notification_producer(self, spec: Spec = None) -> Notifier:
         """Worker side: the notifier that carries statuses and results back to producers."""
-        return backends.start_notification_producer(self, spec)
-
-    def _notifier_for(self, spec: Spec) -> Notifier:
-        return backends.notifier_for(self, spec)
-
-    def _own(self, spec: Spec, make: Callable[[Spec], T]) -> T:
-        """Build a backend from ``spec``; ivy closes what it built, never an object the caller
-        passed in (that one the caller closes)."""
-        return backends.own(self, spec, make)
+        return self.backends.start_producer(spec)
 
     def queue_routes(self, queue: str) -> list[str]:
         """The routes of the tasks registered here for ``queue`` (AMQP binds them)."""
         return sorted({t.route for t in map(self.registry.get, self.registry.names())
                        if t is not None and t.queue == queue and t.route})
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise IvyError(f"{self!r} was closed: make a new ivy.Ivy() to send or listen "
-                           "again")
 
     def queue_uses_priority(self, queue: str) -> bool:
         """Whether a task registered here for ``queue`` has a priority above 0."""
@@ -268,39 +235,21 @@ class Ivy(Registering):
 
         ``unique_key`` (or a task registered with ``unique_for``): while a call with the same
         key is pending, or within ``unique_for`` seconds of its send, this sends nothing and
-        returns that call (see :mod:`ivy.timing.unique`).
+        returns that call (see :mod:`ivy.producer.unique`).
 
         ``connection`` (a psycopg 3 connection to the PostgreSQL queue's database): the
         message is written in that connection's transaction, visible to workers once it
         commits (see :mod:`ivy.transactional`)."""
-        from ivy.producing import send_task
-
-        return send_task(self, task, args, kwargs, queue=queue, priority=priority, delay=delay,
-                         max_retries=max_retries, callback=callback, confirm=confirm,
-                         unique_key=unique_key, unique_for=unique_for, connection=connection)
+        return self.producer.send_task(
+            task, args, kwargs, queue=queue, priority=priority, delay=delay,
+            max_retries=max_retries, callback=callback, confirm=confirm,
+            unique_key=unique_key, unique_for=unique_for, connection=connection)
 
     def transaction(self, connection: Any) -> Transaction:
         """``with app.transaction(conn):`` (``async with`` for a psycopg AsyncConnection):
         every send of this app inside is written in ``conn``'s transaction, visible to workers
         once it commits; a rollback fails those calls (see :mod:`ivy.transactional`)."""
-        from ivy.producing import track_within
-
-        return Transaction(self, self.queue_backend, connection,
-                           lambda out, future: track_within(self, out, future))
-
-    def _send(self, outs: list[Outgoing], queue: str, priority: int, delay: float,
-              route: str | None) -> None:
-        """Hand messages to the backend and track their confirms. What the backend refuses at
-        once raises here, and those calls are forgotten: nothing was sent for them."""
-        from ivy.producing import hand_over
-
-        hand_over(self, outs, queue, priority, delay, route)
-
-    def _send_failed(self, call: Call[Any], error: BaseException) -> None:
-        """A message was not taken: the call fails with PublishError, and waits no more."""
-        self._forget([call])
-        call._fail(error if isinstance(error, PublishError) else PublishError(
-            f"the message of call {call.id} of {call.task!r} was not taken: {error}"))
+        return self.producer.transaction(connection)
 
     def cancel(self, call: Call[Any] | str, *, ttl: float | None = None) -> None:
         """Cancel a call (a :class:`Call` or its id) sent by any producer sharing this app's
@@ -308,16 +257,13 @@ class Ivy(Registering):
         :mod:`ivy.timing.cancel`). The cancel is kept in the notifier's store for ``ttl``
         seconds (default ``pending_ttl``). A call of this process settles at once with status
         ``cancelled`` unless its outcome was recorded first."""
-        from ivy.producing import cancel_call
-
-        cancel_call(self, call.id if isinstance(call, Call) else call,
-                    self.pending_ttl if ttl is None else ttl)
+        self.producer.cancel(call.id if isinstance(call, Call) else call, ttl)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far is confirmed by the queue backend; raise
         :class:`ivy.PublishError` if some were refused since the last flush (their calls
         failed with it too), :class:`ivy.PublishTimeout` if ``timeout`` passes first."""
-        self._outbox.flush(timeout)
+        self.producer.flush(timeout)
 
     def delayed_calls(
         self, task: Any, arg_lists: Iterable[Iterable[Any]], *,
@@ -326,33 +272,11 @@ class Ivy(Registering):
         """Call ``task`` once per argument list, sending the whole batch at once: on RabbitMQ
         the publishes are pipelined (their confirms tracked as for :meth:`send_task`); on
         SQLite they are one transaction. ``callback`` runs for each call."""
-        from ivy.producing import send_batch
-
-        return send_batch(self, task, arg_lists, callback=callback, delay=delay)
-
-    def _prepare(
-        self, task: Any, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,
-        queue: str | None = None, priority: int | None = None, delay: float | None = None,
-        max_retries: int | None = None, callback: ResultCallback | None = None,
-        call_id: str | None = None, extra: Mapping[str, Any] | None = None,
-    ) -> Outgoing:
-        """Check and encode one call, and register it as pending; ``extra`` holds message
-        fields beyond the core ones (``unique_key``, ...)."""
-        from ivy.producing import prepare
-
-        return prepare(self, task, args, kwargs, queue=queue, priority=priority, delay=delay,
-                       max_retries=max_retries, callback=callback, call_id=call_id,
-                       extra=extra)
+        return self.producer.send_batch(task, arg_lists, callback=callback, delay=delay)
 
     def seal(self, body: bytes) -> bytes:
         """Sign an encoded message or notification when a signing key is configured."""
-        return body if self.signer is None else self.signer.sign(body)
-
-    def _current_results(self) -> Results:
-        """The consumers, one of which new calls wait on (the default notifier's if none)."""
-        if self._results.current is None:
-            self.start_notification_consumer()
-        return self._results
+        return seal(self.signer, body)
 
     def wait_for_callbacks(self, timeout: float, at_exit: bool = False) -> list[Call[Any]]:
         """Wait up to ``timeout`` seconds for the pending calls that have a callback (or a
@@ -360,25 +284,11 @@ class Ivy(Registering):
         does this at interpreter exit (``at_exit``: it warns first), bounded by
         ``exit_timeout``: a script that sends a call with a callback and ends, as the
         original's example does, sees its callback run."""
-        return self._results.wait_for_callbacks(timeout, at_exit)
-
-    def _flush_quietly(self, timeout: float) -> None:
-        """Flush before closing or exiting: log, never raise."""
-        try:
-            self._outbox.flush(timeout)
-        except PublishError as exc:
-            log.error("closing: %s", exc)
-
-    def _forget(self, calls: list[Call[Any]]) -> None:
-        self._results.forget(calls)
+        return self.backends.results.wait_for_callbacks(timeout, at_exit)
 
     def pending_calls(self) -> list[str]:
         """Ids of calls sent by this process and not settled yet."""
-        return self._results.pending_ids()
-
-    def _dispatch(self, body: bytes) -> None:
-        """Hand one notification body to the consumers (as if it had arrived)."""
-        self._results.dispatch(body)
+        return self.backends.results.pending_ids()
 
     # -- dead letters (ivy/deadletters.py) ----------------------------------------------------
 
@@ -427,12 +337,27 @@ class Ivy(Registering):
         The worker writes a heartbeat to the notifier every ``heartbeat`` seconds (None: none)
         for ``ivy inspect``; ``events=True`` publishes its task events for ``ivy events``
         (see :mod:`ivy.monitor` and :mod:`ivy.middleware.events`)."""
-        from ivy.listening import start_worker
-
-        return start_worker(self, queue_url, queue=queue, concurrency=concurrency, block=block,
-                            reserve_time=reserve_time, notifier=notifier,
-                            max_messages=max_messages, events=events, heartbeat=heartbeat,
-                            max_memory=max_memory, time_limit=time_limit)
+        self.backends.check_open()
+        reserve_times: dict[str, float] = {}
+        if isinstance(queue_url, Mapping):
+            queue_url = dict(queue_url)
+            if "queue" in queue_url:
+                queue = queue or queue_url.pop("queue")
+            reserve_times = message_options(self.registry, queue_url.pop("messages", None))
+        backend = (self.backends.own(queue_url, make_queue_backend) if queue_url is not None
+                   else self.queue_backend)
+        reporting = self.backends.producer_notifier
+        if notifier is not None or reporting is None:
+            reporting = self.start_notification_producer(notifier)
+        context = self.worker_context(reserve_times)
+        limit = check_time_limit(time_limit)
+        if limit is not None:
+            context = dataclasses.replace(context, time_limit=limit)
+        return self._workers.start(
+            context, backend, reporting, queue_names(self.registry, queue),
+            concurrency=concurrency, reserve_time=reserve_time or self.reserve_time,
+            max_messages=max_messages, max_memory=max_memory, events=events,
+            heartbeat=heartbeat, block=block)
 
     def worker_context(self, reserve_times: Mapping[str, float] | None = None) -> WorkerContext:
         """What a worker of this app needs: its registry, serializer, limits, signer (read
@@ -445,28 +370,28 @@ class Ivy(Registering):
             max_message_age=self.max_message_age,
             dead_letter_failures=self.dead_letter_failures)
 
-    # -- live workers and waiting (operations issue) -----------------------------------------
+    # -- live workers and waiting -----------------------------------------------------------
 
     def pause_queue(self, queue: str) -> bool:
         """Pause ``queue`` for every worker sharing this app's notifier: within about a second
         they fetch nothing more from it (sends still succeed; calls running end as usual),
         until :meth:`resume_queue`. Kept in the notifier's store (see
         :mod:`ivy.timing.pause`); True if it was not paused."""
-        return pause.set_paused(backends.store_notifier(self), queue, True)
+        return pause.set_paused(self.backends.store_notifier(), queue, True)
 
     def resume_queue(self, queue: str) -> bool:
         """Let the workers of ``queue`` fetch from it again, within about a second; True if
         it was paused."""
-        return pause.set_paused(backends.store_notifier(self), queue, False)
+        return pause.set_paused(self.backends.store_notifier(), queue, False)
 
     def paused_queues(self) -> list[str]:
         """The queues paused on this app's notifier, sorted."""
-        return pause.paused_queues(backends.store_notifier(self))
+        return pause.paused_queues(self.backends.store_notifier())
 
     def workers(self) -> list[dict[str, Any]]:
         """The heartbeats of the workers alive on this app's notifier (see
         :mod:`ivy.monitor`), ordered by name."""
-        return self._notifier_for(None).workers()
+        return self.backends.notifier_for(None).workers()
 
     def wait(self, calls: Iterable[Call[Any]], timeout: float | None = None,
              progress: bool = False, *, return_exceptions: bool = False) -> list[Any]:
@@ -482,4 +407,10 @@ class Ivy(Registering):
         object built (not the backend objects handed in: their owner closes them). Calls still
         waiting are settled with an ``IvyClosed`` error, so no ``result()`` hangs; using the
         object after this raises :class:`ivy.IvyError`."""
-        backends.close(self, timeout)
+        if not self.backends.mark_closed():
+            return
+        self.producer.flush_quietly(timeout)
+        self._workers.stop()  # their last events and heartbeat entries before the notifiers
+        self.backends.results.close("IvyClosed", f"{self!r} was closed before the result of "
+                                    "this call arrived; the task may still run")
+        self.backends.close_owned()

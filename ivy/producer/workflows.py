@@ -1,43 +1,55 @@
-"""The producer's side of workflows: ``delayed_call(chain(...))`` / ``send_task`` /
-``app.delayed_call`` with a signature or a workflow.
-
-A lone signature is sent as the plain call it describes. A workflow gets a fresh call id (the
-id its :class:`ivy.Call` waits on), its node tree with an id per node derived from it
-(``<call id>.<n>``, the message ids of its steps), and its first messages: the first step's,
-or each member's of a leading group. Every argument is checked here, as far as this process
-registers the tasks, so a mistake fails at ``delayed_call`` and not halfway through.
-"""
+"""The producer's side of workflows: a chain, group or chord sent as one call, its first
+messages handed over (the design: docs/internals/producer.md)."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ivy.call import Call, ResultCallback, result_callback_adapter
 from ivy.errors import ConfigurationError
 from ivy.message import NONCE, encode_call, new_id, new_nonce, now_ms
+from ivy.producer.roles import Outgoing, Sender
+from ivy.task import Registry
 from ivy.workflows.canvas import Canvas, Signature
 from ivy.workflows.nodes import FINAL, start
 
-if TYPE_CHECKING:
-    from ivy.app import Ivy
+
+def signature_call(registry: Registry, flow: Signature[Any], args: Iterable[Any],
+                   kwargs: Mapping[str, Any] | None, *, queue: str | None,
+                   priority: int | None, max_retries: int | None) -> dict[str, Any]:
+    """The ``send_task`` arguments of a lone signature: the plain call it describes, the
+    arguments given at send before its own."""
+    registered = registry.get(flow.name)
+    return {
+        "task": flow.name, "args": [*args, *flow.args],
+        "kwargs": {**flow.kwargs, **(kwargs or {})},
+        "queue": queue or flow.queue or (registered.queue if registered is not None else None),
+        "priority": priority if priority is not None else flow.priority,
+        "max_retries": max_retries if max_retries is not None else flow.max_retries,
+    }
 
 
 def send_workflow(
-    app: Ivy, flow: Canvas, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,
+    sender: Sender, flow: Canvas, args: Iterable[Any], kwargs: Mapping[str, Any] | None, *,
     queue: str | None, priority: int | None, delay: float | None, max_retries: int | None,
     callback: ResultCallback | None, confirm: bool,
 ) -> Call[Any]:
-    """Send ``flow`` through ``app``; return the Call of its final result."""
-    if isinstance(flow, Signature):
-        return app.send_task(
-            flow.name, [*args, *flow.args], {**flow.kwargs, **(kwargs or {})},
-            queue=queue or flow.queue or _registered_queue(app, flow.name),
-            priority=priority if priority is not None else flow.priority, delay=delay,
-            max_retries=max_retries if max_retries is not None else flow.max_retries,
-            callback=callback, confirm=confirm)
+    """Send ``flow`` (a chain, group or chord: a lone signature is a plain call, see
+    :func:`signature_call`); return the Call of its final result.
+
+    Raises
+    ------
+    TypeError
+        Keyword arguments or per-call options given for a whole workflow; a callback that is
+        not callable.
+    ValueError
+        A negative ``delay``.
+    ConfigurationError
+        The notifier keeps no workflow state (the AMQP notifier).
+    """
     if kwargs or queue is not None or priority is not None or max_retries is not None:
         raise TypeError(f"sending a workflow ({flow.describe()}) takes positional arguments "
                         "for its first step and delay=, callback=, confirm=; set keyword "
@@ -45,43 +57,42 @@ def send_workflow(
                         "queue=...))")
     if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
         raise ValueError(f"delay {delay!r} must be a number of seconds >= 0")
-    app._check_open()
-    _require_store(app)
+    settings = sender.settings
+    sender.sources.check_open()
+    _require_store(sender)
     call_id = new_id()
     counter = itertools.count()
     prefix = list(args)
-    root = flow.node(lambda: f"{call_id}.{next(counter)}", _defaults(app), _checker(app),
-                     given=len(prefix))
+    root = flow.node(lambda: f"{call_id}.{next(counter)}", _defaults(settings.registry),
+                     _checker(settings.registry), given=len(prefix))
     eta = now_ms() + int(delay * 1000) if delay else None
     nonce = new_nonce()  # every step carries it to the final notification (PROTOCOL.md)
     messages = start(root, prefix, FINAL,
-                     {"id": call_id, "reply_to": app.channel, NONCE: nonce}, eta=eta)
-    from ivy.producing import Outgoing as _Outgoing
-
+                     {"id": call_id, "reply_to": settings.channel, NONCE: nonce}, eta=eta)
     first_queue = messages[0].queue or "ivy"
     call: Call[Any] = Call(call_id, flow.describe(), first_queue)
     call.nonce = nonce
-    call._canceller = app._canceller
-    outs: list[_Outgoing] = []
+    call._canceller = sender.canceller
+    outs: list[Outgoing] = []
     for message in messages:
-        if app.middleware:
-            app.middleware.before_publish(message)
-        body = encode_call(message, app.serializer, max_depth=app.max_depth,
-                           max_bytes=app.max_message_bytes)
-        outs.append(_Outgoing(call, message, message.queue or "ivy", app.seal(body),
-                              message.priority, delay or 0.0, None))
+        if settings.middleware:
+            settings.middleware.before_publish(message)
+        body = encode_call(message, settings.serializer, max_depth=settings.max_depth,
+                           max_bytes=settings.max_message_bytes)
+        outs.append(Outgoing(call, message, message.queue or "ivy", settings.seal(body),
+                             message.priority, delay or 0.0, None))
     if callback is not None:
         if not callable(callback):
             raise TypeError(f"callback {callback!r} is not callable: pass a function "
                             "callback(err, result)")
         call.add_done_callback(result_callback_adapter(callback))
-    app._current_results().add(call)
-    batches: dict[tuple[str, int], list[_Outgoing]] = {}
+    sender.results().add(call)
+    batches: dict[tuple[str, int], list[Outgoing]] = {}
     for out in outs:
         batches.setdefault((out.queue, out.priority), []).append(out)
     for n, ((target, prio), batch) in enumerate(batches.items()):
         try:
-            app._send(batch, target, prio, delay or 0.0, None)
+            sender.hand_over(batch, target, prio, delay or 0.0, None)
         except Exception as exc:
             if n == 0:
                 raise  # nothing was sent: the call is forgotten, the error is the caller's
@@ -90,29 +101,24 @@ def send_workflow(
             refused: Future[None] = Future()
             refused.set_exception(exc)
             call._sending(refused)
-            app._send_failed(call, exc)
+            sender.send_failed(call, exc)
             break
     if confirm:
         call.sent()
     return call
 
 
-def _require_store(app: Ivy) -> None:
+def _require_store(sender: Sender) -> None:
     """Refuse a workflow at once when the notifier keeps no workflow state (the AMQP
     notifier): its steps could not be joined, and its call would wait until its timeout."""
-    notifier = app._current_results().notifier
+    notifier = sender.results().notifier
     if notifier is not None and not notifier.keeps_workflows:
         raise ConfigurationError(notifier._unsupported_workflows())
 
 
-def _registered_queue(app: Ivy, name: str) -> str | None:
-    task = app.registry.get(name)
-    return task.queue if task is not None else None
-
-
-def _defaults(app: Ivy) -> Callable[[str], Mapping[str, Any] | None]:
+def _defaults(registry: Registry) -> Callable[[str], Mapping[str, Any] | None]:
     def defaults(name: str) -> Mapping[str, Any] | None:
-        task = app.registry.get(name)
+        task = registry.get(name)
         if task is None:
             return None
         return {"queue": task.queue, "priority": task.priority,
@@ -120,9 +126,9 @@ def _defaults(app: Ivy) -> Callable[[str], Mapping[str, Any] | None]:
     return defaults
 
 
-def _checker(app: Ivy) -> Callable[[str, list[Any], dict[str, Any]], None]:
+def _checker(registry: Registry) -> Callable[[str, list[Any], dict[str, Any]], None]:
     def check(name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-        task = app.registry.get(name)
+        task = registry.get(name)
         if task is not None:
             task.check_arguments(args, kwargs)
     return check

@@ -84,7 +84,7 @@ class Registering:
         task succeeds. ``rate_limit="N/s|m|h"`` holds across all workers
         (:mod:`ivy.timing.ratelimit`); ``unique_for=N`` makes a call with the same arguments
         a no-op while one is pending or for N seconds after it was sent
-        (:mod:`ivy.timing.unique`). ``timeout=S`` is soft (an exception raised in the task);
+        (:mod:`ivy.producer.unique`). ``timeout=S`` is soft (an exception raised in the task);
         ``time_limit=S`` is hard: the task runs in a process of its own, killed past S seconds
         (:mod:`ivy.runner`). ``retry_on``, ``dont_retry_on``, ``backoff`` (a list of
         seconds, or ``backoff(attempt) -> seconds``) and ``jitter`` make the task's retry
