@@ -1,12 +1,5 @@
-"""Call: the producer's handle on one delayed call (status, result, callbacks, ``await``).
-
-User code never runs on the thread that reads notifications: callbacks (the per-call one, the
-task's ``finished``, ``add_done_callback`` functions) run on a small pool of daemon callback
-threads, each wrapped so that an exception is logged and dropped. A callback that blocks holds
-one of those threads; the others go on (up to :data:`CALLBACK_THREADS` blocked at once), and
-results keep arriving whatever callbacks do. An ``await`` that was cancelled, or whose event loop
-closed, leaves nothing behind that could fail later.
-"""
+"""Call: the producer's handle on one delayed call (status, result, callbacks, ``await``); callbacks
+run on a small pool of threads of their own, never on the one that reads notifications."""
 
 from __future__ import annotations
 

@@ -1,22 +1,5 @@
-"""The running call's context: :func:`ivy.current` inside a task, and the progress it reports.
-
-A worker sets the context before it calls a task body, in the thread that runs it (plain and
-callback-style tasks) or in the coroutine (async tasks), and clears it afterwards. Code the task
-calls sees it too; a thread the task starts does not (a ``contextvars`` variable: start such a
-thread under ``contextvars.copy_context().run``).
-
-``ivy.current().progress(fraction, note)`` sends a ``progress`` notification to the call's
-producer (PROTOCOL.md), where ``call.progress`` holds the latest and ``call.on_progress(cb)``
-callbacks receive each. It is best effort, as a ``running`` status is:
-
-- at most :data:`PROGRESS_PER_SECOND` per call are sent; an update within ``1 /
-  PROGRESS_PER_SECOND`` s of the last one sent is dropped, unless its fraction is 1.0;
-- a failure to send is logged and never fails the task; a call without a producer waiting
-  (sent without ``reply_to``) sends nothing.
-
-A bad argument (a fraction that is not a number from 0 to 1, a note that is not text) raises
-``ValueError`` in the task: that is a bug in the task, not a transport failure.
-"""
+"""The running call's context: :func:`ivy.current` inside a task, and the progress it reports
+(best effort, at most :data:`PROGRESS_PER_SECOND` updates a second)."""
 
 from __future__ import annotations
 
@@ -86,7 +69,7 @@ class CallContext:
     def progress(self, fraction: float, note: str | None = None) -> None:
         """Report how far the call is: ``fraction`` from 0 to 1 (0.25: a quarter done) and an
         optional ``note`` (text, cut to :data:`MAX_NOTE_CHARS`). Rate-limited and best effort
-        (see the module docstring): it never raises for a transport failure."""
+        (docs/internals/results.md): it never raises for a transport failure."""
         if (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                 or not 0.0 <= fraction <= 1.0):
             raise ValueError(f"progress fraction {fraction!r} must be a number from 0 to 1, "

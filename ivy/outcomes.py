@@ -1,13 +1,5 @@
-"""What a worker tells a producer: ``running`` statuses (best effort) and final outcomes
-(retried a few times, raising if they cannot be published, so that the message is not
-acknowledged), on the producer's notification channel.
-
-A final notification must pass the producer's own limits (``max_message_bytes``,
-``max_depth``): a producer drops a notification over them, and its call would wait for its
-timeout. A result that would not pass is replaced by an ``errored`` notification of type
-``ResultTooLarge`` / ``ResultTooDeep`` (the worker acknowledges the message: a retry would fail
-the same way), and an error too large to travel is shortened.
-"""
+"""What a worker tells a producer: ``running`` statuses (best effort) and final outcomes, kept
+within the producer's limits (docs/internals/results.md)."""
 
 from __future__ import annotations
 
@@ -170,7 +162,7 @@ class Recorder:
 
     def final_body(self, message: Message, note: Notification) -> bytes:
         """Encode a final notification within the limits its producer applies when decoding
-        (see the module docstring). The note carries the message's nonce, whoever made it."""
+        (docs/internals/results.md). The note carries the message's nonce, whoever made it."""
         note.nonce = nonce_of(message)
         try:
             encoded = note.encode(self.serializer)

@@ -1,28 +1,5 @@
-"""The relay: a transactional outbox in PostgreSQL for any broker (``ivy relay``).
-
-A producer whose queue URL is PostgreSQL enqueues inside its own transaction
-(:mod:`ivy.transactional`); a relay moves the committed messages of some queues to another
-queue backend (RabbitMQ, SQS, Redis Streams, ...), where the workers run. So the send is
-atomic with the application's write, and the workers keep their broker.
-
-Each round, per queue, in one transaction on the PostgreSQL side:
-
-1. take up to ``batch`` rows of the queue, oldest first, ``FOR UPDATE SKIP LOCKED`` (several
-   relays share the work, never the same row);
-2. hand them to the target in that order (a delayed row keeps the rest of its delay, a row its
-   priority) and wait for the target's confirms;
-3. delete them, and commit.
-
-A target that refuses or does not confirm raises: the transaction rolls back and the rows stay
-for the next round. A relay killed between the target's confirm and the commit leaves its
-rows in PostgreSQL, and they are sent again by the next round: at least once, with the same
-bodies (call ids), so a worker sees a duplicate as a redelivery. Order holds per queue and
-relay; with several relays, batches of one queue may interleave.
-
-The relay does not lease rows: a queue it relays must not also have PostgreSQL workers.
-It wakes on the queue's ``NOTIFY`` (sent by every insert on commit) and looks again at least
-every ``poll_interval`` s.
-"""
+"""The relay (``ivy relay``): moves committed messages of PostgreSQL queues to another queue
+backend, a transactional outbox for any broker (docs/internals/postgres.md, "The relay")."""
 
 from __future__ import annotations
 

@@ -1,18 +1,5 @@
-"""The only code of ivy that uses pika's private API: two speed-ups of a ``SelectConnection``.
-
-* :func:`unlock_while_polling`: the I/O loop holds a lock except inside its poll system call, so
-  that another thread can run a publish or an ack itself while the loop is idle, sparing two
-  thread switches (wake the loop, wait for it).
-* :func:`send_eagerly` and :func:`corked`: a connection's frames leave at once, those of one
-  batch of operations in one write, instead of one ``send`` per frame from the next turn of
-  the loop.
-
-Both reach into pika's internals (the poller's factory, the transport's socket and buffers,
-the connection's frame output), so they are applied only to the pika versions they were tested
-with (:data:`TESTED_FROM` up to, not including, :data:`TESTED_BELOW`). With any other pika, ivy
-uses pika's own code paths: every operation runs on the connection's I/O thread, slower but
-correct, and this is logged once.
-"""
+"""The only code of ivy that uses pika's private API: two speed-ups of a ``SelectConnection``,
+applied only to the pika versions they were tested with (docs/internals/amqp.md)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,6 @@
 """The pika transport of the AMQP backend: one ``SelectConnection`` with one channel on its own
-I/O thread, reconnecting with backoff, and a way for other threads to use it.
-
-With several nodes (a cluster), a link connects to the first that answers, in the order given,
-and after losing a connection that had worked for a while goes on with the next node at once,
-waiting with backoff only once every node failed in a row: a stopped node costs one refused
-connection, not a backoff. A connection that the broker closes soon after it opened (a
-declaration refused, say) is retried with backoff, so a persistent error does not spin.
-
-pika is not thread-safe. The I/O thread holds the link's lock except while it waits in its
-poll system call (see :mod:`ivy._amqp._pika_patches`). Another thread with work for the
-connection (a publish, an ack) runs it itself if it can take that lock at once (the loop is
-idle), and otherwise hands it over through ``add_callback_threadsafe``: either way one thread at
-a time uses the connection. With a pika outside the tested versions the lock is held
-throughout, so every operation goes through the I/O thread.
-"""
+I/O thread, reconnecting with backoff, and a way for other threads to use it
+(docs/internals/amqp.md)."""
 
 from __future__ import annotations
 

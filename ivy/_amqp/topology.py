@@ -1,23 +1,5 @@
-"""Queue topology of the AMQP backend: what ivy declares on the broker, and with which
-arguments (the layout is described in :mod:`ivy.queues.amqp`).
-
-* queue Q: durable, ``x-max-priority`` when its tasks use priorities;
-* ``Q.delay.<ms>``: messages wait there for their TTL, then are dead-lettered into Q; the
-  queue deletes itself (``x-expires``) ``DELAY_GRACE_MS`` after it was last declared, so
-  that delays used once do not pile up. Publishes do not count as use (RabbitMQ deletes an
-  expired queue with the messages in it, and what is published to it afterwards is dropped
-  as unroutable), so a publisher declares a delay queue again before publishing to it once
-  its declaration is ``DELAY_REFRESH`` seconds old: each message leaves the queue (after its
-  TTL) well before the queue could expire;
-* ``Q.dead``: plain and durable;
-* with ``queue_type="quorum"`` every one of them is a quorum queue (``x-queue-type``), never
-  with ``x-max-priority``; Q dead-letters into ``Q.dead`` (declared first) through the default
-  exchange, at least once, after ``x-delivery-limit`` deliveries without an ack, and the delay
-  queues dead-letter into Q at least once too (``x-dead-letter-strategy: at-least-once``,
-  which needs ``x-overflow: reject-publish``);
-* with an exchange: the exchange (durable, ``direct`` or ``topic``), and Q bound to it with the
-  routing keys Q, the routes of Q's tasks, and any route a message for Q is published with.
-"""
+"""Queue topology of the AMQP backend: what ivy declares on the broker, and with which arguments
+(docs/internals/amqp.md, "Topology")."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""Following the transactions of the application's own connections: a call enqueued on the
-caller's connection (:mod:`ivy.transactional`) is sent when that transaction commits, and never
-when it rolls back. psycopg has no commit hook, so this asks the server: ``pg_xact_status`` of
-the transaction id read when the rows were written, for every transaction still open, on one
-pooled connection, every :data:`FIRST_POLL` s at first, slowing to :data:`MAX_POLL` s for a
-transaction that stays open. One thread per backend object, running while it follows some.
-
-A savepoint rolled back inside a transaction that commits takes its rows with it, yet the
-transaction commits: such a call counts as sent, and waits for its result until
-``pending_ttl``. Roll back the whole transaction, or send outside the savepoint."""
+"""Following the transactions of the application's own connections, so that a call enqueued in
+one is sent when it commits and never when it rolls back (docs/internals/postgres.md)."""
 
 from __future__ import annotations
 

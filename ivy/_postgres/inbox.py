@@ -1,15 +1,5 @@
-"""What the PostgreSQL notifier's subscriptions receive: a :class:`~ivy._postgres.wake.Listener`
-thread per subscription ``LISTEN``s on its channel with a connection of its own, reads the rows
-that the notifications name on that connection, and queues their bodies for ``get()``.
-
-* :class:`NoteInbox`, a producer's notifications. A payload ``r:<key>`` names a final
-  notification stored in ``results``, ``n:<seq>`` a running or progress one in
-  ``notifications``. On each new connection, once it listens, it reads the stored finals of
-  the pending call ids, and after a reconnect also the channel's notifications it missed
-  (those after the last one it received): nothing sent while it was away is lost.
-* :class:`EventInbox`, task events: a payload ``=<json>`` is the event itself, ``#<seq>``
-  names one too long for a payload, stored in ``events``. Events are a live stream: those
-  sent while it reconnects are not read again."""
+"""What the PostgreSQL notifier's subscriptions receive: a ``LISTEN`` thread per subscription that
+reads the rows its notifications name (docs/internals/postgres.md, "Subscriptions")."""
 
 from __future__ import annotations
 
@@ -80,7 +70,7 @@ class Inbox(Listener):
 
 
 class NoteInbox(Inbox):
-    """The notifications of one producer's channel (see the module docstring)."""
+    """The notifications of one producer's channel (docs/internals/postgres.md)."""
 
     def __init__(self, db: Database, statements: StoreStatements, channel: str,
                  pending: Callable[[], Collection[str]]) -> None:
@@ -131,7 +121,7 @@ class NoteInbox(Inbox):
 
 
 class EventInbox(Inbox):
-    """The task events of a schema (see the module docstring)."""
+    """The task events of a schema (docs/internals/postgres.md)."""
 
     def __init__(self, db: Database, statements: StoreStatements) -> None:
         super().__init__(db, statements.events_channel, "ivy-postgres-events")

@@ -1,9 +1,4 @@
-"""The statements of the PostgreSQL queue, for one schema, and the insert that producers use
-(on a pooled connection, or later on the caller's own in its transaction).
-
-Times are the server's (``now()``): every process shares its clock. Each statement that makes
-a message due sends ``pg_notify(channel, queue)`` in its own transaction, so that waiting
-consumers are woken when it commits, and not before."""
+"""The statements of the PostgreSQL queue, for one schema, and the insert that producers use."""
 
 from __future__ import annotations
 

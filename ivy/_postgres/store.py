@@ -1,7 +1,5 @@
-"""The statements of the PostgreSQL notifier (:mod:`ivy.notifiers.postgres`), for one schema,
-and the names of its ``LISTEN/NOTIFY`` channels. The tables and the functions it calls
-(``publish_result``, ``rate_slot``, ``workflow_record``) are made by migration 2 of
-:mod:`ivy._postgres.schema`. Every expiry is on the server's clock (``now()``)."""
+"""The statements of the PostgreSQL notifier (:mod:`ivy.notifiers.postgres`), for one schema, and
+the names of its ``LISTEN/NOTIFY`` channels."""
 
 from __future__ import annotations
 

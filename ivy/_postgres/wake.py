@@ -1,9 +1,5 @@
-"""``LISTEN`` threads. :class:`Listener` listens on some channels with a connection of its own
-and listens again, with backoff, after the connection fails; its subclasses say what a
-notification does. :class:`Wakeups` wakes the waiting consumers of the queue each
-notification names: a lost notification, or a listener between connections, costs a waiter
-at most its polling interval, since waiters never wait longer than that without looking.
-The PostgreSQL notifier's subscriptions are listeners too (:mod:`ivy._postgres.inbox`)."""
+"""``LISTEN`` threads: :class:`Listener` listens again with backoff after a failure, and
+:class:`Wakeups` wakes the waiting consumers of the queue each notification names."""
 
 from __future__ import annotations
 

@@ -1,22 +1,5 @@
-"""The PostgreSQL notifier's background writer of final notifications (a worker's results):
-what workers hand it while it writes is written together, in one transaction with its
-statements pipelined (one round trip), and each one's ``then`` (the worker's ack) is called
-after the commit, in order.
-
-One result per transaction cost a worker about 0.43 ms of round trips and commit each; a
-batch pays that once. While the writer is idle, a result is written at once, alone: batching
-costs no latency, it only forms while a write is in progress (as on SQLite,
-:mod:`ivy._sqlite.writer`).
-
-A batch that fails because the server cannot be reached (restarting, a connection killed) is
-tried again, 0.1 s doubling to 5 s apart, holding its ``then`` back: a result is acknowledged
-only once stored. One the server refuses is written one by one, and a result refused alone is
-logged and left out (its message comes back when its lease ends).
-The function ``publish_result`` keeps the first result per call id and nonce, so a batch
-written twice (a commit whose answer was lost) stores nothing twice. :meth:`Writer.close`
-writes what is waiting first, within its timeout; what it cannot write then is logged, and
-those messages come back when their leases end.
-"""
+"""The PostgreSQL notifier's background writer of final notifications: batches in one transaction,
+each result's ``then`` (the worker's ack) after the commit (docs/internals/postgres.md)."""
 
 from __future__ import annotations
 

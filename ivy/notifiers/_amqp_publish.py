@@ -1,21 +1,5 @@
-"""The publishing side of the AMQP notifier: one connection (a :class:`ivy._amqp.link.Link`,
-the AMQP queue backend's transport) with publisher confirms, that declares what it publishes to
-before the first publish on each channel.
-
-A publish is handed to the link and completes (its future) when the broker confirmed it. One
-handed to a channel that is lost before the confirm is sent again on the next connection: at
-least once (the producer drops duplicates, see :mod:`ivy.results`). One the broker refuses
-(nack: a quorum reply queue without a leader for a moment, or full) is sent again every
-quarter second until its deadline, then fails. The caller bounds the wait.
-
-Declarations are remembered per channel, and a reply queue's declaration is renewed when it is
-older than a quarter of its ``x-expires`` (a declaration renews the queue's lease), so a queue
-this connection published to is never found expired while its producer is still there.
-A reply queue that exists with other arguments (declared by a producer with another
-``reply_expires``) makes the broker close the channel (406 PRECONDITION_FAILED); the publisher
-logs it once and from then on declares that queue passively (uses it as it is). The same holds
-for the heartbeat stream and the events exchange.
-"""
+"""The publishing side of the AMQP notifier: one link with publisher confirms, declaring what it
+publishes to before the first publish on each channel (docs/internals/amqp.md)."""
 
 from __future__ import annotations
 

@@ -1,23 +1,5 @@
-"""Worker heartbeats over AMQP: a RabbitMQ stream ``ivy.workers`` (an append-only log that any
-number of readers read without taking from it).
-
-Each heartbeat is a record ``{"name", "info", "expires"}`` appended to the stream (confirmed),
-``expires`` being the writer's clock plus the TTL; a stopped worker appends ``{"name",
-"removed": true}``. To list the workers alive, a reader appends a probe record of its own
-(confirmed, so everything confirmed before it lies before it), reads the stream from
-:data:`LOOKBACK` seconds ago up to its probe, keeps the last record of each name, and drops the
-removed and the expired ones. A live worker writes at least every heartbeat interval, so its
-last heartbeat is within the look-back as long as the interval is shorter than
-:data:`LOOKBACK` (ivy's default is 5 s); a TTL longer than the look-back acts as the look-back.
-Expiry compares the writer's clock with the reader's: hosts whose clocks disagree by more than
-a heartbeat's TTL see wrong answers (Redis, which uses its own clock, has no such limit).
-RabbitMQ drops the stream's old segments after :data:`MAX_AGE`.
-
-Cost, measured on the development machine (shared, loaded): a heartbeat is one confirmed
-publish (about 1 ms); a listing takes 0.17 s with 1,700 records in the look-back (20 workers
-beating every 5 s make 1,200), on a connection of its own, most of it RabbitMQ starting the
-stream's reader (about 0.1 s before the first record).
-"""
+"""Worker heartbeats over AMQP, as records of the RabbitMQ stream ``ivy.workers``
+(docs/internals/amqp.md, "Worker heartbeats")."""
 
 from __future__ import annotations
 
@@ -56,8 +38,8 @@ def removal(name: str) -> bytes:
 
 
 def read_alive(params: pika.URLParameters) -> list[dict[str, Any]]:
-    """The heartbeats of the workers alive when the listing began, ordered by name (see the
-    module docstring)."""
+    """The heartbeats of the workers alive when the listing began, ordered by name
+    (docs/internals/amqp.md, "Worker heartbeats")."""
     now = time.time()  # reading takes a while (0.1 s or more): alive as of the request
     last: dict[str, dict[str, Any]] = {}
     conn = pika.BlockingConnection(params)

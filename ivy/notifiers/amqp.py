@@ -1,66 +1,5 @@
-"""``amqp://`` / ``amqps://``: the RabbitMQ notifier (``pip install 'ivy-queue[amqp]'``), so that
-a deployment can run on RabbitMQ alone, without Redis.
-
-Reply queues. A producer's channel (``ivy:notify:<producer id>``, carried by each message in
-``reply_to``) is the name of its reply queue: a durable classic queue declared with
-``x-expires`` (``?reply_expires=`` seconds, default 600), so RabbitMQ deletes it once it has had
-no consumer (and no declaration) for that long: when its producer is gone. Workers publish a
-call's notifications to it through the default exchange, with publisher confirms (a final one
-is confirmed before the worker acknowledges the message). Both sides declare the queue, the
-producer when it subscribes and a worker before its first publish to it, so a result published
-before the producer subscribed, or while its connection was down, waits in the queue: it
-survives a producer's reconnect. A producer away longer than ``reply_expires`` loses the queue
-and what was in it (its calls then end with ``ResultExpired`` after ``pending_ttl``). Producers
-and workers should use the same ``reply_expires``: a queue found with another ``x-expires`` is
-used as it is (logged once). In a RabbitMQ cluster a classic reply queue lives on one node: while
-that node is down its producer gets no results (they wait in the workers' retries, then in the
-task queue). ``?reply_queue_type=quorum`` declares reply queues as quorum queues, replicated
-across the cluster's nodes, at the cost of a Raft write per notification.
-
-Persistence. Notifications are persistent messages by default, so the results waiting in reply
-queues survive a RabbitMQ restart (as stored results survive a Redis restart with AOF). The
-price: RabbitMQ confirms a persistent message once it is on disk (or consumed and acknowledged
-first), and a worker waits for that confirm on every task, which halves the end-to-end rate of
-trivial tasks against the Redis notifier (docs/benchmarks.md). ``?persistent=false`` sends
-transient messages, confirmed as soon as they are queued (about twice the rate), which a
-RabbitMQ restart loses.
-
-The producer's subscription consumes its reply queue and acknowledges what ``get`` returned;
-what was delivered but not returned when a connection is lost is delivered again. A consumer
-cancelled by the broker (its queue deleted, or the node holding it gone) reconnects and
-declares the queue again.
-
-``stored(call_id)`` and "the first result wins". AMQP has no keyed store: the reply queue *is*
-the store of its producer's results while it lives, and a (re)subscribing producer reads every
-result waiting there, so the ``pending()`` catch-up that the Redis notifier does is not needed.
-``stored(call_id)`` answers from this process's memory: the final notification that an AMQP
-notifier of this process published for that call to the same broker and vhost (the first one;
-up to :data:`MAX_REMEMBERED` calls and :data:`MAX_REMEMBERED_BYTES`, oldest forgotten first),
-else None. So another process
-cannot look a result up. Within one process a second final notification of a call is not
-published at all; across worker processes (a re-run after a crash) both reach the reply queue,
-and the producer settles the call with the first and drops the rest (:mod:`ivy.results`), so a
-callback never runs twice.
-
-One subscription per channel and broker: two producers with the same channel (one Ivy
-instance switching between two ``amqp://`` notifiers on the same vhost) would share the queue.
-
-Task events go to the fanout exchange ``ivy.events`` (durable, declared by both sides); each
-events subscription binds an exclusive, server-named queue to it, and returns once the binding
-is confirmed, so nothing published afterwards is missed while it stays open. Events are not
-persistent (a live stream, like Redis pub/sub); ``publish_event`` returns once the broker
-confirmed the event (routed to the subscriptions open then), waiting at most
-:data:`EVENT_TIMEOUT` seconds (then PublishError, which the events middleware logs).
-
-Worker heartbeats (``ivy inspect``'s workers) are records in the RabbitMQ stream
-``ivy.workers``, read back from the last five minutes up to a probe record of the reader's own:
-see :mod:`ivy.notifiers._amqp_workers` for the scheme and its limits (a heartbeat interval under
-300 s; hosts' clocks agreeing within a heartbeat's TTL).
-
-Connections: the notifier uses the AMQP backend's transport (:mod:`ivy._amqp.link`): one
-publishing connection per notifier, opened on the first publish, and one connection per
-subscription, each on its own I/O thread, reconnecting with backoff.
-"""
+"""``amqp://`` / ``amqps://``: the RabbitMQ notifier (``pip install 'ivy-queue[amqp]'``): results in
+reply queues, events on a fanout exchange, heartbeats in a stream (docs/internals/amqp.md)."""
 
 from __future__ import annotations
 
@@ -324,14 +263,13 @@ class AMQPNotifier(Notifier):
 
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         """Consume the reply queue ``channel`` (declared now if it is not there). Every result
-        still in it is delivered, so ``pending`` is not needed (see the module docstring)."""
+        still in it is delivered, so ``pending`` is not needed (docs/internals/amqp.md)."""
         return self._track(AMQPSubscription(self, channel, f"reply-{channel[-8:]}"))
 
     def stored(self, call_id: str, nonce: str | None = None) -> bytes | None:
         """The first final notification of ``call_id`` that an AMQP notifier of this process
         published to this vhost (with ``nonce``, the one beside it for that nonce first), if
-        it is still remembered; None otherwise (AMQP has no keyed store: see the module
-        docstring)."""
+        it is still remembered; None otherwise (AMQP has no keyed store: docs/internals/amqp.md)."""
         with self._finals.lock:
             found = None if nonce is None else self._finals.bodies.get(beside_key(call_id, nonce))
             return found if found is not None else self._finals.bodies.get(call_id)

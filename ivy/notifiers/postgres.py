@@ -1,38 +1,5 @@
-"""``postgresql://`` (and ``postgres://``) as a NOTIFIER URL: results, statuses, workflows,
-keys, heartbeats and events in the tables of the database the application already has
-(``pip install 'ivy-queue[postgres]'``). docs/backends/postgresql.md tells the whole story.
-
-* The tables live in the queue's schema (``ivy``, URL option ``?schema=``), made on first use
-  or by ``ivy migrate`` (migration 2 of :mod:`ivy._postgres.schema`). One URL can name the
-  queue and the notifier: each reads its own options (``result_ttl`` here) and ignores the
-  other's.
-* **Final notifications** are rows of ``results`` keyed by call id, kept ``result_ttl``
-  seconds (default one day; expired rows are pruned now and then): the function
-  ``publish_result`` inserts one unless a live one is there, so the first wins, and one that
-  echoes a nonce the first does not carry goes beside it, under ``<call id>:<nonce>``
-  (:func:`ivy.notifiers.base.beside`). In the same transaction it sends ``NOTIFY`` on a
-  channel derived from the producer's (:func:`ivy._postgres.store.notify_channel`) with the
-  key only (``r:<key>``: payloads are limited to 8000 bytes); the subscription then reads
-  the row. A duplicate is neither stored nor sent. A worker's results are written by a
-  background writer in batches, one transaction each (:mod:`ivy._postgres.writer`); its ack
-  follows the commit.
-* **Running and progress notifications** are rows of ``notifications`` with a sequence,
-  announced the same way (``n:<seq>``) and deleted after a minute. Storing them, rather than
-  sending them in the payload, lets a subscription that reconnects read what it missed, and
-  keeps them in order with the finals (one path, ordered by commit).
-* **Subscriptions** listen with a connection of their own (:mod:`ivy._postgres.inbox`).
-  Subscribing returns once the ``LISTEN`` is in place; each new connection first reads the
-  stored finals of the pending call ids and, after a reconnect, the channel's notifications
-  it missed. A killed connection is replaced with backoff (0.1 s doubling to 5 s): nothing
-  is lost, a result is only delayed.
-* **Task events** ride in their ``NOTIFY`` payload when they are ASCII and fit (ivy's events
-  always do); a longer one is stored in ``events`` for a minute and its ``seq`` sent. They
-  are a live stream: what is sent while a subscription reconnects is not read again.
-* **Keys, rate limits, workflows and heartbeats** are rows with an expiry time (``keys``,
-  ``workers``, ``workflow_counts`` and ``workflow_members``). Each operation is one
-  statement; the rate limiter (``rate_slot``) and the workflow join (``workflow_record``) are
-  functions that lock one row, so callers take turns and the server's clock decides.
-"""
+"""``postgresql://`` (and ``postgres://``) as a NOTIFIER URL: results, statuses, workflows, keys,
+heartbeats and events in PostgreSQL tables. How it works: docs/internals/postgres.md."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""RabbitMQ management for the AMQP backend, on short-lived blocking connections: queue sizes,
-the dead-letter tools (list, requeue, purge) and deleting queues. These are rare operations,
-kept apart from the long-lived publishing and consuming connections of :mod:`ivy.queues.amqp`.
-
-Dead letters are the messages of ``Q.dead``. Listing reads them with ``basic_get`` and gives
-them all back when its channel closes (a listing running at the same moment may miss them
-briefly). Requeueing publishes a copy to Q and acknowledges the dead letter once the broker
-confirmed the copy: at least once, a crash in between leaves one in both, never none.
-"""
+"""RabbitMQ management for the AMQP backend, on short-lived blocking connections: queue sizes, the
+dead-letter tools (list, requeue, purge) and deleting queues (docs/internals/amqp.md)."""
 
 from __future__ import annotations
 
@@ -161,7 +154,7 @@ def _text(value: Any) -> str:
 
 
 def _dead_letter(queue: str, props: BasicProperties, body: bytes) -> DeadLetter:
-    """A message of ``Q.dead`` as a DeadLetter, with a stable id (see the module doc). One
+    """A message of ``Q.dead`` as a DeadLetter, with a stable id (docs/internals/amqp.md). One
     that RabbitMQ dead-lettered itself (a quorum queue's delivery limit) has no ivy headers:
     its reason and time come from the broker's ``x-death`` header."""
     headers = props.headers or {}

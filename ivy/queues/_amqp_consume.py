@@ -1,7 +1,5 @@
-"""The consuming side of the AMQP backend (:mod:`ivy.queues.amqp`): a consumer per queue on a
-connection of its own, and its deliveries, acknowledged after the worker recorded the outcome.
-A delivery from a connection that has since been lost is not acknowledged (the broker
-redelivers it)."""
+"""The consuming side of the AMQP backend: a consumer per queue on a connection of its own, and its
+deliveries, acknowledged after the worker recorded the outcome."""
 
 from __future__ import annotations
 

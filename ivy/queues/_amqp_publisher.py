@@ -1,19 +1,5 @@
-"""Publishing for the AMQP queue backend (:mod:`ivy.queues.amqp`), with publisher confirms,
-pipelined: many threads can have publishes in flight on one channel of one connection (a
-:class:`~ivy._amqp.link.Link`), each tracked by a future that completes with its
-confirm, or fails with :class:`ivy.PublishError` when the broker refused it (nack) or did not
-confirm it within ``publish_timeout``.
-
-* A connection lost before a confirm: the publishes that reached its channel are sent again on
-  the next connection (at least once; call ids are unique and the first result wins).
-* Quorum queues refuse publishes (nack) while they have no leader for a moment, or while full
-  (``overflow: reject-publish``): a refused publish is sent again every quarter second until
-  its deadline. After a second refusal of one message, the publisher moves to a new connection
-  (at most once every ``RECYCLE_EVERY`` seconds: a channel opened during an election can go on
-  refusing), but only once every publish in flight on the old channel is settled; new
-  publishes wait meanwhile (at most ``QUIET_MAX`` seconds). Dropping the connection at once
-  sent the accepted publishes whose confirms were still on the way a second time.
-"""
+"""Publishing for the AMQP queue backend with publisher confirms, pipelined: a future per message,
+sent again after a lost connection or a refusal (docs/internals/amqp.md)."""
 
 from __future__ import annotations
 

@@ -1,27 +1,5 @@
 """``postgresql://`` (and ``postgres://``) as a QUEUE URL: ivy's queues in PostgreSQL tables
-(``pip install 'ivy-queue[postgres]'``). docs/backends/postgresql.md tells the whole story.
-
-* Each message is a row of ``<schema>.messages`` (schema ``ivy``, URL option ``?schema=``),
-  made on first use or by ``ivy migrate`` (:mod:`ivy._postgres.schema`).
-* A consumer reserves due rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` and leases them: a
-  fresh token and an expiry (``available_at``) per fetch, one more ``deliveries`` each. Ack
-  deletes the row while the token matches, so a worker whose lease ran out cannot delete a
-  message that another worker took since; ``extend`` pushes the expiry out. A lease that
-  runs out makes the row due again: it is delivered again.
-* Retries and delays set ``available_at``; priorities order the fetch (both indexed). A
-  defer and a release take back the count of their delivery: neither is an attempt.
-* Poison messages: a row whose leases ran out ``max_deliveries`` times without an outcome
-  (default 10) is dead-lettered by the next worker, "delivery limit: ...", as on SQLite.
-* Dead letters are rows of ``<schema>.dead_letters``; their id is the row id, never reused.
-  Moving, requeueing and purging are each one transaction: atomic. Each new dead letter
-  deletes up to :data:`EXPIRE_BATCH` expired ones of its queue (``dead_letter_ttl``).
-* Wake-ups: every statement that makes a message due sends ``pg_notify`` in its transaction
-  (on commit); a listener thread wakes the waiting consumers (:mod:`ivy._postgres.wake`).
-  Waiters look again at least every ``poll_interval`` s (default 1): a lost notification
-  costs no more.
-* Times are the server's clock. Errors name the server: a send that fails raises
-  :class:`ivy.PublishError`, other operations :class:`ivy._postgres.connection.PostgresError`.
-"""
+(``pip install 'ivy-queue[postgres]'``). How it works: docs/internals/postgres.md."""
 
 from __future__ import annotations
 
