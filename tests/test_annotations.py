@@ -237,6 +237,38 @@ def test_keyword_and_variadic_parameters_are_decoded(urls: tuple[str, str]) -> N
             app.send_task(mixed, (1, dt.date(2024, 1, 1)), {"tint": "pink"})
 
 
+def test_the_steps_of_a_workflow_get_their_typed_arguments_and_its_result_is_decoded(
+        urls: tuple[str, str]) -> None:
+    seen: list[Any] = []
+    with ivy.Ivy(*urls) as app:
+        @app.register_task(name="ann.shift", queue="flow")
+        def shift(when: dt.datetime, by: dt.timedelta) -> dt.datetime:
+            seen.append(("shift", when, by))
+            return when + by
+
+        @app.register_task(name="ann.day", queue="flow")
+        def day(when: dt.datetime, tint: Color = Color.RED) -> dt.date:
+            seen.append(("day", when, tint))
+            return when.date()
+
+        app.listen(queue="flow", block=False)
+        # Given a chain of typed tasks, sent with a typed argument for its first step and
+        # typed arguments of their own on both steps (a datetime, a timedelta, an enum)
+        call = app.delayed_call(ivy.chain(shift.s(dt.timedelta(days=1)),
+                                          day.s(tint=Color.BLUE)), NOW)
+        # Then each step receives its annotated types, and the call's result is decoded by
+        # the last step's return annotation
+        assert call.result(timeout=10) == dt.date(2024, 5, 2)
+        assert seen == [("shift", NOW, dt.timedelta(days=1)),
+                        ("day", NOW + dt.timedelta(days=1), Color.BLUE)]
+        # and a group's results are decoded member by member
+        both = app.delayed_call(ivy.group(day.s(NOW), shift.s(NOW, dt.timedelta(hours=1))))
+        assert both.result(timeout=10) == [dt.date(2024, 5, 1), NOW + dt.timedelta(hours=1)]
+        # A step's argument that does not fit is refused at send, naming the task
+        with pytest.raises(ivy.SerializationError, match=r"'ann.shift'.*'by'"):
+            app.delayed_call(ivy.chain(shift.s("soon"), day.s()), NOW)
+
+
 def test_unannotated_and_plain_annotated_tasks_are_unchanged(urls: tuple[str, str]) -> None:
     seen: list[Any] = []
     with ivy.Ivy(*urls) as app:

@@ -65,18 +65,18 @@ class TaskCodec:
         return f"<TaskCodec {self.name} {sorted(set(names))} result={self.result is not None}>"
 
     def _walk(self, args: Sequence[Any], kwargs: Mapping[str, Any],
-              table: tuple[list[tuple[int, Fn]], Fn | None, dict[str, Fn], Fn | None]
-              ) -> tuple[list[Any], dict[str, Any]]:
+              table: tuple[list[tuple[int, Fn]], Fn | None, dict[str, Fn], Fn | None],
+              first: int = 0) -> tuple[list[Any], dict[str, Any]]:
         positional, var_args, named, var_kwargs = table
         out = list(args)
         count = len(out)
         index, param = 0, ""
         try:
             for index, fn in positional:
-                if index < count:
+                if first <= index < count:
                     out[index] = fn(out[index])
             if var_args is not None:
-                for index in range(self._width, count):
+                for index in range(max(self._width, first), count):
                     out[index] = var_args(out[index])
             index = -1
             if not kwargs:
@@ -93,12 +93,14 @@ class TaskCodec:
             param = self._names.get(index) or f"*args[{index - self._width}]"
             raise BadArguments(f"argument {index + 1} ({param!r}): {exc}") from None
 
-    def encode_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]
+    def encode_args(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, first: int = 0
                     ) -> tuple[list[Any], dict[str, Any]]:
-        """The producer's side: typed values (or their wire forms) -> wire forms; raises
+        """The producer's side: typed values (or their wire forms) -> wire forms, the
+        positional arguments from index ``first`` on (those before are left as they are: a
+        workflow step's first argument is the previous step's result, sent later); raises
         :class:`ivy.SerializationError` naming the parameter, the value and the type."""
         try:
-            return self._walk(args, kwargs, self._encode)
+            return self._walk(args, kwargs, self._encode, first)
         except BadArguments as exc:
             raise SerializationError(
                 f"task {self.name!r}, {exc}: pass a value of the annotated type or its JSON "

@@ -10,10 +10,10 @@ from typing import Any
 
 from ivy.call import Call, ResultCallback, result_callback_adapter
 from ivy.errors import ConfigurationError
-from ivy.message import NONCE, encode_call, new_id, new_nonce, now_ms
+from ivy.message import NONCE, Message, encode_call, new_id, new_nonce, now_ms
 from ivy.producer.roles import Outgoing, Sender
 from ivy.task import Registry
-from ivy.workflows.canvas import Canvas, Signature
+from ivy.workflows.canvas import ArgumentCheck, Canvas, Chain, Group, Signature
 from ivy.workflows.nodes import FINAL, start
 
 
@@ -69,10 +69,13 @@ def send_workflow(
     nonce = new_nonce()  # every step carries it to the final notification (PROTOCOL.md)
     messages = start(root, prefix, FINAL,
                      {"id": call_id, "reply_to": settings.channel, NONCE: nonce}, eta=eta)
+    for message in messages:
+        _encode_prefix(settings.registry, message, len(prefix))
     first_queue = messages[0].queue or "ivy"
     call: Call[Any] = Call(call_id, flow.describe(), first_queue)
     call.nonce = nonce
     call._canceller = sender.canceller
+    call._decode = final_decoder(flow, settings.registry)
     outs: list[Outgoing] = []
     for message in messages:
         if settings.middleware:
@@ -108,6 +111,30 @@ def send_workflow(
     return call
 
 
+def final_decoder(flow: Canvas, registry: Registry) -> Callable[[Any], Any] | None:
+    """How the producer decodes a workflow's result by the annotations of the tasks that
+    make it (as far as this process registers them): a chain's by its last step's, a
+    group's list member by member; None when nothing converts."""
+    if isinstance(flow, Chain):
+        return final_decoder(flow.steps[-1], registry)
+    if isinstance(flow, Signature):
+        task = registry.get(flow.name)
+        codec = None if task is None else task.codec
+        return None if codec is None or codec.result is None else codec.decode_result
+    if isinstance(flow, Group):
+        decoders = [final_decoder(member, registry) for member in flow.members]
+        if not any(decoders):
+            return None
+
+        def decode(values: Any) -> Any:
+            if not isinstance(values, list) or len(values) != len(decoders):
+                raise ValueError(f"a group of {len(decoders)} members gave {values!r}, not a "
+                                 "list of their results")
+            return [v if d is None else d(v) for d, v in zip(decoders, values, strict=True)]
+        return decode
+    return None
+
+
 def _require_store(sender: Sender) -> None:
     """Refuse a workflow at once when the notifier keeps no workflow state (the AMQP
     notifier): its steps could not be joined, and its call would wait until its timeout."""
@@ -126,9 +153,29 @@ def _defaults(registry: Registry) -> Callable[[str], Mapping[str, Any] | None]:
     return defaults
 
 
-def _checker(registry: Registry) -> Callable[[str, list[Any], dict[str, Any]], None]:
-    def check(name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+def _checker(registry: Registry) -> ArgumentCheck:
+    """Each step's arguments checked against its task's signature and converted by its
+    annotations, as far as this process registers the task (else sent as given)."""
+    def check(name: str, args: list[Any], kwargs: dict[str, Any], given: int
+              ) -> tuple[list[Any], dict[str, Any]]:
         task = registry.get(name)
-        if task is not None:
-            task.check_arguments(args, kwargs)
+        if task is None:
+            return args, kwargs
+        full = [None] * given + args  # the leading ones come from the step before
+        task.check_arguments(full, kwargs)
+        codec = task.codec
+        if codec is None or not codec.converts_args:
+            return args, kwargs
+        encoded, kwargs = codec.encode_args(full, kwargs, first=given)
+        return encoded[given:], kwargs
     return check
+
+
+def _encode_prefix(registry: Registry, message: Message, given: int) -> None:
+    """The arguments given at send go before a first step's own: convert them by that
+    step's annotations (its own are converted already)."""
+    task = registry.get(message.name)
+    codec = None if task is None else task.codec
+    if given and codec is not None and codec.converts_args:
+        head, _ = codec.encode_args(message.args[:given], {})
+        message.args[:given] = head

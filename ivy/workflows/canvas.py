@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ivy.errors import ConfigurationError
+from ivy.errors import ConfigurationError, SerializationError
 
 #: the result type of a signature's task (``add.s(1, 2)`` is a ``Signature[int]``)
 R = TypeVar("R")
@@ -36,9 +36,11 @@ Node = dict[str, Any]
 #: What a node builder asks of the app: the task's defaults (queue, max_retries, priority)
 #: for a name, or None when this process does not register it.
 TaskDefaults = Callable[[str], Mapping[str, Any] | None]
-#: Checks a signature's arguments as its worker will call it (``given`` extra leading
-#: positional arguments come from the step before); raises TypeError.
-ArgumentCheck = Callable[[str, list[Any], dict[str, Any]], None]
+#: Checks a signature's arguments and keyword arguments as its worker will call it (``given``
+#: extra leading positional arguments come from the step before), and returns them in their
+#: wire form (typed tasks: ivy.annotations); raises TypeError or SerializationError.
+ArgumentCheck = Callable[[str, list[Any], dict[str, Any], int],
+                         tuple[list[Any], dict[str, Any]]]
 
 
 class Canvas:
@@ -107,16 +109,18 @@ class Signature(Canvas, Generic[R]):
                 f"signature {self.name!r} names a task this process does not register and "
                 f"gives no queue: use ivy.signature({self.name!r}, ..., queue='name'), or "
                 "register the task here")
-        args = list(self.args)
+        args, kwargs = list(self.args), self.kwargs
         if check is not None:
             try:
-                check(self.name, [None] * given + args, self.kwargs)
+                args, kwargs = check(self.name, args, kwargs, given)
+            except SerializationError:
+                raise  # names the task and the parameter already
             except TypeError as exc:
                 what = (f" (it receives the previous result as its first argument, then "
                         f"{args!r})") if given else ""
                 raise TypeError(f"wrong arguments for task {self.name!r} in a workflow"
                                 f"{what}: {exc}") from None
-        node: Node = {"id": new_id(), "task": self.name, "args": args, "kwargs": self.kwargs,
+        node: Node = {"id": new_id(), "task": self.name, "args": args, "kwargs": kwargs,
                       "queue": queue}
         priority = self.priority if self.priority is not None else known.get("priority", 0)
         retries = self.max_retries if self.max_retries is not None else known.get(
