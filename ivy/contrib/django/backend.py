@@ -39,6 +39,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -260,6 +261,9 @@ class IvyBackend(BaseTaskBackend):
         except BaseException:
             records.forget(store, result.id)
             raise
+        sending = out.call._send
+        if sending is not None:  # refused later (a nack), or rolled back with Django's block
+            sending.add_done_callback(lambda f: _forget_if_failed(f, store, result.id))
         object.__setattr__(result, "enqueued_at", records.to_datetime(enqueued))
         task_enqueued.send(type(self), task_result=result)
 
@@ -308,3 +312,14 @@ def _delay(run_after: datetime | None) -> float | None:
         return None
     now = datetime.now(UTC) if run_after.tzinfo is not None else datetime.now()
     return max(0.0, (run_after - now).total_seconds())
+
+
+def _forget_if_failed(future: Future[None], store: Notifier, result_id: str) -> None:
+    """A send that failed after ``enqueue`` returned (its transaction rolled back, or the
+    broker refused the message) leaves no record behind: ``get_result`` then raises
+    ``TaskResultDoesNotExist``, as for an id never enqueued. The store round trip runs on a
+    thread of its own, not on the one that completed the send."""
+    if future.cancelled() or future.exception() is None:
+        return
+    threading.Thread(target=records.forget, args=(store, result_id),
+                     name="ivy-django-forget", daemon=True).start()
