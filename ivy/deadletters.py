@@ -1,23 +1,5 @@
-"""Dead-letter tools: list, show, requeue and purge the dead letters of a queue, on every
-backend, from the API (``app.dead_letters``, ``app.requeue_dead``, ``app.purge_dead``) and the
-command line (``ivy dead list|show|requeue|purge``).
-
-The queue backends move the messages (each says what is atomic and what is at least once);
-this module reads the bodies, best effort: a dead letter is often a message that could not be
-decoded, so every field read from the body may be None. A dead letter is named by its ``id``,
-the backend's handle (a row id, a broker message id), or by the call id in its body, which is
-what a producer knows (``call.id``, the output of ``ivy call``): the tools take either.
-
-Requeueing puts the original message back with its attempts reset: a valid v1 body is
-re-encoded with ``attempt`` 0, and signed again with the app's signing key when it was signed.
-A body that cannot be read, or that was signed and that the app cannot verify and sign again
-(no key, another key), goes back byte for byte: the tools never sign what they did not
-verify, nor a body that was not signed. The backends make a fresh message, so a delivery
-count starts again too. A requeued call keeps its id: if its producer already got a final
-notification (the task failed all its attempts, or the message was rejected with
-``MessageRejected``), the notifier keeps that first one and the new outcome reaches nobody;
-the task still runs.
-"""
+"""Dead-letter tools: list, show, requeue and purge the dead letters of a queue, on every backend,
+from the API and ``ivy dead`` (docs/internals/workers.md, "Dead-letter tools")."""
 
 from __future__ import annotations
 
@@ -139,7 +121,7 @@ def reset_attempt(body: bytes, serializer: Serializer,
                   signer: Signer | None) -> tuple[bytes, int | None]:
     """The body to requeue, and the priority it names: ``attempt`` set to 0 in a valid v1
     message (signed again when it was signed and verifies with ``signer``); any other body
-    unchanged (see the module doc)."""
+    unchanged (docs/internals/workers.md, "Dead-letter tools")."""
     data = _peek(body, serializer)
     priority = data.get("priority") if data is not None else None
     if not isinstance(priority, int) or isinstance(priority, bool):

@@ -1,20 +1,5 @@
-"""Running one task body in its style, within its timeout: the worker's executor threads call
-:meth:`Executor.run` and get back ``(True, value)`` or ``(False, error)``, the error in its wire
-form (:func:`error_info`).
-
-Styles: a plain function runs in the calling thread; a coroutine function runs on one event loop
-thread shared by the worker's executors (started on first use, closed by :meth:`Executor.close`);
-a callback-style task runs in the calling thread, which then waits for its callback.
-
-Timeouts: an async task is cancelled; a callback-style task stops being waited for; a plain
-function gets :class:`ivy.TaskTimeout` raised inside its thread (as Dramatiq does) when the
-worker's heartbeat calls :meth:`Executor.fire_timeouts` past its deadline. That takes effect at
-the next Python bytecode, so a task blocked inside one C call ends when that call returns.
-
-Cancels (:meth:`Executor.cancel`, driven by :mod:`ivy.timing.cancel`) stop a running call the
-same ways: its coroutine is cancelled, its callback stops being waited for, its plain function
-gets :class:`ivy.TaskCancelled` raised inside its thread.
-"""
+"""Running one task body in its style (plain, async, callback), within its timeout, and stopping
+it when its call is cancelled (docs/internals/workers.md)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
 """Live workers and task events: the heartbeat a worker writes to the notifier, and what
-``ivy inspect`` and ``ivy events`` print from it.
-
-Every worker started by ``listen`` (so every ``ivy worker`` process) writes a heartbeat every
-``interval`` seconds (default :data:`HEARTBEAT_INTERVAL`) with a TTL of :data:`TTL_FACTOR`
-intervals: name, host, pid, queues, concurrency, processed, failed, in flight, started and last
-seen. A worker that stops removes its entry; a killed one drops out when its TTL runs out. The
-heartbeats live in the notifier's store (see :meth:`ivy.notifiers.base.Notifier.put_worker`), so
-``ivy inspect`` sees the workers of every host that shares the notifier.
-"""
+``ivy inspect`` and ``ivy events`` print from it."""
 
 from __future__ import annotations
 

@@ -1,22 +1,5 @@
-"""One delivery, start to end: decode it, check it (known task, right arguments, not
-exhausted), defer it while its ``eta`` is later, pass it through the gate (cancels, rate
-limits), run it and settle it. The worker's per-message steps, apart from its threads
-(:mod:`ivy.worker`): the worker keeps the state, these are its steps.
-
-Outcomes: a task body runs in :mod:`ivy.execution` (styles, timeouts), its outcome is
-published by :mod:`ivy.outcomes` (within the producer's limits), and :mod:`ivy.settle`
-decides what becomes of the delivery (ack, retry, dead letter). A call whose ``eta`` is later
-than its delivery is deferred, which does not count as an attempt.
-
-A message whose ``queue`` names another queue than the one that delivered it is dead-lettered
-with a reason: a body taken from one queue and put into another does not run there.
-
-Nothing a body holds can make a worker loop: whatever decoding raises, a :class:`MessageError`
-or anything else, dead-letters the delivery with the reason; and an internal error (a bug,
-a backend or notifier failing) returns the delivery to its queue, after ``backoff(n)`` s for
-its n-th internal error on this worker, at most ``MAX_INTERNAL_ERRORS - 1`` times: the next
-one dead-letters it with a reason naming the error.
-"""
+"""One delivery, start to end: decode it, check it, defer it while its ``eta`` is later, pass it
+through the gate, run it and settle it (docs/internals/workers.md)."""
 
 from __future__ import annotations
 

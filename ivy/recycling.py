@@ -1,19 +1,5 @@
 """When a worker stops by itself, to be replaced by a fresh process: after ``max_messages``
-deliveries (``ivy worker --max-tasks-per-child``), or once its resident memory passes
-``max_memory`` MB (``ivy worker --max-memory-per-child``), the answer to leaks that grow
-until the OOM killer comes.
-
-Either way the worker admits no more deliveries, gives back the ones it fetched but did not
-start (not an attempt), finishes those it runs, and stops; ``ivy worker`` then exits with
-:data:`ivy.supervisor.EXIT_RECYCLE`, and its supervisor starts a new child at once, without
-backoff.
-
-Memory is the process's resident set size (RSS), read from ``/proc/self/statm`` (Linux), else
-with psutil when installed: after each task, and every :data:`MEMORY_CHECK_EVERY` s by the
-worker's heartbeat (a task that grows while it runs is seen before it ends). A task that
-allocates past the limit in one go still runs to its end: this limit recycles, it does not
-kill (the OOM killer, or a container's memory limit, remains the hard bound).
-"""
+deliveries, or once its resident memory passes ``max_memory`` MB."""
 
 from __future__ import annotations
 

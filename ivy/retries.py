@@ -1,18 +1,5 @@
-"""Retry policies of tasks: which exceptions are retried (``retry_on``, ``dont_retry_on``),
-after how long (``backoff``, ``jitter``), and what the control exceptions raised inside a task
-ask for (:class:`ivy.Retry`, :class:`ivy.Snooze`, :class:`ivy.Discard`).
-
-A failed run ends in one of these verdicts:
-
-* ``policy``: retried after the backoff if the call has retries left, else its final failure;
-* ``retry`` (:class:`ivy.Retry`): the same, after the delay the task asked for, if any;
-* ``final``: the task's policy does not retry that exception: its final failure at once;
-* ``snooze`` (:class:`ivy.Snooze`): run again after the delay, not counted as an attempt;
-* ``discard`` (:class:`ivy.Discard`): errored at once, no retry and no dead letter.
-
-A final failure is dead-lettered when the call had retries (``max_retries`` > 0), as after its
-last retry, unless the app says ``dead_letter_failures=False``.
-"""
+"""Retry policies of tasks: which exceptions are retried, after how long, and what
+:class:`ivy.Retry`, :class:`ivy.Snooze` and :class:`ivy.Discard` raised inside a task ask for."""
 
 from __future__ import annotations
 

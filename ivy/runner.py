@@ -1,35 +1,5 @@
-"""Hard time limits: calls of a task with ``time_limit`` (``register_task(time_limit=S)``, or
-``ivy worker --time-limit S`` for every task) run in a process of their own, which the
-worker kills once the call passes its limit.
-
-A soft ``timeout`` raises an exception inside the task, which takes effect at the task's next
-Python bytecode: a task blocked in one C call (``time.sleep(600)``, a socket read without a
-timeout, a C extension's loop) runs on, and its thread is lost to the worker meanwhile. A hard
-limit cannot be ignored: SIGKILL.
-
-How it runs. Each executor thread of the worker that meets a time-limited call takes a
-*runner*: a child process (``python -m ivy.runner_process``, started on first use and kept for the
-next calls) that imports the task's module by its path and runs the call with the task's own
-style (plain, async, callback) and soft timeout. The call's arguments go over a socket pair in
-the app's serializer; the runner sends back progress updates (``ivy.current().progress``) and
-then the outcome, with the verdict of the task's retry policy. The worker keeps the message,
-its lease and its settlement, as for any call, so:
-
-* past its limit, the runner is killed and the call fails with ``TaskTimeout`` (type
-  ``TaskTimeout`` on the wire), or is retried if the task's retry policy retries
-  :class:`ivy.TaskTimeout`; the next call starts a fresh runner (about 0.2 s plus the
-  task module's import);
-* a runner holds one call at a time: nothing else is lost with it;
-* a runner that dies by itself (a segfault, ``os._exit``, the OOM killer) fails its call with
-  type ``WorkerLost``, retried by the task's policy;
-* a cancel (:mod:`ivy.timing.cancel`) kills the runner as well;
-* a runner whose worker dies exits within half a second (it watches its parent).
-
-The task must be importable by module path in a fresh interpreter: defined at module level of
-a module that is not ``__main__`` (the worker refuses to start otherwise, naming the task).
-Runners get the worker's ``sys.path`` and environment. What a task keeps in module globals
-lives in its runner, not in the worker.
-"""
+"""Hard time limits: calls of a task with ``time_limit`` run in a runner process of their own,
+which the worker kills once the call passes its limit (docs/internals/workers.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """The runner process of :mod:`ivy.runner` (``python -m ivy.runner_process FD SERIALIZER
-PARENT_PID``): it imports a time-limited task by module path and runs its calls one at a
-time, with the task's own style and soft timeout, until its worker closes the socket; it exits
-at once if its worker dies."""
+PARENT_PID``): runs the calls of a time-limited task one at a time."""
 
 from __future__ import annotations
 

@@ -1,22 +1,5 @@
-"""What becomes of a delivery once its task ran, or when it cannot run at all: the worker's
-outcome rules, apart from its threads (:mod:`ivy.worker`).
-
-- success: the result is recorded (notified, stored first-wins), then the message is acked;
-- failure with attempts left (``attempt < max_retries``, the task's own for a Node.js ivy 0.2
-  message): retried after the backoff, the body rewritten with the next attempt;
-- the last failure: the error is recorded, and the message dead-lettered with a reason when it
-  had retries (it failed that many times), acked when it had none (it failed once, as asked)
-  or when the app says not to (``Ivy(dead_letter_failures=False)``);
-- a message that cannot run (undecodable, unknown task, wrong arguments, exhausted): the
-  producer is told why when it can be named, and the message is dead-lettered.
-
-A message is acknowledged only after its outcome was recorded: if recording raises, the worker
-returns the message to the queue and the task runs again later. The ack is handed to the
-recorder as what follows a stored outcome (:meth:`ivy.outcomes.Recorder.record`): a notifier
-that stores in the background (SQLite) acks from its own thread after its commit. A dead
-letter follows the stored outcome the same way, so that a worker killed in between leaves the
-message to run again, never a dead letter without its result.
-"""
+"""What becomes of a delivery once its task ran, or when it cannot run at all: ack, retry or dead
+letter, each after the outcome is recorded (docs/internals/workers.md)."""
 
 from __future__ import annotations
 

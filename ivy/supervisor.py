@@ -1,51 +1,5 @@
-"""Workers on every core: the parent behind ``ivy worker --processes N`` (and
-``--max-tasks-per-child N``) that starts N worker processes, restarts one that dies, replaces
-one that reached its quota, and stops them all on SIGTERM or SIGINT.
-
-How children start: each child is a fresh ``python -m ivy worker ...`` with the parent's own
-arguments plus a hidden ``--supervisor-fd``, not a fork of the parent. A fork copies the locks
-of threads that do not exist in the child (a notifier or pika I/O thread), which deadlocks at
-random; and forking after importing the task modules, to share their memory copy-on-write,
-would make the parent import user code, while the parent is the one process that must not leak
-or crash. A fresh interpreter costs an interpreter start and the modules' import per child
-start (about 0.3 s here), and behaves the same on every platform. Each child opens its own
-connections. (Dramatiq forks or spawns children that import the modules themselves;
-Celery's billiard forks after importing them.)
-
-The control channel is a socket pair per child, the child's end passed as that fd:
-
-- parent -> child ``s``: stop gracefully, exactly as SIGTERM would. The parent does not send
-  SIGTERM itself: Ctrl-C in a terminal and ``systemctl stop`` already signal every process of
-  the group, and a forwarded signal on top would be a child's *second* signal, which makes a
-  worker exit at once.
-- child -> parent ``r``: the worker listens.
-- end of file at the child: the parent is gone (even SIGKILLed); the child stops gracefully,
-  so no orphan keeps running.
-
-Exits:
-
-- :data:`EXIT_RECYCLE` after ``--max-tasks-per-child`` or ``--max-memory-per-child`` (see
-  :mod:`ivy.recycling`): a planned exit, replaced at once. The
-  child's worker counts the messages itself (``Worker(max_messages=N)``): it starts no more
-  than N, gives back the ones it fetched beyond them, and stops once its N have ended.
-- the first child fails before it listens (a module that does not import, an unknown URL
-  scheme): a retry would fail the same way, so the parent starts no other and exits with that
-  child's code, 2 for a usage error as ``ivy worker`` alone, having printed its message once.
-  A later child that exits 2 before listening stops the whole group the same way.
-- any other exit (a crash, SIGKILL, the OOM killer) is logged with its code or signal and the
-  child restarted after a backoff of 1 s doubling to 30 s, per slot, back to 1 s once a child
-  has stayed up for a minute.
-
-Signals to the parent: the first SIGTERM or SIGINT asks every child to stop; each finishes its
-in-flight tasks and gives back what it fetched but did not start, and the parent exits 0 once
-all have (1 if one of them did not stop cleanly). A second one SIGKILLs every child and exits 1;
-their unfinished messages come back when their reservations expire, as for one worker killed.
-SIGUSR1 is passed on to every child, each of which prints its threads' stacks.
-
-Metrics (``--metrics-port``): the parent serves ``/metrics``, summing what the children write
-to a directory it made for them (prometheus-client's multiprocess mode, see
-:mod:`ivy.middleware.prometheus`); the children bind no port.
-"""
+"""Workers on every core: the parent behind ``ivy worker --processes N`` that starts the children,
+restarts or replaces them, and stops them all on a signal (docs/internals/workers.md)."""
 
 from __future__ import annotations
 
@@ -103,8 +57,8 @@ class _Slot:
 
 class Supervisor:
     """Runs ``processes`` children built by ``command(fd)`` (the argv of a child whose end of
-    the control channel is ``fd``) until a signal or a fatal start-up error; see the module
-    docstring for the rules. ``env`` is added to the children's environment, and
+    the control channel is ``fd``) until a signal or a fatal start-up error; the rules are in
+    docs/internals/workers.md. ``env`` is added to the children's environment, and
     ``on_exit(pid)`` is called for each child that exited (the metrics' bookkeeping)."""
 
     def __init__(self, command: Callable[[int], list[str]], processes: int, *,

@@ -1,28 +1,5 @@
-"""The worker: fetch -> execute -> record -> ack, with retries, dead letters and graceful stop.
-
-Threads: one fetcher per queue name hands deliveries to ``concurrency`` executor threads, and
-fetches only while an executor is free; async tasks run on one event loop thread (closed when the
-worker stops); a heartbeat thread extends reservations and enforces task timeouts. A message is
-acknowledged only after its outcome is recorded (notified); if recording fails, the message goes
-back to the queue and the task runs again later.
-
-Leases: no message that a live worker holds lets its reservation lapse, whether it runs or waits
-in a consumer's prefetch buffer (up to ``concurrency x PREFETCH_MULTIPLIER`` messages, reserved
-the moment they are fetched). The heartbeat extends a running message a third of the way through
-its lease (``WorkerContext.reserve_times[name]``, else ``Task.reserve_time``, else the worker's
-``reserve_time``), and sweeps every consumer's buffered deliveries each third of the worker's
-``reserve_time``. Its extends never wait for another operation on the same delivery (an ack in
-progress): one that meets it is tried again on the next tick. A task body still runs twice when
-its worker dies or hangs past the lease: delivery is at least once.
-
-``max_messages``: a worker admits that many deliveries (each one fetched and kept, whatever
-becomes of it), gives back unstarted any it fetches after them (``release()``: not an attempt),
-and stops gracefully once the ones it admitted have ended; ``ivy worker --max-tasks-per-child``
-replaces its process then.
-
-One message, from decoding it to settling it, is :mod:`ivy.processing`; its outcome rules are
-:mod:`ivy.settle`.
-"""
+"""The worker: fetch -> execute -> record -> ack, with retries, dead letters, leases kept while
+it lives and a graceful stop (docs/internals/workers.md)."""
 
 from __future__ import annotations
 

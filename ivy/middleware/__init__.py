@@ -1,19 +1,5 @@
-"""Middleware: the one extension point of ivy. Metrics, tracing and events are middleware, and
-users write their own the same way::
-
-    class Audit(ivy.Middleware):
-        def after_task(self, message, result, error):
-            log.info("%s %s", message.name, "failed" if error else "ok")
-
-    app = ivy.Ivy(middleware=[Audit()])      # or app.add_middleware(Audit())
-
-Every hook does nothing by default. Hooks run in the order the middleware was added, on the
-thread doing the work (the producer's thread for publishes, the executor's for tasks). A hook
-that raises is logged and skipped: it never stops a publish or a task. ``message`` is an
-:class:`ivy.Message`; ``error`` is the wire form of a failure (``{"type", "message",
-"traceback"}``) or None. ``ivy.middleware.Prometheus`` and ``ivy.middleware.OpenTelemetry``
-are imported on first use, so their libraries stay optional extras.
-"""
+"""Middleware: the one extension point of ivy, an ordered list of objects whose hooks (each a no-op
+by default) run around publishes and tasks; metrics, tracing and events are middleware."""
 
 from __future__ import annotations
 

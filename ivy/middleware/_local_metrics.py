@@ -1,15 +1,4 @@
-"""Task metrics of one process, counted without locks and read at scrape time.
-
-prometheus-client's ``Counter.inc`` and ``Histogram.observe`` take a lock per value (three per
-task run: the success count, the duration's sum and its bucket), which cost a trivial task's
-worker ~10% of its throughput. Here each thread counts into its own :class:`Tally` per series
-(only that thread writes it, so plain ``+=`` loses nothing), and :class:`LocalCollector` sums
-the threads' tallies when Prometheus scrapes. A scrape may see a run half counted (its bucket
-but not yet its sum): the next scrape is exact again.
-
-Used in one process only: prometheus-client's multiprocess mode keeps its values in files that
-the parent sums, so there :mod:`ivy.middleware.prometheus` uses its metric classes.
-"""
+"""Task metrics of one process, counted per thread without locks and summed at scrape time."""
 
 from __future__ import annotations
 

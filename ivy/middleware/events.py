@@ -1,31 +1,5 @@
-"""``ivy.middleware.Events``: the worker's task events, published through the notifier for
-``ivy events`` and other tools (``ivy worker --events``, ``app.listen(events=True)``).
-
-Each event is a JSON object ``{"ivy": 1, "event", "id", "name", "queue", "worker", "time",
-"attempt", ...}``, ``time`` in seconds since the epoch. Per attempt of a call, in order:
-
-* ``received`` and ``started`` together, as the task is about to run (the worker has no
-  earlier hook); ``received`` adds ``sent``, the producer's send time, so a tool can tell how
-  long the call waited in the queue;
-* ``succeeded`` with ``runtime`` (seconds), or ``failed`` with ``runtime`` and ``error``
-  (``{"type", "message"}``; no traceback, no arguments, no result: events are seen by whoever
-  can read the notifier, so they carry no task data);
-* after a failure, ``retried`` with ``delay`` (seconds) when the call runs again, or
-  ``dead_lettered`` with ``reason`` when it will not; a call whose last event is ``failed``
-  errored without retries.
-
-``dead_lettered`` also comes for a message that could not run at all (unknown task, bad
-arguments; ``id``, ``name`` and ``queue`` are null when it could not even be decoded).
-
-Events are a live stream, best effort: publishing one never delays or fails a task; a failure
-is logged (at most once a minute, with how many were lost). The task's thread only encodes an
-event and queues it; one publisher thread per :class:`Events` sends what has queued in one
-batch (:meth:`ivy.notifiers.base.Notifier.publish_events`: one transaction on SQLite, one
-round trip on Redis), so a worker's events keep their order and cost its tasks little. At most
-:data:`MAX_PENDING` events wait (more are dropped and counted as lost, if the notifier cannot
-keep up); :meth:`Events.flush` waits for the queued ones, and so does the interpreter's exit,
-for up to :data:`EXIT_FLUSH` seconds.
-"""
+"""``ivy.middleware.Events``: the worker's task events, published through the notifier in batches
+by a thread of their own, for ``ivy events`` and other tools (docs/internals/middleware.md)."""
 
 from __future__ import annotations
 
@@ -61,7 +35,7 @@ _Pending = tuple[str, tuple[str, str, str | None, int] | None, float, dict[str, 
 
 
 class Events(Middleware):
-    """Publishes the worker's task events through ``notifier`` (see the module docstring);
+    """Publishes the worker's task events through ``notifier`` (docs/internals/middleware.md);
     ``worker`` names the worker in them (default: ``host:pid``, as the worker names itself)."""
 
     def __init__(self, notifier: Notifier, worker: str | None = None) -> None:

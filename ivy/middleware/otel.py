@@ -1,37 +1,5 @@
-"""OpenTelemetry tracing (``pip install 'ivy-queue[otel]'``): one trace from the producer's call
-to the worker's task, following the messaging semantic conventions::
-
-    app = ivy.Ivy(middleware=[ivy.middleware.OpenTelemetry()])   # the global TracerProvider
-
-Producer: ``before_publish`` starts a ``publish <queue>`` span (kind PRODUCER), a child of the
-caller's current span, and injects its context into the message's ``headers`` with the
-configured propagators (W3C ``traceparent`` / ``tracestate`` and ``baggage`` by default); the
-span ends in ``after_publish``, once the message was handed to the backend. It is not made the
-current span: no hook follows a publish that failed (an argument that is not JSON, a refused
-send), so a context attached in ``before_publish`` could stay on the caller's thread for good,
-and every backend but memory hands messages over on a sender thread of its own anyway. A span
-whose ``after_publish`` never came is ended with status ERROR once it is
-:data:`PUBLISH_SPAN_TIMEOUT` old. A message whose headers already carry a context (set by an
-earlier middleware) keeps it, and the span links to it instead, as the conventions ask.
-
-Worker: ``before_task`` starts a ``process <queue>`` span (kind CONSUMER) whose parent is the
-context extracted from the message's headers (the producer's span, also added as a link), and
-makes it the current context of the executor thread while the task runs, so spans the task opens
-and calls it sends are its children. An async task joins too: its coroutine is submitted from
-the executor thread, and asyncio copies that thread's context into the task it creates on the
-event loop. A callback-style task's own thread joins; threads it starts do not, as anywhere in
-OpenTelemetry. ``after_task`` records a failure (status ERROR with the message, ``error.type``,
-an ``exception`` event with type, message and stacktrace), detaches the context and ends the
-span. If ``after_task`` never came, the next ``before_task`` on that thread ends the leftover span
-and detaches its context first. Each attempt of a retried call is one ``process`` span, a child
-of the same ``publish`` span (headers are kept across retries).
-
-Attributes: ``messaging.system`` is ``"ivy"`` (the envelope, ids and retries are ivy's, whatever
-backend carries them; the broker's own instrumentation, if any, reports the broker),
-``messaging.operation.type`` ``send`` / ``process``, ``messaging.operation.name`` ``publish`` /
-``process``, ``messaging.destination.name`` (the queue), ``messaging.message.id`` (the call id),
-``ivy.task.name``, and on process spans ``ivy.task.attempt`` (0 for the first run).
-"""
+"""OpenTelemetry tracing (``pip install 'ivy-queue[otel]'``): one trace from the producer's call to
+the worker's task, following the messaging semantic conventions (docs/internals/middleware.md)."""
 
 from __future__ import annotations
 

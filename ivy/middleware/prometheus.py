@@ -1,45 +1,5 @@
-"""Prometheus metrics: ``ivy.middleware.Prometheus`` (extra ``ivy-queue[metrics]``).
-
-Metrics, under these names only:
-
-- ``ivy_tasks_total{task,queue,outcome}``: task runs and dead letters, by outcome (below);
-- ``ivy_task_duration_seconds{task,queue}``: a histogram of run times, ``before_task`` to
-  ``after_task``;
-- ``ivy_tasks_running{queue}``: runs in progress;
-- ``ivy_queue_messages{queue}``: the depth of the bound queues (see :meth:`Prometheus.bind`),
-  sampled from ``backend.size(queue)`` by a background thread every few seconds, so a scrape
-  never waits on a backend: a broken one only stops the sampling, and a failed sample removes
-  its series rather than leave a stale depth (sets it to NaN in multiprocess mode, whose files
-  cannot drop a series);
-- ``ivy_messages_published_total{task,queue}``: messages a producer handed to its backend.
-
-The ``queue`` label of a task's metrics (``ivy_tasks_total``, ``ivy_task_duration_seconds``,
-``ivy_tasks_running``) is one of the queues the middleware was told the worker consumes
-(:meth:`Prometheus.bind`, which ``ivy worker --metrics-port`` calls with the worker's queues,
-or ``Prometheus(queues=...)``), never a name only a message body gives: a run whose message
-names another queue, or none (a Node.js ivy 0.2 message), has ``queue=""``. Whoever can write
-to a queue writes the body, so forged bodies cannot grow the series. (A body can name another
-of the worker's queues than the one it came from; that moves a count, it adds no series.)
-
-Outcomes: each run of a task counts once, as ``successful``, ``errored`` (it failed and runs no
-more: the call's final status is errored) or ``retried`` (it failed and runs again, counted from
-``on_retry``). ``dead_lettered`` counts messages put in dead letters: after their last failed
-run (which also counted as ``errored``) or rejected before they ran (undecodable: labels
-``task=""`` and ``queue=""``; an unknown task: ``task=""`` once a registry is bound, so that bad
-input cannot grow the series; wrong arguments). So ``successful + errored + retried`` is the
-runs, ``successful + errored`` the calls that ended.
-
-A failed run is known to be the last in ``after_task`` by the worker's own rule (``attempt >=
-max_retries``); a Node.js ivy 0.2 message carries no ``max_retries``, so for those the rule
-needs the task's, from the registry given to :meth:`Prometheus.bind` (without it they count as
-``errored``, and ``retried`` too when the worker retries them).
-
-Several worker processes (``ivy worker --processes N --metrics-port P``) use
-prometheus-client's multiprocess mode: :class:`MultiProcessMetrics` in the parent makes a fresh
-``PROMETHEUS_MULTIPROC_DIR`` for its children and serves their sum; a child that exits keeps
-its counts and loses its gauges. The gauges are declared for that mode: running as
-``livesum``, queue depth as ``livemostrecent``.
-"""
+"""Prometheus metrics: ``ivy.middleware.Prometheus`` (extra ``ivy-queue[metrics]``), in one process
+or summed over ``ivy worker --processes N`` (docs/internals/middleware.md)."""
 
 from __future__ import annotations
 

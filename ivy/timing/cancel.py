@@ -1,29 +1,5 @@
-"""Cancelling calls: ``call.cancel()`` and ``ivy.cancel(call_id)``.
-
-A cancel is a key ``ivy:cancel:<call id>`` in the notifier's store, kept for ``ttl`` seconds
-(the app's ``pending_ttl``, a day by default), so it survives worker restarts and reaches every
-worker sharing the notifier:
-
-* a worker that receives a cancelled call acknowledges it without running it and notifies the
-  final status ``cancelled``. Workers read the flag ``ivy:cancels`` (set with every cancel)
-  every :data:`POLL_RUNNING` seconds and look up each message's cancel only while it is set, so
-  a call fetched within that quarter second after its cancel may start, and is then stopped as
-  below;
-* a worker running a call looks for cancels of its running calls every
-  :data:`POLL_RUNNING` seconds and stops them: a coroutine is cancelled, a plain function gets
-  :class:`ivy.TaskCancelled` raised in its thread (as timeouts do), a callback-style task stops
-  being waited for. The call is acknowledged (not retried) and notified ``cancelled``;
-* the producer that sent the call also publishes the final ``cancelled`` notification itself,
-  so the call settles at once even while no worker runs. The notifier keeps the first final
-  notification of a call: if the task's outcome was recorded first, the cancel changes nothing
-  and the call keeps its result.
-
-The producer's side, ``Ivy.cancel``, is :func:`ivy.producing.cancel_call`.
-
-``result()`` of a cancelled call raises :class:`ivy.CallCancelled`. A plain function that
-catches ``TaskCancelled`` and returns anyway has its result recorded unless the producer's
-``cancelled`` came first.
-"""
+"""Cancelling calls: ``call.cancel()`` and ``ivy.cancel(call_id)``, a key in the notifier's store
+that every worker sharing it honours (docs/internals/timing.md)."""
 
 from __future__ import annotations
 

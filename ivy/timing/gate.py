@@ -1,10 +1,5 @@
-"""What a worker asks before it runs a message, and while it runs: is the call cancelled
-(:mod:`ivy.timing.cancel`), is its task over its rate limit (:mod:`ivy.timing.ratelimit`)?
-
-The answers come from the notifier's store. A notifier that keeps no keys (one of your own)
-turns these checks off, with one log line; a store that fails for a moment lets a call run
-(cancel check) or defers it for a second (rate limit), never stopping the worker.
-"""
+"""What a worker asks before it runs a message, and while it runs: is the call cancelled, is its
+task over its rate limit? (docs/internals/timing.md)"""
 
 from __future__ import annotations
 

@@ -1,23 +1,5 @@
-"""Pausing queues: ``app.pause_queue(q)``, ``app.resume_queue(q)``, ``ivy queue pause Q``.
-
-The paused queues are one key of the notifier's store, :data:`PAUSED_KEY`, holding their
-names as a sorted JSON list, kept :data:`PAUSE_TTL` seconds (ten years) from its last change:
-so a pause survives worker restarts and reaches every worker sharing the notifier. A change is
-a compare-and-set (``claim_key`` when the key is absent, else ``release_key`` from the value
-read), tried again when another process changed the list in between.
-
-A worker reads the key once at start and then every :data:`POLL_PAUSES` seconds from its
-heartbeat, one read for all its queues (nothing per message). For a queue it sees paused it
-closes that queue's consumer, which gives back at once what the consumer had prefetched
-(unstarted, not an attempt), and fetches nothing more from it; the calls running go on to
-their end. It opens a new consumer on the next fetch after it sees the queue resumed. So
-sends still succeed, and a paused queue's messages wait in it. A worker of several queues
-keeps serving the others. A call fetched in the second before a worker saw the pause may
-still start.
-
-A notifier that keeps no keys (RabbitMQ alone) cannot hold pauses: pausing raises
-:class:`ivy.ConfigurationError`, and its workers never look.
-"""
+"""Pausing queues: ``app.pause_queue(q)``, ``app.resume_queue(q)``, ``ivy queue pause Q``, one key
+of the notifier's store that every worker reads from its heartbeat (docs/internals/timing.md)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,5 @@
-"""Rate limits: ``register_task(..., rate_limit="10/s")`` (``N/s``, ``N/m`` or ``N/h``).
-
-The limit holds across every worker sharing the notifier: before a message of the task runs,
-its worker takes a slot from a GCRA limiter kept in the notifier's store under
-``ivy:rate:<task name>`` (:meth:`ivy.notifiers.base.Notifier.take_rate_slot`; on Redis a Lua
-script on the server's clock, on SQLite one transaction). Slots are spaced evenly, one every
-``period / N`` seconds, rather than handed out N at a time at the start of each period; a
-slot taken up to two intervals late keeps the rhythm (the latency of deferred messages would
-otherwise lower the rate), so at most N + 2 calls start in any period. A message over the limit
-reserves the next free slot and is deferred until it (``delivery.defer``: no attempt counted,
-no retry spent); back at its time it runs on the slot it holds, without asking for another.
-So a backlog of B messages is deferred once each, to B successive slots, rather than coming
-back all at once to be deferred again but one (O(B) store writes per interval). A reservation
-whose message does not come back within a minute (or its wait) of its time lapses; the slot
-stays spent. A notifier of your own without reservations falls back to taking slots.
-"""
+"""Rate limits: ``register_task(..., rate_limit="10/s")``, held across every worker sharing the
+notifier by a GCRA limiter in its store (docs/internals/timing.md)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,5 @@
-"""Periodic tasks: what runs when. ``@ivy.periodic_task(every=30 | cron="*/5 * * * *",
-tz=..., name=..., queue=...)`` registers a task and its schedule; ``ivy.schedule(task,
-cron=..., args=...)`` puts an existing task on a schedule. :mod:`ivy.timing.scheduler` sends
-the calls.
-
-Slots are instants every scheduler computes alike, so that they agree on what to claim:
-``every=N`` gives the multiples of N seconds since the Unix epoch (``every=30``: :00 and :30 of
-each minute), ``cron`` the matches of a 5-field cron expression in UTC, or in the zone ``tz``
-names (an IANA name, read with :mod:`zoneinfo`; daylight saving time as cron does it).
-
-Cron expressions are read by cronsim (``pip install 'ivy-queue[schedule]'``): one small module
-with no dependencies, maintained by healthchecks.io, which runs it on a great many schedules,
-and careful about daylight saving time; croniter, the older choice, was declared unmaintained
-by its author in 2024 and has only recently been revived.
-"""
+"""Periodic tasks: what runs when (``every=`` seconds or a ``cron`` expression, in UTC or ``tz``);
+:mod:`ivy.timing.scheduler` sends the calls."""
 
 from __future__ import annotations
 

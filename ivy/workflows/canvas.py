@@ -1,24 +1,6 @@
-"""The canvas: :class:`Signature` (one task with its arguments, not sent yet), and the
-workflows built from signatures: :func:`chain`, :func:`group` and :func:`chord`.
-
-A workflow is sent like a task, ``ivy.delayed_call(ivy.chain(add.s(1, 2), mul.s(10)))``, and
-gives one :class:`ivy.Call` whose result is the workflow's final result. The producer turns it
-into *nodes* (plain JSON, see :func:`Canvas.node` and PROTOCOL.md, "Workflows") that travel in
-the messages' ``workflow`` field; workers continue the workflow from there
-(:mod:`ivy.workflows.continuation`).
-
-Decisions where the issue is silent:
-
-* a chord is a group followed by its callback: ``chord(header, body)`` is
-  ``chain(group(*header), body)`` and behaves exactly so;
-* a chain nested in a chain is flattened; a chain inside a group is one member whose result is
-  the chain's last result; groups nest;
-* the result passed on to a step becomes its first positional argument, before the signature's
-  own arguments (Celery's partial); a group receives it in every member;
-* arguments given when sending (``delayed_call(chain(...), 5)``) go first to the first step, or
-  to every member of a leading group;
-* a group or chord without members is refused when built: there would be nothing to wait for.
-"""
+"""The canvas: :class:`Signature` (one task with its arguments, not sent yet), and the workflows
+built from signatures: :func:`chain`, :func:`group` and :func:`chord`
+(docs/internals/workflows.md)."""
 
 from __future__ import annotations
 

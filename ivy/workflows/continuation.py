@@ -1,29 +1,5 @@
-"""The worker's side of workflows: what happens when a step's task has ended.
-
-A step's message carries a ``workflow`` field (PROTOCOL.md, "Workflows") and no ``reply_to``:
-its outcome is not notified. Instead, once the task succeeded, the worker
-
-1. records the step's result in the notifier's store under the step's message id (the first
-   record wins: a step re-run after a crash continues with the first run's result);
-2. sends the next step with that result as its first argument, or records it as member ``i``
-   of its group (an atomic per-member record: a re-run member does not count twice) and, if
-   the group is then complete, continues with the list of the members' results, in order;
-3. when nothing follows, publishes the final result under the workflow's call id on the
-   producer's channel;
-
-and only then is the step's message acknowledged. A step that failed (after its retries), or
-could not run (unknown task, wrong arguments), publishes an ``errored`` final notification for
-the whole workflow naming the failing task: later steps never run, a chord's callback never
-runs (its group cannot complete), and nothing is left waiting.
-
-At least once, made idempotent: a worker killed after running a step but before acknowledging
-it runs the message again; the stored step result is found (:meth:`replay`: the task body is
-not run again) and the next step is sent again, *with the same message id* (ids are fixed when
-the producer builds the workflow), whose own stored result then keeps its task from running
-twice when the copies arrive one after the other. Two copies running at the same moment may
-both run the task (delivery stays at least once), but the final notification is stored first
-wins under the workflow's id, so each workflow gives exactly one final result.
-"""
+"""The worker's side of workflows: what happens when a step's task has ended (result recorded, next
+step sent or group joined, final result published), at least once made idempotent."""
 
 from __future__ import annotations
 
@@ -61,7 +37,8 @@ def workflow_of(message: Message) -> dict[str, Any] | None:
 
 class WorkflowRecorder(Recorder):
     """A :class:`ivy.outcomes.Recorder` that continues workflows: plain calls are recorded as
-    before; the outcome of a workflow step goes on to the next step (see the module)."""
+    before; the outcome of a workflow step goes on to the next step
+    (docs/internals/workflows.md)."""
 
     def __init__(self, notifier: Notifier | None, worker: str, *, backend: QueueBackend,
                  middleware: Pipeline, serializer: Serializer, signer: Signer | None,
@@ -93,9 +70,9 @@ class WorkflowRecorder(Recorder):
     def record(self, message: Message, note: Notification,
                then: Callable[[], None] | None = None) -> None:
         """Record a plain call as :class:`ivy.outcomes.Recorder` does; continue a workflow
-        step (see the module). ``then`` (the ack, or the dead letter) follows once what the
-        step leads to is kept: the next steps sent, the group member recorded, or the
-        workflow's final notification stored."""
+        step (docs/internals/workflows.md). ``then`` (the ack, or the dead letter) follows
+        once what the step leads to is kept: the next steps sent, the group member recorded,
+        or the workflow's final notification stored."""
         flow = workflow_of(message)
         if flow is None:
             super().record(message, note, then)

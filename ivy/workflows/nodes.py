@@ -1,18 +1,5 @@
-"""Starting workflow nodes: which messages to send for a node, given the result that flows
-into it and what follows it. Used by the producer (the first messages) and by workers (the
-next ones). Pure functions over the JSON forms of PROTOCOL.md, "Workflows":
-
-* a *node* is ``{"id", "task", "args", "kwargs", "queue", ...}`` (one task),
-  ``{"id", "group": [node, ...]}`` or ``{"chain": [node, ...]}``;
-* a *continuation* (``cont``) is ``{"next": [node, ...], "join": join | null}``: the nodes to
-  run after this one, in chain order, and then where its result goes;
-* a *join* is ``{"group": id, "index": i, "size": n, "next": [...], "join": ...}``: the result
-  is member ``i`` of group ``id``; once all ``n`` are in, their list continues with the join's
-  own ``next`` and ``join``; no join: the result is the workflow's final result.
-
-A task node's id is the id of its message, fixed when the producer built the workflow, so a
-step that a re-run sends again is the same message (the worker then finds its stored result).
-"""
+"""Starting workflow nodes: which messages to send for a node, given the result that flows into
+it and what follows it; pure functions over the JSON forms of PROTOCOL.md, "Workflows"."""
 
 from __future__ import annotations
 
