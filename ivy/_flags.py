@@ -1,14 +1,5 @@
 """Light stand-ins for ``threading.Event`` and for the ``concurrent.futures.Future`` of a send,
-made once per call.
-
-A producer makes two events and a send future per ``delayed_call``. The standard ones are a
-``Condition``, a lock, a deque and half a dozen bound methods each: ~25 objects per call that
-the garbage collector tracks while the call waits for its result, and walks again on every
-collection. With thousands of calls in flight, collections took a third of a producer's CPU
-(``delayed_call`` ran 64 us with the collector off against 90-114 us with it on). A
-:class:`Flag` or :class:`Sent` is one object: a waiter's lock is made only when a thread
-actually waits, and one module-wide lock guards the few instructions that hand it over.
-"""
+made once per call: one object each, a lock only when a thread waits."""
 
 from __future__ import annotations
 

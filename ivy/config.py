@@ -1,12 +1,5 @@
-"""Backend configuration: a URL or the original's dict form -> a queue backend or notifier.
-
-Backends are looked up by scheme (URL) or ``type`` (dict) in a table and imported lazily, so
-``import ivy`` needs no driver. With nothing configured, both default to the SQLite file
-``ivy.db`` in the working directory; ``IVY_QUEUE_URL`` and ``IVY_NOTIFIER_URL`` override.
-
-SQLite URLs follow SQLAlchemy's convention: ``sqlite:///ivy.db`` is relative to the working
-directory, ``sqlite:////var/lib/app/ivy.db`` (four slashes) is absolute.
-"""
+"""Backend configuration: a URL or the original's dict form -> a queue backend or notifier, looked
+up by scheme or ``type`` in a table and imported lazily."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """Wire protocol v1: :class:`Message` (producer -> worker) and :class:`Notification` (worker ->
-producer), encoded with a serializer and validated against the JSON Schemas in ``ivy/schemas``.
-
-A message of the Node.js ivy 0.2 form (``{"name": ..., "options": {}, "args": [...]}``, no ``ivy``
-field) decodes as a legacy message: it runs, and gets no notification since it has no
-``reply_to``. See PROTOCOL.md for the field-by-field description.
-"""
+producer), encoded with a serializer and validated against the JSON Schemas in ``ivy/schemas``;
+PROTOCOL.md describes them."""
 
 from __future__ import annotations
 
@@ -46,11 +42,11 @@ MAX_TIMESTAMP_MS = 2**53 - 1
 #: or ``-`` (ivy's own: 32 hex digits, see :func:`new_id`). Anything else is refused: on
 #: RabbitMQ the channel is the name of a queue the worker declares and publishes to, and a
 #: name of the broker's (``amq.*``), too long (over 255 bytes) or of a work queue would break
-#: the worker's notify connection or feed notification JSON into another queue (issue 28, #3).
+#: the worker's notify connection or feed notification JSON into another queue.
 CHANNEL_PATTERN = re.compile(r"ivy:notify:[A-Za-z0-9_-]{1,64}")
 #: The message field that binds a call's result to its producer: random, set by the producer,
 #: echoed by the worker in every notification of the call; a producer drops a final
-#: notification of a call it sent with a nonce unless it carries the same one (issue 28, #5).
+#: notification of a call it sent with a nonce unless it carries the same one.
 NONCE = "nonce"
 #: the longest nonce a worker echoes (ivy's own: 20 hex digits, 80 random bits)
 MAX_NONCE_CHARS = 64

@@ -1,15 +1,5 @@
-"""Serializers for message and notification bodies. JSON by default; never pickle.
-
-JSON goes through the standard library's :mod:`json` in a strict form: no NaN or Infinity
-(nor a number too large for a float, such as ``1e999``, which would decode as infinity),
-string keys only, no key twice in one object, nothing but JSON types. orjson is deliberately
-not used even when installed: it turns integers beyond 64 bits into floats on decoding,
-silently (25852016738884976640000 became 2.585201673888498e+22 in our tests), and it encodes
-types (datetime, UUID) that the stdlib refuses, so what a producer accepts would depend on
-what happens to be installed. The stdlib costs a few microseconds per message, far below any
-backend's round trip.
-``msgpack`` is available as an optional extra.
-"""
+"""Serializers for message and notification bodies: strict JSON through the standard library by
+default, msgpack as an extra, never pickle; and signing (docs/internals/core.md)."""
 
 from __future__ import annotations
 
@@ -63,7 +53,7 @@ def _parse_float(text: str) -> float:
 def _object(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     """A JSON object, or ValueError when it names a key twice: readers disagree on which one
     counts (the stdlib keeps the last), so a body with ``"name"`` twice could pass a check
-    on one and run the other (issue 28, #12)."""
+    on one and run the other."""
     value = dict(pairs)
     if len(value) != len(pairs):
         seen: set[Any] = set()

@@ -1,9 +1,5 @@
-"""Tasks: registered functions with a unique dotted name, and the registry that maps names to them.
-
-Three calling styles (DESIGN.md): ``sync`` (return is the result, raise is the error), ``async``
-(a coroutine function, run on the worker's event loop) and ``callback`` (the original's style: the
-last parameter is an error-first ``callback(err, result)``).
-"""
+"""Tasks: registered functions with a unique dotted name, in one of three calling styles (``sync``,
+``async``, ``callback``), and the registry that maps names to them."""
 
 from __future__ import annotations
 

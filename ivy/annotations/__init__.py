@@ -1,13 +1,6 @@
-"""Arguments and results converted by their annotations (PROTOCOL.md, "Typed arguments and
-results"; docs/guides/typing.md): a parameter annotated ``datetime``, ``UUID``, ``Decimal``,
-a dataclass... receives that type in the worker, and travels as plain JSON.
-
-* :mod:`ivy.annotations.convert`: one converter per annotation (compiled once, cached);
-* :mod:`ivy.annotations.codec`: one codec per task (``Task.codec``), None when nothing
-  converts, so that such tasks cost nothing;
-* :mod:`ivy.annotations.schema`: the JSON Schema of a task's arguments and result
-  (``ivy schema``).
-"""
+"""Arguments and results converted by their annotations: a parameter annotated ``datetime``,
+``UUID``, ``Decimal``, a dataclass... receives that type in the worker, and travels as plain
+JSON."""
 
 from __future__ import annotations
 

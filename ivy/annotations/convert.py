@@ -1,17 +1,5 @@
-"""One converter per annotation: how a value of that type travels as plain JSON
-(PROTOCOL.md, "Typed arguments and results").
-
-A :class:`Converter` has two functions. ``decode`` turns the wire form into the type (a
-worker's arguments, a producer's result). ``encode`` turns a value into the wire form: a value
-of the type, or its wire form already, which is checked by decoding it (so that ``ivy call``
-and a producer that holds plain JSON send what a typed one sends). Both raise
-:class:`Mismatch` (a ``ValueError``) for a value that fits neither.
-
-Converters are compiled once per type and cached; ``converts`` is False for a type that needs
-no conversion (``int``, ``list[str]``, ``Any``, a class ivy does not know): such parameters
-cost nothing. Inside a type that converts, plain types are checked (``int`` is an int, not a
-bool).
-"""
+"""One converter per annotation: how a value of that type travels as plain JSON (PROTOCOL.md,
+"Typed arguments and results"), compiled once per type and cached."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""The JSON Schema (draft-07) of a task's arguments and result, from its annotations, for
-producers in other languages (``ivy schema MODULE``; PROTOCOL.md, "Typed arguments and
-results"). Each schema describes the wire form: what :mod:`ivy.annotations.convert` decodes.
-
-Draft-07 rather than 2020-12, so that the validators most languages have (and fastjsonschema,
-which ivy itself uses) take it. A pydantic model's schema is pydantic's own, which may use
-2020-12 keywords (``prefixItems``) that a draft-07 validator ignores.
-"""
+"""The JSON Schema (draft-07) of a task's arguments and result, from its annotations, for producers
+in other languages (``ivy schema MODULE``)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The command line: ``ivy worker``, ``ivy scheduler``, ``ivy call``, ``ivy cancel``,
-``ivy inspect``, ``ivy events``, ``ivy dead``, ``ivy queue``, ``ivy migrate``, ``ivy relay``
-and ``ivy dashboard`` (also ``python -m ivy``).
-One module per command group; what they share is in :mod:`ivy.cli._common`."""
+"""The command line, ``ivy ...`` (also ``python -m ivy``): one module per command group; what they
+share is in :mod:`ivy.cli._common`."""
 
 from __future__ import annotations
 

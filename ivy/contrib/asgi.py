@@ -1,38 +1,5 @@
-"""ASGI applications (Starlette, FastAPI): start an ivy app with the web app, close it with it.
-
-::
-
-    from fastapi import FastAPI
-    from ivy.contrib.asgi import lifespan
-
-    web = FastAPI(lifespan=lifespan(queue))      # Starlette(lifespan=...) alike
-
-:func:`lifespan` returns what Starlette and FastAPI take as ``lifespan=``: a callable that
-receives the web app and returns an async context manager. Entered (the server's startup), it
-starts the ivy app's notification consumer, so that the first request does not pay for the
-connection and results of calls sent before a restart's first request are not missed.
-Exited (the server's shutdown), it waits for the messages sent so far to be confirmed by the
-queue backend (``app.flush``), then closes the ivy app; both within ``timeout`` seconds in
-all, so a broker that stopped answering never holds a deploy up.
-
-Decisions where the issue is silent:
-
-* it composes with a lifespan the web app already has, either way round: give that one as
-  ``inner`` (it runs inside ivy's: ivy starts first and closes last, and its state is the web
-  app's state), or enter ivy's inside your own, ``async with ivy_lifespan(web): yield``;
-* startup and shutdown do their blocking parts (connecting, flushing, closing) on a thread,
-  never on the event loop that serves requests;
-* a flush that fails or times out is logged (``ivy.contrib.asgi``), not raised: the server is
-  stopping either way, and the calls concerned failed with ``PublishError`` already. Past
-  ``timeout`` the shutdown returns and the rest of the closing goes on in a daemon thread;
-* ``close=False`` only flushes, for an ivy app the process goes on using (the default app
-  behind ``ivy.delayed_call``, in a process that serves the web app more than once, as tests
-  do); a closed ivy app cannot start again, so a web app whose lifespan runs twice (one
-  ``TestClient`` block after another) needs that, or a new ivy app each time;
-* ``await call`` inside a request handler works on asyncio servers (uvicorn, hypercorn with
-  asyncio, Starlette's ``TestClient``): the call wakes the awaiting loop from the thread that
-  reads results (:meth:`ivy.Call.__await__`). Trio is not supported.
-"""
+"""ASGI applications (Starlette, FastAPI): :func:`lifespan` starts an ivy app with the web app and
+flushes and closes it with it (docs/internals/integrations.md)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""The dashboard's live statistics, read from the task events stream (workers started with
-``--events``, see :mod:`ivy.middleware.events`): completed and failed tasks per second over a
-sliding window, the recent failures, and the last event seen of each recent call.
-
-One daemon thread reads the events subscription; a lost subscription is logged and opened
-again (events published in between are missed: the stream is live, not a log). Seconds are
-counted on this process's clock when an event arrives, so workers whose clocks differ still
-land in the window.
-"""
+"""The dashboard's live statistics, read from the task events stream: tasks per second over a
+sliding window, the recent failures, and the last event of each recent call."""
 
 from __future__ import annotations
 
@@ -32,7 +25,7 @@ MAX_CALLS = 10_000
 
 
 class Collector:
-    """Counts task events per second and keeps the recent failures (see the module doc)."""
+    """Counts task events per second and keeps the recent failures (docs/internals/dashboard.md)."""
 
     def __init__(self, notifier: Notifier, *, window: int = WINDOW,
                  max_failures: int = MAX_FAILURES,

@@ -1,33 +1,5 @@
-"""The dashboard's security model (README, "Operating ivy"):
-
-* It binds 127.0.0.1 by default and refuses any other address without a token
-  (:func:`check_bind`). Without a token, only requests whose ``Host`` header is a well-formed
-  loopback name are served, so a web page cannot reach it through DNS rebinding.
-* With a token, every request needs it: an ``Authorization: Bearer TOKEN`` header, a
-  ``?token=TOKEN`` parameter (a GET is then redirected to the same address without it, with
-  the session cookie set), or the session cookie set by the login form. The cookie holds a
-  random session id, its time of issue and an HMAC of both under a key derived from the token
-  (never the token); it is HttpOnly and SameSite=Strict, and expires :data:`SESSION_LIFETIME`
-  (12 h) after the login: then the login form is shown again. Over https (as the request's
-  scheme says, e.g. from a local TLS proxy's ``X-Forwarded-Proto``) it is ``Secure`` and
-  named ``__Host-ivy_dashboard`` (when served at ``/``), which no other host or port can set.
-* Token guesses (login form, header or parameter) are limited per client address: after
-  :data:`FREE_GUESSES` wrong ones, every guess is answered 429 with a ``Retry-After`` that
-  doubles with each further failure (up to :data:`MAX_GUESS_WAIT` seconds); the right token
-  clears the count.
-* Without a token, each browser gets the same kind of session cookie (under a random key of
-  the process), which only identifies it for CSRF tokens.
-* Actions are POSTs, refused (403) when their ``Origin`` is not the dashboard's own
-  ``scheme://host:port`` (or, without an ``Origin``, when ``Sec-Fetch-Site`` says another
-  site sent them), and refused unless they carry the session's CSRF token: an HMAC of the
-  session id under the server's key, which each form repeats in a hidden field, compared in
-  constant time. A cookie planted by a page of the same site on another port (cookies ignore
-  ports) is worth nothing: without the key, no one can make the CSRF token of a session. A
-  request with the token in its ``Authorization`` header needs no CSRF token: browsers never
-  add that header by themselves.
-* Pages are sent with a Content-Security-Policy allowing only the dashboard's own scripts and
-  styles; Jinja2 escapes every value put in a page (tracebacks and arguments included).
-"""
+"""The dashboard's security model: loopback binding, the token and its session cookie, limits on
+guesses, CSRF tokens and the Content-Security-Policy (docs/internals/dashboard.md)."""
 
 from __future__ import annotations
 
@@ -186,7 +158,7 @@ def safe_next(target: str | None) -> str:
 
 
 class Guesses:
-    """Wrong token guesses per client address (see the module doc)."""
+    """Wrong token guesses per client address (docs/internals/dashboard.md)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -211,7 +183,7 @@ class Guesses:
 
 class Access:
     """Who may use the dashboard: anyone on loopback when ``token`` is None, else whoever
-    shows the token (see the module doc). ``clock`` (wall-clock seconds) dates sessions."""
+    shows the token (docs/internals/dashboard.md). ``clock`` (wall-clock seconds) dates sessions."""
 
     def __init__(self, token: str | None, *, lifetime: float = SESSION_LIFETIME,
                  clock: Callable[[], float] = time.time) -> None:

@@ -1,12 +1,5 @@
-"""What the dashboard pages show, read through ivy's public pieces: queue sizes and dead
-letters from the queue backend (``app.dead_letters``, ``app.requeue_dead``,
-``app.purge_dead``), live workers and stored notifications from the notifier, and the live
-statistics of a :class:`~ivy.dashboard.collector.Collector`.
-
-Backend and notifier calls made for requests run one at a time (one lock): the backends are
-shared by every request thread, and a dashboard has few users. The overview is cached for
-``refresh`` seconds, so many open pages cost the backends no more than one.
-"""
+"""What the dashboard pages show, read through ivy's public pieces: queue sizes and dead letters,
+live workers, stored notifications and the live statistics."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def beside(call_id: str, first: bytes | None, nonce: str | None) -> str | None:
     when ``nonce`` is set and ``first`` does not carry it, the key beside it,
     ``<call_id>:<nonce>`` (first wins there too); else None, a duplicate, neither stored nor
     sent. So a result forged under a known call id and stored first cannot keep the call's
-    own result from its producer (issue 28, #5): that one is stored beside it and sent, and
+    own result from its producer: that one is stored beside it and sent, and
     the producer, which drops notifications without its call's nonce, looks it up there
     (:meth:`Notifier.stored` with the nonce). A nonce is 20 random hex digits that only the
     call's message carries, so "``first`` carries it" means "``first`` is this call's"."""

@@ -1,10 +1,5 @@
-"""``memory://[name]``: an in-process queue backend. Producer and worker threads of one process
-that name the same broker share it. Nothing survives the process; use it for tests and for
-running tasks in the background of one program. Reservations expire like the durable backends'.
-A consumer takes one message per get() (no prefetch buffer); a release or a defer puts the message
-back without counting the delivery as an attempt. Dead letters (the last 10,000 per queue) keep
-their priority; requeueing and purging them is atomic (one lock).
-"""
+"""``memory://[name]``: an in-process queue backend, shared by the threads of one process that name
+the same broker; for tests and background tasks of one program."""
 
 from __future__ import annotations
 

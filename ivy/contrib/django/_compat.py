@@ -1,10 +1,5 @@
 """One code path for Django 6's ``django.tasks`` and the ``django-tasks`` backport (Django
-4.2-5.x): the names the backend uses, from whichever is installed. ``django.tasks`` wins when
-both are (Django 6 with the backport still installed); tasks declared with the backport's
-``@task`` then belong to the backport's own backends, not to ivy's.
-
-Type checking reads the backport (typed, and installable on Python 3.11); Django 6's module
-has the same names and signatures (checked by ``tests/test_django.py`` on Python 3.12)."""
+4.2-5.x): the names the backend uses, from whichever is installed."""
 
 from __future__ import annotations
 

@@ -1,21 +1,5 @@
-"""What ``get_result`` reads from any process: a Django task's *record*, kept in the
-notifier's key store beside ivy's stored final notification of the call.
-
-ivy's final notification (``Notifier.stored(call_id)``) carries the status, the return value,
-the error (class name, message, traceback), the attempt and the last worker: no timestamps,
-no arguments, no class path. So the backend keeps one JSON record per result under
-``django-task:<id>`` (:data:`KEY_PREFIX`), for ``result_ttl`` seconds:
-
-* written when the call is sent: task path, backend, queue, priority, ``run_after``,
-  arguments, ``enqueued_at``;
-* updated by the worker when an attempt starts (``started_at`` once, ``last_attempted_at``,
-  the worker's id appended to ``worker_ids``) and when it ends (``finished_at``; on failure,
-  the exception's class path and traceback appended to ``errors``).
-
-Updates are compare-and-set (``get_keys`` then ``release_key`` with the old value), so two
-workers of one call (a redelivery) do not lose each other's writes. The status comes from
-ivy's final notification once it is stored (the outcome ivy acknowledged), else from the
-record: ``RUNNING`` while an attempt runs, ``READY`` before and between attempts."""
+"""What ``get_result`` reads from any process: a Django task's record, kept in the notifier's key
+store beside ivy's stored final notification of the call."""
 
 from __future__ import annotations
 

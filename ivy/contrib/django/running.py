@@ -1,24 +1,5 @@
-"""The worker side: each Django task runs as an ivy task named by its module path.
-
-A worker of the backend's app looks tasks up in :class:`DjangoTasks`, a registry that imports
-a Django task the first time a message names it (``shop.tasks.send_receipt`` ->
-``import_string``), the way Django's database backend finds a task by its stored path. Only
-paths inside one of ``INSTALLED_APPS`` are imported (an import runs code: a message must not
-choose any module), and only a Django task object is accepted there; anything else is an
-unknown task, refused as ivy refuses one. With signing (``OPTIONS["ivy"] =
-{"signing_key": ...}``) only signed messages name tasks at all.
-
-Each attempt of a call:
-
-1. updates the result's record (:mod:`ivy.contrib.django.records`): ``RUNNING``, its start,
-   this worker's id;
-2. sends ``task_started`` with a ``TaskResult`` whose ``worker_ids`` has one entry per attempt,
-   so that ``context.attempt`` (1 on the first run) follows ``ivy.current().attempt``;
-3. runs the function (with ``TaskContext`` first when the task ``takes_context``); an
-   ``async def`` task runs on the worker's event loop;
-4. records the end (and the exception's class path and traceback on failure), sends
-   ``task_finished``, and returns the value (made JSON as Django does) or raises for ivy to
-   settle (a retry when ``OPTIONS["max_retries"]`` allows, else the error)."""
+"""The worker side of the Django backend: each Django task runs as an ivy task named by its module
+path, imported only from ``INSTALLED_APPS`` (docs/internals/integrations.md)."""
 
 from __future__ import annotations
 
@@ -69,7 +50,7 @@ class Store(Protocol):
 
 class DjangoTasks(Registry):
     """The registry of a backend's app: ivy tasks registered as usual, and Django tasks
-    imported by module path on first use (see the module docstring)."""
+    imported by module path on first use (docs/internals/integrations.md)."""
 
     def __init__(self, alias: str) -> None:
         super().__init__()
