@@ -289,15 +289,16 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
         publisher: Any = getattr(app.queue_backend, "_publishing", None)
         unconfirmed_at_loss: list[int] = []
         if broker == "rabbitmq":
-            original_lost = publisher._publisher_lost
+            original_lost = publisher._channel_lost
 
             def publisher_lost() -> None:
                 with publisher._lock:
                     unconfirmed_at_loss.append(sum(
-                        1 for p in publisher._unconfirmed if p.handed and not p.future.done()))
+                        1 for p in publisher._unconfirmed.values()
+                        if p.handed and not p.future.done()))
                 original_lost()
 
-            publisher._publisher_lost = publisher_lost
+            publisher._channel_lost = publisher_lost
         burst_calls: list[ivy.Call[Any]] = []
         unconfirmed_at_close: list[int] = []
 

@@ -71,12 +71,12 @@ def ivy_variant(url: str, redis: str, persistent: bool, confirms: bool) -> Any:
 
         def link() -> Link:
             with publisher._lock:
-                if publisher._publisher is None:
-                    publisher._publisher = Link(publisher.nodes, "publish",
-                                                on_channel=publisher._publisher_ready,
-                                                on_lost=publisher._publisher_lost)
-                    publisher._publisher.start()
-                return publisher._publisher
+                if publisher._link is None:
+                    publisher._link = Link(publisher.nodes, "publish",
+                                           on_channel=publisher._channel_ready,
+                                           on_lost=publisher._channel_lost)
+                    publisher._link.start()
+                return publisher._link
 
         publisher.link = link  # type: ignore[method-assign]
     return app

@@ -374,7 +374,7 @@ def test_a_nack_does_not_send_accepted_messages_twice(amqp_url: str,
                 refused[0].result(30)
         assert backend.size(other) == 1 + 2 * 200
         # (and the publisher did move to new connections meanwhile)
-        link = backend._publishing._publisher
+        link = backend._publishing._link
         assert link is not None and link.generation >= 2
     finally:
         backend.close()
@@ -396,8 +396,8 @@ def test_a_quiesced_channel_whose_confirms_never_come_is_dropped_after_a_while(
         link = publisher.link()
         generation = link.generation
         with publisher._lock:
-            publisher._pending[10**9] = _Pending(q, q, b"lost", pika.BasicProperties(), "",
-                                                 time.monotonic() + 30)
+            publisher._by_tag[10**9] = _Pending("", q, b"lost", pika.BasicProperties(),
+                                                time.monotonic() + 30, queue=q)
         assert not publisher._quiesce()  # one in flight: not dropped yet
         # When a message is sent meanwhile
         started = time.monotonic()

@@ -240,8 +240,7 @@ class AMQPNotifier(Notifier):
                 key = found
         out = Outgoing("", channel, body, BasicProperties(
             delivery_mode=2 if self.persistent else 1, content_type="application/json"),
-            ("queue", channel),
-            deadline=time.monotonic() + self.publish_timeout)
+            deadline=time.monotonic() + self.publish_timeout, declare=("queue", channel))
         if not final:
             self._publisher.send(out)
             return
@@ -277,7 +276,7 @@ class AMQPNotifier(Notifier):
     def publish_event(self, body: bytes) -> None:
         timeout = min(self.publish_timeout, EVENT_TIMEOUT)
         out = Outgoing(EVENTS_EXCHANGE, "", body, BasicProperties(content_type="application/json"),
-                       ("exchange", EVENTS_EXCHANGE), deadline=time.monotonic() + timeout)
+                       deadline=time.monotonic() + timeout, declare=("exchange", EVENTS_EXCHANGE))
         self._wait(out, timeout, f"a task event to the exchange {EVENTS_EXCHANGE!r}")
 
     def subscribe_events(self) -> Subscription:
@@ -306,8 +305,9 @@ class AMQPNotifier(Notifier):
 
     def _append_worker(self, body: bytes, name: str) -> None:
         stream = _amqp_workers.STREAM
-        out = Outgoing("", stream, body, BasicProperties(delivery_mode=2), ("stream", stream),
-                       deadline=time.monotonic() + self.publish_timeout)
+        out = Outgoing("", stream, body, BasicProperties(delivery_mode=2),
+                       deadline=time.monotonic() + self.publish_timeout,
+                       declare=("stream", stream))
         self._wait(out, self.publish_timeout, f"the heartbeat of worker {name!r}")
 
     def workers(self) -> list[dict[str, Any]]:
