@@ -66,14 +66,10 @@ class Confirms(Generic[P]):
     their confirms, returns, sending again after a lost connection (at least once), and
     completing each publish's future once, through :meth:`_finish`.
 
-    Parameters
-    ----------
-    nodes:
-        The broker's nodes (pika parameters), tried in turn.
-    url:
-        The broker's URL without credentials, for errors.
-    label:
-        The link's name in logs (``publish``, ``notify``).
+    Parameters:
+        nodes: The broker's nodes (pika parameters), tried in turn.
+        url: The broker's URL without credentials, for errors.
+        label: The link's name in logs (``publish``, ``notify``).
     """
 
     def __init__(self, nodes: pika.URLParameters | Sequence[pika.URLParameters], url: str,

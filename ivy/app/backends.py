@@ -24,17 +24,12 @@ class Backends:
     rather than opening a second connection; a notification consumer switched to another
     notifier keeps the old one until the calls it holds are settled.
 
-    Parameters
-    ----------
-    queue, notifier:
-        The app's default specs (URL, dict, backend object or None: the environment's, else
-        the SQLite file ``ivy.db``).
-    name:
-        How errors name the app (``<Ivy 0f3a...>``).
-    results:
-        The producer's result consumers (started on the notifier chosen here).
-    uses_priority, routes:
-        What the queue backends built here ask of the app's registry.
+    Parameters:
+        queue, notifier: The app's default specs (URL, dict, backend object or None: the
+            environment's, else the SQLite file ``ivy.db``).
+        name: How errors name the app (``<Ivy 0f3a...>``).
+        results: The producer's result consumers (started on the notifier chosen here).
+        uses_priority, routes: What the queue backends built here ask of the app's registry.
     """
 
     def __init__(self, queue: Spec, notifier: Spec, *, name: str, results: Results,

@@ -42,10 +42,8 @@ class Workers:
         with its heartbeat every ``heartbeat`` seconds (None: none) and, with ``events``,
         its task events; block until it stops if ``block``.
 
-        Raises
-        ------
-        ValueError
-            A bad option (checked before the worker takes its first message).
+        Raises:
+            ValueError: A bad option (checked before the worker takes its first message).
         """
         if events:
             context = self._with_events(context, notifier)

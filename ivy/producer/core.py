@@ -28,13 +28,11 @@ class Producer:
     """Sends the calls of one app and keeps what follows a send: the confirms (its outbox),
     the results (the consumers of its sources), the unique keys its calls hold.
 
-    Parameters
-    ----------
-    settings:
-        The app's settings (registry, serializer, middleware, limits, channel, sealing), read
-        at each send.
-    sources:
-        The app's backends: the queue sent to, the result consumers, whether it is closed.
+    Parameters:
+        settings: The app's settings (registry, serializer, middleware, limits, channel,
+            sealing), read at each send.
+        sources: The app's backends: the queue sent to, the result consumers, whether it is
+            closed.
     """
 
     def __init__(self, settings: Settings, sources: Sources) -> None:
@@ -131,14 +129,11 @@ class Producer:
         to :meth:`hand_over`, or :meth:`forget` it). ``extra`` holds message fields beyond
         the core ones (``unique_key``, ...).
 
-        Raises
-        ------
-        TypeError
-            A callback that is not callable; arguments the task's signature refuses.
-        ValueError
-            A negative ``delay``.
-        ivy.TaskNotRegistered
-            ``task`` is not registered here and no ``queue`` names where it goes.
+        Raises:
+            TypeError: A callback that is not callable; arguments the task's signature refuses.
+            ValueError: A negative ``delay``.
+            ivy.TaskNotRegistered: ``task`` is not registered here and no ``queue`` names
+                where it goes.
         """
         self.sources.check_open()
         settings = self.settings

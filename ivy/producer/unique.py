@@ -135,10 +135,8 @@ class UniqueSends:
     """The unique sends of one producer: the calls it sent under a key, the key each holds,
     and a follower for the calls of other producers that a send of this one returned.
 
-    Parameters
-    ----------
-    sender:
-        The producer: its results, registry, backend and canceller.
+    Parameters:
+        sender: The producer: its results, registry, backend and canceller.
     """
 
     def __init__(self, sender: Sender) -> None:

@@ -40,15 +40,11 @@ def send_workflow(
     """Send ``flow`` (a chain, group or chord: a lone signature is a plain call, see
     :func:`signature_call`); return the Call of its final result.
 
-    Raises
-    ------
-    TypeError
-        Keyword arguments or per-call options given for a whole workflow; a callback that is
-        not callable.
-    ValueError
-        A negative ``delay``.
-    ConfigurationError
-        The notifier keeps no workflow state (the AMQP notifier).
+    Raises:
+        TypeError: Keyword arguments or per-call options given for a whole workflow; a
+            callback that is not callable.
+        ValueError: A negative ``delay``.
+        ConfigurationError: The notifier keeps no workflow state (the AMQP notifier).
     """
     if kwargs or queue is not None or priority is not None or max_retries is not None:
         raise TypeError(f"sending a workflow ({flow.describe()}) takes positional arguments "
