@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ivy.notifiers.base import Notifier
 from ivy.queues.base import QueueBackend
+from ivy.stores import WorkerRegistry
 
 log = logging.getLogger("ivy.monitor")
 
@@ -71,7 +71,7 @@ class Heartbeat:
     """Writes ``worker``'s heartbeat to ``notifier`` every ``interval`` seconds from a daemon
     thread, until the worker stops or :meth:`stop` is called; then removes it."""
 
-    def __init__(self, worker: Beating, notifier: Notifier, *,
+    def __init__(self, worker: Beating, notifier: WorkerRegistry, *,
                  interval: float = HEARTBEAT_INTERVAL, events: bool = False) -> None:
         if (isinstance(interval, bool) or not isinstance(interval, (int, float))
                 or not 0 < interval < float("inf")):
@@ -153,7 +153,7 @@ class Heartbeat:
 # -- what the command line prints ----------------------------------------------------------
 
 
-def workers_report(notifier: Notifier) -> tuple[list[dict[str, Any]] | None, str | None]:
+def workers_report(notifier: WorkerRegistry) -> tuple[list[dict[str, Any]] | None, str | None]:
     """``ivy inspect``'s workers: (the heartbeats, None), or (None, why they are missing)."""
     try:
         return notifier.workers(), None

@@ -19,7 +19,7 @@ from ivy._process import Backoff, signal_handlers
 from ivy.cli._common import existing_sqlite
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV, make_notifier
 from ivy.monitor import live_queues, workers_report
-from ivy.notifiers.base import Notifier, Subscription
+from ivy.stores import EventStream, Stream
 
 log = logging.getLogger("ivy.monitor")
 
@@ -125,7 +125,7 @@ def format_event(event: dict[str, Any]) -> str:
     return line
 
 
-def tail_events(notifier: Notifier, out: TextIO, *, as_json: bool = False,
+def tail_events(notifier: EventStream, out: TextIO, *, as_json: bool = False,
                 stop: threading.Event | None = None,
                 ready: Callable[[], None] | None = None) -> None:
     """Print the task events published on ``notifier`` as they come (one per line, as JSON
@@ -133,7 +133,7 @@ def tail_events(notifier: Notifier, out: TextIO, *, as_json: bool = False,
     A lost connection is logged and the subscription opened again (what was published in
     between is missed: events are a live stream)."""
     stop = stop or threading.Event()
-    sub: Subscription | None = notifier.subscribe_events()
+    sub: Stream | None = notifier.subscribe_events()
     if ready is not None:
         ready()
     backoff = Backoff()
@@ -178,7 +178,7 @@ def _print_event(body: bytes, out: TextIO, as_json: bool) -> None:
     out.flush()
 
 
-def events_command(notifier: Notifier, *, as_json: bool) -> int:
+def events_command(notifier: EventStream, *, as_json: bool) -> int:
     """``ivy events``: print task events as they come until SIGINT or SIGTERM; exit 0."""
     stop = threading.Event()
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ivy._process import Backoff
-from ivy.notifiers.base import Notifier, Subscription
+from ivy.stores import EventStream, Stream
 
 log = logging.getLogger("ivy.dashboard")
 
@@ -27,7 +27,7 @@ MAX_CALLS = 10_000
 class Collector:
     """Counts task events per second and keeps the recent failures (docs/internals/dashboard.md)."""
 
-    def __init__(self, notifier: Notifier, *, window: int = WINDOW,
+    def __init__(self, notifier: EventStream, *, window: int = WINDOW,
                  max_failures: int = MAX_FAILURES,
                  clock: Callable[[], float] = time.time) -> None:
         if window < 1:
@@ -65,7 +65,7 @@ class Collector:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        sub: Subscription | None = None
+        sub: Stream | None = None
         backoff = Backoff()
         try:
             while not self._stop.is_set():

@@ -14,7 +14,7 @@ from typing import Any
 
 from ivy.message import Message
 from ivy.middleware import Middleware
-from ivy.notifiers.base import Notifier
+from ivy.stores import EventStream
 
 log = logging.getLogger("ivy.events")
 
@@ -38,7 +38,7 @@ class Events(Middleware):
     """Publishes the worker's task events through ``notifier`` (docs/internals/middleware.md);
     ``worker`` names the worker in them (default: ``host:pid``, as the worker names itself)."""
 
-    def __init__(self, notifier: Notifier, worker: str | None = None) -> None:
+    def __init__(self, notifier: EventStream, worker: str | None = None) -> None:
         if worker is None:
             from ivy._process import worker_name
 

@@ -19,6 +19,7 @@ from ivy.call import Call
 from ivy.message import new_id, now_ms
 from ivy.notifiers.base import Notifier
 from ivy.producer.roles import Sender
+from ivy.stores import KeyStore
 from ivy.timing.keys import UNIQUE_PREFIX, holder
 
 log = logging.getLogger("ivy.unique")
@@ -74,7 +75,7 @@ class _KeyLocks:
 _key_locks = _KeyLocks()
 
 
-def _after_send(notifier: Notifier, key: str, call: Call[Any], kept: float,
+def _after_send(notifier: KeyStore, key: str, call: Call[Any], kept: float,
                 future: Future[None]) -> None:
     """The send of a unique call completed: keep its key for good once the backend has the
     message, let it go at once if it was refused. Done on a thread of its own: a store
@@ -85,7 +86,7 @@ def _after_send(notifier: Notifier, key: str, call: Call[Any], kept: float,
         _follow_ups().submit(_keep, notifier, key, call, kept)
 
 
-def _keep(notifier: Notifier, key: str, call: Call[Any], kept: float) -> None:
+def _keep(notifier: KeyStore, key: str, call: Call[Any], kept: float) -> None:
     if call._settled.is_set():
         return  # its outcome is in: the worker has set the key's time already
     try:
@@ -100,7 +101,7 @@ def _keep(notifier: Notifier, key: str, call: Call[Any], kept: float) -> None:
                     key, call.id, SEND_CLAIM_TTL, exc_info=True)
 
 
-def _let_go(notifier: Notifier, key: str, call_id: str, after: str) -> None:
+def _let_go(notifier: KeyStore, key: str, call_id: str, after: str) -> None:
     try:
         notifier.release_key(UNIQUE_PREFIX + key, call_id, 0)
     except Exception:
@@ -185,7 +186,7 @@ class UniqueSends:
             future.add_done_callback(lambda f: _after_send(notifier, key, call, kept, f))
         return call
 
-    def cancelled(self, notifier: Notifier, call_id: str) -> None:
+    def cancelled(self, notifier: KeyStore, call_id: str) -> None:
         """A call of this producer was cancelled: if it holds a unique key, let the key go
         now, so that the next send of that key sends again."""
         call = self._calls.get(call_id)

@@ -4,7 +4,7 @@ that every worker sharing it honours (docs/internals/timing.md)."""
 from __future__ import annotations
 
 from ivy.message import Message, Notification, wire_error
-from ivy.notifiers.base import Notifier
+from ivy.stores import KeyStore
 
 CANCEL_PREFIX = "ivy:cancel:"
 #: Present while any cancel may be live: workers look up each message's cancel only then, so
@@ -22,7 +22,7 @@ def cancel_key(call_id: str) -> str:
     return CANCEL_PREFIX + call_id
 
 
-def store_cancel(notifier: Notifier, call_id: str, ttl: float) -> None:
+def store_cancel(notifier: KeyStore, call_id: str, ttl: float) -> None:
     """Write the cancel of ``call_id`` and (re)set the flag that workers look at."""
     notifier.claim_key(cancel_key(call_id), "1", ttl)
     flag_ttl = max(ttl, FLAG_MIN_TTL)

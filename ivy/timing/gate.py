@@ -10,9 +10,9 @@ from typing import Any
 
 from ivy.execution import Executor
 from ivy.message import Message
-from ivy.notifiers.base import Notifier
 from ivy.outcomes import Recorder
 from ivy.queues.base import Delivery
+from ivy.stores import KeyStore
 from ivy.task import Task
 from ivy.timing.cancel import (
     CANCELS_FLAG,
@@ -32,7 +32,7 @@ RATE_STORE_RETRY = 1.0
 class Gate:
     """One worker's checks against the notifier's store."""
 
-    def __init__(self, notifier: Notifier | None, executor: Executor, recorder: Recorder,
+    def __init__(self, notifier: KeyStore | None, executor: Executor, recorder: Recorder,
                  worker: str) -> None:
         self.notifier = notifier
         self.executor = executor

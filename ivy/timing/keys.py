@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from ivy.message import Message, now_ms
-from ivy.notifiers.base import Notifier
+from ivy.stores import KeyStore
 
 log = logging.getLogger("ivy.unique")
 
@@ -21,7 +21,7 @@ def holder(value: str) -> str:
     return value.partition(" ")[0]
 
 
-def release(notifier: Notifier | None, message: Message, *, at_once: bool = False) -> None:
+def release(notifier: KeyStore | None, message: Message, *, at_once: bool = False) -> None:
     """After a call's final outcome was recorded (the worker): let its unique key go at its
     ``unique_until``, or ``at_once`` (a cancelled call). A key kept on is marked ``<id>
     done``, so that its producer's keep (:mod:`ivy.timing.unique`, on the send's confirm,

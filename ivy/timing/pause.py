@@ -9,8 +9,8 @@ import threading
 import time
 
 from ivy.errors import ConfigurationError, IvyError
-from ivy.notifiers.base import Notifier
 from ivy.queues.base import Consumer, Delivery, QueueBackend
+from ivy.stores import KeyStore
 
 log = logging.getLogger("ivy.worker")
 app_log = logging.getLogger("ivy")
@@ -44,7 +44,7 @@ def parse(value: str | None) -> list[str]:
     return sorted({n for n in names if isinstance(n, str)}) if isinstance(names, list) else []
 
 
-def _no_store(notifier: Notifier, exc: NotImplementedError) -> ConfigurationError:
+def _no_store(notifier: KeyStore, exc: NotImplementedError) -> ConfigurationError:
     return ConfigurationError(
         f"queues cannot be paused through notifier {type(notifier).__name__} "
         f"({notifier.url or 'no URL'}): it keeps no keys (RabbitMQ alone has no store). Use "
@@ -52,7 +52,7 @@ def _no_store(notifier: Notifier, exc: NotImplementedError) -> ConfigurationErro
         f"(--notifier-url). ({exc})")
 
 
-def paused_queues(notifier: Notifier) -> list[str]:
+def paused_queues(notifier: KeyStore) -> list[str]:
     """The queues paused on ``notifier``, sorted."""
     try:
         return parse(notifier.get_keys([PAUSED_KEY])[0])
@@ -60,7 +60,7 @@ def paused_queues(notifier: Notifier) -> list[str]:
         raise _no_store(notifier, exc) from None
 
 
-def set_paused(notifier: Notifier, queue: str, paused: bool) -> bool:
+def set_paused(notifier: KeyStore, queue: str, paused: bool) -> bool:
     """Pause (``paused``) or resume ``queue`` on ``notifier``; True if that changed it (False:
     it was so already)."""
     check_queue(queue)
@@ -177,7 +177,7 @@ class Pauses:
     """A worker's view of which of its queues are paused, read from the notifier's store at
     start and every :data:`POLL_PAUSES` seconds by its heartbeat (:meth:`poll`)."""
 
-    def __init__(self, notifier: Notifier | None, queues: list[str], worker: str) -> None:
+    def __init__(self, notifier: KeyStore | None, queues: list[str], worker: str) -> None:
         self.notifier = notifier
         self.queues = frozenset(queues)
         self.worker = worker

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from ivy.errors import ConfigurationError
-from ivy.notifiers.base import Notifier
+from ivy.stores import KeyStore
 
 RATE_PREFIX = "ivy:rate:"
 PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -26,7 +26,7 @@ class RateLimit:
     def interval(self) -> float:
         return self.period / self.count
 
-    def wait(self, notifier: Notifier, task: str, call_id: str) -> float:
+    def wait(self, notifier: KeyStore, task: str, call_id: str) -> float:
         """0.0 if call ``call_id`` of ``task`` may start now (its slot is taken, or the slot
         it reserved before has come), else how long to defer it: until the slot it reserves
         now (:meth:`ivy.notifiers.base.Notifier.reserve_rate_slot`), or the one it holds."""

@@ -16,7 +16,7 @@ from django.utils.module_loading import import_string
 
 import ivy.errors
 from ivy.message import Notification
-from ivy.notifiers.base import Notifier
+from ivy.stores import KeyStore
 
 from ._compat import (
     FAILED,
@@ -51,12 +51,12 @@ def now() -> float:
     return time.time()
 
 
-def create(notifier: Notifier, result_id: str, record: Record, ttl: float) -> None:
+def create(notifier: KeyStore, result_id: str, record: Record, ttl: float) -> None:
     """Store ``record`` for ``result_id`` unless one is there already."""
     notifier.claim_key(key(result_id), json.dumps(record), ttl)
 
 
-def forget(notifier: Notifier, result_id: str) -> None:
+def forget(notifier: KeyStore, result_id: str) -> None:
     """Delete the record of ``result_id`` (its send failed)."""
     with contextlib.suppress(Exception):
         text = read_text(notifier, result_id)
@@ -64,12 +64,12 @@ def forget(notifier: Notifier, result_id: str) -> None:
             notifier.release_key(key(result_id), text, 0)
 
 
-def read_text(notifier: Notifier, result_id: str) -> str | None:
+def read_text(notifier: KeyStore, result_id: str) -> str | None:
     """The record of ``result_id`` as stored, or None."""
     return notifier.get_keys([key(result_id)])[0]
 
 
-def update(notifier: Notifier, result_id: str, change: Callable[[Record], None], ttl: float,
+def update(notifier: KeyStore, result_id: str, change: Callable[[Record], None], ttl: float,
            seed: Callable[[], Record]) -> Record:
     """Apply ``change`` to the record of ``result_id`` (``seed()`` when there is none: a
     call sent by another producer, or a record expired), compare-and-set; the new record."""
