@@ -2,8 +2,9 @@
 Dramatiq, each with one worker process of 4 threads (run by hand; results in
 docs/benchmarks.md). The Redis-only pairings run beside them with ``--only``: ivy on Redis
 Streams with the Redis notifier (``ivy-redis``), and the Redis brokers of Celery
-(``celery-redis``), Dramatiq (``dramatiq-redis``) and RQ (``rq``: a worker pool of 4
-``SimpleWorker`` processes, since an RQ worker runs one job at a time).
+(``celery-redis``), Dramatiq (``dramatiq-redis``), RQ (``rq``: a worker pool of 4
+``SimpleWorker`` processes, since an RQ worker runs one job at a time) and arq (``arq``:
+``max_jobs=4``, otherwise its defaults, which poll the queue and each result every 0.5 s).
 
 For each: N trivial tasks sent as fast as possible, every result awaited, twice: sent one at a
 time by one producer thread, and by 4 producer threads sending N/4 each. Two rates come of it:
@@ -23,7 +24,7 @@ the machine's drift over seconds is shared by all of them (see :func:`run`).
     pip install -e '.[bench]'
     python benchmarks/brokers.py [--n 5000] [--latency-n 500] [--chart docs/benchmarks-brokers.png]
     python benchmarks/brokers.py --only ivy-redis --only celery-redis --only dramatiq-redis \
-        --only rq
+        --only rq --only arq
 
 The shared machine's services are used with a vhost and a Redis DB of the benchmark's own:
 ``BENCH_AMQP_URL`` (default the ``/`` vhost) and ``BENCH_REDIS_URL`` (default DB 10; every
@@ -56,7 +57,7 @@ sys.path.insert(0, str(HERE))
 AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 IVY_AMQP = os.environ.get("BENCH_IVY_AMQP_URL", AMQP)
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
-for _var in ("BENCH_FLOOR_REDIS", "BENCH_CELERY_REDIS", "BENCH_DRAMATIQ_REDIS"):
+for _var in ("BENCH_FLOOR_REDIS", "BENCH_CELERY_REDIS", "BENCH_DRAMATIQ_REDIS", "BENCH_ARQ_REDIS"):
     os.environ.setdefault(_var, REDIS)  # read by the peers' apps here and in their workers
 THREADS = 4
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
@@ -353,6 +354,33 @@ def start_rq() -> list[System]:
     return [System("RQ", lambda i: q.enqueue(bench_rq_app.noop, i), wait, worker, None, close)]
 
 
+def start_arq() -> list[System]:
+    """arq, asyncio on both sides: the producer's calls run on an event loop thread of its own."""
+    import asyncio
+
+    import bench_arq_app
+    from arq import create_pool
+
+    redis_purge("arq:*", bench_arq_app.QUEUE + "*")
+    worker = start(["arq", "bench_arq_app.WorkerSettings"])
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True, name="arq-loop").start()
+
+    def run_on_loop(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    pool = run_on_loop(create_pool(bench_arq_app.WorkerSettings.redis_settings,
+                                   default_queue_name=bench_arq_app.QUEUE))
+
+    def close() -> None:
+        stop(worker)
+        run_on_loop(pool.aclose())
+        loop.call_soon_threadsafe(loop.stop)
+
+    return [System("arq", lambda i: run_on_loop(pool.enqueue_job("noop", i)),
+                   lambda job: run_on_loop(job.result(timeout=120)), worker, None, close)]
+
+
 def start_floor() -> list[System]:
     import pika
     import redis
@@ -523,7 +551,7 @@ def report(results: list[Result]) -> None:
     by = {r.name: r for r in results}
     for ivy_r in (r for r in results if r.name.startswith("ivy")):
         for other in ("floor (pika + redis-py)", "Dramatiq", "Celery 5", "Dramatiq (Redis)",
-                      "Celery 5 (Redis)", "RQ"):
+                      "Celery 5 (Redis)", "RQ", "arq"):
             if other not in by:
                 continue
             o = by[other]
@@ -545,7 +573,7 @@ def main() -> None:
     parser.add_argument("--chart", type=Path, help="write a PNG chart here")
     parser.add_argument("--only", action="append",
                         choices=["ivy", "floor", "celery", "dramatiq", "ivy-redis",
-                                 "celery-redis", "dramatiq-redis", "rq"])
+                                 "celery-redis", "dramatiq-redis", "rq", "arq"])
     parser.add_argument("--rounds", type=int, default=5,
                         help="throughput rounds per system and mode, taken in turn (default 5)")
     parser.add_argument("--block", type=int, default=25,
@@ -560,6 +588,7 @@ def main() -> None:
         "celery-redis": start_celery_redis,
         "dramatiq-redis": start_dramatiq_redis,
         "rq": start_rq,
+        "arq": start_arq,
     }
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load "
           f"{os.getloadavg()[0]:.2f}; n={args.n} in {args.rounds} rounds, by 1 and by "
