@@ -1,0 +1,162 @@
+"""The acks of a Redis Streams queue, written in batches on a thread of their own: an ack
+returns at once, and a worker's executors never wait a round trip for it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from ivy.queues._streams_keys import GROUP, Keys
+
+log = logging.getLogger("ivy.redis_streams")
+
+#: most acks written in one round trip
+MAX_BATCH = 1000
+#: how long a write that fails for want of Redis is tried again before its acks are given up
+#: (their messages then come back when their leases end, and may run again)
+RETRY_FOR = 30.0
+#: a thread with nothing to write ends after this many seconds (the next ack starts one)
+IDLE = 5.0
+
+
+@dataclass(slots=True)
+class Ack:
+    """One delivery to acknowledge: its queue, its consumer, the entry and its counter."""
+
+    queue: str
+    consumer: str
+    entry_id: str
+    pel: int
+    priority: str
+
+
+class Acker:
+    """Writes the acks handed to :meth:`submit`: what comes while a write is in progress
+    goes in the next one, one script call per queue and consumer, all in one pipeline. While
+    the thread is idle an ack is written at once, alone: batching adds no wait."""
+
+    def __init__(self, client: redis.Redis, script: Any, url: str) -> None:
+        self._client = client
+        self._script = script  # redis-py's Script of ack.lua: its sha and its text
+        self._url = url
+        self._waiting: list[Ack] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._writing = False
+        self._closed = False
+
+    def submit(self, ack: Ack) -> None:
+        with self._cond:
+            if self._closed:
+                raise redis.exceptions.ConnectionError(
+                    f"the Redis Streams queue {self._url} is closed: ack not sent")
+            self._waiting.append(ack)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="ivy-redis-streams-ack")
+                self._thread.start()
+            elif len(self._waiting) == 1:
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._waiting and not self._closed:
+                    self._cond.wait(IDLE)
+                if not self._waiting:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                batch = self._waiting[:MAX_BATCH]
+                del self._waiting[:MAX_BATCH]
+                self._writing = True
+            try:
+                self._write(batch)
+            except Exception:  # never let the thread die with acks waiting
+                log.exception("writing %d ack(s) to %s failed; their messages come back when "
+                              "their leases end", len(batch), self._url)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+
+    def _write(self, batch: list[Ack]) -> None:
+        """One pipeline for ``batch``; tried again while Redis cannot be reached, up to
+        :data:`RETRY_FOR` s (or until the queue closes)."""
+        groups: dict[tuple[str, str], list[Ack]] = {}
+        for ack in batch:
+            groups.setdefault((ack.queue, ack.consumer), []).append(ack)
+        calls = []
+        for (queue, consumer), acks in groups.items():
+            keys = Keys(queue)
+            args: list[Any] = [GROUP, consumer]
+            for ack in acks:
+                args += [ack.entry_id, ack.pel, ack.priority]
+            calls.append((queue, [2, keys.stream, keys.leases, *args]))
+        give_up = time.monotonic() + RETRY_FOR
+        pause = 0.05
+        while True:
+            try:
+                self._send(calls)
+                return
+            except redis.exceptions.ConnectionError as exc:  # TimeoutError is one too
+                with self._cond:
+                    closed = self._closed
+                if closed or time.monotonic() >= give_up:
+                    log.error("%d ack(s) not written to %s (%s); their messages come back "
+                              "when their leases end", len(batch), self._url, exc)
+                    return
+                log.warning("writing %d ack(s) to %s failed (%s); trying again in %.2f s",
+                            len(batch), self._url, exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    def _send(self, calls: list[tuple[str, list[Any]]]) -> None:
+        pipe: Any = self._client.pipeline(transaction=False)
+        for _, args in calls:
+            pipe.execute_command("EVALSHA", self._script.sha, *args)
+        results = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+            self._client.script_load(self._script.script)  # a new or flushed server
+            pipe = self._client.pipeline(transaction=False)
+            for _, args in calls:
+                pipe.execute_command("EVALSHA", self._script.sha, *args)
+            results = pipe.execute(raise_on_error=False)
+        for (queue, _), result in zip(calls, results, strict=True):
+            if isinstance(result, redis.exceptions.ConnectionError):
+                raise result
+            if isinstance(result, Exception):
+                log.error("acks of messages of %s on %s failed (%s); their messages come "
+                          "back when their leases end", queue, self._url, result)
+            elif result:
+                log.warning("ack of %d message(s) of %s skipped (entries %s): their "
+                            "reservation ran out and another delivery of them is under way",
+                            len(result), queue, ", ".join(i.decode() for i in result))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every ack submitted so far is written; whether it was in time."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._waiting or self._writing:
+                if self._thread is None:  # not started, or ended: nothing will write them
+                    return not self._waiting
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what waits (within ``timeout``), then refuse new acks."""
+        if not self.flush(timeout):
+            log.warning("acks to %s still unwritten after %g s at close; their messages come "
+                        "back when their leases end", self._url, timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
