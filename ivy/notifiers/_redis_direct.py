@@ -1,17 +1,6 @@
-"""The only code of ivy that goes around redis-py's public API: two speed-ups of the notifier.
-
-* :class:`Commands`: a worker's commands (a store-and-publish or a publish per task) run on idle
-  connections of our own, skipping the client's pool, retry wrapper and argument filtering,
-  which cost twice the CPU of the command itself.
-* :func:`read_pubsub`: a subscription reads its connection itself (``can_read`` and
-  ``read_response(push_request=True)``) instead of ``PubSub.get_message``, whose retry and
-  reconnect machinery costs a quarter of the subscriber's CPU per notification.
-
-Both rely on redis-py's connection internals, so they are used only with the redis-py versions
-they were tested with (:data:`TESTED_FROM` up to, not including, :data:`TESTED_BELOW`). With any
-other version ivy uses the public API (``Redis.execute_command``, ``PubSub.get_message``),
-and says so once in the log.
-"""
+"""The Redis notifier's speed-ups, which go around redis-py's public API with the redis-py
+versions they were tested with: a worker's commands on connections of its own, a result writer
+that stores in batches, and a subscription's reads (docs/internals/redis.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +8,8 @@ import logging
 import queue
 import re
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -97,6 +88,35 @@ class Commands:
             self.idle.put(conn)
         return None  # pragma: no cover - the loop returns or raises
 
+    def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` at once and read their replies (one round trip); a command the
+        server refused has its :class:`redis.exceptions.ResponseError` as its reply. A broken
+        connection raises (nothing was read: the caller may send them all again)."""
+        if not self.direct:
+            pipe: Any = self._client.pipeline(transaction=False)
+            for args in commands:
+                pipe.execute_command(*args)
+            return list(pipe.execute(raise_on_error=False))
+        try:
+            conn = self.idle.get_nowait()
+        except queue.Empty:
+            pool = self._client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+        replies: list[Any] = []
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.exceptions.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self.idle.put(conn)
+        return replies
+
     def close(self) -> None:
         while True:
             try:
@@ -129,3 +149,127 @@ def read_pubsub(pubsub: Any, wait: float, *, direct: bool) -> tuple[str, Any] | 
         return "", None
     kind = reply[0]
     return (kind.decode() if isinstance(kind, bytes) else str(kind)), reply[2]
+
+
+#: most results stored in one round trip
+MAX_BATCH = 500
+#: longest pause between two tries of a batch that cannot reach Redis
+RETRY_MAX = 5.0
+#: a writer thread with nothing to write ends after this many seconds (the next result starts one)
+IDLE = 5.0
+
+Stored = tuple[tuple[Any, ...], Callable[[], None]]
+
+
+class ResultWriter:
+    """Stores a worker's results (each a store-and-publish script call) on a thread of its own:
+    what workers hand it while it writes goes in the next write, pipelined (one round trip), and
+    each one's ``then`` (the worker's ack) is called after it, in order. While the thread is
+    idle a result is written at once, alone: batching adds no wait.
+
+    A batch that cannot reach Redis (restarting, a connection killed) is tried again, 0.1 s
+    doubling to 5 s apart, holding its ``then`` back: a message is acknowledged only once its
+    result is stored. A result the server refuses is logged and left out (its message comes
+    back when its lease ends). :meth:`close` writes what waits first, within its timeout."""
+
+    def __init__(self, commands: Commands, script: str, sha: str, *, name: str) -> None:
+        self._commands = commands
+        self._script = script
+        self._sha = sha
+        self._name = name
+        self._waiting: list[Stored] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._writing = False
+        self._closed = False
+
+    def submit(self, args: tuple[Any, ...], then: Callable[[], None]) -> None:
+        """Store with the script's arguments ``args`` soon; ``then()`` once stored."""
+        with self._cond:
+            if self._closed:
+                raise redis.exceptions.ConnectionError(f"{self._name}: the notifier is closed")
+            self._waiting.append((args, then))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name=self._name)
+                self._thread.start()
+            elif len(self._waiting) == 1:
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._waiting and not self._closed:
+                    self._cond.wait(IDLE)
+                if not self._waiting:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                batch = self._waiting[:MAX_BATCH]
+                del self._waiting[:MAX_BATCH]
+                self._writing = True
+            try:
+                for _, then in self._write(batch):
+                    try:
+                        then()
+                    except Exception:
+                        log.exception("%s: what followed a stored result raised", self._name)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+
+    def _write(self, batch: list[Stored]) -> list[Stored]:
+        """Store ``batch``; what was stored (a duplicate counts: the first result is kept)."""
+        pause = 0.1
+        while True:
+            try:
+                replies = self._commands.pipeline([("EVALSHA", self._sha, *a) for a, _ in batch])
+                if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                    self._commands("SCRIPT", "LOAD", self._script)  # a new or flushed server
+                    again = [i for i, r in enumerate(replies)
+                             if isinstance(r, redis.exceptions.NoScriptError)]
+                    for i, reply in zip(again, self._commands.pipeline(
+                            [("EVALSHA", self._sha, *batch[i][0]) for i in again]), strict=True):
+                        replies[i] = reply
+                break
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    OSError) as exc:
+                with self._cond:
+                    if self._closed:
+                        log.error("%s: %d result(s) not stored at close (%s); their messages "
+                                  "come back when their leases end", self._name, len(batch),
+                                  exc)
+                        return []
+                log.warning("%s: storing %d result(s) failed (%s); trying again in %.1f s",
+                            self._name, len(batch), exc, pause)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed, pause)
+                pause = min(pause * 2, RETRY_MAX)
+        stored = []
+        for item, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                log.error("%s: the server refused a result (%s); its message comes back when "
+                          "its lease ends", self._name, reply)
+            else:
+                stored.append(item)
+        return stored
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every result handed over so far is written; whether it was in time."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._waiting or self._writing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what waits (within ``timeout``), then refuse new results."""
+        if not self.flush(timeout):
+            log.warning("%s: results still unwritten after %g s at close; their messages come "
+                        "back when their leases end", self._name, timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

@@ -1,31 +1,6 @@
-"""``redis://`` / ``rediss://``: the Redis notifier (``pip install 'ivy-queue[redis]'``).
-
-Redis pub/sub alone loses what a disconnected producer misses, so a final notification is also
-stored under ``ivy:result:<call id>`` with a TTL (``?result_ttl=`` seconds, default one day):
-one Lua script sets the key only if it is absent and, if it was, publishes the notification, so
-the first result wins and a duplicate is never sent. One that echoes a nonce the first does not
-carry goes beside it, to ``ivy:result:<call id>:<nonce>`` (:func:`ivy.notifiers.base.beside`),
-so that a forged first result cannot hide a call's own. ``running`` statuses are published only.
-
-A subscription reads the stored notifications of every pending call each time Redis confirms
-its (re)subscription, so a Redis restart or a dropped connection delays a result but never loses
-it (given that Redis keeps its data across the restart: use AOF persistence in production).
-
-The worker's commands and the subscription's reads skip parts of redis-py for speed; that code
-is in :mod:`ivy.notifiers._redis_direct`, used only with the redis-py versions it was tested
-with (the public API otherwise).
-
-Worker heartbeats live in a sorted set ``ivy:workers`` (name -> expiry, from the Redis server's
-clock, so hosts whose clocks disagree still agree on who is alive) beside a hash
-``ivy:workers:info`` (name -> heartbeat JSON); each write drops the expired entries. Task events
-are published on the channel ``ivy:events`` (pub/sub: only subscribers connected now get them);
-on a database other than 0 the channel is ``ivy:events@<db>``, since Redis pub/sub ignores the
-database number and two apps on one server would otherwise see each other's events.
-
-Keys (schedule slots, unique sends, cancels, rate limits) are plain Redis strings with a TTL,
-changed by Lua scripts so each operation is atomic; the rate limiter reads the server's ``TIME``,
-so workers on hosts whose clocks disagree share one clock.
-"""
+"""``redis://`` / ``rediss://``: the Redis notifier (``pip install 'ivy-queue[redis]'``):
+results stored first-wins and published, worker heartbeats, task events, and the keys of the
+timing features; how: docs/internals/redis.md."""
 
 from __future__ import annotations
 
@@ -41,7 +16,7 @@ import redis
 import redis.exceptions
 
 from ivy._urls import driver_url, mask_url
-from ivy.notifiers._redis_direct import Commands, read_pubsub
+from ivy.notifiers._redis_direct import Commands, ResultWriter, read_pubsub
 from ivy.notifiers.base import HOLD_EARLY, HOLD_GRACE, Notifier, Subscription, beside_key
 
 log = logging.getLogger("ivy.redis")
@@ -290,6 +265,9 @@ class RedisNotifier(Notifier):
         self._sha = hashlib.sha1(STORE_AND_PUBLISH.encode(), usedforsecurity=False).hexdigest()
         # a worker sends a command or two per task: on connections of its own (_redis_direct)
         self._commands = Commands(self.client)
+        #: a worker's results, stored in batches (publish_then)
+        self._writer = ResultWriter(self._commands, STORE_AND_PUBLISH, self._sha,
+                                    name="ivy-redis-results")
         db = int(self.client.connection_pool.connection_kwargs.get("db") or 0)
         #: the pub/sub channel of task events (``ivy:events``; ``ivy:events@<db>`` off db 0)
         self.events_channel = EVENTS_CHANNEL if db == 0 else f"{EVENTS_CHANNEL}@{db}"
@@ -306,13 +284,17 @@ class RedisNotifier(Notifier):
         url = str(config.get("url") or "redis://127.0.0.1:6379/0")
         return cls(url, result_ttl=int(config.get("result_ttl", 86400)))
 
+    def _store(self, channel: str, call_id: str, body: bytes,
+               nonce: str | None) -> tuple[Any, ...]:
+        """The arguments of STORE_AND_PUBLISH (after its sha) for a final notification."""
+        key = KEY_PREFIX + call_id
+        return (2, key, key if nonce is None else KEY_PREFIX + beside_key(call_id, nonce),
+                body, self.result_ttl, channel, nonce or "")
+
     def publish(self, channel: str, call_id: str, body: bytes, *, final: bool,
                 nonce: str | None = None) -> None:
         if final:
-            key = KEY_PREFIX + call_id
-            store = ("EVALSHA", self._sha, 2, key,
-                     key if nonce is None else KEY_PREFIX + beside_key(call_id, nonce),
-                     body, self.result_ttl, channel, nonce or "")
+            store = ("EVALSHA", self._sha, *self._store(channel, call_id, body, nonce))
             try:
                 self._commands(*store)
             except redis.exceptions.NoScriptError:  # a new or flushed server
@@ -320,6 +302,16 @@ class RedisNotifier(Notifier):
                 self._commands(*store)
         else:
             self._commands("PUBLISH", channel, body)
+
+    def publish_then(self, channel: str, call_id: str, body: bytes, *, final: bool,
+                     then: Callable[[], None], nonce: str | None = None) -> None:
+        """A final notification goes to the result writer, which stores it with the others
+        handed over meanwhile, in one round trip, and calls ``then`` (the worker's ack) after,
+        from its own thread; others are published here."""
+        if not final:
+            super().publish_then(channel, call_id, body, final=final, then=then, nonce=nonce)
+            return
+        self._writer.submit(self._store(channel, call_id, body, nonce), then)
 
     def subscribe(self, channel: str, pending: Callable[[], Collection[str]]) -> Subscription:
         return RedisSubscription(self, channel, pending)
@@ -373,6 +365,7 @@ class RedisNotifier(Notifier):
         return RedisEventSubscription(self)
 
     def close(self) -> None:
+        self._writer.close()
         self._commands.close()
         self.client.close()
 
