@@ -123,7 +123,7 @@ class Task(Generic[P, R]):
         self.reserve_time = reserve_time
         #: the soft limit: an exception raised in the task (the execution module)
         self.timeout = timeout
-        #: the hard limit: the task runs in a process of its own, killed past it (ivy.runner)
+        #: the hard limit: the task runs in a process of its own, killed past it (ivy.worker.runner)
         self.time_limit = None if time_limit is None else float(time_limit)
         #: the original's route: the AMQP routing key where the queue URL names an exchange;
         #: other backends ignore it

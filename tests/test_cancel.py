@@ -256,9 +256,9 @@ def test_a_cancel_that_comes_after_the_call_returned_keeps_its_value() -> None:
     # Given a plain function that returns, and a cancel of it raised in its thread just as
     # the executor takes the call off its list (issue 20, row 12): the lock is where the
     # thread is when a cancel lands between the return and the clearing of pending cancels
-    from ivy.execution import Executor, TaskCancelled, _raise_in_thread
     from ivy.message import Message, new_id
     from ivy.task import Task
+    from ivy.worker.execution import Executor, TaskCancelled, _raise_in_thread
 
     executor = Executor("test")
     call_id = new_id()

@@ -119,7 +119,7 @@ def test_workers_stop_within_their_grace_period() -> None:
 def test_memory_limit_covers_the_recycled_processes() -> None:
     command = container("ivy-worker")["command"]
     processes = int(flag(command, "--processes"))
-    per_child = float(flag(command, "--max-memory-per-child"))  # MiB (ivy.recycling.MB)
+    per_child = float(flag(command, "--max-memory-per-child"))  # MiB (ivy.worker.recycling.MB)
     limit = mebibytes(container("ivy-worker")["resources"]["limits"]["memory"])
     assert limit > processes * per_child, (limit, processes, per_child)
 

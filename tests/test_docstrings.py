@@ -20,11 +20,7 @@ ISSUE_REFERENCE = re.compile(r"\bissues? \d+|(?<![\w&/])#\d+\b|\(\w+ issue\)", r
 KNOWN_LONG_DOCSTRINGS = {
     "ivy/__init__.py",
     "ivy/contrib/django/backend.py",
-    "ivy/notifiers/_redis_direct.py",
-    "ivy/notifiers/redis.py",
     "ivy/outbox.py",
-    "ivy/queues/_streams_lua.py",
-    "ivy/queues/redis_streams.py",
     "ivy/results.py",
     "ivy/testing/__init__.py",
     "ivy/testing/plugin.py",
@@ -33,7 +29,7 @@ KNOWN_LONG_DOCSTRINGS = {
     "ivy/workflows/__init__.py",
 }
 #: modules that still cite an issue (taskiq-redis's bug numbers, for docs/internals/)
-KNOWN_ISSUE_REFERENCES = {"ivy/queues/_streams_lua.py", "ivy/queues/redis_streams.py"}
+KNOWN_ISSUE_REFERENCES: set[str] = set()
 
 
 def modules() -> dict[str, str]:

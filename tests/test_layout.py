@@ -15,7 +15,7 @@ PACKAGE = ROOT / "ivy"
 MAX_LINES = 500
 
 #: modules over MAX_LINES still to be split
-KNOWN_LONG = {"ivy/queues/redis_streams.py"}
+KNOWN_LONG: set[str] = set()
 
 
 def module_names() -> dict[str, Path]:

@@ -151,8 +151,8 @@ def test_max_deliveries_is_checked_and_quorum_queues_keep_their_own(amqp_url: st
 
 def test_a_message_back_from_a_dead_worker_is_spread_once_then_runs(
         memory_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ivy import processing
     from ivy.queues.memory import MemoryDelivery
+    from ivy.worker import processing
 
     # Given a message whose lease ran out once (its worker died while holding it)
     monkeypatch.setattr(processing, "SUSPECT_SPREAD", 0.05)

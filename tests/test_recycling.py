@@ -11,8 +11,8 @@ import pytest
 from conftest import wait_for
 
 import ivy
-from ivy.recycling import MB, Recycling, rss_bytes
 from ivy.worker import Worker
+from ivy.worker.recycling import MB, Recycling, rss_bytes
 
 #: what the leaky task keeps, so that the process's RSS grows and stays grown
 _kept: list[bytearray] = []

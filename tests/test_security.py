@@ -404,8 +404,8 @@ def test_whatever_decoding_raises_dead_letters_the_message(live: tuple[str, str,
 
 def test_internal_errors_of_one_body_are_capped(live: tuple[str, str, str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from ivy.processing import MAX_INTERNAL_ERRORS
-    from ivy.timing.gate import Gate
+    from ivy.worker.gate import Gate
+    from ivy.worker.processing import MAX_INTERNAL_ERRORS
 
     # Given a worker with a bug that raises on one message, each time it is delivered
     admit = Gate.admit
@@ -670,7 +670,7 @@ def test_fuzzed_deliveries_decode_or_give_a_reason(delivery: tuple[bytes, Signer
     from ivy.message import MAX_RETRIES, MAX_TIMESTAMP_MS
 
     body, signer = delivery
-    # what the worker calls on a delivery's bytes (ivy.processing)
+    # what the worker calls on a delivery's bytes (ivy.worker.processing)
     try:
         message = decode_message(body, JSON, signer=signer)
     except ivy.MessageError as exc:
@@ -1078,7 +1078,7 @@ def test_max_message_age_must_be_seconds(age: object) -> None:
 
 def test_a_call_dead_lettered_after_internal_errors_tells_its_producer(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from ivy.timing.gate import Gate
+    from ivy.worker.gate import Gate
 
     # Given a worker whose gate raises on every delivery of one call (a bug after decoding)
     def buggy(self: Gate, delivery: Any, task: Any, message: Any) -> bool:

@@ -17,8 +17,8 @@ from conftest import wait_for
 from workers import WorkerProcess, spawn, stop_worker, wait_listening
 
 import ivy
-from ivy.supervisor import child_command
 from ivy.worker import PREFETCH_MULTIPLIER
+from ivy.worker.supervisor import child_command
 
 TASKS = '''
 import os

@@ -19,7 +19,7 @@ from ivy.errors import MessageError
 from ivy.message import decode_message
 from ivy.notifiers.base import Notifier
 from ivy.serialization import get_serializer
-from ivy.workflows.continuation import STEP_KEY
+from ivy.worker.continuation import STEP_KEY
 
 
 @pytest.fixture

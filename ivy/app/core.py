@@ -24,7 +24,6 @@ from ivy.message import (
     peek_id,
 )
 from ivy.middleware import Middleware, Pipeline
-from ivy.monitor import HEARTBEAT_INTERVAL
 from ivy.notifiers.base import Notifier
 from ivy.producer import Producer
 from ivy.queues.base import QueueBackend
@@ -35,6 +34,7 @@ from ivy.timing import pause
 from ivy.timing.schedule import Schedules
 from ivy.transactional import Transaction
 from ivy.worker import Worker, WorkerContext
+from ivy.worker.monitor import HEARTBEAT_INTERVAL
 
 if TYPE_CHECKING:
     from ivy.deadletters import DeadLetterInfo
@@ -326,8 +326,8 @@ class Ivy(Registering):
         tasks). Blocks until SIGTERM/SIGINT; ``block=False`` returns the running worker, whose
         ``stop()`` ends it gracefully. With ``max_messages`` it stops by itself after that
         many messages, with ``max_memory`` once its RSS passed that many MB, after finishing
-        what it runs (see :mod:`ivy.recycling`). ``time_limit``: the hard time limit of the
-        tasks without their own (see :mod:`ivy.runner`).
+        what it runs (see :mod:`ivy.worker.recycling`). ``time_limit``: the hard time limit of the
+        tasks without their own (see :mod:`ivy.worker.runner`).
 
         The original's dict form works: ``queue`` inside it names the queue, and
         ``messages: {"pkg.task": {"reserveTime": 3600}}`` sets a task's reservation (seconds
@@ -336,7 +336,7 @@ class Ivy(Registering):
 
         The worker writes a heartbeat to the notifier every ``heartbeat`` seconds (None: none)
         for ``ivy inspect``; ``events=True`` publishes its task events for ``ivy events``
-        (see :mod:`ivy.monitor` and :mod:`ivy.middleware.events`)."""
+        (see :mod:`ivy.worker.monitor` and :mod:`ivy.middleware.events`)."""
         self.backends.check_open()
         reserve_times: dict[str, float] = {}
         if isinstance(queue_url, Mapping):
@@ -390,7 +390,7 @@ class Ivy(Registering):
 
     def workers(self) -> list[dict[str, Any]]:
         """The heartbeats of the workers alive on this app's notifier (see
-        :mod:`ivy.monitor`), ordered by name."""
+        :mod:`ivy.worker.monitor`), ordered by name."""
         return self.backends.notifier_for(None).workers()
 
     def wait(self, calls: Iterable[Call[Any]], timeout: float | None = None,

@@ -86,7 +86,7 @@ class Registering:
         a no-op while one is pending or for N seconds after it was sent
         (:mod:`ivy.producer.unique`). ``timeout=S`` is soft (an exception raised in the task);
         ``time_limit=S`` is hard: the task runs in a process of its own, killed past S seconds
-        (:mod:`ivy.runner`). ``retry_on``, ``dont_retry_on``, ``backoff`` (a list of
+        (:mod:`ivy.worker.runner`). ``retry_on``, ``dont_retry_on``, ``backoff`` (a list of
         seconds, or ``backoff(attempt) -> seconds``) and ``jitter`` make the task's retry
         policy (:mod:`ivy.retries`); inside the task, ``raise ivy.Retry(delay)``,
         ``ivy.Snooze(delay)`` or ``ivy.Discard(reason)`` decide for one run.

@@ -10,11 +10,11 @@ from typing import Any
 
 from ivy.config import parse_reserve_times
 from ivy.middleware import Pipeline
-from ivy.monitor import Heartbeat
 from ivy.notifiers.base import Notifier
 from ivy.queues.base import QueueBackend
 from ivy.task import Registry
 from ivy.worker import Worker, WorkerContext
+from ivy.worker.monitor import Heartbeat
 
 log = logging.getLogger("ivy")
 

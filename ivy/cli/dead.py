@@ -16,7 +16,7 @@ from ivy.cli._common import existing_sqlite
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV, make_notifier, mask_url
 from ivy.deadletters import SEARCH_LIMIT, dead_letters, find, purge_dead, requeue_ids, resolve
 from ivy.errors import IvyError
-from ivy.monitor import live_queues, workers_report
+from ivy.worker.monitor import live_queues, workers_report
 
 
 def add_parser(sub: Any, backends: Callable[..., None]) -> None:

@@ -18,8 +18,8 @@ import ivy
 from ivy._process import Backoff, signal_handlers
 from ivy.cli._common import existing_sqlite
 from ivy.config import NOTIFIER_ENV, QUEUE_ENV, make_notifier
-from ivy.monitor import live_queues, workers_report
 from ivy.stores import EventStream, Stream
+from ivy.worker.monitor import live_queues, workers_report
 
 log = logging.getLogger("ivy.monitor")
 

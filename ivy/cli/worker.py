@@ -31,9 +31,9 @@ from ivy.cli._common import (
 )
 from ivy.config import DEFAULT_URL, QUEUE_ENV, mask_url
 from ivy.errors import IvyError
-from ivy.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR
-from ivy.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
 from ivy.worker import Worker
+from ivy.worker.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR
+from ivy.worker.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
 
 log = logging.getLogger("ivy.cli")
 
@@ -107,7 +107,7 @@ def worker_command(args: argparse.Namespace, argv: list[str], *,
                        "drop --processes, --max-tasks-per-child and --max-memory-per-child, "
                        "or run several --burst workers side by side")
     if args.supervisor_fd is None and (args.processes > 1 or recycled):
-        # The parent imports no task module: its children do (see ivy.supervisor).
+        # The parent imports no task module: its children do (see ivy.worker.supervisor).
         command = child or functools.partial(child_command, sys.executable, argv)
         if args.metrics_port is None:
             return Supervisor(command, args.processes).run()

@@ -14,9 +14,9 @@ from ivy.app import Ivy
 from ivy.deadletters import DeadLetterInfo
 from ivy.errors import MessageError
 from ivy.message import decode_notification
-from ivy.monitor import workers_report
 from ivy.notifiers.base import Notifier
 from ivy.timing.pause import paused_queues, set_paused
+from ivy.worker.monitor import workers_report
 
 from .collector import Collector
 

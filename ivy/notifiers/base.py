@@ -119,7 +119,7 @@ class Notifier(ABC):
 
     # -- workflow store (groups/chords) --
     # Groups and chords collect their members' results here, one atomic record per member, so
-    # that a member re-run after a crash does not count twice (ivy.workflows.continuation).
+    # that a member re-run after a crash does not count twice (ivy.worker.continuation).
 
     def workflow_record(self, key: str, index: int, value: bytes,
                         ttl: float) -> tuple[bool, int]:

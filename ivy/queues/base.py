@@ -300,7 +300,7 @@ class QueueBackend(ABC):
     def counts_lost_deliveries(self) -> bool:
         """Whether ``Delivery.delivery_count`` minus the message's ``attempt`` counts the
         deliveries that ended without an outcome, across defers, so that the worker may
-        spread out what comes back from a dead worker (:class:`ivy.processing.Suspects`):
+        spread out what comes back from a dead worker (:class:`ivy.worker.processing.Suspects`):
         where :attr:`max_deliveries` is set. (A quorum queue counts in its own
         ``x-delivery-count``, which a put-back copy starts afresh.)"""
         return self.max_deliveries is not None

@@ -4,7 +4,7 @@
 * :mod:`ivy.workflows.canvas`: the objects users build;
 * :mod:`ivy.workflows.nodes`: their wire form and which messages start a node;
 * :mod:`ivy.producer.workflows`: the producer's side;
-* :mod:`ivy.workflows.continuation`: the worker's side (results passed on, groups joined in
+* :mod:`ivy.worker.continuation`: the worker's side (results passed on, groups joined in
   the notifier's store, the final result).
 """
 

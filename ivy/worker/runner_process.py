@@ -1,5 +1,5 @@
-"""The runner process of :mod:`ivy.runner` (``python -m ivy.runner_process FD SERIALIZER
-PARENT_PID``): runs the calls of a time-limited task one at a time."""
+"""The runner process of :mod:`ivy.worker.runner` (``python -m ivy.worker.runner_process FD
+SERIALIZER PARENT_PID``): runs the calls of a time-limited task one at a time."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Any
 
 from ivy.context import Progress
 from ivy.errors import SerializationError
-from ivy.execution import Executor
 from ivy.message import Message, wire_error
 from ivy.retries import POLICY
-from ivy.runner import PARENT_CHECK, RunnerDied, receive, send
 from ivy.serialization import Serializer, get_serializer
 from ivy.task import Task
+from ivy.worker.execution import Executor
+from ivy.worker.runner import PARENT_CHECK, RunnerDied, receive, send
 
 
 def _resolve(request: dict[str, Any], cache: dict[tuple[str, str], Any]) -> Any:
@@ -93,7 +93,7 @@ def _serve(sock: socket.socket, serializer: Serializer) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m ivy.runner FD SERIALIZER PARENT_PID``: serve calls until the socket
+    """``python -m ivy.worker.runner FD SERIALIZER PARENT_PID``: serve calls until the socket
     closes."""
     fd, serializer_name, parent = int(argv[0]), argv[1], int(argv[2])
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()

@@ -8,9 +8,7 @@ import threading
 import time
 from typing import Any
 
-from ivy.execution import Executor
 from ivy.message import Message
-from ivy.outcomes import Recorder
 from ivy.queues.base import Delivery
 from ivy.stores import KeyStore
 from ivy.task import Task
@@ -22,6 +20,8 @@ from ivy.timing.cancel import (
     cancelled_notification,
 )
 from ivy.timing.ratelimit import RateLimit
+from ivy.worker.execution import Executor
+from ivy.worker.outcomes import Recorder
 
 log = logging.getLogger("ivy.worker")
 

@@ -7,13 +7,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ivy.execution import Failure
 from ivy.message import Message, Notification
 from ivy.middleware import Pipeline
-from ivy.outcomes import Recorder
 from ivy.queues.base import Delivery
 from ivy.retries import POLICY
 from ivy.task import Task
+from ivy.worker.execution import Failure
+from ivy.worker.outcomes import Recorder
 
 log = logging.getLogger("ivy.worker")
 

@@ -20,9 +20,9 @@ from ivy.context import CallContext, Progress, enter, leave
 from ivy.errors import SerializationError, TaskCancelled, TaskTimeout
 from ivy.message import Message, wire_error
 from ivy.retries import KINDS, POLICY, Kind, Verdict
-from ivy.runner import Runner, RunnerDied, Runners, request_of, timed_out
 from ivy.serialization import Serializer, get_serializer
 from ivy.task import Task
+from ivy.worker.runner import Runner, RunnerDied, Runners, request_of, timed_out
 
 log = logging.getLogger("ivy.worker")
 
@@ -79,7 +79,7 @@ class _Running:
     #: what ivy.current() returns while it runs
     context: CallContext
     future: concurrent.futures.Future[Any] | None = None
-    #: the process running it, for a call with a hard time limit (ivy.runner)
+    #: the process running it, for a call with a hard time limit (ivy.worker.runner)
     runner: Runner | None = None
     callback_done: threading.Event | None = None
     cancelled: bool = False
@@ -108,7 +108,7 @@ class Executor:
         #: sends a running call's progress to its producer (the worker's recorder sets it)
         self.on_progress: Callable[[Message, Progress], None] | None = None
         #: the hard time limit of tasks without their own (None: none), and the processes
-        #: that run time-limited calls (ivy.runner; made on first use)
+        #: that run time-limited calls (ivy.worker.runner; made on first use)
         self.time_limit: float | None = None
         self.serializer: Serializer | None = None
         #: False inside a runner, which runs the time-limited calls in its own threads
@@ -251,7 +251,7 @@ class Executor:
             log.warning("worker %s: the event loop did not stop within %.0f s; left open",
                         self.owner, LOOP_CLOSE_TIMEOUT)
 
-    # -- hard time limits: a process of its own (ivy.runner) ---------------------------------
+    # -- hard time limits: a process of its own (ivy.worker.runner) -----------------------
 
     def _run_limited(self, task: Task[Any, Any], message: Message, running: _Running,
                      limit: float) -> tuple[bool, Any]:

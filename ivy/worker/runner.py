@@ -102,8 +102,8 @@ class Runner:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ivy.runner_process", str(theirs.fileno()), serializer.name,
-                 str(os.getpid())], pass_fds=[theirs.fileno()], env=env)
+                [sys.executable, "-m", "ivy.worker.runner_process", str(theirs.fileno()),
+                 serializer.name, str(os.getpid())], pass_fds=[theirs.fileno()], env=env)
         finally:
             theirs.close()
         self.sock = ours

@@ -16,16 +16,16 @@ from typing import Any
 
 from ivy.annotations import Arguments, BadArguments
 from ivy.errors import MessageError
-from ivy.execution import Executor
 from ivy.message import NONCE, Message, decode_message, nonce_of, now_ms
 from ivy.middleware import Pipeline
 from ivy.queues.base import Delivery, QueueBackend, delivery_limit_reason
-from ivy.runner import check_importable
 from ivy.serialization import Serializer, Signer, seal
-from ivy.settle import Settler
 from ivy.task import Registry, Task
-from ivy.timing.gate import Gate
-from ivy.workflows.continuation import WorkflowRecorder
+from ivy.worker.continuation import WorkflowRecorder
+from ivy.worker.execution import Executor
+from ivy.worker.gate import Gate
+from ivy.worker.runner import check_importable
+from ivy.worker.settle import Settler
 
 log = logging.getLogger("ivy.worker")
 
@@ -55,7 +55,7 @@ class WorkerContext:
     #: once its error is stored (``Ivy(dead_letter_failures=...)``)
     dead_letter_failures: bool = True
     #: the hard time limit of tasks without their own ``time_limit`` (``ivy worker
-    #: --time-limit``; None: none): each such call runs in a process of its own (ivy.runner)
+    #: --time-limit``; None: none): each such call runs in a process of its own (ivy.worker.runner)
     time_limit: float | None = None
 
     def __post_init__(self) -> None:
@@ -119,7 +119,7 @@ class Processor:
         self.reserve_time = reserve_time
         self._executor = executor
         executor.on_progress = recorder.progress  # ivy.current().progress() publishes here
-        executor.serializer = context.serializer  # hard time limits (ivy.runner)
+        executor.serializer = context.serializer  # hard time limits (ivy.worker.runner)
         executor.time_limit = context.time_limit
         for name in context.registry.names():  # refused now, not at the first call
             task = context.registry.get(name)

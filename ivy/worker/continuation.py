@@ -11,9 +11,9 @@ from ivy.errors import SerializationError
 from ivy.message import NONCE, Message, Notification, encode_call, nonce_of, wire_error
 from ivy.middleware import Pipeline
 from ivy.notifiers.base import Notifier
-from ivy.outcomes import Recorder
 from ivy.queues.base import QueueBackend
 from ivy.serialization import Serializer, Signer, seal
+from ivy.worker.outcomes import Recorder
 from ivy.workflows.nodes import Cont, describe, start
 
 log = logging.getLogger("ivy.workflows")
@@ -36,7 +36,7 @@ def workflow_of(message: Message) -> dict[str, Any] | None:
 
 
 class WorkflowRecorder(Recorder):
-    """A :class:`ivy.outcomes.Recorder` that continues workflows: plain calls are recorded as
+    """A :class:`ivy.worker.outcomes.Recorder` that continues workflows: plain calls are recorded as
     before; the outcome of a workflow step goes on to the next step
     (docs/internals/workflows.md)."""
 
@@ -69,7 +69,7 @@ class WorkflowRecorder(Recorder):
 
     def record(self, message: Message, note: Notification,
                then: Callable[[], None] | None = None) -> None:
-        """Record a plain call as :class:`ivy.outcomes.Recorder` does; continue a workflow
+        """Record a plain call as :class:`ivy.worker.outcomes.Recorder` does; continue a workflow
         step (docs/internals/workflows.md). ``then`` (the ack, or the dead letter) follows
         once what the step leads to is kept: the next steps sent, the group member recorded,
         or the workflow's final notification stored."""

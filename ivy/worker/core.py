@@ -12,23 +12,23 @@ from typing import Any
 
 from ivy._process import Backoff, run_until_signal, worker_name
 from ivy._process import signal_handlers as signal_handlers
-from ivy.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
-from ivy.execution import Executor
-from ivy.execution import error_info as error_info
 from ivy.message import Message
 from ivy.notifiers.base import Notifier
-from ivy.outcomes import ERROR_MESSAGE_CHARS as ERROR_MESSAGE_CHARS
-from ivy.outcomes import ERROR_TRACEBACK_CHARS as ERROR_TRACEBACK_CHARS
-from ivy.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
-from ivy.processing import Processor, logged
-from ivy.processing import WorkerContext as WorkerContext
 from ivy.queues.base import Consumer, Delivery, QueueBackend
-from ivy.recycling import Recycling
-from ivy.settle import Settler
 from ivy.task import Task
-from ivy.timing.gate import Gate
 from ivy.timing.pause import Pauses
-from ivy.workflows.continuation import WorkflowRecorder
+from ivy.worker.continuation import WorkflowRecorder
+from ivy.worker.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
+from ivy.worker.execution import Executor
+from ivy.worker.execution import error_info as error_info
+from ivy.worker.gate import Gate
+from ivy.worker.outcomes import ERROR_MESSAGE_CHARS as ERROR_MESSAGE_CHARS
+from ivy.worker.outcomes import ERROR_TRACEBACK_CHARS as ERROR_TRACEBACK_CHARS
+from ivy.worker.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
+from ivy.worker.processing import Processor, logged
+from ivy.worker.processing import WorkerContext as WorkerContext
+from ivy.worker.recycling import Recycling
+from ivy.worker.settle import Settler
 
 log = logging.getLogger("ivy.worker")
 
@@ -64,7 +64,7 @@ class _Held:
 class Worker:
     """Consumes queue names of one queue backend and runs the app's registered tasks; after
     ``max_messages`` deliveries, or past ``max_memory`` MB of RSS (None: no limit), it admits
-    no more and stops once those it holds ended (:mod:`ivy.recycling`)."""
+    no more and stops once those it holds ended (:mod:`ivy.worker.recycling`)."""
 
     def __init__(
         self,
@@ -117,7 +117,7 @@ class Worker:
         self._gate = Gate(notifier, self._executor, self._recorder, self.name)
         #: the queues paused in the notifier's store, looked at each second (ivy.timing.pause)
         self.pauses = Pauses(notifier, self.queues, self.name)
-        #: one delivery, start to end: decode, check, admit, run, settle (ivy.processing)
+        #: one delivery, start to end: decode, check, admit, run, settle (ivy.worker.processing)
         self._processor = Processor(
             context, backend, self.name, reserve_time=reserve_time, executor=self._executor,
             gate=self._gate, recorder=self._recorder, started=self._started,
@@ -453,7 +453,7 @@ class Worker:
 
     def process(self, delivery: Delivery) -> None:
         """Run one delivery to its end: ack, retry or dead letter. Never raises. The steps
-        are in :mod:`ivy.processing`."""
+        are in :mod:`ivy.worker.processing`."""
         self._processor.process(delivery)
 
     def lease(self, task: Task[Any, Any]) -> float:
