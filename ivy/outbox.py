@@ -1,18 +1,5 @@
-"""The producer's outbox: messages handed to the queue backend and not confirmed yet.
-
-``delayed_call`` returns once its message is handed to the backend's connection; the confirm
-(RabbitMQ's publisher confirm; on the other backends the send itself) is tracked here:
-
-* a message the backend refuses, or does not confirm within its ``publish_timeout``, fails its
-  call with :class:`ivy.PublishError` (the callbacks get it as ``err``, ``result()`` raises it);
-* ``call.sent(timeout)`` blocks until that one message is confirmed (``send_task(...,
-  confirm=True)`` does it inline);
-* :meth:`Outbox.flush` (``ivy.flush``) waits until everything sent so far is confirmed, and
-  raises :class:`ivy.PublishError` if some messages were refused since the last flush;
-* at most :data:`MAX_UNCONFIRMED` messages wait for their confirms at once: a producer faster
-  than its broker blocks in ``delayed_call`` until confirms come back (backpressure, bounded
-  memory).
-"""
+"""The producer's outbox: messages handed to the queue backend and not confirmed yet, with
+backpressure and ``flush`` (docs/internals/results.md, "The outbox")."""
 
 from __future__ import annotations
 

@@ -1,22 +1,5 @@
-"""The producer's side of the result path: a :class:`ResultConsumer` reads one notifier's
-notifications for this producer's channel and settles its pending calls.
-
-Rules (README, "Semantics"):
-
-* A call waits in the table of the consumer that was current when it was sent. Switching the
-  notifier (``start_notification_consumer`` with another backend) starts a new consumer for new
-  calls; the old one keeps reading until every call it holds has settled or expired, then stops
-  and closes its notifier if ivy created it.
-* A call pending longer than ``pending_ttl`` seconds (default: one day, the time a Redis
-  notifier keeps a stored result) can no longer get a result through the store, and is settled
-  with a ``ResultExpired`` error: its callbacks run, ``result()`` raises, and its table entry is
-  gone. This bounds the table whatever happens to results.
-* A notification this producer refuses (bad signature, bad schema, too large) is logged, and
-  when its call id can be read, the reason is kept on the call and named in the
-  :class:`ivy.ResultTimeout` raised by ``result()``.
-* Nothing user code does runs on the consumer's thread (see :mod:`ivy.call`), so nothing user
-  code does can stop it.
-"""
+"""The producer's side of the result path: :class:`Results` holds the notification consumers,
+each of which settles the pending calls of one notifier (docs/internals/results.md)."""
 
 from __future__ import annotations
 

@@ -1,29 +1,6 @@
-"""Enqueue inside the application's own database transaction (PostgreSQL queue):
-``send_task(..., connection=conn)`` and ``with app.transaction(conn):``.
-
-The message rows are written with the caller's psycopg 3 connection, in its open transaction,
-so they become visible to workers if and when that transaction commits, together with the
-application's own writes, and never if it rolls back. No "the order was saved but its e-mail
-task was lost" and no "the task ran for an order that was rolled back".
-
-* ``app.send_task(task, args, connection=conn)``: one call, written at once on ``conn``.
-* ``with app.transaction(conn):``: every send of the app inside the block (``delayed_call``,
-  ``send_task``, ``delayed_calls``, workflows) is written on ``conn``. The block does not
-  commit: the caller does (``conn.commit()``, or ``with conn.transaction():`` around it).
-* ``async with app.transaction(aconn):`` for a ``psycopg.AsyncConnection``: the sends inside
-  are kept and written on ``aconn`` when the block ends (``await``-ed there, still inside the
-  caller's transaction); if the block raises, nothing is written and those calls fail at once.
-
-A call so sent is *sent* when the transaction commits: ``call.sent(timeout)`` waits for that,
-and a rollback fails the call with :class:`ivy.errors.TransactionRolledBack` (a
-``PublishError``), within a few milliseconds of the rollback (the backend asks the server
-about the transaction: see :mod:`ivy._postgres.commits`). In autocommit mode each send commits
-at once. ``ivy.flush()`` does not wait for these calls (their transactions are the caller's).
-
-It needs the PostgreSQL queue backend, and a connection to the queue's own database; the
-notifier may be anything. Other backends raise :class:`ivy.ConfigurationError`: for a broker,
-use the relay (a transactional outbox in PostgreSQL moved to the broker).
-"""
+"""Enqueue inside the application's own PostgreSQL transaction: ``send_task(...,
+connection=conn)`` and ``with app.transaction(conn):`` (docs/backends/postgresql.md, "Enqueue
+inside your transaction")."""
 
 from __future__ import annotations
 

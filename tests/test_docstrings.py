@@ -20,13 +20,8 @@ ISSUE_REFERENCE = re.compile(r"\bissues? \d+|(?<![\w&/])#\d+\b|\(\w+ issue\)", r
 KNOWN_LONG_DOCSTRINGS = {
     "ivy/__init__.py",
     "ivy/contrib/django/backend.py",
-    "ivy/outbox.py",
-    "ivy/results.py",
     "ivy/testing/__init__.py",
     "ivy/testing/plugin.py",
-    "ivy/timing/scheduler.py",
-    "ivy/transactional.py",
-    "ivy/workflows/__init__.py",
 }
 #: modules that still cite an issue (taskiq-redis's bug numbers, for docs/internals/)
 KNOWN_ISSUE_REFERENCES: set[str] = set()

@@ -1,34 +1,6 @@
-"""The scheduler: sends the calls of an app's schedules (:mod:`ivy.timing.schedule`) when
-their slots come. ``ivy scheduler MODULE`` runs one alone, ``ivy worker MODULE --scheduler``
-beside a worker (each process of ``--processes N``), ``Scheduler(app).start()`` in code.
-
-Any number of schedulers may run at once, on any hosts sharing the notifier: each slot is
-claimed in the notifier's store (``ivy:schedule:<schedule name>:<slot ms>``, set only if
-absent), and only the scheduler whose claim took sends the call, so each slot is sent exactly
-once while one scheduler or more runs, and there is no single process to keep alive (Celery
-beat's weak point).
-
-A claim lasts :data:`SEND_CLAIM_TTL` seconds until the queue backend has the call's message
-(RabbitMQ: its confirm), then ``catch_up`` + :data:`CLAIM_TTL`. A scheduler whose send fails,
-at once or later (a nack, no confirm in time), gives its claim back; one that dies before its
-send is confirmed lets it expire. Every scheduler watches the slots that others claimed and it
-could still send (:meth:`Scheduler.tick`), and claims and sends a slot that was given back or
-expired: such a slot goes out late, by up to :data:`SEND_CLAIM_TTL` seconds, but it goes out.
-The scheduler that gave a slot back leaves the others the first go and tries it again itself
-after :data:`RETRY_GIVEN_BACK` seconds (a lone scheduler resends its own refused slots).
-
-Missed slots: a scheduler starts with the slots after its start; those that came while no
-scheduler ran are skipped, unless the schedule has ``catch_up=<seconds>``: then a starting
-scheduler also sends the slots of that many seconds before its start that nobody claimed
-(claims are kept ``catch_up`` + one hour). A running scheduler that looks late (a pause, a
-slow store) still sends the slots of the last :data:`LATE_GRACE` seconds (or ``catch_up``, if
-longer) and skips older ones.
-
-Clocks: slots are compared with this host's clock (``clock``, injectable for tests); hosts
-should keep their clocks in sync (NTP), as for any cron. Claims expire on the store's clock, so
-schedulers whose clocks differ by more than ``catch_up`` + :data:`CLAIM_TTL` would send a slot
-twice; within that bound a slot is sent once.
-"""
+"""The scheduler: sends the calls of an app's schedules when their slots come, each slot claimed
+in the notifier's store so that any number of schedulers send it once
+(docs/internals/timing.md, "The scheduler")."""
 
 from __future__ import annotations
 

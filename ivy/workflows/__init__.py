@@ -1,12 +1,6 @@
-"""Workflows: chains, groups and chords of task signatures (``ivy.chain``, ``ivy.group``,
-``ivy.chord``, ``Task.s``, ``ivy.signature``).
-
-* :mod:`ivy.workflows.canvas`: the objects users build;
-* :mod:`ivy.workflows.nodes`: their wire form and which messages start a node;
-* :mod:`ivy.producer.workflows`: the producer's side;
-* :mod:`ivy.worker.continuation`: the worker's side (results passed on, groups joined in
-  the notifier's store, the final result).
-"""
+"""Workflows: chains, groups and chords of task signatures (the canvas and its wire form); the
+producer sends them (:mod:`ivy.producer.workflows`), workers continue them
+(:mod:`ivy.worker.continuation`). See docs/internals/workflows.md."""
 
 from __future__ import annotations
 
