@@ -11,8 +11,8 @@ the ratio of the medians.
     python benchmarks/hotpath.py --base e2cbdec [--n 20000] [--rounds 7] [--time-limit 30]
 
 With ``--time-limit S``, this checkout also runs with ``listen(time_limit=S)``: every call
-then goes through a runner process (:mod:`ivy.worker.runner`), which shows what a declared hard limit
-costs a trivial task.
+then goes through a runner process (:mod:`ivy.worker.runner`), which shows what a declared
+hard limit costs a trivial task.
 """
 
 from __future__ import annotations
