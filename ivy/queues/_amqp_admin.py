@@ -4,6 +4,7 @@ dead-letter tools (list, requeue, purge) and deleting queues (docs/internals/amq
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from datetime import datetime
@@ -16,6 +17,9 @@ from pika.spec import BasicProperties
 
 from ivy._amqp.topology import DEAD_AT_HEADER, DEAD_ID_HEADER, REASON_HEADER, dead_queue
 from ivy.queues.base import DeadLetter, Rewrite
+
+#: seconds a dead-letter listing waits for the letters it looked at to be back in ``Q.dead``
+RETURN_WAIT = 2.0
 
 #: the nodes to connect to, in order (pika takes the first that answers)
 Nodes = Sequence[pika.URLParameters]
@@ -79,7 +83,8 @@ def dead_letters(params: Nodes, queue: str, limit: int, cutoff: float = 0.0
         opened = _open_dead(conn, queue)
         if opened is None:
             return []
-        channel, _ = opened
+        channel, count = opened
+        expired = 0
         for _ in range(limit):
             method, props, body = channel.basic_get(dead_queue(queue), auto_ack=False)
             if method is None:
@@ -87,9 +92,11 @@ def dead_letters(params: Nodes, queue: str, limit: int, cutoff: float = 0.0
             letter = _dead_letter(queue, props, body)
             if letter.time < cutoff:
                 channel.basic_ack(method.delivery_tag)
+                expired += 1
                 continue
             found.append(letter)
         channel.close()  # every unacked message goes back, in order
+        _wait_back(conn, queue, count - expired)
     finally:
         conn.close()
     return found
@@ -128,9 +135,25 @@ def requeue_dead(params: Nodes, queue: str, ids: Collection[str] | None,
                 moved += _ack_confirmed(channel, sent)
         moved += _ack_confirmed(channel, sent)
         channel.close()
+        _wait_back(conn, queue, count - moved)
     finally:
         conn.close()
     return moved
+
+
+def _wait_back(conn: pika.BlockingConnection, queue: str, expected: int,
+               timeout: float = RETURN_WAIT) -> None:
+    """Wait (up to ``timeout`` s) until ``Q.dead`` holds ``expected`` ready messages again:
+    those a closed channel left unacknowledged go back asynchronously (a quorum queue
+    through its log), and a listing right after this one must see them."""
+    channel = conn.channel()
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = channel.queue_declare(dead_queue(queue), passive=True)
+        if int(frame.method.message_count) >= expected or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    channel.close()
 
 
 def purge_dead(params: Nodes, queue: str) -> int:
