@@ -109,11 +109,17 @@ class Call(Generic[R]):
 
     def __init__(self, call_id: str, task: str, queue: str) -> None:
         self.id = call_id
+        """The call's id (its message's)."""
         self.task = task
+        """The task's name (a workflow's: the text naming its tasks)."""
         self.queue = queue
+        """The queue its message was sent to."""
         self.status: Status = "scheduled"
+        """``scheduled``, ``running``, ``successful``, ``errored`` or ``cancelled``."""
         self.attempt = 0
+        """The attempt of the latest notification: 0 on the first run, then 1, 2, ..."""
         self.worker: str | None = None
+        """The worker that ran it (``host:pid``), once one reported."""
         self._value: Any = _PENDING
         self._error: RemoteTaskError | PublishError | None = None
         self._send: Future[None] | None = None
@@ -128,11 +134,11 @@ class Call(Generic[R]):
         self._canceller: Callable[[str], None] | None = None
         #: when the app's notification consumer stops waiting (``time.monotonic()``)
         self._expires = 0.0
-        #: the nonce the call's message carries: only a final notification echoing it
-        #: settles the call (None: any final notification does)
         self.nonce: str | None = None
-        #: the latest progress its task reported (``ivy.current().progress``), or None
+        """The nonce the call's message carries: only a final notification echoing it
+        settles the call (None: any final notification does)."""
         self.progress: Progress | None = None
+        """The latest progress its task reported (``ivy.current().progress``), or None."""
         self._progress_callbacks: list[Callable[[Progress], None]] | None = None
         #: the task's return annotation decodes the result (ivy.annotations), when the
         #: producer knows the task; raises ValueError for a result that does not fit
@@ -142,13 +148,32 @@ class Call(Generic[R]):
         return f"<Call {self.id} {self.task} {self.status}>"
 
     def done(self) -> bool:
-        """True once the call succeeded or errored and its callbacks ran."""
+        """Whether the call settled and its callbacks ran.
+
+        Returns:
+            True once the call succeeded or errored and its callbacks ran.
+        """
         return self._done.is_set()
 
     def result(self, timeout: float | None = None) -> R:
-        """Block until the result arrives and the callbacks ran. Raises RemoteTaskError if the
-        task failed, and :class:`ivy.ResultTimeout` (a ``TimeoutError``) when ``timeout``
-        seconds pass first."""
+        """Block until the result arrives and the callbacks ran.
+
+        Called from inside a callback, it returns as soon as the result is known.
+
+        Args:
+            timeout: seconds to wait at most; None: no limit.
+
+        Returns:
+            The task's result (converted by its return annotation, when the producer knows
+            the task).
+
+        Raises:
+            ivy.RemoteTaskError: the task failed (:class:`ivy.CallCancelled` when it was
+                cancelled).
+            ivy.PublishError: the call's message was not taken.
+            ivy.ResultTimeout: ``timeout`` seconds passed first (a ``TimeoutError``); the
+                call may still complete.
+        """
         event = self._settled if _callbacks.inside() else self._done
         if not event.wait(timeout):
             raise ResultTimeout(self._timeout_message(timeout))
@@ -187,7 +212,17 @@ class Call(Generic[R]):
         return bool(self._callbacks)
 
     def exception(self, timeout: float | None = None) -> RemoteTaskError | PublishError | None:
-        """Wait like :meth:`result`, then return the error (or None) instead of raising it."""
+        """Wait like :meth:`result`, then return the error instead of raising it.
+
+        Args:
+            timeout: seconds to wait at most; None: no limit.
+
+        Returns:
+            The call's error, or None if it succeeded.
+
+        Raises:
+            ivy.ResultTimeout: ``timeout`` seconds passed first.
+        """
         try:
             self.result(timeout)
         except (RemoteTaskError, PublishError) as exc:
@@ -195,9 +230,15 @@ class Call(Generic[R]):
         return None
 
     def sent(self, timeout: float | None = None) -> None:
-        """Block until the queue backend has this call's message (RabbitMQ: confirmed). Raise
-        :class:`ivy.PublishError` if it was refused or never confirmed, and
-        :class:`ivy.PublishTimeout` if ``timeout`` seconds pass first (it may still be)."""
+        """Block until the queue backend has this call's message (RabbitMQ: confirmed).
+
+        Args:
+            timeout: seconds to wait at most; None: no limit.
+
+        Raises:
+            ivy.PublishError: the message was refused or never confirmed.
+            ivy.PublishTimeout: ``timeout`` seconds passed first (it may still be confirmed).
+        """
         future = self._send
         if future is None:
             return
@@ -214,7 +255,11 @@ class Call(Generic[R]):
     def cancel(self) -> None:
         """Cancel the call (see :mod:`ivy.timing.cancel`): still queued, it never runs;
         running, it is stopped. It settles with status ``cancelled`` unless its outcome was
-        recorded first; ``result()`` then raises :class:`ivy.CallCancelled`."""
+        recorded first; ``result()`` then raises :class:`ivy.CallCancelled`.
+
+        Raises:
+            RuntimeError: the call was not sent by an ivy app (made directly).
+        """
         if self._canceller is None:
             raise RuntimeError(f"call {self.id} was not sent by an ivy app: use "
                                "ivy.cancel(call_id) with the app's notifier")
@@ -229,8 +274,14 @@ class Call(Generic[R]):
             self._send = future if previous is None else _all_of(previous, future)
 
     def add_done_callback(self, fn: Callable[[Call[R]], None]) -> None:
-        """Run ``fn(call)`` when the call settles, on a callback thread; at once, in this
-        thread, if it settled already. An exception from ``fn`` is logged."""
+        """Run ``fn(call)`` when the call settles.
+
+        It runs on a callback thread; at once, in this thread, if the call settled already.
+        An exception from ``fn`` is logged.
+
+        Args:
+            fn: called with this call.
+        """
         with _lock:
             if not self._settled.is_set():
                 if self._callbacks is None:
@@ -244,15 +295,28 @@ class Call(Generic[R]):
         ``note``: see :func:`ivy.current`), on a callback thread, until the call settles.
         Two updates close together may reach it out of order (compare fractions if it
         matters), and some may be dropped (rate limit, a reconnect): do not count them. An
-        exception from ``fn`` is logged."""
+        exception from ``fn`` is logged.
+
+        Args:
+            fn: called with each :class:`ivy.Progress`.
+        """
         with _lock:
             if self._progress_callbacks is None:
                 self._progress_callbacks = []
             self._progress_callbacks.append(fn)
 
     def remove_done_callback(self, fn: Callable[[Call[R]], None]) -> bool:
-        """Forget ``fn`` if it has not run yet (``ivy.wait`` does, once it stops waiting, so
-        that its own callbacks are not taken for a user's at exit); whether it was there."""
+        """Forget a done-callback if it has not run yet.
+
+        ``ivy.wait`` does, once it stops waiting, so that its own callbacks are not taken for
+        a user's at exit.
+
+        Args:
+            fn: a function given to :meth:`add_done_callback`.
+
+        Returns:
+            Whether it was there.
+        """
         with _lock:
             if self._callbacks is not None and fn in self._callbacks:
                 self._callbacks.remove(fn)

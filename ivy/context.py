@@ -24,7 +24,9 @@ class Progress:
     """How far a call is: ``fraction`` from 0.0 to 1.0, and an optional ``note``."""
 
     fraction: float
+    """How far the call is, from 0.0 to 1.0 (0.25: a quarter done)."""
     note: str | None = None
+    """What the task says about it, cut to :data:`MAX_NOTE_CHARS` characters; or None."""
 
 
 #: sends a progress update of the running call (the worker's recorder)
@@ -67,9 +69,20 @@ class CallContext:
         return f"<CallContext {self.call_id} {self.task} attempt={self.attempt}>"
 
     def progress(self, fraction: float, note: str | None = None) -> None:
-        """Report how far the call is: ``fraction`` from 0 to 1 (0.25: a quarter done) and an
-        optional ``note`` (text, cut to :data:`MAX_NOTE_CHARS`). Rate-limited and best effort
-        (docs/internals/results.md): it never raises for a transport failure."""
+        """Report how far the call is; its producer's ``call.on_progress`` callbacks get it.
+
+        Rate-limited (at most :data:`PROGRESS_PER_SECOND` updates a second; a fraction of 1
+        always goes) and best effort (docs/internals/results.md): it never raises for a
+        transport failure.
+
+        Args:
+            fraction: from 0 to 1 (0.25: a quarter done).
+            note: text, cut to :data:`MAX_NOTE_CHARS` characters; or None.
+
+        Raises:
+            ValueError: a ``fraction`` that is not a number from 0 to 1, or a ``note`` that
+                is not text.
+        """
         if (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                 or not 0.0 <= fraction <= 1.0):
             raise ValueError(f"progress fraction {fraction!r} must be a number from 0 to 1, "
@@ -97,9 +110,15 @@ _current: ContextVar[CallContext | None] = ContextVar("ivy_current_call", defaul
 
 
 def current() -> CallContext:
-    """The context of the call this task body runs for: ``call_id``, ``task``, ``queue``,
-    ``attempt``, ``worker`` and ``progress(fraction, note=None)``. RuntimeError outside a
-    task run by a worker."""
+    """The context of the call this task body runs for.
+
+    Returns:
+        Its ``call_id``, ``task``, ``queue``, ``attempt``, ``worker`` and
+        ``progress(fraction, note=None)``.
+
+    Raises:
+        RuntimeError: outside a task run by a worker (in the task's thread or coroutine).
+    """
     found = _current.get()
     if found is None:
         raise RuntimeError("ivy.current() is only set while a worker runs a task (in the "

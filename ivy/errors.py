@@ -33,12 +33,18 @@ class MessageError(IvyError, ValueError):
 
     ``fields`` holds what could still be read from the body (``id``, ``name``, ``reply_to``),
     so the worker can send an ``errored`` notification for a message it cannot run.
+
+    Args:
+        reason: why the body is not valid.
+        fields: what could still be read from it; None: nothing.
     """
 
     def __init__(self, reason: str, fields: dict[str, Any] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        """Why the body is not valid protocol v1."""
         self.fields: dict[str, Any] = fields or {}
+        """What could still be read from the body (``id``, ``name``, ``reply_to``)."""
 
 
 class ResultTimeout(IvyError, TimeoutError):
@@ -54,6 +60,13 @@ class RemoteTaskError(IvyError):
 
     ``type``, ``message`` and ``traceback`` are plain strings copied from the notification: the
     producer never imports or calls anything named on the wire.
+
+    Args:
+        type: the name of the exception the task raised.
+        message: its message.
+        traceback: the worker's formatted traceback.
+        task: the task's name, when known.
+        call_id: the call's id, when known.
     """
 
     def __init__(
@@ -67,16 +80,31 @@ class RemoteTaskError(IvyError):
     ) -> None:
         super().__init__(f"{type}: {message}" if message else type)
         self.type = type
+        """The name of the exception the task raised (``ValueError``, say)."""
         self.message = message
+        """Its message."""
         self.traceback = traceback
+        """The worker's formatted traceback, or an empty string."""
         self.task = task
+        """The task's name, when known."""
         self.call_id = call_id
+        """The call's id, when known."""
 
     @classmethod
     def from_wire(
         cls, error: Any, *, task: str | None = None, call_id: str | None = None
     ) -> RemoteTaskError:
-        """Build from a notification's ``error`` field, whatever shape it arrived in."""
+        """Build from a notification's ``error`` field, whatever shape it arrived in.
+
+        Args:
+            error: the field: a dict with ``type``, ``message`` and ``traceback``, or anything
+                else (its text becomes the message of an ``Error``).
+            task: the task's name, when known.
+            call_id: the call's id, when known.
+
+        Returns:
+            The error, with plain strings only.
+        """
         if isinstance(error, dict):
             return cls(
                 str(error.get("type") or "Error"),
@@ -132,26 +160,47 @@ def _seconds(value: object, what: str) -> float:
 class Retry(IvyError):
     """Raise inside a task to run the call again, counting an attempt: after ``delay``
     seconds, or after the task's backoff when None. Once the call has used its
-    ``max_retries`` it fails as any other exception would (see :mod:`ivy.retries`)."""
+    ``max_retries`` it fails as any other exception would (see :mod:`ivy.retries`).
+
+    Args:
+        delay: seconds before the next run; None: the task's backoff.
+
+    Raises:
+        ivy.ConfigurationError: a ``delay`` that is not a number of seconds >= 0.
+    """
 
     def __init__(self, delay: float | None = None) -> None:
         self.delay = None if delay is None else _seconds(delay, "Retry delay")
+        """Seconds before the next run, or None: the task's backoff."""
         super().__init__("retry" if delay is None else f"retry in {self.delay:g} s")
 
 
 class Snooze(IvyError):
     """Raise inside a task to run the call again after ``delay`` seconds without counting
-    an attempt (something it needs is not ready yet); the producer keeps waiting."""
+    an attempt (something it needs is not ready yet); the producer keeps waiting.
+
+    Args:
+        delay: seconds before the next run.
+
+    Raises:
+        ivy.ConfigurationError: a ``delay`` that is not a number of seconds >= 0.
+    """
 
     def __init__(self, delay: float) -> None:
         self.delay = _seconds(delay, "Snooze delay")
+        """Seconds before the next run."""
         super().__init__(f"snoozed for {self.delay:g} s")
 
 
 class Discard(IvyError):
     """Raise inside a task to end the call as errored at once, with ``reason``: no retry and
-    no dead letter (the call is known to be pointless, such as an order already cancelled)."""
+    no dead letter (the call is known to be pointless, such as an order already cancelled).
+
+    Args:
+        reason: why the call is pointless; the exception's message (empty: ``discarded``).
+    """
 
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
+        """Why the call was discarded."""
         super().__init__(reason or "discarded")

@@ -172,13 +172,28 @@ class Task(Generic[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]: ...
 
     def delay(self, *args: Any, **kwargs: Any) -> Call[Any]:
-        """Call the task on a worker, through the app that registered it:
+        """Call the task on a worker, through the app that registered it.
+
         ``add.delay(1, 2)`` is ``app.send_task(add, (1, 2))``. A type checker checks the
         arguments against the task function's parameters and types the call: ``Call[int]``
         for ``def add(a: int, b: int) -> int``, and for an ``async def`` task the type its
         coroutine returns. For per-call options (queue, delay, callback) use
         :meth:`ivy.Ivy.send_task`; a callback-style task (the original's ``callback``
-        last parameter) is called with :func:`ivy.delayed_call`."""
+        last parameter) is called with :func:`ivy.delayed_call`.
+
+        Args:
+            *args: the task's positional arguments.
+            **kwargs: the task's keyword arguments.
+
+        Returns:
+            The call's handle.
+
+        Raises:
+            RuntimeError: the task was made directly, not registered on an app.
+            TypeError: arguments the task's signature refuses.
+            ivy.SerializationError: an argument JSON cannot carry.
+            ivy.PublishError: the queue backend refused the message at once.
+        """
         if self.app is None:
             raise RuntimeError(
                 f"task {self.name!r} was not registered on an ivy app, so delay() has nowhere "
@@ -198,7 +213,15 @@ class Task(Generic[P, R]):
         ``Signature[R]``, ``R`` being the task's result (the awaited one, for an ``async def``
         task). Its arguments are not checked by a type checker, as they may be partial: a step
         of a chain receives the previous result as its first argument on top of them. They
-        are checked at send."""
+        are checked at send.
+
+        Args:
+            *args: the task's positional arguments (perhaps the first ones only).
+            **kwargs: the task's keyword arguments.
+
+        Returns:
+            The signature, to send alone or in a workflow.
+        """
         from ivy.workflows.canvas import Signature
 
         return Signature(self.name, args, kwargs)
@@ -210,7 +233,17 @@ class Task(Generic[P, R]):
         return compile_task(self.name, self.func, self.signature, self.style)
 
     def check_arguments(self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Raise TypeError, as a direct call would, when the arguments don't fit the function."""
+        """Check arguments against the task function's parameters, as a direct call would.
+
+        A callback-style task's ``callback`` parameter is left out: the worker passes it.
+
+        Args:
+            args: the positional arguments.
+            kwargs: the keyword arguments.
+
+        Raises:
+            TypeError: the arguments don't fit the function.
+        """
         if self.signature is None or (self._arity == len(args) and not kwargs):
             return
         if self.style == "callback":

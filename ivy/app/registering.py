@@ -90,6 +90,44 @@ class Registering:
         seconds, or ``backoff(attempt) -> seconds``) and ``jitter`` make the task's retry
         policy (:mod:`ivy.retries`); inside the task, ``raise ivy.Retry(delay)``,
         ``ivy.Snooze(delay)`` or ``ivy.Discard(reason)`` decide for one run.
+
+        Args:
+            func: the function; None (or the options dict) when used as a decorator.
+            finished: ``finished(result)``, run in the producer whenever a call of this task
+                succeeds; or the original's options dict in its place.
+            options: the original's options dict (camelCase or snake_case keys).
+            name: the task's unique dotted name; None: ``module.qualname``.
+            queue: the queue its calls go to; None: ``ivy``.
+            priority: its messages' priority, 0 to 255; None: 0.
+            retry: retry a failed run (``max_retries`` times, or a default number).
+            max_retries: how many times a failed run is retried; None: 0 (or the default with
+                ``retry=True``).
+            reserve_time: seconds a worker's message stays reserved (extended while the task
+                runs); None: the worker's.
+            timeout: the soft limit, in seconds: an exception raised in the task; None: none.
+            time_limit: the hard limit, in seconds: the task runs in a process of its own,
+                killed past it; None: the worker's, if any.
+            style: ``"sync"``, ``"async"`` or ``"callback"``; None: found from the function.
+            route: the AMQP routing key where the queue URL names an exchange (other backends
+                ignore it).
+            rate_limit: ``"N/s"``, ``"N/m"`` or ``"N/h"``: calls started per period across all
+                workers; None: no limit.
+            unique_for: seconds during which a call with the same arguments is not sent again;
+                None: every call is sent.
+            retry_on: the exception types retried; None: any.
+            dont_retry_on: exception types never retried.
+            backoff: seconds before each retry: a list, or ``backoff(attempt) -> seconds``;
+                None: the app's exponential backoff.
+            jitter: randomize the backoff (50-100% of it); None: True.
+
+        Returns:
+            The :class:`Task`; used as a decorator (no ``func``), the decorator that makes it.
+
+        Raises:
+            ivy.ConfigurationError: an invalid option (name, queue, priority, limits, style,
+                route, rate limit, retry policy), an option given twice that disagrees, an
+                unknown option key, ``func`` not a function, or ``name`` already registered
+                to another function.
         """
         if isinstance(func, Mapping):  # @register_task({...})
             options = merge_dicts(options, func)
@@ -129,7 +167,29 @@ class Registering:
         ``kwargs`` are those of each call; ``catch_up`` (seconds) sends the slots a starting
         scheduler missed within that window; ``options`` go to :meth:`register_task`. The
         schedule is named after the task. A scheduler sends the calls (``ivy scheduler
-        MODULE``, ``ivy worker MODULE --scheduler``)."""
+        MODULE``, ``ivy worker MODULE --scheduler``).
+
+        Args:
+            func: the function; None when used as a decorator.
+            every: seconds between calls (give ``every`` or ``cron``, not both).
+            cron: a five-field cron expression (needs ``cronsim``).
+            tz: the IANA time zone of ``cron``; None: UTC.
+            name: the task's name, which the schedule takes; None: ``module.qualname``.
+            queue: the task's queue; None: ``ivy``.
+            args: the positional arguments of each call.
+            kwargs: the keyword arguments of each call; None: none.
+            catch_up: seconds within which a starting scheduler sends the slots it missed;
+                None: none are.
+            **options: more :meth:`register_task` keywords.
+
+        Returns:
+            The :class:`Task`; used as a decorator (no ``func``), the decorator that makes it.
+
+        Raises:
+            ivy.ConfigurationError: an invalid task option, neither or both of ``every`` and
+                ``cron``, an invalid ``every``, ``cron``, ``tz`` or ``catch_up``, or ``cron``
+                without cronsim installed.
+        """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task = self.register_task(f, name=name, queue=queue, **options)
@@ -147,7 +207,30 @@ class Registering:
     ) -> Schedule:
         """Put a task (a Task, a registered function, or a name with ``queue``) on a
         schedule; see :meth:`periodic_task`. ``name`` (default: the task's name, the
-        schedule and its arguments) must be unique: schedulers claim slots under it."""
+        schedule and its arguments) must be unique: schedulers claim slots under it.
+
+        Args:
+            task: a :class:`Task`, a registered function, or a task name (with ``queue``).
+            every: seconds between calls (give ``every`` or ``cron``, not both).
+            cron: a five-field cron expression (needs ``cronsim``).
+            tz: the IANA time zone of ``cron``; None: UTC.
+            args: the positional arguments of each call.
+            kwargs: the keyword arguments of each call; None: none.
+            name: the schedule's unique name; None: made from the task's name, the schedule
+                and its arguments.
+            queue: the queue of a task given by name; None: the registered task's.
+            catch_up: seconds within which a starting scheduler sends the slots it missed;
+                None: none are.
+
+        Returns:
+            The schedule, added to this app's schedules.
+
+        Raises:
+            ivy.ConfigurationError: neither or both of ``every`` and ``cron``, an invalid
+                ``every``, ``cron``, ``tz`` or ``catch_up``, ``cron`` without cronsim
+                installed, a ``name`` already taken, or arguments the task refuses.
+            ivy.TaskNotRegistered: ``task`` is not registered here and no ``queue`` is given.
+        """
         return add_schedule(self.registry, self.schedules, task, every=every, cron=cron,
                             tz=tz, args=args, kwargs=kwargs, name=name, queue=queue,
                             catch_up=catch_up)

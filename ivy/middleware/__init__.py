@@ -26,30 +26,69 @@ class Middleware:
     """Base class of middleware: override the hooks you need."""
 
     def before_publish(self, message: Message) -> None:
-        """Producer: the call is checked and about to be encoded (headers may still change)."""
+        """Producer: the call is checked and about to be encoded (headers may still change).
+
+        Args:
+            message: the call's message; its ``headers`` may still change.
+        """
 
     def after_publish(self, message: Message) -> None:
-        """Producer: the message was handed to the queue backend."""
+        """Producer: the message was handed to the queue backend.
+
+        Args:
+            message: the call's message.
+        """
 
     def before_task(self, message: Message) -> None:
-        """Worker: the task is about to run."""
+        """Worker: the task is about to run.
+
+        Args:
+            message: the call's message.
+        """
 
     def after_task(self, message: Message, result: Any, error: dict[str, str] | None) -> None:
-        """Worker: the task ran; ``result`` is its value when ``error`` is None."""
+        """Worker: the task ran.
+
+        Args:
+            message: the call's message.
+            result: the task's value when ``error`` is None.
+            error: the error as it goes on the wire (``type``, ``message``, ``traceback``),
+                or None when the task succeeded.
+        """
 
     def on_retry(self, message: Message, error: dict[str, str], delay: float) -> None:
-        """Worker: the task failed and runs again after ``delay`` seconds."""
+        """Worker: the task failed and runs again after ``delay`` seconds.
+
+        Args:
+            message: the call's message.
+            error: the failure as it goes on the wire (``type``, ``message``, ``traceback``).
+            delay: seconds before the next run.
+        """
 
     def on_dead_letter(self, message: Message | None, reason: str) -> None:
-        """Worker: the message was dead-lettered; ``message`` is None when it was undecodable."""
+        """Worker: the message was dead-lettered.
+
+        Args:
+            message: the call's message, or None when it was undecodable.
+            reason: why it was dead-lettered.
+        """
 
     def on_worker_start(self, worker: Any) -> None:
-        """Worker: ``worker`` (an :class:`ivy.Worker`) has started its threads, in its own
-        process (every child of ``ivy worker --processes N``): open what its tasks share."""
+        """Worker: ``worker`` has started its threads: open what its tasks share.
+
+        Called in the worker's own process (every child of ``ivy worker --processes N``).
+
+        Args:
+            worker: the :class:`ivy.Worker`.
+        """
 
     def on_worker_stop(self, worker: Any) -> None:
         """Worker: ``worker`` has stopped (its in-flight tasks ended): close what
-        ``on_worker_start`` opened."""
+        ``on_worker_start`` opened.
+
+        Args:
+            worker: the :class:`ivy.Worker`.
+        """
 
 
 HOOKS = ("before_publish", "after_publish", "before_task", "after_task", "on_retry",

@@ -56,11 +56,17 @@ class Signature(Canvas, Generic[R]):
     when the workflow is sent (``ivy`` and 0 for a task this process does not register)."""
 
     name: str
+    """The task's dotted name."""
     args: tuple[Any, ...] = ()
+    """Its positional arguments (a chain's later step receives the previous result first)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    """Its keyword arguments."""
     queue: str | None = None
+    """The queue it is sent to; None: the registered task's."""
     priority: int | None = None
+    """Its message's priority; None: the registered task's."""
     max_retries: int | None = None
+    """How many times a failed run is retried; None: the registered task's."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > 200:
@@ -75,7 +81,19 @@ class Signature(Canvas, Generic[R]):
 
     def set(self, *, queue: str | None = None, priority: int | None = None,
             max_retries: int | None = None) -> Signature[R]:
-        """A copy with other options: ``add.s(1, 2).set(queue="fast")``."""
+        """A copy with other options: ``add.s(1, 2).set(queue="fast")``.
+
+        Args:
+            queue: the queue; None: keep this signature's.
+            priority: the message's priority; None: keep this signature's.
+            max_retries: how many times a failed run is retried; None: keep this signature's.
+
+        Returns:
+            The new signature (this one is unchanged).
+
+        Raises:
+            ivy.ConfigurationError: an empty ``queue``.
+        """
         return Signature(
             self.name, self.args, self.kwargs,
             queue=queue if queue is not None else self.queue,
@@ -84,6 +102,26 @@ class Signature(Canvas, Generic[R]):
 
     def node(self, new_id: Callable[[], str], defaults: TaskDefaults,
              check: ArgumentCheck | None = None, given: int = 0) -> Node:
+        """This signature as a workflow's JSON node (PROTOCOL.md, "Workflows").
+
+        Used when a workflow is sent; the producer calls it.
+
+        Args:
+            new_id: makes the node's id (a message id).
+            defaults: the registered task's queue, priority and max_retries for a name, or
+                None when this process does not register it.
+            check: checks the arguments as the worker will call the task, and returns them in
+                their wire form; None: not checked.
+            given: how many positional arguments the step receives from the step before.
+
+        Returns:
+            The node: id, task, args, kwargs, queue, and priority and max_retries when not 0.
+
+        Raises:
+            ivy.ConfigurationError: the task is not registered here and no queue is given.
+            TypeError: arguments the task's signature refuses.
+            ivy.SerializationError: an argument JSON cannot carry.
+        """
         known = defaults(self.name) or {}
         queue = self.queue or known.get("queue")
         if queue is None:
@@ -114,6 +152,11 @@ class Signature(Canvas, Generic[R]):
         return node
 
     def describe(self) -> str:
+        """The text naming this signature in a workflow's ``Call.task``.
+
+        Returns:
+            The task's name.
+        """
         return self.name
 
 
@@ -172,14 +215,45 @@ def _spread(items: tuple[Any, ...]) -> Iterable[Any]:
 
 def signature(name: str, *args: Any, queue: str | None = None, priority: int | None = None,
               max_retries: int | None = None, **kwargs: Any) -> Signature[Any]:
-    """A signature of a task by name, which this process need not register (then ``queue`` is
-    needed): ``ivy.signature("other.service.task", 1, queue="other")``."""
+    """A signature of a task by name, which this process need not register.
+
+    ``ivy.signature("other.service.task", 1, queue="other")``: ``queue`` is needed when this
+    process does not register the task.
+
+    Args:
+        name: the task's dotted name.
+        *args: its positional arguments.
+        queue: the queue; None: the registered task's.
+        priority: the message's priority; None: the registered task's.
+        max_retries: how many times a failed run is retried; None: the registered task's.
+        **kwargs: its keyword arguments.
+
+    Returns:
+        The signature, to send alone or in a workflow.
+
+    Raises:
+        ivy.ConfigurationError: an invalid ``name`` or an empty ``queue``.
+    """
     return Signature(name, args, kwargs, queue=queue, priority=priority,
                      max_retries=max_retries)
 
 
 def chain(*steps: Any) -> Chain:
-    """``chain(add.s(1, 2), mul.s(10))``: ``mul(add(1, 2), 10)``. Nested chains flatten."""
+    """Steps that run one after the other, each step's result the next one's first argument.
+
+    ``chain(add.s(1, 2), mul.s(10))``: ``mul(add(1, 2), 10)``. Nested chains flatten; ``a | b``
+    is ``chain(a, b)``.
+
+    Args:
+        *steps: signatures, groups, chords or chains, or one iterable of them.
+
+    Returns:
+        The chain, to send with ``ivy.delayed_call`` or ``ivy.send_task``.
+
+    Raises:
+        TypeError: a step that is not a signature or a workflow.
+        ValueError: no step.
+    """
     flat: list[Canvas] = []
     for step in _canvases(_spread(steps), "chain()"):
         flat.extend(step.steps if isinstance(step, Chain) else [step])
@@ -190,8 +264,20 @@ def chain(*steps: Any) -> Chain:
 
 
 def group(*members: Any) -> Group:
-    """``group(add.s(1, 1), add.s(2, 2))``: ``[2, 4]``, in member order (also
-    ``group(generator)``)."""
+    """Members that run in parallel; the result is the list of theirs, in member order.
+
+    ``group(add.s(1, 1), add.s(2, 2))``: ``[2, 4]`` (also ``group(generator)``).
+
+    Args:
+        *members: signatures, groups, chords or chains, or one iterable of them.
+
+    Returns:
+        The group, to send or to use in a workflow.
+
+    Raises:
+        TypeError: a member that is not a signature or a workflow.
+        ValueError: no member.
+    """
     found = _canvases(_spread(members), "group()")
     if not found:
         raise ValueError("group() needs at least one member: with none there is nothing to "
@@ -200,9 +286,24 @@ def group(*members: Any) -> Group:
 
 
 def chord(header: Iterable[Any], body: Canvas) -> Chain:
-    """``chord([add.s(1, 1), add.s(2, 2)], total.s())``: ``total([2, 4])``. The callback
+    """A group followed by a callback that receives the list of its results.
+
+    ``chord([add.s(1, 1), add.s(2, 2)], total.s())``: ``total([2, 4])``. The callback
     ``body`` runs once every member succeeded; it never runs if one failed (the workflow's
-    call fails instead)."""
+    call fails instead).
+
+    Args:
+        header: the members: a list of signatures or workflows, or a group.
+        body: the callback's signature (or workflow).
+
+    Returns:
+        The chord, as the chain of its group and its callback.
+
+    Raises:
+        TypeError: a header that is one signature, a member or a ``body`` that is not a
+            signature or a workflow.
+        ValueError: no member.
+    """
     if isinstance(header, Canvas) and not isinstance(header, Group):
         raise TypeError(f"chord() takes a list of signatures or a group as its header, got "
                         f"{header!r}")
