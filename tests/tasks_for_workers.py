@@ -103,6 +103,16 @@ def soft() -> None:
         time.sleep(0.01)
 
 
+_LEAKED: list[bytes] = []
+
+
+@ivy.register_task(name="limit.leaks", queue="limit", time_limit=30)
+def leaks(megabytes: int) -> int:
+    """Keep ``megabytes`` MB (touched, so resident) in its process; return the process id."""
+    _LEAKED.append(b"x" * (megabytes * 1024 * 1024))
+    return os.getpid()
+
+
 @ivy.register_task(name="limit.plain", queue="limit")
 def plain(seconds: float) -> int:
     """No limit of its own: the worker's default applies."""

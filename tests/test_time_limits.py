@@ -21,7 +21,7 @@ import ivy
 def app(sqlite_url: str) -> Iterator[ivy.Ivy]:
     instance = ivy.Ivy(sqlite_url, sqlite_url, retry_base_delay=0.01, retry_max_delay=0.05)
     for task in (tasks.stuck, tasks.pid, tasks.retried, tasks.progress, tasks.async_blocked,
-                 tasks.dies, tasks.soft, tasks.plain):
+                 tasks.dies, tasks.soft, tasks.plain, tasks.leaks):
         instance.registry.add(task)
     yield instance
     instance.close()
@@ -102,6 +102,25 @@ def test_a_cancel_kills_the_runner_of_a_running_call(app: ivy.Ivy, tmp_path: Pat
     with pytest.raises(ivy.CallCancelled):
         call.result(20)
     wait_for(lambda: not alive(int(started.read_text())), message="its process killed")
+
+
+def test_a_runner_past_the_workers_memory_limit_is_replaced(app: ivy.Ivy) -> None:
+    # Given a worker whose processes may grow to 150 MB more than this one now (a runner
+    # starts far below that), running a time-limited task in its runner
+    from ivy.worker.recycling import MB, rss_bytes
+
+    limit = rss_bytes() / MB + 150
+    app.listen(queue="limit", block=False, max_memory=limit)
+    # When calls keep no memory, they run in the same runner, one after the other
+    first = app.delayed_call(tasks.leaks, 0).result(20)
+    assert app.delayed_call(tasks.leaks, 0).result(20) == first != os.getpid()
+    # and when one leaves its runner past the limit, the next call runs in a fresh one
+    leaky = app.delayed_call(tasks.leaks, int(limit) + 50).result(30)
+    assert leaky == first
+    fresh = app.delayed_call(tasks.leaks, 0).result(20)
+    assert fresh not in (first, os.getpid())
+    # while the worker itself, below its limit, goes on
+    assert app.delayed_call(tasks.pid).result(20) == fresh
 
 
 def test_a_time_limited_task_must_be_importable(sqlite_url: str) -> None:

@@ -108,6 +108,7 @@ class Worker:
         self.poll: float = backend.poll_seconds
         self._consumers: list[Consumer] = []
         self._executor = Executor(self.name)
+        self._executor.runner_max_memory = max_memory  # its runner processes too
         # continues workflow steps (chains, groups, chords); records plain calls as Recorder
         self._recorder = WorkflowRecorder(
             notifier, self.name, backend=backend, middleware=context.middleware,

@@ -111,6 +111,8 @@ class Executor:
         #: that run time-limited calls (ivy.worker.runner; made on first use)
         self.time_limit: float | None = None
         self.serializer: Serializer | None = None
+        #: MB of RSS past which a runner is replaced after its call (None: no limit)
+        self.runner_max_memory: float | None = None
         #: False inside a runner, which runs the time-limited calls in its own threads
         self.isolates = True
         self._runners: Runners | None = None
@@ -257,7 +259,8 @@ class Executor:
                      limit: float) -> tuple[bool, Any]:
         with self._lock:
             if self._runners is None:
-                self._runners = Runners(self.serializer or get_serializer("json"))
+                self._runners = Runners(self.serializer or get_serializer("json"),
+                                        self.runner_max_memory)
             runners = self._runners
         runner = runners.take()
         with self._lock:

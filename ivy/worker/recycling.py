@@ -15,10 +15,10 @@ MEMORY_CHECK_EVERY = 1.0
 MB = 1024 * 1024
 
 
-def rss_bytes() -> int:
-    """The resident set size of this process, in bytes."""
+def rss_bytes(pid: int | None = None) -> int:
+    """The resident set size of this process (or of process ``pid``), in bytes."""
     try:
-        with open("/proc/self/statm", "rb") as statm:
+        with open(f"/proc/{pid or 'self'}/statm", "rb") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         pass
@@ -28,7 +28,7 @@ def rss_bytes() -> int:
         raise ConfigurationError(
             "max_memory needs /proc/self/statm (Linux) or psutil (pip install psutil) to read "
             "the worker's memory") from None
-    return int(psutil.Process().memory_info().rss)
+    return int(psutil.Process(pid).memory_info().rss)
 
 
 class Recycling:

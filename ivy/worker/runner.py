@@ -20,6 +20,7 @@ from ivy.context import Progress
 from ivy.errors import ConfigurationError, TaskTimeout
 from ivy.message import wire_error
 from ivy.serialization import Serializer
+from ivy.worker.recycling import MB, rss_bytes
 
 log = logging.getLogger("ivy.worker")
 
@@ -158,10 +159,14 @@ class Runner:
 
 
 class Runners:
-    """A worker's idle runners, shared by its executor threads (at most one each at once)."""
+    """A worker's idle runners, shared by its executor threads (at most one each at once).
+    With ``max_memory`` (MB), a runner whose RSS passed it after a call is replaced: the
+    worker's ``--max-memory-per-child`` holds for the processes that run its time-limited
+    tasks too."""
 
-    def __init__(self, serializer: Serializer) -> None:
+    def __init__(self, serializer: Serializer, max_memory: float | None = None) -> None:
         self.serializer = serializer
+        self.max_memory = max_memory
         self._idle: list[Runner] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -175,11 +180,26 @@ class Runners:
         return Runner(self.serializer)
 
     def give_back(self, runner: Runner) -> None:
+        over = self._over_memory(runner)
         with self._lock:
-            if not self._closed and runner.process.poll() is None:
+            if not self._closed and not over and runner.process.poll() is None:
                 self._idle.append(runner)
                 return
         runner.close()
+
+    def _over_memory(self, runner: Runner) -> bool:
+        """Whether ``runner`` passed ``max_memory`` (logged: it is replaced)."""
+        if self.max_memory is None:
+            return False
+        try:
+            rss = rss_bytes(runner.pid) / MB
+        except (OSError, ConfigurationError):
+            return False  # gone, or unreadable: poll() decides
+        if rss <= self.max_memory:
+            return False
+        log.info("runner process %d: RSS %.0f MB past max_memory (%.0f MB); replacing it",
+                 runner.pid, rss, self.max_memory)
+        return True
 
     def close(self) -> None:
         with self._lock:
