@@ -47,6 +47,11 @@ Two more faults (issue 20):
   others, may stay pending (``lost``); the producer fails them with ``ResultExpired`` after
   ``pending_ttl``.
 
+``--time-limit S`` runs every task in the workers' runner processes (the hard time limit's
+supervised children, ``ivy worker --time-limit S``): the worker kills still hit the workers,
+and a poison call kills its runner instead of its worker, so it ends errored as ``WorkerLost``
+(counted in ``poison_stopped`` too), and the worker goes on.
+
 tests/test_chaos.py runs a short form of each.
 """
 
@@ -192,7 +197,8 @@ def close_connections(rabbit: PrivateRabbit, pids: list[str]) -> None:
 def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restarts: int = 1,
         batch: int = 50, log: Any = print, connection_closes: int = 0,
         broker: str = "rabbitmq", notifier: str = "redis", poison_every: int = 0,
-        reply_deletes: int = 0, pg_kills: int = 0, pg_restarts: int = 0) -> Summary:
+        reply_deletes: int = 0, pg_kills: int = 0, pg_restarts: int = 0,
+        time_limit: float | None = None) -> Summary:
     if broker not in ("rabbitmq", "redis", "postgres"):
         raise ValueError(f"broker={broker!r}: expected 'rabbitmq', 'redis' or 'postgres'")
     if broker == "postgres":
@@ -240,6 +246,8 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
             notifier_url = redis.url
             log(f"chaos: redis on {redis.port} is queue (Streams) and notifier")
         env = {**os.environ, "CHAOS_LOG_DIR": str(execs), "PYTHONPATH": str(HERE)}
+        if time_limit is not None:  # every task in a runner process of its worker
+            extra = [*extra, "--time-limit", str(time_limit)]
 
         def start_worker() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -459,7 +467,9 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
 
         def stopped(c: ivy.Call[Any]) -> bool:
             error = c.exception(0) if c.done() else None
-            return isinstance(error, ivy.RemoteTaskError) and "delivery limit" in str(error)
+            return isinstance(error, ivy.RemoteTaskError) and (
+                "delivery limit" in str(error)
+                or (time_limit is not None and error.type == "WorkerLost"))
 
         outcomes = Counter(map(outcome, calls))
         burst = Counter(map(outcome, burst_calls))
@@ -525,6 +535,8 @@ def main() -> None:
     parser.add_argument("--reply-deletes", type=int, default=None,
                         help="deletes of the producer's reply queue (default 1 with --notifier "
                              "amqp, else 0)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="S",
+                        help="run every task in a runner process (ivy worker --time-limit S)")
     parser.add_argument("--quiet", action="store_true", help="print the summary line only")
     args = parser.parse_args()
     if args.broker in ("redis", "postgres"):
@@ -546,7 +558,8 @@ def main() -> None:
                   notifier=args.notifier, poison_every=args.poison_every,
                   reply_deletes=(args.reply_deletes if args.reply_deletes is not None
                                  else int(args.notifier == "amqp")),
-                  pg_kills=args.pg_kills, pg_restarts=args.pg_restarts)
+                  pg_kills=args.pg_kills, pg_restarts=args.pg_restarts,
+                  time_limit=args.time_limit)
     print(summary.line())
     sys.exit(0 if summary.ok else 1)
 

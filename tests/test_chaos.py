@@ -64,6 +64,28 @@ def test_short_chaos_soak_on_redis_streams_loses_nothing() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_short_chaos_soak_with_every_task_in_a_runner_loses_nothing() -> None:
+    # The same on Redis, with every task in its worker's runner process (--time-limit): the
+    # soak's SIGKILLs hit the workers, and the poison call kills its runner, not its worker
+    require_service("redis-server", shutil.which("redis-server") is not None,
+                    "redis-server is not installed")
+    import chaos
+
+    lines: list[str] = []
+    summary = chaos.run(n=300, kills=1, redis_restarts=1, rabbit_restarts=0, batch=25,
+                        log=lines.append, broker="redis", poison_every=200, time_limit=30)
+    print(summary.line())
+    assert (summary.kills, summary.redis_restarts) == (1, 1)
+    assert summary.sent == 300
+    assert summary.lost == 0, "\n".join(lines)
+    assert summary.double_callbacks == 0
+    # the poison call ended as WorkerLost (its runner died), and no worker died of it
+    assert summary.poison == 1 and summary.poison_stopped == 1, "\n".join(lines)
+    assert summary.worker_deaths == summary.kills, "\n".join(lines)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_short_chaos_soak_on_rabbitmq_alone_loses_nothing() -> None:
     why = PrivateRabbit.available()
