@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT
@@ -229,6 +230,159 @@ def test_every_public_name_has_a_docstring() -> None:
     pytest.importorskip("griffe")
     missing = [name for name in ivy.__all__ if not docstring_of(name)]
     assert not missing, f"public names without a docstring: {missing}"
+
+
+REFERENCE = DOCS / "reference"
+#: Rendered callables still without their sections, in modules another change holds now:
+#: fixed there, they come off (the test fails while one listed here is complete).
+KNOWN_INCOMPLETE_DOCSTRINGS = {
+    "ivy.Worker.join",  # ivy/worker/core.py
+    "ivy.Worker.stop",
+    "ivy.Worker.wait_stopped",
+    "ivy.mask_url",  # ivy/_urls.py
+    "ivy.Message.encode",  # ivy/message.py
+    "ivy.Message.to_dict",
+    "ivy.Notification.encode",
+    "ivy.Notification.to_dict",
+}
+
+
+def reference_directives() -> list[tuple[str, list[str] | None]]:
+    """The ``::: path`` directives of docs/reference/*.md, each with its ``members:`` list
+    (None: mkdocstrings renders the object's own public members)."""
+    yaml = pytest.importorskip("yaml")
+    found: list[tuple[str, list[str] | None]] = []
+    for page in sorted(REFERENCE.glob("*.md")):
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if not line.startswith("::: "):
+                continue
+            block = []
+            for following in lines[i + 1:]:
+                if following.strip() and not following.startswith(" "):
+                    break
+                block.append(following)
+            options = (yaml.safe_load("\n".join(block)) or {}).get("options") or {}
+            members = options.get("members")
+            found.append((line.removeprefix("::: ").strip(),
+                          list(members) if isinstance(members, list) else None))
+    return found
+
+
+def rendered_objects(root: Path) -> dict[str, Any]:
+    """Every object the API reference renders, by its public path (``ivy.Ivy.listen``): the
+    directives' targets and their members, loaded by griffe (what mkdocstrings uses) from
+    the source under ``root``."""
+    griffe = importlib.import_module("griffe")
+    package = griffe.load("ivy", search_paths=[str(root)], docstring_parser="google")
+    found: dict[str, Any] = {}
+    for path, members in reference_directives():
+        obj = package
+        for part in path.split(".")[1:]:
+            obj = obj[part]
+        obj = obj.final_target if obj.is_alias else obj
+        found[path] = obj
+        if not (obj.is_class or obj.is_module):
+            continue
+        if members is None:
+            members = [name for name, member in obj.members.items()
+                       if not name.startswith("_") and not member.is_alias]
+        for name in members:
+            member = obj.all_members[name]
+            found[f"{path}.{name}"] = member.final_target if member.is_alias else member
+    return found
+
+
+def docstring_problems(obj: Any) -> list[str]:
+    """What a rendered object's docstring lacks: a docstring at all (classes and functions);
+    for a function, an ``Args:`` entry for each parameter (``self``/``cls`` aside) and none
+    for a parameter it does not have, and ``Returns:`` when it returns something."""
+    if not (obj.is_class or obj.is_function):
+        return []
+    if obj.docstring is None or not obj.docstring.value.strip():
+        return ["no docstring"]
+    if not obj.is_function:
+        return []
+    sections = obj.docstring.parse("google")
+    kinds = {section.kind.value for section in sections}
+    documented = [p.name.lstrip("*") for section in sections
+                  if section.kind.value in ("parameters", "other parameters")
+                  for p in section.value]
+    params = [p.name for p in obj.parameters if p.name not in ("self", "cls")]
+    problems = []
+    if [p for p in params if p not in documented]:
+        problems.append(f"Args lacks {[p for p in params if p not in documented]}")
+    if [p for p in documented if p not in params]:
+        problems.append(f"Args names what is no parameter: "
+                        f"{[p for p in documented if p not in params]}")
+    returns = "None" if obj.returns is None else str(obj.returns)
+    if obj.name != "__init__" and returns != "None" and "returns" not in kinds:
+        problems.append(f"returns {returns} but has no Returns section")
+    return problems
+
+
+def incomplete_docstrings(root: Path) -> dict[str, list[str]]:
+    """The rendered objects whose docstrings lack something, with what."""
+    return {path: problems for path, obj in rendered_objects(root).items()
+            if (problems := docstring_problems(obj))}
+
+
+def test_docstring_problems_are_found() -> None:
+    griffe = pytest.importorskip("griffe")
+    code = '''
+def complete(a: int, *rest: int, key: str = "") -> int:
+    """Add.
+
+    Args:
+        a: one.
+        *rest: more.
+        key: a key.
+
+    Returns:
+        The sum.
+    """
+
+def bare(a: int) -> int:
+    """Add."""
+
+def typo(a: int) -> None:
+    """Add.
+
+    Args:
+        b: one.
+    """
+
+def nothing(self) -> None:
+    """Nothing to document."""
+
+def undocumented() -> None: ...
+
+class Documented:
+    """What it is."""
+'''
+    module = griffe.visit("example", Path("example.py"), code)
+    assert {name: docstring_problems(module[name]) for name in module.members} == {
+        "complete": [],
+        "bare": ["Args lacks ['a']", "returns int but has no Returns section"],
+        "typo": ["Args lacks ['a']", "Args names what is no parameter: ['b']"],
+        "nothing": [],
+        "undocumented": ["no docstring"],
+        "Documented": [],
+    }
+
+
+def test_reference_docstrings_have_their_sections() -> None:
+    pytest.importorskip("griffe")
+    objects = rendered_objects(ROOT)
+    assert {"ivy.Ivy.send_task", "ivy.Call.result", "ivy.chain", "ivy.Middleware.after_task",
+            "ivy.Task.delay", "ivy.Retry"} <= set(objects), sorted(objects)
+    incomplete = incomplete_docstrings(ROOT)
+    missing = {p: why for p, why in incomplete.items() if p not in KNOWN_INCOMPLETE_DOCSTRINGS}
+    assert not missing, (
+        "docstrings of the API reference without their google-style sections (Args: for "
+        f"each parameter, Returns: for a result): {missing}")
+    done = KNOWN_INCOMPLETE_DOCSTRINGS - set(incomplete)
+    assert not done, f"complete now, take them off KNOWN_INCOMPLETE_DOCSTRINGS: {sorted(done)}"
 
 
 DEPLOY = ROOT / "deploy"
