@@ -1,20 +1,6 @@
 """ivy: easy, yet flexible task execution through robust queues (a port of the Node.js ivy).
-
-::
-
-    import ivy
-
-    @ivy.register_task(name="testpackage.factorial", queue="testpackage")
-    def factorial(n: int) -> int: ...
-
-    call = ivy.delayed_call(factorial, 5)      # producer
-    call.result(timeout=10)
-
-    ivy.listen(queue="testpackage")            # worker
-
-The module-level functions use one default :class:`Ivy` instance (the original's global
-registry); tests and libraries can make their own.
-"""
+The module-level functions are the methods of one default :class:`Ivy`, :data:`default`
+(docs/getting-started.md for a first task, docs/reference/ for the API)."""
 
 from __future__ import annotations
 

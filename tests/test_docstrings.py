@@ -17,12 +17,7 @@ MAX_DOCSTRING_LINES = 3
 ISSUE_REFERENCE = re.compile(r"\bissues? \d+|(?<![\w&/])#\d+\b|\(\w+ issue\)", re.IGNORECASE)
 
 #: modules whose docstrings are still design notes, waiting for their move to docs/internals/
-KNOWN_LONG_DOCSTRINGS = {
-    "ivy/__init__.py",
-    "ivy/contrib/django/backend.py",
-    "ivy/testing/__init__.py",
-    "ivy/testing/plugin.py",
-}
+KNOWN_LONG_DOCSTRINGS: set[str] = set()
 #: modules that still cite an issue (taskiq-redis's bug numbers, for docs/internals/)
 KNOWN_ISSUE_REFERENCES: set[str] = set()
 

@@ -1,8 +1,6 @@
-"""Testing code that sends ivy calls: record the sends (:func:`capture`), run them at send
-(:func:`inline`) or run what is queued (:func:`drain`), with time that moves only when the
-test moves it (:class:`FakeClock`). The pytest plugin (:mod:`ivy.testing.plugin`, loaded by
-pytest when ivy is installed) gives the fixtures ``ivy_app`` and ``ivy_worker`` and the
-marker ``@pytest.mark.ivy(mode=...)``. See docs/guides/testing.md."""
+"""Testing code that sends ivy calls: :func:`capture`, :func:`inline`, :func:`drain` and
+:class:`FakeClock`; the pytest plugin is :mod:`ivy.testing.plugin` (docs/guides/testing.md,
+docs/internals/integrations.md)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,6 @@
-"""The pytest plugin of ivy (entry point ``pytest11``: pytest loads it wherever ivy is
-installed; ``-p no:ivy`` leaves it out). Fixtures:
-
-* ``ivy_app``: an :class:`ivy.Ivy` on a memory broker of the test's own (queue and
-  notifier), which knows the tasks registered on the default instance
-  (``@ivy.register_task``); closed after the test;
-* ``ivy_worker``: a worker of ``ivy_app`` running in threads, on the queues of the tasks
-  registered on it when the fixture starts (``@pytest.mark.ivy(queues=[...])`` names
-  others); stopped after the test;
-* ``ivy_sent``: what ``ivy_app`` sent (:func:`ivy.testing.capture`);
-* ``ivy_clock``: a :class:`ivy.testing.FakeClock`, installed for the test.
-
-The marker ``@pytest.mark.ivy(mode="capture" | "inline")`` runs the whole test with
-``ivy_app`` under :func:`ivy.testing.capture` (``ivy_sent`` holds what it sent) or
-:func:`ivy.testing.inline`. pytest is imported here only: ivy does not depend on it."""
+"""The pytest plugin of ivy (entry point ``pytest11``; ``-p no:ivy`` leaves it out): the fixtures
+``ivy_app``, ``ivy_worker``, ``ivy_sent`` and ``ivy_clock`` and the marker ``@pytest.mark.ivy``
+(docs/guides/testing.md). pytest is imported here only: ivy does not depend on it."""
 
 from __future__ import annotations
 

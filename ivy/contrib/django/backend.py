@@ -1,36 +1,6 @@
 """``IvyBackend``: Django's tasks interface (``django.tasks`` in Django 6, the ``django-tasks``
-backport before) over an ivy app.
-
-Configuration::
-
-    TASKS = {"default": {
-        "BACKEND": "ivy.contrib.django.IvyBackend",
-        "QUEUES": ["default", "emails"],                # ivy queues of the same names
-        "ENQUEUE_ON_COMMIT": False,                     # True: send on transaction.on_commit
-        "OPTIONS": {
-            "queue_url": "redis://127.0.0.1:6379/0",    # default: $IVY_QUEUE_URL or sqlite:///ivy.db
-            "notifier_url": "redis://127.0.0.1:6379/0", # default: $IVY_NOTIFIER_URL or ...
-            "max_retries": 0,                           # ivy retries of a failed call
-            "result_ttl": 86400,                        # seconds get_result can find a result
-            "ivy": {"signing_key": "..."},              # more keyword arguments of ivy.Ivy()
-        },
-    }}
-
-A task is sent as an ivy call named by the task's module path (``shop.tasks.send_receipt``)
-to the ivy queue of its ``queue_name``; ``python manage.py ivy_worker`` runs them
-(:mod:`ivy.contrib.django.running`). The four flags are true:
-
-* ``supports_defer``: ``run_after`` becomes ivy's ``delay`` (the message's ``eta``);
-* ``supports_async_task``: ``async def`` tasks run on the worker's event loop;
-* ``supports_get_result``: from any process sharing the notifier, through the result's record
-  and ivy's stored final notification (:mod:`ivy.contrib.django.records`);
-* ``supports_priority``: Django's -100..100 maps onto ivy's 0..255 as ``priority + 100``
-  (0..200, Django's default 0 is ivy's 100), higher first; order is kept exactly where the
-  queue backend orders by priority (memory, SQLite, PostgreSQL, Redis; RabbitMQ within its
-  ``max_priority``).
-
-Every thread's backend object of one alias and settings shares one ivy app (Django makes a
-backend per thread)."""
+backport before) over an ivy app; its settings, flags and priorities are in
+docs/guides/django.md, its design in docs/internals/integrations.md."""
 
 from __future__ import annotations
 
@@ -114,7 +84,7 @@ atexit.register(close_all)
 
 
 class IvyBackend(BaseTaskBackend):
-    """Django's task backend on ivy: see the module docstring for the settings."""
+    """Django's task backend on ivy; its settings are in docs/guides/django.md ("Settings")."""
 
     supports_defer = True
     supports_async_task = True
