@@ -316,8 +316,8 @@ def docstring_problems(obj: Any) -> list[str]:
         problems.append(f"Args names what is no parameter: "
                         f"{[p for p in documented if p not in params]}")
     returns = "None" if obj.returns is None else str(obj.returns)
-    if obj.name != "__init__" and returns != "None" and "returns" not in kinds:
-        problems.append(f"returns {returns} but has no Returns section")
+    if obj.name != "__init__" and returns != "None" and not kinds & {"returns", "yields"}:
+        problems.append(f"returns {returns} but has no Returns (or Yields) section")
     return problems
 
 
@@ -363,7 +363,7 @@ class Documented:
     module = griffe.visit("example", Path("example.py"), code)
     assert {name: docstring_problems(module[name]) for name in module.members} == {
         "complete": [],
-        "bare": ["Args lacks ['a']", "returns int but has no Returns section"],
+        "bare": ["Args lacks ['a']", "returns int but has no Returns (or Yields) section"],
         "typo": ["Args lacks ['a']", "Args names what is no parameter: ['b']"],
         "nothing": [],
         "undocumented": ["no docstring"],

@@ -32,6 +32,19 @@ class IvyLifespan:
 
     def __init__(self, app: Ivy, inner: Lifespan | None = None, *, notifier: Spec = None,
                  timeout: float = DEFAULT_TIMEOUT, close: bool = True) -> None:
+        """Make the lifespan; :func:`lifespan` does.
+
+        Args:
+            app: the ivy app (``ivy.default`` for the module-level API).
+            inner: a lifespan the web app already has, run inside this one; None: none.
+            notifier: the notifier the consumer starts on; None: the app's own.
+            timeout: seconds the shutdown waits in all, for the flush and the close.
+            close: close the app on shutdown (False: only flush it).
+
+        Raises:
+            TypeError: ``app`` is not an :class:`ivy.Ivy`, or ``inner`` is not callable.
+            ivy.ConfigurationError: a ``timeout`` that is not a number of seconds > 0.
+        """
         if not isinstance(app, Ivy):
             raise TypeError(f"lifespan() takes an ivy.Ivy app (or ivy.default), got {app!r}")
         if inner is not None and not callable(inner):
@@ -52,7 +65,14 @@ class IvyLifespan:
 
     def __call__(self, web_app: Any) -> AbstractAsyncContextManager[Any]:
         """The async context manager of one run of ``web_app``: ivy starts on entry and
-        closes on exit, around ``inner``'s own, whose state it yields."""
+        closes on exit, around ``inner``'s own, whose state it yields.
+
+        Args:
+            web_app: the Starlette or FastAPI app.
+
+        Returns:
+            The async context manager Starlette enters.
+        """
         return self._run(web_app)
 
     @asynccontextmanager
@@ -69,7 +89,13 @@ class IvyLifespan:
 
     async def startup(self) -> None:
         """Start the ivy app's notification consumer (on ``notifier``, or the app's own), on a
-        thread. Raises what starting raises: a server should not come up without it."""
+        thread. Raises what starting raises: a server should not come up without it.
+
+        Raises:
+            ivy.ConfigurationError: a malformed notifier URL, or a notifier whose package is
+                missing.
+            ivy.IvyError: the app was closed.
+        """
         await asyncio.to_thread(self.app.start_notification_consumer, self.notifier)
 
     async def shutdown(self) -> None:
@@ -123,7 +149,22 @@ def lifespan(app: Ivy, inner: Lifespan | None = None, *, notifier: Spec = None,
     own). On shutdown it flushes the messages sent so far and closes ``app`` (only flushes
     with ``close=False``), within ``timeout`` seconds in all. ``inner`` is a lifespan the web
     app already has: it runs inside this one, and its state is the web app's state. Or enter
-    this one inside your own: ``async with lifespan(app)(web): yield``."""
+    this one inside your own: ``async with lifespan(app)(web): yield``.
+
+    Args:
+        app: the ivy app (``ivy.default`` for the module-level API).
+        inner: a lifespan the web app already has, run inside this one; None: none.
+        notifier: the notifier the consumer starts on; None: the app's own.
+        timeout: seconds the shutdown waits in all, for the flush and the close.
+        close: close the app on shutdown (False: only flush it).
+
+    Returns:
+        The lifespan: pass it as ``lifespan=``.
+
+    Raises:
+        TypeError: ``app`` is not an :class:`ivy.Ivy`, or ``inner`` is not callable.
+        ivy.ConfigurationError: a ``timeout`` that is not a number of seconds > 0.
+    """
     return IvyLifespan(app, inner, notifier=notifier, timeout=timeout, close=close)
 
 

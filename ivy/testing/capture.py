@@ -22,24 +22,28 @@ class SentCall:
     """One call an app sent while captured, read back from its encoded message as a worker
     would read it: arguments are what the task would receive (JSON: tuples became lists)."""
 
-    #: the call id (``call.id``)
     id: str
-    #: the task name
+    """The call id (``call.id``)."""
     name: str
+    """The task name."""
     args: list[Any]
+    """The positional arguments, as the task would receive them."""
     kwargs: dict[str, Any]
-    #: the queue name it was sent to
+    """The keyword arguments, as the task would receive them."""
     queue: str
-    #: when it is due, in Unix milliseconds (None: at once)
+    """The queue name it was sent to."""
     eta: int | None
+    """When it is due, in Unix milliseconds (None: at once)."""
     priority: int
+    """The message's priority."""
     max_retries: int
-    #: the whole decoded message (headers, workflow fields, ...)
+    """How many times a failed run would be retried."""
     message: Message = field(repr=False, compare=False)
+    """The whole decoded message (headers, workflow fields, ...)."""
 
     @property
     def eta_datetime(self) -> datetime | None:
-        """:attr:`eta` as an aware UTC datetime."""
+        """:attr:`eta` as an aware UTC datetime (None: due at once)."""
         return None if self.eta is None else datetime.fromtimestamp(self.eta / 1000, UTC)
 
     def __str__(self) -> str:
@@ -73,7 +77,14 @@ class Sent:
         return iter(self.calls)
 
     def named(self, name: str) -> list[SentCall]:
-        """The calls of task ``name``."""
+        """The calls of one task.
+
+        Args:
+            name: the task's name.
+
+        Returns:
+            Its calls, oldest first.
+        """
         return [c for c in self.calls if c.name == name]
 
     def clear(self) -> None:
@@ -97,7 +108,20 @@ class Sent:
         ``times`` times (None: at least once); return the matching calls. Arguments are
         compared after the same JSON round trip as the call's (a tuple equals a list), typed
         ones in their wire form when the app knows the task (:mod:`ivy.annotations`). The
-        AssertionError lists every call sent, and for each call of ``name`` what differs."""
+        AssertionError lists every call sent, and for each call of ``name`` what differs.
+
+        Args:
+            name: the task's name.
+            args: the positional arguments it was sent with; None: any.
+            kwargs: the keyword arguments it was sent with; None: any.
+            times: how many matching calls were sent; None: at least one.
+
+        Returns:
+            The matching calls, oldest first.
+
+        Raises:
+            AssertionError: not sent as said.
+        """
         task = self._app.registry.get(name)
         codec = None if task is None else task.codec
         if codec is not None and codec.converts_args:  # typed values in their wire form
@@ -129,7 +153,14 @@ class Sent:
         raise AssertionError("\n".join(lines))
 
     def assert_not_sent(self, name: str) -> None:
-        """Assert that no call of task ``name`` was sent."""
+        """Assert that no call of task ``name`` was sent.
+
+        Args:
+            name: the task's name.
+
+        Raises:
+            AssertionError: one was; it lists every call sent.
+        """
         self.assert_sent(name, times=0)
 
 
@@ -192,7 +223,14 @@ def capture(app: Ivy) -> Iterator[Sent]:
     here too. The calls stay pending (``call.result()`` waits, and times out): nothing runs
     them. Workflows record their first steps, unique sends their one call. The app's
     notifier is used as on any send (give tests a memory app: the ``ivy_app`` fixture);
-    workers started on the app before the block keep their own queue backend."""
+    workers started on the app before the block keep their own queue backend.
+
+    Args:
+        app: the app whose sends are recorded.
+
+    Yields:
+        What was sent, filled as the block sends.
+    """
     sent = Sent(app)
     with queue_backend_of(app, CaptureBackend(app, sent)):
         yield sent

@@ -54,7 +54,15 @@ class FakeClock:
     _install_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, start: float | datetime | None = None) -> None:
-        """``start``: Unix seconds or an aware datetime (default: now)."""
+        """Make a clock standing at ``start``; it drives nothing until installed.
+
+        Args:
+            start: Unix seconds or an aware datetime; None: now.
+
+        Raises:
+            ValueError: a naive datetime.
+            TypeError: a ``start`` that is not a time.
+        """
         self._wall = time.time() if start is None else _seconds(start)
         self._delays = time.monotonic()
         self._lock = threading.Lock()
@@ -64,11 +72,19 @@ class FakeClock:
 
     @classmethod
     def current(cls) -> FakeClock | None:
-        """The clock installed now, if any."""
+        """The clock installed now, if any.
+
+        Returns:
+            The installed clock, or None.
+        """
         return cls._installed
 
     def time(self) -> float:
-        """Unix seconds on this clock."""
+        """This clock's time.
+
+        Returns:
+            Unix seconds on this clock.
+        """
         return self._wall
 
     def __call__(self) -> float:
@@ -76,15 +92,26 @@ class FakeClock:
         return self._wall
 
     def now(self) -> datetime:
-        """This clock's time as an aware UTC datetime."""
+        """This clock's time as a datetime.
+
+        Returns:
+            An aware UTC datetime.
+        """
         return datetime.fromtimestamp(self._wall, UTC)
 
     def _delays_now(self) -> float:
         return self._delays
 
     def advance(self, seconds: float) -> None:
-        """Move the clock ``seconds`` (>= 0) forward, and wake the memory backend's
-        consumers: what became due is delivered."""
+        """Move the clock forward, and wake the memory backend's consumers: what became due
+        is delivered.
+
+        Args:
+            seconds: how far, >= 0.
+
+        Raises:
+            ValueError: ``seconds`` is negative or not a number.
+        """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
                 0 <= seconds < float("inf")):
             raise ValueError(f"advance({seconds!r}): give seconds >= 0 (a clock only goes "
@@ -96,7 +123,15 @@ class FakeClock:
             wake_all()
 
     def advance_to(self, when: float | datetime) -> None:
-        """Move the clock forward to ``when`` (Unix seconds or an aware datetime)."""
+        """Move the clock forward to a time.
+
+        Args:
+            when: Unix seconds or an aware datetime, not before the clock's time.
+
+        Raises:
+            ValueError: ``when`` is before the clock's time, or a naive datetime.
+            TypeError: ``when`` is not a time.
+        """
         target = _seconds(when)
         if target < self._wall:
             raise ValueError(f"advance_to({when!r}) is before the clock's time "
@@ -104,8 +139,14 @@ class FakeClock:
         self.advance(target - self._wall)
 
     def install(self) -> FakeClock:
-        """Drive ivy's clocks from this one, for the whole process, until
-        :meth:`uninstall`; a ``RuntimeError`` if another is installed."""
+        """Drive ivy's clocks from this one, for the whole process, until :meth:`uninstall`.
+
+        Returns:
+            This clock (``clock = FakeClock().install()``).
+
+        Raises:
+            RuntimeError: another clock is installed.
+        """
         with FakeClock._install_lock:
             if FakeClock._installed is not None:
                 raise RuntimeError(f"{FakeClock._installed!r} is installed already: "

@@ -35,11 +35,17 @@ NAMED = 10
 
 
 class DrainTimeout(IvyError, TimeoutError):
-    """:func:`drain` ran out of time: ``queued`` describes what its queues still hold."""
+    """:func:`drain` ran out of time: ``queued`` describes what its queues still hold.
+
+    Args:
+        message: what happened, and what is still queued.
+        queued: one line per message still queued.
+    """
 
     def __init__(self, message: str, queued: list[str]) -> None:
         super().__init__(message)
         self.queued = queued
+        """One line per message still queued: the task, the call id, the queue and its state."""
 
 
 class InlineLimitExceeded(IvyError, RuntimeError):
@@ -311,7 +317,19 @@ def inline(app: Ivy) -> Iterator[None]:
     here). One send that leads to more than :data:`MAX_INLINE_RUNS` runs raises
     :class:`InlineLimitExceeded`.
 
-    Needs an app on the memory queue backend (the ``ivy_app`` fixture)."""
+    Needs an app on the memory queue backend (the ``ivy_app`` fixture).
+
+    Args:
+        app: the app whose sends run at once.
+
+    Yields:
+        Nothing: the block's sends run as they are made.
+
+    Raises:
+        ivy.ConfigurationError: ``app`` is not on the memory queue backend, or is inside
+            :func:`capture`.
+        InlineLimitExceeded: one send led to more than :data:`MAX_INLINE_RUNS` runs.
+    """
     backend = InlineBackend(app, memory_backend(app, "ivy.testing.inline()"))
     try:
         with queue_backend_of(app, backend):
@@ -354,7 +372,25 @@ def drain(app: Ivy, timeout: float = 10.0, *, queues: Iterable[str] | None = Non
     attempt failed, it was discarded, or its message was dead-lettered as unrunnable)
     stops the drain and raises as :class:`ivy.RemoteTaskError`, the remote traceback in
     its notes; what is left stays queued. It never hangs: after ``timeout`` seconds it
-    raises :class:`DrainTimeout`, which names what is still queued."""
+    raises :class:`DrainTimeout`, which names what is still queued.
+
+    Args:
+        app: the app whose memory queues are drained.
+        timeout: seconds the drain may take, > 0.
+        queues: the queues to drain; None: those of the tasks registered on the app
+            (``ivy`` if none).
+        raise_errors: stop at the first call that ends in an error, and raise it.
+
+    Returns:
+        How many messages were processed.
+
+    Raises:
+        ivy.RemoteTaskError: a call ended in an error (with ``raise_errors``).
+        DrainTimeout: ``timeout`` passed with messages still queued.
+        ValueError: a ``timeout`` that is not a number of seconds > 0.
+        ivy.ConfigurationError: ``app`` is not on the memory queue backend, or is inside
+            :func:`capture`.
+    """
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout {timeout!r} must be a number of seconds > 0")
     backend = memory_backend(app, "ivy.testing.drain()")

@@ -45,7 +45,14 @@ OPTIONS = ("queue_url", "notifier_url", "max_retries", "result_ttl", "ivy")
 
 
 def ivy_priority(priority: int) -> int:
-    """The ivy priority of a Django task priority: ``priority + 100``, order kept."""
+    """The ivy priority of a Django task priority: ``priority + 100``, order kept.
+
+    Args:
+        priority: Django's priority, -100 to 100.
+
+    Returns:
+        ivy's priority, 0 to 200.
+    """
     return int(priority) + PRIORITY_OFFSET
 
 
@@ -66,13 +73,23 @@ _url_overrides: dict[str, tuple[str | None, str | None]] = {}
 def override_urls(alias: str, queue_url: str | None, notifier_url: str | None) -> None:
     """Use these URLs (those not None) for backend ``alias`` instead of its OPTIONS', in
     every thread of this process: what ``ivy_worker --queue-url/--notifier-url`` does before
-    the backend is first used."""
+    the backend is first used.
+
+    Args:
+        alias: the ``TASKS`` entry.
+        queue_url: the ivy queue backend's URL; None: the entry's ``OPTIONS``.
+        notifier_url: the notifier's URL; None: the entry's ``OPTIONS``.
+    """
     _url_overrides[alias] = (queue_url, notifier_url)
 
 
 def close_all(timeout: float = 10.0) -> None:
     """Close every ivy app the backends of this process made (at interpreter exit, and in
-    tests): unconfirmed sends are flushed, within ``timeout`` seconds per app."""
+    tests): unconfirmed sends are flushed, within ``timeout`` seconds per app.
+
+    Args:
+        timeout: seconds each app may wait for its unconfirmed sends.
+    """
     with _lock:
         apps = [shared.app for shared in _shared.values()]
         _shared.clear()
@@ -92,6 +109,16 @@ class IvyBackend(BaseTaskBackend):
     supports_priority = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        """Django makes it, per thread, from ``TASKS[alias]``.
+
+        Args:
+            alias: the ``TASKS`` entry's name.
+            params: the entry: ``BACKEND``, ``QUEUES``, ``ENQUEUE_ON_COMMIT``, ``OPTIONS``.
+
+        Raises:
+            django.core.exceptions.ImproperlyConfigured: an unknown ``OPTIONS`` key, or an
+                ``OPTIONS["ivy"]`` that is not a dict.
+        """
         super().__init__(alias, params)
         options = dict(self.options)
         unknown = sorted(set(options) - set(OPTIONS))
@@ -135,14 +162,22 @@ class IvyBackend(BaseTaskBackend):
         return self._shared_app().app
 
     def store(self) -> Notifier:
-        """The notifier that keeps final results and the records of this backend's results."""
+        """The notifier that keeps final results and the records of this backend's results.
+
+        Returns:
+            The app's worker-side notifier, started on first use.
+        """
         shared = self._shared_app()
         if shared.notifier is None:
             shared.notifier = shared.app.start_notification_producer()
         return shared.notifier
 
     def close(self, timeout: float = 10.0) -> None:
-        """Close this backend's ivy app (a backend used afterwards makes a new one)."""
+        """Close this backend's ivy app (a backend used afterwards makes a new one).
+
+        Args:
+            timeout: seconds to wait for unconfirmed sends.
+        """
         with _lock:
             shared = _shared.pop(self._key, None)
         if shared is not None:
@@ -153,7 +188,26 @@ class IvyBackend(BaseTaskBackend):
     def enqueue(self, task: Task[P, T], args: Any, kwargs: Any) -> TaskResult[T]:
         """Send ``task(*args, **kwargs)`` to the task's ivy queue, now or, with
         ``ENQUEUE_ON_COMMIT``, when the current transaction commits (nothing is sent if it
-        rolls back); the result, whose id is the ivy call id, is returned at once."""
+        rolls back); the result, whose id is the ivy call id, is returned at once.
+
+        Inside ``transaction.atomic()`` on PostgreSQL, with the ivy queue in that database,
+        the message is written in Django's transaction instead (docs/guides/django.md).
+
+        Args:
+            task: the Django task.
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            The task's result, ``READY``.
+
+        Raises:
+            InvalidTaskError: a task Django's validation refuses (not a module-level
+                function, a queue not in ``QUEUES``, a priority out of range, ...).
+            TypeError: arguments the task's function refuses (when this process knows it).
+            ivy.SerializationError: an argument JSON cannot carry.
+            ivy.PublishError: the queue backend refused the message at once.
+        """
         self.validate_task(task)
         result: TaskResult[T] = TaskResult(
             task=task, id=new_id(), status=READY, enqueued_at=None,
@@ -240,8 +294,18 @@ class IvyBackend(BaseTaskBackend):
     def get_result(self, result_id: str) -> TaskResult[Any]:
         """The result of ``result_id`` from any process sharing this backend's notifier:
         ``READY``, ``RUNNING``, ``SUCCESSFUL`` (with ``return_value``) or ``FAILED`` (with
-        ``errors``); raises ``TaskResultDoesNotExist`` for an id it does not know (or whose
-        record and result expired)."""
+        ``errors``).
+
+        Args:
+            result_id: the result's id (the ivy call id).
+
+        Returns:
+            The result, as its record and ivy's stored final notification give it.
+
+        Raises:
+            TaskResultDoesNotExist: an id it does not know (or whose record and result
+                expired).
+        """
         store = self.store()
         text = records.read_text(store, result_id)
         record = json.loads(text) if text is not None else None
@@ -267,7 +331,14 @@ class IvyBackend(BaseTaskBackend):
         return note
 
     def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
-        """Django's system checks: ``ENQUEUE_ON_COMMIT`` needs a database."""
+        """Django's system checks: ``ENQUEUE_ON_COMMIT`` needs a database.
+
+        Args:
+            **kwargs: what Django's check framework passes.
+
+        Returns:
+            The errors found (``ivy.E001``).
+        """
         if self.enqueue_on_commit and not settings.DATABASES:
             yield checks.Error(
                 f"TASKS[{self.alias!r}] sets ENQUEUE_ON_COMMIT but no database is configured",
