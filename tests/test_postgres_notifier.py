@@ -248,6 +248,27 @@ def test_a_worker_process_publishes_events_and_heartbeats(postgres_url: str) -> 
         notifier.close()
 
 
+def test_closing_waits_for_what_follows_each_stored_result(postgres_url: str) -> None:
+    # Given a worker's final results handed to the notifier's writer, each followed by a slow
+    # step (a worker's ack, which goes through the queue backend)
+    made = pg_notifier(postgres_url)
+    done: list[int] = []
+
+    def then(i: int) -> Callable[[], None]:
+        def ack() -> None:
+            time.sleep(0.2)
+            done.append(i)
+        return ack
+
+    for i in range(3):
+        made.publish_then(channel(), f"call-{i}", b'{"ivy":1}', final=True, then=then(i))
+    # When the notifier closes (the app closes its queue backend right after it)
+    made.close()
+    # Then every step after a stored result ran before close returned: none would find the
+    # queue backend closed, and leave its message to come back when its lease ends
+    assert done == [0, 1, 2]
+
+
 def test_racing_finals_store_and_send_one_per_nonce(notifier: PostgresNotifier) -> None:
     # Given a subscriber, and eight threads that publish a final of one call at once: four
     # echo its nonce, four echo another

@@ -61,16 +61,18 @@ class Writer:
                 self._writing = True
                 self._cond.notify_all()  # a worker waiting for room
             try:
-                written = self._write(batch)
+                # what follows a stored result (its message's ack) runs before the batch
+                # counts as written: flush() and close() wait for it, so the queue backend,
+                # closed after the notifier, is still open for those acks
+                for _, then in self._write(batch):
+                    try:
+                        then()
+                    except Exception:
+                        log.exception("%s: what followed a stored result raised", self._name)
             finally:
                 with self._cond:
                     self._writing = False
                     self._cond.notify_all()
-            for _, then in written:
-                try:
-                    then()
-                except Exception:
-                    log.exception("%s: what followed a stored result raised", self._name)
 
     def _write(self, batch: Batch) -> Batch:
         """Write ``batch`` in one transaction; what was written. While the server cannot be
