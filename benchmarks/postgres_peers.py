@@ -64,24 +64,9 @@ import psycopg
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from brokers import tree_peak_rss_mb  # noqa: E402 - one VmHWM reader for the benchmarks
+
 CONCURRENCY = 4
-
-
-def tree_peak_rss_mb(pid: int) -> float:
-    """Sum of VmHWM (peak resident set) over a process and its descendants (Linux)."""
-    total = 0
-    pids = [pid]
-    while pids:
-        p = pids.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                pids.extend(int(c) for c in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return total / 1024
 
 
 def loadavg() -> str:
