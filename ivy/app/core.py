@@ -82,7 +82,8 @@ class Ivy(Registering):
             serializer: the message format: ``"json"`` (the default, the wire protocol's) or
                 a :class:`ivy.serialization.Serializer`.
             max_message_bytes: the largest encoded message or notification sent or accepted.
-            retry_base_delay: seconds before the first retry; the delay doubles on each one.
+            retry_base_delay: seconds before the first retry; the delay doubles on each one
+                (with jitter: 50-100% of it).
             retry_max_delay: the longest delay between retries, in seconds.
             reserve_time: seconds a worker's message stays reserved (extended while its task
                 runs) when neither the task nor ``listen`` sets one.

@@ -212,7 +212,7 @@ class CaptureBackend(QueueBackend):
 
 @contextlib.contextmanager
 def capture(app: Ivy) -> Iterator[Sent]:
-    """Record the calls ``app`` sends inside the block, and run none of them::
+    """Record the calls ``app`` sends inside the block, and run none of them:
 
         with ivy.testing.capture(app) as sent:
             signup("ada@example.com")            # code that sends calls

@@ -293,7 +293,7 @@ class InlineBackend(QueueBackend):
 
 @contextlib.contextmanager
 def inline(app: Ivy) -> Iterator[None]:
-    """Run each call ``app`` sends inside the block at once, in the sending thread::
+    """Run each call ``app`` sends inside the block at once, in the sending thread:
 
         with ivy.testing.inline(app):
             call = app.delayed_call(add, 1, 2)
@@ -355,7 +355,7 @@ def _describe(app: Ivy, queue: str, item: Queued) -> str:
 def drain(app: Ivy, timeout: float = 10.0, *, queues: Iterable[str] | None = None,
           raise_errors: bool = True) -> int:
     """Run what ``app``'s memory queues hold until they are empty; return how many messages
-    were processed::
+    were processed:
 
         app.delayed_call(add, 1, 2)
         ivy.testing.drain(app, timeout=5)
