@@ -51,6 +51,11 @@ class OpenTelemetry(Middleware):
     ``opentelemetry.propagate.set_global_textmap``)."""
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        """Get ivy's tracer from ``tracer_provider``.
+
+        Args:
+            tracer_provider: the OpenTelemetry tracer provider; None: the global one.
+        """
         self.tracer = trace.get_tracer("ivy", __version__, tracer_provider=tracer_provider)
         self._lock = threading.Lock()
         #: message id -> (its publish span, monotonic start): spans awaiting after_publish

@@ -157,6 +157,13 @@ class Prometheus(Middleware):
 
     def __init__(self, registry: CollectorRegistry | None = None, *,
                  queues: Iterable[str] = ()) -> None:
+        """Register ivy's metrics in ``registry`` on first use (one registry shares them).
+
+        Args:
+            registry: the prometheus-client registry; None: its global one.
+            queues: the queue names task metrics may label, without sampling their depths
+                (:meth:`bind` adds and samples).
+        """
         self.registry = REGISTRY if registry is None else registry
         self._m = _metrics(self.registry)
         #: the values the ``queue`` label of task metrics may take (with ""): the worker's
@@ -184,7 +191,20 @@ class Prometheus(Middleware):
         a background thread, until :meth:`close`; ``registry`` (the worker's tasks) gives the
         retry limit of Node.js ivy 0.2 messages. ``ivy worker --metrics-port`` binds the
         worker's backend, queues and registry; in code, ``prom.bind(worker.backend,
-        worker.queues, registry=app.registry)``. Binding again adds queues."""
+        worker.queues, registry=app.registry)``. Binding again adds queues.
+
+        Args:
+            backend: the queue backend whose queues are sampled.
+            queues: the queue names.
+            registry: the worker's task registry; None: the one bound before, if any.
+            every: seconds between samples.
+
+        Returns:
+            This middleware.
+
+        Raises:
+            ValueError: ``every`` is not > 0.
+        """
         if every <= 0:
             raise ValueError(f"every={every!r}: the sampling interval must be > 0 seconds")
         with self._lock:
@@ -203,7 +223,11 @@ class Prometheus(Middleware):
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop sampling (the metrics stay). A sample in progress on a hung backend is not
-        waited for beyond ``timeout``: the thread is a daemon."""
+        waited for beyond ``timeout``: the thread is a daemon.
+
+        Args:
+            timeout: seconds to wait for a sample in progress.
+        """
         with self._lock:
             sampler, self._sampler = self._sampler, None
             self._stop.set()
