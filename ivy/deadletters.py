@@ -41,25 +41,42 @@ class DeadLetterInfo:
     """A dead letter with what could be read from its body (None where it could not)."""
 
     id: str
+    """The backend's own handle for it, which ``requeue_dead`` takes (not the call id)."""
     queue: str
+    """The queue it was dead-lettered from."""
     reason: str
+    """Why it was set aside."""
     time: float
+    """When it was set aside, in Unix seconds."""
     body: bytes
+    """The message's body, as it was."""
     call_id: str | None = None
+    """The call's id, read from the body."""
     name: str | None = None
+    """The task's name, read from the body."""
     args: list[Any] | None = None
+    """The call's positional arguments, read from the body."""
     kwargs: dict[str, Any] | None = None
-    #: the message's ``attempt`` field: retries before this run, counting from 0 (the
-    #: attempt shown to people is this + 1; see :meth:`attempt_text`)
+    """The call's keyword arguments, read from the body."""
     attempt: int | None = None
-    #: the message's ``max_retries``: it may run ``max_retries + 1`` times in all
+    """The message's ``attempt`` field: retries before this run, counting from 0 (the
+    attempt shown to people is this + 1; see :meth:`attempt_text`)."""
     max_retries: int | None = None
+    """The message's ``max_retries``: it may run ``max_retries + 1`` times in all."""
     reply_to: str | None = None
-    #: whether the body is in a signature envelope (not whether the signature is valid)
+    """The producer's channel the results go to, read from the body."""
     signed: bool = False
+    """Whether the body is in a signature envelope (not whether the signature is valid)."""
 
     def args_preview(self, limit: int = ARGS_PREVIEW) -> str:
-        """The first characters of the arguments as JSON (of the body when unreadable)."""
+        """The first characters of the arguments as JSON (of the body when unreadable).
+
+        Args:
+            limit: the most characters; a longer text is cut and ends with ``...``.
+
+        Returns:
+            The arguments, as ``ivy dead list`` shows them.
+        """
         if self.args is None:
             text = self.body.decode("utf-8", "backslashreplace")
         else:
@@ -72,15 +89,25 @@ class DeadLetterInfo:
     def attempt_text(self) -> str:
         """"attempt N of M", counting from 1, as a failed task's reason ("failed N times")
         and ``ivy events`` ("attempt N") count: the run that led here was the N-th of at most
-        M. "?" for an unreadable body."""
+        M. "?" for an unreadable body.
+
+        Returns:
+            ``N of M``, ``N`` (no ``max_retries``) or ``?``.
+        """
         if self.attempt is None:
             return "?"
         of = "" if self.max_retries is None else f" of {self.max_retries + 1}"
         return f"{self.attempt + 1}{of}"
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
-        """JSON-ready: the fields ``ivy dead list --json`` prints; with ``full``, the
-        arguments and the body (as text) as well."""
+        """JSON-ready: the fields ``ivy dead list --json`` prints.
+
+        Args:
+            full: add the arguments, ``reply_to``, ``signed`` and the body (as text).
+
+        Returns:
+            The fields, by name.
+        """
         data: dict[str, Any] = {
             "id": self.id, "queue": self.queue, "call_id": self.call_id, "name": self.name,
             "reason": self.reason, "time": self.time, "attempt": self.attempt,
