@@ -408,7 +408,6 @@ class Ivy(Registering):
 
         Raises:
             ValueError: a malformed call id, or a ``ttl`` that is not a number of seconds > 0.
-            ivy.IvyError: the app was closed.
         """
         self.producer.cancel(call.id if isinstance(call, Call) else call, ttl)
 
