@@ -20,7 +20,14 @@ def mask_url(url: str) -> str:
     """Hide the password of a URL, for logs and reprs (also in a URL naming several hosts,
     ``amqp://user:pw@host1:5672,host2:5673/vhost``), and the value of every query parameter
     whose name says it is a secret (``redis://host/0?password=...``, which redis-py honours;
-    ``?token=``, ``?api_key=``...). Other parameters are kept as written."""
+    ``?token=``, ``?api_key=``...). Other parameters are kept as written.
+
+    Args:
+        url: A backend URL, as configured.
+
+    Returns:
+        The URL with ``***`` in place of each secret.
+    """
     try:
         parts = urlsplit(url)
         password = parts.password

@@ -154,6 +154,12 @@ class Message:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The message as the JSON object of PROTOCOL.md (the original's form for a legacy
+        message).
+
+        Returns:
+            The fields, core ones and extra ones, ready for a serializer.
+        """
         if self.legacy:
             return {"name": self.name, "options": self.options, "args": self.args}
         data = dict(self.extra)
@@ -168,6 +174,17 @@ class Message:
         return data
 
     def encode(self, serializer: Serializer) -> bytes:
+        """The message's body, as sent.
+
+        Args:
+            serializer: The app's serializer (JSON unless configured).
+
+        Returns:
+            The encoded body (not signed: the producer seals it).
+
+        Raises:
+            ivy.SerializationError: A value the serializer cannot encode.
+        """
         return serializer.dumps(self.to_dict())
 
 
@@ -336,6 +353,11 @@ class Notification:
         return self.status in FINAL_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
+        """The notification as the JSON object of PROTOCOL.md.
+
+        Returns:
+            Its fields, ready for a serializer.
+        """
         data = {
             "ivy": PROTOCOL_VERSION, "id": self.id, "name": self.name, "status": self.status,
             "result": self.result, "error": self.error, "attempt": self.attempt,
@@ -348,6 +370,18 @@ class Notification:
         return data
 
     def encode(self, serializer: Serializer) -> bytes:
+        """The notification's body, as published.
+
+        Args:
+            serializer: The app's serializer (JSON unless configured).
+
+        Returns:
+            The encoded body (not signed: the worker seals it).
+
+        Raises:
+            ivy.SerializationError: A value the serializer cannot encode; for a result, the
+                error says which task returned it.
+        """
         try:
             return serializer.dumps(self.to_dict())
         except SerializationError as exc:

@@ -184,7 +184,11 @@ class Worker:
     def stop(self, timeout: float | None = None) -> None:
         """Stop fetching, give back what was fetched but not started, finish in-flight tasks.
         Any thread may call it, several at once: the first one stops the worker, and each
-        waits for the stop as :meth:`join` does."""
+        waits for the stop as :meth:`join` does.
+
+        Args:
+            timeout: Seconds to wait for the tasks in flight (None: as long as they run).
+        """
         with self._lock:  # one step: from now on no delivery is admitted (see _hold)
             first = not self._stopping.is_set()
             self._stopping.set()
@@ -201,9 +205,16 @@ class Worker:
         self.join(timeout)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until the worker stopped and holds no message; True if so within ``timeout``.
-        Threads still waiting in a long poll (SQS, IronMQ) are not waited for: whatever they
-        receive after the stop goes straight back to the queue."""
+        """Wait until the worker stopped and holds no message. Threads still waiting in a
+        long poll (SQS, IronMQ) are not waited for: whatever they receive after the stop goes
+        straight back to the queue.
+
+        Args:
+            timeout: Seconds to wait at most (None: until it stopped).
+
+        Returns:
+            Whether it stopped within ``timeout``.
+        """
         with self._idle:
             if not self._idle.wait_for(lambda: self._stopping.is_set() and not self._held,
                                        timeout):
@@ -229,8 +240,15 @@ class Worker:
             return len(self._held)
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
-        """Wait until the worker has stopped (``stop()`` or ``join()`` saw it end); True if it
-        did within ``timeout``. For threads that live as long as the worker (its heartbeat)."""
+        """Wait until the worker has stopped (``stop()`` or ``join()`` saw it end). For
+        threads that live as long as the worker (its heartbeat).
+
+        Args:
+            timeout: Seconds to wait at most (None: until it stopped).
+
+        Returns:
+            Whether it stopped within ``timeout``.
+        """
         return self._stopped.wait(timeout)
 
     @property
