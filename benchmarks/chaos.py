@@ -52,7 +52,7 @@ supervised children, ``ivy worker --time-limit S``): the worker kills still hit 
 and a poison call kills its runner instead of its worker, so it ends errored as ``WorkerLost``
 (counted in ``poison_stopped`` too), and the worker goes on.
 
-tests/test_chaos.py runs a short form of each.
+tests/worker/test_chaos.py runs a short form of each.
 """
 
 from __future__ import annotations

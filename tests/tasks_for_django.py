@@ -1,4 +1,4 @@
-"""Django tasks of tests/test_django.py: imported once Django is configured (the ``@task``
+"""Django tasks of tests/app/test_django.py: imported once Django is configured (the ``@task``
 decorator checks each task against its backend)."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import ivy
 from ivy.config import mask_url
 from ivy.queues.sqlite import SQLiteQueueBackend
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, cwd: Path = TESTS, timeout: float = 60,

@@ -26,7 +26,7 @@ from ivy.timing.scheduler import CLAIM_TTL, SEND_CLAIM_TTL, Scheduler
 @pytest.fixture
 def urls(store_urls: tuple[str, str]) -> tuple[str, str]:
     """These features keep state in the notifier: every pairing but RabbitMQ alone, whose
-    notifier refuses them (tests/test_amqp_notifier.py)."""
+    notifier refuses them (tests/notifiers/test_amqp_notifier.py)."""
     return store_urls
 
 

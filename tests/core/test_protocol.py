@@ -103,7 +103,7 @@ def test_msgpack_round_trip() -> None:
         pack.dumps({1: "int key"})
 
 
-# arbitrary bytes for both decoders: tests/test_security.py
+# arbitrary bytes for both decoders: tests/core/test_security.py
 
 
 @settings(max_examples=300, deadline=None)

@@ -34,7 +34,7 @@ pydantic = pytest.importorskip("pydantic")
 UTC = dt.UTC
 NOW = dt.datetime(2024, 5, 1, 12, 30, 0, 250_000, tzinfo=UTC)
 UID = uuid.UUID("12345678-1234-5678-1234-567812345678")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Color(enum.Enum):

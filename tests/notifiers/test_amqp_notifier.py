@@ -23,7 +23,7 @@ from ivy.message import Notification
 from ivy.notifiers.base import Notifier
 
 pika = pytest.importorskip("pika")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 
 def reply_queue_size(amqp_url: str, queue: str) -> int | None:

@@ -19,7 +19,7 @@ from ivy.cli import main
 from ivy.config import mask_url
 from ivy.queues.sqlite import SQLiteQueueBackend
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, cwd: Path = TESTS, timeout: float = 60) -> subprocess.CompletedProcess[str]:

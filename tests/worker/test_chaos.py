@@ -15,7 +15,7 @@ import pytest
 from conftest import require_service
 from servers import PrivateRabbit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 pytest.importorskip("pika")
 pytest.importorskip("redis")
