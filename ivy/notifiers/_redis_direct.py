@@ -164,8 +164,9 @@ Stored = tuple[tuple[Any, ...], Callable[[], None]]
 class ResultWriter:
     """Stores a worker's results (each a store-and-publish script call) on a thread of its own:
     what workers hand it while it writes goes in the next write, pipelined (one round trip), and
-    each one's ``then`` (the worker's ack) is called after it, in order. While the thread is
-    idle a result is written at once, alone: batching adds no wait.
+    each one's ``then`` (the worker's ack) is called after it, in order. A result handed over
+    while nothing is being written is written at once by the caller's thread, with no thread
+    hop: batching adds no wait.
 
     A batch that cannot reach Redis (restarting, a connection killed) is tried again, 0.1 s
     doubling to 5 s apart, holding its ``then`` back: a message is acknowledged only once its
@@ -180,7 +181,7 @@ class ResultWriter:
         self._waiting: list[Stored] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._writing = False
+        self._writing = 0  # writes in progress: the thread's, and those made in submit()
         self._closed = False
 
     def submit(self, args: tuple[Any, ...], then: Callable[[], None]) -> None:
@@ -188,12 +189,43 @@ class ResultWriter:
         with self._cond:
             if self._closed:
                 raise redis.exceptions.ConnectionError(f"{self._name}: the notifier is closed")
-            self._waiting.append((args, then))
+            if not self._waiting and not self._writing:  # idle: written here, at once
+                self._writing += 1
+            else:
+                self._waiting.append((args, then))
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, daemon=True,
+                                                    name=self._name)
+                    self._thread.start()
+                elif len(self._waiting) == 1:
+                    self._cond.notify_all()
+                return
+        try:
+            try:
+                stored = self._write([(args, then)], retry=False)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                self._hand_over((args, then))  # the thread waits Redis out, not the caller
+                return
+            self._then(stored)
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
+
+    def _hand_over(self, item: Stored) -> None:
+        with self._cond:
+            self._waiting.append(item)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name=self._name)
                 self._thread.start()
-            elif len(self._waiting) == 1:
-                self._cond.notify_all()
+            self._cond.notify_all()
+
+    def _then(self, stored: list[Stored]) -> None:
+        for _, then in stored:
+            try:
+                then()
+            except Exception:
+                log.exception("%s: what followed a stored result raised", self._name)
 
     def _run(self) -> None:
         while True:
@@ -206,20 +238,17 @@ class ResultWriter:
                     return
                 batch = self._waiting[:MAX_BATCH]
                 del self._waiting[:MAX_BATCH]
-                self._writing = True
+                self._writing += 1
             try:
-                for _, then in self._write(batch):
-                    try:
-                        then()
-                    except Exception:
-                        log.exception("%s: what followed a stored result raised", self._name)
+                self._then(self._write(batch))
             finally:
                 with self._cond:
-                    self._writing = False
+                    self._writing -= 1
                     self._cond.notify_all()
 
-    def _write(self, batch: list[Stored]) -> list[Stored]:
-        """Store ``batch``; what was stored (a duplicate counts: the first result is kept)."""
+    def _write(self, batch: list[Stored], *, retry: bool = True) -> list[Stored]:
+        """Store ``batch``; what was stored (a duplicate counts: the first result is kept).
+        Without ``retry``, a failure to reach Redis raises instead of waiting it out."""
         pause = 0.1
         while True:
             try:
@@ -234,6 +263,8 @@ class ResultWriter:
                 break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                     OSError) as exc:
+                if not retry:
+                    raise
                 with self._cond:
                     if self._closed:
                         log.error("%s: %d result(s) not stored at close (%s); their messages "
