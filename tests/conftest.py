@@ -215,7 +215,8 @@ def postgres_url(pg_url: str, schema: str) -> str:
 #: every backend pairing the API suites run on
 PAIRINGS = ["memory", "sqlite", "amqp+redis", "redis-streams", "amqp+amqp", "postgres"]
 #: the pairings whose notifier keeps state (workflows, schedules, unique sends, cancels, rate
-#: limits): all but RabbitMQ alone, whose notifier refuses them (tests/notifiers/test_amqp_notifier.py)
+#: limits): all but RabbitMQ alone, whose notifier refuses them
+#: (tests/notifiers/test_amqp_notifier.py)
 STORE_PAIRINGS = [p for p in PAIRINGS if p != "amqp+amqp"]
 
 

@@ -56,7 +56,7 @@ def crash(log: str) -> None:
     os._exit(3)
 
 
-# -- hard time limits (tests/worker/test_time_limits.py): run in runner processes, by module path ----
+# -- hard time limits (tests/worker/test_time_limits.py): in runner processes, by module path ---
 
 @ivy.register_task(name="limit.stuck", queue="limit", time_limit=2)
 def stuck(seconds: float, started: str) -> int:

@@ -3,8 +3,8 @@ server: the notifier contract, first-wins results under races, their TTL, events
 a NOTIFY, migrations from the queue-only schema, a subscription whose connection the server
 kills, URL options, an unreachable server, and apps and worker processes on PostgreSQL alone.
 The store roles (keys, rate limits, workflows) run in tests/notifiers/test_timing_store.py,
-tests/producer/test_workflows.py and tests/producer/test_ratelimit.py, and the API suites on the "postgres"
-pairing of tests/conftest.py.
+tests/producer/test_workflows.py and tests/producer/test_ratelimit.py, and the API suites on
+the "postgres" pairing of tests/conftest.py.
 
 Each test has a schema of its own (dropped at the end) in the server's ``postgres``
 database; the server is never restarted."""

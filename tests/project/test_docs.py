@@ -1,8 +1,8 @@
 """The documentation site (mkdocs.yml, docs/): its examples run as written, it builds with no
 warning, and every public name has a docstring for its API reference.
 
-Code blocks of the pages in RUN_PAGES are read as tests/project/test_readme.py reads README.md, by the
-HTML comment on the last non-blank line before each block:
+Code blocks of the pages in RUN_PAGES are read as tests/project/test_readme.py reads
+README.md, by the HTML comment on the last non-blank line before each block:
 
 * ``<!-- file: NAME -->``: a file the reader saves as NAME; every such block of a page is
   saved first, in a fresh folder for the page;
