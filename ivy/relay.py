@@ -9,13 +9,12 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from psycopg import sql
-
-from ivy._postgres.connection import PostgresError
 from ivy.queues.base import QueueBackend
-from ivy.queues.postgres import PostgresQueueBackend
+
+if TYPE_CHECKING:  # imported when a relay is made: `import ivy.cli` needs no psycopg
+    from ivy.queues.postgres import PostgresQueueBackend
 
 log = logging.getLogger("ivy.relay")
 
@@ -32,6 +31,8 @@ class Relay:
     def __init__(self, source: PostgresQueueBackend, target: QueueBackend,
                  queues: Sequence[str] | None = None, *, batch: int = DEFAULT_BATCH,
                  confirm_timeout: float = CONFIRM_TIMEOUT) -> None:
+        from ivy.queues.postgres import PostgresQueueBackend
+
         if not isinstance(source, PostgresQueueBackend):
             raise TypeError(f"the relay reads a PostgreSQL queue, not {source!r}")
         if batch < 1:
@@ -44,6 +45,8 @@ class Relay:
         self._stop = threading.Event()
         #: messages moved so far
         self.moved = 0
+        from psycopg import sql
+
         composed = {"messages": sql.Identifier(source.settings.schema, "messages")}
         self._take = sql.SQL(
             "SELECT id, body, priority, greatest(extract(epoch FROM available_at - now()), 0) "
@@ -95,6 +98,8 @@ class Relay:
     def _queues(self) -> list[str]:
         if self.queues is not None:
             return self.queues
+        from ivy._postgres.connection import PostgresError
+
         try:
             return sorted(self.source.queues())
         except PostgresError as exc:

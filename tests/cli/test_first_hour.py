@@ -407,3 +407,45 @@ def test_call_each_wait_timeout_says_whether_a_worker_consumes_the_queue(
     assert "0 of 2 calls finished" in out.stderr
     assert (f"no live worker consumes queue 'q' on {sqlite_url} (heartbeats on notifier "
             f"{sqlite_url}: 0 worker(s) alive)") in out.stderr
+
+
+#: the optional extras' packages: none may be needed to run ivy on its SQLite default
+EXTRAS = ("psycopg", "psycopg_pool", "pika", "redis", "boto3", "iron_mq", "django",
+          "django_tasks", "starlette", "fastapi", "prometheus_client", "opentelemetry", "tqdm",
+          "msgpack", "croniter", "psutil", "pydantic")
+
+WITHOUT_EXTRAS = f'''
+import importlib.abc, sys
+
+
+class NoExtras(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {EXTRAS!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not installed here)")
+        return None
+
+
+sys.meta_path.insert(0, NoExtras())
+import ivy
+from ivy.cli import main
+
+app = ivy.Ivy("sqlite:///" + sys.argv[1], "sqlite:///" + sys.argv[1])
+task = app.register_task(lambda a, b: a + b, name="extras.add", queue="q")
+app.listen(queue="q", block=False)
+assert task.delay(2, 3).result(timeout=20) == 5
+app.close()
+try:
+    main(["worker", "--help"])
+except SystemExit as exc:
+    assert exc.code == 0, exc.code
+print("ran without the extras")
+'''
+
+
+def test_ivy_and_its_cli_run_on_sqlite_without_any_extra(tmp_path: Path) -> None:
+    # Given none of the optional extras' packages importable (a plain `pip install ivy-queue`)
+    out = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, str(tmp_path / "ivy.db")],
+                         capture_output=True, text=True, timeout=60)
+    # Then a task runs on the SQLite default, and the CLI loads (it once needed psycopg)
+    assert out.returncode == 0, out.stderr
+    assert "ran without the extras" in out.stdout
