@@ -157,6 +157,8 @@ MAX_BATCH = 500
 RETRY_MAX = 5.0
 #: a writer thread with nothing to write ends after this many seconds (the next result starts one)
 IDLE = 5.0
+#: store calls per batch while the server answers that it does not know the script
+SCRIPT_TRIES = 3
 
 Stored = tuple[tuple[Any, ...], Callable[[], None]]
 
@@ -253,10 +255,12 @@ class ResultWriter:
         while True:
             try:
                 replies = self._commands.pipeline([("EVALSHA", self._sha, *a) for a, _ in batch])
-                if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                    self._commands("SCRIPT", "LOAD", self._script)  # a new or flushed server
-                    again = [i for i, r in enumerate(replies)
+                for _ in range(SCRIPT_TRIES - 1):  # a new or flushed server (again, if
+                    again = [i for i, r in enumerate(replies)  # flushed once more meanwhile)
                              if isinstance(r, redis.exceptions.NoScriptError)]
+                    if not again:
+                        break
+                    self._commands("SCRIPT", "LOAD", self._script)
                     for i, reply in zip(again, self._commands.pipeline(
                             [("EVALSHA", self._sha, *batch[i][0]) for i in again]), strict=True):
                         replies[i] = reply

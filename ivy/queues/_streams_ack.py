@@ -23,6 +23,8 @@ MAX_BATCH = 1000
 RETRY_FOR = 30.0
 #: a thread with nothing to write ends after this many seconds (the next ack starts one)
 IDLE = 5.0
+#: calls of the ack script per batch while the server answers that it does not know it
+SCRIPT_TRIES = 3
 
 
 @dataclass(slots=True)
@@ -118,16 +120,16 @@ class Acker:
                 pause = min(pause * 2, 1.0)
 
     def _send(self, calls: list[tuple[str, list[Any]]]) -> None:
-        pipe: Any = self._client.pipeline(transaction=False)
-        for _, args in calls:
-            pipe.execute_command("EVALSHA", self._script.sha, *args)
-        results = pipe.execute(raise_on_error=False)
-        if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-            self._client.script_load(self._script.script)  # a new or flushed server
-            pipe = self._client.pipeline(transaction=False)
+        for attempt in range(SCRIPT_TRIES):
+            pipe: Any = self._client.pipeline(transaction=False)
             for _, args in calls:
                 pipe.execute_command("EVALSHA", self._script.sha, *args)
             results = pipe.execute(raise_on_error=False)
+            if attempt + 1 == SCRIPT_TRIES or not any(
+                    isinstance(r, redis.exceptions.NoScriptError) for r in results):
+                break
+            # a new or flushed server (flushed again between the load and the call: again)
+            self._client.script_load(self._script.script)
         for (queue, _), result in zip(calls, results, strict=True):
             if isinstance(result, redis.exceptions.ConnectionError):
                 raise result
