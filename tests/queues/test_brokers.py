@@ -218,19 +218,30 @@ class TestRedisNotifier(NotifierContract):
             sub.close()
 
     def test_store_survives_a_flushed_script_cache_and_a_killed_connection(
-            self, notifier: Notifier) -> None:
+            self, notifier: Notifier, tmp_path: Path) -> None:
+        from servers import PrivateRedis
+
         from ivy.notifiers.redis import KEY_PREFIX, RedisNotifier
 
         assert isinstance(notifier, RedisNotifier)
-        first, second, third = (uuid.uuid4().hex for _ in range(3))
-        notifier.publish("ivy:notify:x", first, b"1", final=True)
-        notifier.client.script_flush()  # as after a restart without persistence
-        notifier.publish("ivy:notify:x", second, b"2", final=True)
-        # the server drops the worker's own connection (a restart, a proxy, a timeout)
-        notifier.client.client_kill_filter(_type="normal", skipme=True)
-        notifier.publish("ivy:notify:x", third, b"3", final=True)
-        assert [notifier.client.get(KEY_PREFIX + i) for i in (first, second, third)] == [
-            b"1", b"2", b"3"]
+        # on a redis-server of its own: flushing scripts and killing every client connection
+        # of the shared one would break the tests running beside this one
+        server = PrivateRedis(tmp_path / "redis")
+        server.start()
+        own = RedisNotifier(server.url, result_ttl=60)
+        try:
+            first, second, third = (uuid.uuid4().hex for _ in range(3))
+            own.publish("ivy:notify:x", first, b"1", final=True)
+            own.client.script_flush()  # as after a restart without persistence
+            own.publish("ivy:notify:x", second, b"2", final=True)
+            # the server drops the worker's own connection (a restart, a proxy, a timeout)
+            own.client.client_kill_filter(_type="normal", skipme=True)
+            own.publish("ivy:notify:x", third, b"3", final=True)
+            assert [own.client.get(KEY_PREFIX + i) for i in (first, second, third)] == [
+                b"1", b"2", b"3"]
+        finally:
+            own.close()
+            server.stop()
 
 
 class TestRedisNotifierOnThePublicAPI(TestRedisNotifier):
