@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +29,8 @@ class Workers:
         self._heartbeats: list[Heartbeat] = []
         self._events: list[Any] = []  # ivy.middleware.events.Events
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Worker]:
+        """The workers running now (a snapshot)."""
         with self._lock:
             return iter(list(self._workers))
 
