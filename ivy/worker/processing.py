@@ -274,6 +274,8 @@ class Processor:
             log.exception("worker %s: internal error %d of at most %d on a message of %s; "
                           "returning it to the queue", self.name, count, MAX_INTERNAL_ERRORS,
                           delivery.queue)
+            if message is not None:
+                self._suspects.returned(delivery, message)
             with logged("returning a message after an internal error"):
                 delivery.retry(self.context.backoff(count))
             return
@@ -302,6 +304,7 @@ class Suspects:
     def __init__(self, size: int = REMEMBERED_BODIES) -> None:
         self._size = size
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._returned: OrderedDict[str, int] = OrderedDict()  # call id -> next delivery
         self._lock = threading.Lock()
 
     def spread(self, backend: QueueBackend, delivery: Delivery, message: Message) -> bool:
@@ -313,6 +316,8 @@ class Suspects:
             return False
         key = (message.id, lost)
         with self._lock:
+            if self._returned.pop(message.id, None) == delivery.delivery_count:
+                return False  # this worker put it back itself (see returned)
             if key in self._seen:
                 return False
             self._seen[key] = None
@@ -320,6 +325,15 @@ class Suspects:
                 self._seen.popitem(last=False)
         delivery.defer(random.uniform(0.0, SUSPECT_SPREAD))
         return True
+
+    def returned(self, delivery: Delivery, message: Message) -> None:
+        """``delivery`` goes back to its queue after an internal error, with no outcome: its
+        next delivery here counts one more lost delivery, but nothing died, so it is not
+        spread."""
+        with self._lock:
+            self._returned[message.id] = delivery.delivery_count + 1
+            if len(self._returned) > self._size:
+                self._returned.popitem(last=False)
 
 
 def _too_old(max_age: float | None, message: Message) -> str | None:

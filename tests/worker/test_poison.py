@@ -182,3 +182,43 @@ def test_a_message_back_from_a_dead_worker_is_spread_once_then_runs(
         assert len(defers) == 1 and 0.0 <= defers[0] <= 0.05
     finally:
         app.close()
+
+
+def test_a_message_returned_after_an_internal_error_is_not_spread(
+        memory_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy.queues.memory import MemoryDelivery
+    from ivy.worker.gate import Gate
+
+    # Given a worker whose gate raises on the first two deliveries of a call (a bug of ours)
+    admit = Gate.admit
+    raised: list[int] = []
+
+    def buggy(self: Gate, delivery: Any, task: Any, message: Any) -> bool:
+        if len(raised) < 2:
+            raised.append(delivery.delivery_count)
+            raise RuntimeError("a bug")
+        return admit(self, delivery, task, message)
+
+    monkeypatch.setattr(Gate, "admit", buggy)
+    defers: list[float] = []
+    real = MemoryDelivery._defer
+
+    def counted(self: MemoryDelivery, delay: float) -> None:
+        defers.append(delay)
+        real(self, delay)
+
+    monkeypatch.setattr(MemoryDelivery, "_defer", counted)
+    app = ivy.Ivy(memory_url, memory_url, retry_base_delay=0.001, retry_max_delay=0.002)
+    try:
+        ran: list[int] = []
+        queue = f"qp{uuid.uuid4().hex[:8]}"
+        app.register_task(ran.append, name="p.returned", queue=queue)
+        app.listen(queue=queue, block=False)
+        # When the call is sent: it is returned twice, then runs
+        app.delayed_call("p.returned", 3).result(20)
+        # Then its returns, which look like lost deliveries, were not spread as a dead
+        # worker's would be: nothing was deferred
+        assert raised == [1, 2] and ran == [3]
+        assert defers == []
+    finally:
+        app.close()
