@@ -232,22 +232,27 @@ def test_wait_returns_results_in_the_order_given(app: ivy.Ivy) -> None:
 
 
 def test_wait_raises_the_first_failure_at_once(app: ivy.Ivy) -> None:
-    # Given a slow call listed before one that fails at once
-    pause = register_pause(app)
+    # Given a call held until the test lets it go, listed before one that fails at once
+    release = threading.Event()
+
+    @app.register_task(name="live.held", queue="q")
+    def held(value: str) -> str:
+        release.wait(30)
+        return value
 
     @app.register_task(name="live.boom", queue="q")
     def boom() -> None:
         raise ValueError("boom")
 
     app.listen(queue="q", concurrency=2, block=False)
-    slow, failing = app.delayed_call(pause, 5, "slow"), app.delayed_call(boom)
-    # Then wait raises the failure without waiting for the slow one
-    started = time.monotonic()
+    slow, failing = app.delayed_call(held, "slow"), app.delayed_call(boom)
+    # Then wait raises the failure while the held one still runs
     with pytest.raises(ivy.RemoteTaskError, match="boom") as raised:
         app.wait([slow, failing], timeout=30)
     assert raised.value.call_id == failing.id
-    assert time.monotonic() - started < 4
+    assert not slow.done()
     # and with return_exceptions the error takes the call's place
+    release.set()
     outcome = app.wait([slow, failing], timeout=30, return_exceptions=True)
     assert outcome[0] == "slow" and isinstance(outcome[1], ivy.RemoteTaskError)
 
