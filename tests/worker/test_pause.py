@@ -26,8 +26,15 @@ from workers import producer_app, start_worker, stop_worker
 import ivy
 from ivy.dashboard.state import Dashboard
 from ivy.dashboard.web import create_app
-from ivy.timing.pause import POLL_PAUSES
+from ivy.timing import pause as pause_module
 from ivy.worker import Worker
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process workers look at the paused queues every 0.2 s instead of every second (the
+    test of the worker run by the CLI keeps the real period)."""
+    monkeypatch.setattr(pause_module, "POLL_PAUSES", 0.2)
 
 
 @pytest.fixture
@@ -52,7 +59,7 @@ def fresh_queue() -> str:
 def two_polls(worker: Worker) -> None:
     """Wait until ``worker`` looked at the paused queues twice more (two poll periods)."""
     start = worker.pauses.polls
-    wait_for(lambda: worker.pauses.polls >= start + 2, timeout=10 * POLL_PAUSES,
+    wait_for(lambda: worker.pauses.polls >= start + 2, timeout=10 * pause_module.POLL_PAUSES,
              message="two more looks at the paused queues")
 
 
@@ -83,7 +90,7 @@ def test_a_paused_queue_takes_sends_and_runs_nothing_until_resumed(app: ivy.Ivy)
         assert app.resume_queue(queue) is False
         resumed = time.monotonic()
         assert app.wait(calls, timeout=20) == [1, 2, 3]
-        assert time.monotonic() - resumed < 5 * POLL_PAUSES
+        assert time.monotonic() - resumed < 5 * pause_module.POLL_PAUSES
         assert queue not in app.paused_queues()
         assert sorted(n for _, n, _ in seen) == [1, 2, 3]
     finally:
