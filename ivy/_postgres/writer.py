@@ -4,11 +4,10 @@ each result's ``then`` (the worker's ack) after the commit (docs/internals/postg
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+from ivy._batch_thread import BatchThread
 from ivy._postgres.connection import Database, PostgresError, PostgresUnavailable
 
 log = logging.getLogger("ivy.postgres")
@@ -20,59 +19,35 @@ MAX_BACKLOG = 5000
 #: longest pause between two tries of a failing batch
 RETRY_MAX = 5.0
 
-Batch = list[tuple[dict[str, Any], Callable[[], None]]]
+#: a result's parameters, and what follows its commit
+Pending = tuple[dict[str, Any], Callable[[], None]]
+Batch = list[Pending]
 
 
-class Writer:
+class Writer(BatchThread[Pending]):
     """Writes ``statement`` with the parameters handed to :meth:`submit`, in batches."""
 
     def __init__(self, db: Database, statement: bytes, *, name: str) -> None:
+        super().__init__(name=name, max_batch=MAX_BATCH, max_backlog=MAX_BACKLOG)
         self._db = db
         self._statement = statement
-        self._name = name
-        self._waiting: list[tuple[dict[str, Any], Callable[[], None]]] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._writing = False
-        self._closed = False
 
     def submit(self, params: dict[str, Any], then: Callable[[], None]) -> None:
         """Write ``params`` soon; ``then()`` once committed (from the writer's thread)."""
-        with self._cond:
-            if self._closed:
-                raise PostgresError(f"{self._name}: the notifier is closed")
-            self._cond.wait_for(lambda: len(self._waiting) < MAX_BACKLOG or self._closed)
-            self._waiting.append((params, then))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=self._name)
-                self._thread.start()
-            self._cond.notify_all()
+        self._enqueue([(params, then)])
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._waiting) or self._closed, 5.0)
-                if not self._waiting:
-                    self._thread = None
-                    return
-                batch = self._waiting[:MAX_BATCH]
-                del self._waiting[:MAX_BATCH]
-                self._writing = True
-                self._cond.notify_all()  # a worker waiting for room
+    def _refusal(self) -> Exception:
+        return PostgresError(f"{self._name}: the notifier is closed")
+
+    def _write_batch(self, batch: Batch) -> None:
+        # what follows a stored result (its message's ack) runs before the batch counts as
+        # written: flush() and close() wait for it, so the queue backend, closed after the
+        # notifier, is still open for those acks
+        for _, then in self._write(batch):
             try:
-                # what follows a stored result (its message's ack) runs before the batch
-                # counts as written: flush() and close() wait for it, so the queue backend,
-                # closed after the notifier, is still open for those acks
-                for _, then in self._write(batch):
-                    try:
-                        then()
-                    except Exception:
-                        log.exception("%s: what followed a stored result raised", self._name)
-            finally:
-                with self._cond:
-                    self._writing = False
-                    self._cond.notify_all()
+                then()
+            except Exception:
+                log.exception("%s: what followed a stored result raised", self._name)
 
     def _write(self, batch: Batch) -> Batch:
         """Write ``batch`` in one transaction; what was written. While the server cannot be
@@ -85,16 +60,13 @@ class Writer:
                 self._transaction(batch)
                 return batch
             except PostgresUnavailable as exc:
-                with self._cond:
-                    if self._closed:
-                        log.error("%s: %d result(s) not stored at close (%s); their messages "
-                                  "come back when their leases end", self._name, len(batch),
-                                  exc)
-                        return []
+                if self.closed:
+                    log.error("%s: %d result(s) not stored at close (%s); their messages "
+                              "come back when their leases end", self._name, len(batch), exc)
+                    return []
                 log.warning("%s: storing %d result(s) failed (%s); trying again in %.1f s",
                             self._name, len(batch), exc, pause)
-                with self._cond:
-                    self._cond.wait_for(lambda: self._closed, pause)
+                self._wait_closed(pause)
                 pause = min(pause * 2, RETRY_MAX)
             except PostgresError as exc:
                 if len(batch) > 1:
@@ -110,19 +82,7 @@ class Writer:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is written; whether it was in time."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._waiting or self._writing:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+        return super().flush(timeout)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what waits (within ``timeout``), then stop."""
-        if not self.flush(timeout):
-            log.warning("%s: results still unwritten after %g s at close", self._name, timeout)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+    def _closed_late(self, timeout: float) -> None:
+        log.warning("%s: results still unwritten after %g s at close", self._name, timeout)

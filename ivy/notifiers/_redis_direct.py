@@ -8,12 +8,13 @@ import logging
 import queue
 import re
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 import redis.exceptions
+
+from ivy._batch_thread import BatchThread
 
 log = logging.getLogger("ivy.redis")
 
@@ -163,7 +164,7 @@ SCRIPT_TRIES = 3
 Stored = tuple[tuple[Any, ...], Callable[[], None]]
 
 
-class ResultWriter:
+class ResultWriter(BatchThread[Stored]):
     """Stores a worker's results (each a store-and-publish script call) on a thread of its own:
     what workers hand it while it writes goes in the next write, pipelined (one round trip), and
     each one's ``then`` (the worker's ack) is called after it, in order. A result handed over
@@ -176,51 +177,28 @@ class ResultWriter:
     back when its lease ends). :meth:`close` writes what waits first, within its timeout."""
 
     def __init__(self, commands: Commands, script: str, sha: str, *, name: str) -> None:
+        super().__init__(name=name, max_batch=MAX_BATCH, idle=IDLE)
         self._commands = commands
         self._script = script
         self._sha = sha
-        self._name = name
-        self._waiting: list[Stored] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._writing = 0  # writes in progress: the thread's, and those made in submit()
-        self._closed = False
 
     def submit(self, args: tuple[Any, ...], then: Callable[[], None]) -> None:
         """Store with the script's arguments ``args`` soon; ``then()`` once stored."""
-        with self._cond:
-            if self._closed:
-                raise redis.exceptions.ConnectionError(f"{self._name}: the notifier is closed")
-            if not self._waiting and not self._writing:  # idle: written here, at once
-                self._writing += 1
-            else:
-                self._waiting.append((args, then))
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, daemon=True,
-                                                    name=self._name)
-                    self._thread.start()
-                elif len(self._waiting) == 1:
-                    self._cond.notify_all()
-                return
-        try:
+        item = (args, then)
+        if not self._claim_or_enqueue([item]):
+            return
+        try:  # idle: written here, at once
             try:
-                stored = self._write([(args, then)], retry=False)
+                stored = self._write([item], retry=False)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                self._hand_over((args, then))  # the thread waits Redis out, not the caller
+                self._hand_over([item])  # the thread waits Redis out, not the caller
                 return
             self._then(stored)
         finally:
-            with self._cond:
-                self._writing -= 1
-                self._cond.notify_all()
+            self._release()
 
-    def _hand_over(self, item: Stored) -> None:
-        with self._cond:
-            self._waiting.append(item)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True, name=self._name)
-                self._thread.start()
-            self._cond.notify_all()
+    def _refusal(self) -> Exception:
+        return redis.exceptions.ConnectionError(f"{self._name}: the notifier is closed")
 
     def _then(self, stored: list[Stored]) -> None:
         for _, then in stored:
@@ -229,24 +207,8 @@ class ResultWriter:
             except Exception:
                 log.exception("%s: what followed a stored result raised", self._name)
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._waiting and not self._closed:
-                    self._cond.wait(IDLE)
-                if not self._waiting:
-                    self._thread = None
-                    self._cond.notify_all()
-                    return
-                batch = self._waiting[:MAX_BATCH]
-                del self._waiting[:MAX_BATCH]
-                self._writing += 1
-            try:
-                self._then(self._write(batch))
-            finally:
-                with self._cond:
-                    self._writing -= 1
-                    self._cond.notify_all()
+    def _write_batch(self, batch: list[Stored]) -> None:
+        self._then(self._write(batch))
 
     def _write(self, batch: list[Stored], *, retry: bool = True) -> list[Stored]:
         """Store ``batch``; what was stored (a duplicate counts: the first result is kept).
@@ -269,16 +231,13 @@ class ResultWriter:
                     OSError) as exc:
                 if not retry:
                     raise
-                with self._cond:
-                    if self._closed:
-                        log.error("%s: %d result(s) not stored at close (%s); their messages "
-                                  "come back when their leases end", self._name, len(batch),
-                                  exc)
-                        return []
+                if self.closed:
+                    log.error("%s: %d result(s) not stored at close (%s); their messages "
+                              "come back when their leases end", self._name, len(batch), exc)
+                    return []
                 log.warning("%s: storing %d result(s) failed (%s); trying again in %.1f s",
                             self._name, len(batch), exc, pause)
-                with self._cond:
-                    self._cond.wait_for(lambda: self._closed, pause)
+                self._wait_closed(pause)
                 pause = min(pause * 2, RETRY_MAX)
         stored = []
         for item, reply in zip(batch, replies, strict=True):
@@ -289,22 +248,6 @@ class ResultWriter:
                 stored.append(item)
         return stored
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every result handed over so far is written; whether it was in time."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._waiting or self._writing:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what waits (within ``timeout``), then refuse new results."""
-        if not self.flush(timeout):
-            log.warning("%s: results still unwritten after %g s at close; their messages come "
-                        "back when their leases end", self._name, timeout)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+    def _closed_late(self, timeout: float) -> None:
+        log.warning("%s: results still unwritten after %g s at close; their messages come "
+                    "back when their leases end", self._name, timeout)

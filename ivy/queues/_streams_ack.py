@@ -4,7 +4,6 @@ returns at once, and a worker's executors never wait a round trip for it."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import redis
 import redis.exceptions
 
+from ivy._batch_thread import BatchThread
 from ivy.queues._streams_keys import GROUP, Keys
 
 log = logging.getLogger("ivy.redis_streams")
@@ -38,55 +38,30 @@ class Ack:
     priority: str
 
 
-class Acker:
+class Acker(BatchThread[Ack]):
     """Writes the acks handed to :meth:`submit`: what comes while a write is in progress
     goes in the next one, one script call per queue and consumer, all in one pipeline. While
     the thread is idle an ack is written at once, alone: batching adds no wait."""
 
     def __init__(self, client: redis.Redis, script: Any, url: str) -> None:
+        super().__init__(name="ivy-redis-streams-ack", max_batch=MAX_BATCH, idle=IDLE)
         self._client = client
         self._script = script  # redis-py's Script of ack.lua: its sha and its text
         self._url = url
-        self._waiting: list[Ack] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._writing = False
-        self._closed = False
 
     def submit(self, ack: Ack) -> None:
-        with self._cond:
-            if self._closed:
-                raise redis.exceptions.ConnectionError(
-                    f"the Redis Streams queue {self._url} is closed: ack not sent")
-            self._waiting.append(ack)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="ivy-redis-streams-ack")
-                self._thread.start()
-            elif len(self._waiting) == 1:
-                self._cond.notify_all()
+        self._enqueue([ack])
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._waiting and not self._closed:
-                    self._cond.wait(IDLE)
-                if not self._waiting:
-                    self._thread = None
-                    self._cond.notify_all()
-                    return
-                batch = self._waiting[:MAX_BATCH]
-                del self._waiting[:MAX_BATCH]
-                self._writing = True
-            try:
-                self._write(batch)
-            except Exception:  # never let the thread die with acks waiting
-                log.exception("writing %d ack(s) to %s failed; their messages come back when "
-                              "their leases end", len(batch), self._url)
-            finally:
-                with self._cond:
-                    self._writing = False
-                    self._cond.notify_all()
+    def _refusal(self) -> Exception:
+        return redis.exceptions.ConnectionError(
+            f"the Redis Streams queue {self._url} is closed: ack not sent")
+
+    def _write_batch(self, batch: list[Ack]) -> None:
+        try:
+            self._write(batch)
+        except Exception:  # never let the thread die with acks waiting
+            log.exception("writing %d ack(s) to %s failed; their messages come back when "
+                          "their leases end", len(batch), self._url)
 
     def _write(self, batch: list[Ack]) -> None:
         """One pipeline for ``batch``; tried again while Redis cannot be reached, up to
@@ -108,15 +83,13 @@ class Acker:
                 self._send(calls)
                 return
             except redis.exceptions.ConnectionError as exc:  # TimeoutError is one too
-                with self._cond:
-                    closed = self._closed
-                if closed or time.monotonic() >= give_up:
+                if self.closed or time.monotonic() >= give_up:
                     log.error("%d ack(s) not written to %s (%s); their messages come back "
                               "when their leases end", len(batch), self._url, exc)
                     return
                 log.warning("writing %d ack(s) to %s failed (%s); trying again in %.2f s",
                             len(batch), self._url, exc, pause)
-                time.sleep(pause)
+                self._wait_closed(pause)
                 pause = min(pause * 2, 1.0)
 
     def _send(self, calls: list[tuple[str, list[Any]]]) -> None:
@@ -141,24 +114,6 @@ class Acker:
                             "reservation ran out and another delivery of them is under way",
                             len(result), queue, ", ".join(i.decode() for i in result))
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every ack submitted so far is written; whether it was in time."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._waiting or self._writing:
-                if self._thread is None:  # not started, or ended: nothing will write them
-                    return not self._waiting
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what waits (within ``timeout``), then refuse new acks."""
-        if not self.flush(timeout):
-            log.warning("acks to %s still unwritten after %g s at close; their messages come "
-                        "back when their leases end", self._url, timeout)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+    def _closed_late(self, timeout: float) -> None:
+        log.warning("acks to %s still unwritten after %g s at close; their messages come "
+                    "back when their leases end", self._url, timeout)
