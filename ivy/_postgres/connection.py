@@ -257,12 +257,13 @@ class Database:
             return self._pool
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
         """A pooled autocommit connection for the block (``with conn.transaction()`` for
-        several statements at once); psycopg's errors become :class:`PostgresError`."""
+        several statements at once), waited for up to ``timeout`` s (default: the connect
+        timeout + 5 s); psycopg's errors become :class:`PostgresError`."""
         pool = self._open()
         try:
-            with pool.connection() as conn:
+            with pool.connection(timeout) as conn:
                 yield conn
         except psycopg.Error as exc:
             raise self._error(exc) from exc

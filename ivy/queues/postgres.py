@@ -281,10 +281,15 @@ class PostgresQueueBackend(QueueBackend):
         """Write ``rows``; while a server that answered before cannot be reached, try again
         for up to ``publish_timeout`` s (a restart takes a fraction of a second), then fail
         with PublishError. A server never reached fails at once (the connect timeout)."""
-        deadline, pause = None, 0.05
+        # once the server answered, the whole send is bounded by publish_timeout: a pool that
+        # cannot make a connection is waited for until then, not for its own timeout (the
+        # connect timeout + 5 s) on every try
+        pause = 0.05
+        deadline = time.monotonic() + self.publish_timeout if self.db.reached else None
         while True:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.01)
             try:
-                with self.db.connection() as conn:
+                with self.db.connection(wait) as conn:
                     queries.insert(conn, self.sql, rows)
                 return
             except PostgresUnavailable as exc:
