@@ -257,14 +257,28 @@ class Database:
             return self._pool
 
     @contextlib.contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self, timeout: float | None = None, *,
+                   direct: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """A pooled autocommit connection for the block (``with conn.transaction()`` for
         several statements at once), waited for up to ``timeout`` s (default: the connect
-        timeout + 5 s); psycopg's errors become :class:`PostgresError`."""
+        timeout + 5 s); psycopg's errors become :class:`PostgresError`. With ``direct``, a
+        pool that has none to give in time is passed by: the block gets a connection of its
+        own (after a restart the pool reconnects only on its backoff, seconds apart)."""
         pool = self._open()
+        pooled = True
         try:
-            with pool.connection(timeout) as conn:
-                yield conn
+            try:
+                conn = pool.getconn(timeout)
+            except PoolTimeout:
+                if not direct:
+                    raise
+                conn, pooled = self.connect(), False
+            try:
+                with conn:  # as the pool's own connection(): ends the block's transaction,
+                    yield conn  # and closes a connection that is not the pool's
+            finally:
+                if pooled:
+                    pool.putconn(conn)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 

@@ -289,7 +289,7 @@ class PostgresQueueBackend(QueueBackend):
         while True:
             wait = None if deadline is None else max(deadline - time.monotonic(), 0.01)
             try:
-                with self.db.connection(wait) as conn:
+                with self.db.connection(wait, direct=True) as conn:
                     queries.insert(conn, self.sql, rows)
                 return
             except PostgresUnavailable as exc:
