@@ -72,12 +72,18 @@ AMQP_VHOST = "%2F" if _WORKER_INDEX is None else (
     f"ivy-test-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'run')[:8]}-{XDIST_WORKER}")
 AMQP_URL = os.environ.get("IVY_TEST_AMQP_URL",
                           f"amqp://guest:guest@127.0.0.1:5672/{AMQP_VHOST}")
-#: a parallel run's Redis databases: 3 in a row from one of 1, 4, 7, 10 picked by the run's
-#: id, so that two parallel runs on one machine are likely (3 in 4) to keep apart there too
-_RUN_DB = 1 + 3 * (int(os.environ.get("PYTEST_XDIST_TESTRUNUID", "0")[:8] or "0", 16) % 4)
+#: the most xdist workers that each get a Redis database of their own
+MAX_WORKERS = 4
+if _WORKER_INDEX is not None and _WORKER_INDEX >= MAX_WORKERS:
+    raise pytest.UsageError(f"run at most -n {MAX_WORKERS}: each test worker needs a Redis "
+                            f"database of its own, and {XDIST_WORKER} would share one")
+#: a parallel run's Redis databases: 4 in a row from one of 1, 5, 9 picked by the run's id,
+#: so that two parallel runs on one machine are likely (2 in 3) to keep apart there too
+_RUN_DB = 1 + MAX_WORKERS * (
+    int(os.environ.get("PYTEST_XDIST_TESTRUNUID", "0")[:8] or "0", 16) % 3)
 REDIS_URL = os.environ.get(
     "IVY_TEST_REDIS_URL",
-    f"redis://127.0.0.1:6379/{15 if _WORKER_INDEX is None else _RUN_DB + _WORKER_INDEX % 3}")
+    f"redis://127.0.0.1:6379/{15 if _WORKER_INDEX is None else _RUN_DB + _WORKER_INDEX}")
 #: queue names the shared-broker tests use; emptied before and after each test
 TEST_QUEUES = ("q", "qa", "qb", "unserved", "proc", "bench", "testpackage")
 
@@ -268,3 +274,9 @@ def app(urls: tuple[str, str]) -> Iterator[ivy.Ivy]:
     instance = ivy.Ivy(*urls, retry_base_delay=0.01, retry_max_delay=0.05)
     yield instance
     instance.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (private servers, worker processes, soaks) run first: in a
+    parallel run they then overlap with the many short ones instead of ending it alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
