@@ -74,7 +74,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 
 from servers import PrivatePostgres, PrivateRabbit, PrivateRedis  # noqa: E402
 

@@ -136,8 +136,8 @@ def bench_sqs(n: int) -> tuple[float, float]:
 def bench_ironmq(n: int) -> tuple[float, float]:
     import iron_mq
 
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_ironmq.py"), TOKEN,
-                               PROJECT], stdout=subprocess.PIPE)
+    fake = ROOT / "tests" / "support" / "fake_ironmq.py"
+    server = subprocess.Popen([sys.executable, str(fake), TOKEN, PROJECT], stdout=subprocess.PIPE)
     assert server.stdout is not None
     port = int(server.stdout.readline())
     env = {**os.environ, "IRON_TOKEN": TOKEN, "IRON_PROJECT_ID": PROJECT,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 from ivy.call import Call

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from conftest import ROOT
+from common import ROOT
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette

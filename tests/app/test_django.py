@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, require_service, wait_for
+from common import ROOT, require_service, wait_for
 
 django = pytest.importorskip("django")
 
@@ -291,8 +291,8 @@ def test_get_result_from_another_process(tmp_path: Path) -> None:
         "print(json.dumps([str(r.status), r.return_value, r.args, r.task.module_path,\n"
         "                  r.finished_at is not None, len(r.worker_ids)]))\n")
     out = subprocess.run([sys.executable, "-c", script, result.id], capture_output=True,
-                         text=True, timeout=60, cwd=ROOT / "tests",
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+                         text=True, timeout=60, cwd=ROOT / "tests" / "support",
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "tests" / "support")})
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == ["SUCCESSFUL", 15, [7, 8], "tasks_for_django.add",
                                       True, 1]
@@ -536,8 +536,8 @@ def test_enqueue_inside_atomic_commits_and_rolls_back_with_djangos_postgresql(
     script = f"SETTINGS = {settings!r}\nSCHEMA = {schema!r}\n" + ATOMIC
     # When a view enqueues inside transaction.atomic(), once committing, once failing
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, cwd=ROOT / "tests",
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+                         timeout=60, cwd=ROOT / "tests" / "support",
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "tests" / "support")})
     assert out.returncode == 0, out.stderr
     hidden, waiting, rolled_back, orders, forgotten, known = json.loads(out.stdout)
     # Then the message was hidden until the commit, the committed one waits for a worker,

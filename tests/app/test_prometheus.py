@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from servers import free_port
 from workers import WorkerProcess, spawn, stop_worker, wait_listening
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import amqp_notifier_url, wait_for
+from common import amqp_notifier_url, wait_for
 from servers import free_port
 from workers import Lines, WorkerProcess, producer_app, start_worker, stop_worker
 
@@ -19,7 +19,7 @@ from ivy.cli import main
 from ivy.config import mask_url
 from ivy.queues.sqlite import SQLiteQueueBackend
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[1] / "support"
 
 
 def run(*args: str, cwd: Path = TESTS, timeout: float = 60) -> subprocess.CompletedProcess[str]:

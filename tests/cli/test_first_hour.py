@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from servers import PrivateRedis, free_port
 from workers import Lines, launch, start_worker, stop_worker
 
@@ -22,7 +22,7 @@ import ivy
 from ivy.config import mask_url
 from ivy.queues.sqlite import SQLiteQueueBackend
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[1] / "support"
 
 
 def run(*args: str, cwd: Path = TESTS, timeout: float = 60,
@@ -292,7 +292,7 @@ def test_a_cancel_of_a_call_blocked_in_c_is_logged_once(
 def test_a_light_test_extra_and_an_honest_install_section() -> None:
     import tomllib
 
-    root = TESTS.parent
+    root = TESTS.parents[1]
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     # .[test] is still everything (CI installs it), .[test-core] leaves out the heavy packages

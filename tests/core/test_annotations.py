@@ -23,7 +23,7 @@ from typing import Any
 
 import fastjsonschema
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 from ivy.annotations.schema import task_schemas

@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 from ivy._batch_thread import BatchThread
 

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 from ivy.config import make_notifier, make_queue_backend, mask_url

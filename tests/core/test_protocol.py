@@ -6,7 +6,7 @@ import json
 
 import jsonschema
 import pytest
-from conftest import json_values
+from common import json_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

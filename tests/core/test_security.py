@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import json_values, wait_for
+from common import json_values, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -771,7 +771,7 @@ def test_hostile_reply_to_is_dead_lettered_on_every_backend(live: tuple[str, str
 @pytest.fixture
 def amqp_only(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]:
     """RabbitMQ for the queue and the notifier (the notifier whose connection #3 broke)."""
-    from conftest import amqp_notifier_url
+    from common import amqp_notifier_url
 
     url: str = request.getfixturevalue("amqp_url")
     from ivy.queues.amqp import AMQPQueueBackend

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from common import ROOT
 
 import ivy
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from conftest import ROOT, wait_for
+from common import ROOT, wait_for
 from dashboard_support import XSS, Q, make_dashboard, post, register
 from starlette.testclient import TestClient
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
-from conftest import TESTS_DIR, require_service, wait_for
+from common import SUPPORT_DIR, require_service, wait_for
 from dashboard_support import TOKEN, form_csrf
 
 pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright: pip "
@@ -40,7 +40,7 @@ def start_worker(url: str) -> tuple[subprocess.Popen[bytes], list[str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "ivy", "worker", "dashboard_tasks", "--queue", Q, "--events",
          "--heartbeat", "0.5", "--queue-url", url, "--notifier-url", url],
-        cwd=TESTS_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=SUPPORT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
     listening = threading.Event()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from conftest import ROOT, wait_for
+from common import ROOT, wait_for
 from dashboard_support import TOKEN, Q, csrf, form_csrf, make_dashboard
 from starlette.testclient import TestClient
 

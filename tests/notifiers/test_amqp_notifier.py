@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import amqp_notifier_url, full_queue_policy, wait_for
+from common import amqp_notifier_url, full_queue_policy, wait_for
 from contract import NotifierContract
 
 import ivy

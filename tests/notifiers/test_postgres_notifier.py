@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for, with_options
+from common import wait_for, with_options
 from contract import NotifierContract
 from workers import killed_worker_task_completes_once, start_worker, stop_worker
 from workers import producer_app as producer

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from contract import qname
 from servers import PrivateRedis
 

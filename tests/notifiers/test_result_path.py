@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, wait_for
+from common import ROOT, wait_for
 
 import ivy
 from ivy.message import Notification

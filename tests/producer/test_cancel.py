@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 
@@ -213,7 +213,7 @@ def test_the_cancel_command(sqlite_url: str) -> None:
     import subprocess
     import sys
 
-    from conftest import TESTS_DIR
+    from common import SUPPORT_DIR
 
     app = ivy.Ivy(sqlite_url, sqlite_url)
     try:
@@ -221,7 +221,7 @@ def test_the_cancel_command(sqlite_url: str) -> None:
         call = app.delayed_call("c.add", 2, 2)
         call.sent(10)
         out = subprocess.run([sys.executable, "-m", "ivy", "cancel", call.id,
-                              "--notifier-url", sqlite_url], cwd=TESTS_DIR,
+                              "--notifier-url", sqlite_url], cwd=SUPPORT_DIR,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == f"cancelled {call.id}"

@@ -148,7 +148,7 @@ def test_a_backlog_is_deferred_once_per_message(app: ivy.Ivy) -> None:
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "postgres"])
 def test_a_reserved_slot_is_held_until_its_time(kind: str, sqlite_url: str,
                                                 request: pytest.FixtureRequest) -> None:
-    from conftest import wait_for
+    from common import wait_for
 
     from ivy.config import make_notifier
 

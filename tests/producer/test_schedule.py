@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import TESTS_DIR, wait_for
+from common import SUPPORT_DIR, wait_for
 from servers import free_port
 
 import ivy
@@ -197,7 +197,7 @@ def test_scheduler_processes_send_each_slot_once(sqlite_url: str, tmp_path: Path
 
 def test_the_scheduler_command_needs_periodic_tasks(sqlite_url: str) -> None:
     out = subprocess.run([sys.executable, "-m", "ivy", "scheduler", "tasks_for_workers",
-                          "--notifier-url", sqlite_url], cwd=TESTS_DIR, capture_output=True,
+                          "--notifier-url", sqlite_url], cwd=SUPPORT_DIR, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2
     assert "declare no periodic task" in out.stderr

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from servers import free_port
 
 import ivy

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from common import ROOT
 from test_readme import Block, blocks, env_without_ivy_urls
 
 import ivy

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from contract import qname, take
 
 pika = pytest.importorskip("pika")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_service, wait_for
+from common import require_service, wait_for
 from servers import PrivateRabbit, PrivateRabbitCluster
 
 import ivy

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 from ivy.queues._batching import BatchSender, Outgoing, Writer

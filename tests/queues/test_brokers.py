@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from contract import NotifierContract, QueueBackendContract, qname, take
 from servers import PrivateRedis, free_port
 from workers import killed_worker_task_completes_once, start_worker, stop_worker

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from servers import free_port
 
 import ivy

@@ -1,6 +1,6 @@
 """IronMQ through the real iron-mq client against the fake IronMQ v3 server in
-tests/fake_ironmq.py: the contract suite, timeouts and connection reuse of the wrapped client,
-a killed worker whose reservation expires, raw bad messages, the Node.js ivy 0.2 form."""
+tests/support/fake_ironmq.py: the contract suite, timeouts and connection reuse of the wrapped
+client, a killed worker whose reservation expires, raw bad messages, the Node.js ivy 0.2 form."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from contract import QueueBackendContract
 from fake_ironmq import FakeIronMQ
 from workers import killed_worker_task_completes_once, start_worker

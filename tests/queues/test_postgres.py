@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import wait_for, with_options
+from common import wait_for, with_options
 from contract import QueueBackendContract, qname, take
 from servers import free_port
 from workers import killed_worker_task_completes_once, start_worker

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from servers import PrivatePostgres
 
 import ivy

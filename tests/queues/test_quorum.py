@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import full_queue_policy, wait_for
+from common import full_queue_policy, wait_for
 from contract import qname, take
 from servers import free_port
 from workers import producer_app, start_worker, stop_worker

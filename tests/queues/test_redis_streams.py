@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TESTS_DIR, wait_for
+from common import SUPPORT_DIR, wait_for
 from contract import QueueBackendContract, qname, take
 from workers import killed_worker_task_completes_once, start_worker, stop_worker
 from workers import producer_app as producer
@@ -243,13 +243,13 @@ def test_task_that_kills_its_worker_every_time_ends_dead_lettered(redis_url: str
     backend = streams(redis_url)
     backend.delete_queues(["proc"])
     notifier = f"sqlite:///{tmp_path / 'n.db'}"
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+    env = {**os.environ, "PYTHONPATH": str(SUPPORT_DIR)}
     script = ("import os, signal, ivy\n"
               "@ivy.register_task(name='proc.suicide', queue='proc')\n"
               "def suicide() -> None:\n"
               "    os.kill(os.getpid(), signal.SIGKILL)\n")
     (tmp_path / "suicide_tasks.py").write_text(script)
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(TESTS_DIR)])
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(SUPPORT_DIR)])
     app = ivy.Ivy(url, notifier)
     app.register_task(lambda: None, name="proc.suicide", queue="proc")
     last: subprocess.Popen[bytes] | None = None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from contract import take
 from servers import free_port
 

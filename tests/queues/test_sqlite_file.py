@@ -14,7 +14,7 @@ import weakref
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 from ivy._sqlite import database as _sqlite
 from ivy._sqlite.database import CHECKPOINT_EVERY, Database

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 from ivy._sqlite.database import Database
 

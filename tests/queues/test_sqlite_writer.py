@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from workers import producer_app, start_worker
 
 from ivy._sqlite import writer as writer_module

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from contract import QueueBackendContract, qname, take
 from workers import killed_worker_task_completes_once, start_worker
 

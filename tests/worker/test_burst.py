@@ -12,7 +12,7 @@ import pytest
 
 import ivy
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[1] / "support"
 
 
 def run(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:

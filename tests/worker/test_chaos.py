@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_service
+from common import require_service
 from servers import PrivateRabbit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -23,7 +23,8 @@ pytest.importorskip("redis")
 
 @pytest.mark.slow
 # A private RabbitMQ node's restart once took over 100 s here; the harness bounds its own waits
-# (tests/servers.py: 120 s to start, 210 s to stop), so those, not the blanket 120 s, decide.
+# (tests/support/servers.py: 120 s to start, 210 s to stop), so those, not the blanket 120 s,
+# decide.
 @pytest.mark.timeout(600)
 def test_short_chaos_soak_loses_nothing() -> None:
     why = PrivateRabbit.available()

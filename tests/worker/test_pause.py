@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import amqp_notifier_url, wait_for
+from common import amqp_notifier_url, wait_for
 from dashboard_support import post
 from starlette.testclient import TestClient
 from workers import producer_app, start_worker, stop_worker

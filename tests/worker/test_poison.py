@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from workers import producer_app, start_worker, stop_worker
 
 import ivy

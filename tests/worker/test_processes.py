@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TESTS_DIR, wait_for
+from common import SUPPORT_DIR, wait_for
 from workers import (
     WorkerProcess,
     killed_worker_task_completes_once,
@@ -23,7 +23,7 @@ from workers import (
 
 import ivy
 
-TESTS = TESTS_DIR
+TESTS = SUPPORT_DIR
 pytestmark = pytest.mark.slow
 
 

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 from ivy.context import PROGRESS_PER_SECOND, CallContext, Progress

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 from ivy.worker import Worker

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 from ivy.message import Message

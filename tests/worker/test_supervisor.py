@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from workers import WorkerProcess, spawn, stop_worker, wait_listening
 
 import ivy

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import tasks_for_workers as tasks
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 

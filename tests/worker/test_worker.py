@@ -1,6 +1,6 @@
 """The worker on its own: results that cannot travel, the event loop's end, per-task leases from
 its context, what worker.py and its parts may import, max_messages and stopping. The contract
-suite (tests/contract.py) holds the worker tests that run on every queue backend."""
+suite (tests/support/contract.py) holds the worker tests that run on every queue backend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_for
+from common import ROOT, wait_for
 
 import ivy
 from ivy.queues.sqlite import SQLiteQueueBackend

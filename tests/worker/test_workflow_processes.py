@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 from workers import WorkerProcess, launch, stop_worker
 
 import ivy

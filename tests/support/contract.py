@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from common import wait_for
 
 import ivy
 from ivy.notifiers.base import Notifier

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, wait_for
+from common import SUPPORT_DIR, wait_for
 
 import ivy
 
@@ -29,7 +29,7 @@ class WorkerProcess(subprocess.Popen[bytes]):
 LISTENING = re.compile(r"worker \S+:(\d+): listening on")
 
 
-def spawn(argv: list[str], *, cwd: Path = TESTS_DIR, env: dict[str, str] | None = None,
+def spawn(argv: list[str], *, cwd: Path = SUPPORT_DIR, env: dict[str, str] | None = None,
           new_group: bool = False, ready: str | None = None,
           started: threading.Event | None = None) -> WorkerProcess:
     """Start ``python -m ivy ARGV`` in ``cwd`` (in a process group of its own with
@@ -71,7 +71,7 @@ class Lines:
     """A subprocess (``argv``, in ``cwd``) whose stdout and stderr lines are read by threads,
     to wait on with a deadline."""
 
-    def __init__(self, argv: list[str], *, cwd: Path = TESTS_DIR,
+    def __init__(self, argv: list[str], *, cwd: Path = SUPPORT_DIR,
                  env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
