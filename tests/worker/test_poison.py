@@ -149,9 +149,24 @@ def test_max_deliveries_is_checked_and_quorum_queues_keep_their_own(amqp_url: st
             make_queue_backend(with_query(sqlite_url, f"max_deliveries={bad}"))
 
 
-def test_a_message_back_from_a_dead_worker_is_spread_once_then_runs(
-        memory_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def defers(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays of the memory backend's defers (a defer puts a message back uncounted)."""
     from ivy.queues.memory import MemoryDelivery
+
+    seen: list[float] = []
+    real = MemoryDelivery._defer
+
+    def counted(self: MemoryDelivery, delay: float) -> None:
+        seen.append(delay)
+        real(self, delay)
+
+    monkeypatch.setattr(MemoryDelivery, "_defer", counted)
+    return seen
+
+
+def test_a_message_back_from_a_dead_worker_is_spread_once_then_runs(
+        memory_url: str, monkeypatch: pytest.MonkeyPatch, defers: list[float]) -> None:
     from ivy.worker import processing
 
     # Given a message whose lease ran out once (its worker died while holding it)
@@ -164,14 +179,6 @@ def test_a_message_back_from_a_dead_worker_is_spread_once_then_runs(
     consumer = app.queue_backend.consume(queue, reserve_time=0.05)
     assert consumer.get(5) is not None  # taken, never settled
     consumer.close()
-    defers: list[float] = []
-    real = MemoryDelivery._defer
-
-    def counted(self: MemoryDelivery, delay: float) -> None:
-        defers.append(delay)
-        real(self, delay)
-
-    monkeypatch.setattr(MemoryDelivery, "_defer", counted)
     try:
         # When a worker takes it
         app.listen(queue=queue, block=False)
@@ -185,8 +192,7 @@ def test_a_message_back_from_a_dead_worker_is_spread_once_then_runs(
 
 
 def test_a_message_returned_after_an_internal_error_is_not_spread(
-        memory_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ivy.queues.memory import MemoryDelivery
+        memory_url: str, monkeypatch: pytest.MonkeyPatch, defers: list[float]) -> None:
     from ivy.worker.gate import Gate
 
     # Given a worker whose gate raises on the first two deliveries of a call (a bug of ours)
@@ -200,14 +206,6 @@ def test_a_message_returned_after_an_internal_error_is_not_spread(
         return admit(self, delivery, task, message)
 
     monkeypatch.setattr(Gate, "admit", buggy)
-    defers: list[float] = []
-    real = MemoryDelivery._defer
-
-    def counted(self: MemoryDelivery, delay: float) -> None:
-        defers.append(delay)
-        real(self, delay)
-
-    monkeypatch.setattr(MemoryDelivery, "_defer", counted)
     app = ivy.Ivy(memory_url, memory_url, retry_base_delay=0.001, retry_max_delay=0.002)
     try:
         ran: list[int] = []
