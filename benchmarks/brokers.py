@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import json
 import os
-import queue as queue_module
 import random
 import signal
 import statistics
@@ -47,19 +46,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import _harness  # noqa: E402 - the helpers shared with postgres_peers.py
+from _harness import (  # noqa: E402 - start, stop: other benchmarks import them from here
+    THREADS,
+    Producers,
+    stop,
+    tree_peak_rss_mb,
+)
+
 AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 IVY_AMQP = os.environ.get("BENCH_IVY_AMQP_URL", AMQP)
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 for _var in ("BENCH_FLOOR_REDIS", "BENCH_CELERY_REDIS", "BENCH_DRAMATIQ_REDIS", "BENCH_ARQ_REDIS"):
     os.environ.setdefault(_var, REDIS)  # read by the peers' apps here and in their workers
-THREADS = 4
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
 
 
@@ -94,55 +99,7 @@ class Result:
         return r.sent / r.flushed if r and r.sent and r.flushed else None
 
 
-class Producers:
-    """Producer threads that live for the whole run (clients that keep a connection per thread
-    keep it), each running the jobs handed to it."""
-
-    def __init__(self, count: int) -> None:
-        self.inboxes: list[queue_module.SimpleQueue[Any]] = []
-        for k in range(count):
-            inbox: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
-            self.inboxes.append(inbox)
-            threading.Thread(target=self._serve, args=(inbox,), daemon=True,
-                             name=f"producer-{k}").start()
-
-    @staticmethod
-    def _serve(inbox: queue_module.SimpleQueue[Any]) -> None:
-        while True:
-            job, future = inbox.get()
-            try:
-                future.set_result(job())
-            except BaseException as exc:  # handed to the caller
-                future.set_exception(exc)
-
-    def map(self, jobs: list[Callable[[], Any]]) -> list[Any]:
-        """Run job k on thread k, all at once; return their results in order."""
-        futures: list[Future[Any]] = []
-        for inbox, job in zip(self.inboxes, jobs, strict=True):
-            future: Future[Any] = Future()
-            inbox.put((job, future))
-            futures.append(future)
-        return [f.result() for f in futures]
-
-
 PRODUCERS = Producers(THREADS)
-
-
-def tree_peak_rss_mb(pid: int) -> float:
-    """Sum of VmHWM (peak resident set) over a process and its descendants (Linux)."""
-    total = 0
-    pids = [pid]
-    while pids:
-        p = pids.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                pids.extend(int(c) for c in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return total / 1024
 
 
 def purge(*queues: str) -> None:
@@ -156,27 +113,8 @@ def purge(*queues: str) -> None:
 
 
 def start(cmd: list[str], ready: str | None = None) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(cmd, cwd=HERE, env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    if ready is not None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if ready.encode() in line:
-                break
-        else:
-            raise RuntimeError(f"{cmd[0]} exited: {process.wait()}")
-    threading.Thread(target=lambda: process.stdout and process.stdout.read(),
-                     daemon=True).start()
-    return process
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    process.send_signal(sig)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    """A worker started with ``ENV`` (see ``_harness.start``)."""
+    return _harness.start(cmd, ENV, ready)
 
 
 @dataclass
@@ -202,12 +140,9 @@ class System:
             started = time.perf_counter()
             handles = self.send_batch(n) if self.send_batch else [send(i) for i in range(n)]
         else:
-            share = n // threads
-            n = share * threads
-            jobs = [lambda k=k: [send(i) for i in range(k * share, (k + 1) * share)]
-                    for k in range(threads)]
             started = time.perf_counter()
-            handles = [h for part in PRODUCERS.map(jobs) for h in part]
+            handles = PRODUCERS.send(send, n)
+            n = len(handles)
         enqueued = time.perf_counter()
         if self.flush is not None:
             self.flush()

@@ -27,23 +27,34 @@ own (created here, dropped at the end), each with one worker process of concurre
   ``pg_notify`` with its id, commit); the producer's listener reads the result rows of the
   ids it is told. Workers: ``floor_pg_worker`` below (``--floor-worker``).
 
-For each system, in ``--rounds`` rounds that take the systems in turn (a new seeded order each
-round, as ``benchmarks/brokers.py`` does, so that the machine's drift is shared): N calls sent
-one at a time by one producer thread and every completion awaited (end-to-end tasks/s, first
-send to last completion), the enqueue rate (first send to the last send returned; for ivy,
-whose ``delayed_call`` returns once the message is handed to its sender, also with
-``flush()``), and a block of sequential round trips (send one, wait for it: p50/p99 over all
-blocks). At the end, the worker's peak RSS (VmHWM summed over its process tree).
+For each system, in ``--rounds`` rounds that take the systems in turn (a new seeded order for
+each pass, as ``benchmarks/brokers.py`` does, so that the machine's drift is shared): N calls
+sent one at a time and every completion awaited, twice, first by one producer thread, then by
+4 producer threads sending N/4 each (threads that live for the whole run: ``_harness``), the
+completions awaited by the main thread either way (end-to-end tasks/s, first send to last
+completion); the enqueue rate (first send to the last send returned; for ivy, whose
+``delayed_call`` returns once the message is handed to its sender, also with ``flush()``);
+and a block of sequential round trips (send one, wait for it: p50/p99 over all blocks). At
+the end, the worker's peak RSS (VmHWM summed over its process tree).
+
+What a send from 4 threads uses: ivy's ``delayed_call`` is thread-safe (one app, its sender
+and connection pool); Procrastinate's synchronous ``defer`` borrows a connection from its
+connector's pool (psycopg_pool's default, 4 connections), so each thread has one; pgqueuer
+gets an asyncpg connection (and ``Queries``) per producer thread, its coroutines submitted
+to the one event loop thread of the producer (an asyncpg connection runs one query at a time:
+pgqueuer's driver serialises them with a lock); the floor gets a psycopg connection per
+producer thread.
 
     pip install -e '.[bench,postgres]'    # ivy, Procrastinate, pgqueuer and asyncpg
     python benchmarks/postgres_peers.py [--url postgresql://postgres@127.0.0.1:5432/postgres]
-                                        [--n 2000] [--latency-n 200] [--rounds 3]
+                                        [--n 2000] [--latency-n 300] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -64,39 +75,24 @@ import psycopg
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from brokers import tree_peak_rss_mb  # noqa: E402 - one VmHWM reader for the benchmarks
+from _harness import (  # noqa: E402 - the helpers shared with brokers.py
+    THREADS,
+    Producers,
+    loadavg,
+    spread,
+    start,
+    stop,
+    tree_peak_rss_mb,
+)
 
 CONCURRENCY = 4
+MODES = (1, THREADS)  # producer threads of a throughput round
 
 
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
-
-
-def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    lines: list[bytes] = []
-
-    def drain() -> None:  # keep the pipe empty; keep the tail for a worker that dies
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            del lines[:-20]
-
-    threading.Thread(target=drain, daemon=True).start()
-    process.tail = lines  # type: ignore[attr-defined]
-    return process
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+@functools.cache
+def producers() -> Producers:
+    """The producer threads, started on first use (not in the floor's worker process)."""
+    return Producers(THREADS)
 
 
 @dataclass
@@ -110,14 +106,21 @@ class System:
     close: Callable[[], None]
     wait_all: Callable[[list[Any]], None] | None = None
     flush: Callable[[], None] | None = None
-    enqueue: list[float] = field(default_factory=list)  # calls/s per round
-    flushed: list[float] = field(default_factory=list)
-    e2e: list[float] = field(default_factory=list)  # tasks/s per round
+    # by producer threads (1 or THREADS): one figure per round
+    enqueue: dict[int, list[float]] = field(default_factory=dict)  # calls/s
+    flushed: dict[int, list[float]] = field(default_factory=dict)
+    e2e: dict[int, list[float]] = field(default_factory=dict)  # tasks/s
     latencies: list[list[float]] = field(default_factory=list)  # ms, one list per round
 
-    def throughput_round(self, n: int, record: bool = True) -> None:
+    def throughput_round(self, n: int, threads: int, record: bool = True) -> None:
+        """n calls sent one at a time by ``threads`` producer threads (n/threads each), then
+        every completion awaited by this thread."""
         started = time.perf_counter()
-        handles = [self.send(i) for i in range(n)]
+        if threads == 1:
+            handles = [self.send(i) for i in range(n)]
+        else:
+            handles = producers().send(self.send, n)
+            n = len(handles)
         enqueued = time.perf_counter()
         if self.flush is not None:
             self.flush()
@@ -129,9 +132,9 @@ class System:
                 self.wait(h, i)
         ended = time.perf_counter()
         if record:
-            self.enqueue.append(n / (enqueued - started))
-            self.flushed.append(n / (flushed - started))
-            self.e2e.append(n / (ended - started))
+            self.enqueue.setdefault(threads, []).append(n / (enqueued - started))
+            self.flushed.setdefault(threads, []).append(n / (flushed - started))
+            self.e2e.setdefault(threads, []).append(n / (ended - started))
 
     def latency_round(self, n: int, warm: int = 5) -> None:
         block = []
@@ -230,24 +233,36 @@ def start_pgqueuer(url: str, env: dict[str, str]) -> System:
     from pgqueuer.core.completion import CompletionWatcher
 
     loop = Loop()
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"conns": []}
+    local = threading.local()  # each producer thread's Queries, on a connection of its own
+
+    async def connect() -> Any:
+        conn = await asyncpg.connect(url)
+        state["conns"].append(conn)
+        return Queries(AsyncpgDriver(conn))
 
     async def open_() -> None:
-        send_conn = await asyncpg.connect(url)
-        watch_conn = await asyncpg.connect(url)
-        state["conns"] = [send_conn, watch_conn]
-        state["queries"] = Queries(AsyncpgDriver(send_conn))
+        state["queries"] = await connect()
         await state["queries"].install()
+        watch_conn = await asyncpg.connect(url)
+        state["conns"].append(watch_conn)
         watch_driver = AsyncpgDriver(watch_conn)
         state["watcher"] = CompletionWatcher(watch_driver, queries=Queries(watch_driver),
                                              debounce=timedelta(milliseconds=1))
         await state["watcher"].__aenter__()
 
     loop.run(open_())
+    local.queries = state["queries"]  # this thread's: it sends in the 1-thread mode
     worker = start([sys.executable, str(HERE / "bench_pgqueuer_app.py")], env)
 
-    async def enqueue(i: int) -> Any:
-        return (await state["queries"].enqueue("bench_noop", str(i).encode()))[0]
+    async def enqueue(queries: Any, i: int) -> Any:
+        return (await queries.enqueue("bench_noop", str(i).encode()))[0]
+
+    def send(i: int) -> Any:
+        queries = getattr(local, "queries", None)
+        if queries is None:  # a producer thread's first send (in the warm-up)
+            queries = local.queries = loop.run(connect())
+        return loop.run(enqueue(queries, i))
 
     async def finished(job_ids: list[Any]) -> list[str]:
         return list(await asyncio.gather(*(state["watcher"].wait_for(j) for j in job_ids)))
@@ -268,8 +283,8 @@ def start_pgqueuer(url: str, env: dict[str, str]) -> System:
         loop.run(close_(), 30)
         loop.close()
 
-    return System("pgqueuer 1.6", lambda i: loop.run(enqueue(i)),
-                  lambda job_id, i: wait_all([job_id]), worker, close, wait_all)
+    return System("pgqueuer 1.6", send, lambda job_id, i: wait_all([job_id]), worker, close,
+                  wait_all)
 
 
 # -- the floor ---------------------------------------------------------------------------------
@@ -316,7 +331,6 @@ def start_floor(url: str, env: dict[str, str]) -> System:
         conn.execute(FLOOR_DDL)
     worker = start([sys.executable, str(Path(__file__).resolve()), "--floor-worker",
                     "--url", url], env)
-    send_conn = psycopg.connect(url, autocommit=True)
     listen_conn = psycopg.connect(url, autocommit=True)
     read_conn = psycopg.connect(url, autocommit=True)
     listen_conn.execute("LISTEN floor_results")
@@ -324,6 +338,9 @@ def start_floor(url: str, env: dict[str, str]) -> System:
     values: dict[int, Any] = {}
     lock = threading.Lock()
     stopping = threading.Event()
+    local = threading.local()  # each producer thread sends on a connection of its own
+    local.conn = psycopg.connect(url, autocommit=True)  # this thread's (the 1-thread mode)
+    conns = [listen_conn, read_conn, local.conn]
 
     def listen() -> None:
         while not stopping.is_set():
@@ -341,7 +358,12 @@ def start_floor(url: str, env: dict[str, str]) -> System:
     listener.start()
 
     def send(i: int) -> int:
-        row = send_conn.execute(
+        conn = getattr(local, "conn", None)
+        if conn is None:  # a producer thread's first send (in the warm-up)
+            conn = local.conn = psycopg.connect(url, autocommit=True)
+            with lock:
+                conns.append(conn)
+        row = conn.execute(
             "WITH j AS (INSERT INTO floor_jobs (args) VALUES (%s) RETURNING id) "
             "SELECT id, pg_notify('floor_jobs', '') FROM j", [json.dumps([i])]).fetchone()
         assert row is not None
@@ -362,7 +384,7 @@ def start_floor(url: str, env: dict[str, str]) -> System:
         stopping.set()
         listener.join(2)
         stop(worker)
-        for conn in (send_conn, listen_conn, read_conn):
+        for conn in conns:  # some are the producer threads': the run is over
             conn.close()
 
     return System("floor (bare psycopg 3)", send, wait, worker, close)
@@ -371,22 +393,27 @@ def start_floor(url: str, env: dict[str, str]) -> System:
 # -- the run -----------------------------------------------------------------------------------
 
 def run(systems: list[System], n: int, latency_n: int, rounds: int) -> list[str]:
-    """Warm every system up, then ``rounds`` turns over the systems, each in a new seeded
-    order: a throughput round of n calls, then (another order) a block of latency_n/rounds
-    round trips (the first 5 left out of the figures). Returns the load seen at each turn."""
+    """Warm every system up, then ``rounds`` turns over the systems: a throughput round of n
+    calls by one producer thread for each system (in a new seeded order), the same by
+    ``THREADS`` producer threads (another order), then (another order) a block of
+    latency_n/rounds round trips (the first 5 left out of the figures). Returns the load seen
+    at each turn and at the end."""
     order = random.Random(7)
     for s in systems:  # worker ready (the first calls wait for it), connections open
-        s.throughput_round(50, record=False)
+        for threads in MODES:  # (one per producer thread where a system needs one)
+            s.throughput_round(48, threads, record=False)
         s.latency_round(10)
         s.latencies.clear()
     loads = []
     for k in range(rounds):
         loads.append(loadavg())
         print(f"round {k + 1}: load {loads[-1]}", flush=True)
-        for s in order.sample(systems, len(systems)):
-            s.throughput_round(n)
-            print(f"  {s.name:<24} enqueue {s.enqueue[-1]:>7,.0f}/s  end-to-end "
-                  f"{s.e2e[-1]:>7,.0f}/s", flush=True)
+        for threads in MODES:
+            for s in order.sample(systems, len(systems)):
+                s.throughput_round(n, threads)
+                print(f"  {s.name:<24} {threads} producer thread{'s' if threads > 1 else ' '} "
+                      f"enqueue {s.enqueue[threads][-1]:>7,.0f}/s  end-to-end "
+                      f"{s.e2e[threads][-1]:>7,.0f}/s", flush=True)
         for s in order.sample(systems, len(systems)):
             s.latency_round(max(1, latency_n // rounds))
             print(f"  {s.name:<24} round trip p50 {statistics.median(s.latencies[-1]):.2f} ms",
@@ -395,38 +422,49 @@ def run(systems: list[System], n: int, latency_n: int, rounds: int) -> list[str]
     return loads
 
 
-def spread(values: list[float], fmt: str = ",.0f") -> str:
-    return (f"{statistics.median(values):{fmt}} "
-            f"({min(values):{fmt}}-{max(values):{fmt}})")
-
-
 def report(systems: list[System]) -> None:
-    print("| system | enqueue calls/s | enqueue + flush | end-to-end tasks/s | p50 ms | p99 ms "
-          "| round-trip p50 per round, ms | worker peak RSS MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| system | enqueue calls/s, 1 thread | 4 threads | enqueue + flush, 1 thread "
+          "| 4 threads | end-to-end tasks/s, 1 thread | end-to-end, 4 threads | p50 ms "
+          "| p99 ms | round-trip p50 per round, ms | worker peak RSS MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     rss: dict[str, float] = {}
     for s in systems:
         lat = sorted(x for block in s.latencies for x in block)
         p50, p99 = statistics.median(lat), lat[max(0, int(len(lat) * 0.99) - 1)]
         rss[s.name] = tree_peak_rss_mb(s.worker.pid)
-        flushed = spread(s.flushed) if s.flush is not None else "-"
+        cells = [spread(s.enqueue[t]) for t in MODES]
+        cells += [spread(s.flushed[t]) if s.flush is not None else "-" for t in MODES]
+        cells += [spread(s.e2e[t]) for t in MODES]
         per_round = spread([statistics.median(b) for b in s.latencies], ".2f")
-        print(f"| {s.name} | {spread(s.enqueue)} | {flushed} | {spread(s.e2e)} | {p50:.2f} | "
-              f"{p99:.2f} | {per_round} | {rss[s.name]:.1f} |", flush=True)
+        print(f"| {s.name} | {' | '.join(cells)} | {p50:.2f} | {p99:.2f} | {per_round} | "
+              f"{rss[s.name]:.1f} |", flush=True)
     by = {s.name: s for s in systems}
     ivy_s = by.get("ivy")
     if ivy_s is None:
         return
+
+    def ratio(a: list[float], b: list[float]) -> str:
+        return f"x{statistics.median(a) / statistics.median(b):.2f}"
+
+    lat_i = statistics.median([x for b in ivy_s.latencies for x in b])
     for other in systems:
         if other is ivy_s:
             continue
-        lat_i = statistics.median([x for b in ivy_s.latencies for x in b])
         lat_o = statistics.median([x for b in other.latencies for x in b])
-        print(f"ivy / {other.name}: end-to-end x"
-              f"{statistics.median(ivy_s.e2e) / statistics.median(other.e2e):.2f}, enqueue x"
-              f"{statistics.median(ivy_s.enqueue) / statistics.median(other.enqueue):.2f}, "
-              f"p50 {lat_i - lat_o:+.2f} ms (x{lat_i / lat_o:.2f}), RSS x"
-              f"{rss['ivy'] / rss[other.name]:.2f}")
+        modes = "; ".join(f"{t} thread{'s' if t > 1 else ''}: end-to-end "
+                          f"{ratio(ivy_s.e2e[t], other.e2e[t])}, enqueue "
+                          f"{ratio(ivy_s.enqueue[t], other.enqueue[t])}" for t in MODES)
+        print(f"ivy / {other.name}: {modes}; p50 {lat_i - lat_o:+.2f} ms "
+              f"(x{lat_i / lat_o:.2f}), RSS x{rss['ivy'] / rss[other.name]:.2f}")
+    peers = [s for s in systems if s is not ivy_s and not s.name.startswith("floor")]
+    for t in MODES:
+        if not peers:
+            break
+        faster = max(peers, key=lambda s: statistics.median(s.e2e[t]))
+        print(f"{t} producer thread{'s' if t > 1 else ''}: the faster peer is {faster.name}; "
+              f"ivy end to end {ratio(ivy_s.e2e[t], faster.e2e[t])} its median, "
+              f"x{min(ivy_s.e2e[t]) / max(faster.e2e[t]):.2f} ivy's slowest round over its "
+              f"fastest")
 
 
 def main() -> None:
@@ -452,8 +490,9 @@ def main() -> None:
            "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
     os.environ["BENCH_PG_URL"] = url  # read by the peers' apps, here too
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {loadavg()}; "
-          f"database {db}; n={args.n} per round, {args.rounds} rounds, "
-          f"{args.latency_n} round trips per system, systems taken in turn", flush=True)
+          f"database {db}; n={args.n} per round by 1 and by {THREADS} producer threads, "
+          f"{args.rounds} rounds, {args.latency_n} round trips per system, systems taken in "
+          f"turn", flush=True)
     starters: dict[str, Callable[[str, dict[str, str]], System]] = {
         "ivy": start_ivy, "procrastinate": start_procrastinate,
         "pgqueuer": start_pgqueuer, "floor": start_floor}
