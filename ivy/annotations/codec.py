@@ -19,6 +19,16 @@ log = logging.getLogger("ivy")
 Positional = tuple[int, str, Converter]
 #: a call's positional and keyword arguments, decoded
 Arguments = tuple[list[Any], dict[str, Any]]
+#: a converting positional parameter in a hot loop: its index, the type its shortcut takes
+#: (None: no shortcut), the shortcut, and the converter's function
+Step = tuple[int, Any, Fn, Fn]
+
+
+def _step(conv: Converter, what: str) -> tuple[Any, Fn, Fn]:
+    """``(kind, shortcut, function)`` of ``conv`` in the direction ``what``."""
+    fn: Fn = getattr(conv, what)
+    kind, fast = getattr(conv, f"fast_{what}") or (None, fn)
+    return kind, fast, fn
 
 
 class BadArguments(ValueError):
@@ -30,8 +40,9 @@ class TaskCodec:
     """What converts for one task: the parameters whose annotation converts (by position
     and by name; ``*args`` and ``**kwargs`` items), and the result."""
 
-    __slots__ = ("_decode", "_encode", "_names", "_width", "by_name", "converts_args", "name",
-                 "positional", "result", "var_args", "var_kwargs")
+    __slots__ = ("_decode", "_encode", "_names", "_result_decode", "_result_encode", "_width",
+                 "by_name", "converts_args", "name", "positional", "result", "var_args",
+                 "var_kwargs")
 
     def __init__(self, name: str, positional: list[Positional], by_name: dict[str, Converter],
                  var_args: Converter | None, var_kwargs: Converter | None,
@@ -52,10 +63,11 @@ class TaskCodec:
         # ``*args`` items, and name -> function of the keywords (what the hot loop reads)
         self._encode = self._table("encode")
         self._decode = self._table("decode")
+        self._result_encode = None if result is None else _step(result, "encode")
+        self._result_decode = None if result is None else _step(result, "decode")
 
-    def _table(self, what: str) -> tuple[list[tuple[int, Fn]], Fn | None, dict[str, Fn],
-                                         Fn | None]:
-        return ([(index, getattr(conv, what)) for index, _, conv in self.positional],
+    def _table(self, what: str) -> tuple[list[Step], Fn | None, dict[str, Fn], Fn | None]:
+        return ([(index, *_step(conv, what)) for index, _, conv in self.positional],
                 None if self.var_args is None else getattr(self.var_args, what),
                 {param: getattr(conv, what) for param, conv in self.by_name.items()},
                 None if self.var_kwargs is None else getattr(self.var_kwargs, what))
@@ -65,16 +77,23 @@ class TaskCodec:
         return f"<TaskCodec {self.name} {sorted(set(names))} result={self.result is not None}>"
 
     def _walk(self, args: Sequence[Any], kwargs: Mapping[str, Any],
-              table: tuple[list[tuple[int, Fn]], Fn | None, dict[str, Fn], Fn | None],
+              table: tuple[list[Step], Fn | None, dict[str, Fn], Fn | None],
               first: int = 0) -> tuple[list[Any], dict[str, Any]]:
         positional, var_args, named, var_kwargs = table
         out = list(args)
         count = len(out)
         index, param = 0, ""
         try:
-            for index, fn in positional:
+            for index, kind, fast, fn in positional:
                 if first <= index < count:
-                    out[index] = fn(out[index])
+                    value = out[index]
+                    if type(value) is kind:
+                        try:
+                            out[index] = fast(value)
+                            continue
+                        except Exception:  # noqa: S110 - the converter's function says why
+                            pass
+                    out[index] = fn(value)
             if var_args is not None:
                 for index in range(max(self._width, first), count):
                     out[index] = var_args(out[index])
@@ -115,9 +134,15 @@ class TaskCodec:
     def encode_result(self, value: Any) -> Any:
         """The worker's side: the task's return value -> its wire form; raises
         :class:`ivy.SerializationError`."""
-        assert self.result is not None
+        assert self._result_encode is not None and self.result is not None
+        kind, fast, encode = self._result_encode
+        if type(value) is kind:
+            try:
+                return fast(value)
+            except Exception:  # noqa: S110 - the converter's function says why
+                pass
         try:
-            return self.result.encode(value)
+            return encode(value)
         except Mismatch as exc:
             raise SerializationError(
                 f"the result of task {self.name!r} does not fit its return annotation "
@@ -126,8 +151,14 @@ class TaskCodec:
     def decode_result(self, value: Any) -> Any:
         """The producer's side: a result's wire form -> the return annotation's type;
         raises :class:`Mismatch`."""
-        assert self.result is not None
-        return self.result.decode(value)
+        assert self._result_decode is not None
+        kind, fast, decode = self._result_decode
+        if type(value) is kind:
+            try:
+                return fast(value)
+            except Exception:  # noqa: S110 - the converter's function says why
+                pass
+        return decode(value)
 
 
 def hints_of(func: Callable[..., Any], name: str) -> dict[str, Any] | None:

@@ -162,7 +162,11 @@ def _union(convs: list[Converter], name: str) -> Converter:
         def optional(fn: Fn) -> Fn:
             return lambda v: None if v is None else fn(v)
 
-        return Converter(name, optional(item_encode), optional(item_decode), inner.converts)
+        # the member's shortcuts hold, but for None (an enum may have a member of value None)
+        fast_encode, fast_decode = (None if f is None or f[0] is type(None) else f
+                                    for f in (inner.fast_encode, inner.fast_decode))
+        return Converter(name, optional(item_encode), optional(item_decode), inner.converts,
+                         fast_encode, fast_decode)
 
     def first(what: str) -> Fn:
         fns = [getattr(c, what) for c in convs]

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import operator
 import re
 import sys
 import uuid
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 Fn = Callable[[Any], Any]
+#: a converter's shortcut: ``(kind, fn)``, see :class:`Converter`
+Shortcut = tuple[type, Fn]
 
 
 class Mismatch(ValueError):
@@ -44,12 +47,17 @@ def _short(value: Any) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Converter:
-    """How values of one annotation (named ``name``) travel: see the module docstring."""
+    """How values of one annotation (named ``name``) travel: see the module docstring.
+    ``fast_encode`` and ``fast_decode``, when set, are shortcuts ``(kind, fn)`` for the hot
+    loops: for a value whose type is exactly ``kind``, ``fn(value)`` returns what ``encode``
+    (``decode``) returns; when ``fn`` raises, the caller calls ``encode`` (``decode``)."""
 
     name: str
     encode: Fn
     decode: Fn
     converts: bool
+    fast_encode: Shortcut | None = None
+    fast_decode: Shortcut | None = None
 
 
 def identity(value: Any) -> Any:
@@ -90,10 +98,11 @@ PLAIN: dict[Any, Converter] = {
 
 
 def _scalar(name: str, kind: type, to_wire: Fn, from_wire: Fn, wire: str,
-            exact: bool = False) -> Converter:
+            exact: bool = False, parse: Fn | None = None) -> Converter:
     """A type with a string (or number) form: ``to_wire(value)`` for a value of ``kind``,
     ``from_wire(form)`` for its wire form (ValueError, TypeError or OverflowError when the
-    form is wrong). ``exact``: a subclass of ``kind`` is not one (a datetime is no date)."""
+    form is wrong). ``exact``: a subclass of ``kind`` is not one (a datetime is no date).
+    ``parse``: what ``from_wire`` does with a ``str`` (the decoding shortcut)."""
 
     def decode(value: Any) -> Any:
         try:
@@ -108,7 +117,8 @@ def _scalar(name: str, kind: type, to_wire: Fn, from_wire: Fn, wire: str,
             raise Mismatch(value, name)  # another typed value: never read as a wire form
         return to_wire(decode(value))
 
-    return Converter(name, encode, decode, True)
+    return Converter(name, encode, decode, True, (kind, to_wire),
+                     None if parse is None else (str, parse))
 
 
 def _iso(kind: Any) -> Fn:
@@ -203,23 +213,26 @@ _TYPED: tuple[type, ...] = (dt.date, dt.time, dt.timedelta, uuid.UUID, decimal.D
 
 SCALARS: dict[Any, Converter] = {
     dt.datetime: _scalar("datetime", dt.datetime, dt.datetime.isoformat, _iso(dt.datetime),
-                         "an ISO 8601 date and time"),
+                         "an ISO 8601 date and time", parse=dt.datetime.fromisoformat),
     dt.date: _scalar("date", dt.date, dt.date.isoformat, _iso(dt.date),
-                     "an ISO 8601 date, YYYY-MM-DD", exact=True),
+                     "an ISO 8601 date, YYYY-MM-DD", exact=True, parse=dt.date.fromisoformat),
     dt.time: _scalar("time", dt.time, dt.time.isoformat, _iso(dt.time),
-                     "an ISO 8601 time, HH:MM:SS"),
+                     "an ISO 8601 time, HH:MM:SS", parse=dt.time.fromisoformat),
     dt.timedelta: _scalar("timedelta", dt.timedelta, _timedelta_to_wire, _timedelta_from_wire,
-                          "an ISO 8601 duration or a number of seconds"),
-    uuid.UUID: _scalar("UUID", uuid.UUID, lambda u: u.hex, _uuid_from_wire,
-                       "32 hex digits, hyphens allowed"),
+                          "an ISO 8601 duration or a number of seconds",
+                          parse=_timedelta_from_wire),
+    uuid.UUID: _scalar("UUID", uuid.UUID, operator.attrgetter("hex"), _uuid_from_wire,
+                       "32 hex digits, hyphens allowed", parse=uuid.UUID),
     decimal.Decimal: _scalar("Decimal", decimal.Decimal, _decimal_to_wire, _decimal_from_wire,
-                             "a decimal number as a string"),
-    bytes: _scalar("bytes", bytes, _bytes_to_wire, _bytes_from_wire, "base64 text"),
+                             "a decimal number as a string", parse=_decimal_from_wire),
+    bytes: _scalar("bytes", bytes, _bytes_to_wire, _bytes_from_wire, "base64 text",
+                   parse=_bytes_from_wire),
 }
 # bytearray and memoryview are sent as bytes are
 _BYTES_LIKE = SCALARS[bytes]
 SCALARS[bytes] = Converter("bytes", lambda v: _bytes_to_wire(v) if isinstance(
-    v, (bytearray, memoryview)) else _BYTES_LIKE.encode(v), _BYTES_LIKE.decode, True)
+    v, (bytearray, memoryview)) else _BYTES_LIKE.encode(v), _BYTES_LIKE.decode, True,
+    _BYTES_LIKE.fast_encode, _BYTES_LIKE.fast_decode)
 
 
 def enum_converter(cls: type[enum.Enum]) -> Converter:
@@ -242,7 +255,10 @@ def enum_converter(cls: type[enum.Enum]) -> Converter:
     def encode(value: Any) -> Any:
         return (value if isinstance(value, cls) else decode(value))._value_
 
-    return Converter(name, encode, decode, True)
+    # the shortcuts: a member (of this very class), and a value of its first member's type
+    first = next(iter(members), None)
+    return Converter(name, encode, decode, True, (cls, operator.attrgetter("_value_")),
+                     None if first is None else (type(first), members.__getitem__))
 
 
 def is_model(tp: Any) -> bool:
