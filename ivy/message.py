@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
@@ -71,10 +70,26 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
-@cache
+_validators: dict[str, Callable[[Any], Any]] = {}
+_validators_lock = threading.Lock()
+
+
 def _validator(name: str) -> Callable[[Any], Any]:
-    validate: Callable[[Any], Any] = fastjsonschema.compile(load_schema(name))
+    """The compiled validator of a shipped schema, compiled once: threads asking at the same
+    time (a worker's executors, on their first messages) wait for one compile, since each
+    compile parses generated code, a few MB held by its thread's malloc arena afterwards."""
+    validate = _validators.get(name)
+    if validate is None:
+        with _validators_lock:
+            validate = _validators.get(name)
+            if validate is None:
+                validate = _validators[name] = fastjsonschema.compile(load_schema(name))
     return validate
+
+
+def compile_validator(name: str) -> None:
+    """Compile a shipped schema's validator now, on this thread (see :func:`_validator`)."""
+    _validator(name)
 
 
 #: random bytes of one id, and ids read from the OS at once (see :func:`new_id`)

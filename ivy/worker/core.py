@@ -12,7 +12,7 @@ from typing import Any
 
 from ivy._process import Backoff, run_until_signal, worker_name
 from ivy._process import signal_handlers as signal_handlers
-from ivy.message import Message
+from ivy.message import Message, compile_validator
 from ivy.notifiers.base import Notifier
 from ivy.queues.base import Consumer, Delivery, QueueBackend
 from ivy.task import Task
@@ -131,6 +131,9 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> Worker:
+        # before the executors: compiling takes MBs, which an executor thread's malloc arena
+        # would keep resident, and this thread's gives back
+        compile_validator("message-v1")
         self._consumers = []
         for q in self.queues:
             try:

@@ -178,3 +178,39 @@ def test_call_ids_sort_by_the_millisecond_they_were_taken() -> None:
     assert before <= int(first[:12], 16) <= int(second[:12], 16) <= after
     assert first < second
     assert len({new_id()[12:] for _ in range(1_000)}) == 1_000
+
+
+def test_a_validator_is_compiled_once_when_threads_ask_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import fastjsonschema
+
+    from ivy import message
+
+    # Given no compiled validator yet, and a compile slow enough for threads to meet in it
+    monkeypatch.setattr(message, "_validators", {})
+    compiles: list[str] = []
+    real = fastjsonschema.compile
+    gate = threading.Barrier(4)
+
+    def slow(schema: object) -> object:
+        compiles.append("compile")
+        return real(schema)
+
+    monkeypatch.setattr(fastjsonschema, "compile", slow)
+    got: list[object] = []
+
+    def ask() -> None:
+        gate.wait(10)
+        got.append(message._validator("message-v1"))
+
+    # When four threads ask for it at once (a worker's executors on their first messages)
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # Then it was compiled once, and all four got that one
+    assert compiles == ["compile"]
+    assert len(got) == 4 and all(v is got[0] for v in got)
