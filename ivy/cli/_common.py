@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import importlib
 import os
-import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -78,6 +77,8 @@ def import_modules(modules: Sequence[str]) -> None:
 def backend_errors() -> tuple[type[BaseException], ...]:
     """The errors of backends and their client libraries (those installed), which the
     command line reports in one line rather than as a traceback."""
+    import sqlite3  # here: a worker on another backend need not load it (~1 MB)
+
     errors: list[type[BaseException]] = [OSError, sqlite3.Error]
     with contextlib.suppress(ImportError):
         import redis
