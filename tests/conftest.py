@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,3 +186,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``slow`` (private servers, worker processes, soaks) run first: in a
     parallel run they then overlap with the many short ones instead of ending it alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests press Ctrl-C on the processes they start, as a terminal would. A run started with
+    SIGINT ignored (a background job of a script, ``nohup``) passes that on through every exec,
+    and its children would never see it: give this process Python's own handler, which its
+    children then start with as SIG_DFL."""
+    if (signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            and threading.current_thread() is threading.main_thread()):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
