@@ -48,6 +48,9 @@ def _describe(exc: BaseException | None) -> str:
 DEFAULT_PENDING_TTL = 86_400.0
 #: How often the consumer looks for expired calls.
 SWEEP_SECONDS = 1.0
+#: Longest :meth:`ResultConsumer.start` waits for the subscription (a notifier that does not
+#: answer delays nothing longer: final results are read back on subscribe anyway).
+SUBSCRIBE_WAIT = 2.0
 
 
 class ResultConsumer:
@@ -79,6 +82,7 @@ class ResultConsumer:
         self._stopped = False
         self._closing = threading.Event()
         self._subscription: Subscription | None = None
+        self._subscribed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ivy-notifications",
                                         daemon=True)
         self._next_sweep = time.monotonic() + SWEEP_SECONDS
@@ -87,7 +91,11 @@ class ResultConsumer:
         return f"<ResultConsumer {self.notifier.url} pending={len(self._calls)}>"
 
     def start(self) -> ResultConsumer:
+        """Start the thread, and wait (up to :data:`SUBSCRIBE_WAIT` s) until it subscribed:
+        the statuses and progress of the calls sent next are then not published before
+        anyone listens (only final results are read back on subscribe)."""
         self._thread.start()
+        self._subscribed.wait(SUBSCRIBE_WAIT)
         return self
 
     @property
@@ -153,6 +161,7 @@ class ResultConsumer:
                 if subscription is None:
                     subscription = self.notifier.subscribe(self.channel, self.pending_ids)
                     self._subscription = subscription
+                    self._subscribed.set()
                 bodies = subscription.get(0.5)
                 backoff.reset()
             except Exception:

@@ -87,26 +87,30 @@ class SQLiteSubscription(_RowReader):
         super().__init__(notifier, "n")
         self._channel = channel
         self._pending = pending
+        # from now on every row of the channel is read (statuses and progress too); what was
+        # stored before is caught up at the first get(), final results only
+        self._cursor = notifier.db.conn().execute(
+            "SELECT coalesce(max(seq), 0) FROM ivy_notifications").fetchone()[0]
+        self._caught_up = False
 
     def _params(self) -> tuple[Any, ...]:
         return (self._channel, self._cursor)
 
     def _catch_up(self) -> list[bytes]:
         conn = self._notifier.db.conn()
-        self._cursor = conn.execute("SELECT coalesce(max(seq), 0) FROM ivy_notifications"
-                                    ).fetchone()[0]
         ids = list(self._pending())
         found: list[bytes] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
             found.extend(bytes(r[0]) for r in conn.execute(
-                f"SELECT body FROM ivy_notifications WHERE final = 1 AND call_id IN ({marks})",  # noqa: S608 - only placeholders
-                chunk))
+                "SELECT body FROM ivy_notifications WHERE final = 1 AND seq <= ? AND call_id "  # noqa: S608 - only placeholders
+                f"IN ({marks})", (self._cursor, *chunk)))
         return found
 
     def get(self, timeout: float) -> list[bytes]:
-        if self._cursor is None:
+        if not self._caught_up:
+            self._caught_up = True
             found = self._catch_up()
             if found:
                 return found

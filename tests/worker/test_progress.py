@@ -226,3 +226,38 @@ def test_progress_with_another_calls_nonce_is_ignored() -> None:
         assert call.progress == Progress(0.1, "own")
     finally:
         app.close()
+
+
+def test_progress_sent_at_once_reaches_a_producer_whose_subscription_is_slow(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivy.notifiers.sqlite import SQLiteNotifier
+
+    # Given a notifier whose subscription takes half a second to open
+    subscribe = SQLiteNotifier.subscribe
+
+    def slow(self: SQLiteNotifier, channel: str, pending: Any) -> Any:
+        time.sleep(0.5)
+        return subscribe(self, channel, pending)
+
+    monkeypatch.setattr(SQLiteNotifier, "subscribe", slow)
+    app = ivy.Ivy(sqlite_url, sqlite_url)
+    go_on = threading.Event()
+    queue = qname()
+    try:
+        @app.register_task(name="t.early", queue=queue)
+        def early() -> int:
+            ivy.current().progress(0.5, "half")
+            go_on.wait(20)
+            return 1
+
+        app.listen(queue=queue, block=False)
+        # When the first call is sent, to a worker that reports progress as it starts
+        call = app.delayed_call(early)
+        # Then that progress reaches the producer: its consumer listened before the send
+        wait_for(lambda: call.progress is not None, timeout=10, message="the progress")
+        assert call.progress == Progress(0.5, "half")
+        go_on.set()
+        assert call.result(20) == 1
+    finally:
+        go_on.set()
+        app.close()
