@@ -135,14 +135,8 @@ class TaskCodec:
         """The worker's side: the task's return value -> its wire form; raises
         :class:`ivy.SerializationError`."""
         assert self._result_encode is not None and self.result is not None
-        kind, fast, encode = self._result_encode
-        if type(value) is kind:
-            try:
-                return fast(value)
-            except Exception:  # noqa: S110 - the converter's function says why
-                pass
         try:
-            return encode(value)
+            return _through(self._result_encode, value)
         except Mismatch as exc:
             raise SerializationError(
                 f"the result of task {self.name!r} does not fit its return annotation "
@@ -152,13 +146,19 @@ class TaskCodec:
         """The producer's side: a result's wire form -> the return annotation's type;
         raises :class:`Mismatch`."""
         assert self._result_decode is not None
-        kind, fast, decode = self._result_decode
-        if type(value) is kind:
-            try:
-                return fast(value)
-            except Exception:  # noqa: S110 - the converter's function says why
-                pass
-        return decode(value)
+        return _through(self._result_decode, value)
+
+
+def _through(step: tuple[Any, Fn, Fn], value: Any) -> Any:
+    """``value`` converted by the shortcut of ``step`` (see :func:`_step`) when it takes it,
+    else (or when it raises) by the converter's own function, which says why it cannot."""
+    kind, fast, fn = step
+    if type(value) is kind:
+        try:
+            return fast(value)
+        except Exception:  # noqa: S110 - the converter's function says why
+            pass
+    return fn(value)
 
 
 def hints_of(func: Callable[..., Any], name: str) -> dict[str, Any] | None:
