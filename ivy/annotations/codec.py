@@ -19,12 +19,12 @@ log = logging.getLogger("ivy")
 Positional = tuple[int, str, Converter]
 #: a call's positional and keyword arguments, decoded
 Arguments = tuple[list[Any], dict[str, Any]]
-#: a converting positional parameter in a hot loop: its index, the type its shortcut takes
-#: (None: no shortcut), the shortcut, and the converter's function
-Step = tuple[int, Any, Fn, Fn]
+#: a converter in one direction, for the hot loops: the type its shortcut takes (None: no
+#: shortcut), the shortcut, and the converter's function (see :func:`_through`)
+Step = tuple[Any, Fn, Fn]
 
 
-def _step(conv: Converter, what: str) -> tuple[Any, Fn, Fn]:
+def _step(conv: Converter, what: str) -> Step:
     """``(kind, shortcut, function)`` of ``conv`` in the direction ``what``."""
     fn: Fn = getattr(conv, what)
     kind, fast = getattr(conv, f"fast_{what}") or (None, fn)
@@ -66,8 +66,9 @@ class TaskCodec:
         self._result_encode = None if result is None else _step(result, "encode")
         self._result_decode = None if result is None else _step(result, "decode")
 
-    def _table(self, what: str) -> tuple[list[Step], Fn | None, dict[str, Fn], Fn | None]:
-        return ([(index, *_step(conv, what)) for index, _, conv in self.positional],
+    def _table(self, what: str) -> tuple[list[tuple[int, Step]], Fn | None, dict[str, Fn],
+                                         Fn | None]:
+        return ([(index, _step(conv, what)) for index, _, conv in self.positional],
                 None if self.var_args is None else getattr(self.var_args, what),
                 {param: getattr(conv, what) for param, conv in self.by_name.items()},
                 None if self.var_kwargs is None else getattr(self.var_kwargs, what))
@@ -77,23 +78,16 @@ class TaskCodec:
         return f"<TaskCodec {self.name} {sorted(set(names))} result={self.result is not None}>"
 
     def _walk(self, args: Sequence[Any], kwargs: Mapping[str, Any],
-              table: tuple[list[Step], Fn | None, dict[str, Fn], Fn | None],
+              table: tuple[list[tuple[int, Step]], Fn | None, dict[str, Fn], Fn | None],
               first: int = 0) -> tuple[list[Any], dict[str, Any]]:
         positional, var_args, named, var_kwargs = table
         out = list(args)
         count = len(out)
         index, param = 0, ""
         try:
-            for index, kind, fast, fn in positional:
+            for index, step in positional:
                 if first <= index < count:
-                    value = out[index]
-                    if type(value) is kind:
-                        try:
-                            out[index] = fast(value)
-                            continue
-                        except Exception:  # noqa: S110 - the converter's function says why
-                            pass
-                    out[index] = fn(value)
+                    out[index] = _through(step, out[index])
             if var_args is not None:
                 for index in range(max(self._width, first), count):
                     out[index] = var_args(out[index])
@@ -149,7 +143,7 @@ class TaskCodec:
         return _through(self._result_decode, value)
 
 
-def _through(step: tuple[Any, Fn, Fn], value: Any) -> Any:
+def _through(step: Step, value: Any) -> Any:
     """``value`` converted by the shortcut of ``step`` (see :func:`_step`) when it takes it,
     else (or when it raises) by the converter's own function, which says why it cannot."""
     kind, fast, fn = step
