@@ -63,6 +63,10 @@ def nonce_of(data: Any) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= MAX_NONCE_CHARS else None
 
 
+#: the shipped schema that :func:`decode_message` validates a message against
+MESSAGE_SCHEMA = "message-v1"
+
+
 def load_schema(name: str) -> dict[str, Any]:
     """Return a shipped schema: ``message-v1``, ``message-legacy`` or ``notification-v1``."""
     text = resources.files("ivy").joinpath("schemas").joinpath(f"{name}.json").read_text("utf-8")
@@ -87,9 +91,10 @@ def _validator(name: str) -> Callable[[Any], Any]:
     return validate
 
 
-def compile_validator(name: str) -> None:
-    """Compile a shipped schema's validator now, on this thread (see :func:`_validator`)."""
-    _validator(name)
+def compile_message_validator() -> None:
+    """Compile the validator :func:`decode_message` uses now, on this thread (see
+    :func:`_validator`)."""
+    _validator(MESSAGE_SCHEMA)
 
 
 #: random bytes of one id, and ids read from the OS at once (see :func:`new_id`)
@@ -334,7 +339,7 @@ def decode_message(
             f"unsupported protocol version {version!r}: this worker speaks version "
             f"{PROTOCOL_VERSION}", _readable_fields(data),
         )
-    _validate("message-v1", data, "message")
+    _validate(MESSAGE_SCHEMA, data, "message")
     _check_channels(data)
     return Message(
         id=data["id"], name=data["name"], args=data["args"], kwargs=data.get("kwargs", {}),

@@ -12,7 +12,7 @@ from typing import Any
 
 from ivy._process import Backoff, run_until_signal, worker_name
 from ivy._process import signal_handlers as signal_handlers
-from ivy.message import Message, compile_validator
+from ivy.message import Message, compile_message_validator
 from ivy.notifiers.base import Notifier
 from ivy.queues.base import Consumer, Delivery, QueueBackend
 from ivy.task import Task
@@ -133,7 +133,7 @@ class Worker:
     def start(self) -> Worker:
         # before the executors: compiling takes MBs, which an executor thread's malloc arena
         # would keep resident, and this thread's gives back
-        compile_validator("message-v1")
+        compile_message_validator()
         self._consumers = []
         for q in self.queues:
             try:
