@@ -47,11 +47,14 @@ class _RowReader(Subscription):
     (what notification and event subscriptions share)."""
 
     _query = ""
+    #: the table read: what it holds from now on (its rows past their highest ``seq``)
+    _table = ""
 
     def __init__(self, notifier: SQLiteNotifier, wake: str) -> None:
         self._notifier = notifier
         self._listener = WakeListener(notifier.db.wake_dir(wake))
-        self._cursor: int | None = None
+        self._cursor: int = notifier.db.conn().execute(
+            f"SELECT coalesce(max(seq), 0) FROM {self._table}").fetchone()[0]  # noqa: S608 - a class constant
         self._closed = False
 
     def _params(self) -> tuple[Any, ...]:
@@ -81,16 +84,15 @@ class _RowReader(Subscription):
 class SQLiteSubscription(_RowReader):
     _query = ("SELECT seq, body FROM ivy_notifications WHERE channel = ? AND seq > ? "
               "ORDER BY seq LIMIT 1000")
+    _table = "ivy_notifications"
 
     def __init__(self, notifier: SQLiteNotifier, channel: str,
                  pending: Callable[[], Collection[str]]) -> None:
         super().__init__(notifier, "n")
         self._channel = channel
         self._pending = pending
-        # from now on every row of the channel is read (statuses and progress too); what was
-        # stored before is caught up at the first get(), final results only
-        self._cursor = notifier.db.conn().execute(
-            "SELECT coalesce(max(seq), 0) FROM ivy_notifications").fetchone()[0]
+        # every row of the channel stored from now on is read (statuses and progress too);
+        # what was stored before is caught up at the first get(), final results only
         self._caught_up = False
 
     def _params(self) -> tuple[Any, ...]:
@@ -121,11 +123,10 @@ class SQLiteEventSubscription(_RowReader):
     """Reads the ``ivy_events`` rows added after it opened, in order."""
 
     _query = "SELECT seq, body FROM ivy_events WHERE seq > ? ORDER BY seq LIMIT 1000"
+    _table = "ivy_events"
 
     def __init__(self, notifier: SQLiteNotifier) -> None:
         super().__init__(notifier, "e")
-        self._cursor = notifier.db.conn().execute(
-            "SELECT coalesce(max(seq), 0) FROM ivy_events").fetchone()[0]
 
     def get(self, timeout: float) -> list[bytes]:
         return self._read(timeout)
