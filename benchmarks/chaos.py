@@ -47,10 +47,13 @@ Two more faults (issue 20):
   others, may stay pending (``lost``); the producer fails them with ``ResultExpired`` after
   ``pending_ttl``.
 
-``--time-limit S`` runs every task in the workers' runner processes (the hard time limit's
-supervised children, ``ivy worker --time-limit S``): the worker kills still hit the workers,
-and a poison call kills its runner instead of its worker, so it ends errored as ``WorkerLost``
-(counted in ``poison_stopped`` too), and the worker goes on.
+``--time-limit S`` starts the workers with a hard time limit on every task (``ivy worker
+--time-limit S``): each worker is then a supervisor whose worker process runs the tasks inline
+under the limit (ivy.worker.limits). The soak's kills hit the supervisors (their worker
+processes see them gone and stop); a poison call kills a worker process, which its supervisor
+replaces, and ends at the delivery limit as without a time limit. (A worker that no supervisor
+watches, ``app.listen()``, runs such calls in runner processes: there a poison call kills its
+runner and ends errored as ``WorkerLost``, which ``poison_stopped`` counts too.)
 
 tests/worker/test_chaos.py runs a short form of each.
 """
@@ -246,7 +249,7 @@ def run(n: int = 10_000, kills: int = 5, redis_restarts: int = 1, rabbit_restart
             notifier_url = redis.url
             log(f"chaos: redis on {redis.port} is queue (Streams) and notifier")
         env = {**os.environ, "CHAOS_LOG_DIR": str(execs), "PYTHONPATH": str(HERE)}
-        if time_limit is not None:  # every task in a runner process of its worker
+        if time_limit is not None:  # every task under a hard limit: supervised workers
             extra = [*extra, "--time-limit", str(time_limit)]
 
         def start_worker() -> subprocess.Popen[bytes]:

@@ -111,7 +111,8 @@ class Operating:
         ``stop()`` ends it gracefully. With ``max_messages`` it stops by itself after that
         many messages, with ``max_memory`` once its RSS passed that many MB, after finishing
         what it runs (see :mod:`ivy.worker.recycling`). ``time_limit``: the hard time limit of
-        the tasks without their own (see :mod:`ivy.worker.runner`).
+        the tasks without their own: such calls run inline in a process its supervisor watches
+        (``ivy worker``), in runner processes otherwise (see :mod:`ivy.worker.limits`).
 
         The original's dict form works: ``queue`` inside it names the queue, and
         ``messages: {"pkg.task": {"reserveTime": 3600}}`` sets a task's reservation (seconds

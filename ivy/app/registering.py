@@ -85,9 +85,11 @@ class Registering:
         (:mod:`ivy.timing.ratelimit`); ``unique_for=N`` makes a call with the same arguments
         a no-op while one is pending or for N seconds after it was sent
         (:mod:`ivy.producer.unique`). ``timeout=S`` is soft (an exception raised in the task);
-        ``time_limit=S`` is hard: the task runs in a process of its own, killed past S seconds
-        (:mod:`ivy.worker.runner`). ``retry_on``, ``dont_retry_on``, ``backoff`` (a list of
-        seconds, or ``backoff(attempt) -> seconds``) and ``jitter`` make the task's retry
+        ``time_limit=S`` is hard: past S seconds the process running the call ends (under
+        ``ivy worker``, the worker process, replaced by its supervisor; under ``listen()``, a
+        runner process of its own: :mod:`ivy.worker.limits`). ``retry_on``,
+        ``dont_retry_on``, ``backoff`` (a list of seconds, or ``backoff(attempt) ->
+        seconds``) and ``jitter`` make the task's retry
         policy (:mod:`ivy.retries`); inside the task, ``raise ivy.Retry(delay)``,
         ``ivy.Snooze(delay)`` or ``ivy.Discard(reason)`` decide for one run.
 
@@ -105,8 +107,8 @@ class Registering:
             reserve_time: seconds a worker's message stays reserved (extended while the task
                 runs); None: the worker's.
             timeout: the soft limit, in seconds: an exception raised in the task; None: none.
-            time_limit: the hard limit, in seconds: the task runs in a process of its own,
-                killed past it; None: the worker's, if any.
+            time_limit: the hard limit, in seconds: the process running a call past it
+                ends, and the call fails with TaskTimeout; None: the worker's, if any.
             style: ``"sync"``, ``"async"`` or ``"callback"``; None: found from the function.
             route: the AMQP routing key where the queue URL names an exchange (other backends
                 ignore it).

@@ -31,9 +31,15 @@ from ivy.cli._common import (
 )
 from ivy.config import DEFAULT_URL, QUEUE_ENV, mask_url
 from ivy.errors import IvyError
-from ivy.worker import Worker
+from ivy.worker import Worker, limits
 from ivy.worker.monitor import HEARTBEAT_INTERVAL, TTL_FACTOR
-from ivy.worker.supervisor import EXIT_RECYCLE, ChildLink, Supervisor, child_command
+from ivy.worker.supervisor import (
+    EXIT_RECYCLE,
+    EXIT_TIME_LIMIT,
+    ChildLink,
+    Supervisor,
+    child_command,
+)
 
 log = logging.getLogger("ivy.cli")
 
@@ -64,9 +70,10 @@ def add_worker_arguments(w: argparse.ArgumentParser, *, modules: bool = True,
                         "at after each task and every second; it finishes what runs, gives "
                         "back what it fetched): for leaks; works with --processes 1 too")
     w.add_argument("--time-limit", type=seconds, metavar="SECONDS",
-                   help="hard time limit of the tasks without their own time_limit: each call "
-                        "runs in a process of its own, killed past it, and fails with "
-                        "TaskTimeout (or is retried by its policy)")
+                   help="hard time limit of the tasks without their own time_limit: the "
+                        "worker runs under a supervisor, and a call past it fails with "
+                        "TaskTimeout (or is retried by its policy) as its worker process is "
+                        "replaced")
     w.add_argument("--events", action="store_true",
                    help="publish task events through the notifier, for `ivy events`")
     w.add_argument("--shutdown-timeout", type=seconds, metavar="SECONDS",
@@ -92,6 +99,7 @@ def add_worker_arguments(w: argparse.ArgumentParser, *, modules: bool = True,
                    help="also run a scheduler for the periodic tasks of the MODULEs (in each "
                         "process of --processes); any number may run, each slot is sent once")
     w.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)  # set for children
+    w.add_argument("--limits-fd", type=int, help=argparse.SUPPRESS)  # ivy.worker.limits
     backend_arguments(w)
 
 
@@ -106,14 +114,10 @@ def worker_command(args: argparse.Namespace, argv: list[str], *,
         raise IvyError("--burst runs one worker process until its queues have nothing due: "
                        "drop --processes, --max-tasks-per-child and --max-memory-per-child, "
                        "or run several --burst workers side by side")
-    if args.supervisor_fd is None and (args.processes > 1 or recycled):
+    if args.supervisor_fd is None and not args.burst and (
+            args.processes > 1 or recycled or args.time_limit is not None):
         # The parent imports no task module: its children do (see ivy.worker.supervisor).
-        command = child or functools.partial(child_command, sys.executable, argv)
-        if args.metrics_port is None:
-            return Supervisor(command, args.processes).run()
-        with prometheus().MultiProcessMetrics(args.metrics_port, args.metrics_host) as metrics:
-            return Supervisor(command, args.processes, env=metrics.env,
-                              on_exit=metrics.process_exited).run()
+        return _supervise(args, argv, child)
     # A signal that arrives while the modules import still means "stop gracefully".
     early_stop = threading.Event()
     worker: Worker | None = None
@@ -132,6 +136,14 @@ def worker_command(args: argparse.Namespace, argv: list[str], *,
         if args.supervisor_fd is not None:  # watch the parent from before the imports on
             link = ChildLink(args.supervisor_fd, stop_requested)
         app = (setup or _modules_app)(args)
+        limited = _declares_time_limits(app, args.queue)
+        if link is None and not args.burst and limited and _restartable(child):
+            log.info("worker: %s %s a hard time limit: the worker runs in a process of its "
+                     "own under a supervisor, which replaces it when a call passes its limit",
+                     ", ".join(limited), "has" if len(limited) == 1 else "have")
+            return _supervise(args, argv, child)
+        if args.limits_fd is not None:  # this process's supervisor watches its time limits
+            limits.install(limits.Board(args.limits_fd, args.concurrency))
         if args.no_dead_letter_failures:
             app.dead_letter_failures = False
         if args.queue_url:
@@ -155,7 +167,41 @@ def worker_command(args: argparse.Namespace, argv: list[str], *,
                 link.ready()
             worker.run_forever(early_stop, burst=args.burst,
                                shutdown_timeout=args.shutdown_timeout)
+    if worker is not None and worker.limit_passed:
+        return EXIT_TIME_LIMIT
     return EXIT_RECYCLE if worker is not None and worker.full else 0
+
+
+def _supervise(args: argparse.Namespace, argv: list[str],
+               child: Callable[[int], list[str]] | None) -> int:
+    """Run ``args.processes`` worker processes under a supervisor (ivy.worker.supervisor),
+    each watched for the hard time limits of its calls (ivy.worker.limits)."""
+    command = child or functools.partial(child_command, sys.executable, argv)
+    if args.metrics_port is None:
+        return Supervisor(command, args.processes, limit_slots=args.concurrency).run()
+    with prometheus().MultiProcessMetrics(args.metrics_port, args.metrics_host) as metrics:
+        return Supervisor(command, args.processes, env=metrics.env,
+                          on_exit=metrics.process_exited, limit_slots=args.concurrency).run()
+
+
+def _restartable(child: Callable[[int], list[str]] | None) -> bool:
+    """Whether this command can start itself again as a supervised child (not when run by
+    ``call_command`` in Django: then time-limited calls run in runner processes)."""
+    if child is None:
+        return True
+    try:
+        child(0)  # only builds the command line
+    except IvyError:
+        return False
+    return True
+
+
+def _declares_time_limits(app: ivy.Ivy, queues: list[str] | None) -> list[str]:
+    """The names of the app's tasks on ``queues`` (None: all) with a ``time_limit`` of their
+    own."""
+    tasks = [task for task in map(app.registry.get, app.registry.names()) if task is not None]
+    return [task.name for task in tasks
+            if task.time_limit and (queues is None or task.queue in queues)]
 
 
 def _modules_app(args: argparse.Namespace) -> ivy.Ivy:

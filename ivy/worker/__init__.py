@@ -1,6 +1,6 @@
 """The worker side of ivy: :class:`Worker` fetches, runs, records and settles calls; its parts
-(processing, execution, outcomes, settling, the gate, workflow continuation, runners for hard
-time limits, recycling, the heartbeat and the supervisor) live beside it in this package."""
+(processing, execution, outcomes, settling, the gate, workflow continuation, hard time
+limits, recycling, the heartbeat and the supervisor) live beside it in this package."""
 
 from ivy.worker.core import (
     BURST_IDLE,

@@ -7,7 +7,6 @@ import logging
 import queue as queue_mod
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from ivy._process import Backoff, run_until_signal, worker_name
@@ -17,11 +16,13 @@ from ivy.notifiers.base import Notifier
 from ivy.queues.base import Consumer, Delivery, QueueBackend
 from ivy.task import Task
 from ivy.timing.pause import Pauses
+from ivy.worker import limits
 from ivy.worker.continuation import WorkflowRecorder
 from ivy.worker.execution import LOOP_CLOSE_TIMEOUT as LOOP_CLOSE_TIMEOUT
 from ivy.worker.execution import Executor
 from ivy.worker.execution import error_info as error_info
 from ivy.worker.gate import Gate
+from ivy.worker.holdings import Holdings
 from ivy.worker.outcomes import ERROR_MESSAGE_CHARS as ERROR_MESSAGE_CHARS
 from ivy.worker.outcomes import ERROR_TRACEBACK_CHARS as ERROR_TRACEBACK_CHARS
 from ivy.worker.outcomes import RECORD_ATTEMPTS as RECORD_ATTEMPTS
@@ -46,19 +47,6 @@ RUNNING_AFTER = 0.05
 PREFETCH_MULTIPLIER = 4
 #: Seconds a ``--burst`` worker waits with nothing held and nothing received before it stops.
 BURST_IDLE = 1.0
-
-
-@dataclass
-class _Held:
-    """A delivery this worker holds, when to extend its reservation next, and the message
-    once it is running."""
-
-    delivery: Delivery
-    lease: float
-    next_extend: float
-    message: Message | None = None
-    started: float = 0.0
-    running_sent: bool = False
 
 
 class Worker:
@@ -92,23 +80,26 @@ class Worker:
         self.reserve_time = reserve_time
         self.name = worker_name()
         self.max_messages = max_messages
-        #: when the worker last began or ended a delivery, or began listening (None: not yet)
-        self._active_at: float | None = None
         self._stopping = threading.Event()
         #: set once no more deliveries are admitted: the worker is stopping or is full
         self._refusing = threading.Event()
         self._stopped = threading.Event()
         self._slots = threading.Semaphore(concurrency)
         self._work: queue_mod.SimpleQueue[Delivery | None] = queue_mod.SimpleQueue()
-        self._held: dict[int, _Held] = {}
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        #: the deliveries it holds; their lock is the worker's
+        self._holdings = Holdings()
+        self._lock = self._holdings.lock
         self._threads: list[threading.Thread] = []
         #: how long one consumer.get() may wait: long polls on cloud queues, short elsewhere
         self.poll: float = backend.poll_seconds
         self._consumers: list[Consumer] = []
         self._executor = Executor(self.name)
         self._executor.runner_max_memory = max_memory  # its runner processes too
+        board = limits.installed()  # a supervisor watches this process: limits run inline
+        if board is not None:
+            self._executor.watch = limits.Watch(board, self._time_limit_passed)
+        #: why the worker ended early: a call passed its hard time limit (None: none did)
+        self.limit_passed: str | None = None
         # continues workflow steps (chains, groups, chords); records plain calls as Recorder
         self._recorder = WorkflowRecorder(
             notifier, self.name, backend=backend, middleware=context.middleware,
@@ -161,13 +152,15 @@ class Worker:
             for q, consumer in zip(self.queues, self._consumers, strict=True):
                 self._spawn(self._fetch_loop, f"ivy-fetch-{q}", consumer)
         self._spawn(self._heartbeat_loop, "ivy-heartbeat")
+        if self._executor.watch is not None:
+            self._executor.watch.start()
         if self.context.middleware:
             self.context.middleware.on_worker_start(self)
         return self
 
     def _listening(self) -> None:
-        with self._lock:
-            self._active_at = time.monotonic()  # a burst worker's idle time counts from here
+        with self._lock:  # a burst worker's idle time counts from here
+            self._holdings.active_at = time.monotonic()
         log.info("worker %s: listening on %s at %s, concurrency %d, tasks: %s", self.name,
                  ", ".join(self.queues), self.backend.url, self.concurrency,
                  ", ".join(self.context.registry.names()) or "(none)")
@@ -218,14 +211,14 @@ class Worker:
         Returns:
             Whether it stopped within ``timeout``.
         """
-        with self._idle:
-            if not self._idle.wait_for(lambda: self._stopping.is_set() and not self._held,
-                                       timeout):
-                return False
+        if not self._holdings.wait_empty(self._stopping.is_set, timeout):
+            return False
         with self._lock:  # the first joiner to see the stop closes it, once
             first = not self._stopped.is_set()
             self._stopped.set()
         if first:
+            if self._executor.watch is not None:
+                self._executor.watch.stop()
             self._executor.close()
             log.info("worker %s: stopped after %d messages", self.name, self.processed)
             if self.context.middleware:
@@ -239,8 +232,7 @@ class Worker:
     @property
     def in_flight(self) -> int:
         """Deliveries held now: running, or fetched and waiting for an executor."""
-        with self._lock:
-            return len(self._held)
+        return len(self._holdings)
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Wait until the worker has stopped (``stop()`` or ``join()`` saw it end). For
@@ -272,9 +264,7 @@ class Worker:
         self._refusing.set()
         log.info("worker %s: %s; stopping once its %d held message(s) end, to be replaced",
                  self.name, reason, self.in_flight)
-        with self._lock:
-            idle = not self._held and not self._stopping.is_set()
-        if idle:
+        if not len(self._holdings) and not self._stopping.is_set():
             self.stop()
 
     def run_forever(self, stop: threading.Event | None = None, *, burst: bool = False,
@@ -287,33 +277,45 @@ class Worker:
         handed back to their queue at once (:meth:`hand_back`) and this returns (None: wait)."""
         run_until_signal(self, stop, burst=burst, shutdown_timeout=shutdown_timeout)
 
-    def hand_back(self) -> int:
+    def hand_back(self, why: str = "shutdown deadline passed") -> int:
         """Give every delivery the worker still holds back to its queue now, running or not,
         so that another worker starts it without waiting for its lease to run out (not counted
         as an attempt); a task still running here can no longer settle it. Returns how many.
-        For a stop whose deadline passed: the process is about to end."""
-        with self._lock:
-            held = list(self._held.values())
+        For a stop whose deadline passed (``why``, logged): the process is about to end."""
+        held = self._holdings.all()
         for h in held:
-            with logged("handing back a message at the shutdown deadline"):
+            with logged(f"handing back a message ({why})"):
                 h.delivery.release()
         if held:
-            log.warning("worker %s: shutdown deadline passed; handed back %d call(s) still "
-                        "running to their queue: %s", self.name, len(held), ", ".join(
+            log.warning("worker %s: %s; handed back %d call(s) still running to their queue: %s",
+                        self.name, why, len(held), ", ".join(
                             f"{h.message.name} [{h.message.id}]" if h.message else "(unstarted)"
                             for h in held))
-        with self._lock:
-            self._held.clear()
-            self._idle.notify_all()
+        self._holdings.clear()
         self.join(0)
         return len(held)
 
+    def _time_limit_passed(self, call_id: str, limit: float) -> None:
+        """The watch's word that call ``call_id`` passed its hard ``limit`` (only in a process
+        a supervisor watches, ivy.worker.limits): admit nothing more, settle the call as
+        timed out, hand every other held call back, and stop, for the supervisor to start a
+        fresh process. The call's thread stays where it is until the process exits."""
+        self._refusing.set()
+        self.limit_passed = f"call {call_id} passed its time limit of {limit:g} s"
+        held = self._holdings.running(call_id)
+        if held is not None and held.message is not None:
+            log.warning("worker %s: call %s of task %r passed its time limit of %g s; this "
+                        "process ends, to be replaced by a fresh one", self.name, call_id,
+                        held.message.name, limit)
+            with logged("settling a call past its time limit"):
+                self._processor.time_out(held.delivery, held.message, limit)
+            self._unhold(held.delivery)
+        self.hand_back(f"{self.limit_passed}, so the process ends")
+        self.stop()
+
     def drained(self) -> bool:
         """Listening, holding nothing, and nothing received for ``BURST_IDLE`` s."""
-        with self._lock:
-            active_at = self._active_at
-            return (active_at is not None and not self._held
-                    and time.monotonic() - active_at >= BURST_IDLE)
+        return self._holdings.idle_for(BURST_IDLE)
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -394,26 +396,16 @@ class Worker:
         waiting: list[Delivery] = []  # buffered ones whose extend met an op in progress
         while not self._stopped.wait(HEARTBEAT):
             now = time.monotonic()
-            with self._lock:
-                due = [h for h in self._held.values() if h.next_extend <= now]
-                for h in due:
-                    h.next_extend = now + h.lease / 3
-                running = [h for h in self._held.values() if h.message is not None
-                           and not h.running_sent and now - h.started >= RUNNING_AFTER]
-                for h in running:
-                    h.running_sent = True
+            due, running = self._holdings.due(now, RUNNING_AFTER)
             self._executor.fire_timeouts(now)
             self._recycle(self.recycling.check_memory(timed=True))
             self.pauses.poll(now)
             if self._gate.poll_due(now):
-                with self._lock:
-                    started = [h.message for h in self._held.values() if h.message is not None]
                 with logged("looking for cancels"):
-                    self._gate.poll(started)
+                    self._gate.poll(self._holdings.messages())
             for h in due:
                 if not self._extend(h.delivery, h.lease):
-                    with self._lock:
-                        h.next_extend = now  # again on the next tick
+                    self._holdings.extend_again(h, now)
             if now >= sweep_at:
                 sweep_at = now + self.reserve_time / 3
                 for consumer in self._consumers:
@@ -442,8 +434,7 @@ class Worker:
         with self._lock:
             if self._refusing.is_set():
                 return False
-            self._active_at = now = time.monotonic()
-            self._held[id(delivery)] = _Held(delivery, lease, now + lease / 3)
+            self._holdings.add(delivery, lease)
             if self.recycling.admit() is not None:
                 self._refusing.set()
                 log.info("worker %s: admitted its %d messages (max_messages); stopping once "
@@ -453,13 +444,9 @@ class Worker:
     def _unhold(self, delivery: Delivery) -> bool:
         """Forget a delivery that ended; True if the worker is full, not yet stopping, and
         this was the last delivery it held: the caller stops it."""
-        with self._lock:
-            self._held.pop(id(delivery), None)
-            self._active_at = time.monotonic()
-            if self._held:
-                return False
-            self._idle.notify_all()
-            return self.full and not self._stopping.is_set()
+        if not self._holdings.remove(delivery):
+            return False
+        return self.full and not self._stopping.is_set()
 
     # -- one message -----------------------------------------------------------------------
 
@@ -486,10 +473,4 @@ class Worker:
     def _started(self, delivery: Delivery, message: Message, lease: float) -> None:
         """A delivery this worker holds started running under ``lease``: the heartbeat
         extends it on that lease from now on, and reports its message."""
-        now = time.monotonic()
-        with self._lock:
-            held = self._held.get(id(delivery))
-            if held is not None:
-                held.message, held.started = message, now
-                if lease != held.lease:
-                    held.lease, held.next_extend = lease, now + lease / 3
+        self._holdings.started(delivery, message, lease)

@@ -22,7 +22,8 @@ from ivy.message import Message, wire_error
 from ivy.retries import KINDS, POLICY, Kind, Verdict
 from ivy.serialization import Serializer, get_serializer
 from ivy.task import Task
-from ivy.worker.runner import Runner, RunnerDied, Runners, request_of, timed_out
+from ivy.worker.limits import Watch, park
+from ivy.worker.runner import Runner, RunnerDied, Runners, request_of
 
 log = logging.getLogger("ivy.worker")
 
@@ -70,6 +71,13 @@ def failure(task: Task[Any, Any], exc: BaseException) -> Failure:
     return Failure(error_info(exc), task.retry_policy.verdict(cause))
 
 
+def time_limit_failure(task: Task[Any, Any], limit: float, how: str) -> Failure:
+    """The failure of a call of ``task`` stopped past its hard ``limit`` (``how``: what
+    stopped it), with its retry policy's verdict on :class:`ivy.TaskTimeout`."""
+    return Failure(wire_error("TaskTimeout", f"task {task.name!r} passed its time limit of "
+                              f"{limit:g} s: {how}"), task.retry_policy.verdict(TaskTimeout()))
+
+
 @dataclass
 class _Running:
     """A call running now: its thread, and what stops it early (see :meth:`Executor.cancel`)."""
@@ -115,6 +123,9 @@ class Executor:
         self.runner_max_memory: float | None = None
         #: False inside a runner, which runs the time-limited calls in its own threads
         self.isolates = True
+        #: in a worker process its supervisor watches, the watch of the time-limited calls,
+        #: which then run inline (ivy.worker.limits); None: they run in runners
+        self.watch: Watch | None = None
         self._runners: Runners | None = None
 
     def run(self, task: Task[Any, Any], message: Message, arguments: Arguments | None = None
@@ -131,11 +142,13 @@ class Executor:
         token = enter(running.context)  # ivy.current(), in this thread
         limit = (task.time_limit or self.time_limit) if self.isolates else None
         try:
-            if limit is not None:
+            if limit is None:
+                outcome = self._run(task, message, running, arguments)
+            elif self.watch is not None:
+                outcome = self._run_watched(task, message, running, arguments, limit)
+            else:
                 running.style = "runner"
                 outcome = self._run_limited(task, message, running, limit)
-            else:
-                outcome = self._run(task, message, running, arguments)
         finally:
             # A cancel that comes after the call returned may be raised here, in this
             # thread, until _finish drops it: the outcome stands, whatever it is.
@@ -253,7 +266,21 @@ class Executor:
             log.warning("worker %s: the event loop did not stop within %.0f s; left open",
                         self.owner, LOOP_CLOSE_TIMEOUT)
 
-    # -- hard time limits: a process of its own (ivy.worker.runner) -----------------------
+    # -- hard time limits -------------------------------------------------------------------
+
+    def _run_watched(self, task: Task[Any, Any], message: Message, running: _Running,
+                     arguments: Arguments | None, limit: float) -> tuple[bool, Any]:
+        """Inline, under the process's watch (ivy.worker.limits); a call whose limit passed
+        belongs to the watch, so its thread, if the call ever returns, parks."""
+        assert self.watch is not None
+        watched = self.watch.begin(message.id, limit)
+        try:
+            return self._run(task, message, running, arguments)
+        finally:
+            if not self.watch.end(watched):
+                park()
+
+    # a process of its own (ivy.worker.runner)
 
     def _run_limited(self, task: Task[Any, Any], message: Message, running: _Running,
                      limit: float) -> tuple[bool, Any]:
@@ -275,14 +302,13 @@ class Executor:
         try:
             if cancelled:
                 raise RunnerDied("cancelled before it started")
-            reply = runner.call(request_of(task, message, self.owner),
-                                time.monotonic() + limit, progress)
+            reply = runner.call(request_of(task, message, self.owner), limit, progress)
         except TimeoutError:
             runner.kill()
             log.warning("call %s of task %r passed its time limit of %g s: its process %d was "
                         "killed (the next call runs in a fresh one)", message.id, task.name,
                         limit, runner.pid)
-            reply = timed_out(task, limit)
+            return False, time_limit_failure(task, limit, "its process was killed")
         except RunnerDied:
             ended = runner.exit_description()
             runner.kill()

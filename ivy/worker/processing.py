@@ -22,7 +22,7 @@ from ivy.queues.base import Delivery, QueueBackend, delivery_limit_reason
 from ivy.serialization import Serializer, Signer, seal
 from ivy.task import Registry, Task
 from ivy.worker.continuation import WorkflowRecorder
-from ivy.worker.execution import Executor
+from ivy.worker.execution import Executor, time_limit_failure
 from ivy.worker.gate import Gate
 from ivy.worker.runner import check_importable
 from ivy.worker.settle import Settler
@@ -55,7 +55,7 @@ class WorkerContext:
     #: once its error is stored (``Ivy(dead_letter_failures=...)``)
     dead_letter_failures: bool = True
     #: the hard time limit of tasks without their own ``time_limit`` (``ivy worker
-    #: --time-limit``; None: none): each such call runs in a process of its own (ivy.worker.runner)
+    #: --time-limit``; None: none): ivy.worker.limits
     time_limit: float | None = None
 
     def __post_init__(self) -> None:
@@ -123,8 +123,9 @@ class Processor:
         executor.time_limit = context.time_limit
         for name in context.registry.names():  # refused now, not at the first call
             task = context.registry.get(name)
-            if task is not None and (task.time_limit or context.time_limit):
-                check_importable(name, task.func)
+            if executor.watch is None and task is not None and (
+                    task.time_limit or context.time_limit):
+                check_importable(name, task.func)  # it runs in a runner process
         self._gate = gate
         self._recorder = recorder
         self._settler = settler
@@ -247,8 +248,28 @@ class Processor:
         # a workflow step that ran to its end before a crash is not run again
         replayed = self._recorder.replay(message) if message.extra else None
         ok, value = replayed or self._executor.run(task, message, arguments)
+        self._settle(delivery, task, message, ok, value)
+
+    def time_out(self, delivery: Delivery, message: Message, limit: float) -> None:
+        """Settle a call that passed its hard time ``limit`` while its thread still runs it
+        (ivy.worker.limits: the process is about to be replaced): as a run that failed with
+        :class:`ivy.TaskTimeout`, retried if its task's policy says so."""
+        task = self.context.registry.get(message.name)
+        if task is None:  # it ran, so it is registered: never seen
+            return
+        failed = time_limit_failure(task, limit, "its worker process is replaced")
+        self._settle(delivery, task, message, False, failed)
+
+    def _settle(self, delivery: Delivery, task: Task[Any, Any], message: Message, ok: bool,
+                value: Any) -> None:
+        """After a run: the middleware's ``after_task``, then ack, retry or dead letter."""
+        middleware = self.context.middleware
         if middleware:
             middleware.after_task(message, value if ok else None, None if ok else value)
+        if delivery.ended is not None:  # handed back while it ran: it runs again elsewhere
+            log.info("worker %s: call %s [%s] ended after its message was handed back to its "
+                     "queue; this outcome is dropped", self.name, message.name, message.id)
+            return
         if self._gate.settle_cancelled(delivery, message, ok, value):
             return
         if ok:

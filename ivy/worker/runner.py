@@ -1,5 +1,6 @@
-"""Hard time limits: calls of a task with ``time_limit`` run in a runner process of their own,
-which the worker kills once the call passes its limit (docs/internals/workers.md)."""
+"""Hard time limits where nothing supervises the worker's process (``app.listen()``): each
+time-limited call runs in a runner process, killed past its limit (docs/internals/workers.md;
+supervised workers run them inline, :mod:`ivy.worker.limits`)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ivy.context import Progress
-from ivy.errors import ConfigurationError, TaskTimeout
-from ivy.message import wire_error
+from ivy.errors import ConfigurationError
 from ivy.serialization import Serializer
 from ivy.worker.recycling import MB, rss_bytes
 
@@ -31,6 +31,9 @@ MAX_FRAME = 64 * 1024 * 1024
 RUNNER_ENV = "IVY_RUNNER_PROCESS"
 #: how often a runner looks whether its worker still lives
 PARENT_CHECK = 0.5
+#: seconds a new runner may take to start (Python and ivy imported) before it counts as dead:
+#: a call's time limit counts from its start, not from the runner's
+START_TIMEOUT = 60.0
 
 
 class RunnerDied(Exception):
@@ -108,16 +111,28 @@ class Runner:
         finally:
             theirs.close()
         self.sock = ours
+        self._started = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def call(self, request: dict[str, Any], deadline: float | None,
+    def call(self, request: dict[str, Any], limit: float | None,
              on_progress: Callable[[Progress], None]) -> dict[str, Any]:
-        """Run one call; its outcome frame. TimeoutError past ``deadline``
-        (``time.monotonic()``), RunnerDied if the process ended first."""
+        """Run one call; its outcome frame. TimeoutError once it ran ``limit`` seconds (on a
+        new runner, counted once the runner started), RunnerDied if the process ended
+        first."""
         try:
+            if not self._started:
+                try:
+                    ready = receive(self.sock, self.serializer,
+                                    time.monotonic() + START_TIMEOUT)
+                except TimeoutError:
+                    raise RunnerDied(f"it did not start within {START_TIMEOUT:g} s") from None
+                if not ready.get("ready"):
+                    raise RunnerDied("its first frame was not the ready frame")
+                self._started = True
+            deadline = None if limit is None else time.monotonic() + limit
             send(self.sock, self.serializer, request)
             while True:
                 frame = receive(self.sock, self.serializer, deadline)
@@ -215,11 +230,3 @@ def request_of(task: Any, message: Any, worker: str) -> dict[str, Any]:
             "name": task.name, "id": message.id, "args": message.args,
             "kwargs": message.kwargs, "queue": message.queue, "attempt": message.attempt,
             "reply_to": message.reply_to, "worker": worker}
-
-
-def timed_out(task: Any, limit: float) -> dict[str, Any]:
-    """The outcome of a call killed past its hard limit (with its policy's verdict)."""
-    verdict = task.retry_policy.verdict(TaskTimeout())
-    return {"ok": False, "error": wire_error(
-        "TaskTimeout", f"task {task.name!r} passed its time limit of {limit:g} s: its process "
-        "was killed"), "verdict": {"kind": verdict.kind, "delay": verdict.delay}}

@@ -98,7 +98,9 @@ def main(argv: list[str]) -> int:
     fd, serializer_name, parent = int(argv[0]), argv[1], int(argv[2])
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     sock = socket.socket(fileno=fd)
-    _serve(sock, get_serializer(serializer_name))
+    serializer = get_serializer(serializer_name)
+    send(sock, serializer, {"ready": True})  # the first call's time limit counts from here
+    _serve(sock, serializer)
     return 0
 
 

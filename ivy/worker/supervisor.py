@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ivy._process import signal_handlers
+from ivy.worker.limits import GRACE, Board
 
 log = logging.getLogger("ivy.supervisor")
 
@@ -24,6 +25,9 @@ log = logging.getLogger("ivy.supervisor")
 #: at once, without backoff
 #: (billiard's code for the same event).
 EXIT_RECYCLE = 155
+#: A child's exit code after one of its calls passed its hard time limit (ivy.worker.limits):
+#: replaced at once, without backoff.
+EXIT_TIME_LIMIT = 156
 #: ``ivy worker``'s exit code for a usage error (a module that does not import, a bad option).
 EXIT_USAGE = 2
 BACKOFF_FIRST = 1.0
@@ -42,7 +46,10 @@ class _Child:
     process: subprocess.Popen[bytes]
     link: socket.socket
     started: float
+    #: the deadlines of its time-limited calls (ivy.worker.limits)
+    board: Board | None = None
     ready_at: float | None = None
+    killed: bool = False
 
 
 @dataclass
@@ -59,14 +66,20 @@ class Supervisor:
     """Runs ``processes`` children built by ``command(fd)`` (the argv of a child whose end of
     the control channel is ``fd``) until a signal or a fatal start-up error; the rules are in
     docs/internals/workers.md. ``env`` is added to the children's environment, and
-    ``on_exit(pid)`` is called for each child that exited (the metrics' bookkeeping)."""
+    ``on_exit(pid)`` is called for each child that exited (the metrics' bookkeeping).
+
+    With ``limit_slots`` (a child's executor threads), each child also gets a board
+    (ivy.worker.limits) as ``--limits-fd FD`` after its command: it runs time-limited calls
+    inline, and the supervisor kills it once a call is ``GRACE`` s past its deadline."""
 
     def __init__(self, command: Callable[[int], list[str]], processes: int, *,
                  env: Mapping[str, str] | None = None,
-                 on_exit: Callable[[int], None] | None = None) -> None:
+                 on_exit: Callable[[int], None] | None = None,
+                 limit_slots: int | None = None) -> None:
         if processes < 1:
             raise ValueError(f"processes {processes!r} must be at least 1")
         self.command = command
+        self.limit_slots = limit_slots
         self.env = None if env is None else {**os.environ, **env}
         self.on_exit = on_exit
         self.slots = [_Slot(i) for i in range(processes)]
@@ -110,6 +123,8 @@ class Supervisor:
                 if self.on_exit is not None:
                     self.on_exit(child.process.pid)
                 self._exited(slot, child)
+            elif child is not None:
+                self._watch_limits(child)
         if self._stopping:
             return
         self._launch()
@@ -130,16 +145,22 @@ class Supervisor:
 
     def _start(self, slot: _Slot) -> None:
         parent_end, child_end = socket.socketpair()
+        command, fds = self.command(child_end.fileno()), [child_end.fileno()]
+        board = None if self.limit_slots is None else Board.create(self.limit_slots)
+        if board is not None:
+            command += ["--limits-fd", str(board.fileno())]
+            fds.append(board.fileno())
         try:
-            process = subprocess.Popen(self.command(child_end.fileno()),
-                                       pass_fds=(child_end.fileno(),), env=self.env)
+            process = subprocess.Popen(command, pass_fds=fds, env=self.env)
         except BaseException:
             parent_end.close()
+            if board is not None:
+                board.close()
             raise
         finally:
             child_end.close()
         parent_end.setblocking(False)
-        slot.child = _Child(process, parent_end, time.monotonic())
+        slot.child = _Child(process, parent_end, time.monotonic(), board)
         slot.restart_at = None
         self._selector.register(parent_end, selectors.EVENT_READ, slot.child)
         log.info("supervisor %d: started worker process %d (slot %d of %d)", os.getpid(),
@@ -158,6 +179,21 @@ class Supervisor:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(child.link)
 
+    def _watch_limits(self, child: _Child) -> None:
+        """Kill a child whose time-limited call is ``GRACE`` s past its deadline: its own
+        watch did not end it (a C call holding the GIL, or the child is wedged)."""
+        if child.board is None or child.killed:
+            return
+        late = child.board.late(time.monotonic())
+        if late <= GRACE:
+            return
+        log.error("supervisor %d: worker process %d has a call %.1f s past its time limit and "
+                  "did not end it (a C call holding the GIL?); killing it: the calls it held "
+                  "come back as after a crash", os.getpid(), child.process.pid, late)
+        child.killed = True
+        with contextlib.suppress(OSError):
+            child.process.kill()
+
     def _forget(self, slot: _Slot) -> None:
         child = slot.child
         slot.child = None
@@ -165,16 +201,23 @@ class Supervisor:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(child.link)
             child.link.close()
+            if child.board is not None:
+                child.board.close()
 
     def _exited(self, slot: _Slot, child: _Child) -> None:
         code = child.process.returncode
         pid = child.process.pid
         how = _describe(code)
         if self._stopping:
-            if code not in (0, EXIT_RECYCLE) and not self._killed:
+            if code not in (0, EXIT_RECYCLE, EXIT_TIME_LIMIT) and not self._killed:
                 log.warning("supervisor %d: worker process %d %s while stopping", os.getpid(),
                             pid, how)
                 self._code = max(self._code, 1)
+            return
+        if code == EXIT_TIME_LIMIT or child.killed:
+            log.info("supervisor %d: worker process %d ended after a call passed its time "
+                     "limit; starting a fresh one", os.getpid(), pid)
+            self._start(slot)
             return
         if code == EXIT_RECYCLE:
             log.info("supervisor %d: worker process %d reached --max-tasks-per-child or "

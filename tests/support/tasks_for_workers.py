@@ -56,7 +56,7 @@ def crash(log: str) -> None:
     os._exit(3)
 
 
-# -- hard time limits (tests/worker/test_time_limits.py): in runner processes, by module path ---
+# -- hard time limits (tests/worker/test_time_limits*.py): in runners, or inline in `ivy worker` --
 
 @ivy.register_task(name="limit.stuck", queue="limit", time_limit=2)
 def stuck(seconds: float, started: str) -> int:
@@ -101,6 +101,14 @@ def soft() -> None:
     """Passes its soft timeout in Python code: the exception stops it, no kill needed."""
     while True:
         time.sleep(0.01)
+
+
+@ivy.register_task(name="limit.holds_gil", queue="limit", time_limit=1)
+def holds_gil(started: str) -> int:
+    """Write this process's id to ``started``, then compute in one C call that never releases
+    the GIL (tens of seconds): no other thread of the process runs meanwhile."""
+    Path(started).write_text(str(os.getpid()))
+    return pow(3, 10**8).bit_length()
 
 
 _LEAKED: list[bytes] = []

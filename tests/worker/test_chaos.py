@@ -66,9 +66,10 @@ def test_short_chaos_soak_on_redis_streams_loses_nothing() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_short_chaos_soak_with_every_task_in_a_runner_loses_nothing() -> None:
-    # The same on Redis, with every task in its worker's runner process (--time-limit): the
-    # soak's SIGKILLs hit the workers, and the poison call kills its runner, not its worker
+def test_short_chaos_soak_with_every_task_under_a_time_limit_loses_nothing() -> None:
+    # The same on Redis, with a hard time limit on every task (--time-limit): each worker is a
+    # supervisor and its worker process; the soak's SIGKILLs hit the supervisors, and the
+    # poison call kills worker processes, which their supervisors replace
     require_service("redis-server", shutil.which("redis-server") is not None,
                     "redis-server is not installed")
     import chaos
@@ -81,7 +82,7 @@ def test_short_chaos_soak_with_every_task_in_a_runner_loses_nothing() -> None:
     assert summary.sent == 300
     assert summary.lost == 0, "\n".join(lines)
     assert summary.double_callbacks == 0
-    # the poison call ended as WorkerLost (its runner died), and no worker died of it
+    # the poison call stopped at its delivery limit, and no supervisor died of it
     assert summary.poison == 1 and summary.poison_stopped == 1, "\n".join(lines)
     assert summary.worker_deaths == summary.kills, "\n".join(lines)
 
