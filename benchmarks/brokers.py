@@ -1,7 +1,8 @@
 """Round-trip benchmark on RabbitMQ + Redis: ivy beside a bare pika/redis-py floor, Celery 5 and
 Dramatiq, each with one worker process of 4 threads (run by hand; results in
 docs/benchmarks.md). The Redis-only pairings run beside them with ``--only``: ivy on Redis
-Streams with the Redis notifier (``ivy-redis``), and the Redis brokers of Celery
+Streams with the Redis notifier (``ivy-redis``; ``ivy-redis-limit``: the same with
+``--time-limit 30``, in DB 14), and the Redis brokers of Celery
 (``celery-redis``), Dramatiq (``dramatiq-redis``), RQ (``rq``: a worker pool of 4
 ``SimpleWorker`` processes, since an RQ worker runs one job at a time) and arq (``arq``:
 ``max_jobs=4``, otherwise its defaults, which poll the queue and each result every 0.5 s).
@@ -63,6 +64,9 @@ from _harness import (  # noqa: E402 - start, stop: other benchmarks import them
 AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 IVY_AMQP = os.environ.get("BENCH_IVY_AMQP_URL", AMQP)
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+#: ``--only ivy-redis-limit``: the same worker with a hard time limit on every task, in a DB of
+#: its own (issue 26: what declaring a limit costs)
+REDIS_LIMIT = os.environ.get("BENCH_REDIS_LIMIT_URL", "redis://127.0.0.1:6379/14")
 for _var in ("BENCH_FLOOR_REDIS", "BENCH_CELERY_REDIS", "BENCH_DRAMATIQ_REDIS", "BENCH_ARQ_REDIS"):
     os.environ.setdefault(_var, REDIS)  # read by the peers' apps here and in their workers
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
@@ -211,11 +215,11 @@ def start_ivy() -> list[System]:
                    None, close, flush=lambda: transient.flush(120))]
 
 
-def redis_purge(*patterns: str) -> None:
-    """Delete the keys of a system's earlier runs in the benchmark's Redis DB."""
+def redis_purge(*patterns: str, url: str = REDIS) -> None:
+    """Delete the keys of a system's earlier runs in the benchmark's Redis DB (or ``url``'s)."""
     import redis
 
-    r = redis.Redis.from_url(REDIS)
+    r = redis.Redis.from_url(url)
     for pattern in patterns:
         keys = list(r.scan_iter(pattern, count=1000))
         for k in range(0, len(keys), 1000):
@@ -223,24 +227,26 @@ def redis_purge(*patterns: str) -> None:
     r.close()
 
 
-def start_ivy_redis() -> list[System]:
-    """ivy on Redis alone: Redis Streams as the queue, the Redis notifier for results."""
+def start_ivy_redis(name: str = "ivy (Redis Streams)", url: str = REDIS,
+                    *extra: str) -> list[System]:
+    """ivy on Redis alone: Redis Streams as the queue, the Redis notifier for results; the
+    worker started with ``extra`` options, on the Redis DB of ``url``."""
     import bench_tasks
 
     import ivy
 
-    redis_purge("ivy:{bench}*")
+    redis_purge("ivy:{bench}*", url=url)
     worker = start([sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench",
-                    "--queue-url", REDIS, "--notifier-url", REDIS, "--concurrency", "4",
-                    "--log-level", "WARNING"])
-    app = ivy.Ivy(REDIS, REDIS)
+                    "--queue-url", url, "--notifier-url", url, "--concurrency", "4",
+                    "--log-level", "WARNING", *extra])
+    app = ivy.Ivy(url, url)
     app.registry.add(bench_tasks.noop)
 
     def close() -> None:
         stop(worker)
         app.close()
 
-    return [System("ivy (Redis Streams)", lambda i: app.delayed_call(bench_tasks.noop, i),
+    return [System(name, lambda i: app.delayed_call(bench_tasks.noop, i),
                    lambda call: call.result(120), worker, None, close,
                    flush=lambda: app.flush(120))]
 
@@ -508,7 +514,8 @@ def main() -> None:
     parser.add_argument("--chart", type=Path, help="write a PNG chart here")
     parser.add_argument("--only", action="append",
                         choices=["ivy", "floor", "celery", "dramatiq", "ivy-redis",
-                                 "celery-redis", "dramatiq-redis", "rq", "arq"])
+                                 "ivy-redis-limit", "celery-redis", "dramatiq-redis", "rq",
+                                 "arq"])
     parser.add_argument("--rounds", type=int, default=5,
                         help="throughput rounds per system and mode, taken in turn (default 5)")
     parser.add_argument("--block", type=int, default=25,
@@ -520,6 +527,8 @@ def main() -> None:
         "celery": start_celery,
         "dramatiq": start_dramatiq,
         "ivy-redis": start_ivy_redis,
+        "ivy-redis-limit": lambda: start_ivy_redis("ivy (Redis Streams, time limit)",
+                                                   REDIS_LIMIT, "--time-limit", "30"),
         "celery-redis": start_celery_redis,
         "dramatiq-redis": start_dramatiq_redis,
         "rq": start_rq,

@@ -24,6 +24,7 @@ to show the round trip that huey's SQLite path itself takes.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import signal
@@ -89,6 +90,11 @@ class System:
         return (f"| {self.name:<26} | {self.sent / self.enqueue:>9,.0f} | {flushed:>9} | "
                 f"{self.sent / self.e2e:>8,.0f} | {statistics.median(lat):>7.3f} | "
                 f"{p99:>7.3f} | {len(lat):>5} |")
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(60)
 
 
 def ivy_system(name: str, app: ivy.Ivy) -> System:
@@ -163,7 +169,10 @@ def main() -> None:
     parser.add_argument("--latency-n", type=int, default=1000, help="sequential calls")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--block", type=int, default=50)
-    parser.add_argument("--system", choices=["memory", "sqlite", "huey"], action="append")
+    parser.add_argument("--system", choices=["memory", "sqlite", "sqlite-limit", "huey"],
+                        action="append",
+                        help="sqlite-limit: the SQLite worker with --time-limit 30 (what a "
+                             "declared hard time limit costs)")
     parser.add_argument("--huey-defaults", action="store_true",
                         help="also huey as it comes (synchronous=FULL, 0.1 s polls), for "
                              "context; the targets are taken against the tuned huey")
@@ -184,16 +193,20 @@ def main() -> None:
                 systems.append(ivy_system("ivy memory", app))
                 app.listen(queue="bench", block=False, concurrency=1)
                 cleanup.append(app.close)
-            if "sqlite" in chosen:
-                url = f"sqlite:///{tmp}/ivy.db"
+            for key, name, extra in (("sqlite", "ivy SQLite", []),
+                                     ("sqlite-limit", "ivy SQLite, time limit",
+                                      ["--time-limit", "30"])):
+                if key not in chosen:
+                    continue
+                url = f"sqlite:///{tmp}/{key}.db"
                 worker = subprocess.Popen(
                     [sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench",
                      "--queue-url", url, "--notifier-url", url, "--concurrency", "1",
-                     "--log-level", "WARNING"], cwd=HERE, env=env)
+                     "--log-level", "WARNING", *extra], cwd=HERE, env=env)
                 app_sqlite = ivy.Ivy(url, url)
-                systems.append(ivy_system("ivy SQLite", app_sqlite))
+                systems.append(ivy_system(name, app_sqlite))
                 cleanup.append(app_sqlite.close)
-                cleanup.append(lambda: (worker.send_signal(signal.SIGTERM), worker.wait(60)))
+                cleanup.append(functools.partial(_stop, worker))
             if "huey" in chosen:
                 huey_systems, consumer = start_huey(Path(tmp), env)
                 systems.extend(huey_systems)
