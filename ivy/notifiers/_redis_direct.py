@@ -15,6 +15,7 @@ import redis
 import redis.exceptions
 
 from ivy._batch_thread import BatchThread
+from ivy._redis_scripts import evalsha_many
 
 log = logging.getLogger("ivy.redis")
 
@@ -158,8 +159,6 @@ MAX_BATCH = 500
 RETRY_MAX = 5.0
 #: a writer thread with nothing to write ends after this many seconds (the next result starts one)
 IDLE = 5.0
-#: store calls per batch while the server answers that it does not know the script
-SCRIPT_TRIES = 3
 
 Stored = tuple[tuple[Any, ...], Callable[[], None]]
 
@@ -181,6 +180,9 @@ class ResultWriter(BatchThread[Stored]):
         self._commands = commands
         self._script = script
         self._sha = sha
+
+    def _load(self) -> None:
+        self._commands("SCRIPT", "LOAD", self._script)
 
     def submit(self, args: tuple[Any, ...], then: Callable[[], None]) -> None:
         """Store with the script's arguments ``args`` soon; ``then()`` once stored."""
@@ -216,16 +218,8 @@ class ResultWriter(BatchThread[Stored]):
         pause = 0.1
         while True:
             try:
-                replies = self._commands.pipeline([("EVALSHA", self._sha, *a) for a, _ in batch])
-                for _ in range(SCRIPT_TRIES - 1):  # a new or flushed server (again, if
-                    again = [i for i, r in enumerate(replies)  # flushed once more meanwhile)
-                             if isinstance(r, redis.exceptions.NoScriptError)]
-                    if not again:
-                        break
-                    self._commands("SCRIPT", "LOAD", self._script)
-                    for i, reply in zip(again, self._commands.pipeline(
-                            [("EVALSHA", self._sha, *batch[i][0]) for i in again]), strict=True):
-                        replies[i] = reply
+                replies = evalsha_many(self._commands.pipeline, self._load, self._sha,
+                                       [args for args, _ in batch])
                 break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                     OSError) as exc:

@@ -12,6 +12,7 @@ import redis
 import redis.exceptions
 
 from ivy._batch_thread import BatchThread
+from ivy._redis_scripts import evalsha_many
 from ivy.queues._streams_keys import GROUP, Keys
 
 log = logging.getLogger("ivy.redis_streams")
@@ -23,8 +24,6 @@ MAX_BATCH = 1000
 RETRY_FOR = 30.0
 #: a thread with nothing to write ends after this many seconds (the next ack starts one)
 IDLE = 5.0
-#: calls of the ack script per batch while the server answers that it does not know it
-SCRIPT_TRIES = 3
 
 
 @dataclass(slots=True)
@@ -92,17 +91,16 @@ class Acker(BatchThread[Ack]):
                 self._wait_closed(pause)
                 pause = min(pause * 2, 1.0)
 
+    def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pipe: Any = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute(raise_on_error=False))
+
     def _send(self, calls: list[tuple[str, list[Any]]]) -> None:
-        for attempt in range(SCRIPT_TRIES):
-            pipe: Any = self._client.pipeline(transaction=False)
-            for _, args in calls:
-                pipe.execute_command("EVALSHA", self._script.sha, *args)
-            results = pipe.execute(raise_on_error=False)
-            if attempt + 1 == SCRIPT_TRIES or not any(
-                    isinstance(r, redis.exceptions.NoScriptError) for r in results):
-                break
-            # a new or flushed server (flushed again between the load and the call: again)
-            self._client.script_load(self._script.script)
+        results = evalsha_many(self._pipeline,
+                               lambda: self._client.script_load(self._script.script),
+                               self._script.sha, [args for _, args in calls])
         for (queue, _), result in zip(calls, results, strict=True):
             if isinstance(result, redis.exceptions.ConnectionError):
                 raise result
