@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from ivy.annotations import Arguments, BadArguments
 from ivy.errors import MessageError
@@ -77,6 +77,18 @@ REMEMBERED_BODIES = 1024
 _ERROR_CHARS = 500
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(bounded: OrderedDict[K, V], key: K, value: V, size: int) -> None:
+    """Set ``bounded[key]`` as its newest entry, and forget the oldest beyond ``size``."""
+    bounded[key] = value
+    bounded.move_to_end(key)
+    if len(bounded) > size:
+        bounded.popitem(last=False)
+
+
 class InternalErrors:
     """Counts the internal errors of each body (by queue and a digest of its bytes) on one
     worker; thread-safe, and bounded to the ``REMEMBERED_BODIES`` counted last."""
@@ -95,9 +107,7 @@ class InternalErrors:
         key = digest.digest()
         with self._lock:
             count = self._counts.pop(key, 0) + 1
-            self._counts[key] = count
-            if len(self._counts) > self._size:
-                self._counts.popitem(last=False)
+            remember(self._counts, key, count, self._size)
             return count
 
 
@@ -341,9 +351,7 @@ class Suspects:
                 return False  # this worker put it back itself (see returned)
             if key in self._seen:
                 return False
-            self._seen[key] = None
-            if len(self._seen) > self._size:
-                self._seen.popitem(last=False)
+            remember(self._seen, key, None, self._size)
         delivery.defer(random.uniform(0.0, SUSPECT_SPREAD))
         return True
 
@@ -352,9 +360,7 @@ class Suspects:
         next delivery here counts one more lost delivery, but nothing died, so it is not
         spread."""
         with self._lock:
-            self._returned[message.id] = delivery.delivery_count + 1
-            if len(self._returned) > self._size:
-                self._returned.popitem(last=False)
+            remember(self._returned, message.id, delivery.delivery_count + 1, self._size)
 
 
 def _too_old(max_age: float | None, message: Message) -> str | None:
