@@ -4,19 +4,17 @@ PROTOCOL.md describes them."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Literal
 
 import fastjsonschema
 
-from ivy import _clock
+from ivy import _clock, schemas
 from ivy.errors import MessageError, MessageTooLarge, SerializationError
 from ivy.serialization import Serializer, Signer, check_arguments, unwrap
 
@@ -69,31 +67,25 @@ MESSAGE_SCHEMA = "message-v1"
 
 def load_schema(name: str) -> dict[str, Any]:
     """Return a shipped schema: ``message-v1``, ``message-legacy`` or ``notification-v1``."""
-    text = resources.files("ivy").joinpath("schemas").joinpath(f"{name}.json").read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+    return schemas.load(name)
 
 
 _validators: dict[str, Callable[[Any], Any]] = {}
-_validators_lock = threading.Lock()
 
 
 def _validator(name: str) -> Callable[[Any], Any]:
-    """The compiled validator of a shipped schema, compiled once: threads asking at the same
-    time (a worker's executors, on their first messages) wait for one compile, since each
-    compile parses generated code, a few MB held by its thread's malloc arena afterwards."""
+    """The validator of a shipped schema: the module fastjsonschema compiled it to ahead of
+    time (:mod:`ivy.schemas`), imported on first use (threads asking at once import it once,
+    under the import system's lock)."""
     validate = _validators.get(name)
     if validate is None:
-        with _validators_lock:
-            validate = _validators.get(name)
-            if validate is None:
-                validate = _validators[name] = fastjsonschema.compile(load_schema(name))
+        validate = _validators[name] = schemas.validator(name)
     return validate
 
 
 def compile_message_validator() -> None:
-    """Compile the validator :func:`decode_message` uses now, on this thread (see
-    :func:`_validator`)."""
+    """Load the validator :func:`decode_message` uses now, on this thread: a worker does, before
+    its executor threads start (see :func:`_validator`)."""
     _validator(MESSAGE_SCHEMA)
 
 

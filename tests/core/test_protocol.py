@@ -180,7 +180,54 @@ def test_call_ids_sort_by_the_millisecond_they_were_taken() -> None:
     assert len({new_id()[12:] for _ in range(1_000)}) == 1_000
 
 
-def test_a_validator_is_compiled_once_when_threads_ask_at_once(
+@pytest.mark.parametrize("name", ["message-v1", "message-legacy", "notification-v1"])
+def test_each_schema_ships_the_validator_fastjsonschema_generates_for_it(name: str) -> None:
+    import importlib
+    from pathlib import Path
+
+    import fastjsonschema
+
+    from ivy import schemas
+
+    # Given the validator module shipped beside a schema
+    module = importlib.import_module(schemas.module_name(name))
+    # Then it was generated from the schema as it is now (python -m ivy.schemas after a change)
+    assert schemas.digest(name) == module.SCHEMA_SHA256, "run: python -m ivy.schemas"
+    # And, by the fastjsonschema installed here if it is the one that wrote it, as written
+    if module.VERSION == fastjsonschema.VERSION:
+        shipped = Path(module.__file__).read_text(encoding="utf-8")
+        assert shipped == schemas.generated_source(name), "run: python -m ivy.schemas"
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    ("message-v1", DESIGN_MESSAGE),
+    ("message-v1", {**DESIGN_MESSAGE, "args": 5}),
+    ("message-v1", {**DESIGN_MESSAGE, "id": ""}),
+    ("message-v1", {**DESIGN_MESSAGE, "priority": 256}),
+    ("message-v1", {**DESIGN_MESSAGE, "reply_to": "elsewhere"}),
+    ("message-v1", {k: v for k, v in DESIGN_MESSAGE.items() if k != "name"}),
+    ("message-legacy", {"name": "t", "args": []}),
+    ("message-legacy", {"name": 3, "args": []}),
+    ("notification-v1", DESIGN_NOTIFICATION),
+    ("notification-v1", {**DESIGN_NOTIFICATION, "status": "lost"}),
+    ("notification-v1", {**DESIGN_NOTIFICATION, "attempt": -1}),
+])
+def test_a_shipped_validator_judges_as_a_runtime_compile_does(name: str, data: object) -> None:
+    import fastjsonschema
+
+    from ivy import message
+
+    def verdict(validate: object) -> str:
+        try:
+            validate(json.loads(json.dumps(data)))  # type: ignore[operator]
+        except fastjsonschema.JsonSchemaException as exc:
+            return f"refused: {exc}"
+        return "valid"
+
+    assert verdict(message._validator(name)) == verdict(fastjsonschema.compile(load_schema(name)))
+
+
+def test_decoding_compiles_nothing_and_threads_share_one_validator(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
@@ -188,17 +235,14 @@ def test_a_validator_is_compiled_once_when_threads_ask_at_once(
 
     from ivy import message
 
-    # Given no compiled validator yet, and a compile slow enough for threads to meet in it
+    # Given no validator loaded yet, and a runtime compile that would fail the test
     monkeypatch.setattr(message, "_validators", {})
-    compiles: list[str] = []
-    real = fastjsonschema.compile
+
+    def compile_(schema: object) -> object:
+        raise AssertionError("a validator was compiled at run time")
+
+    monkeypatch.setattr(fastjsonschema, "compile", compile_)
     gate = threading.Barrier(4)
-
-    def slow(schema: object) -> object:
-        compiles.append("compile")
-        return real(schema)
-
-    monkeypatch.setattr(fastjsonschema, "compile", slow)
     got: list[object] = []
 
     def ask() -> None:
@@ -211,6 +255,9 @@ def test_a_validator_is_compiled_once_when_threads_ask_at_once(
         t.start()
     for t in threads:
         t.join(30)
-    # Then it was compiled once, and all four got that one
-    assert compiles == ["compile"]
+    # Then all four got the shipped one, and a message and a notification decode
     assert len(got) == 4 and all(v is got[0] for v in got)
+    assert decode_message(json.dumps(DESIGN_MESSAGE).encode(), JSON).name == DESIGN_MESSAGE[
+        "name"]
+    assert decode_notification(json.dumps(DESIGN_NOTIFICATION).encode(), JSON).status == (
+        "successful")
