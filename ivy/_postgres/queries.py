@@ -49,7 +49,11 @@ class Statements:
         self.next_due = q(
             "SELECT extract(epoch FROM min(available_at) - now())::float8 FROM {messages} "
             "WHERE queue = %(queue)s")
-        self.ack = q("DELETE FROM {messages} WHERE id = %(id)s AND lease_token = %(token)s")
+        #: the acks of a batch: each row still leased under its token is deleted; the ids
+        #: deleted come back (an ack whose lease ran out deletes nothing)
+        self.ack = q(
+            "DELETE FROM {messages} AS m USING unnest(%(ids)s::bigint[], %(tokens)s::text[]) "
+            "AS a(id, token) WHERE m.id = a.id AND m.lease_token = a.token RETURNING m.id")
         self.extend = q(
             "UPDATE {messages} SET available_at = now() + make_interval(secs => %(seconds)s) "
             "WHERE id = %(id)s AND lease_token = %(token)s")

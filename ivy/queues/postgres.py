@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from typing import Any, Self
 
 from ivy._postgres import commits, queries
+from ivy._postgres.acks import Ack, Acker
 from ivy._postgres.connection import (
     Database,
     PostgresError,
@@ -65,15 +66,16 @@ class PostgresDelivery(Delivery):
                  deliveries: int) -> None:
         super().__init__()
         self._backend = consumer.backend
+        self._id, self._token = row_id, token
         self._key = {"id": row_id, "token": token}
         self.queue = consumer.queue
         self.body = body
         self.delivery_count = deliveries
 
     def _ack(self) -> None:
-        with self._backend.db.connection() as conn:
-            if not conn.execute(self._backend.sql.ack, self._key).rowcount:
-                self._lost("ack")
+        """Handed to the backend's acker, which deletes the row with the others waiting: the
+        ack returns at once (a lease that ran out meanwhile is logged by the acker)."""
+        self._backend.acker.submit(Ack(self.queue, self._id, self._token))
 
     def _lost(self, what: str) -> None:
         log.warning("%s of a message of %s (row %s) skipped: its lease ran out and another "
@@ -247,6 +249,8 @@ class PostgresQueueBackend(QueueBackend):
         self.db = Database(self.settings)
         self.sql = queries.Statements(self.settings.schema)
         self.wakeups = Wakeups(self.db, self.sql.channel)
+        #: writes the deliveries' acks in batches, on a thread of its own
+        self.acker = Acker(self.db, self.sql.ack)
         self._sender = BatchSender(self._write, max_batch=500, max_backlog=1000,
                                    name="ivy-postgres-send")
         #: follows the transactions of callers' connections (send_within)
@@ -359,12 +363,14 @@ class PostgresQueueBackend(QueueBackend):
     def oldest_age(self, queue: str) -> float | None:
         """From the due rows' ``available_at`` (a leased row's is its lease's end), by the
         server's clock."""
+        self.acker.flush()  # what this process acked is not counted
         with self.db.connection() as conn:
             row = conn.execute(self.sql.oldest_age, {"queue": queue}).fetchone()
         return 0.0 if row is None or row[0] is None else max(float(row[0]), 0.0)
 
     def size(self, queue: str) -> int:
         """Messages of ``queue`` waiting, delayed or leased."""
+        self.acker.flush()  # what this process acked is not counted
         with self.db.connection() as conn:
             row = conn.execute(self.sql.size, {"queue": queue}).fetchone()
         return int(row[0]) if row else 0
@@ -408,13 +414,15 @@ class PostgresQueueBackend(QueueBackend):
 
     def queues(self) -> list[str]:
         """Queue names with messages or dead letters."""
+        self.acker.flush()
         with self.db.connection() as conn:
             rows = conn.execute(self.sql.queues).fetchall()
         return sorted(r[0] for r in rows)
 
     def close(self) -> None:
-        """Write what is being sent, stop listening and close the connections."""
+        """Write what is being sent and acked, stop listening and close the connections."""
         self._sender.close()
+        self.acker.close()
         self._commits.close()
         self.wakeups.close()
         self.db.close()

@@ -361,6 +361,49 @@ def test_lost_leases_come_back_and_the_delivery_limit_dead_letters(queue_url: st
         app.close()
 
 
+def test_acks_go_in_batches_and_an_ack_after_its_lease_deletes_nothing(
+        queue_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Given five messages leased by one consumer, the fifth's lease run out and taken again
+    q = qname()
+    backend = pg_backend(queue_url)
+    try:
+        backend.publish_many(q, [b"%d" % i for i in range(5)])
+        first = backend.consume(q, prefetch=5, reserve_time=0.5)
+        held = [first.get(10) for _ in range(5)]
+        assert all(d is not None for d in held)
+        late = held.pop()
+        for delivery in held:
+            delivery.extend(60)  # type: ignore[union-attr]
+        again = backend.consume(q, prefetch=1)
+        retaken = again.get(10)  # once the lease of the fifth ran out
+        assert retaken is not None and retaken.body == late.body  # type: ignore[union-attr]
+        batches: list[int] = []
+        real = backend.acker._write
+
+        def write(batch: list[object]) -> None:
+            batches.append(len(batch))
+            real(batch)  # type: ignore[arg-type]
+
+        backend.acker._write = write  # type: ignore[method-assign]
+        # When the first consumer acks all five, the late one among them
+        with caplog.at_level("WARNING", logger="ivy.postgres"):
+            for delivery in [*held, late]:
+                delivery.ack()  # type: ignore[union-attr]
+            # Then the acks return at once and are written together (one statement, or a
+            # few when the thread starts on the first before the others came)
+            assert backend.acker.flush(10)
+        assert 1 <= len(batches) <= 5 and sum(batches) == 5
+        # And the four rows are gone, while the retaken one is still leased to the other
+        assert backend.size(q) == 1
+        assert "skipped: its lease ran out" in caplog.text
+        retaken.ack()  # type: ignore[union-attr]
+        assert backend.size(q) == 0  # size() waits for the acks handed over before it
+        first.close()
+        again.close()
+    finally:
+        backend.close()
+
+
 def test_an_app_on_postgresql_with_a_sqlite_notifier(queue_url: str, tmp_path: Path) -> None:
     # Given an app whose queue is PostgreSQL and whose notifier is SQLite, with a worker
     q = qname()
