@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import threading
@@ -378,6 +377,8 @@ class Registry:
 
     def close_names(self, name: str) -> list[str]:
         """The registered names most like ``name`` (a typo, a missing package prefix)."""
+        import difflib  # here: only an unknown name needs it, and it costs ~0.1 MB
+
         names = self.names()
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.8)
         # "add" for "app.add": the same last part is closer than any spelling

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ivy.errors import ConfigurationError
 from ivy.task import Registry
@@ -26,6 +25,10 @@ def _zone(tz: str | None, where: str) -> tzinfo:
     if not isinstance(tz, str) or not tz:
         raise ConfigurationError(f"tz {tz!r} of {where} must be an IANA zone name such as "
                                  "'Europe/Prague', or None for UTC")
+    # imported here: zoneinfo (with sysconfig) costs every process ~0.3 MB, and few schedules
+    # name a zone
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
