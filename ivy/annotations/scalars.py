@@ -194,6 +194,26 @@ def _uuid_from_wire(value: Any) -> uuid.UUID:
     return uuid.UUID(value)
 
 
+_UUID_LIMIT = 1 << 128
+_UUID_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _uuid_from_text(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)``, made in half the time for the wire's own form, 32 characters:
+    ``UUID()`` reads those with ``int(text, 16)`` and checks the range, as here, and its
+    constructor then only sets ``int`` and ``is_safe`` (the rest of its work is for its other
+    arguments). Any other length goes to ``UUID()`` itself; 32 characters that are no number
+    raise ValueError (the decoding shortcut's caller then asks the converter why)."""
+    if len(text) == 32:
+        number = int(text, 16)
+        if 0 <= number < _UUID_LIMIT:
+            made: uuid.UUID = object.__new__(uuid.UUID)
+            object.__setattr__(made, "int", number)
+            object.__setattr__(made, "is_safe", _UUID_UNKNOWN)
+            return made
+    return uuid.UUID(text)
+
+
 def _bytes_from_wire(value: Any) -> bytes:
     if type(value) is not str:
         raise TypeError("not a string")
@@ -222,7 +242,7 @@ SCALARS: dict[Any, Converter] = {
                           "an ISO 8601 duration or a number of seconds",
                           parse=_timedelta_from_wire),
     uuid.UUID: _scalar("UUID", uuid.UUID, operator.attrgetter("hex"), _uuid_from_wire,
-                       "32 hex digits, hyphens allowed", parse=uuid.UUID),
+                       "32 hex digits, hyphens allowed", parse=_uuid_from_text),
     decimal.Decimal: _scalar("Decimal", decimal.Decimal, _decimal_to_wire, _decimal_from_wire,
                              "a decimal number as a string", parse=_decimal_from_wire),
     bytes: _scalar("bytes", bytes, _bytes_to_wire, _bytes_from_wire, "base64 text",

@@ -1,0 +1,69 @@
+"""The faster writers and readers behind the converters' shortcuts give exactly what the
+standard library gives: a UUID read from its 32 characters as ``uuid.UUID`` reads it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from ivy.annotations import compile_type, scalars
+
+UID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+
+def _outcome(text: str) -> tuple[Any, ...]:
+    try:
+        got = uuid.UUID(text)
+    except ValueError:
+        return ("raised",)
+    return type(got), got, got.int, got.hex, got.is_safe, hash(got), str(got), repr(got)
+
+
+#: what int(text, 16) reads besides hex digits, and what uuid.UUID strips
+_TRICKY = "0123456789abcdefABCDEF_-+ {}:xXurnid\u0663\u00b2\u00e9\t"
+
+
+@given(st.text(alphabet=_TRICKY, min_size=32, max_size=32)
+       | st.text(alphabet=_TRICKY, min_size=28, max_size=45)
+       | st.uuids().map(lambda u: u.hex) | st.uuids().map(str))
+@example(UID.hex)
+@example("0" * 32)
+@example("f" * 32)
+@example("0x" + "f" * 30)
+@example("+" + "1" * 31)
+@example("-" + "1" * 31)
+@example(" -" + "1" * 30)
+@example("1_" + "1" * 30)
+@example(" " + "a" * 30 + " ")
+@example("\u0663" * 32)
+@example("{" + "1" * 30 + "}")
+@example("urn:uuid:" + str(UID))
+def test_a_uuid_read_from_text_is_the_one_uuid_reads(text: str) -> None:
+    expected = _outcome(text)
+    try:
+        got = scalars._uuid_from_text(text)
+    except ValueError:
+        assert expected == ("raised",), text
+        return
+    assert (type(got), got, got.int, got.hex, got.is_safe, hash(got), str(got), repr(got)
+            ) == expected, text
+
+
+def test_the_uuid_decoding_shortcut_reads_the_wire_form_without_uuids_constructor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    real = uuid.UUID.__init__
+
+    def counted(self: uuid.UUID, *args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(uuid.UUID, "__init__", counted)
+    kind, fast = compile_type(uuid.UUID).fast_decode or (None, None)
+    assert kind is str and fast is not None
+    assert fast(UID.hex) == UID and calls == []
+    assert fast(str(UID)) == UID and len(calls) == 1  # hyphens: uuid.UUID reads them
