@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import importlib
 import operator
 import re
 import sys
@@ -20,6 +21,21 @@ from typing import Any
 Fn = Callable[[Any], Any]
 #: a converter's shortcut: ``(kind, fn)``, see :class:`Converter`
 Shortcut = tuple[type, Fn]
+
+
+def _orjson() -> Callable[[Any], bytes] | None:
+    """``orjson.dumps`` when orjson is installed, else None. Optional, and only used to write
+    a datetime's ISO form (the same text, in a third of ``isoformat()``'s cost, see
+    :func:`_datetime_text`): messages stay the standard library's strict JSON."""
+    try:
+        module = importlib.import_module("orjson")
+    except ImportError:
+        return None
+    dumps: Callable[[Any], bytes] = module.dumps
+    return dumps
+
+
+_orjson_dumps = _orjson()
 
 
 class Mismatch(ValueError):
@@ -98,11 +114,14 @@ PLAIN: dict[Any, Converter] = {
 
 
 def _scalar(name: str, kind: type, to_wire: Fn, from_wire: Fn, wire: str,
-            exact: bool = False, parse: Fn | None = None) -> Converter:
+            exact: bool = False, parse: Fn | None = None, write: Fn | None = None
+            ) -> Converter:
     """A type with a string (or number) form: ``to_wire(value)`` for a value of ``kind``,
     ``from_wire(form)`` for its wire form (ValueError, TypeError or OverflowError when the
     form is wrong). ``exact``: a subclass of ``kind`` is not one (a datetime is no date).
-    ``parse``: what ``from_wire`` does with a ``str`` (the decoding shortcut)."""
+    ``parse``: what ``from_wire`` does with a ``str`` (the decoding shortcut); ``write``:
+    what ``to_wire`` does with a value of exactly ``kind``, faster (the encoding shortcut;
+    ``to_wire`` itself when not given)."""
 
     def decode(value: Any) -> Any:
         try:
@@ -117,7 +136,7 @@ def _scalar(name: str, kind: type, to_wire: Fn, from_wire: Fn, wire: str,
             raise Mismatch(value, name)  # another typed value: never read as a wire form
         return to_wire(decode(value))
 
-    return Converter(name, encode, decode, True, (kind, to_wire),
+    return Converter(name, encode, decode, True, (kind, write or to_wire),
                      None if parse is None else (str, parse))
 
 
@@ -130,6 +149,17 @@ def _iso(kind: Any) -> Fn:
         return parse(value)
 
     return from_wire
+
+
+def _datetime_text(value: dt.datetime) -> str:
+    """``value.isoformat()`` written by orjson where it writes the same text: a naive or a
+    UTC datetime (for other zones it rounds an offset to whole minutes, and writes +00:00
+    where ``utcoffset()`` is None). About a third of the cost of ``isoformat()``, whose
+    offset goes through ``utcoffset()`` and ``snprintf``."""
+    zone = value.tzinfo
+    if (zone is None or zone is dt.UTC) and _orjson_dumps is not None:
+        return _orjson_dumps(value)[1:-1].decode()
+    return value.isoformat()
 
 
 def _timedelta_to_wire(value: dt.timedelta) -> str:
@@ -233,7 +263,8 @@ _TYPED: tuple[type, ...] = (dt.date, dt.time, dt.timedelta, uuid.UUID, decimal.D
 
 SCALARS: dict[Any, Converter] = {
     dt.datetime: _scalar("datetime", dt.datetime, dt.datetime.isoformat, _iso(dt.datetime),
-                         "an ISO 8601 date and time", parse=dt.datetime.fromisoformat),
+                         "an ISO 8601 date and time", parse=dt.datetime.fromisoformat,
+                         write=None if _orjson_dumps is None else _datetime_text),
     dt.date: _scalar("date", dt.date, dt.date.isoformat, _iso(dt.date),
                      "an ISO 8601 date, YYYY-MM-DD", exact=True, parse=dt.date.fromisoformat),
     dt.time: _scalar("time", dt.time, dt.time.isoformat, _iso(dt.time),

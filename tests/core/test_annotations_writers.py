@@ -1,8 +1,11 @@
 """The faster writers and readers behind the converters' shortcuts give exactly what the
-standard library gives: a UUID read from its 32 characters as ``uuid.UUID`` reads it."""
+standard library gives: a UUID read from its 32 characters as ``uuid.UUID`` reads it, and a
+datetime written by orjson (when installed) as ``datetime.isoformat`` writes it."""
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 import uuid
 from typing import Any
 
@@ -67,3 +70,43 @@ def test_the_uuid_decoding_shortcut_reads_the_wire_form_without_uuids_constructo
     assert kind is str and fast is not None
     assert fast(UID.hex) == UID and calls == []
     assert fast(str(UID)) == UID and len(calls) == 1  # hyphens: uuid.UUID reads them
+
+
+_ZONES = (st.none() | st.just(dt.UTC)
+          | st.builds(dt.timezone, st.timedeltas(min_value=dt.timedelta(hours=-23, minutes=-59),
+                                                 max_value=dt.timedelta(hours=23, minutes=59)))
+          | st.timezones())
+
+
+class _NoOffset(dt.tzinfo):
+    def utcoffset(self, value: dt.datetime | None) -> None:
+        return None
+
+
+@given(st.datetimes(timezones=_ZONES, allow_imaginary=True))
+@example(dt.datetime(2024, 5, 1, 12, 30, 0, 250_000, tzinfo=dt.UTC))
+@example(dt.datetime(1, 1, 1))
+@example(dt.datetime.max.replace(tzinfo=dt.UTC))
+@example(dt.datetime(999, 1, 1, 0, 0, 0, 1, tzinfo=dt.UTC))
+@example(dt.datetime(2024, 5, 1, tzinfo=dt.timezone(dt.timedelta(seconds=30))))
+@example(dt.datetime(2024, 5, 1, tzinfo=dt.timezone(dt.timedelta(microseconds=30))))
+@example(dt.datetime(2024, 5, 1, tzinfo=dt.timezone(dt.timedelta(0), "Z")))
+@example(dt.datetime(2024, 5, 1, tzinfo=_NoOffset()))
+def test_a_datetime_is_written_as_isoformat_writes_it(value: dt.datetime) -> None:
+    assert scalars._datetime_text(value) == value.isoformat()
+
+
+def test_with_orjson_the_datetime_encoding_shortcut_is_its_writer() -> None:
+    pytest.importorskip("orjson")
+    conv = compile_type(dt.datetime)
+    assert conv.fast_encode == (dt.datetime, scalars._datetime_text)
+    assert scalars._orjson_dumps is not None
+
+
+def test_without_orjson_a_datetime_is_written_by_isoformat(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "orjson", None)  # import orjson raises ImportError
+    assert scalars._orjson() is None
+    monkeypatch.setattr(scalars, "_orjson_dumps", None)
+    value = dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC)
+    assert scalars._datetime_text(value) == "2024-05-01T12:30:00+00:00"
