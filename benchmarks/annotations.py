@@ -12,9 +12,17 @@ that a drift in the machine's load falls on both); printed: each round, then the
 min-max of each and the median of the rounds' ratios.
 
 On a shared machine rounds scatter by 10-30%: compare medians, and the ratio of rounds run
-next to each other.
+next to each other. The load average is printed before and after, and whether orjson writes
+the datetimes (it does when installed: ``ivy.annotations.scalars``).
 
     python benchmarks/annotations.py [--calls 5000] [--rounds 10]
+
+Instructions instead of time (which other load does not move): ``--once plain`` or ``--once
+annotated`` runs one round alone, to count under valgrind at two sizes; the difference over
+the difference in calls is a call's count, start-up left out:
+
+    valgrind --tool=cachegrind --cache-sim=no python benchmarks/annotations.py --once plain \
+        --calls 500    # then --calls 2500, and the same with annotated
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import enum
+import os
 import statistics
 import time
 import uuid
@@ -29,6 +38,7 @@ from decimal import Decimal
 from typing import Any
 
 import ivy
+from ivy.annotations import scalars
 
 QUEUE = "bench"
 NOW = dt.datetime(2024, 5, 1, 12, 30, 0, 250_000, tzinfo=dt.UTC)
@@ -79,7 +89,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--once", choices=["plain", "annotated"],
+                        help="one round of --calls calls, nothing printed (for valgrind)")
     args = parser.parse_args()
+    if args.once:
+        one_round(args.calls, args.once == "annotated")
+        return
+    print(f"load average {os.getloadavg()[0]:.2f} at the start; datetimes written by "
+          f"{'orjson' if getattr(scalars, '_orjson_dumps', None) else 'isoformat()'}", flush=True)
     one_round(min(args.calls, 1000), True)  # warm-up: imports, caches
     one_round(min(args.calls, 1000), False)
     rates: dict[bool, list[float]] = {False: [], True: []}
@@ -104,6 +121,7 @@ def main() -> None:
           f"median of the rounds' ratios annotated/plain {statistics.median(ratios):.3f} "
           f"(min {min(ratios):.3f}, max {max(ratios):.3f}); "
           f"{(1 / annotated_rate - 1 / plain) * 1e6:+.1f} us per call")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
