@@ -60,6 +60,7 @@ class System:
     flushed: float = 0.0
     e2e: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)  # end to end, tasks/s, per round
 
     def throughput_round(self, n: int) -> None:
         started = time.perf_counter()
@@ -71,6 +72,7 @@ class System:
         for i, h in enumerate(handles):
             assert self.wait(h) == i
         self.e2e += time.perf_counter() - started
+        self.rates.append(n / (time.perf_counter() - started))
         self.enqueue += enqueued - started
         self.flushed += flushed - started
         self.sent += n
@@ -87,8 +89,10 @@ class System:
         lat = sorted(self.latencies)
         p99 = lat[max(0, int(len(lat) * 0.99) - 1)]
         flushed = f"{self.sent / self.flushed:,.0f}" if self.flush else "-"
+        spread = f"{statistics.median(self.rates):,.0f} ({min(self.rates):,.0f}-" \
+                 f"{max(self.rates):,.0f})"
         return (f"| {self.name:<26} | {self.sent / self.enqueue:>9,.0f} | {flushed:>9} | "
-                f"{self.sent / self.e2e:>8,.0f} | {statistics.median(lat):>7.3f} | "
+                f"{self.sent / self.e2e:>8,.0f} | {spread:>23} | {statistics.median(lat):>7.3f} | "
                 f"{p99:>7.3f} | {len(lat):>5} |")
 
 
@@ -221,9 +225,9 @@ def main() -> None:
             for fn in reversed(cleanup):
                 fn()
     print(f"| {'system':<26} | {'enqueue/s':>9} | {'+flush/s':>9} | {'tasks/s':>8} | "
-          f"{'p50 ms':>7} | {'p99 ms':>7} | {'calls':>5} |")
-    print(f"| {'-' * 26} | {'-' * 8}: | {'-' * 8}: | {'-' * 7}: | {'-' * 6}: | {'-' * 6}: | "
-          f"{'-' * 4}: |")
+          f"{'per round: median (min-max)':>23} | {'p50 ms':>7} | {'p99 ms':>7} | {'calls':>5} |")
+    print(f"| {'-' * 26} | {'-' * 8}: | {'-' * 8}: | {'-' * 7}: | {'-' * 22}: | {'-' * 6}: | "
+          f"{'-' * 6}: | {'-' * 4}: |")
     for s in systems:
         print(s.row())
     by = {s.name: s for s in systems}
@@ -238,6 +242,12 @@ def main() -> None:
         print("ivy SQLite / huey SQLite at its defaults: enqueue "
               f"x{(a.sent / a.enqueue) / (h.sent / h.enqueue):.2f}, end-to-end "
               f"x{(a.sent / a.e2e) / (h.sent / h.e2e):.2f}")
+    if "ivy SQLite" in by and "ivy SQLite, time limit" in by:
+        a, t = by["ivy SQLite"], by["ivy SQLite, time limit"]
+        print("ivy SQLite with a time limit / without: end-to-end x"
+              f"{(t.sent / t.e2e) / (a.sent / a.e2e):.3f} (totals), x"
+              f"{statistics.median(t.rates) / statistics.median(a.rates):.3f} (per-round "
+              "medians)")
     print(f"load at the end {os.getloadavg()[0]:.2f}")
 
 

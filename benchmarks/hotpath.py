@@ -12,7 +12,9 @@ the ratio of the medians.
 
 With ``--time-limit S``, this checkout also runs with ``listen(time_limit=S)``: every call
 then goes through a runner process (:mod:`ivy.worker.runner`), which shows what a declared
-hard limit costs a trivial task.
+hard limit costs a trivial task there. With ``--inline S``, it also runs with the limit inline
+under the process's watch and board (:mod:`ivy.worker.limits`), as a worker process that ``ivy
+worker`` supervises does: what a declared limit costs there.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ noop = hotpath_task.noop
 app.registry.add(noop)
 limit = float(sys.argv[2])
 options = {"time_limit": limit} if limit else {}  # an earlier revision may not know it
+if sys.argv[3] == "inline":  # as in a process `ivy worker` supervises: no runner
+    from ivy.worker import limits
+    limits.install(limits.Board.create(1))
 app.listen(queue="hot", concurrency=1, block=False, **options)
 app.delayed_call(noop, 0).result(30)  # warm up
 n = int(sys.argv[1])
@@ -66,9 +71,9 @@ def noop(i: int) -> int:
 """
 
 
-def rate(tree: Path, n: int, time_limit: float = 0.0) -> float:
+def rate(tree: Path, n: int, time_limit: float = 0.0, form: str = "runner") -> float:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(TASKS)])}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(time_limit)],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(time_limit), form],
                          capture_output=True, text=True, env=env, timeout=600, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -81,6 +86,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=0.0,
                         help="also run this checkout with a worker time limit of S seconds "
                              "on the task: each call then goes through a runner process")
+    parser.add_argument("--inline", type=float, default=0.0, metavar="S",
+                        help="also run this checkout with a time limit of S seconds run inline "
+                             "under a watch, as in a worker process `ivy worker` supervises")
     args = parser.parse_args()
     TASKS.mkdir(parents=True, exist_ok=True)
     (TASKS / "hotpath_task.py").write_text(TASK)
@@ -89,16 +97,20 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base),
                         args.base], check=True, capture_output=True)
         try:
-            runs = {args.base: (base, 0.0), "this checkout": (ROOT, 0.0)}
+            runs = {args.base: (base, 0.0, "runner"), "this checkout": (ROOT, 0.0, "runner")}
             if args.time_limit:
-                runs[f"this checkout, time_limit={args.time_limit:g}"] = (ROOT, args.time_limit)
+                runs[f"this checkout, time_limit={args.time_limit:g}"] = (
+                    ROOT, args.time_limit, "runner")
+            if args.inline:
+                runs[f"this checkout, time_limit={args.inline:g} inline"] = (
+                    ROOT, args.inline, "inline")
             rates: dict[str, list[float]] = {name: [] for name in runs}
             for _ in range(args.rounds):
                 order = list(runs)
                 random.shuffle(order)
                 for name in order:
-                    tree, limit = runs[name]
-                    rates[name].append(rate(tree, args.n, limit))
+                    tree, limit, form = runs[name]
+                    rates[name].append(rate(tree, args.n, limit, form))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(base)], check=False, capture_output=True)
