@@ -273,11 +273,11 @@ class Executor:
         """Inline, under the process's watch (ivy.worker.limits); a call whose limit passed
         belongs to the watch, so its thread, if the call ever returns, parks."""
         assert self.watch is not None
-        watched = self.watch.begin(message.id, limit)
+        self.watch.begin(running.thread_id, message.id, limit)
         try:
             return self._run(task, message, running, arguments)
         finally:
-            if not self.watch.end(watched):
+            if not self.watch.end(running.thread_id):
                 park()
 
     # a process of its own (ivy.worker.runner)

@@ -12,7 +12,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO
 
 log = logging.getLogger("ivy.worker")
@@ -34,15 +33,15 @@ class Board:
     time-limited call it runs (0.0: none), in memory shared with the supervisor (the
     monotonic clock is the machine's, the same in both processes). The worker writes its
     threads' slots, the supervisor reads them. A thread past the ``slots`` (none should be)
-    writes nothing: its process's own watch still sees its calls."""
+    gets slot -1 and writes nothing: its process's own watch still sees its calls."""
 
     def __init__(self, fd: int, slots: int, *, file: IO[bytes] | None = None) -> None:
         if slots < 1:
             raise ValueError(f"slots {slots!r} must be at least 1")
         self._file = file
         self._map = mmap.mmap(fd, slots * _SLOT)
-        self._view = memoryview(self._map).cast("d")
-        self._local = threading.local()
+        #: the slots, written in place (``view[slot] = deadline``) by :class:`Watch`
+        self.view = memoryview(self._map).cast("d")
         self._next = itertools.count()
 
     @classmethod
@@ -55,29 +54,24 @@ class Board:
     def fileno(self) -> int:
         return self._file.fileno() if self._file is not None else -1
 
-    def begin(self, deadline: float) -> int:
-        """Record this thread's call's ``deadline``; its slot (-1: none left)."""
-        slot: int | None = getattr(self._local, "slot", None)
-        if slot is None:
-            slot = self._local.slot = next(self._next)
-        if slot >= len(self._view):
-            return -1
-        self._view[slot] = deadline
-        return slot
+    def claim(self) -> int:
+        """A slot of its own for a thread (-1: none left)."""
+        slot = next(self._next)
+        return slot if slot < len(self.view) else -1
 
     def set(self, slot: int, deadline: float) -> None:
         """Write ``slot`` (0.0: no call); nothing for slot -1."""
-        if 0 <= slot < len(self._view):
-            self._view[slot] = deadline
+        if 0 <= slot < len(self.view):
+            self.view[slot] = deadline
 
     def late(self, now: float) -> float:
         """How many seconds the latest deadline on the board is past at ``now`` (0.0: none
         passed)."""
-        passed = [now - d for d in self._view if d and d < now]
+        passed = [now - d for d in self.view if d and d < now]
         return max(passed, default=0.0)
 
     def close(self) -> None:
-        self._view.release()
+        self.view.release()
         self._map.close()
         if self._file is not None:
             self._file.close()
@@ -99,63 +93,59 @@ def installed() -> Board | None:
     return _installed
 
 
-@dataclass
-class Watched:
-    """A time-limited call running inline."""
-
-    call_id: str
-    limit: float
-    deadline: float
-    slot: int
-    #: set once the watch took the call over: its thread must no longer settle it
-    passed: bool = False
+#: a call running inline under the watch: its deadline, call id, limit and board slot
+_Entry = tuple[float, str, float, int]
 
 
 class Watch:
-    """The hard limits of the calls this process runs inline: ``on_passed(call_id, limit)``
-    runs on the watch's thread when one passes its limit, once; from then on the call
-    belongs to it (:meth:`end` returns False to the call's thread)."""
+    """The hard limits of the calls this process runs inline, one per executor thread at a
+    time: ``on_passed(call_id, limit)`` runs on the watch's thread when one passes its limit,
+    once; from then on the call belongs to it (:meth:`end` returns False to its thread)."""
 
     def __init__(self, board: Board, on_passed: Callable[[str, float], None]) -> None:
         self.board = board
         self._on_passed = on_passed
         self._lock = threading.Lock()
-        self._calls: dict[int, Watched] = {}  # by id() of the record
+        self._calls: dict[int, _Entry] = {}  # by thread ident
+        self._slots: dict[int, int] = {}  # thread ident -> its slot on the board
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def begin(self, call_id: str, limit: float) -> Watched:
+    def begin(self, thread_id: int, call_id: str, limit: float) -> None:
+        """Thread ``thread_id`` starts call ``call_id`` under ``limit`` seconds."""
         deadline = time.monotonic() + limit
-        watched = Watched(call_id, limit, deadline, self.board.begin(deadline))
+        slot = self._slots.get(thread_id)
+        if slot is None:
+            slot = self._slots[thread_id] = self.board.claim()
         with self._lock:
-            self._calls[id(watched)] = watched
-        return watched
+            self._calls[thread_id] = (deadline, call_id, limit, slot)
+        if slot >= 0:
+            self.board.view[slot] = deadline
 
-    def end(self, watched: Watched) -> bool:
-        """The call's thread is done with it: False if its limit passed first (the watch
-        settles it; the thread must leave it alone)."""
+    def end(self, thread_id: int) -> bool:
+        """Thread ``thread_id`` is done with its call: False if the call's limit passed first
+        (the watch settles it; the thread must leave it alone)."""
         with self._lock:
-            self._calls.pop(id(watched), None)
-            if watched.passed:
-                return False
-        self.board.set(watched.slot, 0.0)
+            entry = self._calls.pop(thread_id, None)
+        if entry is None:
+            return False
+        if entry[3] >= 0:
+            self.board.view[entry[3]] = 0.0
         return True
 
     def check(self, now: float) -> None:
         """Hand each call past its deadline at ``now`` to ``on_passed``."""
         with self._lock:
-            passed = [w for w in self._calls.values() if w.deadline <= now]
-            for watched in passed:
-                watched.passed = True
-                del self._calls[id(watched)]
-        for watched in passed:
+            passed = [(t, e) for t, e in self._calls.items() if e[0] <= now]
+            for thread_id, _ in passed:
+                del self._calls[thread_id]
+        for _, (_, call_id, limit, slot) in passed:
             # its settling, the hand-back and the exit get their own grace period
-            self.board.set(watched.slot, now + EXIT_GRACE)
+            self.board.set(slot, now + EXIT_GRACE)
             try:
-                self._on_passed(watched.call_id, watched.limit)
+                self._on_passed(call_id, limit)
             except Exception:
-                log.exception("worker: ending call %s past its time limit failed",
-                              watched.call_id)
+                log.exception("worker: ending call %s past its time limit failed", call_id)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="ivy-limits", daemon=True)

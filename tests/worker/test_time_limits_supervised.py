@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,7 +157,8 @@ def test_the_board_tells_how_late_the_latest_deadline_is() -> None:
     try:
         reader = limits.Board(os.dup(board.fileno()), 2)  # as the other process maps it
         assert reader.late(100.0) == 0.0
-        slot = board.begin(90.0)
+        slot = board.claim()
+        board.set(slot, 90.0)
         assert reader.late(100.0) == 10.0 and reader.late(80.0) == 0.0
         board.set(slot, 0.0)
         assert reader.late(100.0) == 0.0
@@ -169,12 +169,12 @@ def test_the_board_tells_how_late_the_latest_deadline_is() -> None:
 
 def test_a_thread_past_the_boards_slots_writes_nothing() -> None:
     board = limits.Board.create(1)
-    slots: list[int] = []
-    for _ in range(2):
-        thread = threading.Thread(target=lambda: slots.append(board.begin(5.0)))
-        thread.start()
-        thread.join()
-    assert slots == [0, -1]
+    watch = limits.Watch(board, lambda *a: None)
+    watch.begin(1, "first", 0.5)
+    watch.begin(2, "second", 0.5)  # no slot left: the process's own watch still sees it
+    assert board.late(time.monotonic() + 1.5) == pytest.approx(1.0, abs=0.1)
+    assert watch.end(1) is True and board.late(time.monotonic() + 10) == 0.0
+    assert watch.end(2) is True
     board.close()
 
 
@@ -182,12 +182,8 @@ def test_the_watch_takes_over_a_call_past_its_limit_once() -> None:
     board = limits.Board.create(2)
     passed: list[tuple[str, float]] = []
     watch = limits.Watch(board, lambda call_id, limit: passed.append((call_id, limit)))
-    late = watch.begin("late", 0.5)
-    other: list[limits.Watched] = []  # a call of another executor thread
-    thread = threading.Thread(target=lambda: other.append(watch.begin("on-time", 60)))
-    thread.start()
-    thread.join()
-    on_time = other[0]
+    watch.begin(1, "late", 0.5)
+    watch.begin(2, "on-time", 60)
     now = time.monotonic()
     watch.check(now)
     assert passed == []
@@ -195,7 +191,7 @@ def test_the_watch_takes_over_a_call_past_its_limit_once() -> None:
     watch.check(now + 2)
     assert passed == [("late", 0.5)]  # once
     # its thread must leave it alone; the other one ends as usual
-    assert watch.end(late) is False and watch.end(on_time) is True
+    assert watch.end(1) is False and watch.end(2) is True
     # the process now has EXIT_GRACE to end before its supervisor kills it
     assert 0 < board.late(now + 1 + limits.EXIT_GRACE + 1) <= 1.5
     board.close()
@@ -205,10 +201,13 @@ def test_a_call_that_ends_first_is_not_taken_over() -> None:
     board = limits.Board.create(1)
     passed: list[Any] = []
     watch = limits.Watch(board, lambda *a: passed.append(a))
-    watched = watch.begin("quick", 0.1)
-    assert watch.end(watched) is True
+    watch.begin(1, "quick", 0.1)
+    assert watch.end(1) is True
     watch.check(time.monotonic() + 10)
     assert passed == [] and board.late(time.monotonic() + 10) == 0.0
+    # the thread's next call uses the same slot
+    watch.begin(1, "next", 0.1)
+    assert board.late(time.monotonic() + 1.1) == pytest.approx(1.0, abs=0.1)
     board.close()
 
 
