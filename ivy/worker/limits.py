@@ -22,8 +22,9 @@ GRACE = 2.0
 #: Seconds a process whose call passed its limit has to settle it, hand the others back and
 #: exit before its supervisor kills it.
 EXIT_GRACE = 10.0
-#: How often the process's own watch looks at the deadlines.
-WATCH_EVERY = 0.05
+#: The longest the process's own watch sleeps: it wakes at the earliest deadline, or after
+#: this many seconds (a call may start with an earlier one meanwhile: it wakes the watch then).
+WATCH_EVERY = 1.0
 
 _SLOT = 8  # one C double per executor thread
 
@@ -105,10 +106,13 @@ class Watch:
     def __init__(self, board: Board, on_passed: Callable[[str, float], None]) -> None:
         self.board = board
         self._on_passed = on_passed
+        self._view = board.view
         self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
         self._calls: dict[int, _Entry] = {}  # by thread ident
         self._slots: dict[int, int] = {}  # thread ident -> its slot on the board
-        self._stop = threading.Event()
+        self._wake_at = 0.0  # when the watch's thread looks next
+        self._stopping = False
         self._thread: threading.Thread | None = None
 
     def begin(self, thread_id: int, call_id: str, limit: float) -> None:
@@ -119,8 +123,10 @@ class Watch:
             slot = self._slots[thread_id] = self.board.claim()
         with self._lock:
             self._calls[thread_id] = (deadline, call_id, limit, slot)
+            if deadline < self._wake_at:  # sooner than the watch looks: wake it
+                self._wakeup.notify()
         if slot >= 0:
-            self.board.view[slot] = deadline
+            self._view[slot] = deadline
 
     def end(self, thread_id: int) -> bool:
         """Thread ``thread_id`` is done with its call: False if the call's limit passed first
@@ -130,7 +136,7 @@ class Watch:
         if entry is None:
             return False
         if entry[3] >= 0:
-            self.board.view[entry[3]] = 0.0
+            self._view[entry[3]] = 0.0
         return True
 
     def check(self, now: float) -> None:
@@ -152,10 +158,21 @@ class Watch:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stopping = True
+            self._wakeup.notify()
 
     def _loop(self) -> None:
-        while not self._stop.wait(WATCH_EVERY):
+        """Sleep until the earliest deadline (at most :data:`WATCH_EVERY`), then check."""
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                now = time.monotonic()
+                self._wake_at = min([now + WATCH_EVERY, *(e[0] for e in self._calls.values())])
+                if self._wake_at > now:
+                    self._wakeup.wait(self._wake_at - now)
+                    continue  # woken early, or on time: look again
             self.check(time.monotonic())
 
 

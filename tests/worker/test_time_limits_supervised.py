@@ -217,3 +217,22 @@ def test_a_supervisor_signal_stops_a_supervised_worker(sqlite_url: str) -> None:
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(30) == 0
     assert not alive(pid)
+
+
+def test_the_watch_wakes_at_a_deadline_sooner_than_its_next_look() -> None:
+    # Given a watch asleep until its next look (WATCH_EVERY, 1 s)
+    board = limits.Board.create(1)
+    passed: list[float] = []
+    watch = limits.Watch(board, lambda call_id, limit: passed.append(time.monotonic()))
+    watch.start()
+    try:
+        wait_for(lambda: watch._wake_at > 0, message="the watch to fall asleep")
+        # When a call begins with a limit far shorter than that
+        began = time.monotonic()
+        watch.begin(1, "short", 0.2)
+        # Then it is taken over at its deadline, not at the next look
+        wait_for(lambda: passed, timeout=5, message="the watch to take the call over")
+        assert 0.2 <= passed[0] - began < 0.2 + limits.WATCH_EVERY / 2
+    finally:
+        watch.stop()
+        board.close()
