@@ -17,7 +17,7 @@ from typing import IO
 log = logging.getLogger("ivy.worker")
 
 #: Seconds past a call's deadline after which the supervisor kills its process: the process's
-#: own watch acts within :data:`WATCH_EVERY`, unless something holds the GIL.
+#: own watch acts at the deadline (it sleeps until then), unless something holds the GIL.
 GRACE = 2.0
 #: Seconds a process whose call passed its limit has to settle it, hand the others back and
 #: exit before its supervisor kills it.
