@@ -5,6 +5,7 @@ datetime written by orjson (when installed) as ``datetime.isoformat`` writes it.
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 import sys
 import uuid
 from typing import Any
@@ -100,13 +101,30 @@ def test_with_orjson_the_datetime_encoding_shortcut_is_its_writer() -> None:
     pytest.importorskip("orjson")
     conv = compile_type(dt.datetime)
     assert conv.fast_encode == (dt.datetime, scalars._datetime_text)
+    assert scalars._datetime_text(dt.datetime(2024, 5, 1)) == "2024-05-01T00:00:00"
     assert scalars._orjson_dumps is not None
 
 
-def test_without_orjson_a_datetime_is_written_by_isoformat(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "orjson", None)  # import orjson raises ImportError
-    assert scalars._orjson() is None
-    monkeypatch.setattr(scalars, "_orjson_dumps", None)
-    value = dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC)
-    assert scalars._datetime_text(value) == "2024-05-01T12:30:00+00:00"
+def test_orjson_is_imported_at_the_first_datetime_written_not_with_ivy() -> None:
+    # its 2 MB of RSS are not every worker's: only those that write typed datetimes
+    out = subprocess.run([sys.executable, "-c", "import sys, ivy, ivy.worker, ivy.annotations; "
+                          "print('orjson' in sys.modules)"], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_without_orjson_a_datetime_is_written_by_isoformat() -> None:
+    code = """
+import sys
+sys.modules["orjson"] = None  # import orjson raises ImportError
+import datetime as dt
+from ivy.annotations import scalars
+from ivy.annotations import compile_type
+assert not scalars._HAS_ORJSON
+conv = compile_type(dt.datetime)
+assert conv.fast_encode is None or conv.fast_encode[1] is not scalars._datetime_text
+print(conv.encode(dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "2024-05-01T12:30:00+00:00"
