@@ -15,7 +15,11 @@ On a shared machine rounds scatter by 10-30%: compare medians, and the ratio of 
 next to each other. The load average is printed before and after, and whether orjson writes
 the datetimes (it does when installed: ``ivy.annotations.scalars``).
 
-    python benchmarks/annotations.py [--calls 5000] [--rounds 10]
+    python benchmarks/annotations.py [--calls 5000] [--rounds 10] [--phases]
+
+``--phases`` sends every call of a round before the worker starts: the same work, timed with
+the producer's and the worker's sides one after the other instead of interleaved on one GIL,
+where a slower producer changes how often the worker is woken (docs/benchmarks.md).
 
 Instructions instead of time (which other load does not move): ``--once plain`` or ``--once
 annotated`` runs one round alone, to count under valgrind at two sizes; the difference over
@@ -64,20 +68,26 @@ TYPED_ARGS = (NOW, DAY, UID, Decimal("12.50"), Color.BLUE)
 PLAIN_ARGS = (NOW.isoformat(), DAY.isoformat(), UID.hex, "12.50", "blue")
 
 
-def one_round(n: int, annotated: bool) -> tuple[float, float]:
+def one_round(n: int, annotated: bool, phases: bool = False) -> tuple[float, float]:
     """Calls per second of ``n`` calls sent, run and waited for, and the process's CPU
-    microseconds per call (producer, worker and notification threads together)."""
+    microseconds per call (producer, worker and notification threads together). With
+    ``phases``, every call is sent before the worker starts: the producer's and the worker's
+    work are timed one after the other, not interleaved on one GIL."""
     url = f"memory://bench-{uuid.uuid4().hex[:8]}"
     app = ivy.Ivy(url, url)
     try:
         func: Any = typed if annotated else untyped
         task = app.register_task(func, name="bench.five", queue=QUEUE)
         args = TYPED_ARGS if annotated else PLAIN_ARGS
-        app.listen(queue=QUEUE, block=False, concurrency=1)
+        worker = app.listen(queue=QUEUE, block=False, concurrency=1)
         first = app.send_task(task, args).result(timeout=30)  # warm: codec compiled, threads up
         assert first == (NOW if annotated else NOW.isoformat()), first
+        if phases:
+            worker.stop()
         started, cpu = time.perf_counter(), time.process_time()
         calls = [app.send_task(task, args) for _ in range(n)]
+        if phases:
+            app.listen(queue=QUEUE, block=False, concurrency=1)
         for call in calls:
             call.result(timeout=120)
         return n / (time.perf_counter() - started), (time.process_time() - cpu) / n * 1e6
@@ -89,14 +99,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--phases", action="store_true",
+                        help="send every call of a round before its worker starts (the two "
+                             "sides timed one after the other, not sharing the GIL)")
     parser.add_argument("--once", choices=["plain", "annotated"],
                         help="one round of --calls calls, nothing printed (for valgrind)")
     args = parser.parse_args()
     if args.once:
-        one_round(args.calls, args.once == "annotated")
+        one_round(args.calls, args.once == "annotated", args.phases)
         return
     print(f"load average {os.getloadavg()[0]:.2f} at the start; datetimes written by "
-          f"{'orjson' if getattr(scalars, '_orjson_dumps', None) else 'isoformat()'}", flush=True)
+          f"{'orjson' if scalars._HAS_ORJSON else 'isoformat()'}"
+          f"{'; sends first, then the worker (--phases)' if args.phases else ''}", flush=True)
     one_round(min(args.calls, 1000), True)  # warm-up: imports, caches
     one_round(min(args.calls, 1000), False)
     rates: dict[bool, list[float]] = {False: [], True: []}
@@ -104,7 +118,7 @@ def main() -> None:
     ratios: list[float] = []
     for r in range(args.rounds):
         for annotated in ((False, True) if r % 2 == 0 else (True, False)):
-            rate, cpu = one_round(args.calls, annotated)
+            rate, cpu = one_round(args.calls, annotated, args.phases)
             rates[annotated].append(rate)
             cpus[annotated].append(cpu)
             print(f"round {r + 1} {'annotated' if annotated else 'plain    '}: {rate:,.0f} "
