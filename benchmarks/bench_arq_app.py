@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from arq.connections import RedisSettings
 
-URL = os.environ.get("BENCH_ARQ_REDIS", "redis://127.0.0.1:6379/10")
+URL = os.environ.get("BENCH_ARQ_REDIS", "redis://127.0.0.1:6379/13")
 QUEUE = "bench_arq"
 
 

@@ -8,7 +8,7 @@ from celery import Celery
 
 app = Celery("bench",
              broker=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-             backend=os.environ.get("BENCH_CELERY_REDIS", "redis://127.0.0.1:6379/10"))
+             backend=os.environ.get("BENCH_CELERY_REDIS", "redis://127.0.0.1:6379/13"))
 app.conf.task_default_queue = "bench_celery"
 app.conf.broker_connection_retry_on_startup = True
 

@@ -12,7 +12,7 @@ from dramatiq.results.backends import RedisBackend
 broker = RabbitmqBroker(url=os.environ.get("BENCH_AMQP_URL",
                                            "amqp://guest:guest@127.0.0.1:5672/%2F"))
 broker.add_middleware(Results(backend=RedisBackend(
-    url=os.environ.get("BENCH_DRAMATIQ_REDIS", "redis://127.0.0.1:6379/10"))))
+    url=os.environ.get("BENCH_DRAMATIQ_REDIS", "redis://127.0.0.1:6379/13"))))
 dramatiq.set_broker(broker)
 
 

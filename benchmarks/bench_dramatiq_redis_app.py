@@ -9,7 +9,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
-URL = os.environ.get("BENCH_DRAMATIQ_REDIS", "redis://127.0.0.1:6379/10")
+URL = os.environ.get("BENCH_DRAMATIQ_REDIS", "redis://127.0.0.1:6379/13")
 broker = RedisBroker(url=URL, namespace="bench-dramatiq")
 broker.add_middleware(Results(backend=RedisBackend(url=URL, namespace="bench-dramatiq-results")))
 dramatiq.set_broker(broker)

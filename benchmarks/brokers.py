@@ -2,7 +2,7 @@
 Dramatiq, each with one worker process of 4 threads (run by hand; results in
 docs/benchmarks.md). The Redis-only pairings run beside them with ``--only``: ivy on Redis
 Streams with the Redis notifier (``ivy-redis``; ``ivy-redis-limit``: the same with
-``--time-limit 30``, in DB 14), and the Redis brokers of Celery
+``--time-limit 30``, in DB 15), and the Redis brokers of Celery
 (``celery-redis``), Dramatiq (``dramatiq-redis``), RQ (``rq``: a worker pool of 4
 ``SimpleWorker`` processes, since an RQ worker runs one job at a time) and arq (``arq``:
 ``max_jobs=4``, otherwise its defaults, which poll the queue and each result every 0.5 s).
@@ -28,8 +28,10 @@ the machine's drift over seconds is shared by all of them (see :func:`run`).
         --only rq --only arq
 
 The shared machine's services are used with a vhost and a Redis DB of the benchmark's own:
-``BENCH_AMQP_URL`` (default the ``/`` vhost) and ``BENCH_REDIS_URL`` (default DB 10; every
-system keeps its results there, under keys of its own).
+``BENCH_AMQP_URL`` (default the ``/`` vhost) and ``BENCH_REDIS_URL`` (default DB 13, outside
+the tests' DBs 1-12; every system keeps its results there, under keys of its own). ivy's
+results of earlier runs are deleted at start: a DB full of them slowed ivy by 25-40% in one
+run (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -63,10 +65,10 @@ from _harness import (  # noqa: E402 - start, stop: other benchmarks import them
 
 AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 IVY_AMQP = os.environ.get("BENCH_IVY_AMQP_URL", AMQP)
-REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 #: ``--only ivy-redis-limit``: the same worker with a hard time limit on every task, in a DB of
 #: its own (issue 26: what declaring a limit costs)
-REDIS_LIMIT = os.environ.get("BENCH_REDIS_LIMIT_URL", "redis://127.0.0.1:6379/14")
+REDIS_LIMIT = os.environ.get("BENCH_REDIS_LIMIT_URL", "redis://127.0.0.1:6379/15")
 for _var in ("BENCH_FLOOR_REDIS", "BENCH_CELERY_REDIS", "BENCH_DRAMATIQ_REDIS", "BENCH_ARQ_REDIS"):
     os.environ.setdefault(_var, REDIS)  # read by the peers' apps here and in their workers
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
@@ -183,6 +185,7 @@ def start_ivy() -> list[System]:
     import ivy
 
     purge("bench", "bench.dead")
+    redis_purge("ivy:result:*")  # earlier runs' results slow the DB
     worker = start([sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench",
                     "--queue-url", IVY_AMQP, "--notifier-url", REDIS, "--concurrency", "4",
                     "--log-level", "WARNING"])
@@ -235,7 +238,7 @@ def start_ivy_redis(name: str = "ivy (Redis Streams)", url: str = REDIS,
 
     import ivy
 
-    redis_purge("ivy:{bench}*", url=url)
+    redis_purge("ivy:{bench}*", "ivy:result:*", url=url)  # old results slow the DB
     worker = start([sys.executable, "-m", "ivy", "worker", "bench_tasks", "--queue", "bench",
                     "--queue-url", url, "--notifier-url", url, "--concurrency", "4",
                     "--log-level", "WARNING", *extra])

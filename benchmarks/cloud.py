@@ -28,7 +28,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-REDIS = "redis://127.0.0.1:6379/11"
+REDIS = "redis://127.0.0.1:6379/13"
 TOKEN, PROJECT = "bench-token", "bench"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
        "AWS_DEFAULT_REGION": "us-east-1"}

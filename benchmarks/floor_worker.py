@@ -11,7 +11,7 @@ import pika
 import redis
 
 AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-REDIS = os.environ.get("BENCH_FLOOR_REDIS", "redis://127.0.0.1:6379/10")
+REDIS = os.environ.get("BENCH_FLOOR_REDIS", "redis://127.0.0.1:6379/13")
 QUEUE = "bench_floor"
 
 
