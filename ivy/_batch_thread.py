@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 log = logging.getLogger("ivy")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class BatchThread(Generic[T]):
@@ -106,6 +108,28 @@ class BatchThread(Generic[T]):
         For the pauses of a write that tries again."""
         with self._cond:
             return self._cond.wait_for(lambda: self._closed, pause)
+
+    def _try_for(self, write: Callable[[], R],
+                 unreachable: type[Exception] | tuple[type[Exception], ...], seconds: float,
+                 what: str, where: str, logger: logging.Logger) -> R | None:
+        """``write()``, tried again while it raises ``unreachable`` (0.05 s apart, doubling to
+        1 s) for up to ``seconds`` or until the writer closes: then None, logged as ``what``
+        (``"3 ack(s)"``) not written to ``where``, whose messages come back when their leases
+        end. Other exceptions go to the caller."""
+        give_up = time.monotonic() + seconds
+        pause = 0.05
+        while True:
+            try:
+                return write()
+            except unreachable as exc:
+                if self.closed or time.monotonic() >= give_up:
+                    logger.error("%s not written to %s (%s); their messages come back when "
+                                 "their leases end", what, where, exc)
+                    return None
+                logger.warning("writing %s to %s failed (%s); trying again in %.2f s", what,
+                               where, exc, pause)
+                self._wait_closed(pause)
+                pause = min(pause * 2, 1.0)
 
     def _refuse(self) -> None:
         """Refuse new items from now on (a close that refuses first calls it); the thread writes

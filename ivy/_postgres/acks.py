@@ -4,8 +4,8 @@ and one commit for the acks handed over meanwhile, instead of a round trip and a
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
+from typing import Any
 
 from ivy._batch_thread import BatchThread
 from ivy._postgres.connection import Database, PostgresError, PostgresUnavailable
@@ -58,31 +58,27 @@ class Acker(BatchThread[Ack]):
     def _write(self, batch: list[Ack]) -> None:
         """One statement for ``batch``; tried again while the server cannot be reached, up to
         :data:`RETRY_FOR` s (or until the queue closes)."""
-        params = {"ids": [a.row_id for a in batch], "tokens": [a.token for a in batch]}
-        give_up = time.monotonic() + RETRY_FOR
-        pause = 0.05
-        while True:
-            try:
-                with self._db.connection() as conn:
-                    deleted = {row[0] for row in conn.execute(self._statement, params)}
-                break
-            except PostgresUnavailable as exc:
-                if self.closed or time.monotonic() >= give_up:
-                    log.error("%d ack(s) not written to %s (%s); their messages come back "
-                              "when their leases end", len(batch), self._db.settings.url, exc)
-                    return
-                log.warning("writing %d ack(s) to %s failed (%s); trying again in %.2f s",
-                            len(batch), self._db.settings.url, exc, pause)
-                self._wait_closed(pause)
-                pause = min(pause * 2, 1.0)
-            except PostgresError as exc:
-                log.error("%d ack(s) refused by %s (%s); their messages come back when their "
-                          "leases end", len(batch), self._db.settings.url, exc)
-                return
+        params: dict[str, list[Any]] = {"ids": [a.row_id for a in batch],
+                                        "tokens": [a.token for a in batch]}
+        url = self._db.settings.url
+        try:
+            deleted = self._try_for(lambda: self._delete(params), PostgresUnavailable,
+                                    RETRY_FOR, f"{len(batch)} ack(s)", url, log)
+        except PostgresError as exc:
+            log.error("%d ack(s) refused by %s (%s); their messages come back when their "
+                      "leases end", len(batch), url, exc)
+            return
+        if deleted is None:
+            return
         for ack in batch:
             if ack.row_id not in deleted:
                 log.warning("ack of a message of %s (row %s) skipped: its lease ran out and "
                             "another delivery of it is under way", ack.queue, ack.row_id)
+
+    def _delete(self, params: dict[str, list[Any]]) -> set[int]:
+        """The ids of the rows the statement deleted (those whose lease was still ours)."""
+        with self._db.connection() as conn:
+            return {row[0] for row in conn.execute(self._statement, params)}
 
     def _closed_late(self, timeout: float) -> None:
         log.warning("acks to %s still unwritten after %g s at close; their messages come "

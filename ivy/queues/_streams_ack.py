@@ -4,7 +4,6 @@ returns at once, and a worker's executors never wait a round trip for it."""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,21 +74,9 @@ class Acker(BatchThread[Ack]):
             for ack in acks:
                 args += [ack.entry_id, ack.pel, ack.priority]
             calls.append((queue, [2, keys.stream, keys.leases, *args]))
-        give_up = time.monotonic() + RETRY_FOR
-        pause = 0.05
-        while True:
-            try:
-                self._send(calls)
-                return
-            except redis.exceptions.ConnectionError as exc:  # TimeoutError is one too
-                if self.closed or time.monotonic() >= give_up:
-                    log.error("%d ack(s) not written to %s (%s); their messages come back "
-                              "when their leases end", len(batch), self._url, exc)
-                    return
-                log.warning("writing %d ack(s) to %s failed (%s); trying again in %.2f s",
-                            len(batch), self._url, exc, pause)
-                self._wait_closed(pause)
-                pause = min(pause * 2, 1.0)
+        # redis-py's TimeoutError is a ConnectionError too
+        self._try_for(lambda: self._send(calls), redis.exceptions.ConnectionError, RETRY_FOR,
+                      f"{len(batch)} ack(s)", self._url, log)
 
     def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         pipe: Any = self._client.pipeline(transaction=False)

@@ -231,3 +231,56 @@ def test_a_write_that_raises_is_logged_and_the_thread_goes_on(
         wait_for(lambda: writer.written() == [2], message="the next write")
     assert writer.flush(10)
     writer.close()
+
+
+class Unreachable(Exception):
+    pass
+
+
+def test_try_for_tries_again_while_unreachable_and_returns_what_the_write_gave() -> None:
+    writer = Recorder()
+    tries: list[int] = []
+
+    def write() -> str:
+        tries.append(1)
+        if len(tries) < 3:
+            raise Unreachable("down")
+        return "written"
+
+    logger = logging.getLogger("test.try_for")
+    assert writer._try_for(write, Unreachable, 30, "2 ack(s)", "db", logger) == "written"
+    assert len(tries) == 3
+
+
+def test_try_for_gives_up_after_its_seconds_and_says_what_was_not_written(
+        caplog: pytest.LogCaptureFixture) -> None:
+    writer = Recorder()
+
+    def write() -> None:
+        raise Unreachable("down")
+
+    with caplog.at_level(logging.ERROR, "test.try_for"):
+        assert writer._try_for(write, Unreachable, 0.2, "2 ack(s)", "db",
+                               logging.getLogger("test.try_for")) is None
+    assert "2 ack(s) not written to db (down)" in caplog.text
+
+
+def test_try_for_stops_at_once_when_the_writer_closes_and_lets_other_errors_through() -> None:
+    writer = Recorder()
+    writer.close()
+    logger = logging.getLogger("test.try_for")
+
+    tries: list[int] = []
+
+    def down() -> None:
+        tries.append(1)
+        raise Unreachable("down")
+
+    assert writer._try_for(down, Unreachable, 30, "1 ack(s)", "db", logger) is None
+    assert tries == [1]  # not tried again for 30 s
+
+    def refused() -> None:
+        raise Refused("no")
+
+    with pytest.raises(Refused):
+        writer._try_for(refused, Unreachable, 30, "1 ack(s)", "db", logger)
