@@ -24,17 +24,18 @@ Fn = Callable[[Any], Any]
 Shortcut = tuple[type, Fn]
 
 
-#: Whether orjson is installed (extra ``fast``): then it writes a datetime's ISO form, the
-#: same text in a third of ``isoformat()``'s cost (:func:`_datetime_text`); messages stay the
-#: standard library's strict JSON. Imported at the first datetime written, not here: its
-#: 2 MB of RSS are not every worker's.
 def _installed(name: str) -> bool:
+    """Whether module ``name`` can be imported, found without importing it."""
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # ValueError: sys.modules[name] is None (blocked)
         return False
 
 
+#: Whether orjson is installed (extra ``fast``): then it writes a datetime's ISO form, the
+#: same text in a third of ``isoformat()``'s cost (:func:`_datetime_text`); messages stay the
+#: standard library's strict JSON. Imported at the first datetime written, not here: its
+#: 2 MB of RSS are not every worker's.
 _HAS_ORJSON = _installed("orjson")
 _orjson_dumps: Callable[[Any], bytes] | None = None
 
