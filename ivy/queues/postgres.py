@@ -67,7 +67,6 @@ class PostgresDelivery(Delivery):
         super().__init__()
         self._backend = consumer.backend
         self._id, self._token = row_id, token
-        self._key = {"id": row_id, "token": token}
         self.queue = consumer.queue
         self.body = body
         self.delivery_count = deliveries
@@ -77,9 +76,14 @@ class PostgresDelivery(Delivery):
         ack returns at once (a lease that ran out meanwhile is logged by the acker)."""
         self._backend.acker.submit(Ack(self.queue, self._id, self._token))
 
+    @property
+    def _key(self) -> dict[str, object]:
+        """The row and its lease token, as the statements' parameters."""
+        return {"id": self._id, "token": self._token}
+
     def _lost(self, what: str) -> None:
         log.warning("%s of a message of %s (row %s) skipped: its lease ran out and another "
-                    "delivery of it is under way", what, self.queue, self._key["id"])
+                    "delivery of it is under way", what, self.queue, self._id)
 
     def _put_back(self, delay: float, body: bytes | None, uncount: int) -> None:
         b = self._backend
@@ -114,8 +118,7 @@ class PostgresDelivery(Delivery):
             params = {**self._key, "seconds": float(seconds)}
             if not conn.execute(self._backend.sql.extend, params).rowcount:
                 log.warning("the lease of a message of %s (row %s) ran out before it was "
-                            "extended; another worker may run it too", self.queue,
-                            self._key["id"])
+                            "extended; another worker may run it too", self.queue, self._id)
 
 
 class PostgresConsumer(Consumer):
