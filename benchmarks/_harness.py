@@ -6,6 +6,7 @@ whole run, and the median (min-max) of per-round figures."""
 from __future__ import annotations
 
 import compileall
+import functools
 import py_compile
 import queue as queue_module
 import signal
@@ -19,10 +20,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 THREADS = 4  # producer threads in the multi-producer mode
-_compiled = threading.Lock()
-_compiled_done: list[bool] = []
-
-
+@functools.cache  # once per run (two threads compiling at once would only repeat the work)
 def compile_ivy() -> None:
     """Write the bytecode of ivy's modules (``ivy/**/__pycache__``), once per run: the peers
     come from site-packages, where pip compiled them at install, and a pip-installed ivy is
@@ -30,11 +28,8 @@ def compile_ivy() -> None:
     this machine) every ivy worker would compile its modules from source at each start, which
     raises its peak RSS. The bytecode is checked against its source's hash at each import
     (never stale, whatever the timestamps of an edit)."""
-    with _compiled:
-        if not _compiled_done:
-            compileall.compile_dir(HERE.parent / "ivy", quiet=1,
-                                   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
-            _compiled_done.append(True)
+    compileall.compile_dir(HERE.parent / "ivy", quiet=1,
+                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
 
 
 def loadavg() -> str:
