@@ -359,6 +359,11 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._tasks)
 
+    def tasks(self) -> list[Task[Any, Any]]:
+        """The registered tasks, in the order of their names."""
+        tasks = dict(self._tasks)  # a snapshot: another thread may register meanwhile
+        return [tasks[name] for name in sorted(tasks)]
+
     def resolve(self, ref: Any) -> Task[Any, Any]:
         """Find the task for a Task, a registered function or a name."""
         if isinstance(ref, Task):

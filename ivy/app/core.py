@@ -257,13 +257,11 @@ class Ivy(Sending, Operating, Registering):
 
     def queue_routes(self, queue: str) -> list[str]:
         """The routes of the tasks registered here for ``queue`` (AMQP binds them)."""
-        return sorted({t.route for t in map(self.registry.get, self.registry.names())
-                       if t is not None and t.queue == queue and t.route})
+        return sorted({t.route for t in self.registry.tasks() if t.queue == queue and t.route})
 
     def queue_uses_priority(self, queue: str) -> bool:
         """Whether a task registered here for ``queue`` has a priority above 0."""
-        return any(t is not None and t.queue == queue and t.priority > 0
-                   for t in map(self.registry.get, self.registry.names()))
+        return any(t.queue == queue and t.priority > 0 for t in self.registry.tasks())
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retry ``attempt + 1``: exponential, capped, with jitter (50-100%).

@@ -105,8 +105,7 @@ def queue_names(registry: Registry, queue: Any) -> list[str]:
     """The queues a worker listens on: ``queue`` (a name or several), else those of the
     registered tasks, else ``ivy``."""
     if queue is None:
-        return sorted({t.queue for t in (registry.get(n) for n in registry.names())
-                       if t is not None}) or ["ivy"]
+        return sorted({t.queue for t in registry.tasks()}) or ["ivy"]
     if isinstance(queue, str):
         return [queue]
     return list(queue)

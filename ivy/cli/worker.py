@@ -199,8 +199,7 @@ def _restartable(child: Callable[[int], list[str]] | None) -> bool:
 def _declares_time_limits(app: ivy.Ivy, queues: list[str] | None) -> list[str]:
     """The names of the app's tasks on ``queues`` (None: all) with a ``time_limit`` of their
     own."""
-    tasks = [task for task in map(app.registry.get, app.registry.names()) if task is not None]
-    return [task.name for task in tasks
+    return [task.name for task in app.registry.tasks()
             if task.time_limit and (queues is None or task.queue in queues)]
 
 
@@ -268,8 +267,7 @@ def _worker_warnings(app: ivy.Ivy, args: argparse.Namespace) -> None:
         log.warning("the queue %s lives in this worker's process: no other process can send "
                     "to it, so this worker will get no calls; give --queue-url a shared "
                     "backend (e.g. %s)", mask_url(url), DEFAULT_URL)
-    used = {task.queue for task in map(app.registry.get, app.registry.names())
-            if task is not None}
+    used = {task.queue for task in app.registry.tasks()}
     unused = [q for q in args.queue or () if q not in used]
     if unused:
         log.warning("--queue %s: none of the tasks of %s use %s; their queues are %s",

@@ -395,7 +395,7 @@ def drain(app: Ivy, timeout: float = 10.0, *, queues: Iterable[str] | None = Non
         raise ValueError(f"timeout {timeout!r} must be a number of seconds > 0")
     backend = memory_backend(app, "ivy.testing.drain()")
     names = list(dict.fromkeys(queues)) if queues is not None else sorted(
-        {t.queue for t in map(app.registry.get, app.registry.names()) if t is not None}
+        {t.queue for t in app.registry.tasks()}
     ) or ["ivy"]
     deadline = time.monotonic() + timeout
     own_clock = None if FakeClock.current() is not None else FakeClock().install()

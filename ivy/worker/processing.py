@@ -131,11 +131,10 @@ class Processor:
         executor.on_progress = recorder.progress  # ivy.current().progress() publishes here
         executor.serializer = context.serializer  # hard time limits (ivy.worker.runner)
         executor.time_limit = context.time_limit
-        for name in context.registry.names():  # refused now, not at the first call
-            task = context.registry.get(name)
-            if executor.watch is None and task is not None and (
-                    task.time_limit or context.time_limit):
-                check_importable(name, task.func)  # it runs in a runner process
+        if executor.watch is None:  # limited calls run in runner processes: refused now,
+            for task in context.registry.tasks():  # not at the first call
+                if task.time_limit or context.time_limit:
+                    check_importable(task.name, task.func)
         self._gate = gate
         self._recorder = recorder
         self._settler = settler

@@ -229,6 +229,17 @@ def test_registration_errors_name_the_value(app: ivy.Ivy) -> None:
         app.register_task(b, name="t.same")
 
 
+def test_the_registry_lists_its_tasks_in_the_order_of_their_names(app: ivy.Ivy) -> None:
+    def b() -> None: ...
+
+    def a() -> None: ...
+
+    second = app.register_task(b, name="t.b", queue="q2")
+    first = app.register_task(a, name="t.a", queue="q1")
+    assert app.registry.tasks() == [first, second]
+    assert [t.name for t in app.registry.tasks()] == app.registry.names()
+
+
 def test_delay_defers_the_call(app: ivy.Ivy) -> None:
     @app.register_task(name="t.now", queue="q")
     def now() -> float:
